@@ -1,0 +1,33 @@
+//! First end-to-end checks of the tape: gradients, residual reuse, graph freeing.
+
+use zerfoo::prelude::*;
+use zerfoo_tests::{check_grad1, check_grad2, weighted_sum};
+
+dim!(Rows = 3);
+dim!(Cols = 4);
+
+#[test]
+fn exp_and_add_gradients() {
+    let x: Tensor<(Rows, Cols), f64> = Tensor::randn((Rows, Cols), 1);
+    check_grad1(x, |x| weighted_sum(x.exp(), 2));
+    let a: Tensor<(Rows, Cols), f64> = Tensor::randn((Rows, Cols), 3);
+    let b: Tensor<(Rows, Cols), f64> = Tensor::randn((Rows, Cols), 4);
+    check_grad2(a, b, |a, b| weighted_sum(a.mul(b), 5));
+}
+
+#[test]
+fn tensor_used_twice_accumulates() {
+    // residual: y = x + tanh(x) * x
+    let x: Tensor<(Rows, Cols), f64> = Tensor::randn((Rows, Cols), 7);
+    check_grad1(x, |x| weighted_sum(x.clone() + x.clone().tanh() * x, 8));
+}
+
+#[test]
+fn broadcast_gradient_sums_over_new_axis() {
+    let bias: Tensor<(Cols,), f64> = Tensor::randn((Cols,), 9);
+    let m: Tensor<(Dyn, Cols), f64> = Tensor::randn((Dyn(5), Cols), 10);
+    check_grad2(bias, m, |b, m| {
+        let s = m.shape();
+        weighted_sum(b.broadcast::<_, Axis<0>>(s) * m, 11)
+    });
+}

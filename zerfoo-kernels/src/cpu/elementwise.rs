@@ -1,0 +1,165 @@
+//! Strided elementwise maps, parallel over chunks of the output.
+
+use rayon::prelude::*;
+
+use super::{CHUNK, PAR_THRESHOLD};
+use crate::Layout;
+
+/// `out[i] = f(src[layout[i]])` for every element in row-major order.
+pub fn map<I, O, F>(src: &[I], layout: &Layout, f: F) -> Vec<O>
+where
+    I: Copy + Send + Sync,
+    O: Copy + Default + Send + Sync,
+    F: Fn(I) -> O + Sync + Send,
+{
+    let n = layout.numel();
+    let mut out = vec![O::default(); n];
+    map_into(src, layout, &mut out, f);
+    out
+}
+
+/// Like [`map`], writing into `out` (length = element count).
+pub fn map_into<I, O, F>(src: &[I], layout: &Layout, out: &mut [O], f: F)
+where
+    I: Copy + Send + Sync,
+    O: Copy + Send + Sync,
+    F: Fn(I) -> O + Sync + Send,
+{
+    let n = layout.numel();
+    assert_eq!(out.len(), n);
+    if layout.is_contiguous() {
+        let s = &src[layout.offset..layout.offset + n];
+        if n >= PAR_THRESHOLD {
+            out.par_chunks_mut(CHUNK)
+                .zip(s.par_chunks(CHUNK))
+                .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &x)| *o = f(x)));
+        } else {
+            out.iter_mut().zip(s).for_each(|(o, &x)| *o = f(x));
+        }
+        return;
+    }
+    let body = |(c, chunk): (usize, &mut [O])| {
+        let mut k = 0;
+        layout.for_each_offset_in(c * CHUNK, chunk.len(), |o| {
+            chunk[k] = f(src[o]);
+            k += 1;
+        });
+    };
+    if n >= PAR_THRESHOLD {
+        out.par_chunks_mut(CHUNK).enumerate().for_each(body);
+    } else {
+        out.chunks_mut(CHUNK).enumerate().for_each(body);
+    }
+}
+
+/// `out[i] = f(a[la[i]], b[lb[i]])`; both layouts have the same shape
+/// (a broadcast operand has stride 0 on its broadcast axes).
+pub fn zip_map<A, B, O, F>(a: &[A], la: &Layout, b: &[B], lb: &Layout, f: F) -> Vec<O>
+where
+    A: Copy + Send + Sync,
+    B: Copy + Send + Sync,
+    O: Copy + Default + Send + Sync,
+    F: Fn(A, B) -> O + Sync + Send,
+{
+    assert_eq!(la.shape(), lb.shape(), "zip_map: shapes differ");
+    let n = la.numel();
+    let mut out = vec![O::default(); n];
+    if la.is_contiguous() && lb.is_contiguous() {
+        let a = &a[la.offset..la.offset + n];
+        let b = &b[lb.offset..lb.offset + n];
+        let body = |((o, x), y): ((&mut [O], &[A]), &[B])| {
+            for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
+                *o = f(x, y);
+            }
+        };
+        if n >= PAR_THRESHOLD {
+            out.par_chunks_mut(CHUNK)
+                .zip(a.par_chunks(CHUNK))
+                .zip(b.par_chunks(CHUNK))
+                .for_each(body);
+        } else {
+            body(((&mut out[..], a), b));
+        }
+        return out;
+    }
+    let body = |(c, chunk): (usize, &mut [O])| {
+        let start = c * CHUNK;
+        let mut ia = Vec::with_capacity(chunk.len());
+        la.for_each_offset_in(start, chunk.len(), |o| ia.push(o));
+        let mut k = 0;
+        lb.for_each_offset_in(start, chunk.len(), |o| {
+            chunk[k] = f(a[ia[k]], b[o]);
+            k += 1;
+        });
+    };
+    if n >= PAR_THRESHOLD {
+        out.par_chunks_mut(CHUNK).enumerate().for_each(body);
+    } else {
+        out.chunks_mut(CHUNK).enumerate().for_each(body);
+    }
+    out
+}
+
+/// `out[i] = f(a[la[i]], b[lb[i]], c[lc[i]])` over three same-shaped layouts.
+pub fn zip3_map<A, B, C, O, F>(
+    a: &[A],
+    la: &Layout,
+    b: &[B],
+    lb: &Layout,
+    c: &[C],
+    lc: &Layout,
+    f: F,
+) -> Vec<O>
+where
+    A: Copy + Send + Sync,
+    B: Copy + Send + Sync,
+    C: Copy + Send + Sync,
+    O: Copy + Default + Send + Sync,
+    F: Fn(A, B, C) -> O + Sync + Send,
+{
+    assert_eq!(la.shape(), lb.shape(), "zip3_map: shapes differ");
+    assert_eq!(la.shape(), lc.shape(), "zip3_map: shapes differ");
+    let n = la.numel();
+    let mut out = vec![O::default(); n];
+    let body = |(ch, chunk): (usize, &mut [O])| {
+        let start = ch * CHUNK;
+        let mut ia = Vec::with_capacity(chunk.len());
+        let mut ib = Vec::with_capacity(chunk.len());
+        la.for_each_offset_in(start, chunk.len(), |o| ia.push(o));
+        lb.for_each_offset_in(start, chunk.len(), |o| ib.push(o));
+        let mut k = 0;
+        lc.for_each_offset_in(start, chunk.len(), |o| {
+            chunk[k] = f(a[ia[k]], b[ib[k]], c[o]);
+            k += 1;
+        });
+    };
+    if n >= PAR_THRESHOLD {
+        out.par_chunks_mut(CHUNK).enumerate().for_each(body);
+    } else {
+        out.chunks_mut(CHUNK).enumerate().for_each(body);
+    }
+    out
+}
+
+/// A contiguous row-major copy of the elements a layout selects.
+pub fn to_contiguous<E: Copy + Default + Send + Sync>(src: &[E], layout: &Layout) -> Vec<E> {
+    map(src, layout, |x| x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strided_and_parallel_paths_agree() {
+        let n = 3 * PAR_THRESHOLD;
+        let src: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let l = Layout::contiguous(&[3, PAR_THRESHOLD]).permute(&[1, 0]);
+        let out = map(&src, &l, |x| x + 1.0);
+        for (i, v) in out.iter().enumerate().take(1000) {
+            assert_eq!(*v, l.index_of(i) as f32 + 1.0);
+        }
+        let out2 = zip_map(&src, &l, &src, &l, |a, b| a + b);
+        assert_eq!(out2[5], 2.0 * l.index_of(5) as f32);
+    }
+}

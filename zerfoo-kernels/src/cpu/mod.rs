@@ -1,0 +1,17 @@
+//! CPU kernels. Each takes typed slices plus [`Layout`]s, reads any strides,
+//! and writes contiguous row-major output. Work is split over rayon threads
+//! above [`PAR_THRESHOLD`] elements; the split never changes results (each
+//! output element is computed by exactly one thread, in a fixed order).
+
+pub mod elementwise;
+pub mod binary;
+pub mod reduce;
+pub mod unary;
+
+/// Below this many elements a kernel runs on the calling thread.
+pub const PAR_THRESHOLD: usize = 1 << 15;
+
+/// Elements per parallel chunk of an elementwise kernel.
+pub const CHUNK: usize = 1 << 13;
+
+pub use elementwise::{map, map_into, to_contiguous, zip_map, zip3_map};

@@ -1,0 +1,283 @@
+//! Elementwise unary maths: each op knows its value and its derivative.
+
+use crate::{cpu::map, FloatDtype, Layout, Real};
+
+/// An elementwise function with a derivative, computed in `A` (`f32`/`f64`).
+pub trait UnaryOp: Copy + Send + Sync + 'static {
+    /// The op's name, for errors and benchmarks.
+    const NAME: &'static str;
+    /// `y = f(x)`.
+    fn f<A: Real>(&self, x: A) -> A;
+    /// `dy/dx` at `x`, given `y = f(x)` (many derivatives are cheaper from `y`).
+    fn df<A: Real>(&self, x: A, y: A) -> A;
+}
+
+/// Applies `op` to every element (any layout), writing contiguous output.
+pub fn unary_forward<E: FloatDtype, O: UnaryOp>(op: O, x: &[E], layout: &Layout) -> Vec<E> {
+    map(x, layout, |v: E| E::from_acc(op.f(v.to_acc())))
+}
+
+/// `grad_x = grad_y * f'(x)`; `x` in any layout, `y` and `grad_y` contiguous.
+pub fn unary_backward<E: FloatDtype, O: UnaryOp>(
+    op: O,
+    x: &[E],
+    x_layout: &Layout,
+    y: &[E],
+    grad_y: &[E],
+) -> Vec<E> {
+    let contiguous = Layout::contiguous(x_layout.shape());
+    crate::cpu::zip3_map(x, x_layout, y, &contiguous, grad_y, &contiguous, |x, y, g| {
+        let (x, y) = (x.to_acc(), y.to_acc());
+        E::from_acc(g.to_acc() * op.df(x, y))
+    })
+}
+
+macro_rules! unary_op {
+    ($(#[$m:meta])* $name:ident, $text:literal, |$x:ident| $f:expr, |$dx:ident, $dy:ident| $df:expr) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, Default)]
+        pub struct $name;
+        impl UnaryOp for $name {
+            const NAME: &'static str = $text;
+            #[inline(always)]
+            fn f<A: Real>(&self, $x: A) -> A {
+                $f
+            }
+            #[inline(always)]
+            #[allow(unused_variables)]
+            fn df<A: Real>(&self, $dx: A, $dy: A) -> A {
+                $df
+            }
+        }
+    };
+}
+
+fn c<A: Real>(v: f64) -> A {
+    A::of_f64(v)
+}
+
+unary_op!(/// `-x`
+    Neg, "neg", |x| -x, |x, y| -A::one());
+unary_op!(/// `|x|` (derivative `sign(x)`, 0 at 0 as in PyTorch)
+    Abs, "abs", |x| x.abs(), |x, y| if x > A::zero() { A::one() } else if x < A::zero() { -A::one() } else { A::zero() });
+unary_op!(/// `e^x`
+    Exp, "exp", |x| x.exp(), |x, y| y);
+unary_op!(/// natural log
+    Log, "log", |x| x.ln(), |x, y| x.recip());
+unary_op!(/// `√x`
+    Sqrt, "sqrt", |x| x.sqrt(), |x, y| c::<A>(0.5) / y);
+unary_op!(/// `1/√x`
+    Rsqrt, "rsqrt", |x| x.sqrt().recip(), |x, y| c::<A>(-0.5) * y * y * y);
+unary_op!(/// sine
+    Sin, "sin", |x| x.sin(), |x, y| x.cos());
+unary_op!(/// cosine
+    Cos, "cos", |x| x.cos(), |x, y| -x.sin());
+unary_op!(/// hyperbolic tangent
+    Tanh, "tanh", |x| x.tanh(), |x, y| A::one() - y * y);
+unary_op!(/// logistic sigmoid `1/(1+e^-x)`
+    Sigmoid, "sigmoid", |x| sigmoid(x), |x, y| y * (A::one() - y));
+unary_op!(/// `max(x, 0)` (derivative 0 at 0 as in PyTorch)
+    Relu, "relu", |x| if x > A::zero() { x } else { A::zero() }, |x, y| if x > A::zero() { A::one() } else { A::zero() });
+unary_op!(/// GELU, exact form `x Φ(x)` with the error function
+    GeluErf, "gelu", |x| c::<A>(0.5) * x * (A::one() + (x * c::<A>(core::f64::consts::FRAC_1_SQRT_2)).erf()),
+    |x, y| {
+        let cdf = c::<A>(0.5) * (A::one() + (x * c::<A>(core::f64::consts::FRAC_1_SQRT_2)).erf());
+        let pdf = (c::<A>(-0.5) * x * x).exp() * c::<A>(0.398_942_280_401_432_7);
+        cdf + x * pdf
+    });
+unary_op!(/// GELU, tanh approximation (`gelu_pytorch_tanh`, GPT-2's `new_gelu`)
+    GeluTanh, "gelu_tanh", |x| {
+        let k = c::<A>(0.797_884_560_802_865_4); // sqrt(2/pi)
+        c::<A>(0.5) * x * (A::one() + (k * (x + c::<A>(0.044715) * x * x * x)).tanh())
+    },
+    |x, y| {
+        let k = c::<A>(0.797_884_560_802_865_4);
+        let inner = k * (x + c::<A>(0.044715) * x * x * x);
+        let t = inner.tanh();
+        let dinner = k * (A::one() + c::<A>(3.0 * 0.044715) * x * x);
+        c::<A>(0.5) * (A::one() + t) + c::<A>(0.5) * x * (A::one() - t * t) * dinner
+    });
+unary_op!(/// SiLU / swish `x σ(x)`
+    Silu, "silu", |x| x * sigmoid(x), |x, y| { let s = sigmoid(x); s * (A::one() + x * (A::one() - s)) });
+unary_op!(/// `x²`
+    Square, "square", |x| x * x, |x, y| c::<A>(2.0) * x);
+
+#[inline(always)]
+fn sigmoid<A: Real>(x: A) -> A {
+    // stable for large |x|
+    if x >= A::zero() {
+        (A::one() + (-x).exp()).recip()
+    } else {
+        let e = x.exp();
+        e / (A::one() + e)
+    }
+}
+
+/// `x^p` for a constant `p`.
+#[derive(Clone, Copy, Debug)]
+pub struct Powf(pub f64);
+impl UnaryOp for Powf {
+    const NAME: &'static str = "powf";
+    fn f<A: Real>(&self, x: A) -> A {
+        x.powf(A::of_f64(self.0))
+    }
+    fn df<A: Real>(&self, x: A, _y: A) -> A {
+        let p = A::of_f64(self.0);
+        if self.0 == 0.0 {
+            return A::zero();
+        }
+        p * x.powf(p - A::one())
+    }
+}
+
+/// `min(max(x, lo), hi)`; derivative 1 where `lo <= x <= hi` (as in PyTorch).
+#[derive(Clone, Copy, Debug)]
+pub struct Clamp(pub f64, pub f64);
+impl UnaryOp for Clamp {
+    const NAME: &'static str = "clamp";
+    fn f<A: Real>(&self, x: A) -> A {
+        x.max(A::of_f64(self.0)).min(A::of_f64(self.1))
+    }
+    fn df<A: Real>(&self, x: A, _y: A) -> A {
+        if x >= A::of_f64(self.0) && x <= A::of_f64(self.1) {
+            A::one()
+        } else {
+            A::zero()
+        }
+    }
+}
+
+/// `x + c` for a constant `c`.
+#[derive(Clone, Copy, Debug)]
+pub struct AddScalar(pub f64);
+impl UnaryOp for AddScalar {
+    const NAME: &'static str = "add_scalar";
+    fn f<A: Real>(&self, x: A) -> A {
+        x + A::of_f64(self.0)
+    }
+    fn df<A: Real>(&self, _x: A, _y: A) -> A {
+        A::one()
+    }
+}
+
+/// `x * c` for a constant `c`.
+#[derive(Clone, Copy, Debug)]
+pub struct MulScalar(pub f64);
+impl UnaryOp for MulScalar {
+    const NAME: &'static str = "mul_scalar";
+    fn f<A: Real>(&self, x: A) -> A {
+        x * A::of_f64(self.0)
+    }
+    fn df<A: Real>(&self, _x: A, _y: A) -> A {
+        A::of_f64(self.0)
+    }
+}
+
+/// `c / x` for a constant `c`.
+#[derive(Clone, Copy, Debug)]
+pub struct ScalarDiv(pub f64);
+impl UnaryOp for ScalarDiv {
+    const NAME: &'static str = "scalar_div";
+    fn f<A: Real>(&self, x: A) -> A {
+        A::of_f64(self.0) / x
+    }
+    fn df<A: Real>(&self, x: A, _y: A) -> A {
+        -A::of_f64(self.0) / (x * x)
+    }
+}
+
+/// `c ^ x` for a constant `c > 0`.
+#[derive(Clone, Copy, Debug)]
+pub struct ScalarPow(pub f64);
+impl UnaryOp for ScalarPow {
+    const NAME: &'static str = "scalar_pow";
+    fn f<A: Real>(&self, x: A) -> A {
+        A::of_f64(self.0).powf(x)
+    }
+    fn df<A: Real>(&self, _x: A, y: A) -> A {
+        y * A::of_f64(self.0).ln()
+    }
+}
+
+/// `max(x, c)`; derivative 1 where `x > c`, ½ where equal (PyTorch's rule).
+#[derive(Clone, Copy, Debug)]
+pub struct MaxScalar(pub f64);
+impl UnaryOp for MaxScalar {
+    const NAME: &'static str = "maximum_scalar";
+    fn f<A: Real>(&self, x: A) -> A {
+        x.max(A::of_f64(self.0))
+    }
+    fn df<A: Real>(&self, x: A, _y: A) -> A {
+        tie_grad(x, A::of_f64(self.0))
+    }
+}
+
+/// `min(x, c)`; derivative 1 where `x < c`, ½ where equal.
+#[derive(Clone, Copy, Debug)]
+pub struct MinScalar(pub f64);
+impl UnaryOp for MinScalar {
+    const NAME: &'static str = "minimum_scalar";
+    fn f<A: Real>(&self, x: A) -> A {
+        x.min(A::of_f64(self.0))
+    }
+    fn df<A: Real>(&self, x: A, _y: A) -> A {
+        tie_grad(A::of_f64(self.0), x)
+    }
+}
+
+/// 1 if `a > b`, ½ if equal, 0 otherwise.
+#[inline(always)]
+pub fn tie_grad<A: Real>(a: A, b: A) -> A {
+    if a > b {
+        A::one()
+    } else if a == b {
+        A::of_f64(0.5)
+    } else {
+        A::zero()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each derivative against a central difference in f64.
+    #[test]
+    fn derivatives_match_finite_differences() {
+        fn check<O: UnaryOp>(op: O, xs: &[f64]) {
+            for &x in xs {
+                let h = 1e-6;
+                let fd = (op.f(x + h) - op.f(x - h)) / (2.0 * h);
+                let an = op.df(x, op.f(x));
+                assert!((fd - an).abs() < 1e-6 * (1.0 + fd.abs()), "{} at {x}: {fd} vs {an}", O::NAME);
+            }
+        }
+        let xs = [-2.3, -0.7, 0.3, 1.1, 2.9];
+        let pos = [0.2, 0.9, 1.7, 3.1];
+        check(Neg, &xs);
+        check(Abs, &xs);
+        check(Exp, &xs);
+        check(Log, &pos);
+        check(Sqrt, &pos);
+        check(Rsqrt, &pos);
+        check(Sin, &xs);
+        check(Cos, &xs);
+        check(Tanh, &xs);
+        check(Sigmoid, &xs);
+        check(Relu, &xs);
+        check(GeluErf, &xs);
+        check(GeluTanh, &xs);
+        check(Silu, &xs);
+        check(Square, &xs);
+        check(Powf(2.5), &pos);
+        check(Clamp(-1.0, 1.0), &xs);
+        check(ScalarDiv(2.0), &pos);
+        check(ScalarPow(1.7), &xs);
+    }
+
+    #[test]
+    fn sigmoid_is_stable_at_extremes() {
+        assert_eq!(Sigmoid.f(-1e4f32), 0.0);
+        assert_eq!(Sigmoid.f(1e4f32), 1.0);
+    }
+}

@@ -1,0 +1,307 @@
+//! The element types a tensor can hold, behind one [`Dtype`] trait.
+
+use core::fmt::{Debug, Display};
+use core::iter::Sum;
+use core::ops::{AddAssign, MulAssign};
+
+use half::{bf16, f16};
+use num_traits::{Float, FromPrimitive};
+
+use crate::f8::{F8E4M3, F8E5M2};
+
+/// The runtime name of an element type (what a checkpoint or an error message shows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    /// 8-bit float, 4 exponent bits, 3 mantissa bits, no infinities (`torch.float8_e4m3fn`).
+    F8E4M3,
+    /// 8-bit float, 5 exponent bits, 2 mantissa bits (`torch.float8_e5m2`).
+    F8E5M2,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    BF16,
+    /// IEEE single precision.
+    F32,
+    /// IEEE double precision.
+    F64,
+    /// 64-bit signed integer (token ids).
+    I64,
+    /// 32-bit unsigned integer (indices).
+    U32,
+}
+
+impl DType {
+    /// Size of one element in bytes.
+    pub fn size_in_bytes(self) -> usize {
+        match self {
+            DType::F8E4M3 | DType::F8E5M2 => 1,
+            DType::F16 | DType::BF16 => 2,
+            DType::F32 | DType::U32 => 4,
+            DType::F64 | DType::I64 => 8,
+        }
+    }
+
+    /// Whether this is a floating-point type.
+    pub fn is_float(self) -> bool {
+        !matches!(self, DType::I64 | DType::U32)
+    }
+}
+
+impl Display for DType {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let s = match self {
+            DType::F8E4M3 => "f8e4m3",
+            DType::F8E5M2 => "f8e5m2",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            DType::F32 => "f32",
+            DType::F64 => "f64",
+            DType::I64 => "i64",
+            DType::U32 => "u32",
+        };
+        f.write_str(s)
+    }
+}
+
+/// An element type a tensor can hold.
+pub trait Dtype:
+    Copy + Clone + Send + Sync + Debug + Default + PartialEq + PartialOrd + 'static
+{
+    /// The runtime name of this type.
+    const DTYPE: DType;
+    /// Converts to `f64` (exact for every type here but `i64` beyond 2^53).
+    fn to_f64(self) -> f64;
+    /// Converts from `f64`, rounding to nearest (ties to even) for floats,
+    /// truncating toward zero and saturating for integers.
+    fn from_f64(v: f64) -> Self;
+}
+
+/// The arithmetic type kernels compute in: `f32` or `f64`.
+pub trait Real:
+    Float
+    + FromPrimitive
+    + Send
+    + Sync
+    + Debug
+    + Display
+    + Default
+    + AddAssign
+    + MulAssign
+    + Sum
+    + 'static
+{
+    /// The error function.
+    fn erf(self) -> Self;
+    /// Converts to `f64`.
+    fn as_f64(self) -> f64;
+    /// Converts from `f64` (rounding to nearest).
+    fn of_f64(v: f64) -> Self;
+}
+
+impl Real for f32 {
+    fn erf(self) -> Self {
+        libm::erff(self)
+    }
+    fn as_f64(self) -> f64 {
+        self as f64
+    }
+    fn of_f64(v: f64) -> Self {
+        v as f32
+    }
+}
+
+impl Real for f64 {
+    fn erf(self) -> Self {
+        libm::erf(self)
+    }
+    fn as_f64(self) -> f64 {
+        self
+    }
+    fn of_f64(v: f64) -> Self {
+        v
+    }
+}
+
+/// A floating-point element type. Kernels convert to [`FloatDtype::Acc`],
+/// compute there, and round once on store.
+pub trait FloatDtype: Dtype {
+    /// What this type computes and accumulates in (`f32` for f8/f16/bf16/f32, `f64` for f64).
+    type Acc: Real;
+    /// Widens to the compute type.
+    fn to_acc(self) -> Self::Acc;
+    /// Rounds from the compute type (to nearest, ties to even).
+    fn from_acc(a: Self::Acc) -> Self;
+    /// Converts from `f32`, rounding to nearest (ties to even).
+    fn from_f32(v: f32) -> Self;
+    /// Converts to `f32`.
+    fn to_f32(self) -> f32;
+}
+
+/// An integer element type (token ids, indices).
+pub trait IntDtype: Dtype + Eq + core::hash::Hash {
+    /// Converts to an index; `None` if negative or too large.
+    fn to_index(self) -> Option<usize>;
+    /// Converts from an index (saturating).
+    fn from_index(i: usize) -> Self;
+}
+
+macro_rules! float_via_f32 {
+    ($t:ty, $d:expr, $from:expr, $to:expr) => {
+        impl Dtype for $t {
+            const DTYPE: DType = $d;
+            fn to_f64(self) -> f64 {
+                let f: fn($t) -> f32 = $to;
+                f(self) as f64
+            }
+            fn from_f64(v: f64) -> Self {
+                // Double rounding through f32 can differ from direct rounding
+                // only for values that are exact ties after the first rounding;
+                // round directly where the type offers it.
+                <$t as FromF64Exact>::from_f64_exact(v)
+            }
+        }
+        impl FloatDtype for $t {
+            type Acc = f32;
+            #[inline(always)]
+            fn to_acc(self) -> f32 {
+                let f: fn($t) -> f32 = $to;
+                f(self)
+            }
+            #[inline(always)]
+            fn from_acc(a: f32) -> Self {
+                let f: fn(f32) -> $t = $from;
+                f(a)
+            }
+            #[inline(always)]
+            fn from_f32(v: f32) -> Self {
+                let f: fn(f32) -> $t = $from;
+                f(v)
+            }
+            #[inline(always)]
+            fn to_f32(self) -> f32 {
+                let f: fn($t) -> f32 = $to;
+                f(self)
+            }
+        }
+    };
+}
+
+/// Direct rounding from `f64` (avoids double rounding through `f32`).
+trait FromF64Exact {
+    fn from_f64_exact(v: f64) -> Self;
+}
+impl FromF64Exact for f16 {
+    fn from_f64_exact(v: f64) -> Self {
+        f16::from_f64(v)
+    }
+}
+impl FromF64Exact for bf16 {
+    fn from_f64_exact(v: f64) -> Self {
+        bf16::from_f64(v)
+    }
+}
+impl FromF64Exact for f32 {
+    fn from_f64_exact(v: f64) -> Self {
+        v as f32
+    }
+}
+impl FromF64Exact for F8E4M3 {
+    fn from_f64_exact(v: f64) -> Self {
+        F8E4M3::from_f64(v)
+    }
+}
+impl FromF64Exact for F8E5M2 {
+    fn from_f64_exact(v: f64) -> Self {
+        F8E5M2::from_f64(v)
+    }
+}
+
+float_via_f32!(f16, DType::F16, f16::from_f32, f16::to_f32);
+float_via_f32!(bf16, DType::BF16, bf16::from_f32, bf16::to_f32);
+float_via_f32!(f32, DType::F32, |x| x, |x| x);
+float_via_f32!(F8E4M3, DType::F8E4M3, F8E4M3::from_f32, F8E4M3::to_f32);
+float_via_f32!(F8E5M2, DType::F8E5M2, F8E5M2::from_f32, F8E5M2::to_f32);
+
+impl Dtype for f64 {
+    const DTYPE: DType = DType::F64;
+    fn to_f64(self) -> f64 {
+        self
+    }
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+}
+
+impl FloatDtype for f64 {
+    type Acc = f64;
+    #[inline(always)]
+    fn to_acc(self) -> f64 {
+        self
+    }
+    #[inline(always)]
+    fn from_acc(a: f64) -> Self {
+        a
+    }
+    fn from_f32(v: f32) -> Self {
+        v as f64
+    }
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
+}
+
+impl Dtype for i64 {
+    const DTYPE: DType = DType::I64;
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    fn from_f64(v: f64) -> Self {
+        v as i64
+    }
+}
+
+impl IntDtype for i64 {
+    fn to_index(self) -> Option<usize> {
+        usize::try_from(self).ok()
+    }
+    fn from_index(i: usize) -> Self {
+        i64::try_from(i).unwrap_or(i64::MAX)
+    }
+}
+
+impl Dtype for u32 {
+    const DTYPE: DType = DType::U32;
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    fn from_f64(v: f64) -> Self {
+        v as u32
+    }
+}
+
+impl IntDtype for u32 {
+    fn to_index(self) -> Option<usize> {
+        usize::try_from(self).ok()
+    }
+    fn from_index(i: usize) -> Self {
+        u32::try_from(i).unwrap_or(u32::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn low_precision_round_trips_through_acc() {
+        assert_eq!(bf16::from_acc(1.0f32.to_acc()).to_f32(), 1.0);
+        assert_eq!(f16::from_f64(0.1).to_f64(), f16::from_f32(0.1).to_f64());
+        assert_eq!(<f64 as FloatDtype>::from_acc(2.5), 2.5);
+    }
+
+    #[test]
+    fn integer_indices_reject_negative() {
+        assert_eq!((-1i64).to_index(), None);
+        assert_eq!(7u32.to_index(), Some(7));
+    }
+}

@@ -1,0 +1,236 @@
+//! Strided layouts: a shape, strides (in elements) and an offset into storage.
+//!
+//! Views (permute, slice, broadcast) change only the layout; kernels read any
+//! layout and write contiguous output.
+
+/// The largest rank a tensor can have.
+pub const MAX_RANK: usize = 6;
+
+/// Where the elements of a tensor live inside its storage.
+///
+/// A broadcast dimension has stride 0. Strides are non-negative.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Layout {
+    rank: u8,
+    shape: [usize; MAX_RANK],
+    strides: [usize; MAX_RANK],
+    /// Offset of element `[0, 0, ..]` in the storage.
+    pub offset: usize,
+}
+
+impl core::fmt::Debug for Layout {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Layout")
+            .field("shape", &self.shape())
+            .field("strides", &self.strides())
+            .field("offset", &self.offset)
+            .finish()
+    }
+}
+
+impl Layout {
+    /// A row-major contiguous layout for `shape`.
+    ///
+    /// ```
+    /// use zerfoo_kernels::Layout;
+    /// let l = Layout::contiguous(&[2, 3]);
+    /// assert_eq!(l.strides(), &[3, 1]);
+    /// ```
+    pub fn contiguous(shape: &[usize]) -> Self {
+        assert!(shape.len() <= MAX_RANK, "rank {} exceeds {MAX_RANK}", shape.len());
+        let mut l = Layout {
+            rank: shape.len() as u8,
+            shape: [1; MAX_RANK],
+            strides: [0; MAX_RANK],
+            offset: 0,
+        };
+        l.shape[..shape.len()].copy_from_slice(shape);
+        let mut s = 1;
+        for i in (0..shape.len()).rev() {
+            l.strides[i] = s;
+            s *= shape[i];
+        }
+        l
+    }
+
+    /// A layout from explicit parts.
+    pub fn new(shape: &[usize], strides: &[usize], offset: usize) -> Self {
+        assert_eq!(shape.len(), strides.len());
+        assert!(shape.len() <= MAX_RANK);
+        let mut l = Layout::contiguous(shape);
+        l.strides[..strides.len()].copy_from_slice(strides);
+        l.offset = offset;
+        l
+    }
+
+    /// Number of dimensions.
+    pub fn rank(&self) -> usize {
+        self.rank as usize
+    }
+    /// The dims.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape[..self.rank()]
+    }
+    /// The strides, in elements.
+    pub fn strides(&self) -> &[usize] {
+        &self.strides[..self.rank()]
+    }
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape().iter().product()
+    }
+    /// Whether the elements are row-major and dense (offset may be non-zero).
+    pub fn is_contiguous(&self) -> bool {
+        let mut expected = 1;
+        for i in (0..self.rank()).rev() {
+            if self.shape[i] != 1 && self.strides[i] != expected {
+                return false;
+            }
+            expected *= self.shape[i];
+        }
+        true
+    }
+    /// The storage index of the `i`-th element in row-major order.
+    #[inline]
+    pub fn index_of(&self, mut i: usize) -> usize {
+        let mut off = self.offset;
+        for d in (0..self.rank()).rev() {
+            let n = self.shape[d];
+            off += (i % n) * self.strides[d];
+            i /= n;
+        }
+        off
+    }
+    /// Swaps two axes (a view).
+    pub fn swap_axes(&mut self, a: usize, b: usize) {
+        self.shape.swap(a, b);
+        self.strides.swap(a, b);
+    }
+    /// Reorders axes: new axis `i` is old axis `perm[i]` (a view).
+    pub fn permute(&self, perm: &[usize]) -> Self {
+        assert_eq!(perm.len(), self.rank());
+        let mut l = *self;
+        for (i, &p) in perm.iter().enumerate() {
+            l.shape[i] = self.shape[p];
+            l.strides[i] = self.strides[p];
+        }
+        l
+    }
+    /// Narrows axis `axis` to `start..start + len` (a view).
+    pub fn narrow(&self, axis: usize, start: usize, len: usize) -> Self {
+        let mut l = *self;
+        l.offset += start * self.strides[axis];
+        l.shape[axis] = len;
+        l
+    }
+    /// Sets dims and strides directly (used for broadcast views).
+    pub fn with_dims(&self, shape: &[usize], strides: &[usize]) -> Self {
+        Layout::new(shape, strides, self.offset)
+    }
+
+    /// Calls `f(storage_index)` for every element in row-major order,
+    /// without a division per element.
+    #[inline]
+    pub fn for_each_offset(&self, mut f: impl FnMut(usize)) {
+        let rank = self.rank();
+        let n = self.numel();
+        if n == 0 {
+            return;
+        }
+        if rank == 0 {
+            f(self.offset);
+            return;
+        }
+        let inner = self.shape[rank - 1];
+        let inner_stride = self.strides[rank - 1];
+        let mut idx = [0usize; MAX_RANK];
+        let mut base = self.offset;
+        let outer = n / inner;
+        for _ in 0..outer {
+            let mut off = base;
+            for _ in 0..inner {
+                f(off);
+                off += inner_stride;
+            }
+            // advance the outer multi-index
+            let mut d = rank - 1;
+            while d > 0 {
+                d -= 1;
+                idx[d] += 1;
+                base += self.strides[d];
+                if idx[d] < self.shape[d] {
+                    break;
+                }
+                base -= self.strides[d] * self.shape[d];
+                idx[d] = 0;
+            }
+        }
+    }
+
+    /// Calls `f(storage_index)` for elements `start..start + count` (row-major order).
+    #[inline]
+    pub fn for_each_offset_in(&self, start: usize, count: usize, mut f: impl FnMut(usize)) {
+        let rank = self.rank();
+        if count == 0 {
+            return;
+        }
+        if rank == 0 {
+            f(self.offset);
+            return;
+        }
+        let mut idx = [0usize; MAX_RANK];
+        let mut rem = start;
+        let mut off = self.offset;
+        for d in (0..rank).rev() {
+            idx[d] = rem % self.shape[d];
+            rem /= self.shape[d];
+            off += idx[d] * self.strides[d];
+        }
+        for _ in 0..count {
+            f(off);
+            let mut d = rank;
+            while d > 0 {
+                d -= 1;
+                idx[d] += 1;
+                off += self.strides[d];
+                if idx[d] < self.shape[d] {
+                    break;
+                }
+                off -= self.strides[d] * self.shape[d];
+                idx[d] = 0;
+            }
+        }
+    }
+
+    /// The storage indices of all elements, in row-major order.
+    pub fn offsets(&self) -> Vec<usize> {
+        let mut v = Vec::with_capacity(self.numel());
+        self.for_each_offset(|o| v.push(o));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_of_a_permuted_slice() {
+        let l = Layout::contiguous(&[2, 3, 4]).permute(&[2, 0, 1]).narrow(0, 1, 2);
+        let fast = l.offsets();
+        let slow: Vec<usize> = (0..l.numel()).map(|i| l.index_of(i)).collect();
+        assert_eq!(fast, slow);
+        let mut part = Vec::new();
+        l.for_each_offset_in(3, 7, |o| part.push(o));
+        assert_eq!(part, slow[3..10]);
+        assert_eq!(l.shape(), &[2, 2, 3]);
+        assert!(!l.is_contiguous());
+        assert!(Layout::contiguous(&[2, 3]).is_contiguous());
+    }
+
+    #[test]
+    fn broadcast_strides_repeat() {
+        let l = Layout::new(&[2, 3], &[0, 1], 0);
+        assert_eq!(l.offsets(), vec![0, 1, 2, 0, 1, 2]);
+    }
+}

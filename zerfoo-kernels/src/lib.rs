@@ -1,0 +1,35 @@
+//! Element types, storage layouts and compute kernels for zerfoo.
+//!
+//! This crate never sees a static shape: every kernel takes plain `&[usize]`
+//! shapes and strides (a [`Layout`]) and typed slices. The typed DSL lives in
+//! the `zerfoo` crate, which checks shapes at compile time and then calls here.
+//!
+//! Floating-point kernels are generic over [`FloatDtype`]; low-precision types
+//! (f8, f16, bf16) compute in `f32` and round once on store, `f64` computes in
+//! `f64`.
+
+pub mod cpu;
+pub mod dtype;
+pub mod f8;
+pub mod layout;
+
+pub use dtype::{DType, Dtype, FloatDtype, IntDtype, Real};
+pub use f8::{F8E4M3, F8E5M2};
+pub use half::{bf16, f16};
+pub use layout::{Layout, MAX_RANK};
+
+/// A compute device. Tensors carry theirs in their type.
+pub trait Device: Clone + Copy + core::fmt::Debug + Default + PartialEq + Send + Sync + 'static {
+    /// A short name for messages: `cpu`, `cuda:0`.
+    fn name(&self) -> String;
+}
+
+/// The host CPU: kernels run on rayon's thread pool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Cpu;
+
+impl Device for Cpu {
+    fn name(&self) -> String {
+        "cpu".to_string()
+    }
+}

@@ -1,0 +1,89 @@
+//! Procedural macros for zerfoo.
+//!
+//! - [`dim!`](macro@dim): declare a named static dimension backed by a typenum value.
+
+use proc_macro::TokenStream;
+use proc_macro2::TokenStream as TokenStream2;
+use quote::quote;
+use syn::parse::{Parse, ParseStream};
+use syn::{Attribute, Ident, LitInt, Token, Visibility};
+
+struct DimDecl {
+    attrs: Vec<Attribute>,
+    vis: Visibility,
+    name: Ident,
+    value: LitInt,
+}
+
+impl Parse for DimDecl {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let attrs = input.call(Attribute::parse_outer)?;
+        let vis: Visibility = input.parse()?;
+        let name: Ident = input.parse()?;
+        input.parse::<Token![=]>()?;
+        let value: LitInt = input.parse()?;
+        let _ = input.parse::<Option<Token![;]>>()?;
+        Ok(DimDecl {
+            attrs,
+            vis,
+            name,
+            value,
+        })
+    }
+}
+
+/// The typenum type for `n`: `UInt<UInt<UTerm, B1>, B0>` for 2, and so on.
+fn typenum_of(n: u64) -> TokenStream2 {
+    if n == 0 {
+        return quote!(::zerfoo::typenum::UTerm);
+    }
+    let mut ty = quote!(::zerfoo::typenum::UTerm);
+    for bit in (0..(64 - n.leading_zeros())).rev() {
+        let b = if (n >> bit) & 1 == 1 {
+            quote!(::zerfoo::typenum::B1)
+        } else {
+            quote!(::zerfoo::typenum::B0)
+        };
+        ty = quote!(::zerfoo::typenum::UInt<#ty, #b>);
+    }
+    ty
+}
+
+/// Declares a named static dimension: `dim!(pub Hidden = 768);`
+///
+/// The dim prints as `Hidden` in every shape error, and is compared **by
+/// value**: a `Hidden = 768` and an `Embed = 768` line up, a `Ffn = 3072` does not.
+#[proc_macro]
+pub fn dim(input: TokenStream) -> TokenStream {
+    let decl = syn::parse_macro_input!(input as DimDecl);
+    let value: u64 = match decl.value.base10_parse() {
+        Ok(v) => v,
+        Err(e) => return e.to_compile_error().into(),
+    };
+    let DimDecl {
+        attrs, vis, name, ..
+    } = decl;
+    let ty = typenum_of(value);
+    let size = value as usize;
+    let doc = format!("The static dimension `{name}` = {value}.");
+    quote! {
+        #[doc = #doc]
+        #(#attrs)*
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+        #vis struct #name;
+        impl ::zerfoo::shape::Dim for #name {
+            type Kind = ::zerfoo::shape::Static<#ty>;
+            const STATIC: ::core::option::Option<usize> = ::core::option::Option::Some(#size);
+            #[inline]
+            fn size(&self) -> usize {
+                #size
+            }
+            #[inline]
+            fn from_size(n: usize) -> ::core::option::Option<Self> {
+                if n == #size { ::core::option::Option::Some(#name) } else { ::core::option::Option::None }
+            }
+        }
+        impl ::zerfoo::shape::StaticDim for #name {}
+    }
+    .into()
+}

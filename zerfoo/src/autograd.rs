@@ -1,0 +1,263 @@
+//! Reverse-mode autograd with the tape in the type.
+//!
+//! A tensor's last type parameter is [`NoTape`] or [`Tape`]. Ops on a `Tape`
+//! tensor record a [`Node`]: the ids of their inputs, the inputs' own nodes
+//! and a backward closure. Binary ops merge tapes ([`Merge`]). Only a scalar
+//! `Tape` tensor can call `backward()`, which walks the nodes in reverse
+//! creation order (a valid reverse topological order, since a node is always
+//! created after its inputs), runs each closure once and frees it.
+//!
+//! Every tensor that took part without a node of its own — parameters and the
+//! traced input — ends up with a gradient in [`Gradients`], keyed by its
+//! [`TensorId`], which in-place parameter updates preserve.
+
+use core::any::Any;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use zerfoo_kernels::{Cpu, FloatDtype};
+
+use crate::shape::Shape;
+use crate::tensor::Tensor;
+
+/// A stable identity for a tensor (and its gradient). In-place updates keep it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TensorId(u64);
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl TensorId {
+    /// A fresh id, larger than every id handed out before.
+    pub fn fresh() -> Self {
+        TensorId(NEXT_ID.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// The backward closure of one node: reads the output's gradient from the
+/// store and adds the inputs' gradients to it.
+pub(crate) type BackwardFn = Box<dyn FnOnce(&mut GradStore) + Send>;
+
+static LIVE_NODES: AtomicUsize = AtomicUsize::new(0);
+
+/// Number of graph nodes alive in the process (to check that graphs are freed).
+pub fn live_nodes() -> usize {
+    LIVE_NODES.load(Ordering::SeqCst)
+}
+
+/// One recorded operation.
+pub struct Node {
+    id: TensorId,
+    parents: Vec<Arc<Node>>,
+    backward: Mutex<Option<BackwardFn>>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        LIVE_NODES.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl core::fmt::Debug for Node {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Node({:?})", self.id)
+    }
+}
+
+/// No tape: ops record nothing. Model parameters are `NoTape`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NoTape;
+
+/// A tape: this tensor's value depends on a traced input, and ops on it are
+/// recorded for `backward`.
+#[derive(Clone, Debug, Default)]
+pub struct Tape(Option<Arc<Node>>);
+
+/// Whether a tensor records its ops: [`NoTape`] or [`Tape`].
+pub trait TapeState: Clone + core::fmt::Debug + Send + Sync + 'static {
+    /// `true` for [`Tape`].
+    const TRACKED: bool;
+    /// The node that produced this tensor, if any.
+    fn node(&self) -> Option<Arc<Node>>;
+    /// The tape of an op's output, given the node it recorded.
+    fn from_node(node: Option<Arc<Node>>) -> Self;
+}
+
+impl TapeState for NoTape {
+    const TRACKED: bool = false;
+    fn node(&self) -> Option<Arc<Node>> {
+        None
+    }
+    fn from_node(_: Option<Arc<Node>>) -> Self {
+        NoTape
+    }
+}
+
+impl TapeState for Tape {
+    const TRACKED: bool = true;
+    fn node(&self) -> Option<Arc<Node>> {
+        self.0.clone()
+    }
+    fn from_node(node: Option<Arc<Node>>) -> Self {
+        Tape(node)
+    }
+}
+
+/// A tensor that carries a tape (the only kind that can call `backward`).
+#[diagnostic::on_unimplemented(
+    message = "`backward` needs a tensor that carries a tape, but this one is `{Self}`",
+    label = "no tape: nothing was recorded",
+    note = "trace the input with `.traced()` before the forward pass"
+)]
+pub trait HasTape: TapeState {}
+impl HasTape for Tape {}
+
+/// The tape of a binary op's output: tracked if either input is.
+pub trait Merge<R: TapeState>: TapeState {
+    /// [`Tape`] if either side is.
+    type Out: TapeState;
+}
+impl Merge<NoTape> for NoTape {
+    type Out = NoTape;
+}
+impl Merge<Tape> for NoTape {
+    type Out = Tape;
+}
+impl Merge<NoTape> for Tape {
+    type Out = Tape;
+}
+impl Merge<Tape> for Tape {
+    type Out = Tape;
+}
+
+/// Type-erased gradient buffers, keyed by tensor id. Each is a contiguous
+/// `Vec<E>` in the tensor's own dtype.
+#[derive(Default)]
+pub struct GradStore {
+    grads: HashMap<TensorId, Box<dyn Any + Send + Sync>>,
+}
+
+impl GradStore {
+    /// Removes and returns the gradient of `id`.
+    pub(crate) fn take<E: 'static>(&mut self, id: TensorId) -> Option<Vec<E>> {
+        let b = self.grads.remove(&id)?;
+        Some(*b.downcast::<Vec<E>>().unwrap_or_else(|_| {
+            panic!("internal error: gradient of {id:?} stored with another dtype")
+        }))
+    }
+
+    /// Adds `grad` to the gradient of `id`.
+    pub(crate) fn accumulate<E: FloatDtype>(&mut self, id: TensorId, grad: Vec<E>) {
+        match self.grads.get_mut(&id) {
+            Some(b) => {
+                let acc = b
+                    .downcast_mut::<Vec<E>>()
+                    .expect("internal error: gradient dtype changed");
+                debug_assert_eq!(acc.len(), grad.len());
+                for (a, g) in acc.iter_mut().zip(grad) {
+                    *a = E::from_acc(a.to_acc() + g.to_acc());
+                }
+            }
+            None => {
+                self.grads.insert(id, Box::new(grad));
+            }
+        }
+    }
+
+    fn get<E: 'static>(&self, id: TensorId) -> Option<&Vec<E>> {
+        self.grads.get(&id).and_then(|b| b.downcast_ref::<Vec<E>>())
+    }
+}
+
+/// Gradients of a loss with respect to every tensor that fed it without a
+/// node of its own (parameters and traced inputs), keyed by [`TensorId`].
+pub struct Gradients {
+    store: GradStore,
+}
+
+impl Gradients {
+    /// The gradient of `t`, shaped like `t`, or `None` if `t` did not take part.
+    pub fn get<S: Shape, E: FloatDtype, T>(
+        &self,
+        t: &Tensor<S, E, Cpu, T>,
+    ) -> Option<Tensor<S, E, Cpu, NoTape>> {
+        let v = self.store.get::<E>(t.id())?;
+        Some(Tensor::from_contiguous(t.shape(), v.clone()))
+    }
+
+    /// The gradient of the tensor with this id, as a flat row-major vector.
+    pub fn get_vec<E: FloatDtype>(&self, id: TensorId) -> Option<&[E]> {
+        self.store.get::<E>(id).map(|v| v.as_slice())
+    }
+
+    /// Removes the gradient of `id` and returns it.
+    pub fn remove<E: FloatDtype>(&mut self, id: TensorId) -> Option<Vec<E>> {
+        self.store.take::<E>(id)
+    }
+
+    /// The ids that have a gradient.
+    pub fn ids(&self) -> impl Iterator<Item = TensorId> + '_ {
+        self.store.grads.keys().copied()
+    }
+
+    /// How many tensors have a gradient.
+    pub fn len(&self) -> usize {
+        self.store.grads.len()
+    }
+
+    /// Whether no tensor has a gradient.
+    pub fn is_empty(&self) -> bool {
+        self.store.grads.is_empty()
+    }
+}
+
+/// Records an op whose output has id `out` and whose inputs carry `tapes`.
+/// `backward` runs only if some input is tracked.
+pub(crate) fn record<T: TapeState>(
+    out: TensorId,
+    parents: &[Option<Arc<Node>>],
+    backward: impl FnOnce(&mut GradStore) + Send + 'static,
+) -> T {
+    if !T::TRACKED {
+        return T::from_node(None);
+    }
+    LIVE_NODES.fetch_add(1, Ordering::SeqCst);
+    let node = Node {
+        id: out,
+        parents: parents.iter().flatten().cloned().collect(),
+        backward: Mutex::new(Some(Box::new(backward))),
+    };
+    T::from_node(Some(Arc::new(node)))
+}
+
+/// Runs backward from a scalar with id `root_id` produced by `root`.
+pub(crate) fn run_backward<E: FloatDtype>(root_id: TensorId, root: Option<Arc<Node>>) -> Gradients {
+    let mut store = GradStore::default();
+    store.accumulate::<E>(root_id, vec![E::from_acc(num_traits::One::one())]);
+    let mut nodes: BTreeMap<TensorId, Arc<Node>> = BTreeMap::new();
+    let mut stack: Vec<Arc<Node>> = root.into_iter().collect();
+    while let Some(n) = stack.pop() {
+        if nodes.contains_key(&n.id) {
+            continue;
+        }
+        for p in &n.parents {
+            if !nodes.contains_key(&p.id) {
+                stack.push(p.clone());
+            }
+        }
+        nodes.insert(n.id, n);
+    }
+    while let Some((id, node)) = nodes.pop_last() {
+        let f = node
+            .backward
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(f) = f {
+            f(&mut store);
+        }
+        // `id` was produced by an op: its gradient is an intermediate.
+        store.grads.remove(&id);
+    }
+    Gradients { store }
+}

@@ -1,0 +1,50 @@
+//! # zerfoo
+//!
+//! A deep-learning framework whose tensors carry their dimensions and dtype in
+//! their type. A shape mismatch is a compile error that names the operation
+//! and the dims:
+//!
+//! ```compile_fail
+//! use zerfoo::prelude::*;
+//! dim!(Batch = 4);
+//! dim!(Hidden = 768);
+//! dim!(Ffn = 3072);
+//! let x: Tensor<(Batch, Hidden), f32> = Tensor::zeros((Batch, Hidden));
+//! let w: Tensor<(Ffn, Hidden), f32> = Tensor::zeros((Ffn, Hidden));
+//! let _ = x.matmul(w); // error: shape error in `Matmul`: `Hidden` does not match `Ffn`
+//! ```
+//!
+//! Dynamic dims ([`Dyn`](shape::Dyn)) are checked at run time: every fallible
+//! op has a `try_*` form returning [`Error::ShapeMismatch`].
+//!
+//! Crate map: [`shape`] (dims, shapes, shape rules), [`tensor`] ([`Tensor`]
+//! and its creation), [`ops`] (every op with its backward), [`autograd`]
+//! (tapes, gradients). Kernels live in [`kernels`] (`zerfoo-kernels`).
+
+extern crate self as zerfoo;
+
+pub mod autograd;
+pub mod error;
+pub mod ops;
+pub mod shape;
+pub mod tensor;
+
+pub use error::{Error, Result};
+pub use tensor::Tensor;
+pub use typenum;
+pub use zerfoo_kernels as kernels;
+pub use zerfoo_macros::dim;
+
+/// Everything a model file usually needs.
+pub mod prelude {
+    pub use crate::autograd::{Gradients, NoTape, Tape, TensorId};
+    pub use crate::dim;
+    pub use crate::shape::{
+        Axes2, Axes3, Axes4, Axes5, Axes6, Axis, ConstShape, Dim, Dyn, Rank0, Rank1, Rank2, Rank3,
+        Rank4, Rank5, Rank6, Shape,
+    };
+    pub use crate::tensor::Tensor;
+    pub use crate::{Error, Result};
+    pub use typenum::consts::*;
+    pub use zerfoo_kernels::{bf16, f16, Cpu, DType, Dtype, FloatDtype, F8E4M3, F8E5M2};
+}

@@ -1,0 +1,140 @@
+//! Elementwise binary ops between tensors of the same shape and dtype.
+//!
+//! Shapes must match (checked by value at compile time, at run time for `Dyn`
+//! dims); broadcasting is explicit (`broadcast`), never silent.
+
+use std::sync::Arc;
+
+use zerfoo_kernels::cpu::binary::{self as k, BinaryOp};
+use zerfoo_kernels::{Cpu, Device, Dtype, FloatDtype, Layout};
+
+use crate::autograd::{record, Merge, TapeState, TensorId};
+use crate::error::or_panic;
+use crate::shape::{SameShape, Shape};
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+/// Both operands have the same dtype; mixing dtypes needs an explicit `to_dtype`.
+#[diagnostic::on_unimplemented(
+    message = "dtype error in `{Op}`: `{Self}` and `{R}` are different dtypes",
+    label = "mixed dtypes",
+    note = "convert one operand first, e.g. `.to_dtype::<{Self}>()`"
+)]
+pub trait SameDtype<R: Dtype, Op>: Dtype {
+    /// Views a tensor of dtype `R` (= `Self`) as dtype `Self`.
+    fn same<S: Shape, D: Device, T>(t: Tensor<S, R, D, T>) -> Tensor<S, Self, D, T>;
+}
+impl<E: Dtype, Op> SameDtype<E, Op> for E {
+    #[inline]
+    fn same<S: Shape, D: Device, T>(t: Tensor<S, E, D, T>) -> Tensor<S, E, D, T> {
+        t
+    }
+}
+
+impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
+    /// Runs a [`BinaryOp`] on two same-shaped tensors and records its backward.
+    pub(crate) fn try_binary_op<O: BinaryOp, S2: Shape, T2: TapeState>(
+        self,
+        rhs: Tensor<S2, E, Cpu, T2>,
+        op: O,
+    ) -> Result<Tensor<S, E, Cpu, <T as Merge<T2>>::Out>>
+    where
+        T: Merge<T2>,
+    {
+        if self.layout.shape() != rhs.layout.shape() {
+            return Err(Error::ShapeMismatch {
+                op: O::NAME,
+                lhs: self.layout.shape().to_vec(),
+                rhs: rhs.layout.shape().to_vec(),
+            });
+        }
+        let y = k::binary_forward(op, &self.data, &self.layout, &rhs.data, &rhs.layout);
+        let out_id = TensorId::fresh();
+        type Out<T, T2> = <T as Merge<T2>>::Out;
+        let tape = if Out::<T, T2>::TRACKED {
+            let (a, la, ida) = (self.data.clone(), self.layout, self.id);
+            let (b, lb, idb) = (rhs.data.clone(), rhs.layout, rhs.id);
+            record::<Out<T, T2>>(out_id, &[self.tape.node(), rhs.tape.node()], move |g| {
+                if let Some(gy) = g.take::<E>(out_id) {
+                    let (ga, gb) = k::binary_backward(op, &a, &la, &b, &lb, &gy, (true, true));
+                    g.accumulate(ida, ga);
+                    g.accumulate(idb, gb);
+                }
+            })
+        } else {
+            Out::<T, T2>::from_node(None)
+        };
+        Ok(Tensor {
+            layout: Layout::contiguous(&self.shape.dims()),
+            shape: self.shape,
+            data: Arc::new(y),
+            id: out_id,
+            tape,
+            device: Cpu,
+        })
+    }
+}
+
+macro_rules! binary_method {
+    ($try_name:ident, $name:ident, $kop:ident, $marker:ident, $doc:literal) => {
+        impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
+            #[doc = concat!($doc, " Fails if a `Dyn` dim differs at run time.")]
+            pub fn $try_name<S2: Shape, E2: FloatDtype, T2: TapeState>(
+                self,
+                rhs: Tensor<S2, E2, Cpu, T2>,
+            ) -> Result<Tensor<S, E, Cpu, <T as Merge<T2>>::Out>>
+            where
+                S: SameShape<S2, super::$marker>,
+                E: SameDtype<E2, super::$marker>,
+                T: Merge<T2>,
+            {
+                self.try_binary_op(E::same(rhs), k::$kop)
+            }
+            #[doc = concat!($doc, " Panics if a `Dyn` dim differs at run time.")]
+            #[track_caller]
+            pub fn $name<S2: Shape, E2: FloatDtype, T2: TapeState>(
+                self,
+                rhs: Tensor<S2, E2, Cpu, T2>,
+            ) -> Tensor<S, E, Cpu, <T as Merge<T2>>::Out>
+            where
+                S: SameShape<S2, super::$marker>,
+                E: SameDtype<E2, super::$marker>,
+                T: Merge<T2>,
+            {
+                or_panic(self.$try_name(rhs))
+            }
+        }
+    };
+}
+
+binary_method!(try_add, add, AddOp, Add, "Elementwise `self + rhs`.");
+binary_method!(try_sub, sub, SubOp, Sub, "Elementwise `self - rhs`.");
+binary_method!(try_mul, mul, MulOp, Mul, "Elementwise `self * rhs`.");
+binary_method!(try_div, div, DivOp, Div, "Elementwise `self / rhs`.");
+binary_method!(try_maximum, maximum, MaximumOp, Maximum, "Elementwise `max(self, rhs)`.");
+binary_method!(try_minimum, minimum, MinimumOp, Minimum, "Elementwise `min(self, rhs)`.");
+binary_method!(try_pow, pow, PowOp, Pow, "Elementwise `self ^ rhs`.");
+
+macro_rules! binary_std_op {
+    ($tr:ident, $m:ident, $marker:ident) => {
+        impl<S, S2, E, E2, T, T2> core::ops::$tr<Tensor<S2, E2, Cpu, T2>> for Tensor<S, E, Cpu, T>
+        where
+            S: Shape + SameShape<S2, super::$marker>,
+            S2: Shape,
+            E: FloatDtype + SameDtype<E2, super::$marker>,
+            E2: FloatDtype,
+            T: TapeState + Merge<T2>,
+            T2: TapeState,
+        {
+            type Output = Tensor<S, E, Cpu, <T as Merge<T2>>::Out>;
+            #[track_caller]
+            fn $m(self, rhs: Tensor<S2, E2, Cpu, T2>) -> Self::Output {
+                Tensor::$m(self, rhs)
+            }
+        }
+    };
+}
+binary_std_op!(Add, add, Add);
+binary_std_op!(Sub, sub, Sub);
+binary_std_op!(Mul, mul, Mul);
+binary_std_op!(Div, div, Div);

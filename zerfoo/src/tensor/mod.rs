@@ -1,0 +1,283 @@
+//! [`Tensor`]: a shape, a dtype, a device and a tape state, all in the type.
+
+mod create;
+mod display;
+pub(crate) mod rng;
+
+use std::sync::Arc;
+
+use zerfoo_kernels::{cpu, Cpu, Device, Dtype, FloatDtype, Layout};
+
+use crate::autograd::{record, NoTape, Tape, TapeState, TensorId};
+use crate::shape::{Dims, Shape};
+
+/// An n-dimensional array whose shape `S`, element type `E`, device `D` and
+/// tape state `T` are part of its type.
+///
+/// Storage is shared (`Arc`) and copy-on-write; views such as permute, slice
+/// and broadcast change only the [`Layout`].
+///
+/// ```
+/// use zerfoo::prelude::*;
+/// dim!(Rows = 2);
+/// dim!(Cols = 3);
+/// let a: Tensor<(Rows, Cols), f32> = Tensor::ones((Rows, Cols));
+/// let b = a.clone().exp();
+/// assert_eq!(b.dims(), [2, 3]);
+/// assert!((b.to_vec()[0] - 1f32.exp()).abs() < 1e-6);
+/// ```
+pub struct Tensor<S: Shape, E: Dtype, D: Device = Cpu, T = NoTape> {
+    pub(crate) shape: S,
+    pub(crate) layout: Layout,
+    pub(crate) data: Arc<Vec<E>>,
+    pub(crate) id: TensorId,
+    pub(crate) tape: T,
+    pub(crate) device: D,
+}
+
+impl<S: Shape, E: Dtype, D: Device, T: Clone> Clone for Tensor<S, E, D, T> {
+    /// A cheap clone: the storage is shared and the clone keeps the id and
+    /// the tape, so using both in a graph accumulates their gradients.
+    fn clone(&self) -> Self {
+        Tensor {
+            shape: self.shape,
+            layout: self.layout,
+            data: self.data.clone(),
+            id: self.id,
+            tape: self.tape.clone(),
+            device: self.device,
+        }
+    }
+}
+
+impl<S: Shape, E: Dtype, D: Device, T> Tensor<S, E, D, T> {
+    /// The shape value.
+    pub fn shape(&self) -> S {
+        self.shape
+    }
+    /// The run-time dims.
+    pub fn dims(&self) -> Dims {
+        self.shape.dims()
+    }
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.layout.numel()
+    }
+    /// The stable id gradients are keyed by.
+    pub fn id(&self) -> TensorId {
+        self.id
+    }
+    /// Where the elements live in storage (strides in elements).
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+    /// The device.
+    pub fn device(&self) -> D {
+        self.device
+    }
+    /// The runtime dtype name.
+    pub fn dtype(&self) -> zerfoo_kernels::DType {
+        E::DTYPE
+    }
+    /// The tape.
+    pub fn tape(&self) -> &T {
+        &self.tape
+    }
+    /// Whether the elements are dense and row-major.
+    pub fn is_contiguous(&self) -> bool {
+        self.layout.is_contiguous()
+    }
+    /// The elements in row-major order.
+    pub fn to_vec(&self) -> Vec<E> {
+        cpu::to_contiguous(&self.data, &self.layout)
+    }
+    /// Elements as `f64`, row-major (handy in tests).
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        cpu::map(&self.data, &self.layout, |x: E| x.to_f64())
+    }
+    /// The single element of a one-element tensor.
+    pub fn item(&self) -> E {
+        assert_eq!(self.numel(), 1, "item() needs exactly one element");
+        self.data[self.layout.offset]
+    }
+    /// The raw storage and layout (for kernels and I/O).
+    pub fn storage(&self) -> (&[E], &Layout) {
+        (&self.data, &self.layout)
+    }
+    /// Same data and id under another shape type of equal dims (no checks on dims).
+    pub(crate) fn with_shape<S2: Shape>(self, shape: S2) -> Tensor<S2, E, D, T> {
+        debug_assert_eq!(&*shape.dims(), self.layout.shape());
+        Tensor {
+            shape,
+            layout: self.layout,
+            data: self.data,
+            id: self.id,
+            tape: self.tape,
+            device: self.device,
+        }
+    }
+
+    /// Turns dynamic dims into static ones (or back), checking each at run time.
+    ///
+    /// The result shares storage, id and tape with `self`.
+    ///
+    /// ```
+    /// use zerfoo::prelude::*;
+    /// let x: Tensor<(Dyn, Dyn), f32> = Tensor::zeros((Dyn(2), Dyn(3)));
+    /// let y: Tensor<(U2, U3), f32> = x.clone().realize().unwrap();
+    /// assert!(x.realize::<(U2, U4)>().is_err());
+    /// # let _ = y;
+    /// ```
+    pub fn realize<S2: Shape>(self) -> crate::Result<Tensor<S2, E, D, T>> {
+        let s2: S2 = crate::shape::shape_from_dims("realize", self.layout.shape())?;
+        Ok(self.with_shape(s2))
+    }
+}
+
+impl<S: Shape, E: Dtype> Tensor<S, E, Cpu, NoTape> {
+    /// A tensor from row-major contiguous data; no length check (crate use).
+    pub(crate) fn from_contiguous(shape: S, data: Vec<E>) -> Self {
+        debug_assert_eq!(shape.numel(), data.len());
+        Tensor {
+            layout: Layout::contiguous(&shape.dims()),
+            shape,
+            data: Arc::new(data),
+            id: TensorId::fresh(),
+            tape: NoTape,
+            device: Cpu,
+        }
+    }
+
+    /// Starts recording: ops on the result (and on everything computed from
+    /// it) are recorded, and `backward()` gives a gradient for this tensor.
+    pub fn traced(self) -> Tensor<S, E, Cpu, Tape> {
+        Tensor {
+            shape: self.shape,
+            layout: self.layout,
+            data: self.data,
+            id: self.id,
+            tape: Tape::default(),
+            device: self.device,
+        }
+    }
+
+    /// Mutable access to the elements (copy-on-write: storage shared with
+    /// other tensors is copied first). The id is kept, so an in-place update
+    /// of a parameter keeps its gradient key.
+    pub fn data_mut(&mut self) -> &mut [E] {
+        if !self.layout.is_contiguous() || self.layout.offset != 0 || self.data.len() != self.numel()
+        {
+            let v = self.to_vec();
+            self.data = Arc::new(v);
+            self.layout = Layout::contiguous(&self.shape.dims());
+        }
+        Arc::make_mut(&mut self.data).as_mut_slice()
+    }
+}
+
+impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
+    /// Drops the tape: the result records nothing and gets a fresh id, so no
+    /// gradient flows through it.
+    pub fn detach(self) -> Tensor<S, E, Cpu, NoTape> {
+        Tensor {
+            shape: self.shape,
+            layout: self.layout,
+            data: self.data,
+            id: TensorId::fresh(),
+            tape: NoTape,
+            device: self.device,
+        }
+    }
+
+    /// A contiguous tensor with the same values (a copy only when needed).
+    pub fn contiguous(self) -> Self {
+        if self.layout.is_contiguous() && self.layout.offset == 0 && self.data.len() == self.numel()
+        {
+            return self;
+        }
+        let data = self.to_vec();
+        let out_id = TensorId::fresh();
+        let (in_id, shape) = (self.id, self.shape);
+        let tape = record::<T>(out_id, &[self.tape.node()], move |g| {
+            if let Some(go) = g.take::<E>(out_id) {
+                g.accumulate::<E>(in_id, go);
+            }
+        });
+        Tensor {
+            layout: Layout::contiguous(&shape.dims()),
+            shape,
+            data: Arc::new(data),
+            id: out_id,
+            tape,
+            device: Cpu,
+        }
+    }
+}
+
+impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
+    /// Converts every element to `E2` (rounding to nearest even); the gradient
+    /// flows back converted to `E`.
+    ///
+    /// ```
+    /// use zerfoo::prelude::*;
+    /// let x: Tensor<(U3,), f32> = Tensor::full((U3::default(),), 1.0 / 3.0);
+    /// let h = x.to_dtype::<bf16>();
+    /// assert_eq!(h.to_vec()[0], bf16::from_f32(1.0 / 3.0));
+    /// ```
+    pub fn to_dtype<E2: FloatDtype>(self) -> Tensor<S, E2, Cpu, T> {
+        let data = cpu::map(&self.data, &self.layout, |x: E| {
+            if E::Acc::is_f64() || E2::Acc::is_f64() {
+                E2::from_f64(x.to_f64())
+            } else {
+                E2::from_f32(x.to_f32())
+            }
+        });
+        let out_id = TensorId::fresh();
+        let in_id = self.id;
+        let tape = record::<T>(out_id, &[self.tape.node()], move |g| {
+            if let Some(go) = g.take::<E2>(out_id) {
+                let gi: Vec<E> = go.iter().map(|&v| E::from_f64(v.to_f64())).collect();
+                g.accumulate(in_id, gi);
+            }
+        });
+        Tensor {
+            layout: Layout::contiguous(&self.shape.dims()),
+            shape: self.shape,
+            data: Arc::new(data),
+            id: out_id,
+            tape,
+            device: Cpu,
+        }
+    }
+}
+
+/// Whether a compute type is `f64` (decides how `to_dtype` rounds).
+trait IsF64 {
+    fn is_f64() -> bool;
+}
+impl<A: zerfoo_kernels::Real> IsF64 for A {
+    fn is_f64() -> bool {
+        core::any::TypeId::of::<A>() == core::any::TypeId::of::<f64>()
+    }
+}
+
+impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
+    /// Computes the gradient of this scalar with respect to every tensor
+    /// that fed it without a node of its own (parameters, traced inputs).
+    /// The graph is freed as it is walked.
+    ///
+    /// Compiles only for a scalar (rank-0) tensor that carries a tape:
+    ///
+    /// ```compile_fail
+    /// use zerfoo::prelude::*;
+    /// let x: Tensor<(U2,), f32> = Tensor::ones((U2::default(),));
+    /// let _ = x.sum::<Axis<0>>().backward(); // no tape
+    /// ```
+    pub fn backward(self) -> crate::autograd::Gradients
+    where
+        S: crate::shape::ScalarShape,
+        T: crate::autograd::HasTape,
+    {
+        crate::autograd::run_backward::<E>(self.id, self.tape.node())
+    }
+}
