@@ -31,3 +31,13 @@ fn broadcast_gradient_sums_over_new_axis() {
         weighted_sum(b.broadcast::<_, Axis<0>>(s) * m, 11)
     });
 }
+
+#[test]
+fn exp_in_every_dtype() {
+    use zerfoo_tests::{cast, check_dtypes};
+    let x: Tensor<(Rows, Cols), f64> = Tensor::randn((Rows, Cols), 12);
+    check_dtypes!("exp", |E| cast::<E, _>(&x).exp().to_f64_vec());
+    let y: Tensor<(Rows, Cols), f64> = Tensor::randn((Rows, Cols), 13);
+    check_dtypes!("mul", |E| (cast::<E, _>(&x) * cast::<E, _>(&y))
+        .to_f64_vec());
+}

@@ -43,7 +43,11 @@ impl Format {
         let e = ((bits as u32) >> self.mantissa_bits) & exp_max;
         let m = (bits as u32) & mant_mask;
         if self.ieee_specials && e == exp_max {
-            return if m == 0 { sign * f64::INFINITY } else { f64::NAN };
+            return if m == 0 {
+                sign * f64::INFINITY
+            } else {
+                f64::NAN
+            };
         }
         if !self.ieee_specials && e == exp_max && m == mant_mask {
             return f64::NAN;

@@ -37,7 +37,11 @@ impl Layout {
     /// assert_eq!(l.strides(), &[3, 1]);
     /// ```
     pub fn contiguous(shape: &[usize]) -> Self {
-        assert!(shape.len() <= MAX_RANK, "rank {} exceeds {MAX_RANK}", shape.len());
+        assert!(
+            shape.len() <= MAX_RANK,
+            "rank {} exceeds {MAX_RANK}",
+            shape.len()
+        );
         let mut l = Layout {
             rank: shape.len() as u8,
             shape: [1; MAX_RANK],
@@ -216,7 +220,9 @@ mod tests {
 
     #[test]
     fn offsets_of_a_permuted_slice() {
-        let l = Layout::contiguous(&[2, 3, 4]).permute(&[2, 0, 1]).narrow(0, 1, 2);
+        let l = Layout::contiguous(&[2, 3, 4])
+            .permute(&[2, 0, 1])
+            .narrow(0, 1, 2);
         let fast = l.offsets();
         let slow: Vec<usize> = (0..l.numel()).map(|i| l.index_of(i)).collect();
         assert_eq!(fast, slow);

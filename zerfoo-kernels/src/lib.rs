@@ -19,7 +19,9 @@ pub use half::{bf16, f16};
 pub use layout::{Layout, MAX_RANK};
 
 /// A compute device. Tensors carry theirs in their type.
-pub trait Device: Clone + Copy + core::fmt::Debug + Default + PartialEq + Send + Sync + 'static {
+pub trait Device:
+    Clone + Copy + core::fmt::Debug + Default + PartialEq + Send + Sync + 'static
+{
     /// A short name for messages: `cpu`, `cuda:0`.
     fn name(&self) -> String;
 }

@@ -23,7 +23,9 @@ pub fn binary_forward<E: FloatDtype, O: BinaryOp>(
     b: &[E],
     lb: &Layout,
 ) -> Vec<E> {
-    zip_map(a, la, b, lb, |x: E, y: E| E::from_acc(op.f(x.to_acc(), y.to_acc())))
+    zip_map(a, la, b, lb, |x: E, y: E| {
+        E::from_acc(op.f(x.to_acc(), y.to_acc()))
+    })
 }
 
 /// The gradients `(grad_a, grad_b)` (contiguous) given contiguous `grad_y`.

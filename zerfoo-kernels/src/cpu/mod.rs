@@ -3,8 +3,8 @@
 //! above [`PAR_THRESHOLD`] elements; the split never changes results (each
 //! output element is computed by exactly one thread, in a fixed order).
 
-pub mod elementwise;
 pub mod binary;
+pub mod elementwise;
 pub mod reduce;
 pub mod unary;
 
@@ -14,4 +14,4 @@ pub const PAR_THRESHOLD: usize = 1 << 15;
 /// Elements per parallel chunk of an elementwise kernel.
 pub const CHUNK: usize = 1 << 13;
 
-pub use elementwise::{map, map_into, to_contiguous, zip_map, zip3_map};
+pub use elementwise::{map, map_into, to_contiguous, zip3_map, zip_map};

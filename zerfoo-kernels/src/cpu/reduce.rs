@@ -87,7 +87,10 @@ pub fn arg_reduce_axes<E: Copy + Send + Sync + Default>(
             .enumerate()
             .for_each(body);
     } else {
-        vals.iter_mut().zip(idx.iter_mut()).enumerate().for_each(body);
+        vals.iter_mut()
+            .zip(idx.iter_mut())
+            .enumerate()
+            .for_each(body);
     }
     (vals, idx)
 }

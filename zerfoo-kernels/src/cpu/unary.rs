@@ -26,10 +26,18 @@ pub fn unary_backward<E: FloatDtype, O: UnaryOp>(
     grad_y: &[E],
 ) -> Vec<E> {
     let contiguous = Layout::contiguous(x_layout.shape());
-    crate::cpu::zip3_map(x, x_layout, y, &contiguous, grad_y, &contiguous, |x, y, g| {
-        let (x, y) = (x.to_acc(), y.to_acc());
-        E::from_acc(g.to_acc() * op.df(x, y))
-    })
+    crate::cpu::zip3_map(
+        x,
+        x_layout,
+        y,
+        &contiguous,
+        grad_y,
+        &contiguous,
+        |x, y, g| {
+            let (x, y) = (x.to_acc(), y.to_acc());
+            E::from_acc(g.to_acc() * op.df(x, y))
+        },
+    )
 }
 
 macro_rules! unary_op {
@@ -79,24 +87,24 @@ unary_op!(/// logistic sigmoid `1/(1+e^-x)`
 unary_op!(/// `max(x, 0)` (derivative 0 at 0 as in PyTorch)
     Relu, "relu", |x| if x > A::zero() { x } else { A::zero() }, |x, y| if x > A::zero() { A::one() } else { A::zero() });
 unary_op!(/// GELU, exact form `x Φ(x)` with the error function
-    GeluErf, "gelu", |x| c::<A>(0.5) * x * (A::one() + (x * c::<A>(core::f64::consts::FRAC_1_SQRT_2)).erf()),
-    |x, y| {
-        let cdf = c::<A>(0.5) * (A::one() + (x * c::<A>(core::f64::consts::FRAC_1_SQRT_2)).erf());
-        let pdf = (c::<A>(-0.5) * x * x).exp() * c::<A>(0.398_942_280_401_432_7);
-        cdf + x * pdf
-    });
+GeluErf, "gelu", |x| c::<A>(0.5) * x * (A::one() + (x * c::<A>(core::f64::consts::FRAC_1_SQRT_2)).erf()),
+|x, y| {
+    let cdf = c::<A>(0.5) * (A::one() + (x * c::<A>(core::f64::consts::FRAC_1_SQRT_2)).erf());
+    let pdf = (c::<A>(-0.5) * x * x).exp() * c::<A>(0.398_942_280_401_432_7);
+    cdf + x * pdf
+});
 unary_op!(/// GELU, tanh approximation (`gelu_pytorch_tanh`, GPT-2's `new_gelu`)
-    GeluTanh, "gelu_tanh", |x| {
-        let k = c::<A>(0.797_884_560_802_865_4); // sqrt(2/pi)
-        c::<A>(0.5) * x * (A::one() + (k * (x + c::<A>(0.044715) * x * x * x)).tanh())
-    },
-    |x, y| {
-        let k = c::<A>(0.797_884_560_802_865_4);
-        let inner = k * (x + c::<A>(0.044715) * x * x * x);
-        let t = inner.tanh();
-        let dinner = k * (A::one() + c::<A>(3.0 * 0.044715) * x * x);
-        c::<A>(0.5) * (A::one() + t) + c::<A>(0.5) * x * (A::one() - t * t) * dinner
-    });
+GeluTanh, "gelu_tanh", |x| {
+    let k = c::<A>(0.797_884_560_802_865_4); // sqrt(2/pi)
+    c::<A>(0.5) * x * (A::one() + (k * (x + c::<A>(0.044715) * x * x * x)).tanh())
+},
+|x, y| {
+    let k = c::<A>(0.797_884_560_802_865_4);
+    let inner = k * (x + c::<A>(0.044715) * x * x * x);
+    let t = inner.tanh();
+    let dinner = k * (A::one() + c::<A>(3.0 * 0.044715) * x * x);
+    c::<A>(0.5) * (A::one() + t) + c::<A>(0.5) * x * (A::one() - t * t) * dinner
+});
 unary_op!(/// SiLU / swish `x σ(x)`
     Silu, "silu", |x| x * sigmoid(x), |x, y| { let s = sigmoid(x); s * (A::one() + x * (A::one() - s)) });
 unary_op!(/// `x²`
@@ -249,7 +257,11 @@ mod tests {
                 let h = 1e-6;
                 let fd = (op.f(x + h) - op.f(x - h)) / (2.0 * h);
                 let an = op.df(x, op.f(x));
-                assert!((fd - an).abs() < 1e-6 * (1.0 + fd.abs()), "{} at {x}: {fd} vs {an}", O::NAME);
+                assert!(
+                    (fd - an).abs() < 1e-6 * (1.0 + fd.abs()),
+                    "{} at {x}: {fd} vs {an}",
+                    O::NAME
+                );
             }
         }
         let xs = [-2.3, -0.7, 0.3, 1.1, 2.9];

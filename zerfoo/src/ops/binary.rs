@@ -111,8 +111,20 @@ binary_method!(try_add, add, AddOp, Add, "Elementwise `self + rhs`.");
 binary_method!(try_sub, sub, SubOp, Sub, "Elementwise `self - rhs`.");
 binary_method!(try_mul, mul, MulOp, Mul, "Elementwise `self * rhs`.");
 binary_method!(try_div, div, DivOp, Div, "Elementwise `self / rhs`.");
-binary_method!(try_maximum, maximum, MaximumOp, Maximum, "Elementwise `max(self, rhs)`.");
-binary_method!(try_minimum, minimum, MinimumOp, Minimum, "Elementwise `min(self, rhs)`.");
+binary_method!(
+    try_maximum,
+    maximum,
+    MaximumOp,
+    Maximum,
+    "Elementwise `max(self, rhs)`."
+);
+binary_method!(
+    try_minimum,
+    minimum,
+    MinimumOp,
+    Minimum,
+    "Elementwise `min(self, rhs)`."
+);
 binary_method!(try_pow, pow, PowOp, Pow, "Elementwise `self ^ rhs`.");
 
 macro_rules! binary_std_op {

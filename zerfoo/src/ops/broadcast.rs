@@ -1,8 +1,8 @@
 //! Explicit broadcasting: a stride-0 view along new axes checked at compile
 //! time. Its backward sums the gradient over those axes.
 
-use zerfoo_kernels::cpu::reduce as k;
 use num_traits::Zero;
+use zerfoo_kernels::cpu::reduce as k;
 use zerfoo_kernels::{Cpu, FloatDtype};
 
 use crate::autograd::{record, TapeState, TensorId};

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use zerfoo_kernels::cpu::{self, reduce as k};
 use num_traits::Zero;
+use zerfoo_kernels::cpu::{self, reduce as k};
 use zerfoo_kernels::{Cpu, FloatDtype, Layout, Real};
 
 use crate::autograd::{record, TapeState, TensorId};

@@ -21,7 +21,14 @@ pub struct Axes4<const I: usize, const J: usize, const K: usize, const L: usize>
 pub struct Axes5<const I: usize, const J: usize, const K: usize, const L: usize, const M: usize>;
 /// 6 distinct axes in increasing order.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Axes6<const I: usize, const J: usize, const K: usize, const L: usize, const M: usize, const N: usize>;
+pub struct Axes6<
+    const I: usize,
+    const J: usize,
+    const K: usize,
+    const L: usize,
+    const M: usize,
+    const N: usize,
+>;
 
 /// The shape has every axis in `Ax`; [`HasAxes::Reduced`] is the shape without them.
 ///
@@ -162,7 +169,8 @@ impl<A: Dim, B: Dim, C: Dim> HasAxes<Axes3<0, 1, 2>> for (A, B, C) {
         ()
     }
 }
-impl<A: Dim, B: Dim, C: Dim, RA: Dim, RB: Dim, RC: Dim> ConcatAlong<(RA, RB, RC), Axis<0>> for (A, B, C)
+impl<A: Dim, B: Dim, C: Dim, RA: Dim, RB: Dim, RC: Dim> ConcatAlong<(RA, RB, RC), Axis<0>>
+    for (A, B, C)
 where
     B: SameDim<RB, crate::ops::Concat>,
     C: SameDim<RC, crate::ops::Concat>,
@@ -172,7 +180,8 @@ where
     type Out = (<<A::Kind as KindAdd<RA::Kind>>::Out as KindDim>::Dim, B, C);
     const AXIS: usize = 0;
 }
-impl<A: Dim, B: Dim, C: Dim, RA: Dim, RB: Dim, RC: Dim> ConcatAlong<(RA, RB, RC), Axis<1>> for (A, B, C)
+impl<A: Dim, B: Dim, C: Dim, RA: Dim, RB: Dim, RC: Dim> ConcatAlong<(RA, RB, RC), Axis<1>>
+    for (A, B, C)
 where
     A: SameDim<RA, crate::ops::Concat>,
     C: SameDim<RC, crate::ops::Concat>,
@@ -182,7 +191,8 @@ where
     type Out = (A, <<B::Kind as KindAdd<RB::Kind>>::Out as KindDim>::Dim, C);
     const AXIS: usize = 1;
 }
-impl<A: Dim, B: Dim, C: Dim, RA: Dim, RB: Dim, RC: Dim> ConcatAlong<(RA, RB, RC), Axis<2>> for (A, B, C)
+impl<A: Dim, B: Dim, C: Dim, RA: Dim, RB: Dim, RC: Dim> ConcatAlong<(RA, RB, RC), Axis<2>>
+    for (A, B, C)
 where
     A: SameDim<RA, crate::ops::Concat>,
     B: SameDim<RB, crate::ops::Concat>,
@@ -312,7 +322,8 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim> HasAxes<Axes4<0, 1, 2, 3>> for (A, B, C, D)
         ()
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim> ConcatAlong<(RA, RB, RC, RD), Axis<0>> for (A, B, C, D)
+impl<A: Dim, B: Dim, C: Dim, D: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim>
+    ConcatAlong<(RA, RB, RC, RD), Axis<0>> for (A, B, C, D)
 where
     B: SameDim<RB, crate::ops::Concat>,
     C: SameDim<RC, crate::ops::Concat>,
@@ -320,10 +331,16 @@ where
     A::Kind: KindAdd<RA::Kind>,
     <A::Kind as KindAdd<RA::Kind>>::Out: KindDim,
 {
-    type Out = (<<A::Kind as KindAdd<RA::Kind>>::Out as KindDim>::Dim, B, C, D);
+    type Out = (
+        <<A::Kind as KindAdd<RA::Kind>>::Out as KindDim>::Dim,
+        B,
+        C,
+        D,
+    );
     const AXIS: usize = 0;
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim> ConcatAlong<(RA, RB, RC, RD), Axis<1>> for (A, B, C, D)
+impl<A: Dim, B: Dim, C: Dim, D: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim>
+    ConcatAlong<(RA, RB, RC, RD), Axis<1>> for (A, B, C, D)
 where
     A: SameDim<RA, crate::ops::Concat>,
     C: SameDim<RC, crate::ops::Concat>,
@@ -331,10 +348,16 @@ where
     B::Kind: KindAdd<RB::Kind>,
     <B::Kind as KindAdd<RB::Kind>>::Out: KindDim,
 {
-    type Out = (A, <<B::Kind as KindAdd<RB::Kind>>::Out as KindDim>::Dim, C, D);
+    type Out = (
+        A,
+        <<B::Kind as KindAdd<RB::Kind>>::Out as KindDim>::Dim,
+        C,
+        D,
+    );
     const AXIS: usize = 1;
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim> ConcatAlong<(RA, RB, RC, RD), Axis<2>> for (A, B, C, D)
+impl<A: Dim, B: Dim, C: Dim, D: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim>
+    ConcatAlong<(RA, RB, RC, RD), Axis<2>> for (A, B, C, D)
 where
     A: SameDim<RA, crate::ops::Concat>,
     B: SameDim<RB, crate::ops::Concat>,
@@ -342,10 +365,16 @@ where
     C::Kind: KindAdd<RC::Kind>,
     <C::Kind as KindAdd<RC::Kind>>::Out: KindDim,
 {
-    type Out = (A, B, <<C::Kind as KindAdd<RC::Kind>>::Out as KindDim>::Dim, D);
+    type Out = (
+        A,
+        B,
+        <<C::Kind as KindAdd<RC::Kind>>::Out as KindDim>::Dim,
+        D,
+    );
     const AXIS: usize = 2;
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim> ConcatAlong<(RA, RB, RC, RD), Axis<3>> for (A, B, C, D)
+impl<A: Dim, B: Dim, C: Dim, D: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim>
+    ConcatAlong<(RA, RB, RC, RD), Axis<3>> for (A, B, C, D)
 where
     A: SameDim<RA, crate::ops::Concat>,
     B: SameDim<RB, crate::ops::Concat>,
@@ -353,7 +382,12 @@ where
     D::Kind: KindAdd<RD::Kind>,
     <D::Kind as KindAdd<RD::Kind>>::Out: KindDim,
 {
-    type Out = (A, B, C, <<D::Kind as KindAdd<RD::Kind>>::Out as KindDim>::Dim);
+    type Out = (
+        A,
+        B,
+        C,
+        <<D::Kind as KindAdd<RD::Kind>>::Out as KindDim>::Dim,
+    );
     const AXIS: usize = 3;
 }
 impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> HasAxes<Axis<0>> for (A, B, C, D, E) {
@@ -604,7 +638,8 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> HasAxes<Axes5<0, 1, 2, 3, 4>> for (
         ()
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim, RE: Dim> ConcatAlong<(RA, RB, RC, RD, RE), Axis<0>> for (A, B, C, D, E)
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim, RE: Dim>
+    ConcatAlong<(RA, RB, RC, RD, RE), Axis<0>> for (A, B, C, D, E)
 where
     B: SameDim<RB, crate::ops::Concat>,
     C: SameDim<RC, crate::ops::Concat>,
@@ -613,10 +648,17 @@ where
     A::Kind: KindAdd<RA::Kind>,
     <A::Kind as KindAdd<RA::Kind>>::Out: KindDim,
 {
-    type Out = (<<A::Kind as KindAdd<RA::Kind>>::Out as KindDim>::Dim, B, C, D, E);
+    type Out = (
+        <<A::Kind as KindAdd<RA::Kind>>::Out as KindDim>::Dim,
+        B,
+        C,
+        D,
+        E,
+    );
     const AXIS: usize = 0;
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim, RE: Dim> ConcatAlong<(RA, RB, RC, RD, RE), Axis<1>> for (A, B, C, D, E)
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim, RE: Dim>
+    ConcatAlong<(RA, RB, RC, RD, RE), Axis<1>> for (A, B, C, D, E)
 where
     A: SameDim<RA, crate::ops::Concat>,
     C: SameDim<RC, crate::ops::Concat>,
@@ -625,10 +667,17 @@ where
     B::Kind: KindAdd<RB::Kind>,
     <B::Kind as KindAdd<RB::Kind>>::Out: KindDim,
 {
-    type Out = (A, <<B::Kind as KindAdd<RB::Kind>>::Out as KindDim>::Dim, C, D, E);
+    type Out = (
+        A,
+        <<B::Kind as KindAdd<RB::Kind>>::Out as KindDim>::Dim,
+        C,
+        D,
+        E,
+    );
     const AXIS: usize = 1;
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim, RE: Dim> ConcatAlong<(RA, RB, RC, RD, RE), Axis<2>> for (A, B, C, D, E)
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim, RE: Dim>
+    ConcatAlong<(RA, RB, RC, RD, RE), Axis<2>> for (A, B, C, D, E)
 where
     A: SameDim<RA, crate::ops::Concat>,
     B: SameDim<RB, crate::ops::Concat>,
@@ -637,10 +686,17 @@ where
     C::Kind: KindAdd<RC::Kind>,
     <C::Kind as KindAdd<RC::Kind>>::Out: KindDim,
 {
-    type Out = (A, B, <<C::Kind as KindAdd<RC::Kind>>::Out as KindDim>::Dim, D, E);
+    type Out = (
+        A,
+        B,
+        <<C::Kind as KindAdd<RC::Kind>>::Out as KindDim>::Dim,
+        D,
+        E,
+    );
     const AXIS: usize = 2;
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim, RE: Dim> ConcatAlong<(RA, RB, RC, RD, RE), Axis<3>> for (A, B, C, D, E)
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim, RE: Dim>
+    ConcatAlong<(RA, RB, RC, RD, RE), Axis<3>> for (A, B, C, D, E)
 where
     A: SameDim<RA, crate::ops::Concat>,
     B: SameDim<RB, crate::ops::Concat>,
@@ -649,10 +705,17 @@ where
     D::Kind: KindAdd<RD::Kind>,
     <D::Kind as KindAdd<RD::Kind>>::Out: KindDim,
 {
-    type Out = (A, B, C, <<D::Kind as KindAdd<RD::Kind>>::Out as KindDim>::Dim, E);
+    type Out = (
+        A,
+        B,
+        C,
+        <<D::Kind as KindAdd<RD::Kind>>::Out as KindDim>::Dim,
+        E,
+    );
     const AXIS: usize = 3;
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim, RE: Dim> ConcatAlong<(RA, RB, RC, RD, RE), Axis<4>> for (A, B, C, D, E)
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim, RE: Dim>
+    ConcatAlong<(RA, RB, RC, RD, RE), Axis<4>> for (A, B, C, D, E)
 where
     A: SameDim<RA, crate::ops::Concat>,
     B: SameDim<RB, crate::ops::Concat>,
@@ -661,7 +724,13 @@ where
     E::Kind: KindAdd<RE::Kind>,
     <E::Kind as KindAdd<RE::Kind>>::Out: KindDim,
 {
-    type Out = (A, B, C, D, <<E::Kind as KindAdd<RE::Kind>>::Out as KindDim>::Dim);
+    type Out = (
+        A,
+        B,
+        C,
+        D,
+        <<E::Kind as KindAdd<RE::Kind>>::Out as KindDim>::Dim,
+    );
     const AXIS: usize = 4;
 }
 impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axis<0>> for (A, B, C, D, E, F) {
@@ -832,7 +901,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes2<4, 5>> for (A
         (self.0, self.1, self.2, self.3)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<0, 1, 2>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<0, 1, 2>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (D, E, F);
     const AXES: &'static [usize] = &[0, 1, 2];
     #[inline]
@@ -840,7 +911,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<0, 1, 2>> for
         (self.3, self.4, self.5)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<0, 1, 3>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<0, 1, 3>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (C, E, F);
     const AXES: &'static [usize] = &[0, 1, 3];
     #[inline]
@@ -848,7 +921,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<0, 1, 3>> for
         (self.2, self.4, self.5)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<0, 1, 4>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<0, 1, 4>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (C, D, F);
     const AXES: &'static [usize] = &[0, 1, 4];
     #[inline]
@@ -856,7 +931,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<0, 1, 4>> for
         (self.2, self.3, self.5)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<0, 1, 5>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<0, 1, 5>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (C, D, E);
     const AXES: &'static [usize] = &[0, 1, 5];
     #[inline]
@@ -864,7 +941,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<0, 1, 5>> for
         (self.2, self.3, self.4)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<0, 2, 3>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<0, 2, 3>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (B, E, F);
     const AXES: &'static [usize] = &[0, 2, 3];
     #[inline]
@@ -872,7 +951,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<0, 2, 3>> for
         (self.1, self.4, self.5)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<0, 2, 4>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<0, 2, 4>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (B, D, F);
     const AXES: &'static [usize] = &[0, 2, 4];
     #[inline]
@@ -880,7 +961,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<0, 2, 4>> for
         (self.1, self.3, self.5)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<0, 2, 5>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<0, 2, 5>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (B, D, E);
     const AXES: &'static [usize] = &[0, 2, 5];
     #[inline]
@@ -888,7 +971,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<0, 2, 5>> for
         (self.1, self.3, self.4)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<0, 3, 4>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<0, 3, 4>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (B, C, F);
     const AXES: &'static [usize] = &[0, 3, 4];
     #[inline]
@@ -896,7 +981,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<0, 3, 4>> for
         (self.1, self.2, self.5)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<0, 3, 5>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<0, 3, 5>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (B, C, E);
     const AXES: &'static [usize] = &[0, 3, 5];
     #[inline]
@@ -904,7 +991,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<0, 3, 5>> for
         (self.1, self.2, self.4)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<0, 4, 5>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<0, 4, 5>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (B, C, D);
     const AXES: &'static [usize] = &[0, 4, 5];
     #[inline]
@@ -912,7 +1001,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<0, 4, 5>> for
         (self.1, self.2, self.3)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<1, 2, 3>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<1, 2, 3>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (A, E, F);
     const AXES: &'static [usize] = &[1, 2, 3];
     #[inline]
@@ -920,7 +1011,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<1, 2, 3>> for
         (self.0, self.4, self.5)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<1, 2, 4>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<1, 2, 4>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (A, D, F);
     const AXES: &'static [usize] = &[1, 2, 4];
     #[inline]
@@ -928,7 +1021,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<1, 2, 4>> for
         (self.0, self.3, self.5)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<1, 2, 5>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<1, 2, 5>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (A, D, E);
     const AXES: &'static [usize] = &[1, 2, 5];
     #[inline]
@@ -936,7 +1031,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<1, 2, 5>> for
         (self.0, self.3, self.4)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<1, 3, 4>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<1, 3, 4>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (A, C, F);
     const AXES: &'static [usize] = &[1, 3, 4];
     #[inline]
@@ -944,7 +1041,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<1, 3, 4>> for
         (self.0, self.2, self.5)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<1, 3, 5>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<1, 3, 5>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (A, C, E);
     const AXES: &'static [usize] = &[1, 3, 5];
     #[inline]
@@ -952,7 +1051,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<1, 3, 5>> for
         (self.0, self.2, self.4)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<1, 4, 5>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<1, 4, 5>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (A, C, D);
     const AXES: &'static [usize] = &[1, 4, 5];
     #[inline]
@@ -960,7 +1061,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<1, 4, 5>> for
         (self.0, self.2, self.3)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<2, 3, 4>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<2, 3, 4>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (A, B, F);
     const AXES: &'static [usize] = &[2, 3, 4];
     #[inline]
@@ -968,7 +1071,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<2, 3, 4>> for
         (self.0, self.1, self.5)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<2, 3, 5>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<2, 3, 5>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (A, B, E);
     const AXES: &'static [usize] = &[2, 3, 5];
     #[inline]
@@ -976,7 +1081,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<2, 3, 5>> for
         (self.0, self.1, self.4)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<2, 4, 5>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<2, 4, 5>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (A, B, D);
     const AXES: &'static [usize] = &[2, 4, 5];
     #[inline]
@@ -984,7 +1091,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<2, 4, 5>> for
         (self.0, self.1, self.3)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<3, 4, 5>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<3, 4, 5>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (A, B, C);
     const AXES: &'static [usize] = &[3, 4, 5];
     #[inline]
@@ -992,7 +1101,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes3<3, 4, 5>> for
         (self.0, self.1, self.2)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<0, 1, 2, 3>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<0, 1, 2, 3>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (E, F);
     const AXES: &'static [usize] = &[0, 1, 2, 3];
     #[inline]
@@ -1000,7 +1111,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<0, 1, 2, 3>> 
         (self.4, self.5)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<0, 1, 2, 4>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<0, 1, 2, 4>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (D, F);
     const AXES: &'static [usize] = &[0, 1, 2, 4];
     #[inline]
@@ -1008,7 +1121,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<0, 1, 2, 4>> 
         (self.3, self.5)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<0, 1, 2, 5>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<0, 1, 2, 5>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (D, E);
     const AXES: &'static [usize] = &[0, 1, 2, 5];
     #[inline]
@@ -1016,7 +1131,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<0, 1, 2, 5>> 
         (self.3, self.4)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<0, 1, 3, 4>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<0, 1, 3, 4>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (C, F);
     const AXES: &'static [usize] = &[0, 1, 3, 4];
     #[inline]
@@ -1024,7 +1141,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<0, 1, 3, 4>> 
         (self.2, self.5)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<0, 1, 3, 5>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<0, 1, 3, 5>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (C, E);
     const AXES: &'static [usize] = &[0, 1, 3, 5];
     #[inline]
@@ -1032,7 +1151,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<0, 1, 3, 5>> 
         (self.2, self.4)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<0, 1, 4, 5>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<0, 1, 4, 5>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (C, D);
     const AXES: &'static [usize] = &[0, 1, 4, 5];
     #[inline]
@@ -1040,7 +1161,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<0, 1, 4, 5>> 
         (self.2, self.3)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<0, 2, 3, 4>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<0, 2, 3, 4>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (B, F);
     const AXES: &'static [usize] = &[0, 2, 3, 4];
     #[inline]
@@ -1048,7 +1171,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<0, 2, 3, 4>> 
         (self.1, self.5)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<0, 2, 3, 5>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<0, 2, 3, 5>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (B, E);
     const AXES: &'static [usize] = &[0, 2, 3, 5];
     #[inline]
@@ -1056,7 +1181,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<0, 2, 3, 5>> 
         (self.1, self.4)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<0, 2, 4, 5>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<0, 2, 4, 5>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (B, D);
     const AXES: &'static [usize] = &[0, 2, 4, 5];
     #[inline]
@@ -1064,7 +1191,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<0, 2, 4, 5>> 
         (self.1, self.3)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<0, 3, 4, 5>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<0, 3, 4, 5>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (B, C);
     const AXES: &'static [usize] = &[0, 3, 4, 5];
     #[inline]
@@ -1072,7 +1201,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<0, 3, 4, 5>> 
         (self.1, self.2)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<1, 2, 3, 4>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<1, 2, 3, 4>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (A, F);
     const AXES: &'static [usize] = &[1, 2, 3, 4];
     #[inline]
@@ -1080,7 +1211,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<1, 2, 3, 4>> 
         (self.0, self.5)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<1, 2, 3, 5>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<1, 2, 3, 5>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (A, E);
     const AXES: &'static [usize] = &[1, 2, 3, 5];
     #[inline]
@@ -1088,7 +1221,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<1, 2, 3, 5>> 
         (self.0, self.4)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<1, 2, 4, 5>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<1, 2, 4, 5>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (A, D);
     const AXES: &'static [usize] = &[1, 2, 4, 5];
     #[inline]
@@ -1096,7 +1231,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<1, 2, 4, 5>> 
         (self.0, self.3)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<1, 3, 4, 5>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<1, 3, 4, 5>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (A, C);
     const AXES: &'static [usize] = &[1, 3, 4, 5];
     #[inline]
@@ -1104,7 +1241,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<1, 3, 4, 5>> 
         (self.0, self.2)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<2, 3, 4, 5>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<2, 3, 4, 5>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (A, B);
     const AXES: &'static [usize] = &[2, 3, 4, 5];
     #[inline]
@@ -1112,7 +1251,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes4<2, 3, 4, 5>> 
         (self.0, self.1)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes5<0, 1, 2, 3, 4>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes5<0, 1, 2, 3, 4>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (F,);
     const AXES: &'static [usize] = &[0, 1, 2, 3, 4];
     #[inline]
@@ -1120,7 +1261,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes5<0, 1, 2, 3, 4
         (self.5,)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes5<0, 1, 2, 3, 5>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes5<0, 1, 2, 3, 5>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (E,);
     const AXES: &'static [usize] = &[0, 1, 2, 3, 5];
     #[inline]
@@ -1128,7 +1271,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes5<0, 1, 2, 3, 5
         (self.4,)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes5<0, 1, 2, 4, 5>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes5<0, 1, 2, 4, 5>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (D,);
     const AXES: &'static [usize] = &[0, 1, 2, 4, 5];
     #[inline]
@@ -1136,7 +1281,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes5<0, 1, 2, 4, 5
         (self.3,)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes5<0, 1, 3, 4, 5>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes5<0, 1, 3, 4, 5>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (C,);
     const AXES: &'static [usize] = &[0, 1, 3, 4, 5];
     #[inline]
@@ -1144,7 +1291,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes5<0, 1, 3, 4, 5
         (self.2,)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes5<0, 2, 3, 4, 5>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes5<0, 2, 3, 4, 5>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (B,);
     const AXES: &'static [usize] = &[0, 2, 3, 4, 5];
     #[inline]
@@ -1152,7 +1301,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes5<0, 2, 3, 4, 5
         (self.1,)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes5<1, 2, 3, 4, 5>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes5<1, 2, 3, 4, 5>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = (A,);
     const AXES: &'static [usize] = &[1, 2, 3, 4, 5];
     #[inline]
@@ -1160,7 +1311,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes5<1, 2, 3, 4, 5
         (self.0,)
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes6<0, 1, 2, 3, 4, 5>> for (A, B, C, D, E, F) {
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes6<0, 1, 2, 3, 4, 5>>
+    for (A, B, C, D, E, F)
+{
     type Reduced = ();
     const AXES: &'static [usize] = &[0, 1, 2, 3, 4, 5];
     #[inline]
@@ -1168,7 +1321,20 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> HasAxes<Axes6<0, 1, 2, 3, 4
         ()
     }
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim, RE: Dim, RF: Dim> ConcatAlong<(RA, RB, RC, RD, RE, RF), Axis<0>> for (A, B, C, D, E, F)
+impl<
+        A: Dim,
+        B: Dim,
+        C: Dim,
+        D: Dim,
+        E: Dim,
+        F: Dim,
+        RA: Dim,
+        RB: Dim,
+        RC: Dim,
+        RD: Dim,
+        RE: Dim,
+        RF: Dim,
+    > ConcatAlong<(RA, RB, RC, RD, RE, RF), Axis<0>> for (A, B, C, D, E, F)
 where
     B: SameDim<RB, crate::ops::Concat>,
     C: SameDim<RC, crate::ops::Concat>,
@@ -1178,10 +1344,30 @@ where
     A::Kind: KindAdd<RA::Kind>,
     <A::Kind as KindAdd<RA::Kind>>::Out: KindDim,
 {
-    type Out = (<<A::Kind as KindAdd<RA::Kind>>::Out as KindDim>::Dim, B, C, D, E, F);
+    type Out = (
+        <<A::Kind as KindAdd<RA::Kind>>::Out as KindDim>::Dim,
+        B,
+        C,
+        D,
+        E,
+        F,
+    );
     const AXIS: usize = 0;
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim, RE: Dim, RF: Dim> ConcatAlong<(RA, RB, RC, RD, RE, RF), Axis<1>> for (A, B, C, D, E, F)
+impl<
+        A: Dim,
+        B: Dim,
+        C: Dim,
+        D: Dim,
+        E: Dim,
+        F: Dim,
+        RA: Dim,
+        RB: Dim,
+        RC: Dim,
+        RD: Dim,
+        RE: Dim,
+        RF: Dim,
+    > ConcatAlong<(RA, RB, RC, RD, RE, RF), Axis<1>> for (A, B, C, D, E, F)
 where
     A: SameDim<RA, crate::ops::Concat>,
     C: SameDim<RC, crate::ops::Concat>,
@@ -1191,10 +1377,30 @@ where
     B::Kind: KindAdd<RB::Kind>,
     <B::Kind as KindAdd<RB::Kind>>::Out: KindDim,
 {
-    type Out = (A, <<B::Kind as KindAdd<RB::Kind>>::Out as KindDim>::Dim, C, D, E, F);
+    type Out = (
+        A,
+        <<B::Kind as KindAdd<RB::Kind>>::Out as KindDim>::Dim,
+        C,
+        D,
+        E,
+        F,
+    );
     const AXIS: usize = 1;
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim, RE: Dim, RF: Dim> ConcatAlong<(RA, RB, RC, RD, RE, RF), Axis<2>> for (A, B, C, D, E, F)
+impl<
+        A: Dim,
+        B: Dim,
+        C: Dim,
+        D: Dim,
+        E: Dim,
+        F: Dim,
+        RA: Dim,
+        RB: Dim,
+        RC: Dim,
+        RD: Dim,
+        RE: Dim,
+        RF: Dim,
+    > ConcatAlong<(RA, RB, RC, RD, RE, RF), Axis<2>> for (A, B, C, D, E, F)
 where
     A: SameDim<RA, crate::ops::Concat>,
     B: SameDim<RB, crate::ops::Concat>,
@@ -1204,10 +1410,30 @@ where
     C::Kind: KindAdd<RC::Kind>,
     <C::Kind as KindAdd<RC::Kind>>::Out: KindDim,
 {
-    type Out = (A, B, <<C::Kind as KindAdd<RC::Kind>>::Out as KindDim>::Dim, D, E, F);
+    type Out = (
+        A,
+        B,
+        <<C::Kind as KindAdd<RC::Kind>>::Out as KindDim>::Dim,
+        D,
+        E,
+        F,
+    );
     const AXIS: usize = 2;
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim, RE: Dim, RF: Dim> ConcatAlong<(RA, RB, RC, RD, RE, RF), Axis<3>> for (A, B, C, D, E, F)
+impl<
+        A: Dim,
+        B: Dim,
+        C: Dim,
+        D: Dim,
+        E: Dim,
+        F: Dim,
+        RA: Dim,
+        RB: Dim,
+        RC: Dim,
+        RD: Dim,
+        RE: Dim,
+        RF: Dim,
+    > ConcatAlong<(RA, RB, RC, RD, RE, RF), Axis<3>> for (A, B, C, D, E, F)
 where
     A: SameDim<RA, crate::ops::Concat>,
     B: SameDim<RB, crate::ops::Concat>,
@@ -1217,10 +1443,30 @@ where
     D::Kind: KindAdd<RD::Kind>,
     <D::Kind as KindAdd<RD::Kind>>::Out: KindDim,
 {
-    type Out = (A, B, C, <<D::Kind as KindAdd<RD::Kind>>::Out as KindDim>::Dim, E, F);
+    type Out = (
+        A,
+        B,
+        C,
+        <<D::Kind as KindAdd<RD::Kind>>::Out as KindDim>::Dim,
+        E,
+        F,
+    );
     const AXIS: usize = 3;
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim, RE: Dim, RF: Dim> ConcatAlong<(RA, RB, RC, RD, RE, RF), Axis<4>> for (A, B, C, D, E, F)
+impl<
+        A: Dim,
+        B: Dim,
+        C: Dim,
+        D: Dim,
+        E: Dim,
+        F: Dim,
+        RA: Dim,
+        RB: Dim,
+        RC: Dim,
+        RD: Dim,
+        RE: Dim,
+        RF: Dim,
+    > ConcatAlong<(RA, RB, RC, RD, RE, RF), Axis<4>> for (A, B, C, D, E, F)
 where
     A: SameDim<RA, crate::ops::Concat>,
     B: SameDim<RB, crate::ops::Concat>,
@@ -1230,10 +1476,30 @@ where
     E::Kind: KindAdd<RE::Kind>,
     <E::Kind as KindAdd<RE::Kind>>::Out: KindDim,
 {
-    type Out = (A, B, C, D, <<E::Kind as KindAdd<RE::Kind>>::Out as KindDim>::Dim, F);
+    type Out = (
+        A,
+        B,
+        C,
+        D,
+        <<E::Kind as KindAdd<RE::Kind>>::Out as KindDim>::Dim,
+        F,
+    );
     const AXIS: usize = 4;
 }
-impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim, RE: Dim, RF: Dim> ConcatAlong<(RA, RB, RC, RD, RE, RF), Axis<5>> for (A, B, C, D, E, F)
+impl<
+        A: Dim,
+        B: Dim,
+        C: Dim,
+        D: Dim,
+        E: Dim,
+        F: Dim,
+        RA: Dim,
+        RB: Dim,
+        RC: Dim,
+        RD: Dim,
+        RE: Dim,
+        RF: Dim,
+    > ConcatAlong<(RA, RB, RC, RD, RE, RF), Axis<5>> for (A, B, C, D, E, F)
 where
     A: SameDim<RA, crate::ops::Concat>,
     B: SameDim<RB, crate::ops::Concat>,
@@ -1243,6 +1509,13 @@ where
     F::Kind: KindAdd<RF::Kind>,
     <F::Kind as KindAdd<RF::Kind>>::Out: KindDim,
 {
-    type Out = (A, B, C, D, E, <<F::Kind as KindAdd<RF::Kind>>::Out as KindDim>::Dim);
+    type Out = (
+        A,
+        B,
+        C,
+        D,
+        E,
+        <<F::Kind as KindAdd<RF::Kind>>::Out as KindDim>::Dim,
+    );
     const AXIS: usize = 5;
 }

@@ -11,8 +11,7 @@ mod dim;
 
 pub use axes::{Axes2, Axes3, Axes4, Axes5, Axes6, Axis, ConcatAlong, HasAxes};
 pub use check::{
-    KindAdd, KindEq, KindMul, NumelCheck, ProductKind, ProductOf, RuntimeCheck, SameDim,
-    ShapeCheck,
+    KindAdd, KindEq, KindMul, NumelCheck, ProductKind, ProductOf, RuntimeCheck, SameDim, ShapeCheck,
 };
 pub use dim::{Dim, Dyn, Dynamic, Static, StaticDim};
 

@@ -113,7 +113,10 @@ impl<S: Shape, E: Dtype, D: Device, T> fmt::Debug for Tensor<S, E, D, T> {
             self.shape,
             E::DTYPE,
             self.device.name(),
-            core::any::type_name::<T>().rsplit("::").next().unwrap_or(""),
+            core::any::type_name::<T>()
+                .rsplit("::")
+                .next()
+                .unwrap_or(""),
             self.id,
             self
         )

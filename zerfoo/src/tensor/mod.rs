@@ -165,7 +165,9 @@ impl<S: Shape, E: Dtype> Tensor<S, E, Cpu, NoTape> {
     /// other tensors is copied first). The id is kept, so an in-place update
     /// of a parameter keeps its gradient key.
     pub fn data_mut(&mut self) -> &mut [E] {
-        if !self.layout.is_contiguous() || self.layout.offset != 0 || self.data.len() != self.numel()
+        if !self.layout.is_contiguous()
+            || self.layout.offset != 0
+            || self.data.len() != self.numel()
         {
             let v = self.to_vec();
             self.data = Arc::new(v);
