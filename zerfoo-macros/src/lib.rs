@@ -1,6 +1,9 @@
 //! Procedural macros for zerfoo.
 //!
 //! - [`dim!`](macro@dim): declare a named static dimension backed by a typenum value.
+//! - [`derive(Module)`](derive@Module): parameter traversal with dotted paths.
+
+mod module;
 
 use proc_macro::TokenStream;
 use proc_macro2::TokenStream as TokenStream2;
@@ -86,4 +89,20 @@ pub fn dim(input: TokenStream) -> TokenStream {
         impl ::zerfoo::shape::StaticDim for #name {}
     }
     .into()
+}
+
+/// Derives `zerfoo::nn::Module`: visits every field's parameters under the
+/// field's name (`blocks.3.attn.q_proj.weight`).
+///
+/// Field options: `#[module(skip)]` for configuration values,
+/// `#[module(rename = "name")]` for the checkpoint name. Struct option:
+/// `#[module(sequential)]` also derives `Forward`, chaining the fields in
+/// order; the compiler checks that each output is the next input.
+#[proc_macro_derive(Module, attributes(module))]
+pub fn derive_module(input: TokenStream) -> TokenStream {
+    let input = syn::parse_macro_input!(input as syn::DeriveInput);
+    match module::derive(input) {
+        Ok(ts) => ts.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
 }
