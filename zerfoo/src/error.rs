@@ -49,6 +49,28 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// Reading or writing a file failed.
+    Io {
+        /// The file.
+        path: String,
+        /// What the operating system said.
+        reason: String,
+    },
+    /// A file is malformed or truncated (safetensors, JSON, ONNX, ...).
+    Format {
+        /// What was being read.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A checkpoint does not fit the module: a missing, unexpected,
+    /// mis-shaped or wrong-dtype tensor.
+    Checkpoint {
+        /// The tensor's dotted path.
+        tensor: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A dtype that the device or operation cannot handle.
     Dtype {
         /// The operation.
@@ -80,6 +102,11 @@ impl fmt::Display for Error {
                 write!(f, "invalid argument to `{op}`: {reason}")
             }
             Error::Dtype { op, reason } => write!(f, "dtype error in `{op}`: {reason}"),
+            Error::Io { path, reason } => write!(f, "i/o error on `{path}`: {reason}"),
+            Error::Format { what, reason } => write!(f, "malformed {what}: {reason}"),
+            Error::Checkpoint { tensor, reason } => {
+                write!(f, "checkpoint error for tensor `{tensor}`: {reason}")
+            }
         }
     }
 }

@@ -25,6 +25,7 @@ extern crate self as zerfoo;
 
 pub mod autograd;
 pub mod error;
+pub mod io;
 pub mod nn;
 pub mod ops;
 pub mod shape;
