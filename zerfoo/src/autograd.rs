@@ -190,6 +190,14 @@ impl Gradients {
         self.store.get::<E>(id).map(|v| v.as_slice())
     }
 
+    /// The gradient of the tensor with this id, mutably (e.g. for clipping).
+    pub fn get_vec_mut<E: FloatDtype>(&mut self, id: TensorId) -> Option<&mut Vec<E>> {
+        self.store
+            .grads
+            .get_mut(&id)
+            .and_then(|b| b.downcast_mut::<Vec<E>>())
+    }
+
     /// Removes the gradient of `id` and returns it.
     pub fn remove<E: FloatDtype>(&mut self, id: TensorId) -> Option<Vec<E>> {
         self.store.take::<E>(id)

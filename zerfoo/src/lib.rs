@@ -28,6 +28,7 @@ pub mod error;
 pub mod io;
 pub mod nn;
 pub mod ops;
+pub mod optim;
 pub mod shape;
 pub mod tensor;
 

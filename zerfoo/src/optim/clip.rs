@@ -1,0 +1,46 @@
+//! Global-norm gradient clipping (`torch.nn.utils.clip_grad_norm_`).
+
+use zerfoo_kernels::{Cpu, FloatDtype};
+
+use crate::autograd::{Gradients, NoTape};
+use crate::nn::{Module, ParamVisitor};
+use crate::shape::Shape;
+use crate::tensor::Tensor;
+
+/// Scales the gradients of `module`'s parameters so their global L2 norm is
+/// at most `max_norm`, exactly as PyTorch: `coef = min(1, max_norm / (total
+/// + 1e-6))`. Returns the norm before clipping.
+pub fn clip_grad_norm<M: Module>(module: &M, grads: &mut Gradients, max_norm: f64) -> f64 {
+    struct SumSq<'a> {
+        grads: &'a Gradients,
+        total: f64,
+    }
+    impl ParamVisitor for SumSq<'_> {
+        fn visit<S: Shape, E: FloatDtype>(&mut self, _: &str, p: &Tensor<S, E, Cpu, NoTape>) {
+            if let Some(g) = self.grads.get_vec::<E>(p.id()) {
+                self.total += g.iter().map(|x| x.to_f64() * x.to_f64()).sum::<f64>();
+            }
+        }
+    }
+    let mut s = SumSq { grads, total: 0.0 };
+    module.visit_params("", &mut s);
+    let total = s.total.sqrt();
+    let coef = (max_norm / (total + 1e-6)).min(1.0);
+    if coef < 1.0 {
+        struct Scale<'a> {
+            grads: &'a mut Gradients,
+            coef: f64,
+        }
+        impl ParamVisitor for Scale<'_> {
+            fn visit<S: Shape, E: FloatDtype>(&mut self, _: &str, p: &Tensor<S, E, Cpu, NoTape>) {
+                if let Some(g) = self.grads.get_vec_mut::<E>(p.id()) {
+                    for x in g.iter_mut() {
+                        *x = E::from_f64(x.to_f64() * self.coef);
+                    }
+                }
+            }
+        }
+        module.visit_params("", &mut Scale { grads, coef });
+    }
+    total
+}

@@ -1,0 +1,301 @@
+//! Optimizers that match PyTorch's update rules exactly (SGD with momentum /
+//! Nesterov / weight decay, Adam, AdamW), parameter groups, global-norm
+//! gradient clipping and learning-rate schedules.
+//!
+//! Optimizers walk the model with the [`Module`] traversal and look up each
+//! parameter's gradient by id. State (momentum, Adam moments) is kept per
+//! parameter path in the parameter's compute type (`f32` for f8/f16/bf16/f32
+//! parameters, `f64` for f64), so f64 models reproduce PyTorch to rounding.
+
+mod clip;
+mod schedule;
+mod state;
+
+pub use clip::clip_grad_norm;
+pub use schedule::{Constant, CosineWithWarmup, LinearWarmup, LrSchedule, StepDecay};
+pub use state::OptimizerState;
+
+use std::collections::HashMap;
+
+use num_traits::Float;
+use zerfoo_kernels::{Cpu, FloatDtype, Real};
+
+use crate::autograd::{Gradients, NoTape};
+use crate::nn::{Module, ParamVisitorMut};
+use crate::shape::Shape;
+use crate::tensor::Tensor;
+
+/// Per-group settings: which parameters a group holds is decided by a
+/// function of the parameter path (see [`Optimizer::with_groups`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GroupConfig {
+    /// Weight decay for this group.
+    pub weight_decay: f64,
+    /// Multiplies the optimizer's learning rate.
+    pub lr_scale: f64,
+}
+
+/// Chooses a parameter's group from its dotted path.
+pub type GroupFn = Box<dyn Fn(&str) -> usize + Send + Sync>;
+
+/// The usual split: no weight decay on biases and norm weights (paths whose
+/// last segment is `bias`, or that contain `norm` or `ln`).
+pub fn no_decay_on_norms_and_biases(path: &str) -> usize {
+    let last = path.rsplit('.').next().unwrap_or(path);
+    let no_decay = last == "bias"
+        || path
+            .split('.')
+            .any(|s| s.contains("norm") || s.starts_with("ln"));
+    usize::from(no_decay)
+}
+
+/// The update rule.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rule {
+    /// `torch.optim.SGD`.
+    Sgd {
+        /// Momentum factor (0 disables the buffer).
+        momentum: f64,
+        /// Dampening for momentum.
+        dampening: f64,
+        /// Nesterov momentum.
+        nesterov: bool,
+    },
+    /// `torch.optim.Adam` (L2 weight decay added to the gradient).
+    Adam {
+        /// β1.
+        beta1: f64,
+        /// β2.
+        beta2: f64,
+        /// ε, added after the square root of the bias-corrected second moment.
+        eps: f64,
+    },
+    /// `torch.optim.AdamW` (decoupled weight decay).
+    AdamW {
+        /// β1.
+        beta1: f64,
+        /// β2.
+        beta2: f64,
+        /// ε.
+        eps: f64,
+    },
+}
+
+/// An optimizer: a [`Rule`], a learning rate, parameter groups and state.
+pub struct Optimizer {
+    rule: Rule,
+    lr: f64,
+    groups: Vec<GroupConfig>,
+    group_of: GroupFn,
+    step: u64,
+    state: HashMap<String, state::ParamState>,
+}
+
+impl Optimizer {
+    /// SGD with momentum, dampening, Nesterov and weight decay, as in PyTorch.
+    pub fn sgd(lr: f64, momentum: f64, weight_decay: f64, nesterov: bool) -> Self {
+        Self::new(
+            Rule::Sgd {
+                momentum,
+                dampening: 0.0,
+                nesterov,
+            },
+            lr,
+            weight_decay,
+        )
+    }
+
+    /// Adam (`weight_decay` is L2, added to the gradient).
+    pub fn adam(lr: f64, betas: (f64, f64), eps: f64, weight_decay: f64) -> Self {
+        Self::new(
+            Rule::Adam {
+                beta1: betas.0,
+                beta2: betas.1,
+                eps,
+            },
+            lr,
+            weight_decay,
+        )
+    }
+
+    /// AdamW (decoupled weight decay).
+    ///
+    /// ```
+    /// use zerfoo::optim::Optimizer;
+    /// let opt = Optimizer::adamw(1e-3, (0.9, 0.99), 1e-8, 0.1);
+    /// assert_eq!(opt.lr(), 1e-3);
+    /// ```
+    pub fn adamw(lr: f64, betas: (f64, f64), eps: f64, weight_decay: f64) -> Self {
+        Self::new(
+            Rule::AdamW {
+                beta1: betas.0,
+                beta2: betas.1,
+                eps,
+            },
+            lr,
+            weight_decay,
+        )
+    }
+
+    /// An optimizer with one group holding every parameter.
+    pub fn new(rule: Rule, lr: f64, weight_decay: f64) -> Self {
+        Optimizer {
+            rule,
+            lr,
+            groups: vec![GroupConfig {
+                weight_decay,
+                lr_scale: 1.0,
+            }],
+            group_of: Box::new(|_| 0),
+            step: 0,
+            state: HashMap::new(),
+        }
+    }
+
+    /// Splits parameters into groups: `group_of(path)` picks an index into `groups`.
+    ///
+    /// ```
+    /// use zerfoo::optim::{no_decay_on_norms_and_biases, GroupConfig, Optimizer};
+    /// let opt = Optimizer::adamw(1e-3, (0.9, 0.95), 1e-8, 0.1).with_groups(
+    ///     vec![
+    ///         GroupConfig { weight_decay: 0.1, lr_scale: 1.0 },
+    ///         GroupConfig { weight_decay: 0.0, lr_scale: 1.0 },
+    ///     ],
+    ///     no_decay_on_norms_and_biases,
+    /// );
+    /// # let _ = opt;
+    /// ```
+    pub fn with_groups(
+        mut self,
+        groups: Vec<GroupConfig>,
+        group_of: impl Fn(&str) -> usize + Send + Sync + 'static,
+    ) -> Self {
+        self.groups = groups;
+        self.group_of = Box::new(group_of);
+        self
+    }
+
+    /// The base learning rate.
+    pub fn lr(&self) -> f64 {
+        self.lr
+    }
+    /// Sets the base learning rate (schedules call this every step).
+    pub fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+    /// Steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+    /// The update rule.
+    pub fn rule(&self) -> Rule {
+        self.rule
+    }
+
+    /// Applies one update to every parameter of `module` that has a gradient
+    /// in `grads` (parameters without one are left alone, as in PyTorch).
+    pub fn step<M: Module>(&mut self, module: &mut M, grads: &Gradients) -> crate::Result<()> {
+        self.step += 1;
+        let mut v = Update {
+            opt: self,
+            grads,
+            error: None,
+        };
+        module.visit_params_mut("", &mut v);
+        match v.error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+struct Update<'a> {
+    opt: &'a mut Optimizer,
+    grads: &'a Gradients,
+    error: Option<crate::Error>,
+}
+
+impl ParamVisitorMut for Update<'_> {
+    fn visit<S: Shape, E: FloatDtype>(&mut self, path: &str, p: &mut Tensor<S, E, Cpu, NoTape>) {
+        let Some(g) = self.grads.get_vec::<E>(p.id()) else {
+            return;
+        };
+        let gi = (self.opt.group_of)(path);
+        let Some(group) = self.opt.groups.get(gi).copied() else {
+            self.error = Some(crate::Error::InvalidArgument {
+                op: "optimizer step",
+                reason: format!(
+                    "parameter `{path}` was put in group {gi}, but only {} groups exist",
+                    self.opt.groups.len()
+                ),
+            });
+            return;
+        };
+        let lr = E::Acc::of_f64(self.opt.lr * group.lr_scale);
+        let wd = E::Acc::of_f64(group.weight_decay);
+        let t = self.opt.step;
+        let n = p.numel();
+        let st = self
+            .opt
+            .state
+            .entry(path.to_string())
+            .or_insert_with(|| state::ParamState::new::<E::Acc>(n));
+        let one = E::Acc::of_f64(1.0);
+        let data = p.data_mut();
+        match self.opt.rule {
+            Rule::Sgd {
+                momentum,
+                dampening,
+                nesterov,
+            } => {
+                let (mo, damp) = (E::Acc::of_f64(momentum), E::Acc::of_f64(dampening));
+                let first = st.steps == 0;
+                let buf = st.slot::<E::Acc>(0);
+                for i in 0..n {
+                    let x = data[i].to_acc();
+                    let mut d = g[i].to_acc();
+                    if group.weight_decay != 0.0 {
+                        d += wd * x;
+                    }
+                    if momentum != 0.0 {
+                        buf[i] = if first {
+                            d
+                        } else {
+                            mo * buf[i] + (one - damp) * d
+                        };
+                        d = if nesterov { d + mo * buf[i] } else { buf[i] };
+                    }
+                    data[i] = E::from_acc(x - lr * d);
+                }
+            }
+            Rule::Adam { beta1, beta2, eps } | Rule::AdamW { beta1, beta2, eps } => {
+                let decoupled = matches!(self.opt.rule, Rule::AdamW { .. });
+                let (b1, b2, eps_a) = (
+                    E::Acc::of_f64(beta1),
+                    E::Acc::of_f64(beta2),
+                    E::Acc::of_f64(eps),
+                );
+                let bc1 = 1.0 - beta1.powi(t as i32);
+                let bc2_sqrt = E::Acc::of_f64((1.0 - beta2.powi(t as i32)).sqrt());
+                let step_size = E::Acc::of_f64(self.opt.lr * group.lr_scale / bc1);
+                let (m, v) = st.two_slots::<E::Acc>();
+                for i in 0..n {
+                    let mut x = data[i].to_acc();
+                    let mut gr = g[i].to_acc();
+                    if decoupled {
+                        x *= one - lr * wd;
+                    } else if group.weight_decay != 0.0 {
+                        gr += wd * x;
+                    }
+                    // PyTorch: exp_avg.lerp_(grad, 1 - beta1)
+                    m[i] = m[i] + (one - b1) * (gr - m[i]);
+                    v[i] = v[i] * b2 + (one - b2) * gr * gr;
+                    let denom = v[i].sqrt() / bc2_sqrt + eps_a;
+                    x = x - step_size * m[i] / denom;
+                    data[i] = E::from_acc(x);
+                }
+            }
+        }
+        st.steps += 1;
+    }
+}
