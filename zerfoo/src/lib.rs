@@ -24,6 +24,7 @@
 extern crate self as zerfoo;
 
 pub mod autograd;
+pub mod data;
 pub mod error;
 pub mod io;
 pub mod nn;
@@ -31,6 +32,7 @@ pub mod ops;
 pub mod optim;
 pub mod shape;
 pub mod tensor;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
 pub use tensor::Tensor;
