@@ -5,7 +5,9 @@
 
 pub mod binary;
 pub mod elementwise;
+pub mod norm;
 pub mod reduce;
+pub mod softmax;
 pub mod unary;
 
 /// Below this many elements a kernel runs on the calling thread.

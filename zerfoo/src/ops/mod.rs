@@ -5,10 +5,14 @@
 
 mod binary;
 mod broadcast;
+mod norm;
 mod reduce;
+mod softmax;
 mod unary;
 
 pub use binary::SameDtype;
+pub use norm::{LastDim, Merge3};
+pub use softmax::SingleAxis;
 
 macro_rules! op_names {
     ($($(#[$m:meta])* $name:ident),* $(,)?) => {

@@ -1,6 +1,7 @@
-//! Reductions over chosen axes: sum and mean here; max, min, var,
-//! logsumexp, argmax and argmin beside them. Axes are checked at compile time
-//! through [`HasAxes`].
+//! Reductions over chosen axes: sum, mean, max, min, var, logsumexp (each
+//! with its backward), and argmax/argmin (no gradient). Axes are checked at
+//! compile time through [`HasAxes`]: reducing over an axis the shape lacks
+//! does not compile.
 
 use std::sync::Arc;
 
@@ -8,23 +9,12 @@ use num_traits::Zero;
 use zerfoo_kernels::cpu::{self, reduce as k};
 use zerfoo_kernels::{Cpu, FloatDtype, Layout, Real};
 
-use crate::autograd::{record, TapeState, TensorId};
+use crate::autograd::{record, NoTape, TapeState, TensorId};
 use crate::shape::{HasAxes, Shape};
 use crate::tensor::Tensor;
 
-/// A layout that reads a reduced (contiguous, `kept`-shaped) buffer as if it
-/// had the full `dims`: stride 0 on the reduced axes.
-pub(crate) fn expand_layout(dims: &[usize], axes: &[usize]) -> Layout {
-    let mut strides = vec![0usize; dims.len()];
-    let mut s = 1;
-    for d in (0..dims.len()).rev() {
-        if !axes.contains(&d) {
-            strides[d] = s;
-            s *= dims[d];
-        }
-    }
-    Layout::new(dims, &strides, 0)
-}
+// Reads a reduced (contiguous, kept-shaped) buffer as the full dims.
+pub(crate) use k::expand_layout;
 
 impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     /// `scale * sum` over `axes`, producing shape `out`; backward spreads the
@@ -102,6 +92,201 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     pub fn mean_all(self) -> Tensor<(), E, Cpu, T> {
         self.sum_axes_scaled(ALL_AXES[S::RANK], (), true)
     }
+}
+
+/// Wraps a reduction's output buffer as a tensor.
+fn reduced_tensor<S2: Shape, E: FloatDtype, T>(
+    out: S2,
+    data: Vec<E>,
+    id: TensorId,
+    tape: T,
+) -> Tensor<S2, E, Cpu, T> {
+    Tensor {
+        layout: Layout::contiguous(&out.dims()),
+        shape: out,
+        data: Arc::new(data),
+        id,
+        tape,
+        device: Cpu,
+    }
+}
+
+impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
+    /// Max (`MAX = true`) or min over `axes`; backward splits the gradient
+    /// evenly among the elements equal to the result.
+    fn extreme_axes<S2: Shape, const MAX: bool>(
+        self,
+        axes: &'static [usize],
+        out: S2,
+    ) -> Tensor<S2, E, Cpu, T> {
+        let (y, counts) = k::extreme_axes::<E, MAX>(&self.data, &self.layout, axes);
+        let out_id = TensorId::fresh();
+        let y = Arc::new(y);
+        let tape = if T::TRACKED {
+            let (x, lx, in_id, y_saved) = (self.data.clone(), self.layout, self.id, y.clone());
+            record::<T>(out_id, &[self.tape.node()], move |g| {
+                if let Some(gy) = g.take::<E>(out_id) {
+                    let gx = k::extreme_backward(&x, &lx, axes, &y_saved, &counts, &gy);
+                    g.accumulate(in_id, gx);
+                }
+            })
+        } else {
+            T::from_node(None)
+        };
+        Tensor {
+            layout: Layout::contiguous(&out.dims()),
+            shape: out,
+            data: y,
+            id: out_id,
+            tape,
+            device: Cpu,
+        }
+    }
+
+    /// Maximum over the axes `Ax`. NaN propagates.
+    ///
+    /// Backward: the gradient goes to the position of the maximum; where
+    /// several elements tie for it, they share it evenly (PyTorch's `amax`
+    /// rule, so the gradient is the same whatever the tie order).
+    ///
+    /// ```
+    /// use zerfoo::prelude::*;
+    /// let x = Tensor::<(U2, U3), f32>::from_vec(Default::default(), vec![1., 5., 3., 4., 2., 0.]).unwrap();
+    /// assert_eq!(x.max::<Axis<1>>().to_vec(), [5., 4.]);
+    /// ```
+    ///
+    /// Reducing over an axis the shape lacks does not compile:
+    ///
+    /// ```compile_fail
+    /// use zerfoo::prelude::*;
+    /// let x: Tensor<(U2, U3), f32> = Tensor::zeros(Default::default());
+    /// let _ = x.max::<Axis<2>>(); // shape `(U2, U3)` has no axis `Axis<2>`
+    /// ```
+    pub fn max<Ax>(self) -> Tensor<S::Reduced, E, Cpu, T>
+    where
+        S: HasAxes<Ax>,
+    {
+        let out = self.shape.reduced();
+        self.extreme_axes::<_, true>(S::AXES, out)
+    }
+
+    /// Minimum over the axes `Ax`. NaN propagates; ties share the gradient
+    /// evenly (PyTorch's `amin` rule).
+    pub fn min<Ax>(self) -> Tensor<S::Reduced, E, Cpu, T>
+    where
+        S: HasAxes<Ax>,
+    {
+        let out = self.shape.reduced();
+        self.extreme_axes::<_, false>(S::AXES, out)
+    }
+
+    /// Maximum of every element (a scalar); ties share the gradient evenly.
+    pub fn max_all(self) -> Tensor<(), E, Cpu, T> {
+        self.extreme_axes::<_, true>(ALL_AXES[S::RANK], ())
+    }
+
+    /// Minimum of every element (a scalar); ties share the gradient evenly.
+    pub fn min_all(self) -> Tensor<(), E, Cpu, T> {
+        self.extreme_axes::<_, false>(ALL_AXES[S::RANK], ())
+    }
+
+    /// Variance over the axes `Ax`: `sum((x - mean)^2) / (n - correction)`.
+    /// `correction = 1` is PyTorch's unbiased default, `0` the biased
+    /// (population) variance. Computed in one pass (Welford) in the compute
+    /// type. With `n <= correction` the result is NaN or inf, as in PyTorch.
+    ///
+    /// ```
+    /// use zerfoo::prelude::*;
+    /// let x = Tensor::<(U4,), f64>::from_vec(Default::default(), vec![1., 2., 3., 4.]).unwrap();
+    /// assert_eq!(x.clone().var::<Axis<0>>(0).item(), 1.25);
+    /// assert!((x.var::<Axis<0>>(1).item() - 5.0 / 3.0).abs() < 1e-15);
+    /// ```
+    pub fn var<Ax>(self, correction: usize) -> Tensor<S::Reduced, E, Cpu, T>
+    where
+        S: HasAxes<Ax>,
+    {
+        let out = self.shape.reduced();
+        let axes = S::AXES;
+        let (y, means) = k::var_axes(&self.data, &self.layout, axes, correction);
+        let out_id = TensorId::fresh();
+        let tape = if T::TRACKED {
+            let (x, lx, in_id) = (self.data.clone(), self.layout, self.id);
+            record::<T>(out_id, &[self.tape.node()], move |g| {
+                if let Some(gy) = g.take::<E>(out_id) {
+                    let gx = k::var_backward(&x, &lx, axes, &means, correction, &gy);
+                    g.accumulate(in_id, gx);
+                }
+            })
+        } else {
+            T::from_node(None)
+        };
+        reduced_tensor(out, y, out_id, tape)
+    }
+
+    /// `log(sum(exp(x)))` over the axes `Ax`, numerically stable (the max is
+    /// subtracted before exponentiating, so `x = 1e4` does not overflow).
+    /// Backward: `grad * softmax(x)` over the reduced axes.
+    ///
+    /// ```
+    /// use zerfoo::prelude::*;
+    /// let x = Tensor::<(U2,), f32>::from_vec(Default::default(), vec![1e4, 1e4]).unwrap();
+    /// let y = x.logsumexp::<Axis<0>>().item();
+    /// assert!((y - (1e4 + 2f32.ln())).abs() < 1e-2);
+    /// ```
+    pub fn logsumexp<Ax>(self) -> Tensor<S::Reduced, E, Cpu, T>
+    where
+        S: HasAxes<Ax>,
+    {
+        let out = self.shape.reduced();
+        let axes = S::AXES;
+        let lse = k::logsumexp_axes(&self.data, &self.layout, axes);
+        let y: Vec<E> = lse.iter().map(|&v| E::from_acc(v)).collect();
+        let out_id = TensorId::fresh();
+        let tape = if T::TRACKED {
+            let (x, lx, in_id) = (self.data.clone(), self.layout, self.id);
+            record::<T>(out_id, &[self.tape.node()], move |g| {
+                if let Some(gy) = g.take::<E>(out_id) {
+                    let gx = k::logsumexp_backward(&x, &lx, axes, &lse, &gy);
+                    g.accumulate(in_id, gx);
+                }
+            })
+        } else {
+            T::from_node(None)
+        };
+        reduced_tensor(out, y, out_id, tape)
+    }
+
+    /// The index of the maximum along the axes `Ax` (row-major within the
+    /// reduced axes when there are several). On ties the first index wins;
+    /// NaN counts as the maximum (the first NaN wins), as in PyTorch. No
+    /// gradient flows through an index. An empty axis gives 0.
+    ///
+    /// ```
+    /// use zerfoo::prelude::*;
+    /// let x = Tensor::<(U2, U3), f32>::from_vec(Default::default(), vec![1., 5., 5., 4., 2., 0.]).unwrap();
+    /// assert_eq!(x.argmax::<Axis<1>>().to_vec(), [1, 0]);
+    /// ```
+    pub fn argmax<Ax>(&self) -> Tensor<S::Reduced, i64, Cpu, NoTape>
+    where
+        S: HasAxes<Ax>,
+    {
+        let idx = k::arg_extreme_axes::<E, true>(&self.data, &self.layout, S::AXES);
+        index_tensor(self.shape.reduced(), idx)
+    }
+
+    /// The index of the minimum along the axes `Ax`: first index on ties,
+    /// NaN counts as the minimum (the first NaN wins), as in PyTorch.
+    pub fn argmin<Ax>(&self) -> Tensor<S::Reduced, i64, Cpu, NoTape>
+    where
+        S: HasAxes<Ax>,
+    {
+        let idx = k::arg_extreme_axes::<E, false>(&self.data, &self.layout, S::AXES);
+        index_tensor(self.shape.reduced(), idx)
+    }
+}
+
+fn index_tensor<S2: Shape>(out: S2, idx: Vec<usize>) -> Tensor<S2, i64, Cpu, NoTape> {
+    Tensor::from_contiguous(out, idx.into_iter().map(|i| i as i64).collect())
 }
 
 /// `ALL_AXES[r]` = `[0, 1, .., r-1]`.

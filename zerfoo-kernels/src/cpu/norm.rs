@@ -1,0 +1,275 @@
+//! Layer norm and RMS norm over the last axis: one fused pass per row forward
+//! (read the row once into the compute type, take its statistics, write the
+//! normalized, scaled and shifted row, rounding once) and backward (input,
+//! weight and bias gradients together).
+//!
+//! The weight and bias gradients are sums over rows. They are accumulated
+//! per fixed block of rows (the blocking depends only on the shape, not on
+//! the thread count) and the block partials are added in order, so results
+//! are deterministic.
+
+use num_traits::{Float, One, Zero};
+use rayon::prelude::*;
+
+use super::softmax::{rows_map, AxisRows};
+use super::{map, PAR_THRESHOLD};
+use crate::{FloatDtype, Layout, Real};
+
+/// Which normalization.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormKind {
+    /// `(x - mean) / sqrt(var + eps) * w + b`, biased variance (PyTorch `F.layer_norm`).
+    Layer,
+    /// `x / sqrt(mean(x^2) + eps) * w` (T5, Llama).
+    Rms,
+    /// `x / sqrt(mean(x^2) + eps) * (1 + w)` (Gemma), all in the compute type.
+    RmsOffset,
+}
+
+/// Per-row statistics saved by the forward pass for the backward pass:
+/// `xhat = (x - mean) * rstd` (`mean` is 0 for the RMS norms).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct NormStats<A> {
+    /// The row mean (0 for RMS norms).
+    pub mean: A,
+    /// `1 / sqrt(var + eps)` (or `1 / sqrt(mean(x^2) + eps)`).
+    pub rstd: A,
+}
+
+/// Gradients of a normalization.
+#[derive(Clone, Debug)]
+pub struct NormGrads<E> {
+    /// Input gradient, contiguous, shaped like the input.
+    pub x: Vec<E>,
+    /// Weight gradient (`None` without a weight).
+    pub weight: Option<Vec<E>>,
+    /// Bias gradient (`None` without a bias).
+    pub bias: Option<Vec<E>>,
+}
+
+/// The effective per-column scale in the compute type: `w`, `1 + w` for
+/// [`NormKind::RmsOffset`], or `None` (scale 1) without a weight.
+fn effective_weight<E: FloatDtype>(
+    kind: NormKind,
+    weight: Option<(&[E], &Layout)>,
+) -> Option<Vec<E::Acc>> {
+    weight.map(|(w, lw)| {
+        map(w, lw, |v: E| {
+            let v = v.to_acc();
+            if kind == NormKind::RmsOffset {
+                E::Acc::one() + v
+            } else {
+                v
+            }
+        })
+    })
+}
+
+fn last_axis(layout: &Layout) -> usize {
+    assert!(layout.rank() >= 1, "normalization needs rank >= 1");
+    layout.rank() - 1
+}
+
+/// Normalizes every row along the last axis of `x` (any layout). `weight`
+/// and `bias` have the length of that axis (the caller checks). Returns the
+/// contiguous output and the per-row statistics.
+pub fn norm_forward<E: FloatDtype>(
+    kind: NormKind,
+    x: &[E],
+    lx: &Layout,
+    weight: Option<(&[E], &Layout)>,
+    bias: Option<(&[E], &Layout)>,
+    eps: f64,
+) -> (Vec<E>, Vec<NormStats<E::Acc>>) {
+    let axis = last_axis(lx);
+    let rows = AxisRows::new(lx.shape(), axis);
+    let w = effective_weight(kind, weight);
+    let b: Option<Vec<E::Acc>> = bias.map(|(b, lb)| map(b, lb, |v: E| v.to_acc()));
+    let d = E::Acc::of_f64(rows.n as f64);
+    let eps = E::Acc::of_f64(eps);
+    rows_map(lx.shape(), axis, |r, out: &mut [E], buf: &mut [E::Acc]| {
+        let (start, stride) = rows.start(lx, r);
+        let mut sum = E::Acc::zero();
+        for (k, v) in buf.iter_mut().enumerate() {
+            *v = x[start + k * stride].to_acc();
+            sum += *v;
+        }
+        let mean = if kind == NormKind::Layer {
+            sum / d
+        } else {
+            E::Acc::zero()
+        };
+        let mut ss = E::Acc::zero();
+        for &v in buf.iter() {
+            ss += (v - mean) * (v - mean);
+        }
+        let rstd = (ss / d + eps).sqrt().recip();
+        for (k, (o, &v)) in out.iter_mut().zip(buf.iter()).enumerate() {
+            let mut y = (v - mean) * rstd;
+            if let Some(w) = &w {
+                y *= w[k];
+            }
+            if let Some(b) = &b {
+                y += b[k];
+            }
+            *o = E::from_acc(y);
+        }
+        NormStats { mean, rstd }
+    })
+}
+
+/// One block's partial sums of the weight and bias gradients.
+type Partial<A> = (Vec<A>, Vec<A>);
+
+/// Backward of [`norm_forward`], given the saved `stats` and the contiguous
+/// `grad_y`. With `g = grad_y * w_eff` and `xhat = (x - mean) * rstd`:
+/// layer norm `gx = rstd * (g - mean(g) - xhat * mean(g * xhat))`, RMS norms
+/// `gx = rstd * (g - xhat * mean(g * xhat))`; `gw = sum_rows(grad_y * xhat)`,
+/// `gb = sum_rows(grad_y)`.
+pub fn norm_backward<E: FloatDtype>(
+    kind: NormKind,
+    x: &[E],
+    lx: &Layout,
+    weight: Option<(&[E], &Layout)>,
+    has_bias: bool,
+    stats: &[NormStats<E::Acc>],
+    grad_y: &[E],
+) -> NormGrads<E> {
+    let axis = last_axis(lx);
+    let rows = AxisRows::new(lx.shape(), axis);
+    let (count, n) = (rows.count(), rows.n);
+    let has_weight = weight.is_some();
+    let w = effective_weight(kind, weight);
+    let mut gx = vec![E::default(); count * n];
+    let zeros = |on: bool| {
+        if on {
+            vec![E::Acc::zero(); n]
+        } else {
+            Vec::new()
+        }
+    };
+    if count == 0 || n == 0 {
+        let z = |on: bool| on.then(|| vec![E::from_acc(E::Acc::zero()); n]);
+        return NormGrads {
+            x: gx,
+            weight: z(has_weight),
+            bias: z(has_bias),
+        };
+    }
+    let d = E::Acc::of_f64(n as f64);
+    // Fixed blocking: at most 64 blocks, each at least ~4K elements.
+    let per_block = count.div_ceil(64).max((4096 / n).max(1));
+    let body = |(blk, chunk): (usize, &mut [E])| {
+        let (mut dw, mut db) = (zeros(has_weight), zeros(has_bias));
+        let mut buf = vec![E::Acc::zero(); n];
+        for (i, out) in chunk.chunks_mut(n).enumerate() {
+            let r = blk * per_block + i;
+            let (start, stride) = rows.start(lx, r);
+            let st = stats[r];
+            for (k, v) in buf.iter_mut().enumerate() {
+                *v = (x[start + k * stride].to_acc() - st.mean) * st.rstd;
+            }
+            let gy = &grad_y[r * n..(r + 1) * n];
+            let (mut sg, mut sgx) = (E::Acc::zero(), E::Acc::zero());
+            for (k, (&g, &xh)) in gy.iter().zip(buf.iter()).enumerate() {
+                let g = g.to_acc();
+                if has_weight {
+                    dw[k] += g * xh;
+                }
+                if has_bias {
+                    db[k] += g;
+                }
+                let g = w.as_ref().map_or(g, |w| g * w[k]);
+                sg += g;
+                sgx += g * xh;
+            }
+            let mg = if kind == NormKind::Layer {
+                sg / d
+            } else {
+                E::Acc::zero()
+            };
+            let mgx = sgx / d;
+            for (k, ((o, &g), &xh)) in out.iter_mut().zip(gy).zip(buf.iter()).enumerate() {
+                let g = g.to_acc();
+                let g = w.as_ref().map_or(g, |w| g * w[k]);
+                *o = E::from_acc(st.rstd * (g - mg - xh * mgx));
+            }
+        }
+        (dw, db)
+    };
+    let partials: Vec<Partial<E::Acc>> = if count * n >= PAR_THRESHOLD && count > 1 {
+        gx.par_chunks_mut(per_block * n)
+            .enumerate()
+            .map(body)
+            .collect()
+    } else {
+        gx.chunks_mut(per_block * n).enumerate().map(body).collect()
+    };
+    let total = |pick: fn(&Partial<E::Acc>) -> &Vec<E::Acc>| {
+        let mut acc = vec![E::Acc::zero(); n];
+        for p in &partials {
+            for (a, &v) in acc.iter_mut().zip(pick(p)) {
+                *a += v;
+            }
+        }
+        acc.into_iter().map(E::from_acc).collect::<Vec<E>>()
+    };
+    NormGrads {
+        x: gx,
+        weight: has_weight.then(|| total(|p| &p.0)),
+        bias: has_bias.then(|| total(|p| &p.1)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_norm_row_has_zero_mean_unit_variance() {
+        let x = [1.0f64, 2.0, 4.0, 7.0, -1.0, 0.0, 1.0, 2.0];
+        let l = Layout::contiguous(&[2, 4]);
+        let (y, st) = norm_forward(NormKind::Layer, &x, &l, None, None, 0.0);
+        for r in 0..2 {
+            let row = &y[r * 4..r * 4 + 4];
+            let mean: f64 = row.iter().sum::<f64>() / 4.0;
+            let var: f64 = row.iter().map(|v| v * v).sum::<f64>() / 4.0;
+            assert!(mean.abs() < 1e-12 && (var - 1.0).abs() < 1e-12);
+        }
+        assert_eq!(st[0].mean, 3.5);
+        // rms norm with weight 1 + w: x / rms * (1 + w)
+        let w = [0.0f64, 1.0, -1.0, 0.5];
+        let lw = Layout::contiguous(&[4]);
+        let (y, _) = norm_forward(NormKind::RmsOffset, &x, &l, Some((&w, &lw)), None, 0.0);
+        let rms = (70.0f64 / 4.0).sqrt();
+        assert!((y[1] - 2.0 * 2.0 / rms).abs() < 1e-12);
+        assert_eq!(y[2], 0.0);
+    }
+
+    #[test]
+    fn weight_and_bias_gradients_sum_over_rows_in_parallel() {
+        let (rows, n) = (PAR_THRESHOLD / 16, 32);
+        let x: Vec<f32> = (0..rows * n).map(|i| ((i * 7) % 11) as f32).collect();
+        let l = Layout::contiguous(&[rows, n]);
+        let w = vec![2.0f32; n];
+        let lw = Layout::contiguous(&[n]);
+        let (_, st) = norm_forward(NormKind::Layer, &x, &l, Some((&w, &lw)), None, 1e-5);
+        let gy = vec![1.0f32; rows * n];
+        let g = norm_backward(NormKind::Layer, &x, &l, Some((&w, &lw)), true, &st, &gy);
+        // d/db of sum(y) is the row count; d/dx of sum(y) is 0 (y has zero mean per row)
+        assert!(g.bias.unwrap().iter().all(|&v| v == rows as f32));
+        assert!(g.x.iter().all(|v| v.abs() < 1e-3));
+        // sum over rows of xhat per column, against a direct computation
+        let gw = g.weight.unwrap();
+        let mut want = vec![0.0f64; n];
+        for r in 0..rows {
+            for k in 0..n {
+                let s = st[r];
+                want[k] += ((x[r * n + k] - s.mean) * s.rstd) as f64;
+            }
+        }
+        for k in 0..n {
+            assert!((gw[k] as f64 - want[k]).abs() < 1e-2 * (1.0 + want[k].abs()));
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Softmax and log-softmax along one axis: one fused pass per row (read the
+//! row once into the compute type, subtract its max, exponentiate, sum,
+//! write), and their backward passes from the saved output.
+//!
+//! "Rows" are the 1-D fibres along the chosen axis. [`rows_map`] is the
+//! driver shared with the normalization kernels: it hands each row to a
+//! closure and writes a contiguous output in the original order.
+
+use num_traits::{Float, Zero};
+use rayon::prelude::*;
+
+use super::{map_into, CHUNK, PAR_THRESHOLD};
+use crate::{FloatDtype, Layout};
+
+/// The rows along `axis` of a shape viewed as `outer × n × inner`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AxisRows {
+    /// Product of the dims before the axis.
+    pub outer: usize,
+    /// The axis length (elements per row).
+    pub n: usize,
+    /// Product of the dims after the axis.
+    pub inner: usize,
+    axis: usize,
+}
+
+impl AxisRows {
+    /// The rows of `dims` along `axis`.
+    pub fn new(dims: &[usize], axis: usize) -> Self {
+        assert!(
+            axis < dims.len(),
+            "axis {axis} out of range for rank {}",
+            dims.len()
+        );
+        AxisRows {
+            outer: dims[..axis].iter().product(),
+            n: dims[axis],
+            inner: dims[axis + 1..].iter().product(),
+            axis,
+        }
+    }
+
+    /// Number of rows.
+    pub fn count(&self) -> usize {
+        self.outer * self.inner
+    }
+
+    /// Storage offset of the first element of row `r` in `layout`, and the
+    /// stride between its elements. Rows are numbered `outer`-major.
+    #[inline]
+    pub fn start(&self, layout: &Layout, r: usize) -> (usize, usize) {
+        let (o, j) = (r / self.inner, r % self.inner);
+        (
+            layout.index_of(o * self.n * self.inner + j),
+            layout.strides()[self.axis],
+        )
+    }
+}
+
+/// Runs `f(row, out_row, scratch) -> stat` for every row along `axis` of
+/// `dims`, where `out_row` (length `n`) is that row of the contiguous output
+/// and `scratch` is a per-task buffer of length `n`. Returns the output (in
+/// the original row-major order) and the per-row stats.
+///
+/// Parallel over blocks of rows above [`PAR_THRESHOLD`] elements; each row is
+/// computed by one thread in a fixed order, so results do not depend on the
+/// thread count. When the axis is not the last one the rows are computed
+/// into a buffer and transposed into place (one extra linear copy).
+pub fn rows_map<O, A, R>(
+    dims: &[usize],
+    axis: usize,
+    f: impl Fn(usize, &mut [O], &mut [A]) -> R + Sync + Send,
+) -> (Vec<O>, Vec<R>)
+where
+    O: Copy + Default + Send + Sync,
+    A: Copy + Default + Send,
+    R: Copy + Default + Send,
+{
+    let rows = AxisRows::new(dims, axis);
+    let (count, n) = (rows.count(), rows.n);
+    let mut stats = vec![R::default(); count];
+    if n == 0 || count == 0 {
+        return (Vec::new(), stats);
+    }
+    let total = count * n;
+    let mut buf = vec![O::default(); total];
+    let per_task = (CHUNK / n).max(1);
+    let body = |(t, (out, st)): (usize, (&mut [O], &mut [R]))| {
+        let mut scratch = vec![A::default(); n];
+        for (k, (row, s)) in out.chunks_mut(n).zip(st.iter_mut()).enumerate() {
+            *s = f(t * per_task + k, row, &mut scratch);
+        }
+    };
+    if total >= PAR_THRESHOLD && count > 1 {
+        buf.par_chunks_mut(per_task * n)
+            .zip(stats.par_chunks_mut(per_task))
+            .enumerate()
+            .for_each(body);
+    } else {
+        buf.chunks_mut(per_task * n)
+            .zip(stats.chunks_mut(per_task))
+            .enumerate()
+            .for_each(body);
+    }
+    if rows.inner == 1 {
+        return (buf, stats);
+    }
+    // `buf` is (outer, inner, n); the output is (outer, n, inner).
+    let view = Layout::new(&[rows.outer, n, rows.inner], &[rows.inner * n, 1, n], 0);
+    let mut out = vec![O::default(); total];
+    map_into(&buf, &view, &mut out, |v| v);
+    (out, stats)
+}
+
+/// `softmax(x)` along `axis` (`LOG = false`) or `log_softmax(x)` (`LOG = true`),
+/// max-subtracted in the compute type and rounded once. A row holding NaN
+/// gives NaN; a row of `-inf` gives NaN (as in PyTorch).
+pub fn softmax_forward<E: FloatDtype, const LOG: bool>(
+    x: &[E],
+    layout: &Layout,
+    axis: usize,
+) -> Vec<E> {
+    let rows = AxisRows::new(layout.shape(), axis);
+    rows_map(
+        layout.shape(),
+        axis,
+        |r, out: &mut [E], buf: &mut [E::Acc]| {
+            let (start, stride) = rows.start(layout, r);
+            let mut m = E::Acc::neg_infinity();
+            for (k, b) in buf.iter_mut().enumerate() {
+                let v = x[start + k * stride].to_acc();
+                *b = v;
+                if v > m || v.is_nan() {
+                    m = v;
+                }
+            }
+            let mut s = E::Acc::zero();
+            if LOG {
+                for &b in buf.iter() {
+                    s += (b - m).exp();
+                }
+                let ls = s.ln();
+                for (o, &b) in out.iter_mut().zip(buf.iter()) {
+                    *o = E::from_acc((b - m) - ls);
+                }
+            } else {
+                for b in buf.iter_mut() {
+                    *b = (*b - m).exp();
+                    s += *b;
+                }
+                let inv = s.recip();
+                for (o, &b) in out.iter_mut().zip(buf.iter()) {
+                    *o = E::from_acc(b * inv);
+                }
+            }
+        },
+    )
+    .0
+}
+
+/// Backward of [`softmax_forward`] from the saved output `y` and `grad_y`
+/// (both contiguous, shaped `dims`):
+/// softmax `gx = y * (gy - sum(gy * y))`, log-softmax `gx = gy - exp(y) * sum(gy)`.
+pub fn softmax_backward<E: FloatDtype, const LOG: bool>(
+    y: &[E],
+    grad_y: &[E],
+    dims: &[usize],
+    axis: usize,
+) -> Vec<E> {
+    let rows = AxisRows::new(dims, axis);
+    let l = Layout::contiguous(dims);
+    rows_map(dims, axis, |r, out: &mut [E], _: &mut [()]| {
+        let (start, stride) = rows.start(&l, r);
+        let at = |k: usize| {
+            (
+                y[start + k * stride].to_acc(),
+                grad_y[start + k * stride].to_acc(),
+            )
+        };
+        let mut s = E::Acc::zero();
+        for k in 0..rows.n {
+            let (y, g) = at(k);
+            s += if LOG { g } else { g * y };
+        }
+        for (k, o) in out.iter_mut().enumerate() {
+            let (y, g) = at(k);
+            *o = E::from_acc(if LOG { g - y.exp() * s } else { y * (g - s) });
+        }
+    })
+    .0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(row: &[f64]) -> Vec<f64> {
+        let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let s: f64 = row.iter().map(|x| (x - m).exp()).sum();
+        row.iter().map(|x| (x - m).exp() / s).collect()
+    }
+
+    #[test]
+    fn softmax_along_a_middle_axis_of_a_strided_input() {
+        // logical (2, 3, 4) read through a permuted layout
+        let src: Vec<f64> = (0..24).map(|i| ((i * 5) % 7) as f64 * 0.3).collect();
+        let l = Layout::contiguous(&[4, 2, 3]).permute(&[1, 2, 0]);
+        let y = softmax_forward::<f64, false>(&src, &l, 1);
+        let ly = softmax_forward::<f64, true>(&src, &l, 1);
+        let xs = l.offsets();
+        for i in 0..2 {
+            for k in 0..4 {
+                let row: Vec<f64> = (0..3).map(|j| src[xs[i * 12 + j * 4 + k]]).collect();
+                let want = reference(&row);
+                for j in 0..3 {
+                    assert!((y[i * 12 + j * 4 + k] - want[j]).abs() < 1e-12);
+                    assert!((ly[i * 12 + j * 4 + k] - want[j].ln()).abs() < 1e-12);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn parallel_rows_and_huge_logits() {
+        let (rows, n) = (PAR_THRESHOLD / 64, 128);
+        let src: Vec<f32> = (0..rows * n)
+            .map(|i| ((i * 13) % 29) as f32 * 1e3)
+            .collect();
+        let l = Layout::contiguous(&[rows, n]);
+        let y = softmax_forward::<f32, false>(&src, &l, 1);
+        assert!(y.iter().all(|v| v.is_finite()));
+        for r in [0, rows / 2, rows - 1] {
+            let s: f32 = y[r * n..(r + 1) * n].iter().sum();
+            assert!((s - 1.0).abs() < 1e-5);
+        }
+        let g = softmax_backward::<f32, false>(&y, &vec![1.0; rows * n], &[rows, n], 1);
+        assert!(g.iter().all(|v| v.abs() < 1e-5));
+    }
+
+    #[test]
+    fn parallel_rows_along_a_middle_axis() {
+        let dims = [64, 33, 32];
+        let n: usize = dims.iter().product();
+        assert!(n >= PAR_THRESHOLD);
+        let src: Vec<f64> = (0..n).map(|i| ((i * 31) % 17) as f64 * 0.25).collect();
+        let l = Layout::contiguous(&dims);
+        let y = softmax_forward::<f64, false>(&src, &l, 1);
+        for (i, k) in [(0, 0), (17, 5), (63, 31)] {
+            let at = |j: usize| i * 33 * 32 + j * 32 + k;
+            let row: Vec<f64> = (0..33).map(|j| src[at(j)]).collect();
+            let want = reference(&row);
+            for (j, w) in want.iter().enumerate() {
+                assert!((y[at(j)] - w).abs() < 1e-12);
+            }
+        }
+    }
+}
