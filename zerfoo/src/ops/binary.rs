@@ -3,7 +3,10 @@
 //! Shapes must match (checked by value at compile time, at run time for `Dyn`
 //! dims); broadcasting is explicit (`broadcast`), never silent.
 
+use std::any::Any;
 use std::sync::Arc;
+
+use typenum::{Eq, IsEqual, B1};
 
 use zerfoo_kernels::cpu::binary::{self as k, BinaryOp};
 use zerfoo_kernels::{Cpu, Device, Dtype, FloatDtype, Layout};
@@ -14,20 +17,41 @@ use crate::shape::{SameShape, Shape};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
-/// Both operands have the same dtype; mixing dtypes needs an explicit `to_dtype`.
+/// The verdict of comparing two dtypes: implemented only for "equal".
 #[diagnostic::on_unimplemented(
-    message = "dtype error in `{Op}`: `{Self}` and `{R}` are different dtypes",
+    message = "dtype error in `{Op}`: `{L}` and `{R}` are different dtypes",
     label = "mixed dtypes",
-    note = "convert one operand first, e.g. `.to_dtype::<{Self}>()`"
+    note = "convert one operand first with `.to_dtype::<{L}>()`"
 )]
+pub trait DtypeCheck<Op, L, R> {}
+impl<Op, L, R> DtypeCheck<Op, L, R> for B1 {}
+
+/// Both operands have the same dtype (compared through [`Dtype::Tag`]);
+/// mixing dtypes needs an explicit `to_dtype`.
 pub trait SameDtype<R: Dtype, Op>: Dtype {
     /// Views a tensor of dtype `R` (= `Self`) as dtype `Self`.
     fn same<S: Shape, D: Device, T>(t: Tensor<S, R, D, T>) -> Tensor<S, Self, D, T>;
 }
-impl<E: Dtype, Op> SameDtype<E, Op> for E {
+impl<L: Dtype, R: Dtype, Op> SameDtype<R, Op> for L
+where
+    L::Tag: IsEqual<R::Tag>,
+    Eq<L::Tag, R::Tag>: DtypeCheck<Op, L, R>,
+{
     #[inline]
-    fn same<S: Shape, D: Device, T>(t: Tensor<S, E, D, T>) -> Tensor<S, E, D, T> {
-        t
+    fn same<S: Shape, D: Device, T>(t: Tensor<S, R, D, T>) -> Tensor<S, L, D, T> {
+        // Equal tags mean equal types; the downcast cannot fail.
+        let data: Box<dyn Any> = Box::new(t.data);
+        let data = *data
+            .downcast::<Arc<Vec<L>>>()
+            .unwrap_or_else(|_| unreachable!("dtype tags are distinct per type"));
+        Tensor {
+            shape: t.shape,
+            layout: t.layout,
+            data,
+            id: t.id,
+            tape: t.tape,
+            device: t.device,
+        }
     }
 }
 

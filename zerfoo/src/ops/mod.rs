@@ -10,7 +10,7 @@ mod reduce;
 mod softmax;
 mod unary;
 
-pub use binary::SameDtype;
+pub use binary::{DtypeCheck, SameDtype};
 pub use norm::{LastDim, Merge3};
 pub use softmax::SingleAxis;
 
