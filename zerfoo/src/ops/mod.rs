@@ -5,10 +5,12 @@
 
 mod binary;
 mod broadcast;
+mod matmul;
 mod reduce;
 mod unary;
 
 pub use binary::SameDtype;
+pub use matmul::{MatMulShapes, TransposeShape};
 
 macro_rules! op_names {
     ($($(#[$m:meta])* $name:ident),* $(,)?) => {
