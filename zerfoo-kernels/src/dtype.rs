@@ -224,8 +224,20 @@ impl FromF64Exact for F8E5M2 {
 float_via_f32!(f16, DType::F16, typenum::U3, f16::from_f32, f16::to_f32);
 float_via_f32!(bf16, DType::BF16, typenum::U4, bf16::from_f32, bf16::to_f32);
 float_via_f32!(f32, DType::F32, typenum::U5, |x| x, |x| x);
-float_via_f32!(F8E4M3, DType::F8E4M3, typenum::U1, F8E4M3::from_f32, F8E4M3::to_f32);
-float_via_f32!(F8E5M2, DType::F8E5M2, typenum::U2, F8E5M2::from_f32, F8E5M2::to_f32);
+float_via_f32!(
+    F8E4M3,
+    DType::F8E4M3,
+    typenum::U1,
+    F8E4M3::from_f32,
+    F8E4M3::to_f32
+);
+float_via_f32!(
+    F8E5M2,
+    DType::F8E5M2,
+    typenum::U2,
+    F8E5M2::from_f32,
+    F8E5M2::to_f32
+);
 
 impl Dtype for f64 {
     const DTYPE: DType = DType::F64;

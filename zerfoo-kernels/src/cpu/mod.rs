@@ -5,6 +5,7 @@
 
 pub mod binary;
 pub mod elementwise;
+pub mod matmul;
 pub mod norm;
 pub mod reduce;
 pub mod softmax;

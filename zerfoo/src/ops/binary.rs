@@ -101,6 +101,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
 
 macro_rules! binary_method {
     ($try_name:ident, $name:ident, $kop:ident, $marker:ident, $doc:literal) => {
+        #[allow(clippy::should_implement_trait)] // the std operator traits are implemented too, below
         impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
             #[doc = concat!($doc, " Fails if a `Dyn` dim differs at run time.")]
             pub fn $try_name<S2: Shape, E2: FloatDtype, T2: TapeState>(

@@ -5,12 +5,14 @@
 
 mod binary;
 mod broadcast;
+mod matmul;
 mod norm;
 mod reduce;
 mod softmax;
 mod unary;
 
 pub use binary::{DtypeCheck, SameDtype};
+pub use matmul::{MatMulShapes, TransposeShape};
 pub use norm::{LastDim, Merge3};
 pub use softmax::SingleAxis;
 

@@ -9,6 +9,8 @@ use crate::autograd::{record, TapeState, TensorId};
 use crate::shape::Shape;
 use crate::tensor::Tensor;
 
+// `neg` is also `std::ops::Neg`, implemented below.
+#[allow(clippy::should_implement_trait)]
 impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     /// Applies an elementwise [`UnaryOp`] and records its backward.
     pub(crate) fn unary_op<O: UnaryOp>(self, op: O) -> Self {

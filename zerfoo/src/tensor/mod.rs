@@ -161,6 +161,34 @@ impl<S: Shape, E: Dtype> Tensor<S, E, Cpu, NoTape> {
         }
     }
 
+    /// This tensor with the tape type `T` of the computation it joins, keeping
+    /// its id: with `T = Tape` it becomes a traced leaf, so ops applied to it
+    /// (a transpose, a broadcast, `1 + w`) are recorded and its gradient
+    /// reaches this id; with `T = NoTape` nothing changes.
+    ///
+    /// Parameters are `NoTape`, and an op on a `NoTape` tensor records nothing
+    /// (it is a constant, as under `torch.no_grad`). A layer therefore calls
+    /// `self.weight.retaped::<T>()` with its input's tape type before
+    /// transforming the weight:
+    ///
+    /// ```
+    /// use zerfoo::prelude::*;
+    /// let w: Tensor<(U2, U3), f64> = Tensor::randn(Default::default(), 0);
+    /// let x: Tensor<(U4, U3), f64> = Tensor::randn(Default::default(), 1);
+    /// let y = x.traced().matmul(w.retaped::<Tape>().t()).sum_all();
+    /// assert!(y.backward().get(&w).is_some());
+    /// ```
+    pub fn retaped<T: TapeState>(&self) -> Tensor<S, E, Cpu, T> {
+        Tensor {
+            shape: self.shape,
+            layout: self.layout,
+            data: self.data.clone(),
+            id: self.id,
+            tape: T::from_node(None),
+            device: self.device,
+        }
+    }
+
     /// Mutable access to the elements (copy-on-write: storage shared with
     /// other tensors is copied first). The id is kept, so an in-place update
     /// of a parameter keeps its gradient key.

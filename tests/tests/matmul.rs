@@ -1,0 +1,437 @@
+//! Matrix multiplication and `t()`: forward values against a naive loop,
+//! f64 finite-difference gradients for every rank combination, a sweep over
+//! every dtype, run-time shape errors and generic code over dims.
+
+use zerfoo::prelude::*;
+use zerfoo_tests::{cast, check_dtypes, check_grad1, check_grad2, rel_err, weighted_sum};
+
+dim!(M = 3);
+dim!(K = 5);
+dim!(N = 4);
+dim!(B = 2);
+dim!(H = 3);
+
+/// The textbook triple loop over a batch: `a` is `[batch, m, k]` (or one
+/// `[m, k]` if `a_shared`), `b` is `[batch, k, n]` (or one `[k, n]`).
+#[allow(clippy::too_many_arguments)]
+fn naive(
+    a: &[f64],
+    b: &[f64],
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    a_shared: bool,
+    b_shared: bool,
+) -> Vec<f64> {
+    let mut out = vec![0.0; batch * m * n];
+    for t in 0..batch {
+        let ao = if a_shared { 0 } else { t * m * k };
+        let bo = if b_shared { 0 } else { t * k * n };
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0.0;
+                for p in 0..k {
+                    s += a[ao + i * k + p] * b[bo + p * n + j];
+                }
+                out[(t * m + i) * n + j] = s;
+            }
+        }
+    }
+    out
+}
+
+#[track_caller]
+fn assert_close(got: &[f64], want: &[f64], tol: f64) {
+    let e = rel_err(got, want);
+    assert!(
+        e <= tol,
+        "rel err {e:e} > {tol:e}\n got {got:?}\nwant {want:?}"
+    );
+}
+
+// ---------------------------------------------------------------- forward
+
+#[test]
+fn forward_hand_computed() {
+    let a = Tensor::<(U2, U3), f64>::from_vec(Default::default(), vec![1., 2., 3., 4., 5., 6.])
+        .unwrap();
+    let b = Tensor::<(U3, U2), f64>::from_vec(Default::default(), vec![7., 8., 9., 10., 11., 12.])
+        .unwrap();
+    // [[1*7+2*9+3*11, 1*8+2*10+3*12], [4*7+5*9+6*11, 4*8+5*10+6*12]]
+    assert_eq!(a.clone().matmul(b.clone()).to_vec(), [58., 64., 139., 154.]);
+    // aᵀ · aᵀᵀ ... (3x2)(2x3): row i, col j = a[0][i] a[0][j] + a[1][i] a[1][j]
+    let g = a.clone().t().matmul(a.clone());
+    assert_eq!(g.to_vec(), [17., 22., 27., 22., 29., 36., 27., 36., 45.]);
+    // A vector times a matrix, and a dot product.
+    let v = Tensor::<(U3,), f64>::from_vec(Default::default(), vec![1., 0., -1.]).unwrap();
+    assert_eq!(v.clone().matmul(b).to_vec(), [-4., -4.]);
+    let w = Tensor::<(U3,), f64>::from_vec(Default::default(), vec![2., 5., 7.]).unwrap();
+    assert_eq!(v.matmul(w).item(), -5.0);
+}
+
+#[test]
+fn forward_matches_naive_at_odd_sizes() {
+    for (i, &(m, k, n)) in [
+        (1, 1, 1),
+        (7, 33, 9),
+        (33, 7, 129),
+        (129, 129, 7),
+        (150, 140, 130),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let s = i as u64 * 10;
+        let a: Tensor<(Dyn, Dyn), f64> = Tensor::randn((Dyn(m), Dyn(k)), s);
+        let b: Tensor<(Dyn, Dyn), f64> = Tensor::randn((Dyn(k), Dyn(n)), s + 1);
+        let want = naive(&a.to_f64_vec(), &b.to_f64_vec(), 1, m, k, n, false, false);
+        let y = a.clone().matmul(b.clone());
+        assert_eq!(y.dims(), [m, n]);
+        assert_close(&y.to_f64_vec(), &want, 1e-13);
+        // Same product from transposed storage: (aᵀ)ᵀ · (bᵀ)ᵀ through non-contiguous views.
+        let at = a.t().contiguous().t();
+        let bt = b.t().contiguous().t();
+        assert!(!at.is_contiguous() || m == 1 || k == 1);
+        assert_close(&at.matmul(bt).to_f64_vec(), &want, 1e-13);
+    }
+}
+
+#[test]
+fn forward_batched_matches_naive() {
+    let (bt, h, m, k, n) = (2, 3, 7, 9, 5);
+    let a3: Tensor<(Dyn, Dyn, Dyn), f64> = Tensor::randn((Dyn(bt), Dyn(m), Dyn(k)), 1);
+    let b3: Tensor<(Dyn, Dyn, Dyn), f64> = Tensor::randn((Dyn(bt), Dyn(k), Dyn(n)), 2);
+    let b2: Tensor<(Dyn, Dyn), f64> = Tensor::randn((Dyn(k), Dyn(n)), 3);
+    let a2: Tensor<(Dyn, Dyn), f64> = Tensor::randn((Dyn(m), Dyn(k)), 4);
+    let (va3, vb3, vb2, va2) = (
+        a3.to_f64_vec(),
+        b3.to_f64_vec(),
+        b2.to_f64_vec(),
+        a2.to_f64_vec(),
+    );
+    let y = a3.clone().matmul(b3.clone());
+    assert_eq!(y.dims(), [bt, m, n]);
+    assert_close(
+        &y.to_f64_vec(),
+        &naive(&va3, &vb3, bt, m, k, n, false, false),
+        1e-13,
+    );
+    let y = a3.matmul(b2.clone());
+    assert_close(
+        &y.to_f64_vec(),
+        &naive(&va3, &vb2, bt, m, k, n, false, true),
+        1e-13,
+    );
+    let y = a2.clone().matmul(b3);
+    assert_eq!(y.dims(), [bt, m, n]);
+    assert_close(
+        &y.to_f64_vec(),
+        &naive(&va2, &vb3, bt, m, k, n, true, false),
+        1e-13,
+    );
+
+    let a4: Tensor<(Dyn, Dyn, Dyn, Dyn), f64> = Tensor::randn((Dyn(bt), Dyn(h), Dyn(m), Dyn(k)), 5);
+    let b4: Tensor<(Dyn, Dyn, Dyn, Dyn), f64> = Tensor::randn((Dyn(bt), Dyn(h), Dyn(k), Dyn(n)), 6);
+    let (va4, vb4) = (a4.to_f64_vec(), b4.to_f64_vec());
+    let y = a4.clone().matmul(b4.clone());
+    assert_eq!(y.dims(), [bt, h, m, n]);
+    assert_close(
+        &y.to_f64_vec(),
+        &naive(&va4, &vb4, bt * h, m, k, n, false, false),
+        1e-13,
+    );
+    let y = a4.matmul(b2);
+    assert_close(
+        &y.to_f64_vec(),
+        &naive(&va4, &vb2, bt * h, m, k, n, false, true),
+        1e-13,
+    );
+    let y = a2.matmul(b4);
+    assert_eq!(y.dims(), [bt, h, m, n]);
+    assert_close(
+        &y.to_f64_vec(),
+        &naive(&va2, &vb4, bt * h, m, k, n, true, false),
+        1e-13,
+    );
+}
+
+#[test]
+fn transpose_is_a_view_of_the_last_two_axes() {
+    let x = Tensor::<(U2, U3), f32>::from_vec(Default::default(), vec![1., 2., 3., 4., 5., 6.])
+        .unwrap();
+    let y = x.clone().t();
+    assert_eq!(y.dims(), [3, 2]);
+    assert!(!y.is_contiguous());
+    assert_eq!(y.storage().0.as_ptr(), x.storage().0.as_ptr(), "t() copied");
+    assert_eq!(y.to_vec(), [1., 4., 2., 5., 3., 6.]);
+    assert_eq!(y.t().to_vec(), x.to_vec());
+
+    let x4: Tensor<(B, H, M, N), f64> = Tensor::randn((B, H, M, N), 7);
+    let v = x4.to_f64_vec();
+    let y4: Tensor<(B, H, N, M), f64> = x4.t();
+    let got = y4.to_f64_vec();
+    for bh in 0..6 {
+        for i in 0..3 {
+            for j in 0..4 {
+                assert_eq!(got[bh * 12 + j * 3 + i], v[bh * 12 + i * 4 + j]);
+            }
+        }
+    }
+    let x3: Tensor<(B, M, N), f64> = Tensor::randn((B, M, N), 8);
+    let y3: Tensor<(B, N, M), f64> = x3.clone().t();
+    assert_eq!(y3.dims(), [2, 4, 3]);
+    assert_eq!(y3.t().to_vec(), x3.to_vec());
+}
+
+#[test]
+fn named_dims_of_equal_value_multiply() {
+    dim!(Hidden = 8);
+    dim!(Embed = 8);
+    let x: Tensor<(M, Hidden), f64> = Tensor::randn((M, Hidden), 1);
+    let w: Tensor<(Embed, N), f64> = Tensor::randn((Embed, N), 2);
+    let want = naive(&x.to_f64_vec(), &w.to_f64_vec(), 1, 3, 8, 4, false, false);
+    let y: Tensor<(M, N), f64> = x.matmul(w);
+    assert_close(&y.to_f64_vec(), &want, 1e-14);
+}
+
+#[test]
+fn generic_code_over_dims_compiles_and_runs() {
+    fn f<Mm: Dim, Kk: Dim, Nn: Dim>(
+        a: Tensor<(Mm, Kk), f32>,
+        b: Tensor<(Kk, Nn), f32>,
+    ) -> Tensor<(Mm, Nn), f32> {
+        a.matmul(b)
+    }
+    fn g<Mm: Dim, Nn: Dim>(x: Tensor<(Mm, Nn), f32>) -> Tensor<(Mm, Mm), f32> {
+        x.clone().matmul(x.t())
+    }
+    fn batched<Bb: Dim, Mm: Dim, Kk: Dim, Nn: Dim, T>(
+        a: Tensor<(Bb, Mm, Kk), f32, Cpu, T>,
+        w: Tensor<(Kk, Nn), f32>,
+    ) -> Tensor<(Bb, Mm, Nn), f32, Cpu, T>
+    where
+        T: zerfoo::autograd::Merge<NoTape, Out = T>,
+    {
+        a.matmul(w)
+    }
+    let a = Tensor::<(M, K), f32>::ones((M, K));
+    let b = Tensor::<(K, Dyn), f32>::ones((K, Dyn(2)));
+    let y = f(a.clone(), b);
+    assert_eq!(y.dims(), [3, 2]);
+    assert_eq!(y.to_vec(), [5.0; 6]);
+    assert_eq!(g(a).to_vec(), [5.0; 9]);
+    let x = Tensor::<(Dyn, M, K), f32>::ones((Dyn(2), M, K));
+    let w = Tensor::<(K, N), f32>::full((K, N), 2.0);
+    assert_eq!(batched(x, w).to_vec(), [10.0; 24]);
+}
+
+// --------------------------------------------------------------- gradients
+
+#[test]
+fn grad_rank2() {
+    let a: Tensor<(M, K), f64> = Tensor::randn((M, K), 1);
+    let b: Tensor<(K, N), f64> = Tensor::randn((K, N), 2);
+    check_grad2(a.clone(), b.clone(), |a, b| weighted_sum(a.matmul(b), 3));
+    // rhs traced instead of lhs (NoTape x Tape).
+    check_grad2(b, a, |b, a| weighted_sum(a.matmul(b), 4));
+}
+
+#[test]
+fn grad_rank3_by_rank3() {
+    let a: Tensor<(B, M, K), f64> = Tensor::randn((B, M, K), 5);
+    let b: Tensor<(B, K, N), f64> = Tensor::randn((B, K, N), 6);
+    check_grad2(a, b, |a, b| weighted_sum(a.matmul(b), 7));
+}
+
+#[test]
+fn grad_rank3_by_shared_rank2() {
+    let a: Tensor<(Dyn, M, K), f64> = Tensor::randn((Dyn(3), M, K), 8);
+    let w: Tensor<(K, N), f64> = Tensor::randn((K, N), 9);
+    check_grad2(a, w, |a, w| weighted_sum(a.matmul(w), 10));
+}
+
+#[test]
+fn grad_rank4_by_rank4() {
+    let a: Tensor<(B, H, M, K), f64> = Tensor::randn((B, H, M, K), 11);
+    let b: Tensor<(B, H, K, N), f64> = Tensor::randn((B, H, K, N), 12);
+    check_grad2(a, b, |a, b| weighted_sum(a.matmul(b), 13));
+}
+
+#[test]
+fn grad_rank4_by_shared_rank2() {
+    let a: Tensor<(B, H, M, K), f64> = Tensor::randn((B, H, M, K), 14);
+    let w: Tensor<(K, N), f64> = Tensor::randn((K, N), 15);
+    check_grad2(a, w, |a, w| weighted_sum(a.matmul(w), 16));
+}
+
+#[test]
+fn grad_shared_rank2_by_batched() {
+    let w: Tensor<(M, K), f64> = Tensor::randn((M, K), 17);
+    let x3: Tensor<(B, K, N), f64> = Tensor::randn((B, K, N), 18);
+    check_grad2(w.clone(), x3, |w, x| weighted_sum(w.matmul(x), 19));
+    let x4: Tensor<(B, H, K, N), f64> = Tensor::randn((B, H, K, N), 20);
+    check_grad2(w, x4, |w, x| weighted_sum(w.matmul(x), 21));
+}
+
+#[test]
+fn grad_vector_by_matrix_and_dot() {
+    let v: Tensor<(K,), f64> = Tensor::randn((K,), 22);
+    let w: Tensor<(K, N), f64> = Tensor::randn((K, N), 23);
+    check_grad2(v.clone(), w, |v, w| weighted_sum(v.matmul(w), 24));
+    let u: Tensor<(K,), f64> = Tensor::randn((K,), 25);
+    check_grad2(v, u, |v, u| v.matmul(u));
+}
+
+#[test]
+fn grad_through_transposed_operands() {
+    // Both operands stored transposed and used through non-contiguous `t()` views.
+    // (`check_grad2` traces only its first argument; an op on an untraced
+    // tensor records nothing, so the second is traced — same id — before `t()`.)
+    let at: Tensor<(K, M), f64> = Tensor::randn((K, M), 26);
+    let bt: Tensor<(N, K), f64> = Tensor::randn((N, K), 27);
+    check_grad2(at, bt, |at, bt| {
+        let (a, b) = (at.t(), bt.traced().t());
+        assert!(!a.is_contiguous() && !b.is_contiguous());
+        weighted_sum(a.matmul(b), 28)
+    });
+    // Batched, with a shared transposed weight (the `x · Wᵀ` of a linear layer).
+    let x: Tensor<(B, M, K), f64> = Tensor::randn((B, M, K), 29);
+    let w: Tensor<(N, K), f64> = Tensor::randn((N, K), 30);
+    check_grad2(x, w, |x, w| weighted_sum(x.matmul(w.traced().t()), 31));
+    // Attention-style scores `q · kᵀ` on rank 4.
+    let q: Tensor<(B, H, M, K), f64> = Tensor::randn((B, H, M, K), 32);
+    let kk: Tensor<(B, H, N, K), f64> = Tensor::randn((B, H, N, K), 33);
+    check_grad2(q, kk, |q, kk| weighted_sum(q.matmul(kk.traced().t()), 34));
+}
+
+#[test]
+fn grad_of_transpose_alone() {
+    let x2: Tensor<(M, N), f64> = Tensor::randn((M, N), 35);
+    check_grad1(x2, |x| weighted_sum(x.t(), 36));
+    let x3: Tensor<(B, M, N), f64> = Tensor::randn((B, M, N), 37);
+    check_grad1(x3, |x| weighted_sum(x.t(), 38));
+    let x4: Tensor<(B, H, M, N), f64> = Tensor::randn((B, H, M, N), 39);
+    check_grad1(x4, |x| weighted_sum(x.t().exp(), 40));
+}
+
+#[test]
+fn grad_tensor_used_twice() {
+    // x · xᵀ: both operands are x (once through a view).
+    let x: Tensor<(M, K), f64> = Tensor::randn((M, K), 41);
+    check_grad1(x, |x| weighted_sum(x.clone().matmul(x.t()), 42));
+    // x · x on a square matrix: the same id on both sides.
+    let s: Tensor<(K, K), f64> = Tensor::randn((K, K), 43);
+    check_grad1(s, |s| weighted_sum(s.clone().matmul(s), 44));
+    // Gram matrices of a batch, and a chain through two products.
+    let xb: Tensor<(B, M, K), f64> = Tensor::randn((B, M, K), 45);
+    check_grad1(xb, |x| {
+        let gram = x.clone().matmul(x.clone().t());
+        weighted_sum(gram.matmul(x), 46)
+    });
+}
+
+// ------------------------------------------------------------------ dtypes
+
+#[test]
+fn matmul_in_every_dtype() {
+    let a: Tensor<(Dyn, K), f64> = Tensor::randn((Dyn(7), K), 50);
+    let b: Tensor<(K, Dyn), f64> = Tensor::randn((K, Dyn(9)), 51);
+    check_dtypes!("matmul", |E| cast::<E, _>(&a)
+        .matmul(cast::<E, _>(&b))
+        .to_f64_vec());
+    let x: Tensor<(B, H, M, Dyn), f64> = Tensor::randn((B, H, M, Dyn(33)), 52);
+    let w: Tensor<(N, Dyn), f64> = Tensor::randn((N, Dyn(33)), 53);
+    check_dtypes!("matmul (batched, shared transposed rhs)", |E| cast::<E, _>(
+        &x
+    )
+    .matmul(cast::<E, _>(&w).t())
+    .to_f64_vec());
+    let y: Tensor<(B, H, N, Dyn), f64> = Tensor::randn((B, H, N, Dyn(33)), 54);
+    check_dtypes!("matmul (rank 4)", |E| cast::<E, _>(&x)
+        .matmul(cast::<E, _>(&y).t())
+        .to_f64_vec());
+    check_dtypes!("t", |E| cast::<E, _>(&x).t().to_f64_vec());
+}
+
+#[test]
+fn matmul_gradients_in_every_dtype() {
+    let a: Tensor<(B, M, K), f64> = Tensor::randn((B, M, K), 60);
+    let w: Tensor<(K, N), f64> = Tensor::randn((K, N), 61);
+    let dy: Tensor<(B, M, N), f64> = Tensor::randn((B, M, N), 62);
+    // d/da and d/dw of sum(a·w ⊙ dy): dy·wᵀ and Σ_b a_bᵀ·dy_b, each rounded once.
+    check_dtypes!("matmul backward (lhs)", |E| {
+        let (a, w, dy) = (cast::<E, _>(&a), cast::<E, _>(&w), cast::<E, _>(&dy));
+        let g = (a.clone().traced().matmul(w) * dy).sum_all().backward();
+        g.get(&a).unwrap().to_f64_vec()
+    });
+    check_dtypes!("matmul backward (shared rhs)", |E| {
+        let (a, w, dy) = (cast::<E, _>(&a), cast::<E, _>(&w), cast::<E, _>(&dy));
+        let g = (a.traced().matmul(w.clone()) * dy).sum_all().backward();
+        g.get(&w).unwrap().to_f64_vec()
+    });
+}
+
+// ------------------------------------------------------------ shape errors
+
+#[test]
+fn dyn_inner_mismatch_is_an_error() {
+    let a: Tensor<(M, Dyn), f32> = Tensor::zeros((M, Dyn(5)));
+    let b: Tensor<(Dyn, N), f32> = Tensor::zeros((Dyn(6), N));
+    let e = a.clone().try_matmul(b).unwrap_err();
+    assert_eq!(
+        e,
+        Error::ShapeMismatch {
+            op: "matmul",
+            lhs: vec![3, 5],
+            rhs: vec![6, 4]
+        }
+    );
+    assert_eq!(
+        e.to_string(),
+        "shape error in `matmul`: [3, 5] does not match [6, 4]"
+    );
+    // A static inner dim against a dynamic one is checked at run time too.
+    let s: Tensor<(M, K), f32> = Tensor::zeros((M, K));
+    let d: Tensor<(Dyn, N), f32> = Tensor::zeros((Dyn(4), N));
+    assert!(matches!(
+        s.try_matmul(d),
+        Err(Error::ShapeMismatch { op: "matmul", .. })
+    ));
+    // A matching Dyn dim goes through.
+    let ok: Tensor<(Dyn, N), f32> = Tensor::zeros((Dyn(5), N));
+    assert_eq!(a.try_matmul(ok).unwrap().dims(), [3, 4]);
+}
+
+#[test]
+fn dyn_batch_mismatch_is_an_error() {
+    let a: Tensor<(Dyn, M, K), f32> = Tensor::zeros((Dyn(2), M, K));
+    let b: Tensor<(Dyn, K, N), f32> = Tensor::zeros((Dyn(3), K, N));
+    assert_eq!(
+        a.try_matmul(b).unwrap_err(),
+        Error::ShapeMismatch {
+            op: "matmul",
+            lhs: vec![2, 3, 5],
+            rhs: vec![3, 5, 4]
+        }
+    );
+    let a: Tensor<(B, Dyn, M, K), f32> = Tensor::zeros((B, Dyn(3), M, K));
+    let b: Tensor<(B, Dyn, K, N), f32> = Tensor::zeros((B, Dyn(2), K, N));
+    assert!(a.try_matmul(b).is_err());
+}
+
+#[test]
+#[should_panic(expected = "shape error in `matmul`: [3, 5] does not match [6, 4]")]
+fn dyn_inner_mismatch_panics_with_the_same_message() {
+    let a: Tensor<(M, Dyn), f32> = Tensor::zeros((M, Dyn(5)));
+    let b: Tensor<(Dyn, N), f32> = Tensor::zeros((Dyn(6), N));
+    let _ = a.matmul(b);
+}
+
+#[test]
+#[should_panic(expected = "shape error in `matmul`: [2, 3, 5] does not match [3, 5, 4]")]
+fn dyn_batch_mismatch_panics_with_the_same_message() {
+    let a: Tensor<(Dyn, M, K), f32> = Tensor::zeros((Dyn(2), M, K));
+    let b: Tensor<(Dyn, K, N), f32> = Tensor::zeros((Dyn(3), K, N));
+    let _ = a.matmul(b);
+}

@@ -1,0 +1,364 @@
+//! Matrix multiplication (`matmul`, batched and with a shared right operand)
+//! and `t()`, the zero-copy swap of the last two axes.
+//!
+//! The inner dims (and the batch dims) are compared by value through
+//! [`SameDim`], so `Hidden = 8` times `Embed = 8` compiles, while a mismatch
+//! names both dims: ``shape error in `Matmul`: `Hidden` does not match `Ffn` ``.
+
+use std::sync::Arc;
+
+use zerfoo_kernels::cpu::{self, matmul as k};
+use zerfoo_kernels::{Cpu, FloatDtype, Layout};
+
+use super::{Matmul, SameDtype};
+use crate::autograd::{record, Merge, TapeState, TensorId};
+use crate::error::or_panic;
+use crate::shape::{Dim, SameDim, Shape};
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+/// The shapes `Self` and `Rhs` can be multiplied; [`MatMulShapes::Out`] is
+/// the product's shape.
+///
+/// | lhs            | rhs              | out            |
+/// |----------------|------------------|----------------|
+/// | `(M, K)`       | `(K, N)`         | `(M, N)`       |
+/// | `(B, M, K)`    | `(B, K, N)`      | `(B, M, N)`    |
+/// | `(B, M, K)`    | `(K, N)`         | `(B, M, N)`    |
+/// | `(B, H, M, K)` | `(B, H, K, N)`   | `(B, H, M, N)` |
+/// | `(B, H, M, K)` | `(K, N)`         | `(B, H, M, N)` |
+/// | `(M, K)`       | `(B, K, N)`      | `(B, M, N)`    |
+/// | `(M, K)`       | `(B, H, K, N)`   | `(B, H, M, N)` |
+/// | `(K,)`         | `(K, N)`         | `(N,)`         |
+/// | `(K,)`         | `(K,)`           | `()`           |
+///
+/// A rank-2 operand beside a batched one is shared by every matrix of the
+/// batch; `(K,)` is one row (and `(K,) x (K,)` the dot product). Inner and
+/// batch dims are compared by value ([`SameDim`]); `Dyn` dims at run time.
+#[diagnostic::on_unimplemented(
+    message = "shape error in `Matmul`: cannot multiply `{Self}` by `{Rhs}`",
+    label = "no matmul for these ranks",
+    note = "supported: `(M, K) x (K, N)`, `(B, M, K) x (B, K, N)`, `(B, H, M, K) x (B, H, K, N)`, \
+            a rank-2 operand beside a batched one, `(K,) x (K, N)` and `(K,) x (K,)`"
+)]
+pub trait MatMulShapes<Rhs: Shape>: Shape {
+    /// The product's shape.
+    type Out: Shape;
+    /// Whether `Self` is one matrix shared across the batch dims of `Rhs`.
+    const LHS_BROADCAST: bool = false;
+    /// Whether `Rhs` is one matrix shared across the batch dims of `Self`.
+    const RHS_BROADCAST: bool = false;
+    /// The product's shape value (batch and `M` from `self`, `N` from `rhs`).
+    fn matmul_shape(&self, rhs: &Rhs) -> Self::Out;
+}
+
+impl<K: Dim, K2: Dim, N: Dim> MatMulShapes<(K2, N)> for (K,)
+where
+    K: SameDim<K2, Matmul>,
+{
+    type Out = (N,);
+    fn matmul_shape(&self, rhs: &(K2, N)) -> (N,) {
+        (rhs.1,)
+    }
+}
+
+impl<K: Dim, K2: Dim> MatMulShapes<(K2,)> for (K,)
+where
+    K: SameDim<K2, Matmul>,
+{
+    type Out = ();
+    fn matmul_shape(&self, _rhs: &(K2,)) {}
+}
+
+impl<M: Dim, K: Dim, B: Dim, K2: Dim, N: Dim> MatMulShapes<(B, K2, N)> for (M, K)
+where
+    K: SameDim<K2, Matmul>,
+{
+    type Out = (B, M, N);
+    const LHS_BROADCAST: bool = true;
+    fn matmul_shape(&self, rhs: &(B, K2, N)) -> (B, M, N) {
+        (rhs.0, self.0, rhs.2)
+    }
+}
+
+impl<M: Dim, K: Dim, B: Dim, H: Dim, K2: Dim, N: Dim> MatMulShapes<(B, H, K2, N)> for (M, K)
+where
+    K: SameDim<K2, Matmul>,
+{
+    type Out = (B, H, M, N);
+    const LHS_BROADCAST: bool = true;
+    fn matmul_shape(&self, rhs: &(B, H, K2, N)) -> (B, H, M, N) {
+        (rhs.0, rhs.1, self.0, rhs.3)
+    }
+}
+
+impl<M: Dim, K: Dim, K2: Dim, N: Dim> MatMulShapes<(K2, N)> for (M, K)
+where
+    K: SameDim<K2, Matmul>,
+{
+    type Out = (M, N);
+    fn matmul_shape(&self, rhs: &(K2, N)) -> (M, N) {
+        (self.0, rhs.1)
+    }
+}
+
+impl<B: Dim, M: Dim, K: Dim, B2: Dim, K2: Dim, N: Dim> MatMulShapes<(B2, K2, N)> for (B, M, K)
+where
+    B: SameDim<B2, Matmul>,
+    K: SameDim<K2, Matmul>,
+{
+    type Out = (B, M, N);
+    fn matmul_shape(&self, rhs: &(B2, K2, N)) -> (B, M, N) {
+        (self.0, self.1, rhs.2)
+    }
+}
+
+impl<B: Dim, M: Dim, K: Dim, K2: Dim, N: Dim> MatMulShapes<(K2, N)> for (B, M, K)
+where
+    K: SameDim<K2, Matmul>,
+{
+    type Out = (B, M, N);
+    const RHS_BROADCAST: bool = true;
+    fn matmul_shape(&self, rhs: &(K2, N)) -> (B, M, N) {
+        (self.0, self.1, rhs.1)
+    }
+}
+
+impl<B: Dim, H: Dim, M: Dim, K: Dim, B2: Dim, H2: Dim, K2: Dim, N: Dim>
+    MatMulShapes<(B2, H2, K2, N)> for (B, H, M, K)
+where
+    B: SameDim<B2, Matmul>,
+    H: SameDim<H2, Matmul>,
+    K: SameDim<K2, Matmul>,
+{
+    type Out = (B, H, M, N);
+    fn matmul_shape(&self, rhs: &(B2, H2, K2, N)) -> (B, H, M, N) {
+        (self.0, self.1, self.2, rhs.3)
+    }
+}
+
+impl<B: Dim, H: Dim, M: Dim, K: Dim, K2: Dim, N: Dim> MatMulShapes<(K2, N)> for (B, H, M, K)
+where
+    K: SameDim<K2, Matmul>,
+{
+    type Out = (B, H, M, N);
+    const RHS_BROADCAST: bool = true;
+    fn matmul_shape(&self, rhs: &(K2, N)) -> (B, H, M, N) {
+        (self.0, self.1, self.2, rhs.1)
+    }
+}
+
+/// The shape has at least two axes; [`TransposeShape::Out`] is it with the
+/// last two swapped (`(M, N)` → `(N, M)`, `(B, M, N)` → `(B, N, M)`, ...).
+#[diagnostic::on_unimplemented(
+    message = "shape error in `t`: `t()` swaps the last two axes, but `{Self}` has fewer than two",
+    label = "needs rank 2 or more"
+)]
+pub trait TransposeShape: Shape {
+    /// The shape with its last two dims swapped.
+    type Out: Shape;
+    /// The swapped shape value.
+    fn transposed(&self) -> Self::Out;
+}
+
+macro_rules! transpose_shape {
+    ($($d:ident $i:tt),* ; $x:ident $xi:tt, $y:ident $yi:tt) => {
+        impl<$($d: Dim,)* $x: Dim, $y: Dim> TransposeShape for ($($d,)* $x, $y) {
+            type Out = ($($d,)* $y, $x);
+            #[inline]
+            fn transposed(&self) -> Self::Out {
+                ($(self.$i,)* self.$yi, self.$xi)
+            }
+        }
+    };
+}
+transpose_shape!(; A 0, B 1);
+transpose_shape!(A 0; B 1, C 2);
+transpose_shape!(A 0, B 1; C 2, D 3);
+transpose_shape!(A 0, B 1, C 2; D 3, E 4);
+transpose_shape!(A 0, B 1, C 2, D 3; E 4, F 5);
+
+/// `l` (a matrix) repeated over leading `batch` dims with stride 0.
+fn with_batch(l: &Layout, batch: &[usize]) -> Layout {
+    let mut shape = batch.to_vec();
+    let mut strides = vec![0; batch.len()];
+    shape.extend_from_slice(l.shape());
+    strides.extend_from_slice(l.strides());
+    Layout::new(&shape, &strides, l.offset)
+}
+
+/// The layout with its last two axes swapped (a transposed view).
+fn swap_last(l: &Layout) -> Layout {
+    let mut l = *l;
+    let r = l.rank();
+    l.swap_axes(r - 2, r - 1);
+    l
+}
+
+impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
+    /// Matrix product over the last two axes, batched over the leading ones
+    /// (see [`MatMulShapes`] for the supported ranks). A rank-2 operand
+    /// beside a batched one is shared by every matrix of the batch (its
+    /// gradient sums over the batch). Computes in `f32` for
+    /// low-precision dtypes (`f64` for `f64`) and rounds once.
+    ///
+    /// Returns [`Error::ShapeMismatch`] if a `Dyn` inner or batch dim differs
+    /// at run time; static dims are checked at compile time.
+    ///
+    /// ```
+    /// use zerfoo::prelude::*;
+    /// dim!(Rows = 2);
+    /// dim!(Inner = 3);
+    /// let a = Tensor::<(Rows, Inner), f32>::from_vec((Rows, Inner), vec![1., 2., 3., 4., 5., 6.]).unwrap();
+    /// let b = Tensor::<(Dyn, U1), f32>::from_vec((Dyn(3), U1::default()), vec![1., 0., -1.]).unwrap();
+    /// assert_eq!(a.clone().try_matmul(b).unwrap().to_vec(), [-2., -2.]);
+    /// let bad = Tensor::<(Dyn, U1), f32>::zeros((Dyn(4), U1::default()));
+    /// assert!(a.try_matmul(bad).is_err());
+    /// ```
+    pub fn try_matmul<S2: Shape, E2: FloatDtype, T2: TapeState, O: Shape>(
+        self,
+        rhs: Tensor<S2, E2, Cpu, T2>,
+    ) -> Result<Tensor<O, E, Cpu, <T as Merge<T2>>::Out>>
+    where
+        S: MatMulShapes<S2, Out = O>,
+        E: SameDtype<E2, Matmul>,
+        T: Merge<T2>,
+    {
+        let rhs = E::same(rhs);
+        let (dl, dr) = (self.dims(), rhs.dims());
+        let (rl, rr) = (dl.len(), dr.len());
+        let inner_ok = dl[rl - 1] == dr[rr.max(2) - 2];
+        let shared = S::LHS_BROADCAST || S::RHS_BROADCAST;
+        let batch_ok = shared || rl < 3 || dl[..rl - 2] == dr[..rr - 2];
+        if !inner_ok || !batch_ok {
+            return Err(Error::ShapeMismatch {
+                op: "matmul",
+                lhs: dl.to_vec(),
+                rhs: dr.to_vec(),
+            });
+        }
+        // Both operands as `[..batch, M, K]` and `[..batch, K, N]` of one
+        // rank: a vector lhs is one row, a vector rhs one column, and a
+        // shared matrix gets the other side's batch dims with stride 0.
+        let (sl, sr) = (&self.layout, &rhs.layout);
+        let la = match rl {
+            1 => Layout::new(&[1, dl[0]], &[0, sl.strides()[0]], sl.offset),
+            _ => *sl,
+        };
+        let lb = match rr {
+            1 => Layout::new(&[dr[0], 1], &[sr.strides()[0], 0], sr.offset),
+            _ => *sr,
+        };
+        let (la, lb) = if S::RHS_BROADCAST {
+            (la, with_batch(&lb, &la.shape()[..rl - 2]))
+        } else if S::LHS_BROADCAST {
+            (with_batch(&la, &lb.shape()[..rr - 2]), lb)
+        } else {
+            (la, lb)
+        };
+        let y = k::gemm_batched(&self.data, &la, &rhs.data, &lb);
+        let out_shape = self.shape.matmul_shape(&rhs.shape);
+        let out_id = TensorId::fresh();
+        type Out<T, T2> = <T as Merge<T2>>::Out;
+        let tape = if Out::<T, T2>::TRACKED {
+            let (a, ida) = (self.data.clone(), self.id);
+            let (b, idb) = (rhs.data.clone(), rhs.id);
+            let (shared_a, shared_b) = (S::LHS_BROADCAST, S::RHS_BROADCAST);
+            record::<Out<T, T2>>(out_id, &[self.tape.node(), rhs.tape.node()], move |g| {
+                if let Some(gy) = g.take::<E>(out_id) {
+                    // gY as `[..batch, M, N]`.
+                    let mut gdims = la.shape().to_vec();
+                    let r = gdims.len();
+                    gdims[r - 1] = lb.shape()[r - 1];
+                    let lg = Layout::contiguous(&gdims);
+                    // dA = gY · Bᵀ and dB = Aᵀ · gY (transposed views, no
+                    // copies), summed over the batch for a shared operand.
+                    let ga = if shared_a {
+                        k::gemm_batch_sum(&gy, &lg, &b, &swap_last(&lb))
+                    } else {
+                        k::gemm_batched(&gy, &lg, &b, &swap_last(&lb))
+                    };
+                    let gb = if shared_b {
+                        k::gemm_batch_sum(&a, &swap_last(&la), &gy, &lg)
+                    } else {
+                        k::gemm_batched(&a, &swap_last(&la), &gy, &lg)
+                    };
+                    g.accumulate(ida, ga);
+                    g.accumulate(idb, gb);
+                }
+            })
+        } else {
+            Out::<T, T2>::from_node(None)
+        };
+        Ok(Tensor {
+            layout: Layout::contiguous(&out_shape.dims()),
+            shape: out_shape,
+            data: Arc::new(y),
+            id: out_id,
+            tape,
+            device: Cpu,
+        })
+    }
+
+    /// Panicking twin of [`try_matmul`](Self::try_matmul): panics (with the
+    /// same message) if a `Dyn` inner or batch dim differs at run time.
+    ///
+    /// ```
+    /// use zerfoo::prelude::*;
+    /// dim!(Batch = 4);
+    /// dim!(Hidden = 8);
+    /// dim!(Ffn = 16);
+    /// let x: Tensor<(Batch, Hidden), f32> = Tensor::randn((Batch, Hidden), 0);
+    /// let w: Tensor<(Ffn, Hidden), f32> = Tensor::randn((Ffn, Hidden), 1);
+    /// let y: Tensor<(Batch, Ffn), f32> = x.matmul(w.t());
+    /// assert_eq!(y.dims(), [4, 16]);
+    /// ```
+    #[track_caller]
+    pub fn matmul<S2: Shape, E2: FloatDtype, T2: TapeState, O: Shape>(
+        self,
+        rhs: Tensor<S2, E2, Cpu, T2>,
+    ) -> Tensor<O, E, Cpu, <T as Merge<T2>>::Out>
+    where
+        S: MatMulShapes<S2, Out = O>,
+        E: SameDtype<E2, Matmul>,
+        T: Merge<T2>,
+    {
+        or_panic(self.try_matmul(rhs))
+    }
+
+    /// Swaps the last two axes: `(M, N)` → `(N, M)`, `(B, H, M, N)` →
+    /// `(B, H, N, M)`. A view (only strides change, no copy); the gradient is
+    /// swapped back.
+    ///
+    /// ```
+    /// use zerfoo::prelude::*;
+    /// let x = Tensor::<(U2, U3), f32>::from_vec(Default::default(), vec![1., 2., 3., 4., 5., 6.]).unwrap();
+    /// let y = x.t();
+    /// assert_eq!(y.dims(), [3, 2]);
+    /// assert!(!y.is_contiguous());
+    /// assert_eq!(y.to_vec(), [1., 4., 2., 5., 3., 6.]);
+    /// ```
+    pub fn t<O: Shape>(self) -> Tensor<O, E, Cpu, T>
+    where
+        S: TransposeShape<Out = O>,
+    {
+        let layout = swap_last(&self.layout);
+        let shape = self.shape.transposed();
+        let out_id = TensorId::fresh();
+        let (in_id, dims) = (self.id, shape.dims());
+        let tape = record::<T>(out_id, &[self.tape.node()], move |g| {
+            if let Some(gy) = g.take::<E>(out_id) {
+                let gx = cpu::to_contiguous(&gy, &swap_last(&Layout::contiguous(&dims)));
+                g.accumulate(in_id, gx);
+            }
+        });
+        Tensor {
+            shape,
+            layout,
+            data: self.data,
+            id: out_id,
+            tape,
+            device: Cpu,
+        }
+    }
+}
