@@ -430,7 +430,7 @@ fn f32_inputs() -> Vec<f32> {
     v.extend((0..20_000).map(|_| {
         let m = f32::from_bits(0x3F80_0000 | (rng.next() as u32 & 0x007F_FFFF));
         let e = (rng.next() % 41) as i32 - 20;
-        let s = if rng.next() % 2 == 0 { 1.0 } else { -1.0 };
+        let s = if rng.next() & 1 == 0 { 1.0 } else { -1.0 };
         s * m * 2f32.powi(e)
     }));
     v
@@ -444,7 +444,7 @@ fn f64_inputs() -> Vec<f64> {
     v.extend((0..20_000).map(|_| {
         let m = f64::from_bits(0x3FF0_0000_0000_0000 | (rng.next() & 0x000F_FFFF_FFFF_FFFF));
         let e = (rng.next() % 61) as i32 - 30;
-        let s = if rng.next() % 2 == 0 { 1.0 } else { -1.0 };
+        let s = if rng.next() & 1 == 0 { 1.0 } else { -1.0 };
         s * m * 2f64.powi(e)
     }));
     // ties between neighbouring f32 values, and one f64 ulp either side

@@ -8,7 +8,7 @@ mod broadcast;
 mod reduce;
 mod unary;
 
-pub use binary::SameDtype;
+pub use binary::{ElementwiseRhs, SameDtype};
 
 macro_rules! op_names {
     ($($(#[$m:meta])* $name:ident),* $(,)?) => {
