@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use zerfoo::prelude::*;
 
+pub mod fixtures;
+
 /// Relative error `max|got - want| / max|want|` (the fixtures' measure).
 pub fn rel_err(got: &[f64], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len(), "length differs");
@@ -106,8 +108,12 @@ pub fn weighted_sum<S: Shape>(
     p.sum_all()
 }
 
-/// The fixtures folder (`../shared/fixtures` beside the repository).
+/// The fixtures folder: `../shared/fixtures` beside the repository, or the
+/// folder named by the `ZERFOO_FIXTURES` environment variable when set.
 pub fn fixtures_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("ZERFOO_FIXTURES") {
+        return PathBuf::from(dir);
+    }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     root.join("../../shared/fixtures")
 }

@@ -191,18 +191,40 @@ macro_rules! float_via_f32 {
     };
 }
 
-/// Direct rounding from `f64` (avoids double rounding through `f32`).
+/// Correctly rounded conversion from `f64` (to nearest, ties to even).
 trait FromF64Exact {
     fn from_f64_exact(v: f64) -> Self;
 }
+
+/// Rounds `v` to `f32` toward zero and sets the last mantissa bit when the
+/// result is inexact ("round to odd"). Rounding that `f32` to nearest-even
+/// in any format with at least two fewer mantissa bits (f16: 11, bf16: 8,
+/// f32: 24) gives exactly the correctly rounded value of `v`.
+///
+/// `half`'s own `f16::from_f64` / `bf16::from_f64` are not correctly
+/// rounded: they drop the low 32 mantissa bits of the `f64` (or go through
+/// `f32` with round-to-nearest), so e.g. `1 + 2^-8 + 2^-40` became the tie
+/// `1 + 2^-8` and rounded down to bf16 `1.0` instead of up.
+pub(crate) fn f64_to_f32_round_odd(v: f64) -> f32 {
+    let r = v as f32;
+    if v.is_nan() || r as f64 == v {
+        return r;
+    }
+    let mut bits = r.to_bits();
+    if (r as f64).abs() > v.abs() {
+        // `as` rounded away from zero (possibly to infinity): step back.
+        bits -= 1;
+    }
+    f32::from_bits(bits | 1)
+}
 impl FromF64Exact for f16 {
     fn from_f64_exact(v: f64) -> Self {
-        f16::from_f64(v)
+        f16::from_f32(f64_to_f32_round_odd(v))
     }
 }
 impl FromF64Exact for bf16 {
     fn from_f64_exact(v: f64) -> Self {
-        bf16::from_f64(v)
+        bf16::from_f32(f64_to_f32_round_odd(v))
     }
 }
 impl FromF64Exact for f32 {
@@ -317,6 +339,48 @@ mod tests {
         assert_eq!(bf16::from_acc(1.0f32.to_acc()).to_f32(), 1.0);
         assert_eq!(f16::from_f64(0.1).to_f64(), f16::from_f32(0.1).to_f64());
         assert_eq!(<f64 as FloatDtype>::from_acc(2.5), 2.5);
+    }
+
+    #[test]
+    fn f64_rounds_once_to_half_types() {
+        let tiny = 2f64.powi(-40);
+        // exact ties go to even; anything past them, however far below f32's
+        // precision, decides the rounding
+        assert_eq!(
+            <bf16 as Dtype>::from_f64(1.0 + 2f64.powi(-8)).to_bits(),
+            0x3F80
+        );
+        assert_eq!(
+            <bf16 as Dtype>::from_f64(1.0 + 2f64.powi(-8) + tiny).to_bits(),
+            0x3F81
+        );
+        assert_eq!(
+            <f16 as Dtype>::from_f64(1.0 + 2f64.powi(-11)).to_bits(),
+            0x3C00
+        );
+        assert_eq!(
+            <f16 as Dtype>::from_f64(1.0 + 2f64.powi(-11) + tiny).to_bits(),
+            0x3C01
+        );
+        assert_eq!(
+            <f16 as Dtype>::from_f64(-(1.0 + 2f64.powi(-11) + tiny)).to_bits(),
+            0xBC01
+        );
+        // an f32 value whose lowest bits break a bf16 tie
+        let x = f32::from_bits(0x3700_8001) as f64;
+        assert_eq!(<bf16 as Dtype>::from_f64(x).to_bits(), 0x3701);
+        // overflow, underflow, specials
+        assert_eq!(<bf16 as Dtype>::from_f64(1e300).to_bits(), 0x7F80);
+        assert_eq!(<f16 as Dtype>::from_f64(65519.99).to_bits(), 0x7BFF);
+        assert_eq!(<f16 as Dtype>::from_f64(65520.0).to_bits(), 0x7C00);
+        assert_eq!(<bf16 as Dtype>::from_f64(-1e-300).to_bits(), 0x8000);
+        assert_eq!(
+            <f16 as Dtype>::from_f64(2f64.powi(-25) * (1.0 + tiny)).to_bits(),
+            1
+        );
+        assert!(<f16 as Dtype>::from_f64(f64::NAN).is_nan());
+        assert_eq!(f64_to_f32_round_odd(f64::INFINITY), f32::INFINITY);
+        assert_eq!(f64_to_f32_round_odd(1e300), f32::MAX);
     }
 
     #[test]

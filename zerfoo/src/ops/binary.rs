@@ -99,32 +99,65 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     }
 }
 
+/// The right operand of an elementwise op on a `Tensor<S, E, Cpu, _>`: a CPU
+/// tensor whose shape equals `S` by value ([`SameShape`]) and whose dtype is
+/// `E` ([`SameDtype`]).
+///
+/// The binary methods take their operand as one type `R: ElementwiseRhs<..>`
+/// rather than as `Tensor<S2, E2, ..>` with bounds on `S2` and `E2`: with the
+/// latter, rustc infers `E2 = E` (and the rank of `S2`) from the bounds'
+/// only impl before it looks at the argument, and a mismatch surfaces as a
+/// bare E0308 "mismatched types". Checked once the argument's type is
+/// known, a mismatch reports the shape or dtype diagnostic instead, and an
+/// operand whose dtype is still open (`Tensor::ones(shape)`) is still
+/// inferred to be `E`.
+pub trait ElementwiseRhs<S: Shape, E: Dtype, Op> {
+    /// The operand's shape type.
+    type Shape: Shape;
+    /// The operand's tape.
+    type Tape: TapeState;
+    /// The operand, its dtype spelled `E`.
+    fn into_rhs(self) -> Tensor<Self::Shape, E, Cpu, Self::Tape>;
+}
+
+impl<S, S2, E, E2, T2, Op> ElementwiseRhs<S, E, Op> for Tensor<S2, E2, Cpu, T2>
+where
+    S: Shape + SameShape<S2, Op>,
+    S2: Shape,
+    E: SameDtype<E2, Op>,
+    E2: Dtype,
+    T2: TapeState,
+{
+    type Shape = S2;
+    type Tape = T2;
+    #[inline]
+    fn into_rhs(self) -> Tensor<S2, E, Cpu, T2> {
+        E::same(self)
+    }
+}
+
 macro_rules! binary_method {
     ($try_name:ident, $name:ident, $kop:ident, $marker:ident, $doc:literal) => {
         #[allow(clippy::should_implement_trait)] // the std operator traits are implemented too, below
         impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
             #[doc = concat!($doc, " Fails if a `Dyn` dim differs at run time.")]
-            pub fn $try_name<S2: Shape, E2: FloatDtype, T2: TapeState>(
+            pub fn $try_name<R>(
                 self,
-                rhs: Tensor<S2, E2, Cpu, T2>,
-            ) -> Result<Tensor<S, E, Cpu, <T as Merge<T2>>::Out>>
+                rhs: R,
+            ) -> Result<Tensor<S, E, Cpu, <T as Merge<R::Tape>>::Out>>
             where
-                S: SameShape<S2, super::$marker>,
-                E: SameDtype<E2, super::$marker>,
-                T: Merge<T2>,
+                R: ElementwiseRhs<S, E, super::$marker>,
+                T: Merge<R::Tape>,
             {
-                self.try_binary_op(E::same(rhs), k::$kop)
+                self.try_binary_op(rhs.into_rhs(), k::$kop)
             }
             #[doc = concat!($doc, " Panics if a `Dyn` dim differs at run time.")]
             #[track_caller]
-            pub fn $name<S2: Shape, E2: FloatDtype, T2: TapeState>(
-                self,
-                rhs: Tensor<S2, E2, Cpu, T2>,
-            ) -> Tensor<S, E, Cpu, <T as Merge<T2>>::Out>
+            #[allow(clippy::should_implement_trait)] // the operators are implemented too
+            pub fn $name<R>(self, rhs: R) -> Tensor<S, E, Cpu, <T as Merge<R::Tape>>::Out>
             where
-                S: SameShape<S2, super::$marker>,
-                E: SameDtype<E2, super::$marker>,
-                T: Merge<T2>,
+                R: ElementwiseRhs<S, E, super::$marker>,
+                T: Merge<R::Tape>,
             {
                 or_panic(self.$try_name(rhs))
             }

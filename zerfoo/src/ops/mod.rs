@@ -11,7 +11,7 @@ mod reduce;
 mod softmax;
 mod unary;
 
-pub use binary::{DtypeCheck, SameDtype};
+pub use binary::{DtypeCheck, ElementwiseRhs, SameDtype};
 pub use matmul::{MatMulShapes, TransposeShape};
 pub use norm::{LastDim, Merge3};
 pub use softmax::SingleAxis;

@@ -39,6 +39,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     }
 
     /// `-x`
+    #[allow(clippy::should_implement_trait)] // `-x` works too (`core::ops::Neg`)
     pub fn neg(self) -> Self {
         self.unary_op(k::Neg)
     }

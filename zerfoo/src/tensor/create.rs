@@ -82,14 +82,42 @@ impl<S: Shape, E: FloatDtype> Tensor<S, E, Cpu, NoTape> {
             E::from_f64(mean + std * rng::normal(seed, i as u64))
         })
     }
-    /// Uniform samples in `[0, 1)`.
+    /// Uniform samples in `[0, 1)`, exactly: each draw has `E`'s precision
+    /// (`k / 2^digits`, as PyTorch draws), so rounding never reaches 1.
     pub fn rand(shape: S, seed: u64) -> Self {
         Self::uniform(shape, 0.0, 1.0, seed)
     }
-    /// Uniform samples in `[low, high)`.
+    /// Uniform samples in `[low, high)`: `low + (high - low) * u` with `u`
+    /// drawn as in [`rand`](Self::rand), rounded to `E`.
     pub fn uniform(shape: S, low: f64, high: f64, seed: u64) -> Self {
+        let grid = 2f64.powi(significant_bits::<E>() as i32);
         Self::from_fn(shape, move |i| {
-            E::from_f64(low + (high - low) * rng::uniform(seed, i as u64))
+            let u = (rng::uniform(seed, i as u64) * grid).floor() / grid;
+            E::from_f64(low + (high - low) * u)
         })
+    }
+}
+
+/// The significant bits of `E` (53 for f64, 24 for f32, 8 for bf16, 4 for
+/// f8 E4M3): the least `p` for which `1 + 2^-p` rounds to 1 (a tie, to even).
+fn significant_bits<E: FloatDtype>() -> u32 {
+    (1..53)
+        .find(|&p| E::from_f64(1.0 + 2f64.powi(-(p as i32))).to_f64() == 1.0)
+        .unwrap_or(53)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::significant_bits;
+    use zerfoo_kernels::{bf16, f16, F8E4M3, F8E5M2};
+
+    #[test]
+    fn significant_bits_per_dtype() {
+        assert_eq!(significant_bits::<f64>(), 53);
+        assert_eq!(significant_bits::<f32>(), 24);
+        assert_eq!(significant_bits::<f16>(), 11);
+        assert_eq!(significant_bits::<bf16>(), 8);
+        assert_eq!(significant_bits::<F8E4M3>(), 4);
+        assert_eq!(significant_bits::<F8E5M2>(), 3);
     }
 }

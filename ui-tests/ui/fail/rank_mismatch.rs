@@ -1,0 +1,10 @@
+use zerfoo::prelude::*;
+
+dim!(A = 2);
+dim!(B = 3);
+
+fn main() {
+    let x: Tensor<(A, B), f32> = Tensor::zeros((A, B));
+    let y: Tensor<(A,), f32> = Tensor::zeros((A,));
+    let _ = x.add(y);
+}
