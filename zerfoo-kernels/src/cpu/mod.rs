@@ -6,6 +6,7 @@
 pub mod binary;
 pub mod elementwise;
 pub mod reduce;
+pub mod shape;
 pub mod unary;
 
 /// Below this many elements a kernel runs on the calling thread.

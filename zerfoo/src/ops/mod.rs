@@ -6,9 +6,11 @@
 mod binary;
 mod broadcast;
 mod reduce;
+mod shape_ops;
 mod unary;
 
 pub use binary::SameDtype;
+pub use shape_ops::{ConcatWith, HeadsCheck, HeadsDim, KindIsDyn, MergeHeads};
 
 macro_rules! op_names {
     ($($(#[$m:meta])* $name:ident),* $(,)?) => {
@@ -40,7 +42,7 @@ op_names!(
     /// Reshape to another shape with the same element count.
     Reshape,
     /// Concatenation along an axis.
-    Concat,
+    Concatenate,
     /// Stacking along a new axis.
     Stack,
     /// Broadcast along new axes.

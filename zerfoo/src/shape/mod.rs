@@ -9,7 +9,10 @@ mod axes;
 mod check;
 mod dim;
 
-pub use axes::{Axes2, Axes3, Axes4, Axes5, Axes6, Axis, ConcatAlong, HasAxes};
+pub use axes::{
+    Axes2, Axes3, Axes4, Axes5, Axes6, Axis, ConcatAlong, HasAxes, InsertAxis, Perm2, Perm3, Perm4,
+    Perm5, PermuteAxes, ResizeAxis, SwapAxes,
+};
 pub use check::{
     KindAdd, KindEq, KindMul, NumelCheck, ProductKind, ProductOf, RuntimeCheck, SameDim, ShapeCheck,
 };
