@@ -69,10 +69,6 @@ pub trait Dtype:
 {
     /// The runtime name of this type.
     const DTYPE: DType;
-    /// A distinct typenum per dtype, so shape-rule-style traits can compare
-    /// dtypes by value and print a readable error (`dtype error in `Add`: ...`).
-    /// Comparing a tag with itself is `B1`, which generic code relies on.
-    type Tag: typenum::IsEqual<Self::Tag, Output = typenum::B1>;
     /// Converts to `f64` (exact for every type here but `i64` beyond 2^53).
     fn to_f64(self) -> f64;
     /// Converts from `f64`, rounding to nearest (ties to even) for floats,
@@ -150,10 +146,9 @@ pub trait IntDtype: Dtype + Eq + core::hash::Hash {
 }
 
 macro_rules! float_via_f32 {
-    ($t:ty, $d:expr, $tag:ty, $from:expr, $to:expr) => {
+    ($t:ty, $d:expr, $from:expr, $to:expr) => {
         impl Dtype for $t {
             const DTYPE: DType = $d;
-            type Tag = $tag;
             fn to_f64(self) -> f64 {
                 let f: fn($t) -> f32 = $to;
                 f(self) as f64
@@ -243,27 +238,14 @@ impl FromF64Exact for F8E5M2 {
     }
 }
 
-float_via_f32!(f16, DType::F16, typenum::U3, f16::from_f32, f16::to_f32);
-float_via_f32!(bf16, DType::BF16, typenum::U4, bf16::from_f32, bf16::to_f32);
-float_via_f32!(f32, DType::F32, typenum::U5, |x| x, |x| x);
-float_via_f32!(
-    F8E4M3,
-    DType::F8E4M3,
-    typenum::U1,
-    F8E4M3::from_f32,
-    F8E4M3::to_f32
-);
-float_via_f32!(
-    F8E5M2,
-    DType::F8E5M2,
-    typenum::U2,
-    F8E5M2::from_f32,
-    F8E5M2::to_f32
-);
+float_via_f32!(f16, DType::F16, f16::from_f32, f16::to_f32);
+float_via_f32!(bf16, DType::BF16, bf16::from_f32, bf16::to_f32);
+float_via_f32!(f32, DType::F32, |x| x, |x| x);
+float_via_f32!(F8E4M3, DType::F8E4M3, F8E4M3::from_f32, F8E4M3::to_f32);
+float_via_f32!(F8E5M2, DType::F8E5M2, F8E5M2::from_f32, F8E5M2::to_f32);
 
 impl Dtype for f64 {
     const DTYPE: DType = DType::F64;
-    type Tag = typenum::U6;
     fn to_f64(self) -> f64 {
         self
     }
@@ -292,7 +274,6 @@ impl FloatDtype for f64 {
 
 impl Dtype for i64 {
     const DTYPE: DType = DType::I64;
-    type Tag = typenum::U7;
     fn to_f64(self) -> f64 {
         self as f64
     }
@@ -312,7 +293,6 @@ impl IntDtype for i64 {
 
 impl Dtype for u32 {
     const DTYPE: DType = DType::U32;
-    type Tag = typenum::U8;
     fn to_f64(self) -> f64 {
         self as f64
     }

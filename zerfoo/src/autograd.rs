@@ -164,6 +164,20 @@ impl GradStore {
         }
     }
 
+    /// The gradient buffer of `id` (`len` zeros if it has none yet), for a
+    /// backward that adds into part of it (narrow, split).
+    pub(crate) fn grad_mut<E: FloatDtype>(&mut self, id: TensorId, len: usize) -> &mut Vec<E> {
+        let b = self
+            .grads
+            .entry(id)
+            .or_insert_with(|| Box::new(vec![E::from_f64(0.0); len]));
+        let v = b
+            .downcast_mut::<Vec<E>>()
+            .expect("internal error: gradient dtype changed");
+        debug_assert_eq!(v.len(), len);
+        v
+    }
+
     fn get<E: 'static>(&self, id: TensorId) -> Option<&Vec<E>> {
         self.grads.get(&id).and_then(|b| b.downcast_ref::<Vec<E>>())
     }

@@ -44,9 +44,10 @@ pub use zerfoo_macros::dim;
 pub mod prelude {
     pub use crate::autograd::{Gradients, NoTape, Tape, TensorId};
     pub use crate::dim;
+    pub use crate::ops::ConcatWith;
     pub use crate::shape::{
-        Axes2, Axes3, Axes4, Axes5, Axes6, Axis, ConstShape, Dim, Dyn, Rank0, Rank1, Rank2, Rank3,
-        Rank4, Rank5, Rank6, Shape,
+        Axes2, Axes3, Axes4, Axes5, Axes6, Axis, ConstShape, Dim, Dyn, Perm2, Perm3, Perm4, Perm5,
+        Rank0, Rank1, Rank2, Rank3, Rank4, Rank5, Rank6, Shape,
     };
     pub use crate::tensor::Tensor;
     pub use crate::{Error, Result};

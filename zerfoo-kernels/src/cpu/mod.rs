@@ -8,6 +8,7 @@ pub mod elementwise;
 pub mod matmul;
 pub mod norm;
 pub mod reduce;
+pub mod shape;
 pub mod softmax;
 pub mod unary;
 

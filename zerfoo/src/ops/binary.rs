@@ -3,10 +3,7 @@
 //! Shapes must match (checked by value at compile time, at run time for `Dyn`
 //! dims); broadcasting is explicit (`broadcast`), never silent.
 
-use std::any::Any;
 use std::sync::Arc;
-
-use typenum::{Eq, IsEqual, B1};
 
 use zerfoo_kernels::cpu::binary::{self as k, BinaryOp};
 use zerfoo_kernels::{Cpu, Device, Dtype, FloatDtype, Layout};
@@ -17,41 +14,25 @@ use crate::shape::{SameShape, Shape};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
-/// The verdict of comparing two dtypes: implemented only for "equal".
+/// Both operands have the same dtype; mixing dtypes needs an explicit `to_dtype`.
+///
+/// A single blanket impl, so the compiler infers an operand's dtype from the
+/// other's. Ops that take their operand through a trait of their own
+/// ([`ElementwiseRhs`]) print this message for a mismatch; ops that name the
+/// operand's type directly get rustc's plain "mismatched types".
 #[diagnostic::on_unimplemented(
-    message = "dtype error in `{Op}`: `{L}` and `{R}` are different dtypes",
+    message = "dtype error in `{Op}`: `{Self}` and `{R}` are different dtypes",
     label = "mixed dtypes",
-    note = "convert one operand first with `.to_dtype::<{L}>()`"
+    note = "convert one operand first, e.g. `.to_dtype::<{Self}>()`"
 )]
-pub trait DtypeCheck<Op, L, R> {}
-impl<Op, L, R> DtypeCheck<Op, L, R> for B1 {}
-
-/// Both operands have the same dtype (compared through [`Dtype::Tag`]);
-/// mixing dtypes needs an explicit `to_dtype`.
 pub trait SameDtype<R: Dtype, Op>: Dtype {
     /// Views a tensor of dtype `R` (= `Self`) as dtype `Self`.
     fn same<S: Shape, D: Device, T>(t: Tensor<S, R, D, T>) -> Tensor<S, Self, D, T>;
 }
-impl<L: Dtype, R: Dtype, Op> SameDtype<R, Op> for L
-where
-    L::Tag: IsEqual<R::Tag>,
-    Eq<L::Tag, R::Tag>: DtypeCheck<Op, L, R>,
-{
+impl<E: Dtype, Op> SameDtype<E, Op> for E {
     #[inline]
-    fn same<S: Shape, D: Device, T>(t: Tensor<S, R, D, T>) -> Tensor<S, L, D, T> {
-        // Equal tags mean equal types; the downcast cannot fail.
-        let data: Box<dyn Any> = Box::new(t.data);
-        let data = *data
-            .downcast::<Arc<Vec<L>>>()
-            .unwrap_or_else(|_| unreachable!("dtype tags are distinct per type"));
-        Tensor {
-            shape: t.shape,
-            layout: t.layout,
-            data,
-            id: t.id,
-            tape: t.tape,
-            device: t.device,
-        }
+    fn same<S: Shape, D: Device, T>(t: Tensor<S, E, D, T>) -> Tensor<S, E, D, T> {
+        t
     }
 }
 
@@ -165,10 +146,22 @@ macro_rules! binary_method {
     };
 }
 
-binary_method!(try_add, add, AddOp, Add, "Elementwise `self + rhs`.");
-binary_method!(try_sub, sub, SubOp, Sub, "Elementwise `self - rhs`.");
-binary_method!(try_mul, mul, MulOp, Mul, "Elementwise `self * rhs`.");
-binary_method!(try_div, div, DivOp, Div, "Elementwise `self / rhs`.");
+binary_method!(try_add, add, AddOp, Addition, "Elementwise `self + rhs`.");
+binary_method!(
+    try_sub,
+    sub,
+    SubOp,
+    Subtraction,
+    "Elementwise `self - rhs`."
+);
+binary_method!(
+    try_mul,
+    mul,
+    MulOp,
+    Multiplication,
+    "Elementwise `self * rhs`."
+);
+binary_method!(try_div, div, DivOp, Division, "Elementwise `self / rhs`.");
 binary_method!(
     try_maximum,
     maximum,
@@ -183,7 +176,7 @@ binary_method!(
     Minimum,
     "Elementwise `min(self, rhs)`."
 );
-binary_method!(try_pow, pow, PowOp, Pow, "Elementwise `self ^ rhs`.");
+binary_method!(try_pow, pow, PowOp, Power, "Elementwise `self ^ rhs`.");
 
 macro_rules! binary_std_op {
     ($tr:ident, $m:ident, $marker:ident) => {
@@ -204,7 +197,7 @@ macro_rules! binary_std_op {
         }
     };
 }
-binary_std_op!(Add, add, Add);
-binary_std_op!(Sub, sub, Sub);
-binary_std_op!(Mul, mul, Mul);
-binary_std_op!(Div, div, Div);
+binary_std_op!(Add, add, Addition);
+binary_std_op!(Sub, sub, Subtraction);
+binary_std_op!(Mul, mul, Multiplication);
+binary_std_op!(Div, div, Division);

@@ -8,12 +8,14 @@ mod broadcast;
 mod matmul;
 mod norm;
 mod reduce;
+mod shape_ops;
 mod softmax;
 mod unary;
 
-pub use binary::{DtypeCheck, ElementwiseRhs, SameDtype};
+pub use binary::{ElementwiseRhs, SameDtype};
 pub use matmul::{MatMulShapes, TransposeShape};
 pub use norm::{LastDim, Merge3};
+pub use shape_ops::{ConcatWith, HeadsCheck, HeadsDim, KindIsDyn, MergeHeads};
 pub use softmax::SingleAxis;
 
 macro_rules! op_names {
@@ -28,25 +30,25 @@ macro_rules! op_names {
 
 op_names!(
     /// Elementwise addition.
-    Add,
+    Addition,
     /// Elementwise subtraction.
-    Sub,
+    Subtraction,
     /// Elementwise multiplication.
-    Mul,
+    Multiplication,
     /// Elementwise division.
-    Div,
+    Division,
     /// Elementwise maximum.
     Maximum,
     /// Elementwise minimum.
     Minimum,
     /// Elementwise power.
-    Pow,
+    Power,
     /// Matrix multiplication.
     Matmul,
     /// Reshape to another shape with the same element count.
     Reshape,
     /// Concatenation along an axis.
-    Concat,
+    Concatenate,
     /// Stacking along a new axis.
     Stack,
     /// Broadcast along new axes.

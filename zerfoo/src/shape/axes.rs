@@ -99,7 +99,7 @@ impl<A: Dim, B: Dim> HasAxes<Axes2<0, 1>> for (A, B) {
 }
 impl<A: Dim, B: Dim, RA: Dim, RB: Dim> ConcatAlong<(RA, RB), Axis<0>> for (A, B)
 where
-    B: SameDim<RB, crate::ops::Concat>,
+    B: SameDim<RB, crate::ops::Concatenate>,
     A::Kind: KindAdd<RA::Kind>,
     <A::Kind as KindAdd<RA::Kind>>::Out: KindDim,
 {
@@ -108,7 +108,7 @@ where
 }
 impl<A: Dim, B: Dim, RA: Dim, RB: Dim> ConcatAlong<(RA, RB), Axis<1>> for (A, B)
 where
-    A: SameDim<RA, crate::ops::Concat>,
+    A: SameDim<RA, crate::ops::Concatenate>,
     B::Kind: KindAdd<RB::Kind>,
     <B::Kind as KindAdd<RB::Kind>>::Out: KindDim,
 {
@@ -174,8 +174,8 @@ impl<A: Dim, B: Dim, C: Dim> HasAxes<Axes3<0, 1, 2>> for (A, B, C) {
 impl<A: Dim, B: Dim, C: Dim, RA: Dim, RB: Dim, RC: Dim> ConcatAlong<(RA, RB, RC), Axis<0>>
     for (A, B, C)
 where
-    B: SameDim<RB, crate::ops::Concat>,
-    C: SameDim<RC, crate::ops::Concat>,
+    B: SameDim<RB, crate::ops::Concatenate>,
+    C: SameDim<RC, crate::ops::Concatenate>,
     A::Kind: KindAdd<RA::Kind>,
     <A::Kind as KindAdd<RA::Kind>>::Out: KindDim,
 {
@@ -185,8 +185,8 @@ where
 impl<A: Dim, B: Dim, C: Dim, RA: Dim, RB: Dim, RC: Dim> ConcatAlong<(RA, RB, RC), Axis<1>>
     for (A, B, C)
 where
-    A: SameDim<RA, crate::ops::Concat>,
-    C: SameDim<RC, crate::ops::Concat>,
+    A: SameDim<RA, crate::ops::Concatenate>,
+    C: SameDim<RC, crate::ops::Concatenate>,
     B::Kind: KindAdd<RB::Kind>,
     <B::Kind as KindAdd<RB::Kind>>::Out: KindDim,
 {
@@ -196,8 +196,8 @@ where
 impl<A: Dim, B: Dim, C: Dim, RA: Dim, RB: Dim, RC: Dim> ConcatAlong<(RA, RB, RC), Axis<2>>
     for (A, B, C)
 where
-    A: SameDim<RA, crate::ops::Concat>,
-    B: SameDim<RB, crate::ops::Concat>,
+    A: SameDim<RA, crate::ops::Concatenate>,
+    B: SameDim<RB, crate::ops::Concatenate>,
     C::Kind: KindAdd<RC::Kind>,
     <C::Kind as KindAdd<RC::Kind>>::Out: KindDim,
 {
@@ -327,9 +327,9 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim> HasAxes<Axes4<0, 1, 2, 3>> for (A, B, C, D)
 impl<A: Dim, B: Dim, C: Dim, D: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim>
     ConcatAlong<(RA, RB, RC, RD), Axis<0>> for (A, B, C, D)
 where
-    B: SameDim<RB, crate::ops::Concat>,
-    C: SameDim<RC, crate::ops::Concat>,
-    D: SameDim<RD, crate::ops::Concat>,
+    B: SameDim<RB, crate::ops::Concatenate>,
+    C: SameDim<RC, crate::ops::Concatenate>,
+    D: SameDim<RD, crate::ops::Concatenate>,
     A::Kind: KindAdd<RA::Kind>,
     <A::Kind as KindAdd<RA::Kind>>::Out: KindDim,
 {
@@ -344,9 +344,9 @@ where
 impl<A: Dim, B: Dim, C: Dim, D: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim>
     ConcatAlong<(RA, RB, RC, RD), Axis<1>> for (A, B, C, D)
 where
-    A: SameDim<RA, crate::ops::Concat>,
-    C: SameDim<RC, crate::ops::Concat>,
-    D: SameDim<RD, crate::ops::Concat>,
+    A: SameDim<RA, crate::ops::Concatenate>,
+    C: SameDim<RC, crate::ops::Concatenate>,
+    D: SameDim<RD, crate::ops::Concatenate>,
     B::Kind: KindAdd<RB::Kind>,
     <B::Kind as KindAdd<RB::Kind>>::Out: KindDim,
 {
@@ -361,9 +361,9 @@ where
 impl<A: Dim, B: Dim, C: Dim, D: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim>
     ConcatAlong<(RA, RB, RC, RD), Axis<2>> for (A, B, C, D)
 where
-    A: SameDim<RA, crate::ops::Concat>,
-    B: SameDim<RB, crate::ops::Concat>,
-    D: SameDim<RD, crate::ops::Concat>,
+    A: SameDim<RA, crate::ops::Concatenate>,
+    B: SameDim<RB, crate::ops::Concatenate>,
+    D: SameDim<RD, crate::ops::Concatenate>,
     C::Kind: KindAdd<RC::Kind>,
     <C::Kind as KindAdd<RC::Kind>>::Out: KindDim,
 {
@@ -378,9 +378,9 @@ where
 impl<A: Dim, B: Dim, C: Dim, D: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim>
     ConcatAlong<(RA, RB, RC, RD), Axis<3>> for (A, B, C, D)
 where
-    A: SameDim<RA, crate::ops::Concat>,
-    B: SameDim<RB, crate::ops::Concat>,
-    C: SameDim<RC, crate::ops::Concat>,
+    A: SameDim<RA, crate::ops::Concatenate>,
+    B: SameDim<RB, crate::ops::Concatenate>,
+    C: SameDim<RC, crate::ops::Concatenate>,
     D::Kind: KindAdd<RD::Kind>,
     <D::Kind as KindAdd<RD::Kind>>::Out: KindDim,
 {
@@ -643,10 +643,10 @@ impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> HasAxes<Axes5<0, 1, 2, 3, 4>> for (
 impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim, RE: Dim>
     ConcatAlong<(RA, RB, RC, RD, RE), Axis<0>> for (A, B, C, D, E)
 where
-    B: SameDim<RB, crate::ops::Concat>,
-    C: SameDim<RC, crate::ops::Concat>,
-    D: SameDim<RD, crate::ops::Concat>,
-    E: SameDim<RE, crate::ops::Concat>,
+    B: SameDim<RB, crate::ops::Concatenate>,
+    C: SameDim<RC, crate::ops::Concatenate>,
+    D: SameDim<RD, crate::ops::Concatenate>,
+    E: SameDim<RE, crate::ops::Concatenate>,
     A::Kind: KindAdd<RA::Kind>,
     <A::Kind as KindAdd<RA::Kind>>::Out: KindDim,
 {
@@ -662,10 +662,10 @@ where
 impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim, RE: Dim>
     ConcatAlong<(RA, RB, RC, RD, RE), Axis<1>> for (A, B, C, D, E)
 where
-    A: SameDim<RA, crate::ops::Concat>,
-    C: SameDim<RC, crate::ops::Concat>,
-    D: SameDim<RD, crate::ops::Concat>,
-    E: SameDim<RE, crate::ops::Concat>,
+    A: SameDim<RA, crate::ops::Concatenate>,
+    C: SameDim<RC, crate::ops::Concatenate>,
+    D: SameDim<RD, crate::ops::Concatenate>,
+    E: SameDim<RE, crate::ops::Concatenate>,
     B::Kind: KindAdd<RB::Kind>,
     <B::Kind as KindAdd<RB::Kind>>::Out: KindDim,
 {
@@ -681,10 +681,10 @@ where
 impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim, RE: Dim>
     ConcatAlong<(RA, RB, RC, RD, RE), Axis<2>> for (A, B, C, D, E)
 where
-    A: SameDim<RA, crate::ops::Concat>,
-    B: SameDim<RB, crate::ops::Concat>,
-    D: SameDim<RD, crate::ops::Concat>,
-    E: SameDim<RE, crate::ops::Concat>,
+    A: SameDim<RA, crate::ops::Concatenate>,
+    B: SameDim<RB, crate::ops::Concatenate>,
+    D: SameDim<RD, crate::ops::Concatenate>,
+    E: SameDim<RE, crate::ops::Concatenate>,
     C::Kind: KindAdd<RC::Kind>,
     <C::Kind as KindAdd<RC::Kind>>::Out: KindDim,
 {
@@ -700,10 +700,10 @@ where
 impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim, RE: Dim>
     ConcatAlong<(RA, RB, RC, RD, RE), Axis<3>> for (A, B, C, D, E)
 where
-    A: SameDim<RA, crate::ops::Concat>,
-    B: SameDim<RB, crate::ops::Concat>,
-    C: SameDim<RC, crate::ops::Concat>,
-    E: SameDim<RE, crate::ops::Concat>,
+    A: SameDim<RA, crate::ops::Concatenate>,
+    B: SameDim<RB, crate::ops::Concatenate>,
+    C: SameDim<RC, crate::ops::Concatenate>,
+    E: SameDim<RE, crate::ops::Concatenate>,
     D::Kind: KindAdd<RD::Kind>,
     <D::Kind as KindAdd<RD::Kind>>::Out: KindDim,
 {
@@ -719,10 +719,10 @@ where
 impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, RA: Dim, RB: Dim, RC: Dim, RD: Dim, RE: Dim>
     ConcatAlong<(RA, RB, RC, RD, RE), Axis<4>> for (A, B, C, D, E)
 where
-    A: SameDim<RA, crate::ops::Concat>,
-    B: SameDim<RB, crate::ops::Concat>,
-    C: SameDim<RC, crate::ops::Concat>,
-    D: SameDim<RD, crate::ops::Concat>,
+    A: SameDim<RA, crate::ops::Concatenate>,
+    B: SameDim<RB, crate::ops::Concatenate>,
+    C: SameDim<RC, crate::ops::Concatenate>,
+    D: SameDim<RD, crate::ops::Concatenate>,
     E::Kind: KindAdd<RE::Kind>,
     <E::Kind as KindAdd<RE::Kind>>::Out: KindDim,
 {
@@ -1338,11 +1338,11 @@ impl<
         RF: Dim,
     > ConcatAlong<(RA, RB, RC, RD, RE, RF), Axis<0>> for (A, B, C, D, E, F)
 where
-    B: SameDim<RB, crate::ops::Concat>,
-    C: SameDim<RC, crate::ops::Concat>,
-    D: SameDim<RD, crate::ops::Concat>,
-    E: SameDim<RE, crate::ops::Concat>,
-    F: SameDim<RF, crate::ops::Concat>,
+    B: SameDim<RB, crate::ops::Concatenate>,
+    C: SameDim<RC, crate::ops::Concatenate>,
+    D: SameDim<RD, crate::ops::Concatenate>,
+    E: SameDim<RE, crate::ops::Concatenate>,
+    F: SameDim<RF, crate::ops::Concatenate>,
     A::Kind: KindAdd<RA::Kind>,
     <A::Kind as KindAdd<RA::Kind>>::Out: KindDim,
 {
@@ -1371,11 +1371,11 @@ impl<
         RF: Dim,
     > ConcatAlong<(RA, RB, RC, RD, RE, RF), Axis<1>> for (A, B, C, D, E, F)
 where
-    A: SameDim<RA, crate::ops::Concat>,
-    C: SameDim<RC, crate::ops::Concat>,
-    D: SameDim<RD, crate::ops::Concat>,
-    E: SameDim<RE, crate::ops::Concat>,
-    F: SameDim<RF, crate::ops::Concat>,
+    A: SameDim<RA, crate::ops::Concatenate>,
+    C: SameDim<RC, crate::ops::Concatenate>,
+    D: SameDim<RD, crate::ops::Concatenate>,
+    E: SameDim<RE, crate::ops::Concatenate>,
+    F: SameDim<RF, crate::ops::Concatenate>,
     B::Kind: KindAdd<RB::Kind>,
     <B::Kind as KindAdd<RB::Kind>>::Out: KindDim,
 {
@@ -1404,11 +1404,11 @@ impl<
         RF: Dim,
     > ConcatAlong<(RA, RB, RC, RD, RE, RF), Axis<2>> for (A, B, C, D, E, F)
 where
-    A: SameDim<RA, crate::ops::Concat>,
-    B: SameDim<RB, crate::ops::Concat>,
-    D: SameDim<RD, crate::ops::Concat>,
-    E: SameDim<RE, crate::ops::Concat>,
-    F: SameDim<RF, crate::ops::Concat>,
+    A: SameDim<RA, crate::ops::Concatenate>,
+    B: SameDim<RB, crate::ops::Concatenate>,
+    D: SameDim<RD, crate::ops::Concatenate>,
+    E: SameDim<RE, crate::ops::Concatenate>,
+    F: SameDim<RF, crate::ops::Concatenate>,
     C::Kind: KindAdd<RC::Kind>,
     <C::Kind as KindAdd<RC::Kind>>::Out: KindDim,
 {
@@ -1437,11 +1437,11 @@ impl<
         RF: Dim,
     > ConcatAlong<(RA, RB, RC, RD, RE, RF), Axis<3>> for (A, B, C, D, E, F)
 where
-    A: SameDim<RA, crate::ops::Concat>,
-    B: SameDim<RB, crate::ops::Concat>,
-    C: SameDim<RC, crate::ops::Concat>,
-    E: SameDim<RE, crate::ops::Concat>,
-    F: SameDim<RF, crate::ops::Concat>,
+    A: SameDim<RA, crate::ops::Concatenate>,
+    B: SameDim<RB, crate::ops::Concatenate>,
+    C: SameDim<RC, crate::ops::Concatenate>,
+    E: SameDim<RE, crate::ops::Concatenate>,
+    F: SameDim<RF, crate::ops::Concatenate>,
     D::Kind: KindAdd<RD::Kind>,
     <D::Kind as KindAdd<RD::Kind>>::Out: KindDim,
 {
@@ -1470,11 +1470,11 @@ impl<
         RF: Dim,
     > ConcatAlong<(RA, RB, RC, RD, RE, RF), Axis<4>> for (A, B, C, D, E, F)
 where
-    A: SameDim<RA, crate::ops::Concat>,
-    B: SameDim<RB, crate::ops::Concat>,
-    C: SameDim<RC, crate::ops::Concat>,
-    D: SameDim<RD, crate::ops::Concat>,
-    F: SameDim<RF, crate::ops::Concat>,
+    A: SameDim<RA, crate::ops::Concatenate>,
+    B: SameDim<RB, crate::ops::Concatenate>,
+    C: SameDim<RC, crate::ops::Concatenate>,
+    D: SameDim<RD, crate::ops::Concatenate>,
+    F: SameDim<RF, crate::ops::Concatenate>,
     E::Kind: KindAdd<RE::Kind>,
     <E::Kind as KindAdd<RE::Kind>>::Out: KindDim,
 {
@@ -1503,11 +1503,11 @@ impl<
         RF: Dim,
     > ConcatAlong<(RA, RB, RC, RD, RE, RF), Axis<5>> for (A, B, C, D, E, F)
 where
-    A: SameDim<RA, crate::ops::Concat>,
-    B: SameDim<RB, crate::ops::Concat>,
-    C: SameDim<RC, crate::ops::Concat>,
-    D: SameDim<RD, crate::ops::Concat>,
-    E: SameDim<RE, crate::ops::Concat>,
+    A: SameDim<RA, crate::ops::Concatenate>,
+    B: SameDim<RB, crate::ops::Concatenate>,
+    C: SameDim<RC, crate::ops::Concatenate>,
+    D: SameDim<RD, crate::ops::Concatenate>,
+    E: SameDim<RE, crate::ops::Concatenate>,
     F::Kind: KindAdd<RF::Kind>,
     <F::Kind as KindAdd<RF::Kind>>::Out: KindDim,
 {
@@ -1520,4 +1520,2367 @@ where
         <<F::Kind as KindAdd<RF::Kind>>::Out as KindDim>::Dim,
     );
     const AXIS: usize = 5;
+}
+
+use super::Dyn;
+
+/// A permutation of the 2 axes of a rank-2 shape: new axis `i` is old
+/// axis number `i` of the list, e.g. `Perm2<1, 0>` moves the last axis first.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Perm2<const I: usize, const J: usize>;
+/// A permutation of the 3 axes of a rank-3 shape: new axis `i` is old
+/// axis number `i` of the list, e.g. `Perm3<2, 0, 1>` moves the last axis first.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Perm3<const I: usize, const J: usize, const K: usize>;
+/// A permutation of the 4 axes of a rank-4 shape: new axis `i` is old
+/// axis number `i` of the list, e.g. `Perm4<3, 0, 1, 2>` moves the last axis first.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Perm4<const I: usize, const J: usize, const K: usize, const L: usize>;
+/// A permutation of the 5 axes of a rank-5 shape: new axis `i` is old
+/// axis number `i` of the list, e.g. `Perm5<4, 0, 1, 2, 3>` moves the last axis first.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Perm5<const I: usize, const J: usize, const K: usize, const L: usize, const M: usize>;
+
+/// `P` reorders the axes of `Self`: [`PermuteAxes::Permuted`] has old axis
+/// `PERM[i]` at position `i` (`Perm3<2, 0, 1>` maps `(A, B, C)` to `(C, A, B)`).
+#[diagnostic::on_unimplemented(
+    message = "`{P}` is not a permutation of the axes of shape `{Self}`",
+    label = "not a permutation of this shape's axes",
+    note = "list every axis of the shape exactly once: `Perm3<2, 0, 1>` maps `(A, B, C)` to `(C, A, B)`; markers exist for ranks 2 to 5, `transpose::<I, J>()` swaps two axes at any rank"
+)]
+pub trait PermuteAxes<P>: Shape {
+    /// The permuted shape.
+    type Permuted: Shape;
+    /// New axis `i` is old axis `PERM[i]`.
+    const PERM: &'static [usize];
+    /// The permuted shape value.
+    fn permuted(&self) -> Self::Permuted;
+}
+
+/// Axes `I` and `J` of `Self` can be swapped (`I == J` is allowed and changes nothing).
+#[diagnostic::on_unimplemented(
+    message = "cannot swap axes {I} and {J} of shape `{Self}`",
+    label = "axis out of range",
+    note = "axes count from 0 and must be below the rank of the shape"
+)]
+pub trait SwapAxes<const I: usize, const J: usize>: Shape {
+    /// The shape with the two axes swapped.
+    type Swapped: Shape;
+    /// New axis `i` is old axis `PERM[i]`.
+    const PERM: &'static [usize];
+    /// The swapped shape value.
+    fn swapped(&self) -> Self::Swapped;
+}
+
+/// `Self` has axis `Ax`; [`ResizeAxis::Resized`] is `Self` with that dim made [`Dyn`]
+/// (the result of narrowing, splitting or concatenating a list along it).
+#[diagnostic::on_unimplemented(
+    message = "shape `{Self}` has no axis `{Ax}`",
+    label = "this tensor lacks that axis",
+    note = "axes count from 0 and must be below the rank of the shape"
+)]
+pub trait ResizeAxis<Ax>: Shape {
+    /// `Self` with the dim at `AXIS` replaced by [`Dyn`].
+    type Resized: Shape;
+    /// The axis.
+    const AXIS: usize;
+    /// The shape with the dim at `AXIS` set to `Dyn(n)`.
+    fn resized(&self, n: usize) -> Self::Resized;
+}
+
+/// A new axis can go at position `Ax` of `Self` (`0..=rank`, result rank at
+/// most 6); [`InsertAxis::Inserted`] is `Self` with a [`Dyn`] dim there.
+#[diagnostic::on_unimplemented(
+    message = "cannot insert a new axis `{Ax}` into shape `{Self}`",
+    label = "no such position for a new axis",
+    note = "a new axis goes at a position from 0 to the rank, and a shape has at most 6 axes"
+)]
+pub trait InsertAxis<Ax>: Shape {
+    /// `Self` with a [`Dyn`] dim inserted at `AXIS`.
+    type Inserted: Shape;
+    /// The position of the new axis in the result.
+    const AXIS: usize;
+    /// The shape with `Dyn(n)` inserted at `AXIS`.
+    fn inserted(&self, n: usize) -> Self::Inserted;
+}
+
+impl<A: Dim> SwapAxes<0, 0> for (A,) {
+    type Swapped = (A,);
+    const PERM: &'static [usize] = &[0];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0,)
+    }
+}
+impl<A: Dim> ResizeAxis<Axis<0>> for (A,) {
+    type Resized = (Dyn,);
+    const AXIS: usize = 0;
+    #[inline]
+    fn resized(&self, n: usize) -> Self::Resized {
+        (Dyn(n),)
+    }
+}
+impl<A: Dim, B: Dim> PermuteAxes<Perm2<0, 1>> for (A, B) {
+    type Permuted = (A, B);
+    const PERM: &'static [usize] = &[0, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.1)
+    }
+}
+impl<A: Dim, B: Dim> PermuteAxes<Perm2<1, 0>> for (A, B) {
+    type Permuted = (B, A);
+    const PERM: &'static [usize] = &[1, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.0)
+    }
+}
+impl<A: Dim, B: Dim> SwapAxes<0, 0> for (A, B) {
+    type Swapped = (A, B);
+    const PERM: &'static [usize] = &[0, 1];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1)
+    }
+}
+impl<A: Dim, B: Dim> SwapAxes<0, 1> for (A, B) {
+    type Swapped = (B, A);
+    const PERM: &'static [usize] = &[1, 0];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.1, self.0)
+    }
+}
+impl<A: Dim, B: Dim> SwapAxes<1, 0> for (A, B) {
+    type Swapped = (B, A);
+    const PERM: &'static [usize] = &[1, 0];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.1, self.0)
+    }
+}
+impl<A: Dim, B: Dim> SwapAxes<1, 1> for (A, B) {
+    type Swapped = (A, B);
+    const PERM: &'static [usize] = &[0, 1];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1)
+    }
+}
+impl<A: Dim, B: Dim> ResizeAxis<Axis<0>> for (A, B) {
+    type Resized = (Dyn, B);
+    const AXIS: usize = 0;
+    #[inline]
+    fn resized(&self, n: usize) -> Self::Resized {
+        (Dyn(n), self.1)
+    }
+}
+impl<A: Dim, B: Dim> ResizeAxis<Axis<1>> for (A, B) {
+    type Resized = (A, Dyn);
+    const AXIS: usize = 1;
+    #[inline]
+    fn resized(&self, n: usize) -> Self::Resized {
+        (self.0, Dyn(n))
+    }
+}
+impl<A: Dim, B: Dim, C: Dim> PermuteAxes<Perm3<0, 1, 2>> for (A, B, C) {
+    type Permuted = (A, B, C);
+    const PERM: &'static [usize] = &[0, 1, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.1, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim> PermuteAxes<Perm3<0, 2, 1>> for (A, B, C) {
+    type Permuted = (A, C, B);
+    const PERM: &'static [usize] = &[0, 2, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.2, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim> PermuteAxes<Perm3<1, 0, 2>> for (A, B, C) {
+    type Permuted = (B, A, C);
+    const PERM: &'static [usize] = &[1, 0, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.0, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim> PermuteAxes<Perm3<1, 2, 0>> for (A, B, C) {
+    type Permuted = (B, C, A);
+    const PERM: &'static [usize] = &[1, 2, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.2, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim> PermuteAxes<Perm3<2, 0, 1>> for (A, B, C) {
+    type Permuted = (C, A, B);
+    const PERM: &'static [usize] = &[2, 0, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.0, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim> PermuteAxes<Perm3<2, 1, 0>> for (A, B, C) {
+    type Permuted = (C, B, A);
+    const PERM: &'static [usize] = &[2, 1, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.1, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim> SwapAxes<0, 0> for (A, B, C) {
+    type Swapped = (A, B, C);
+    const PERM: &'static [usize] = &[0, 1, 2];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim> SwapAxes<0, 1> for (A, B, C) {
+    type Swapped = (B, A, C);
+    const PERM: &'static [usize] = &[1, 0, 2];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.1, self.0, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim> SwapAxes<0, 2> for (A, B, C) {
+    type Swapped = (C, B, A);
+    const PERM: &'static [usize] = &[2, 1, 0];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.2, self.1, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim> SwapAxes<1, 0> for (A, B, C) {
+    type Swapped = (B, A, C);
+    const PERM: &'static [usize] = &[1, 0, 2];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.1, self.0, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim> SwapAxes<1, 1> for (A, B, C) {
+    type Swapped = (A, B, C);
+    const PERM: &'static [usize] = &[0, 1, 2];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim> SwapAxes<1, 2> for (A, B, C) {
+    type Swapped = (A, C, B);
+    const PERM: &'static [usize] = &[0, 2, 1];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.2, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim> SwapAxes<2, 0> for (A, B, C) {
+    type Swapped = (C, B, A);
+    const PERM: &'static [usize] = &[2, 1, 0];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.2, self.1, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim> SwapAxes<2, 1> for (A, B, C) {
+    type Swapped = (A, C, B);
+    const PERM: &'static [usize] = &[0, 2, 1];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.2, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim> SwapAxes<2, 2> for (A, B, C) {
+    type Swapped = (A, B, C);
+    const PERM: &'static [usize] = &[0, 1, 2];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim> ResizeAxis<Axis<0>> for (A, B, C) {
+    type Resized = (Dyn, B, C);
+    const AXIS: usize = 0;
+    #[inline]
+    fn resized(&self, n: usize) -> Self::Resized {
+        (Dyn(n), self.1, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim> ResizeAxis<Axis<1>> for (A, B, C) {
+    type Resized = (A, Dyn, C);
+    const AXIS: usize = 1;
+    #[inline]
+    fn resized(&self, n: usize) -> Self::Resized {
+        (self.0, Dyn(n), self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim> ResizeAxis<Axis<2>> for (A, B, C) {
+    type Resized = (A, B, Dyn);
+    const AXIS: usize = 2;
+    #[inline]
+    fn resized(&self, n: usize) -> Self::Resized {
+        (self.0, self.1, Dyn(n))
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> PermuteAxes<Perm4<0, 1, 2, 3>> for (A, B, C, D) {
+    type Permuted = (A, B, C, D);
+    const PERM: &'static [usize] = &[0, 1, 2, 3];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.1, self.2, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> PermuteAxes<Perm4<0, 1, 3, 2>> for (A, B, C, D) {
+    type Permuted = (A, B, D, C);
+    const PERM: &'static [usize] = &[0, 1, 3, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.1, self.3, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> PermuteAxes<Perm4<0, 2, 1, 3>> for (A, B, C, D) {
+    type Permuted = (A, C, B, D);
+    const PERM: &'static [usize] = &[0, 2, 1, 3];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.2, self.1, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> PermuteAxes<Perm4<0, 2, 3, 1>> for (A, B, C, D) {
+    type Permuted = (A, C, D, B);
+    const PERM: &'static [usize] = &[0, 2, 3, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.2, self.3, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> PermuteAxes<Perm4<0, 3, 1, 2>> for (A, B, C, D) {
+    type Permuted = (A, D, B, C);
+    const PERM: &'static [usize] = &[0, 3, 1, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.3, self.1, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> PermuteAxes<Perm4<0, 3, 2, 1>> for (A, B, C, D) {
+    type Permuted = (A, D, C, B);
+    const PERM: &'static [usize] = &[0, 3, 2, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.3, self.2, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> PermuteAxes<Perm4<1, 0, 2, 3>> for (A, B, C, D) {
+    type Permuted = (B, A, C, D);
+    const PERM: &'static [usize] = &[1, 0, 2, 3];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.0, self.2, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> PermuteAxes<Perm4<1, 0, 3, 2>> for (A, B, C, D) {
+    type Permuted = (B, A, D, C);
+    const PERM: &'static [usize] = &[1, 0, 3, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.0, self.3, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> PermuteAxes<Perm4<1, 2, 0, 3>> for (A, B, C, D) {
+    type Permuted = (B, C, A, D);
+    const PERM: &'static [usize] = &[1, 2, 0, 3];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.2, self.0, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> PermuteAxes<Perm4<1, 2, 3, 0>> for (A, B, C, D) {
+    type Permuted = (B, C, D, A);
+    const PERM: &'static [usize] = &[1, 2, 3, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.2, self.3, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> PermuteAxes<Perm4<1, 3, 0, 2>> for (A, B, C, D) {
+    type Permuted = (B, D, A, C);
+    const PERM: &'static [usize] = &[1, 3, 0, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.3, self.0, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> PermuteAxes<Perm4<1, 3, 2, 0>> for (A, B, C, D) {
+    type Permuted = (B, D, C, A);
+    const PERM: &'static [usize] = &[1, 3, 2, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.3, self.2, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> PermuteAxes<Perm4<2, 0, 1, 3>> for (A, B, C, D) {
+    type Permuted = (C, A, B, D);
+    const PERM: &'static [usize] = &[2, 0, 1, 3];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.0, self.1, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> PermuteAxes<Perm4<2, 0, 3, 1>> for (A, B, C, D) {
+    type Permuted = (C, A, D, B);
+    const PERM: &'static [usize] = &[2, 0, 3, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.0, self.3, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> PermuteAxes<Perm4<2, 1, 0, 3>> for (A, B, C, D) {
+    type Permuted = (C, B, A, D);
+    const PERM: &'static [usize] = &[2, 1, 0, 3];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.1, self.0, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> PermuteAxes<Perm4<2, 1, 3, 0>> for (A, B, C, D) {
+    type Permuted = (C, B, D, A);
+    const PERM: &'static [usize] = &[2, 1, 3, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.1, self.3, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> PermuteAxes<Perm4<2, 3, 0, 1>> for (A, B, C, D) {
+    type Permuted = (C, D, A, B);
+    const PERM: &'static [usize] = &[2, 3, 0, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.3, self.0, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> PermuteAxes<Perm4<2, 3, 1, 0>> for (A, B, C, D) {
+    type Permuted = (C, D, B, A);
+    const PERM: &'static [usize] = &[2, 3, 1, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.3, self.1, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> PermuteAxes<Perm4<3, 0, 1, 2>> for (A, B, C, D) {
+    type Permuted = (D, A, B, C);
+    const PERM: &'static [usize] = &[3, 0, 1, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.3, self.0, self.1, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> PermuteAxes<Perm4<3, 0, 2, 1>> for (A, B, C, D) {
+    type Permuted = (D, A, C, B);
+    const PERM: &'static [usize] = &[3, 0, 2, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.3, self.0, self.2, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> PermuteAxes<Perm4<3, 1, 0, 2>> for (A, B, C, D) {
+    type Permuted = (D, B, A, C);
+    const PERM: &'static [usize] = &[3, 1, 0, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.3, self.1, self.0, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> PermuteAxes<Perm4<3, 1, 2, 0>> for (A, B, C, D) {
+    type Permuted = (D, B, C, A);
+    const PERM: &'static [usize] = &[3, 1, 2, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.3, self.1, self.2, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> PermuteAxes<Perm4<3, 2, 0, 1>> for (A, B, C, D) {
+    type Permuted = (D, C, A, B);
+    const PERM: &'static [usize] = &[3, 2, 0, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.3, self.2, self.0, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> PermuteAxes<Perm4<3, 2, 1, 0>> for (A, B, C, D) {
+    type Permuted = (D, C, B, A);
+    const PERM: &'static [usize] = &[3, 2, 1, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.3, self.2, self.1, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> SwapAxes<0, 0> for (A, B, C, D) {
+    type Swapped = (A, B, C, D);
+    const PERM: &'static [usize] = &[0, 1, 2, 3];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.2, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> SwapAxes<0, 1> for (A, B, C, D) {
+    type Swapped = (B, A, C, D);
+    const PERM: &'static [usize] = &[1, 0, 2, 3];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.1, self.0, self.2, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> SwapAxes<0, 2> for (A, B, C, D) {
+    type Swapped = (C, B, A, D);
+    const PERM: &'static [usize] = &[2, 1, 0, 3];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.2, self.1, self.0, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> SwapAxes<0, 3> for (A, B, C, D) {
+    type Swapped = (D, B, C, A);
+    const PERM: &'static [usize] = &[3, 1, 2, 0];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.3, self.1, self.2, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> SwapAxes<1, 0> for (A, B, C, D) {
+    type Swapped = (B, A, C, D);
+    const PERM: &'static [usize] = &[1, 0, 2, 3];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.1, self.0, self.2, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> SwapAxes<1, 1> for (A, B, C, D) {
+    type Swapped = (A, B, C, D);
+    const PERM: &'static [usize] = &[0, 1, 2, 3];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.2, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> SwapAxes<1, 2> for (A, B, C, D) {
+    type Swapped = (A, C, B, D);
+    const PERM: &'static [usize] = &[0, 2, 1, 3];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.2, self.1, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> SwapAxes<1, 3> for (A, B, C, D) {
+    type Swapped = (A, D, C, B);
+    const PERM: &'static [usize] = &[0, 3, 2, 1];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.3, self.2, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> SwapAxes<2, 0> for (A, B, C, D) {
+    type Swapped = (C, B, A, D);
+    const PERM: &'static [usize] = &[2, 1, 0, 3];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.2, self.1, self.0, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> SwapAxes<2, 1> for (A, B, C, D) {
+    type Swapped = (A, C, B, D);
+    const PERM: &'static [usize] = &[0, 2, 1, 3];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.2, self.1, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> SwapAxes<2, 2> for (A, B, C, D) {
+    type Swapped = (A, B, C, D);
+    const PERM: &'static [usize] = &[0, 1, 2, 3];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.2, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> SwapAxes<2, 3> for (A, B, C, D) {
+    type Swapped = (A, B, D, C);
+    const PERM: &'static [usize] = &[0, 1, 3, 2];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.3, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> SwapAxes<3, 0> for (A, B, C, D) {
+    type Swapped = (D, B, C, A);
+    const PERM: &'static [usize] = &[3, 1, 2, 0];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.3, self.1, self.2, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> SwapAxes<3, 1> for (A, B, C, D) {
+    type Swapped = (A, D, C, B);
+    const PERM: &'static [usize] = &[0, 3, 2, 1];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.3, self.2, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> SwapAxes<3, 2> for (A, B, C, D) {
+    type Swapped = (A, B, D, C);
+    const PERM: &'static [usize] = &[0, 1, 3, 2];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.3, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> SwapAxes<3, 3> for (A, B, C, D) {
+    type Swapped = (A, B, C, D);
+    const PERM: &'static [usize] = &[0, 1, 2, 3];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.2, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> ResizeAxis<Axis<0>> for (A, B, C, D) {
+    type Resized = (Dyn, B, C, D);
+    const AXIS: usize = 0;
+    #[inline]
+    fn resized(&self, n: usize) -> Self::Resized {
+        (Dyn(n), self.1, self.2, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> ResizeAxis<Axis<1>> for (A, B, C, D) {
+    type Resized = (A, Dyn, C, D);
+    const AXIS: usize = 1;
+    #[inline]
+    fn resized(&self, n: usize) -> Self::Resized {
+        (self.0, Dyn(n), self.2, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> ResizeAxis<Axis<2>> for (A, B, C, D) {
+    type Resized = (A, B, Dyn, D);
+    const AXIS: usize = 2;
+    #[inline]
+    fn resized(&self, n: usize) -> Self::Resized {
+        (self.0, self.1, Dyn(n), self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> ResizeAxis<Axis<3>> for (A, B, C, D) {
+    type Resized = (A, B, C, Dyn);
+    const AXIS: usize = 3;
+    #[inline]
+    fn resized(&self, n: usize) -> Self::Resized {
+        (self.0, self.1, self.2, Dyn(n))
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<0, 1, 2, 3, 4>> for (A, B, C, D, E) {
+    type Permuted = (A, B, C, D, E);
+    const PERM: &'static [usize] = &[0, 1, 2, 3, 4];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.1, self.2, self.3, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<0, 1, 2, 4, 3>> for (A, B, C, D, E) {
+    type Permuted = (A, B, C, E, D);
+    const PERM: &'static [usize] = &[0, 1, 2, 4, 3];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.1, self.2, self.4, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<0, 1, 3, 2, 4>> for (A, B, C, D, E) {
+    type Permuted = (A, B, D, C, E);
+    const PERM: &'static [usize] = &[0, 1, 3, 2, 4];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.1, self.3, self.2, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<0, 1, 3, 4, 2>> for (A, B, C, D, E) {
+    type Permuted = (A, B, D, E, C);
+    const PERM: &'static [usize] = &[0, 1, 3, 4, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.1, self.3, self.4, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<0, 1, 4, 2, 3>> for (A, B, C, D, E) {
+    type Permuted = (A, B, E, C, D);
+    const PERM: &'static [usize] = &[0, 1, 4, 2, 3];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.1, self.4, self.2, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<0, 1, 4, 3, 2>> for (A, B, C, D, E) {
+    type Permuted = (A, B, E, D, C);
+    const PERM: &'static [usize] = &[0, 1, 4, 3, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.1, self.4, self.3, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<0, 2, 1, 3, 4>> for (A, B, C, D, E) {
+    type Permuted = (A, C, B, D, E);
+    const PERM: &'static [usize] = &[0, 2, 1, 3, 4];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.2, self.1, self.3, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<0, 2, 1, 4, 3>> for (A, B, C, D, E) {
+    type Permuted = (A, C, B, E, D);
+    const PERM: &'static [usize] = &[0, 2, 1, 4, 3];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.2, self.1, self.4, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<0, 2, 3, 1, 4>> for (A, B, C, D, E) {
+    type Permuted = (A, C, D, B, E);
+    const PERM: &'static [usize] = &[0, 2, 3, 1, 4];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.2, self.3, self.1, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<0, 2, 3, 4, 1>> for (A, B, C, D, E) {
+    type Permuted = (A, C, D, E, B);
+    const PERM: &'static [usize] = &[0, 2, 3, 4, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.2, self.3, self.4, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<0, 2, 4, 1, 3>> for (A, B, C, D, E) {
+    type Permuted = (A, C, E, B, D);
+    const PERM: &'static [usize] = &[0, 2, 4, 1, 3];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.2, self.4, self.1, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<0, 2, 4, 3, 1>> for (A, B, C, D, E) {
+    type Permuted = (A, C, E, D, B);
+    const PERM: &'static [usize] = &[0, 2, 4, 3, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.2, self.4, self.3, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<0, 3, 1, 2, 4>> for (A, B, C, D, E) {
+    type Permuted = (A, D, B, C, E);
+    const PERM: &'static [usize] = &[0, 3, 1, 2, 4];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.3, self.1, self.2, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<0, 3, 1, 4, 2>> for (A, B, C, D, E) {
+    type Permuted = (A, D, B, E, C);
+    const PERM: &'static [usize] = &[0, 3, 1, 4, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.3, self.1, self.4, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<0, 3, 2, 1, 4>> for (A, B, C, D, E) {
+    type Permuted = (A, D, C, B, E);
+    const PERM: &'static [usize] = &[0, 3, 2, 1, 4];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.3, self.2, self.1, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<0, 3, 2, 4, 1>> for (A, B, C, D, E) {
+    type Permuted = (A, D, C, E, B);
+    const PERM: &'static [usize] = &[0, 3, 2, 4, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.3, self.2, self.4, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<0, 3, 4, 1, 2>> for (A, B, C, D, E) {
+    type Permuted = (A, D, E, B, C);
+    const PERM: &'static [usize] = &[0, 3, 4, 1, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.3, self.4, self.1, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<0, 3, 4, 2, 1>> for (A, B, C, D, E) {
+    type Permuted = (A, D, E, C, B);
+    const PERM: &'static [usize] = &[0, 3, 4, 2, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.3, self.4, self.2, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<0, 4, 1, 2, 3>> for (A, B, C, D, E) {
+    type Permuted = (A, E, B, C, D);
+    const PERM: &'static [usize] = &[0, 4, 1, 2, 3];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.4, self.1, self.2, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<0, 4, 1, 3, 2>> for (A, B, C, D, E) {
+    type Permuted = (A, E, B, D, C);
+    const PERM: &'static [usize] = &[0, 4, 1, 3, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.4, self.1, self.3, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<0, 4, 2, 1, 3>> for (A, B, C, D, E) {
+    type Permuted = (A, E, C, B, D);
+    const PERM: &'static [usize] = &[0, 4, 2, 1, 3];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.4, self.2, self.1, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<0, 4, 2, 3, 1>> for (A, B, C, D, E) {
+    type Permuted = (A, E, C, D, B);
+    const PERM: &'static [usize] = &[0, 4, 2, 3, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.4, self.2, self.3, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<0, 4, 3, 1, 2>> for (A, B, C, D, E) {
+    type Permuted = (A, E, D, B, C);
+    const PERM: &'static [usize] = &[0, 4, 3, 1, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.4, self.3, self.1, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<0, 4, 3, 2, 1>> for (A, B, C, D, E) {
+    type Permuted = (A, E, D, C, B);
+    const PERM: &'static [usize] = &[0, 4, 3, 2, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.0, self.4, self.3, self.2, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<1, 0, 2, 3, 4>> for (A, B, C, D, E) {
+    type Permuted = (B, A, C, D, E);
+    const PERM: &'static [usize] = &[1, 0, 2, 3, 4];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.0, self.2, self.3, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<1, 0, 2, 4, 3>> for (A, B, C, D, E) {
+    type Permuted = (B, A, C, E, D);
+    const PERM: &'static [usize] = &[1, 0, 2, 4, 3];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.0, self.2, self.4, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<1, 0, 3, 2, 4>> for (A, B, C, D, E) {
+    type Permuted = (B, A, D, C, E);
+    const PERM: &'static [usize] = &[1, 0, 3, 2, 4];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.0, self.3, self.2, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<1, 0, 3, 4, 2>> for (A, B, C, D, E) {
+    type Permuted = (B, A, D, E, C);
+    const PERM: &'static [usize] = &[1, 0, 3, 4, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.0, self.3, self.4, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<1, 0, 4, 2, 3>> for (A, B, C, D, E) {
+    type Permuted = (B, A, E, C, D);
+    const PERM: &'static [usize] = &[1, 0, 4, 2, 3];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.0, self.4, self.2, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<1, 0, 4, 3, 2>> for (A, B, C, D, E) {
+    type Permuted = (B, A, E, D, C);
+    const PERM: &'static [usize] = &[1, 0, 4, 3, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.0, self.4, self.3, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<1, 2, 0, 3, 4>> for (A, B, C, D, E) {
+    type Permuted = (B, C, A, D, E);
+    const PERM: &'static [usize] = &[1, 2, 0, 3, 4];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.2, self.0, self.3, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<1, 2, 0, 4, 3>> for (A, B, C, D, E) {
+    type Permuted = (B, C, A, E, D);
+    const PERM: &'static [usize] = &[1, 2, 0, 4, 3];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.2, self.0, self.4, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<1, 2, 3, 0, 4>> for (A, B, C, D, E) {
+    type Permuted = (B, C, D, A, E);
+    const PERM: &'static [usize] = &[1, 2, 3, 0, 4];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.2, self.3, self.0, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<1, 2, 3, 4, 0>> for (A, B, C, D, E) {
+    type Permuted = (B, C, D, E, A);
+    const PERM: &'static [usize] = &[1, 2, 3, 4, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.2, self.3, self.4, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<1, 2, 4, 0, 3>> for (A, B, C, D, E) {
+    type Permuted = (B, C, E, A, D);
+    const PERM: &'static [usize] = &[1, 2, 4, 0, 3];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.2, self.4, self.0, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<1, 2, 4, 3, 0>> for (A, B, C, D, E) {
+    type Permuted = (B, C, E, D, A);
+    const PERM: &'static [usize] = &[1, 2, 4, 3, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.2, self.4, self.3, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<1, 3, 0, 2, 4>> for (A, B, C, D, E) {
+    type Permuted = (B, D, A, C, E);
+    const PERM: &'static [usize] = &[1, 3, 0, 2, 4];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.3, self.0, self.2, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<1, 3, 0, 4, 2>> for (A, B, C, D, E) {
+    type Permuted = (B, D, A, E, C);
+    const PERM: &'static [usize] = &[1, 3, 0, 4, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.3, self.0, self.4, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<1, 3, 2, 0, 4>> for (A, B, C, D, E) {
+    type Permuted = (B, D, C, A, E);
+    const PERM: &'static [usize] = &[1, 3, 2, 0, 4];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.3, self.2, self.0, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<1, 3, 2, 4, 0>> for (A, B, C, D, E) {
+    type Permuted = (B, D, C, E, A);
+    const PERM: &'static [usize] = &[1, 3, 2, 4, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.3, self.2, self.4, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<1, 3, 4, 0, 2>> for (A, B, C, D, E) {
+    type Permuted = (B, D, E, A, C);
+    const PERM: &'static [usize] = &[1, 3, 4, 0, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.3, self.4, self.0, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<1, 3, 4, 2, 0>> for (A, B, C, D, E) {
+    type Permuted = (B, D, E, C, A);
+    const PERM: &'static [usize] = &[1, 3, 4, 2, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.3, self.4, self.2, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<1, 4, 0, 2, 3>> for (A, B, C, D, E) {
+    type Permuted = (B, E, A, C, D);
+    const PERM: &'static [usize] = &[1, 4, 0, 2, 3];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.4, self.0, self.2, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<1, 4, 0, 3, 2>> for (A, B, C, D, E) {
+    type Permuted = (B, E, A, D, C);
+    const PERM: &'static [usize] = &[1, 4, 0, 3, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.4, self.0, self.3, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<1, 4, 2, 0, 3>> for (A, B, C, D, E) {
+    type Permuted = (B, E, C, A, D);
+    const PERM: &'static [usize] = &[1, 4, 2, 0, 3];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.4, self.2, self.0, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<1, 4, 2, 3, 0>> for (A, B, C, D, E) {
+    type Permuted = (B, E, C, D, A);
+    const PERM: &'static [usize] = &[1, 4, 2, 3, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.4, self.2, self.3, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<1, 4, 3, 0, 2>> for (A, B, C, D, E) {
+    type Permuted = (B, E, D, A, C);
+    const PERM: &'static [usize] = &[1, 4, 3, 0, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.4, self.3, self.0, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<1, 4, 3, 2, 0>> for (A, B, C, D, E) {
+    type Permuted = (B, E, D, C, A);
+    const PERM: &'static [usize] = &[1, 4, 3, 2, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.1, self.4, self.3, self.2, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<2, 0, 1, 3, 4>> for (A, B, C, D, E) {
+    type Permuted = (C, A, B, D, E);
+    const PERM: &'static [usize] = &[2, 0, 1, 3, 4];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.0, self.1, self.3, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<2, 0, 1, 4, 3>> for (A, B, C, D, E) {
+    type Permuted = (C, A, B, E, D);
+    const PERM: &'static [usize] = &[2, 0, 1, 4, 3];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.0, self.1, self.4, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<2, 0, 3, 1, 4>> for (A, B, C, D, E) {
+    type Permuted = (C, A, D, B, E);
+    const PERM: &'static [usize] = &[2, 0, 3, 1, 4];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.0, self.3, self.1, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<2, 0, 3, 4, 1>> for (A, B, C, D, E) {
+    type Permuted = (C, A, D, E, B);
+    const PERM: &'static [usize] = &[2, 0, 3, 4, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.0, self.3, self.4, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<2, 0, 4, 1, 3>> for (A, B, C, D, E) {
+    type Permuted = (C, A, E, B, D);
+    const PERM: &'static [usize] = &[2, 0, 4, 1, 3];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.0, self.4, self.1, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<2, 0, 4, 3, 1>> for (A, B, C, D, E) {
+    type Permuted = (C, A, E, D, B);
+    const PERM: &'static [usize] = &[2, 0, 4, 3, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.0, self.4, self.3, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<2, 1, 0, 3, 4>> for (A, B, C, D, E) {
+    type Permuted = (C, B, A, D, E);
+    const PERM: &'static [usize] = &[2, 1, 0, 3, 4];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.1, self.0, self.3, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<2, 1, 0, 4, 3>> for (A, B, C, D, E) {
+    type Permuted = (C, B, A, E, D);
+    const PERM: &'static [usize] = &[2, 1, 0, 4, 3];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.1, self.0, self.4, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<2, 1, 3, 0, 4>> for (A, B, C, D, E) {
+    type Permuted = (C, B, D, A, E);
+    const PERM: &'static [usize] = &[2, 1, 3, 0, 4];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.1, self.3, self.0, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<2, 1, 3, 4, 0>> for (A, B, C, D, E) {
+    type Permuted = (C, B, D, E, A);
+    const PERM: &'static [usize] = &[2, 1, 3, 4, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.1, self.3, self.4, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<2, 1, 4, 0, 3>> for (A, B, C, D, E) {
+    type Permuted = (C, B, E, A, D);
+    const PERM: &'static [usize] = &[2, 1, 4, 0, 3];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.1, self.4, self.0, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<2, 1, 4, 3, 0>> for (A, B, C, D, E) {
+    type Permuted = (C, B, E, D, A);
+    const PERM: &'static [usize] = &[2, 1, 4, 3, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.1, self.4, self.3, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<2, 3, 0, 1, 4>> for (A, B, C, D, E) {
+    type Permuted = (C, D, A, B, E);
+    const PERM: &'static [usize] = &[2, 3, 0, 1, 4];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.3, self.0, self.1, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<2, 3, 0, 4, 1>> for (A, B, C, D, E) {
+    type Permuted = (C, D, A, E, B);
+    const PERM: &'static [usize] = &[2, 3, 0, 4, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.3, self.0, self.4, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<2, 3, 1, 0, 4>> for (A, B, C, D, E) {
+    type Permuted = (C, D, B, A, E);
+    const PERM: &'static [usize] = &[2, 3, 1, 0, 4];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.3, self.1, self.0, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<2, 3, 1, 4, 0>> for (A, B, C, D, E) {
+    type Permuted = (C, D, B, E, A);
+    const PERM: &'static [usize] = &[2, 3, 1, 4, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.3, self.1, self.4, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<2, 3, 4, 0, 1>> for (A, B, C, D, E) {
+    type Permuted = (C, D, E, A, B);
+    const PERM: &'static [usize] = &[2, 3, 4, 0, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.3, self.4, self.0, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<2, 3, 4, 1, 0>> for (A, B, C, D, E) {
+    type Permuted = (C, D, E, B, A);
+    const PERM: &'static [usize] = &[2, 3, 4, 1, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.3, self.4, self.1, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<2, 4, 0, 1, 3>> for (A, B, C, D, E) {
+    type Permuted = (C, E, A, B, D);
+    const PERM: &'static [usize] = &[2, 4, 0, 1, 3];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.4, self.0, self.1, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<2, 4, 0, 3, 1>> for (A, B, C, D, E) {
+    type Permuted = (C, E, A, D, B);
+    const PERM: &'static [usize] = &[2, 4, 0, 3, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.4, self.0, self.3, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<2, 4, 1, 0, 3>> for (A, B, C, D, E) {
+    type Permuted = (C, E, B, A, D);
+    const PERM: &'static [usize] = &[2, 4, 1, 0, 3];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.4, self.1, self.0, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<2, 4, 1, 3, 0>> for (A, B, C, D, E) {
+    type Permuted = (C, E, B, D, A);
+    const PERM: &'static [usize] = &[2, 4, 1, 3, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.4, self.1, self.3, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<2, 4, 3, 0, 1>> for (A, B, C, D, E) {
+    type Permuted = (C, E, D, A, B);
+    const PERM: &'static [usize] = &[2, 4, 3, 0, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.4, self.3, self.0, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<2, 4, 3, 1, 0>> for (A, B, C, D, E) {
+    type Permuted = (C, E, D, B, A);
+    const PERM: &'static [usize] = &[2, 4, 3, 1, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.2, self.4, self.3, self.1, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<3, 0, 1, 2, 4>> for (A, B, C, D, E) {
+    type Permuted = (D, A, B, C, E);
+    const PERM: &'static [usize] = &[3, 0, 1, 2, 4];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.3, self.0, self.1, self.2, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<3, 0, 1, 4, 2>> for (A, B, C, D, E) {
+    type Permuted = (D, A, B, E, C);
+    const PERM: &'static [usize] = &[3, 0, 1, 4, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.3, self.0, self.1, self.4, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<3, 0, 2, 1, 4>> for (A, B, C, D, E) {
+    type Permuted = (D, A, C, B, E);
+    const PERM: &'static [usize] = &[3, 0, 2, 1, 4];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.3, self.0, self.2, self.1, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<3, 0, 2, 4, 1>> for (A, B, C, D, E) {
+    type Permuted = (D, A, C, E, B);
+    const PERM: &'static [usize] = &[3, 0, 2, 4, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.3, self.0, self.2, self.4, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<3, 0, 4, 1, 2>> for (A, B, C, D, E) {
+    type Permuted = (D, A, E, B, C);
+    const PERM: &'static [usize] = &[3, 0, 4, 1, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.3, self.0, self.4, self.1, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<3, 0, 4, 2, 1>> for (A, B, C, D, E) {
+    type Permuted = (D, A, E, C, B);
+    const PERM: &'static [usize] = &[3, 0, 4, 2, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.3, self.0, self.4, self.2, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<3, 1, 0, 2, 4>> for (A, B, C, D, E) {
+    type Permuted = (D, B, A, C, E);
+    const PERM: &'static [usize] = &[3, 1, 0, 2, 4];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.3, self.1, self.0, self.2, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<3, 1, 0, 4, 2>> for (A, B, C, D, E) {
+    type Permuted = (D, B, A, E, C);
+    const PERM: &'static [usize] = &[3, 1, 0, 4, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.3, self.1, self.0, self.4, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<3, 1, 2, 0, 4>> for (A, B, C, D, E) {
+    type Permuted = (D, B, C, A, E);
+    const PERM: &'static [usize] = &[3, 1, 2, 0, 4];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.3, self.1, self.2, self.0, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<3, 1, 2, 4, 0>> for (A, B, C, D, E) {
+    type Permuted = (D, B, C, E, A);
+    const PERM: &'static [usize] = &[3, 1, 2, 4, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.3, self.1, self.2, self.4, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<3, 1, 4, 0, 2>> for (A, B, C, D, E) {
+    type Permuted = (D, B, E, A, C);
+    const PERM: &'static [usize] = &[3, 1, 4, 0, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.3, self.1, self.4, self.0, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<3, 1, 4, 2, 0>> for (A, B, C, D, E) {
+    type Permuted = (D, B, E, C, A);
+    const PERM: &'static [usize] = &[3, 1, 4, 2, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.3, self.1, self.4, self.2, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<3, 2, 0, 1, 4>> for (A, B, C, D, E) {
+    type Permuted = (D, C, A, B, E);
+    const PERM: &'static [usize] = &[3, 2, 0, 1, 4];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.3, self.2, self.0, self.1, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<3, 2, 0, 4, 1>> for (A, B, C, D, E) {
+    type Permuted = (D, C, A, E, B);
+    const PERM: &'static [usize] = &[3, 2, 0, 4, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.3, self.2, self.0, self.4, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<3, 2, 1, 0, 4>> for (A, B, C, D, E) {
+    type Permuted = (D, C, B, A, E);
+    const PERM: &'static [usize] = &[3, 2, 1, 0, 4];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.3, self.2, self.1, self.0, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<3, 2, 1, 4, 0>> for (A, B, C, D, E) {
+    type Permuted = (D, C, B, E, A);
+    const PERM: &'static [usize] = &[3, 2, 1, 4, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.3, self.2, self.1, self.4, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<3, 2, 4, 0, 1>> for (A, B, C, D, E) {
+    type Permuted = (D, C, E, A, B);
+    const PERM: &'static [usize] = &[3, 2, 4, 0, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.3, self.2, self.4, self.0, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<3, 2, 4, 1, 0>> for (A, B, C, D, E) {
+    type Permuted = (D, C, E, B, A);
+    const PERM: &'static [usize] = &[3, 2, 4, 1, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.3, self.2, self.4, self.1, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<3, 4, 0, 1, 2>> for (A, B, C, D, E) {
+    type Permuted = (D, E, A, B, C);
+    const PERM: &'static [usize] = &[3, 4, 0, 1, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.3, self.4, self.0, self.1, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<3, 4, 0, 2, 1>> for (A, B, C, D, E) {
+    type Permuted = (D, E, A, C, B);
+    const PERM: &'static [usize] = &[3, 4, 0, 2, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.3, self.4, self.0, self.2, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<3, 4, 1, 0, 2>> for (A, B, C, D, E) {
+    type Permuted = (D, E, B, A, C);
+    const PERM: &'static [usize] = &[3, 4, 1, 0, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.3, self.4, self.1, self.0, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<3, 4, 1, 2, 0>> for (A, B, C, D, E) {
+    type Permuted = (D, E, B, C, A);
+    const PERM: &'static [usize] = &[3, 4, 1, 2, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.3, self.4, self.1, self.2, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<3, 4, 2, 0, 1>> for (A, B, C, D, E) {
+    type Permuted = (D, E, C, A, B);
+    const PERM: &'static [usize] = &[3, 4, 2, 0, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.3, self.4, self.2, self.0, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<3, 4, 2, 1, 0>> for (A, B, C, D, E) {
+    type Permuted = (D, E, C, B, A);
+    const PERM: &'static [usize] = &[3, 4, 2, 1, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.3, self.4, self.2, self.1, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<4, 0, 1, 2, 3>> for (A, B, C, D, E) {
+    type Permuted = (E, A, B, C, D);
+    const PERM: &'static [usize] = &[4, 0, 1, 2, 3];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.4, self.0, self.1, self.2, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<4, 0, 1, 3, 2>> for (A, B, C, D, E) {
+    type Permuted = (E, A, B, D, C);
+    const PERM: &'static [usize] = &[4, 0, 1, 3, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.4, self.0, self.1, self.3, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<4, 0, 2, 1, 3>> for (A, B, C, D, E) {
+    type Permuted = (E, A, C, B, D);
+    const PERM: &'static [usize] = &[4, 0, 2, 1, 3];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.4, self.0, self.2, self.1, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<4, 0, 2, 3, 1>> for (A, B, C, D, E) {
+    type Permuted = (E, A, C, D, B);
+    const PERM: &'static [usize] = &[4, 0, 2, 3, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.4, self.0, self.2, self.3, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<4, 0, 3, 1, 2>> for (A, B, C, D, E) {
+    type Permuted = (E, A, D, B, C);
+    const PERM: &'static [usize] = &[4, 0, 3, 1, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.4, self.0, self.3, self.1, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<4, 0, 3, 2, 1>> for (A, B, C, D, E) {
+    type Permuted = (E, A, D, C, B);
+    const PERM: &'static [usize] = &[4, 0, 3, 2, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.4, self.0, self.3, self.2, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<4, 1, 0, 2, 3>> for (A, B, C, D, E) {
+    type Permuted = (E, B, A, C, D);
+    const PERM: &'static [usize] = &[4, 1, 0, 2, 3];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.4, self.1, self.0, self.2, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<4, 1, 0, 3, 2>> for (A, B, C, D, E) {
+    type Permuted = (E, B, A, D, C);
+    const PERM: &'static [usize] = &[4, 1, 0, 3, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.4, self.1, self.0, self.3, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<4, 1, 2, 0, 3>> for (A, B, C, D, E) {
+    type Permuted = (E, B, C, A, D);
+    const PERM: &'static [usize] = &[4, 1, 2, 0, 3];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.4, self.1, self.2, self.0, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<4, 1, 2, 3, 0>> for (A, B, C, D, E) {
+    type Permuted = (E, B, C, D, A);
+    const PERM: &'static [usize] = &[4, 1, 2, 3, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.4, self.1, self.2, self.3, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<4, 1, 3, 0, 2>> for (A, B, C, D, E) {
+    type Permuted = (E, B, D, A, C);
+    const PERM: &'static [usize] = &[4, 1, 3, 0, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.4, self.1, self.3, self.0, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<4, 1, 3, 2, 0>> for (A, B, C, D, E) {
+    type Permuted = (E, B, D, C, A);
+    const PERM: &'static [usize] = &[4, 1, 3, 2, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.4, self.1, self.3, self.2, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<4, 2, 0, 1, 3>> for (A, B, C, D, E) {
+    type Permuted = (E, C, A, B, D);
+    const PERM: &'static [usize] = &[4, 2, 0, 1, 3];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.4, self.2, self.0, self.1, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<4, 2, 0, 3, 1>> for (A, B, C, D, E) {
+    type Permuted = (E, C, A, D, B);
+    const PERM: &'static [usize] = &[4, 2, 0, 3, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.4, self.2, self.0, self.3, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<4, 2, 1, 0, 3>> for (A, B, C, D, E) {
+    type Permuted = (E, C, B, A, D);
+    const PERM: &'static [usize] = &[4, 2, 1, 0, 3];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.4, self.2, self.1, self.0, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<4, 2, 1, 3, 0>> for (A, B, C, D, E) {
+    type Permuted = (E, C, B, D, A);
+    const PERM: &'static [usize] = &[4, 2, 1, 3, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.4, self.2, self.1, self.3, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<4, 2, 3, 0, 1>> for (A, B, C, D, E) {
+    type Permuted = (E, C, D, A, B);
+    const PERM: &'static [usize] = &[4, 2, 3, 0, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.4, self.2, self.3, self.0, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<4, 2, 3, 1, 0>> for (A, B, C, D, E) {
+    type Permuted = (E, C, D, B, A);
+    const PERM: &'static [usize] = &[4, 2, 3, 1, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.4, self.2, self.3, self.1, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<4, 3, 0, 1, 2>> for (A, B, C, D, E) {
+    type Permuted = (E, D, A, B, C);
+    const PERM: &'static [usize] = &[4, 3, 0, 1, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.4, self.3, self.0, self.1, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<4, 3, 0, 2, 1>> for (A, B, C, D, E) {
+    type Permuted = (E, D, A, C, B);
+    const PERM: &'static [usize] = &[4, 3, 0, 2, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.4, self.3, self.0, self.2, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<4, 3, 1, 0, 2>> for (A, B, C, D, E) {
+    type Permuted = (E, D, B, A, C);
+    const PERM: &'static [usize] = &[4, 3, 1, 0, 2];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.4, self.3, self.1, self.0, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<4, 3, 1, 2, 0>> for (A, B, C, D, E) {
+    type Permuted = (E, D, B, C, A);
+    const PERM: &'static [usize] = &[4, 3, 1, 2, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.4, self.3, self.1, self.2, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<4, 3, 2, 0, 1>> for (A, B, C, D, E) {
+    type Permuted = (E, D, C, A, B);
+    const PERM: &'static [usize] = &[4, 3, 2, 0, 1];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.4, self.3, self.2, self.0, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> PermuteAxes<Perm5<4, 3, 2, 1, 0>> for (A, B, C, D, E) {
+    type Permuted = (E, D, C, B, A);
+    const PERM: &'static [usize] = &[4, 3, 2, 1, 0];
+    #[inline]
+    fn permuted(&self) -> Self::Permuted {
+        (self.4, self.3, self.2, self.1, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> SwapAxes<0, 0> for (A, B, C, D, E) {
+    type Swapped = (A, B, C, D, E);
+    const PERM: &'static [usize] = &[0, 1, 2, 3, 4];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.2, self.3, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> SwapAxes<0, 1> for (A, B, C, D, E) {
+    type Swapped = (B, A, C, D, E);
+    const PERM: &'static [usize] = &[1, 0, 2, 3, 4];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.1, self.0, self.2, self.3, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> SwapAxes<0, 2> for (A, B, C, D, E) {
+    type Swapped = (C, B, A, D, E);
+    const PERM: &'static [usize] = &[2, 1, 0, 3, 4];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.2, self.1, self.0, self.3, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> SwapAxes<0, 3> for (A, B, C, D, E) {
+    type Swapped = (D, B, C, A, E);
+    const PERM: &'static [usize] = &[3, 1, 2, 0, 4];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.3, self.1, self.2, self.0, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> SwapAxes<0, 4> for (A, B, C, D, E) {
+    type Swapped = (E, B, C, D, A);
+    const PERM: &'static [usize] = &[4, 1, 2, 3, 0];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.4, self.1, self.2, self.3, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> SwapAxes<1, 0> for (A, B, C, D, E) {
+    type Swapped = (B, A, C, D, E);
+    const PERM: &'static [usize] = &[1, 0, 2, 3, 4];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.1, self.0, self.2, self.3, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> SwapAxes<1, 1> for (A, B, C, D, E) {
+    type Swapped = (A, B, C, D, E);
+    const PERM: &'static [usize] = &[0, 1, 2, 3, 4];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.2, self.3, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> SwapAxes<1, 2> for (A, B, C, D, E) {
+    type Swapped = (A, C, B, D, E);
+    const PERM: &'static [usize] = &[0, 2, 1, 3, 4];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.2, self.1, self.3, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> SwapAxes<1, 3> for (A, B, C, D, E) {
+    type Swapped = (A, D, C, B, E);
+    const PERM: &'static [usize] = &[0, 3, 2, 1, 4];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.3, self.2, self.1, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> SwapAxes<1, 4> for (A, B, C, D, E) {
+    type Swapped = (A, E, C, D, B);
+    const PERM: &'static [usize] = &[0, 4, 2, 3, 1];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.4, self.2, self.3, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> SwapAxes<2, 0> for (A, B, C, D, E) {
+    type Swapped = (C, B, A, D, E);
+    const PERM: &'static [usize] = &[2, 1, 0, 3, 4];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.2, self.1, self.0, self.3, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> SwapAxes<2, 1> for (A, B, C, D, E) {
+    type Swapped = (A, C, B, D, E);
+    const PERM: &'static [usize] = &[0, 2, 1, 3, 4];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.2, self.1, self.3, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> SwapAxes<2, 2> for (A, B, C, D, E) {
+    type Swapped = (A, B, C, D, E);
+    const PERM: &'static [usize] = &[0, 1, 2, 3, 4];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.2, self.3, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> SwapAxes<2, 3> for (A, B, C, D, E) {
+    type Swapped = (A, B, D, C, E);
+    const PERM: &'static [usize] = &[0, 1, 3, 2, 4];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.3, self.2, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> SwapAxes<2, 4> for (A, B, C, D, E) {
+    type Swapped = (A, B, E, D, C);
+    const PERM: &'static [usize] = &[0, 1, 4, 3, 2];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.4, self.3, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> SwapAxes<3, 0> for (A, B, C, D, E) {
+    type Swapped = (D, B, C, A, E);
+    const PERM: &'static [usize] = &[3, 1, 2, 0, 4];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.3, self.1, self.2, self.0, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> SwapAxes<3, 1> for (A, B, C, D, E) {
+    type Swapped = (A, D, C, B, E);
+    const PERM: &'static [usize] = &[0, 3, 2, 1, 4];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.3, self.2, self.1, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> SwapAxes<3, 2> for (A, B, C, D, E) {
+    type Swapped = (A, B, D, C, E);
+    const PERM: &'static [usize] = &[0, 1, 3, 2, 4];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.3, self.2, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> SwapAxes<3, 3> for (A, B, C, D, E) {
+    type Swapped = (A, B, C, D, E);
+    const PERM: &'static [usize] = &[0, 1, 2, 3, 4];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.2, self.3, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> SwapAxes<3, 4> for (A, B, C, D, E) {
+    type Swapped = (A, B, C, E, D);
+    const PERM: &'static [usize] = &[0, 1, 2, 4, 3];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.2, self.4, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> SwapAxes<4, 0> for (A, B, C, D, E) {
+    type Swapped = (E, B, C, D, A);
+    const PERM: &'static [usize] = &[4, 1, 2, 3, 0];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.4, self.1, self.2, self.3, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> SwapAxes<4, 1> for (A, B, C, D, E) {
+    type Swapped = (A, E, C, D, B);
+    const PERM: &'static [usize] = &[0, 4, 2, 3, 1];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.4, self.2, self.3, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> SwapAxes<4, 2> for (A, B, C, D, E) {
+    type Swapped = (A, B, E, D, C);
+    const PERM: &'static [usize] = &[0, 1, 4, 3, 2];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.4, self.3, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> SwapAxes<4, 3> for (A, B, C, D, E) {
+    type Swapped = (A, B, C, E, D);
+    const PERM: &'static [usize] = &[0, 1, 2, 4, 3];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.2, self.4, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> SwapAxes<4, 4> for (A, B, C, D, E) {
+    type Swapped = (A, B, C, D, E);
+    const PERM: &'static [usize] = &[0, 1, 2, 3, 4];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.2, self.3, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> ResizeAxis<Axis<0>> for (A, B, C, D, E) {
+    type Resized = (Dyn, B, C, D, E);
+    const AXIS: usize = 0;
+    #[inline]
+    fn resized(&self, n: usize) -> Self::Resized {
+        (Dyn(n), self.1, self.2, self.3, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> ResizeAxis<Axis<1>> for (A, B, C, D, E) {
+    type Resized = (A, Dyn, C, D, E);
+    const AXIS: usize = 1;
+    #[inline]
+    fn resized(&self, n: usize) -> Self::Resized {
+        (self.0, Dyn(n), self.2, self.3, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> ResizeAxis<Axis<2>> for (A, B, C, D, E) {
+    type Resized = (A, B, Dyn, D, E);
+    const AXIS: usize = 2;
+    #[inline]
+    fn resized(&self, n: usize) -> Self::Resized {
+        (self.0, self.1, Dyn(n), self.3, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> ResizeAxis<Axis<3>> for (A, B, C, D, E) {
+    type Resized = (A, B, C, Dyn, E);
+    const AXIS: usize = 3;
+    #[inline]
+    fn resized(&self, n: usize) -> Self::Resized {
+        (self.0, self.1, self.2, Dyn(n), self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> ResizeAxis<Axis<4>> for (A, B, C, D, E) {
+    type Resized = (A, B, C, D, Dyn);
+    const AXIS: usize = 4;
+    #[inline]
+    fn resized(&self, n: usize) -> Self::Resized {
+        (self.0, self.1, self.2, self.3, Dyn(n))
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<0, 0> for (A, B, C, D, E, F) {
+    type Swapped = (A, B, C, D, E, F);
+    const PERM: &'static [usize] = &[0, 1, 2, 3, 4, 5];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.2, self.3, self.4, self.5)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<0, 1> for (A, B, C, D, E, F) {
+    type Swapped = (B, A, C, D, E, F);
+    const PERM: &'static [usize] = &[1, 0, 2, 3, 4, 5];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.1, self.0, self.2, self.3, self.4, self.5)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<0, 2> for (A, B, C, D, E, F) {
+    type Swapped = (C, B, A, D, E, F);
+    const PERM: &'static [usize] = &[2, 1, 0, 3, 4, 5];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.2, self.1, self.0, self.3, self.4, self.5)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<0, 3> for (A, B, C, D, E, F) {
+    type Swapped = (D, B, C, A, E, F);
+    const PERM: &'static [usize] = &[3, 1, 2, 0, 4, 5];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.3, self.1, self.2, self.0, self.4, self.5)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<0, 4> for (A, B, C, D, E, F) {
+    type Swapped = (E, B, C, D, A, F);
+    const PERM: &'static [usize] = &[4, 1, 2, 3, 0, 5];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.4, self.1, self.2, self.3, self.0, self.5)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<0, 5> for (A, B, C, D, E, F) {
+    type Swapped = (F, B, C, D, E, A);
+    const PERM: &'static [usize] = &[5, 1, 2, 3, 4, 0];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.5, self.1, self.2, self.3, self.4, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<1, 0> for (A, B, C, D, E, F) {
+    type Swapped = (B, A, C, D, E, F);
+    const PERM: &'static [usize] = &[1, 0, 2, 3, 4, 5];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.1, self.0, self.2, self.3, self.4, self.5)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<1, 1> for (A, B, C, D, E, F) {
+    type Swapped = (A, B, C, D, E, F);
+    const PERM: &'static [usize] = &[0, 1, 2, 3, 4, 5];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.2, self.3, self.4, self.5)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<1, 2> for (A, B, C, D, E, F) {
+    type Swapped = (A, C, B, D, E, F);
+    const PERM: &'static [usize] = &[0, 2, 1, 3, 4, 5];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.2, self.1, self.3, self.4, self.5)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<1, 3> for (A, B, C, D, E, F) {
+    type Swapped = (A, D, C, B, E, F);
+    const PERM: &'static [usize] = &[0, 3, 2, 1, 4, 5];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.3, self.2, self.1, self.4, self.5)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<1, 4> for (A, B, C, D, E, F) {
+    type Swapped = (A, E, C, D, B, F);
+    const PERM: &'static [usize] = &[0, 4, 2, 3, 1, 5];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.4, self.2, self.3, self.1, self.5)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<1, 5> for (A, B, C, D, E, F) {
+    type Swapped = (A, F, C, D, E, B);
+    const PERM: &'static [usize] = &[0, 5, 2, 3, 4, 1];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.5, self.2, self.3, self.4, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<2, 0> for (A, B, C, D, E, F) {
+    type Swapped = (C, B, A, D, E, F);
+    const PERM: &'static [usize] = &[2, 1, 0, 3, 4, 5];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.2, self.1, self.0, self.3, self.4, self.5)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<2, 1> for (A, B, C, D, E, F) {
+    type Swapped = (A, C, B, D, E, F);
+    const PERM: &'static [usize] = &[0, 2, 1, 3, 4, 5];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.2, self.1, self.3, self.4, self.5)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<2, 2> for (A, B, C, D, E, F) {
+    type Swapped = (A, B, C, D, E, F);
+    const PERM: &'static [usize] = &[0, 1, 2, 3, 4, 5];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.2, self.3, self.4, self.5)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<2, 3> for (A, B, C, D, E, F) {
+    type Swapped = (A, B, D, C, E, F);
+    const PERM: &'static [usize] = &[0, 1, 3, 2, 4, 5];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.3, self.2, self.4, self.5)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<2, 4> for (A, B, C, D, E, F) {
+    type Swapped = (A, B, E, D, C, F);
+    const PERM: &'static [usize] = &[0, 1, 4, 3, 2, 5];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.4, self.3, self.2, self.5)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<2, 5> for (A, B, C, D, E, F) {
+    type Swapped = (A, B, F, D, E, C);
+    const PERM: &'static [usize] = &[0, 1, 5, 3, 4, 2];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.5, self.3, self.4, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<3, 0> for (A, B, C, D, E, F) {
+    type Swapped = (D, B, C, A, E, F);
+    const PERM: &'static [usize] = &[3, 1, 2, 0, 4, 5];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.3, self.1, self.2, self.0, self.4, self.5)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<3, 1> for (A, B, C, D, E, F) {
+    type Swapped = (A, D, C, B, E, F);
+    const PERM: &'static [usize] = &[0, 3, 2, 1, 4, 5];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.3, self.2, self.1, self.4, self.5)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<3, 2> for (A, B, C, D, E, F) {
+    type Swapped = (A, B, D, C, E, F);
+    const PERM: &'static [usize] = &[0, 1, 3, 2, 4, 5];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.3, self.2, self.4, self.5)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<3, 3> for (A, B, C, D, E, F) {
+    type Swapped = (A, B, C, D, E, F);
+    const PERM: &'static [usize] = &[0, 1, 2, 3, 4, 5];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.2, self.3, self.4, self.5)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<3, 4> for (A, B, C, D, E, F) {
+    type Swapped = (A, B, C, E, D, F);
+    const PERM: &'static [usize] = &[0, 1, 2, 4, 3, 5];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.2, self.4, self.3, self.5)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<3, 5> for (A, B, C, D, E, F) {
+    type Swapped = (A, B, C, F, E, D);
+    const PERM: &'static [usize] = &[0, 1, 2, 5, 4, 3];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.2, self.5, self.4, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<4, 0> for (A, B, C, D, E, F) {
+    type Swapped = (E, B, C, D, A, F);
+    const PERM: &'static [usize] = &[4, 1, 2, 3, 0, 5];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.4, self.1, self.2, self.3, self.0, self.5)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<4, 1> for (A, B, C, D, E, F) {
+    type Swapped = (A, E, C, D, B, F);
+    const PERM: &'static [usize] = &[0, 4, 2, 3, 1, 5];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.4, self.2, self.3, self.1, self.5)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<4, 2> for (A, B, C, D, E, F) {
+    type Swapped = (A, B, E, D, C, F);
+    const PERM: &'static [usize] = &[0, 1, 4, 3, 2, 5];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.4, self.3, self.2, self.5)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<4, 3> for (A, B, C, D, E, F) {
+    type Swapped = (A, B, C, E, D, F);
+    const PERM: &'static [usize] = &[0, 1, 2, 4, 3, 5];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.2, self.4, self.3, self.5)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<4, 4> for (A, B, C, D, E, F) {
+    type Swapped = (A, B, C, D, E, F);
+    const PERM: &'static [usize] = &[0, 1, 2, 3, 4, 5];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.2, self.3, self.4, self.5)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<4, 5> for (A, B, C, D, E, F) {
+    type Swapped = (A, B, C, D, F, E);
+    const PERM: &'static [usize] = &[0, 1, 2, 3, 5, 4];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.2, self.3, self.5, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<5, 0> for (A, B, C, D, E, F) {
+    type Swapped = (F, B, C, D, E, A);
+    const PERM: &'static [usize] = &[5, 1, 2, 3, 4, 0];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.5, self.1, self.2, self.3, self.4, self.0)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<5, 1> for (A, B, C, D, E, F) {
+    type Swapped = (A, F, C, D, E, B);
+    const PERM: &'static [usize] = &[0, 5, 2, 3, 4, 1];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.5, self.2, self.3, self.4, self.1)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<5, 2> for (A, B, C, D, E, F) {
+    type Swapped = (A, B, F, D, E, C);
+    const PERM: &'static [usize] = &[0, 1, 5, 3, 4, 2];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.5, self.3, self.4, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<5, 3> for (A, B, C, D, E, F) {
+    type Swapped = (A, B, C, F, E, D);
+    const PERM: &'static [usize] = &[0, 1, 2, 5, 4, 3];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.2, self.5, self.4, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<5, 4> for (A, B, C, D, E, F) {
+    type Swapped = (A, B, C, D, F, E);
+    const PERM: &'static [usize] = &[0, 1, 2, 3, 5, 4];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.2, self.3, self.5, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> SwapAxes<5, 5> for (A, B, C, D, E, F) {
+    type Swapped = (A, B, C, D, E, F);
+    const PERM: &'static [usize] = &[0, 1, 2, 3, 4, 5];
+    #[inline]
+    fn swapped(&self) -> Self::Swapped {
+        (self.0, self.1, self.2, self.3, self.4, self.5)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> ResizeAxis<Axis<0>> for (A, B, C, D, E, F) {
+    type Resized = (Dyn, B, C, D, E, F);
+    const AXIS: usize = 0;
+    #[inline]
+    fn resized(&self, n: usize) -> Self::Resized {
+        (Dyn(n), self.1, self.2, self.3, self.4, self.5)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> ResizeAxis<Axis<1>> for (A, B, C, D, E, F) {
+    type Resized = (A, Dyn, C, D, E, F);
+    const AXIS: usize = 1;
+    #[inline]
+    fn resized(&self, n: usize) -> Self::Resized {
+        (self.0, Dyn(n), self.2, self.3, self.4, self.5)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> ResizeAxis<Axis<2>> for (A, B, C, D, E, F) {
+    type Resized = (A, B, Dyn, D, E, F);
+    const AXIS: usize = 2;
+    #[inline]
+    fn resized(&self, n: usize) -> Self::Resized {
+        (self.0, self.1, Dyn(n), self.3, self.4, self.5)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> ResizeAxis<Axis<3>> for (A, B, C, D, E, F) {
+    type Resized = (A, B, C, Dyn, E, F);
+    const AXIS: usize = 3;
+    #[inline]
+    fn resized(&self, n: usize) -> Self::Resized {
+        (self.0, self.1, self.2, Dyn(n), self.4, self.5)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> ResizeAxis<Axis<4>> for (A, B, C, D, E, F) {
+    type Resized = (A, B, C, D, Dyn, F);
+    const AXIS: usize = 4;
+    #[inline]
+    fn resized(&self, n: usize) -> Self::Resized {
+        (self.0, self.1, self.2, self.3, Dyn(n), self.5)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim, F: Dim> ResizeAxis<Axis<5>> for (A, B, C, D, E, F) {
+    type Resized = (A, B, C, D, E, Dyn);
+    const AXIS: usize = 5;
+    #[inline]
+    fn resized(&self, n: usize) -> Self::Resized {
+        (self.0, self.1, self.2, self.3, self.4, Dyn(n))
+    }
+}
+impl InsertAxis<Axis<0>> for () {
+    type Inserted = (Dyn,);
+    const AXIS: usize = 0;
+    #[inline]
+    fn inserted(&self, n: usize) -> Self::Inserted {
+        (Dyn(n),)
+    }
+}
+impl<A: Dim> InsertAxis<Axis<0>> for (A,) {
+    type Inserted = (Dyn, A);
+    const AXIS: usize = 0;
+    #[inline]
+    fn inserted(&self, n: usize) -> Self::Inserted {
+        (Dyn(n), self.0)
+    }
+}
+impl<A: Dim> InsertAxis<Axis<1>> for (A,) {
+    type Inserted = (A, Dyn);
+    const AXIS: usize = 1;
+    #[inline]
+    fn inserted(&self, n: usize) -> Self::Inserted {
+        (self.0, Dyn(n))
+    }
+}
+impl<A: Dim, B: Dim> InsertAxis<Axis<0>> for (A, B) {
+    type Inserted = (Dyn, A, B);
+    const AXIS: usize = 0;
+    #[inline]
+    fn inserted(&self, n: usize) -> Self::Inserted {
+        (Dyn(n), self.0, self.1)
+    }
+}
+impl<A: Dim, B: Dim> InsertAxis<Axis<1>> for (A, B) {
+    type Inserted = (A, Dyn, B);
+    const AXIS: usize = 1;
+    #[inline]
+    fn inserted(&self, n: usize) -> Self::Inserted {
+        (self.0, Dyn(n), self.1)
+    }
+}
+impl<A: Dim, B: Dim> InsertAxis<Axis<2>> for (A, B) {
+    type Inserted = (A, B, Dyn);
+    const AXIS: usize = 2;
+    #[inline]
+    fn inserted(&self, n: usize) -> Self::Inserted {
+        (self.0, self.1, Dyn(n))
+    }
+}
+impl<A: Dim, B: Dim, C: Dim> InsertAxis<Axis<0>> for (A, B, C) {
+    type Inserted = (Dyn, A, B, C);
+    const AXIS: usize = 0;
+    #[inline]
+    fn inserted(&self, n: usize) -> Self::Inserted {
+        (Dyn(n), self.0, self.1, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim> InsertAxis<Axis<1>> for (A, B, C) {
+    type Inserted = (A, Dyn, B, C);
+    const AXIS: usize = 1;
+    #[inline]
+    fn inserted(&self, n: usize) -> Self::Inserted {
+        (self.0, Dyn(n), self.1, self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim> InsertAxis<Axis<2>> for (A, B, C) {
+    type Inserted = (A, B, Dyn, C);
+    const AXIS: usize = 2;
+    #[inline]
+    fn inserted(&self, n: usize) -> Self::Inserted {
+        (self.0, self.1, Dyn(n), self.2)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim> InsertAxis<Axis<3>> for (A, B, C) {
+    type Inserted = (A, B, C, Dyn);
+    const AXIS: usize = 3;
+    #[inline]
+    fn inserted(&self, n: usize) -> Self::Inserted {
+        (self.0, self.1, self.2, Dyn(n))
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> InsertAxis<Axis<0>> for (A, B, C, D) {
+    type Inserted = (Dyn, A, B, C, D);
+    const AXIS: usize = 0;
+    #[inline]
+    fn inserted(&self, n: usize) -> Self::Inserted {
+        (Dyn(n), self.0, self.1, self.2, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> InsertAxis<Axis<1>> for (A, B, C, D) {
+    type Inserted = (A, Dyn, B, C, D);
+    const AXIS: usize = 1;
+    #[inline]
+    fn inserted(&self, n: usize) -> Self::Inserted {
+        (self.0, Dyn(n), self.1, self.2, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> InsertAxis<Axis<2>> for (A, B, C, D) {
+    type Inserted = (A, B, Dyn, C, D);
+    const AXIS: usize = 2;
+    #[inline]
+    fn inserted(&self, n: usize) -> Self::Inserted {
+        (self.0, self.1, Dyn(n), self.2, self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> InsertAxis<Axis<3>> for (A, B, C, D) {
+    type Inserted = (A, B, C, Dyn, D);
+    const AXIS: usize = 3;
+    #[inline]
+    fn inserted(&self, n: usize) -> Self::Inserted {
+        (self.0, self.1, self.2, Dyn(n), self.3)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim> InsertAxis<Axis<4>> for (A, B, C, D) {
+    type Inserted = (A, B, C, D, Dyn);
+    const AXIS: usize = 4;
+    #[inline]
+    fn inserted(&self, n: usize) -> Self::Inserted {
+        (self.0, self.1, self.2, self.3, Dyn(n))
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> InsertAxis<Axis<0>> for (A, B, C, D, E) {
+    type Inserted = (Dyn, A, B, C, D, E);
+    const AXIS: usize = 0;
+    #[inline]
+    fn inserted(&self, n: usize) -> Self::Inserted {
+        (Dyn(n), self.0, self.1, self.2, self.3, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> InsertAxis<Axis<1>> for (A, B, C, D, E) {
+    type Inserted = (A, Dyn, B, C, D, E);
+    const AXIS: usize = 1;
+    #[inline]
+    fn inserted(&self, n: usize) -> Self::Inserted {
+        (self.0, Dyn(n), self.1, self.2, self.3, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> InsertAxis<Axis<2>> for (A, B, C, D, E) {
+    type Inserted = (A, B, Dyn, C, D, E);
+    const AXIS: usize = 2;
+    #[inline]
+    fn inserted(&self, n: usize) -> Self::Inserted {
+        (self.0, self.1, Dyn(n), self.2, self.3, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> InsertAxis<Axis<3>> for (A, B, C, D, E) {
+    type Inserted = (A, B, C, Dyn, D, E);
+    const AXIS: usize = 3;
+    #[inline]
+    fn inserted(&self, n: usize) -> Self::Inserted {
+        (self.0, self.1, self.2, Dyn(n), self.3, self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> InsertAxis<Axis<4>> for (A, B, C, D, E) {
+    type Inserted = (A, B, C, D, Dyn, E);
+    const AXIS: usize = 4;
+    #[inline]
+    fn inserted(&self, n: usize) -> Self::Inserted {
+        (self.0, self.1, self.2, self.3, Dyn(n), self.4)
+    }
+}
+impl<A: Dim, B: Dim, C: Dim, D: Dim, E: Dim> InsertAxis<Axis<5>> for (A, B, C, D, E) {
+    type Inserted = (A, B, C, D, E, Dyn);
+    const AXIS: usize = 5;
+    #[inline]
+    fn inserted(&self, n: usize) -> Self::Inserted {
+        (self.0, self.1, self.2, self.3, self.4, Dyn(n))
+    }
 }

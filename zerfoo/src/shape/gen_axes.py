@@ -79,7 +79,7 @@ for n in range(1, MAX + 1):
     rtup = "(" + ", ".join(rdims) + ("," if n == 1 else "") + ")"
     for a in range(n):
         g = ", ".join([f"{d}: Dim" for d in dims] + [f"{d}: Dim" for d in rdims])
-        bounds = [f"{dims[i]}: SameDim<{rdims[i]}, crate::ops::Concat>" for i in range(n) if i != a]
+        bounds = [f"{dims[i]}: SameDim<{rdims[i]}, crate::ops::Concatenate>" for i in range(n) if i != a]
         bounds.append(f"{dims[a]}::Kind: KindAdd<{rdims[a]}::Kind>")
         bounds.append(f"<{dims[a]}::Kind as KindAdd<{rdims[a]}::Kind>>::Out: KindDim")
         outd = [dims[i] if i != a else f"<<{dims[a]}::Kind as KindAdd<{rdims[a]}::Kind>>::Out as KindDim>::Dim" for i in range(n)]
@@ -93,3 +93,147 @@ for n in range(1, MAX + 1):
         w(f"    const AXIS: usize = {a};")
         w("}")
 open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "axes.rs"), "w").write("\n".join(out) + "\n")
+
+# --- Structural shape ops: permutations, axis swaps, a resized axis, a new axis. ---
+# (Appended to axes.rs after the output above; run `cargo fmt --all` afterwards, as for the rest.)
+from itertools import permutations
+
+PERM_MAX = 5  # full permutation markers up to rank 5 (5! = 120 impls); rank 6 uses `transpose`
+ext = []
+x = ext.append
+
+
+def tup(items):
+    return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+
+
+x("")
+x("use super::Dyn;")
+x("")
+for k in range(2, PERM_MAX + 1):
+    ps = ", ".join(f"const {c}: usize" for c in "IJKLMN"[:k])
+    ex = ", ".join(str(i) for i in [k - 1] + list(range(k - 1)))
+    x(f"/// A permutation of the {k} axes of a rank-{k} shape: new axis `i` is old")
+    x(f"/// axis number `i` of the list, e.g. `Perm{k}<{ex}>` moves the last axis first.")
+    x("#[derive(Clone, Copy, Debug, Default)]")
+    x(f"pub struct Perm{k}<{ps}>;")
+x("""
+/// `P` reorders the axes of `Self`: [`PermuteAxes::Permuted`] has old axis
+/// `PERM[i]` at position `i` (`Perm3<2, 0, 1>` maps `(A, B, C)` to `(C, A, B)`).
+#[diagnostic::on_unimplemented(
+    message = "`{P}` is not a permutation of the axes of shape `{Self}`",
+    label = "not a permutation of this shape's axes",
+    note = "list every axis of the shape exactly once: `Perm3<2, 0, 1>` maps `(A, B, C)` to `(C, A, B)`; markers exist for ranks 2 to 5, `transpose::<I, J>()` swaps two axes at any rank"
+)]
+pub trait PermuteAxes<P>: Shape {
+    /// The permuted shape.
+    type Permuted: Shape;
+    /// New axis `i` is old axis `PERM[i]`.
+    const PERM: &'static [usize];
+    /// The permuted shape value.
+    fn permuted(&self) -> Self::Permuted;
+}
+
+/// Axes `I` and `J` of `Self` can be swapped (`I == J` is allowed and changes nothing).
+#[diagnostic::on_unimplemented(
+    message = "cannot swap axes {I} and {J} of shape `{Self}`",
+    label = "axis out of range",
+    note = "axes count from 0 and must be below the rank of the shape"
+)]
+pub trait SwapAxes<const I: usize, const J: usize>: Shape {
+    /// The shape with the two axes swapped.
+    type Swapped: Shape;
+    /// New axis `i` is old axis `PERM[i]`.
+    const PERM: &'static [usize];
+    /// The swapped shape value.
+    fn swapped(&self) -> Self::Swapped;
+}
+
+/// `Self` has axis `Ax`; [`ResizeAxis::Resized`] is `Self` with that dim made [`Dyn`]
+/// (the result of narrowing, splitting or concatenating a list along it).
+#[diagnostic::on_unimplemented(
+    message = "shape `{Self}` has no axis `{Ax}`",
+    label = "this tensor lacks that axis",
+    note = "axes count from 0 and must be below the rank of the shape"
+)]
+pub trait ResizeAxis<Ax>: Shape {
+    /// `Self` with the dim at `AXIS` replaced by [`Dyn`].
+    type Resized: Shape;
+    /// The axis.
+    const AXIS: usize;
+    /// The shape with the dim at `AXIS` set to `Dyn(n)`.
+    fn resized(&self, n: usize) -> Self::Resized;
+}
+
+/// A new axis can go at position `Ax` of `Self` (`0..=rank`, result rank at
+/// most 6); [`InsertAxis::Inserted`] is `Self` with a [`Dyn`] dim there.
+#[diagnostic::on_unimplemented(
+    message = "cannot insert a new axis `{Ax}` into shape `{Self}`",
+    label = "no such position for a new axis",
+    note = "a new axis goes at a position from 0 to the rank, and a shape has at most 6 axes"
+)]
+pub trait InsertAxis<Ax>: Shape {
+    /// `Self` with a [`Dyn`] dim inserted at `AXIS`.
+    type Inserted: Shape;
+    /// The position of the new axis in the result.
+    const AXIS: usize;
+    /// The shape with `Dyn(n)` inserted at `AXIS`.
+    fn inserted(&self, n: usize) -> Self::Inserted;
+}
+""")
+for n in range(1, MAX + 1):
+    dims = [L[i] for i in range(n)]
+    t = tup(dims)
+    gens = ", ".join(f"{d}: Dim" for d in dims)
+    if 2 <= n <= PERM_MAX:
+        for p in permutations(range(n)):
+            ps = ", ".join(str(i) for i in p)
+            x(f"impl<{gens}> PermuteAxes<Perm{n}<{ps}>> for {t} {{")
+            x(f"    type Permuted = {tup([dims[i] for i in p])};")
+            x(f"    const PERM: &'static [usize] = &[{ps}];")
+            x("    #[inline]")
+            x("    fn permuted(&self) -> Self::Permuted {")
+            x(f"        {tup([f'self.{i}' for i in p])}")
+            x("    }")
+            x("}")
+    for i in range(n):
+        for j in range(n):
+            p = list(range(n))
+            p[i], p[j] = p[j], p[i]
+            ps = ", ".join(str(a) for a in p)
+            x(f"impl<{gens}> SwapAxes<{i}, {j}> for {t} {{")
+            x(f"    type Swapped = {tup([dims[a] for a in p])};")
+            x(f"    const PERM: &'static [usize] = &[{ps}];")
+            x("    #[inline]")
+            x("    fn swapped(&self) -> Self::Swapped {")
+            x(f"        {tup([f'self.{a}' for a in p])}")
+            x("    }")
+            x("}")
+    for a in range(n):
+        x(f"impl<{gens}> ResizeAxis<Axis<{a}>> for {t} {{")
+        x(f"    type Resized = {tup([dims[i] if i != a else 'Dyn' for i in range(n)])};")
+        x(f"    const AXIS: usize = {a};")
+        x("    #[inline]")
+        x("    fn resized(&self, n: usize) -> Self::Resized {")
+        x(f"        {tup([f'self.{i}' if i != a else 'Dyn(n)' for i in range(n)])}")
+        x("    }")
+        x("}")
+for n in range(0, MAX):
+    dims = [L[i] for i in range(n)]
+    t = tup(dims) if n else "()"
+    gens = ", ".join(f"{d}: Dim" for d in dims)
+    g = f"<{gens}>" if n else ""
+    for a in range(n + 1):
+        ins = dims[:a] + ["Dyn"] + dims[a:]
+        vals = [f"self.{i}" for i in range(n)]
+        vals = vals[:a] + ["Dyn(n)"] + vals[a:]
+        x(f"impl{g} InsertAxis<Axis<{a}>> for {t} {{")
+        x(f"    type Inserted = {tup(ins)};")
+        x(f"    const AXIS: usize = {a};")
+        x("    #[inline]")
+        x("    fn inserted(&self, n: usize) -> Self::Inserted {")
+        x(f"        {tup(vals)}")
+        x("    }")
+        x("}")
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "axes.rs"), "a") as f:
+    f.write("\n".join(ext) + "\n")

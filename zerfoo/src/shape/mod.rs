@@ -10,7 +10,10 @@ mod axes;
 mod check;
 mod dim;
 
-pub use axes::{Axes2, Axes3, Axes4, Axes5, Axes6, Axis, ConcatAlong, HasAxes};
+pub use axes::{
+    Axes2, Axes3, Axes4, Axes5, Axes6, Axis, ConcatAlong, HasAxes, InsertAxis, Perm2, Perm3, Perm4,
+    Perm5, PermuteAxes, ResizeAxis, SwapAxes,
+};
 pub use check::{
     KindAdd, KindEq, KindMul, NumelCheck, ProductKind, ProductOf, RuntimeCheck, SameDim, ShapeCheck,
 };
@@ -72,13 +75,13 @@ pub trait Shape:
     + Send
     + Sync
     + 'static
-    + SameShape<Self, ops::Add>
-    + SameShape<Self, ops::Sub>
-    + SameShape<Self, ops::Mul>
-    + SameShape<Self, ops::Div>
+    + SameShape<Self, ops::Addition>
+    + SameShape<Self, ops::Subtraction>
+    + SameShape<Self, ops::Multiplication>
+    + SameShape<Self, ops::Division>
     + SameShape<Self, ops::Maximum>
     + SameShape<Self, ops::Minimum>
-    + SameShape<Self, ops::Pow>
+    + SameShape<Self, ops::Power>
     + SameShape<Self, ops::Where>
     + SameShape<Self, ops::MaskedFill>
 {
