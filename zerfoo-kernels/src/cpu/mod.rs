@@ -5,7 +5,10 @@
 
 pub mod binary;
 pub mod elementwise;
+pub mod index;
+pub mod mask;
 pub mod reduce;
+pub mod rotary;
 pub mod unary;
 
 /// Below this many elements a kernel runs on the calling thread.

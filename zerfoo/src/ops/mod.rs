@@ -5,10 +5,18 @@
 
 mod binary;
 mod broadcast;
+mod dropout;
+mod index;
+mod mask;
 mod reduce;
+mod rotary;
 mod unary;
 
 pub use binary::SameDtype;
+pub use index::{
+    AppendDim, IdTensor, IndexAxis, RankCheck, RankOf, SameRank, SingleAxis, VectorShape,
+};
+pub use mask::{LastTwoAxes, Tril, Triu};
 
 macro_rules! op_names {
     ($($(#[$m:meta])* $name:ident),* $(,)?) => {
