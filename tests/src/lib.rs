@@ -131,7 +131,7 @@ pub fn dtype_tolerance(d: DType) -> f64 {
         DType::BF16 => 3e-2,
         DType::F8E4M3 => 0.15,
         DType::F8E5M2 => 0.3,
-        DType::I64 | DType::U32 => 0.0,
+        DType::I64 | DType::U32 | DType::Bool => 0.0,
     }
 }
 

@@ -206,13 +206,10 @@ fn generic_code_over_dims_compiles_and_runs() {
     fn g<Mm: Dim, Nn: Dim>(x: Tensor<(Mm, Nn), f32>) -> Tensor<(Mm, Mm), f32> {
         x.clone().matmul(x.t())
     }
-    fn batched<Bb: Dim, Mm: Dim, Kk: Dim, Nn: Dim, T>(
+    fn batched<Bb: Dim, Mm: Dim, Kk: Dim, Nn: Dim, T: zerfoo::autograd::TapeState>(
         a: Tensor<(Bb, Mm, Kk), f32, Cpu, T>,
         w: Tensor<(Kk, Nn), f32>,
-    ) -> Tensor<(Bb, Mm, Nn), f32, Cpu, T>
-    where
-        T: zerfoo::autograd::Merge<NoTape, Out = T>,
-    {
+    ) -> Tensor<(Bb, Mm, Nn), f32, Cpu, T> {
         a.matmul(w)
     }
     let a = Tensor::<(M, K), f32>::ones((M, K));

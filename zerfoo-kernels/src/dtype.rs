@@ -28,13 +28,15 @@ pub enum DType {
     I64,
     /// 32-bit unsigned integer (indices).
     U32,
+    /// Boolean (masks).
+    Bool,
 }
 
 impl DType {
     /// Size of one element in bytes.
     pub fn size_in_bytes(self) -> usize {
         match self {
-            DType::F8E4M3 | DType::F8E5M2 => 1,
+            DType::F8E4M3 | DType::F8E5M2 | DType::Bool => 1,
             DType::F16 | DType::BF16 => 2,
             DType::F32 | DType::U32 => 4,
             DType::F64 | DType::I64 => 8,
@@ -43,7 +45,7 @@ impl DType {
 
     /// Whether this is a floating-point type.
     pub fn is_float(self) -> bool {
-        !matches!(self, DType::I64 | DType::U32)
+        !matches!(self, DType::I64 | DType::U32 | DType::Bool)
     }
 }
 
@@ -58,6 +60,7 @@ impl Display for DType {
             DType::F64 => "f64",
             DType::I64 => "i64",
             DType::U32 => "u32",
+            DType::Bool => "bool",
         };
         f.write_str(s)
     }
@@ -310,6 +313,22 @@ impl IntDtype for u32 {
     }
 }
 
+/// Masks: `true` is 1, `false` is 0; `from_f64` is `v != 0` (NaN is `true`).
+/// Not a [`FloatDtype`] nor an [`IntDtype`].
+impl Dtype for bool {
+    const DTYPE: DType = DType::Bool;
+    fn to_f64(self) -> f64 {
+        if self {
+            1.0
+        } else {
+            0.0
+        }
+    }
+    fn from_f64(v: f64) -> Self {
+        v != 0.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,5 +386,14 @@ mod tests {
     fn integer_indices_reject_negative() {
         assert_eq!((-1i64).to_index(), None);
         assert_eq!(7u32.to_index(), Some(7));
+    }
+
+    #[test]
+    fn bool_is_a_one_byte_non_float_dtype() {
+        assert_eq!(bool::DTYPE.size_in_bytes(), 1);
+        assert!(!DType::Bool.is_float());
+        assert_eq!(DType::Bool.to_string(), "bool");
+        assert!(bool::from_f64(2.0) && !bool::from_f64(0.0));
+        assert_eq!(true.to_f64(), 1.0);
     }
 }

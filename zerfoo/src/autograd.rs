@@ -74,7 +74,19 @@ pub struct NoTape;
 pub struct Tape(Option<Arc<Node>>);
 
 /// Whether a tensor records its ops: [`NoTape`] or [`Tape`].
-pub trait TapeState: Clone + core::fmt::Debug + Send + Sync + 'static {
+///
+/// Merging with `NoTape` or with itself gives `Self` back, so code generic
+/// over the tape type (`fn f<T: TapeState>(..)`) can combine its input with
+/// parameters (`w.retaped::<T>()`) without extra bounds.
+pub trait TapeState:
+    Clone
+    + core::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+    + Merge<NoTape, Out = Self>
+    + Merge<Self, Out = Self>
+{
     /// `true` for [`Tape`].
     const TRACKED: bool;
     /// The node that produced this tensor, if any.
@@ -113,7 +125,7 @@ pub trait HasTape: TapeState {}
 impl HasTape for Tape {}
 
 /// The tape of a binary op's output: tracked if either input is.
-pub trait Merge<R: TapeState>: TapeState {
+pub trait Merge<R> {
     /// [`Tape`] if either side is.
     type Out: TapeState;
 }

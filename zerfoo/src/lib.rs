@@ -54,3 +54,8 @@ pub mod prelude {
     pub use typenum::consts::*;
     pub use zerfoo_kernels::{bf16, f16, Cpu, DType, Dtype, FloatDtype, F8E4M3, F8E5M2};
 }
+
+/// The README's examples, compiled and run as doctests so they never rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

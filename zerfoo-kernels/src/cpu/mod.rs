@@ -5,9 +5,12 @@
 
 pub mod binary;
 pub mod elementwise;
+pub mod index;
+pub mod mask;
 pub mod matmul;
 pub mod norm;
 pub mod reduce;
+pub mod rotary;
 pub mod shape;
 pub mod softmax;
 pub mod unary;

@@ -5,18 +5,23 @@
 
 mod binary;
 mod broadcast;
+mod dropout;
+mod index;
+mod mask;
 mod matmul;
 mod norm;
 mod reduce;
+mod rotary;
 mod shape_ops;
 mod softmax;
 mod unary;
 
 pub use binary::{ElementwiseRhs, SameDtype};
+pub use index::{AppendDim, IdTensor, IndexAxis, RankCheck, RankOf, SameRank, VectorShape};
+pub use mask::{LastTwoAxes, Tril, Triu};
 pub use matmul::{MatMulShapes, TransposeShape};
 pub use norm::{LastDim, Merge3};
 pub use shape_ops::{ConcatWith, HeadsCheck, HeadsDim, KindIsDyn, MergeHeads};
-pub use softmax::SingleAxis;
 
 macro_rules! op_names {
     ($($(#[$m:meta])* $name:ident),* $(,)?) => {

@@ -8,17 +8,8 @@ use zerfoo_kernels::cpu::softmax as k;
 use zerfoo_kernels::{Cpu, FloatDtype, Layout};
 
 use crate::autograd::{record, TapeState, TensorId};
-use crate::shape::{Axis, HasAxes, Shape};
+use crate::shape::{HasAxes, Shape, SingleAxis};
 use crate::tensor::Tensor;
-
-/// A single axis (`Axis<I>`): softmax normalizes along exactly one.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` is not a single axis: softmax normalizes along exactly one axis",
-    label = "expected `Axis<I>`",
-    note = "pick one axis, e.g. `softmax::<Axis<1>>()`"
-)]
-pub trait SingleAxis {}
-impl<const I: usize> SingleAxis for Axis<I> {}
 
 impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     fn softmax_op<const LOG: bool>(self, axis: usize) -> Self {

@@ -5,7 +5,6 @@
 //! trait bounds ([`SameShape`], [`ReshapeTo`], [`HasAxes`], [`ConcatAlong`], ...)
 //! that compare dims by value and print readable errors.
 
-#[allow(clippy::unused_unit)] // generated: `fn reduced` of a full reduction returns `()`
 mod axes;
 mod check;
 mod dim;
@@ -23,6 +22,20 @@ use core::fmt::Debug;
 
 use crate::ops;
 use zerfoo_kernels::MAX_RANK;
+
+/// Exactly one axis, `Axis<I>`: what softmax, select, gather and the like take.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a single axis: this op works along exactly one axis",
+    label = "expected `Axis<I>`",
+    note = "pick one axis, e.g. `Axis<1>`"
+)]
+pub trait SingleAxis {
+    /// The axis.
+    const AXIS: usize;
+}
+impl<const I: usize> SingleAxis for Axis<I> {
+    const AXIS: usize = I;
+}
 
 /// The run-time dims of a shape: a small array, no allocation.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
