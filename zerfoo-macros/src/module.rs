@@ -164,10 +164,10 @@ pub fn derive(input: DeriveInput) -> syn::Result<TokenStream> {
         impl #impl_generics ::zerfoo::nn::Module for #name #ty_generics
         where #(#where_preds,)*
         {
-            fn visit_params<V: ::zerfoo::nn::ParamVisitor>(&self, prefix: &str, v: &mut V) {
+            fn visit_params<__V: ::zerfoo::nn::ParamVisitor>(&self, prefix: &str, v: &mut __V) {
                 #(#visits)*
             }
-            fn visit_params_mut<V: ::zerfoo::nn::ParamVisitorMut>(&mut self, prefix: &str, v: &mut V) {
+            fn visit_params_mut<__V: ::zerfoo::nn::ParamVisitorMut>(&mut self, prefix: &str, v: &mut __V) {
                 #(#visits_mut)*
             }
         }

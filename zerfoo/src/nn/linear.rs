@@ -1,0 +1,70 @@
+//! `Linear`: `y = x Wᵀ + b` over the last axis, like `torch.nn.Linear`
+//! (weight stored `[out, in]`).
+
+use zerfoo_kernels::{Cpu, FloatDtype};
+
+use super::{init, Forward};
+use crate::autograd::TapeState;
+use crate::ops::MatMulShapes;
+use crate::shape::{Axes2, Axes3, Axis, Dim};
+use crate::tensor::Tensor;
+
+/// A fully connected layer from `I` to `O` features.
+///
+/// ```
+/// use zerfoo::nn::{Forward, Linear};
+/// use zerfoo::prelude::*;
+/// dim!(In = 3);
+/// dim!(Out = 2);
+/// let layer: Linear<In, Out, f32> = Linear::new(In, Out, true, 0);
+/// let x: Tensor<(Dyn, In), f32> = Tensor::ones((Dyn(4), In));
+/// assert_eq!(layer.forward(x).dims(), [4, 2]);
+/// ```
+#[derive(crate::nn::Module, Clone, Debug)]
+pub struct Linear<I: Dim, O: Dim, E: FloatDtype> {
+    /// `[out, in]`.
+    pub weight: Tensor<(O, I), E>,
+    /// `[out]`, if any.
+    pub bias: Option<Tensor<(O,), E>>,
+}
+
+impl<I: Dim, O: Dim, E: FloatDtype> Linear<I, O, E> {
+    /// PyTorch's default initialization, from a seed.
+    pub fn new(i: I, o: O, bias: bool, seed: u64) -> Self {
+        let fan_in = i.size();
+        Linear {
+            weight: init::torch_default((o, i), fan_in, seed),
+            bias: bias.then(|| init::torch_default((o,), fan_in, seed.wrapping_add(1))),
+        }
+    }
+
+    /// A layer with the given weight and bias.
+    pub fn from_parts(weight: Tensor<(O, I), E>, bias: Option<Tensor<(O,), E>>) -> Self {
+        Linear { weight, bias }
+    }
+}
+
+macro_rules! linear_forward {
+    ($($b:ident),* ; $axes:ty) => {
+        impl<$($b: Dim,)* I: Dim, I2: Dim, O: Dim, E: FloatDtype, T: TapeState>
+            Forward<Tensor<($($b,)* I2), E, Cpu, T>> for Linear<I, O, E>
+        where
+            ($($b,)* I2): MatMulShapes<(I, O), Out = ($($b,)* O)>,
+        {
+            type Output = Tensor<($($b,)* O), E, Cpu, T>;
+            fn forward(&self, x: Tensor<($($b,)* I2), E, Cpu, T>) -> Self::Output {
+                let y = x.matmul(self.weight.retaped::<T>().t());
+                match &self.bias {
+                    Some(b) => {
+                        let shape = y.shape();
+                        y + b.retaped::<T>().broadcast::<_, $axes>(shape)
+                    }
+                    None => y,
+                }
+            }
+        }
+    };
+}
+linear_forward!(M; Axis<0>);
+linear_forward!(B, M; Axes2<0, 1>);
+linear_forward!(B, H, M; Axes3<0, 1, 2>);

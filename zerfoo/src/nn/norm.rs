@@ -1,0 +1,97 @@
+//! Normalization layers over the last axis: `LayerNorm` and `RmsNorm` (both
+//! the `x * w` and Gemma's `x * (1 + w)` forms).
+
+use zerfoo_kernels::{Cpu, FloatDtype};
+
+use super::Forward;
+use crate::autograd::TapeState;
+use crate::ops::{LastDim, LayerNorm as LayerNormOp, RmsNorm as RmsNormOp};
+use crate::shape::{Dim, SameDim, Shape};
+use crate::tensor::Tensor;
+
+/// `torch.nn.LayerNorm(D)`: biased variance, `eps` inside the square root.
+#[derive(crate::nn::Module, Clone, Debug)]
+pub struct LayerNorm<D: Dim, E: FloatDtype> {
+    /// Scale, initialized to ones.
+    pub weight: Tensor<(D,), E>,
+    /// Shift, initialized to zeros.
+    pub bias: Tensor<(D,), E>,
+    /// Added to the variance.
+    #[module(skip)]
+    pub eps: f64,
+}
+
+impl<D: Dim, E: FloatDtype> LayerNorm<D, E> {
+    /// Ones and zeros, like PyTorch.
+    pub fn new(d: D, eps: f64) -> Self {
+        LayerNorm {
+            weight: Tensor::ones((d,)),
+            bias: Tensor::zeros((d,)),
+            eps,
+        }
+    }
+}
+
+impl<S, E: FloatDtype, T: TapeState, D: Dim> Forward<Tensor<S, E, Cpu, T>> for LayerNorm<D, E>
+where
+    S: Shape + LastDim,
+    S::Last: SameDim<D, LayerNormOp>,
+{
+    type Output = Tensor<S, E, Cpu, T>;
+    fn forward(&self, x: Tensor<S, E, Cpu, T>) -> Self::Output {
+        x.layer_norm(
+            &self.weight.retaped::<T>(),
+            &self.bias.retaped::<T>(),
+            self.eps,
+        )
+    }
+}
+
+/// RMS normalization: `x / sqrt(mean(x²) + eps) * w`, or with
+/// `offset = true` Gemma's `* (1 + w)` (computed in f32 before rounding).
+#[derive(crate::nn::Module, Clone, Debug)]
+pub struct RmsNorm<D: Dim, E: FloatDtype> {
+    /// The scale (or the offset from 1, with `offset`).
+    pub weight: Tensor<(D,), E>,
+    /// Added to the mean square.
+    #[module(skip)]
+    pub eps: f64,
+    /// Gemma's `1 + w` form.
+    #[module(skip)]
+    pub offset: bool,
+}
+
+impl<D: Dim, E: FloatDtype> RmsNorm<D, E> {
+    /// LLaMA's form, weight ones.
+    pub fn new(d: D, eps: f64) -> Self {
+        RmsNorm {
+            weight: Tensor::ones((d,)),
+            eps,
+            offset: false,
+        }
+    }
+    /// Gemma's `1 + w` form, weight zeros.
+    pub fn new_offset(d: D, eps: f64) -> Self {
+        RmsNorm {
+            weight: Tensor::zeros((d,)),
+            eps,
+            offset: true,
+        }
+    }
+}
+
+impl<S, E: FloatDtype, T: TapeState, D: Dim> Forward<Tensor<S, E, Cpu, T>> for RmsNorm<D, E>
+where
+    S: Shape + LastDim,
+    S::Last: SameDim<D, RmsNormOp>,
+{
+    type Output = Tensor<S, E, Cpu, T>;
+    fn forward(&self, x: Tensor<S, E, Cpu, T>) -> Self::Output {
+        let w = self.weight.retaped::<T>();
+        if self.offset {
+            x.rms_norm_offset(&w, self.eps)
+        } else {
+            x.rms_norm(&w, self.eps)
+        }
+    }
+}
