@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use super::{CHUNK, PAR_THRESHOLD};
+use super::{for_each_chunk, CHUNK, PAR_THRESHOLD};
 use crate::Layout;
 
 /// `out[i] = f(src[layout[i]])` for every element in row-major order.
@@ -45,11 +45,7 @@ where
             k += 1;
         });
     };
-    if n >= PAR_THRESHOLD {
-        out.par_chunks_mut(CHUNK).enumerate().for_each(body);
-    } else {
-        out.chunks_mut(CHUNK).enumerate().for_each(body);
-    }
+    for_each_chunk(out, body);
 }
 
 /// `out[i] = f(a[la[i]], b[lb[i]])`; both layouts have the same shape
@@ -92,11 +88,7 @@ where
             k += 1;
         });
     };
-    if n >= PAR_THRESHOLD {
-        out.par_chunks_mut(CHUNK).enumerate().for_each(body);
-    } else {
-        out.chunks_mut(CHUNK).enumerate().for_each(body);
-    }
+    for_each_chunk(&mut out, body);
     out
 }
 
@@ -133,11 +125,7 @@ where
             k += 1;
         });
     };
-    if n >= PAR_THRESHOLD {
-        out.par_chunks_mut(CHUNK).enumerate().for_each(body);
-    } else {
-        out.chunks_mut(CHUNK).enumerate().for_each(body);
-    }
+    for_each_chunk(&mut out, body);
     out
 }
 

@@ -10,7 +10,7 @@
 use num_traits::Zero;
 use rayon::prelude::*;
 
-use super::{map, CHUNK, PAR_THRESHOLD};
+use super::{for_each_chunk, map, CHUNK, PAR_THRESHOLD};
 use crate::{FloatDtype, IntDtype, Layout};
 
 /// `(outer, dims[axis], inner)`: the products of the dims before, at and after `axis`.
@@ -50,11 +50,7 @@ where
             k += 1;
         });
     };
-    if n >= PAR_THRESHOLD {
-        out.par_chunks_mut(CHUNK).enumerate().for_each(body);
-    } else {
-        out.chunks_mut(CHUNK).enumerate().for_each(body);
-    }
+    for_each_chunk(&mut out, body);
     out
 }
 

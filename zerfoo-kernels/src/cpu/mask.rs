@@ -2,9 +2,8 @@
 //! triangular masks over the last two axes, and seeded dropout.
 
 use num_traits::Zero;
-use rayon::prelude::*;
 
-use super::{zip3_map, zip_map, CHUNK, PAR_THRESHOLD};
+use super::{for_each_chunk, zip3_map, zip_map, CHUNK};
 use crate::{FloatDtype, Layout, Real};
 
 /// `out[i] = f(i, src[layout[i]])` (row-major `i`), written contiguously.
@@ -24,11 +23,7 @@ where
             k += 1;
         });
     };
-    if n >= PAR_THRESHOLD {
-        out.par_chunks_mut(CHUNK).enumerate().for_each(body);
-    } else {
-        out.chunks_mut(CHUNK).enumerate().for_each(body);
-    }
+    for_each_chunk(&mut out, body);
     out
 }
 

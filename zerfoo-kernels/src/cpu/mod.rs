@@ -21,4 +21,17 @@ pub const PAR_THRESHOLD: usize = 1 << 15;
 /// Elements per parallel chunk of an elementwise kernel.
 pub const CHUNK: usize = 1 << 13;
 
+/// Runs `body((chunk_index, chunk))` over [`CHUNK`]-sized pieces of `out`,
+/// on rayon's pool when `out` has at least [`PAR_THRESHOLD`] elements.
+/// Each element belongs to exactly one chunk, so results never depend on
+/// the thread count.
+pub fn for_each_chunk<O: Send>(out: &mut [O], body: impl Fn((usize, &mut [O])) + Sync + Send) {
+    use rayon::prelude::*;
+    if out.len() >= PAR_THRESHOLD {
+        out.par_chunks_mut(CHUNK).enumerate().for_each(body);
+    } else {
+        out.chunks_mut(CHUNK).enumerate().for_each(body);
+    }
+}
+
 pub use elementwise::{map, map_into, to_contiguous, zip3_map, zip_map};
