@@ -33,8 +33,10 @@ fn bits<E: Dtype>(t: &Tensor<(Rows, Cols), E>) -> Vec<u8> {
     io::to_le_bytes(&t.to_vec())
 }
 
+/// A path in a folder of its own (tests run concurrently; the leftover-file
+/// check must see only its own writes).
 fn tmp(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("zerfoo-ckpt-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("zerfoo-ckpt-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
 }

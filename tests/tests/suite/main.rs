@@ -1,0 +1,17 @@
+//! All integration tests in one binary: one link and one monomorphization of
+//! the generic kernels instead of one per file (CI compile time). The graph
+//! memory test lives in its own binary because it reads a process-wide counter.
+
+mod checkpoint;
+mod creation;
+mod dtypes;
+mod elementwise;
+mod f8_fixture;
+mod index_ops;
+mod mask_rope_dropout;
+mod matmul;
+mod module_derive;
+mod norm_softmax;
+mod reduce;
+mod shape_ops;
+mod smoke_autograd;
