@@ -197,6 +197,7 @@ impl GradStore {
 
 /// Gradients of a loss with respect to every tensor that fed it without a
 /// node of its own (parameters and traced inputs), keyed by [`TensorId`].
+#[derive(Default)]
 pub struct Gradients {
     store: GradStore,
 }
@@ -222,6 +223,29 @@ impl Gradients {
             .grads
             .get_mut(&id)
             .and_then(|b| b.downcast_mut::<Vec<E>>())
+    }
+
+    /// Adds `scale * grad` to the gradient of `id` (creating it if absent),
+    /// in the dtype's compute type, rounding once per element. Gradient
+    /// accumulation over micro-batches uses it with `scale = 1 / accum`.
+    pub fn accumulate_scaled<E: FloatDtype>(&mut self, id: TensorId, grad: &[E], scale: f64) {
+        let s = <E::Acc as zerfoo_kernels::Real>::of_f64(scale);
+        match self.get_vec_mut::<E>(id) {
+            Some(acc) => {
+                debug_assert_eq!(acc.len(), grad.len());
+                for (a, g) in acc.iter_mut().zip(grad) {
+                    *a = E::from_acc(a.to_acc() + g.to_acc() * s);
+                }
+            }
+            None => {
+                let v: Vec<E> = if scale == 1.0 {
+                    grad.to_vec()
+                } else {
+                    grad.iter().map(|g| E::from_acc(g.to_acc() * s)).collect()
+                };
+                self.store.grads.insert(id, Box::new(v));
+            }
+        }
     }
 
     /// Removes the gradient of `id` and returns it.

@@ -33,6 +33,7 @@ pub mod optim;
 pub mod shape;
 pub mod tensor;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use tensor::Tensor;
