@@ -2,6 +2,8 @@
 //! the generic kernels instead of one per file (CI compile time). The graph
 //! memory test lives in its own binary because it reads a process-wide counter.
 
+mod attention;
+mod attn_ref;
 mod checkpoint;
 mod creation;
 mod dtypes;
@@ -15,3 +17,5 @@ mod norm_softmax;
 mod reduce;
 mod shape_ops;
 mod smoke_autograd;
+mod train_loop;
+mod transformer;

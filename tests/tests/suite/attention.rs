@@ -6,7 +6,7 @@
 //! inputs and every parameter, dtypes, run-time errors for `Dyn` dims, and
 //! code generic over dims.
 
-mod attn_ref;
+use crate::attn_ref;
 
 use attn_ref::{check_module_grads, RefAttn};
 use zerfoo::autograd::TapeState;

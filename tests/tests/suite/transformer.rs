@@ -5,7 +5,7 @@
 //! parameter paths, run-time errors for `Dyn` dims, and code generic over
 //! dims.
 
-mod attn_ref;
+use crate::attn_ref;
 
 use attn_ref::{check_module_grads, layer_norm, Lin, RefAttn, Rms};
 use zerfoo::autograd::TapeState;
