@@ -9,6 +9,9 @@ mod norm;
 
 pub use embedding::Embedding;
 pub use linear::Linear;
-pub use module::{join_path, Forward, Module, ParamInfo, ParamVisitor, ParamVisitorMut};
+pub use module::{
+    join_path, DtypeEq, FixedDtype, Forward, Module, ParamInfo, ParamVisitor, ParamVisitorMut,
+    ToDtype,
+};
 pub use norm::{LayerNorm, RmsNorm};
 pub use zerfoo_macros::Module;
