@@ -294,13 +294,16 @@ impl ParamVisitorMut for Update<'_> {
         };
         let lr = E::Acc::of_f64(self.opt.lr * group.lr_scale);
         let wd = E::Acc::of_f64(group.weight_decay);
-        let t = self.opt.step;
         let n = p.numel();
         let st = self
             .opt
             .state
             .entry(path.to_string())
             .or_insert_with(|| state::ParamState::new::<E::Acc>(&p.dims()));
+        // This parameter's own step, as PyTorch: a parameter that had no
+        // gradient (or was frozen) for a while gets Adam's full bias
+        // correction when it starts training.
+        let t = st.steps + 1;
         let one = E::Acc::of_f64(1.0);
         let data = p.data_mut();
         match self.opt.rule {
