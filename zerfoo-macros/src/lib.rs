@@ -92,12 +92,21 @@ pub fn dim(input: TokenStream) -> TokenStream {
 }
 
 /// Derives `zerfoo::nn::Module`: visits every field's parameters under the
-/// field's name (`blocks.3.attn.q_proj.weight`).
+/// field's name (`blocks.3.attn.q_proj.weight`), and `ToDtype` /
+/// `FixedDtype` so that `model.to_dtype::<bf16>()` rebuilds the struct with
+/// its dtype parameter replaced.
 ///
-/// Field options: `#[module(skip)]` for configuration values,
-/// `#[module(rename = "name")]` for the checkpoint name. Struct option:
-/// `#[module(sequential)]` also derives `Forward`, chaining the fields in
-/// order; the compiler checks that each output is the next input.
+/// Field options: `#[module(skip)]` for configuration values (cloned by
+/// `to_dtype`), `#[module(rename = "name")]` for the checkpoint name.
+/// Struct options: `#[module(sequential)]` also derives `Forward`, chaining
+/// the fields in order (the compiler checks that each output is the next
+/// input); `#[module(dtype = E)]` names the dtype parameter when it is not the
+/// single type parameter bounded by `FloatDtype`. A type parameter bounded by
+/// `Module` is a sub-module: `to_dtype` converts it along.
+///
+/// Every misuse (an enum or union, an unknown option, `rename` on a skipped
+/// field, `sequential` without a layer field, a field whose type is a bare
+/// dtype or dim parameter) is a compile error pointing at the spot.
 #[proc_macro_derive(Module, attributes(module))]
 pub fn derive_module(input: TokenStream) -> TokenStream {
     let input = syn::parse_macro_input!(input as syn::DeriveInput);

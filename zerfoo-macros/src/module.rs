@@ -1,25 +1,35 @@
-//! `#[derive(Module)]`: parameter traversal (and, with
-//! `#[module(sequential)]`, a chained `Forward`).
+//! `#[derive(Module)]`: parameter traversal, dtype moves (`ToDtype`) and,
+//! with `#[module(sequential)]`, a chained `Forward`.
+//!
+//! Every misuse is a `syn::Error` pointing at the offending spot; the macro
+//! never panics.
 
-use proc_macro2::{Span, TokenStream};
-use quote::{quote, quote_spanned};
+use std::collections::HashMap;
+
+use proc_macro2::{Span, TokenStream, TokenTree};
+use quote::{quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
-use syn::{Data, DeriveInput, Error, Fields, GenericParam, Ident, LitStr, Type};
+use syn::{
+    Data, DeriveInput, Error, GenericParam, Generics, Ident, LitStr, Member, Type, TypeParamBound,
+    WherePredicate,
+};
 
-/// One traversed field.
+/// One field of the struct (traversed or skipped).
 struct Field {
-    /// `self.<access>`
-    access: TokenStream,
+    /// `self.<member>`, and `Name { <member>: .. }` when rebuilding.
+    member: Member,
     /// Path segment in checkpoints.
     name: String,
     ty: Type,
+    skip: bool,
+    /// The field's type, where errors about it point.
     span: Span,
 }
 
 #[derive(Default)]
 struct FieldAttrs {
-    skip: bool,
-    rename: Option<String>,
+    skip: Option<Span>,
+    rename: Option<(String, Span)>,
 }
 
 fn field_attrs(attrs: &[syn::Attribute]) -> syn::Result<FieldAttrs> {
@@ -27,15 +37,20 @@ fn field_attrs(attrs: &[syn::Attribute]) -> syn::Result<FieldAttrs> {
     for attr in attrs.iter().filter(|a| a.path().is_ident("module")) {
         attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("skip") {
-                out.skip = true;
+                out.skip = Some(meta.path.span());
                 Ok(())
             } else if meta.path.is_ident("rename") {
                 let s: LitStr = meta.value()?.parse()?;
                 if s.value().is_empty() || s.value().contains('.') {
-                    return Err(meta.error("`rename` needs a non-empty name without dots"));
+                    return Err(Error::new(
+                        s.span(),
+                        "`rename` needs a non-empty name without dots",
+                    ));
                 }
-                out.rename = Some(s.value());
+                out.rename = Some((s.value(), meta.path.span()));
                 Ok(())
+            } else if meta.path.is_ident("sequential") || meta.path.is_ident("dtype") {
+                Err(meta.error("this option goes on the struct, not on a field"))
             } else {
                 Err(meta.error(
                     "unknown field option: expected `#[module(skip)]` or `#[module(rename = \"...\")]`",
@@ -43,40 +58,123 @@ fn field_attrs(attrs: &[syn::Attribute]) -> syn::Result<FieldAttrs> {
             }
         })?;
     }
-    if out.skip && out.rename.is_some() {
+    if let (Some(_), Some((_, span))) = (&out.skip, &out.rename) {
         return Err(Error::new(
-            attrs[0].span(),
-            "a skipped field has no checkpoint name: drop `rename` or `skip`",
+            *span,
+            "`rename` on a skipped field: a skipped field has no checkpoint name, drop `rename` or `skip`",
         ));
     }
     Ok(out)
 }
 
-fn struct_sequential(attrs: &[syn::Attribute]) -> syn::Result<bool> {
-    let mut seq = false;
+#[derive(Default)]
+struct StructOpts {
+    /// Where `sequential` was written.
+    sequential: Option<Span>,
+    /// `#[module(dtype = E)]`.
+    dtype: Option<Ident>,
+}
+
+fn struct_opts(attrs: &[syn::Attribute]) -> syn::Result<StructOpts> {
+    let mut out = StructOpts::default();
     for attr in attrs.iter().filter(|a| a.path().is_ident("module")) {
         attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("sequential") {
-                seq = true;
+                out.sequential = Some(meta.path.span());
                 Ok(())
+            } else if meta.path.is_ident("dtype") {
+                out.dtype = Some(meta.value()?.parse()?);
+                Ok(())
+            } else if meta.path.is_ident("skip") || meta.path.is_ident("rename") {
+                Err(meta.error("this option goes on a field, not on the struct"))
             } else {
-                Err(meta.error("unknown struct option: expected `#[module(sequential)]`"))
+                Err(meta.error(
+                    "unknown struct option: expected `#[module(sequential)]` or `#[module(dtype = E)]`",
+                ))
             }
         })?;
     }
-    Ok(seq)
+    Ok(out)
 }
 
-/// Whether `ty` mentions one of the struct's type parameters.
-fn mentions_generic(ty: &Type, params: &[Ident]) -> bool {
-    let text = quote!(#ty).to_string();
-    text.split(|c: char| !c.is_alphanumeric() && c != '_')
-        .any(|tok| params.iter().any(|p| p == tok))
+/// Whether `ty` mentions one of `params`.
+fn mentions(ty: &impl ToTokens, params: &[Ident]) -> bool {
+    fn walk(ts: TokenStream, params: &[Ident]) -> bool {
+        ts.into_iter().any(|tt| match tt {
+            TokenTree::Ident(i) => params.contains(&i),
+            TokenTree::Group(g) => walk(g.stream(), params),
+            _ => false,
+        })
+    }
+    walk(ty.to_token_stream(), params)
+}
+
+/// Replaces the type parameters in `map` by their new types, token by token
+/// (idents after `::`, `.` or a lifetime's `'` are left alone).
+fn subst(ts: TokenStream, map: &HashMap<Ident, TokenStream>) -> TokenStream {
+    let mut out = TokenStream::new();
+    let mut prev_blocks = false;
+    let mut prev_colon = false;
+    for tt in ts {
+        let (blocks, colon) = match &tt {
+            TokenTree::Punct(p) => (
+                p.as_char() == '.' || p.as_char() == '\'' || (p.as_char() == ':' && prev_colon),
+                p.as_char() == ':',
+            ),
+            _ => (false, false),
+        };
+        match tt {
+            TokenTree::Ident(ref i) if !prev_blocks && map.contains_key(i) => {
+                out.extend(map[i].clone());
+            }
+            TokenTree::Group(g) => {
+                let mut ng = proc_macro2::Group::new(g.delimiter(), subst(g.stream(), map));
+                ng.set_span(g.span());
+                out.extend([TokenTree::Group(ng)]);
+            }
+            other => out.extend([other]),
+        }
+        prev_blocks = blocks;
+        prev_colon = colon;
+    }
+    out
+}
+
+/// The trait bounds on type parameter `p`, inline and in the where clause.
+fn bounds_of<'a>(generics: &'a Generics, p: &Ident) -> Vec<&'a TypeParamBound> {
+    let mut out = Vec::new();
+    for gp in &generics.params {
+        if let GenericParam::Type(t) = gp {
+            if &t.ident == p {
+                out.extend(t.bounds.iter());
+            }
+        }
+    }
+    if let Some(w) = &generics.where_clause {
+        for pred in &w.predicates {
+            if let WherePredicate::Type(pt) = pred {
+                if let Type::Path(tp) = &pt.bounded_ty {
+                    if tp.qself.is_none() && tp.path.is_ident(p) {
+                        out.extend(pt.bounds.iter());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether one of `bounds` is a trait whose last path segment is `name`.
+fn has_bound(bounds: &[&TypeParamBound], name: &str) -> bool {
+    bounds.iter().any(|b| match b {
+        TypeParamBound::Trait(t) => t.path.segments.last().is_some_and(|s| s.ident == name),
+        _ => false,
+    })
 }
 
 pub fn derive(input: DeriveInput) -> syn::Result<TokenStream> {
     let name = &input.ident;
-    let sequential = struct_sequential(&input.attrs)?;
+    let opts = struct_opts(&input.attrs)?;
     let data = match &input.data {
         Data::Struct(s) => s,
         Data::Enum(e) => {
@@ -93,70 +191,81 @@ pub fn derive(input: DeriveInput) -> syn::Result<TokenStream> {
         }
     };
     let mut fields = Vec::new();
-    match &data.fields {
-        Fields::Named(named) => {
-            for f in &named.named {
-                let a = field_attrs(&f.attrs)?;
-                if a.skip {
-                    continue;
-                }
-                let ident = f.ident.clone().expect("named field");
-                fields.push(Field {
-                    access: quote!(#ident),
-                    name: a.rename.unwrap_or_else(|| ident.to_string()),
-                    ty: f.ty.clone(),
-                    span: f.ty.span(),
-                });
-            }
-        }
-        Fields::Unnamed(unnamed) => {
-            for (i, f) in unnamed.unnamed.iter().enumerate() {
-                let a = field_attrs(&f.attrs)?;
-                if a.skip {
-                    continue;
-                }
-                let index = syn::Index::from(i);
-                fields.push(Field {
-                    access: quote!(#index),
-                    name: a.rename.unwrap_or_else(|| i.to_string()),
-                    ty: f.ty.clone(),
-                    span: f.ty.span(),
-                });
-            }
-        }
-        Fields::Unit => {}
+    for (i, f) in data.fields.iter().enumerate() {
+        let a = field_attrs(&f.attrs)?;
+        let member = match &f.ident {
+            Some(ident) => Member::Named(ident.clone()),
+            None => Member::Unnamed(syn::Index::from(i)),
+        };
+        let default_name = match &f.ident {
+            Some(ident) => ident.to_string(),
+            None => i.to_string(),
+        };
+        fields.push(Field {
+            member,
+            name: a.rename.map(|(n, _)| n).unwrap_or(default_name),
+            ty: f.ty.clone(),
+            skip: a.skip.is_some(),
+            span: f.ty.span(),
+        });
     }
 
     let type_params: Vec<Ident> = input
         .generics
-        .params
-        .iter()
-        .filter_map(|p| match p {
-            GenericParam::Type(t) => Some(t.ident.clone()),
-            _ => None,
-        })
+        .type_params()
+        .map(|t| t.ident.clone())
         .collect();
-    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
-    let mut where_preds: Vec<TokenStream> = where_clause
-        .map(|w| w.predicates.iter().map(|p| quote!(#p)).collect())
-        .unwrap_or_default();
-    for f in &fields {
-        if mentions_generic(&f.ty, &type_params) {
-            let ty = &f.ty;
-            where_preds.push(quote!(#ty: ::zerfoo::nn::Module));
+
+    // A field whose type is a bare dtype or dim parameter can never be a module.
+    for f in fields.iter().filter(|f| !f.skip) {
+        if let Type::Path(tp) = &f.ty {
+            if let Some(p) = type_params
+                .iter()
+                .find(|p| tp.qself.is_none() && tp.path.is_ident(*p))
+            {
+                let bounds = bounds_of(&input.generics, p);
+                let kind = if has_bound(&bounds, "FloatDtype") || has_bound(&bounds, "Dtype") {
+                    Some("a dtype")
+                } else if has_bound(&bounds, "Dim") || has_bound(&bounds, "StaticDim") {
+                    Some("a dim")
+                } else {
+                    None
+                };
+                if let Some(kind) = kind {
+                    return Err(Error::new(
+                        f.span,
+                        format!(
+                            "this field's type `{p}` is {kind}, not a module: mark the field `#[module(skip)]`"
+                        ),
+                    ));
+                }
+            }
         }
     }
 
-    let visits = fields.iter().map(|f| {
-        let (access, path) = (&f.access, &f.name);
+    let traversed: Vec<&Field> = fields.iter().filter(|f| !f.skip).collect();
+    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    let own_preds: Vec<TokenStream> = where_clause
+        .map(|w| w.predicates.iter().map(|p| quote!(#p)).collect())
+        .unwrap_or_default();
+    let mut where_preds = own_preds.clone();
+    for f in &traversed {
+        if mentions(&f.ty, &type_params) {
+            let ty = &f.ty;
+            where_preds.push(quote_spanned!(f.span=> #ty: ::zerfoo::nn::Module));
+        }
+    }
+
+    let visits = traversed.iter().map(|f| {
+        let (member, path) = (&f.member, &f.name);
         quote_spanned! {f.span=>
-            ::zerfoo::nn::Module::visit_params(&self.#access, &::zerfoo::nn::join_path(prefix, #path), v);
+            ::zerfoo::nn::Module::visit_params(&self.#member, &::zerfoo::nn::join_path(prefix, #path), v);
         }
     });
-    let visits_mut = fields.iter().map(|f| {
-        let (access, path) = (&f.access, &f.name);
+    let visits_mut = traversed.iter().map(|f| {
+        let (member, path) = (&f.member, &f.name);
         quote_spanned! {f.span=>
-            ::zerfoo::nn::Module::visit_params_mut(&mut self.#access, &::zerfoo::nn::join_path(prefix, #path), v);
+            ::zerfoo::nn::Module::visit_params_mut(&mut self.#member, &::zerfoo::nn::join_path(prefix, #path), v);
         }
     });
 
@@ -173,19 +282,208 @@ pub fn derive(input: DeriveInput) -> syn::Result<TokenStream> {
         }
     };
 
-    if sequential {
-        out.extend(sequential_forward(&input, &fields)?);
+    out.extend(to_dtype_impl(&input, &opts, &fields, &type_params)?);
+    if let Some(span) = opts.sequential {
+        out.extend(sequential_forward(&input, &traversed, span)?);
     }
     Ok(out)
 }
 
+/// `impl<.., __E2: FloatDtype> ToDtype<__E2>`: the same struct with its dtype
+/// parameter replaced by `__E2` and every sub-module parameter (a type
+/// parameter bounded by `Module`) replaced by its own converted type.
+fn to_dtype_impl(
+    input: &DeriveInput,
+    opts: &StructOpts,
+    fields: &[Field],
+    type_params: &[Ident],
+) -> syn::Result<TokenStream> {
+    let name = &input.ident;
+    let generics = &input.generics;
+
+    // The dtype parameter: marked, or the one bounded by `FloatDtype`.
+    let dtype = match &opts.dtype {
+        Some(d) => {
+            if !type_params.contains(d) {
+                return Err(Error::new(
+                    d.span(),
+                    format!("`{d}` is not a type parameter of `{name}`"),
+                ));
+            }
+            Some(d.clone())
+        }
+        None => {
+            let floats: Vec<&Ident> = type_params
+                .iter()
+                .filter(|p| has_bound(&bounds_of(generics, p), "FloatDtype"))
+                .collect();
+            if floats.len() > 1 {
+                return Err(Error::new(
+                    floats[1].span(),
+                    format!(
+                        "`{}` and `{}` are both bounded by `FloatDtype`: mark the one `to_dtype` changes with `#[module(dtype = {})]` on the struct",
+                        floats[0], floats[1], floats[0]
+                    ),
+                ));
+            }
+            floats.first().map(|p| (*p).clone())
+        }
+    };
+    let modules: Vec<Ident> = type_params
+        .iter()
+        .filter(|p| Some(*p) != dtype.as_ref() && has_bound(&bounds_of(generics, p), "Module"))
+        .cloned()
+        .collect();
+    let mut map: HashMap<Ident, TokenStream> = HashMap::new();
+    if let Some(d) = &dtype {
+        map.insert(d.clone(), quote!(__E2));
+    }
+    for m in &modules {
+        map.insert(
+            m.clone(),
+            quote!(<#m as ::zerfoo::nn::ToDtype<__E2>>::Output),
+        );
+    }
+    let changing: Vec<Ident> = map.keys().cloned().collect();
+
+    let (_, ty_generics, where_clause) = generics.split_for_impl();
+    let mut impl_gen = generics.clone();
+    impl_gen
+        .params
+        .push(syn::parse_quote!(__E2: ::zerfoo::kernels::FloatDtype));
+    let (impl_generics, _, _) = impl_gen.split_for_impl();
+
+    let mut preds: Vec<TokenStream> = where_clause
+        .map(|w| w.predicates.iter().map(|p| quote!(#p)).collect())
+        .unwrap_or_default();
+    // The output type must satisfy the struct's own bounds.
+    for p in &changing {
+        let new = &map[p];
+        let bounds = bounds_of(generics, p);
+        if !bounds.is_empty() {
+            let b = bounds.iter().map(|b| subst(b.to_token_stream(), &map));
+            preds.push(quote!(#new: #(#b)+*));
+        }
+    }
+    if let Some(w) = where_clause {
+        for pred in &w.predicates {
+            if mentions(pred, &changing) {
+                preds.push(subst(pred.to_token_stream(), &map));
+            }
+        }
+    }
+    for m in &modules {
+        preds.push(quote!(#m: ::zerfoo::nn::ToDtype<__E2>));
+    }
+
+    let has_dtype = dtype.is_some();
+    let mut inits = Vec::new();
+    for f in fields {
+        let (ty, member) = (&f.ty, &f.member);
+        if !f.skip && !has_dtype && !mentions(ty, &changing) {
+            // No dtype parameter: the field must already have dtype `__E2`.
+            preds.push(quote_spanned!(f.span=> #ty: ::zerfoo::nn::FixedDtype<__E2>));
+            inits.push(quote_spanned!(f.span=>
+                #member: ::zerfoo::nn::FixedDtype::<__E2>::keep_dtype(&self.#member)
+            ));
+        } else if mentions(ty, &changing) {
+            let bare_module = matches!(ty, Type::Path(tp)
+                if tp.qself.is_none() && modules.iter().any(|m| tp.path.is_ident(m)));
+            if !bare_module {
+                // (for a bare sub-module parameter `M`, `M: ToDtype<__E2>` is above)
+                let new_ty = subst(ty.to_token_stream(), &map);
+                preds.push(
+                    quote_spanned!(f.span=> #ty: ::zerfoo::nn::ToDtype<__E2, Output = #new_ty>),
+                );
+            }
+            inits.push(quote_spanned!(f.span=>
+                #member: ::zerfoo::nn::ToDtype::<__E2>::convert_dtype(&self.#member)
+            ));
+        } else {
+            preds.push(clone_bound(f, type_params));
+            inits.push(clone_init(f));
+        }
+    }
+
+    let out_args = generics.params.iter().map(|gp| match gp {
+        GenericParam::Type(t) => subst(t.ident.to_token_stream(), &map),
+        GenericParam::Lifetime(l) => l.lifetime.to_token_stream(),
+        GenericParam::Const(c) => c.ident.to_token_stream(),
+    });
+    let out_ty = if generics.params.is_empty() {
+        quote!(#name)
+    } else {
+        quote!(#name<#(#out_args),*>)
+    };
+
+    // `FixedDtype<__E2>`: every parameter already has dtype `__E2`.
+    let mut fixed_preds: Vec<TokenStream> = where_clause
+        .map(|w| w.predicates.iter().map(|p| quote!(#p)).collect())
+        .unwrap_or_default();
+    let mut fixed_inits = Vec::new();
+    for f in fields {
+        let (ty, member) = (&f.ty, &f.member);
+        if f.skip {
+            fixed_preds.push(clone_bound(f, type_params));
+            fixed_inits.push(clone_init(f));
+        } else {
+            fixed_preds.push(quote_spanned!(f.span=> #ty: ::zerfoo::nn::FixedDtype<__E2>));
+            fixed_inits.push(quote_spanned!(f.span=>
+                #member: ::zerfoo::nn::FixedDtype::<__E2>::keep_dtype(&self.#member)
+            ));
+        }
+    }
+
+    Ok(quote! {
+        impl #impl_generics ::zerfoo::nn::ToDtype<__E2> for #name #ty_generics
+        where #(#preds,)*
+        {
+            type Output = #out_ty;
+            fn convert_dtype(&self) -> Self::Output {
+                #name { #(#inits,)* }
+            }
+        }
+        impl #impl_generics ::zerfoo::nn::FixedDtype<__E2> for #name #ty_generics
+        where #(#fixed_preds,)*
+        {
+            fn keep_dtype(&self) -> Self {
+                #name { #(#fixed_inits,)* }
+            }
+        }
+    })
+}
+
+/// `Ty: Clone` for a field copied as it is.
+fn clone_bound(f: &Field, type_params: &[Ident]) -> TokenStream {
+    let ty = &f.ty;
+    if mentions(ty, type_params) {
+        quote_spanned!(f.span=> #ty: ::core::clone::Clone)
+    } else {
+        // No generics in the bound: `for<'..>` keeps a field that is not
+        // `Clone` from being a "trivially false" bound (an error).
+        quote_spanned!(f.span=> for<'__z> #ty: ::core::clone::Clone)
+    }
+}
+
+/// `member: Clone::clone(&self.member)`.
+fn clone_init(f: &Field) -> TokenStream {
+    let member = &f.member;
+    quote_spanned!(f.span=> #member: ::core::clone::Clone::clone(&self.#member))
+}
+
 /// `impl<X> Forward<X>`: feeds `x` through the traversed fields in order.
-fn sequential_forward(input: &DeriveInput, fields: &[Field]) -> syn::Result<TokenStream> {
+fn sequential_forward(
+    input: &DeriveInput,
+    fields: &[&Field],
+    attr_span: Span,
+) -> syn::Result<TokenStream> {
     let name = &input.ident;
     if fields.is_empty() {
         return Err(Error::new(
-            name.span(),
-            "`#[module(sequential)]` needs at least one layer field",
+            attr_span,
+            format!(
+                "`#[module(sequential)]` needs at least one layer field, and every field of `{name}` is skipped or absent"
+            ),
         ));
     }
     let mut generics = input.generics.clone();
@@ -199,10 +497,10 @@ fn sequential_forward(input: &DeriveInput, fields: &[Field]) -> syn::Result<Toke
     let mut steps = Vec::new();
     for f in fields {
         let ty = &f.ty;
-        let access = &f.access;
+        let member = &f.member;
         preds.push(quote_spanned!(f.span=> #ty: ::zerfoo::nn::Forward<#input_ty>));
         steps.push(
-            quote_spanned!(f.span=> let x = ::zerfoo::nn::Forward::forward(&self.#access, x);),
+            quote_spanned!(f.span=> let x = ::zerfoo::nn::Forward::forward(&self.#member, x);),
         );
         input_ty = quote!(<#ty as ::zerfoo::nn::Forward<#input_ty>>::Output);
     }

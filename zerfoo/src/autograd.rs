@@ -267,6 +267,95 @@ impl Gradients {
     pub fn is_empty(&self) -> bool {
         self.store.grads.is_empty()
     }
+
+    /// No gradients: the start of a sum over micro-batches.
+    pub fn new() -> Self {
+        Gradients {
+            store: GradStore::default(),
+        }
+    }
+
+    /// Adds every gradient in `other` to this set (gradient accumulation:
+    /// `total.accumulate(loss.backward())` per micro-batch). Each sum is
+    /// computed in the dtype's compute type and rounded once, like `backward`.
+    ///
+    /// There is no `zero_grad`: parameters hold no gradient buffer, so
+    /// starting a fresh [`Gradients::new`] (or dropping the sum) is all it takes.
+    ///
+    /// ```
+    /// use zerfoo::prelude::*;
+    /// let w: Tensor<(U2,), f32> = Tensor::ones(Default::default());
+    /// let mut total = Gradients::new();
+    /// for k in [1.0, 2.0] {
+    ///     total.accumulate(w.retaped::<Tape>().mul_scalar(k).sum_all().backward());
+    /// }
+    /// assert_eq!(total.get(&w).unwrap().to_vec(), [3.0, 3.0]);
+    /// ```
+    pub fn accumulate(&mut self, other: Gradients) {
+        for (id, g) in other.store.grads {
+            match self.store.grads.get_mut(&id) {
+                Some(acc) => add_boxed(id, acc, g),
+                None => {
+                    self.store.grads.insert(id, g);
+                }
+            }
+        }
+    }
+
+    /// Multiplies every gradient by `factor` (e.g. `1 / micro_batches` to
+    /// average an accumulated sum), rounding once per element.
+    pub fn scale(&mut self, factor: f64) {
+        for (id, g) in self.store.grads.iter_mut() {
+            scale_boxed(*id, g, factor);
+        }
+    }
+}
+
+impl Default for Gradients {
+    fn default() -> Self {
+        Gradients::new()
+    }
+}
+
+/// Runs `$body` with `$v` bound to the `&mut Vec<$t>` inside `$b` for the
+/// float dtype it holds.
+macro_rules! with_float_vec {
+    ($id:expr, $b:expr, |$v:ident: $t:ident| $body:block) => {{
+        use zerfoo_kernels::{bf16, f16, F8E4M3, F8E5M2};
+        let b: &mut (dyn Any + Send + Sync) = $b;
+        with_float_vec!(@try b, $v, $t, $body, f64, f32, bf16, f16, F8E4M3, F8E5M2);
+        panic!("internal error: gradient of {:?} has no float dtype", $id);
+    }};
+    (@try $b:ident, $v:ident, $t:ident, $body:block, $($ty:ty),*) => {
+        $(
+            if let Some($v) = $b.downcast_mut::<Vec<$ty>>() {
+                #[allow(dead_code)]
+                type $t = $ty;
+                $body
+                return;
+            }
+        )*
+    };
+}
+
+fn add_boxed(id: TensorId, acc: &mut Box<dyn Any + Send + Sync>, g: Box<dyn Any + Send + Sync>) {
+    with_float_vec!(id, acc.as_mut(), |a: E| {
+        let g = g
+            .downcast::<Vec<E>>()
+            .unwrap_or_else(|_| panic!("internal error: gradient of {id:?} changed dtype"));
+        for (x, y) in a.iter_mut().zip(g.iter()) {
+            *x = E::from_acc(x.to_acc() + y.to_acc());
+        }
+    })
+}
+
+fn scale_boxed(id: TensorId, g: &mut Box<dyn Any + Send + Sync>, factor: f64) {
+    use zerfoo_kernels::Dtype;
+    with_float_vec!(id, g.as_mut(), |v: E| {
+        for x in v.iter_mut() {
+            *x = E::from_f64(x.to_f64() * factor);
+        }
+    })
 }
 
 /// Records an op whose output has id `out` and whose inputs carry `tapes`.

@@ -17,7 +17,10 @@ pub use attention::{
 };
 pub use embedding::Embedding;
 pub use linear::Linear;
-pub use module::{join_path, Forward, Module, ParamInfo, ParamVisitor, ParamVisitorMut};
+pub use module::{
+    join_path, DtypeEq, FixedDtype, Forward, Module, ParamInfo, ParamVisitor, ParamVisitorMut,
+    ToDtype,
+};
 pub use norm::{LayerNorm, RmsNorm};
 pub use position::{LearnedPositions, PositionEncoding, SinusoidalPositions};
 pub use transformer::{

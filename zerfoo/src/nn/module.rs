@@ -1,6 +1,27 @@
 //! [`Module`]: parameter traversal with dotted paths, which optimizers,
 //! checkpoints, freezing and parameter counts all reuse. `#[derive(Module)]`
-//! writes it for a struct.
+//! writes it for a struct, together with [`ToDtype`] (dtype moves).
+//!
+//! What the one traversal gives:
+//!
+//! - visiting every parameter by reference ([`Module::visit_params`]) and
+//!   mutably ([`Module::visit_params_mut`]), with its dotted path;
+//! - [`Module::num_params`] and [`Module::param_info`];
+//! - zeroing gradients: there is nothing to zero. `backward()` returns a fresh
+//!   [`Gradients`](crate::autograd::Gradients) value keyed by parameter id, and
+//!   parameters hold no gradient buffer. To accumulate over micro-batches, add
+//!   them up with [`Gradients::accumulate`](crate::autograd::Gradients::accumulate)
+//!   (and [`Gradients::scale`](crate::autograd::Gradients::scale) to average);
+//!   dropping the sum is the `zero_grad`;
+//! - freezing: [`Optimizer::freeze`](crate::optim::Optimizer::freeze) takes a
+//!   predicate on the dotted path;
+//! - dtype moves: [`Module::to_dtype`] (`model.to_dtype::<bf16>()`) builds the
+//!   same struct with its dtype parameter replaced;
+//! - checkpoints by path: [`io::save`](crate::io::save) / [`io::load`](crate::io::load).
+//!
+//! Device moves: only the `Cpu` device exists today, so there is nothing to
+//! move between; `to_device` arrives with the CUDA backend, derived the same
+//! way as [`ToDtype`].
 
 use zerfoo_kernels::{Cpu, DType, FloatDtype};
 
@@ -67,6 +88,127 @@ pub trait Module {
         let mut c = Collect(Vec::new());
         self.visit_params("", &mut c);
         c.0
+    }
+
+    /// The same module with its dtype parameter replaced by `E2`: every
+    /// parameter is converted (rounding to nearest even) into a new tensor
+    /// with a fresh id; configuration fields are cloned.
+    ///
+    /// `#[derive(Module)]` implements [`ToDtype`] for a struct generic over
+    /// its dtype (the type parameter bounded by `FloatDtype`, or the one named
+    /// by `#[module(dtype = E)]`). Fields whose type does not mention that
+    /// parameter keep their type (an `f32` norm stays `f32` in a `bf16`
+    /// model); a struct without a dtype parameter converts only to itself
+    /// ([`FixedDtype`]: parameterless layers nest anywhere, an `f32`-only
+    /// struct moves to `f32` only).
+    ///
+    /// ```
+    /// use zerfoo::nn::{Linear, Module};
+    /// use zerfoo::prelude::*;
+    /// dim!(In = 3);
+    /// dim!(Out = 2);
+    /// let m: Linear<In, Out, f64> = Linear::new(In, Out, true, 0);
+    /// let h: Linear<In, Out, bf16> = m.to_dtype::<bf16>();
+    /// assert_eq!(h.weight.to_vec()[0], bf16::from_f64(m.weight.to_vec()[0]));
+    /// ```
+    fn to_dtype<E2: FloatDtype>(&self) -> <Self as ToDtype<E2>>::Output
+    where
+        Self: ToDtype<E2> + Sized,
+    {
+        ToDtype::<E2>::convert_dtype(self)
+    }
+}
+
+/// A module (or a field of one) that can be rebuilt with dtype `E2`.
+/// Call it through [`Module::to_dtype`]; `#[derive(Module)]` implements it.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot change its dtype to `{E2}`",
+    label = "no dtype move to `{E2}` for this type",
+    note = "`to_dtype` replaces a struct's dtype parameter (the type parameter bounded by `FloatDtype`, or `#[module(dtype = E)]`); a struct without one, holding tensors of a fixed dtype, converts only to itself"
+)]
+pub trait ToDtype<E2: FloatDtype> {
+    /// The converted type.
+    type Output;
+    /// Builds the converted value (use [`Module::to_dtype`]).
+    fn convert_dtype(&self) -> Self::Output;
+}
+
+impl<S: Shape, E: FloatDtype, E2: FloatDtype> ToDtype<E2> for Tensor<S, E, Cpu, NoTape> {
+    type Output = Tensor<S, E2, Cpu, NoTape>;
+    fn convert_dtype(&self) -> Self::Output {
+        self.clone().to_dtype::<E2>()
+    }
+}
+
+impl<M: ToDtype<E2>, E2: FloatDtype> ToDtype<E2> for Vec<M> {
+    type Output = Vec<M::Output>;
+    fn convert_dtype(&self) -> Self::Output {
+        self.iter().map(ToDtype::convert_dtype).collect()
+    }
+}
+
+impl<M: ToDtype<E2>, E2: FloatDtype, const N: usize> ToDtype<E2> for [M; N] {
+    type Output = [M::Output; N];
+    fn convert_dtype(&self) -> Self::Output {
+        self.each_ref().map(ToDtype::convert_dtype)
+    }
+}
+
+impl<M: ToDtype<E2>, E2: FloatDtype> ToDtype<E2> for Option<M> {
+    type Output = Option<M::Output>;
+    fn convert_dtype(&self) -> Self::Output {
+        self.as_ref().map(ToDtype::convert_dtype)
+    }
+}
+
+/// A module whose parameters all have dtype `E2` already (or that has none):
+/// moving it to `E2` copies it. `#[derive(Module)]` implements it; a struct
+/// without a dtype parameter uses it for [`ToDtype`].
+pub trait FixedDtype<E2: FloatDtype>: Sized {
+    /// A copy with fresh parameter ids.
+    fn keep_dtype(&self) -> Self;
+}
+
+/// `E` is `E2`: the check behind [`FixedDtype`] for a tensor.
+#[diagnostic::on_unimplemented(
+    message = "a `{Self}` parameter cannot become `{E2}`: its struct has no dtype parameter",
+    label = "`to_dtype::<{E2}>()` needs this parameter to change dtype",
+    note = "make the struct generic over its dtype (`E: FloatDtype`, used in its fields) so `to_dtype` can replace it"
+)]
+pub trait DtypeEq<E2> {}
+impl<E: FloatDtype> DtypeEq<E> for E {}
+
+impl<S: Shape, E: FloatDtype + DtypeEq<E2>, E2: FloatDtype> FixedDtype<E2>
+    for Tensor<S, E, Cpu, NoTape>
+{
+    fn keep_dtype(&self) -> Self {
+        self.clone().to_dtype::<E>()
+    }
+}
+
+impl<M: FixedDtype<E2>, E2: FloatDtype> FixedDtype<E2> for Vec<M> {
+    fn keep_dtype(&self) -> Self {
+        self.iter().map(FixedDtype::keep_dtype).collect()
+    }
+}
+
+impl<M: FixedDtype<E2>, E2: FloatDtype, const N: usize> FixedDtype<E2> for [M; N] {
+    fn keep_dtype(&self) -> Self {
+        self.each_ref().map(FixedDtype::keep_dtype)
+    }
+}
+
+impl<M: FixedDtype<E2>, E2: FloatDtype> FixedDtype<E2> for Option<M> {
+    fn keep_dtype(&self) -> Self {
+        self.as_ref().map(FixedDtype::keep_dtype)
+    }
+}
+
+/// A skipped `PhantomData<E>` follows the dtype parameter.
+impl<E: FloatDtype, E2: FloatDtype> ToDtype<E2> for core::marker::PhantomData<E> {
+    type Output = core::marker::PhantomData<E2>;
+    fn convert_dtype(&self) -> Self::Output {
+        core::marker::PhantomData
     }
 }
 
@@ -143,6 +285,11 @@ impl<M: Module> Module for Option<M> {
 /// A module's forward pass on input `X`. `#[module(sequential)]` derives it by
 /// chaining the fields, so the compiler checks that each output is the next
 /// layer's input.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot take `{X}` as input",
+    label = "this layer's input does not fit",
+    note = "in a `#[module(sequential)]` model each layer's output is the next layer's input: check the dims where they meet"
+)]
 pub trait Forward<X> {
     /// What the forward pass returns.
     type Output;

@@ -3,7 +3,10 @@
 //! gradient clipping and learning-rate schedules.
 //!
 //! Optimizers walk the model with the [`Module`] traversal and look up each
-//! parameter's gradient by id. State (momentum, Adam moments) is kept per
+//! parameter's gradient by id. Freezing ([`Optimizer::freeze`]) is a predicate
+//! on the dotted path; gradient accumulation sums [`Gradients`] values
+//! ([`Gradients::accumulate`]); the state saves to a safetensors file
+//! ([`Optimizer::save_state`] / [`Optimizer::load_state`]). State (momentum, Adam moments) is kept per
 //! parameter path in the parameter's compute type (`f32` for f8/f16/bf16/f32
 //! parameters, `f64` for f64), so f64 models reproduce PyTorch to rounding.
 
@@ -37,6 +40,9 @@ pub struct GroupConfig {
 
 /// Chooses a parameter's group from its dotted path.
 pub type GroupFn = Box<dyn Fn(&str) -> usize + Send + Sync>;
+
+/// Decides from a dotted path whether a parameter is frozen.
+pub type FreezeFn = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// The usual split: no weight decay on biases and norm weights (paths whose
 /// last segment is `bias`, or that contain `norm` or `ln`).
@@ -89,6 +95,7 @@ pub struct Optimizer {
     group_of: GroupFn,
     step: u64,
     state: HashMap<String, state::ParamState>,
+    frozen: Vec<FreezeFn>,
 }
 
 impl Optimizer {
@@ -149,7 +156,58 @@ impl Optimizer {
             group_of: Box::new(|_| 0),
             step: 0,
             state: HashMap::new(),
+            frozen: Vec::new(),
         }
+    }
+
+    /// Freezes every parameter whose dotted path satisfies `frozen`: [`step`](Self::step)
+    /// leaves it alone entirely (no update, no weight decay, no state), as if
+    /// it had no gradient. Several calls freeze the union.
+    ///
+    /// `backward` still computes a frozen parameter's gradient; to keep it
+    /// out of [`clip_grad_norm`] too, drop it first with
+    /// [`remove_frozen_grads`](Self::remove_frozen_grads).
+    ///
+    /// ```
+    /// use zerfoo::optim::Optimizer;
+    /// let opt = Optimizer::sgd(0.1, 0.0, 0.0, false).freeze(|path| path.starts_with("embed."));
+    /// assert!(opt.is_frozen("embed.weight"));
+    /// assert!(!opt.is_frozen("head.weight"));
+    /// ```
+    pub fn freeze(mut self, frozen: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        self.frozen.push(Box::new(frozen));
+        self
+    }
+
+    /// Unfreezes every parameter (e.g. after a warm-up of the new layers).
+    pub fn unfreeze_all(&mut self) {
+        self.frozen.clear();
+    }
+
+    /// Whether the parameter at `path` is frozen.
+    pub fn is_frozen(&self, path: &str) -> bool {
+        self.frozen.iter().any(|f| f(path))
+    }
+
+    /// Removes the gradients of `module`'s frozen parameters from `grads`, so
+    /// that clipping and logging see exactly what [`step`](Self::step) uses.
+    pub fn remove_frozen_grads<M: Module>(&self, module: &M, grads: &mut Gradients) {
+        struct Remove<'a> {
+            opt: &'a Optimizer,
+            grads: &'a mut Gradients,
+        }
+        impl crate::nn::ParamVisitor for Remove<'_> {
+            fn visit<S: Shape, E: FloatDtype>(
+                &mut self,
+                path: &str,
+                p: &Tensor<S, E, Cpu, NoTape>,
+            ) {
+                if self.opt.is_frozen(path) {
+                    self.grads.remove::<E>(p.id());
+                }
+            }
+        }
+        module.visit_params("", &mut Remove { opt: self, grads });
     }
 
     /// Splits parameters into groups: `group_of(path)` picks an index into `groups`.
@@ -220,6 +278,9 @@ impl ParamVisitorMut for Update<'_> {
         let Some(g) = self.grads.get_vec::<E>(p.id()) else {
             return;
         };
+        if self.opt.is_frozen(path) {
+            return;
+        }
         let gi = (self.opt.group_of)(path);
         let Some(group) = self.opt.groups.get(gi).copied() else {
             self.error = Some(crate::Error::InvalidArgument {
@@ -233,13 +294,16 @@ impl ParamVisitorMut for Update<'_> {
         };
         let lr = E::Acc::of_f64(self.opt.lr * group.lr_scale);
         let wd = E::Acc::of_f64(group.weight_decay);
-        let t = self.opt.step;
         let n = p.numel();
         let st = self
             .opt
             .state
             .entry(path.to_string())
-            .or_insert_with(|| state::ParamState::new::<E::Acc>(n));
+            .or_insert_with(|| state::ParamState::new::<E::Acc>(&p.dims()));
+        // This parameter's own step, as PyTorch: a parameter that had no
+        // gradient (or was frozen) for a while gets Adam's full bias
+        // correction when it starts training.
+        let t = st.steps + 1;
         let one = E::Acc::of_f64(1.0);
         let data = p.data_mut();
         match self.opt.rule {

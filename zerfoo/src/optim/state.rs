@@ -1,24 +1,45 @@
-//! Per-parameter optimizer state, and saving it.
+//! Per-parameter optimizer state, snapshots of it, and saving it to a
+//! safetensors file.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
 
-use zerfoo_kernels::Real;
+use safetensors::tensor::{Dtype as StDtype, TensorView};
+use zerfoo_kernels::{DType, Real};
+
+use super::{Optimizer, Rule};
+use crate::io::{parse_safetensors, read_file, write_atomic};
+use crate::nn::Module;
+use crate::{Error, Result};
 
 /// State of one parameter: up to two buffers in its compute type.
 pub(crate) struct ParamState {
     pub(crate) steps: u64,
     /// `Vec<A>` buffers (`A` = the parameter's compute type).
     slots: [Box<dyn std::any::Any + Send + Sync>; 2],
-    /// The same buffers as f64, refreshed on demand for saving.
+    /// Number of elements of each buffer.
     len: usize,
+    /// The parameter's dims (the shape of the buffers on disk).
+    dims: Vec<usize>,
 }
 
 impl ParamState {
-    pub(crate) fn new<A: Real>(n: usize) -> Self {
+    pub(crate) fn new<A: Real>(dims: &[usize]) -> Self {
+        let n = dims.iter().product();
         ParamState {
             steps: 0,
             slots: [Box::new(vec![A::zero(); n]), Box::new(vec![A::zero(); n])],
             len: n,
+            dims: dims.to_vec(),
+        }
+    }
+
+    /// Fresh state in the compute type of a parameter of dtype `dtype`.
+    fn for_dtype(dtype: DType, dims: &[usize]) -> Self {
+        if dtype == DType::F64 {
+            ParamState::new::<f64>(dims)
+        } else {
+            ParamState::new::<f32>(dims)
         }
     }
 
@@ -110,16 +131,293 @@ impl super::Optimizer {
                     ),
                 });
             }
-            let mut st = if info.dtype == zerfoo_kernels::DType::F64 {
-                ParamState::new::<f64>(n)
-            } else {
-                ParamState::new::<f32>(n)
-            };
+            let mut st = ParamState::for_dtype(info.dtype, &info.dims);
             st.set_f64(0, &bufs[0]);
             st.set_f64(1, &bufs[1]);
             st.steps = *steps;
             self.state.insert(info.path, st);
         }
         Ok(())
+    }
+}
+
+/// `format` in the metadata of an optimizer-state file.
+const FORMAT: &str = "zerfoo-optimizer-state";
+/// `version` in the metadata.
+const VERSION: &str = "1";
+
+/// The update rule as one line of metadata: `adamw beta1=0.9 beta2=0.95 eps=1e-8`.
+fn rule_to_string(rule: Rule) -> String {
+    match rule {
+        Rule::Sgd {
+            momentum,
+            dampening,
+            nesterov,
+        } => format!("sgd momentum={momentum:?} dampening={dampening:?} nesterov={nesterov}"),
+        Rule::Adam { beta1, beta2, eps } => {
+            format!("adam beta1={beta1:?} beta2={beta2:?} eps={eps:?}")
+        }
+        Rule::AdamW { beta1, beta2, eps } => {
+            format!("adamw beta1={beta1:?} beta2={beta2:?} eps={eps:?}")
+        }
+    }
+}
+
+/// Parses [`rule_to_string`]'s output.
+fn rule_from_str(s: &str) -> Option<Rule> {
+    let mut words = s.split_whitespace();
+    let kind = words.next()?;
+    let mut kv = HashMap::new();
+    for w in words {
+        let (k, v) = w.split_once('=')?;
+        kv.insert(k, v);
+    }
+    let f = |k: &str| kv.get(k).and_then(|v| v.parse::<f64>().ok());
+    let rule = match kind {
+        "sgd" => Rule::Sgd {
+            momentum: f("momentum")?,
+            dampening: f("dampening")?,
+            nesterov: kv.get("nesterov")?.parse().ok()?,
+        },
+        "adam" | "adamw" => {
+            let (beta1, beta2, eps) = (f("beta1")?, f("beta2")?, f("eps")?);
+            if kind == "adam" {
+                Rule::Adam { beta1, beta2, eps }
+            } else {
+                Rule::AdamW { beta1, beta2, eps }
+            }
+        }
+        _ => return None,
+    };
+    Some(rule)
+}
+
+fn format_err(reason: impl Into<String>) -> Error {
+    Error::Format {
+        what: "optimizer state file".into(),
+        reason: reason.into(),
+    }
+}
+
+fn le_f64_bytes(values: &[f64]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+impl Optimizer {
+    /// Saves the optimizer's state to a safetensors file, atomically: every
+    /// parameter's buffers as f64 tensors `state.<path>.0` and
+    /// `state.<path>.1` (shaped like the parameter; exact for the f32/f64
+    /// compute types), and in the metadata the step count, the learning
+    /// rate, the rule and each parameter's own step count (`steps.<path>`).
+    ///
+    /// Group settings and frozen predicates are code, not state: build the
+    /// optimizer the same way before [`load_state`](Self::load_state).
+    pub fn save_state(&self, path: impl AsRef<Path>) -> Result<()> {
+        let bytes = self.state_to_bytes()?;
+        write_atomic(path.as_ref(), &bytes)
+    }
+
+    /// The bytes [`save_state`](Self::save_state) writes.
+    pub fn state_to_bytes(&self) -> Result<Vec<u8>> {
+        let mut metadata = HashMap::new();
+        metadata.insert("format".to_string(), FORMAT.to_string());
+        metadata.insert("version".to_string(), VERSION.to_string());
+        metadata.insert("step".to_string(), self.step.to_string());
+        metadata.insert("lr".to_string(), format!("{:?}", self.lr));
+        metadata.insert("rule".to_string(), rule_to_string(self.rule));
+        let mut paths: Vec<&String> = self.state.keys().collect();
+        paths.sort();
+        let mut buffers = Vec::new();
+        for p in paths {
+            let st = &self.state[p];
+            metadata.insert(format!("steps.{p}"), st.steps.to_string());
+            for i in 0..2 {
+                buffers.push((
+                    format!("state.{p}.{i}"),
+                    st.dims.clone(),
+                    le_f64_bytes(&st.as_f64(i)),
+                ));
+            }
+        }
+        let views: Vec<(String, TensorView<'_>)> = buffers
+            .iter()
+            .map(|(name, dims, bytes)| {
+                TensorView::new(StDtype::F64, dims.clone(), bytes)
+                    .map(|v| (name.clone(), v))
+                    .map_err(|e| Error::Format {
+                        what: "optimizer state tensor".into(),
+                        reason: e.to_string(),
+                    })
+            })
+            .collect::<Result<_>>()?;
+        safetensors::tensor::serialize(views, Some(metadata)).map_err(|e| Error::Format {
+            what: "optimizer state output".into(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Loads a file written by [`save_state`](Self::save_state) for the
+    /// parameters of `module`, strictly: the rule must be this optimizer's,
+    /// every state tensor must belong to a parameter of `module` (error
+    /// naming the tensor otherwise), be f64 and have the parameter's shape,
+    /// and come in pairs. A parameter without state in the file starts fresh
+    /// (it had no gradient yet, or was frozen). A malformed file is
+    /// [`Error::Format`]. On any error the optimizer is left unchanged.
+    pub fn load_state<M: Module>(&mut self, path: impl AsRef<Path>, module: &M) -> Result<()> {
+        let bytes = read_file(path.as_ref())?;
+        self.load_state_bytes(&bytes, module)
+    }
+
+    /// [`load_state`](Self::load_state) from bytes.
+    pub fn load_state_bytes<M: Module>(&mut self, bytes: &[u8], module: &M) -> Result<()> {
+        let file = parse_safetensors(bytes, "optimizer state file")?;
+        let (_, header) =
+            safetensors::SafeTensors::read_metadata(bytes).map_err(|e| Error::Format {
+                what: "optimizer state file".into(),
+                reason: e.to_string(),
+            })?;
+        let meta = header
+            .metadata()
+            .as_ref()
+            .ok_or_else(|| format_err("no metadata: not an optimizer state file"))?;
+        let get = |k: &str| {
+            meta.get(k)
+                .ok_or_else(|| format_err(format!("metadata `{k}` is missing")))
+        };
+        if get("format")? != FORMAT {
+            return Err(format_err(format!(
+                "metadata `format` is `{}`, expected `{FORMAT}`",
+                meta["format"]
+            )));
+        }
+        if get("version")? != VERSION {
+            return Err(format_err(format!(
+                "version `{}` is not supported (this build reads version {VERSION})",
+                meta["version"]
+            )));
+        }
+        let step: u64 = get("step")?
+            .parse()
+            .map_err(|_| format_err("metadata `step` is not an integer"))?;
+        let lr: f64 = get("lr")?
+            .parse()
+            .map_err(|_| format_err("metadata `lr` is not a number"))?;
+        let rule = rule_from_str(get("rule")?).ok_or_else(|| {
+            format_err(format!("metadata `rule` is unreadable: `{}`", meta["rule"]))
+        })?;
+        if rule != self.rule {
+            return Err(Error::Checkpoint {
+                tensor: "__metadata__.rule".into(),
+                reason: format!(
+                    "the file holds state for `{}`, this optimizer is `{}`",
+                    rule_to_string(rule),
+                    rule_to_string(self.rule)
+                ),
+            });
+        }
+
+        let params: HashMap<String, crate::nn::ParamInfo> = module
+            .param_info()
+            .into_iter()
+            .map(|p| (p.path.clone(), p))
+            .collect();
+        // Every parameter with a step count, in a fixed order.
+        let mut with_state = BTreeSet::new();
+        for (k, v) in meta {
+            let Some(p) = k.strip_prefix("steps.") else {
+                continue;
+            };
+            if !params.contains_key(p) {
+                return Err(Error::Checkpoint {
+                    tensor: format!("state.{p}"),
+                    reason: "in the optimizer state but not a parameter of the module".into(),
+                });
+            }
+            let steps: u64 = v
+                .parse()
+                .map_err(|_| format_err(format!("metadata `{k}` is not an integer")))?;
+            with_state.insert((p.to_string(), steps));
+        }
+        let mut expected = BTreeSet::new();
+        let mut state = HashMap::new();
+        for (p, steps) in with_state {
+            let info = &params[&p];
+            let mut st = ParamState::for_dtype(info.dtype, &info.dims);
+            for i in 0..2 {
+                let name = format!("state.{p}.{i}");
+                let view = file.tensor(&name).map_err(|_| Error::Checkpoint {
+                    tensor: name.clone(),
+                    reason: "missing from the optimizer state".into(),
+                })?;
+                if view.dtype() != StDtype::F64 {
+                    return Err(Error::Checkpoint {
+                        tensor: name,
+                        reason: format!("dtype {:?} in the file, expected F64", view.dtype()),
+                    });
+                }
+                if view.shape() != &*info.dims {
+                    return Err(Error::Checkpoint {
+                        tensor: name,
+                        reason: format!(
+                            "shape {:?} in the file, the parameter is {:?}",
+                            view.shape(),
+                            &*info.dims
+                        ),
+                    });
+                }
+                let values: Vec<f64> = view
+                    .data()
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+                    .collect();
+                st.set_f64(i, &values);
+                expected.insert(name);
+            }
+            st.steps = steps;
+            state.insert(p, st);
+        }
+        let mut names = file.names();
+        names.sort();
+        if let Some(extra) = names.into_iter().find(|n| !expected.contains(*n)) {
+            return Err(Error::Checkpoint {
+                tensor: extra.to_string(),
+                reason: "in the optimizer state but not a buffer of a parameter of the module"
+                    .into(),
+            });
+        }
+        self.step = step;
+        self.lr = lr;
+        self.state = state;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_round_trip_through_metadata() {
+        for rule in [
+            Rule::Sgd {
+                momentum: 0.9,
+                dampening: 0.1,
+                nesterov: true,
+            },
+            Rule::Adam {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+            },
+            Rule::AdamW {
+                beta1: 0.85,
+                beta2: 0.95,
+                eps: 3e-7,
+            },
+        ] {
+            assert_eq!(rule_from_str(&rule_to_string(rule)), Some(rule));
+        }
+        assert_eq!(rule_from_str("rmsprop alpha=0.9"), None);
+        assert_eq!(rule_from_str("adam beta1=0.9"), None);
     }
 }
