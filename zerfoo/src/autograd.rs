@@ -197,7 +197,6 @@ impl GradStore {
 
 /// Gradients of a loss with respect to every tensor that fed it without a
 /// node of its own (parameters and traced inputs), keyed by [`TensorId`].
-#[derive(Default)]
 pub struct Gradients {
     store: GradStore,
 }

@@ -14,6 +14,7 @@ mod mask_rope_dropout;
 mod matmul;
 mod module_derive;
 mod norm_softmax;
+mod optim_state;
 mod reduce;
 mod shape_ops;
 mod smoke_autograd;
