@@ -6,6 +6,7 @@
 pub mod binary;
 pub mod elementwise;
 pub mod index;
+pub mod loss;
 pub mod mask;
 pub mod matmul;
 pub mod norm;

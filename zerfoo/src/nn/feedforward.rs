@@ -1,0 +1,148 @@
+//! Transformer feed-forward blocks: [`FeedForward`] (`Linear -> act ->
+//! Linear`, GPT-2's MLP) and [`GatedFeedForward`] (`down(act(gate(x)) *
+//! up(x))`: [`SwiGlu`] in LLaMA, [`GeGlu`] in Gemma).
+
+use zerfoo_kernels::{Cpu, FloatDtype};
+
+use super::{Activation, Forward, Gelu, GeluTanh, Linear, Silu};
+use crate::autograd::TapeState;
+use crate::shape::{Dim, Shape};
+use crate::tensor::Tensor;
+
+/// `fc2(act(fc1(x)))` from width `D` through `H` hidden units back to `D`
+/// (`act` = GELU by default), over the last axis of `x`.
+///
+/// ```
+/// use zerfoo::nn::{FeedForward, Forward, Module};
+/// use zerfoo::prelude::*;
+/// dim!(Model = 4);
+/// dim!(Hidden = 16);
+/// let mlp: FeedForward<Model, Hidden, f32> = FeedForward::new(Model, Hidden, true, 0);
+/// let x: Tensor<(Dyn, U3, Model), f32> = Tensor::randn((Dyn(2), U3::default(), Model), 1);
+/// assert_eq!(mlp.forward(x).dims(), [2, 3, 4]);
+/// assert_eq!(mlp.num_params(), 4 * 16 + 16 + 16 * 4 + 4);
+/// ```
+#[derive(crate::nn::Module, Clone, Debug)]
+pub struct FeedForward<D: Dim, H: Dim, E: FloatDtype, A: Activation = Gelu> {
+    /// `D -> H`.
+    pub fc1: Linear<D, H, E>,
+    /// The nonlinearity (no parameters).
+    pub act: A,
+    /// `H -> D`.
+    pub fc2: Linear<H, D, E>,
+}
+
+impl<D: Dim, H: Dim, E: FloatDtype, A: Activation> FeedForward<D, H, E, A> {
+    /// PyTorch's default initialization of both layers, from a seed.
+    pub fn new(d: D, h: H, bias: bool, seed: u64) -> Self {
+        FeedForward {
+            fc1: Linear::new(d, h, bias, seed),
+            act: A::default(),
+            fc2: Linear::new(h, d, bias, seed.wrapping_add(2)),
+        }
+    }
+
+    /// A block from its two layers.
+    pub fn from_parts(fc1: Linear<D, H, E>, fc2: Linear<H, D, E>) -> Self {
+        FeedForward {
+            fc1,
+            act: A::default(),
+            fc2,
+        }
+    }
+}
+
+impl<D, H, E, A, S, S2, T> Forward<Tensor<S, E, Cpu, T>> for FeedForward<D, H, E, A>
+where
+    D: Dim,
+    H: Dim,
+    E: FloatDtype,
+    A: Activation,
+    S: Shape,
+    S2: Shape,
+    T: TapeState,
+    Linear<D, H, E>: Forward<Tensor<S, E, Cpu, T>, Output = Tensor<S2, E, Cpu, T>>,
+    Linear<H, D, E>: Forward<Tensor<S2, E, Cpu, T>>,
+{
+    type Output = <Linear<H, D, E> as Forward<Tensor<S2, E, Cpu, T>>>::Output;
+    fn forward(&self, x: Tensor<S, E, Cpu, T>) -> Self::Output {
+        self.fc2.forward(self.act.apply(self.fc1.forward(x)))
+    }
+}
+
+/// A gated feed-forward block, `w2(act(w1(x)) * w3(x))`, with LLaMA's
+/// names: `w1` the gate (`D -> H`), `w3` the up projection (`D -> H`), `w2`
+/// the down projection (`H -> D`) — HF's `gate_proj`, `up_proj`,
+/// `down_proj`. With `act` = SiLU it is [`SwiGlu`], with GELU [`GeGlu`].
+///
+/// ```
+/// use zerfoo::nn::{Forward, Module, SwiGlu};
+/// use zerfoo::prelude::*;
+/// dim!(Model = 4);
+/// dim!(Hidden = 6);
+/// let ffn: SwiGlu<Model, Hidden, f64> = SwiGlu::new(Model, Hidden, false, 0);
+/// let x: Tensor<(U3, Model), f64> = Tensor::randn(Default::default(), 1);
+/// assert_eq!(ffn.forward(x).dims(), [3, 4]);
+/// let paths: Vec<String> = ffn.param_info().into_iter().map(|p| p.path).collect();
+/// assert_eq!(paths, ["w1.weight", "w2.weight", "w3.weight"]);
+/// ```
+#[derive(crate::nn::Module, Clone, Debug)]
+pub struct GatedFeedForward<D: Dim, H: Dim, E: FloatDtype, A: Activation> {
+    /// The gate, `D -> H`.
+    pub w1: Linear<D, H, E>,
+    /// The down projection, `H -> D`.
+    pub w2: Linear<H, D, E>,
+    /// The up projection, `D -> H`.
+    pub w3: Linear<D, H, E>,
+    /// The gate's nonlinearity (no parameters).
+    pub act: A,
+}
+
+/// LLaMA's feed-forward block: `w2(silu(w1(x)) * w3(x))`.
+pub type SwiGlu<D, H, E> = GatedFeedForward<D, H, E, Silu>;
+/// GELU-gated feed-forward (exact GELU): `w2(gelu(w1(x)) * w3(x))`.
+pub type GeGlu<D, H, E> = GatedFeedForward<D, H, E, Gelu>;
+/// Gemma's GELU-gated feed-forward (tanh GELU).
+pub type GeGluTanh<D, H, E> = GatedFeedForward<D, H, E, GeluTanh>;
+
+impl<D: Dim, H: Dim, E: FloatDtype, A: Activation> GatedFeedForward<D, H, E, A> {
+    /// PyTorch's default initialization of the three layers, from a seed.
+    pub fn new(d: D, h: H, bias: bool, seed: u64) -> Self {
+        GatedFeedForward {
+            w1: Linear::new(d, h, bias, seed),
+            w2: Linear::new(h, d, bias, seed.wrapping_add(2)),
+            w3: Linear::new(d, h, bias, seed.wrapping_add(4)),
+            act: A::default(),
+        }
+    }
+
+    /// A block from its gate, down and up layers.
+    pub fn from_parts(w1: Linear<D, H, E>, w2: Linear<H, D, E>, w3: Linear<D, H, E>) -> Self {
+        GatedFeedForward {
+            w1,
+            w2,
+            w3,
+            act: A::default(),
+        }
+    }
+}
+
+impl<D, H, E, A, S, S2, T> Forward<Tensor<S, E, Cpu, T>> for GatedFeedForward<D, H, E, A>
+where
+    D: Dim,
+    H: Dim,
+    E: FloatDtype,
+    A: Activation,
+    S: Shape,
+    S2: Shape,
+    T: TapeState,
+    Linear<D, H, E>: Forward<Tensor<S, E, Cpu, T>, Output = Tensor<S2, E, Cpu, T>>,
+    Linear<H, D, E>: Forward<Tensor<S2, E, Cpu, T>>,
+{
+    type Output = <Linear<H, D, E> as Forward<Tensor<S2, E, Cpu, T>>>::Output;
+    fn forward(&self, x: Tensor<S, E, Cpu, T>) -> Self::Output {
+        let gate = self.act.apply(self.w1.forward(x.clone()));
+        let up = self.w3.forward(x);
+        self.w2.forward(gate * up)
+    }
+}
