@@ -762,7 +762,13 @@ fn pool_and_flatten_layers() {
     assert_eq!(f.to_vec(), m.to_vec());
     let fd = Flatten::<Dyn>::new().forward(m);
     assert_eq!(fd.dims(), [2, 27]);
-    check_grad1(x, |x| weighted_sum(x.flatten::<U108>(), 1));
+    check_grad1(x.clone(), |x| weighted_sum(x.flatten::<U108>(), 1));
+    // a non-contiguous input is copied in row-major order of its view
+    let xt = x.clone().transpose::<2, 3>();
+    assert_eq!(xt.clone().flatten::<Dyn>().to_vec(), xt.to_vec());
+    check_grad1(x, |x| {
+        weighted_sum(x.transpose::<2, 3>().flatten::<U108>(), 2)
+    });
     assert_eq!(MaxPool2d::new(Pool2dConfig::<U2>::new()).num_params(), 0);
 }
 

@@ -12,8 +12,8 @@
 //! [`BatchNorm2d`] keeps `running_mean` and `running_var` in [`Buffer`]s. A
 //! buffer is visited by the [`Module`] traversal like a parameter, so it is
 //! saved to and loaded from checkpoints under its path
-//! (`bn1.running_mean`, as in PyTorch's `state_dict`), moved and counted
-//! with the rest. It never receives a gradient: batch norm reads the running
+//! (`bn1.running_mean`, as in PyTorch's `state_dict`) and listed by
+//! [`Module::param_info`]. It never receives a gradient: batch norm reads the running
 //! statistics as plain numbers (they never enter a graph), and optimizers
 //! update only tensors that have a gradient, so no optimizer (weight decay
 //! included) touches them. The layer updates them itself during a training
@@ -83,10 +83,7 @@ impl<S: Shape, E: FloatDtype> Clone for Buffer<S, E> {
     }
 }
 
-impl<S: Shape, E: FloatDtype> fmt::Debug for Buffer<S, E>
-where
-    Tensor<S, E>: fmt::Debug,
-{
+impl<S: Shape, E: FloatDtype> fmt::Debug for Buffer<S, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("Buffer").field(&*self.lock()).finish()
     }
@@ -403,7 +400,7 @@ impl<C: Dim, E: FloatDtype> BatchNorm2d<C, E> {
             let (y, stats) = x.try_batch_norm2d(&w, &b, self.eps)?;
             self.running_mean.update(|rm| {
                 self.running_var
-                    .update(|rv| stats.try_update_running(rm, rv, self.momentum))
+                    .update(|rv| stats.update_running(rm, rv, self.momentum))
             })?;
             Ok(y)
         } else {

@@ -358,10 +358,29 @@ pub trait WindowFits<Padded, Span, S, Op, I, K> {
 impl<Pd, Sp, S, Op, I, K> WindowFits<Pd, Sp, S, Op, I, K> for B1
 where
     Pd: Sub<Sp>,
-    Diff<Pd, Sp>: Div<S>,
-    Quot<Diff<Pd, Sp>, S>: Add<B1>,
+    S: StrideDiv<Diff<Pd, Sp>>,
+    <S as StrideDiv<Diff<Pd, Sp>>>::Out: Add<B1>,
 {
-    type Out = Add1<Quot<Diff<Pd, Sp>, S>>;
+    type Out = Add1<<S as StrideDiv<Diff<Pd, Sp>>>::Out>;
+}
+
+/// `X / Self` for a positive stride `Self`. Implemented only for non-zero
+/// typenum values, so a zero stride is rejected before typenum tries (and
+/// fails, by overflowing) to divide by it.
+#[diagnostic::on_unimplemented(
+    message = "a sliding window's stride must be positive, but it is `{Self}` (zero)",
+    label = "zero stride",
+    note = "use `U1` or more"
+)]
+pub trait StrideDiv<X> {
+    /// The quotient.
+    type Out;
+}
+impl<X, U: Unsigned, B: Bit> StrideDiv<X> for UInt<U, B>
+where
+    X: Div<UInt<U, B>>,
+{
+    type Out = Quot<X, UInt<U, B>>;
 }
 
 /// The kind of a window's output length along an axis whose input has kind
@@ -565,8 +584,8 @@ fn invalid(op: &'static str, reason: String) -> Error {
     Error::InvalidArgument { op, reason }
 }
 
-/// Checks a pooling window against an input of spatial size `hw`; returns
-/// the output size.
+/// Checks a run-time pooling window against the input dims `[N, C, H, W]`;
+/// returns the output's spatial size.
 fn check_pool(op: &'static str, win: &Window2d, dims: &[usize]) -> Result<[usize; 2]> {
     let (kr, sr, pr) = (win.kernel, win.stride, win.padding);
     if kr.contains(&0) || sr.contains(&0) {
@@ -1363,7 +1382,7 @@ impl BatchStats {
     /// `running = (1 - momentum) * running + momentum * batch`, for the mean
     /// and the unbiased variance. The tensors are updated in place (their
     /// ids are kept); their length must be the channel count.
-    pub fn try_update_running<C: Dim, E: FloatDtype>(
+    pub fn update_running<C: Dim, E: FloatDtype>(
         &self,
         running_mean: &mut Tensor<(C,), E>,
         running_var: &mut Tensor<(C,), E>,

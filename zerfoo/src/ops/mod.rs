@@ -22,7 +22,7 @@ pub use conv::{
     AvgPooling, BatchNormalization, BatchStats, Conv2dArgs, Conv2dConfig, ConvOut, ConvOutDim,
     ConvSpec, Convolution, DividesKind, FlattenCheck, FlattenDim, Flattening, GroupsDivide,
     GroupsFit, MaxPooling, Pool2dArgs, Pool2dConfig, PoolOut, PoolOutDim, PoolPaddingFits,
-    PoolSpec, Positive, WindowFits, WindowKind,
+    PoolSpec, Positive, StrideDiv, WindowFits, WindowKind,
 };
 pub use index::{AppendDim, IdTensor, IndexAxis, RankCheck, RankOf, SameRank, VectorShape};
 pub use mask::{LastTwoAxes, Tril, Triu};
