@@ -5,6 +5,7 @@
 mod attention;
 mod attn_ref;
 mod checkpoint;
+mod conv;
 mod creation;
 mod dtypes;
 mod elementwise;

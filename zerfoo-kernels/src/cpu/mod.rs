@@ -4,6 +4,7 @@
 //! output element is computed by exactly one thread, in a fixed order).
 
 pub mod binary;
+pub mod conv;
 pub mod elementwise;
 pub mod index;
 pub mod loss;

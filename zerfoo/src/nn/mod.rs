@@ -3,6 +3,7 @@
 
 mod activation;
 mod attention;
+mod conv;
 mod dropout;
 mod embedding;
 mod feedforward;
@@ -20,6 +21,7 @@ pub use attention::{
     GroupedQuery, GroupsCheck, KindDivides, KvCache, KvHeadsDivide, LayerCache, MultiHeadAttention,
     QkNorm,
 };
+pub use conv::{AvgPool2d, BatchNorm2d, Buffer, Conv2d, Flatten, MaxPool2d};
 pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use feedforward::{FeedForward, GatedFeedForward, GeGlu, GeGluTanh, SwiGlu};

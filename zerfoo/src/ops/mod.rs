@@ -5,6 +5,7 @@
 
 mod binary;
 mod broadcast;
+mod conv;
 mod dropout;
 mod index;
 mod mask;
@@ -17,6 +18,12 @@ mod softmax;
 mod unary;
 
 pub use binary::{ElementwiseRhs, SameDtype};
+pub use conv::{
+    AvgPooling, BatchNormalization, BatchStats, Conv2dArgs, Conv2dConfig, ConvOut, ConvOutDim,
+    ConvSpec, Convolution, DividesKind, FlattenCheck, FlattenDim, Flattening, GroupsDivide,
+    GroupsFit, MaxPooling, Pool2dArgs, Pool2dConfig, PoolOut, PoolOutDim, PoolPaddingFits,
+    PoolSpec, Positive, StrideDiv, WindowFits, WindowKind,
+};
 pub use index::{AppendDim, IdTensor, IndexAxis, RankCheck, RankOf, SameRank, VectorShape};
 pub use mask::{LastTwoAxes, Tril, Triu};
 pub use matmul::{MatMulShapes, TransposeShape};

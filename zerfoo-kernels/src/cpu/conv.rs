@@ -1,0 +1,993 @@
+//! 2-D convolution, pooling and batch normalization over `[N, C, H, W]`.
+//!
+//! Convolution is im2col plus the packed GEMM of [`super::matmul`]: for each
+//! sample and group the receptive fields are unrolled into a
+//! `[C/groups * KH * KW, OH * OW]` matrix in the compute type, multiplied by
+//! the group's `[O/groups, C/groups * KH * KW]` weight rows, the bias is added
+//! in the compute type and the result is rounded once. The backward pass
+//! uses the same unrolling: the input gradient is `Wᵀ · gY` folded back
+//! (col2im) in the compute type, the weight gradient `gY · colᵀ` summed over
+//! the batch, the bias gradient the sum of `gY`.
+//!
+//! Pooling works on clipped window ranges per output row and column (the
+//! caller builds them with [`window_ranges`] or [`adaptive_ranges`]), which
+//! covers max pooling with `-inf` padding (padded positions never win),
+//! average pooling with or without the padding in the divisor, and adaptive
+//! average pooling.
+//!
+//! Work is split over samples (convolution), `(n, c)` planes (pooling,
+//! normalization) or channels (batch statistics). Every sum runs in a fixed
+//! order whatever the thread count: batch sums are taken per fixed block of
+//! samples (chosen from the shape only) and the block partials added in
+//! order, so results are deterministic.
+
+use core::any::Any;
+
+use num_traits::{Float, Zero};
+use rayon::prelude::*;
+
+use super::matmul::{gemm_batch_sum, gemm_batched, PAR_MACS};
+use super::{map, PAR_THRESHOLD};
+use crate::{FloatDtype, Layout, Real};
+
+/// Unrolled elements per block of samples in the weight gradient: bounds the
+/// im2col buffer of one block (1 MiB of `f32`).
+const WGRAD_BLOCK: usize = 1 << 18;
+
+/// The geometry of a sliding window along the two spatial axes (`[h, w]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Window2d {
+    /// Kernel size.
+    pub kernel: [usize; 2],
+    /// Step between windows.
+    pub stride: [usize; 2],
+    /// Implicit padding on both sides.
+    pub padding: [usize; 2],
+    /// Spacing between kernel taps (1 = dense).
+    pub dilation: [usize; 2],
+}
+
+impl Window2d {
+    /// The output length along axis `a` (0 = height, 1 = width) for an input
+    /// of length `input`: `(input + 2p - d(k - 1) - 1) / s + 1` (PyTorch), or
+    /// `None` if the kernel, stride or dilation is zero or the dilated kernel
+    /// is longer than the padded input.
+    ///
+    /// ```
+    /// use zerfoo_kernels::cpu::conv::Window2d;
+    /// let w = Window2d { kernel: [3, 3], stride: [2, 2], padding: [1, 1], dilation: [1, 1] };
+    /// assert_eq!(w.out_len(0, 7), Some(4));
+    /// assert_eq!(Window2d { kernel: [9, 9], ..w }.out_len(0, 5), None);
+    /// ```
+    pub fn out_len(&self, a: usize, input: usize) -> Option<usize> {
+        let (k, s, p, d) = (
+            self.kernel[a],
+            self.stride[a],
+            self.padding[a],
+            self.dilation[a],
+        );
+        if k == 0 || s == 0 || d == 0 {
+            return None;
+        }
+        let span = d.checked_mul(k - 1)?.checked_add(1)?;
+        let padded = input.checked_add(p.checked_mul(2)?)?;
+        if padded < span {
+            return None;
+        }
+        Some((padded - span) / s + 1)
+    }
+
+    /// [`out_len`](Self::out_len) along both axes.
+    pub fn out_dims(&self, input: [usize; 2]) -> Option<[usize; 2]> {
+        Some([self.out_len(0, input[0])?, self.out_len(1, input[1])?])
+    }
+}
+
+/// The input range `[start, end)` of each of `out` windows of size `kernel`,
+/// step `stride`, over an input of length `input` padded by `padding` on
+/// both sides, clipped to the input (dilation 1). A window that lies wholly
+/// in the padding gets an empty range.
+pub fn window_ranges(
+    input: usize,
+    out: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Vec<(usize, usize)> {
+    (0..out)
+        .map(|i| {
+            let start = (i * stride) as isize - padding as isize;
+            let end = start + kernel as isize;
+            let s = start.clamp(0, input as isize) as usize;
+            let e = end.clamp(0, input as isize) as usize;
+            (s, e.max(s))
+        })
+        .collect()
+}
+
+/// PyTorch's adaptive pooling windows: output `i` of `out` covers
+/// `[floor(i * input / out), ceil((i + 1) * input / out))`.
+pub fn adaptive_ranges(input: usize, out: usize) -> Vec<(usize, usize)> {
+    (0..out)
+        .map(|i| (i * input / out, ((i + 1) * input).div_ceil(out)))
+        .collect()
+}
+
+/// `A · B` (or with `batch_sum`, the sum over the batch of the products) for
+/// operands already in the compute type, returning the compute type: the
+/// GEMM of [`super::matmul`] instantiated for `f32` or `f64`.
+// `&Vec` (not a slice): the operands are downcast through `Any`, which needs a sized type.
+#[allow(clippy::ptr_arg)]
+fn gemm_acc<A: Real>(a: &Vec<A>, la: &Layout, b: &Vec<A>, lb: &Layout, batch_sum: bool) -> Vec<A> {
+    fn run<F: FloatDtype>(a: &[F], la: &Layout, b: &[F], lb: &Layout, sum: bool) -> Vec<F> {
+        if sum {
+            gemm_batch_sum(a, la, b, lb)
+        } else {
+            gemm_batched(a, la, b, lb)
+        }
+    }
+    let (a, b): (&dyn Any, &dyn Any) = (a, b);
+    let out: Box<dyn Any> = if let (Some(a), Some(b)) =
+        (a.downcast_ref::<Vec<f32>>(), b.downcast_ref::<Vec<f32>>())
+    {
+        Box::new(run(a, la, b, lb, batch_sum))
+    } else if let (Some(a), Some(b)) = (a.downcast_ref::<Vec<f64>>(), b.downcast_ref::<Vec<f64>>())
+    {
+        Box::new(run(a, la, b, lb, batch_sum))
+    } else {
+        panic!("conv2d: the compute type must be f32 or f64")
+    };
+    *out.downcast::<Vec<A>>()
+        .unwrap_or_else(|_| panic!("conv2d: compute type changed"))
+}
+
+/// Dims of a convolution, read from the layouts.
+#[derive(Clone, Copy, Debug)]
+struct ConvDims {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    groups: usize,
+    /// Input channels per group.
+    cg: usize,
+    /// Output channels per group.
+    og: usize,
+    /// `cg * kh * kw`: rows of the unrolled input.
+    ckk: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl ConvDims {
+    fn new(lx: &Layout, lw: &Layout, groups: usize, win: &Window2d) -> Self {
+        assert!(
+            lx.rank() == 4 && lw.rank() == 4,
+            "conv2d: input and weight must be 4-D, got {:?} and {:?}",
+            lx.shape(),
+            lw.shape()
+        );
+        let (xs, ws) = (lx.shape(), lw.shape());
+        let (c, o, cg) = (xs[1], ws[0], ws[1]);
+        assert!(
+            groups > 0 && c == cg * groups && o % groups == 0,
+            "conv2d: input {xs:?} and weight {ws:?} do not fit {groups} groups"
+        );
+        assert_eq!(win.kernel, [ws[2], ws[3]], "conv2d: kernel size");
+        let [oh, ow] = win
+            .out_dims([xs[2], xs[3]])
+            .unwrap_or_else(|| panic!("conv2d: window {win:?} does not fit input {xs:?}"));
+        ConvDims {
+            n: xs[0],
+            c,
+            h: xs[2],
+            w: xs[3],
+            o,
+            groups,
+            cg,
+            og: o / groups,
+            ckk: cg * ws[2] * ws[3],
+            oh,
+            ow,
+        }
+    }
+
+    fn l(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    /// The rows of group `g` of the `[O, ckk]` weight matrix.
+    fn weight_rows(&self, g: usize) -> Layout {
+        Layout::new(&[self.og, self.ckk], &[self.ckk, 1], g * self.og * self.ckk)
+    }
+}
+
+/// The input coordinate of tap `k` of window `i` along an axis, if inside.
+#[inline]
+fn tap(
+    i: usize,
+    k: usize,
+    stride: usize,
+    dilation: usize,
+    padding: usize,
+    len: usize,
+) -> Option<usize> {
+    (i * stride + k * dilation)
+        .checked_sub(padding)
+        .filter(|&v| v < len)
+}
+
+/// Unrolls channels `c0..c0 + d.cg` of sample `ni` into `col`
+/// (`[cg * kh * kw, oh * ow]`, row-major), zeros where the window is in the padding.
+fn im2col<E: FloatDtype>(
+    x: &[E],
+    lx: &Layout,
+    d: &ConvDims,
+    win: &Window2d,
+    ni: usize,
+    c0: usize,
+    col: &mut [E::Acc],
+) {
+    let s = lx.strides();
+    let (l, [kh, kw]) = (d.l(), win.kernel);
+    let mut rows = col.chunks_exact_mut(l);
+    for c in 0..d.cg {
+        let base = lx.offset + ni * s[0] + (c0 + c) * s[1];
+        for i in 0..kh {
+            for j in 0..kw {
+                let row = rows.next().expect("im2col: row count");
+                for (y, seg) in row.chunks_exact_mut(d.ow).enumerate() {
+                    let Some(ih) = tap(y, i, win.stride[0], win.dilation[0], win.padding[0], d.h)
+                    else {
+                        seg.fill(E::Acc::zero());
+                        continue;
+                    };
+                    let rbase = base + ih * s[2];
+                    for (xo, v) in seg.iter_mut().enumerate() {
+                        *v = match tap(xo, j, win.stride[1], win.dilation[1], win.padding[1], d.w) {
+                            Some(iw) => x[rbase + iw * s[3]].to_acc(),
+                            None => E::Acc::zero(),
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds the unrolled gradient `col` back into channels `c0..c0 + d.cg` of
+/// one sample's `[C, H, W]` gradient (the transpose of [`im2col`]).
+fn col2im<A: Real>(col: &[A], d: &ConvDims, win: &Window2d, c0: usize, gx: &mut [A]) {
+    let (l, [kh, kw]) = (d.l(), win.kernel);
+    let mut rows = col.chunks_exact(l);
+    for c in 0..d.cg {
+        let plane = &mut gx[(c0 + c) * d.h * d.w..(c0 + c + 1) * d.h * d.w];
+        for i in 0..kh {
+            for j in 0..kw {
+                let row = rows.next().expect("col2im: row count");
+                for (y, seg) in row.chunks_exact(d.ow).enumerate() {
+                    let Some(ih) = tap(y, i, win.stride[0], win.dilation[0], win.padding[0], d.h)
+                    else {
+                        continue;
+                    };
+                    let prow = &mut plane[ih * d.w..(ih + 1) * d.w];
+                    for (xo, &v) in seg.iter().enumerate() {
+                        if let Some(iw) =
+                            tap(xo, j, win.stride[1], win.dilation[1], win.padding[1], d.w)
+                        {
+                            prow[iw] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The weight (`[O, C/groups, KH, KW]`, any layout) in the compute type, row-major.
+fn weight_acc<E: FloatDtype>(w: &[E], lw: &Layout) -> Vec<E::Acc> {
+    map(w, lw, |v: E| v.to_acc())
+}
+
+/// 2-D convolution (PyTorch `F.conv2d`, cross-correlation): `x` is
+/// `[N, C, H, W]`, `w` is `[O, C / groups, KH, KW]`, `bias` `[O]`, all in any
+/// layout; `win.kernel` must be `[KH, KW]`. Returns `[N, O, OH, OW]`
+/// contiguous, with `OH`, `OW` from [`Window2d::out_dims`].
+///
+/// The caller checks the shapes (this panics on a mismatch).
+///
+/// ```
+/// use zerfoo_kernels::{cpu::conv::{conv2d_forward, Window2d}, Layout};
+/// // a 1x1x3x3 input of ones, a 1x1x2x2 kernel of ones, bias 0.5
+/// let x = [1.0f32; 9];
+/// let w = [1.0f32; 4];
+/// let win = Window2d { kernel: [2, 2], stride: [1, 1], padding: [0, 0], dilation: [1, 1] };
+/// let y = conv2d_forward(
+///     &x, &Layout::contiguous(&[1, 1, 3, 3]),
+///     &w, &Layout::contiguous(&[1, 1, 2, 2]),
+///     Some((&[0.5f32][..], &Layout::contiguous(&[1]))), 1, &win);
+/// assert_eq!(y, [4.5; 4]);
+/// ```
+pub fn conv2d_forward<E: FloatDtype>(
+    x: &[E],
+    lx: &Layout,
+    w: &[E],
+    lw: &Layout,
+    bias: Option<(&[E], &Layout)>,
+    groups: usize,
+    win: &Window2d,
+) -> Vec<E> {
+    let d = ConvDims::new(lx, lw, groups, win);
+    let l = d.l();
+    let mut out = vec![E::default(); d.n * d.o * l];
+    if out.is_empty() {
+        return out;
+    }
+    let wa = weight_acc(w, lw);
+    let ba: Option<Vec<E::Acc>> = bias.map(|(b, lb)| map(b, lb, |v: E| v.to_acc()));
+    let lcol = Layout::contiguous(&[d.ckk, l]);
+    let sample = |ni: usize, out: &mut [E], col: &mut Vec<E::Acc>| {
+        col.clear();
+        col.resize(d.ckk * l, E::Acc::zero());
+        for g in 0..d.groups {
+            im2col(x, lx, &d, win, ni, g * d.cg, col);
+            let y = gemm_acc(&wa, &d.weight_rows(g), col, &lcol, false);
+            for (oi, (dst, src)) in out[g * d.og * l..(g + 1) * d.og * l]
+                .chunks_exact_mut(l)
+                .zip(y.chunks_exact(l))
+                .enumerate()
+            {
+                let b = ba.as_ref().map_or(E::Acc::zero(), |b| b[g * d.og + oi]);
+                for (o, &v) in dst.iter_mut().zip(src) {
+                    *o = E::from_acc(v + b);
+                }
+            }
+        }
+    };
+    let macs = d.n * d.o * l * d.ckk;
+    if d.n > 1 && macs >= PAR_MACS && rayon::current_num_threads() > 1 {
+        out.par_chunks_mut(d.o * l)
+            .enumerate()
+            .for_each_init(Vec::new, |col, (ni, o)| sample(ni, o, col));
+    } else {
+        let mut col = Vec::new();
+        for (ni, o) in out.chunks_exact_mut(d.o * l).enumerate() {
+            sample(ni, o, &mut col);
+        }
+    }
+    out
+}
+
+/// Gradients of a 2-D convolution.
+#[derive(Clone, Debug)]
+pub struct Conv2dGrads<E> {
+    /// Input gradient, `[N, C, H, W]` contiguous.
+    pub x: Vec<E>,
+    /// Weight gradient, `[O, C / groups, KH, KW]` contiguous.
+    pub weight: Vec<E>,
+    /// Bias gradient `[O]` (when asked for).
+    pub bias: Option<Vec<E>>,
+}
+
+/// The backward pass of [`conv2d_forward`]: `gy` is the contiguous
+/// `[N, O, OH, OW]` output gradient. All three gradients are accumulated in
+/// the compute type and rounded once.
+#[allow(clippy::too_many_arguments)] // the forward's operands, plus the output gradient
+pub fn conv2d_backward<E: FloatDtype>(
+    x: &[E],
+    lx: &Layout,
+    w: &[E],
+    lw: &Layout,
+    with_bias: bool,
+    groups: usize,
+    win: &Window2d,
+    gy: &[E],
+) -> Conv2dGrads<E> {
+    let d = ConvDims::new(lx, lw, groups, win);
+    let l = d.l();
+    assert_eq!(gy.len(), d.n * d.o * l, "conv2d backward: gradient length");
+    let zero = E::Acc::zero();
+    let mut gx = vec![E::default(); d.n * d.c * d.h * d.w];
+    let mut gw = vec![E::default(); d.o * d.ckk];
+    if gy.is_empty() {
+        return Conv2dGrads {
+            x: gx,
+            weight: gw,
+            bias: with_bias.then(|| vec![E::default(); d.o]),
+        };
+    }
+    let wa = weight_acc(w, lw);
+    let ga: Vec<E::Acc> = gy.iter().map(|v| v.to_acc()).collect();
+    let macs = d.n * d.o * l * d.ckk;
+    let parallel = macs >= PAR_MACS && rayon::current_num_threads() > 1;
+
+    // Input gradient, one sample at a time: col = W_gᵀ · gY_g, folded back.
+    let chw = d.c * d.h * d.w;
+    if chw > 0 {
+        let sample = |ni: usize, out: &mut [E], acc: &mut Vec<E::Acc>| {
+            acc.clear();
+            acc.resize(chw, zero);
+            for g in 0..d.groups {
+                let mut wt = d.weight_rows(g);
+                wt.swap_axes(0, 1);
+                let lg = Layout::new(&[d.og, l], &[l, 1], (ni * d.o + g * d.og) * l);
+                let col = gemm_acc(&wa, &wt, &ga, &lg, false);
+                col2im(&col, &d, win, g * d.cg, acc);
+            }
+            for (o, &v) in out.iter_mut().zip(acc.iter()) {
+                *o = E::from_acc(v);
+            }
+        };
+        if parallel && d.n > 1 {
+            gx.par_chunks_mut(chw)
+                .enumerate()
+                .for_each_init(Vec::new, |acc, (ni, o)| sample(ni, o, acc));
+        } else {
+            let mut acc = Vec::new();
+            for (ni, o) in gx.chunks_exact_mut(chw).enumerate() {
+                sample(ni, o, &mut acc);
+            }
+        }
+    }
+
+    // Weight gradient: Σ_n gY_g · colᵀ per fixed block of samples (the
+    // block size depends only on the shape), block partials added in order.
+    if d.ckk > 0 {
+        let per = (d.ckk * l).max(1);
+        let block = (WGRAD_BLOCK / per).clamp(1, d.n.max(1));
+        let blocks: Vec<usize> = (0..d.n.div_ceil(block)).collect();
+        let partial = |bi: &usize| -> Vec<E::Acc> {
+            let (n0, nb) = (bi * block, block.min(d.n - bi * block));
+            let mut part = vec![zero; d.o * d.ckk];
+            let mut col = vec![zero; nb * d.ckk * l];
+            for g in 0..d.groups {
+                for (k, c) in col.chunks_exact_mut(d.ckk * l).enumerate() {
+                    im2col(x, lx, &d, win, n0 + k, g * d.cg, c);
+                }
+                let lg = Layout::new(&[nb, d.og, l], &[d.o * l, l, 1], (n0 * d.o + g * d.og) * l);
+                let lc = Layout::new(&[nb, l, d.ckk], &[d.ckk * l, 1, l], 0);
+                let r = gemm_acc(&ga, &lg, &col, &lc, true);
+                part[g * d.og * d.ckk..(g + 1) * d.og * d.ckk].copy_from_slice(&r);
+            }
+            part
+        };
+        let parts: Vec<Vec<E::Acc>> = if parallel && blocks.len() > 1 {
+            blocks.par_iter().map(partial).collect()
+        } else {
+            blocks.iter().map(partial).collect()
+        };
+        let mut acc = vec![zero; d.o * d.ckk];
+        for p in &parts {
+            for (a, &v) in acc.iter_mut().zip(p) {
+                *a += v;
+            }
+        }
+        for (o, v) in gw.iter_mut().zip(acc) {
+            *o = E::from_acc(v);
+        }
+    }
+
+    let bias = with_bias.then(|| {
+        (0..d.o)
+            .map(|oi| {
+                let mut s = zero;
+                for ni in 0..d.n {
+                    let base = (ni * d.o + oi) * l;
+                    for &v in &ga[base..base + l] {
+                        s += v;
+                    }
+                }
+                E::from_acc(s)
+            })
+            .collect()
+    });
+    Conv2dGrads {
+        x: gx,
+        weight: gw,
+        bias,
+    }
+}
+
+/// Runs `f(plane_index, out_plane)` over the contiguous output planes, in
+/// parallel when the work (`cost` per output element) is large.
+fn for_planes<T: Send>(
+    out: &mut [T],
+    plane: usize,
+    cost: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    if plane == 0 || out.is_empty() {
+        return;
+    }
+    if out.len() * cost >= PAR_THRESHOLD && rayon::current_num_threads() > 1 {
+        out.par_chunks_mut(plane)
+            .enumerate()
+            .for_each(|(p, o)| f(p, o));
+    } else {
+        for (p, o) in out.chunks_exact_mut(plane).enumerate() {
+            f(p, o);
+        }
+    }
+}
+
+/// The storage offset of plane `p` (`= n * C + c`) of a 4-D layout.
+#[inline]
+fn plane_base(lx: &Layout, p: usize) -> usize {
+    let (s, c) = (lx.strides(), lx.shape()[1]);
+    lx.offset + (p / c) * s[0] + (p % c) * s[1]
+}
+
+/// Max pooling over `[N, C, H, W]` (any layout) with the windows `rows` ×
+/// `cols` (clipped input ranges, see [`window_ranges`]). Returns the
+/// contiguous `[N, C, OH, OW]` maxima and, per output, the position
+/// `h * W + w` of the first maximum in its plane (`usize::MAX` for an empty
+/// window, whose output is `-inf`). NaN propagates, as in PyTorch.
+pub fn max_pool2d_forward<E: FloatDtype>(
+    x: &[E],
+    lx: &Layout,
+    rows: &[(usize, usize)],
+    cols: &[(usize, usize)],
+) -> (Vec<E>, Vec<usize>) {
+    assert_eq!(lx.rank(), 4, "max_pool2d: input must be 4-D");
+    let [n, c, _, w] = [lx.shape()[0], lx.shape()[1], lx.shape()[2], lx.shape()[3]];
+    let plane = rows.len() * cols.len();
+    let mut out: Vec<(E, usize)> = vec![(E::default(), usize::MAX); n * c * plane];
+    let (sh, sw) = (lx.strides()[2], lx.strides()[3]);
+    for_planes(&mut out, plane, 4, |p, o| {
+        let base = plane_base(lx, p);
+        for (dst, (&(h0, h1), &(w0, w1))) in o
+            .iter_mut()
+            .zip(rows.iter().flat_map(|r| cols.iter().map(move |c| (r, c))))
+        {
+            // PyTorch's loop: start at -inf on the window's first position,
+            // take a strictly larger value or a NaN.
+            let mut best = E::Acc::neg_infinity();
+            let mut arg = if h0 < h1 && w0 < w1 {
+                h0 * w + w0
+            } else {
+                usize::MAX
+            };
+            for ih in h0..h1 {
+                for iw in w0..w1 {
+                    let v = x[base + ih * sh + iw * sw].to_acc();
+                    if v > best || v.is_nan() {
+                        best = v;
+                        arg = ih * w + iw;
+                    }
+                }
+            }
+            *dst = (E::from_acc(best), arg);
+        }
+    });
+    out.into_iter().unzip()
+}
+
+/// The backward pass of [`max_pool2d_forward`]: each output gradient goes to
+/// the position of its maximum. `dims` is the input's `[N, C, H, W]`.
+pub fn max_pool2d_backward<E: FloatDtype>(gy: &[E], argmax: &[usize], dims: [usize; 4]) -> Vec<E> {
+    let hw = dims[2] * dims[3];
+    let planes = dims[0] * dims[1];
+    let mut gx = vec![E::default(); planes * hw];
+    if planes == 0 {
+        return gx;
+    }
+    let oplane = gy.len() / planes;
+    for_planes(&mut gx, hw, 2, |p, o| {
+        let mut acc = vec![E::Acc::zero(); hw];
+        let (g, a) = (
+            &gy[p * oplane..(p + 1) * oplane],
+            &argmax[p * oplane..(p + 1) * oplane],
+        );
+        for (&gv, &i) in g.iter().zip(a) {
+            if i != usize::MAX {
+                acc[i] += gv.to_acc();
+            }
+        }
+        for (d, v) in o.iter_mut().zip(acc) {
+            *d = E::from_acc(v);
+        }
+    });
+    gx
+}
+
+/// What an average-pooling window divides by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AvgDivisor {
+    /// A fixed count: `KH * KW` (PyTorch's `count_include_pad=True`).
+    Fixed(usize),
+    /// The number of input elements in the clipped window
+    /// (`count_include_pad=False`, adaptive pooling).
+    Count,
+}
+
+impl AvgDivisor {
+    #[inline]
+    fn of<A: Real>(self, h: (usize, usize), w: (usize, usize)) -> A {
+        let n = match self {
+            AvgDivisor::Fixed(n) => n,
+            AvgDivisor::Count => (h.1 - h.0) * (w.1 - w.0),
+        };
+        A::of_f64(n as f64)
+    }
+}
+
+/// Average pooling over `[N, C, H, W]` (any layout) with the windows `rows`
+/// × `cols`: the window sum (in the compute type) over the divisor, rounded
+/// once. Returns `[N, C, OH, OW]` contiguous.
+pub fn avg_pool2d_forward<E: FloatDtype>(
+    x: &[E],
+    lx: &Layout,
+    rows: &[(usize, usize)],
+    cols: &[(usize, usize)],
+    divisor: AvgDivisor,
+) -> Vec<E> {
+    assert_eq!(lx.rank(), 4, "avg_pool2d: input must be 4-D");
+    let (n, c) = (lx.shape()[0], lx.shape()[1]);
+    let plane = rows.len() * cols.len();
+    let mut out = vec![E::default(); n * c * plane];
+    let (sh, sw) = (lx.strides()[2], lx.strides()[3]);
+    for_planes(&mut out, plane, 4, |p, o| {
+        let base = plane_base(lx, p);
+        for (dst, (&hr, &wr)) in o
+            .iter_mut()
+            .zip(rows.iter().flat_map(|r| cols.iter().map(move |c| (r, c))))
+        {
+            let mut s = E::Acc::zero();
+            for ih in hr.0..hr.1 {
+                for iw in wr.0..wr.1 {
+                    s += x[base + ih * sh + iw * sw].to_acc();
+                }
+            }
+            *dst = E::from_acc(s / divisor.of::<E::Acc>(hr, wr));
+        }
+    });
+    out
+}
+
+/// The backward pass of [`avg_pool2d_forward`]: each output gradient is
+/// spread evenly (over the divisor) onto its window. `dims` is the input's
+/// `[N, C, H, W]`.
+pub fn avg_pool2d_backward<E: FloatDtype>(
+    gy: &[E],
+    dims: [usize; 4],
+    rows: &[(usize, usize)],
+    cols: &[(usize, usize)],
+    divisor: AvgDivisor,
+) -> Vec<E> {
+    let (w, hw) = (dims[3], dims[2] * dims[3]);
+    let planes = dims[0] * dims[1];
+    let mut gx = vec![E::default(); planes * hw];
+    let oplane = rows.len() * cols.len();
+    for_planes(&mut gx, hw, 4, |p, o| {
+        let mut acc = vec![E::Acc::zero(); hw];
+        let g = &gy[p * oplane..(p + 1) * oplane];
+        for (&gv, (&hr, &wr)) in g
+            .iter()
+            .zip(rows.iter().flat_map(|r| cols.iter().map(move |c| (r, c))))
+        {
+            let v = gv.to_acc() / divisor.of::<E::Acc>(hr, wr);
+            for ih in hr.0..hr.1 {
+                for a in &mut acc[ih * w + wr.0..ih * w + wr.1] {
+                    *a += v;
+                }
+            }
+        }
+        for (d, v) in o.iter_mut().zip(acc) {
+            *d = E::from_acc(v);
+        }
+    });
+    gx
+}
+
+/// Per-channel statistics of a batch norm, in the compute type.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChannelStats<A> {
+    /// The mean over `(N, H, W)` (the running mean in eval mode).
+    pub mean: Vec<A>,
+    /// The biased variance over `(N, H, W)` (the running variance in eval mode).
+    pub var: Vec<A>,
+    /// `1 / sqrt(var + eps)`.
+    pub rstd: Vec<A>,
+}
+
+/// Calls `f(offset)` with the storage offset of every element of channel
+/// `ci` of a `[N, C, H, W]` layout, in row-major `(n, h, w)` order.
+#[inline]
+fn channel_offsets(lx: &Layout, ci: usize, mut f: impl FnMut(usize)) {
+    let (d, s) = (lx.shape(), lx.strides());
+    for ni in 0..d[0] {
+        let base = lx.offset + ni * s[0] + ci * s[1];
+        for ih in 0..d[2] {
+            let row = base + ih * s[2];
+            for iw in 0..d[3] {
+                f(row + iw * s[3]);
+            }
+        }
+    }
+}
+
+/// Maps each channel to a value, in parallel when the input is large.
+fn per_channel<R: Send>(lx: &Layout, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
+    let c = lx.shape()[1];
+    if lx.numel() >= PAR_THRESHOLD && rayon::current_num_threads() > 1 {
+        (0..c).into_par_iter().map(f).collect()
+    } else {
+        (0..c).map(f).collect()
+    }
+}
+
+/// The batch statistics of `x` (`[N, C, H, W]`, any layout) per channel:
+/// mean and biased variance over `(N, H, W)` (two passes, in the compute
+/// type), and `1 / sqrt(var + eps)`.
+pub fn batch_norm_stats<E: FloatDtype>(x: &[E], lx: &Layout, eps: f64) -> ChannelStats<E::Acc> {
+    assert_eq!(lx.rank(), 4, "batch_norm2d: input must be 4-D");
+    let d = lx.shape();
+    let m = E::Acc::of_f64((d[0] * d[2] * d[3]) as f64);
+    let eps = E::Acc::of_f64(eps);
+    let stats = per_channel(lx, |ci| {
+        let mut s = E::Acc::zero();
+        channel_offsets(lx, ci, |o| s += x[o].to_acc());
+        let mean = s / m;
+        let mut q = E::Acc::zero();
+        channel_offsets(lx, ci, |o| {
+            let v = x[o].to_acc() - mean;
+            q += v * v;
+        });
+        let var = q / m;
+        (mean, var, (var + eps).sqrt().recip())
+    });
+    let mut out = ChannelStats {
+        mean: Vec::with_capacity(stats.len()),
+        var: Vec::with_capacity(stats.len()),
+        rstd: Vec::with_capacity(stats.len()),
+    };
+    for (mean, var, rstd) in stats {
+        out.mean.push(mean);
+        out.var.push(var);
+        out.rstd.push(rstd);
+    }
+    out
+}
+
+/// Statistics from running mean and variance vectors (`[C]`, any layout),
+/// for eval mode.
+pub fn running_stats<E: FloatDtype>(
+    mean: (&[E], &Layout),
+    var: (&[E], &Layout),
+    eps: f64,
+) -> ChannelStats<E::Acc> {
+    let mean = map(mean.0, mean.1, |v: E| v.to_acc());
+    let var: Vec<E::Acc> = map(var.0, var.1, |v: E| v.to_acc());
+    let e = E::Acc::of_f64(eps);
+    let rstd = var.iter().map(|&v| (v + e).sqrt().recip()).collect();
+    ChannelStats { mean, var, rstd }
+}
+
+/// `(x - mean) * rstd * weight + bias` per channel, computed in the compute
+/// type and rounded once; `weight` and `bias` are `[C]` vectors (any layout)
+/// or absent (scale 1, shift 0). Returns `[N, C, H, W]` contiguous.
+pub fn batch_norm_apply<E: FloatDtype>(
+    x: &[E],
+    lx: &Layout,
+    stats: &ChannelStats<E::Acc>,
+    weight: Option<(&[E], &Layout)>,
+    bias: Option<(&[E], &Layout)>,
+) -> Vec<E> {
+    assert_eq!(lx.rank(), 4, "batch_norm2d: input must be 4-D");
+    let c = lx.shape()[1];
+    let hw = lx.shape()[2] * lx.shape()[3];
+    let one = <E::Acc as num_traits::One>::one();
+    let wa: Vec<E::Acc> =
+        weight.map_or_else(|| vec![one; c], |(w, l)| map(w, l, |v: E| v.to_acc()));
+    let ba: Vec<E::Acc> = bias.map_or_else(
+        || vec![E::Acc::zero(); c],
+        |(b, l)| map(b, l, |v: E| v.to_acc()),
+    );
+    let (sh, sw) = (lx.strides()[2], lx.strides()[3]);
+    let w = lx.shape()[3];
+    let mut out = vec![E::default(); lx.numel()];
+    for_planes(&mut out, hw, 2, |p, o| {
+        let ci = p % c;
+        let base = plane_base(lx, p);
+        let (mean, scale, shift) = (stats.mean[ci], stats.rstd[ci] * wa[ci], ba[ci]);
+        for (i, dst) in o.iter_mut().enumerate() {
+            let v = x[base + (i / w) * sh + (i % w) * sw].to_acc();
+            *dst = E::from_acc((v - mean) * scale + shift);
+        }
+    });
+    out
+}
+
+/// Gradients of a batch norm.
+#[derive(Clone, Debug)]
+pub struct BatchNormGrads<E> {
+    /// Input gradient, `[N, C, H, W]` contiguous.
+    pub x: Vec<E>,
+    /// Weight gradient `[C]`: `Σ gy * xhat`.
+    pub weight: Vec<E>,
+    /// Bias gradient `[C]`: `Σ gy`.
+    pub bias: Vec<E>,
+}
+
+/// The backward pass of [`batch_norm_apply`] with `stats` from
+/// [`batch_norm_stats`] (`training`: the statistics depend on `x`) or
+/// [`running_stats`] (eval: they are constants). `gy` is the contiguous
+/// output gradient.
+pub fn batch_norm_backward<E: FloatDtype>(
+    x: &[E],
+    lx: &Layout,
+    stats: &ChannelStats<E::Acc>,
+    weight: Option<(&[E], &Layout)>,
+    gy: &[E],
+    training: bool,
+) -> BatchNormGrads<E> {
+    assert_eq!(lx.rank(), 4, "batch_norm2d: input must be 4-D");
+    let d = lx.shape();
+    let (c, hw, w) = (d[1], d[2] * d[3], d[3]);
+    let one = <E::Acc as num_traits::One>::one();
+    let wa: Vec<E::Acc> =
+        weight.map_or_else(|| vec![one; c], |(wt, l)| map(wt, l, |v: E| v.to_acc()));
+    // Σ gy and Σ gy * xhat per channel.
+    let sums = per_channel(lx, |ci| {
+        let (mut sg, mut sgx) = (E::Acc::zero(), E::Acc::zero());
+        let (mean, rstd) = (stats.mean[ci], stats.rstd[ci]);
+        let mut k = 0;
+        channel_offsets(lx, ci, |o| {
+            let (ni, i) = (k / hw, k % hw);
+            let g = gy[(ni * c + ci) * hw + i].to_acc();
+            sg += g;
+            sgx += g * (x[o].to_acc() - mean) * rstd;
+            k += 1;
+        });
+        (sg, sgx)
+    });
+    let m = E::Acc::of_f64((d[0] * hw) as f64);
+    let (sh, sw) = (lx.strides()[2], lx.strides()[3]);
+    let mut gx = vec![E::default(); lx.numel()];
+    for_planes(&mut gx, hw, 3, |p, o| {
+        let ci = p % c;
+        let base = plane_base(lx, p);
+        let (mean, rstd) = (stats.mean[ci], stats.rstd[ci]);
+        let scale = wa[ci] * rstd;
+        let (mg, mgx) = (sums[ci].0 / m, sums[ci].1 / m);
+        let g = &gy[p * hw..(p + 1) * hw];
+        for (i, dst) in o.iter_mut().enumerate() {
+            let gv = g[i].to_acc();
+            *dst = E::from_acc(if training {
+                let xhat = (x[base + (i / w) * sh + (i % w) * sw].to_acc() - mean) * rstd;
+                scale * (gv - mg - xhat * mgx)
+            } else {
+                scale * gv
+            });
+        }
+    });
+    BatchNormGrads {
+        x: gx,
+        weight: sums.iter().map(|s| E::from_acc(s.1)).collect(),
+        bias: sums.iter().map(|s| E::from_acc(s.0)).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Direct 7-loop convolution in f64.
+    #[allow(clippy::too_many_arguments)]
+    fn naive(
+        x: &[f64],
+        xd: [usize; 4],
+        w: &[f64],
+        wd: [usize; 4],
+        groups: usize,
+        win: &Window2d,
+    ) -> Vec<f64> {
+        let [n, c, h, wi] = xd;
+        let [o, cg, kh, kw] = wd;
+        let [oh, ow] = win.out_dims([h, wi]).unwrap();
+        let og = o / groups;
+        let mut y = vec![0.0; n * o * oh * ow];
+        for a in 0..n {
+            for oc in 0..o {
+                let g = oc / og;
+                for i in 0..oh {
+                    for j in 0..ow {
+                        let mut s = 0.0;
+                        for ci in 0..cg {
+                            for p in 0..kh {
+                                for q in 0..kw {
+                                    let ih = (i * win.stride[0] + p * win.dilation[0]) as isize
+                                        - win.padding[0] as isize;
+                                    let iw = (j * win.stride[1] + q * win.dilation[1]) as isize
+                                        - win.padding[1] as isize;
+                                    if ih < 0 || iw < 0 || ih >= h as isize || iw >= wi as isize {
+                                        continue;
+                                    }
+                                    let xc = g * cg + ci;
+                                    s += x[((a * c + xc) * h + ih as usize) * wi + iw as usize]
+                                        * w[((oc * cg + ci) * kh + p) * kw + q];
+                                }
+                            }
+                        }
+                        y[((a * o + oc) * oh + i) * ow + j] = s;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn vals(n: usize, seed: u64) -> Vec<f64> {
+        (0..n)
+            .map(|i| (((i as u64 * 2654435761 + seed * 97) % 1000) as f64) / 500.0 - 1.0)
+            .collect()
+    }
+
+    #[test]
+    fn conv_matches_direct_loop() {
+        let win = Window2d {
+            kernel: [3, 2],
+            stride: [2, 1],
+            padding: [1, 2],
+            dilation: [2, 1],
+        };
+        let (xd, wd) = ([2, 4, 7, 5], [6, 2, 3, 2]);
+        let x = vals(xd.iter().product(), 1);
+        let w = vals(wd.iter().product(), 2);
+        let y = conv2d_forward(
+            &x,
+            &Layout::contiguous(&xd),
+            &w,
+            &Layout::contiguous(&wd),
+            None,
+            2,
+            &win,
+        );
+        let want = naive(&x, xd, &w, wd, 2, &win);
+        assert_eq!(y.len(), want.len());
+        for (a, b) in y.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn ranges_follow_pytorch() {
+        assert_eq!(window_ranges(5, 3, 3, 2, 1), [(0, 2), (1, 4), (3, 5)]);
+        assert_eq!(adaptive_ranges(5, 3), [(0, 2), (1, 4), (3, 5)]);
+        assert_eq!(adaptive_ranges(4, 1), [(0, 4)]);
+    }
+
+    #[test]
+    fn max_pool_picks_the_first_maximum() {
+        let x = [1.0f32, 3.0, 3.0, 2.0];
+        let l = Layout::contiguous(&[1, 1, 2, 2]);
+        let (y, arg) = max_pool2d_forward(&x, &l, &[(0, 2)], &[(0, 2)]);
+        assert_eq!((y, arg.clone()), (vec![3.0], vec![1]));
+        assert_eq!(
+            max_pool2d_backward(&[5.0f32], &arg, [1, 1, 2, 2]),
+            [0.0, 5.0, 0.0, 0.0]
+        );
+    }
+
+    #[test]
+    fn batch_norm_normalizes_each_channel() {
+        // channel 0: 1, 3 (mean 2, var 1); channel 1: 0, 0
+        let x = [1.0f64, 0.0, 3.0, 0.0];
+        let l = Layout::contiguous(&[2, 2, 1, 1]);
+        let s = batch_norm_stats(&x, &l, 0.0);
+        assert_eq!(s.mean, [2.0, 0.0]);
+        assert_eq!(s.var, [1.0, 0.0]);
+        let y = batch_norm_apply(
+            &x,
+            &l,
+            &ChannelStats {
+                rstd: vec![1.0, 1.0],
+                ..s
+            },
+            None,
+            None,
+        );
+        assert_eq!(y, [-1.0, 0.0, 1.0, 0.0]);
+    }
+}
