@@ -11,6 +11,7 @@ mod dtypes;
 mod elementwise;
 mod f8_fixture;
 mod index_ops;
+mod init;
 mod layers;
 mod llama_grad;
 mod losses;
