@@ -1,0 +1,389 @@
+//! nanoGPT: a decoder-only transformer language model (GPT-2 architecture).
+//!
+//! Token embedding `wte` plus learned positions `wpe`, `layers` pre-norm
+//! blocks (causal self-attention, 4x GELU MLP), a final LayerNorm and a
+//! language-model head tied to `wte` (`logits = x · wteᵀ`, no parameter of
+//! its own). Parameter paths: `wte.weight`, `wpe.weight`,
+//! `h.layers.3.attn.q_proj.weight`, ..., `h.norm.{weight,bias}` (= `ln_f`).
+//!
+//! ```
+//! use zerfoo::models::{GenerateOpts, Gpt, GptConfig};
+//! use zerfoo::prelude::*;
+//! let cfg = GptConfig { vocab: 11, block: 8, layers: 2, heads: 2, width: 16, dropout: 0.0, bias: true };
+//! let gpt: Gpt<f32> = Gpt::new(cfg, 0);
+//! let ids = Tensor::<(Dyn, Dyn), i64>::from_vec((Dyn(2), Dyn(5)), vec![1; 10]).unwrap();
+//! assert_eq!(gpt.forward(ids).dims(), [2, 5, 11]);
+//! let out = gpt.generate(&[1, 2, 3], 4, GenerateOpts::greedy(), true).unwrap();
+//! assert_eq!(out.len(), 7);
+//! ```
+
+use zerfoo_kernels::{Cpu, Dtype, FloatDtype};
+
+use crate::autograd::TapeState;
+use crate::error::or_panic;
+use crate::nn::{
+    cross_entropy, AttentionConfig, BlockConfig, CrossEntropyOpts, Embedding, Encoder, KvCache,
+    LearnedPositions, Module, ParamVisitorMut,
+};
+use crate::shape::{Dim, Dyn, Shape};
+use crate::tensor::{rng, Tensor};
+use crate::{Error, Result};
+
+/// The sizes of a [`Gpt`] (nanoGPT's `GPTConfig`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GptConfig {
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Context length (the most positions a forward pass sees).
+    pub block: usize,
+    /// Transformer blocks.
+    pub layers: usize,
+    /// Attention heads (must divide `width`).
+    pub heads: usize,
+    /// Model width (embedding size).
+    pub width: usize,
+    /// Dropout on the embeddings during training ([`Gpt::loss_train`]).
+    pub dropout: f64,
+    /// Biases in the linear layers (the LayerNorms always have theirs).
+    pub bias: bool,
+}
+
+impl GptConfig {
+    /// nanoGPT's parameter count for this config with `bias = true`:
+    /// `V·C + T·C + L·(12C² + 13C) + 2C` (the head is tied to `wte`).
+    pub fn nanogpt_param_count(&self) -> usize {
+        let (v, t, l, c) = (self.vocab, self.block, self.layers, self.width);
+        v * c + t * c + l * (12 * c * c + 13 * c) + 2 * c
+    }
+}
+
+/// Token-by-token sampling settings for [`Gpt::generate`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GenerateOpts {
+    /// Logits are divided by this; `0` means greedy (argmax).
+    pub temperature: f64,
+    /// Keep only the `k` most likely tokens.
+    pub top_k: Option<usize>,
+    /// Keep the smallest set of most likely tokens whose probability reaches `p`.
+    pub top_p: Option<f64>,
+    /// Seed of the sampler.
+    pub seed: u64,
+}
+
+impl Default for GenerateOpts {
+    fn default() -> Self {
+        GenerateOpts {
+            temperature: 1.0,
+            top_k: None,
+            top_p: None,
+            seed: 0,
+        }
+    }
+}
+
+impl GenerateOpts {
+    /// Greedy decoding (always the most likely token).
+    pub fn greedy() -> Self {
+        GenerateOpts {
+            temperature: 0.0,
+            ..Default::default()
+        }
+    }
+}
+
+/// The nanoGPT model, generic over its dtype. Sizes are runtime ([`Dyn`]).
+#[derive(crate::nn::Module, Clone, Debug)]
+pub struct Gpt<E: FloatDtype> {
+    /// Token embedding `[vocab, width]`, also the output head.
+    pub wte: Embedding<Dyn, Dyn, E>,
+    /// Learned positions `[block, width]`.
+    pub wpe: LearnedPositions<Dyn, Dyn, E>,
+    /// The blocks and the final LayerNorm (`h.norm` is nanoGPT's `ln_f`).
+    pub h: Encoder<Dyn, Dyn, Dyn, Dyn, E>,
+    /// The sizes.
+    #[module(skip)]
+    pub config: GptConfig,
+}
+
+struct NanoInit {
+    std: f64,
+    proj_std: f64,
+    seed: u64,
+    count: u64,
+}
+
+impl ParamVisitorMut for NanoInit {
+    fn visit<S: Shape, E: FloatDtype>(&mut self, path: &str, p: &mut Tensor<S, E, Cpu>) {
+        self.count += 1;
+        let seed = rng::bits(self.seed, self.count);
+        let shape = p.shape();
+        let matrix = p.dims().len() == 2;
+        if path.ends_with("weight") && matrix {
+            let resid = path.ends_with("o_proj.weight") || path.ends_with("fc2.weight");
+            let std = if resid { self.proj_std } else { self.std };
+            *p = crate::nn::init::normal(shape, std, seed);
+        } else if path.ends_with("bias") {
+            *p = Tensor::zeros(shape);
+        }
+    }
+}
+
+fn invalid(reason: String) -> Error {
+    Error::InvalidArgument { op: "gpt", reason }
+}
+
+impl<E: FloatDtype> Gpt<E> {
+    /// A model with nanoGPT's initialization from `seed`: weights
+    /// `N(0, 0.02²)`, residual projections (`o_proj`, `fc2`)
+    /// `N(0, (0.02/√(2·layers))²)`, biases zero, norms at ones and zeros.
+    pub fn try_new(config: GptConfig, seed: u64) -> Result<Self> {
+        let c = config;
+        if c.vocab == 0 || c.block == 0 || c.layers == 0 || c.heads == 0 || c.width == 0 {
+            return Err(invalid(format!("every size must be positive: {c:?}")));
+        }
+        if c.width % c.heads != 0 {
+            return Err(invalid(format!(
+                "heads {} do not divide width {}",
+                c.heads, c.width
+            )));
+        }
+        if !(0.0..1.0).contains(&c.dropout) {
+            return Err(invalid(format!(
+                "dropout must lie in [0, 1), got {}",
+                c.dropout
+            )));
+        }
+        let attn = AttentionConfig::default().causal(true).bias(c.bias);
+        let block = BlockConfig::new(attn).mlp_bias(c.bias);
+        let (d, h) = (Dyn(c.width), Dyn(c.heads));
+        let mut gpt = Gpt {
+            wte: Embedding::new(Dyn(c.vocab), d, rng::bits(seed, 1)),
+            wpe: LearnedPositions::new(Dyn(c.block), d, rng::bits(seed, 2)),
+            h: Encoder::try_new(
+                c.layers,
+                d,
+                h,
+                Dyn(c.width / c.heads),
+                h,
+                Dyn(4 * c.width),
+                block,
+                rng::bits(seed, 3),
+            )?,
+            config: c,
+        };
+        gpt.visit_params_mut(
+            "",
+            &mut NanoInit {
+                std: 0.02,
+                proj_std: 0.02 / (2.0 * c.layers as f64).sqrt(),
+                seed,
+                count: 0,
+            },
+        );
+        Ok(gpt)
+    }
+
+    /// Panicking twin of [`try_new`](Self::try_new).
+    #[track_caller]
+    pub fn new(config: GptConfig, seed: u64) -> Self {
+        or_panic(Self::try_new(config, seed))
+    }
+
+    /// Logits `(B, T, vocab)` of ids `(B, T)`; traced ids give traced
+    /// logits. Errors: `T > block`, an id outside the vocabulary.
+    pub fn try_forward<B: Dim, T: Dim, Tp: TapeState>(
+        &self,
+        ids: Tensor<(B, T), i64, Cpu, Tp>,
+    ) -> Result<Tensor<(B, T, Dyn), E, Cpu, Tp>> {
+        self.run(ids, None)
+    }
+
+    /// Panicking twin of [`try_forward`](Self::try_forward).
+    #[track_caller]
+    pub fn forward<B: Dim, T: Dim, Tp: TapeState>(
+        &self,
+        ids: Tensor<(B, T), i64, Cpu, Tp>,
+    ) -> Tensor<(B, T, Dyn), E, Cpu, Tp> {
+        or_panic(self.try_forward(ids))
+    }
+
+    fn run<B: Dim, T: Dim, Tp: TapeState>(
+        &self,
+        ids: Tensor<(B, T), i64, Cpu, Tp>,
+        dropout_seed: Option<u64>,
+    ) -> Result<Tensor<(B, T, Dyn), E, Cpu, Tp>> {
+        let t = ids.shape().1.size();
+        if t > self.config.block {
+            return Err(invalid(format!(
+                "sequence of {t} tokens exceeds the block size {}",
+                self.config.block
+            )));
+        }
+        let x = self.wte.try_forward(ids)?;
+        let mut x = self.wpe.try_forward_at(x, 0)?;
+        if let Some(seed) = dropout_seed {
+            if self.config.dropout > 0.0 {
+                x = x.dropout(self.config.dropout, seed);
+            }
+        }
+        let x = self.h.try_forward(x)?;
+        Ok(self.head(x))
+    }
+
+    fn head<B: Dim, T: Dim, Tp: TapeState>(
+        &self,
+        x: Tensor<(B, T, Dyn), E, Cpu, Tp>,
+    ) -> Tensor<(B, T, Dyn), E, Cpu, Tp> {
+        x.matmul(self.wte.weight.retaped::<Tp>().t())
+    }
+
+    /// Mean next-token cross-entropy of `ids` against `targets` (both `(B, T)`).
+    pub fn try_loss<B: Dim, T: Dim, Tp: TapeState, Tt>(
+        &self,
+        ids: Tensor<(B, T), i64, Cpu, Tp>,
+        targets: &Tensor<(B, T), i64, Cpu, Tt>,
+    ) -> Result<Tensor<(), E, Cpu, Tp>> {
+        let logits = self.try_forward(ids)?;
+        crate::nn::try_cross_entropy(logits, targets, CrossEntropyOpts::default())
+    }
+
+    /// Panicking twin of [`try_loss`](Self::try_loss).
+    #[track_caller]
+    pub fn loss<B: Dim, T: Dim, Tp: TapeState, Tt>(
+        &self,
+        ids: Tensor<(B, T), i64, Cpu, Tp>,
+        targets: &Tensor<(B, T), i64, Cpu, Tt>,
+    ) -> Tensor<(), E, Cpu, Tp> {
+        or_panic(self.try_loss(ids, targets))
+    }
+
+    /// The training loss: [`try_loss`](Self::try_loss) with dropout (mask
+    /// drawn from `seed`) on the embeddings when `dropout > 0`.
+    pub fn try_loss_train<B: Dim, T: Dim, Tp: TapeState, Tt>(
+        &self,
+        ids: Tensor<(B, T), i64, Cpu, Tp>,
+        targets: &Tensor<(B, T), i64, Cpu, Tt>,
+        seed: u64,
+    ) -> Result<Tensor<(), E, Cpu, Tp>> {
+        let logits = self.run(ids, Some(seed))?;
+        Ok(cross_entropy(logits, targets, CrossEntropyOpts::default()))
+    }
+
+    /// The logits of the position after `window` (at positions `0..`), fed
+    /// whole (no cache).
+    fn next_logits_full(&self, window: &[u32]) -> Result<Vec<f64>> {
+        let ids = ids_tensor(window)?;
+        let logits = self.try_forward(ids)?;
+        Ok(last_row(&logits.to_vec(), self.config.vocab))
+    }
+
+    /// Samples `max_new_tokens` tokens after `prompt` and returns prompt and
+    /// continuation. The context is cropped to the last `block` tokens. With
+    /// `use_cache`, keys and values are kept in a [`KvCache`] so each new
+    /// token costs one position; once the sequence outgrows `block` the
+    /// window shifts and (learned absolute positions being what they are)
+    /// the cropped window is recomputed, so both paths see exactly the same
+    /// context.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        max_new_tokens: usize,
+        opts: GenerateOpts,
+        use_cache: bool,
+    ) -> Result<Vec<u32>> {
+        if prompt.is_empty() {
+            return Err(invalid("generation needs a non-empty prompt".into()));
+        }
+        let block = self.config.block;
+        let mut seq = prompt.to_vec();
+        let mut cache: KvCache<E> = self.h.new_cache();
+        let mut start = 0usize;
+        for step in 0..max_new_tokens {
+            let logits = if use_cache {
+                if seq.len() - start > block {
+                    cache.clear();
+                    start = seq.len() - block;
+                }
+                let pos = cache.position();
+                let fresh = &seq[start + pos..];
+                let x = self.wte.try_forward(ids_tensor(fresh)?)?;
+                let x = self.wpe.try_forward_at(x, pos)?;
+                let x = self.h.try_forward_cached(x, &mut cache)?;
+                last_row(&self.head(x).to_vec(), self.config.vocab)
+            } else {
+                self.next_logits_full(&seq[seq.len().saturating_sub(block)..])?
+            };
+            let next = sample(&logits, &opts, rng::bits(opts.seed, step as u64))?;
+            seq.push(next as u32);
+        }
+        Ok(seq)
+    }
+}
+
+fn ids_tensor(ids: &[u32]) -> Result<Tensor<(Dyn, Dyn), i64>> {
+    Tensor::from_vec(
+        (Dyn(1), Dyn(ids.len())),
+        ids.iter().map(|&i| i64::from(i)).collect(),
+    )
+}
+
+fn last_row<E: Dtype>(v: &[E], vocab: usize) -> Vec<f64> {
+    v[v.len() - vocab..].iter().map(|x| x.to_f64()).collect()
+}
+
+/// Picks a token from `logits` as `opts` says; `bits` is the random draw.
+fn sample(logits: &[f64], opts: &GenerateOpts, bits: u64) -> Result<usize> {
+    let argmax = || {
+        let mut best = 0;
+        for (i, &l) in logits.iter().enumerate() {
+            if l > logits[best] {
+                best = i;
+            }
+        }
+        best
+    };
+    if opts.temperature == 0.0 {
+        return Ok(argmax());
+    }
+    if !(opts.temperature > 0.0) || !opts.temperature.is_finite() {
+        return Err(invalid(format!(
+            "temperature must be positive (or 0 for greedy), got {}",
+            opts.temperature
+        )));
+    }
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    if let Some(k) = opts.top_k {
+        order.truncate(k.max(1));
+    }
+    let top = logits[order[0]];
+    let mut probs: Vec<f64> = order
+        .iter()
+        .map(|&i| ((logits[i] - top) / opts.temperature).exp())
+        .collect();
+    let total: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= total);
+    if let Some(p) = opts.top_p {
+        let mut acc = 0.0;
+        let mut keep = probs.len();
+        for (i, q) in probs.iter().enumerate() {
+            acc += q;
+            if acc >= p {
+                keep = i + 1;
+                break;
+            }
+        }
+        probs.truncate(keep);
+        order.truncate(keep);
+    }
+    let total: f64 = probs.iter().sum();
+    let u = (bits >> 11) as f64 / (1u64 << 53) as f64 * total;
+    let mut acc = 0.0;
+    for (q, &i) in probs.iter().zip(&order) {
+        acc += q;
+        if u < acc {
+            return Ok(i);
+        }
+    }
+    Ok(*order.last().unwrap_or(&0))
+}
