@@ -193,8 +193,8 @@ fn gradients_match_finite_differences() {
         let idx: Vec<usize> = (0..n).step_by((n / 7).max(1)).collect();
         let mut numeric = Vec::new();
         for &i in &idx {
-            let h = 1e-6;
-            let mut eval = |delta: f64| {
+            let h = 1e-5;
+            let eval = |delta: f64| {
                 let mut m = model.clone();
                 let t = pick(&mut m);
                 let mut v = t.to_vec();
@@ -206,7 +206,7 @@ fn gradients_match_finite_differences() {
         }
         let got: Vec<f64> = idx.iter().map(|&i| analytic[i]).collect();
         let e = rel_err(&got, &numeric);
-        assert!(e < 1e-6, "{name}: rel err {e} ({got:?} vs {numeric:?})");
+        assert!(e < 1e-4, "{name}: rel err {e} ({got:?} vs {numeric:?})");
     }
 }
 
