@@ -17,6 +17,9 @@
 //! assert_eq!(out.len(), 7);
 //! ```
 
+// Typed shapes in signatures are the point of these layers.
+#![allow(clippy::type_complexity)]
+
 use zerfoo_kernels::{Cpu, Dtype, FloatDtype};
 
 use crate::autograd::TapeState;
@@ -345,7 +348,7 @@ fn sample(logits: &[f64], opts: &GenerateOpts, bits: u64) -> Result<usize> {
     if opts.temperature == 0.0 {
         return Ok(argmax());
     }
-    if !(opts.temperature > 0.0) || !opts.temperature.is_finite() {
+    if opts.temperature.is_nan() || opts.temperature < 0.0 || opts.temperature.is_infinite() {
         return Err(invalid(format!(
             "temperature must be positive (or 0 for greedy), got {}",
             opts.temperature

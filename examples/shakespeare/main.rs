@@ -1,0 +1,370 @@
+//! Trains a character-level GPT on Tiny Shakespeare (nanoGPT's
+//! `shakespeare_char` CPU config) and samples from it.
+//!
+//! ```text
+//! cargo run --release --example shakespeare
+//! cargo run --release --example shakespeare -- --max-iters 20 --eval-every 10
+//! cargo run --release --example shakespeare -- sample --checkpoint runs/shakespeare/checkpoints/best --prompt "ROMEO:" --tokens 200
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+use zerfoo::data::{Batch, TokenDataset};
+use zerfoo::models::{GenerateOpts, Gpt, GptConfig};
+use zerfoo::nn::Module;
+use zerfoo::optim::{no_decay_on_norms_and_biases, CosineWithWarmup, GroupConfig, Optimizer};
+use zerfoo::prelude::*;
+use zerfoo::tokenizer::{CharTokenizer, Tokenizer};
+use zerfoo::train::checkpoint::{read_checkpoint_config, MODEL_FILE, TOKENIZER_FILE};
+use zerfoo::train::{MicroStep, Progress, TokenBatches, TrainConfig, Trainer};
+
+#[derive(Parser, Debug)]
+#[command(about = "Train a character-level GPT on Tiny Shakespeare")]
+struct Args {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// Transformer blocks.
+    #[arg(long, default_value_t = 4)]
+    layers: usize,
+    /// Attention heads.
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    /// Model width.
+    #[arg(long, default_value_t = 128)]
+    width: usize,
+    /// Context length.
+    #[arg(long, default_value_t = 64)]
+    block: usize,
+    /// Sequences per batch.
+    #[arg(long, default_value_t = 12)]
+    batch: usize,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 2000)]
+    max_iters: u64,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Final learning rate of the cosine decay.
+    #[arg(long, default_value_t = 1e-4)]
+    min_lr: f64,
+    /// Linear warm-up steps.
+    #[arg(long, default_value_t = 100)]
+    warmup: usize,
+    /// AdamW beta1.
+    #[arg(long, default_value_t = 0.9)]
+    beta1: f64,
+    /// AdamW beta2.
+    #[arg(long, default_value_t = 0.99)]
+    beta2: f64,
+    /// Weight decay (not on biases and norms).
+    #[arg(long, default_value_t = 0.1)]
+    weight_decay: f64,
+    /// Gradient-norm clip (0: none).
+    #[arg(long, default_value_t = 1.0)]
+    grad_clip: f64,
+    /// Dropout on the embeddings.
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f64,
+    /// Biases in the linear layers.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    bias: bool,
+    /// Evaluate every this many steps.
+    #[arg(long, default_value_t = 250)]
+    eval_every: u64,
+    /// Validation batches per evaluation.
+    #[arg(long, default_value_t = 20)]
+    eval_iters: usize,
+    /// Checkpoint every this many steps (0: only at the end).
+    #[arg(long, default_value_t = 500)]
+    ckpt_every: u64,
+    /// Seed of the weights and the batches.
+    #[arg(long, default_value_t = 1337)]
+    seed: u64,
+    /// Run folder (metrics, loss.svg, checkpoints).
+    #[arg(long, default_value = "runs/shakespeare")]
+    out_dir: PathBuf,
+    /// Resume from this checkpoint folder.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Device (only `cpu` for now).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Dtype: f32, f64 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Characters to sample at the end.
+    #[arg(long, default_value_t = 500)]
+    sample_tokens: usize,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Generate text from a checkpoint.
+    Sample {
+        /// A checkpoint folder (e.g. runs/shakespeare/checkpoints/best).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Text to continue.
+        #[arg(long, default_value = "\n")]
+        prompt: String,
+        /// Characters to generate.
+        #[arg(long, default_value_t = 500)]
+        tokens: usize,
+        /// Sampling temperature (0: greedy).
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f64,
+        /// Keep only the k most likely characters.
+        #[arg(long, default_value_t = 200)]
+        top_k: usize,
+        /// Sampler seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(args) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> std::result::Result<(), String> {
+    if args.device != "cpu" {
+        return Err(format!(
+            "device `{}` is not supported yet: only `cpu` (CUDA arrives later)",
+            args.device
+        ));
+    }
+    if let Some(Cmd::Sample {
+        checkpoint,
+        prompt,
+        tokens,
+        temperature,
+        top_k,
+        seed,
+    }) = &args.cmd
+    {
+        let opts = GenerateOpts {
+            temperature: *temperature,
+            top_k: Some(*top_k),
+            top_p: None,
+            seed: *seed,
+        };
+        let dtype = read_checkpoint_config(checkpoint)
+            .map_err(|e| e.to_string())?
+            .and_then(|c| c.get("dtype").and_then(Value::as_str).map(String::from))
+            .unwrap_or_else(|| "f32".into());
+        let text = match dtype.as_str() {
+            "f64" => sample::<f64>(checkpoint, prompt, *tokens, opts),
+            "bf16" => sample::<bf16>(checkpoint, prompt, *tokens, opts),
+            _ => sample::<f32>(checkpoint, prompt, *tokens, opts),
+        }
+        .map_err(|e| e.to_string())?;
+        println!("{text}");
+        return Ok(());
+    }
+    match args.dtype.as_str() {
+        "f32" => train::<f32>(&args),
+        "f64" => train::<f64>(&args),
+        "bf16" => train::<bf16>(&args),
+        d => return Err(format!("unknown dtype `{d}` (f32, f64 or bf16)")),
+    }
+    .map_err(|e| e.to_string())
+}
+
+fn corpus() -> std::io::Result<String> {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shakespeare/input.txt"),
+    )
+}
+
+fn gpt_config(args: &Args, vocab: usize) -> GptConfig {
+    GptConfig {
+        vocab,
+        block: args.block,
+        layers: args.layers,
+        heads: args.heads,
+        width: args.width,
+        dropout: args.dropout,
+        bias: args.bias,
+    }
+}
+
+fn config_from_json(v: &Value) -> Result<GptConfig> {
+    let get = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_u64)
+            .map(|x| x as usize)
+            .ok_or_else(|| Error::Format {
+                what: "config.json".into(),
+                reason: format!("missing `{k}`"),
+            })
+    };
+    Ok(GptConfig {
+        vocab: get("vocab")?,
+        block: get("block")?,
+        layers: get("layers")?,
+        heads: get("heads")?,
+        width: get("width")?,
+        dropout: 0.0,
+        bias: v.get("bias").and_then(Value::as_bool).unwrap_or(true),
+    })
+}
+
+type Ids = Tensor<(Dyn, Dyn), i64>;
+
+fn ids(b: &Batch) -> Result<(Ids, Ids)> {
+    let shape = (Dyn(b.batch), Dyn(b.block));
+    Ok((
+        Tensor::from_vec(shape, b.inputs.clone())?,
+        Tensor::from_vec(shape, b.targets.clone())?,
+    ))
+}
+
+fn train<E: FloatDtype>(args: &Args) -> Result<()> {
+    let text = corpus().map_err(|e| Error::Format {
+        what: "input.txt".into(),
+        reason: e.to_string(),
+    })?;
+    let tok = CharTokenizer::from_corpus(&text);
+    let (train, val) = TokenDataset::new(tok.encode(&text)?).split(0.9)?;
+    let cfg = gpt_config(args, tok.vocab_size());
+    let mut model: Gpt<E> = Gpt::try_new(cfg, args.seed)?;
+    let run_config = json!({
+        "vocab": cfg.vocab, "block": cfg.block, "layers": cfg.layers, "heads": cfg.heads,
+        "width": cfg.width, "dropout": cfg.dropout, "bias": cfg.bias, "dtype": args.dtype,
+        "batch": args.batch, "max_iters": args.max_iters, "lr": args.lr, "min_lr": args.min_lr,
+        "warmup": args.warmup, "betas": [args.beta1, args.beta2], "weight_decay": args.weight_decay,
+        "grad_clip": args.grad_clip, "seed": args.seed,
+    });
+    println!("config: {run_config}");
+    println!(
+        "{} parameters, {} train / {} val characters, vocabulary {}",
+        model.num_params(),
+        train.len(),
+        val.len(),
+        cfg.vocab
+    );
+    let data = TokenBatches {
+        train,
+        val,
+        batch: args.batch,
+        block: args.block,
+        seed: args.seed,
+    };
+    let mut opt = Optimizer::adamw(args.lr, (args.beta1, args.beta2), 1e-8, args.weight_decay)
+        .with_groups(
+            vec![
+                GroupConfig {
+                    weight_decay: args.weight_decay,
+                    lr_scale: 1.0,
+                },
+                GroupConfig {
+                    weight_decay: 0.0,
+                    lr_scale: 1.0,
+                },
+            ],
+            no_decay_on_norms_and_biases,
+        );
+    let schedule = CosineWithWarmup {
+        max_lr: args.lr,
+        min_lr: args.min_lr,
+        warmup: args.warmup,
+        decay_steps: args.max_iters as usize,
+    };
+    let mut trainer = Trainer::new(TrainConfig {
+        max_steps: args.max_iters,
+        grad_clip: (args.grad_clip > 0.0).then_some(args.grad_clip),
+        eval_every: args.eval_every,
+        eval_batches: args.eval_iters,
+        ckpt_every: args.ckpt_every,
+        seed: args.seed,
+        run_dir: Some(args.out_dir.clone()),
+        progress: Progress::Auto,
+        handle_ctrlc: true,
+        config: Some(run_config),
+        tokenizer_json: Some(tok.to_json()),
+        ..Default::default()
+    });
+    if let Some(dir) = &args.resume {
+        let st = trainer.resume(dir, &mut model, &mut opt)?;
+        println!("resumed from {} at step {}", dir.display(), st.step);
+    }
+    let started = Instant::now();
+    let start_step = trainer.start_step();
+    let report = trainer.fit(
+        &mut model,
+        &mut opt,
+        &schedule,
+        &data,
+        |m: &Gpt<E>, b: &Batch, s: &MicroStep| {
+            let (x, y) = ids(b)?;
+            m.try_loss_train(x.traced(), &y, s.seed)
+        },
+        |m: &Gpt<E>, b: &Batch| {
+            let (x, y) = ids(b)?;
+            m.try_loss(x, &y)
+        },
+    )?;
+    let steps = report.step.saturating_sub(start_step).max(1);
+    for m in report.history.iter().filter(|m| m.val_loss.is_some()) {
+        println!(
+            "step {:>5}: train loss {:.4}, val loss {:.4}",
+            m.step,
+            m.train_loss,
+            m.val_loss.unwrap_or(f64::NAN)
+        );
+    }
+    println!(
+        "{:?} after {} steps, {:.1} ms/iteration",
+        report.status,
+        report.step,
+        started.elapsed().as_secs_f64() * 1e3 / steps as f64
+    );
+    let prompt = tok.encode("\n")?;
+    let opts = GenerateOpts {
+        temperature: 0.8,
+        top_k: Some(200),
+        top_p: None,
+        seed: args.seed,
+    };
+    let out = model.generate(&prompt, args.sample_tokens, opts, true)?;
+    println!("--- sample ---\n{}\n--------------", tok.decode(&out)?);
+    println!(
+        "saved: metrics and loss.svg in {}, checkpoints in {}",
+        args.out_dir.display(),
+        args.out_dir.join("checkpoints").display()
+    );
+    if let Some(best) = report.best_val_loss {
+        println!("best val loss {best:.4}");
+    }
+    Ok(())
+}
+
+fn sample<E: FloatDtype>(
+    dir: &Path,
+    prompt: &str,
+    tokens: usize,
+    opts: GenerateOpts,
+) -> Result<String> {
+    let cfg_json = read_checkpoint_config(dir)?.ok_or_else(|| Error::Format {
+        what: dir.display().to_string(),
+        reason: "the checkpoint has no config.json".into(),
+    })?;
+    let cfg = config_from_json(&cfg_json)?;
+    let tok_text =
+        std::fs::read_to_string(dir.join(TOKENIZER_FILE)).map_err(|e| Error::Format {
+            what: dir.join(TOKENIZER_FILE).display().to_string(),
+            reason: e.to_string(),
+        })?;
+    let tok = CharTokenizer::from_json(&tok_text)?;
+    let mut model: Gpt<E> = Gpt::try_new(cfg, 0)?;
+    zerfoo::io::load(&mut model, dir.join(MODEL_FILE))?;
+    let out = model.generate(&tok.encode(prompt)?, tokens, opts, true)?;
+    tok.decode(&out)
+}
