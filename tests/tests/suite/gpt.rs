@@ -21,12 +21,9 @@ fn tiny(vocab: usize, block: usize) -> GptConfig {
     }
 }
 
-fn batch_tensors(
-    data: &TokenDataset,
-    batch: usize,
-    block: usize,
-    index: u64,
-) -> (Tensor<(Dyn, Dyn), i64>, Tensor<(Dyn, Dyn), i64>) {
+type Ids = Tensor<(Dyn, Dyn), i64>;
+
+fn batch_tensors(data: &TokenDataset, batch: usize, block: usize, index: u64) -> (Ids, Ids) {
     let b = data.batch(batch, block, 7, index).unwrap();
     let shape = (Dyn(batch), Dyn(block));
     (
