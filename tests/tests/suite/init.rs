@@ -22,7 +22,10 @@ fn schemes_have_their_promised_spread_and_are_reproducible() {
     // normal(std)
     let w: Tensor<(Out, Fan), f64> = init::normal(shape, 0.02, 1);
     let (m, s, _) = stats(&w.to_vec());
-    assert!(m.abs() < 0.002 && (s / 0.02 - 1.0).abs() < 0.03, "normal: {m} {s}");
+    assert!(
+        m.abs() < 0.002 && (s / 0.02 - 1.0).abs() < 0.03,
+        "normal: {m} {s}"
+    );
     // Xavier uniform: U(-b, b), b = sqrt(6 / (fan_in + fan_out)), std = b / sqrt(3)
     let b = (6.0 / (fan_in + fan_out)).sqrt();
     let w: Tensor<(Out, Fan), f64> = init::xavier_uniform(shape, 256, 128, 1.0, 2);
