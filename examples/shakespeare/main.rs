@@ -13,12 +13,11 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use zerfoo::data::{Batch, TokenDataset};
-use zerfoo::models::{GenerateOpts, Gpt, GptConfig};
+use zerfoo::models::{sample_from_checkpoint, GenerateOpts, Gpt, GptConfig};
 use zerfoo::nn::Module;
 use zerfoo::optim::{no_decay_on_norms_and_biases, CosineWithWarmup, GroupConfig, Optimizer};
 use zerfoo::prelude::*;
 use zerfoo::tokenizer::{CharTokenizer, Tokenizer};
-use zerfoo::train::checkpoint::{read_checkpoint_config, MODEL_FILE, TOKENIZER_FILE};
 use zerfoo::train::{MicroStep, Progress, TokenBatches, TrainConfig, Trainer};
 
 #[derive(Parser, Debug)]
@@ -92,7 +91,7 @@ struct Args {
     /// Device (only `cpu` for now).
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Dtype: f32, f64 or bf16.
+    /// Dtype: f32, f64, f16 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// Characters to sample at the end.
@@ -155,24 +154,17 @@ fn run(args: Args) -> std::result::Result<(), String> {
             top_p: None,
             seed: *seed,
         };
-        let dtype = read_checkpoint_config(checkpoint)
-            .map_err(|e| e.to_string())?
-            .and_then(|c| c.get("dtype").and_then(Value::as_str).map(String::from))
-            .unwrap_or_else(|| "f32".into());
-        let text = match dtype.as_str() {
-            "f64" => sample::<f64>(checkpoint, prompt, *tokens, opts),
-            "bf16" => sample::<bf16>(checkpoint, prompt, *tokens, opts),
-            _ => sample::<f32>(checkpoint, prompt, *tokens, opts),
-        }
-        .map_err(|e| e.to_string())?;
+        let text =
+            sample_from_checkpoint(checkpoint, prompt, *tokens, opts).map_err(|e| e.to_string())?;
         println!("{text}");
         return Ok(());
     }
     match args.dtype.as_str() {
         "f32" => train::<f32>(&args),
         "f64" => train::<f64>(&args),
+        "f16" => train::<f16>(&args),
         "bf16" => train::<bf16>(&args),
-        d => return Err(format!("unknown dtype `{d}` (f32, f64 or bf16)")),
+        d => return Err(format!("unknown dtype `{d}` (f32, f64, f16 or bf16)")),
     }
     .map_err(|e| e.to_string())
 }
@@ -195,27 +187,6 @@ fn gpt_config(args: &Args, vocab: usize) -> GptConfig {
     }
 }
 
-fn config_from_json(v: &Value) -> Result<GptConfig> {
-    let get = |k: &str| {
-        v.get(k)
-            .and_then(Value::as_u64)
-            .map(|x| x as usize)
-            .ok_or_else(|| Error::Format {
-                what: "config.json".into(),
-                reason: format!("missing `{k}`"),
-            })
-    };
-    Ok(GptConfig {
-        vocab: get("vocab")?,
-        block: get("block")?,
-        layers: get("layers")?,
-        heads: get("heads")?,
-        width: get("width")?,
-        dropout: 0.0,
-        bias: v.get("bias").and_then(Value::as_bool).unwrap_or(true),
-    })
-}
-
 type Ids = Tensor<(Dyn, Dyn), i64>;
 
 fn ids(b: &Batch) -> Result<(Ids, Ids)> {
@@ -235,13 +206,17 @@ fn train<E: FloatDtype>(args: &Args) -> Result<()> {
     let (train, val) = TokenDataset::new(tok.encode(&text)?).split(0.9)?;
     let cfg = gpt_config(args, tok.vocab_size());
     let mut model: Gpt<E> = Gpt::try_new(cfg, args.seed)?;
-    let run_config = json!({
-        "vocab": cfg.vocab, "block": cfg.block, "layers": cfg.layers, "heads": cfg.heads,
-        "width": cfg.width, "dropout": cfg.dropout, "bias": cfg.bias, "dtype": args.dtype,
-        "batch": args.batch, "max_iters": args.max_iters, "lr": args.lr, "min_lr": args.min_lr,
-        "warmup": args.warmup, "betas": [args.beta1, args.beta2], "weight_decay": args.weight_decay,
+    // The model's sizes (read back by `sample`) plus the training settings.
+    let mut run_config = cfg.to_json();
+    let training = json!({
+        "dtype": args.dtype, "batch": args.batch, "max_iters": args.max_iters,
+        "lr": args.lr, "min_lr": args.min_lr, "warmup": args.warmup,
+        "betas": [args.beta1, args.beta2], "weight_decay": args.weight_decay,
         "grad_clip": args.grad_clip, "seed": args.seed,
     });
+    if let (Some(all), Value::Object(more)) = (run_config.as_object_mut(), training) {
+        all.extend(more);
+    }
     println!("config: {run_config}");
     println!(
         "{} parameters, {} train / {} val characters, vocabulary {}",
@@ -344,27 +319,4 @@ fn train<E: FloatDtype>(args: &Args) -> Result<()> {
         println!("best val loss {best:.4}");
     }
     Ok(())
-}
-
-fn sample<E: FloatDtype>(
-    dir: &Path,
-    prompt: &str,
-    tokens: usize,
-    opts: GenerateOpts,
-) -> Result<String> {
-    let cfg_json = read_checkpoint_config(dir)?.ok_or_else(|| Error::Format {
-        what: dir.display().to_string(),
-        reason: "the checkpoint has no config.json".into(),
-    })?;
-    let cfg = config_from_json(&cfg_json)?;
-    let tok_text =
-        std::fs::read_to_string(dir.join(TOKENIZER_FILE)).map_err(|e| Error::Format {
-            what: dir.join(TOKENIZER_FILE).display().to_string(),
-            reason: e.to_string(),
-        })?;
-    let tok = CharTokenizer::from_json(&tok_text)?;
-    let mut model: Gpt<E> = Gpt::try_new(cfg, 0)?;
-    zerfoo::io::load(&mut model, dir.join(MODEL_FILE))?;
-    let out = model.generate(&tok.encode(prompt)?, tokens, opts, true)?;
-    tok.decode(&out)
 }

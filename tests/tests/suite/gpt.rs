@@ -226,3 +226,97 @@ fn errors_for_bad_input() {
         .generate(&[], 2, GenerateOpts::greedy(), true)
         .is_err());
 }
+
+/// A checkpoint written in the middle of a GPT training run loads in the
+/// example's `sample` mode and generates exactly what the model held at that
+/// step generates.
+#[test]
+fn mid_run_checkpoint_samples() {
+    use zerfoo::models::sample_from_checkpoint;
+    use zerfoo::tokenizer::{CharTokenizer, Tokenizer};
+    use zerfoo::train::checkpoint::step_dir;
+    use zerfoo::train::{MicroStep, Progress, TokenBatches, TrainConfig, Trainer};
+
+    let text = "to be, or not to be, that is the question: ".repeat(12);
+    let tok = CharTokenizer::from_corpus(&text);
+    let (train, val) = TokenDataset::new(tok.encode(&text).unwrap())
+        .split(0.9)
+        .unwrap();
+    let data = TokenBatches {
+        train,
+        val,
+        batch: 4,
+        block: 8,
+        seed: 3,
+    };
+    let cfg = tiny(tok.vocab_size(), 8);
+    let mut run_config = cfg.to_json();
+    run_config["dtype"] = "f32".into();
+    let run = |steps: u64, dir: Option<std::path::PathBuf>| {
+        let mut model: Gpt<f32> = Gpt::new(cfg, 9);
+        let mut opt = Optimizer::adamw(1e-2, (0.9, 0.99), 1e-8, 0.1);
+        Trainer::new(TrainConfig {
+            max_steps: steps,
+            eval_every: 3,
+            eval_batches: 2,
+            ckpt_every: 3,
+            keep_last: 0,
+            seed: 3,
+            run_dir: dir,
+            progress: Progress::Quiet,
+            handle_ctrlc: false,
+            config: Some(run_config.clone()),
+            tokenizer_json: Some(tok.to_json()),
+            ..Default::default()
+        })
+        .fit(
+            &mut model,
+            &mut opt,
+            &zerfoo::optim::Constant(1e-2),
+            &data,
+            |m: &Gpt<f32>, b: &zerfoo::data::Batch, _: &MicroStep| {
+                let (x, y) = batch_ids(b);
+                m.try_loss(x.traced(), &y)
+            },
+            |m: &Gpt<f32>, b: &zerfoo::data::Batch| {
+                let (x, y) = batch_ids(b);
+                m.try_loss(x, &y)
+            },
+        )
+        .unwrap();
+        model
+    };
+    let dir = std::env::temp_dir().join(format!("zerfoo-gpt-sample-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = run(7, Some(dir.clone()));
+    let at_step_3 = run(3, None);
+
+    let opts = GenerateOpts {
+        temperature: 0.8,
+        top_k: Some(5),
+        top_p: None,
+        seed: 11,
+    };
+    let sampled = sample_from_checkpoint(step_dir(&dir, 3), "to be", 30, opts).unwrap();
+    let expected = at_step_3
+        .generate(&tok.encode("to be").unwrap(), 30, opts, true)
+        .unwrap();
+    assert_eq!(sampled, tok.decode(&expected).unwrap());
+    assert_eq!(sampled.chars().count(), 35);
+    assert!(sampled.starts_with("to be"));
+    // A character the corpus never had is a clear error, not a panic.
+    let e = sample_from_checkpoint(step_dir(&dir, 3), "ZZZ", 3, opts).unwrap_err();
+    assert!(e.to_string().contains('Z'), "{e}");
+    // A folder without a checkpoint is an error naming what is missing.
+    let e = sample_from_checkpoint(dir.join("nowhere"), "to", 3, opts).unwrap_err();
+    assert!(e.to_string().contains("tokenizer.json"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn batch_ids(b: &zerfoo::data::Batch) -> (Ids, Ids) {
+    let shape = (Dyn(b.batch), Dyn(b.block));
+    (
+        Tensor::from_vec(shape, b.inputs.clone()).unwrap(),
+        Tensor::from_vec(shape, b.targets.clone()).unwrap(),
+    )
+}

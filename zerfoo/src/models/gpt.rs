@@ -30,7 +30,11 @@ use crate::nn::{
 };
 use crate::shape::{Dim, Dyn, Shape};
 use crate::tensor::{rng, Tensor};
+use crate::tokenizer::{CharTokenizer, Tokenizer};
+use crate::train::checkpoint::{read_checkpoint_config, MODEL_FILE, TOKENIZER_FILE};
 use crate::{Error, Result};
+use serde_json::{json, Value};
+use std::path::Path;
 
 /// The sizes of a [`Gpt`] (nanoGPT's `GPTConfig`).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -57,6 +61,41 @@ impl GptConfig {
     pub fn nanogpt_param_count(&self) -> usize {
         let (v, t, l, c) = (self.vocab, self.block, self.layers, self.width);
         v * c + t * c + l * (12 * c * c + 13 * c) + 2 * c
+    }
+
+    /// The sizes as JSON (`{"vocab": .., "block": .., "layers": .., "heads":
+    /// .., "width": .., "dropout": .., "bias": ..}`), the keys
+    /// [`GptConfig::from_json`] reads back from a checkpoint's `config.json`.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "vocab": self.vocab, "block": self.block, "layers": self.layers,
+            "heads": self.heads, "width": self.width, "dropout": self.dropout,
+            "bias": self.bias,
+        })
+    }
+
+    /// Reads the sizes from JSON written by [`GptConfig::to_json`] (other keys
+    /// are ignored). A missing or non-integer size is an [`Error::Format`]
+    /// naming the key; `dropout` defaults to 0 and `bias` to true.
+    pub fn from_json(v: &Value) -> Result<Self> {
+        let size = |k: &str| {
+            v.get(k)
+                .and_then(Value::as_u64)
+                .map(|x| x as usize)
+                .ok_or_else(|| Error::Format {
+                    what: "GPT config".into(),
+                    reason: format!("missing or non-integer `{k}`"),
+                })
+        };
+        Ok(GptConfig {
+            vocab: size("vocab")?,
+            block: size("block")?,
+            layers: size("layers")?,
+            heads: size("heads")?,
+            width: size("width")?,
+            dropout: v.get("dropout").and_then(Value::as_f64).unwrap_or(0.0),
+            bias: v.get("bias").and_then(Value::as_bool).unwrap_or(true),
+        })
     }
 }
 
@@ -321,6 +360,61 @@ impl<E: FloatDtype> Gpt<E> {
         }
         Ok(seq)
     }
+}
+
+impl<E: FloatDtype> Gpt<E> {
+    /// Loads the model of a training checkpoint folder (see
+    /// [`train::checkpoint`](crate::train::checkpoint)): the sizes from its
+    /// `config.json` ([`GptConfig::from_json`]), then every parameter
+    /// strictly from `model.safetensors`. A missing config, a missing or
+    /// mis-shaped tensor, or a checkpoint of another dtype is an error.
+    pub fn from_checkpoint(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config = read_checkpoint_config(dir)?.ok_or_else(|| Error::Format {
+            what: dir.display().to_string(),
+            reason: "the checkpoint has no config.json".into(),
+        })?;
+        let mut model = Gpt::try_new(GptConfig::from_json(&config)?, 0)?;
+        crate::io::load(&mut model, dir.join(MODEL_FILE))?;
+        Ok(model)
+    }
+}
+
+/// Generates text from a character-level checkpoint folder: loads the model
+/// in the dtype its `config.json` names (`"dtype"`: f32, f64, f16 or bf16;
+/// f32 if absent), the [`CharTokenizer`] from `tokenizer.json`, and samples
+/// `tokens` characters after `prompt`. Returns prompt and continuation. This
+/// is what `cargo run --example shakespeare -- sample` runs.
+pub fn sample_from_checkpoint(
+    dir: impl AsRef<Path>,
+    prompt: &str,
+    tokens: usize,
+    opts: GenerateOpts,
+) -> Result<String> {
+    let dir = dir.as_ref();
+    let tok_path = dir.join(TOKENIZER_FILE);
+    let tok_text = std::fs::read_to_string(&tok_path).map_err(|e| Error::Format {
+        what: tok_path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let tok = CharTokenizer::from_json(&tok_text)?;
+    let prompt = tok.encode(prompt)?;
+    let dtype = read_checkpoint_config(dir)?
+        .and_then(|c| c.get("dtype").and_then(Value::as_str).map(String::from))
+        .unwrap_or_else(|| "f32".into());
+    let out = match dtype.as_str() {
+        "f32" => Gpt::<f32>::from_checkpoint(dir)?.generate(&prompt, tokens, opts, true)?,
+        "f64" => Gpt::<f64>::from_checkpoint(dir)?.generate(&prompt, tokens, opts, true)?,
+        "f16" => Gpt::<half::f16>::from_checkpoint(dir)?.generate(&prompt, tokens, opts, true)?,
+        "bf16" => Gpt::<half::bf16>::from_checkpoint(dir)?.generate(&prompt, tokens, opts, true)?,
+        d => {
+            return Err(Error::Format {
+                what: dir.join("config.json").display().to_string(),
+                reason: format!("unknown dtype `{d}` (f32, f64, f16 or bf16)"),
+            })
+        }
+    };
+    tok.decode(&out)
 }
 
 fn ids_tensor(ids: &[u32]) -> Result<Tensor<(Dyn, Dyn), i64>> {

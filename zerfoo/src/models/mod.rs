@@ -2,4 +2,4 @@
 
 pub mod gpt;
 
-pub use gpt::{GenerateOpts, Gpt, GptConfig};
+pub use gpt::{sample_from_checkpoint, GenerateOpts, Gpt, GptConfig};
