@@ -67,8 +67,8 @@ struct Args {
     /// Dropout on the embeddings.
     #[arg(long, default_value_t = 0.0)]
     dropout: f64,
-    /// Biases in the linear layers.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    /// Biases in the linear layers and LayerNorms (nanoGPT's default: none).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     bias: bool,
     /// Evaluate every this many steps.
     #[arg(long, default_value_t = 250)]

@@ -130,6 +130,13 @@ fn head_is_tied_and_param_count_matches_nanogpt() {
     assert!(
         format!("{:?}", info.iter().map(|p| &p.path).collect::<Vec<_>>()).contains("h.norm.weight")
     );
+
+    // nanoGPT's default `bias=False`: no bias anywhere, LayerNorms included.
+    let no_bias = GptConfig { bias: false, ..cfg };
+    let model: Gpt<f32> = Gpt::new(no_bias, 0);
+    assert!(model.param_info().iter().all(|p| !p.path.ends_with("bias")));
+    assert_eq!(model.num_params(), no_bias.nanogpt_param_count());
+    assert_eq!(no_bias.nanogpt_param_count(), 804_096);
 }
 
 #[test]

@@ -378,3 +378,32 @@ fn feed_forward_in_generic_code_and_f32() {
     assert!(g.get(&m.w1.weight).is_some() && g.get(&m.w3.weight).is_some());
     assert_eq!(generic_block(&m, x).dims(), [4, 2]);
 }
+
+// ---------------------------------------------------------------- layer norm without bias
+
+#[test]
+fn layer_norm_without_bias() {
+    dim!(Feat = 5);
+    let x: Tensor<(U3, Feat), f64> = Tensor::randn(Default::default(), 4);
+    let mut ln = zerfoo::nn::LayerNorm::<Feat, f64>::without_bias(Feat, 1e-5);
+    ln.weight = Tensor::randn((Feat,), 5).add_scalar(1.0);
+    // Only the weight is a parameter (PyTorch `LayerNorm(5, bias=False)`).
+    let paths: Vec<String> = ln.param_info().into_iter().map(|p| p.path).collect();
+    assert_eq!(paths, ["weight"]);
+    // Forward: (x - mean) / sqrt(var + eps) * w, row by row.
+    let (xv, w) = (x.to_vec(), ln.weight.to_vec());
+    let want: Vec<f64> = xv
+        .chunks(5)
+        .flat_map(|r| {
+            let mean = r.iter().sum::<f64>() / 5.0;
+            let var = r.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 5.0;
+            let w = &w;
+            r.iter()
+                .enumerate()
+                .map(move |(i, v)| (v - mean) / (var + 1e-5).sqrt() * w[i])
+        })
+        .collect();
+    close(&ln.forward(x.clone()).to_vec(), &want, 1e-12);
+    // The weight's gradient by finite differences.
+    check_param_grads(&mut ln, |m| weighted_sum(m.forward(x.clone().traced()), 6));
+}

@@ -153,7 +153,7 @@ fn model_f64() -> Model<Feat, Hid, f64, 2> {
         head: Some(Linear::new(Hid, Feat, false, 5)),
         fixed: LayerNorm {
             weight: Tensor::randn((Hid,), 6),
-            bias: Tensor::randn((Hid,), 7),
+            bias: Some(Tensor::randn((Hid,), 7)),
             eps: 1e-6,
         },
         _dtype: PhantomData,

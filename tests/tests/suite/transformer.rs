@@ -68,7 +68,11 @@ trait RefNorm {
 
 impl RefNorm for LayerNorm<Model, f64> {
     fn rows(&self, x: &[f64]) -> Vec<f64> {
-        let (w, b) = (self.weight.to_vec(), self.bias.to_vec());
+        let w = self.weight.to_vec();
+        let b = self
+            .bias
+            .as_ref()
+            .map_or(vec![0.0; w.len()], |b| b.to_vec());
         x.chunks(8)
             .flat_map(|r| layer_norm(r, &w, &b, self.eps))
             .collect()
@@ -77,7 +81,9 @@ impl RefNorm for LayerNorm<Model, f64> {
         self.weight = Tensor::randn((Model,), seed)
             .mul_scalar(0.3)
             .add_scalar(1.0);
-        self.bias = Tensor::randn((Model,), seed + 1).mul_scalar(0.3);
+        if self.bias.is_some() {
+            self.bias = Some(Tensor::randn((Model,), seed + 1).mul_scalar(0.3));
+        }
     }
 }
 

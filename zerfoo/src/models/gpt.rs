@@ -51,16 +51,21 @@ pub struct GptConfig {
     pub width: usize,
     /// Dropout on the embeddings during training ([`Gpt::loss_train`]).
     pub dropout: f64,
-    /// Biases in the linear layers (the LayerNorms always have theirs).
+    /// Biases in the linear layers and the LayerNorms (nanoGPT's `bias`).
     pub bias: bool,
 }
 
 impl GptConfig {
-    /// nanoGPT's parameter count for this config with `bias = true`:
-    /// `V·C + T·C + L·(12C² + 13C) + 2C` (the head is tied to `wte`).
+    /// nanoGPT's parameter count for this config (the head is tied to
+    /// `wte`): `V·C + T·C + L·(12C² + 13C) + 2C` with biases,
+    /// `V·C + T·C + L·(12C² + 2C) + C` without.
     pub fn nanogpt_param_count(&self) -> usize {
         let (v, t, l, c) = (self.vocab, self.block, self.layers, self.width);
-        v * c + t * c + l * (12 * c * c + 13 * c) + 2 * c
+        if self.bias {
+            v * c + t * c + l * (12 * c * c + 13 * c) + 2 * c
+        } else {
+            v * c + t * c + l * (12 * c * c + 2 * c) + c
+        }
     }
 
     /// The sizes as JSON (`{"vocab": .., "block": .., "layers": .., "heads":
@@ -196,7 +201,7 @@ impl<E: FloatDtype> Gpt<E> {
             )));
         }
         let attn = AttentionConfig::default().causal(true).bias(c.bias);
-        let block = BlockConfig::new(attn).mlp_bias(c.bias);
+        let block = BlockConfig::new(attn).mlp_bias(c.bias).norm_bias(c.bias);
         let (d, h) = (Dyn(c.width), Dyn(c.heads));
         let mut gpt = Gpt {
             wte: Embedding::new(Dyn(c.vocab), d, rng::bits(seed, 1)),

@@ -10,12 +10,13 @@ use crate::shape::{Dim, SameDim, Shape};
 use crate::tensor::Tensor;
 
 /// `torch.nn.LayerNorm(D)`: biased variance, `eps` inside the square root.
+/// `bias: None` is `LayerNorm(D, bias=False)` (nanoGPT's default).
 #[derive(crate::nn::Module, Clone, Debug)]
 pub struct LayerNorm<D: Dim, E: FloatDtype> {
     /// Scale, initialized to ones.
     pub weight: Tensor<(D,), E>,
-    /// Shift, initialized to zeros.
-    pub bias: Tensor<(D,), E>,
+    /// Shift, initialized to zeros; `None` for a norm without one.
+    pub bias: Option<Tensor<(D,), E>>,
     /// Added to the variance.
     #[module(skip)]
     pub eps: f64,
@@ -26,8 +27,16 @@ impl<D: Dim, E: FloatDtype> LayerNorm<D, E> {
     pub fn new(d: D, eps: f64) -> Self {
         LayerNorm {
             weight: Tensor::ones((d,)),
-            bias: Tensor::zeros((d,)),
+            bias: Some(Tensor::zeros((d,))),
             eps,
+        }
+    }
+
+    /// Weight ones and no bias (`torch.nn.LayerNorm(D, bias=False)`).
+    pub fn without_bias(d: D, eps: f64) -> Self {
+        LayerNorm {
+            bias: None,
+            ..Self::new(d, eps)
         }
     }
 }
@@ -39,11 +48,15 @@ where
 {
     type Output = Tensor<S, E, Cpu, T>;
     fn forward(&self, x: Tensor<S, E, Cpu, T>) -> Self::Output {
-        x.layer_norm(
-            &self.weight.retaped::<T>(),
-            &self.bias.retaped::<T>(),
-            self.eps,
-        )
+        let weight = self.weight.retaped::<T>();
+        match &self.bias {
+            Some(b) => x.layer_norm(&weight, &b.retaped::<T>(), self.eps),
+            None => x.layer_norm(
+                &weight,
+                &Tensor::<(D,), E>::zeros((weight.shape().0,)),
+                self.eps,
+            ),
+        }
     }
 }
 

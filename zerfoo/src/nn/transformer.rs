@@ -26,8 +26,9 @@ use crate::{Error, Result};
 /// A normalization layer a block can be built with ([`LayerNorm`] or
 /// [`RmsNorm`]), over the last axis `D`.
 pub trait BlockNorm<D: Dim, E: FloatDtype>: Module + Clone + core::fmt::Debug {
-    /// A fresh norm over `d` features (weight ones, bias zeros).
-    fn new_norm(d: D, eps: f64) -> Self;
+    /// A fresh norm over `d` features (weight ones; bias zeros, or none
+    /// without `bias`: only [`LayerNorm`] has one).
+    fn new_norm(d: D, eps: f64, bias: bool) -> Self;
     /// Normalizes each position of `(B, T, D)`.
     fn normalize<B: Dim, T: Dim, Tp: TapeState>(
         &self,
@@ -36,8 +37,12 @@ pub trait BlockNorm<D: Dim, E: FloatDtype>: Module + Clone + core::fmt::Debug {
 }
 
 impl<D: Dim, E: FloatDtype> BlockNorm<D, E> for LayerNorm<D, E> {
-    fn new_norm(d: D, eps: f64) -> Self {
-        LayerNorm::new(d, eps)
+    fn new_norm(d: D, eps: f64, bias: bool) -> Self {
+        if bias {
+            LayerNorm::new(d, eps)
+        } else {
+            LayerNorm::without_bias(d, eps)
+        }
     }
     fn normalize<B: Dim, T: Dim, Tp: TapeState>(
         &self,
@@ -48,7 +53,7 @@ impl<D: Dim, E: FloatDtype> BlockNorm<D, E> for LayerNorm<D, E> {
 }
 
 impl<D: Dim, E: FloatDtype> BlockNorm<D, E> for RmsNorm<D, E> {
-    fn new_norm(d: D, eps: f64) -> Self {
+    fn new_norm(d: D, eps: f64, _bias: bool) -> Self {
         RmsNorm::new(d, eps)
     }
     fn normalize<B: Dim, T: Dim, Tp: TapeState>(
@@ -115,6 +120,8 @@ pub struct BlockConfig {
     pub eps: f64,
     /// Biases in the MLP (default `true`).
     pub mlp_bias: bool,
+    /// Biases in the LayerNorms (default `true`; RMS norms have none).
+    pub norm_bias: bool,
     /// GELU's tanh approximation in the MLP (default `false`: exact).
     pub gelu_tanh: bool,
 }
@@ -132,6 +139,7 @@ impl BlockConfig {
             attn,
             eps: 1e-5,
             mlp_bias: true,
+            norm_bias: true,
             gelu_tanh: false,
         }
     }
@@ -143,6 +151,11 @@ impl BlockConfig {
     /// Biases in the MLP, or none.
     pub fn mlp_bias(mut self, bias: bool) -> Self {
         self.mlp_bias = bias;
+        self
+    }
+    /// Biases in the LayerNorms, or none.
+    pub fn norm_bias(mut self, bias: bool) -> Self {
+        self.norm_bias = bias;
         self
     }
     /// GELU's tanh approximation in the MLP.
@@ -231,7 +244,7 @@ where
         KvH: KvHeadsDivide<H>,
     {
         Ok(TransformerBlock {
-            norm1: N::new_norm(d, config.eps),
+            norm1: N::new_norm(d, config.eps, config.norm_bias),
             attn: MultiHeadAttention::try_new(
                 d,
                 heads,
@@ -240,7 +253,7 @@ where
                 config.attn,
                 sub_seed(seed, 0),
             )?,
-            norm2: N::new_norm(d, config.eps),
+            norm2: N::new_norm(d, config.eps, config.norm_bias),
             ffn: mlp(d, ffn, &config, sub_seed(seed, 1)),
         })
     }
@@ -444,7 +457,7 @@ where
             ..config.attn
         };
         Ok(DecoderBlock {
-            norm1: N::new_norm(d, config.eps),
+            norm1: N::new_norm(d, config.eps, config.norm_bias),
             self_attn: MultiHeadAttention::try_new(
                 d,
                 heads,
@@ -453,7 +466,7 @@ where
                 self_cfg,
                 sub_seed(seed, 0),
             )?,
-            norm2: N::new_norm(d, config.eps),
+            norm2: N::new_norm(d, config.eps, config.norm_bias),
             cross_attn: MultiHeadAttention::try_new(
                 d,
                 heads,
@@ -462,7 +475,7 @@ where
                 cross_cfg,
                 sub_seed(seed, 1),
             )?,
-            norm3: N::new_norm(d, config.eps),
+            norm3: N::new_norm(d, config.eps, config.norm_bias),
             ffn: mlp(d, ffn, &config, sub_seed(seed, 2)),
         })
     }
@@ -750,7 +763,7 @@ where
             .collect::<Result<_>>()?;
         Ok(Encoder {
             layers,
-            norm: N::new_norm(d, config.eps),
+            norm: N::new_norm(d, config.eps, config.norm_bias),
         })
     }
 
@@ -951,7 +964,7 @@ where
             .collect::<Result<_>>()?;
         Ok(Decoder {
             layers,
-            norm: N::new_norm(d, config.eps),
+            norm: N::new_norm(d, config.eps, config.norm_bias),
         })
     }
 

@@ -1,0 +1,269 @@
+#!/usr/bin/env python3
+"""Side by side: the Shakespeare GPT in zerfoo and in PyTorch, same machine.
+
+Runs nanoGPT's `train_shakespeare_char` CPU configuration (4 layers, 4 heads,
+width 128, context 64, batch 12, AdamW 1e-3 with betas 0.9/0.99 and weight
+decay 0.1, 100 warm-up steps, cosine decay to 1e-4, clip 1.0, dropout 0, eval
+every 250 steps over 20 batches) for `--iters` iterations in both frameworks
+with the same number of threads, and prints ms/iteration for each, the ratio,
+and the validation losses at each evaluation.
+
+The PyTorch model below is nanoGPT's `model.py` architecture (GPT-2 blocks:
+pre-norm, causal self-attention through `scaled_dot_product_attention`, 4x
+GELU MLP, LayerNorm with biases, tied head, nanoGPT's init), trained on the
+same 90/10 character split of the bundled `input.txt`.
+
+    pip install torch
+    cargo build --release --example shakespeare
+    python3 bench/shakespeare_vs_pytorch.py                 # 2000 iterations each
+    python3 bench/shakespeare_vs_pytorch.py --iters 300     # a quicker timing
+
+Output format (kept stable so runs can be compared):
+
+    framework  threads  iters  ms/iter  final_val  peak_rss_MiB
+    pytorch    ...
+    zerfoo     ...
+    ratio zerfoo/pytorch ms/iter: X.XX
+    eval  step  pytorch_val  zerfoo_val  diff
+"""
+import argparse
+import json
+import math
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT / "examples" / "shakespeare" / "input.txt"
+
+
+def pytorch_run(args, cfg):
+    """Trains nanoGPT in PyTorch; returns (ms/iter, [(step, val)], peak RSS MiB)."""
+    import torch
+    import torch.nn as nn
+    from torch.nn import functional as F
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(1337)
+
+    class CausalSelfAttention(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.c_attn = nn.Linear(c["n_embd"], 3 * c["n_embd"], bias=c["bias"])
+            self.c_proj = nn.Linear(c["n_embd"], c["n_embd"], bias=c["bias"])
+            self.n_head = c["n_head"]
+            self.n_embd = c["n_embd"]
+            self.dropout = c["dropout"]
+
+        def forward(self, x):
+            B, T, C = x.size()
+            q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+            k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+            q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+            v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+            y = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.dropout if self.training else 0, is_causal=True
+            )
+            y = y.transpose(1, 2).contiguous().view(B, T, C)
+            return self.c_proj(y)
+
+    class MLP(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.c_fc = nn.Linear(c["n_embd"], 4 * c["n_embd"], bias=c["bias"])
+            self.gelu = nn.GELU()
+            self.c_proj = nn.Linear(4 * c["n_embd"], c["n_embd"], bias=c["bias"])
+
+        def forward(self, x):
+            return self.c_proj(self.gelu(self.c_fc(x)))
+
+    class Block(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.ln_1 = nn.LayerNorm(c["n_embd"], bias=c["bias"])
+            self.attn = CausalSelfAttention(c)
+            self.ln_2 = nn.LayerNorm(c["n_embd"], bias=c["bias"])
+            self.mlp = MLP(c)
+
+        def forward(self, x):
+            x = x + self.attn(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+
+    class GPT(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.c = c
+            self.transformer = nn.ModuleDict(
+                dict(
+                    wte=nn.Embedding(c["vocab_size"], c["n_embd"]),
+                    wpe=nn.Embedding(c["block_size"], c["n_embd"]),
+                    drop=nn.Dropout(c["dropout"]),
+                    h=nn.ModuleList([Block(c) for _ in range(c["n_layer"])]),
+                    ln_f=nn.LayerNorm(c["n_embd"], bias=c["bias"]),
+                )
+            )
+            self.lm_head = nn.Linear(c["n_embd"], c["vocab_size"], bias=False)
+            self.transformer.wte.weight = self.lm_head.weight
+            self.apply(self._init_weights)
+            for pn, p in self.named_parameters():
+                if pn.endswith("c_proj.weight"):
+                    torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * c["n_layer"]))
+
+        def _init_weights(self, m):
+            if isinstance(m, nn.Linear):
+                torch.nn.init.normal_(m.weight, mean=0.0, std=0.02)
+                if m.bias is not None:
+                    torch.nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                torch.nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+        def forward(self, idx, targets):
+            b, t = idx.size()
+            pos = torch.arange(0, t, dtype=torch.long)
+            x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+            for block in self.transformer.h:
+                x = block(x)
+            x = self.transformer.ln_f(x)
+            logits = self.lm_head(x)
+            return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+    text = CORPUS.read_text()
+    chars = sorted(set(text))
+    stoi = {ch: i for i, ch in enumerate(chars)}
+    data = torch.tensor([stoi[c] for c in text], dtype=torch.long)
+    n = int(0.9 * len(data))
+    train_data, val_data = data[:n], data[n:]
+    block, batch = cfg["block"], cfg["batch"]
+
+    def get_batch(split):
+        d = train_data if split == "train" else val_data
+        ix = torch.randint(len(d) - block, (batch,))
+        x = torch.stack([d[i : i + block] for i in ix])
+        y = torch.stack([d[i + 1 : i + 1 + block] for i in ix])
+        return x, y
+
+    model = GPT(
+        dict(
+            vocab_size=len(chars),
+            block_size=block,
+            n_layer=cfg["layers"],
+            n_head=cfg["heads"],
+            n_embd=cfg["width"],
+            dropout=0.0,
+            bias=False,  # nanoGPT's default, and the zerfoo example's
+        )
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg["lr"],
+        betas=(0.9, 0.99),
+    )
+
+    def lr_at(it):
+        warmup, lr, min_lr, decay_iters = 100, cfg["lr"], cfg["min_lr"], args.iters
+        if it < warmup:
+            return lr * (it + 1) / (warmup + 1)
+        if it > decay_iters:
+            return min_lr
+        ratio = (it - warmup) / (decay_iters - warmup)
+        return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+    @torch.no_grad()
+    def val_loss():
+        model.eval()
+        losses = [model(*get_batch("val")).item() for _ in range(args.eval_iters)]
+        model.train()
+        return sum(losses) / len(losses)
+
+    evals = []
+    start = time.perf_counter()
+    for it in range(1, args.iters + 1):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(it - 1)
+        x, y = get_batch("train")
+        loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if it % args.eval_every == 0 or it == args.iters:
+            evals.append((it, val_loss()))
+            print(f"  pytorch step {it}: val {evals[-1][1]:.4f}", file=sys.stderr)
+    ms = (time.perf_counter() - start) * 1e3 / args.iters
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return ms, evals, rss
+
+
+def zerfoo_run(args):
+    """Runs the zerfoo example binary; returns (ms/iter, [(step, val)], peak RSS MiB)."""
+    exe = ROOT / "target" / "release" / "examples" / "shakespeare"
+    if not exe.exists():
+        sys.exit(f"{exe} is missing: run `cargo build --release --example shakespeare` first")
+    out = Path(tempfile.mkdtemp(prefix="zerfoo-bench-"))
+    env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
+    cmd = [
+        str(exe),
+        "--max-iters", str(args.iters),
+        "--eval-every", str(args.eval_every),
+        "--eval-iters", str(args.eval_iters),
+        "--ckpt-every", "0",
+        "--sample-tokens", "1",
+        "--out-dir", str(out / "run"),
+    ]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"zerfoo run failed:\n{proc.stderr}")
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    m = re.search(r"([0-9.]+) ms/iteration", proc.stdout)
+    ms = float(m.group(1)) if m else wall * 1e3 / args.iters
+    evals = []
+    for line in (out / "run" / "metrics.jsonl").read_text().splitlines():
+        v = json.loads(line)
+        if v.get("val_loss") is not None:
+            evals.append((v["step"], v["val_loss"]))
+    return ms, evals, rss
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--iters", type=int, default=2000)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--eval-iters", type=int, default=20)
+    p.add_argument("--only", choices=["zerfoo", "pytorch"], help="run one side")
+    args = p.parse_args()
+    cfg = dict(layers=4, heads=4, width=128, block=64, batch=12, lr=1e-3, min_lr=1e-4)
+
+    rows = {}
+    # zerfoo first: its RSS is measured from RUSAGE_CHILDREN before torch loads.
+    if args.only != "pytorch":
+        rows["zerfoo"] = zerfoo_run(args)
+    if args.only != "zerfoo":
+        rows["pytorch"] = pytorch_run(args, cfg)
+
+    print(f"{'framework':<10} {'threads':>7} {'iters':>6} {'ms/iter':>9} {'final_val':>10} {'peak_rss_MiB':>13}")
+    for name in ("pytorch", "zerfoo"):
+        if name in rows:
+            ms, evals, rss = rows[name]
+            final = evals[-1][1] if evals else float("nan")
+            print(f"{name:<10} {args.threads:>7} {args.iters:>6} {ms:>9.2f} {final:>10.4f} {rss:>13.1f}")
+    if len(rows) == 2:
+        ratio = rows["zerfoo"][0] / rows["pytorch"][0]
+        print(f"ratio zerfoo/pytorch ms/iter: {ratio:.2f}")
+        print(f"{'eval':<5} {'step':>6} {'pytorch_val':>12} {'zerfoo_val':>11} {'diff':>8}")
+        for (s, pv), (_, zv) in zip(rows["pytorch"][1], rows["zerfoo"][1]):
+            print(f"{'eval':<5} {s:>6} {pv:>12.4f} {zv:>11.4f} {zv - pv:>+8.4f}")
+
+
+if __name__ == "__main__":
+    main()
