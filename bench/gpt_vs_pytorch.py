@@ -1,28 +1,34 @@
 #!/usr/bin/env python3
-"""Side by side: the Shakespeare GPT in zerfoo and in PyTorch, same machine.
+"""Side by side: a GPT trained in zerfoo and in PyTorch, same machine, same threads.
 
-Runs nanoGPT's `train_shakespeare_char` CPU configuration (4 layers, 4 heads,
-width 128, context 64, batch 12, AdamW 1e-3 with betas 0.9/0.99 and weight
-decay 0.1, 100 warm-up steps, cosine decay to 1e-4, clip 1.0, dropout 0, eval
-every 250 steps over 20 batches) for `--iters` iterations in both frameworks
-with the same number of threads, and prints ms/iteration for each, the ratio,
-and the validation losses at each evaluation.
+Two configurations (`--config`):
 
-The PyTorch model below is nanoGPT's `model.py` architecture (GPT-2 blocks:
-pre-norm, causal self-attention through `scaled_dot_product_attention`, 4x
-GELU MLP, LayerNorm with biases, tied head, nanoGPT's init), trained on the
-same 90/10 character split of the bundled `input.txt`.
+* `shakespeare` (default): nanoGPT's `train_shakespeare_char` CPU run: 4
+  layers, 4 heads, width 128, context 64, batch 12, AdamW 1e-3 (betas
+  0.9/0.99, weight decay 0.1), 100 warm-up steps, cosine decay to 1e-4, clip
+  1.0, dropout 0, no biases, eval every 250 steps over 20 batches.
+* `gpt6`: a larger GPT (6 layers, 6 heads, width 384, context 256, batch 8),
+  otherwise the same.
+
+Both frameworks train for `--iters` iterations on the same 90/10 character
+split of the bundled `examples/shakespeare/input.txt`; the script prints
+ms/iteration of the training step (evaluations excluded, the first 5 steps
+skipped as warm-up), the ratio, peak RSS, and the validation losses at each
+evaluation. The PyTorch model below is nanoGPT's `model.py` architecture
+(pre-norm blocks, causal `scaled_dot_product_attention`, 4x GELU MLP, tied
+head, nanoGPT's init).
 
     pip install torch
     cargo build --release --example shakespeare
-    python3 bench/shakespeare_vs_pytorch.py                 # 2000 iterations each
-    python3 bench/shakespeare_vs_pytorch.py --iters 300     # a quicker timing
+    python3 bench/gpt_vs_pytorch.py                          # 2000 iterations, val curve
+    python3 bench/gpt_vs_pytorch.py --iters 200 --eval-every 1000   # timing only
+    python3 bench/gpt_vs_pytorch.py --config gpt6 --iters 30 --eval-every 1000
 
 Output format (kept stable so runs can be compared):
 
-    framework  threads  iters  ms/iter  final_val  peak_rss_MiB
-    pytorch    ...
-    zerfoo     ...
+    config       framework  threads  iters   ms/iter  final_val  peak_rss_MiB
+    shakespeare  pytorch    ...
+    shakespeare  zerfoo     ...
     ratio zerfoo/pytorch ms/iter: X.XX
     eval  step  pytorch_val  zerfoo_val  diff
 """
@@ -30,8 +36,8 @@ import argparse
 import json
 import math
 import os
-import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,6 +46,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "examples" / "shakespeare" / "input.txt"
+
+
+CONFIGS = {
+    "shakespeare": dict(layers=4, heads=4, width=128, block=64, batch=12, lr=1e-3, min_lr=1e-4),
+    "gpt6": dict(layers=6, heads=6, width=384, block=256, batch=8, lr=1e-3, min_lr=1e-4),
+}
+
+
+def mean_ms(step_secs):
+    """Mean training-step time in ms, the first 5 steps skipped as warm-up."""
+    warm = step_secs[5:] if len(step_secs) > 10 else step_secs
+    return sum(warm) * 1e3 / len(warm)
 
 
 def pytorch_run(args, cfg):
@@ -184,8 +202,9 @@ def pytorch_run(args, cfg):
         return sum(losses) / len(losses)
 
     evals = []
-    start = time.perf_counter()
+    step_secs = []
     for it in range(1, args.iters + 1):
+        t0 = time.perf_counter()
         for g in opt.param_groups:
             g["lr"] = lr_at(it - 1)
         x, y = get_batch("train")
@@ -194,15 +213,16 @@ def pytorch_run(args, cfg):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        step_secs.append(time.perf_counter() - t0)
         if it % args.eval_every == 0 or it == args.iters:
             evals.append((it, val_loss()))
             print(f"  pytorch step {it}: val {evals[-1][1]:.4f}", file=sys.stderr)
-    ms = (time.perf_counter() - start) * 1e3 / args.iters
+    ms = mean_ms(step_secs)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return ms, evals, rss
 
 
-def zerfoo_run(args):
+def zerfoo_run(args, cfg):
     """Runs the zerfoo example binary; returns (ms/iter, [(step, val)], peak RSS MiB)."""
     exe = ROOT / "target" / "release" / "examples" / "shakespeare"
     if not exe.exists():
@@ -212,51 +232,56 @@ def zerfoo_run(args):
     cmd = [
         str(exe),
         "--max-iters", str(args.iters),
+        "--layers", str(cfg["layers"]),
+        "--heads", str(cfg["heads"]),
+        "--width", str(cfg["width"]),
+        "--block", str(cfg["block"]),
+        "--batch", str(cfg["batch"]),
         "--eval-every", str(args.eval_every),
         "--eval-iters", str(args.eval_iters),
         "--ckpt-every", "0",
         "--sample-tokens", "1",
         "--out-dir", str(out / "run"),
     ]
-    start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"zerfoo run failed:\n{proc.stderr}")
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    m = re.search(r"([0-9.]+) ms/iteration", proc.stdout)
-    ms = float(m.group(1)) if m else wall * 1e3 / args.iters
-    evals = []
+    tokens = cfg["batch"] * cfg["block"]
+    evals, step_secs = [], []
     for line in (out / "run" / "metrics.jsonl").read_text().splitlines():
         v = json.loads(line)
+        step_secs.append(tokens / v["tokens_per_s"])
         if v.get("val_loss") is not None:
             evals.append((v["step"], v["val_loss"]))
-    return ms, evals, rss
+    shutil.rmtree(out, ignore_errors=True)
+    return mean_ms(step_secs), evals, rss
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", choices=sorted(CONFIGS), default="shakespeare")
     p.add_argument("--iters", type=int, default=2000)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--eval-iters", type=int, default=20)
     p.add_argument("--only", choices=["zerfoo", "pytorch"], help="run one side")
     args = p.parse_args()
-    cfg = dict(layers=4, heads=4, width=128, block=64, batch=12, lr=1e-3, min_lr=1e-4)
+    cfg = CONFIGS[args.config]
 
     rows = {}
     # zerfoo first: its RSS is measured from RUSAGE_CHILDREN before torch loads.
     if args.only != "pytorch":
-        rows["zerfoo"] = zerfoo_run(args)
+        rows["zerfoo"] = zerfoo_run(args, cfg)
     if args.only != "zerfoo":
         rows["pytorch"] = pytorch_run(args, cfg)
 
-    print(f"{'framework':<10} {'threads':>7} {'iters':>6} {'ms/iter':>9} {'final_val':>10} {'peak_rss_MiB':>13}")
+    print(f"{'config':<12} {'framework':<10} {'threads':>7} {'iters':>6} {'ms/iter':>9} {'final_val':>10} {'peak_rss_MiB':>13}")
     for name in ("pytorch", "zerfoo"):
         if name in rows:
             ms, evals, rss = rows[name]
             final = evals[-1][1] if evals else float("nan")
-            print(f"{name:<10} {args.threads:>7} {args.iters:>6} {ms:>9.2f} {final:>10.4f} {rss:>13.1f}")
+            print(f"{args.config:<12} {name:<10} {args.threads:>7} {args.iters:>6} {ms:>9.2f} {final:>10.4f} {rss:>13.1f}")
     if len(rows) == 2:
         ratio = rows["zerfoo"][0] / rows["pytorch"][0]
         print(f"ratio zerfoo/pytorch ms/iter: {ratio:.2f}")
