@@ -11,6 +11,7 @@ pub mod loss;
 pub mod mask;
 pub mod matmul;
 pub mod norm;
+pub mod optim;
 pub mod reduce;
 pub mod rotary;
 pub mod shape;

@@ -1,5 +1,6 @@
 //! Global-norm gradient clipping (`torch.nn.utils.clip_grad_norm_`).
 
+use zerfoo_kernels::cpu::optim::{scale_in_place, sum_squares};
 use zerfoo_kernels::{Cpu, FloatDtype};
 
 use crate::autograd::{Gradients, NoTape};
@@ -18,7 +19,7 @@ pub fn clip_grad_norm<M: Module>(module: &M, grads: &mut Gradients, max_norm: f6
     impl ParamVisitor for SumSq<'_> {
         fn visit<S: Shape, E: FloatDtype>(&mut self, _: &str, p: &Tensor<S, E, Cpu, NoTape>) {
             if let Some(g) = self.grads.get_vec::<E>(p.id()) {
-                self.total += g.iter().map(|x| x.to_f64() * x.to_f64()).sum::<f64>();
+                self.total += sum_squares(g);
             }
         }
     }
@@ -34,9 +35,7 @@ pub fn clip_grad_norm<M: Module>(module: &M, grads: &mut Gradients, max_norm: f6
         impl ParamVisitor for Scale<'_> {
             fn visit<S: Shape, E: FloatDtype>(&mut self, _: &str, p: &Tensor<S, E, Cpu, NoTape>) {
                 if let Some(g) = self.grads.get_vec_mut::<E>(p.id()) {
-                    for x in g.iter_mut() {
-                        *x = E::from_f64(x.to_f64() * self.coef);
-                    }
+                    scale_in_place(g, self.coef);
                 }
             }
         }

@@ -21,7 +21,8 @@ pub use state::OptimizerState;
 use std::collections::HashMap;
 
 use num_traits::Float;
-use zerfoo_kernels::{Cpu, FloatDtype, Real};
+use zerfoo_kernels::cpu::optim::{adam_update, sgd_update, AdamStep, SgdStep};
+use zerfoo_kernels::{Cpu, FloatDtype};
 
 use crate::autograd::{Gradients, NoTape};
 use crate::nn::{Module, ParamVisitorMut};
@@ -304,7 +305,7 @@ impl ParamVisitorMut for Update<'_> {
         // gradient (or was frozen) for a while gets Adam's full bias
         // correction when it starts training.
         let t = st.steps + 1;
-        let one = E::Acc::of_f64(1.0);
+        let lr = self.opt.lr * group.lr_scale;
         let data = p.data_mut();
         match self.opt.rule {
             Rule::Sgd {
@@ -312,52 +313,28 @@ impl ParamVisitorMut for Update<'_> {
                 dampening,
                 nesterov,
             } => {
-                let (mo, damp) = (E::Acc::of_f64(momentum), E::Acc::of_f64(dampening));
-                let first = st.steps == 0;
-                let buf = st.slot::<E::Acc>(0);
-                for i in 0..n {
-                    let x = data[i].to_acc();
-                    let mut d = g[i].to_acc();
-                    if group.weight_decay != 0.0 {
-                        d += wd * x;
-                    }
-                    if momentum != 0.0 {
-                        buf[i] = if first {
-                            d
-                        } else {
-                            mo * buf[i] + (one - damp) * d
-                        };
-                        d = if nesterov { d + mo * buf[i] } else { buf[i] };
-                    }
-                    data[i] = E::from_acc(x - lr * d);
-                }
+                let step = SgdStep {
+                    lr,
+                    momentum,
+                    dampening,
+                    nesterov,
+                    weight_decay: group.weight_decay,
+                    first: st.steps == 0,
+                };
+                sgd_update(data, g, st.slot::<E::Acc>(0), &step);
             }
             Rule::Adam { beta1, beta2, eps } | Rule::AdamW { beta1, beta2, eps } => {
-                let decoupled = matches!(self.opt.rule, Rule::AdamW { .. });
-                let (b1, b2, eps_a) = (
-                    E::Acc::of_f64(beta1),
-                    E::Acc::of_f64(beta2),
-                    E::Acc::of_f64(eps),
-                );
-                let bc1 = 1.0 - beta1.powi(t as i32);
-                let bc2_sqrt = E::Acc::of_f64((1.0 - beta2.powi(t as i32)).sqrt());
-                let step_size = E::Acc::of_f64(self.opt.lr * group.lr_scale / bc1);
+                let step = AdamStep {
+                    lr,
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay: group.weight_decay,
+                    decoupled: matches!(self.opt.rule, Rule::AdamW { .. }),
+                    step: t,
+                };
                 let (m, v) = st.two_slots::<E::Acc>();
-                for i in 0..n {
-                    let mut x = data[i].to_acc();
-                    let mut gr = g[i].to_acc();
-                    if decoupled {
-                        x *= one - lr * wd;
-                    } else if group.weight_decay != 0.0 {
-                        gr += wd * x;
-                    }
-                    // PyTorch: exp_avg.lerp_(grad, 1 - beta1)
-                    m[i] = m[i] + (one - b1) * (gr - m[i]);
-                    v[i] = v[i] * b2 + (one - b2) * gr * gr;
-                    let denom = v[i].sqrt() / bc2_sqrt + eps_a;
-                    x = x - step_size * m[i] / denom;
-                    data[i] = E::from_acc(x);
-                }
+                adam_update(data, g, m, v, &step);
             }
         }
         st.steps += 1;
