@@ -19,6 +19,15 @@ use crate::Real;
 /// The CPU must support the kernel's target features.
 pub(crate) type MicroFn<T> = unsafe fn(kc: usize, a: *const T, b: *const T, c: *mut T, ldc: usize);
 
+/// Like [`MicroFn`] but reads `A` in place: `a[i * lda + p]` for row `i`,
+/// depth `p` (a row-major `A` needs no packing).
+///
+/// # Safety
+/// `a` must be readable at `i * lda + p` for `i < MR`, `p < kc`; otherwise
+/// as for [`MicroFn`].
+pub(crate) type DirectFn<T> =
+    unsafe fn(kc: usize, a: *const T, lda: usize, b: *const T, c: *mut T, ldc: usize);
+
 /// A micro-kernel and its register-tile shape.
 #[derive(Clone, Copy)]
 pub(crate) struct Kernel<T> {
@@ -28,6 +37,8 @@ pub(crate) struct Kernel<T> {
     pub nr: usize,
     /// The kernel itself.
     pub f: MicroFn<T>,
+    /// The same kernel reading `A` in place.
+    pub fd: DirectFn<T>,
     /// A short name (for benchmarks and tests).
     #[allow(dead_code)]
     pub name: &'static str,

@@ -25,6 +25,8 @@ mod x86;
 #[cfg(test)]
 mod tests;
 
+use std::any::TypeId;
+
 use num_traits::Zero;
 use rayon::prelude::*;
 
@@ -38,6 +40,9 @@ pub(crate) const KC: usize = 256;
 const MC: usize = 336;
 /// Columns of a packed `B` block at most (sized for L3; a multiple of every `NR`).
 const NC: usize = 3072;
+/// At most this many `NR`-column panels of B: read a row-major A in place
+/// instead of packing it.
+const DIRECT_MAX_PANELS: usize = 16;
 /// Below this many multiply-adds in total a product runs on the calling thread.
 pub const PAR_MACS: usize = 1 << 20;
 
@@ -339,6 +344,11 @@ fn blocked<E: FloatDtype>(
         1
     };
     let ntasks = rb * cs;
+    // A row-major A already in the compute type is read in place where
+    // packing it would not pay: few B panels to amortize the packing over.
+    let direct = ops.a_unit_k
+        && TypeId::of::<E>() == TypeId::of::<E::Acc>()
+        && n.div_ceil(nr) <= DIRECT_MAX_PANELS;
     let cptr = SendPtr(c.as_mut_ptr());
     let nc_max = NC.min(n.div_ceil(nr) * nr);
     with_buf::<E::Acc, _>(&B_BUF, nc_max * KC.min(k), |bbuf| {
@@ -366,14 +376,29 @@ fn blocked<E: FloatDtype>(
                     if p0 == p1 {
                         return;
                     }
-                    with_buf::<E::Acc, _>(&A_BUF, rows.div_ceil(mr) * mr * kc, |ap| {
-                        pack_a(ops, ic, rows, pc, kc, mr, ap);
+                    // Direct: full panels read A in place, only the tail is packed.
+                    let (pr0, prows) = if direct {
+                        let full = rows / mr * mr;
+                        (full, rows - full)
+                    } else {
+                        (0, rows)
+                    };
+                    with_buf::<E::Acc, _>(&A_BUF, prows.div_ceil(mr) * mr * kc, |ap| {
+                        pack_a(ops, ic + pr0, prows, pc, kc, mr, ap);
+                        let a_in_place = direct.then(|| {
+                            let at = ops.a_base + ops.a_rows[ic] + ops.a_cols[pc];
+                            let lda = ops.a_rows.get(1).map_or(0, |&r| r - ops.a_rows[0]);
+                            // SAFETY: `direct` implies `E` is `E::Acc`; `at` is in bounds
+                            // (row `ic`, depth `pc` of A).
+                            (unsafe { ops.a.as_ptr().add(at).cast::<E::Acc>() }, lda)
+                        });
                         // SAFETY: task `t` writes only rows `ic..ic + rows` and
                         // columns of panels `p0..p1` of this column block: disjoint
                         // from every other task, and inside `c` (`m x n`).
                         unsafe {
                             macro_kernel(
                                 &kern,
+                                a_in_place,
                                 ap,
                                 bp,
                                 kc,
@@ -401,12 +426,17 @@ fn blocked<E: FloatDtype>(
 /// `B` block (`kc x nc`) and adds the result into `c` (the block's top-left
 /// corner, row length `ldc`).
 ///
+/// With `a_in_place = Some((a, lda))`, full `MR`-row panels read `A` at
+/// `a + i * lda + p` and `ap` holds only the packed tail panel.
+///
 /// # Safety
+/// `a_in_place` (if any) must be readable for `mc` rows by `kc` depth.
 /// `c` must be valid for reads and writes at `i * ldc + j` for `i < mc`,
 /// `j < nc`, and no other thread may touch that part of those rows' panels.
 #[allow(clippy::too_many_arguments)]
 unsafe fn macro_kernel<A: Real>(
     kern: &Kernel<A>,
+    a_in_place: Option<(*const A, usize)>,
     ap: &[A],
     bp: &[A],
     kc: usize,
@@ -423,11 +453,36 @@ unsafe fn macro_kernel<A: Real>(
         let bpanel = &bp[jp * kc * nr..(jp + 1) * kc * nr];
         let j0 = jp * nr;
         let cols = nr.min(nc - j0);
-        for (ip, apanel) in ap.chunks_exact(kc * mr).enumerate() {
+        for ip in 0..mc.div_ceil(mr) {
             let i0 = ip * mr;
             let rows = mr.min(mc - i0);
             // SAFETY: `i0 < mc`, `j0 < nc`: inside the caller's block.
             let cp = unsafe { c.add(i0 * ldc + j0) };
+            if let (Some((a, lda)), true) = (a_in_place, rows == mr) {
+                if cols == nr {
+                    // SAFETY: rows `i0..i0 + mr` of A are in place at `a + i0 * lda`
+                    // (the caller's guarantee); the tile is inside the block.
+                    unsafe { (kern.fd)(kc, a.add(i0 * lda), lda, bpanel.as_ptr(), cp, ldc) };
+                } else {
+                    let mut t = [A::zero(); MAX_TILE];
+                    // SAFETY: as above, into scratch with row length nr.
+                    unsafe {
+                        (kern.fd)(
+                            kc,
+                            a.add(i0 * lda),
+                            lda,
+                            bpanel.as_ptr(),
+                            t.as_mut_ptr(),
+                            nr,
+                        )
+                    };
+                    add_tile(&t, nr, rows, cols, cp, ldc);
+                }
+                continue;
+            }
+            // Packed panel: all of them, or only the tail when A is read in place.
+            let pi = if a_in_place.is_some() { 0 } else { ip };
+            let apanel = &ap[pi * kc * mr..(pi + 1) * kc * mr];
             if rows == mr && cols == nr {
                 // SAFETY: full tile inside the block; panels hold kc*mr / kc*nr values;
                 // the kernel was offered only where the CPU supports it.
@@ -436,13 +491,19 @@ unsafe fn macro_kernel<A: Real>(
                 let mut t = [A::zero(); MAX_TILE];
                 // SAFETY: the scratch tile holds mr * nr values with row length nr.
                 unsafe { (kern.f)(kc, apanel.as_ptr(), bpanel.as_ptr(), t.as_mut_ptr(), nr) };
-                for i in 0..rows {
-                    for j in 0..cols {
-                        // SAFETY: `i < rows`, `j < cols`: inside the block.
-                        unsafe { *cp.add(i * ldc + j) += t[i * nr + j] };
-                    }
-                }
+                add_tile(&t, nr, rows, cols, cp, ldc);
             }
+        }
+    }
+}
+
+/// Adds the top-left `rows x cols` of a scratch tile (row length `nr`) into `c`.
+#[inline]
+fn add_tile<A: Real>(t: &[A], nr: usize, rows: usize, cols: usize, c: *mut A, ldc: usize) {
+    for i in 0..rows {
+        for j in 0..cols {
+            // SAFETY: the caller's block holds `rows x cols` at `c` with row length `ldc`.
+            unsafe { *c.add(i * ldc + j) += t[i * nr + j] };
         }
     }
 }

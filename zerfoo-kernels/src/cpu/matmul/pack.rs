@@ -14,6 +14,9 @@ use std::thread::LocalKey;
 use num_traits::Zero;
 
 use super::{Operands, KC};
+
+/// The tallest register tile any kernel uses.
+const MAX_MR: usize = 16;
 use crate::{bf16, f16, FloatDtype, Real};
 
 /// Converts a run of inputs into the compute type.
@@ -124,7 +127,11 @@ pub(crate) fn pack_a<E: FloatDtype>(
     dst: &mut [E::Acc],
 ) {
     let cols = &ops.a_cols[pc..pc + kc];
-    let mut tmp = [E::Acc::zero(); KC];
+    let same = TypeId::of::<E>() == TypeId::of::<E::Acc>();
+    let mut tmp: Vec<E::Acc> = Vec::new();
+    if ops.a_unit_k && !same {
+        tmp.resize(mr * kc, E::Acc::zero());
+    }
     for (ip, panel) in dst.chunks_exact_mut(kc * mr).enumerate() {
         let r0 = ip * mr;
         let rows = mr.min(mc - r0);
@@ -132,12 +139,30 @@ pub(crate) fn pack_a<E: FloatDtype>(
             panel.fill(E::Acc::zero());
         }
         if ops.a_unit_k {
-            // Each row is a contiguous run along the depth.
-            for i in 0..rows {
-                let base = ops.a_base + ops.a_rows[ic + r0 + i] + cols[0];
-                widen(&ops.a[base..base + kc], &mut tmp[..kc]);
-                for (d, &v) in panel[i..].iter_mut().step_by(mr).zip(&tmp[..kc]) {
-                    *d = v;
+            // Each row is a contiguous run along the depth: gather the rows'
+            // runs (widened first unless already the compute type), then
+            // write the panel in order.
+            let mut srcs: [&[E::Acc]; MAX_MR] = [&[]; MAX_MR];
+            if same {
+                for (i, s) in srcs.iter_mut().enumerate().take(rows) {
+                    let base = ops.a_base + ops.a_rows[ic + r0 + i] + cols[0];
+                    let run = &ops.a[base..base + kc];
+                    // SAFETY: `E` and `E::Acc` are the same type (same TypeId).
+                    *s = unsafe { core::slice::from_raw_parts(run.as_ptr().cast::<E::Acc>(), kc) };
+                }
+            } else {
+                for (i, t) in tmp.chunks_exact_mut(kc).enumerate().take(rows) {
+                    let base = ops.a_base + ops.a_rows[ic + r0 + i] + cols[0];
+                    widen(&ops.a[base..base + kc], t);
+                }
+                for (s, t) in srcs.iter_mut().zip(tmp.chunks_exact(kc)).take(rows) {
+                    *s = t;
+                }
+            }
+            let srcs = &srcs[..rows];
+            for (p, d) in panel.chunks_exact_mut(mr).enumerate() {
+                for (d, s) in d.iter_mut().zip(srcs) {
+                    *d = s[p];
                 }
             }
         } else if ops.a_unit_m {

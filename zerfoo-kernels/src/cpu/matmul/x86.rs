@@ -12,7 +12,7 @@ use super::kernel::Kernel;
 macro_rules! micro_kernel {
     (
         $(#[$doc:meta])*
-        $name:ident, $feat:literal, $t:ty, $mr:literal, $nv:literal, $lanes:literal,
+        $name:ident, $direct:ident, $feat:literal, $t:ty, $mr:literal, $nv:literal, $lanes:literal,
         $zero:ident, $load:ident, $store:ident, $set1:ident, $fma:ident, $add:ident
     ) => {
         $(#[$doc])*
@@ -59,27 +59,71 @@ macro_rules! micro_kernel {
                 }
             }
         }
+
+        $(#[$doc])*
+        /// This variant reads `A` in place (row `i`, depth `p` at `a[i * lda + p]`).
+        ///
+        /// # Safety
+        /// As for [`super::kernel::DirectFn`], and the CPU must support the
+        /// kernel's target features.
+        #[target_feature(enable = $feat)]
+        pub(crate) unsafe fn $direct(
+            kc: usize,
+            a: *const $t,
+            lda: usize,
+            b: *const $t,
+            c: *mut $t,
+            ldc: usize,
+        ) {
+            let mut acc = [[$zero(); $nv]; $mr];
+            let mut b = b;
+            for p in 0..kc {
+                let mut bv = [$zero(); $nv];
+                for (v, bv) in bv.iter_mut().enumerate() {
+                    // SAFETY: the packed B panel holds `NR = nv * lanes` values per step.
+                    *bv = unsafe { $load(b.add(v * $lanes)) };
+                }
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: the caller guarantees rows `0..MR`, depth `0..kc` of A.
+                    let ai = $set1(unsafe { *a.add(i * lda + p) });
+                    for (acc, &bv) in acc.iter_mut().zip(&bv) {
+                        *acc = $fma(ai, bv, *acc);
+                    }
+                }
+                // SAFETY: stays within (or one past) the packed B panel.
+                b = unsafe { b.add($nv * $lanes) };
+            }
+            for (i, acc) in acc.iter().enumerate() {
+                for (v, &acc) in acc.iter().enumerate() {
+                    // SAFETY: `i < MR`, `v * lanes + lanes <= NR`: inside the tile.
+                    unsafe {
+                        let p = c.add(i * ldc + v * $lanes);
+                        $store(p, $add($load(p), acc));
+                    }
+                }
+            }
+        }
     };
 }
 
 micro_kernel!(
     /// `f32` AVX-512F kernel: 14 x 32 (28 zmm accumulators).
-    f32_avx512_14x32, "avx512f", f32, 14, 2, 16,
+    f32_avx512_14x32, f32_avx512_14x32_direct, "avx512f", f32, 14, 2, 16,
     _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps
 );
 micro_kernel!(
     /// `f64` AVX-512F kernel: 14 x 16 (28 zmm accumulators).
-    f64_avx512_14x16, "avx512f", f64, 14, 2, 8,
+    f64_avx512_14x16, f64_avx512_14x16_direct, "avx512f", f64, 14, 2, 8,
     _mm512_setzero_pd, _mm512_loadu_pd, _mm512_storeu_pd, _mm512_set1_pd, _mm512_fmadd_pd, _mm512_add_pd
 );
 micro_kernel!(
     /// `f32` AVX2+FMA kernel: 6 x 16 (12 ymm accumulators).
-    f32_avx2_6x16, "avx2,fma", f32, 6, 2, 8,
+    f32_avx2_6x16, f32_avx2_6x16_direct, "avx2,fma", f32, 6, 2, 8,
     _mm256_setzero_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps
 );
 micro_kernel!(
     /// `f64` AVX2+FMA kernel: 6 x 8 (12 ymm accumulators).
-    f64_avx2_6x8, "avx2,fma", f64, 6, 2, 4,
+    f64_avx2_6x8, f64_avx2_6x8_direct, "avx2,fma", f64, 6, 2, 4,
     _mm256_setzero_pd, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_set1_pd, _mm256_fmadd_pd, _mm256_add_pd
 );
 
@@ -97,6 +141,7 @@ pub(crate) fn avx512_f32() -> Option<Kernel<f32>> {
         mr: 14,
         nr: 32,
         f: f32_avx512_14x32,
+        fd: f32_avx512_14x32_direct,
         name: "avx512-14x32",
     })
 }
@@ -107,6 +152,7 @@ pub(crate) fn avx512_f64() -> Option<Kernel<f64>> {
         mr: 14,
         nr: 16,
         f: f64_avx512_14x16,
+        fd: f64_avx512_14x16_direct,
         name: "avx512-14x16",
     })
 }
@@ -117,6 +163,7 @@ pub(crate) fn avx2_f32() -> Option<Kernel<f32>> {
         mr: 6,
         nr: 16,
         f: f32_avx2_6x16,
+        fd: f32_avx2_6x16_direct,
         name: "avx2-6x16",
     })
 }
@@ -127,6 +174,7 @@ pub(crate) fn avx2_f64() -> Option<Kernel<f64>> {
         mr: 6,
         nr: 8,
         f: f64_avx2_6x8,
+        fd: f64_avx2_6x8_direct,
         name: "avx2-6x8",
     })
 }
