@@ -3,7 +3,7 @@
 //! and bf16, next to the machine's measured single-core f32 FMA peak.
 //!
 //! ```text
-//! cargo run --release -p zerfoo-kernels --example gemm_table [-- --json] [--quick]
+//! cargo run --release -p zerfoo-kernels --example gemm_table [-- --json] [--quick] [--only f32|f16|bf16]
 //! ```
 //!
 //! Output (stable format): a `peak` line, then one row per
@@ -227,6 +227,13 @@ fn main() {
     let json = args.iter().any(|a| a == "--json");
     let quick = args.iter().any(|a| a == "--quick");
     let runs = if quick { 3 } else { 7 };
+    // `--only f32` (or f16, bf16): one dtype.
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let want = |d: &str| only.as_deref().is_none_or(|o| o == d);
     let _ = fma_peak_once(1 << 20);
     let mut p: Vec<f64> = (0..7).map(|_| fma_peak_once(1 << 24)).collect();
     p.sort_by(f64::total_cmp);
@@ -241,13 +248,19 @@ fn main() {
     );
     for &s in SHAPES {
         for threads in [1, 2] {
-            row::<f32>("f32", s, threads, runs, peak, json);
+            if want("f32") {
+                row::<f32>("f32", s, threads, runs, peak, json);
+            }
         }
     }
     for &s in SHAPES {
         for threads in [1, 2] {
-            row::<f16>("f16", s, threads, runs, peak, json);
-            row::<bf16>("bf16", s, threads, runs, peak, json);
+            if want("f16") {
+                row::<f16>("f16", s, threads, runs, peak, json);
+            }
+            if want("bf16") {
+                row::<bf16>("bf16", s, threads, runs, peak, json);
+            }
         }
     }
 }

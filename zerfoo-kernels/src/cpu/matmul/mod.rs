@@ -345,10 +345,13 @@ fn blocked<E: FloatDtype>(
     };
     let ntasks = rb * cs;
     // A row-major A already in the compute type is read in place where
-    // packing it would not pay: few B panels to amortize the packing over.
+    // packing it would not pay (few B panels to amortize it over) or where
+    // its rows do not alias in L1 (a row pitch that is not a multiple of
+    // 2 KiB: the `MR` rows read together then fall into different sets).
+    let pitch = ops.a_rows.get(1).map_or(0, |&r| r - ops.a_rows[0]) * core::mem::size_of::<E>();
     let direct = ops.a_unit_k
         && TypeId::of::<E>() == TypeId::of::<E::Acc>()
-        && n.div_ceil(nr) <= DIRECT_MAX_PANELS;
+        && (n.div_ceil(nr) <= DIRECT_MAX_PANELS || pitch % 2048 != 0);
     let cptr = SendPtr(c.as_mut_ptr());
     let nc_max = NC.min(n.div_ceil(nr) * nr);
     with_buf::<E::Acc, _>(&B_BUF, nc_max * KC.min(k), |bbuf| {
