@@ -1,3 +1,11 @@
+//! Small-product probe: time per call and GFLOP/s of `gemm_batched` at the
+//! tiny GPT shapes (single products and 48-way batched attention products),
+//! on 1 and 2 threads.
+//!
+//! ```text
+//! cargo run --release -p zerfoo-kernels --example gemm_small_probe
+//! ```
+
 use std::time::Instant;
 use zerfoo_kernels::{cpu::matmul::gemm_batched, Layout};
 fn main() {

@@ -351,7 +351,7 @@ fn blocked<E: FloatDtype>(
     let pitch = ops.a_rows.get(1).map_or(0, |&r| r - ops.a_rows[0]) * core::mem::size_of::<E>();
     let direct = ops.a_unit_k
         && TypeId::of::<E>() == TypeId::of::<E::Acc>()
-        && (n.div_ceil(nr) <= DIRECT_MAX_PANELS || pitch % 2048 != 0);
+        && (n.div_ceil(nr) <= DIRECT_MAX_PANELS || !pitch.is_multiple_of(2048));
     let cptr = SendPtr(c.as_mut_ptr());
     let nc_max = NC.min(n.div_ceil(nr) * nr);
     with_buf::<E::Acc, _>(&B_BUF, nc_max * KC.min(k), |bbuf| {
