@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""zerfoo GEMM vs torch.mm vs the `gemm` crate, one table.
+
+Runs the Rust table (`cargo run --release -p zerfoo-kernels --example
+gemm_table -- --json`), times `torch.mm` at the same shapes, thread counts
+(1, 2) and dtypes (f32, f16, bf16), and prints one table:
+
+    shape dtype threads zerfoo torch gemm z/torch z/gemm %peak
+
+GFLOP/s are medians of several runs (torch: nan where one product would
+take more than ~3 s, e.g. f16 at large shapes); %peak is zerfoo over the measured
+single-core f32 FMA peak times the thread count. Usage (from the repo root):
+
+    python3 bench/gemm_vs_pytorch.py [--quick]
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+
+
+def rust_rows(quick):
+    cmd = ["cargo", "run", "--release", "-q", "-p", "zerfoo-kernels",
+           "--example", "gemm_table", "--", "--json"]
+    if quick:
+        cmd.append("--quick")
+    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    peak, rows = None, []
+    for line in out.splitlines():
+        if not line.startswith("JSON "):
+            continue
+        r = json.loads(line[5:])
+        if "m" in r:
+            rows.append(r)
+        else:
+            peak = r["peak1"]
+    return peak, rows
+
+
+def torch_gflops(m, k, n, dtype, threads, runs):
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    a = (torch.rand(m, k, generator=g) * 2 - 1).to(DTYPES[dtype])
+    b = (torch.rand(k, n, generator=g) * 2 - 1).to(DTYPES[dtype])
+    flops = 2.0 * m * n * k
+    # Some torch CPU paths (f16) are very slow: estimate from a small
+    # product first and skip (nan) what would take more than a few seconds.
+    s = 128
+    x = a.new_ones(s, s)
+    t = time.perf_counter()
+    torch.mm(x, x)
+    rate = 2.0 * s ** 3 / max(time.perf_counter() - t, 1e-7)
+    if flops / rate > 3.0:
+        return float("nan")
+    torch.mm(a, b)
+    t = time.perf_counter()
+    torch.mm(a, b)
+    once = max(time.perf_counter() - t, 1e-7)
+    reps = max(1, min(10000, int(0.03 / once + 0.999)))
+    samples = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        for _ in range(reps):
+            torch.mm(a, b)
+        samples.append(flops * reps / (time.perf_counter() - t) / 1e9)
+    samples.sort()
+    return samples[len(samples) // 2]
+
+
+def main():
+    quick = "--quick" in sys.argv
+    runs = 3 if quick else 7
+    peak, rows = rust_rows(quick)
+    print(f"peak f32 FMA 1 core: {peak:.1f} GFLOP/s; torch {torch.__version__}, "
+          f"{os.cpu_count()} CPUs visible")
+    head = (f"{'MxKxN':>16} {'dtype':>5} {'t':>2} {'zerfoo':>8} {'torch':>8} {'gemm':>8} "
+            f"{'z/torch':>7} {'z/gemm':>7} {'%peak':>6}")
+    print(head)
+    for r in rows:
+        m, k, n, dt, th = r["m"], r["k"], r["n"], r["dtype"], r["threads"]
+        z = r["zerfoo"]
+        gm = r["gemm"] if r["gemm"] is not None else float("nan")
+        tt = torch_gflops(m, k, n, dt, th, runs)
+        pk = 100.0 * z / (peak * th)
+        print(f"{f'{m}x{k}x{n}':>16} {dt:>5} {th:>2} {z:>8.1f} {tt:>8.1f} {gm:>8.1f} "
+              f"{z / tt:>7.2f} {z / gm:>7.2f} {pk:>6.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+//! GEMM throughput table: zerfoo's `cpu::matmul::gemm` against the `gemm`
+//! crate, at a fixed list of shapes, on 1 and 2 rayon threads, in f32, f16
+//! and bf16, next to the machine's measured single-core f32 FMA peak.
+//!
+//! ```text
+//! cargo run --release -p zerfoo-kernels --example gemm_table [-- --json] [--quick] [--only f32|f16|bf16]
+//! ```
+//!
+//! Output (stable format): a `peak` line, then one row per
+//! (shape, dtype, threads) with GFLOP/s (median of several runs). With
+//! `--json`, each row is also printed as one JSON line prefixed `JSON `.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use half::{bf16, f16};
+use zerfoo_kernels::{cpu::matmul::gemm as zgemm, FloatDtype, Layout};
+
+/// The shapes measured, as (M, K, N).
+const SHAPES: &[(usize, usize, usize)] = &[
+    (256, 256, 256),
+    (512, 512, 512),
+    (1024, 1024, 1024),
+    (2048, 2048, 2048),
+    (512, 384, 1536),
+    (512, 1536, 384),
+    (4096, 768, 768),
+    (768, 128, 384),
+    (64, 64, 32),
+];
+
+/// Single-core f32 FMA peak: independent accumulators, no memory traffic.
+#[cfg(target_arch = "x86_64")]
+fn fma_peak_once(iters: usize) -> f64 {
+    use core::arch::x86_64::*;
+    #[target_feature(enable = "avx512f")]
+    unsafe fn body(iters: usize) -> f32 {
+        let x = _mm512_set1_ps(0.999_999);
+        let y = _mm512_set1_ps(1e-7);
+        let mut acc = [_mm512_set1_ps(1.0); 16];
+        for _ in 0..iters {
+            for a in acc.iter_mut() {
+                *a = _mm512_fmadd_ps(*a, x, y);
+            }
+        }
+        let mut s = _mm512_setzero_ps();
+        for a in acc {
+            s = _mm512_add_ps(s, a);
+        }
+        _mm512_reduce_add_ps(s)
+    }
+    if !is_x86_feature_detected!("avx512f") {
+        return f64::NAN;
+    }
+    let t = Instant::now();
+    // SAFETY: AVX-512F checked above.
+    black_box(unsafe { body(black_box(iters)) });
+    (iters * 16 * 16 * 2) as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn fma_peak_once(_iters: usize) -> f64 {
+    f64::NAN
+}
+
+/// Median GFLOP/s of `f` (each sample repeats `f` for at least ~30 ms).
+fn measure(flops: f64, runs: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let t = Instant::now();
+    f();
+    let once = t.elapsed().as_secs_f64().max(1e-7);
+    let reps = ((0.03 / once).ceil() as usize).clamp(1, 10_000);
+    let mut g: Vec<f64> = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..reps {
+                f();
+            }
+            flops * reps as f64 / t.elapsed().as_secs_f64() / 1e9
+        })
+        .collect();
+    g.sort_by(f64::total_cmp);
+    g[g.len() / 2]
+}
+
+fn data<E: FloatDtype>(n: usize, seed: u64) -> Vec<E> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            E::from_f32(((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
+        })
+        .collect()
+}
+
+/// The `gemm` crate on row-major operands, or `None` where it has no such type.
+trait Other: FloatDtype {
+    fn other(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[Self],
+        b: &[Self],
+        c: &mut [Self],
+        threads: usize,
+    ) -> bool;
+}
+
+macro_rules! other_impl {
+    ($t:ty, $zero:expr, $one:expr) => {
+        impl Other for $t {
+            fn other(
+                m: usize,
+                k: usize,
+                n: usize,
+                a: &[Self],
+                b: &[Self],
+                c: &mut [Self],
+                threads: usize,
+            ) -> bool {
+                let par = if threads > 1 {
+                    gemm::Parallelism::Rayon(threads)
+                } else {
+                    gemm::Parallelism::None
+                };
+                // SAFETY: a is m x k, b is k x n, c is m x n, all row-major and in bounds.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        c.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        a.as_ptr(),
+                        1,
+                        k as isize,
+                        b.as_ptr(),
+                        1,
+                        n as isize,
+                        $zero,
+                        $one,
+                        false,
+                        false,
+                        false,
+                        par,
+                    )
+                };
+                true
+            }
+        }
+    };
+}
+other_impl!(f32, 0.0f32, 1.0f32);
+other_impl!(f16, f16::ZERO, f16::ONE);
+
+impl Other for bf16 {
+    fn other(
+        _: usize,
+        _: usize,
+        _: usize,
+        _: &[Self],
+        _: &[Self],
+        _: &mut [Self],
+        _: usize,
+    ) -> bool {
+        false
+    }
+}
+
+fn row<E: Other>(
+    name: &str,
+    (m, k, n): (usize, usize, usize),
+    threads: usize,
+    runs: usize,
+    peak: f64,
+    json: bool,
+) {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool");
+    let a: Vec<E> = data(m * k, 1);
+    let b: Vec<E> = data(k * n, 2);
+    let (la, lb) = (Layout::contiguous(&[m, k]), Layout::contiguous(&[k, n]));
+    let flops = 2.0 * (m * n * k) as f64;
+    let z = pool.install(|| {
+        measure(flops, runs, || {
+            black_box(zgemm(&a, &la, &b, &lb));
+        })
+    });
+    let mut c = vec![E::default(); m * n];
+    let has = E::other(1, 1, 1, &a[..1], &b[..1], &mut c[..1], 1);
+    let o = if has {
+        pool.install(|| {
+            measure(flops, runs, || {
+                E::other(m, k, n, &a, &b, &mut c, threads);
+                black_box(&c);
+            })
+        })
+    } else {
+        f64::NAN
+    };
+    let shape = format!("{m}x{k}x{n}");
+    let pk = 100.0 * z / (peak * threads as f64);
+    println!(
+        "{shape:>16} {name:>5} {threads:>2} {z:>9.1} {o:>9.1} {:>7.2} {pk:>7.1}",
+        z / o
+    );
+    if json {
+        let o = if o.is_nan() {
+            "null".to_string()
+        } else {
+            format!("{o:.3}")
+        };
+        println!(
+            "JSON {{\"m\":{m},\"k\":{k},\"n\":{n},\"dtype\":\"{name}\",\"threads\":{threads},\"zerfoo\":{z:.3},\"gemm\":{o},\"peak1\":{peak:.3}}}"
+        );
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let json = args.iter().any(|a| a == "--json");
+    let quick = args.iter().any(|a| a == "--quick");
+    let runs = if quick { 3 } else { 7 };
+    // `--only f32` (or f16, bf16): one dtype.
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let want = |d: &str| only.as_deref().is_none_or(|o| o == d);
+    let _ = fma_peak_once(1 << 20);
+    let mut p: Vec<f64> = (0..7).map(|_| fma_peak_once(1 << 24)).collect();
+    p.sort_by(f64::total_cmp);
+    let peak = p[p.len() - 1];
+    println!("peak f32 FMA 1 core: {peak:.1} GFLOP/s (best of 7)");
+    if json {
+        println!("JSON {{\"peak1\":{peak:.3}}}");
+    }
+    println!(
+        "{:>16} {:>5} {:>2} {:>9} {:>9} {:>7} {:>7}",
+        "MxKxN", "dtype", "t", "zerfoo", "gemm", "z/gemm", "%peak"
+    );
+    for &s in SHAPES {
+        for threads in [1, 2] {
+            if want("f32") {
+                row::<f32>("f32", s, threads, runs, peak, json);
+            }
+        }
+    }
+    for &s in SHAPES {
+        for threads in [1, 2] {
+            if want("f16") {
+                row::<f16>("f16", s, threads, runs, peak, json);
+            }
+            if want("bf16") {
+                row::<bf16>("bf16", s, threads, runs, peak, json);
+            }
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Micro-kernel descriptors and the run-time choice among them.
+//!
+//! A micro-kernel multiplies one packed `MR`-row panel of `A` by one packed
+//! `NR`-column panel of `B` over a depth `kc` and adds the `MR x NR` result
+//! to `C`. The explicit x86 kernels live in [`super::x86`]; the portable one
+//! in [`super::generic`] is used on every other CPU.
+
+use std::any::TypeId;
+use std::sync::OnceLock;
+
+use crate::Real;
+
+/// `c[i * ldc + j] += Σ_p a[p * MR + i] * b[p * NR + j]` for the full
+/// `MR x NR` tile.
+///
+/// # Safety
+/// `a` must be readable for `kc * MR` values, `b` for `kc * NR` values, and
+/// `c` readable and writable at every `i * ldc + j` with `i < MR`, `j < NR`.
+/// The CPU must support the kernel's target features.
+pub(crate) type MicroFn<T> = unsafe fn(kc: usize, a: *const T, b: *const T, c: *mut T, ldc: usize);
+
+/// Like [`MicroFn`] but reads `A` in place: `a[i * lda + p]` for row `i`,
+/// depth `p` (a row-major `A` needs no packing).
+///
+/// # Safety
+/// `a` must be readable at `i * lda + p` for `i < MR`, `p < kc`; otherwise
+/// as for [`MicroFn`].
+pub(crate) type DirectFn<T> =
+    unsafe fn(kc: usize, a: *const T, lda: usize, b: *const T, c: *mut T, ldc: usize);
+
+/// A micro-kernel and its register-tile shape.
+#[derive(Clone, Copy)]
+pub(crate) struct Kernel<T> {
+    /// Rows of the register tile.
+    pub mr: usize,
+    /// Columns of the register tile.
+    pub nr: usize,
+    /// The kernel itself.
+    pub f: MicroFn<T>,
+    /// The same kernel reading `A` in place.
+    pub fd: DirectFn<T>,
+    /// A short name (for benchmarks and tests).
+    #[allow(dead_code)]
+    pub name: &'static str,
+}
+
+/// The widest tile any kernel uses (`MR * NR`), for edge-tile scratch space.
+pub(crate) const MAX_TILE: usize = 14 * 32;
+
+/// The best `f32` kernel for this CPU (chosen once).
+pub(crate) fn f32_kernel() -> Kernel<f32> {
+    static K: OnceLock<Kernel<f32>> = OnceLock::new();
+    *K.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if let Some(k) = super::x86::avx512_f32() {
+                return k;
+            }
+            if let Some(k) = super::x86::avx2_f32() {
+                return k;
+            }
+        }
+        super::generic::f32_kernel()
+    })
+}
+
+/// The best `f64` kernel for this CPU (chosen once).
+pub(crate) fn f64_kernel() -> Kernel<f64> {
+    static K: OnceLock<Kernel<f64>> = OnceLock::new();
+    *K.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if let Some(k) = super::x86::avx512_f64() {
+                return k;
+            }
+            if let Some(k) = super::x86::avx2_f64() {
+                return k;
+            }
+        }
+        super::generic::f64_kernel()
+    })
+}
+
+/// The best kernel for the compute type `A` (`f32` or `f64`).
+pub(crate) fn kernel<A: Real>() -> Kernel<A> {
+    if TypeId::of::<A>() == TypeId::of::<f32>() {
+        let k = f32_kernel();
+        // SAFETY: `A` is `f32` (same TypeId), so `Kernel<f32>` is `Kernel<A>`.
+        unsafe { core::mem::transmute_copy::<Kernel<f32>, Kernel<A>>(&k) }
+    } else {
+        assert_eq!(
+            TypeId::of::<A>(),
+            TypeId::of::<f64>(),
+            "gemm: compute type must be f32 or f64"
+        );
+        let k = f64_kernel();
+        // SAFETY: `A` is `f64` (checked above), so `Kernel<f64>` is `Kernel<A>`.
+        unsafe { core::mem::transmute_copy::<Kernel<f64>, Kernel<A>>(&k) }
+    }
+}

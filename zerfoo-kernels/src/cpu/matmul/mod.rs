@@ -1,0 +1,512 @@
+//! Matrix multiplication: a packed, cache-blocked GEMM with explicit SIMD
+//! micro-kernels.
+//!
+//! Operands are read through any [`Layout`] (a transposed or sliced view is
+//! just other strides, never a copy). Blocks of `A` (`MC x KC`) and `B`
+//! (`KC x NC`) are packed into contiguous micro-panels in the compute type
+//! `E::Acc` (low-precision inputs are widened while packing, see
+//! [`pack`](self)), a register-blocked micro-kernel multiplies an `MR`-row
+//! panel of `A` by an `NR`-column panel of `B`, and the result is
+//! accumulated in `E::Acc` and rounded once on store.
+//!
+//! The micro-kernel is chosen once at run time: AVX-512F (14 x 32 for
+//! `f32`, 14 x 16 for `f64`), else AVX2+FMA (6 x 16 / 6 x 8), else a portable
+//! one. Every output element is summed in the same order whatever the thread
+//! count, so results are deterministic. Small problems run on the calling
+//! thread; large ones split row (and if needed column) blocks, or the batch,
+//! over rayon.
+
+mod generic;
+mod kernel;
+mod pack;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+#[cfg(test)]
+mod tests;
+
+use std::any::TypeId;
+
+use num_traits::Zero;
+use rayon::prelude::*;
+
+use crate::{DType, FloatDtype, Layout, Real};
+use kernel::{Kernel, MAX_TILE};
+use pack::{pack_a, pack_b_panel, with_buf, A_BUF, B_BUF};
+
+/// Depth of a packed block (the `K` extent kept in cache at once).
+pub(crate) const KC: usize = 256;
+/// Rows of a packed `A` block at most (sized for L2).
+const MC: usize = 336;
+/// Columns of a packed `B` block at most (sized for L3; a multiple of every `NR`).
+const NC: usize = 3072;
+/// At most this many `NR`-column panels of B: read a row-major A in place
+/// instead of packing it.
+const DIRECT_MAX_PANELS: usize = 16;
+/// Below this many multiply-adds in total a product runs on the calling thread.
+pub const PAR_MACS: usize = 1 << 20;
+
+/// `A · B` for 2-D layouts: `la` is `[M, K]`, `lb` is `[K, N]`, any strides.
+/// Returns the `[M, N]` product, contiguous row-major.
+///
+/// ```
+/// use zerfoo_kernels::{cpu::matmul::gemm, Layout};
+/// let a = [1.0f32, 2.0, 3.0, 4.0]; // [[1, 2], [3, 4]]
+/// let l = Layout::contiguous(&[2, 2]);
+/// let mut lt = l;
+/// lt.swap_axes(0, 1); // the transpose, as a view
+/// assert_eq!(gemm(&a, &l, &a, &lt), [5.0, 11.0, 11.0, 25.0]);
+/// ```
+pub fn gemm<E: FloatDtype>(a: &[E], la: &Layout, b: &[E], lb: &Layout) -> Vec<E> {
+    assert_eq!(la.rank(), 2, "gemm: lhs must be 2-D, got {:?}", la.shape());
+    assert_eq!(lb.rank(), 2, "gemm: rhs must be 2-D, got {:?}", lb.shape());
+    gemm_batched(a, la, b, lb)
+}
+
+/// A batch of products: `la` is `[..batch, M, K]`, `lb` is `[..batch, K, N]`
+/// with the same batch dims. The batch strides say where each pair lives; a
+/// stride of 0 repeats an operand across the batch (broadcast). Returns
+/// `[..batch, M, N]`, contiguous row-major.
+///
+/// ```
+/// use zerfoo_kernels::{cpu::matmul::gemm_batched, Layout};
+/// // two 1x2 rows times one shared 2x1 column (batch stride 0)
+/// let a = [1.0f64, 2.0, 3.0, 4.0];
+/// let b = [10.0f64, 1.0];
+/// let la = Layout::contiguous(&[2, 1, 2]);
+/// let lb = Layout::new(&[2, 2, 1], &[0, 1, 1], 0);
+/// assert_eq!(gemm_batched(&a, &la, &b, &lb), [12.0, 34.0]);
+/// ```
+pub fn gemm_batched<E: FloatDtype>(a: &[E], la: &Layout, b: &[E], lb: &Layout) -> Vec<E> {
+    gemm_batched_with(a, la, b, lb, kernel::kernel::<E::Acc>())
+}
+
+/// [`gemm_batched`] with a given micro-kernel.
+fn gemm_batched_with<E: FloatDtype>(
+    a: &[E],
+    la: &Layout,
+    b: &[E],
+    lb: &Layout,
+    kern: Kernel<E::Acc>,
+) -> Vec<E> {
+    let p = Problem::new(la, lb, "gemm_batched");
+    let (m, n, k) = (p.m, p.n, p.k);
+    let batch = p.a_bases.len();
+    let mut out = vec![E::default(); batch * m * n];
+    if out.is_empty() || k == 0 {
+        return out;
+    }
+    let a_rows: Vec<usize> = (0..m).map(|i| i * p.sam).collect();
+    let a_cols: Vec<usize> = (0..k).map(|i| i * p.sak).collect();
+    let b_rows: Vec<usize> = (0..k).map(|i| i * p.sbk).collect();
+    let b_cols: Vec<usize> = (0..n).map(|j| j * p.sbn).collect();
+    let macs = m * n * k;
+    let threads = rayon::current_num_threads();
+    let one = |bi: usize, out: &mut [E], threads: usize| {
+        let ops = Operands::new(
+            a,
+            p.a_bases[bi],
+            &a_rows,
+            &a_cols,
+            b,
+            p.b_bases[bi],
+            &b_rows,
+            &b_cols,
+        );
+        product(&ops, out, threads, kern);
+    };
+    if macs * batch < PAR_MACS || threads == 1 {
+        for (bi, o) in out.chunks_exact_mut(m * n).enumerate() {
+            one(bi, o, 1);
+        }
+    } else if batch > 1 && (macs < PAR_MACS || batch >= threads) {
+        out.par_chunks_mut(m * n)
+            .enumerate()
+            .for_each(|(bi, o)| one(bi, o, 1));
+    } else {
+        for (bi, o) in out.chunks_exact_mut(m * n).enumerate() {
+            one(bi, o, threads);
+        }
+    }
+    out
+}
+
+/// The sum over the batch of the products: `la` is `[..batch, M, K]`, `lb`
+/// is `[..batch, K, N]`; returns `Σ_batch A_b · B_b` as `[M, N]`.
+///
+/// This is one GEMM whose depth runs over `(batch, K)`: the gradient of a
+/// right operand that was broadcast over the batch.
+pub fn gemm_batch_sum<E: FloatDtype>(a: &[E], la: &Layout, b: &[E], lb: &Layout) -> Vec<E> {
+    gemm_batch_sum_with(a, la, b, lb, kernel::kernel::<E::Acc>())
+}
+
+/// [`gemm_batch_sum`] with a given micro-kernel.
+fn gemm_batch_sum_with<E: FloatDtype>(
+    a: &[E],
+    la: &Layout,
+    b: &[E],
+    lb: &Layout,
+    kern: Kernel<E::Acc>,
+) -> Vec<E> {
+    let p = Problem::new(la, lb, "gemm_batch_sum");
+    let (m, n, k) = (p.m, p.n, p.k);
+    let mut out = vec![E::default(); m * n];
+    let kk = p.a_bases.len() * k;
+    if out.is_empty() || kk == 0 {
+        return out;
+    }
+    let a_rows: Vec<usize> = (0..m).map(|i| i * p.sam).collect();
+    let a_cols: Vec<usize> = p
+        .a_bases
+        .iter()
+        .flat_map(|&o| (0..k).map(move |i| o + i * p.sak))
+        .collect();
+    let b_rows: Vec<usize> = p
+        .b_bases
+        .iter()
+        .flat_map(|&o| (0..k).map(move |i| o + i * p.sbk))
+        .collect();
+    let b_cols: Vec<usize> = (0..n).map(|j| j * p.sbn).collect();
+    let threads = if m * n * kk >= PAR_MACS {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let ops = Operands::new(a, 0, &a_rows, &a_cols, b, 0, &b_rows, &b_cols);
+    product(&ops, &mut out, threads, kern);
+    out
+}
+
+/// Dims, inner strides and per-batch base offsets of a batched product.
+struct Problem {
+    m: usize,
+    n: usize,
+    k: usize,
+    sam: usize,
+    sak: usize,
+    sbk: usize,
+    sbn: usize,
+    a_bases: Vec<usize>,
+    b_bases: Vec<usize>,
+}
+
+impl Problem {
+    fn new(la: &Layout, lb: &Layout, name: &str) -> Self {
+        let (ra, rb) = (la.rank(), lb.rank());
+        assert!(
+            ra >= 2 && ra == rb,
+            "{name}: operands must have the same rank >= 2, got {:?} and {:?}",
+            la.shape(),
+            lb.shape()
+        );
+        let (sa, sb) = (la.shape(), lb.shape());
+        assert!(
+            sa[..ra - 2] == sb[..rb - 2] && sa[ra - 1] == sb[rb - 2],
+            "{name}: cannot multiply {sa:?} by {sb:?}"
+        );
+        let (ta, tb) = (la.strides(), lb.strides());
+        let bases = |l: &Layout, r: usize| {
+            Layout::new(&l.shape()[..r - 2], &l.strides()[..r - 2], l.offset).offsets()
+        };
+        Problem {
+            m: sa[ra - 2],
+            k: sa[ra - 1],
+            n: sb[rb - 1],
+            sam: ta[ra - 2],
+            sak: ta[ra - 1],
+            sbk: tb[rb - 2],
+            sbn: tb[rb - 1],
+            a_bases: bases(la, ra),
+            b_bases: bases(lb, rb),
+        }
+    }
+}
+
+/// One product's operands: `A[i, k] = a[a_base + a_rows[i] + a_cols[k]]`,
+/// `B[k, j] = b[b_base + b_rows[k] + b_cols[j]]`. Offset tables (instead of
+/// strides) let the depth run over several axes (a batch sum); the `unit`
+/// flags mark tables that step by exactly one element (contiguous runs).
+pub(crate) struct Operands<'a, E> {
+    a: &'a [E],
+    a_base: usize,
+    a_rows: &'a [usize],
+    a_cols: &'a [usize],
+    b: &'a [E],
+    b_base: usize,
+    b_rows: &'a [usize],
+    b_cols: &'a [usize],
+    a_unit_m: bool,
+    a_unit_k: bool,
+    b_unit_k: bool,
+    b_unit_n: bool,
+}
+
+/// Whether consecutive offsets differ by exactly one.
+fn unit(t: &[usize]) -> bool {
+    t.windows(2).all(|w| w[1] == w[0] + 1)
+}
+
+impl<'a, E> Operands<'a, E> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        a: &'a [E],
+        a_base: usize,
+        a_rows: &'a [usize],
+        a_cols: &'a [usize],
+        b: &'a [E],
+        b_base: usize,
+        b_rows: &'a [usize],
+        b_cols: &'a [usize],
+    ) -> Self {
+        Operands {
+            a,
+            a_base,
+            a_rows,
+            a_cols,
+            b,
+            b_base,
+            b_rows,
+            b_cols,
+            a_unit_m: unit(a_rows),
+            a_unit_k: unit(a_cols),
+            b_unit_k: unit(b_rows),
+            b_unit_n: unit(b_cols),
+        }
+    }
+}
+
+/// A raw pointer to the output that worker threads write disjoint tiles of.
+#[derive(Clone, Copy)]
+struct SendPtr<A>(*mut A);
+// SAFETY: every task writes a disjoint block of the output (see `blocked`).
+unsafe impl<A> Send for SendPtr<A> {}
+// SAFETY: as above; the pointer is only used for disjoint writes.
+unsafe impl<A> Sync for SendPtr<A> {}
+impl<A> SendPtr<A> {
+    fn get(self) -> *mut A {
+        self.0
+    }
+}
+
+/// One product into `out` (`[M, N]`, zeroed): accumulates straight into
+/// `out` when `E` is its own compute type, else into an `E::Acc` buffer that
+/// is rounded once at the end.
+fn product<E: FloatDtype>(
+    ops: &Operands<'_, E>,
+    out: &mut [E],
+    threads: usize,
+    kern: Kernel<E::Acc>,
+) {
+    if matches!(E::DTYPE, DType::F32 | DType::F64) {
+        debug_assert_eq!(core::mem::size_of::<E>(), core::mem::size_of::<E::Acc>());
+        // SAFETY: for f32 and f64 the compute type is the type itself.
+        let c = unsafe {
+            core::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<E::Acc>(), out.len())
+        };
+        blocked(ops, c, threads, kern);
+    } else {
+        let mut c = vec![E::Acc::zero(); out.len()];
+        blocked(ops, &mut c, threads, kern);
+        const CH: usize = 1 << 14;
+        if threads > 1 {
+            out.par_chunks_mut(CH)
+                .zip(c.par_chunks(CH))
+                .for_each(|(o, c)| pack::narrow(c, o));
+        } else {
+            pack::narrow(&c, out);
+        }
+    }
+}
+
+/// `c += A · B` (`c` is `[M, N]` row-major): column blocks of `NC`, depth
+/// blocks of `KC` (one packed `B` block shared by all threads), then tasks of
+/// `mc` rows by a range of `NR` panels, each packing its own `A` block.
+fn blocked<E: FloatDtype>(
+    ops: &Operands<'_, E>,
+    c: &mut [E::Acc],
+    threads: usize,
+    kern: Kernel<E::Acc>,
+) {
+    let (m, n, k) = (ops.a_rows.len(), ops.b_cols.len(), ops.a_cols.len());
+    assert_eq!(c.len(), m * n);
+    let (mr, nr) = (kern.mr, kern.nr);
+    // Row blocks: at most MC rows, balanced, a multiple of the thread count.
+    let mut rb = m.div_ceil(MC);
+    if threads > 1 {
+        rb = rb.div_ceil(threads) * threads;
+    }
+    let mc = m.div_ceil(rb).div_ceil(mr) * mr;
+    let rb = m.div_ceil(mc);
+    // Too few row blocks for the threads: split the columns too.
+    let cs = if threads > rb {
+        threads.div_ceil(rb)
+    } else {
+        1
+    };
+    let ntasks = rb * cs;
+    // A row-major A already in the compute type is read in place where
+    // packing it would not pay (few B panels to amortize it over) or where
+    // its rows do not alias in L1 (a row pitch that is not a multiple of
+    // 2 KiB: the `MR` rows read together then fall into different sets).
+    let pitch = ops.a_rows.get(1).map_or(0, |&r| r - ops.a_rows[0]) * core::mem::size_of::<E>();
+    let direct = ops.a_unit_k
+        && TypeId::of::<E>() == TypeId::of::<E::Acc>()
+        && (n.div_ceil(nr) <= DIRECT_MAX_PANELS || !pitch.is_multiple_of(2048));
+    let cptr = SendPtr(c.as_mut_ptr());
+    let nc_max = NC.min(n.div_ceil(nr) * nr);
+    with_buf::<E::Acc, _>(&B_BUF, nc_max * KC.min(k), |bbuf| {
+        for jc in (0..n).step_by(NC) {
+            let nc = NC.min(n - jc);
+            let np = nc.div_ceil(nr);
+            for pc in (0..k).step_by(KC) {
+                let kc = KC.min(k - pc);
+                let bp = &mut bbuf[..np * kc * nr];
+                let pack = |(jp, panel): (usize, &mut [E::Acc])| {
+                    let j0 = jc + jp * nr;
+                    pack_b_panel(ops, pc, kc, j0, nr.min(jc + nc - j0), nr, panel);
+                };
+                if threads > 1 {
+                    bp.par_chunks_mut(kc * nr).enumerate().for_each(pack);
+                } else {
+                    bp.chunks_mut(kc * nr).enumerate().for_each(pack);
+                }
+                let bp = &*bp;
+                let task = |t: usize| {
+                    let (ib, is) = (t / cs, t % cs);
+                    let ic = ib * mc;
+                    let rows = mc.min(m - ic);
+                    let (p0, p1) = (np * is / cs, np * (is + 1) / cs);
+                    if p0 == p1 {
+                        return;
+                    }
+                    // Direct: full panels read A in place, only the tail is packed.
+                    let (pr0, prows) = if direct {
+                        let full = rows / mr * mr;
+                        (full, rows - full)
+                    } else {
+                        (0, rows)
+                    };
+                    with_buf::<E::Acc, _>(&A_BUF, prows.div_ceil(mr) * mr * kc, |ap| {
+                        pack_a(ops, ic + pr0, prows, pc, kc, mr, ap);
+                        let a_in_place = direct.then(|| {
+                            let at = ops.a_base + ops.a_rows[ic] + ops.a_cols[pc];
+                            let lda = ops.a_rows.get(1).map_or(0, |&r| r - ops.a_rows[0]);
+                            // SAFETY: `direct` implies `E` is `E::Acc`; `at` is in bounds
+                            // (row `ic`, depth `pc` of A).
+                            (unsafe { ops.a.as_ptr().add(at).cast::<E::Acc>() }, lda)
+                        });
+                        // SAFETY: task `t` writes only rows `ic..ic + rows` and
+                        // columns of panels `p0..p1` of this column block: disjoint
+                        // from every other task, and inside `c` (`m x n`).
+                        unsafe {
+                            macro_kernel(
+                                &kern,
+                                a_in_place,
+                                ap,
+                                bp,
+                                kc,
+                                rows,
+                                p0,
+                                p1,
+                                nc,
+                                cptr.get().add(ic * n + jc),
+                                n,
+                            )
+                        };
+                    });
+                };
+                if threads > 1 && ntasks > 1 {
+                    (0..ntasks).into_par_iter().for_each(task);
+                } else {
+                    (0..ntasks).for_each(task);
+                }
+            }
+        }
+    });
+}
+
+/// Multiplies a packed `A` block (`mc x kc`) by panels `p0..p1` of a packed
+/// `B` block (`kc x nc`) and adds the result into `c` (the block's top-left
+/// corner, row length `ldc`).
+///
+/// With `a_in_place = Some((a, lda))`, full `MR`-row panels read `A` at
+/// `a + i * lda + p` and `ap` holds only the packed tail panel.
+///
+/// # Safety
+/// `a_in_place` (if any) must be readable for `mc` rows by `kc` depth.
+/// `c` must be valid for reads and writes at `i * ldc + j` for `i < mc`,
+/// `j < nc`, and no other thread may touch that part of those rows' panels.
+#[allow(clippy::too_many_arguments)]
+unsafe fn macro_kernel<A: Real>(
+    kern: &Kernel<A>,
+    a_in_place: Option<(*const A, usize)>,
+    ap: &[A],
+    bp: &[A],
+    kc: usize,
+    mc: usize,
+    p0: usize,
+    p1: usize,
+    nc: usize,
+    c: *mut A,
+    ldc: usize,
+) {
+    let (mr, nr) = (kern.mr, kern.nr);
+    debug_assert!(mr * nr <= MAX_TILE);
+    for jp in p0..p1 {
+        let bpanel = &bp[jp * kc * nr..(jp + 1) * kc * nr];
+        let j0 = jp * nr;
+        let cols = nr.min(nc - j0);
+        for ip in 0..mc.div_ceil(mr) {
+            let i0 = ip * mr;
+            let rows = mr.min(mc - i0);
+            // SAFETY: `i0 < mc`, `j0 < nc`: inside the caller's block.
+            let cp = unsafe { c.add(i0 * ldc + j0) };
+            if let (Some((a, lda)), true) = (a_in_place, rows == mr) {
+                if cols == nr {
+                    // SAFETY: rows `i0..i0 + mr` of A are in place at `a + i0 * lda`
+                    // (the caller's guarantee); the tile is inside the block.
+                    unsafe { (kern.fd)(kc, a.add(i0 * lda), lda, bpanel.as_ptr(), cp, ldc) };
+                } else {
+                    let mut t = [A::zero(); MAX_TILE];
+                    // SAFETY: as above, into scratch with row length nr.
+                    unsafe {
+                        (kern.fd)(
+                            kc,
+                            a.add(i0 * lda),
+                            lda,
+                            bpanel.as_ptr(),
+                            t.as_mut_ptr(),
+                            nr,
+                        )
+                    };
+                    add_tile(&t, nr, rows, cols, cp, ldc);
+                }
+                continue;
+            }
+            // Packed panel: all of them, or only the tail when A is read in place.
+            let pi = if a_in_place.is_some() { 0 } else { ip };
+            let apanel = &ap[pi * kc * mr..(pi + 1) * kc * mr];
+            if rows == mr && cols == nr {
+                // SAFETY: full tile inside the block; panels hold kc*mr / kc*nr values;
+                // the kernel was offered only where the CPU supports it.
+                unsafe { (kern.f)(kc, apanel.as_ptr(), bpanel.as_ptr(), cp, ldc) };
+            } else {
+                let mut t = [A::zero(); MAX_TILE];
+                // SAFETY: the scratch tile holds mr * nr values with row length nr.
+                unsafe { (kern.f)(kc, apanel.as_ptr(), bpanel.as_ptr(), t.as_mut_ptr(), nr) };
+                add_tile(&t, nr, rows, cols, cp, ldc);
+            }
+        }
+    }
+}
+
+/// Adds the top-left `rows x cols` of a scratch tile (row length `nr`) into `c`.
+#[inline]
+fn add_tile<A: Real>(t: &[A], nr: usize, rows: usize, cols: usize, c: *mut A, ldc: usize) {
+    for i in 0..rows {
+        for j in 0..cols {
+            // SAFETY: the caller's block holds `rows x cols` at `c` with row length `ldc`.
+            unsafe { *c.add(i * ldc + j) += t[i * nr + j] };
+        }
+    }
+}

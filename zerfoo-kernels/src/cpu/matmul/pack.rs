@@ -1,0 +1,227 @@
+//! Packing: copies blocks of `A` and `B` into contiguous, zero-padded
+//! micro-panels in the compute type, widening low-precision inputs on the
+//! way (`f16` through F16C where the CPU has it, `bf16` by a bit shift,
+//! f8 through [`FloatDtype::to_acc`]).
+//!
+//! Where the operand is contiguous along the direction being read (a row of
+//! a row-major matrix, a column of a transposed one), whole runs are
+//! converted at once; any other strides go through the offset tables.
+
+use std::any::TypeId;
+use std::cell::Cell;
+use std::thread::LocalKey;
+
+use num_traits::Zero;
+
+use super::{Operands, KC};
+
+/// The tallest register tile any kernel uses.
+const MAX_MR: usize = 16;
+use crate::{bf16, f16, FloatDtype, Real};
+
+/// Converts a run of inputs into the compute type.
+#[inline]
+pub(crate) fn widen<E: FloatDtype>(src: &[E], dst: &mut [E::Acc]) {
+    debug_assert_eq!(src.len(), dst.len());
+    if TypeId::of::<E>() == TypeId::of::<E::Acc>() {
+        // SAFETY: `E` and `E::Acc` are the same type (same TypeId).
+        let s = unsafe { core::slice::from_raw_parts(src.as_ptr().cast::<E::Acc>(), src.len()) };
+        dst.copy_from_slice(s);
+    } else if TypeId::of::<E>() == TypeId::of::<f16>()
+        && TypeId::of::<E::Acc>() == TypeId::of::<f32>()
+    {
+        use half::slice::HalfFloatSliceExt;
+        // SAFETY: `E` is `f16` and `E::Acc` is `f32` (TypeIds checked above).
+        let (s, d) = unsafe {
+            (
+                core::slice::from_raw_parts(src.as_ptr().cast::<f16>(), src.len()),
+                core::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<f32>(), dst.len()),
+            )
+        };
+        s.convert_to_f32_slice(d);
+    } else if TypeId::of::<E>() == TypeId::of::<bf16>()
+        && TypeId::of::<E::Acc>() == TypeId::of::<f32>()
+    {
+        // SAFETY: `E` is `bf16` (a `u16` bit pattern) and `E::Acc` is `f32`.
+        let (s, d) = unsafe {
+            (
+                core::slice::from_raw_parts(src.as_ptr().cast::<u16>(), src.len()),
+                core::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<f32>(), dst.len()),
+            )
+        };
+        // bf16 is the top half of an f32: widening is exact.
+        for (d, &s) in d.iter_mut().zip(s) {
+            *d = f32::from_bits((s as u32) << 16);
+        }
+    } else {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = s.to_acc();
+        }
+    }
+}
+
+/// Rounds a run of accumulated values into the output type.
+pub(crate) fn narrow<E: FloatDtype>(src: &[E::Acc], dst: &mut [E]) {
+    if TypeId::of::<E>() == TypeId::of::<f16>() && TypeId::of::<E::Acc>() == TypeId::of::<f32>() {
+        use half::slice::HalfFloatSliceExt;
+        // SAFETY: `E` is `f16` and `E::Acc` is `f32` (TypeIds checked above).
+        let (s, d) = unsafe {
+            (
+                core::slice::from_raw_parts(src.as_ptr().cast::<f32>(), src.len()),
+                core::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<f16>(), dst.len()),
+            )
+        };
+        d.convert_from_f32_slice(s);
+    } else {
+        for (o, &v) in dst.iter_mut().zip(src) {
+            *o = E::from_acc(v);
+        }
+    }
+}
+
+/// A 64-byte-aligned block of scratch memory.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(crate) struct Align64([u8; 64]);
+
+thread_local! {
+    /// Per-thread scratch for packed `A` blocks.
+    pub(crate) static A_BUF: Cell<Vec<Align64>> = const { Cell::new(Vec::new()) };
+    /// Per-thread scratch for packed `B` blocks.
+    pub(crate) static B_BUF: Cell<Vec<Align64>> = const { Cell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` values of 64-byte-aligned per-thread scratch (whatever
+/// was there before: packing overwrites every value it uses). The buffer is
+/// taken out of the thread-local while in use, so a nested call (rayon work
+/// stealing) just gets a fresh one.
+pub(crate) fn with_buf<A: Real, R>(
+    key: &'static LocalKey<Cell<Vec<Align64>>>,
+    len: usize,
+    f: impl FnOnce(&mut [A]) -> R,
+) -> R {
+    let mut v = key.with(|c| c.take());
+    let blocks = (len * core::mem::size_of::<A>()).div_ceil(64);
+    if v.len() < blocks {
+        v.resize(blocks, Align64([0; 64]));
+    }
+    // SAFETY: `A` is `f32` or `f64` (any bit pattern is valid, alignment
+    // <= 64), and `len` values fit in `blocks * 64` bytes.
+    let s = unsafe { core::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<A>(), len) };
+    let r = f(s);
+    key.with(|c| c.set(v));
+    r
+}
+
+/// Packs rows `ic..ic + mc`, depth `pc..pc + kc` of `A` into `mr`-row
+/// panels, each stored depth-major (`mr` values per depth step); rows past
+/// `mc` are zero. `dst` holds `mc.div_ceil(mr) * mr * kc` values.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pack_a<E: FloatDtype>(
+    ops: &Operands<'_, E>,
+    ic: usize,
+    mc: usize,
+    pc: usize,
+    kc: usize,
+    mr: usize,
+    dst: &mut [E::Acc],
+) {
+    let cols = &ops.a_cols[pc..pc + kc];
+    let same = TypeId::of::<E>() == TypeId::of::<E::Acc>();
+    let mut tmp: Vec<E::Acc> = Vec::new();
+    if ops.a_unit_k && !same {
+        tmp.resize(mr * kc, E::Acc::zero());
+    }
+    for (ip, panel) in dst.chunks_exact_mut(kc * mr).enumerate() {
+        let r0 = ip * mr;
+        let rows = mr.min(mc - r0);
+        if rows < mr {
+            panel.fill(E::Acc::zero());
+        }
+        if ops.a_unit_k {
+            // Each row is a contiguous run along the depth: gather the rows'
+            // runs (widened first unless already the compute type), then
+            // write the panel in order.
+            let mut srcs: [&[E::Acc]; MAX_MR] = [&[]; MAX_MR];
+            if same {
+                for (i, s) in srcs.iter_mut().enumerate().take(rows) {
+                    let base = ops.a_base + ops.a_rows[ic + r0 + i] + cols[0];
+                    let run = &ops.a[base..base + kc];
+                    // SAFETY: `E` and `E::Acc` are the same type (same TypeId).
+                    *s = unsafe { core::slice::from_raw_parts(run.as_ptr().cast::<E::Acc>(), kc) };
+                }
+            } else {
+                for (i, t) in tmp.chunks_exact_mut(kc).enumerate().take(rows) {
+                    let base = ops.a_base + ops.a_rows[ic + r0 + i] + cols[0];
+                    widen(&ops.a[base..base + kc], t);
+                }
+                for (s, t) in srcs.iter_mut().zip(tmp.chunks_exact(kc)).take(rows) {
+                    *s = t;
+                }
+            }
+            let srcs = &srcs[..rows];
+            for (p, d) in panel.chunks_exact_mut(mr).enumerate() {
+                for (d, s) in d.iter_mut().zip(srcs) {
+                    *d = s[p];
+                }
+            }
+        } else if ops.a_unit_m {
+            // Each depth step is a contiguous run of rows.
+            let base = ops.a_base + ops.a_rows[ic + r0];
+            for (d, &co) in panel.chunks_exact_mut(mr).zip(cols) {
+                widen(&ops.a[base + co..base + co + rows], &mut d[..rows]);
+            }
+        } else {
+            for i in 0..rows {
+                let base = ops.a_base + ops.a_rows[ic + r0 + i];
+                for (d, &co) in panel[i..].iter_mut().step_by(mr).zip(cols) {
+                    *d = ops.a[base + co].to_acc();
+                }
+            }
+        }
+    }
+}
+
+/// Packs depth `pc..pc + kc`, columns `j0..j0 + cols` of `B` into one
+/// `nr`-column panel stored depth-major (`nr` values per depth step);
+/// columns past `cols` are zero.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pack_b_panel<E: FloatDtype>(
+    ops: &Operands<'_, E>,
+    pc: usize,
+    kc: usize,
+    j0: usize,
+    cols: usize,
+    nr: usize,
+    panel: &mut [E::Acc],
+) {
+    let rows = &ops.b_rows[pc..pc + kc];
+    if cols < nr {
+        panel.fill(E::Acc::zero());
+    }
+    if ops.b_unit_n {
+        // Each depth step is a contiguous run of columns.
+        let base = ops.b_base + ops.b_cols[j0];
+        for (d, &ro) in panel.chunks_exact_mut(nr).zip(rows) {
+            widen(&ops.b[base + ro..base + ro + cols], &mut d[..cols]);
+        }
+    } else if ops.b_unit_k {
+        // Each column is a contiguous run along the depth (a transposed B).
+        let mut tmp = [E::Acc::zero(); KC];
+        for j in 0..cols {
+            let base = ops.b_base + ops.b_cols[j0 + j] + rows[0];
+            widen(&ops.b[base..base + kc], &mut tmp[..kc]);
+            for (d, &v) in panel[j..].iter_mut().step_by(nr).zip(&tmp[..kc]) {
+                *d = v;
+            }
+        }
+    } else {
+        let cs = &ops.b_cols[j0..j0 + cols];
+        for (d, &ro) in panel.chunks_exact_mut(nr).zip(rows) {
+            let base = ops.b_base + ro;
+            for (d, &co) in d.iter_mut().zip(cs) {
+                *d = ops.b[base + co].to_acc();
+            }
+        }
+    }
+}

@@ -1,0 +1,454 @@
+use super::*;
+use crate::{bf16, f16};
+
+/// Deterministic values in [-1, 1).
+fn vals(n: usize, seed: u64) -> Vec<f64> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// The textbook triple loop, in f64, through layouts.
+fn naive(a: &[f64], la: &Layout, b: &[f64], lb: &Layout) -> Vec<f64> {
+    let (m, k, n) = (la.shape()[0], la.shape()[1], lb.shape()[1]);
+    let (sa, sb) = (la.strides(), lb.strides());
+    let mut out = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0.0;
+            for p in 0..k {
+                s += a[la.offset + i * sa[0] + p * sa[1]] * b[lb.offset + p * sb[0] + j * sb[1]];
+            }
+            out[i * n + j] = s;
+        }
+    }
+    out
+}
+
+fn max_rel(got: &[f64], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let den = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-300);
+    got.iter()
+        .zip(want)
+        .fold(0.0f64, |m, (g, w)| m.max((g - w).abs()))
+        / den
+}
+
+fn check_f64(m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool) {
+    let a = vals(m * k + 3, (m * 31 + k) as u64);
+    let b = vals(k * n + 5, (n * 17 + k) as u64);
+    // A stored as [M, K] or as [K, M] viewed transposed; offsets exercise non-zero starts.
+    let la = if trans_a {
+        Layout::new(&[m, k], &[1, m], 3)
+    } else {
+        Layout::new(&[m, k], &[k, 1], 3)
+    };
+    let lb = if trans_b {
+        Layout::new(&[k, n], &[1, k], 5)
+    } else {
+        Layout::new(&[k, n], &[n, 1], 5)
+    };
+    let got = gemm(&a, &la, &b, &lb);
+    let want = naive(&a, &la, &b, &lb);
+    let e = max_rel(&got, &want);
+    assert!(
+        e < 1e-13,
+        "{m}x{k}x{n} (ta {trans_a}, tb {trans_b}): rel err {e:e}"
+    );
+}
+
+#[test]
+fn matches_naive_at_odd_sizes() {
+    for &(m, k, n) in &[
+        (1, 1, 1),
+        (1, 7, 1),
+        (7, 7, 7),
+        (7, 1, 9),
+        (33, 33, 33),
+        (5, 129, 3),
+        (129, 33, 7),
+        (3, 300, 130),
+        (130, 257, 9),
+    ] {
+        check_f64(m, k, n, false, false);
+        check_f64(m, k, n, true, false);
+        check_f64(m, k, n, false, true);
+        check_f64(m, k, n, true, true);
+    }
+}
+
+#[test]
+fn large_problem_uses_threads_and_agrees() {
+    // Crosses MC, KC and the threading threshold; wide enough to span two NC blocks.
+    check_f64(131, 261, 67, false, true);
+    check_f64(70, 40, NC + 9, true, false);
+}
+
+#[test]
+fn strided_views() {
+    // Every other row and column of a 10x12 matrix, times a column slice of another.
+    let a = vals(10 * 12, 1);
+    let b = vals(6 * 9, 2);
+    let la = Layout::new(&[5, 6], &[24, 2], 1);
+    let lb = Layout::contiguous(&[6, 9]).narrow(1, 2, 4);
+    let got = gemm(&a, &la, &b, &lb);
+    assert!(max_rel(&got, &naive(&a, &la, &b, &lb)) < 1e-14);
+}
+
+#[test]
+fn empty_and_zero_depth() {
+    let a: Vec<f32> = vec![];
+    assert!(gemm(
+        &a,
+        &Layout::contiguous(&[0, 3]),
+        &[0.0f32; 6],
+        &Layout::contiguous(&[3, 2])
+    )
+    .is_empty());
+    let z = gemm(
+        &a,
+        &Layout::contiguous(&[2, 0]),
+        &a,
+        &Layout::contiguous(&[0, 3]),
+    );
+    assert_eq!(z, vec![0.0f32; 6]);
+}
+
+#[test]
+fn batched_with_broadcast_rhs_and_batch_sum() {
+    let (bt, m, k, n) = (3, 5, 7, 4);
+    let a = vals(bt * m * k, 3);
+    let b = vals(k * n, 4);
+    let la = Layout::contiguous(&[bt, m, k]);
+    let lb = Layout::new(&[bt, k, n], &[0, n, 1], 0);
+    let got = gemm_batched(&a, &la, &b, &lb);
+    let l2 = Layout::contiguous(&[k, n]);
+    for i in 0..bt {
+        let lai = Layout::new(&[m, k], &[k, 1], i * m * k);
+        let want = naive(&a, &lai, &b, &l2);
+        assert!(max_rel(&got[i * m * n..(i + 1) * m * n], &want) < 1e-14);
+    }
+    // Σ_b A_bᵀ · C_b with A_bᵀ a transposed view ([bt, k, m]).
+    let c = vals(bt * m * n, 5);
+    let lat = Layout::new(&[bt, k, m], &[m * k, 1, k], 0);
+    let lc = Layout::contiguous(&[bt, m, n]);
+    let got = gemm_batch_sum(&a, &lat, &c, &lc);
+    let mut want = vec![0.0; k * n];
+    for i in 0..bt {
+        let lai = Layout::new(&[k, m], &[1, k], i * m * k);
+        let lci = Layout::new(&[m, n], &[n, 1], i * m * n);
+        for (w, v) in want.iter_mut().zip(naive(&a, &lai, &c, &lci)) {
+            *w += v;
+        }
+    }
+    assert!(max_rel(&got, &want) < 1e-14);
+}
+
+#[test]
+fn batched_over_two_permuted_axes() {
+    // A stored as [H, B, M, K] and viewed as [B, H, M, K]: batch strides are not uniform.
+    let (b_, h, m, k, n) = (2, 3, 4, 5, 6);
+    let a = vals(b_ * h * m * k, 6);
+    let b = vals(b_ * h * k * n, 7);
+    let la = Layout::contiguous(&[h, b_, m, k]).permute(&[1, 0, 2, 3]);
+    let lb = Layout::contiguous(&[b_, h, k, n]);
+    let got = gemm_batched(&a, &la, &b, &lb);
+    for bi in 0..b_ {
+        for hi in 0..h {
+            let lai = Layout::new(&[m, k], &[k, 1], (hi * b_ + bi) * m * k);
+            let lbi = Layout::new(&[k, n], &[n, 1], (bi * h + hi) * k * n);
+            let o = (bi * h + hi) * m * n;
+            assert!(max_rel(&got[o..o + m * n], &naive(&a, &lai, &b, &lbi)) < 1e-14);
+        }
+    }
+    // Many large-enough products: the batch-parallel path.
+    let (bt, m, k, n) = (16, 40, 50, 60);
+    let a = vals(bt * m * k, 8);
+    let b = vals(bt * k * n, 9);
+    let got = gemm_batched(
+        &a,
+        &Layout::contiguous(&[bt, m, k]),
+        &b,
+        &Layout::contiguous(&[bt, k, n]),
+    );
+    for i in [0, 7, 15] {
+        let lai = Layout::new(&[m, k], &[k, 1], i * m * k);
+        let lbi = Layout::new(&[k, n], &[n, 1], i * k * n);
+        let o = i * m * n;
+        assert!(max_rel(&got[o..o + m * n], &naive(&a, &lai, &b, &lbi)) < 1e-13);
+    }
+}
+
+/// Low-precision inputs are widened exactly and the f32 sum rounded once.
+#[test]
+fn low_precision_rounds_once() {
+    let (m, k, n) = (9, 33, 7);
+    let a64 = vals(m * k, 10);
+    let b64 = vals(k * n, 11);
+    let la = Layout::contiguous(&[m, k]);
+    let lb = Layout::contiguous(&[k, n]);
+    fn via<E: FloatDtype>(a: &[f64], la: &Layout, b: &[f64], lb: &Layout) -> (Vec<f64>, Vec<f64>) {
+        let a: Vec<E> = a.iter().map(|&v| E::from_f64(v)).collect();
+        let b: Vec<E> = b.iter().map(|&v| E::from_f64(v)).collect();
+        let got = gemm(&a, la, &b, lb).iter().map(|v| v.to_f64()).collect();
+        let a: Vec<f64> = a.iter().map(|v| v.to_f64()).collect();
+        let b: Vec<f64> = b.iter().map(|v| v.to_f64()).collect();
+        (got, naive(&a, la, &b, lb))
+    }
+    let (g, w) = via::<f32>(&a64, &la, &b64, &lb);
+    assert!(max_rel(&g, &w) < 1e-5);
+    let (g, w) = via::<f16>(&a64, &la, &b64, &lb);
+    assert!(max_rel(&g, &w) < 2e-3);
+    let (g, w) = via::<bf16>(&a64, &la, &b64, &lb);
+    assert!(max_rel(&g, &w) < 1e-2);
+}
+
+/// Every kernel this CPU can run: the chosen one, the AVX2 and AVX-512
+/// ones where available, and the portable one.
+fn kernels<A: Real>() -> Vec<Kernel<A>> {
+    use std::any::TypeId;
+    let mut v = vec![kernel::kernel::<A>()];
+    let cast = |k: Kernel<f32>| -> Kernel<A> {
+        assert_eq!(TypeId::of::<A>(), TypeId::of::<f32>());
+        // SAFETY: `A` is `f32` (checked).
+        unsafe { core::mem::transmute_copy(&k) }
+    };
+    let cast64 = |k: Kernel<f64>| -> Kernel<A> {
+        assert_eq!(TypeId::of::<A>(), TypeId::of::<f64>());
+        // SAFETY: `A` is `f64` (checked).
+        unsafe { core::mem::transmute_copy(&k) }
+    };
+    if TypeId::of::<A>() == TypeId::of::<f32>() {
+        #[cfg(target_arch = "x86_64")]
+        v.extend(
+            x86::avx512_f32()
+                .into_iter()
+                .chain(x86::avx2_f32())
+                .map(cast),
+        );
+        v.push(cast(generic::f32_kernel()));
+    } else {
+        #[cfg(target_arch = "x86_64")]
+        v.extend(
+            x86::avx512_f64()
+                .into_iter()
+                .chain(x86::avx2_f64())
+                .map(cast64),
+        );
+        v.push(cast64(generic::f64_kernel()));
+    }
+    v
+}
+
+/// Layout of an `[r, c]` operand: row-major, transposed, or every other
+/// row and column of a bigger buffer; `off` leading elements are skipped.
+fn lay(r: usize, c: usize, kind: usize, off: usize) -> (Layout, usize) {
+    match kind {
+        0 => (Layout::new(&[r, c], &[c, 1], off), off + r * c),
+        1 => (Layout::new(&[r, c], &[1, r], off), off + r * c),
+        _ => (Layout::new(&[r, c], &[4 * c, 2], off), off + 4 * r * c),
+    }
+}
+
+/// Every kernel, every layout kind, threaded and not, against the naive product.
+fn check_all_kernels_f64(m: usize, k: usize, n: usize) {
+    for ka in 0..3 {
+        for kb in 0..3 {
+            let (la, na) = lay(m, k, ka, 3);
+            let (lb, nb) = lay(k, n, kb, 5);
+            let a = vals(na, (m * 31 + k + ka) as u64);
+            let b = vals(nb, (n * 17 + k + kb) as u64);
+            let want = naive(&a, &la, &b, &lb);
+            for kern in kernels::<f64>() {
+                for threads in [1, 2, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let got = pool.install(|| gemm_batched_with(&a, &la, &b, &lb, kern));
+                    let e = max_rel(&got, &want);
+                    assert!(
+                        e < 1e-13,
+                        "{m}x{k}x{n} kinds ({ka}, {kb}) kernel {} threads {threads}: rel err {e:e}",
+                        kern.name
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_kernel_layout_and_thread_count() {
+    for &(m, k, n) in &[(1, 1, 1), (7, 3, 9), (15, 17, 33), (29, 40, 17), (6, 5, 65)] {
+        check_all_kernels_f64(m, k, n);
+    }
+}
+
+#[test]
+fn every_kernel_crosses_block_sizes() {
+    // Non-multiples of MR (14, 6, 4), NR, KC (256), MC (336); big enough to thread.
+    check_all_kernels_f64(MC + 13, KC + 7, 71);
+    check_all_kernels_f64(129, 2 * KC + 3, 129);
+}
+
+#[test]
+fn crosses_nc_and_splits_columns() {
+    // Wider than NC; few rows so the threaded path splits columns.
+    let (m, k, n) = (5, 300, NC + 37);
+    let a = vals(m * k, 21);
+    let b = vals(k * n, 22);
+    let (la, lb) = (Layout::contiguous(&[m, k]), Layout::contiguous(&[k, n]));
+    let want = naive(&a, &la, &b, &lb);
+    for threads in [1, 2, 4] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let got = pool.install(|| gemm(&a, &la, &b, &lb));
+        assert!(max_rel(&got, &want) < 1e-13);
+    }
+}
+
+/// f32 through every kernel: threaded and single-threaded results are bit-identical.
+#[test]
+fn threads_agree_bitwise_f32() {
+    let (m, k, n) = (301, 520, 203);
+    let a: Vec<f32> = vals(m * k, 31).iter().map(|&v| v as f32).collect();
+    let b: Vec<f32> = vals(k * n, 32).iter().map(|&v| v as f32).collect();
+    let (la, lb) = (
+        Layout::contiguous(&[m, k]),
+        Layout::new(&[k, n], &[1, k], 0),
+    );
+    let a64: Vec<f64> = a.iter().map(|&v| v as f64).collect();
+    let b64: Vec<f64> = b.iter().map(|&v| v as f64).collect();
+    let want = naive(&a64, &la, &b64, &lb);
+    for kern in kernels::<f32>() {
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let r1 = one.install(|| gemm_batched_with(&a, &la, &b, &lb, kern));
+        let two = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let r2 = two.install(|| gemm_batched_with(&a, &la, &b, &lb, kern));
+        assert_eq!(r1, r2, "kernel {}", kern.name);
+        let g: Vec<f64> = r1.iter().map(|&v| v as f64).collect();
+        assert!(max_rel(&g, &want) < 1e-5, "kernel {}", kern.name);
+    }
+}
+
+/// Every dtype, every kernel, odd sizes and a transposed operand: exactly
+/// the f32 (f64) sum of the widened inputs, rounded once.
+#[test]
+fn every_dtype_rounds_once() {
+    use crate::f8::{F8E4M3, F8E5M2};
+    fn one<E: FloatDtype>(m: usize, k: usize, n: usize, tol: f64) {
+        let a: Vec<E> = vals(m * k, 41).iter().map(|&v| E::from_f64(v)).collect();
+        let b: Vec<E> = vals(k * n, 42).iter().map(|&v| E::from_f64(v)).collect();
+        let la = Layout::contiguous(&[m, k]);
+        let lb = Layout::new(&[k, n], &[1, k], 0);
+        let a64: Vec<f64> = a.iter().map(|v| v.to_f64()).collect();
+        let b64: Vec<f64> = b.iter().map(|v| v.to_f64()).collect();
+        let want = naive(&a64, &la, &b64, &lb);
+        for kern in kernels::<E::Acc>() {
+            let got = gemm_batched_with(&a, &la, &b, &lb, kern);
+            for (g, w) in got.iter().zip(&want) {
+                // One rounding of (nearly) the exact sum: within half an ulp plus the f32 sum error.
+                let r = E::from_f64(*w).to_f64();
+                let g = g.to_f64();
+                assert!(
+                    (g - r).abs() <= tol * w.abs().max(1.0),
+                    "{:?} kernel {}: got {g}, want {r}",
+                    E::DTYPE,
+                    kern.name
+                );
+            }
+        }
+    }
+    for &(m, k, n) in &[(1, 1, 1), (15, 37, 33), (17, 300, 7)] {
+        one::<f64>(m, k, n, 1e-13);
+        one::<f32>(m, k, n, 1e-5);
+        one::<f16>(m, k, n, 1e-3);
+        one::<bf16>(m, k, n, 8e-3);
+        one::<F8E4M3>(m, k, n, 0.07);
+        one::<F8E5M2>(m, k, n, 0.13);
+    }
+}
+
+/// Batched products over every kernel, with a broadcast right operand and
+/// a transposed batch sum, threaded and not.
+#[test]
+fn batched_broadcast_and_batch_sum_every_kernel() {
+    let (bt, m, k, n) = (5, 37, 29, 41);
+    let a = vals(bt * m * k, 51);
+    let b = vals(k * n, 52);
+    let la = Layout::contiguous(&[bt, m, k]);
+    let lb = Layout::new(&[bt, k, n], &[0, 1, k], 0); // broadcast, transposed
+    let lbi = Layout::new(&[k, n], &[1, k], 0);
+    let c = vals(bt * m * n, 53);
+    let lat = Layout::new(&[bt, k, m], &[m * k, 1, k], 0);
+    let lc = Layout::contiguous(&[bt, m, n]);
+    let mut want_sum = vec![0.0; k * n];
+    for i in 0..bt {
+        let lai = Layout::new(&[k, m], &[1, k], i * m * k);
+        let lci = Layout::new(&[m, n], &[n, 1], i * m * n);
+        for (w, v) in want_sum.iter_mut().zip(naive(&a, &lai, &c, &lci)) {
+            *w += v;
+        }
+    }
+    for kern in kernels::<f64>() {
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let got = pool.install(|| gemm_batched_with(&a, &la, &b, &lb, kern));
+            for i in 0..bt {
+                let lai = Layout::new(&[m, k], &[k, 1], i * m * k);
+                let want = naive(&a, &lai, &b, &lbi);
+                assert!(max_rel(&got[i * m * n..(i + 1) * m * n], &want) < 1e-13);
+            }
+            let got = pool.install(|| gemm_batch_sum_with(&a, &lat, &c, &lc, kern));
+            assert!(max_rel(&got, &want_sum) < 1e-13, "kernel {}", kern.name);
+        }
+    }
+}
+
+/// Rough f32 throughput at 512^3 (run with `--release -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn bench_f32_512() {
+    let n = 512;
+    let a: Vec<f32> = vals(n * n, 1).iter().map(|&v| v as f32).collect();
+    let b: Vec<f32> = vals(n * n, 2).iter().map(|&v| v as f32).collect();
+    let l = Layout::contiguous(&[n, n]);
+    let _ = gemm(&a, &l, &b, &l);
+    for threads in [1, rayon::current_num_threads()] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        // Best of several runs: the machine may be shared.
+        let s = (0..10)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                std::hint::black_box(pool.install(|| gemm(&a, &l, &b, &l)));
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min);
+        println!(
+            "f32 512^3 on {threads} thread(s): {:.2} ms, {:.1} GFLOP/s",
+            s * 1e3,
+            2.0 * (n * n * n) as f64 / s / 1e9
+        );
+    }
+}
