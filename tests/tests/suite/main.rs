@@ -10,6 +10,7 @@ mod creation;
 mod dtypes;
 mod elementwise;
 mod f8_fixture;
+mod fused_attention;
 mod gpt;
 mod index_ops;
 mod init;

@@ -3,6 +3,7 @@
 //! above [`PAR_THRESHOLD`] elements; the split never changes results (each
 //! output element is computed by exactly one thread, in a fixed order).
 
+pub mod attention;
 pub mod binary;
 pub mod conv;
 pub mod elementwise;

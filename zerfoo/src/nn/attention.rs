@@ -3,16 +3,19 @@
 //! q/k norms, padding and causal masks, and a key/value cache for
 //! incremental decoding.
 //!
-//! Scores are computed as `softmax(mask(q kᵀ * scale)) v` with a matmul, a
-//! `masked_fill(-inf)` and a softmax, in
-//! [`scaled_dot_product_attention`]: the one place a fused, memory-efficient
-//! kernel will replace later.
+//! The layer computes `softmax(mask(q kᵀ * scale)) v` with the fused kernel
+//! [`try_fused_attention`](crate::ops::try_fused_attention), from a mask
+//! description (causal, window, padding, positions) that is never
+//! materialized. [`scaled_dot_product_attention`] is the unfused form (a
+//! matmul, a `masked_fill(-inf)`, a softmax and a matmul, each recorded),
+//! kept as a reference and for arbitrary materialized masks.
 
 // Typed shapes in signatures (`Result<Tensor<(B, T, D), E, Cpu, <Tx as Merge<Tm>>::Out>>`)
 // are the point of these layers.
 #![allow(clippy::type_complexity)]
 
 use core::ops::Rem;
+use std::sync::Arc;
 
 use typenum::{Eq as TypeEq, IsEqual, Mod, B1, U0};
 use zerfoo_kernels::{Cpu, FloatDtype};
@@ -20,7 +23,7 @@ use zerfoo_kernels::{Cpu, FloatDtype};
 use super::{Forward, Linear, RmsNorm};
 use crate::autograd::{Merge, TapeState};
 use crate::error::or_panic;
-use crate::ops::ConcatWith;
+use crate::ops::{try_fused_attention, AttentionMask, ConcatWith};
 use crate::shape::{Axis, Dim, Dyn, Dynamic, RuntimeCheck, SameDim, Shape, Static};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -299,45 +302,6 @@ pub(crate) fn padding_vec<Bm: Dim, Tm: Dim>(
     Ok(mask.to_vec())
 }
 
-/// Which keys each query may not see.
-struct MaskSpec<'a> {
-    /// `(B, Tk)`, `true` for a padded key.
-    padding: Option<&'a [bool]>,
-    causal: bool,
-    window: Option<usize>,
-    /// Absolute position of the first query and of the first key.
-    q_offset: usize,
-    k_offset: usize,
-}
-
-impl MaskSpec<'_> {
-    /// The `(B, Tq, Tk)` mask (`true` = hidden), or `None` if nothing is hidden.
-    fn build<B: Dim, Tq: Dim, Tk: Dim>(
-        &self,
-        b: B,
-        tq: Tq,
-        tk: Tk,
-    ) -> Option<Tensor<(B, Tq, Tk), bool>> {
-        if self.padding.is_none() && !self.causal && self.window.is_none() {
-            return None;
-        }
-        let (nq, nk) = (tq.size(), tk.size());
-        let data: Vec<bool> = (0..b.size() * nq * nk)
-            .map(|n| {
-                let (j, i, bb) = (n % nk, (n / nk) % nq, n / (nk * nq));
-                let (qp, kp) = (self.q_offset + i, self.k_offset + j);
-                let padded = self.padding.is_some_and(|p| p[bb * nk + j]);
-                let future = (self.causal || self.window.is_some()) && kp > qp;
-                let too_old = self.window.is_some_and(|w| kp + w <= qp);
-                padded || future || too_old
-            })
-            .collect();
-        data.iter()
-            .any(|&h| h)
-            .then(|| Tensor::from_contiguous((b, tq, tk), data))
-    }
-}
-
 /// Attention of queries `q` `(B, H, Tq, Hd)` over keys `k` `(B, H, Tk, Hd)`
 /// and values `v` `(B, H, Tk, Hv)`:
 ///
@@ -347,8 +311,9 @@ impl MaskSpec<'_> {
 ///
 /// `mask` `(B, Tq, Tk)` is `true` where a key is hidden from a query (shared
 /// by all heads). A query whose keys are all hidden gets zero weights (and a
-/// zero output) rather than NaN. This is the seam where a fused kernel that
-/// never materializes the `Tq x Tk` scores will go.
+/// zero output) rather than NaN. This is the unfused reference; the layers
+/// use [`try_fused_attention`](crate::ops::try_fused_attention), which never
+/// materializes the `Tq x Tk` scores.
 ///
 /// Errors: a `Dyn` dim that differs between the operands or the mask
 /// ([`Error::ShapeMismatch`]), no keys at all ([`Error::InvalidArgument`]).
@@ -758,7 +723,7 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim> MultiHeadAttention<D, H, 
         };
         let stored = k_all.dims()[2];
         let typed = (b, self.kv_heads, Dyn(stored), self.head_dim);
-        let spec = MaskSpec {
+        let spec = AttentionMask {
             padding: None,
             causal: self.config.causal,
             window: self.config.window,
@@ -861,8 +826,8 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim> MultiHeadAttention<D, H, 
             Some(0),
         )?;
         let v = self.heads_of(&self.v_proj, None, x, self.kv_heads, None)?;
-        let spec = MaskSpec {
-            padding,
+        let spec = AttentionMask {
+            padding: padding.map(|p| Arc::new(p.to_vec())),
             causal: self.config.causal,
             window: self.config.window,
             q_offset: 0,
@@ -888,8 +853,8 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim> MultiHeadAttention<D, H, 
             None,
         )?;
         let v = self.heads_of(&self.v_proj, None, memory, self.kv_heads, None)?;
-        let spec = MaskSpec {
-            padding,
+        let spec = AttentionMask {
+            padding: padding.map(|p| Arc::new(p.to_vec())),
             causal: false,
             window: None,
             q_offset: 0,
@@ -942,12 +907,10 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim> MultiHeadAttention<D, H, 
         q: Tensor<(B, H, Tq, Hd), E, Cpu, Tp>,
         k: Tensor<(B, KvH, Tk, Hd), E, Cpu, Tp>,
         v: Tensor<(B, KvH, Tk, Hd), E, Cpu, Tp>,
-        spec: &MaskSpec<'_>,
+        spec: &AttentionMask,
     ) -> Result<Tensor<(B, Tq, D), E, Cpu, Tp>> {
-        let (b, _, tq, _) = q.shape();
-        let mask = spec.build(b, tq, k.shape().2);
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
-        let y = try_scaled_dot_product_attention(q, k, v, mask.as_ref(), self.scale())?;
+        let y: Tensor<_, E, Cpu, Tp> = try_fused_attention(q, k, v, spec, self.scale())?;
         let y = y.transpose::<1, 2>().merge_heads::<Dyn>();
         Ok(self.o_proj.forward(y))
     }

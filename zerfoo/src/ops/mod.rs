@@ -3,6 +3,7 @@
 //! The unit structs below name operations in compile-time shape errors
 //! (`shape error in `Matmul`: ...`).
 
+mod attention;
 mod binary;
 mod broadcast;
 mod conv;
@@ -17,6 +18,7 @@ mod shape_ops;
 mod softmax;
 mod unary;
 
+pub use attention::{fused_attention, try_fused_attention, AttentionMask};
 pub use binary::{ElementwiseRhs, SameDtype};
 pub use conv::{
     AvgPooling, BatchNormalization, BatchStats, Conv2dArgs, Conv2dConfig, ConvOut, ConvOutDim,

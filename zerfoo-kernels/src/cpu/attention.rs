@@ -1,0 +1,757 @@
+//! Fused (flash-style) scaled dot-product attention, forward and backward.
+//!
+//! Shapes: queries `(B, H, Tq, D)`, keys `(B, H, Tk, D)`, values
+//! `(B, H, Tk, Dv)`, any strides. The output is
+//! `softmax(mask(scale * q kᵀ)) v` `(B, H, Tq, Dv)`, computed row by row with
+//! an online softmax over blocks of [`KEY_BLOCK`] keys: no more than one
+//! block of scores per row ever exists. Keys a query cannot see because of
+//! the causal limit or the sliding window are never visited; padded keys
+//! are skipped inside a block.
+//!
+//! The inputs are first packed into the compute type ([`FloatDtype::Acc`]),
+//! keys also transposed to `(D, Tk)` per head, so that every inner loop is
+//! a contiguous `axpy` the compiler vectorizes. Everything is computed in
+//! `E::Acc` and rounded once on store.
+//!
+//! A query row that sees no key at all gets a zero output, a logsumexp of
+//! `-inf`, and zero gradients (never NaN).
+//!
+//! The backward follows FlashAttention-2: the probabilities are recomputed
+//! block by block from the saved logsumexp, `Di = rowsum(dO ∘ O)`,
+//! `dS = P ∘ (dO vᵀ − Di)`, `dq = scale · dS k`, `dk = scale · dSᵀ q`,
+//! `dv = Pᵀ dO`.
+
+use num_traits::{Float, Zero};
+use rayon::prelude::*;
+
+use super::PAR_THRESHOLD;
+use crate::{FloatDtype, Layout, Real};
+
+/// Keys per block of the online softmax.
+pub const KEY_BLOCK: usize = 64;
+
+/// Query rows per parallel task of the forward pass.
+const ROW_CHUNK: usize = 16;
+
+/// Which keys each query may not see. Positions are absolute: query row `i`
+/// is at `q_offset + i`, key row `j` at `k_offset + j`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttnMask<'a> {
+    /// Hide keys after the query (`kp > qp`).
+    pub causal: bool,
+    /// Sliding window `w`: hide keys with `kp + w <= qp`; implies the causal limit.
+    pub window: Option<usize>,
+    /// `(B, Tk)` row-major, `true` for a padded key (hidden from every query and head).
+    pub padding: Option<&'a [bool]>,
+    /// Absolute position of query row 0.
+    pub q_offset: usize,
+    /// Absolute position of key row 0.
+    pub k_offset: usize,
+}
+
+impl AttnMask<'_> {
+    /// The keys `[lo, hi)` that the causal limit and the window let query
+    /// row `i` see, out of `tk` (padding not considered).
+    #[inline]
+    pub fn key_range(&self, i: usize, tk: usize) -> (usize, usize) {
+        let qp = self.q_offset + i;
+        let hi = if self.causal || self.window.is_some() {
+            (qp + 1).saturating_sub(self.k_offset).min(tk)
+        } else {
+            tk
+        };
+        let lo = match self.window {
+            Some(w) => (qp + 1).saturating_sub(w + self.k_offset).min(hi),
+            None => 0,
+        };
+        (lo, hi)
+    }
+
+    /// Whether query row `i` of batch `b` may see key row `j` (of `tk`).
+    pub fn visible(&self, b: usize, i: usize, j: usize, tk: usize) -> bool {
+        let (lo, hi) = self.key_range(i, tk);
+        (lo..hi).contains(&j) && !self.padding.is_some_and(|p| p[b * tk + j])
+    }
+}
+
+/// The sizes of one attention problem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnDims {
+    /// Batch.
+    pub b: usize,
+    /// Heads.
+    pub h: usize,
+    /// Query rows.
+    pub tq: usize,
+    /// Key rows.
+    pub tk: usize,
+    /// Query/key width.
+    pub d: usize,
+    /// Value width.
+    pub dv: usize,
+}
+
+impl AttnDims {
+    /// The sizes of `q` `(B, H, Tq, D)`, `k` `(B, H, Tk, D)`, `v` `(B, H, Tk, Dv)`.
+    ///
+    /// # Panics
+    /// If the layouts are not rank 4 or do not agree (callers check first).
+    pub fn of(ql: &Layout, kl: &Layout, vl: &Layout) -> Self {
+        let (q, k, v) = (ql.shape(), kl.shape(), vl.shape());
+        assert!(
+            q.len() == 4 && k.len() == 4 && v.len() == 4,
+            "attention takes rank-4 operands"
+        );
+        assert!(
+            q[0] == k[0] && q[1] == k[1] && q[3] == k[3],
+            "attention: q {q:?} and k {k:?} disagree"
+        );
+        assert!(k[..3] == v[..3], "attention: k {k:?} and v {v:?} disagree");
+        AttnDims {
+            b: q[0],
+            h: q[1],
+            tq: q[2],
+            tk: k[2],
+            d: q[3],
+            dv: v[3],
+        }
+    }
+}
+
+/// `data` under `layout`, in row-major order, widened to the compute type.
+fn pack<E: FloatDtype>(data: &[E], layout: &Layout) -> Vec<E::Acc> {
+    let n = layout.numel();
+    if layout.is_contiguous() {
+        return data[layout.offset..][..n]
+            .iter()
+            .map(|x| x.to_acc())
+            .collect();
+    }
+    let mut out = Vec::with_capacity(n);
+    layout.for_each_offset(|o| out.push(data[o].to_acc()));
+    out
+}
+
+/// Each of the `heads` `(rows, cols)` matrices of `x`, transposed to `(cols, rows)`.
+fn transpose_heads<A: Copy + Zero>(x: &[A], heads: usize, rows: usize, cols: usize) -> Vec<A> {
+    let mut out = vec![A::zero(); x.len()];
+    let m = rows * cols;
+    for hh in 0..heads {
+        let (src, dst) = (&x[hh * m..][..m], &mut out[hh * m..][..m]);
+        for (r, row) in src.chunks_exact(cols.max(1)).enumerate().take(rows) {
+            for (c, &val) in row.iter().enumerate() {
+                dst[c * rows + r] = val;
+            }
+        }
+    }
+    out
+}
+
+/// `y += a * x`.
+#[inline]
+fn axpy<A: Real>(y: &mut [A], a: A, x: &[A]) {
+    for (yi, &xi) in y.iter_mut().zip(x) {
+        *yi += a * xi;
+    }
+}
+
+/// `s[..n] = Σ_d x[d] * t[d][j0..j0+n]` where `t` is `(x.len(), stride)` row-major.
+#[inline]
+fn block_dot<A: Real>(s: &mut [A], x: &[A], t: &[A], stride: usize, j0: usize) {
+    s.fill(A::zero());
+    let n = s.len();
+    for (dd, &xd) in x.iter().enumerate() {
+        axpy(s, xd, &t[dd * stride + j0..][..n]);
+    }
+}
+
+/// One query row: `o = softmax(s) v` over keys `[lo, hi)` (padding from
+/// `pad`), with `qs` the query already multiplied by the scale. Returns the
+/// logsumexp of the visible scores (`-inf`, and `o = 0`, if none).
+#[allow(clippy::too_many_arguments)]
+fn forward_row<A: Real>(
+    qs: &[A],
+    kt: &[A],
+    v: &[A],
+    pad: Option<&[bool]>,
+    (lo, hi): (usize, usize),
+    tk: usize,
+    s: &mut [A],
+    o: &mut [A],
+) -> A {
+    let dv = o.len();
+    o.fill(A::zero());
+    let (mut m, mut l) = (A::neg_infinity(), A::zero());
+    let mut j0 = lo;
+    while j0 < hi {
+        let n = KEY_BLOCK.min(hi - j0);
+        let s = &mut s[..n];
+        block_dot(s, qs, kt, tk, j0);
+        if let Some(p) = pad {
+            for (sj, &pj) in s.iter_mut().zip(&p[j0..j0 + n]) {
+                if pj {
+                    *sj = A::neg_infinity();
+                }
+            }
+        }
+        let bm = s.iter().copied().fold(A::neg_infinity(), A::max);
+        if bm > A::neg_infinity() {
+            let m_new = m.max(bm);
+            if m_new > m && l > A::zero() {
+                let alpha = (m - m_new).exp();
+                l *= alpha;
+                o.iter_mut().for_each(|x| *x *= alpha);
+            }
+            m = m_new;
+            for (jj, &sj) in s.iter().enumerate() {
+                let p = (sj - m).exp();
+                if p > A::zero() {
+                    l += p;
+                    axpy(o, p, &v[(j0 + jj) * dv..][..dv]);
+                }
+            }
+        }
+        j0 += n;
+    }
+    if l > A::zero() {
+        let inv = l.recip();
+        o.iter_mut().for_each(|x| *x *= inv);
+        m + l.ln()
+    } else {
+        o.fill(A::zero());
+        A::neg_infinity()
+    }
+}
+
+/// Fused attention forward: returns the output `(B, H, Tq, Dv)` (contiguous)
+/// and the per-row logsumexp `(B, H, Tq)` of the scaled, masked scores
+/// (`-inf` for a row that sees no key), which [`attention_backward`] needs.
+///
+/// Parallel over blocks of query rows when the problem is large enough.
+///
+/// # Panics
+/// On inconsistent layouts or a padding mask that is not `B * Tk` long.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward<E: FloatDtype>(
+    q: &[E],
+    ql: &Layout,
+    k: &[E],
+    kl: &Layout,
+    v: &[E],
+    vl: &Layout,
+    mask: &AttnMask<'_>,
+    scale: f64,
+) -> (Vec<E>, Vec<E::Acc>) {
+    let AttnDims {
+        b,
+        h,
+        tq,
+        tk,
+        d,
+        dv,
+    } = AttnDims::of(ql, kl, vl);
+    if let Some(p) = mask.padding {
+        assert_eq!(p.len(), b * tk, "attention: padding mask length");
+    }
+    let rows = b * h * tq;
+    let ninf = <E::Acc as Float>::neg_infinity();
+    if dv == 0 || rows == 0 {
+        return (Vec::new(), vec![ninf; rows]);
+    }
+    let sc = <E::Acc as Real>::of_f64(scale);
+    let mut qs = pack(q, ql);
+    qs.iter_mut().for_each(|x| *x *= sc);
+    let kt = transpose_heads(&pack(k, kl), b * h, tk, d);
+    let vp = pack(v, vl);
+    let mut out = vec![E::default(); rows * dv];
+    let mut lse = vec![ninf; rows];
+    let body = |(c, (oc, lc)): (usize, (&mut [E], &mut [E::Acc]))| {
+        let mut s = vec![<E::Acc as Zero>::zero(); KEY_BLOCK];
+        let mut acc = vec![<E::Acc as Zero>::zero(); dv];
+        for (r, (orow, l)) in oc.chunks_mut(dv).zip(lc.iter_mut()).enumerate() {
+            let row = c * ROW_CHUNK + r;
+            let (bh, i) = (row / tq, row % tq);
+            let bb = bh / h;
+            *l = forward_row(
+                &qs[row * d..][..d],
+                &kt[bh * tk * d..][..tk * d],
+                &vp[bh * tk * dv..][..tk * dv],
+                mask.padding.map(|p| &p[bb * tk..][..tk]),
+                mask.key_range(i, tk),
+                tk,
+                &mut s,
+                &mut acc,
+            );
+            for (o, &a) in orow.iter_mut().zip(&acc) {
+                *o = E::from_acc(a);
+            }
+        }
+    };
+    if rows * tk * (d + dv) >= PAR_THRESHOLD {
+        out.par_chunks_mut(ROW_CHUNK * dv)
+            .zip(lse.par_chunks_mut(ROW_CHUNK))
+            .enumerate()
+            .for_each(body);
+    } else {
+        out.chunks_mut(ROW_CHUNK * dv)
+            .zip(lse.chunks_mut(ROW_CHUNK))
+            .enumerate()
+            .for_each(body);
+    }
+    (out, lse)
+}
+
+/// Gradients of one `(batch, head)`: `(dq, dk, dv)` in the compute type.
+struct HeadGrads<A> {
+    dq: Vec<A>,
+    dk: Vec<A>,
+    dv: Vec<A>,
+}
+
+/// Fused attention backward: from the upstream gradient `dout` (any layout,
+/// `(B, H, Tq, Dv)`), the forward's contiguous output `out` and logsumexp
+/// `lse`, returns `(dq, dk, dv)`, contiguous, shaped like `q`, `k`, `v`.
+///
+/// Parallel over `(batch, head)` when the problem is large enough.
+///
+/// # Panics
+/// On inconsistent layouts or lengths.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward<E: FloatDtype>(
+    q: &[E],
+    ql: &Layout,
+    k: &[E],
+    kl: &Layout,
+    v: &[E],
+    vl: &Layout,
+    out: &[E],
+    lse: &[E::Acc],
+    dout: &[E],
+    dl: &Layout,
+    mask: &AttnMask<'_>,
+    scale: f64,
+) -> (Vec<E>, Vec<E>, Vec<E>) {
+    let AttnDims {
+        b,
+        h,
+        tq,
+        tk,
+        d,
+        dv,
+    } = AttnDims::of(ql, kl, vl);
+    let rows = b * h * tq;
+    assert_eq!(dl.shape(), &[b, h, tq, dv], "attention: dout shape");
+    assert_eq!(out.len(), rows * dv, "attention: saved output length");
+    assert_eq!(lse.len(), rows, "attention: saved logsumexp length");
+    if let Some(p) = mask.padding {
+        assert_eq!(p.len(), b * tk, "attention: padding mask length");
+    }
+    type A<E> = <E as FloatDtype>::Acc;
+    let zero = <A<E> as Zero>::zero();
+    let sc = <A<E> as Real>::of_f64(scale);
+    let mut qs = pack(q, ql);
+    qs.iter_mut().for_each(|x| *x *= sc);
+    let kp = pack(k, kl);
+    let kt = transpose_heads(&kp, b * h, tk, d);
+    let vt = transpose_heads(&pack(v, vl), b * h, tk, dv);
+    let dop = pack(dout, dl);
+    let di: Vec<A<E>> = (0..rows)
+        .map(|r| {
+            let (o, g) = (&out[r * dv..][..dv], &dop[r * dv..][..dv]);
+            o.iter().zip(g).map(|(&o, &g)| o.to_acc() * g).sum()
+        })
+        .collect();
+    let head = |bh: usize| -> HeadGrads<A<E>> {
+        let bb = bh / h;
+        let pad = mask.padding.map(|p| &p[bb * tk..][..tk]);
+        let (kt, kp) = (&kt[bh * tk * d..][..tk * d], &kp[bh * tk * d..][..tk * d]);
+        let vt = &vt[bh * tk * dv..][..tk * dv];
+        let mut g = HeadGrads {
+            dq: vec![zero; tq * d],
+            dk: vec![zero; tk * d],
+            dv: vec![zero; tk * dv],
+        };
+        let (mut p, mut dp) = (vec![zero; KEY_BLOCK], vec![zero; KEY_BLOCK]);
+        for i in 0..tq {
+            let row = bh * tq + i;
+            let l = lse[row];
+            if !l.is_finite() {
+                continue;
+            }
+            let qrow = &qs[row * d..][..d];
+            let dorow = &dop[row * dv..][..dv];
+            let dqrow = &mut g.dq[i * d..][..d];
+            let (lo, hi) = mask.key_range(i, tk);
+            let mut j0 = lo;
+            while j0 < hi {
+                let n = KEY_BLOCK.min(hi - j0);
+                let (p, dp) = (&mut p[..n], &mut dp[..n]);
+                block_dot(p, qrow, kt, tk, j0);
+                p.iter_mut().for_each(|x| *x = (*x - l).exp());
+                if let Some(pm) = pad {
+                    for (x, &hide) in p.iter_mut().zip(&pm[j0..j0 + n]) {
+                        if hide {
+                            *x = zero;
+                        }
+                    }
+                }
+                block_dot(dp, dorow, vt, tk, j0);
+                for (jj, (&pj, &dpj)) in p.iter().zip(dp.iter()).enumerate() {
+                    if pj == zero {
+                        continue;
+                    }
+                    let j = j0 + jj;
+                    let ds = pj * (dpj - di[row]);
+                    axpy(dqrow, ds, &kp[j * d..][..d]);
+                    axpy(&mut g.dk[j * d..][..d], ds, qrow);
+                    axpy(&mut g.dv[j * dv..][..dv], pj, dorow);
+                }
+                j0 += n;
+            }
+            dqrow.iter_mut().for_each(|x| *x *= sc);
+        }
+        g
+    };
+    let heads: Vec<HeadGrads<A<E>>> = if rows * tk * (3 * d + 2 * dv) >= PAR_THRESHOLD {
+        (0..b * h).into_par_iter().map(head).collect()
+    } else {
+        (0..b * h).map(head).collect()
+    };
+    let round = |f: fn(&HeadGrads<A<E>>) -> &Vec<A<E>>| -> Vec<E> {
+        heads
+            .iter()
+            .flat_map(|g| f(g).iter().map(|&x| E::from_acc(x)))
+            .collect()
+    };
+    (round(|g| &g.dq), round(|g| &g.dk), round(|g| &g.dv))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{bf16, f16, F8E4M3, F8E5M2};
+
+    /// Naive reference in f64: output and (dq, dk, dv) for upstream `g`, all
+    /// row-major, from row-major `q`, `k`, `v`.
+    #[allow(clippy::type_complexity)]
+    fn reference(
+        dims: AttnDims,
+        q: &[f64],
+        k: &[f64],
+        v: &[f64],
+        g: &[f64],
+        mask: &AttnMask<'_>,
+        scale: f64,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+        let AttnDims {
+            b,
+            h,
+            tq,
+            tk,
+            d,
+            dv,
+        } = dims;
+        let mut out = vec![0.0; b * h * tq * dv];
+        let (mut dq, mut dk, mut dvv) =
+            (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+        for bb in 0..b {
+            for hh in 0..h {
+                let bh = bb * h + hh;
+                for i in 0..tq {
+                    let qi = &q[(bh * tq + i) * d..][..d];
+                    let s: Vec<f64> = (0..tk)
+                        .map(|j| {
+                            let kj = &k[(bh * tk + j) * d..][..d];
+                            scale * qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>()
+                        })
+                        .collect();
+                    let vis: Vec<bool> = (0..tk).map(|j| mask.visible(bb, i, j, tk)).collect();
+                    if !vis.iter().any(|&x| x) {
+                        continue;
+                    }
+                    let m = (0..tk)
+                        .filter(|&j| vis[j])
+                        .map(|j| s[j])
+                        .fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = (0..tk)
+                        .map(|j| if vis[j] { (s[j] - m).exp() } else { 0.0 })
+                        .collect();
+                    let z: f64 = e.iter().sum();
+                    let p: Vec<f64> = e.iter().map(|x| x / z).collect();
+                    let gi = &g[(bh * tq + i) * dv..][..dv];
+                    let row = &mut out[(bh * tq + i) * dv..][..dv];
+                    for j in 0..tk {
+                        for c in 0..dv {
+                            row[c] += p[j] * v[(bh * tk + j) * dv + c];
+                        }
+                    }
+                    // dP_j = g · v_j; dS = P (dP - Σ P dP)
+                    let dp: Vec<f64> = (0..tk)
+                        .map(|j| (0..dv).map(|c| gi[c] * v[(bh * tk + j) * dv + c]).sum())
+                        .collect();
+                    let dot: f64 = (0..tk).map(|j| p[j] * dp[j]).sum();
+                    for j in 0..tk {
+                        let ds = p[j] * (dp[j] - dot) * scale;
+                        for c in 0..d {
+                            dq[(bh * tq + i) * d + c] += ds * k[(bh * tk + j) * d + c];
+                            dk[(bh * tk + j) * d + c] += ds * qi[c];
+                        }
+                        for c in 0..dv {
+                            dvv[(bh * tk + j) * dv + c] += p[j] * gi[c];
+                        }
+                    }
+                }
+            }
+        }
+        (out, dq, dk, dvv)
+    }
+
+    fn rand(n: usize, seed: u64) -> Vec<f64> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Runs the fused kernels on `E`-rounded inputs (stored permuted when
+    /// `permuted`) and compares with the f64 reference on the same values.
+    fn check<E: FloatDtype>(dims: AttnDims, mask: &AttnMask<'_>, permuted: bool, tol: f64) {
+        let AttnDims {
+            b,
+            h,
+            tq,
+            tk,
+            d,
+            dv,
+        } = dims;
+        let round = |x: Vec<f64>| -> Vec<E> { x.into_iter().map(E::from_f64).collect() };
+        let (q, k, v) = (
+            round(rand(b * h * tq * d, 1)),
+            round(rand(b * h * tk * d, 2)),
+            round(rand(b * h * tk * dv, 3)),
+        );
+        let g = round(rand(b * h * tq * dv, 4));
+        let f = |x: &[E]| -> Vec<f64> { x.iter().map(|y| y.to_f64()).collect() };
+        // A permuted view: stored as (B, T, H, D), read as (B, H, T, D).
+        let store = |x: &[E], t: usize, w: usize| -> (Vec<E>, Layout) {
+            if !permuted {
+                return (x.to_vec(), Layout::contiguous(&[b, h, t, w]));
+            }
+            let mut s = vec![E::default(); x.len()];
+            for bb in 0..b {
+                for hh in 0..h {
+                    for tt in 0..t {
+                        for c in 0..w {
+                            s[((bb * t + tt) * h + hh) * w + c] =
+                                x[((bb * h + hh) * t + tt) * w + c];
+                        }
+                    }
+                }
+            }
+            (s, Layout::contiguous(&[b, t, h, w]).permute(&[0, 2, 1, 3]))
+        };
+        let ((qs, ql), (ks, kl), (vs, vl), (gs, gl)) = (
+            store(&q, tq, d),
+            store(&k, tk, d),
+            store(&v, tk, dv),
+            store(&g, tq, dv),
+        );
+        let scale = 0.7;
+        let (out, lse) = attention_forward(&qs, &ql, &ks, &kl, &vs, &vl, mask, scale);
+        let (dq, dk, dvv) = attention_backward(
+            &qs, &ql, &ks, &kl, &vs, &vl, &out, &lse, &gs, &gl, mask, scale,
+        );
+        let (ro, rdq, rdk, rdv) = reference(dims, &f(&q), &f(&k), &f(&v), &f(&g), mask, scale);
+        for (name, got, want) in [
+            ("out", f(&out), ro),
+            ("dq", f(&dq), rdq),
+            ("dk", f(&dk), rdk),
+            ("dv", f(&dvv), rdv),
+        ] {
+            assert_eq!(got.len(), want.len(), "{name}");
+            for (n, (x, y)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    x.is_finite() && (x - y).abs() <= tol * (1.0 + y.abs()),
+                    "{} {dims:?} {mask:?} {name}[{n}]: {x} vs {y}",
+                    E::DTYPE
+                );
+            }
+        }
+        // rows with no visible key: zero output, lse -inf
+        for bb in 0..b {
+            for i in 0..tq {
+                let dead = !(0..tk).any(|j| mask.visible(bb, i, j, tk));
+                for hh in 0..h {
+                    let row = (bb * h + hh) * tq + i;
+                    assert_eq!(dead, lse[row].as_f64() == f64::NEG_INFINITY);
+                }
+            }
+        }
+    }
+
+    fn masks(b: usize, tk: usize, pad: &[bool]) -> Vec<AttnMask<'_>> {
+        assert_eq!(pad.len(), b * tk);
+        vec![
+            AttnMask::default(),
+            AttnMask {
+                causal: true,
+                ..Default::default()
+            },
+            AttnMask {
+                window: Some(3),
+                ..Default::default()
+            },
+            AttnMask {
+                causal: true,
+                padding: Some(pad),
+                ..Default::default()
+            },
+            AttnMask {
+                padding: Some(pad),
+                ..Default::default()
+            },
+            // queries later than keys (a decoding step over a cache)
+            AttnMask {
+                causal: true,
+                window: Some(70),
+                q_offset: 9,
+                k_offset: 4,
+                padding: None,
+            },
+            // keys later than some queries: the first rows see nothing
+            AttnMask {
+                causal: true,
+                q_offset: 0,
+                k_offset: 3,
+                padding: Some(pad),
+                window: None,
+            },
+        ]
+    }
+
+    fn padding(b: usize, tk: usize) -> Vec<bool> {
+        // batch 0: every third key padded; batch 1: every key padded
+        (0..b * tk).map(|n| n / tk == 1 || n % 3 == 1).collect()
+    }
+
+    #[test]
+    fn matches_reference_f64_at_odd_sizes() {
+        for &(tq, tk) in &[
+            (1, 1),
+            (7, 7),
+            (1, 7),
+            (7, 65),
+            (65, 65),
+            (129, 7),
+            (65, 129),
+        ] {
+            for &d in &[1, 5, 32] {
+                let dims = AttnDims {
+                    b: 2,
+                    h: 2,
+                    tq,
+                    tk,
+                    d,
+                    dv: if d == 5 { 3 } else { d },
+                };
+                let pad = padding(2, tk);
+                for (n, m) in masks(2, tk, &pad).iter().enumerate() {
+                    check::<f64>(dims, m, n % 2 == 1, 1e-10);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn large_problem_runs_in_parallel_and_matches() {
+        let dims = AttnDims {
+            b: 2,
+            h: 3,
+            tq: 129,
+            tk: 129,
+            d: 32,
+            dv: 32,
+        };
+        let pad = padding(2, 129);
+        for m in masks(2, 129, &pad) {
+            check::<f64>(dims, &m, true, 1e-10);
+            check::<f32>(dims, &m, false, 1e-4);
+        }
+    }
+
+    #[test]
+    fn every_float_dtype() {
+        let dims = AttnDims {
+            b: 2,
+            h: 2,
+            tq: 7,
+            tk: 65,
+            d: 5,
+            dv: 3,
+        };
+        let pad = padding(2, 65);
+        for (n, m) in masks(2, 65, &pad).iter().enumerate() {
+            let p = n % 2 == 0;
+            check::<f32>(dims, m, p, 1e-5);
+            check::<f16>(dims, m, p, 4e-3);
+            check::<bf16>(dims, m, p, 2e-2);
+            check::<F8E4M3>(dims, m, p, 0.13);
+            check::<F8E5M2>(dims, m, p, 0.26);
+        }
+    }
+
+    #[test]
+    fn empty_keys_and_values() {
+        let l = |t: usize, w: usize| Layout::contiguous(&[1, 2, t, w]);
+        // no keys: every row dead, zero output
+        let (o, lse) = attention_forward::<f32>(
+            &[1.0; 6],
+            &l(3, 1),
+            &[],
+            &l(0, 1),
+            &[],
+            &l(0, 2),
+            &AttnMask::default(),
+            1.0,
+        );
+        assert_eq!(o, vec![0.0; 12]);
+        assert!(lse.iter().all(|x| *x == f32::NEG_INFINITY));
+        // zero-width values
+        let (o, _) = attention_forward::<f32>(
+            &[1.0; 6],
+            &l(3, 1),
+            &[1.0; 4],
+            &l(2, 1),
+            &[],
+            &l(2, 0),
+            &AttnMask::default(),
+            1.0,
+        );
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn key_ranges() {
+        let m = AttnMask {
+            causal: true,
+            window: Some(2),
+            q_offset: 5,
+            k_offset: 3,
+            padding: None,
+        };
+        // query at 5 sees keys at 4, 5 = rows 1, 2
+        assert_eq!(m.key_range(0, 10), (1, 3));
+        let m = AttnMask {
+            causal: true,
+            k_offset: 3,
+            ..Default::default()
+        };
+        assert_eq!(m.key_range(0, 10), (0, 0));
+        assert_eq!(m.key_range(4, 10), (0, 2));
+    }
+}

@@ -1,0 +1,251 @@
+//! Fused scaled dot-product attention: `softmax(mask(scale * q kᵀ)) v` in
+//! one kernel that never materializes the `Tq x Tk` scores (flash-style
+//! online softmax over key blocks), with one autograd node whose backward
+//! recomputes the probabilities block by block.
+//!
+//! The mask is described, not materialized: see [`AttentionMask`].
+
+// Typed shapes in signatures are the point.
+#![allow(clippy::type_complexity)]
+
+use std::sync::Arc;
+
+use zerfoo_kernels::cpu::attention::{self as k, AttnMask};
+use zerfoo_kernels::{Cpu, FloatDtype, Layout};
+
+use super::Merge3;
+use crate::autograd::{record, Merge, TapeState, TensorId};
+use crate::error::or_panic;
+use crate::shape::Dim;
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+/// Which keys each query may not see in [`try_fused_attention`], described
+/// rather than materialized. Positions are absolute: query row `i` is at
+/// `q_offset + i`, key row `j` at `k_offset + j` (they differ when decoding
+/// over a key/value cache).
+///
+/// A query that sees no key at all gets a zero output and zero gradients.
+///
+/// ```
+/// use zerfoo::ops::AttentionMask;
+/// let m = AttentionMask::causal().window(4).offsets(10, 7);
+/// assert!(m.causal && m.window == Some(4) && m.q_offset == 10 && m.k_offset == 7);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AttentionMask {
+    /// Hide keys after the query: query at `qp` sees keys at `kp <= qp`.
+    pub causal: bool,
+    /// Sliding window `w`: query at `qp` sees keys in `(qp - w, qp]` (this
+    /// implies the causal limit).
+    pub window: Option<usize>,
+    /// Key padding `(B, Tk)`, row-major, `true` for a padded key (hidden
+    /// from every query and head of that batch row).
+    pub padding: Option<Arc<Vec<bool>>>,
+    /// Absolute position of the first query.
+    pub q_offset: usize,
+    /// Absolute position of the first key.
+    pub k_offset: usize,
+}
+
+impl AttentionMask {
+    /// Nothing hidden.
+    pub fn none() -> Self {
+        Self::default()
+    }
+    /// Causal: each query sees itself and earlier keys.
+    pub fn causal() -> Self {
+        AttentionMask {
+            causal: true,
+            ..Self::default()
+        }
+    }
+    /// With a sliding window of `w` positions (implies causal).
+    pub fn window(mut self, w: usize) -> Self {
+        self.window = Some(w);
+        self
+    }
+    /// With a `(B, Tk)` key padding mask (`true` = padded).
+    pub fn padding(mut self, padding: Vec<bool>) -> Self {
+        self.padding = Some(Arc::new(padding));
+        self
+    }
+    /// With absolute positions of the first query and the first key.
+    pub fn offsets(mut self, q_offset: usize, k_offset: usize) -> Self {
+        self.q_offset = q_offset;
+        self.k_offset = k_offset;
+        self
+    }
+    /// The materialized `(B, Tq, Tk)` mask, row-major, `true` where a key is
+    /// hidden from a query (the form [`try_scaled_dot_product_attention`]
+    /// takes). `padding`, if any, must be `b * tk` long.
+    ///
+    /// [`try_scaled_dot_product_attention`]: crate::nn::try_scaled_dot_product_attention
+    pub fn to_dense(&self, b: usize, tq: usize, tk: usize) -> Vec<bool> {
+        let m = self.kernel();
+        (0..b * tq * tk)
+            .map(|n| !m.visible(n / (tq * tk), (n / tk) % tq, n % tk, tk))
+            .collect()
+    }
+    /// Whether no key is ever hidden.
+    pub fn is_none(&self) -> bool {
+        !self.causal && self.window.is_none() && self.padding.is_none()
+    }
+    fn kernel(&self) -> AttnMask<'_> {
+        AttnMask {
+            causal: self.causal,
+            window: self.window,
+            padding: self.padding.as_deref().map(Vec::as_slice),
+            q_offset: self.q_offset,
+            k_offset: self.k_offset,
+        }
+    }
+}
+
+/// Fused attention of queries `q` `(B, H, Tq, D)` over keys `k`
+/// `(B, H, Tk, D)` and values `v` `(B, H, Tk, Dv)`:
+/// `softmax(mask(scale * q kᵀ)) v`, `(B, H, Tq, Dv)`, computed in the
+/// dtype's compute type and rounded once. Inputs may be any view (permuted
+/// heads included). One autograd node; the output's tape merges the three
+/// inputs' tapes. Equal to [`try_scaled_dot_product_attention`] with the
+/// materialized mask, in less memory and time.
+///
+/// Errors: a `Dyn` dim that differs between the operands, or a padding mask
+/// that is not `B * Tk` long ([`Error::ShapeMismatch`]).
+///
+/// [`try_scaled_dot_product_attention`]: crate::nn::try_scaled_dot_product_attention
+///
+/// ```
+/// use zerfoo::ops::{try_fused_attention, AttentionMask};
+/// use zerfoo::prelude::*;
+/// // one query, two keys with equal scores: the output averages the values
+/// let q: Tensor<(U1, U1, U1, U1), f64> = Tensor::zeros(Default::default());
+/// let k: Tensor<(U1, U1, U2, U1), f64> = Tensor::ones(Default::default());
+/// let v = Tensor::<(U1, U1, U2, U1), f64>::from_vec(Default::default(), vec![1.0, 3.0]).unwrap();
+/// let y = try_fused_attention(q, k, v, &AttentionMask::none(), 1.0).unwrap();
+/// assert_eq!(y.to_vec(), [2.0]);
+/// ```
+pub fn try_fused_attention<B, H, Tq, Tk, D, Dv, E, T1, T2, T3>(
+    q: Tensor<(B, H, Tq, D), E, Cpu, T1>,
+    k: Tensor<(B, H, Tk, D), E, Cpu, T2>,
+    v: Tensor<(B, H, Tk, Dv), E, Cpu, T3>,
+    mask: &AttentionMask,
+    scale: f64,
+) -> Result<Tensor<(B, H, Tq, Dv), E, Cpu, Merge3<T1, T2, T3>>>
+where
+    B: Dim,
+    H: Dim,
+    Tq: Dim,
+    Tk: Dim,
+    D: Dim,
+    Dv: Dim,
+    E: FloatDtype,
+    T1: TapeState + Merge<T2>,
+    T2: TapeState,
+    T3: TapeState,
+    <T1 as Merge<T2>>::Out: Merge<T3>,
+{
+    let (qd, kd, vd) = (q.dims(), k.dims(), v.dims());
+    let mismatch = |lhs: &[usize], rhs: &[usize]| Error::ShapeMismatch {
+        op: "fused attention",
+        lhs: lhs.to_vec(),
+        rhs: rhs.to_vec(),
+    };
+    if qd[0] != kd[0] || qd[1] != kd[1] || qd[3] != kd[3] {
+        return Err(mismatch(&qd, &kd));
+    }
+    if kd[..3] != vd[..3] {
+        return Err(mismatch(&kd, &vd));
+    }
+    if let Some(p) = &mask.padding {
+        if p.len() != kd[0] * kd[2] {
+            return Err(Error::ShapeMismatch {
+                op: "fused attention padding mask",
+                lhs: vec![p.len()],
+                rhs: vec![kd[0], kd[2]],
+            });
+        }
+    }
+    let (b, h, tq, _) = q.shape();
+    let dv = v.shape().3;
+    let (out, lse) = k::attention_forward(
+        &q.data,
+        &q.layout,
+        &k.data,
+        &k.layout,
+        &v.data,
+        &v.layout,
+        &mask.kernel(),
+        scale,
+    );
+    let out = Arc::new(out);
+    let out_id = TensorId::fresh();
+    let out_shape = (b, h, tq, dv);
+    type Out<T1, T2, T3> = Merge3<T1, T2, T3>;
+    let tape = if Out::<T1, T2, T3>::TRACKED {
+        let parents = [q.tape.node(), k.tape.node(), v.tape.node()];
+        let (qs, ks, vs) = (
+            (q.data.clone(), q.layout, q.id),
+            (k.data.clone(), k.layout, k.id),
+            (v.data.clone(), v.layout, v.id),
+        );
+        let (o, mask) = (out.clone(), mask.clone());
+        let dl = Layout::contiguous(&[b.size(), h.size(), tq.size(), dv.size()]);
+        record::<Out<T1, T2, T3>>(out_id, &parents, move |g| {
+            if let Some(gy) = g.take::<E>(out_id) {
+                let (gq, gk, gv) = k::attention_backward(
+                    &qs.0,
+                    &qs.1,
+                    &ks.0,
+                    &ks.1,
+                    &vs.0,
+                    &vs.1,
+                    &o,
+                    &lse,
+                    &gy,
+                    &dl,
+                    &mask.kernel(),
+                    scale,
+                );
+                g.accumulate(qs.2, gq);
+                g.accumulate(ks.2, gk);
+                g.accumulate(vs.2, gv);
+            }
+        })
+    } else {
+        Out::<T1, T2, T3>::from_node(None)
+    };
+    Ok(Tensor {
+        layout: Layout::contiguous(&[b.size(), h.size(), tq.size(), dv.size()]),
+        shape: out_shape,
+        data: out,
+        id: out_id,
+        tape,
+        device: Cpu,
+    })
+}
+
+/// Panicking twin of [`try_fused_attention`].
+#[track_caller]
+pub fn fused_attention<B, H, Tq, Tk, D, Dv, E, T1, T2, T3>(
+    q: Tensor<(B, H, Tq, D), E, Cpu, T1>,
+    k: Tensor<(B, H, Tk, D), E, Cpu, T2>,
+    v: Tensor<(B, H, Tk, Dv), E, Cpu, T3>,
+    mask: &AttentionMask,
+    scale: f64,
+) -> Tensor<(B, H, Tq, Dv), E, Cpu, Merge3<T1, T2, T3>>
+where
+    B: Dim,
+    H: Dim,
+    Tq: Dim,
+    Tk: Dim,
+    D: Dim,
+    Dv: Dim,
+    E: FloatDtype,
+    T1: TapeState + Merge<T2>,
+    T2: TapeState,
+    T3: TapeState,
+    <T1 as Merge<T2>>::Out: Merge<T3>,
+{
+    or_panic(try_fused_attention(q, k, v, mask, scale))
+}
