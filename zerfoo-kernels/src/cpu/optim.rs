@@ -5,6 +5,7 @@
 //! depend on the thread count; the per-element arithmetic is PyTorch's
 //! (`torch.optim.SGD`, `Adam`, `AdamW` with `foreach=False`).
 
+use num_traits::Float;
 use rayon::prelude::*;
 
 use super::{CHUNK, PAR_THRESHOLD};
@@ -68,7 +69,7 @@ pub fn adam_update<E: FloatDtype>(
             // PyTorch: exp_avg.lerp_(grad, 1 - beta1)
             *m = *m + (one - b1) * (gr - *m);
             *v = *v * b2 + (one - b2) * gr * gr;
-            let denom = v.sqrt() / bc2_sqrt + eps;
+            let denom = Float::sqrt(*v) / bc2_sqrt + eps;
             *p = E::from_acc(x - step_size * *m / denom);
         }
     };
@@ -219,7 +220,10 @@ mod tests {
         for n in [1, 7, CHUNK + 3, PAR_THRESHOLD + 129] {
             for decoupled in [true, false] {
                 let (mut p, g) = (vals(n, 1), vals(n, 2));
-                let (mut m, mut v) = (vals(n, 3), vals(n, 4).iter().map(|x| x * x).collect());
+                let (mut m, mut v) = (
+                    vals(n, 3),
+                    vals(n, 4).iter().map(|x| x * x).collect::<Vec<f64>>(),
+                );
                 let (mut p2, mut m2, mut v2): (Vec<f64>, Vec<f64>, Vec<f64>) =
                     (p.clone(), m.clone(), v.clone());
                 let s = AdamStep {
@@ -233,7 +237,16 @@ mod tests {
                 };
                 adam_update(&mut p, &g, &mut m, &mut v, &s);
                 adam_ref(&mut p2, &g, &mut m2, &mut v2, &s);
-                assert_eq!(p, p2, "n {n}");
+                // `powi` in the bias corrections may round differently
+                // where it is constant-folded: a few ulps (the values are O(1)).
+                let close =
+                    |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-15);
+                let worst = p
+                    .iter()
+                    .zip(&p2)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0, f64::max);
+                assert!(close(&p, &p2), "n {n}: worst {worst:e}");
                 assert_eq!(m, m2);
                 assert_eq!(v, v2);
             }

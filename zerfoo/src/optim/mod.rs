@@ -20,7 +20,6 @@ pub use state::OptimizerState;
 
 use std::collections::HashMap;
 
-use num_traits::Float;
 use zerfoo_kernels::cpu::optim::{adam_update, sgd_update, AdamStep, SgdStep};
 use zerfoo_kernels::{Cpu, FloatDtype};
 
@@ -293,9 +292,6 @@ impl ParamVisitorMut for Update<'_> {
             });
             return;
         };
-        let lr = E::Acc::of_f64(self.opt.lr * group.lr_scale);
-        let wd = E::Acc::of_f64(group.weight_decay);
-        let n = p.numel();
         let st = self
             .opt
             .state
