@@ -30,6 +30,12 @@ pub struct AdamStep {
     pub step: u64,
 }
 
+/// Matching pieces of a parameter, its gradient and its two moments.
+type AdamChunk<'a, E> = (
+    ((&'a mut [E], &'a [E]), &'a mut [<E as FloatDtype>::Acc]),
+    &'a mut [<E as FloatDtype>::Acc],
+);
+
 /// One Adam/AdamW step on `param` with gradient `grad` and moments `m`, `v`
 /// (all the same length), in place.
 ///
@@ -57,7 +63,7 @@ pub fn adam_update<E: FloatDtype>(
     let bc2_sqrt = a((1.0 - s.beta2.powi(t)).sqrt());
     let step_size = a(s.lr / bc1);
     let (decoupled, coupled) = (s.decoupled, !s.decoupled && s.weight_decay != 0.0);
-    let body = |(((p, g), m), v): (((&mut [E], &[E]), &mut [E::Acc]), &mut [E::Acc])| {
+    let body = |(((p, g), m), v): AdamChunk<'_, E>| {
         for (((p, g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
             let mut x = p.to_acc();
             let mut gr = g.to_acc();
