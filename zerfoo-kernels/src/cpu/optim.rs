@@ -68,7 +68,7 @@ pub fn adam_update<E: FloatDtype>(
             // PyTorch: exp_avg.lerp_(grad, 1 - beta1)
             *m = *m + (one - b1) * (gr - *m);
             *v = *v * b2 + (one - b2) * gr * gr;
-            let denom = v.sqrt() / bc2_sqrt + eps;
+            let denom = num_traits::Float::sqrt(*v) / bc2_sqrt + eps;
             *p = E::from_acc(x - step_size * *m / denom);
         }
     };
@@ -219,7 +219,7 @@ mod tests {
         for n in [1, 7, CHUNK + 3, PAR_THRESHOLD + 129] {
             for decoupled in [true, false] {
                 let (mut p, g) = (vals(n, 1), vals(n, 2));
-                let (mut m, mut v) = (vals(n, 3), vals(n, 4).iter().map(|x| x * x).collect());
+                let (mut m, mut v) = (vals(n, 3), vals(n, 4).iter().map(|x| x * x).collect::<Vec<f64>>());
                 let (mut p2, mut m2, mut v2): (Vec<f64>, Vec<f64>, Vec<f64>) =
                     (p.clone(), m.clone(), v.clone());
                 let s = AdamStep {
