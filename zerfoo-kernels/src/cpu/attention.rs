@@ -392,15 +392,18 @@ pub fn attention_backward<E: FloatDtype>(
         let pad = mask.padding.map(|p| &p[bh / h * tk..][..tk]);
         let kp = &kp[bh * tk * d..][..tk * d];
         let vp = &vp[bh * tk * dv..][..tk * dv];
-        let (qs, dop) = (&qs[bh * tq * d..][..tq * d], &dop[bh * tq * dv..][..tq * dv]);
+        let (qs, dop) = (
+            &qs[bh * tq * d..][..tq * d],
+            &dop[bh * tq * dv..][..tq * dv],
+        );
         let (lse, di) = (&lse[bh * tq..][..tq], &di[bh * tq..][..tq]);
         let mut g = HeadGrads {
             dq: vec![zero; tq * d],
             dk: vec![zero; tk * d],
             dv: vec![zero; tk * dv],
         };
-        let mut p = vec![zero; QUERY_BLOCK * KEY_BLOCK];
-        let mut dp = vec![zero; QUERY_BLOCK * KEY_BLOCK];
+        let mut p = [zero; QUERY_BLOCK * KEY_BLOCK];
+        let mut dp = [zero; QUERY_BLOCK * KEY_BLOCK];
         for j0 in (0..tk).step_by(KEY_BLOCK) {
             let n = KEY_BLOCK.min(tk - j0);
             let kb = &kp[j0 * d..][..n * d];
@@ -439,7 +442,16 @@ pub fn attention_backward<E: FloatDtype>(
                 }
                 // dk += dSᵀ (scale q); dq += dS k (scaled at the end)
                 gemm_acc(n, d, bq, dp, (1, n), qb, (d, 1), dkb);
-                gemm_acc(bq, d, n, dp, (n, 1), kb, (d, 1), &mut g.dq[i0 * d..][..bq * d]);
+                gemm_acc(
+                    bq,
+                    d,
+                    n,
+                    dp,
+                    (n, 1),
+                    kb,
+                    (d, 1),
+                    &mut g.dq[i0 * d..][..bq * d],
+                );
             }
         }
         g.dq.iter_mut().for_each(|x| *x *= sc);

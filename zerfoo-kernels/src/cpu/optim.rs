@@ -56,6 +56,7 @@ pub fn adam_update<E: FloatDtype>(
     let bc2_sqrt = a((1.0 - s.beta2.powi(t)).sqrt());
     let step_size = a(s.lr / bc1);
     let (decoupled, coupled) = (s.decoupled, !s.decoupled && s.weight_decay != 0.0);
+    #[allow(clippy::type_complexity)]
     let body = |(((p, g), m), v): (((&mut [E], &[E]), &mut [E::Acc]), &mut [E::Acc])| {
         for (((p, g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
             let mut x = p.to_acc();
@@ -219,7 +220,10 @@ mod tests {
         for n in [1, 7, CHUNK + 3, PAR_THRESHOLD + 129] {
             for decoupled in [true, false] {
                 let (mut p, g) = (vals(n, 1), vals(n, 2));
-                let (mut m, mut v) = (vals(n, 3), vals(n, 4).iter().map(|x| x * x).collect::<Vec<f64>>());
+                let (mut m, mut v) = (
+                    vals(n, 3),
+                    vals(n, 4).iter().map(|x| x * x).collect::<Vec<f64>>(),
+                );
                 let (mut p2, mut m2, mut v2): (Vec<f64>, Vec<f64>, Vec<f64>) =
                     (p.clone(), m.clone(), v.clone());
                 let s = AdamStep {

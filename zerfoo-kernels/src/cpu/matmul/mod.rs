@@ -533,8 +533,14 @@ pub(crate) fn gemm_acc<A: Real>(
     if m == 0 || n == 0 || k == 0 {
         return;
     }
-    assert!((m - 1) * rsa + (k - 1) * csa < a.len(), "gemm_acc: lhs too short");
-    assert!((k - 1) * rsb + (n - 1) * csb < b.len(), "gemm_acc: rhs too short");
+    assert!(
+        (m - 1) * rsa + (k - 1) * csa < a.len(),
+        "gemm_acc: lhs too short"
+    );
+    assert!(
+        (k - 1) * rsb + (n - 1) * csb < b.len(),
+        "gemm_acc: rhs too short"
+    );
     fn typed<E: FloatDtype>(
         dims: (usize, usize, usize),
         a: &[E],
