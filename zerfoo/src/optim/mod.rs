@@ -20,7 +20,7 @@ pub use state::OptimizerState;
 
 use std::collections::HashMap;
 
-use num_traits::Float;
+use zerfoo_kernels::Real;
 use zerfoo_kernels::cpu::optim::{adam_update, sgd_update, AdamStep, SgdStep};
 use zerfoo_kernels::{Cpu, FloatDtype};
 
