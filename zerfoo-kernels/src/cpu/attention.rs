@@ -30,8 +30,8 @@ use crate::{FloatDtype, Layout, Real};
 /// Keys per block of the online softmax.
 pub const KEY_BLOCK: usize = 64;
 
-/// Query rows per parallel task of the forward pass.
-const ROW_CHUNK: usize = 16;
+/// Query rows per block (of the forward's parallel tasks and the products).
+pub const QUERY_BLOCK: usize = 64;
 
 /// Which keys each query may not see. Positions are absolute: query row `i`
 /// is at `q_offset + i`, key row `j` at `k_offset + j`.
@@ -132,94 +132,110 @@ fn pack<E: FloatDtype>(data: &[E], layout: &Layout) -> Vec<E::Acc> {
     out
 }
 
-/// Each of the `heads` `(rows, cols)` matrices of `x`, transposed to `(cols, rows)`.
-fn transpose_heads<A: Copy + Zero>(x: &[A], heads: usize, rows: usize, cols: usize) -> Vec<A> {
-    let mut out = vec![A::zero(); x.len()];
-    let m = rows * cols;
-    for hh in 0..heads {
-        let (src, dst) = (&x[hh * m..][..m], &mut out[hh * m..][..m]);
-        for (r, row) in src.chunks_exact(cols.max(1)).enumerate().take(rows) {
-            for (c, &val) in row.iter().enumerate() {
-                dst[c * rows + r] = val;
+/// `c += A · B` for compute-type blocks (see [`gemm_acc`]).
+use super::matmul::gemm_acc;
+
+/// Scores of `bq` (already scaled) query rows `qs` (`bq x d`, row-major)
+/// against keys `kp` (`n x d`, row-major): `s = qs · kpᵀ`, `bq x n`.
+#[inline]
+fn scores<A: Real>(qs: &[A], kp: &[A], (bq, n, d): (usize, usize, usize), s: &mut [A]) {
+    s.fill(A::zero());
+    gemm_acc(bq, n, d, qs, (d, 1), kp, (1, d), s);
+}
+
+/// Sets to `-inf` the scores (`bq x n`, query rows `i0..`, keys `j0..`) that
+/// the mask hides. Blocks every row fully sees are left untouched.
+#[allow(clippy::too_many_arguments)]
+fn mask_block<A: Real>(
+    mask: &AttnMask<'_>,
+    pad: Option<&[bool]>,
+    (i0, bq): (usize, usize),
+    (j0, n): (usize, usize),
+    tk: usize,
+    s: &mut [A],
+) {
+    let (lo_last, _) = mask.key_range(i0 + bq - 1, tk);
+    let (_, hi_first) = mask.key_range(i0, tk);
+    let pad = pad.map(|p| &p[j0..j0 + n]).filter(|p| p.iter().any(|&x| x));
+    if pad.is_none() && j0 >= lo_last && j0 + n <= hi_first {
+        return;
+    }
+    for (r, row) in s.chunks_exact_mut(n).enumerate() {
+        let (lo, hi) = mask.key_range(i0 + r, tk);
+        for (jj, x) in row.iter_mut().enumerate() {
+            let j = j0 + jj;
+            if j < lo || j >= hi || pad.is_some_and(|p| p[jj]) {
+                *x = A::neg_infinity();
             }
         }
     }
-    out
 }
 
-/// `y += a * x`.
+/// The keys `[lo, hi)` that any of query rows `i0..i0 + bq` may see.
 #[inline]
-fn axpy<A: Real>(y: &mut [A], a: A, x: &[A]) {
-    for (yi, &xi) in y.iter_mut().zip(x) {
-        *yi += a * xi;
-    }
+fn block_keys(mask: &AttnMask<'_>, i0: usize, bq: usize, tk: usize) -> (usize, usize) {
+    let (lo, _) = mask.key_range(i0, tk);
+    let (_, hi) = mask.key_range(i0 + bq - 1, tk);
+    (lo, hi.max(lo))
 }
 
-/// `s[..n] = Σ_d x[d] * t[d][j0..j0+n]` where `t` is `(x.len(), stride)` row-major.
-#[inline]
-fn block_dot<A: Real>(s: &mut [A], x: &[A], t: &[A], stride: usize, j0: usize) {
-    s.fill(A::zero());
-    let n = s.len();
-    for (dd, &xd) in x.iter().enumerate() {
-        axpy(s, xd, &t[dd * stride + j0..][..n]);
-    }
-}
-
-/// One query row: `o = softmax(s) v` over keys `[lo, hi)` (padding from
-/// `pad`), with `qs` the query already multiplied by the scale. Returns the
-/// logsumexp of the visible scores (`-inf`, and `o = 0`, if none).
+/// One block of `bq` query rows (`qs` scaled, `bq x d`) of one head: writes
+/// `o = softmax(s) v` (`bq x dv`) and the rows' logsumexps into `lse`.
 #[allow(clippy::too_many_arguments)]
-fn forward_row<A: Real>(
+fn forward_block<A: Real>(
     qs: &[A],
-    kt: &[A],
-    v: &[A],
+    kp: &[A],
+    vp: &[A],
+    mask: &AttnMask<'_>,
     pad: Option<&[bool]>,
-    (lo, hi): (usize, usize),
-    tk: usize,
-    s: &mut [A],
+    (i0, bq): (usize, usize),
+    (tk, d, dv): (usize, usize, usize),
     o: &mut [A],
-) -> A {
-    let dv = o.len();
+    lse: &mut [A],
+) {
+    let ninf = A::neg_infinity();
+    let (mut m, mut l) = (vec![ninf; bq], vec![A::zero(); bq]);
+    let mut sbuf = vec![A::zero(); bq * KEY_BLOCK];
     o.fill(A::zero());
-    let (mut m, mut l) = (A::neg_infinity(), A::zero());
+    let (lo, hi) = block_keys(mask, i0, bq, tk);
     let mut j0 = lo;
     while j0 < hi {
         let n = KEY_BLOCK.min(hi - j0);
-        let s = &mut s[..n];
-        block_dot(s, qs, kt, tk, j0);
-        if let Some(p) = pad {
-            for (sj, &pj) in s.iter_mut().zip(&p[j0..j0 + n]) {
-                if pj {
-                    *sj = A::neg_infinity();
-                }
+        let s = &mut sbuf[..bq * n];
+        scores(qs, &kp[j0 * d..], (bq, n, d), s);
+        mask_block(mask, pad, (i0, bq), (j0, n), tk, s);
+        for (r, row) in s.chunks_exact_mut(n).enumerate() {
+            let bm = row.iter().copied().fold(ninf, A::max);
+            if bm == ninf {
+                row.fill(A::zero());
+                continue;
             }
+            let m_new = m[r].max(bm);
+            if m_new > m[r] && l[r] > A::zero() {
+                let alpha = (m[r] - m_new).exp();
+                l[r] *= alpha;
+                o[r * dv..][..dv].iter_mut().for_each(|x| *x *= alpha);
+            }
+            m[r] = m_new;
+            let mut sum = A::zero();
+            for x in row.iter_mut() {
+                *x = (*x - m_new).exp();
+                sum += *x;
+            }
+            l[r] += sum;
         }
-        let bm = s.iter().copied().fold(A::neg_infinity(), A::max);
-        if bm > A::neg_infinity() {
-            let m_new = m.max(bm);
-            if m_new > m && l > A::zero() {
-                let alpha = (m - m_new).exp();
-                l *= alpha;
-                o.iter_mut().for_each(|x| *x *= alpha);
-            }
-            m = m_new;
-            for (jj, &sj) in s.iter().enumerate() {
-                let p = (sj - m).exp();
-                if p > A::zero() {
-                    l += p;
-                    axpy(o, p, &v[(j0 + jj) * dv..][..dv]);
-                }
-            }
-        }
+        gemm_acc(bq, dv, n, s, (n, 1), &vp[j0 * dv..], (dv, 1), o);
         j0 += n;
     }
-    if l > A::zero() {
-        let inv = l.recip();
-        o.iter_mut().for_each(|x| *x *= inv);
-        m + l.ln()
-    } else {
-        o.fill(A::zero());
-        A::neg_infinity()
+    for (r, (orow, lr)) in o.chunks_exact_mut(dv).zip(lse.iter_mut()).enumerate() {
+        if l[r] > A::zero() {
+            let inv = l[r].recip();
+            orow.iter_mut().for_each(|x| *x *= inv);
+            *lr = m[r] + l[r].ln();
+        } else {
+            orow.fill(A::zero());
+            *lr = ninf;
+        }
     }
 }
 
@@ -227,7 +243,9 @@ fn forward_row<A: Real>(
 /// and the per-row logsumexp `(B, H, Tq)` of the scaled, masked scores
 /// (`-inf` for a row that sees no key), which [`attention_backward`] needs.
 ///
-/// Parallel over blocks of query rows when the problem is large enough.
+/// Works on blocks of [`QUERY_BLOCK`] query rows against blocks of
+/// [`KEY_BLOCK`] keys as small matrix products; parallel over heads and
+/// query blocks when the problem is large enough.
 ///
 /// # Panics
 /// On inconsistent layouts or a padding mask that is not `B * Tk` long.
@@ -261,42 +279,49 @@ pub fn attention_forward<E: FloatDtype>(
     let sc = <E::Acc as Real>::of_f64(scale);
     let mut qs = pack(q, ql);
     qs.iter_mut().for_each(|x| *x *= sc);
-    let kt = transpose_heads(&pack(k, kl), b * h, tk, d);
+    let kp = pack(k, kl);
     let vp = pack(v, vl);
     let mut out = vec![E::default(); rows * dv];
     let mut lse = vec![ninf; rows];
-    let body = |(c, (oc, lc)): (usize, (&mut [E], &mut [E::Acc]))| {
-        let mut s = vec![<E::Acc as Zero>::zero(); KEY_BLOCK];
-        let mut acc = vec![<E::Acc as Zero>::zero(); dv];
-        for (r, (orow, l)) in oc.chunks_mut(dv).zip(lc.iter_mut()).enumerate() {
-            let row = c * ROW_CHUNK + r;
-            let (bh, i) = (row / tq, row % tq);
-            let bb = bh / h;
-            *l = forward_row(
-                &qs[row * d..][..d],
-                &kt[bh * tk * d..][..tk * d],
-                &vp[bh * tk * dv..][..tk * dv],
-                mask.padding.map(|p| &p[bb * tk..][..tk]),
-                mask.key_range(i, tk),
-                tk,
-                &mut s,
-                &mut acc,
-            );
-            for (o, &a) in orow.iter_mut().zip(&acc) {
-                *o = E::from_acc(a);
-            }
+    let block = |bh: usize, qb: usize, oc: &mut [E], lc: &mut [E::Acc]| {
+        let (i0, bq) = (qb * QUERY_BLOCK, lc.len());
+        let row = bh * tq + i0;
+        let mut acc = vec![<E::Acc as Zero>::zero(); bq * dv];
+        forward_block(
+            &qs[row * d..][..bq * d],
+            &kp[bh * tk * d..][..tk * d],
+            &vp[bh * tk * dv..][..tk * dv],
+            mask,
+            mask.padding.map(|p| &p[bh / h * tk..][..tk]),
+            (i0, bq),
+            (tk, d, dv),
+            &mut acc,
+            lc,
+        );
+        for (o, &a) in oc.iter_mut().zip(&acc) {
+            *o = E::from_acc(a);
         }
     };
     if rows * tk * (d + dv) >= PAR_THRESHOLD {
-        out.par_chunks_mut(ROW_CHUNK * dv)
-            .zip(lse.par_chunks_mut(ROW_CHUNK))
+        out.par_chunks_mut(tq * dv)
+            .zip(lse.par_chunks_mut(tq))
             .enumerate()
-            .for_each(body);
+            .for_each(|(bh, (o, l))| {
+                o.par_chunks_mut(QUERY_BLOCK * dv)
+                    .zip(l.par_chunks_mut(QUERY_BLOCK))
+                    .enumerate()
+                    .for_each(|(qb, (oc, lc))| block(bh, qb, oc, lc));
+            });
     } else {
-        out.chunks_mut(ROW_CHUNK * dv)
-            .zip(lse.chunks_mut(ROW_CHUNK))
-            .enumerate()
-            .for_each(body);
+        for (bh, (o, l)) in out.chunks_mut(tq * dv).zip(lse.chunks_mut(tq)).enumerate() {
+            for (qb, (oc, lc)) in o
+                .chunks_mut(QUERY_BLOCK * dv)
+                .zip(l.chunks_mut(QUERY_BLOCK))
+                .enumerate()
+            {
+                block(bh, qb, oc, lc);
+            }
+        }
     }
     (out, lse)
 }
@@ -312,7 +337,10 @@ struct HeadGrads<A> {
 /// `(B, H, Tq, Dv)`), the forward's contiguous output `out` and logsumexp
 /// `lse`, returns `(dq, dk, dv)`, contiguous, shaped like `q`, `k`, `v`.
 ///
-/// Parallel over `(batch, head)` when the problem is large enough.
+/// Per head, an outer loop over key blocks and an inner one over the query
+/// blocks that see them, all as small matrix products; parallel over
+/// `(batch, head)` when the problem is large enough. The summation order
+/// does not depend on the thread count.
 ///
 /// # Panics
 /// On inconsistent layouts or lengths.
@@ -352,8 +380,7 @@ pub fn attention_backward<E: FloatDtype>(
     let mut qs = pack(q, ql);
     qs.iter_mut().for_each(|x| *x *= sc);
     let kp = pack(k, kl);
-    let kt = transpose_heads(&kp, b * h, tk, d);
-    let vt = transpose_heads(&pack(v, vl), b * h, tk, dv);
+    let vp = pack(v, vl);
     let dop = pack(dout, dl);
     let di: Vec<A<E>> = (0..rows)
         .map(|r| {
@@ -362,54 +389,72 @@ pub fn attention_backward<E: FloatDtype>(
         })
         .collect();
     let head = |bh: usize| -> HeadGrads<A<E>> {
-        let bb = bh / h;
-        let pad = mask.padding.map(|p| &p[bb * tk..][..tk]);
-        let (kt, kp) = (&kt[bh * tk * d..][..tk * d], &kp[bh * tk * d..][..tk * d]);
-        let vt = &vt[bh * tk * dv..][..tk * dv];
+        let pad = mask.padding.map(|p| &p[bh / h * tk..][..tk]);
+        let kp = &kp[bh * tk * d..][..tk * d];
+        let vp = &vp[bh * tk * dv..][..tk * dv];
+        let (qs, dop) = (
+            &qs[bh * tq * d..][..tq * d],
+            &dop[bh * tq * dv..][..tq * dv],
+        );
+        let (lse, di) = (&lse[bh * tq..][..tq], &di[bh * tq..][..tq]);
         let mut g = HeadGrads {
             dq: vec![zero; tq * d],
             dk: vec![zero; tk * d],
             dv: vec![zero; tk * dv],
         };
-        let (mut p, mut dp) = (vec![zero; KEY_BLOCK], vec![zero; KEY_BLOCK]);
-        for i in 0..tq {
-            let row = bh * tq + i;
-            let l = lse[row];
-            if !l.is_finite() {
-                continue;
-            }
-            let qrow = &qs[row * d..][..d];
-            let dorow = &dop[row * dv..][..dv];
-            let dqrow = &mut g.dq[i * d..][..d];
-            let (lo, hi) = mask.key_range(i, tk);
-            let mut j0 = lo;
-            while j0 < hi {
-                let n = KEY_BLOCK.min(hi - j0);
-                let (p, dp) = (&mut p[..n], &mut dp[..n]);
-                block_dot(p, qrow, kt, tk, j0);
-                p.iter_mut().for_each(|x| *x = (*x - l).exp());
-                if let Some(pm) = pad {
-                    for (x, &hide) in p.iter_mut().zip(&pm[j0..j0 + n]) {
-                        if hide {
-                            *x = zero;
-                        }
+        let mut p = [zero; QUERY_BLOCK * KEY_BLOCK];
+        let mut dp = [zero; QUERY_BLOCK * KEY_BLOCK];
+        for j0 in (0..tk).step_by(KEY_BLOCK) {
+            let n = KEY_BLOCK.min(tk - j0);
+            let kb = &kp[j0 * d..][..n * d];
+            let vb = &vp[j0 * dv..][..n * dv];
+            let dkb = &mut g.dk[j0 * d..][..n * d];
+            let dvb = &mut g.dv[j0 * dv..][..n * dv];
+            for i0 in (0..tq).step_by(QUERY_BLOCK) {
+                let bq = QUERY_BLOCK.min(tq - i0);
+                let (lo, hi) = block_keys(mask, i0, bq, tk);
+                if hi <= j0 || lo >= j0 + n {
+                    continue;
+                }
+                let (p, dp) = (&mut p[..bq * n], &mut dp[..bq * n]);
+                let qb = &qs[i0 * d..][..bq * d];
+                let dob = &dop[i0 * dv..][..bq * dv];
+                scores(qb, kb, (bq, n, d), p);
+                mask_block(mask, pad, (i0, bq), (j0, n), tk, p);
+                for (r, row) in p.chunks_exact_mut(n).enumerate() {
+                    let l = lse[i0 + r];
+                    if l.is_finite() {
+                        row.iter_mut().for_each(|x| *x = (*x - l).exp());
+                    } else {
+                        row.fill(zero);
                     }
                 }
-                block_dot(dp, dorow, vt, tk, j0);
-                for (jj, (&pj, &dpj)) in p.iter().zip(dp.iter()).enumerate() {
-                    if pj == zero {
-                        continue;
+                // dv += Pᵀ dO
+                gemm_acc(n, dv, bq, p, (1, n), dob, (dv, 1), dvb);
+                // dP = dO vᵀ, then dS = P ∘ (dP − Di)
+                dp.fill(zero);
+                gemm_acc(bq, n, dv, dob, (dv, 1), vb, (1, dv), dp);
+                for (r, (dsr, pr)) in dp.chunks_exact_mut(n).zip(p.chunks_exact(n)).enumerate() {
+                    let dir = di[i0 + r];
+                    for (x, &pj) in dsr.iter_mut().zip(pr) {
+                        *x = pj * (*x - dir);
                     }
-                    let j = j0 + jj;
-                    let ds = pj * (dpj - di[row]);
-                    axpy(dqrow, ds, &kp[j * d..][..d]);
-                    axpy(&mut g.dk[j * d..][..d], ds, qrow);
-                    axpy(&mut g.dv[j * dv..][..dv], pj, dorow);
                 }
-                j0 += n;
+                // dk += dSᵀ (scale q); dq += dS k (scaled at the end)
+                gemm_acc(n, d, bq, dp, (1, n), qb, (d, 1), dkb);
+                gemm_acc(
+                    bq,
+                    d,
+                    n,
+                    dp,
+                    (n, 1),
+                    kb,
+                    (d, 1),
+                    &mut g.dq[i0 * d..][..bq * d],
+                );
             }
-            dqrow.iter_mut().for_each(|x| *x *= sc);
         }
+        g.dq.iter_mut().for_each(|x| *x *= sc);
         g
     };
     let heads: Vec<HeadGrads<A<E>>> = if rows * tk * (3 * d + 2 * dv) >= PAR_THRESHOLD {

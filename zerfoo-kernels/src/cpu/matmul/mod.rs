@@ -510,3 +510,83 @@ fn add_tile<A: Real>(t: &[A], nr: usize, rows: usize, cols: usize, c: *mut A, ld
         }
     }
 }
+
+/// `c += A · B` on the calling thread, for compute-type (`f32` or `f64`)
+/// slices: `A[i, p] = a[i * rsa + p * csa]` (`m x k`), `B[p, j] =
+/// b[p * rsb + j * csb]` (`k x n`), `c` is `[m, n]` row-major. A low-overhead
+/// entry for the small blocks of other kernels (fused attention).
+///
+/// # Panics
+/// If `A` is neither `f32` nor `f64`, or an operand is too short.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_acc<A: Real>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[A],
+    (rsa, csa): (usize, usize),
+    b: &[A],
+    (rsb, csb): (usize, usize),
+    c: &mut [A],
+) {
+    assert_eq!(c.len(), m * n, "gemm_acc: output length");
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    assert!(
+        (m - 1) * rsa + (k - 1) * csa < a.len(),
+        "gemm_acc: lhs too short"
+    );
+    assert!(
+        (k - 1) * rsb + (n - 1) * csb < b.len(),
+        "gemm_acc: rhs too short"
+    );
+    fn typed<E: FloatDtype>(
+        dims: (usize, usize, usize),
+        a: &[E],
+        sa: (usize, usize),
+        b: &[E],
+        sb: (usize, usize),
+        c: &mut [E::Acc],
+    ) {
+        let (m, n, k) = dims;
+        let a_rows: Vec<usize> = (0..m).map(|i| i * sa.0).collect();
+        let a_cols: Vec<usize> = (0..k).map(|p| p * sa.1).collect();
+        let b_rows: Vec<usize> = (0..k).map(|p| p * sb.0).collect();
+        let b_cols: Vec<usize> = (0..n).map(|j| j * sb.1).collect();
+        let ops = Operands::new(a, 0, &a_rows, &a_cols, b, 0, &b_rows, &b_cols);
+        blocked(&ops, c, 1, kernel::kernel::<E::Acc>());
+    }
+    /// # Safety
+    /// `A` and `T` must be the same type.
+    unsafe fn cast<A, T>(x: &[A]) -> &[T] {
+        // SAFETY: the caller's guarantee.
+        unsafe { core::slice::from_raw_parts(x.as_ptr().cast::<T>(), x.len()) }
+    }
+    if TypeId::of::<A>() == TypeId::of::<f32>() {
+        // SAFETY: `A` is `f32` (same TypeId).
+        let (a, b, c) = unsafe {
+            (
+                cast::<A, f32>(a),
+                cast::<A, f32>(b),
+                core::slice::from_raw_parts_mut(c.as_mut_ptr().cast::<f32>(), c.len()),
+            )
+        };
+        typed::<f32>((m, n, k), a, (rsa, csa), b, (rsb, csb), c);
+    } else {
+        assert_eq!(
+            TypeId::of::<A>(),
+            TypeId::of::<f64>(),
+            "gemm_acc: compute type must be f32 or f64"
+        );
+        // SAFETY: `A` is `f64` (checked above).
+        let (a, b, c) = unsafe {
+            (
+                cast::<A, f64>(a),
+                cast::<A, f64>(b),
+                core::slice::from_raw_parts_mut(c.as_mut_ptr().cast::<f64>(), c.len()),
+            )
+        };
+        typed::<f64>((m, n, k), a, (rsa, csa), b, (rsb, csb), c);
+    }
+}
