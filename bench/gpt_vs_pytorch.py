@@ -67,7 +67,7 @@ def pytorch_run(args, cfg):
     from torch.nn import functional as F
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(1337)
+    torch.manual_seed(args.seed)
 
     class CausalSelfAttention(nn.Module):
         def __init__(self, c):
@@ -240,6 +240,7 @@ def zerfoo_run(args, cfg):
         "--eval-every", str(args.eval_every),
         "--eval-iters", str(args.eval_iters),
         "--ckpt-every", "0",
+        "--seed", str(args.seed),
         "--sample-tokens", "1",
         "--out-dir", str(out / "run"),
     ]
@@ -263,6 +264,7 @@ def main():
     p.add_argument("--config", choices=sorted(CONFIGS), default="shakespeare")
     p.add_argument("--iters", type=int, default=2000)
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--seed", type=int, default=1337, help="weights and batches (each framework's own RNG)")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--eval-iters", type=int, default=20)
     p.add_argument("--only", choices=["zerfoo", "pytorch"], help="run one side")
