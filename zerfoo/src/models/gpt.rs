@@ -407,11 +407,19 @@ pub fn sample_from_checkpoint(
     let dtype = read_checkpoint_config(dir)?
         .and_then(|c| c.get("dtype").and_then(Value::as_str).map(String::from))
         .unwrap_or_else(|| "f32".into());
+    fn run<E: FloatDtype>(
+        dir: &Path,
+        prompt: &[u32],
+        n: usize,
+        o: GenerateOpts,
+    ) -> Result<Vec<u32>> {
+        Gpt::<E>::from_checkpoint(dir)?.generate(prompt, n, o, true)
+    }
     let out = match dtype.as_str() {
-        "f32" => Gpt::<f32>::from_checkpoint(dir)?.generate(&prompt, tokens, opts, true)?,
-        "f64" => Gpt::<f64>::from_checkpoint(dir)?.generate(&prompt, tokens, opts, true)?,
-        "f16" => Gpt::<half::f16>::from_checkpoint(dir)?.generate(&prompt, tokens, opts, true)?,
-        "bf16" => Gpt::<half::bf16>::from_checkpoint(dir)?.generate(&prompt, tokens, opts, true)?,
+        "f32" => run::<f32>(dir, &prompt, tokens, opts)?,
+        "f64" => run::<f64>(dir, &prompt, tokens, opts)?,
+        "f16" => run::<half::f16>(dir, &prompt, tokens, opts)?,
+        "bf16" => run::<half::bf16>(dir, &prompt, tokens, opts)?,
         d => {
             return Err(Error::Format {
                 what: dir.join("config.json").display().to_string(),

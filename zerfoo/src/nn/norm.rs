@@ -5,6 +5,7 @@ use zerfoo_kernels::{Cpu, FloatDtype};
 
 use super::Forward;
 use crate::autograd::TapeState;
+use crate::error::or_panic;
 use crate::ops::{LastDim, LayerNorm as LayerNormOp, RmsNorm as RmsNormOp};
 use crate::shape::{Dim, SameDim, Shape};
 use crate::tensor::Tensor;
@@ -51,11 +52,7 @@ where
         let weight = self.weight.retaped::<T>();
         match &self.bias {
             Some(b) => x.layer_norm(&weight, &b.retaped::<T>(), self.eps),
-            None => x.layer_norm(
-                &weight,
-                &Tensor::<(D,), E>::zeros((weight.shape().0,)),
-                self.eps,
-            ),
+            None => or_panic(x.try_layer_norm_without_bias(&weight, self.eps)),
         }
     }
 }

@@ -224,6 +224,27 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
         or_panic(self.norm_op("layer_norm", NormKind::Layer, None, None, eps))
     }
 
+    /// Layer norm with a weight and no bias (`LayerNorm(D, bias=False)`):
+    /// the kernel skips the shift and the backward computes no bias
+    /// gradient. `weight` carries this tensor's tape type (a layer passes
+    /// `weight.retaped::<T>()`).
+    pub(crate) fn try_layer_norm_without_bias<D: Dim>(
+        self,
+        weight: &Tensor<(D,), E, Cpu, T>,
+        eps: f64,
+    ) -> Result<Self>
+    where
+        S: LastDim,
+    {
+        self.norm_op(
+            "layer_norm",
+            NormKind::Layer,
+            Some(Param::of(weight.clone())),
+            None,
+            eps,
+        )
+    }
+
     /// RMS norm over the last axis (T5, Llama):
     /// `x * rsqrt(mean(x^2) + eps) * weight`, computed in `f32`/`f64` and
     /// rounded once. `weight` has shape `(D,)`; a `Dyn` mismatch is an error.

@@ -96,10 +96,8 @@ fn gemm_batched_with<E: FloatDtype>(
     if out.is_empty() || k == 0 {
         return out;
     }
-    let a_rows: Vec<usize> = (0..m).map(|i| i * p.sam).collect();
-    let a_cols: Vec<usize> = (0..k).map(|i| i * p.sak).collect();
-    let b_rows: Vec<usize> = (0..k).map(|i| i * p.sbk).collect();
-    let b_cols: Vec<usize> = (0..n).map(|j| j * p.sbn).collect();
+    let (a_rows, a_cols) = (offsets(m, p.sam), offsets(k, p.sak));
+    let (b_rows, b_cols) = (offsets(k, p.sbk), offsets(n, p.sbn));
     let macs = m * n * k;
     let threads = rayon::current_num_threads();
     let one = |bi: usize, out: &mut [E], threads: usize| {
@@ -131,6 +129,12 @@ fn gemm_batched_with<E: FloatDtype>(
     out
 }
 
+/// `[0, stride, 2·stride, ..]`, `n` offsets: where each row or column of an
+/// operand starts.
+fn offsets(n: usize, stride: usize) -> Vec<usize> {
+    (0..n).map(|i| i * stride).collect()
+}
+
 /// The sum over the batch of the products: `la` is `[..batch, M, K]`, `lb`
 /// is `[..batch, K, N]`; returns `Σ_batch A_b · B_b` as `[M, N]`.
 ///
@@ -155,7 +159,7 @@ fn gemm_batch_sum_with<E: FloatDtype>(
     if out.is_empty() || kk == 0 {
         return out;
     }
-    let a_rows: Vec<usize> = (0..m).map(|i| i * p.sam).collect();
+    let a_rows = offsets(m, p.sam);
     let a_cols: Vec<usize> = p
         .a_bases
         .iter()
@@ -166,7 +170,7 @@ fn gemm_batch_sum_with<E: FloatDtype>(
         .iter()
         .flat_map(|&o| (0..k).map(move |i| o + i * p.sbk))
         .collect();
-    let b_cols: Vec<usize> = (0..n).map(|j| j * p.sbn).collect();
+    let b_cols = offsets(n, p.sbn);
     let threads = if m * n * kk >= PAR_MACS {
         rayon::current_num_threads()
     } else {
@@ -550,10 +554,8 @@ pub(crate) fn gemm_acc<A: Real>(
         c: &mut [E::Acc],
     ) {
         let (m, n, k) = dims;
-        let a_rows: Vec<usize> = (0..m).map(|i| i * sa.0).collect();
-        let a_cols: Vec<usize> = (0..k).map(|p| p * sa.1).collect();
-        let b_rows: Vec<usize> = (0..k).map(|p| p * sb.0).collect();
-        let b_cols: Vec<usize> = (0..n).map(|j| j * sb.1).collect();
+        let (a_rows, a_cols) = (offsets(m, sa.0), offsets(k, sa.1));
+        let (b_rows, b_cols) = (offsets(k, sb.0), offsets(n, sb.1));
         let ops = Operands::new(a, 0, &a_rows, &a_cols, b, 0, &b_rows, &b_cols);
         blocked(&ops, c, 1, kernel::kernel::<E::Acc>());
     }
