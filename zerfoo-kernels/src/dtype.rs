@@ -93,8 +93,12 @@ pub trait Real:
     + Sum
     + 'static
 {
-    /// The error function.
+    /// The error function (`f32`: branch-free, within 8 ulp, see
+    /// [`crate::fastmath::erf_f32`]; `f64`: libm).
     fn erf(self) -> Self;
+    /// `e^x` for kernel loops (`f32`: branch-free so loops vectorize, within
+    /// 2 ulp, see [`crate::fastmath::exp_f32`]; `f64`: libm's `exp`).
+    fn fast_exp(self) -> Self;
     /// Converts to `f64`.
     fn as_f64(self) -> f64;
     /// Converts from `f64` (rounding to nearest).
@@ -102,8 +106,13 @@ pub trait Real:
 }
 
 impl Real for f32 {
+    #[inline(always)]
     fn erf(self) -> Self {
-        libm::erff(self)
+        crate::fastmath::erf_f32(self)
+    }
+    #[inline(always)]
+    fn fast_exp(self) -> Self {
+        crate::fastmath::exp_f32(self)
     }
     fn as_f64(self) -> f64 {
         self as f64
@@ -116,6 +125,10 @@ impl Real for f32 {
 impl Real for f64 {
     fn erf(self) -> Self {
         libm::erf(self)
+    }
+    #[inline(always)]
+    fn fast_exp(self) -> Self {
+        self.exp()
     }
     fn as_f64(self) -> f64 {
         self

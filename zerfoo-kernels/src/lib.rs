@@ -11,6 +11,7 @@
 pub mod cpu;
 pub mod dtype;
 pub mod f8;
+pub mod fastmath;
 pub mod layout;
 
 pub use dtype::{DType, Dtype, FloatDtype, IntDtype, Real};

@@ -24,6 +24,7 @@
 use num_traits::{Float, Zero};
 use rayon::prelude::*;
 
+use super::simd::vectorized;
 use super::PAR_THRESHOLD;
 use crate::{FloatDtype, Layout, Real};
 
@@ -146,6 +147,7 @@ fn scores<A: Real>(qs: &[A], kp: &[A], (bq, n, d): (usize, usize, usize), s: &mu
 /// Sets to `-inf` the scores (`bq x n`, query rows `i0..`, keys `j0..`) that
 /// the mask hides. Blocks every row fully sees are left untouched.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn mask_block<A: Real>(
     mask: &AttnMask<'_>,
     pad: Option<&[bool]>,
@@ -182,6 +184,7 @@ fn block_keys(mask: &AttnMask<'_>, i0: usize, bq: usize, tk: usize) -> (usize, u
 /// One block of `bq` query rows (`qs` scaled, `bq x d`) of one head: writes
 /// `o = softmax(s) v` (`bq x dv`) and the rows' logsumexps into `lse`.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn forward_block<A: Real>(
     qs: &[A],
     kp: &[A],
@@ -212,17 +215,13 @@ fn forward_block<A: Real>(
             }
             let m_new = m[r].max(bm);
             if m_new > m[r] && l[r] > A::zero() {
-                let alpha = (m[r] - m_new).exp();
+                let alpha = (m[r] - m_new).fast_exp();
                 l[r] *= alpha;
                 o[r * dv..][..dv].iter_mut().for_each(|x| *x *= alpha);
             }
             m[r] = m_new;
-            let mut sum = A::zero();
-            for x in row.iter_mut() {
-                *x = (*x - m_new).exp();
-                sum += *x;
-            }
-            l[r] += sum;
+            row.iter_mut().for_each(|x| *x = (*x - m_new).fast_exp());
+            l[r] += row.iter().fold(A::zero(), |acc, &x| acc + x);
         }
         gemm_acc(bq, dv, n, s, (n, 1), &vp[j0 * dv..], (dv, 1), o);
         j0 += n;
@@ -287,16 +286,21 @@ pub fn attention_forward<E: FloatDtype>(
         let (i0, bq) = (qb * QUERY_BLOCK, lc.len());
         let row = bh * tq + i0;
         let mut acc = vec![<E::Acc as Zero>::zero(); bq * dv];
-        forward_block(
-            &qs[row * d..][..bq * d],
-            &kp[bh * tk * d..][..tk * d],
-            &vp[bh * tk * dv..][..tk * dv],
-            mask,
-            mask.padding.map(|p| &p[bh / h * tk..][..tk]),
-            (i0, bq),
-            (tk, d, dv),
-            &mut acc,
-            lc,
+        vectorized(
+            #[inline(always)]
+            || {
+                forward_block(
+                    &qs[row * d..][..bq * d],
+                    &kp[bh * tk * d..][..tk * d],
+                    &vp[bh * tk * dv..][..tk * dv],
+                    mask,
+                    mask.padding.map(|p| &p[bh / h * tk..][..tk]),
+                    (i0, bq),
+                    (tk, d, dv),
+                    &mut acc,
+                    lc,
+                )
+            },
         );
         for (o, &a) in oc.iter_mut().zip(&acc) {
             *o = E::from_acc(a);
@@ -389,73 +393,80 @@ pub fn attention_backward<E: FloatDtype>(
         })
         .collect();
     let head = |bh: usize| -> HeadGrads<A<E>> {
-        let pad = mask.padding.map(|p| &p[bh / h * tk..][..tk]);
-        let kp = &kp[bh * tk * d..][..tk * d];
-        let vp = &vp[bh * tk * dv..][..tk * dv];
-        let (qs, dop) = (
-            &qs[bh * tq * d..][..tq * d],
-            &dop[bh * tq * dv..][..tq * dv],
-        );
-        let (lse, di) = (&lse[bh * tq..][..tq], &di[bh * tq..][..tq]);
-        let mut g = HeadGrads {
-            dq: vec![zero; tq * d],
-            dk: vec![zero; tk * d],
-            dv: vec![zero; tk * dv],
-        };
-        let mut p = [zero; QUERY_BLOCK * KEY_BLOCK];
-        let mut dp = [zero; QUERY_BLOCK * KEY_BLOCK];
-        for j0 in (0..tk).step_by(KEY_BLOCK) {
-            let n = KEY_BLOCK.min(tk - j0);
-            let kb = &kp[j0 * d..][..n * d];
-            let vb = &vp[j0 * dv..][..n * dv];
-            let dkb = &mut g.dk[j0 * d..][..n * d];
-            let dvb = &mut g.dv[j0 * dv..][..n * dv];
-            for i0 in (0..tq).step_by(QUERY_BLOCK) {
-                let bq = QUERY_BLOCK.min(tq - i0);
-                let (lo, hi) = block_keys(mask, i0, bq, tk);
-                if hi <= j0 || lo >= j0 + n {
-                    continue;
-                }
-                let (p, dp) = (&mut p[..bq * n], &mut dp[..bq * n]);
-                let qb = &qs[i0 * d..][..bq * d];
-                let dob = &dop[i0 * dv..][..bq * dv];
-                scores(qb, kb, (bq, n, d), p);
-                mask_block(mask, pad, (i0, bq), (j0, n), tk, p);
-                for (r, row) in p.chunks_exact_mut(n).enumerate() {
-                    let l = lse[i0 + r];
-                    if l.is_finite() {
-                        row.iter_mut().for_each(|x| *x = (*x - l).exp());
-                    } else {
-                        row.fill(zero);
-                    }
-                }
-                // dv += Pᵀ dO
-                gemm_acc(n, dv, bq, p, (1, n), dob, (dv, 1), dvb);
-                // dP = dO vᵀ, then dS = P ∘ (dP − Di)
-                dp.fill(zero);
-                gemm_acc(bq, n, dv, dob, (dv, 1), vb, (1, dv), dp);
-                for (r, (dsr, pr)) in dp.chunks_exact_mut(n).zip(p.chunks_exact(n)).enumerate() {
-                    let dir = di[i0 + r];
-                    for (x, &pj) in dsr.iter_mut().zip(pr) {
-                        *x = pj * (*x - dir);
-                    }
-                }
-                // dk += dSᵀ (scale q); dq += dS k (scaled at the end)
-                gemm_acc(n, d, bq, dp, (1, n), qb, (d, 1), dkb);
-                gemm_acc(
-                    bq,
-                    d,
-                    n,
-                    dp,
-                    (n, 1),
-                    kb,
-                    (d, 1),
-                    &mut g.dq[i0 * d..][..bq * d],
+        vectorized(
+            #[inline(always)]
+            || {
+                let pad = mask.padding.map(|p| &p[bh / h * tk..][..tk]);
+                let kp = &kp[bh * tk * d..][..tk * d];
+                let vp = &vp[bh * tk * dv..][..tk * dv];
+                let (qs, dop) = (
+                    &qs[bh * tq * d..][..tq * d],
+                    &dop[bh * tq * dv..][..tq * dv],
                 );
-            }
-        }
-        g.dq.iter_mut().for_each(|x| *x *= sc);
-        g
+                let (lse, di) = (&lse[bh * tq..][..tq], &di[bh * tq..][..tq]);
+                let mut g = HeadGrads {
+                    dq: vec![zero; tq * d],
+                    dk: vec![zero; tk * d],
+                    dv: vec![zero; tk * dv],
+                };
+                let mut p = [zero; QUERY_BLOCK * KEY_BLOCK];
+                let mut dp = [zero; QUERY_BLOCK * KEY_BLOCK];
+                for j0 in (0..tk).step_by(KEY_BLOCK) {
+                    let n = KEY_BLOCK.min(tk - j0);
+                    let kb = &kp[j0 * d..][..n * d];
+                    let vb = &vp[j0 * dv..][..n * dv];
+                    let dkb = &mut g.dk[j0 * d..][..n * d];
+                    let dvb = &mut g.dv[j0 * dv..][..n * dv];
+                    for i0 in (0..tq).step_by(QUERY_BLOCK) {
+                        let bq = QUERY_BLOCK.min(tq - i0);
+                        let (lo, hi) = block_keys(mask, i0, bq, tk);
+                        if hi <= j0 || lo >= j0 + n {
+                            continue;
+                        }
+                        let (p, dp) = (&mut p[..bq * n], &mut dp[..bq * n]);
+                        let qb = &qs[i0 * d..][..bq * d];
+                        let dob = &dop[i0 * dv..][..bq * dv];
+                        scores(qb, kb, (bq, n, d), p);
+                        mask_block(mask, pad, (i0, bq), (j0, n), tk, p);
+                        for (r, row) in p.chunks_exact_mut(n).enumerate() {
+                            let l = lse[i0 + r];
+                            if l.is_finite() {
+                                row.iter_mut().for_each(|x| *x = (*x - l).fast_exp());
+                            } else {
+                                row.fill(zero);
+                            }
+                        }
+                        // dv += Pᵀ dO
+                        gemm_acc(n, dv, bq, p, (1, n), dob, (dv, 1), dvb);
+                        // dP = dO vᵀ, then dS = P ∘ (dP − Di)
+                        dp.fill(zero);
+                        gemm_acc(bq, n, dv, dob, (dv, 1), vb, (1, dv), dp);
+                        for (r, (dsr, pr)) in
+                            dp.chunks_exact_mut(n).zip(p.chunks_exact(n)).enumerate()
+                        {
+                            let dir = di[i0 + r];
+                            for (x, &pj) in dsr.iter_mut().zip(pr) {
+                                *x = pj * (*x - dir);
+                            }
+                        }
+                        // dk += dSᵀ (scale q); dq += dS k (scaled at the end)
+                        gemm_acc(n, d, bq, dp, (1, n), qb, (d, 1), dkb);
+                        gemm_acc(
+                            bq,
+                            d,
+                            n,
+                            dp,
+                            (n, 1),
+                            kb,
+                            (d, 1),
+                            &mut g.dq[i0 * d..][..bq * d],
+                        );
+                    }
+                }
+                g.dq.iter_mut().for_each(|x| *x *= sc);
+                g
+            },
+        )
     };
     let heads: Vec<HeadGrads<A<E>>> = if rows * tk * (3 * d + 2 * dv) >= PAR_THRESHOLD {
         (0..b * h).into_par_iter().map(head).collect()
@@ -519,7 +530,7 @@ mod tests {
                         .map(|j| s[j])
                         .fold(f64::NEG_INFINITY, f64::max);
                     let e: Vec<f64> = (0..tk)
-                        .map(|j| if vis[j] { (s[j] - m).exp() } else { 0.0 })
+                        .map(|j| if vis[j] { (s[j] - m).fast_exp() } else { 0.0 })
                         .collect();
                     let z: f64 = e.iter().sum();
                     let p: Vec<f64> = e.iter().map(|x| x / z).collect();

@@ -23,9 +23,14 @@ pub fn binary_forward<E: FloatDtype, O: BinaryOp>(
     b: &[E],
     lb: &Layout,
 ) -> Vec<E> {
-    zip_map(a, la, b, lb, |x: E, y: E| {
-        E::from_acc(op.f(x.to_acc(), y.to_acc()))
-    })
+    zip_map(
+        a,
+        la,
+        b,
+        lb,
+        #[inline(always)]
+        |x: E, y: E| E::from_acc(op.f(x.to_acc(), y.to_acc())),
+    )
 }
 
 /// The gradients `(grad_a, grad_b)` (contiguous) given contiguous `grad_y`.
@@ -41,16 +46,30 @@ pub fn binary_backward<E: FloatDtype, O: BinaryOp>(
 ) -> (Vec<E>, Vec<E>) {
     let lg = Layout::contiguous(la.shape());
     let ga = if need.0 {
-        crate::cpu::zip3_map(a, la, b, lb, grad_y, &lg, |x: E, y: E, g: E| {
-            E::from_acc(g.to_acc() * op.da(x.to_acc(), y.to_acc()))
-        })
+        crate::cpu::zip3_map(
+            a,
+            la,
+            b,
+            lb,
+            grad_y,
+            &lg,
+            #[inline(always)]
+            |x: E, y: E, g: E| E::from_acc(g.to_acc() * op.da(x.to_acc(), y.to_acc())),
+        )
     } else {
         Vec::new()
     };
     let gb = if need.1 {
-        crate::cpu::zip3_map(a, la, b, lb, grad_y, &lg, |x: E, y: E, g: E| {
-            E::from_acc(g.to_acc() * op.db(x.to_acc(), y.to_acc()))
-        })
+        crate::cpu::zip3_map(
+            a,
+            la,
+            b,
+            lb,
+            grad_y,
+            &lg,
+            #[inline(always)]
+            |x: E, y: E, g: E| E::from_acc(g.to_acc() * op.db(x.to_acc(), y.to_acc())),
+        )
     } else {
         Vec::new()
     };

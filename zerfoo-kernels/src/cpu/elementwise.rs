@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use super::simd::vectorized;
 use super::{for_each_chunk, CHUNK, PAR_THRESHOLD};
 use crate::Layout;
 
@@ -29,12 +30,18 @@ where
     assert_eq!(out.len(), n);
     if layout.is_contiguous() {
         let s = &src[layout.offset..layout.offset + n];
+        let body = |(o, i): (&mut [O], &[I])| {
+            vectorized(
+                #[inline(always)]
+                || o.iter_mut().zip(i).for_each(|(o, &x)| *o = f(x)),
+            )
+        };
         if n >= PAR_THRESHOLD {
             out.par_chunks_mut(CHUNK)
                 .zip(s.par_chunks(CHUNK))
-                .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &x)| *o = f(x)));
+                .for_each(body);
         } else {
-            out.iter_mut().zip(s).for_each(|(o, &x)| *o = f(x));
+            body((out, s));
         }
         return;
     }
@@ -64,9 +71,14 @@ where
         let a = &a[la.offset..la.offset + n];
         let b = &b[lb.offset..lb.offset + n];
         let body = |((o, x), y): ((&mut [O], &[A]), &[B])| {
-            for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
-                *o = f(x, y);
-            }
+            vectorized(
+                #[inline(always)]
+                || {
+                    for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
+                        *o = f(x, y);
+                    }
+                },
+            )
         };
         if n >= PAR_THRESHOLD {
             out.par_chunks_mut(CHUNK)
@@ -113,6 +125,25 @@ where
     assert_eq!(la.shape(), lc.shape(), "zip3_map: shapes differ");
     let n = la.numel();
     let mut out = vec![O::default(); n];
+    if la.is_contiguous() && lb.is_contiguous() && lc.is_contiguous() {
+        let a = &a[la.offset..la.offset + n];
+        let b = &b[lb.offset..lb.offset + n];
+        let c = &c[lc.offset..lc.offset + n];
+        let body = |(ch, o): (usize, &mut [O])| {
+            let r = ch * CHUNK..ch * CHUNK + o.len();
+            let (a, b, c) = (&a[r.clone()], &b[r.clone()], &c[r]);
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (((o, &x), &y), &z) in o.iter_mut().zip(a).zip(b).zip(c) {
+                        *o = f(x, y, z);
+                    }
+                },
+            )
+        };
+        for_each_chunk(&mut out, body);
+        return out;
+    }
     let body = |(ch, chunk): (usize, &mut [O])| {
         let start = ch * CHUNK;
         let mut ia = Vec::with_capacity(chunk.len());

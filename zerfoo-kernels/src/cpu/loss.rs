@@ -90,7 +90,7 @@ pub fn cross_entropy_forward<E: FloatDtype>(
         let mut s = E::Acc::zero();
         let mut spread = E::Acc::zero();
         for &b in buf.iter() {
-            s += (b - m).exp();
+            s += (b - m).fast_exp();
             spread += m - b;
         }
         let ln_s = s.ln();
@@ -138,7 +138,7 @@ pub fn cross_entropy_backward<E: FloatDtype>(
         let (start, stride) = rows.start(layout, r);
         let st = stats[r];
         for (k, o) in out.iter_mut().enumerate() {
-            let p = ((x[start + k * stride].to_acc() - st.max) - st.ln_sum).exp();
+            let p = ((x[start + k * stride].to_acc() - st.max) - st.ln_sum).fast_exp();
             let mut g = p - smooth;
             if k == t {
                 g = g - (one - e);

@@ -16,6 +16,7 @@ pub mod optim;
 pub mod reduce;
 pub mod rotary;
 pub mod shape;
+pub mod simd;
 pub mod softmax;
 pub mod unary;
 

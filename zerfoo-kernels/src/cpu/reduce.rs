@@ -255,11 +255,11 @@ pub fn logsumexp_axes<E: FloatDtype>(src: &[E], layout: &Layout, axes: &[usize])
             } else if x == ninf {
                 (m, s)
             } else if x > m {
-                (x, s * (m - x).exp() + E::Acc::one())
+                (x, s * (m - x).fast_exp() + E::Acc::one())
             } else if m == E::Acc::infinity() {
                 (m, s)
             } else {
-                (m, s + (x - m).exp())
+                (m, s + (x - m).fast_exp())
             }
         },
         |(m, s), _| {
@@ -285,7 +285,7 @@ pub fn logsumexp_backward<E: FloatDtype>(
 ) -> Vec<E> {
     let le = expand_layout(lx.shape(), axes);
     zip3_map(x, lx, lse, &le, grad_y, &le, |x: E, l, g: E| {
-        E::from_acc(g.to_acc() * (x.to_acc() - l).exp())
+        E::from_acc(g.to_acc() * (x.to_acc() - l).fast_exp())
     })
 }
 

@@ -9,8 +9,9 @@
 use num_traits::{Float, Zero};
 use rayon::prelude::*;
 
+use super::simd::vectorized;
 use super::{map_into, CHUNK, PAR_THRESHOLD};
-use crate::{FloatDtype, Layout};
+use crate::{FloatDtype, Layout, Real};
 
 /// The rows along `axis` of a shape viewed as `outer × n × inner`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,17 +138,18 @@ pub fn softmax_forward<E: FloatDtype, const LOG: bool>(
             let mut s = E::Acc::zero();
             if LOG {
                 for &b in buf.iter() {
-                    s += (b - m).exp();
+                    s += (b - m).fast_exp();
                 }
                 let ls = s.ln();
                 for (o, &b) in out.iter_mut().zip(buf.iter()) {
                     *o = E::from_acc((b - m) - ls);
                 }
             } else {
-                for b in buf.iter_mut() {
-                    *b = (*b - m).exp();
-                    s += *b;
-                }
+                vectorized(
+                    #[inline(always)]
+                    || buf.iter_mut().for_each(|b| *b = (*b - m).fast_exp()),
+                );
+                s = buf.iter().fold(s, |acc, &b| acc + b);
                 let inv = s.recip();
                 for (o, &b) in out.iter_mut().zip(buf.iter()) {
                     *o = E::from_acc(b * inv);
@@ -184,7 +186,11 @@ pub fn softmax_backward<E: FloatDtype, const LOG: bool>(
         }
         for (k, o) in out.iter_mut().enumerate() {
             let (y, g) = at(k);
-            *o = E::from_acc(if LOG { g - y.exp() * s } else { y * (g - s) });
+            *o = E::from_acc(if LOG {
+                g - y.fast_exp() * s
+            } else {
+                y * (g - s)
+            });
         }
     })
     .0

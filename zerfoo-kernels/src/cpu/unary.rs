@@ -14,7 +14,12 @@ pub trait UnaryOp: Copy + Send + Sync + 'static {
 
 /// Applies `op` to every element (any layout), writing contiguous output.
 pub fn unary_forward<E: FloatDtype, O: UnaryOp>(op: O, x: &[E], layout: &Layout) -> Vec<E> {
-    map(x, layout, |v: E| E::from_acc(op.f(v.to_acc())))
+    map(
+        x,
+        layout,
+        #[inline(always)]
+        |v: E| E::from_acc(op.f(v.to_acc())),
+    )
 }
 
 /// `grad_x = grad_y * f'(x)`; `x` in any layout, `y` and `grad_y` contiguous.
@@ -33,6 +38,7 @@ pub fn unary_backward<E: FloatDtype, O: UnaryOp>(
         &contiguous,
         grad_y,
         &contiguous,
+        #[inline(always)]
         |x, y, g| {
             let (x, y) = (x.to_acc(), y.to_acc());
             E::from_acc(g.to_acc() * op.df(x, y))
@@ -69,7 +75,7 @@ unary_op!(/// `-x`
 unary_op!(/// `|x|` (derivative `sign(x)`, 0 at 0 as in PyTorch)
     Abs, "abs", |x| x.abs(), |x, y| if x > A::zero() { A::one() } else if x < A::zero() { -A::one() } else { A::zero() });
 unary_op!(/// `e^x`
-    Exp, "exp", |x| x.exp(), |x, y| y);
+    Exp, "exp", |x| x.fast_exp(), |x, y| y);
 unary_op!(/// natural log
     Log, "log", |x| x.ln(), |x, y| x.recip());
 unary_op!(/// `√x`
@@ -90,7 +96,7 @@ unary_op!(/// GELU, exact form `x Φ(x)` with the error function
 GeluErf, "gelu", |x| c::<A>(0.5) * x * (A::one() + (x * c::<A>(core::f64::consts::FRAC_1_SQRT_2)).erf()),
 |x, y| {
     let cdf = c::<A>(0.5) * (A::one() + (x * c::<A>(core::f64::consts::FRAC_1_SQRT_2)).erf());
-    let pdf = (c::<A>(-0.5) * x * x).exp() * c::<A>(0.398_942_280_401_432_7);
+    let pdf = (c::<A>(-0.5) * x * x).fast_exp() * c::<A>(0.398_942_280_401_432_7);
     cdf + x * pdf
 });
 unary_op!(/// GELU, tanh approximation (`gelu_pytorch_tanh`, GPT-2's `new_gelu`)
@@ -114,9 +120,9 @@ unary_op!(/// `x²`
 fn sigmoid<A: Real>(x: A) -> A {
     // stable for large |x|
     if x >= A::zero() {
-        (A::one() + (-x).exp()).recip()
+        (A::one() + (-x).fast_exp()).recip()
     } else {
-        let e = x.exp();
+        let e = x.fast_exp();
         e / (A::one() + e)
     }
 }

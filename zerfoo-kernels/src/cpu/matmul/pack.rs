@@ -26,7 +26,7 @@ pub(crate) fn widen<E: FloatDtype>(src: &[E], dst: &mut [E::Acc]) {
     if TypeId::of::<E>() == TypeId::of::<E::Acc>() {
         // SAFETY: `E` and `E::Acc` are the same type (same TypeId).
         let s = unsafe { core::slice::from_raw_parts(src.as_ptr().cast::<E::Acc>(), src.len()) };
-        dst.copy_from_slice(s);
+        copy_run(s, dst);
     } else if TypeId::of::<E>() == TypeId::of::<f16>()
         && TypeId::of::<E::Acc>() == TypeId::of::<f32>()
     {
@@ -58,6 +58,25 @@ pub(crate) fn widen<E: FloatDtype>(src: &[E], dst: &mut [E::Acc]) {
             *d = s.to_acc();
         }
     }
+}
+
+/// Copies a run, inline for the panel widths the kernels use: a call into
+/// libc's `memmove` costs more than copying the 6–32 values of a panel row.
+#[inline(always)]
+fn copy_run<T: Copy>(src: &[T], dst: &mut [T]) {
+    macro_rules! fixed {
+        ($($n:literal)*) => {
+            match src.len() {
+                $($n => {
+                    let (s, d): (&[T; $n], &mut [T; $n]) =
+                        (src.try_into().unwrap(), dst.try_into().unwrap());
+                    *d = *s;
+                })*
+                _ => dst.copy_from_slice(src),
+            }
+        };
+    }
+    fixed!(6 8 14 16 32)
 }
 
 /// Rounds a run of accumulated values into the output type.

@@ -1,0 +1,97 @@
+//! Run-time choice of the vector instruction set for auto-vectorized loops.
+//!
+//! The crate is built for baseline x86-64 (SSE2), never `target-cpu=native`,
+//! so a plain loop vectorizes 4 lanes wide at best. [`vectorized`] runs a
+//! closure inside a function compiled with AVX-512 or AVX2+FMA enabled
+//! (whichever the CPU has, detected once), where the inlined loop body is
+//! vectorized 16 or 8 lanes wide. The instructions differ, the arithmetic
+//! does not: IEEE operations are not fused or reordered, so every path gives
+//! bit-identical results.
+
+/// Runs `body`, compiled for the widest vector instruction set this CPU
+/// supports. `body` should be a straight loop over slices with an
+/// `#[inline(always)]`-friendly element function (no libm calls).
+///
+/// ```
+/// let a = vec![1.5f32; 100];
+/// let mut out = vec![0f32; 100];
+/// zerfoo_kernels::cpu::simd::vectorized(|| {
+///     out.iter_mut().zip(&a).for_each(|(o, &x)| *o = x * 2.0)
+/// });
+/// assert!(out.iter().all(|&v| v == 3.0));
+/// ```
+#[inline(always)]
+pub fn vectorized<R>(body: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match level() {
+            Level::Avx512 => return unsafe { run_avx512(body) },
+            Level::Avx2 => return unsafe { run_avx2(body) },
+            Level::Baseline => {}
+        }
+    }
+    body()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Avx512,
+    Avx2,
+    Baseline,
+}
+
+/// The best level this CPU has (`is_x86_feature_detected!` caches its answer).
+#[cfg(target_arch = "x86_64")]
+fn level() -> Level {
+    use std::arch::is_x86_feature_detected as has;
+    if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512dq") {
+        Level::Avx512
+    } else if has!("avx2") && has!("fma") {
+        Level::Avx2
+    } else {
+        Level::Baseline
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL/DQ (checked by [`level`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+unsafe fn run_avx512<R>(body: impl FnOnce() -> R) -> R {
+    body()
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA (checked by [`level`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_avx2<R>(body: impl FnOnce() -> R) -> R {
+    body()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fastmath::{erf_f32, exp_f32};
+
+    #[test]
+    fn every_path_gives_the_same_bits() {
+        let xs: Vec<f32> = (0..4099).map(|i| (i as f32 - 2000.0) * 0.037).collect();
+        let f = |x: f32| exp_f32(-x * x * 0.1) * erf_f32(x) + x * 0.5;
+        let reference: Vec<u32> = xs.iter().map(|&x| f(x).to_bits()).collect();
+        let mut out = vec![0f32; xs.len()];
+        vectorized(|| out.iter_mut().zip(&xs).for_each(|(o, &x)| *o = f(x)));
+        assert!(out.iter().zip(&reference).all(|(o, r)| o.to_bits() == *r));
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                let mut out2 = vec![0f32; xs.len()];
+                unsafe { run_avx2(|| out2.iter_mut().zip(&xs).for_each(|(o, &x)| *o = f(x))) };
+                assert!(out2.iter().zip(&reference).all(|(o, r)| o.to_bits() == *r));
+            }
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Branch-free `f32` maths for kernel loops.
+//!
+//! libm's `expf`/`erff` are scalar calls with branches, so a loop over them
+//! runs one element at a time. These are straight-line arithmetic and bit
+//! operations (selects instead of branches), so the compiler vectorizes a
+//! loop over them with whatever vector width the loop is compiled for (see
+//! [`crate::cpu::simd::vectorized`]). Accuracy is measured in the tests
+//! against `f64` libm on a dense sweep.
+
+/// `e^x` in `f32` within 2 ulp where the result is normal; `+inf` above
+/// 88.72, subnormal results below -87.34, `0` below -103.97, NaN stays NaN.
+///
+/// ```
+/// let y = zerfoo_kernels::fastmath::exp_f32(1.0);
+/// assert!((y - core::f32::consts::E).abs() <= 2.0 * f32::EPSILON * core::f32::consts::E);
+/// assert_eq!(zerfoo_kernels::fastmath::exp_f32(f32::NEG_INFINITY), 0.0);
+/// ```
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    // Cody–Waite reduction x = n ln2 + r, |r| <= ln2/2, then Cephes' degree-6
+    // polynomial for e^r and 2^n assembled from exponent bits.
+    const LOG2E: f32 = core::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits.
+    const MAGIC: f32 = 12_582_912.0;
+    const HI: f32 = 88.722_83;
+    const LO: f32 = -103.972_08;
+    let xc = x.clamp(LO, HI);
+    let k = xc * LOG2E + MAGIC;
+    let n = k - MAGIC;
+    let ni = (k.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    let er = p * (r * r) + r + 1.0;
+    // n spans [-150, 128], beyond one exponent field: scale in two halves.
+    let a = ni >> 1;
+    let b = ni - a;
+    let y =
+        er * f32::from_bits(((a + 127) as u32) << 23) * f32::from_bits(((b + 127) as u32) << 23);
+    let y = if x > HI { f32::INFINITY } else { y };
+    let y = if x < LO { 0.0 } else { y };
+    if x.is_nan() {
+        x
+    } else {
+        y
+    }
+}
+
+/// The error function in `f32` within 8 ulp (absolute error below 5e-7),
+/// odd, exactly ±1 beyond |x| = 3.92 (as the rounded erf is); NaN stays NaN.
+///
+/// ```
+/// let y = zerfoo_kernels::fastmath::erf_f32(0.5);
+/// assert!((y - 0.520_499_9).abs() < 1e-6);
+/// ```
+#[inline(always)]
+pub fn erf_f32(x: f32) -> f32 {
+    // A rational x·P(x²)/Q(x²) on [-4, 4] (the minimax fit Eigen uses for
+    // its vectorized erf); beyond 4, erf rounds to ±1 in f32.
+    let xc = x.clamp(-4.0, 4.0);
+    let x2 = xc * xc;
+    let mut p = -2.726_142_3e-10f32;
+    p = p * x2 + 2.770_681_4e-8;
+    p = p * x2 - 2.101_024e-6;
+    p = p * x2 - 5.692_506_4e-5;
+    p = p * x2 - 7.349_906e-4;
+    p = p * x2 - 2.954_600_1e-3;
+    p = p * x2 - 1.609_603_4e-2;
+    let mut q = -1.456_607_2e-5f32;
+    q = q * x2 - 2.133_740_6e-4;
+    q = q * x2 - 1.682_827e-3;
+    q = q * x2 - 7.373_329_3e-3;
+    q = q * x2 - 1.426_474e-2;
+    let y = xc * p / q;
+    // Past 3.92, 1 - erf(x) is below half an ulp of 1: the rounded result is ±1.
+    let y = if xc.abs() >= 3.92 {
+        1f32.copysign(xc)
+    } else {
+        y
+    };
+    if x.is_nan() {
+        x
+    } else {
+        y
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ulps(got: f32, want: f64) -> f64 {
+        if want == 0.0 {
+            return if got == 0.0 { 0.0 } else { f64::INFINITY };
+        }
+        let (_, e) = frexp(want);
+        (got as f64 - want).abs() / 2f64.powi(e - 24)
+    }
+
+    fn frexp(v: f64) -> (f64, i32) {
+        let e = v.abs().log2().floor() as i32 + 1;
+        (v / 2f64.powi(e), e)
+    }
+
+    fn sweep(lo: f32, hi: f32, n: usize) -> impl Iterator<Item = f32> {
+        (0..=n).map(move |i| lo + (hi - lo) * (i as f32 / n as f32))
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp() {
+        let mut worst = 0f64;
+        for x in sweep(-87.0, 88.5, 400_000).chain(sweep(-1.0, 1.0, 100_000)) {
+            let u = ulps(exp_f32(x), (x as f64).exp());
+            worst = worst.max(u);
+        }
+        assert!(worst <= 2.0, "worst {worst} ulp");
+    }
+
+    #[test]
+    fn exp_edges() {
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_f32(-1000.0), 0.0);
+        assert_eq!(exp_f32(f32::INFINITY), f32::INFINITY);
+        assert_eq!(exp_f32(89.0), f32::INFINITY);
+        assert!(exp_f32(f32::NAN).is_nan());
+        // The top of the range, where 2^n alone would overflow.
+        let top = exp_f32(88.72);
+        assert!(top.is_finite());
+        assert!(ulps(top, (88.72f32 as f64).exp()) <= 2.0);
+        // Subnormal results keep their magnitude.
+        let tiny = exp_f32(-95.0) as f64;
+        assert!((tiny / (-95f64).exp() - 1.0).abs() < 1e-3, "{tiny}");
+    }
+
+    #[test]
+    fn erf_is_within_eight_ulp_and_odd() {
+        let mut worst = 0f64;
+        for x in sweep(-6.0, 6.0, 400_000).chain(sweep(-1e-3, 1e-3, 10_000)) {
+            let want = libm::erf(x as f64);
+            worst = worst.max(ulps(erf_f32(x), want));
+            assert_eq!(erf_f32(-x), -erf_f32(x));
+        }
+        assert!(worst <= 8.0, "worst {worst} ulp");
+        assert_eq!(erf_f32(10.0), 1.0);
+        assert_eq!(erf_f32(f32::NEG_INFINITY), -1.0);
+        assert!(erf_f32(f32::NAN).is_nan());
+    }
+}
