@@ -206,6 +206,60 @@ impl Layout {
         }
     }
 
+    /// Calls `f(offset, len, stride)` for each run of elements along the
+    /// last axis among elements `start..start + count` (row-major order):
+    /// the run's elements sit at `offset + j * stride` for `j < len`. A
+    /// kernel can then work on whole runs (a slice when `stride == 1`)
+    /// instead of one index at a time.
+    #[inline]
+    pub fn for_each_run_in(
+        &self,
+        start: usize,
+        count: usize,
+        mut f: impl FnMut(usize, usize, usize),
+    ) {
+        let rank = self.rank();
+        if count == 0 {
+            return;
+        }
+        if rank == 0 {
+            f(self.offset, 1, 1);
+            return;
+        }
+        let (inner, is) = (self.shape[rank - 1], self.strides[rank - 1]);
+        let mut idx = [0usize; MAX_RANK];
+        let mut rem = start;
+        let mut off = self.offset;
+        for d in (0..rank).rev() {
+            idx[d] = rem % self.shape[d];
+            rem /= self.shape[d];
+            off += idx[d] * self.strides[d];
+        }
+        let mut left = count;
+        loop {
+            let len = (inner - idx[rank - 1]).min(left);
+            f(off, len, is);
+            left -= len;
+            if left == 0 {
+                return;
+            }
+            // To the start of the next row.
+            off -= idx[rank - 1] * is;
+            idx[rank - 1] = 0;
+            let mut d = rank - 1;
+            while d > 0 {
+                d -= 1;
+                idx[d] += 1;
+                off += self.strides[d];
+                if idx[d] < self.shape[d] {
+                    break;
+                }
+                off -= self.strides[d] * self.shape[d];
+                idx[d] = 0;
+            }
+        }
+    }
+
     /// The storage indices of all elements, in row-major order.
     pub fn offsets(&self) -> Vec<usize> {
         let mut v = Vec::with_capacity(self.numel());
@@ -226,6 +280,17 @@ mod tests {
         let fast = l.offsets();
         let slow: Vec<usize> = (0..l.numel()).map(|i| l.index_of(i)).collect();
         assert_eq!(fast, slow);
+        for (start, count) in [(0, l.numel()), (3, 7), (5, 1), (4, 8)] {
+            let mut runs = Vec::new();
+            l.for_each_run_in(start, count, |o, len, st| {
+                runs.extend((0..len).map(|j| o + j * st))
+            });
+            assert_eq!(
+                runs,
+                slow[start..start + count],
+                "runs from {start}, {count}"
+            );
+        }
         let mut part = Vec::new();
         l.for_each_offset_in(3, 7, |o| part.push(o));
         assert_eq!(part, slow[3..10]);

@@ -119,29 +119,35 @@ impl AttnDims {
     }
 }
 
+/// `(b, h, t, d)` data under `layout` as `(b, h, d, t)` row-major (each
+/// head's matrix transposed), widened to the compute type.
+fn pack_transposed<E: FloatDtype>(data: &[E], layout: &Layout) -> Vec<E::Acc> {
+    pack(data, &layout.permute(&[0, 1, 3, 2]))
+}
+
 /// `data` under `layout`, in row-major order, widened to the compute type.
 fn pack<E: FloatDtype>(data: &[E], layout: &Layout) -> Vec<E::Acc> {
-    let n = layout.numel();
-    if layout.is_contiguous() {
-        return data[layout.offset..][..n]
-            .iter()
-            .map(|x| x.to_acc())
-            .collect();
-    }
-    let mut out = Vec::with_capacity(n);
-    layout.for_each_offset(|o| out.push(data[o].to_acc()));
-    out
+    super::map(data, layout, |x: E| x.to_acc())
 }
 
 /// `c += A · B` for compute-type blocks (see [`gemm_acc`]).
 use super::matmul::gemm_acc;
 
 /// Scores of `bq` (already scaled) query rows `qs` (`bq x d`, row-major)
-/// against keys `kp` (`n x d`, row-major): `s = qs · kpᵀ`, `bq x n`.
+/// against keys `j0..j0 + n` of a head's transposed keys `kt` (`d x tk`,
+/// row-major): `s = qs · kt[:, j0..j0 + n]`, `bq x n`. Reading the keys
+/// transposed makes the GEMM's right operand row-major, which packs with
+/// plain row copies.
 #[inline]
-fn scores<A: Real>(qs: &[A], kp: &[A], (bq, n, d): (usize, usize, usize), s: &mut [A]) {
+fn scores<A: Real>(
+    qs: &[A],
+    kt: &[A],
+    (j0, tk): (usize, usize),
+    (bq, n, d): (usize, usize, usize),
+    s: &mut [A],
+) {
     s.fill(A::zero());
-    gemm_acc(bq, n, d, qs, (d, 1), kp, (1, d), s);
+    gemm_acc(bq, n, d, qs, (d, 1), &kt[j0..], (tk, 1), s);
 }
 
 /// Sets to `-inf` the scores (`bq x n`, query rows `i0..`, keys `j0..`) that
@@ -187,7 +193,7 @@ fn block_keys(mask: &AttnMask<'_>, i0: usize, bq: usize, tk: usize) -> (usize, u
 #[inline(always)]
 fn forward_block<A: Real>(
     qs: &[A],
-    kp: &[A],
+    kt: &[A],
     vp: &[A],
     mask: &AttnMask<'_>,
     pad: Option<&[bool]>,
@@ -205,7 +211,7 @@ fn forward_block<A: Real>(
     while j0 < hi {
         let n = KEY_BLOCK.min(hi - j0);
         let s = &mut sbuf[..bq * n];
-        scores(qs, &kp[j0 * d..], (bq, n, d), s);
+        scores(qs, kt, (j0, tk), (bq, n, d), s);
         mask_block(mask, pad, (i0, bq), (j0, n), tk, s);
         for (r, row) in s.chunks_exact_mut(n).enumerate() {
             let bm = row.iter().copied().fold(ninf, A::max);
@@ -278,7 +284,7 @@ pub fn attention_forward<E: FloatDtype>(
     let sc = <E::Acc as Real>::of_f64(scale);
     let mut qs = pack(q, ql);
     qs.iter_mut().for_each(|x| *x *= sc);
-    let kp = pack(k, kl);
+    let kt = pack_transposed(k, kl);
     let vp = pack(v, vl);
     let mut out = vec![E::default(); rows * dv];
     let mut lse = vec![ninf; rows];
@@ -291,7 +297,7 @@ pub fn attention_forward<E: FloatDtype>(
             || {
                 forward_block(
                     &qs[row * d..][..bq * d],
-                    &kp[bh * tk * d..][..tk * d],
+                    &kt[bh * tk * d..][..tk * d],
                     &vp[bh * tk * dv..][..tk * dv],
                     mask,
                     mask.padding.map(|p| &p[bh / h * tk..][..tk]),
@@ -384,7 +390,8 @@ pub fn attention_backward<E: FloatDtype>(
     let mut qs = pack(q, ql);
     qs.iter_mut().for_each(|x| *x *= sc);
     let kp = pack(k, kl);
-    let vp = pack(v, vl);
+    let kt = pack_transposed(k, kl);
+    let vt = pack_transposed(v, vl);
     let dop = pack(dout, dl);
     let di: Vec<A<E>> = (0..rows)
         .map(|r| {
@@ -398,7 +405,8 @@ pub fn attention_backward<E: FloatDtype>(
             || {
                 let pad = mask.padding.map(|p| &p[bh / h * tk..][..tk]);
                 let kp = &kp[bh * tk * d..][..tk * d];
-                let vp = &vp[bh * tk * dv..][..tk * dv];
+                let kt = &kt[bh * tk * d..][..tk * d];
+                let vt = &vt[bh * tk * dv..][..tk * dv];
                 let (qs, dop) = (
                     &qs[bh * tq * d..][..tq * d],
                     &dop[bh * tq * dv..][..tq * dv],
@@ -414,7 +422,6 @@ pub fn attention_backward<E: FloatDtype>(
                 for j0 in (0..tk).step_by(KEY_BLOCK) {
                     let n = KEY_BLOCK.min(tk - j0);
                     let kb = &kp[j0 * d..][..n * d];
-                    let vb = &vp[j0 * dv..][..n * dv];
                     let dkb = &mut g.dk[j0 * d..][..n * d];
                     let dvb = &mut g.dv[j0 * dv..][..n * dv];
                     for i0 in (0..tq).step_by(QUERY_BLOCK) {
@@ -426,7 +433,7 @@ pub fn attention_backward<E: FloatDtype>(
                         let (p, dp) = (&mut p[..bq * n], &mut dp[..bq * n]);
                         let qb = &qs[i0 * d..][..bq * d];
                         let dob = &dop[i0 * dv..][..bq * dv];
-                        scores(qb, kb, (bq, n, d), p);
+                        scores(qb, kt, (j0, tk), (bq, n, d), p);
                         mask_block(mask, pad, (i0, bq), (j0, n), tk, p);
                         for (r, row) in p.chunks_exact_mut(n).enumerate() {
                             let l = lse[i0 + r];
@@ -440,7 +447,7 @@ pub fn attention_backward<E: FloatDtype>(
                         gemm_acc(n, dv, bq, p, (1, n), dob, (dv, 1), dvb);
                         // dP = dO vᵀ, then dS = P ∘ (dP − Di)
                         dp.fill(zero);
-                        gemm_acc(bq, n, dv, dob, (dv, 1), vb, (1, dv), dp);
+                        gemm_acc(bq, n, dv, dob, (dv, 1), &vt[j0..], (tk, 1), dp);
                         for (r, (dsr, pr)) in
                             dp.chunks_exact_mut(n).zip(p.chunks_exact(n)).enumerate()
                         {

@@ -47,9 +47,20 @@ where
     }
     let body = |(c, chunk): (usize, &mut [O])| {
         let mut k = 0;
-        layout.for_each_offset_in(c * CHUNK, chunk.len(), |o| {
-            chunk[k] = f(src[o]);
-            k += 1;
+        layout.for_each_run_in(c * CHUNK, chunk.len(), |o, len, stride| {
+            let dst = &mut chunk[k..k + len];
+            if stride == 1 {
+                let s = &src[o..o + len];
+                vectorized(
+                    #[inline(always)]
+                    || dst.iter_mut().zip(s).for_each(|(d, &x)| *d = f(x)),
+                );
+            } else {
+                for (j, d) in dst.iter_mut().enumerate() {
+                    *d = f(src[o + j * stride]);
+                }
+            }
+            k += len;
         });
     };
     for_each_chunk(out, body);
