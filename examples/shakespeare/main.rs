@@ -125,6 +125,8 @@ enum Cmd {
 }
 
 fn main() {
+    // Kernels start on `main` itself instead of waking pool threads per op.
+    let _ = zerfoo::init_cpu_threads(None);
     let args = Args::parse();
     if let Err(e) = run(args) {
         eprintln!("error: {e}");

@@ -42,6 +42,37 @@ pub use typenum;
 pub use zerfoo_kernels as kernels;
 pub use zerfoo_macros::dim;
 
+/// Sets up the CPU thread pool with the calling thread as one of its
+/// workers, and returns the pool's thread count.
+///
+/// Kernels run on rayon's global pool. Left to itself, rayon builds that
+/// pool on first use with threads of its own, and every parallel kernel
+/// called from `main` then hands its work to the pool and puts `main` to
+/// sleep until it is done: a wake-up and a sleep per op, which costs a
+/// small model several percent of its step time. Called first thing in
+/// `main`, this makes `main` a worker, so kernels start on it directly.
+///
+/// `threads`: the pool size (`None`: the `RAYON_NUM_THREADS` environment
+/// variable, else one per CPU). Fails if the pool was already built (a
+/// kernel or another call got there first); the pool keeps working then,
+/// only without the calling thread.
+///
+/// ```
+/// let n = zerfoo::init_cpu_threads(Some(2)).unwrap_or(0);
+/// assert!(n == 2 || n == 0);
+/// ```
+pub fn init_cpu_threads(threads: Option<usize>) -> Result<usize> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.unwrap_or(0))
+        .use_current_thread()
+        .build_global()
+        .map_err(|e| Error::InvalidArgument {
+            op: "init_cpu_threads",
+            reason: format!("the CPU thread pool is already running: {e}"),
+        })?;
+    Ok(rayon::current_num_threads())
+}
+
 /// Everything a model file usually needs.
 pub mod prelude {
     pub use crate::autograd::{Gradients, NoTape, Tape, TensorId};

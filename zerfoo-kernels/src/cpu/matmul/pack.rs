@@ -224,14 +224,42 @@ pub(crate) fn pack_b_panel<E: FloatDtype>(
         for (d, &ro) in panel.chunks_exact_mut(nr).zip(rows) {
             widen(&ops.b[base + ro..base + ro + cols], &mut d[..cols]);
         }
-    } else if ops.b_unit_k {
-        // Each column is a contiguous run along the depth (a transposed B).
+    } else if ops.b_unit_k && TypeId::of::<E>() != TypeId::of::<E::Acc>() {
+        // Each column is a contiguous run along the depth (a transposed B):
+        // widen it in one go, then spread it over the panel.
         let mut tmp = [E::Acc::zero(); KC];
         for j in 0..cols {
             let base = ops.b_base + ops.b_cols[j0 + j] + rows[0];
             widen(&ops.b[base..base + kc], &mut tmp[..kc]);
             for (d, &v) in panel[j..].iter_mut().step_by(nr).zip(&tmp[..kc]) {
                 *d = v;
+            }
+        }
+    } else if ops.b_unit_k {
+        // The same for a B already in the compute type:
+        // read eight columns' runs side by side, so each depth step writes
+        // eight adjacent panel values.
+        const W: usize = 8;
+        for j in (0..cols).step_by(W) {
+            let w = W.min(cols - j);
+            let mut runs: [&[E]; W] = [&[]; W];
+            for (jj, r) in runs.iter_mut().enumerate().take(w) {
+                let base = ops.b_base + ops.b_cols[j0 + j + jj] + rows[0];
+                *r = &ops.b[base..base + kc];
+            }
+            if w == W {
+                for (p, d) in panel.chunks_exact_mut(nr).enumerate() {
+                    let d = &mut d[j..j + W];
+                    for (d, r) in d.iter_mut().zip(&runs) {
+                        *d = r[p].to_acc();
+                    }
+                }
+            } else {
+                for (p, d) in panel.chunks_exact_mut(nr).enumerate() {
+                    for (d, r) in d[j..j + w].iter_mut().zip(&runs[..w]) {
+                        *d = r[p].to_acc();
+                    }
+                }
             }
         }
     } else {
