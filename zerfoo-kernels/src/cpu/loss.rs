@@ -12,6 +12,7 @@
 use num_traits::{Float, One, Zero};
 use rayon::prelude::*;
 
+use super::simd::{lane_sum, vectorized};
 use super::softmax::{rows_map, AxisRows};
 use super::{map, zip_map, CHUNK, PAR_THRESHOLD};
 use crate::{FloatDtype, Layout, Real};
@@ -79,20 +80,27 @@ pub fn cross_entropy_forward<E: FloatDtype>(
             return (E::Acc::zero(), RowStats::default());
         }
         let (start, stride) = rows.start(layout, r);
-        let mut m = E::Acc::neg_infinity();
-        for (k, b) in buf.iter_mut().enumerate() {
-            let v = x[start + k * stride].to_acc();
-            *b = v;
-            if v > m || v.is_nan() {
-                m = v;
-            }
-        }
-        let mut s = E::Acc::zero();
-        let mut spread = E::Acc::zero();
-        for &b in buf.iter() {
-            s += (b - m).fast_exp();
-            spread += m - b;
-        }
+        let (m, s, spread) = vectorized(
+            #[inline(always)]
+            || {
+                if stride == 1 {
+                    let src = &x[start..start + buf.len()];
+                    buf.iter_mut().zip(src).for_each(|(b, &v)| *b = v.to_acc());
+                } else {
+                    for (k, b) in buf.iter_mut().enumerate() {
+                        *b = x[start + k * stride].to_acc();
+                    }
+                }
+                let m = row_max(buf);
+                let s = lane_sum(buf.len(), |k| (buf[k] - m).fast_exp());
+                let spread = if eps != 0.0 {
+                    lane_sum(buf.len(), |k| m - buf[k])
+                } else {
+                    E::Acc::zero()
+                };
+                (m, s, spread)
+            },
+        );
         let ln_s = s.ln();
         let mut loss = ln_s + (one - e) * (m - buf[t]);
         if eps != 0.0 {
@@ -137,16 +145,49 @@ pub fn cross_entropy_backward<E: FloatDtype>(
         }
         let (start, stride) = rows.start(layout, r);
         let st = stats[r];
-        for (k, o) in out.iter_mut().enumerate() {
-            let p = ((x[start + k * stride].to_acc() - st.max) - st.ln_sum).fast_exp();
-            let mut g = p - smooth;
-            if k == t {
-                g = g - (one - e);
-            }
-            *o = E::from_acc(scale * g);
-        }
+        let grad = |x: E| {
+            let p = ((x.to_acc() - st.max) - st.ln_sum).fast_exp();
+            E::from_acc(scale * (p - smooth))
+        };
+        vectorized(
+            #[inline(always)]
+            || {
+                if stride == 1 {
+                    let src = &x[start..start + out.len()];
+                    for (o, &x) in out.iter_mut().zip(src) {
+                        *o = grad(x);
+                    }
+                } else {
+                    for (k, o) in out.iter_mut().enumerate() {
+                        *o = grad(x[start + k * stride]);
+                    }
+                }
+            },
+        );
+        // The target's own term, computed the same way plus its -(1 - eps).
+        let p = ((x[start + t * stride].to_acc() - st.max) - st.ln_sum).fast_exp();
+        out[t] = E::from_acc(scale * ((p - smooth) - (one - e)));
     })
     .0
+}
+
+/// The largest value of a row; NaN if the row holds one (so the loss is
+/// NaN, as in PyTorch), `-inf` for an empty row. Lane-wise, so it vectorizes.
+#[inline(always)]
+fn row_max<A: Real>(row: &[A]) -> A {
+    const LANES: usize = 16;
+    let pick = |m: A, v: A| if v > m || v.is_nan() { v } else { m };
+    let mut acc = [A::neg_infinity(); LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = pick(*a, v);
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
+        *a = pick(*a, v);
+    }
+    acc.iter().fold(A::neg_infinity(), |m, &v| pick(m, v))
 }
 
 /// `sum((a - b)^2)` over every element (`a`, `b` of the same dims, any layouts).

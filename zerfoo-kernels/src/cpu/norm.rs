@@ -11,6 +11,7 @@
 use num_traits::{Float, One, Zero};
 use rayon::prelude::*;
 
+use super::simd::{lane_sum, vectorized};
 use super::softmax::{rows_map, AxisRows};
 use super::{map, PAR_THRESHOLD};
 use crate::{FloatDtype, Layout, Real};
@@ -89,32 +90,49 @@ pub fn norm_forward<E: FloatDtype>(
     let eps = E::Acc::of_f64(eps);
     rows_map(lx.shape(), axis, |r, out: &mut [E], buf: &mut [E::Acc]| {
         let (start, stride) = rows.start(lx, r);
-        let mut sum = E::Acc::zero();
-        for (k, v) in buf.iter_mut().enumerate() {
-            *v = x[start + k * stride].to_acc();
-            sum += *v;
-        }
-        let mean = if kind == NormKind::Layer {
-            sum / d
-        } else {
-            E::Acc::zero()
-        };
-        let mut ss = E::Acc::zero();
-        for &v in buf.iter() {
-            ss += (v - mean) * (v - mean);
-        }
-        let rstd = (ss / d + eps).sqrt().recip();
-        for (k, (o, &v)) in out.iter_mut().zip(buf.iter()).enumerate() {
-            let mut y = (v - mean) * rstd;
-            if let Some(w) = &w {
-                y *= w[k];
-            }
-            if let Some(b) = &b {
-                y += b[k];
-            }
-            *o = E::from_acc(y);
-        }
-        NormStats { mean, rstd }
+        vectorized(
+            #[inline(always)]
+            || {
+                if stride == 1 {
+                    let src = &x[start..start + buf.len()];
+                    buf.iter_mut().zip(src).for_each(|(v, &x)| *v = x.to_acc());
+                } else {
+                    for (k, v) in buf.iter_mut().enumerate() {
+                        *v = x[start + k * stride].to_acc();
+                    }
+                }
+                let mean = if kind == NormKind::Layer {
+                    lane_sum(buf.len(), |k| buf[k]) / d
+                } else {
+                    E::Acc::zero()
+                };
+                let ss = lane_sum(buf.len(), |k| (buf[k] - mean) * (buf[k] - mean));
+                let rstd = (ss / d + eps).sqrt().recip();
+                match (&w, &b) {
+                    (Some(w), Some(b)) => {
+                        for (((o, &v), &w), &b) in out.iter_mut().zip(buf.iter()).zip(w).zip(b) {
+                            *o = E::from_acc((v - mean) * rstd * w + b);
+                        }
+                    }
+                    (Some(w), None) => {
+                        for ((o, &v), &w) in out.iter_mut().zip(buf.iter()).zip(w) {
+                            *o = E::from_acc((v - mean) * rstd * w);
+                        }
+                    }
+                    (None, Some(b)) => {
+                        for ((o, &v), &b) in out.iter_mut().zip(buf.iter()).zip(b) {
+                            *o = E::from_acc((v - mean) * rstd + b);
+                        }
+                    }
+                    (None, None) => {
+                        for (o, &v) in out.iter_mut().zip(buf.iter()) {
+                            *o = E::from_acc((v - mean) * rstd);
+                        }
+                    }
+                }
+                NormStats { mean, rstd }
+            },
+        )
     })
 }
 
@@ -162,38 +180,56 @@ pub fn norm_backward<E: FloatDtype>(
     let body = |(blk, chunk): (usize, &mut [E])| {
         let (mut dw, mut db) = (zeros(has_weight), zeros(has_bias));
         let mut buf = vec![E::Acc::zero(); n];
+        let mut g = vec![E::Acc::zero(); n];
         for (i, out) in chunk.chunks_mut(n).enumerate() {
             let r = blk * per_block + i;
             let (start, stride) = rows.start(lx, r);
             let st = stats[r];
-            for (k, v) in buf.iter_mut().enumerate() {
-                *v = (x[start + k * stride].to_acc() - st.mean) * st.rstd;
-            }
             let gy = &grad_y[r * n..(r + 1) * n];
-            let (mut sg, mut sgx) = (E::Acc::zero(), E::Acc::zero());
-            for (k, (&g, &xh)) in gy.iter().zip(buf.iter()).enumerate() {
-                let g = g.to_acc();
-                if has_weight {
-                    dw[k] += g * xh;
-                }
-                if has_bias {
-                    db[k] += g;
-                }
-                let g = w.as_ref().map_or(g, |w| g * w[k]);
-                sg += g;
-                sgx += g * xh;
-            }
-            let mg = if kind == NormKind::Layer {
-                sg / d
-            } else {
-                E::Acc::zero()
-            };
-            let mgx = sgx / d;
-            for (k, ((o, &g), &xh)) in out.iter_mut().zip(gy).zip(buf.iter()).enumerate() {
-                let g = g.to_acc();
-                let g = w.as_ref().map_or(g, |w| g * w[k]);
-                *o = E::from_acc(st.rstd * (g - mg - xh * mgx));
-            }
+            vectorized(
+                #[inline(always)]
+                || {
+                    if stride == 1 {
+                        let src = &x[start..start + n];
+                        for (v, &x) in buf.iter_mut().zip(src) {
+                            *v = (x.to_acc() - st.mean) * st.rstd;
+                        }
+                    } else {
+                        for (k, v) in buf.iter_mut().enumerate() {
+                            *v = (x[start + k * stride].to_acc() - st.mean) * st.rstd;
+                        }
+                    }
+                    // g = grad_y * w_eff; the weight and bias gradients sum
+                    // grad_y * xhat and grad_y over rows.
+                    for (gk, &gy) in g.iter_mut().zip(gy) {
+                        *gk = gy.to_acc();
+                    }
+                    if has_weight {
+                        for ((dw, &gk), &xh) in dw.iter_mut().zip(g.iter()).zip(buf.iter()) {
+                            *dw += gk * xh;
+                        }
+                    }
+                    if has_bias {
+                        for (db, &gk) in db.iter_mut().zip(g.iter()) {
+                            *db += gk;
+                        }
+                    }
+                    if let Some(w) = &w {
+                        for (gk, &w) in g.iter_mut().zip(w) {
+                            *gk *= w;
+                        }
+                    }
+                    let mg = if kind == NormKind::Layer {
+                        lane_sum(n, |k| g[k]) / d
+                    } else {
+                        E::Acc::zero()
+                    };
+                    let mgx = lane_sum(n, |k| g[k] * buf[k]) / d;
+                    for ((o, &gk), &xh) in out.iter_mut().zip(g.iter()).zip(buf.iter()) {
+                        *o = E::from_acc(st.rstd * (gk - mg - xh * mgx));
+                    }
+                },
+            )
         }
         (dw, db)
     };

@@ -8,6 +8,7 @@
 use num_traits::Float;
 use rayon::prelude::*;
 
+use super::simd::vectorized;
 use super::{CHUNK, PAR_THRESHOLD};
 use crate::dtype::{FloatDtype, Real};
 
@@ -64,20 +65,25 @@ pub fn adam_update<E: FloatDtype>(
     let step_size = a(s.lr / bc1);
     let (decoupled, coupled) = (s.decoupled, !s.decoupled && s.weight_decay != 0.0);
     let body = |(((p, g), m), v): AdamChunk<'_, E>| {
-        for (((p, g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-            let mut x = p.to_acc();
-            let mut gr = g.to_acc();
-            if decoupled {
-                x *= one - lr * wd;
-            } else if coupled {
-                gr += wd * x;
-            }
-            // PyTorch: exp_avg.lerp_(grad, 1 - beta1)
-            *m = *m + (one - b1) * (gr - *m);
-            *v = *v * b2 + (one - b2) * gr * gr;
-            let denom = Float::sqrt(*v) / bc2_sqrt + eps;
-            *p = E::from_acc(x - step_size * *m / denom);
-        }
+        vectorized(
+            #[inline(always)]
+            || {
+                for (((p, g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                    let mut x = p.to_acc();
+                    let mut gr = g.to_acc();
+                    if decoupled {
+                        x *= one - lr * wd;
+                    } else if coupled {
+                        gr += wd * x;
+                    }
+                    // PyTorch: exp_avg.lerp_(grad, 1 - beta1)
+                    *m = *m + (one - b1) * (gr - *m);
+                    *v = *v * b2 + (one - b2) * gr * gr;
+                    let denom = Float::sqrt(*v) / bc2_sqrt + eps;
+                    *p = E::from_acc(x - step_size * *m / denom);
+                }
+            },
+        )
     };
     if param.len() >= PAR_THRESHOLD {
         param
@@ -121,22 +127,27 @@ pub fn sgd_update<E: FloatDtype>(param: &mut [E], grad: &[E], buf: &mut [E::Acc]
         a(s.dampening),
     );
     let body = |(p, g, buf): (&mut [E], &[E], &mut [E::Acc])| {
-        for (i, (p, g)) in p.iter_mut().zip(g).enumerate() {
-            let x = p.to_acc();
-            let mut d = g.to_acc();
-            if s.weight_decay != 0.0 {
-                d += wd * x;
-            }
-            if s.momentum != 0.0 {
-                buf[i] = if s.first {
-                    d
-                } else {
-                    mo * buf[i] + (one - damp) * d
-                };
-                d = if s.nesterov { d + mo * buf[i] } else { buf[i] };
-            }
-            *p = E::from_acc(x - lr * d);
-        }
+        vectorized(
+            #[inline(always)]
+            || {
+                for (i, (p, g)) in p.iter_mut().zip(g).enumerate() {
+                    let x = p.to_acc();
+                    let mut d = g.to_acc();
+                    if s.weight_decay != 0.0 {
+                        d += wd * x;
+                    }
+                    if s.momentum != 0.0 {
+                        buf[i] = if s.first {
+                            d
+                        } else {
+                            mo * buf[i] + (one - damp) * d
+                        };
+                        d = if s.nesterov { d + mo * buf[i] } else { buf[i] };
+                    }
+                    *p = E::from_acc(x - lr * d);
+                }
+            },
+        )
     };
     let empty: &mut [E::Acc] = &mut [];
     let buf = if s.momentum != 0.0 { buf } else { empty };
@@ -161,6 +172,13 @@ pub fn sgd_update<E: FloatDtype>(param: &mut [E], grad: &[E], buf: &mut [E::Acc]
 /// thread count.
 pub fn sum_squares<E: FloatDtype>(x: &[E]) -> f64 {
     fn chunk<E: FloatDtype>(c: &[E]) -> f64 {
+        vectorized(
+            #[inline(always)]
+            || chunk_sum(c),
+        )
+    }
+    #[inline(always)]
+    fn chunk_sum<E: FloatDtype>(c: &[E]) -> f64 {
         let mut acc = [0f64; 8];
         let mut it = c.chunks_exact(8);
         for w in &mut it {

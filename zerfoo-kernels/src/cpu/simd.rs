@@ -33,6 +33,32 @@ pub fn vectorized<R>(body: impl FnOnce() -> R) -> R {
     body()
 }
 
+/// `Σ f(i)` for `i < n`, summed in 16 interleaved lanes (`i % 16`) that
+/// are added in a fixed order at the end: a loop the compiler vectorizes
+/// (a plain running sum must stay sequential), and a result that depends
+/// only on `n`, never on threads or the instruction set.
+///
+/// ```
+/// let xs: Vec<f32> = (0..100).map(|i| i as f32).collect();
+/// let s = zerfoo_kernels::cpu::simd::lane_sum(xs.len(), |i| xs[i]);
+/// assert_eq!(s, 4950.0);
+/// ```
+#[inline(always)]
+pub fn lane_sum<A: crate::Real>(n: usize, mut f: impl FnMut(usize) -> A) -> A {
+    const LANES: usize = 16;
+    let mut acc = [A::zero(); LANES];
+    let full = n / LANES * LANES;
+    for i in (0..full).step_by(LANES) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(i + l);
+        }
+    }
+    for (i, a) in (full..n).zip(acc.iter_mut()) {
+        *a += f(i);
+    }
+    acc.iter().fold(A::zero(), |s, &a| s + a)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Level {
