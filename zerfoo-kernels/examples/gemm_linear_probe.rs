@@ -1,6 +1,6 @@
 //! Linear-layer probe: GFLOP/s of the three products of a `Linear` layer in
-//! training at the Shakespeare GPT's shapes (`rows = 12 x 64` tokens), on 1
-//! and 2 threads: forward `x · Wᵀ`, input gradient `dY · W`, and weight
+//! training at the Shakespeare GPT's shapes (`rows = 12 x 64` tokens) and
+//! the larger GPT's (`rows = 8 x 256`, width 384), on 1 and 2 threads: forward `x · Wᵀ`, input gradient `dY · W`, and weight
 //! gradient `dYᵀ · x` (a batch-summed product).
 //!
 //! ```text
@@ -29,14 +29,16 @@ fn time(threads: usize, macs: usize, f: &(dyn Fn() + Sync)) -> (f64, f64) {
 }
 
 fn main() {
-    let rows = 768;
-    for &(i, o) in &[
-        (128usize, 384usize),
-        (128, 128),
-        (128, 512),
-        (512, 128),
-        (128, 65),
-    ] {
+    let shapes = [
+        (768usize, 128usize, 128usize),
+        (768, 128, 512),
+        (768, 512, 128),
+        (768, 128, 65),
+        (2048, 384, 384),
+        (2048, 384, 1536),
+        (2048, 1536, 384),
+    ];
+    for &(rows, i, o) in &shapes {
         let x = vec![0.5f32; rows * i];
         let w = vec![0.25f32; o * i];
         let dy = vec![0.125f32; rows * o];
