@@ -166,9 +166,14 @@ impl GradStore {
                     .downcast_mut::<Vec<E>>()
                     .expect("internal error: gradient dtype changed");
                 debug_assert_eq!(acc.len(), grad.len());
-                for (a, g) in acc.iter_mut().zip(grad) {
-                    *a = E::from_acc(a.to_acc() + g.to_acc());
-                }
+                zerfoo_kernels::cpu::simd::vectorized(
+                    #[inline(always)]
+                    || {
+                        for (a, g) in acc.iter_mut().zip(&grad) {
+                            *a = E::from_acc(a.to_acc() + g.to_acc());
+                        }
+                    },
+                );
             }
             None => {
                 self.grads.insert(id, Box::new(grad));

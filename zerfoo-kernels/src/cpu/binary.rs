@@ -13,6 +13,9 @@ pub trait BinaryOp: Copy + Send + Sync + 'static {
     fn da<A: Real>(&self, a: A, b: A) -> A;
     /// `∂y/∂b`.
     fn db<A: Real>(&self, a: A, b: A) -> A;
+    /// `Some((∂y/∂a, ∂y/∂b))` when both partials are constants (add, sub):
+    /// the backward then never reads the operands.
+    const CONSTANT_PARTIALS: Option<(f64, f64)> = None;
 }
 
 /// `y = f(a, b)` elementwise; both layouts have the same shape.
@@ -41,9 +44,31 @@ pub fn binary_backward<E: FloatDtype, O: BinaryOp>(
     la: &Layout,
     b: &[E],
     lb: &Layout,
-    grad_y: &[E],
+    grad_y: Vec<E>,
     need: (bool, bool),
 ) -> (Vec<E>, Vec<E>) {
+    if let Some((ca, cb)) = O::CONSTANT_PARTIALS {
+        // grad_y times a constant: the gradient itself (moved or copied
+        // once) when the constant is 1, no operand reads either way.
+        let scaled = |c: f64, g: &[E]| -> Vec<E> {
+            let c = E::Acc::of_f64(c);
+            crate::cpu::map(g, &Layout::contiguous(&[g.len()]), move |v: E| {
+                E::from_acc(v.to_acc() * c)
+            })
+        };
+        let ga = match (need.0, ca == 1.0) {
+            (false, _) => Vec::new(),
+            (true, true) => grad_y.clone(),
+            (true, false) => scaled(ca, &grad_y),
+        };
+        let gb = match (need.1, cb == 1.0) {
+            (false, _) => Vec::new(),
+            (true, true) => grad_y,
+            (true, false) => scaled(cb, &grad_y),
+        };
+        return (ga, gb);
+    }
+    let grad_y = &grad_y[..];
     let lg = Layout::contiguous(la.shape());
     let ga = if need.0 {
         crate::cpu::zip3_map(
@@ -77,12 +102,13 @@ pub fn binary_backward<E: FloatDtype, O: BinaryOp>(
 }
 
 macro_rules! binary_op {
-    ($(#[$m:meta])* $name:ident, $text:literal, |$a:ident, $b:ident| $f:expr, $da:expr, $db:expr) => {
+    ($(#[$m:meta])* $name:ident, $text:literal, |$a:ident, $b:ident| $f:expr, $da:expr, $db:expr $(, constant $partials:expr)?) => {
         $(#[$m])*
         #[derive(Clone, Copy, Debug, Default)]
         pub struct $name;
         impl BinaryOp for $name {
             const NAME: &'static str = $text;
+            $(const CONSTANT_PARTIALS: Option<(f64, f64)> = Some($partials);)?
             #[inline(always)]
             fn f<A: Real>(&self, $a: A, $b: A) -> A {
                 $f
@@ -102,9 +128,9 @@ macro_rules! binary_op {
 }
 
 binary_op!(/// `a + b`
-    AddOp, "add", |a, b| a + b, A::one(), A::one());
+    AddOp, "add", |a, b| a + b, A::one(), A::one(), constant (1.0, 1.0));
 binary_op!(/// `a - b`
-    SubOp, "sub", |a, b| a - b, A::one(), -A::one());
+    SubOp, "sub", |a, b| a - b, A::one(), -A::one(), constant (1.0, -1.0));
 binary_op!(/// `a * b`
     MulOp, "mul", |a, b| a * b, b, a);
 binary_op!(/// `a / b`

@@ -61,7 +61,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
             let (b, lb, idb) = (rhs.data.clone(), rhs.layout, rhs.id);
             record::<Out<T, T2>>(out_id, &[self.tape.node(), rhs.tape.node()], move |g| {
                 if let Some(gy) = g.take::<E>(out_id) {
-                    let (ga, gb) = k::binary_backward(op, &a, &la, &b, &lb, &gy, (true, true));
+                    let (ga, gb) = k::binary_backward(op, &a, &la, &b, &lb, gy, (true, true));
                     g.accumulate(ida, ga);
                     g.accumulate(idb, gb);
                 }

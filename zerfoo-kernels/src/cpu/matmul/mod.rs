@@ -30,6 +30,8 @@ use std::any::TypeId;
 use num_traits::Zero;
 use rayon::prelude::*;
 
+use crate::cpu::simd::vectorized;
+
 use crate::{DType, FloatDtype, Layout, Real};
 use kernel::{Kernel, MAX_TILE};
 use pack::{pack_a, pack_b_panel, with_buf, A_BUF, B_BUF};
@@ -367,7 +369,13 @@ fn blocked<E: FloatDtype>(
                 let bp = &mut bbuf[..np * kc * nr];
                 let pack = |(jp, panel): (usize, &mut [E::Acc])| {
                     let j0 = jc + jp * nr;
-                    pack_b_panel(ops, pc, kc, j0, nr.min(jc + nc - j0), nr, panel);
+                    let cols = nr.min(jc + nc - j0);
+                    // Under AVX-512/AVX2 the fixed-size row copies are a few
+                    // vector moves, not calls into libc's memmove.
+                    vectorized(
+                        #[inline(always)]
+                        || pack_b_panel(ops, pc, kc, j0, cols, nr, panel),
+                    );
                 };
                 if threads > 1 {
                     bp.par_chunks_mut(kc * nr).enumerate().for_each(pack);
@@ -391,7 +399,10 @@ fn blocked<E: FloatDtype>(
                         (0, rows)
                     };
                     with_buf::<E::Acc, _>(&A_BUF, prows.div_ceil(mr) * mr * kc, |ap| {
-                        pack_a(ops, ic + pr0, prows, pc, kc, mr, ap);
+                        vectorized(
+                            #[inline(always)]
+                            || pack_a(ops, ic + pr0, prows, pc, kc, mr, ap),
+                        );
                         let a_in_place = direct.then(|| {
                             let at = ops.a_base + ops.a_rows[ic] + ops.a_cols[pc];
                             let lda = ops.a_rows.get(1).map_or(0, |&r| r - ops.a_rows[0]);

@@ -20,7 +20,7 @@ const MAX_MR: usize = 16;
 use crate::{bf16, f16, FloatDtype, Real};
 
 /// Converts a run of inputs into the compute type.
-#[inline]
+#[inline(always)]
 pub(crate) fn widen<E: FloatDtype>(src: &[E], dst: &mut [E::Acc]) {
     debug_assert_eq!(src.len(), dst.len());
     if TypeId::of::<E>() == TypeId::of::<E::Acc>() {
@@ -136,6 +136,7 @@ pub(crate) fn with_buf<A: Real, R>(
 /// panels, each stored depth-major (`mr` values per depth step); rows past
 /// `mc` are zero. `dst` holds `mc.div_ceil(mr) * mr * kc` values.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 pub(crate) fn pack_a<E: FloatDtype>(
     ops: &Operands<'_, E>,
     ic: usize,
@@ -205,6 +206,7 @@ pub(crate) fn pack_a<E: FloatDtype>(
 /// `nr`-column panel stored depth-major (`nr` values per depth step);
 /// columns past `cols` are zero.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 pub(crate) fn pack_b_panel<E: FloatDtype>(
     ops: &Operands<'_, E>,
     pc: usize,
