@@ -24,7 +24,7 @@
 use num_traits::{Float, Zero};
 use rayon::prelude::*;
 
-use super::simd::vectorized;
+use super::simd::{lane_sum, vectorized};
 use super::PAR_THRESHOLD;
 use crate::{FloatDtype, Layout, Real};
 
@@ -393,12 +393,17 @@ pub fn attention_backward<E: FloatDtype>(
     let kt = pack_transposed(k, kl);
     let vt = pack_transposed(v, vl);
     let dop = pack(dout, dl);
-    let di: Vec<A<E>> = (0..rows)
-        .map(|r| {
-            let (o, g) = (&out[r * dv..][..dv], &dop[r * dv..][..dv]);
-            o.iter().zip(g).map(|(&o, &g)| o.to_acc() * g).sum()
-        })
-        .collect();
+    let di: Vec<A<E>> = vectorized(
+        #[inline(always)]
+        || {
+            (0..rows)
+                .map(|r| {
+                    let (o, g) = (&out[r * dv..][..dv], &dop[r * dv..][..dv]);
+                    lane_sum(dv, |j| o[j].to_acc() * g[j])
+                })
+                .collect()
+        },
+    );
     let head = |bh: usize| -> HeadGrads<A<E>> {
         vectorized(
             #[inline(always)]
@@ -481,10 +486,11 @@ pub fn attention_backward<E: FloatDtype>(
         (0..b * h).map(head).collect()
     };
     let round = |f: fn(&HeadGrads<A<E>>) -> &Vec<A<E>>| -> Vec<E> {
-        heads
-            .iter()
-            .flat_map(|g| f(g).iter().map(|&x| E::from_acc(x)))
-            .collect()
+        let mut out = Vec::with_capacity(heads.iter().map(|g| f(g).len()).sum());
+        for g in &heads {
+            out.extend(f(g).iter().map(|&x| E::from_acc(x)));
+        }
+        out
     };
     (round(|g| &g.dq), round(|g| &g.dk), round(|g| &g.dv))
 }

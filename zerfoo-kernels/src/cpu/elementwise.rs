@@ -1,5 +1,7 @@
 //! Strided elementwise maps, parallel over chunks of the output.
 
+use core::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::simd::vectorized;
@@ -13,10 +15,19 @@ where
     O: Copy + Default + Send + Sync,
     F: Fn(I) -> O + Sync + Send,
 {
-    let n = layout.numel();
-    let mut out = vec![O::default(); n];
-    map_into(src, layout, &mut out, f);
-    out
+    filled(layout.numel(), |out| map_uninit(src, layout, out, f))
+}
+
+/// A vector of `n` values written by `fill`, which must write every one of
+/// them (the kernels below do): no zero-filling of outputs that are
+/// overwritten anyway.
+fn filled<O>(n: usize, fill: impl FnOnce(&mut [MaybeUninit<O>])) -> Vec<O> {
+    let mut v = Vec::with_capacity(n);
+    fill(&mut v.spare_capacity_mut()[..n]);
+    // SAFETY: `fill` initialized all `n` values (every caller writes each
+    // output element exactly once).
+    unsafe { v.set_len(n) };
+    v
 }
 
 /// Like [`map`], writing into `out` (length = element count).
@@ -26,14 +37,31 @@ where
     O: Copy + Send + Sync,
     F: Fn(I) -> O + Sync + Send,
 {
+    // SAFETY: `MaybeUninit<O>` has `O`'s layout, and `map_uninit` only
+    // writes initialized values.
+    let out = unsafe { &mut *(out as *mut [O] as *mut [MaybeUninit<O>]) };
+    map_uninit(src, layout, out, f)
+}
+
+/// [`map_into`] over an output that may be uninitialized; writes every element.
+fn map_uninit<I, O, F>(src: &[I], layout: &Layout, out: &mut [MaybeUninit<O>], f: F)
+where
+    I: Copy + Send + Sync,
+    O: Copy + Send + Sync,
+    F: Fn(I) -> O + Sync + Send,
+{
     let n = layout.numel();
     assert_eq!(out.len(), n);
     if layout.is_contiguous() {
         let s = &src[layout.offset..layout.offset + n];
-        let body = |(o, i): (&mut [O], &[I])| {
+        let body = |(o, i): (&mut [MaybeUninit<O>], &[I])| {
             vectorized(
                 #[inline(always)]
-                || o.iter_mut().zip(i).for_each(|(o, &x)| *o = f(x)),
+                || {
+                    o.iter_mut()
+                        .zip(i)
+                        .for_each(|(o, &x)| *o = MaybeUninit::new(f(x)))
+                },
             )
         };
         if n >= PAR_THRESHOLD {
@@ -45,7 +73,7 @@ where
         }
         return;
     }
-    let body = |(c, chunk): (usize, &mut [O])| {
+    let body = |(c, chunk): (usize, &mut [MaybeUninit<O>])| {
         let mut k = 0;
         layout.for_each_run_in(c * CHUNK, chunk.len(), |o, len, stride| {
             let dst = &mut chunk[k..k + len];
@@ -53,11 +81,15 @@ where
                 let s = &src[o..o + len];
                 vectorized(
                     #[inline(always)]
-                    || dst.iter_mut().zip(s).for_each(|(d, &x)| *d = f(x)),
+                    || {
+                        dst.iter_mut()
+                            .zip(s)
+                            .for_each(|(d, &x)| *d = MaybeUninit::new(f(x)))
+                    },
                 );
             } else {
                 for (j, d) in dst.iter_mut().enumerate() {
-                    *d = f(src[o + j * stride]);
+                    *d = MaybeUninit::new(f(src[o + j * stride]));
                 }
             }
             k += len;
@@ -77,16 +109,33 @@ where
 {
     assert_eq!(la.shape(), lb.shape(), "zip_map: shapes differ");
     let n = la.numel();
-    let mut out = vec![O::default(); n];
+    filled(n, |out| zip_map_uninit(a, la, b, lb, out, f))
+}
+
+/// [`zip_map`] into an output that may be uninitialized; writes every element.
+fn zip_map_uninit<A, B, O, F>(
+    a: &[A],
+    la: &Layout,
+    b: &[B],
+    lb: &Layout,
+    out: &mut [MaybeUninit<O>],
+    f: F,
+) where
+    A: Copy + Send + Sync,
+    B: Copy + Send + Sync,
+    O: Copy + Send + Sync,
+    F: Fn(A, B) -> O + Sync + Send,
+{
+    let n = la.numel();
     if la.is_contiguous() && lb.is_contiguous() {
         let a = &a[la.offset..la.offset + n];
         let b = &b[lb.offset..lb.offset + n];
-        let body = |((o, x), y): ((&mut [O], &[A]), &[B])| {
+        let body = |((o, x), y): ((&mut [MaybeUninit<O>], &[A]), &[B])| {
             vectorized(
                 #[inline(always)]
                 || {
                     for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
-                        *o = f(x, y);
+                        *o = MaybeUninit::new(f(x, y));
                     }
                 },
             )
@@ -97,22 +146,21 @@ where
                 .zip(b.par_chunks(CHUNK))
                 .for_each(body);
         } else {
-            body(((&mut out[..], a), b));
+            body(((out, a), b));
         }
-        return out;
+        return;
     }
-    let body = |(c, chunk): (usize, &mut [O])| {
+    let body = |(c, chunk): (usize, &mut [MaybeUninit<O>])| {
         let start = c * CHUNK;
         let mut ia = Vec::with_capacity(chunk.len());
         la.for_each_offset_in(start, chunk.len(), |o| ia.push(o));
         let mut k = 0;
         lb.for_each_offset_in(start, chunk.len(), |o| {
-            chunk[k] = f(a[ia[k]], b[o]);
+            chunk[k] = MaybeUninit::new(f(a[ia[k]], b[o]));
             k += 1;
         });
     };
-    for_each_chunk(&mut out, body);
-    out
+    for_each_chunk(out, body);
 }
 
 /// `out[i] = f(a[la[i]], b[lb[i]], c[lc[i]])` over three same-shaped layouts.
@@ -135,27 +183,44 @@ where
     assert_eq!(la.shape(), lb.shape(), "zip3_map: shapes differ");
     assert_eq!(la.shape(), lc.shape(), "zip3_map: shapes differ");
     let n = la.numel();
-    let mut out = vec![O::default(); n];
+    filled(n, |out| zip3_map_uninit((a, la), (b, lb), (c, lc), out, f))
+}
+
+/// [`zip3_map`] into an output that may be uninitialized; writes every element.
+fn zip3_map_uninit<A, B, C, O, F>(
+    (a, la): (&[A], &Layout),
+    (b, lb): (&[B], &Layout),
+    (c, lc): (&[C], &Layout),
+    out: &mut [MaybeUninit<O>],
+    f: F,
+) where
+    A: Copy + Send + Sync,
+    B: Copy + Send + Sync,
+    C: Copy + Send + Sync,
+    O: Copy + Send + Sync,
+    F: Fn(A, B, C) -> O + Sync + Send,
+{
+    let n = la.numel();
     if la.is_contiguous() && lb.is_contiguous() && lc.is_contiguous() {
         let a = &a[la.offset..la.offset + n];
         let b = &b[lb.offset..lb.offset + n];
         let c = &c[lc.offset..lc.offset + n];
-        let body = |(ch, o): (usize, &mut [O])| {
+        let body = |(ch, o): (usize, &mut [MaybeUninit<O>])| {
             let r = ch * CHUNK..ch * CHUNK + o.len();
             let (a, b, c) = (&a[r.clone()], &b[r.clone()], &c[r]);
             vectorized(
                 #[inline(always)]
                 || {
                     for (((o, &x), &y), &z) in o.iter_mut().zip(a).zip(b).zip(c) {
-                        *o = f(x, y, z);
+                        *o = MaybeUninit::new(f(x, y, z));
                     }
                 },
             )
         };
-        for_each_chunk(&mut out, body);
-        return out;
+        for_each_chunk(out, body);
+        return;
     }
-    let body = |(ch, chunk): (usize, &mut [O])| {
+    let body = |(ch, chunk): (usize, &mut [MaybeUninit<O>])| {
         let start = ch * CHUNK;
         let mut ia = Vec::with_capacity(chunk.len());
         let mut ib = Vec::with_capacity(chunk.len());
@@ -163,12 +228,11 @@ where
         lb.for_each_offset_in(start, chunk.len(), |o| ib.push(o));
         let mut k = 0;
         lc.for_each_offset_in(start, chunk.len(), |o| {
-            chunk[k] = f(a[ia[k]], b[ib[k]], c[o]);
+            chunk[k] = MaybeUninit::new(f(a[ia[k]], b[ib[k]], c[o]));
             k += 1;
         });
     };
-    for_each_chunk(&mut out, body);
-    out
+    for_each_chunk(out, body);
 }
 
 /// A contiguous row-major copy of the elements a layout selects.
