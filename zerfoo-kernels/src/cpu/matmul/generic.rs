@@ -15,6 +15,7 @@ pub(crate) unsafe fn micro<A: Real, const MR: usize, const NR: usize>(
     b: *const A,
     c: *mut A,
     ldc: usize,
+    overwrite: bool,
 ) {
     // SAFETY: the caller guarantees `kc * MR` readable values at `a` and `kc * NR` at `b`.
     let (ap, bp) = unsafe {
@@ -37,7 +38,14 @@ pub(crate) unsafe fn micro<A: Real, const MR: usize, const NR: usize>(
     for (i, row) in acc.iter().enumerate() {
         for (j, &v) in row.iter().enumerate() {
             // SAFETY: `i < MR`, `j < NR`: inside the tile the caller guarantees.
-            unsafe { *c.add(i * ldc + j) += v };
+            unsafe {
+                let c = c.add(i * ldc + j);
+                if overwrite {
+                    c.write(v);
+                } else {
+                    *c += v;
+                }
+            }
         }
     }
 }
@@ -53,6 +61,7 @@ pub(crate) unsafe fn micro_direct<A: Real, const MR: usize, const NR: usize>(
     b: *const A,
     c: *mut A,
     ldc: usize,
+    overwrite: bool,
 ) {
     // SAFETY: the caller guarantees `kc * NR` readable values at `b`.
     let bp = unsafe { core::slice::from_raw_parts(b, kc * NR) };
@@ -70,7 +79,14 @@ pub(crate) unsafe fn micro_direct<A: Real, const MR: usize, const NR: usize>(
     for (i, row) in acc.iter().enumerate() {
         for (j, &v) in row.iter().enumerate() {
             // SAFETY: `i < MR`, `j < NR`: inside the tile the caller guarantees.
-            unsafe { *c.add(i * ldc + j) += v };
+            unsafe {
+                let c = c.add(i * ldc + j);
+                if overwrite {
+                    c.write(v);
+                } else {
+                    *c += v;
+                }
+            }
         }
     }
 }

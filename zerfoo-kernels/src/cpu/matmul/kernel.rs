@@ -11,13 +11,15 @@ use std::sync::OnceLock;
 use crate::Real;
 
 /// `c[i * ldc + j] += Σ_p a[p * MR + i] * b[p * NR + j]` for the full
-/// `MR x NR` tile.
+/// `MR x NR` tile; with `overwrite`, `c[i * ldc + j] = Σ ...` (the old
+/// values are never read, so they may be uninitialized).
 ///
 /// # Safety
 /// `a` must be readable for `kc * MR` values, `b` for `kc * NR` values, and
-/// `c` readable and writable at every `i * ldc + j` with `i < MR`, `j < NR`.
-/// The CPU must support the kernel's target features.
-pub(crate) type MicroFn<T> = unsafe fn(kc: usize, a: *const T, b: *const T, c: *mut T, ldc: usize);
+/// `c` writable (and readable unless `overwrite`) at every `i * ldc + j`
+/// with `i < MR`, `j < NR`. The CPU must support the kernel's target features.
+pub(crate) type MicroFn<T> =
+    unsafe fn(kc: usize, a: *const T, b: *const T, c: *mut T, ldc: usize, overwrite: bool);
 
 /// Like [`MicroFn`] but reads `A` in place: `a[i * lda + p]` for row `i`,
 /// depth `p` (a row-major `A` needs no packing).
@@ -25,8 +27,15 @@ pub(crate) type MicroFn<T> = unsafe fn(kc: usize, a: *const T, b: *const T, c: *
 /// # Safety
 /// `a` must be readable at `i * lda + p` for `i < MR`, `p < kc`; otherwise
 /// as for [`MicroFn`].
-pub(crate) type DirectFn<T> =
-    unsafe fn(kc: usize, a: *const T, lda: usize, b: *const T, c: *mut T, ldc: usize);
+pub(crate) type DirectFn<T> = unsafe fn(
+    kc: usize,
+    a: *const T,
+    lda: usize,
+    b: *const T,
+    c: *mut T,
+    ldc: usize,
+    overwrite: bool,
+);
 
 /// A micro-kernel and its register-tile shape.
 #[derive(Clone, Copy)]

@@ -25,9 +25,9 @@ mod x86;
 #[cfg(test)]
 mod tests;
 
+use core::mem::MaybeUninit;
 use std::any::TypeId;
 
-use num_traits::Zero;
 use rayon::prelude::*;
 
 use crate::cpu::simd::vectorized;
@@ -94,15 +94,16 @@ fn gemm_batched_with<E: FloatDtype>(
     let p = Problem::new(la, lb, "gemm_batched");
     let (m, n, k) = (p.m, p.n, p.k);
     let batch = p.a_bases.len();
-    let mut out = vec![E::default(); batch * m * n];
-    if out.is_empty() || k == 0 {
-        return out;
+    if batch * m * n == 0 || k == 0 {
+        return vec![E::default(); batch * m * n];
     }
+    let mut out_buf: Vec<E> = Vec::with_capacity(batch * m * n);
+    let out = &mut out_buf.spare_capacity_mut()[..batch * m * n];
     let (a_rows, a_cols) = (offsets(m, p.sam), offsets(k, p.sak));
     let (b_rows, b_cols) = (offsets(k, p.sbk), offsets(n, p.sbn));
     let macs = m * n * k;
     let threads = rayon::current_num_threads();
-    let one = |bi: usize, out: &mut [E], threads: usize| {
+    let one = |bi: usize, out: &mut [MaybeUninit<E>], threads: usize| {
         let ops = Operands::new(
             a,
             p.a_bases[bi],
@@ -128,7 +129,9 @@ fn gemm_batched_with<E: FloatDtype>(
             one(bi, o, threads);
         }
     }
-    out
+    // SAFETY: each batch's product wrote all of its `m * n` values.
+    unsafe { out_buf.set_len(batch * m * n) };
+    out_buf
 }
 
 /// `[0, stride, 2·stride, ..]`, `n` offsets: where each row or column of an
@@ -156,10 +159,9 @@ fn gemm_batch_sum_with<E: FloatDtype>(
 ) -> Vec<E> {
     let p = Problem::new(la, lb, "gemm_batch_sum");
     let (m, n, k) = (p.m, p.n, p.k);
-    let mut out = vec![E::default(); m * n];
     let kk = p.a_bases.len() * k;
-    if out.is_empty() || kk == 0 {
-        return out;
+    if m * n == 0 || kk == 0 {
+        return vec![E::default(); m * n];
     }
     let a_rows = offsets(m, p.sam);
     let a_cols: Vec<usize> = p
@@ -179,7 +181,10 @@ fn gemm_batch_sum_with<E: FloatDtype>(
         1
     };
     let ops = Operands::new(a, 0, &a_rows, &a_cols, b, 0, &b_rows, &b_cols);
-    product(&ops, &mut out, threads, kern);
+    let mut out = Vec::with_capacity(m * n);
+    product(&ops, &mut out.spare_capacity_mut()[..m * n], threads, kern);
+    // SAFETY: `product` wrote all `m * n` values.
+    unsafe { out.set_len(m * n) };
     out
 }
 
@@ -294,25 +299,45 @@ impl<A> SendPtr<A> {
     }
 }
 
-/// One product into `out` (`[M, N]`, zeroed): accumulates straight into
-/// `out` when `E` is its own compute type, else into an `E::Acc` buffer that
-/// is rounded once at the end.
+/// One product into `out` (`[M, N]`, possibly uninitialized; every element
+/// is written): straight into `out` when `E` is its own compute type, else
+/// into an `E::Acc` buffer that is rounded once at the end. Needs `K > 0`.
 fn product<E: FloatDtype>(
     ops: &Operands<'_, E>,
-    out: &mut [E],
+    out: &mut [MaybeUninit<E>],
     threads: usize,
     kern: Kernel<E::Acc>,
 ) {
+    // Debug builds (the tests) poison the output, so an element the product
+    // failed to write shows up as NaN instead of as stale memory.
+    #[cfg(debug_assertions)]
+    out.iter_mut()
+        .for_each(|o| *o = MaybeUninit::new(E::from_f64(f64::NAN)));
     if matches!(E::DTYPE, DType::F32 | DType::F64) {
         debug_assert_eq!(core::mem::size_of::<E>(), core::mem::size_of::<E::Acc>());
         // SAFETY: for f32 and f64 the compute type is the type itself.
         let c = unsafe {
-            core::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<E::Acc>(), out.len())
+            core::slice::from_raw_parts_mut(
+                out.as_mut_ptr().cast::<MaybeUninit<E::Acc>>(),
+                out.len(),
+            )
         };
-        blocked(ops, c, threads, kern);
+        blocked(ops, c, threads, kern, true);
     } else {
-        let mut c = vec![E::Acc::zero(); out.len()];
-        blocked(ops, &mut c, threads, kern);
+        let mut c: Vec<E::Acc> = Vec::with_capacity(out.len());
+        blocked(
+            ops,
+            &mut c.spare_capacity_mut()[..out.len()],
+            threads,
+            kern,
+            true,
+        );
+        // SAFETY: `blocked` with `overwrite` wrote all `out.len()` values.
+        unsafe { c.set_len(out.len()) };
+        out.iter_mut()
+            .for_each(|o| *o = MaybeUninit::new(E::default()));
+        // SAFETY: every element was just initialized.
+        let out = unsafe { &mut *(out as *mut [MaybeUninit<E>] as *mut [E]) };
         const CH: usize = 1 << 14;
         if threads > 1 {
             out.par_chunks_mut(CH)
@@ -324,14 +349,17 @@ fn product<E: FloatDtype>(
     }
 }
 
-/// `c += A · B` (`c` is `[M, N]` row-major): column blocks of `NC`, depth
-/// blocks of `KC` (one packed `B` block shared by all threads), then tasks of
-/// `mc` rows by a range of `NR` panels, each packing its own `A` block.
+/// `c += A · B` (`c` is `[M, N]` row-major), or `c = A · B` with
+/// `overwrite` (then `c` may be uninitialized: the first depth block writes
+/// every element, later ones add). Column blocks of `NC`, depth blocks of
+/// `KC` (one packed `B` block shared by all threads), then tasks of `mc`
+/// rows by a range of `NR` panels, each packing its own `A` block.
 fn blocked<E: FloatDtype>(
     ops: &Operands<'_, E>,
-    c: &mut [E::Acc],
+    c: &mut [MaybeUninit<E::Acc>],
     threads: usize,
     kern: Kernel<E::Acc>,
+    overwrite: bool,
 ) {
     let (m, n, k) = (ops.a_rows.len(), ops.b_cols.len(), ops.a_cols.len());
     assert_eq!(c.len(), m * n);
@@ -358,7 +386,8 @@ fn blocked<E: FloatDtype>(
     let direct = ops.a_unit_k
         && TypeId::of::<E>() == TypeId::of::<E::Acc>()
         && (n.div_ceil(nr) <= DIRECT_MAX_PANELS || !pitch.is_multiple_of(2048));
-    let cptr = SendPtr(c.as_mut_ptr());
+    assert!(k > 0 || !overwrite, "gemm: an empty depth writes nothing");
+    let cptr = SendPtr(c.as_mut_ptr().cast::<E::Acc>());
     let nc_max = NC.min(n.div_ceil(nr) * nr);
     with_buf::<E::Acc, _>(&B_BUF, nc_max * KC.min(k), |bbuf| {
         for jc in (0..n).step_by(NC) {
@@ -426,6 +455,7 @@ fn blocked<E: FloatDtype>(
                                 nc,
                                 cptr.get().add(ic * n + jc),
                                 n,
+                                overwrite && pc == 0,
                             )
                         };
                     });
@@ -464,9 +494,18 @@ unsafe fn macro_kernel<A: Real>(
     nc: usize,
     c: *mut A,
     ldc: usize,
+    overwrite: bool,
 ) {
     let (mr, nr) = (kern.mr, kern.nr);
     debug_assert!(mr * nr <= MAX_TILE);
+    // An edge tile goes through scratch, then into `c` by `finish`.
+    let finish = |t: &[A], rows: usize, cols: usize, cp: *mut A| {
+        if overwrite {
+            store_tile(t, nr, rows, cols, cp, ldc);
+        } else {
+            add_tile(t, nr, rows, cols, cp, ldc);
+        }
+    };
     for jp in p0..p1 {
         let bpanel = &bp[jp * kc * nr..(jp + 1) * kc * nr];
         let j0 = jp * nr;
@@ -480,7 +519,17 @@ unsafe fn macro_kernel<A: Real>(
                 if cols == nr {
                     // SAFETY: rows `i0..i0 + mr` of A are in place at `a + i0 * lda`
                     // (the caller's guarantee); the tile is inside the block.
-                    unsafe { (kern.fd)(kc, a.add(i0 * lda), lda, bpanel.as_ptr(), cp, ldc) };
+                    unsafe {
+                        (kern.fd)(
+                            kc,
+                            a.add(i0 * lda),
+                            lda,
+                            bpanel.as_ptr(),
+                            cp,
+                            ldc,
+                            overwrite,
+                        )
+                    };
                 } else {
                     let mut t = [A::zero(); MAX_TILE];
                     // SAFETY: as above, into scratch with row length nr.
@@ -492,9 +541,10 @@ unsafe fn macro_kernel<A: Real>(
                             bpanel.as_ptr(),
                             t.as_mut_ptr(),
                             nr,
+                            true,
                         )
                     };
-                    add_tile(&t, nr, rows, cols, cp, ldc);
+                    finish(&t, rows, cols, cp);
                 }
                 continue;
             }
@@ -504,13 +554,33 @@ unsafe fn macro_kernel<A: Real>(
             if rows == mr && cols == nr {
                 // SAFETY: full tile inside the block; panels hold kc*mr / kc*nr values;
                 // the kernel was offered only where the CPU supports it.
-                unsafe { (kern.f)(kc, apanel.as_ptr(), bpanel.as_ptr(), cp, ldc) };
+                unsafe { (kern.f)(kc, apanel.as_ptr(), bpanel.as_ptr(), cp, ldc, overwrite) };
             } else {
                 let mut t = [A::zero(); MAX_TILE];
                 // SAFETY: the scratch tile holds mr * nr values with row length nr.
-                unsafe { (kern.f)(kc, apanel.as_ptr(), bpanel.as_ptr(), t.as_mut_ptr(), nr) };
-                add_tile(&t, nr, rows, cols, cp, ldc);
+                unsafe {
+                    (kern.f)(
+                        kc,
+                        apanel.as_ptr(),
+                        bpanel.as_ptr(),
+                        t.as_mut_ptr(),
+                        nr,
+                        true,
+                    )
+                };
+                finish(&t, rows, cols, cp);
             }
+        }
+    }
+}
+
+/// Writes the top-left `rows x cols` of a scratch tile (row length `nr`) to `c`.
+#[inline]
+fn store_tile<A: Real>(t: &[A], nr: usize, rows: usize, cols: usize, c: *mut A, ldc: usize) {
+    for i in 0..rows {
+        for j in 0..cols {
+            // SAFETY: the caller's block holds `rows x cols` at `c` with row length `ldc`.
+            unsafe { c.add(i * ldc + j).write(t[i * nr + j]) };
         }
     }
 }
@@ -568,7 +638,10 @@ pub(crate) fn gemm_acc<A: Real>(
         let (a_rows, a_cols) = (offsets(m, sa.0), offsets(k, sa.1));
         let (b_rows, b_cols) = (offsets(k, sb.0), offsets(n, sb.1));
         let ops = Operands::new(a, 0, &a_rows, &a_cols, b, 0, &b_rows, &b_cols);
-        blocked(&ops, c, 1, kernel::kernel::<E::Acc>());
+        // SAFETY: `MaybeUninit<T>` has `T`'s layout; without `overwrite`
+        // `blocked` reads and adds to the (initialized) values.
+        let c = unsafe { &mut *(c as *mut [E::Acc] as *mut [MaybeUninit<E::Acc>]) };
+        blocked(&ops, c, 1, kernel::kernel::<E::Acc>(), false);
     }
     /// # Safety
     /// `A` and `T` must be the same type.

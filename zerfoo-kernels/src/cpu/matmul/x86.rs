@@ -27,6 +27,7 @@ macro_rules! micro_kernel {
             b: *const $t,
             c: *mut $t,
             ldc: usize,
+            overwrite: bool,
         ) {
             let mut acc = [[$zero(); $nv]; $mr];
             let (mut a, mut b) = (a, b);
@@ -54,7 +55,11 @@ macro_rules! micro_kernel {
                     // SAFETY: `i < MR`, `v * lanes + lanes <= NR`: inside the tile.
                     unsafe {
                         let p = c.add(i * ldc + v * $lanes);
-                        $store(p, $add($load(p), acc));
+                        if overwrite {
+                            $store(p, acc);
+                        } else {
+                            $store(p, $add($load(p), acc));
+                        }
                     }
                 }
             }
@@ -74,6 +79,7 @@ macro_rules! micro_kernel {
             b: *const $t,
             c: *mut $t,
             ldc: usize,
+            overwrite: bool,
         ) {
             let mut acc = [[$zero(); $nv]; $mr];
             let mut b = b;
@@ -98,7 +104,11 @@ macro_rules! micro_kernel {
                     // SAFETY: `i < MR`, `v * lanes + lanes <= NR`: inside the tile.
                     unsafe {
                         let p = c.add(i * ldc + v * $lanes);
-                        $store(p, $add($load(p), acc));
+                        if overwrite {
+                            $store(p, acc);
+                        } else {
+                            $store(p, $add($load(p), acc));
+                        }
                     }
                 }
             }
