@@ -112,6 +112,9 @@ where
     filled(n, |out| zip_map_uninit(a, la, b, lb, out, f))
 }
 
+/// Matching chunks of an output and two inputs.
+type ZipChunk<'a, O, A, B> = ((&'a mut [MaybeUninit<O>], &'a [A]), &'a [B]);
+
 /// [`zip_map`] into an output that may be uninitialized; writes every element.
 fn zip_map_uninit<A, B, O, F>(
     a: &[A],
@@ -130,7 +133,7 @@ fn zip_map_uninit<A, B, O, F>(
     if la.is_contiguous() && lb.is_contiguous() {
         let a = &a[la.offset..la.offset + n];
         let b = &b[lb.offset..lb.offset + n];
-        let body = |((o, x), y): ((&mut [MaybeUninit<O>], &[A]), &[B])| {
+        let body = |((o, x), y): ZipChunk<'_, O, A, B>| {
             vectorized(
                 #[inline(always)]
                 || {
