@@ -174,7 +174,10 @@ mod tests {
             assert_eq!(t.suffix, dt.to_string());
             assert_eq!(t.acc == "double", dt == DType::F64);
         }
-        assert_eq!(core::mem::size_of::<F8E4M3>(), DType::F8E4M3.size_in_bytes());
+        assert_eq!(
+            core::mem::size_of::<F8E4M3>(),
+            DType::F8E4M3.size_in_bytes()
+        );
         assert_eq!(core::mem::size_of::<bf16>(), DType::BF16.size_in_bytes());
         assert!(kernel_types(DType::Bool).is_none());
     }
@@ -185,16 +188,29 @@ mod tests {
         let a100 = Capability::new(8, 0);
         let ada = Capability::new(8, 9);
         let h100 = Capability::new(9, 0);
-        for (cc, bf, f8) in [(v100, false, false), (a100, true, false), (ada, true, true), (h100, true, true)] {
+        for (cc, bf, f8) in [
+            (v100, false, false),
+            (a100, true, false),
+            (ada, true, true),
+            (h100, true, true),
+        ] {
             assert_eq!(check_capability("add", DType::BF16, "gpu", cc).is_ok(), bf);
-            assert_eq!(check_capability("add", DType::F8E4M3, "gpu", cc).is_ok(), f8);
-            assert_eq!(check_capability("add", DType::F8E5M2, "gpu", cc).is_ok(), f8);
+            assert_eq!(
+                check_capability("add", DType::F8E4M3, "gpu", cc).is_ok(),
+                f8
+            );
+            assert_eq!(
+                check_capability("add", DType::F8E5M2, "gpu", cc).is_ok(),
+                f8
+            );
             assert!(check_capability("add", DType::F32, "gpu", cc).is_ok());
         }
         assert!(check_capability("add", DType::F64, "old", Capability::new(5, 2)).is_err());
         let e = check_capability("matmul", DType::F8E4M3, "NVIDIA A100", a100).unwrap_err();
         assert_eq!(e.call, "capability check for `matmul`");
-        assert!(e.reason.contains("sm_89") && e.reason.contains("sm_80") && e.reason.contains("f8e4m3"));
+        assert!(
+            e.reason.contains("sm_89") && e.reason.contains("sm_80") && e.reason.contains("f8e4m3")
+        );
         assert_eq!(h100.compute_arch(), "compute_90");
         assert_eq!(h100.to_string(), "sm_90");
     }

@@ -16,6 +16,14 @@ pub use dtype::{
     BASE_CAPABILITY, FLOAT_DTYPES,
 };
 pub use error::CudaError;
-pub use source::{
-    compile_ptx, kernel_name, kernel_source, nvrtc_available, Family, COMMON_SOURCE,
-};
+pub use source::{compile_ptx, kernel_name, kernel_source, nvrtc_available, Family, COMMON_SOURCE};
+
+mod alloc;
+mod device;
+
+pub use alloc::{round_size, Pool, PoolStats};
+pub use device::{max_index, no_device_reason, CudaBuffer, CudaDevice, DevLayout};
+
+pub mod ops;
+
+pub use ops::CudaFloat;

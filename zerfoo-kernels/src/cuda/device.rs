@@ -1,0 +1,516 @@
+//! [`CudaDevice`] (context, stream, module cache, caching allocator) and
+//! [`CudaBuffer`] (typed device memory that returns to the cache on drop).
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig,
+};
+
+use super::alloc::{round_size, Pool, PoolStats};
+use super::dtype::{check_capability, Capability, CudaDtype, BASE_CAPABILITY};
+use super::error::{guard, CudaError};
+use super::source::{compile_ptx, kernel_name, Family};
+use crate::{DType, Layout, MAX_RANK};
+
+/// Threads per block of the kernels.
+pub(crate) const BLOCK: u32 = 256;
+/// At most this many blocks per grid (kernels loop over the rest).
+const MAX_GRID: u64 = 65_535 * 4;
+
+struct Inner {
+    ordinal: usize,
+    name: String,
+    capability: Capability,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    modules: Mutex<HashMap<(Family, DType), Arc<CudaModule>>>,
+    functions: Mutex<HashMap<String, CudaFunction>>,
+    pool: Mutex<Pool<CudaSlice<u8>>>,
+    blas: Mutex<Option<cudarc::cublas::CudaBlas>>,
+}
+
+/// Locks a mutex, ignoring poisoning (the guarded maps stay consistent: a
+/// panic never leaves one half-updated).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One NVIDIA GPU: its primary context, a stream every kernel of this
+/// device runs on (in order), compiled kernel modules (per family and dtype)
+/// and a caching allocator. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct CudaDevice {
+    inner: Arc<Inner>,
+}
+
+impl core::fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "cuda:{} ({}, {})",
+            self.inner.ordinal, self.inner.name, self.inner.capability
+        )
+    }
+}
+
+impl PartialEq for CudaDevice {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+/// Why no CUDA device can be opened here, or `None` if device 0 opens: for
+/// tests that skip without a GPU.
+pub fn no_device_reason() -> Option<String> {
+    CudaDevice::new(0).err().map(|e| e.to_string())
+}
+
+impl CudaDevice {
+    /// Opens GPU `ordinal`. Fails with a [`CudaError`] naming the call (never
+    /// panics) when the driver library is missing, there is no such GPU, or
+    /// its capability is below [`BASE_CAPABILITY`].
+    pub fn new(ordinal: usize) -> Result<Self, CudaError> {
+        // SAFETY: only tries to open the driver library by name.
+        let present = guard("driver library lookup", || unsafe {
+            cudarc::driver::sys::is_culib_present()
+        })?;
+        if !present {
+            return Err(CudaError::new(
+                "cuInit",
+                "the CUDA driver library (libcuda.so) could not be loaded: no NVIDIA driver on this machine",
+            ));
+        }
+        let count = guard("cuDeviceGetCount", CudaContext::device_count)?
+            .map_err(|e| CudaError::from_call("cuInit/cuDeviceGetCount", e))?;
+        if ordinal >= count.max(0) as usize {
+            return Err(CudaError::new(
+                "cuDeviceGet",
+                format!("no CUDA device {ordinal}: the driver reports {count} device(s)"),
+            ));
+        }
+        let ctx = guard("cuDevicePrimaryCtxRetain", || CudaContext::new(ordinal))?
+            .map_err(|e| CudaError::from_call("cuDevicePrimaryCtxRetain", e))?;
+        // One stream per device: ordering is the stream's, no per-buffer events.
+        // SAFETY: called before any allocation on this context; we use one stream.
+        unsafe { ctx.disable_event_tracking() };
+        let name = ctx
+            .name()
+            .map_err(|e| CudaError::from_call("cuDeviceGetName", e))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| CudaError::from_call("cuDeviceGetAttribute", e))?;
+        let capability = Capability::new(major as u32, minor as u32);
+        if capability < BASE_CAPABILITY {
+            return Err(CudaError::new(
+                "capability check",
+                format!("GPU `{name}` is {capability}; zerfoo's kernels need {BASE_CAPABILITY}+"),
+            ));
+        }
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| CudaError::from_call("cuStreamCreate", e))?;
+        Ok(CudaDevice {
+            inner: Arc::new(Inner {
+                ordinal,
+                name,
+                capability,
+                ctx,
+                stream,
+                modules: Mutex::new(HashMap::new()),
+                functions: Mutex::new(HashMap::new()),
+                pool: Mutex::new(Pool::new()),
+                blas: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// The device ordinal.
+    pub fn ordinal(&self) -> usize {
+        self.inner.ordinal
+    }
+    /// The GPU's name (`NVIDIA H200`).
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+    /// The GPU's compute capability.
+    pub fn capability(&self) -> Capability {
+        self.inner.capability
+    }
+    /// The stream every kernel of this device runs on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.inner.stream
+    }
+    /// The cudarc context.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.inner.ctx
+    }
+
+    /// Waits for all queued work.
+    pub fn synchronize(&self) -> Result<(), CudaError> {
+        self.inner
+            .stream
+            .synchronize()
+            .map_err(|e| CudaError::from_call("cuStreamSynchronize", e))
+    }
+
+    /// Checks that this GPU can run `op` in `dt` (bf16 needs sm_80+, fp8 sm_89+).
+    pub fn check(&self, op: &str, dt: DType) -> Result<(), CudaError> {
+        check_capability(op, dt, &self.inner.name, self.inner.capability)
+    }
+
+    /// The allocator's counters.
+    pub fn pool_stats(&self) -> PoolStats {
+        lock(&self.inner.pool).stats()
+    }
+
+    /// Frees every cached (unused) block.
+    pub fn empty_cache(&self) {
+        let blocks = lock(&self.inner.pool).drain();
+        drop(blocks);
+    }
+
+    /// Raw device memory of at least `bytes`, from the cache when a block of
+    /// the same size class is free. On out-of-memory the cache is emptied
+    /// and the allocation retried once.
+    fn alloc_raw(&self, bytes: usize) -> Result<(CudaSlice<u8>, usize), CudaError> {
+        let class = round_size(bytes);
+        if let Some(b) = lock(&self.inner.pool).take(class) {
+            return Ok((b, class));
+        }
+        // SAFETY: u8 device memory; every buffer is written before it is read
+        // (kernels write their whole output, or callers zero it).
+        let first = unsafe { self.inner.stream.alloc::<u8>(class) };
+        let block = match first {
+            Ok(b) => b,
+            Err(_) => {
+                self.empty_cache();
+                unsafe { self.inner.stream.alloc::<u8>(class) }
+                    .map_err(|e| CudaError::from_call("cuMemAllocAsync", e))?
+            }
+        };
+        lock(&self.inner.pool).note_new(class);
+        Ok((block, class))
+    }
+
+    /// An uninitialized buffer of `len` elements (every kernel writes its
+    /// whole output).
+    pub(crate) fn alloc<E: CudaDtype>(&self, len: usize) -> Result<CudaBuffer<E>, CudaError> {
+        let (slice, class) = self.alloc_raw(len * core::mem::size_of::<E>())?;
+        Ok(CudaBuffer {
+            slice: Some(slice),
+            len,
+            class,
+            dev: self.clone(),
+            _e: PhantomData,
+        })
+    }
+
+    /// A buffer of `len` zeros.
+    pub fn zeros<E: CudaDtype>(&self, len: usize) -> Result<CudaBuffer<E>, CudaError> {
+        let mut b = self.alloc::<E>(len)?;
+        let bytes = b.num_bytes();
+        if bytes > 0 {
+            let mut view = b.raw_mut().slice_mut(..bytes);
+            self.inner
+                .stream
+                .memset_zeros(&mut view)
+                .map_err(|e| CudaError::from_call("cuMemsetD8Async", e))?;
+        }
+        Ok(b)
+    }
+
+    /// Copies host data to a new device buffer.
+    pub fn to_device<E: CudaDtype>(&self, host: &[E]) -> Result<CudaBuffer<E>, CudaError> {
+        let mut b = self.alloc::<E>(host.len())?;
+        let bytes = as_bytes(host);
+        if !bytes.is_empty() {
+            let mut view = b.raw_mut().slice_mut(..bytes.len());
+            self.inner
+                .stream
+                .memcpy_htod(bytes, &mut view)
+                .map_err(|e| CudaError::from_call("cuMemcpyHtoDAsync", e))?;
+        }
+        Ok(b)
+    }
+
+    /// The function `base` of `family` for `dt`, compiling and loading the
+    /// module on first use (cached per device). Checks the capability `dt`
+    /// needs, naming `op` in the error.
+    pub(crate) fn function(
+        &self,
+        op: &str,
+        family: Family,
+        dt: DType,
+        base: &str,
+    ) -> Result<CudaFunction, CudaError> {
+        self.check(op, dt)?;
+        let sym = kernel_name(base, dt);
+        if let Some(f) = lock(&self.inner.functions).get(&sym) {
+            return Ok(f.clone());
+        }
+        let module = self.module(family, dt)?;
+        let f = module
+            .load_function(&sym)
+            .map_err(|e| CudaError::from_call(&format!("cuModuleGetFunction({sym})"), e))?;
+        lock(&self.inner.functions).insert(sym, f.clone());
+        Ok(f)
+    }
+
+    fn module(&self, family: Family, dt: DType) -> Result<Arc<CudaModule>, CudaError> {
+        let mut modules = lock(&self.inner.modules);
+        if let Some(m) = modules.get(&(family, dt)) {
+            return Ok(m.clone());
+        }
+        let ptx = compile_ptx(family, dt, self.inner.capability)?;
+        let m = self.inner.ctx.load_module(ptx).map_err(|e| {
+            CudaError::from_call(
+                &format!("cuModuleLoadData({}_{dt})", family.name()),
+                format!("{e} (a driver older than the NVRTC that made the PTX reports an unsupported PTX version)"),
+            )
+        })?;
+        modules.insert((family, dt), m.clone());
+        Ok(m)
+    }
+
+    /// Runs `f` with this device's cuBLAS handle (created on first use).
+    pub(crate) fn with_blas<R>(
+        &self,
+        f: impl FnOnce(&cudarc::cublas::CudaBlas) -> Result<R, CudaError>,
+    ) -> Result<R, CudaError> {
+        let mut blas = lock(&self.inner.blas);
+        if blas.is_none() {
+            // SAFETY: only tries to open the cuBLAS library by name.
+            let present = guard("cublas library lookup", || unsafe {
+                cudarc::cublas::sys::is_culib_present()
+            })?;
+            if !present {
+                return Err(CudaError::new(
+                    "cublasCreate",
+                    "the cuBLAS library (libcublas.so) could not be loaded; add its folder to LD_LIBRARY_PATH",
+                ));
+            }
+            let stream = self.inner.stream.clone();
+            let b = guard("cublasCreate", move || {
+                cudarc::cublas::CudaBlas::new(stream)
+            })?
+            .map_err(|e| CudaError::from_call("cublasCreate", e))?;
+            *blas = Some(b);
+        }
+        f(blas.as_ref().expect("created above"))
+    }
+}
+
+/// Views host elements as bytes.
+fn as_bytes<E: CudaDtype>(v: &[E]) -> &[u8] {
+    // SAFETY: CudaDtype types are plain bit patterns without padding.
+    unsafe { core::slice::from_raw_parts(v.as_ptr().cast::<u8>(), core::mem::size_of_val(v)) }
+}
+
+/// `len` elements of `E` in device memory, from a [`CudaDevice`]'s caching
+/// allocator; dropping it returns the memory to that cache.
+pub struct CudaBuffer<E> {
+    slice: Option<CudaSlice<u8>>,
+    len: usize,
+    class: usize,
+    dev: CudaDevice,
+    _e: PhantomData<E>,
+}
+
+impl<E> core::fmt::Debug for CudaBuffer<E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "CudaBuffer({} elements on {:?})", self.len, self.dev)
+    }
+}
+
+impl<E> Drop for CudaBuffer<E> {
+    fn drop(&mut self) {
+        if let Some(s) = self.slice.take() {
+            lock(&self.dev.inner.pool).give(self.class, s);
+        }
+    }
+}
+
+impl<E: CudaDtype> CudaBuffer<E> {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Size of the elements in bytes.
+    pub fn num_bytes(&self) -> usize {
+        self.len * core::mem::size_of::<E>()
+    }
+    /// The device holding this buffer.
+    pub fn device(&self) -> &CudaDevice {
+        &self.dev
+    }
+    /// The underlying allocation (may be longer than [`CudaBuffer::num_bytes`]).
+    pub fn raw(&self) -> &CudaSlice<u8> {
+        self.slice.as_ref().expect("a live buffer holds its slice")
+    }
+    /// The underlying allocation, mutably.
+    pub fn raw_mut(&mut self) -> &mut CudaSlice<u8> {
+        self.slice.as_mut().expect("a live buffer holds its slice")
+    }
+
+    /// Copies the elements back to the host (waits for queued work).
+    pub fn to_host(&self) -> Result<Vec<E>, CudaError> {
+        let mut out = vec![E::default(); self.len];
+        let bytes = self.num_bytes();
+        if bytes > 0 {
+            // SAFETY: E is a plain bit pattern; the device wrote valid values.
+            let dst =
+                unsafe { core::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), bytes) };
+            let view = self.raw().slice(..bytes);
+            self.dev
+                .inner
+                .stream
+                .memcpy_dtoh(&view, dst)
+                .map_err(|e| CudaError::from_call("cuMemcpyDtoHAsync", e))?;
+        }
+        self.dev.synchronize()?;
+        Ok(out)
+    }
+}
+
+/// A [`Layout`] as kernels read it (`struct ZfLayout` in `common.cuh`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DevLayout {
+    shape: [u64; MAX_RANK],
+    strides: [u64; MAX_RANK],
+    offset: u64,
+    rank: u32,
+    contiguous: u32,
+}
+
+// SAFETY: repr(C) plain integers, the same layout as `struct ZfLayout`.
+unsafe impl DeviceRepr for DevLayout {}
+
+impl DevLayout {
+    /// The kernel-side form of `l`.
+    pub fn new(l: &Layout) -> Self {
+        let mut d = DevLayout {
+            shape: [1; MAX_RANK],
+            rank: l.rank() as u32,
+            offset: l.offset as u64,
+            contiguous: u32::from(l.is_contiguous()),
+            ..Default::default()
+        };
+        for (i, (&n, &s)) in l.shape().iter().zip(l.strides()).enumerate() {
+            d.shape[i] = n as u64;
+            d.strides[i] = s as u64;
+        }
+        d
+    }
+}
+
+/// The largest storage index `l` reaches, `None` when it selects nothing.
+pub fn max_index(l: &Layout) -> Option<usize> {
+    if l.numel() == 0 {
+        return None;
+    }
+    Some(
+        l.offset
+            + l.shape()
+                .iter()
+                .zip(l.strides())
+                .map(|(&n, &s)| (n - 1) * s)
+                .sum::<usize>(),
+    )
+}
+
+/// Checks that `l` stays inside a buffer of `len` elements (a kernel reading
+/// past it would fault the GPU).
+pub(crate) fn check_layout(op: &str, l: &Layout, len: usize) -> Result<(), CudaError> {
+    match max_index(l) {
+        Some(m) if m >= len => Err(CudaError::new(
+            format!("layout check for `{op}`"),
+            format!("layout {l:?} reaches element {m} of a buffer of {len}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Checks that all buffers live on the same device.
+pub(crate) fn same_device(op: &str, a: &CudaDevice, b: &CudaDevice) -> Result<(), CudaError> {
+    if a == b {
+        Ok(())
+    } else {
+        Err(CudaError::new(
+            format!("device check for `{op}`"),
+            format!("operands on {a:?} and {b:?}"),
+        ))
+    }
+}
+
+/// A grid-stride launch over `n` items.
+pub(crate) fn grid_for(n: usize) -> LaunchConfig {
+    let blocks = (n as u64).div_ceil(BLOCK as u64).clamp(1, MAX_GRID) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// One block per row over `rows` rows (at most [`MAX_GRID`] blocks; kernels loop).
+pub(crate) fn rows_grid(rows: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((rows as u64).clamp(1, MAX_GRID) as u32, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Maps a launch error, naming the kernel.
+pub(crate) fn launched<T>(
+    sym: &str,
+    r: Result<T, cudarc::driver::DriverError>,
+) -> Result<(), CudaError> {
+    r.map(|_| ())
+        .map_err(|e| CudaError::from_call(&format!("cuLaunchKernel({sym})"), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_layout_mirrors_the_host_layout() {
+        let l = Layout::contiguous(&[2, 3, 4])
+            .permute(&[2, 0, 1])
+            .narrow(0, 1, 2);
+        let d = DevLayout::new(&l);
+        assert_eq!(d.rank, 3);
+        assert_eq!(&d.shape[..3], &[2, 2, 3]);
+        assert_eq!(&d.strides[..3], &[1, 12, 4]);
+        assert_eq!(d.offset, 1);
+        assert_eq!(d.contiguous, 0);
+        assert_eq!(core::mem::size_of::<DevLayout>(), 12 * 8 + 8 + 8);
+        assert_eq!(max_index(&l), Some(1 + 1 + 12 + 8));
+        assert_eq!(max_index(&l), l.offsets().into_iter().max());
+        assert!(check_layout("x", &l, 23).is_ok());
+        assert!(check_layout("x", &l, 22).is_err());
+        assert_eq!(max_index(&Layout::contiguous(&[0, 3])), None);
+    }
+
+    #[test]
+    fn new_returns_an_error_without_a_gpu() {
+        match CudaDevice::new(0) {
+            Ok(d) => println!("found {d:?}"),
+            Err(e) => {
+                assert!(!e.call.is_empty());
+                println!("skipped: no CUDA device ({e})");
+            }
+        }
+        // an absurd ordinal is an error either way, never a panic
+        assert!(CudaDevice::new(1 << 20).is_err());
+    }
+}
