@@ -27,3 +27,6 @@ pub use device::{max_index, no_device_reason, CudaBuffer, CudaDevice, DevLayout}
 pub mod ops;
 
 pub use ops::CudaFloat;
+
+#[cfg(test)]
+mod tests;
