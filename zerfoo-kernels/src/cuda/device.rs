@@ -2,15 +2,18 @@
 //! [`CudaBuffer`] (typed device memory that returns to the cache on drop).
 
 use std::collections::HashMap;
+use std::ffi::c_void;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
+    LaunchConfig, PushKernelArg,
 };
 
 use super::alloc::{round_size, Pool, PoolStats};
 use super::dtype::{check_capability, Capability, CudaDtype, BASE_CAPABILITY};
+use super::emulator::Emulator;
 use super::error::{guard, CudaError};
 use super::source::{compile_ptx, kernel_name, Family};
 use crate::{DType, Layout, MAX_RANK};
@@ -20,16 +23,38 @@ pub(crate) const BLOCK: u32 = 256;
 /// At most this many blocks per grid (kernels loop over the rest).
 const MAX_GRID: u64 = 65_535 * 4;
 
-struct Inner {
-    ordinal: usize,
-    name: String,
-    capability: Capability,
+/// The driver-side state of a real GPU.
+struct Gpu {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     modules: Mutex<HashMap<(Family, DType), Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
-    pool: Mutex<Pool<CudaSlice<u8>>>,
     blas: Mutex<Option<cudarc::cublas::CudaBlas>>,
+}
+
+/// Where kernels run.
+enum Backend {
+    /// A real GPU through cudarc.
+    Gpu(Gpu),
+    /// The host emulation (tests without a GPU).
+    Host(Emulator),
+}
+
+/// One allocation: device memory, or host memory under emulation (u64 words
+/// keep every element type aligned).
+pub(crate) enum Block {
+    /// Device memory.
+    Device(CudaSlice<u8>),
+    /// Emulated device memory.
+    Host(Box<[u64]>),
+}
+
+struct Inner {
+    ordinal: usize,
+    name: String,
+    capability: Capability,
+    backend: Backend,
+    pool: Mutex<Pool<Block>>,
 }
 
 /// Locks a mutex, ignoring poisoning (the guarded maps stay consistent: a
@@ -41,6 +66,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// One NVIDIA GPU: its primary context, a stream every kernel of this
 /// device runs on (in order), compiled kernel modules (per family and dtype)
 /// and a caching allocator. Cheap to clone (shared).
+///
+/// [`CudaDevice::emulated`] gives a stand-in that runs the same kernel
+/// sources on the host, for tests without a GPU.
 #[derive(Clone)]
 pub struct CudaDevice {
     inner: Arc<Inner>,
@@ -117,14 +145,45 @@ impl CudaDevice {
                 ordinal,
                 name,
                 capability,
-                ctx,
-                stream,
-                modules: Mutex::new(HashMap::new()),
-                functions: Mutex::new(HashMap::new()),
+                backend: Backend::Gpu(Gpu {
+                    ctx,
+                    stream,
+                    modules: Mutex::new(HashMap::new()),
+                    functions: Mutex::new(HashMap::new()),
+                    blas: Mutex::new(None),
+                }),
                 pool: Mutex::new(Pool::new()),
-                blas: Mutex::new(None),
             }),
         })
+    }
+
+    /// A host emulation of a GPU of capability `capability`: the same kernel
+    /// sources, compiled with the host C++ compiler (`g++` or `$CXX`) and
+    /// run with one OS thread per CUDA thread; cuBLAS by a reference GEMM.
+    /// For testing kernels and launch code without a GPU (slow). Fails when
+    /// no host compiler runs.
+    pub fn emulated(capability: Capability) -> Result<Self, CudaError> {
+        Ok(CudaDevice {
+            inner: Arc::new(Inner {
+                ordinal: 0,
+                name: "host emulation".to_string(),
+                capability,
+                backend: Backend::Host(Emulator::new()?),
+                pool: Mutex::new(Pool::new()),
+            }),
+        })
+    }
+
+    /// Whether this is the host emulation.
+    pub fn is_emulated(&self) -> bool {
+        matches!(self.inner.backend, Backend::Host(_))
+    }
+
+    fn gpu(&self) -> Option<&Gpu> {
+        match &self.inner.backend {
+            Backend::Gpu(g) => Some(g),
+            Backend::Host(_) => None,
+        }
     }
 
     /// The device ordinal.
@@ -139,21 +198,24 @@ impl CudaDevice {
     pub fn capability(&self) -> Capability {
         self.inner.capability
     }
-    /// The stream every kernel of this device runs on.
-    pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.inner.stream
+    /// The stream every kernel of this device runs on (`None` when emulated).
+    pub fn stream(&self) -> Option<&Arc<CudaStream>> {
+        self.gpu().map(|g| &g.stream)
     }
-    /// The cudarc context.
-    pub fn context(&self) -> &Arc<CudaContext> {
-        &self.inner.ctx
+    /// The cudarc context (`None` when emulated).
+    pub fn context(&self) -> Option<&Arc<CudaContext>> {
+        self.gpu().map(|g| &g.ctx)
     }
 
     /// Waits for all queued work.
     pub fn synchronize(&self) -> Result<(), CudaError> {
-        self.inner
-            .stream
-            .synchronize()
-            .map_err(|e| CudaError::from_call("cuStreamSynchronize", e))
+        match self.gpu() {
+            Some(g) => g
+                .stream
+                .synchronize()
+                .map_err(|e| CudaError::from_call("cuStreamSynchronize", e)),
+            None => Ok(()),
+        }
     }
 
     /// Checks that this GPU can run `op` in `dt` (bf16 needs sm_80+, fp8 sm_89+).
@@ -172,23 +234,28 @@ impl CudaDevice {
         drop(blocks);
     }
 
-    /// Raw device memory of at least `bytes`, from the cache when a block of
-    /// the same size class is free. On out-of-memory the cache is emptied
-    /// and the allocation retried once.
-    fn alloc_raw(&self, bytes: usize) -> Result<(CudaSlice<u8>, usize), CudaError> {
+    /// Raw memory of at least `bytes`, from the cache when a block of the
+    /// same size class is free. On out-of-memory the cache is emptied and
+    /// the allocation retried once.
+    fn alloc_raw(&self, bytes: usize) -> Result<(Block, usize), CudaError> {
         let class = round_size(bytes);
         if let Some(b) = lock(&self.inner.pool).take(class) {
             return Ok((b, class));
         }
-        // SAFETY: u8 device memory; every buffer is written before it is read
-        // (kernels write their whole output, or callers zero it).
-        let first = unsafe { self.inner.stream.alloc::<u8>(class) };
-        let block = match first {
-            Ok(b) => b,
-            Err(_) => {
-                self.empty_cache();
-                unsafe { self.inner.stream.alloc::<u8>(class) }
-                    .map_err(|e| CudaError::from_call("cuMemAllocAsync", e))?
+        let block = match self.gpu() {
+            None => Block::Host(vec![0u64; class / 8].into_boxed_slice()),
+            Some(g) => {
+                // SAFETY: u8 device memory; every buffer is written before it
+                // is read (kernels write their whole output, or callers zero it).
+                let first = unsafe { g.stream.alloc::<u8>(class) };
+                Block::Device(match first {
+                    Ok(b) => b,
+                    Err(_) => {
+                        self.empty_cache();
+                        unsafe { g.stream.alloc::<u8>(class) }
+                            .map_err(|e| CudaError::from_call("cuMemAllocAsync", e))?
+                    }
+                })
             }
         };
         lock(&self.inner.pool).note_new(class);
@@ -198,9 +265,9 @@ impl CudaDevice {
     /// An uninitialized buffer of `len` elements (every kernel writes its
     /// whole output).
     pub(crate) fn alloc<E: CudaDtype>(&self, len: usize) -> Result<CudaBuffer<E>, CudaError> {
-        let (slice, class) = self.alloc_raw(len * core::mem::size_of::<E>())?;
+        let (block, class) = self.alloc_raw(len * core::mem::size_of::<E>())?;
         Ok(CudaBuffer {
-            slice: Some(slice),
+            block: Some(block),
             len,
             class,
             dev: self.clone(),
@@ -213,11 +280,16 @@ impl CudaDevice {
         let mut b = self.alloc::<E>(len)?;
         let bytes = b.num_bytes();
         if bytes > 0 {
-            let mut view = b.raw_mut().slice_mut(..bytes);
-            self.inner
-                .stream
-                .memset_zeros(&mut view)
-                .map_err(|e| CudaError::from_call("cuMemsetD8Async", e))?;
+            match (b.block.as_mut().expect("live"), self.gpu()) {
+                (Block::Device(s), Some(g)) => {
+                    let mut view = s.slice_mut(..bytes);
+                    g.stream
+                        .memset_zeros(&mut view)
+                        .map_err(|e| CudaError::from_call("cuMemsetD8Async", e))?;
+                }
+                (Block::Host(h), _) => h.fill(0),
+                (Block::Device(_), None) => unreachable!("device memory on an emulated device"),
+            }
         }
         Ok(b)
     }
@@ -227,60 +299,87 @@ impl CudaDevice {
         let mut b = self.alloc::<E>(host.len())?;
         let bytes = as_bytes(host);
         if !bytes.is_empty() {
-            let mut view = b.raw_mut().slice_mut(..bytes.len());
-            self.inner
-                .stream
-                .memcpy_htod(bytes, &mut view)
-                .map_err(|e| CudaError::from_call("cuMemcpyHtoDAsync", e))?;
+            match (b.block.as_mut().expect("live"), self.gpu()) {
+                (Block::Device(s), Some(g)) => {
+                    let mut view = s.slice_mut(..bytes.len());
+                    g.stream
+                        .memcpy_htod(bytes, &mut view)
+                        .map_err(|e| CudaError::from_call("cuMemcpyHtoDAsync", e))?;
+                }
+                (Block::Host(h), _) => host_bytes_mut(h)[..bytes.len()].copy_from_slice(bytes),
+                (Block::Device(_), None) => unreachable!("device memory on an emulated device"),
+            }
         }
         Ok(b)
     }
 
-    /// The function `base` of `family` for `dt`, compiling and loading the
-    /// module on first use (cached per device). Checks the capability `dt`
-    /// needs, naming `op` in the error.
-    pub(crate) fn function(
+    /// A launch of kernel `base` of `family` for `dt`, compiling and loading
+    /// the module on first use (cached per device). Checks the capability
+    /// `dt` needs, naming `op` in the error.
+    pub(crate) fn launch(
         &self,
         op: &str,
         family: Family,
         dt: DType,
         base: &str,
-    ) -> Result<CudaFunction, CudaError> {
+    ) -> Result<Launch<'_>, CudaError> {
         self.check(op, dt)?;
         let sym = kernel_name(base, dt);
-        if let Some(f) = lock(&self.inner.functions).get(&sym) {
+        let func = match self.gpu() {
+            None => None,
+            Some(g) => Some(self.function(g, family, dt, &sym)?),
+        };
+        Ok(Launch {
+            dev: self,
+            dt,
+            func,
+            sym,
+            args: Vec::new(),
+        })
+    }
+
+    fn function(
+        &self,
+        g: &Gpu,
+        family: Family,
+        dt: DType,
+        sym: &str,
+    ) -> Result<CudaFunction, CudaError> {
+        if let Some(f) = lock(&g.functions).get(sym) {
             return Ok(f.clone());
         }
-        let module = self.module(family, dt)?;
+        let module = {
+            let mut modules = lock(&g.modules);
+            match modules.get(&(family, dt)) {
+                Some(m) => m.clone(),
+                None => {
+                    let ptx = compile_ptx(family, dt, self.inner.capability)?;
+                    let m = g.ctx.load_module(ptx).map_err(|e| {
+                        CudaError::from_call(
+                            &format!("cuModuleLoadData({}_{dt})", family.name()),
+                            format!("{e} (a driver older than the NVRTC that made the PTX reports an unsupported PTX version)"),
+                        )
+                    })?;
+                    modules.insert((family, dt), m.clone());
+                    m
+                }
+            }
+        };
         let f = module
-            .load_function(&sym)
+            .load_function(sym)
             .map_err(|e| CudaError::from_call(&format!("cuModuleGetFunction({sym})"), e))?;
-        lock(&self.inner.functions).insert(sym, f.clone());
+        lock(&g.functions).insert(sym.to_string(), f.clone());
         Ok(f)
     }
 
-    fn module(&self, family: Family, dt: DType) -> Result<Arc<CudaModule>, CudaError> {
-        let mut modules = lock(&self.inner.modules);
-        if let Some(m) = modules.get(&(family, dt)) {
-            return Ok(m.clone());
-        }
-        let ptx = compile_ptx(family, dt, self.inner.capability)?;
-        let m = self.inner.ctx.load_module(ptx).map_err(|e| {
-            CudaError::from_call(
-                &format!("cuModuleLoadData({}_{dt})", family.name()),
-                format!("{e} (a driver older than the NVRTC that made the PTX reports an unsupported PTX version)"),
-            )
-        })?;
-        modules.insert((family, dt), m.clone());
-        Ok(m)
-    }
-
-    /// Runs `f` with this device's cuBLAS handle (created on first use).
+    /// Runs `f` with this device's cuBLAS handle (created on first use);
+    /// `None` on the host emulation.
     pub(crate) fn with_blas<R>(
         &self,
-        f: impl FnOnce(&cudarc::cublas::CudaBlas) -> Result<R, CudaError>,
+        f: impl FnOnce(Option<&cudarc::cublas::CudaBlas>) -> Result<R, CudaError>,
     ) -> Result<R, CudaError> {
-        let mut blas = lock(&self.inner.blas);
+        let Some(g) = self.gpu() else { return f(None) };
+        let mut blas = lock(&g.blas);
         if blas.is_none() {
             // SAFETY: only tries to open the cuBLAS library by name.
             let present = guard("cublas library lookup", || unsafe {
@@ -292,14 +391,116 @@ impl CudaDevice {
                     "the cuBLAS library (libcublas.so) could not be loaded; add its folder to LD_LIBRARY_PATH",
                 ));
             }
-            let stream = self.inner.stream.clone();
+            let stream = g.stream.clone();
             let b = guard("cublasCreate", move || {
                 cudarc::cublas::CudaBlas::new(stream)
             })?
             .map_err(|e| CudaError::from_call("cublasCreate", e))?;
             *blas = Some(b);
         }
-        f(blas.as_ref().expect("created above"))
+        f(blas.as_ref())
+    }
+}
+
+/// One kernel argument, stored until the launch.
+enum Arg {
+    I32(i32),
+    U64(u64),
+    F64(f64),
+    Layout(DevLayout),
+}
+
+/// A kernel launch being assembled: arguments in the kernel's order.
+pub(crate) struct Launch<'a> {
+    dev: &'a CudaDevice,
+    dt: DType,
+    func: Option<CudaFunction>,
+    sym: String,
+    args: Vec<Arg>,
+}
+
+impl Launch<'_> {
+    /// A buffer's address (an input).
+    pub(crate) fn ptr<E: CudaDtype>(&mut self, b: &CudaBuffer<E>) -> &mut Self {
+        self.args.push(Arg::U64(b.addr()));
+        self
+    }
+    /// A buffer's address (an output).
+    pub(crate) fn ptr_mut<E: CudaDtype>(&mut self, b: &mut CudaBuffer<E>) -> &mut Self {
+        self.args.push(Arg::U64(b.addr()));
+        self
+    }
+    /// An `int`.
+    pub(crate) fn i32(&mut self, v: i32) -> &mut Self {
+        self.args.push(Arg::I32(v));
+        self
+    }
+    /// A `u64` (`unsigned long long`).
+    pub(crate) fn u64(&mut self, v: usize) -> &mut Self {
+        self.args.push(Arg::U64(v as u64));
+        self
+    }
+    /// A `double`.
+    pub(crate) fn f64(&mut self, v: f64) -> &mut Self {
+        self.args.push(Arg::F64(v));
+        self
+    }
+    /// A layout (`ZfLayout`, by value).
+    pub(crate) fn layout(&mut self, l: &Layout) -> &mut Self {
+        self.args.push(Arg::Layout(DevLayout::new(l)));
+        self
+    }
+    /// A layout that the kernel ignores (an absent operand).
+    pub(crate) fn no_layout(&mut self) -> &mut Self {
+        self.args.push(Arg::Layout(DevLayout::default()));
+        self
+    }
+
+    /// Queues the kernel on the device's stream (runs it, when emulated).
+    pub(crate) fn run(&mut self, cfg: LaunchConfig) -> Result<(), CudaError> {
+        let call = format!("cuLaunchKernel({})", self.sym);
+        match (&self.func, self.dev.gpu()) {
+            (Some(f), Some(g)) => {
+                let mut b = g.stream.launch_builder(f);
+                for a in &self.args {
+                    match a {
+                        Arg::I32(v) => b.arg(v),
+                        Arg::U64(v) => b.arg(v),
+                        Arg::F64(v) => b.arg(v),
+                        Arg::Layout(v) => b.arg(v),
+                    };
+                }
+                // SAFETY: the argument list follows the kernel's parameters
+                // (the host emulation checks the same lists), buffers are
+                // live allocations of this device and layouts were checked
+                // against their lengths.
+                unsafe { b.launch(cfg) }
+                    .map(|_| ())
+                    .map_err(|e| CudaError::from_call(&call, e))
+            }
+            _ => {
+                let Backend::Host(emu) = &self.dev.inner.backend else {
+                    unreachable!("a GPU launch has a function")
+                };
+                let mut ptrs: Vec<*mut c_void> = self
+                    .args
+                    .iter_mut()
+                    .map(|a| match a {
+                        Arg::I32(v) => (v as *mut i32).cast(),
+                        Arg::U64(v) => (v as *mut u64).cast(),
+                        Arg::F64(v) => (v as *mut f64).cast(),
+                        Arg::Layout(v) => (v as *mut DevLayout).cast(),
+                    })
+                    .collect();
+                emu.launch(
+                    self.dt,
+                    &self.sym,
+                    &mut ptrs,
+                    (cfg.grid_dim.0, cfg.grid_dim.1),
+                    cfg.block_dim.0,
+                )
+            }
+        }
     }
 }
 
@@ -309,10 +510,19 @@ fn as_bytes<E: CudaDtype>(v: &[E]) -> &[u8] {
     unsafe { core::slice::from_raw_parts(v.as_ptr().cast::<u8>(), core::mem::size_of_val(v)) }
 }
 
+fn host_bytes(h: &[u64]) -> &[u8] {
+    // SAFETY: u64 words viewed as their bytes.
+    unsafe { core::slice::from_raw_parts(h.as_ptr().cast::<u8>(), h.len() * 8) }
+}
+fn host_bytes_mut(h: &mut [u64]) -> &mut [u8] {
+    // SAFETY: u64 words viewed as their bytes.
+    unsafe { core::slice::from_raw_parts_mut(h.as_mut_ptr().cast::<u8>(), h.len() * 8) }
+}
+
 /// `len` elements of `E` in device memory, from a [`CudaDevice`]'s caching
 /// allocator; dropping it returns the memory to that cache.
 pub struct CudaBuffer<E> {
-    slice: Option<CudaSlice<u8>>,
+    block: Option<Block>,
     len: usize,
     class: usize,
     dev: CudaDevice,
@@ -327,8 +537,8 @@ impl<E> core::fmt::Debug for CudaBuffer<E> {
 
 impl<E> Drop for CudaBuffer<E> {
     fn drop(&mut self) {
-        if let Some(s) = self.slice.take() {
-            lock(&self.dev.inner.pool).give(self.class, s);
+        if let Some(b) = self.block.take() {
+            lock(&self.dev.inner.pool).give(self.class, b);
         }
     }
 }
@@ -350,13 +560,25 @@ impl<E: CudaDtype> CudaBuffer<E> {
     pub fn device(&self) -> &CudaDevice {
         &self.dev
     }
-    /// The underlying allocation (may be longer than [`CudaBuffer::num_bytes`]).
-    pub fn raw(&self) -> &CudaSlice<u8> {
-        self.slice.as_ref().expect("a live buffer holds its slice")
+    /// The underlying cudarc allocation (may be longer than
+    /// [`CudaBuffer::num_bytes`]); `None` on the host emulation.
+    pub fn raw(&self) -> Option<&CudaSlice<u8>> {
+        match self.block.as_ref() {
+            Some(Block::Device(s)) => Some(s),
+            _ => None,
+        }
     }
-    /// The underlying allocation, mutably.
-    pub fn raw_mut(&mut self) -> &mut CudaSlice<u8> {
-        self.slice.as_mut().expect("a live buffer holds its slice")
+    /// The address of the first element (a device address, or a host
+    /// address on the emulation), for kernels and libraries.
+    pub fn addr(&self) -> u64 {
+        match (
+            self.block.as_ref().expect("a live buffer holds its block"),
+            self.dev.gpu(),
+        ) {
+            (Block::Device(s), Some(g)) => s.device_ptr(&g.stream).0,
+            (Block::Host(h), _) => h.as_ptr() as u64,
+            (Block::Device(_), None) => unreachable!("device memory on an emulated device"),
+        }
     }
 
     /// Copies the elements back to the host (waits for queued work).
@@ -367,12 +589,16 @@ impl<E: CudaDtype> CudaBuffer<E> {
             // SAFETY: E is a plain bit pattern; the device wrote valid values.
             let dst =
                 unsafe { core::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), bytes) };
-            let view = self.raw().slice(..bytes);
-            self.dev
-                .inner
-                .stream
-                .memcpy_dtoh(&view, dst)
-                .map_err(|e| CudaError::from_call("cuMemcpyDtoHAsync", e))?;
+            match (self.block.as_ref().expect("live"), self.dev.gpu()) {
+                (Block::Device(s), Some(g)) => {
+                    let view = s.slice(..bytes);
+                    g.stream
+                        .memcpy_dtoh(&view, dst)
+                        .map_err(|e| CudaError::from_call("cuMemcpyDtoHAsync", e))?;
+                }
+                (Block::Host(h), _) => dst.copy_from_slice(&host_bytes(h)[..bytes]),
+                (Block::Device(_), None) => unreachable!("device memory on an emulated device"),
+            }
         }
         self.dev.synchronize()?;
         Ok(out)
@@ -467,15 +693,6 @@ pub(crate) fn rows_grid(rows: usize) -> LaunchConfig {
         block_dim: (BLOCK, 1, 1),
         shared_mem_bytes: 0,
     }
-}
-
-/// Maps a launch error, naming the kernel.
-pub(crate) fn launched<T>(
-    sym: &str,
-    r: Result<T, cudarc::driver::DriverError>,
-) -> Result<(), CudaError> {
-    r.map(|_| ())
-        .map_err(|e| CudaError::from_call(&format!("cuLaunchKernel({sym})"), e))
 }
 
 #[cfg(test)]

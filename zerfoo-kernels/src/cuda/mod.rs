@@ -20,9 +20,11 @@ pub use source::{compile_ptx, kernel_name, kernel_source, nvrtc_available, Famil
 
 mod alloc;
 mod device;
+mod emulator;
 
 pub use alloc::{round_size, Pool, PoolStats};
 pub use device::{max_index, no_device_reason, CudaBuffer, CudaDevice, DevLayout};
+pub use emulator::{emulation_source, host_compiler_available, kernel_signatures, EMULATOR_HEADER};
 
 pub mod ops;
 

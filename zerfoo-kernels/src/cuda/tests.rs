@@ -28,7 +28,7 @@ use crate::cpu::unary::{
 };
 use crate::{bf16, f16, DType, Dtype, FloatDtype, Layout, Real, F8E4M3, F8E5M2};
 
-/// Device 0, or `None` after printing why the test skips.
+/// GPU 0, or `None` after printing why the GPU run skips.
 fn device() -> Option<CudaDevice> {
     match CudaDevice::new(0) {
         Ok(d) => Some(d),
@@ -39,6 +39,18 @@ fn device() -> Option<CudaDevice> {
     }
 }
 
+/// The devices to test on: GPU 0 when there is one, and the host emulation
+/// (an sm_90 stand-in running the same kernel sources on the CPU) when a
+/// host C++ compiler runs; each absent one prints why it is skipped.
+fn devices() -> Vec<CudaDevice> {
+    let mut v: Vec<CudaDevice> = device().into_iter().collect();
+    match CudaDevice::emulated(Capability::new(9, 0)) {
+        Ok(d) => v.push(d),
+        Err(e) => println!("skipped: host emulation ({e})"),
+    }
+    v
+}
+
 type Case = fn(&CudaDevice) -> Result<(), CudaError>;
 
 /// Runs `case` for `E` when the GPU supports it, else prints why not.
@@ -47,12 +59,12 @@ fn for_dtype<E: CudaFloat>(dev: &CudaDevice, name: &str, case: Case) {
         println!("skipped {name} in {}: {e}", E::DTYPE);
         return;
     }
-    case(dev).unwrap_or_else(|e| panic!("{name} in {}: {e}", E::DTYPE));
+    case(dev).unwrap_or_else(|e| panic!("{name} in {} on {dev:?}: {e}", E::DTYPE));
 }
 
 macro_rules! all_dtypes {
     ($name:literal, $case:ident) => {
-        if let Some(dev) = device() {
+        for dev in devices() {
             for_dtype::<f64>(&dev, $name, $case::<f64>);
             for_dtype::<f32>(&dev, $name, $case::<f32>);
             for_dtype::<f16>(&dev, $name, $case::<f16>);
@@ -295,9 +307,9 @@ fn reductions_match_cpu() {
 use num_traits::Zero;
 
 fn softmax_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
-    // (4, 300, 3) through a permutation; softmax along the middle axis (a
-    // strided row, longer than a block) and along the last axis
-    let l = Layout::contiguous(&[3, 4, 300]).permute(&[1, 2, 0]);
+    // (2, 100, 3) through a permutation; softmax along the middle axis (a
+    // strided row, longer than the emulation's blocks) and along the last axis
+    let l = Layout::contiguous(&[3, 2, 100]).permute(&[1, 2, 0]);
     let x: Vec<E> = data(l.numel(), 9, -3.0, 3.0);
     let gy: Vec<E> = data(l.numel(), 10, -1.0, 1.0);
     let (dx, dgy) = (dev.to_device(&x)?, dev.to_device(&gy)?);
@@ -634,16 +646,12 @@ fn rounding_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
     let l = Layout::contiguous(&[xs.len()]);
     let d32 = dev.to_device(&xs)?;
     let via: Vec<E> = {
-        let f = dev.function("rounding", Family::Unary, E::DTYPE, "from_f32")?;
         let mut out = dev.alloc::<E>(xs.len())?;
-        let n64 = xs.len() as u64;
-        let mut b = dev.stream().launch_builder(&f);
-        use cudarc::driver::PushKernelArg;
-        b.arg(d32.raw()).arg(out.raw_mut()).arg(&n64);
-        // SAFETY: argument list matches `from_f32`.
-        super::device::launched("from_f32", unsafe {
-            b.launch(super::device::grid_for(xs.len()))
-        })?;
+        dev.launch("rounding", Family::Unary, E::DTYPE, "from_f32")?
+            .ptr(&d32)
+            .ptr_mut(&mut out)
+            .u64(xs.len())
+            .run(super::device::grid_for(xs.len()))?;
         out.to_host()?
     };
     let want: Vec<E> = xs.iter().map(|&x| E::from_f32(x)).collect();
@@ -669,7 +677,12 @@ fn device_rounding_equals_cpu_rounding() {
 
 #[test]
 fn caching_allocator_reuses_freed_blocks() {
-    let Some(dev) = device() else { return };
+    for dev in devices() {
+        allocator_case(&dev);
+    }
+}
+
+fn allocator_case(dev: &CudaDevice) {
     let before = dev.pool_stats();
     drop(dev.zeros::<f32>(1000).unwrap());
     let b = dev.zeros::<f32>(1000).unwrap(); // same size class: from the cache
@@ -682,7 +695,12 @@ fn caching_allocator_reuses_freed_blocks() {
 
 #[test]
 fn errors_name_the_failing_check() {
-    let Some(dev) = device() else { return };
+    for dev in devices() {
+        errors_case(&dev);
+    }
+}
+
+fn errors_case(dev: &CudaDevice) {
     let x = dev.to_device(&[1.0f32; 6]).unwrap();
     // a layout reaching past the buffer is refused before any launch
     let e = unary_forward(Exp, &x, &Layout::contiguous(&[7])).unwrap_err();
@@ -706,4 +724,39 @@ fn errors_name_the_failing_check() {
             "{e}"
         );
     }
+}
+
+#[test]
+fn capability_errors_name_op_dtype_and_gpu() {
+    let Ok(old) = CudaDevice::emulated(Capability::new(7, 5)) else {
+        println!("skipped: host emulation (no host C++ compiler)");
+        return;
+    };
+    let x = old.to_device(&[bf16::from_f32(1.0); 4]).unwrap();
+    let e = softmax_forward::<bf16, false>(&x, &Layout::contiguous(&[4]), 0).unwrap_err();
+    assert!(
+        e.reason.contains("`softmax` in bf16") && e.reason.contains("host emulation"),
+        "{e}"
+    );
+    assert!(
+        e.reason.contains("sm_80") && e.reason.contains("sm_75"),
+        "{e}"
+    );
+    let y = old.to_device(&[F8E5M2::from_f32(1.0); 4]).unwrap();
+    let e = gemm(
+        &y,
+        &Layout::contiguous(&[2, 2]),
+        &y,
+        &Layout::contiguous(&[2, 2]),
+        GemmOptions::default(),
+    )
+    .unwrap_err();
+    assert!(
+        e.reason.contains("`matmul` in f8e5m2") && e.reason.contains("sm_89"),
+        "{e}"
+    );
+    // f32 runs on it
+    let z = old.to_device(&[1.0f32, 2.0]).unwrap();
+    let s = sum_axes(&z, &Layout::contiguous(&[2]), &[0], 1.0).unwrap();
+    assert_eq!(s.to_host().unwrap(), vec![3.0]);
 }

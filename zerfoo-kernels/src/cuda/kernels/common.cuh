@@ -3,7 +3,8 @@
 // NVRTC compiles it anywhere. The host prepends `#define`s naming the
 // element type (ZF_T), its compute type (ZF_ACC), the kernel-name suffix
 // (ZF_SUFFIX) and the rounding function (ZF_FROM_ACC), then this file,
-// then one kernel family.
+// then one kernel family. Under ZF_HOST_EMULATION (the host emulator, see
+// emulator.rs) the two f16 conversions use the emulator's software versions.
 
 typedef unsigned long long u64;
 typedef long long i64;
@@ -25,9 +26,13 @@ struct zf_f8e5m2 { unsigned char bits; };
 __device__ __forceinline__ float zf_to_acc(float x) { return x; }
 __device__ __forceinline__ double zf_to_acc(double x) { return x; }
 __device__ __forceinline__ float zf_to_acc(zf_f16 x) {
+#ifdef ZF_HOST_EMULATION
+    return zf_emu_half_to_float(x.bits);
+#else
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
     return f;
+#endif
 }
 __device__ __forceinline__ float zf_to_acc(zf_bf16 x) {
     return __uint_as_float(((u32)x.bits) << 16);
@@ -60,7 +65,11 @@ __device__ __forceinline__ float zf_from_acc_f32(float a) { return a; }
 __device__ __forceinline__ double zf_from_acc_f64(double a) { return a; }
 __device__ __forceinline__ zf_f16 zf_from_acc_f16(float a) {
     zf_f16 r;
+#ifdef ZF_HOST_EMULATION
+    r.bits = zf_emu_float_to_half(a);
+#else
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.bits) : "f"(a));
+#endif
     return r;
 }
 // Same bit-level rule as the `half` crate's `bf16::from_f32`.

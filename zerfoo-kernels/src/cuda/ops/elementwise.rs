@@ -4,10 +4,9 @@
 use super::CudaFloat;
 use crate::cpu::binary::{AddOp, BinaryOp, DivOp, MaximumOp, MinimumOp, MulOp, PowOp, SubOp};
 use crate::cpu::unary::*;
-use crate::cuda::device::{check_layout, grid_for, launched, same_device};
-use crate::cuda::{CudaBuffer, CudaError, DevLayout, Family};
+use crate::cuda::device::{check_layout, grid_for, same_device};
+use crate::cuda::{CudaBuffer, CudaError, Family};
 use crate::Layout;
-use cudarc::driver::PushKernelArg;
 
 /// A [`UnaryOp`] the CUDA kernels know: its op code in `kernels/unary.cu`
 /// and up to two constants.
@@ -105,19 +104,16 @@ pub fn unary_forward<E: CudaFloat, O: CudaUnary>(
     if n == 0 {
         return Ok(y);
     }
-    let f = dev.function(O::NAME, Family::Unary, E::DTYPE, "unary_fwd")?;
     let (code, p0, p1) = op.code();
-    let (lx, n64) = (DevLayout::new(layout), n as u64);
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(&code)
-        .arg(&p0)
-        .arg(&p1)
-        .arg(x.raw())
-        .arg(&lx)
-        .arg(y.raw_mut())
-        .arg(&n64);
-    // SAFETY: argument list matches `unary_fwd`; the layout was checked against x.
-    launched("unary_fwd", unsafe { b.launch(grid_for(n)) })?;
+    dev.launch(O::NAME, Family::Unary, E::DTYPE, "unary_fwd")?
+        .i32(code)
+        .f64(p0)
+        .f64(p1)
+        .ptr(x)
+        .layout(layout)
+        .ptr_mut(&mut y)
+        .u64(n)
+        .run(grid_for(n))?;
     Ok(y)
 }
 
@@ -142,20 +138,18 @@ pub fn unary_backward<E: CudaFloat, O: CudaUnary>(
     if n == 0 {
         return Ok(gx);
     }
-    let f = dev.function(O::NAME, Family::Unary, E::DTYPE, "unary_bwd")?;
     let (code, p0, p1) = op.code();
-    let (lx, n64) = (DevLayout::new(x_layout), n as u64);
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(&code)
-        .arg(&p0)
-        .arg(&p1)
-        .arg(x.raw())
-        .arg(&lx)
-        .arg(y.raw())
-        .arg(grad_y.raw());
-    b.arg(gx.raw_mut()).arg(&n64);
-    // SAFETY: argument list matches `unary_bwd`; layouts checked.
-    launched("unary_bwd", unsafe { b.launch(grid_for(n)) })?;
+    dev.launch(O::NAME, Family::Unary, E::DTYPE, "unary_bwd")?
+        .i32(code)
+        .f64(p0)
+        .f64(p1)
+        .ptr(x)
+        .layout(x_layout)
+        .ptr(y)
+        .ptr(grad_y)
+        .ptr_mut(&mut gx)
+        .u64(n)
+        .run(grid_for(n))?;
     Ok(gx)
 }
 
@@ -172,12 +166,12 @@ pub fn to_contiguous<E: CudaFloat>(
     if n == 0 {
         return Ok(y);
     }
-    let f = dev.function("to_contiguous", Family::Unary, E::DTYPE, "copy_strided")?;
-    let (lx, n64) = (DevLayout::new(layout), n as u64);
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(x.raw()).arg(&lx).arg(y.raw_mut()).arg(&n64);
-    // SAFETY: argument list matches `copy_strided`; layout checked.
-    launched("copy_strided", unsafe { b.launch(grid_for(n)) })?;
+    dev.launch("to_contiguous", Family::Unary, E::DTYPE, "copy_strided")?
+        .ptr(x)
+        .layout(layout)
+        .ptr_mut(&mut y)
+        .u64(n)
+        .run(grid_for(n))?;
     Ok(y)
 }
 
@@ -216,18 +210,15 @@ pub fn binary_forward<E: CudaFloat, O: CudaBinary>(
     if n == 0 {
         return Ok(y);
     }
-    let f = dev.function(O::NAME, Family::Binary, E::DTYPE, "binary_fwd")?;
-    let (code, dla, dlb, n64) = (O::CODE, DevLayout::new(la), DevLayout::new(lb), n as u64);
-    let mut l = dev.stream().launch_builder(&f);
-    l.arg(&code)
-        .arg(a.raw())
-        .arg(&dla)
-        .arg(b.raw())
-        .arg(&dlb)
-        .arg(y.raw_mut())
-        .arg(&n64);
-    // SAFETY: argument list matches `binary_fwd`; layouts checked.
-    launched("binary_fwd", unsafe { l.launch(grid_for(n)) })?;
+    dev.launch(O::NAME, Family::Binary, E::DTYPE, "binary_fwd")?
+        .i32(O::CODE)
+        .ptr(a)
+        .layout(la)
+        .ptr(b)
+        .layout(lb)
+        .ptr_mut(&mut y)
+        .u64(n)
+        .run(grid_for(n))?;
     Ok(y)
 }
 
@@ -259,23 +250,19 @@ pub fn binary_backward<E: CudaFloat, O: CudaBinary>(
     let mut ga = dev.alloc::<E>(if need.0 { n } else { 0 })?;
     let mut gb = dev.alloc::<E>(if need.1 { n } else { 0 })?;
     if n > 0 {
-        let f = dev.function(O::NAME, Family::Binary, E::DTYPE, "binary_bwd")?;
-        let (code, dla, dlb, n64) = (O::CODE, DevLayout::new(la), DevLayout::new(lb), n as u64);
-        let (na, nb) = (i32::from(need.0), i32::from(need.1));
-        let mut l = dev.stream().launch_builder(&f);
-        l.arg(&code)
-            .arg(a.raw())
-            .arg(&dla)
-            .arg(b.raw())
-            .arg(&dlb)
-            .arg(grad_y.raw());
-        l.arg(ga.raw_mut())
-            .arg(gb.raw_mut())
-            .arg(&na)
-            .arg(&nb)
-            .arg(&n64);
-        // SAFETY: argument list matches `binary_bwd`; unneeded sides are never written.
-        launched("binary_bwd", unsafe { l.launch(grid_for(n)) })?;
+        dev.launch(O::NAME, Family::Binary, E::DTYPE, "binary_bwd")?
+            .i32(O::CODE)
+            .ptr(a)
+            .layout(la)
+            .ptr(b)
+            .layout(lb)
+            .ptr(grad_y)
+            .ptr_mut(&mut ga)
+            .ptr_mut(&mut gb)
+            .i32(i32::from(need.0))
+            .i32(i32::from(need.1))
+            .u64(n)
+            .run(grid_for(n))?;
     }
     Ok((need.0.then_some(ga), need.1.then_some(gb)))
 }

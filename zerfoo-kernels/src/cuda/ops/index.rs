@@ -5,10 +5,9 @@
 use super::softmax::check_axis;
 use super::CudaFloat;
 use crate::cpu::index::split_at_axis;
-use crate::cuda::device::{check_layout, grid_for, launched, same_device};
-use crate::cuda::{CudaBuffer, CudaDevice, CudaError, DevLayout, Family};
+use crate::cuda::device::{check_layout, grid_for, same_device};
+use crate::cuda::{CudaBuffer, CudaDevice, CudaError, Family};
 use crate::Layout;
-use cudarc::driver::PushKernelArg;
 
 /// Uploads checked indices (each `< size`) as `u32`.
 pub fn indices_to_device(
@@ -51,25 +50,16 @@ pub fn index_select<E: CudaFloat>(
     if n == 0 {
         return Ok(out);
     }
-    let f = dev.function(op, Family::Index, E::DTYPE, "index_select")?;
-    let (dl, a64, m64, in64, n64) = (
-        DevLayout::new(layout),
-        a as u64,
-        m as u64,
-        inner as u64,
-        n as u64,
-    );
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(src.raw())
-        .arg(&dl)
-        .arg(&a64)
-        .arg(idx.raw())
-        .arg(&m64)
-        .arg(&in64)
-        .arg(out.raw_mut())
-        .arg(&n64);
-    // SAFETY: argument list matches `index_select`; layout checked, indices bounds-checked in the kernel.
-    launched("index_select", unsafe { b.launch(grid_for(n)) })?;
+    dev.launch(op, Family::Index, E::DTYPE, "index_select")?
+        .ptr(src)
+        .layout(layout)
+        .u64(a)
+        .ptr(idx)
+        .u64(m)
+        .u64(inner)
+        .ptr_mut(&mut out)
+        .u64(n)
+        .run(grid_for(n))?;
     Ok(out)
 }
 
@@ -98,24 +88,20 @@ pub fn index_select_backward<E: CudaFloat>(
         return Ok(gx);
     }
     if n > 0 {
-        let f = dev.function(op, Family::Index, E::DTYPE, "index_add_acc")?;
-        let (a64, m64, in64, n64) = (a as u64, m as u64, inner as u64, n as u64);
-        let mut b = dev.stream().launch_builder(&f);
-        b.arg(grad_y.raw())
-            .arg(&a64)
-            .arg(idx.raw())
-            .arg(&m64)
-            .arg(&in64)
-            .arg(acc.raw_mut())
-            .arg(&n64);
-        // SAFETY: argument list matches `index_add_acc`; acc holds outer * a * inner.
-        launched("index_add_acc", unsafe { b.launch(grid_for(n)) })?;
+        dev.launch(op, Family::Index, E::DTYPE, "index_add_acc")?
+            .ptr(grad_y)
+            .u64(a)
+            .ptr(idx)
+            .u64(m)
+            .u64(inner)
+            .ptr_mut(&mut acc)
+            .u64(n)
+            .run(grid_for(n))?;
     }
-    let f = dev.function(op, Family::Index, E::DTYPE, "round_from_acc")?;
-    let t64 = total as u64;
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(acc.raw()).arg(gx.raw_mut()).arg(&t64);
-    // SAFETY: argument list matches `round_from_acc`.
-    launched("round_from_acc", unsafe { b.launch(grid_for(total)) })?;
+    dev.launch(op, Family::Index, E::DTYPE, "round_from_acc")?
+        .ptr(&acc)
+        .ptr_mut(&mut gx)
+        .u64(total)
+        .run(grid_for(total))?;
     Ok(gx)
 }

@@ -3,11 +3,10 @@
 //! stays on the device.
 
 use super::CudaFloat;
-use crate::cuda::device::{check_layout, launched, rows_grid, same_device, BLOCK};
-use crate::cuda::{CudaBuffer, CudaError, DevLayout, Family};
+use crate::cuda::device::{check_layout, rows_grid, same_device, BLOCK};
+use crate::cuda::{CudaBuffer, CudaError, Family};
 use crate::Layout;
 use cudarc::driver::LaunchConfig;
-use cudarc::driver::PushKernelArg;
 
 /// A target meaning "ignore this row" (the CPU's `IGNORED`, as `u32`).
 pub const IGNORED: u32 = u32::MAX;
@@ -64,33 +63,30 @@ pub fn cross_entropy_forward<E: CudaFloat>(
     if rows == 0 {
         return Ok((total, CudaRowStats { max, ln_sum }));
     }
-    let (dl, r64, c64, s64) = (DevLayout::new(layout), rows as u64, c as u64, stride as u64);
     {
-        let f = dev.function(op, Family::Loss, E::DTYPE, "ce_fwd")?;
-        let mut b = dev.stream().launch_builder(&f);
-        b.arg(x.raw())
-            .arg(&dl)
-            .arg(&r64)
-            .arg(&c64)
-            .arg(&s64)
-            .arg(targets.raw())
-            .arg(&eps);
-        b.arg(losses.raw_mut())
-            .arg(max.raw_mut())
-            .arg(ln_sum.raw_mut());
-        // SAFETY: argument list matches `ce_fwd`; layout checked.
-        launched("ce_fwd", unsafe { b.launch(rows_grid(rows)) })?;
+        dev.launch(op, Family::Loss, E::DTYPE, "ce_fwd")?
+            .ptr(x)
+            .layout(layout)
+            .u64(rows)
+            .u64(c)
+            .u64(stride)
+            .ptr(targets)
+            .f64(eps)
+            .ptr_mut(&mut losses)
+            .ptr_mut(&mut max)
+            .ptr_mut(&mut ln_sum)
+            .run(rows_grid(rows))?;
     }
-    let f = dev.function(op, Family::Loss, E::DTYPE, "sum_acc")?;
     let one_block = LaunchConfig {
         grid_dim: (1, 1, 1),
         block_dim: (BLOCK, 1, 1),
         shared_mem_bytes: 0,
     };
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(losses.raw()).arg(&r64).arg(total.raw_mut());
-    // SAFETY: argument list matches `sum_acc`.
-    launched("sum_acc", unsafe { b.launch(one_block) })?;
+    dev.launch(op, Family::Loss, E::DTYPE, "sum_acc")?
+        .ptr(&losses)
+        .u64(rows)
+        .ptr_mut(&mut total)
+        .run(one_block)?;
     Ok((total, CudaRowStats { max, ln_sum }))
 }
 
@@ -120,21 +116,18 @@ pub fn cross_entropy_backward<E: CudaFloat>(
     if rows == 0 || c == 0 {
         return Ok(gx);
     }
-    let f = dev.function(op, Family::Loss, E::DTYPE, "ce_bwd")?;
-    let (dl, r64, c64, s64) = (DevLayout::new(layout), rows as u64, c as u64, stride as u64);
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(x.raw())
-        .arg(&dl)
-        .arg(&r64)
-        .arg(&c64)
-        .arg(&s64)
-        .arg(targets.raw());
-    b.arg(stats.max.raw())
-        .arg(stats.ln_sum.raw())
-        .arg(&eps)
-        .arg(&scale)
-        .arg(gx.raw_mut());
-    // SAFETY: argument list matches `ce_bwd`; layout checked.
-    launched("ce_bwd", unsafe { b.launch(rows_grid(rows)) })?;
+    dev.launch(op, Family::Loss, E::DTYPE, "ce_bwd")?
+        .ptr(x)
+        .layout(layout)
+        .u64(rows)
+        .u64(c)
+        .u64(stride)
+        .ptr(targets)
+        .ptr(&stats.max)
+        .ptr(&stats.ln_sum)
+        .f64(eps)
+        .f64(scale)
+        .ptr_mut(&mut gx)
+        .run(rows_grid(rows))?;
     Ok(gx)
 }

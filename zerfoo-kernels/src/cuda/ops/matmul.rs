@@ -6,17 +6,16 @@
 //! widened exactly to f32, multiplied in f32 and rounded once to fp8.
 
 use core::ffi::c_void;
-use cudarc::driver::PushKernelArg;
 
 use cudarc::cublas::sys::{
     cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t,
 };
-use cudarc::driver::{DevicePtr, DevicePtrMut};
 
 use super::elementwise::to_contiguous;
 use super::CudaFloat;
-use crate::cuda::device::{check_layout, grid_for, launched, same_device};
-use crate::cuda::{CudaBuffer, CudaDevice, CudaError, DevLayout, Family};
+use crate::cuda::device::{check_layout, grid_for, same_device};
+use crate::cuda::emulator;
+use crate::cuda::{CudaBuffer, CudaDevice, CudaError, Family};
 use crate::{DType, Layout};
 
 /// Options of a product.
@@ -177,7 +176,7 @@ pub fn gemm_batched<E: CudaFloat>(
         operand(&la).expect("contiguous"),
         operand(&lb).expect("contiguous"),
     );
-    let mut c = dev.alloc::<E>(batch * m * n)?;
+    let c = dev.alloc::<E>(batch * m * n)?;
     let (dt, compute) = match E::DTYPE {
         DType::F32 if opts.allow_tf32 => (
             cudaDataType_t::CUDA_R_32F,
@@ -219,10 +218,11 @@ pub fn gemm_batched<E: CudaFloat>(
         )
     };
     let size = core::mem::size_of::<E>() as u64;
-    let stream = dev.stream();
-    let (pa, ga) = a.raw().device_ptr(stream);
-    let (pb, gb) = b.raw().device_ptr(stream);
-    let (pc, gc) = c.raw_mut().device_ptr_mut(stream);
+    let (pa, pb, pc) = (
+        a.addr() + oa.offset as u64 * size,
+        b.addr() + ob.offset as u64 * size,
+        c.addr(),
+    );
     // Column-major: C[M,N]ᵀ (N x M, ldc = N) = op(B)·op(A).
     let (mi, ni, ki) = (int(op, "N", n)?, int(op, "M", m)?, int(op, "K", k)?);
     let (lda, ldb, ldc) = (
@@ -231,10 +231,10 @@ pub fn gemm_batched<E: CudaFloat>(
         int(op, "N", n)?,
     );
     let bcount = int(op, "batch", batch)?;
-    dev.with_blas(|blas| {
-        // SAFETY: pointers are live device buffers of this device; the
-        // strides and leading dimensions were derived from checked layouts.
-        unsafe {
+    dev.with_blas(|blas| match blas {
+        // SAFETY: pointers are live buffers of this device; the strides and
+        // leading dimensions were derived from checked layouts.
+        Some(blas) => unsafe {
             cudarc::cublas::result::gemm_strided_batched_ex(
                 *blas.handle(),
                 cublas_op(ob.op),
@@ -243,11 +243,11 @@ pub fn gemm_batched<E: CudaFloat>(
                 ni,
                 ki,
                 alpha,
-                (pb + ob.offset as u64 * size) as *const c_void,
+                pb as *const c_void,
                 dt,
                 lda,
                 ob.batch_stride as i64,
-                (pa + oa.offset as u64 * size) as *const c_void,
+                pa as *const c_void,
                 dt,
                 ldb,
                 oa.batch_stride as i64,
@@ -260,10 +260,21 @@ pub fn gemm_batched<E: CudaFloat>(
                 compute,
                 cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
-        }
-        .map_err(|e| CudaError::from_call("cublasGemmStridedBatchedEx", format!("{e:?}")))
+            .map_err(|e| CudaError::from_call("cublasGemmStridedBatchedEx", format!("{e:?}")))
+        },
+        // SAFETY: host buffers of the emulation, same arguments as cuBLAS gets.
+        None => unsafe {
+            emulator::gemm_strided_batched::<E>(
+                (ob.op == BlasOp::T, oa.op == BlasOp::T),
+                (n, m, k),
+                (pb as *const E, ob.ld, ob.batch_stride),
+                (pa as *const E, oa.ld, oa.batch_stride),
+                (pc as *mut E, n, m * n),
+                batch,
+            );
+            Ok(())
+        },
     })?;
-    drop((ga, gb, gc));
     Ok(c)
 }
 
@@ -310,12 +321,11 @@ fn gemm_via_f32<E: CudaFloat>(
     )?;
     debug_assert_eq!(c32.len(), out_dims.iter().product::<usize>());
     let mut c = dev.alloc::<E>(total)?;
-    let f = dev.function("matmul", Family::Unary, E::DTYPE, "from_f32")?;
-    let n64 = total as u64;
-    let mut l = dev.stream().launch_builder(&f);
-    l.arg(c32.raw()).arg(c.raw_mut()).arg(&n64);
-    // SAFETY: argument list matches `from_f32`.
-    launched("from_f32", unsafe { l.launch(grid_for(total)) })?;
+    dev.launch("matmul", Family::Unary, E::DTYPE, "from_f32")?
+        .ptr(&c32)
+        .ptr_mut(&mut c)
+        .u64(total)
+        .run(grid_for(total))?;
     Ok(c)
 }
 
@@ -327,11 +337,11 @@ fn widen<E: CudaFloat>(
 ) -> Result<CudaBuffer<f32>, CudaError> {
     let n = l.numel();
     let mut out = dev.alloc::<f32>(n)?;
-    let f = dev.function("matmul", Family::Unary, E::DTYPE, "to_f32")?;
-    let (dl, n64) = (DevLayout::new(l), n as u64);
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(x.raw()).arg(&dl).arg(out.raw_mut()).arg(&n64);
-    // SAFETY: argument list matches `to_f32`; the layout was checked by the caller.
-    launched("to_f32", unsafe { b.launch(grid_for(n)) })?;
+    dev.launch("matmul", Family::Unary, E::DTYPE, "to_f32")?
+        .ptr(x)
+        .layout(l)
+        .ptr_mut(&mut out)
+        .u64(n)
+        .run(grid_for(n))?;
     Ok(out)
 }

@@ -4,11 +4,10 @@
 
 use super::CudaFloat;
 use crate::cpu::norm::NormKind;
-use crate::cuda::device::{check_layout, grid_for, launched, rows_grid, same_device, BLOCK};
-use crate::cuda::{CudaBuffer, CudaError, DevLayout, Family};
+use crate::cuda::device::{check_layout, grid_for, rows_grid, same_device, Launch, BLOCK};
+use crate::cuda::{CudaBuffer, CudaError, Family};
 use crate::Layout;
 use cudarc::driver::LaunchConfig;
-use cudarc::driver::PushKernelArg;
 
 /// Per-row statistics saved by [`norm_forward`] (in the compute type):
 /// `xhat = (x - mean) * rstd`.
@@ -37,6 +36,15 @@ fn kind_code(kind: NormKind) -> i32 {
         NormKind::Rms => 1,
         NormKind::RmsOffset => 2,
     }
+}
+
+/// Pushes an optional weight or bias: pointer, layout, presence flag (an
+/// absent one passes a 1-element dummy the kernel never reads).
+fn param_args<E: CudaFloat>(l: &mut Launch<'_>, p: Option<(&CudaBuffer<E>, &Layout)>) {
+    match p {
+        Some((b, lay)) => l.ptr(b).layout(lay).i32(1),
+        None => l.u64(0).no_layout().i32(0),
+    };
 }
 
 /// Row count, row length and element stride of the last axis.
@@ -94,34 +102,20 @@ pub fn norm_forward<E: CudaFloat>(
     let mut mean = dev.alloc::<E::Acc>(rows)?;
     let mut rstd = dev.alloc::<E::Acc>(rows)?;
     if rows > 0 && n > 0 {
-        let f = dev.function(op, Family::Norm, E::DTYPE, "norm_fwd")?;
-        let (k, dlx) = (kind_code(kind), DevLayout::new(lx));
-        let (r64, n64, s64) = (rows as u64, n as u64, stride as u64);
-        let (wb, dlw, has_w) = match weight {
-            Some((w, l)) => (w.raw(), DevLayout::new(l), 1i32),
-            None => (x.raw(), DevLayout::default(), 0),
-        };
-        let (bb, dlb, has_b) = match bias {
-            Some((b, l)) => (b.raw(), DevLayout::new(l), 1i32),
-            None => (x.raw(), DevLayout::default(), 0),
-        };
-        let mut b = dev.stream().launch_builder(&f);
-        b.arg(&k)
-            .arg(x.raw())
-            .arg(&dlx)
-            .arg(&r64)
-            .arg(&n64)
-            .arg(&s64);
-        b.arg(wb)
-            .arg(&dlw)
-            .arg(&has_w)
-            .arg(bb)
-            .arg(&dlb)
-            .arg(&has_b)
-            .arg(&eps);
-        b.arg(y.raw_mut()).arg(mean.raw_mut()).arg(rstd.raw_mut());
-        // SAFETY: argument list matches `norm_fwd`; layouts checked.
-        launched("norm_fwd", unsafe { b.launch(rows_grid(rows)) })?;
+        let mut l = dev.launch(op, Family::Norm, E::DTYPE, "norm_fwd")?;
+        l.i32(kind_code(kind))
+            .ptr(x)
+            .layout(lx)
+            .u64(rows)
+            .u64(n)
+            .u64(stride);
+        param_args(&mut l, weight);
+        param_args(&mut l, bias);
+        l.f64(eps)
+            .ptr_mut(&mut y)
+            .ptr_mut(&mut mean)
+            .ptr_mut(&mut rstd);
+        l.run(rows_grid(rows))?;
     }
     Ok((y, CudaNormStats { mean, rstd }))
 }
@@ -170,29 +164,20 @@ pub fn norm_backward<E: CudaFloat>(
             bias: gb,
         });
     }
-    let (k, dlx) = (kind_code(kind), DevLayout::new(lx));
-    let (r64, n64, s64) = (rows as u64, n as u64, stride as u64);
     {
-        let f = dev.function(op, Family::Norm, E::DTYPE, "norm_bwd_x")?;
-        let (wb, dlw, has_w) = match weight {
-            Some((w, l)) => (w.raw(), DevLayout::new(l), 1i32),
-            None => (x.raw(), DevLayout::default(), 0),
-        };
-        let mut b = dev.stream().launch_builder(&f);
-        b.arg(&k)
-            .arg(x.raw())
-            .arg(&dlx)
-            .arg(&r64)
-            .arg(&n64)
-            .arg(&s64);
-        b.arg(wb)
-            .arg(&dlw)
-            .arg(&has_w)
-            .arg(stats.mean.raw())
-            .arg(stats.rstd.raw());
-        b.arg(grad_y.raw()).arg(gx.raw_mut());
-        // SAFETY: argument list matches `norm_bwd_x`; layouts checked.
-        launched("norm_bwd_x", unsafe { b.launch(rows_grid(rows)) })?;
+        let mut l = dev.launch(op, Family::Norm, E::DTYPE, "norm_bwd_x")?;
+        l.i32(kind_code(kind))
+            .ptr(x)
+            .layout(lx)
+            .u64(rows)
+            .u64(n)
+            .u64(stride);
+        param_args(&mut l, weight);
+        l.ptr(&stats.mean)
+            .ptr(&stats.rstd)
+            .ptr(grad_y)
+            .ptr_mut(&mut gx);
+        l.run(rows_grid(rows))?;
     }
     if has_weight || has_bias {
         // Fixed chunking (depends on the shape only): deterministic sums.
@@ -201,35 +186,32 @@ pub fn norm_backward<E: CudaFloat>(
         let chunks = rows.div_ceil(per_chunk);
         let mut pw = dev.alloc::<E::Acc>(chunks * n)?;
         let mut pb = dev.alloc::<E::Acc>(chunks * n)?;
-        let f = dev.function(op, Family::Norm, E::DTYPE, "norm_bwd_wb_partial")?;
-        let pc = per_chunk as u64;
         let cfg = LaunchConfig {
             grid_dim: (n.div_ceil(BLOCK as usize) as u32, chunks as u32, 1),
             block_dim: (BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = dev.stream().launch_builder(&f);
-        b.arg(x.raw())
-            .arg(&dlx)
-            .arg(&r64)
-            .arg(&n64)
-            .arg(&s64)
-            .arg(stats.mean.raw())
-            .arg(stats.rstd.raw());
-        b.arg(grad_y.raw())
-            .arg(&pc)
-            .arg(pw.raw_mut())
-            .arg(pb.raw_mut());
-        // SAFETY: argument list matches `norm_bwd_wb_partial`; buffers sized chunks * n.
-        launched("norm_bwd_wb_partial", unsafe { b.launch(cfg) })?;
-        let sum = dev.function(op, Family::Norm, E::DTYPE, "sum_chunks")?;
-        let c64 = chunks as u64;
+        dev.launch(op, Family::Norm, E::DTYPE, "norm_bwd_wb_partial")?
+            .ptr(x)
+            .layout(lx)
+            .u64(rows)
+            .u64(n)
+            .u64(stride)
+            .ptr(&stats.mean)
+            .ptr(&stats.rstd)
+            .ptr(grad_y)
+            .u64(per_chunk)
+            .ptr_mut(&mut pw)
+            .ptr_mut(&mut pb)
+            .run(cfg)?;
         for (p, out) in [(&pw, gw.as_mut()), (&pb, gb.as_mut())] {
             if let Some(out) = out {
-                let mut b = dev.stream().launch_builder(&sum);
-                b.arg(p.raw()).arg(&c64).arg(&n64).arg(out.raw_mut());
-                // SAFETY: argument list matches `sum_chunks`.
-                launched("sum_chunks", unsafe { b.launch(grid_for(n)) })?;
+                dev.launch(op, Family::Norm, E::DTYPE, "sum_chunks")?
+                    .ptr(p)
+                    .u64(chunks)
+                    .u64(n)
+                    .ptr_mut(out)
+                    .run(grid_for(n))?;
             }
         }
     }

@@ -3,9 +3,8 @@
 
 use super::CudaFloat;
 use crate::cpu::optim::{AdamStep, SgdStep};
-use crate::cuda::device::{grid_for, launched, same_device};
+use crate::cuda::device::{grid_for, same_device};
 use crate::cuda::{CudaBuffer, CudaError, Family};
-use cudarc::driver::PushKernelArg;
 
 fn check_lens(op: &str, lens: &[usize]) -> Result<(), CudaError> {
     if lens.windows(2).all(|w| w[0] == w[1]) {
@@ -41,23 +40,21 @@ pub fn adam_update<E: CudaFloat>(
     let t = s.step.min(i32::MAX as u64) as i32;
     let step_size = s.lr / (1.0 - s.beta1.powi(t));
     let bc2_sqrt = (1.0 - s.beta2.powi(t)).sqrt();
-    let f = dev.function(op, Family::Optim, E::DTYPE, "adam_update")?;
-    let (n64, dec) = (n as u64, i32::from(s.decoupled));
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(param.raw_mut())
-        .arg(grad.raw())
-        .arg(m.raw_mut())
-        .arg(v.raw_mut())
-        .arg(&n64);
-    b.arg(&s.lr)
-        .arg(&s.beta1)
-        .arg(&s.beta2)
-        .arg(&s.eps)
-        .arg(&s.weight_decay)
-        .arg(&dec);
-    b.arg(&step_size).arg(&bc2_sqrt);
-    // SAFETY: argument list matches `adam_update`; lengths checked.
-    launched("adam_update", unsafe { b.launch(grid_for(n)) })
+    dev.launch(op, Family::Optim, E::DTYPE, "adam_update")?
+        .ptr_mut(param)
+        .ptr(grad)
+        .ptr_mut(m)
+        .ptr_mut(v)
+        .u64(n)
+        .f64(s.lr)
+        .f64(s.beta1)
+        .f64(s.beta2)
+        .f64(s.eps)
+        .f64(s.weight_decay)
+        .i32(i32::from(s.decoupled))
+        .f64(step_size)
+        .f64(bc2_sqrt)
+        .run(grid_for(n))
 }
 
 /// One SGD step on `param` with gradient `grad` and momentum buffer `buf`
@@ -81,19 +78,16 @@ pub fn sgd_update<E: CudaFloat>(
     if n == 0 {
         return Ok(());
     }
-    let f = dev.function(op, Family::Optim, E::DTYPE, "sgd_update")?;
-    let (n64, nest, first) = (n as u64, i32::from(s.nesterov), i32::from(s.first));
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(param.raw_mut())
-        .arg(grad.raw())
-        .arg(buf.raw_mut())
-        .arg(&n64);
-    b.arg(&s.lr)
-        .arg(&s.momentum)
-        .arg(&s.dampening)
-        .arg(&nest)
-        .arg(&s.weight_decay)
-        .arg(&first);
-    // SAFETY: argument list matches `sgd_update`; lengths checked.
-    launched("sgd_update", unsafe { b.launch(grid_for(n)) })
+    dev.launch(op, Family::Optim, E::DTYPE, "sgd_update")?
+        .ptr_mut(param)
+        .ptr(grad)
+        .ptr_mut(buf)
+        .u64(n)
+        .f64(s.lr)
+        .f64(s.momentum)
+        .f64(s.dampening)
+        .i32(i32::from(s.nesterov))
+        .f64(s.weight_decay)
+        .i32(i32::from(s.first))
+        .run(grid_for(n))
 }

@@ -6,10 +6,9 @@ use super::elementwise::unary_forward;
 use super::CudaFloat;
 use crate::cpu::reduce::{expand_layout, split_axes};
 use crate::cpu::unary::MulScalar;
-use crate::cuda::device::{check_layout, grid_for, launched, same_device};
-use crate::cuda::{CudaBuffer, CudaError, DevLayout, Family};
+use crate::cuda::device::{check_layout, grid_for, same_device};
+use crate::cuda::{CudaBuffer, CudaError, Family};
 use crate::Layout;
-use cudarc::driver::PushKernelArg;
 
 fn check_axes(op: &str, layout: &Layout, axes: &[usize]) -> Result<(), CudaError> {
     let rank = layout.rank();
@@ -44,17 +43,14 @@ pub fn sum_axes<E: CudaFloat>(
     if outer == 0 {
         return Ok(y);
     }
-    let f = dev.function("sum", Family::Reduce, E::DTYPE, "reduce_sum")?;
-    let (dm, o64, i64_) = (DevLayout::new(&moved), outer as u64, inner as u64);
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(x.raw())
-        .arg(&dm)
-        .arg(&o64)
-        .arg(&i64_)
-        .arg(&scale)
-        .arg(y.raw_mut());
-    // SAFETY: argument list matches `reduce_sum`; layout checked.
-    launched("reduce_sum", unsafe { b.launch(grid_for(outer * 32)) })?;
+    dev.launch("sum", Family::Reduce, E::DTYPE, "reduce_sum")?
+        .ptr(x)
+        .layout(&moved)
+        .u64(outer)
+        .u64(inner)
+        .f64(scale)
+        .ptr_mut(&mut y)
+        .run(grid_for(outer * 32))?;
     Ok(y)
 }
 
@@ -89,23 +85,15 @@ pub fn extreme_axes<E: CudaFloat, const MAX: bool>(
     if outer == 0 {
         return Ok((y, counts));
     }
-    let f = dev.function(op, Family::Reduce, E::DTYPE, "reduce_extreme")?;
-    let (dm, o64, i64_, is_max) = (
-        DevLayout::new(&moved),
-        outer as u64,
-        inner as u64,
-        i32::from(MAX),
-    );
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(x.raw())
-        .arg(&dm)
-        .arg(&o64)
-        .arg(&i64_)
-        .arg(&is_max)
-        .arg(y.raw_mut())
-        .arg(counts.raw_mut());
-    // SAFETY: argument list matches `reduce_extreme`; layout checked.
-    launched("reduce_extreme", unsafe { b.launch(grid_for(outer * 32)) })?;
+    dev.launch(op, Family::Reduce, E::DTYPE, "reduce_extreme")?
+        .ptr(x)
+        .layout(&moved)
+        .u64(outer)
+        .u64(inner)
+        .i32(i32::from(MAX))
+        .ptr_mut(&mut y)
+        .ptr_mut(&mut counts)
+        .run(grid_for(outer * 32))?;
     Ok((y, counts))
 }
 
@@ -137,17 +125,15 @@ pub fn extreme_backward<E: CudaFloat>(
     if n == 0 {
         return Ok(gx);
     }
-    let f = dev.function(op, Family::Reduce, E::DTYPE, "extreme_bwd")?;
-    let (dlx, dle, n64) = (DevLayout::new(lx), DevLayout::new(&le), n as u64);
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(x.raw())
-        .arg(&dlx)
-        .arg(y.raw())
-        .arg(counts.raw())
-        .arg(grad_y.raw())
-        .arg(&dle);
-    b.arg(gx.raw_mut()).arg(&n64);
-    // SAFETY: argument list matches `extreme_bwd`; layouts checked.
-    launched("extreme_bwd", unsafe { b.launch(grid_for(n)) })?;
+    dev.launch(op, Family::Reduce, E::DTYPE, "extreme_bwd")?
+        .ptr(x)
+        .layout(lx)
+        .ptr(y)
+        .ptr(counts)
+        .ptr(grad_y)
+        .layout(&le)
+        .ptr_mut(&mut gx)
+        .u64(n)
+        .run(grid_for(n))?;
     Ok(gx)
 }

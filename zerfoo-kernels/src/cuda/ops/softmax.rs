@@ -3,10 +3,9 @@
 
 use super::CudaFloat;
 use crate::cpu::softmax::AxisRows;
-use crate::cuda::device::{check_layout, launched, rows_grid, same_device};
-use crate::cuda::{CudaBuffer, CudaError, DevLayout, Family};
+use crate::cuda::device::{check_layout, rows_grid, same_device};
+use crate::cuda::{CudaBuffer, CudaError, Family};
 use crate::Layout;
-use cudarc::driver::PushKernelArg;
 
 pub(crate) fn check_axis(op: &str, rank: usize, axis: usize) -> Result<(), CudaError> {
     if axis < rank {
@@ -36,26 +35,16 @@ pub fn softmax_forward<E: CudaFloat, const LOG: bool>(
     if rows.count() == 0 || rows.n == 0 {
         return Ok(y);
     }
-    let f = dev.function(op, Family::Softmax, E::DTYPE, "softmax_fwd")?;
-    let dl = DevLayout::new(layout);
-    let (r, n, inner, stride) = (
-        rows.count() as u64,
-        rows.n as u64,
-        rows.inner as u64,
-        layout.strides()[axis] as u64,
-    );
-    let log = i32::from(LOG);
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(x.raw())
-        .arg(&dl)
-        .arg(&r)
-        .arg(&n)
-        .arg(&inner)
-        .arg(&stride)
-        .arg(&log)
-        .arg(y.raw_mut());
-    // SAFETY: argument list matches `softmax_fwd`; layout checked.
-    launched("softmax_fwd", unsafe { b.launch(rows_grid(rows.count())) })?;
+    dev.launch(op, Family::Softmax, E::DTYPE, "softmax_fwd")?
+        .ptr(x)
+        .layout(layout)
+        .u64(rows.count())
+        .u64(rows.n)
+        .u64(rows.inner)
+        .u64(layout.strides()[axis])
+        .i32(i32::from(LOG))
+        .ptr_mut(&mut y)
+        .run(rows_grid(rows.count()))?;
     Ok(y)
 }
 
@@ -84,22 +73,14 @@ pub fn softmax_backward<E: CudaFloat, const LOG: bool>(
     if rows.count() == 0 || rows.n == 0 {
         return Ok(gx);
     }
-    let f = dev.function(op, Family::Softmax, E::DTYPE, "softmax_bwd")?;
-    let (r, n, inner, log) = (
-        rows.count() as u64,
-        rows.n as u64,
-        rows.inner as u64,
-        i32::from(LOG),
-    );
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(y.raw())
-        .arg(grad_y.raw())
-        .arg(&r)
-        .arg(&n)
-        .arg(&inner)
-        .arg(&log)
-        .arg(gx.raw_mut());
-    // SAFETY: argument list matches `softmax_bwd`; sizes checked.
-    launched("softmax_bwd", unsafe { b.launch(rows_grid(rows.count())) })?;
+    dev.launch(op, Family::Softmax, E::DTYPE, "softmax_bwd")?
+        .ptr(y)
+        .ptr(grad_y)
+        .u64(rows.count())
+        .u64(rows.n)
+        .u64(rows.inner)
+        .i32(i32::from(LOG))
+        .ptr_mut(&mut gx)
+        .run(rows_grid(rows.count()))?;
     Ok(gx)
 }
