@@ -205,11 +205,10 @@ impl Emulator {
         let (kernel, run) = {
             let mut guard = LIBS.lock().unwrap_or_else(|e| e.into_inner());
             let libs = guard.get_or_insert_with(HashMap::new);
-            if !libs.contains_key(&dt) {
-                let lib = self.load(dt)?;
-                libs.insert(dt, lib);
-            }
-            let lib = &libs[&dt];
+            let lib = match libs.entry(dt) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => v.insert(self.load(dt)?),
+            };
             let k = sym_of(lib.handle, &format!("emu_{sym}"))?;
             // SAFETY: every emu_ wrapper has the HostKernel signature.
             (

@@ -56,7 +56,7 @@ fn rows_of(op: &str, lx: &Layout) -> Result<(usize, usize, usize), CudaError> {
         ));
     }
     let n = lx.shape()[lx.rank() - 1];
-    let rows = if n == 0 { 0 } else { lx.numel() / n };
+    let rows = lx.numel().checked_div(n).unwrap_or(0);
     Ok((rows, n, lx.strides()[lx.rank() - 1]))
 }
 
