@@ -13,7 +13,7 @@ use cudarc::driver::{
 
 use super::alloc::{round_size, Pool, PoolStats};
 use super::dtype::{check_capability, Capability, CudaDtype, BASE_CAPABILITY};
-use super::emulator::Emulator;
+use super::emulator::{ArgKind, Emulator};
 use super::error::{guard, CudaError};
 use super::source::{compile_ptx, kernel_name, Family};
 use crate::{DType, Layout, MAX_RANK};
@@ -482,6 +482,16 @@ impl Launch<'_> {
                 let Backend::Host(emu) = &self.dev.inner.backend else {
                     unreachable!("a GPU launch has a function")
                 };
+                let kinds: Vec<ArgKind> = self
+                    .args
+                    .iter()
+                    .map(|a| match a {
+                        Arg::I32(_) => ArgKind::I32,
+                        Arg::U64(_) => ArgKind::U64,
+                        Arg::F64(_) => ArgKind::F64,
+                        Arg::Layout(_) => ArgKind::Layout,
+                    })
+                    .collect();
                 let mut ptrs: Vec<*mut c_void> = self
                     .args
                     .iter_mut()
@@ -495,6 +505,7 @@ impl Launch<'_> {
                 emu.launch(
                     self.dt,
                     &self.sym,
+                    &kinds,
                     &mut ptrs,
                     (cfg.grid_dim.0, cfg.grid_dim.1),
                     cfg.block_dim.0,
@@ -716,6 +727,13 @@ mod tests {
         assert!(check_layout("x", &l, 23).is_ok());
         assert!(check_layout("x", &l, 22).is_err());
         assert_eq!(max_index(&Layout::contiguous(&[0, 3])), None);
+    }
+
+    #[test]
+    fn devices_and_buffers_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<CudaDevice>();
+        check::<CudaBuffer<f32>>();
     }
 
     #[test]

@@ -32,10 +32,35 @@ extern "C" {
 #[cfg(unix)]
 const RTLD_NOW: c_int = 2;
 
-/// A loaded emulation library (never unloaded).
+/// A loaded emulation library (never unloaded), with each kernel's
+/// parameter types (to check every launch's arguments against).
 struct Lib {
     handle: *mut c_void,
     run: RunFn,
+    params: HashMap<String, Vec<String>>,
+}
+
+/// What a launch passes for one parameter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ArgKind {
+    /// `int`.
+    I32,
+    /// `u64`, or a pointer (an address).
+    U64,
+    /// `double`.
+    F64,
+    /// `ZfLayout`.
+    Layout,
+}
+
+/// Whether an argument of kind `k` fits a parameter declared as `ty`.
+fn fits(k: ArgKind, ty: &str) -> bool {
+    match k {
+        ArgKind::I32 => ty == "int",
+        ArgKind::U64 => ty == "u64" || ty.ends_with('*'),
+        ArgKind::F64 => ty == "double",
+        ArgKind::Layout => ty == "ZfLayout",
+    }
 }
 // SAFETY: the handle is only passed to dlsym, which is thread-safe.
 unsafe impl Send for Lib {}
@@ -185,7 +210,15 @@ impl Emulator {
         let run = sym(handle, "zf_emu_run")?;
         // SAFETY: zf_emu_run has the RunFn signature (emulator.h).
         let run: RunFn = unsafe { std::mem::transmute::<*mut c_void, RunFn>(run) };
-        Ok(Lib { handle, run })
+        let params = kernel_signatures(&emulation_source(dt)?)
+            .into_iter()
+            .map(|(name, p)| (format!("{name}_{dt}"), p))
+            .collect();
+        Ok(Lib {
+            handle,
+            run,
+            params,
+        })
     }
 
     #[cfg(not(unix))]
@@ -193,11 +226,13 @@ impl Emulator {
         Err(CudaError::new("host emulation", "needs dlopen (unix)"))
     }
 
-    /// Runs kernel `sym` (for `dt`) over a `grid` of `block`-thread blocks.
+    /// Runs kernel `sym` (for `dt`) over a `grid` of `block`-thread blocks,
+    /// after checking the arguments' kinds against its declared parameters.
     pub(crate) fn launch(
         &self,
         dt: DType,
         sym: &str,
+        kinds: &[ArgKind],
         args: &mut [*mut c_void],
         grid: (u32, u32),
         block: u32,
@@ -209,6 +244,18 @@ impl Emulator {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => v.insert(self.load(dt)?),
             };
+            let params = lib
+                .params
+                .get(sym)
+                .ok_or_else(|| CudaError::new("host emulation", format!("no kernel {sym}")))?;
+            let ok =
+                params.len() == kinds.len() && kinds.iter().zip(params).all(|(&k, p)| fits(k, p));
+            if !ok {
+                return Err(CudaError::new(
+                    format!("cuLaunchKernel({sym})"),
+                    format!("arguments {kinds:?} do not fit the parameters {params:?}"),
+                ));
+            }
             let k = sym_of(lib.handle, &format!("emu_{sym}"))?;
             // SAFETY: every emu_ wrapper has the HostKernel signature.
             (
@@ -303,6 +350,16 @@ mod tests {
         );
         let all = emulation_source(DType::F32).unwrap();
         assert!(all.contains("extern \"C\" void emu_softmax_fwd_f32(void** a)"));
+        assert!(
+            fits(ArgKind::U64, "const T*")
+                && fits(ArgKind::U64, "u64")
+                && !fits(ArgKind::I32, "u64")
+        );
+        assert!(
+            fits(ArgKind::Layout, "ZfLayout")
+                && fits(ArgKind::F64, "double")
+                && !fits(ArgKind::F64, "int")
+        );
     }
 
     #[test]
