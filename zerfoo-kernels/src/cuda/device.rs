@@ -14,7 +14,7 @@ use cudarc::driver::{
 use super::alloc::{round_size, Pool, PoolStats};
 use super::dtype::{check_capability, Capability, CudaDtype, BASE_CAPABILITY};
 use super::emulator::{ArgKind, Emulator};
-use super::error::{guard, CudaError};
+use super::error::{cuda_call, guard, CudaError};
 use super::source::{compile_ptx, kernel_name, Family};
 use crate::{DType, Layout, MAX_RANK};
 
@@ -111,25 +111,19 @@ impl CudaDevice {
                 "the CUDA driver library (libcuda.so) could not be loaded: no NVIDIA driver on this machine",
             ));
         }
-        let count = guard("cuDeviceGetCount", CudaContext::device_count)?
-            .map_err(|e| CudaError::from_call("cuInit/cuDeviceGetCount", e))?;
+        let count = cuda_call("cuInit/cuDeviceGetCount", CudaContext::device_count)?;
         if ordinal >= count.max(0) as usize {
             return Err(CudaError::new(
                 "cuDeviceGet",
                 format!("no CUDA device {ordinal}: the driver reports {count} device(s)"),
             ));
         }
-        let ctx = guard("cuDevicePrimaryCtxRetain", || CudaContext::new(ordinal))?
-            .map_err(|e| CudaError::from_call("cuDevicePrimaryCtxRetain", e))?;
+        let ctx = cuda_call("cuDevicePrimaryCtxRetain", || CudaContext::new(ordinal))?;
         // One stream per device: ordering is the stream's, no per-buffer events.
         // SAFETY: called before any allocation on this context; we use one stream.
         unsafe { ctx.disable_event_tracking() };
-        let name = ctx
-            .name()
-            .map_err(|e| CudaError::from_call("cuDeviceGetName", e))?;
-        let (major, minor) = ctx
-            .compute_capability()
-            .map_err(|e| CudaError::from_call("cuDeviceGetAttribute", e))?;
+        let name = cuda_call("cuDeviceGetName", || ctx.name())?;
+        let (major, minor) = cuda_call("cuDeviceGetAttribute", || ctx.compute_capability())?;
         let capability = Capability::new(major as u32, minor as u32);
         if capability < BASE_CAPABILITY {
             return Err(CudaError::new(
@@ -137,9 +131,7 @@ impl CudaDevice {
                 format!("GPU `{name}` is {capability}; zerfoo's kernels need {BASE_CAPABILITY}+"),
             ));
         }
-        let stream = ctx
-            .new_stream()
-            .map_err(|e| CudaError::from_call("cuStreamCreate", e))?;
+        let stream = cuda_call("cuStreamCreate", || ctx.new_stream())?;
         Ok(CudaDevice {
             inner: Arc::new(Inner {
                 ordinal,
@@ -210,10 +202,7 @@ impl CudaDevice {
     /// Waits for all queued work.
     pub fn synchronize(&self) -> Result<(), CudaError> {
         match self.gpu() {
-            Some(g) => g
-                .stream
-                .synchronize()
-                .map_err(|e| CudaError::from_call("cuStreamSynchronize", e)),
+            Some(g) => cuda_call("cuStreamSynchronize", || g.stream.synchronize()),
             None => Ok(()),
         }
     }
@@ -247,13 +236,13 @@ impl CudaDevice {
             Some(g) => {
                 // SAFETY: u8 device memory; every buffer is written before it
                 // is read (kernels write their whole output, or callers zero it).
-                let first = unsafe { g.stream.alloc::<u8>(class) };
-                Block::Device(match first {
+                let alloc =
+                    || cuda_call("cuMemAllocAsync", || unsafe { g.stream.alloc::<u8>(class) });
+                Block::Device(match alloc() {
                     Ok(b) => b,
                     Err(_) => {
                         self.empty_cache();
-                        unsafe { g.stream.alloc::<u8>(class) }
-                            .map_err(|e| CudaError::from_call("cuMemAllocAsync", e))?
+                        alloc()?
                     }
                 })
             }
@@ -283,9 +272,7 @@ impl CudaDevice {
             match (b.block.as_mut().expect("live"), self.gpu()) {
                 (Block::Device(s), Some(g)) => {
                     let mut view = s.slice_mut(..bytes);
-                    g.stream
-                        .memset_zeros(&mut view)
-                        .map_err(|e| CudaError::from_call("cuMemsetD8Async", e))?;
+                    cuda_call("cuMemsetD8Async", || g.stream.memset_zeros(&mut view))?;
                 }
                 (Block::Host(h), _) => h.fill(0),
                 (Block::Device(_), None) => unreachable!("device memory on an emulated device"),
@@ -302,9 +289,9 @@ impl CudaDevice {
             match (b.block.as_mut().expect("live"), self.gpu()) {
                 (Block::Device(s), Some(g)) => {
                     let mut view = s.slice_mut(..bytes.len());
-                    g.stream
-                        .memcpy_htod(bytes, &mut view)
-                        .map_err(|e| CudaError::from_call("cuMemcpyHtoDAsync", e))?;
+                    cuda_call("cuMemcpyHtoDAsync", || {
+                        g.stream.memcpy_htod(bytes, &mut view)
+                    })?;
                 }
                 (Block::Host(h), _) => host_bytes_mut(h)[..bytes.len()].copy_from_slice(bytes),
                 (Block::Device(_), None) => unreachable!("device memory on an emulated device"),
@@ -354,10 +341,11 @@ impl CudaDevice {
                 Some(m) => m.clone(),
                 None => {
                     let ptx = compile_ptx(family, dt, self.inner.capability)?;
-                    let m = g.ctx.load_module(ptx).map_err(|e| {
-                        CudaError::from_call(
-                            &format!("cuModuleLoadData({}_{dt})", family.name()),
-                            format!("{e} (a driver older than the NVRTC that made the PTX reports an unsupported PTX version)"),
+                    let call = format!("cuModuleLoadData({}_{dt})", family.name());
+                    let m = cuda_call(&call, || g.ctx.load_module(ptx)).map_err(|e| {
+                        CudaError::new(
+                            call.clone(),
+                            format!("{} (a driver older than the NVRTC that made the PTX reports an unsupported PTX version)", e.reason),
                         )
                     })?;
                     modules.insert((family, dt), m.clone());
@@ -365,9 +353,9 @@ impl CudaDevice {
                 }
             }
         };
-        let f = module
-            .load_function(sym)
-            .map_err(|e| CudaError::from_call(&format!("cuModuleGetFunction({sym})"), e))?;
+        let f = cuda_call(&format!("cuModuleGetFunction({sym})"), || {
+            module.load_function(sym)
+        })?;
         lock(&g.functions).insert(sym.to_string(), f.clone());
         Ok(f)
     }
@@ -474,9 +462,7 @@ impl Launch<'_> {
                 // (the host emulation checks the same lists), buffers are
                 // live allocations of this device and layouts were checked
                 // against their lengths.
-                unsafe { b.launch(cfg) }
-                    .map(|_| ())
-                    .map_err(|e| CudaError::from_call(&call, e))
+                cuda_call(&call, || unsafe { b.launch(cfg) }).map(|_| ())
             }
             _ => {
                 let Backend::Host(emu) = &self.dev.inner.backend else {
@@ -603,9 +589,7 @@ impl<E: CudaDtype> CudaBuffer<E> {
             match (self.block.as_ref().expect("live"), self.dev.gpu()) {
                 (Block::Device(s), Some(g)) => {
                     let view = s.slice(..bytes);
-                    g.stream
-                        .memcpy_dtoh(&view, dst)
-                        .map_err(|e| CudaError::from_call("cuMemcpyDtoHAsync", e))?;
+                    cuda_call("cuMemcpyDtoHAsync", || g.stream.memcpy_dtoh(&view, dst))?;
                 }
                 (Block::Host(h), _) => dst.copy_from_slice(&host_bytes(h)[..bytes]),
                 (Block::Device(_), None) => unreachable!("device memory on an emulated device"),

@@ -55,6 +55,15 @@ pub(crate) fn guard<R>(call: &str, f: impl FnOnce() -> R) -> Result<R, CudaError
     })
 }
 
+/// Runs a cudarc call: its error, or a panic inside it (a missing symbol
+/// under dynamic loading), becomes a [`CudaError`] naming `call`.
+pub(crate) fn cuda_call<R, E: fmt::Display>(
+    call: &str,
+    f: impl FnOnce() -> Result<R, E>,
+) -> Result<R, CudaError> {
+    guard(call, f)?.map_err(|e| CudaError::from_call(call, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

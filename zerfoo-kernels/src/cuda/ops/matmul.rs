@@ -15,6 +15,7 @@ use super::elementwise::to_contiguous;
 use super::CudaFloat;
 use crate::cuda::device::{check_layout, grid_for, same_device};
 use crate::cuda::emulator;
+use crate::cuda::error::cuda_call;
 use crate::cuda::{CudaBuffer, CudaDevice, CudaError, Family};
 use crate::{DType, Layout};
 
@@ -234,7 +235,7 @@ pub fn gemm_batched<E: CudaFloat>(
     dev.with_blas(|blas| match blas {
         // SAFETY: pointers are live buffers of this device; the strides and
         // leading dimensions were derived from checked layouts.
-        Some(blas) => unsafe {
+        Some(blas) => cuda_call("cublasGemmStridedBatchedEx", || unsafe {
             cudarc::cublas::result::gemm_strided_batched_ex(
                 *blas.handle(),
                 cublas_op(ob.op),
@@ -260,8 +261,8 @@ pub fn gemm_batched<E: CudaFloat>(
                 compute,
                 cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
-            .map_err(|e| CudaError::from_call("cublasGemmStridedBatchedEx", format!("{e:?}")))
-        },
+            .map_err(|e| format!("{e:?}"))
+        }),
         // SAFETY: host buffers of the emulation, same arguments as cuBLAS gets.
         None => unsafe {
             emulator::gemm_strided_batched::<E>(
