@@ -46,7 +46,7 @@ mod alloc;
 mod device;
 mod emulator;
 
-pub use alloc::{round_size, Pool, PoolStats};
+pub use alloc::{round_size, Pool, PoolStats, LARGE_STEP, SMALL_LIMIT, SMALL_STEP};
 pub use device::{max_index, no_device_reason, CudaBuffer, CudaDevice, DevLayout};
 pub use emulator::{emulation_source, host_compiler_available, kernel_signatures, EMULATOR_HEADER};
 
