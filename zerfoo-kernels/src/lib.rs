@@ -9,6 +9,8 @@
 //! `f64`.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod dtype;
 pub mod f8;
 pub mod fastmath;

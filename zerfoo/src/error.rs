@@ -78,6 +78,13 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A CUDA call failed (or a check made before one: capability, layout).
+    Cuda {
+        /// The call (`cuInit`, `nvrtcCompileProgram`, `cublasGemmStridedBatchedEx`, ...).
+        call: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -107,11 +114,22 @@ impl fmt::Display for Error {
             Error::Checkpoint { tensor, reason } => {
                 write!(f, "checkpoint error for tensor `{tensor}`: {reason}")
             }
+            Error::Cuda { call, reason } => write!(f, "CUDA error in `{call}`: {reason}"),
         }
     }
 }
 
 impl std::error::Error for Error {}
+
+#[cfg(feature = "cuda")]
+impl From<zerfoo_kernels::cuda::CudaError> for Error {
+    fn from(e: zerfoo_kernels::cuda::CudaError) -> Self {
+        Error::Cuda {
+            call: e.call,
+            reason: e.reason,
+        }
+    }
+}
 
 /// `Result` with zerfoo's [`Error`].
 pub type Result<T, E = Error> = core::result::Result<T, E>;
@@ -122,5 +140,16 @@ pub(crate) fn or_panic<T>(r: Result<T>) -> T {
     match r {
         Ok(v) => v,
         Err(e) => panic!("{e}"),
+    }
+}
+
+#[cfg(all(test, feature = "cuda"))]
+mod cuda_tests {
+    use super::*;
+
+    #[test]
+    fn cuda_errors_convert_keeping_the_call() {
+        let e: Error = zerfoo_kernels::cuda::CudaError::new("cuInit", "no driver").into();
+        assert_eq!(e.to_string(), "CUDA error in `cuInit`: no driver");
     }
 }

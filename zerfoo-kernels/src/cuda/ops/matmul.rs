@@ -1,0 +1,348 @@
+//! Batched matrix products through cuBLAS (`cublasGemmStridedBatchedEx`),
+//! reading transposes from strides like [`crate::cpu::matmul`]: a
+//! transposed view is a transpose flag, never a copy. f16/bf16 accumulate in
+//! f32 and round once on store; f32 uses TF32 tensor cores only when
+//! [`GemmOptions::allow_tf32`] asks; f64 is f64 throughout. fp8 operands are
+//! widened exactly to f32, multiplied in f32 and rounded once to fp8.
+
+use core::ffi::c_void;
+
+use cudarc::cublas::sys::{
+    cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t,
+};
+
+use super::elementwise::to_contiguous;
+use super::CudaFloat;
+use crate::cuda::device::{check_layout, grid_for, same_device};
+use crate::cuda::emulator;
+use crate::cuda::error::cuda_call;
+use crate::cuda::{CudaBuffer, CudaDevice, CudaError, Family};
+use crate::{DType, Layout};
+
+/// Options of a product.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GemmOptions {
+    /// Let f32 products use TF32 tensor cores (10-bit mantissa inputs).
+    pub allow_tf32: bool,
+}
+
+/// How cuBLAS (column-major) reads one row-major operand `X` (`r x c`, row
+/// stride `sr`, column stride `sc`) as `Xᵀ`: a transpose flag and a leading
+/// dimension, or `None` when the strides fit neither form (copy first).
+///
+/// ```
+/// use zerfoo_kernels::cuda::ops::matmul::{blas_view, BlasOp};
+/// assert_eq!(blas_view(2, 3, 3, 1), Some((BlasOp::N, 3))); // row-major
+/// assert_eq!(blas_view(2, 3, 1, 2), Some((BlasOp::T, 2))); // a transposed view
+/// assert_eq!(blas_view(2, 3, 6, 2), None); // every other column
+/// ```
+pub fn blas_view(r: usize, c: usize, sr: usize, sc: usize) -> Option<(BlasOp, usize)> {
+    if (sc == 1 || c == 1) && (r == 1 || sr >= c.max(1)) {
+        return Some((BlasOp::N, if r == 1 { c.max(1) } else { sr }));
+    }
+    if (sr == 1 || r == 1) && (c == 1 || sc >= r.max(1)) {
+        return Some((BlasOp::T, if c == 1 { r.max(1) } else { sc }));
+    }
+    None
+}
+
+/// A cuBLAS transpose flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlasOp {
+    /// As stored.
+    N,
+    /// Transposed.
+    T,
+}
+
+/// The batch count and the one stride that steps through the batch dims
+/// (`dims`, `strides`), or `None` when no single stride does.
+///
+/// ```
+/// use zerfoo_kernels::cuda::ops::matmul::batch_stride;
+/// assert_eq!(batch_stride(&[2, 3], &[36, 12]), Some((6, 12)));
+/// assert_eq!(batch_stride(&[4], &[0]), Some((4, 0))); // broadcast
+/// assert_eq!(batch_stride(&[2, 3], &[0, 12]), None);
+/// assert_eq!(batch_stride(&[], &[]), Some((1, 0)));
+/// ```
+pub fn batch_stride(dims: &[usize], strides: &[usize]) -> Option<(usize, usize)> {
+    let live: Vec<(usize, usize)> = dims
+        .iter()
+        .zip(strides)
+        .filter(|(&d, _)| d != 1)
+        .map(|(&d, &s)| (d, s))
+        .collect();
+    let count = dims.iter().product();
+    match live.last() {
+        None => Some((count, 0)),
+        Some(&(_, inner)) => {
+            let ok = live.windows(2).all(|w| w[0].1 == w[1].1 * w[1].0);
+            ok.then_some((count, inner))
+        }
+    }
+}
+
+/// One operand as cuBLAS reads it.
+struct Operand {
+    op: BlasOp,
+    ld: usize,
+    batch_stride: usize,
+    offset: usize,
+}
+
+/// The operand form of `l` (`[..batch, r, c]`), if its strides allow one.
+fn operand(l: &Layout) -> Option<Operand> {
+    let rank = l.rank();
+    let (s, t) = (l.shape(), l.strides());
+    let (op, ld) = blas_view(s[rank - 2], s[rank - 1], t[rank - 2], t[rank - 1])?;
+    let (_, bs) = batch_stride(&s[..rank - 2], &t[..rank - 2])?;
+    Some(Operand {
+        op,
+        ld,
+        batch_stride: bs,
+        offset: l.offset,
+    })
+}
+
+fn cublas_op(o: BlasOp) -> cublasOperation_t {
+    match o {
+        BlasOp::N => cublasOperation_t::CUBLAS_OP_N,
+        BlasOp::T => cublasOperation_t::CUBLAS_OP_T,
+    }
+}
+
+fn int(op: &str, what: &str, v: usize) -> Result<i32, CudaError> {
+    i32::try_from(v).map_err(|_| {
+        CudaError::new(
+            format!("size check for `{op}`"),
+            format!("{what} = {v} exceeds cuBLAS's int range"),
+        )
+    })
+}
+
+/// A batch of products: `la` is `[..batch, M, K]`, `lb` is `[..batch, K, N]`
+/// (same rank >= 2, same batch dims; a batch stride of 0 repeats an
+/// operand). Returns `[..batch, M, N]`, contiguous row-major.
+pub fn gemm_batched<E: CudaFloat>(
+    a: &CudaBuffer<E>,
+    la: &Layout,
+    b: &CudaBuffer<E>,
+    lb: &Layout,
+    opts: GemmOptions,
+) -> Result<CudaBuffer<E>, CudaError> {
+    let op = "matmul";
+    let dev = a.device();
+    dev.check(op, E::DTYPE)?;
+    same_device(op, dev, b.device())?;
+    check_layout(op, la, a.len())?;
+    check_layout(op, lb, b.len())?;
+    let (ra, rb) = (la.rank(), lb.rank());
+    let (sa, sb) = (la.shape(), lb.shape());
+    if ra < 2 || ra != rb || sa[..ra - 2] != sb[..rb - 2] || sa[ra - 1] != sb[rb - 2] {
+        return Err(CudaError::new(
+            format!("shape check for `{op}`"),
+            format!("cannot multiply {sa:?} by {sb:?}"),
+        ));
+    }
+    let (m, k, n) = (sa[ra - 2], sa[ra - 1], sb[rb - 1]);
+    let batch: usize = sa[..ra - 2].iter().product();
+    let mut out_dims = sa[..ra - 2].to_vec();
+    out_dims.extend([m, n]);
+    if batch * m * n == 0 {
+        return dev.zeros::<E>(0);
+    }
+    if k == 0 {
+        return dev.zeros::<E>(batch * m * n);
+    }
+    if matches!(E::DTYPE, DType::F8E4M3 | DType::F8E5M2) {
+        return gemm_via_f32(a, la, b, lb, batch * m * n, &out_dims);
+    }
+    // Operands whose strides cuBLAS cannot express are copied contiguous.
+    let (a_copy, b_copy);
+    let (a, la) = match operand(la) {
+        Some(_) => (a, *la),
+        None => {
+            a_copy = to_contiguous(a, la)?;
+            (&a_copy, Layout::contiguous(sa))
+        }
+    };
+    let (b, lb) = match operand(lb) {
+        Some(_) => (b, *lb),
+        None => {
+            b_copy = to_contiguous(b, lb)?;
+            (&b_copy, Layout::contiguous(sb))
+        }
+    };
+    let (oa, ob) = (
+        operand(&la).expect("contiguous"),
+        operand(&lb).expect("contiguous"),
+    );
+    let c = dev.alloc::<E>(batch * m * n)?;
+    let (dt, compute) = match E::DTYPE {
+        DType::F32 if opts.allow_tf32 => (
+            cudaDataType_t::CUDA_R_32F,
+            cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
+        ),
+        DType::F32 => (
+            cudaDataType_t::CUDA_R_32F,
+            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+        ),
+        DType::F64 => (
+            cudaDataType_t::CUDA_R_64F,
+            cublasComputeType_t::CUBLAS_COMPUTE_64F,
+        ),
+        DType::F16 => (
+            cudaDataType_t::CUDA_R_16F,
+            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+        ),
+        DType::BF16 => (
+            cudaDataType_t::CUDA_R_16BF,
+            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+        ),
+        other => {
+            return Err(CudaError::new(
+                "cublasGemmStridedBatchedEx",
+                format!("no cuBLAS type for {other}"),
+            ))
+        }
+    };
+    let (one64, zero64, one32, zero32) = (1f64, 0f64, 1f32, 0f32);
+    let (alpha, beta): (*const c_void, *const c_void) = if E::DTYPE == DType::F64 {
+        (
+            (&one64 as *const f64).cast(),
+            (&zero64 as *const f64).cast(),
+        )
+    } else {
+        (
+            (&one32 as *const f32).cast(),
+            (&zero32 as *const f32).cast(),
+        )
+    };
+    let size = core::mem::size_of::<E>() as u64;
+    let (pa, pb, pc) = (
+        a.addr() + oa.offset as u64 * size,
+        b.addr() + ob.offset as u64 * size,
+        c.addr(),
+    );
+    // Column-major: C[M,N]ᵀ (N x M, ldc = N) = op(B)·op(A).
+    let (mi, ni, ki) = (int(op, "N", n)?, int(op, "M", m)?, int(op, "K", k)?);
+    let (lda, ldb, ldc) = (
+        int(op, "ld", ob.ld)?,
+        int(op, "ld", oa.ld)?,
+        int(op, "N", n)?,
+    );
+    let bcount = int(op, "batch", batch)?;
+    dev.with_blas(|blas| match blas {
+        // SAFETY: pointers are live buffers of this device; the strides and
+        // leading dimensions were derived from checked layouts.
+        Some(blas) => cuda_call("cublasGemmStridedBatchedEx", || unsafe {
+            cudarc::cublas::result::gemm_strided_batched_ex(
+                *blas.handle(),
+                cublas_op(ob.op),
+                cublas_op(oa.op),
+                mi,
+                ni,
+                ki,
+                alpha,
+                pb as *const c_void,
+                dt,
+                lda,
+                ob.batch_stride as i64,
+                pa as *const c_void,
+                dt,
+                ldb,
+                oa.batch_stride as i64,
+                beta,
+                pc as *mut c_void,
+                dt,
+                ldc,
+                (m * n) as i64,
+                bcount,
+                compute,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+            .map_err(|e| format!("{e:?}"))
+        }),
+        // SAFETY: host buffers of the emulation, same arguments as cuBLAS gets.
+        None => unsafe {
+            emulator::gemm_strided_batched::<E>(
+                (ob.op == BlasOp::T, oa.op == BlasOp::T),
+                (n, m, k),
+                (pb as *const E, ob.ld, ob.batch_stride),
+                (pa as *const E, oa.ld, oa.batch_stride),
+                (pc as *mut E, n, m * n),
+                batch,
+            );
+            Ok(())
+        },
+    })?;
+    Ok(c)
+}
+
+/// `A · B` for 2-D layouts (`[M, K]` by `[K, N]`).
+pub fn gemm<E: CudaFloat>(
+    a: &CudaBuffer<E>,
+    la: &Layout,
+    b: &CudaBuffer<E>,
+    lb: &Layout,
+    opts: GemmOptions,
+) -> Result<CudaBuffer<E>, CudaError> {
+    if la.rank() != 2 || lb.rank() != 2 {
+        return Err(CudaError::new(
+            "shape check for `matmul`",
+            format!(
+                "gemm needs 2-D operands, got {:?} and {:?}",
+                la.shape(),
+                lb.shape()
+            ),
+        ));
+    }
+    gemm_batched(a, la, b, lb, opts)
+}
+
+/// fp8: widen both operands exactly to f32 (contiguous), multiply in f32
+/// (no TF32) and round the products once to fp8.
+fn gemm_via_f32<E: CudaFloat>(
+    a: &CudaBuffer<E>,
+    la: &Layout,
+    b: &CudaBuffer<E>,
+    lb: &Layout,
+    total: usize,
+    out_dims: &[usize],
+) -> Result<CudaBuffer<E>, CudaError> {
+    let dev = a.device();
+    let wa = widen(dev, a, la)?;
+    let wb = widen(dev, b, lb)?;
+    let c32 = gemm_batched(
+        &wa,
+        &Layout::contiguous(la.shape()),
+        &wb,
+        &Layout::contiguous(lb.shape()),
+        GemmOptions::default(),
+    )?;
+    debug_assert_eq!(c32.len(), out_dims.iter().product::<usize>());
+    let mut c = dev.alloc::<E>(total)?;
+    dev.launch("matmul", Family::Unary, E::DTYPE, "from_f32")?
+        .ptr(&c32)
+        .ptr_mut(&mut c)
+        .u64(total)
+        .run(grid_for(total))?;
+    Ok(c)
+}
+
+/// The elements `l` selects, widened to f32, contiguous.
+fn widen<E: CudaFloat>(
+    dev: &CudaDevice,
+    x: &CudaBuffer<E>,
+    l: &Layout,
+) -> Result<CudaBuffer<f32>, CudaError> {
+    let n = l.numel();
+    let mut out = dev.alloc::<f32>(n)?;
+    dev.launch("matmul", Family::Unary, E::DTYPE, "to_f32")?
+        .ptr(x)
+        .layout(l)
+        .ptr_mut(&mut out)
+        .u64(n)
+        .run(grid_for(n))?;
+    Ok(out)
+}

@@ -1,0 +1,762 @@
+//! GPU tests: every kernel against the CPU kernel of the same name, forward
+//! and backward, in every dtype the GPU supports, on strided, broadcast and
+//! permuted inputs. Without a GPU each test prints why it skipped and passes.
+//!
+//! Tolerances (compared in f64 as `|gpu - cpu| <= tol * (1 + |cpu|)`): both
+//! sides compute in the same compute type and round once, so they differ by
+//! the compute type's error (transcendentals, summation order) plus at most
+//! about one unit in the last place of the element type where that error
+//! crosses a rounding boundary: f64 1e-10, f32 2e-5, f16 2e-3 (2^-10 ulp),
+//! bf16 1.6e-2 (2^-7), f8 E4M3 0.13 (2^-3), f8 E5M2 0.26 (2^-2).
+
+use super::ops::elementwise::*;
+use super::ops::index::*;
+use super::ops::loss::*;
+use super::ops::matmul::*;
+use super::ops::norm::*;
+use super::ops::optim::*;
+use super::ops::reduce::*;
+use super::ops::softmax::*;
+use super::*;
+use crate::cpu;
+use crate::cpu::binary::{AddOp, DivOp, MaximumOp, MinimumOp, MulOp, PowOp, SubOp};
+use crate::cpu::norm::NormKind;
+use crate::cpu::optim::{AdamStep, SgdStep};
+use crate::cpu::unary::{
+    Abs, AddScalar, Clamp, Cos, Exp, GeluErf, GeluTanh, Log, MaxScalar, MinScalar, MulScalar, Neg,
+    Powf, Relu, Rsqrt, ScalarDiv, ScalarPow, Sigmoid, Silu, Sin, Sqrt, Square, Tanh,
+};
+use crate::{bf16, f16, DType, Dtype, FloatDtype, Layout, Real, F8E4M3, F8E5M2};
+
+/// GPU 0, or `None` after printing why the GPU run skips.
+fn device() -> Option<CudaDevice> {
+    match CudaDevice::new(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            println!("skipped: no CUDA device ({e})");
+            None
+        }
+    }
+}
+
+/// The devices to test on: GPU 0 when there is one, and the host emulation
+/// (an sm_90 stand-in running the same kernel sources on the CPU) when a
+/// host C++ compiler runs; each absent one prints why it is skipped.
+fn devices() -> Vec<CudaDevice> {
+    let mut v: Vec<CudaDevice> = device().into_iter().collect();
+    match CudaDevice::emulated(Capability::new(9, 0)) {
+        Ok(d) => v.push(d),
+        Err(e) => println!("skipped: host emulation ({e})"),
+    }
+    v
+}
+
+type Case = fn(&CudaDevice) -> Result<(), CudaError>;
+
+/// Runs `case` for `E` when the GPU supports it, else prints why not.
+fn for_dtype<E: CudaFloat>(dev: &CudaDevice, name: &str, case: Case) {
+    if let Err(e) = dev.check(name, E::DTYPE) {
+        println!("skipped {name} in {}: {e}", E::DTYPE);
+        return;
+    }
+    case(dev).unwrap_or_else(|e| panic!("{name} in {} on {dev:?}: {e}", E::DTYPE));
+}
+
+macro_rules! all_dtypes {
+    ($name:literal, $case:ident) => {
+        for dev in devices() {
+            for_dtype::<f64>(&dev, $name, $case::<f64>);
+            for_dtype::<f32>(&dev, $name, $case::<f32>);
+            for_dtype::<f16>(&dev, $name, $case::<f16>);
+            for_dtype::<bf16>(&dev, $name, $case::<bf16>);
+            for_dtype::<F8E4M3>(&dev, $name, $case::<F8E4M3>);
+            for_dtype::<F8E5M2>(&dev, $name, $case::<F8E5M2>);
+        }
+    };
+}
+
+/// The stated tolerance of a dtype.
+fn tol(dt: DType) -> f64 {
+    match dt {
+        DType::F64 => 1e-10,
+        DType::F32 => 2e-5,
+        DType::F16 => 2e-3,
+        DType::BF16 => 1.6e-2,
+        DType::F8E4M3 => 0.13,
+        DType::F8E5M2 => 0.26,
+        _ => 0.0,
+    }
+}
+
+/// `n` deterministic pseudo-random values in `[lo, hi)`, rounded to `E`.
+fn data<E: FloatDtype>(n: usize, seed: u64, lo: f64, hi: f64) -> Vec<E> {
+    (0..n as u64)
+        .map(|i| {
+            let h = (i + 1)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add(seed.wrapping_mul(0xD1B5_4A32_D192_ED03));
+            let h = (h ^ (h >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            let u = (h >> 11) as f64 / (1u64 << 53) as f64;
+            E::from_f64(lo + (hi - lo) * u)
+        })
+        .collect()
+}
+
+fn close(a: f64, b: f64, t: f64) -> bool {
+    (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= t * (1.0 + b.abs())
+}
+
+/// Asserts `gpu` matches `cpu` elementwise within `tol(E) * scale`.
+fn assert_close<E: Dtype>(what: &str, gpu: &[E], cpu: &[E], scale: f64) {
+    assert_eq!(gpu.len(), cpu.len(), "{what}: lengths");
+    let t = tol(E::DTYPE) * scale;
+    for (i, (g, c)) in gpu.iter().zip(cpu).enumerate() {
+        let (g, c) = (g.to_f64(), c.to_f64());
+        assert!(
+            close(g, c, t),
+            "{what} in {}: element {i}: gpu {g} vs cpu {c} (tol {t})",
+            E::DTYPE
+        );
+    }
+}
+
+/// Compute-type values (statistics, optimizer state, loss sums).
+fn assert_close_acc<A: Real>(what: &str, dt: DType, gpu: &[A], cpu: &[A]) {
+    let t = if dt == DType::F64 { 1e-10 } else { 1e-4 };
+    for (i, (g, c)) in gpu.iter().zip(cpu).enumerate() {
+        let (g, c) = (g.as_f64(), c.as_f64());
+        assert!(
+            close(g, c, t),
+            "{what} in {dt}: element {i}: gpu {g} vs cpu {c}"
+        );
+    }
+}
+
+/// A (2, 3, 4) view of a (4, 2, 3) buffer: non-contiguous.
+fn permuted() -> Layout {
+    Layout::contiguous(&[4, 2, 3]).permute(&[1, 2, 0])
+}
+
+fn unary_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    let l = permuted();
+    let n = l.numel();
+    let pos: Vec<E> = data(n, 1, 0.2, 2.0);
+    let any: Vec<E> = data(n, 2, -2.0, 2.0);
+    let gy: Vec<E> = data(n, 3, -1.0, 1.0);
+    let (dpos, dany, dgy) = (
+        dev.to_device(&pos)?,
+        dev.to_device(&any)?,
+        dev.to_device(&gy)?,
+    );
+    fn one<E: CudaFloat, O: CudaUnary>(
+        op: O,
+        x: &[E],
+        dx: &CudaBuffer<E>,
+        l: &Layout,
+        gy: &[E],
+        dgy: &CudaBuffer<E>,
+    ) -> Result<(), CudaError> {
+        let y = cpu::unary::unary_forward(op, x, l);
+        let dy = unary_forward(op, dx, l)?;
+        assert_close(O::NAME, &dy.to_host()?, &y, 1.0);
+        // backward from the same (CPU) y on both sides
+        let gx = cpu::unary::unary_backward(op, x, l, &y, gy);
+        let dyc = dx.device().to_device(&y)?;
+        let dgx = unary_backward(op, dx, l, &dyc, dgy)?;
+        assert_close(&format!("{} backward", O::NAME), &dgx.to_host()?, &gx, 2.0);
+        Ok(())
+    }
+    macro_rules! ops {
+        ($x:ident, $dx:ident: $($op:expr),*) => {$( one($op, &$x, &$dx, &l, &gy, &dgy)?; )*};
+    }
+    ops!(any, dany: Neg, Abs, Exp, Sin, Cos, Tanh, Sigmoid, Relu, GeluErf, GeluTanh, Silu, Square,
+        Clamp(-0.5, 0.75), AddScalar(0.5), MulScalar(-1.5), ScalarPow(1.7), MaxScalar(0.25), MinScalar(0.25));
+    ops!(pos, dpos: Log, Sqrt, Rsqrt, Powf(2.5), ScalarDiv(2.0));
+    // copies through a layout are exact
+    assert_eq!(
+        to_contiguous(&dany, &l)?.to_host()?,
+        cpu::to_contiguous(&any, &l)
+    );
+    Ok(())
+}
+
+#[test]
+fn unary_ops_match_cpu() {
+    all_dtypes!("unary", unary_case);
+}
+
+fn binary_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    // a: permuted (2, 3, 4); b: a (3, 1) buffer broadcast to (2, 3, 4)
+    let la = permuted();
+    let lb = Layout::new(&[2, 3, 4], &[0, 1, 0], 0);
+    let a: Vec<E> = data(24, 4, 0.3, 2.0);
+    let b: Vec<E> = data(3, 5, 0.3, 2.0);
+    let gy: Vec<E> = data(24, 6, -1.0, 1.0);
+    let (da, db, dgy) = (dev.to_device(&a)?, dev.to_device(&b)?, dev.to_device(&gy)?);
+    fn one<E: CudaFloat, O: CudaBinary>(
+        op: O,
+        v: (&[E], &Layout, &[E], &Layout, &[E]),
+        d: (&CudaBuffer<E>, &CudaBuffer<E>, &CudaBuffer<E>),
+    ) -> Result<(), CudaError> {
+        let (a, la, b, lb, gy) = v;
+        let y = cpu::binary::binary_forward(op, a, la, b, lb);
+        assert_close(
+            O::NAME,
+            &binary_forward(op, d.0, la, d.1, lb)?.to_host()?,
+            &y,
+            1.0,
+        );
+        let (ga, gb) = cpu::binary::binary_backward(op, a, la, b, lb, gy, (true, true));
+        let (dga, dgb) = binary_backward(op, d.0, la, d.1, lb, d.2, (true, true))?;
+        assert_close(
+            &format!("{} grad a", O::NAME),
+            &dga.unwrap().to_host()?,
+            &ga,
+            2.0,
+        );
+        assert_close(
+            &format!("{} grad b", O::NAME),
+            &dgb.unwrap().to_host()?,
+            &gb,
+            2.0,
+        );
+        let (none, only_b) = binary_backward(op, d.0, la, d.1, lb, d.2, (false, true))?;
+        assert!(none.is_none());
+        assert_close(
+            &format!("{} grad b only", O::NAME),
+            &only_b.unwrap().to_host()?,
+            &gb,
+            2.0,
+        );
+        Ok(())
+    }
+    let v = (&a[..], &la, &b[..], &lb, &gy[..]);
+    let d = (&da, &db, &dgy);
+    one(AddOp, v, d)?;
+    one(SubOp, v, d)?;
+    one(MulOp, v, d)?;
+    one(DivOp, v, d)?;
+    one(MaximumOp, v, d)?;
+    one(MinimumOp, v, d)?;
+    one(PowOp, v, d)?;
+    // ties split the gradient: a tensor against itself
+    let (ga, _) = binary_backward(MaximumOp, &da, &la, &da, &la, &dgy, (true, false))?;
+    let want: Vec<E> = gy.iter().map(|g| E::from_f64(g.to_f64() * 0.5)).collect();
+    assert_close("maximum tie", &ga.unwrap().to_host()?, &want, 1.0);
+    Ok(())
+}
+
+#[test]
+fn binary_ops_with_broadcast_match_cpu() {
+    all_dtypes!("binary", binary_case);
+}
+
+fn reduce_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    // (3, 40, 5) read through a permutation, reduce axes (0, 2) and axis 1
+    let l = Layout::contiguous(&[5, 3, 40]).permute(&[1, 2, 0]);
+    let n = l.numel();
+    // few distinct values: ties in max/min
+    let x: Vec<E> = data::<E>(n, 7, -4.0, 4.0)
+        .into_iter()
+        .map(|v| E::from_f64(v.to_f64().round()))
+        .collect();
+    let dx = dev.to_device(&x)?;
+    for axes in [&[0usize, 2][..], &[1][..], &[0, 1, 2][..]] {
+        let scale = 0.5;
+        let want: Vec<E> = cpu::reduce::reduce_axes(
+            &x,
+            &l,
+            axes,
+            E::Acc::zero(),
+            |a, v: E| a + v.to_acc(),
+            |a, _| E::from_acc(a * E::Acc::of_f64(scale)),
+        );
+        let got = sum_axes(&dx, &l, axes, scale)?;
+        assert_close("sum", &got.to_host()?, &want, 4.0);
+        let gy: Vec<E> = data(want.len(), 8, -1.0, 1.0);
+        let dgy = dev.to_device(&gy)?;
+        let gx = sum_backward(&dgy, l.shape(), axes, scale)?;
+        let le = cpu::reduce::expand_layout(l.shape(), axes);
+        let gx_want = cpu::map(&gy, &le, |v: E| {
+            E::from_acc(v.to_acc() * E::Acc::of_f64(scale))
+        });
+        assert_close("sum backward", &gx.to_host()?, &gx_want, 1.0);
+
+        let (y, c) = cpu::reduce::extreme_axes::<E, true>(&x, &l, axes);
+        let (dy, dc) = extreme_axes::<E, true>(&dx, &l, axes)?;
+        assert_eq!(dy.to_host()?, y, "max is exact");
+        let dcounts: Vec<usize> = dc.to_host()?.into_iter().map(|v| v as usize).collect();
+        assert_eq!(dcounts, c, "max tie counts");
+        let g = cpu::reduce::extreme_backward(&x, &l, axes, &y, &c, &gy);
+        let dg = extreme_backward(&dx, &l, axes, &dy, &dc, &dgy)?;
+        assert_close("max backward", &dg.to_host()?, &g, 1.0);
+        let (y, c) = cpu::reduce::extreme_axes::<E, false>(&x, &l, axes);
+        let (dy, dc) = extreme_axes::<E, false>(&dx, &l, axes)?;
+        assert_eq!(dy.to_host()?, y, "min is exact");
+        let dcounts: Vec<usize> = dc.to_host()?.into_iter().map(|v| v as usize).collect();
+        assert_eq!(dcounts, c, "min tie counts");
+    }
+    Ok(())
+}
+
+#[test]
+fn reductions_match_cpu() {
+    all_dtypes!("reduce", reduce_case);
+}
+
+use num_traits::Zero;
+
+fn softmax_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    // (2, 100, 3) through a permutation; softmax along the middle axis (a
+    // strided row, longer than the emulation's blocks) and along the last axis
+    let l = Layout::contiguous(&[3, 2, 100]).permute(&[1, 2, 0]);
+    let x: Vec<E> = data(l.numel(), 9, -3.0, 3.0);
+    let gy: Vec<E> = data(l.numel(), 10, -1.0, 1.0);
+    let (dx, dgy) = (dev.to_device(&x)?, dev.to_device(&gy)?);
+    for axis in [1, 2] {
+        let y = cpu::softmax::softmax_forward::<E, false>(&x, &l, axis);
+        assert_close(
+            "softmax",
+            &softmax_forward::<E, false>(&dx, &l, axis)?.to_host()?,
+            &y,
+            1.0,
+        );
+        let ly = cpu::softmax::softmax_forward::<E, true>(&x, &l, axis);
+        assert_close(
+            "log_softmax",
+            &softmax_forward::<E, true>(&dx, &l, axis)?.to_host()?,
+            &ly,
+            1.0,
+        );
+        let (dy, dly) = (dev.to_device(&y)?, dev.to_device(&ly)?);
+        let g = cpu::softmax::softmax_backward::<E, false>(&y, &gy, l.shape(), axis);
+        let dg = softmax_backward::<E, false>(&dy, &dgy, l.shape(), axis)?;
+        assert_close("softmax backward", &dg.to_host()?, &g, 2.0);
+        let g = cpu::softmax::softmax_backward::<E, true>(&ly, &gy, l.shape(), axis);
+        let dg = softmax_backward::<E, true>(&dly, &dgy, l.shape(), axis)?;
+        assert_close("log_softmax backward", &dg.to_host()?, &g, 2.0);
+    }
+    Ok(())
+}
+
+#[test]
+fn softmax_matches_cpu() {
+    all_dtypes!("softmax", softmax_case);
+}
+
+fn norm_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    // 6 rows of 300 read through a transpose
+    let l = Layout::contiguous(&[300, 6]).permute(&[1, 0]);
+    let x: Vec<E> = data(l.numel(), 11, -2.0, 2.0);
+    let w: Vec<E> = data(300, 12, 0.5, 1.5);
+    let bias: Vec<E> = data(300, 13, -0.5, 0.5);
+    let gy: Vec<E> = data(l.numel(), 14, -1.0, 1.0);
+    let lw = Layout::contiguous(&[300]);
+    let (dx, dw, db, dgy) = (
+        dev.to_device(&x)?,
+        dev.to_device(&w)?,
+        dev.to_device(&bias)?,
+        dev.to_device(&gy)?,
+    );
+    for kind in [NormKind::Layer, NormKind::Rms, NormKind::RmsOffset] {
+        for with_params in [true, false] {
+            let (wc, bc) = if with_params {
+                (Some((&w[..], &lw)), Some((&bias[..], &lw)))
+            } else {
+                (None, None)
+            };
+            let (wd, bd) = if with_params {
+                (Some((&dw, &lw)), Some((&db, &lw)))
+            } else {
+                (None, None)
+            };
+            let (y, st) = cpu::norm::norm_forward(kind, &x, &l, wc, bc, 1e-5);
+            let (dy, dst) = norm_forward(kind, &dx, &l, wd, bd, 1e-5)?;
+            assert_close("norm", &dy.to_host()?, &y, 2.0);
+            let means: Vec<E::Acc> = st.iter().map(|s| s.mean).collect();
+            let rstds: Vec<E::Acc> = st.iter().map(|s| s.rstd).collect();
+            assert_close_acc("norm mean", E::DTYPE, &dst.mean.to_host()?, &means);
+            assert_close_acc("norm rstd", E::DTYPE, &dst.rstd.to_host()?, &rstds);
+            let g = cpu::norm::norm_backward(kind, &x, &l, wc, with_params, &st, &gy);
+            let dg = norm_backward(kind, &dx, &l, wd, with_params, &dst, &dgy)?;
+            assert_close("norm grad x", &dg.x.to_host()?, &g.x, 4.0);
+            if with_params {
+                // sums over 6 rows
+                assert_close(
+                    "norm grad w",
+                    &dg.weight.unwrap().to_host()?,
+                    &g.weight.unwrap(),
+                    4.0,
+                );
+                assert_close(
+                    "norm grad b",
+                    &dg.bias.unwrap().to_host()?,
+                    &g.bias.unwrap(),
+                    4.0,
+                );
+            } else {
+                assert!(dg.weight.is_none() && dg.bias.is_none());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn norms_match_cpu() {
+    all_dtypes!("norm", norm_case);
+}
+
+fn index_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    // an embedding table (10, 7) and ids with repeats; also axis 1 of a
+    // permuted (3, 10, 4) tensor
+    let table: Vec<E> = data(70, 15, -1.0, 1.0);
+    let lt = Layout::contiguous(&[10, 7]);
+    let ids = [3usize, 0, 9, 3, 3, 7];
+    let didx = indices_to_device(dev, &ids, 10)?;
+    assert!(indices_to_device(dev, &[10], 10).is_err());
+    let dt = dev.to_device(&table)?;
+    let y = cpu::index::index_select(&table, &lt, 0, &ids);
+    assert_eq!(
+        index_select(&dt, &lt, 0, &didx)?.to_host()?,
+        y,
+        "lookup is exact"
+    );
+    let gy: Vec<E> = data(ids.len() * 7, 16, -1.0, 1.0);
+    let g = cpu::index::index_select_backward(&gy, &[10, 7], 0, &ids);
+    let dg = index_select_backward(&dev.to_device(&gy)?, &[10, 7], 0, &didx)?;
+    assert_close("embedding backward", &dg.to_host()?, &g, 2.0);
+
+    let l = Layout::contiguous(&[10, 4, 3]).permute(&[2, 0, 1]);
+    let x: Vec<E> = data(120, 17, -1.0, 1.0);
+    let dx = dev.to_device(&x)?;
+    let y = cpu::index::index_select(&x, &l, 1, &ids);
+    assert_eq!(
+        index_select(&dx, &l, 1, &didx)?.to_host()?,
+        y,
+        "index_select is exact"
+    );
+    let gy: Vec<E> = data(3 * ids.len() * 4, 18, -1.0, 1.0);
+    let g = cpu::index::index_select_backward(&gy, &[3, 10, 4], 1, &ids);
+    let dg = index_select_backward(&dev.to_device(&gy)?, &[3, 10, 4], 1, &didx)?;
+    assert_close("index_select backward", &dg.to_host()?, &g, 2.0);
+    Ok(())
+}
+
+#[test]
+fn embedding_and_scatter_add_match_cpu() {
+    all_dtypes!("index_select", index_case);
+}
+
+fn loss_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    // 5 rows of 37 classes read through a transpose; row 2 ignored
+    let l = Layout::contiguous(&[37, 5]).permute(&[1, 0]);
+    let x: Vec<E> = data(l.numel(), 19, -3.0, 3.0);
+    let targets = [4usize, 36, cpu::loss::IGNORED, 0, 17];
+    let t32: Vec<u32> = targets
+        .iter()
+        .map(|&t| {
+            if t == cpu::loss::IGNORED {
+                IGNORED
+            } else {
+                t as u32
+            }
+        })
+        .collect();
+    let (dx, dt) = (dev.to_device(&x)?, dev.to_device(&t32)?);
+    for eps in [0.0, 0.1] {
+        let (sum, st) = cpu::loss::cross_entropy_forward(&x, &l, &targets, eps);
+        let (dsum, dst) = cross_entropy_forward(&dx, &l, &dt, eps)?;
+        assert_close_acc("cross_entropy", E::DTYPE, &dsum.to_host()?, &[sum]);
+        let scale = 0.25;
+        let g =
+            cpu::loss::cross_entropy_backward(&x, &l, &targets, &st, eps, E::Acc::of_f64(scale));
+        let dg = cross_entropy_backward(&dx, &l, &dt, &dst, eps, scale)?;
+        assert_close("cross_entropy backward", &dg.to_host()?, &g, 2.0);
+    }
+    Ok(())
+}
+
+#[test]
+fn cross_entropy_matches_cpu() {
+    all_dtypes!("cross_entropy", loss_case);
+}
+
+fn optim_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    let n = 1000;
+    let p0: Vec<E> = data(n, 20, -1.0, 1.0);
+    for decoupled in [true, false] {
+        let (mut p, mut m, mut v) = (p0.clone(), vec![E::Acc::zero(); n], vec![E::Acc::zero(); n]);
+        let mut dp = dev.to_device(&p)?;
+        let (mut dm, mut dv) = (dev.zeros::<E::Acc>(n)?, dev.zeros::<E::Acc>(n)?);
+        for step in 1..=3u64 {
+            let g: Vec<E> = data(n, 20 + step, -1.0, 1.0);
+            let s = AdamStep {
+                lr: 1e-2,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.1,
+                decoupled,
+                step,
+            };
+            cpu::optim::adam_update(&mut p, &g, &mut m, &mut v, &s);
+            adam_update(&mut dp, &dev.to_device(&g)?, &mut dm, &mut dv, &s)?;
+        }
+        assert_close("adam param", &dp.to_host()?, &p, 2.0);
+        assert_close_acc("adam m", E::DTYPE, &dm.to_host()?, &m);
+        assert_close_acc("adam v", E::DTYPE, &dv.to_host()?, &v);
+    }
+    for (momentum, nesterov) in [(0.0, false), (0.9, false), (0.9, true)] {
+        let (mut p, mut buf) = (p0.clone(), vec![E::Acc::zero(); n]);
+        let mut dp = dev.to_device(&p)?;
+        let mut dbuf = dev.zeros::<E::Acc>(n)?;
+        for step in 0..3u64 {
+            let g: Vec<E> = data(n, 30 + step, -1.0, 1.0);
+            let s = SgdStep {
+                lr: 0.05,
+                momentum,
+                dampening: 0.1,
+                nesterov,
+                weight_decay: 0.01,
+                first: step == 0,
+            };
+            cpu::optim::sgd_update(&mut p, &g, &mut buf, &s);
+            sgd_update(&mut dp, &dev.to_device(&g)?, &mut dbuf, &s)?;
+        }
+        assert_close("sgd param", &dp.to_host()?, &p, 2.0);
+    }
+    Ok(())
+}
+
+#[test]
+fn optimizer_updates_match_cpu() {
+    all_dtypes!("optimizer", optim_case);
+}
+
+fn matmul_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    let (m, k, n) = (33, 70, 17);
+    let a: Vec<E> = data(2 * m * k, 40, -1.0, 1.0);
+    let b: Vec<E> = data(2 * k * n, 41, -1.0, 1.0);
+    let (da, db) = (dev.to_device(&a)?, dev.to_device(&b)?);
+    // plain, transposed views, a batch-broadcast rhs, and a strided (copied) lhs
+    let la = Layout::contiguous(&[2, m, k]);
+    let lat = Layout::contiguous(&[2, k, m]).permute(&[0, 2, 1]);
+    let lb = Layout::contiguous(&[2, k, n]);
+    let lbt = Layout::contiguous(&[2, n, k]).permute(&[0, 2, 1]);
+    let lb_bcast = Layout::new(&[2, k, n], &[0, n, 1], 0);
+    let la_strided = Layout::new(&[2, m / 2, k], &[m * k, 2 * k, 1], 0);
+    let cases = [
+        (la, lb),
+        (lat, lb),
+        (la, lbt),
+        (lat, lbt),
+        (la, lb_bcast),
+        (la_strided, lb),
+    ];
+    // sums of 70 products: the rounding of low-precision outputs dominates
+    for (la, lb) in cases {
+        let want = cpu::matmul::gemm_batched(&a, &la, &b, &lb);
+        let got = gemm_batched(&da, &la, &db, &lb, GemmOptions::default())?;
+        assert_close(
+            &format!("matmul {:?} x {:?}", la.strides(), lb.strides()),
+            &got.to_host()?,
+            &want,
+            4.0,
+        );
+    }
+    let l2a = Layout::contiguous(&[m, k]);
+    let l2b = Layout::contiguous(&[k, n]);
+    let want = cpu::matmul::gemm(&a, &l2a, &b, &l2b);
+    assert_close(
+        "gemm 2-D",
+        &gemm(&da, &l2a, &db, &l2b, GemmOptions::default())?.to_host()?,
+        &want,
+        4.0,
+    );
+    if E::DTYPE == DType::F32 {
+        // TF32 rounds inputs to 10 mantissa bits: about 1e-3 relative
+        let got = gemm(&da, &l2a, &db, &l2b, GemmOptions { allow_tf32: true })?.to_host()?;
+        for (g, w) in got.iter().zip(&want) {
+            assert!(close(g.to_f64(), w.to_f64(), 1e-2), "tf32 {g:?} vs {w:?}");
+        }
+    }
+    assert!(gemm_batched(
+        &da,
+        &la,
+        &db,
+        &Layout::contiguous(&[2, k + 1, n]),
+        GemmOptions::default()
+    )
+    .is_err());
+    Ok(())
+}
+
+#[test]
+fn matmul_matches_cpu() {
+    all_dtypes!("matmul", matmul_case);
+}
+
+fn transfer_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    let x: Vec<E> = data(1001, 50, -100.0, 100.0);
+    let d = dev.to_device(&x)?;
+    assert_eq!(d.len(), 1001);
+    let back = d.to_host()?;
+    assert!(back
+        .iter()
+        .zip(&x)
+        .all(|(a, b)| a.to_f64().to_bits() == b.to_f64().to_bits()));
+    assert!(dev
+        .zeros::<E>(17)?
+        .to_host()?
+        .iter()
+        .all(|v| v.to_f64() == 0.0));
+    assert!(dev.to_device::<E>(&[])?.to_host()?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn transfers_round_trip_exactly() {
+    all_dtypes!("transfer", transfer_case);
+}
+
+/// The device kernels' rounding equals the CPU's, bit for bit, over every
+/// f8 bit pattern and a sweep of f16/bf16 boundary values (a copy through
+/// `to_f32`/`from_f32` conversions via the matmul's fp8 path would hide a
+/// difference, so this goes through `MulScalar(1)`).
+fn rounding_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    let mut xs: Vec<f32> = (0..=255u8).map(|b| F8E4M3::from_bits(b).to_f32()).collect();
+    xs.extend((0..=255u8).map(|b| F8E5M2::from_bits(b).to_f32()));
+    xs.extend(data::<f32>(4000, 60, -600.0, 600.0));
+    xs.extend(data::<f32>(4000, 61, -1e-3, 1e-3));
+    xs.extend([
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        1e30,
+        -1e30,
+        65519.0,
+        65520.0,
+        448.0,
+        464.0,
+        57344.0,
+        61440.0,
+    ]);
+    // f32 values pass through f32 exactly; the kernel rounds f32 -> E
+    let l = Layout::contiguous(&[xs.len()]);
+    let d32 = dev.to_device(&xs)?;
+    let via: Vec<E> = {
+        let mut out = dev.alloc::<E>(xs.len())?;
+        dev.launch("rounding", Family::Unary, E::DTYPE, "from_f32")?
+            .ptr(&d32)
+            .ptr_mut(&mut out)
+            .u64(xs.len())
+            .run(super::device::grid_for(xs.len()))?;
+        out.to_host()?
+    };
+    let want: Vec<E> = xs.iter().map(|&x| E::from_f32(x)).collect();
+    for (i, (g, w)) in via.iter().zip(&want).enumerate() {
+        let same = g == w || (g.to_f64().is_nan() && w.to_f64().is_nan());
+        assert!(
+            same,
+            "rounding {} to {}: gpu {g:?} vs cpu {w:?}",
+            xs[i],
+            E::DTYPE
+        );
+    }
+    // widening is exact
+    let back = unary_forward(MulScalar(1.0), &dev.to_device(&want)?, &l)?.to_host()?;
+    assert_eq!(back.len(), want.len());
+    Ok(())
+}
+
+#[test]
+fn device_rounding_equals_cpu_rounding() {
+    all_dtypes!("rounding", rounding_case);
+}
+
+#[test]
+fn caching_allocator_reuses_freed_blocks() {
+    for dev in devices() {
+        allocator_case(&dev);
+    }
+}
+
+fn allocator_case(dev: &CudaDevice) {
+    let before = dev.pool_stats();
+    drop(dev.zeros::<f32>(1000).unwrap());
+    let b = dev.zeros::<f32>(1000).unwrap(); // same size class: from the cache
+    let after = dev.pool_stats();
+    assert!(after.hits > before.hits, "{before:?} -> {after:?}");
+    drop(b);
+    dev.empty_cache();
+    assert_eq!(dev.pool_stats().cached_bytes, 0);
+}
+
+#[test]
+fn errors_name_the_failing_check() {
+    for dev in devices() {
+        errors_case(&dev);
+    }
+}
+
+fn errors_case(dev: &CudaDevice) {
+    let x = dev.to_device(&[1.0f32; 6]).unwrap();
+    // a layout reaching past the buffer is refused before any launch
+    let e = unary_forward(Exp, &x, &Layout::contiguous(&[7])).unwrap_err();
+    assert!(e.call.contains("layout check"), "{e}");
+    let e = binary_forward(
+        AddOp,
+        &x,
+        &Layout::contiguous(&[6]),
+        &x,
+        &Layout::contiguous(&[2, 3]),
+    )
+    .unwrap_err();
+    assert!(e.call.contains("shape check"), "{e}");
+    let e = sum_axes(&x, &Layout::contiguous(&[2, 3]), &[2], 1.0).unwrap_err();
+    assert!(e.call.contains("axes check"), "{e}");
+    if dev.capability() < Capability::new(8, 9) {
+        let f8 = dev.to_device(&[F8E4M3::from_f32(1.0)]).unwrap();
+        let e = unary_forward(Exp, &f8, &Layout::contiguous(&[1])).unwrap_err();
+        assert!(
+            e.reason.contains(dev.name()) && e.reason.contains("f8e4m3"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn capability_errors_name_op_dtype_and_gpu() {
+    let Ok(old) = CudaDevice::emulated(Capability::new(7, 5)) else {
+        println!("skipped: host emulation (no host C++ compiler)");
+        return;
+    };
+    let x = old.to_device(&[bf16::from_f32(1.0); 4]).unwrap();
+    let e = softmax_forward::<bf16, false>(&x, &Layout::contiguous(&[4]), 0).unwrap_err();
+    assert!(
+        e.reason.contains("`softmax` in bf16") && e.reason.contains("host emulation"),
+        "{e}"
+    );
+    assert!(
+        e.reason.contains("sm_80") && e.reason.contains("sm_75"),
+        "{e}"
+    );
+    let y = old.to_device(&[F8E5M2::from_f32(1.0); 4]).unwrap();
+    let e = gemm(
+        &y,
+        &Layout::contiguous(&[2, 2]),
+        &y,
+        &Layout::contiguous(&[2, 2]),
+        GemmOptions::default(),
+    )
+    .unwrap_err();
+    assert!(
+        e.reason.contains("`matmul` in f8e5m2") && e.reason.contains("sm_89"),
+        "{e}"
+    );
+    // f32 runs on it
+    let z = old.to_device(&[1.0f32, 2.0]).unwrap();
+    let s = sum_axes(&z, &Layout::contiguous(&[2]), &[0], 1.0).unwrap();
+    assert_eq!(s.to_host().unwrap(), vec![3.0]);
+}
