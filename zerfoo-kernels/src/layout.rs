@@ -171,6 +171,19 @@ impl Layout {
         }
     }
 
+    /// The multi-index and storage offset of element `i` (row-major order).
+    fn position_of(&self, i: usize) -> ([usize; MAX_RANK], usize) {
+        let mut idx = [0usize; MAX_RANK];
+        let mut rem = i;
+        let mut off = self.offset;
+        for d in (0..self.rank()).rev() {
+            idx[d] = rem % self.shape[d];
+            rem /= self.shape[d];
+            off += idx[d] * self.strides[d];
+        }
+        (idx, off)
+    }
+
     /// Calls `f(storage_index)` for elements `start..start + count` (row-major order).
     #[inline]
     pub fn for_each_offset_in(&self, start: usize, count: usize, mut f: impl FnMut(usize)) {
@@ -182,14 +195,7 @@ impl Layout {
             f(self.offset);
             return;
         }
-        let mut idx = [0usize; MAX_RANK];
-        let mut rem = start;
-        let mut off = self.offset;
-        for d in (0..rank).rev() {
-            idx[d] = rem % self.shape[d];
-            rem /= self.shape[d];
-            off += idx[d] * self.strides[d];
-        }
+        let (mut idx, mut off) = self.position_of(start);
         for _ in 0..count {
             f(off);
             let mut d = rank;
@@ -227,14 +233,7 @@ impl Layout {
             return;
         }
         let (inner, is) = (self.shape[rank - 1], self.strides[rank - 1]);
-        let mut idx = [0usize; MAX_RANK];
-        let mut rem = start;
-        let mut off = self.offset;
-        for d in (0..rank).rev() {
-            idx[d] = rem % self.shape[d];
-            rem /= self.shape[d];
-            off += idx[d] * self.strides[d];
-        }
+        let (mut idx, mut off) = self.position_of(start);
         let mut left = count;
         loop {
             let len = (inner - idx[rank - 1]).min(left);

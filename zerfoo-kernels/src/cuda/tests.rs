@@ -206,7 +206,7 @@ fn binary_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
             &y,
             1.0,
         );
-        let (ga, gb) = cpu::binary::binary_backward(op, a, la, b, lb, gy, (true, true));
+        let (ga, gb) = cpu::binary::binary_backward(op, a, la, b, lb, gy.to_vec(), (true, true));
         let (dga, dgb) = binary_backward(op, d.0, la, d.1, lb, d.2, (true, true))?;
         assert_close(
             &format!("{} grad a", O::NAME),
