@@ -9,7 +9,13 @@ use num_traits::Float;
 use rayon::prelude::*;
 
 use super::simd::vectorized;
-use super::{CHUNK, PAR_THRESHOLD};
+use super::CHUNK;
+
+/// Parameters of at least this many values are updated in parallel chunks.
+/// Lower than [`super::PAR_THRESHOLD`]: an update is several streams per element,
+/// so even a 128 x 128 weight is worth two threads. The chunking is fixed,
+/// so results never depend on it.
+const OPT_PAR: usize = 2 * CHUNK;
 use crate::dtype::{FloatDtype, Real};
 
 /// Settings of one Adam/AdamW update of one parameter tensor.
@@ -85,7 +91,7 @@ pub fn adam_update<E: FloatDtype>(
             },
         )
     };
-    if param.len() >= PAR_THRESHOLD {
+    if param.len() >= OPT_PAR {
         param
             .par_chunks_mut(CHUNK)
             .zip(grad.par_chunks(CHUNK))
@@ -151,13 +157,13 @@ pub fn sgd_update<E: FloatDtype>(param: &mut [E], grad: &[E], buf: &mut [E::Acc]
     };
     let empty: &mut [E::Acc] = &mut [];
     let buf = if s.momentum != 0.0 { buf } else { empty };
-    if param.len() >= PAR_THRESHOLD && s.momentum != 0.0 {
+    if param.len() >= OPT_PAR && s.momentum != 0.0 {
         param
             .par_chunks_mut(CHUNK)
             .zip(grad.par_chunks(CHUNK))
             .zip(buf.par_chunks_mut(CHUNK))
             .for_each(|((p, g), b)| body((p, g, b)));
-    } else if param.len() >= PAR_THRESHOLD {
+    } else if param.len() >= OPT_PAR {
         param
             .par_chunks_mut(CHUNK)
             .zip(grad.par_chunks(CHUNK))
@@ -190,7 +196,7 @@ pub fn sum_squares<E: FloatDtype>(x: &[E]) -> f64 {
         let tail: f64 = it.remainder().iter().map(|x| x.to_f64() * x.to_f64()).sum();
         acc.iter().sum::<f64>() + tail
     }
-    let partial: Vec<f64> = if x.len() >= PAR_THRESHOLD {
+    let partial: Vec<f64> = if x.len() >= OPT_PAR {
         x.par_chunks(CHUNK).map(chunk).collect()
     } else {
         x.chunks(CHUNK).map(chunk).collect()
@@ -211,6 +217,7 @@ pub fn scale_in_place<E: FloatDtype>(x: &mut [E], factor: f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::PAR_THRESHOLD;
 
     fn vals(n: usize, seed: u64) -> Vec<f64> {
         (0..n as u64)
