@@ -157,17 +157,25 @@ impl Layout {
                 off += inner_stride;
             }
             // advance the outer multi-index
-            let mut d = rank - 1;
-            while d > 0 {
-                d -= 1;
-                idx[d] += 1;
-                base += self.strides[d];
-                if idx[d] < self.shape[d] {
-                    break;
-                }
-                base -= self.strides[d] * self.shape[d];
-                idx[d] = 0;
+            self.step(&mut idx, &mut base, rank - 1);
+        }
+    }
+
+    /// Steps the multi-index `idx` over axes `0..axes` to the next position
+    /// in row-major order, carrying into outer axes, and keeps its storage
+    /// offset `off` in step.
+    #[inline(always)]
+    fn step(&self, idx: &mut [usize; MAX_RANK], off: &mut usize, axes: usize) {
+        let mut d = axes;
+        while d > 0 {
+            d -= 1;
+            idx[d] += 1;
+            *off += self.strides[d];
+            if idx[d] < self.shape[d] {
+                break;
             }
+            *off -= self.strides[d] * self.shape[d];
+            idx[d] = 0;
         }
     }
 
@@ -198,17 +206,7 @@ impl Layout {
         let (mut idx, mut off) = self.position_of(start);
         for _ in 0..count {
             f(off);
-            let mut d = rank;
-            while d > 0 {
-                d -= 1;
-                idx[d] += 1;
-                off += self.strides[d];
-                if idx[d] < self.shape[d] {
-                    break;
-                }
-                off -= self.strides[d] * self.shape[d];
-                idx[d] = 0;
-            }
+            self.step(&mut idx, &mut off, rank);
         }
     }
 
@@ -245,17 +243,7 @@ impl Layout {
             // To the start of the next row.
             off -= idx[rank - 1] * is;
             idx[rank - 1] = 0;
-            let mut d = rank - 1;
-            while d > 0 {
-                d -= 1;
-                idx[d] += 1;
-                off += self.strides[d];
-                if idx[d] < self.shape[d] {
-                    break;
-                }
-                off -= self.strides[d] * self.shape[d];
-                idx[d] = 0;
-            }
+            self.step(&mut idx, &mut off, rank - 1);
         }
     }
 
