@@ -498,14 +498,9 @@ unsafe fn macro_kernel<A: Real>(
 ) {
     let (mr, nr) = (kern.mr, kern.nr);
     debug_assert!(mr * nr <= MAX_TILE);
-    // An edge tile goes through scratch, then into `c` by `finish`.
-    let finish = |t: &[A], rows: usize, cols: usize, cp: *mut A| {
-        if overwrite {
-            store_tile(t, nr, rows, cols, cp, ldc);
-        } else {
-            add_tile(t, nr, rows, cols, cp, ldc);
-        }
-    };
+    // Edge tiles are computed into scratch (overwriting it), then written or
+    // added into `c`.
+    let mut scratch = [A::zero(); MAX_TILE];
     for jp in p0..p1 {
         let bpanel = &bp[jp * kc * nr..(jp + 1) * kc * nr];
         let j0 = jp * nr;
@@ -513,85 +508,59 @@ unsafe fn macro_kernel<A: Real>(
         for ip in 0..mc.div_ceil(mr) {
             let i0 = ip * mr;
             let rows = mr.min(mc - i0);
+            let full = rows == mr && cols == nr;
             // SAFETY: `i0 < mc`, `j0 < nc`: inside the caller's block.
             let cp = unsafe { c.add(i0 * ldc + j0) };
-            if let (Some((a, lda)), true) = (a_in_place, rows == mr) {
-                if cols == nr {
-                    // SAFETY: rows `i0..i0 + mr` of A are in place at `a + i0 * lda`
-                    // (the caller's guarantee); the tile is inside the block.
-                    unsafe {
-                        (kern.fd)(
-                            kc,
-                            a.add(i0 * lda),
-                            lda,
-                            bpanel.as_ptr(),
-                            cp,
-                            ldc,
-                            overwrite,
-                        )
-                    };
-                } else {
-                    let mut t = [A::zero(); MAX_TILE];
-                    // SAFETY: as above, into scratch with row length nr.
-                    unsafe {
-                        (kern.fd)(
-                            kc,
-                            a.add(i0 * lda),
-                            lda,
-                            bpanel.as_ptr(),
-                            t.as_mut_ptr(),
-                            nr,
-                            true,
-                        )
-                    };
-                    finish(&t, rows, cols, cp);
-                }
-                continue;
-            }
-            // Packed panel: all of them, or only the tail when A is read in place.
-            let pi = if a_in_place.is_some() { 0 } else { ip };
-            let apanel = &ap[pi * kc * mr..(pi + 1) * kc * mr];
-            if rows == mr && cols == nr {
-                // SAFETY: full tile inside the block; panels hold kc*mr / kc*nr values;
-                // the kernel was offered only where the CPU supports it.
-                unsafe { (kern.f)(kc, apanel.as_ptr(), bpanel.as_ptr(), cp, ldc, overwrite) };
+            let (dst, ld, ow) = if full {
+                (cp, ldc, overwrite)
             } else {
-                let mut t = [A::zero(); MAX_TILE];
-                // SAFETY: the scratch tile holds mr * nr values with row length nr.
-                unsafe {
-                    (kern.f)(
-                        kc,
-                        apanel.as_ptr(),
-                        bpanel.as_ptr(),
-                        t.as_mut_ptr(),
-                        nr,
-                        true,
-                    )
-                };
-                finish(&t, rows, cols, cp);
+                (scratch.as_mut_ptr(), nr, true)
+            };
+            match a_in_place {
+                // SAFETY: rows `i0..i0 + mr` of A are in place at `a + i0 * lda`
+                // (the caller's guarantee); `dst` is the tile inside the block
+                // or the scratch tile (row length nr).
+                Some((a, lda)) if rows == mr => unsafe {
+                    (kern.fd)(kc, a.add(i0 * lda), lda, bpanel.as_ptr(), dst, ld, ow)
+                },
+                _ => {
+                    // Packed panel: all of them, or only the tail when A is read in place.
+                    let pi = if a_in_place.is_some() { 0 } else { ip };
+                    let apanel = &ap[pi * kc * mr..(pi + 1) * kc * mr];
+                    // SAFETY: panels hold kc*mr / kc*nr values; `dst` as above; the
+                    // kernel was offered only where the CPU supports it.
+                    unsafe { (kern.f)(kc, apanel.as_ptr(), bpanel.as_ptr(), dst, ld, ow) };
+                }
+            }
+            if !full {
+                write_tile(&scratch, nr, (rows, cols), cp, ldc, overwrite);
             }
         }
     }
 }
 
-/// Writes the top-left `rows x cols` of a scratch tile (row length `nr`) to `c`.
+/// Writes (`overwrite`) or adds the top-left `rows x cols` of a scratch
+/// tile (row length `nr`) into `c`.
 #[inline]
-fn store_tile<A: Real>(t: &[A], nr: usize, rows: usize, cols: usize, c: *mut A, ldc: usize) {
+fn write_tile<A: Real>(
+    t: &[A],
+    nr: usize,
+    (rows, cols): (usize, usize),
+    c: *mut A,
+    ldc: usize,
+    overwrite: bool,
+) {
     for i in 0..rows {
         for j in 0..cols {
             // SAFETY: the caller's block holds `rows x cols` at `c` with row length `ldc`.
-            unsafe { c.add(i * ldc + j).write(t[i * nr + j]) };
-        }
-    }
-}
-
-/// Adds the top-left `rows x cols` of a scratch tile (row length `nr`) into `c`.
-#[inline]
-fn add_tile<A: Real>(t: &[A], nr: usize, rows: usize, cols: usize, c: *mut A, ldc: usize) {
-    for i in 0..rows {
-        for j in 0..cols {
-            // SAFETY: the caller's block holds `rows x cols` at `c` with row length `ldc`.
-            unsafe { *c.add(i * ldc + j) += t[i * nr + j] };
+            unsafe {
+                let c = c.add(i * ldc + j);
+                if overwrite {
+                    c.write(t[i * nr + j]);
+                } else {
+                    *c += t[i * nr + j];
+                }
+            }
         }
     }
 }
