@@ -97,7 +97,7 @@ pub(crate) fn f32_kernel() -> Kernel<f32> {
         mr: 4,
         nr: 8,
         f: micro::<f32, 4, 8>,
-        fd: micro_direct::<f32, 4, 8>,
+        fd: Some(micro_direct::<f32, 4, 8>),
         name: "generic-4x8",
     }
 }
@@ -108,7 +108,7 @@ pub(crate) fn f64_kernel() -> Kernel<f64> {
         mr: 4,
         nr: 4,
         f: micro::<f64, 4, 4>,
-        fd: micro_direct::<f64, 4, 4>,
+        fd: Some(micro_direct::<f64, 4, 4>),
         name: "generic-4x4",
     }
 }

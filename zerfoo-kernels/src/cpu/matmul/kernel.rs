@@ -2,24 +2,30 @@
 //!
 //! A micro-kernel multiplies one packed `MR`-row panel of `A` by one packed
 //! `NR`-column panel of `B` over a depth `kc` and adds the `MR x NR` result
-//! to `C`. The explicit x86 kernels live in [`super::x86`]; the portable one
-//! in [`super::generic`] is used on every other CPU.
+//! to `C`. Panels hold values of a packed type `P` (the compute type `C`
+//! itself, or pairs of `bf16` for the AVX512-BF16 kernel, see
+//! [`super::pack::Packing`]). The explicit x86 kernels live in
+//! [`super::x86`]; the portable one in [`super::generic`] is used on every
+//! other CPU.
 
 use std::any::TypeId;
 use std::sync::OnceLock;
 
 use crate::Real;
 
-/// `c[i * ldc + j] += Σ_p a[p * MR + i] * b[p * NR + j]` for the full
-/// `MR x NR` tile; with `overwrite`, `c[i * ldc + j] = Σ ...` (the old
-/// values are never read, so they may be uninitialized).
+/// `c[i * ldc + j] += Σ_p A[i, p] * B[p, j]` for the full `MR x NR` tile,
+/// depth `p < kc`; with `overwrite`, `c[i * ldc + j] = Σ ...` (the old
+/// values are never read, so they may be uninitialized). The panels store
+/// `g = kc.div_ceil(G)` groups of `G` depth values (`G = 1`: `a[q * MR + i]`
+/// is `A[i, q]`; `G = 2`: `a[q * MR + i]` holds `A[i, 2q]` and
+/// `A[i, 2q + 1]`), likewise `b[q * NR + j]`.
 ///
 /// # Safety
-/// `a` must be readable for `kc * MR` values, `b` for `kc * NR` values, and
+/// `a` must be readable for `g * MR` values, `b` for `g * NR` values, and
 /// `c` writable (and readable unless `overwrite`) at every `i * ldc + j`
 /// with `i < MR`, `j < NR`. The CPU must support the kernel's target features.
-pub(crate) type MicroFn<T> =
-    unsafe fn(kc: usize, a: *const T, b: *const T, c: *mut T, ldc: usize, overwrite: bool);
+pub(crate) type MicroFn<P, C> =
+    unsafe fn(kc: usize, a: *const P, b: *const P, c: *mut C, ldc: usize, overwrite: bool);
 
 /// Like [`MicroFn`] but reads `A` in place: `a[i * lda + p]` for row `i`,
 /// depth `p` (a row-major `A` needs no packing).
@@ -27,27 +33,28 @@ pub(crate) type MicroFn<T> =
 /// # Safety
 /// `a` must be readable at `i * lda + p` for `i < MR`, `p < kc`; otherwise
 /// as for [`MicroFn`].
-pub(crate) type DirectFn<T> = unsafe fn(
+pub(crate) type DirectFn<P, C> = unsafe fn(
     kc: usize,
-    a: *const T,
+    a: *const P,
     lda: usize,
-    b: *const T,
-    c: *mut T,
+    b: *const P,
+    c: *mut C,
     ldc: usize,
     overwrite: bool,
 );
 
-/// A micro-kernel and its register-tile shape.
+/// A micro-kernel and its register-tile shape: panels of packed type `P`,
+/// results in the compute type `C`.
 #[derive(Clone, Copy)]
-pub(crate) struct Kernel<T> {
+pub(crate) struct Kernel<P, C = P> {
     /// Rows of the register tile.
     pub mr: usize,
     /// Columns of the register tile.
     pub nr: usize,
     /// The kernel itself.
-    pub f: MicroFn<T>,
-    /// The same kernel reading `A` in place.
-    pub fd: DirectFn<T>,
+    pub f: MicroFn<P, C>,
+    /// The same kernel reading `A` in place (only where `P` is the input type).
+    pub fd: Option<DirectFn<P, C>>,
     /// A short name (for benchmarks and tests).
     #[allow(dead_code)]
     pub name: &'static str,
@@ -87,6 +94,21 @@ pub(crate) fn f64_kernel() -> Kernel<f64> {
             }
         }
         super::generic::f64_kernel()
+    })
+}
+
+/// The AVX512-BF16 kernel on `bf16` pairs, if this CPU has it (checked once).
+pub(crate) fn bf16_kernel() -> Option<Kernel<u32, f32>> {
+    static K: OnceLock<Option<Kernel<u32, f32>>> = OnceLock::new();
+    *K.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            super::x86::avx512_bf16()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            None
+        }
     })
 }
 

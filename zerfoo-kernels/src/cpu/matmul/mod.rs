@@ -15,6 +15,17 @@
 //! count, so results are deterministic. Small problems run on the calling
 //! thread; large ones split row (and if needed column) blocks, or the batch,
 //! over rayon.
+//!
+//! `bf16` on a CPU with AVX512-BF16 skips the widening: panels keep the
+//! `bf16` values, two consecutive depth values per 32-bit lane, and a 14 x 32
+//! kernel issues `vdpbf16ps` (two products per `f32` lane, twice the
+//! multiply-adds of an `f32` FMA), over depth blocks of [`KC_BF16`].
+//! Accumulation is still `f32` and the result is rounded once, but the
+//! instruction treats denormal inputs as zero, flushes denormal results to
+//! zero and rounds the two-product sum its own way (each product is exact;
+//! the adds round to nearest even), so bits differ from the widening path
+//! (within `f32` summation error; both are far inside `bf16` tolerance) and
+//! may differ between CPU vendors. They do not depend on the thread count.
 
 mod generic;
 mod kernel;
@@ -32,12 +43,14 @@ use rayon::prelude::*;
 
 use crate::cpu::simd::vectorized;
 
-use crate::{DType, FloatDtype, Layout, Real};
-use kernel::{Kernel, MAX_TILE};
-use pack::{pack_a, pack_b_panel, with_buf, A_BUF, B_BUF};
+use crate::{bf16, DType, FloatDtype, Layout, Real};
+use kernel::{DirectFn, Kernel, MAX_TILE};
+use pack::{with_buf, Bf16Pairs, Packing, Widen, A_BUF, B_BUF};
 
 /// Depth of a packed block (the `K` extent kept in cache at once).
 pub(crate) const KC: usize = 256;
+/// Depth of a packed block of `bf16` pairs (half the bytes per value).
+pub(crate) const KC_BF16: usize = 512;
 /// Rows of a packed `A` block at most (sized for L2).
 const MC: usize = 336;
 /// Columns of a packed `B` block at most (sized for L3; a multiple of every `NR`).
@@ -80,16 +93,37 @@ pub fn gemm<E: FloatDtype>(a: &[E], la: &Layout, b: &[E], lb: &Layout) -> Vec<E>
 /// assert_eq!(gemm_batched(&a, &la, &b, &lb), [12.0, 34.0]);
 /// ```
 pub fn gemm_batched<E: FloatDtype>(a: &[E], la: &Layout, b: &[E], lb: &Layout) -> Vec<E> {
-    gemm_batched_with(a, la, b, lb, kernel::kernel::<E::Acc>())
+    native_bf16(a, b, |a, b, kern| {
+        gemm_batched_with::<_, Bf16Pairs>(a, la, b, lb, kern)
+    })
+    .unwrap_or_else(|| gemm_batched_with::<_, Widen>(a, la, b, lb, kernel::kernel::<E::Acc>()))
 }
 
-/// [`gemm_batched`] with a given micro-kernel.
-fn gemm_batched_with<E: FloatDtype>(
+/// Runs `f` on the operands as `bf16` with the AVX512-BF16 kernel, where
+/// `E` is `bf16` and the CPU has that kernel; `None` otherwise.
+fn native_bf16<E: FloatDtype>(
+    a: &[E],
+    b: &[E],
+    f: impl FnOnce(&[bf16], &[bf16], Kernel<u32, f32>) -> Vec<bf16>,
+) -> Option<Vec<E>> {
+    if TypeId::of::<E>() != TypeId::of::<bf16>() {
+        return None;
+    }
+    let kern = kernel::bf16_kernel()?;
+    // SAFETY: `E` is `bf16` (same TypeId).
+    let cast = |x: &[E]| unsafe { core::slice::from_raw_parts(x.as_ptr().cast::<bf16>(), x.len()) };
+    let mut out = core::mem::ManuallyDrop::new(f(cast(a), cast(b), kern));
+    // SAFETY: `E` is `bf16`: the same layout, so the vector is reused as is.
+    Some(unsafe { Vec::from_raw_parts(out.as_mut_ptr().cast::<E>(), out.len(), out.capacity()) })
+}
+
+/// [`gemm_batched`] with a given packing and micro-kernel.
+fn gemm_batched_with<E: FloatDtype, K: Packing<E>>(
     a: &[E],
     la: &Layout,
     b: &[E],
     lb: &Layout,
-    kern: Kernel<E::Acc>,
+    kern: Kernel<K::P, E::Acc>,
 ) -> Vec<E> {
     let p = Problem::new(la, lb, "gemm_batched");
     let (m, n, k) = (p.m, p.n, p.k);
@@ -114,7 +148,7 @@ fn gemm_batched_with<E: FloatDtype>(
             &b_rows,
             &b_cols,
         );
-        product(&ops, out, threads, kern);
+        product::<E, K>(&ops, out, threads, kern);
     };
     if macs * batch < PAR_MACS || threads == 1 {
         for (bi, o) in out.chunks_exact_mut(m * n).enumerate() {
@@ -146,16 +180,19 @@ fn offsets(n: usize, stride: usize) -> Vec<usize> {
 /// This is one GEMM whose depth runs over `(batch, K)`: the gradient of a
 /// right operand that was broadcast over the batch.
 pub fn gemm_batch_sum<E: FloatDtype>(a: &[E], la: &Layout, b: &[E], lb: &Layout) -> Vec<E> {
-    gemm_batch_sum_with(a, la, b, lb, kernel::kernel::<E::Acc>())
+    native_bf16(a, b, |a, b, kern| {
+        gemm_batch_sum_with::<_, Bf16Pairs>(a, la, b, lb, kern)
+    })
+    .unwrap_or_else(|| gemm_batch_sum_with::<_, Widen>(a, la, b, lb, kernel::kernel::<E::Acc>()))
 }
 
-/// [`gemm_batch_sum`] with a given micro-kernel.
-fn gemm_batch_sum_with<E: FloatDtype>(
+/// [`gemm_batch_sum`] with a given packing and micro-kernel.
+fn gemm_batch_sum_with<E: FloatDtype, K: Packing<E>>(
     a: &[E],
     la: &Layout,
     b: &[E],
     lb: &Layout,
-    kern: Kernel<E::Acc>,
+    kern: Kernel<K::P, E::Acc>,
 ) -> Vec<E> {
     let p = Problem::new(la, lb, "gemm_batch_sum");
     let (m, n, k) = (p.m, p.n, p.k);
@@ -182,7 +219,7 @@ fn gemm_batch_sum_with<E: FloatDtype>(
     };
     let ops = Operands::new(a, 0, &a_rows, &a_cols, b, 0, &b_rows, &b_cols);
     let mut out = Vec::with_capacity(m * n);
-    product(&ops, &mut out.spare_capacity_mut()[..m * n], threads, kern);
+    product::<E, K>(&ops, &mut out.spare_capacity_mut()[..m * n], threads, kern);
     // SAFETY: `product` wrote all `m * n` values.
     unsafe { out.set_len(m * n) };
     out
@@ -302,11 +339,11 @@ impl<A> SendPtr<A> {
 /// One product into `out` (`[M, N]`, possibly uninitialized; every element
 /// is written): straight into `out` when `E` is its own compute type, else
 /// into an `E::Acc` buffer that is rounded once at the end. Needs `K > 0`.
-fn product<E: FloatDtype>(
+fn product<E: FloatDtype, K: Packing<E>>(
     ops: &Operands<'_, E>,
     out: &mut [MaybeUninit<E>],
     threads: usize,
-    kern: Kernel<E::Acc>,
+    kern: Kernel<K::P, E::Acc>,
 ) {
     // Debug builds (the tests) poison the output, so an element the product
     // failed to write shows up as NaN instead of as stale memory.
@@ -322,10 +359,10 @@ fn product<E: FloatDtype>(
                 out.len(),
             )
         };
-        blocked(ops, c, threads, kern, true);
+        blocked::<E, K>(ops, c, threads, kern, true);
     } else {
         let mut c: Vec<E::Acc> = Vec::with_capacity(out.len());
-        blocked(
+        blocked::<E, K>(
             ops,
             &mut c.spare_capacity_mut()[..out.len()],
             threads,
@@ -352,13 +389,13 @@ fn product<E: FloatDtype>(
 /// `c += A · B` (`c` is `[M, N]` row-major), or `c = A · B` with
 /// `overwrite` (then `c` may be uninitialized: the first depth block writes
 /// every element, later ones add). Column blocks of `NC`, depth blocks of
-/// `KC` (one packed `B` block shared by all threads), then tasks of `mc`
+/// `K::KC` (one packed `B` block shared by all threads), then tasks of `mc`
 /// rows by a range of `NR` panels, each packing its own `A` block.
-fn blocked<E: FloatDtype>(
+fn blocked<E: FloatDtype, K: Packing<E>>(
     ops: &Operands<'_, E>,
     c: &mut [MaybeUninit<E::Acc>],
     threads: usize,
-    kern: Kernel<E::Acc>,
+    kern: Kernel<K::P, E::Acc>,
     overwrite: bool,
 ) {
     let (m, n, k) = (ops.a_rows.len(), ops.b_cols.len(), ops.a_cols.len());
@@ -378,38 +415,42 @@ fn blocked<E: FloatDtype>(
         1
     };
     let ntasks = rb * cs;
-    // A row-major A already in the compute type is read in place where
+    // A row-major A already in the packed type is read in place where
     // packing it would not pay (few B panels to amortize it over) or where
     // its rows do not alias in L1 (a row pitch that is not a multiple of
     // 2 KiB: the `MR` rows read together then fall into different sets).
     let pitch = ops.a_rows.get(1).map_or(0, |&r| r - ops.a_rows[0]) * core::mem::size_of::<E>();
-    let direct = ops.a_unit_k
-        && TypeId::of::<E>() == TypeId::of::<E::Acc>()
-        && (n.div_ceil(nr) <= DIRECT_MAX_PANELS || !pitch.is_multiple_of(2048));
+    let direct = kern.fd.filter(|_| {
+        ops.a_unit_k
+            && TypeId::of::<E>() == TypeId::of::<K::P>()
+            && (n.div_ceil(nr) <= DIRECT_MAX_PANELS || !pitch.is_multiple_of(2048))
+    });
+    let (kcb, groups) = (K::KC, |kc: usize| kc.div_ceil(K::GROUP));
     assert!(k > 0 || !overwrite, "gemm: an empty depth writes nothing");
     let cptr = SendPtr(c.as_mut_ptr().cast::<E::Acc>());
     let nc_max = NC.min(n.div_ceil(nr) * nr);
-    with_buf::<E::Acc, _>(&B_BUF, nc_max * KC.min(k), |bbuf| {
+    with_buf::<K::P, _>(&B_BUF, nc_max * groups(kcb.min(k)), |bbuf| {
         for jc in (0..n).step_by(NC) {
             let nc = NC.min(n - jc);
             let np = nc.div_ceil(nr);
-            for pc in (0..k).step_by(KC) {
-                let kc = KC.min(k - pc);
-                let bp = &mut bbuf[..np * kc * nr];
-                let pack = |(jp, panel): (usize, &mut [E::Acc])| {
+            for pc in (0..k).step_by(kcb) {
+                let kc = kcb.min(k - pc);
+                let panel_len = groups(kc) * nr;
+                let bp = &mut bbuf[..np * panel_len];
+                let pack = |(jp, panel): (usize, &mut [K::P])| {
                     let j0 = jc + jp * nr;
                     let cols = nr.min(jc + nc - j0);
                     // Under AVX-512/AVX2 the fixed-size row copies are a few
                     // vector moves, not calls into libc's memmove.
                     vectorized(
                         #[inline(always)]
-                        || pack_b_panel(ops, pc, kc, j0, cols, nr, panel),
+                        || K::pack_b_panel(ops, pc, kc, j0, cols, nr, panel),
                     );
                 };
                 if threads > 1 {
-                    bp.par_chunks_mut(kc * nr).enumerate().for_each(pack);
+                    bp.par_chunks_mut(panel_len).enumerate().for_each(pack);
                 } else {
-                    bp.chunks_mut(kc * nr).enumerate().for_each(pack);
+                    bp.chunks_mut(panel_len).enumerate().for_each(pack);
                 }
                 let bp = &*bp;
                 let task = |t: usize| {
@@ -421,23 +462,24 @@ fn blocked<E: FloatDtype>(
                         return;
                     }
                     // Direct: full panels read A in place, only the tail is packed.
-                    let (pr0, prows) = if direct {
+                    let (pr0, prows) = if direct.is_some() {
                         let full = rows / mr * mr;
                         (full, rows - full)
                     } else {
                         (0, rows)
                     };
-                    with_buf::<E::Acc, _>(&A_BUF, prows.div_ceil(mr) * mr * kc, |ap| {
+                    let alen = prows.div_ceil(mr) * mr * groups(kc);
+                    with_buf::<K::P, _>(&A_BUF, alen, |ap| {
                         vectorized(
                             #[inline(always)]
-                            || pack_a(ops, ic + pr0, prows, pc, kc, mr, ap),
+                            || K::pack_a(ops, ic + pr0, prows, pc, kc, mr, ap),
                         );
-                        let a_in_place = direct.then(|| {
+                        let a_in_place = direct.map(|fd| {
                             let at = ops.a_base + ops.a_rows[ic] + ops.a_cols[pc];
                             let lda = ops.a_rows.get(1).map_or(0, |&r| r - ops.a_rows[0]);
-                            // SAFETY: `direct` implies `E` is `E::Acc`; `at` is in bounds
+                            // SAFETY: `direct` implies `E` is `K::P`; `at` is in bounds
                             // (row `ic`, depth `pc` of A).
-                            (unsafe { ops.a.as_ptr().add(at).cast::<E::Acc>() }, lda)
+                            (fd, unsafe { ops.a.as_ptr().add(at).cast::<K::P>() }, lda)
                         });
                         // SAFETY: task `t` writes only rows `ic..ic + rows` and
                         // columns of panels `p0..p1` of this column block: disjoint
@@ -448,7 +490,7 @@ fn blocked<E: FloatDtype>(
                                 a_in_place,
                                 ap,
                                 bp,
-                                kc,
+                                (kc, K::GROUP),
                                 rows,
                                 p0,
                                 p1,
@@ -472,22 +514,22 @@ fn blocked<E: FloatDtype>(
 
 /// Multiplies a packed `A` block (`mc x kc`) by panels `p0..p1` of a packed
 /// `B` block (`kc x nc`) and adds the result into `c` (the block's top-left
-/// corner, row length `ldc`).
+/// corner, row length `ldc`). Panels hold `kc.div_ceil(group)` groups.
 ///
-/// With `a_in_place = Some((a, lda))`, full `MR`-row panels read `A` at
-/// `a + i * lda + p` and `ap` holds only the packed tail panel.
+/// With `a_in_place = Some((fd, a, lda))`, full `MR`-row panels read `A` at
+/// `a + i * lda + p` (kernel `fd`) and `ap` holds only the packed tail panel.
 ///
 /// # Safety
 /// `a_in_place` (if any) must be readable for `mc` rows by `kc` depth.
 /// `c` must be valid for reads and writes at `i * ldc + j` for `i < mc`,
 /// `j < nc`, and no other thread may touch that part of those rows' panels.
 #[allow(clippy::too_many_arguments)]
-unsafe fn macro_kernel<A: Real>(
-    kern: &Kernel<A>,
-    a_in_place: Option<(*const A, usize)>,
-    ap: &[A],
-    bp: &[A],
-    kc: usize,
+unsafe fn macro_kernel<P, A: Real>(
+    kern: &Kernel<P, A>,
+    a_in_place: Option<(DirectFn<P, A>, *const P, usize)>,
+    ap: &[P],
+    bp: &[P],
+    (kc, group): (usize, usize),
     mc: usize,
     p0: usize,
     p1: usize,
@@ -497,12 +539,13 @@ unsafe fn macro_kernel<A: Real>(
     overwrite: bool,
 ) {
     let (mr, nr) = (kern.mr, kern.nr);
+    let g = kc.div_ceil(group);
     debug_assert!(mr * nr <= MAX_TILE);
     // Edge tiles are computed into scratch (overwriting it), then written or
     // added into `c`.
     let mut scratch = [A::zero(); MAX_TILE];
     for jp in p0..p1 {
-        let bpanel = &bp[jp * kc * nr..(jp + 1) * kc * nr];
+        let bpanel = &bp[jp * g * nr..(jp + 1) * g * nr];
         let j0 = jp * nr;
         let cols = nr.min(nc - j0);
         for ip in 0..mc.div_ceil(mr) {
@@ -520,13 +563,13 @@ unsafe fn macro_kernel<A: Real>(
                 // SAFETY: rows `i0..i0 + mr` of A are in place at `a + i0 * lda`
                 // (the caller's guarantee); `dst` is the tile inside the block
                 // or the scratch tile (row length nr).
-                Some((a, lda)) if rows == mr => unsafe {
-                    (kern.fd)(kc, a.add(i0 * lda), lda, bpanel.as_ptr(), dst, ld, ow)
+                Some((fd, a, lda)) if rows == mr => unsafe {
+                    fd(kc, a.add(i0 * lda), lda, bpanel.as_ptr(), dst, ld, ow)
                 },
                 _ => {
                     // Packed panel: all of them, or only the tail when A is read in place.
                     let pi = if a_in_place.is_some() { 0 } else { ip };
-                    let apanel = &ap[pi * kc * mr..(pi + 1) * kc * mr];
+                    let apanel = &ap[pi * g * mr..(pi + 1) * g * mr];
                     // SAFETY: panels hold kc*mr / kc*nr values; `dst` as above; the
                     // kernel was offered only where the CPU supports it.
                     unsafe { (kern.f)(kc, apanel.as_ptr(), bpanel.as_ptr(), dst, ld, ow) };
@@ -610,7 +653,7 @@ pub(crate) fn gemm_acc<A: Real>(
         // SAFETY: `MaybeUninit<T>` has `T`'s layout; without `overwrite`
         // `blocked` reads and adds to the (initialized) values.
         let c = unsafe { &mut *(c as *mut [E::Acc] as *mut [MaybeUninit<E::Acc>]) };
-        blocked(&ops, c, 1, kernel::kernel::<E::Acc>(), false);
+        blocked::<E, Widen>(&ops, c, 1, kernel::kernel::<E::Acc>(), false);
     }
     /// # Safety
     /// `A` and `T` must be the same type.

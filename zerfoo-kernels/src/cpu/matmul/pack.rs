@@ -1,7 +1,9 @@
 //! Packing: copies blocks of `A` and `B` into contiguous, zero-padded
-//! micro-panels in the compute type, widening low-precision inputs on the
-//! way (`f16` through F16C where the CPU has it, `bf16` by a bit shift,
-//! f8 through [`FloatDtype::to_acc`]).
+//! micro-panels. [`Widen`] packs in the compute type, widening
+//! low-precision inputs on the way (`f16` through F16C where the CPU has it,
+//! `bf16` by a bit shift, f8 through [`FloatDtype::to_acc`]); [`Bf16Pairs`]
+//! keeps `bf16` as it is, two consecutive depth values per `u32` (the
+//! operand layout of `vdpbf16ps`).
 //!
 //! Where the operand is contiguous along the direction being read (a row of
 //! a row-major matrix, a column of a transposed one), whole runs are
@@ -17,7 +19,217 @@ use super::{Operands, KC};
 
 /// The tallest register tile any kernel uses.
 const MAX_MR: usize = 16;
-use crate::{bf16, f16, FloatDtype, Real};
+/// The widest register tile any kernel uses.
+const MAX_NR: usize = 64;
+use crate::{bf16, f16, FloatDtype};
+
+/// How [`super::blocked`] packs operands of input type `E` into panels of
+/// `Self::P` for a kernel (see [`super::kernel::MicroFn`] for the layout).
+pub(crate) trait Packing<E: FloatDtype> {
+    /// One packed group of [`Self::GROUP`] depth values of one row or column.
+    type P: Copy + Send + Sync + 'static;
+    /// Depth values per packed group.
+    const GROUP: usize;
+    /// Depth of a packed block (a multiple of `GROUP`).
+    const KC: usize;
+    /// Packs rows `ic..ic + mc`, depth `pc..pc + kc` of `A` into `mr`-row
+    /// panels of `kc.div_ceil(GROUP)` groups each, zero-padded: `dst` holds
+    /// `mc.div_ceil(mr) * mr * kc.div_ceil(GROUP)` groups.
+    #[allow(clippy::too_many_arguments)]
+    fn pack_a(
+        ops: &Operands<'_, E>,
+        ic: usize,
+        mc: usize,
+        pc: usize,
+        kc: usize,
+        mr: usize,
+        dst: &mut [Self::P],
+    );
+    /// Packs depth `pc..pc + kc`, columns `j0..j0 + cols` of `B` into one
+    /// `nr`-column panel (`kc.div_ceil(GROUP) * nr` groups, zero-padded).
+    #[allow(clippy::too_many_arguments)]
+    fn pack_b_panel(
+        ops: &Operands<'_, E>,
+        pc: usize,
+        kc: usize,
+        j0: usize,
+        cols: usize,
+        nr: usize,
+        panel: &mut [Self::P],
+    );
+}
+
+/// Panels in the compute type `E::Acc`, one depth value per group.
+pub(crate) struct Widen;
+
+impl<E: FloatDtype> Packing<E> for Widen {
+    type P = E::Acc;
+    const GROUP: usize = 1;
+    const KC: usize = KC;
+    #[inline(always)]
+    fn pack_a(
+        ops: &Operands<'_, E>,
+        ic: usize,
+        mc: usize,
+        pc: usize,
+        kc: usize,
+        mr: usize,
+        dst: &mut [E::Acc],
+    ) {
+        pack_a(ops, ic, mc, pc, kc, mr, dst)
+    }
+    #[inline(always)]
+    fn pack_b_panel(
+        ops: &Operands<'_, E>,
+        pc: usize,
+        kc: usize,
+        j0: usize,
+        cols: usize,
+        nr: usize,
+        panel: &mut [E::Acc],
+    ) {
+        pack_b_panel(ops, pc, kc, j0, cols, nr, panel)
+    }
+}
+
+/// `bf16` panels for `vdpbf16ps`: each `u32` holds depth `2q` (low half)
+/// and `2q + 1` (high half, zero past an odd depth) of one row or column.
+pub(crate) struct Bf16Pairs;
+
+impl Packing<bf16> for Bf16Pairs {
+    type P = u32;
+    const GROUP: usize = 2;
+    const KC: usize = super::KC_BF16;
+    #[inline(always)]
+    fn pack_a(
+        ops: &Operands<'_, bf16>,
+        ic: usize,
+        mc: usize,
+        pc: usize,
+        kc: usize,
+        mr: usize,
+        dst: &mut [u32],
+    ) {
+        let depth = &ops.a_cols[pc..pc + kc];
+        for (ip, panel) in dst.chunks_exact_mut(kc.div_ceil(2) * mr).enumerate() {
+            let r0 = ic + ip * mr;
+            let rows = mr.min(ic + mc - r0);
+            let lines = Lines {
+                offsets: &ops.a_rows[r0..r0 + rows],
+                unit: ops.a_unit_m,
+            };
+            let depth = Lines {
+                offsets: depth,
+                unit: ops.a_unit_k,
+            };
+            pack_pairs(ops.a, ops.a_base, lines, depth, mr, panel);
+        }
+    }
+    #[inline(always)]
+    fn pack_b_panel(
+        ops: &Operands<'_, bf16>,
+        pc: usize,
+        kc: usize,
+        j0: usize,
+        cols: usize,
+        nr: usize,
+        panel: &mut [u32],
+    ) {
+        let lines = Lines {
+            offsets: &ops.b_cols[j0..j0 + cols],
+            unit: ops.b_unit_n,
+        };
+        let depth = Lines {
+            offsets: &ops.b_rows[pc..pc + kc],
+            unit: ops.b_unit_k,
+        };
+        pack_pairs(ops.b, ops.b_base, lines, depth, nr, panel);
+    }
+}
+
+/// Offsets of the rows (or columns, or depth steps) of a panel, and whether
+/// they step by exactly one element.
+#[derive(Clone, Copy)]
+struct Lines<'a> {
+    offsets: &'a [usize],
+    unit: bool,
+}
+
+/// Two `bf16` bit patterns as one `vdpbf16ps` lane (`lo` first in memory).
+#[inline(always)]
+fn pair(lo: u16, hi: u16) -> u32 {
+    u32::from(lo) | (u32::from(hi) << 16)
+}
+
+/// Packs one panel of `bf16` pairs: line `l` (a row of `A` or a column of
+/// `B`, at most `w`), depth pair `q` goes to `panel[q * w + l]`, reading
+/// `x[base + lines[l] + depth[p]]`; lines past `lines.len()` and the high
+/// half past an odd depth are zero.
+#[inline(always)]
+fn pack_pairs(
+    x: &[bf16],
+    base: usize,
+    lines: Lines<'_>,
+    depth: Lines<'_>,
+    w: usize,
+    panel: &mut [u32],
+) {
+    // SAFETY: `bf16` is a transparent `u16` bit pattern.
+    let x = unsafe { core::slice::from_raw_parts(x.as_ptr().cast::<u16>(), x.len()) };
+    let (n, kc) = (lines.offsets.len(), depth.offsets.len());
+    let (full, odd) = (kc / 2, kc % 2 == 1);
+    debug_assert!(n <= w && w <= MAX_NR && panel.len() == kc.div_ceil(2) * w);
+    if n < w {
+        panel.fill(0);
+    }
+    if depth.unit {
+        // Each line is a contiguous run along the depth: its pairs are
+        // adjacent values.
+        let mut runs: [&[u16]; MAX_NR] = [&[]; MAX_NR];
+        for (r, &lo) in runs.iter_mut().zip(lines.offsets) {
+            let at = base + lo + depth.offsets[0];
+            *r = &x[at..at + kc];
+        }
+        let runs = &runs[..n];
+        for (q, d) in panel.chunks_exact_mut(w).enumerate().take(full) {
+            for (d, r) in d.iter_mut().zip(runs) {
+                *d = pair(r[2 * q], r[2 * q + 1]);
+            }
+        }
+        if odd {
+            let d = &mut panel[full * w..];
+            for (d, r) in d.iter_mut().zip(runs) {
+                *d = pair(r[kc - 1], 0);
+            }
+        }
+    } else if lines.unit {
+        // Each depth step is a contiguous run of lines: interleave two runs.
+        let run = |p: usize| {
+            let at = base + depth.offsets[p] + lines.offsets[0];
+            &x[at..at + n]
+        };
+        for (q, d) in panel.chunks_exact_mut(w).enumerate().take(full) {
+            let (r0, r1) = (run(2 * q), run(2 * q + 1));
+            for ((d, &lo), &hi) in d.iter_mut().zip(r0).zip(r1) {
+                *d = pair(lo, hi);
+            }
+        }
+        if odd {
+            let d = &mut panel[full * w..];
+            for (d, &lo) in d.iter_mut().zip(run(kc - 1)) {
+                *d = pair(lo, 0);
+            }
+        }
+    } else {
+        for (q, d) in panel.chunks_exact_mut(w).enumerate() {
+            let (p0, p1) = (depth.offsets[2 * q], depth.offsets.get(2 * q + 1));
+            for (d, &lo) in d.iter_mut().zip(lines.offsets) {
+                let hi = p1.map_or(0, |&p1| x[base + lo + p1]);
+                *d = pair(x[base + lo + p0], hi);
+            }
+        }
+    }
+}
 
 /// Converts a run of inputs into the compute type.
 #[inline(always)]
@@ -114,18 +326,30 @@ thread_local! {
 /// was there before: packing overwrites every value it uses). The buffer is
 /// taken out of the thread-local while in use, so a nested call (rayon work
 /// stealing) just gets a fresh one.
-pub(crate) fn with_buf<A: Real, R>(
+///
+/// # Panics
+/// If `A` is not `f32`, `f64` or `u32` (types valid for any bit pattern).
+pub(crate) fn with_buf<A: Copy + 'static, R>(
     key: &'static LocalKey<Cell<Vec<Align64>>>,
     len: usize,
     f: impl FnOnce(&mut [A]) -> R,
 ) -> R {
+    assert!(
+        [
+            TypeId::of::<f32>(),
+            TypeId::of::<f64>(),
+            TypeId::of::<u32>()
+        ]
+        .contains(&TypeId::of::<A>()),
+        "with_buf: scratch must be f32, f64 or u32"
+    );
     let mut v = key.with(|c| c.take());
     let blocks = (len * core::mem::size_of::<A>()).div_ceil(64);
     if v.len() < blocks {
         v.resize(blocks, Align64([0; 64]));
     }
-    // SAFETY: `A` is `f32` or `f64` (any bit pattern is valid, alignment
-    // <= 64), and `len` values fit in `blocks * 64` bytes.
+    // SAFETY: `A` is `f32`, `f64` or `u32` (asserted: any bit pattern is
+    // valid, alignment <= 64), and `len` values fit in `blocks * 64` bytes.
     let s = unsafe { core::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<A>(), len) };
     let r = f(s);
     key.with(|c| c.set(v));

@@ -271,7 +271,8 @@ fn check_all_kernels_f64(m: usize, k: usize, n: usize) {
                         .num_threads(threads)
                         .build()
                         .unwrap();
-                    let got = pool.install(|| gemm_batched_with(&a, &la, &b, &lb, kern));
+                    let got =
+                        pool.install(|| gemm_batched_with::<_, Widen>(&a, &la, &b, &lb, kern));
                     let e = max_rel(&got, &want);
                     assert!(
                         e < 1e-13,
@@ -334,12 +335,12 @@ fn threads_agree_bitwise_f32() {
             .num_threads(1)
             .build()
             .unwrap();
-        let r1 = one.install(|| gemm_batched_with(&a, &la, &b, &lb, kern));
+        let r1 = one.install(|| gemm_batched_with::<_, Widen>(&a, &la, &b, &lb, kern));
         let two = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
             .build()
             .unwrap();
-        let r2 = two.install(|| gemm_batched_with(&a, &la, &b, &lb, kern));
+        let r2 = two.install(|| gemm_batched_with::<_, Widen>(&a, &la, &b, &lb, kern));
         assert_eq!(r1, r2, "kernel {}", kern.name);
         let g: Vec<f64> = r1.iter().map(|&v| v as f64).collect();
         assert!(max_rel(&g, &want) < 1e-5, "kernel {}", kern.name);
@@ -360,7 +361,7 @@ fn every_dtype_rounds_once() {
         let b64: Vec<f64> = b.iter().map(|v| v.to_f64()).collect();
         let want = naive(&a64, &la, &b64, &lb);
         for kern in kernels::<E::Acc>() {
-            let got = gemm_batched_with(&a, &la, &b, &lb, kern);
+            let got = gemm_batched_with::<_, Widen>(&a, &la, &b, &lb, kern);
             for (g, w) in got.iter().zip(&want) {
                 // One rounding of (nearly) the exact sum: within half an ulp plus the f32 sum error.
                 let r = E::from_f64(*w).to_f64();
@@ -411,13 +412,13 @@ fn batched_broadcast_and_batch_sum_every_kernel() {
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            let got = pool.install(|| gemm_batched_with(&a, &la, &b, &lb, kern));
+            let got = pool.install(|| gemm_batched_with::<_, Widen>(&a, &la, &b, &lb, kern));
             for i in 0..bt {
                 let lai = Layout::new(&[m, k], &[k, 1], i * m * k);
                 let want = naive(&a, &lai, &b, &lbi);
                 assert!(max_rel(&got[i * m * n..(i + 1) * m * n], &want) < 1e-13);
             }
-            let got = pool.install(|| gemm_batch_sum_with(&a, &lat, &c, &lc, kern));
+            let got = pool.install(|| gemm_batch_sum_with::<_, Widen>(&a, &lat, &c, &lc, kern));
             assert!(max_rel(&got, &want_sum) < 1e-13, "kernel {}", kern.name);
         }
     }

@@ -1,9 +1,12 @@
-//! Explicit x86-64 micro-kernels (AVX-512F and AVX2+FMA), each compiled with
+//! Explicit x86-64 micro-kernels (AVX-512F, AVX512-BF16 and AVX2+FMA), each compiled with
 //! its own `#[target_feature]` and offered only when the CPU has it.
 //!
 //! Each keeps an `MR x NR` tile of `C` in vector registers: per depth step it
 //! loads `NR / LANES` vectors of the packed `B` panel, broadcasts each of the
 //! `MR` packed `A` values and issues `MR * NR / LANES` fused multiply-adds.
+//! The AVX512-BF16 kernel does the same per depth *pair*: each 32-bit lane
+//! holds two `bf16` values and `vdpbf16ps` adds both products to an `f32`
+//! accumulator.
 
 use core::arch::x86_64::*;
 
@@ -12,8 +15,9 @@ use super::kernel::Kernel;
 macro_rules! micro_kernel {
     (
         $(#[$doc:meta])*
-        $name:ident, $direct:ident, $feat:literal, $t:ty, $mr:literal, $nv:literal, $lanes:literal,
-        $zero:ident, $load:ident, $store:ident, $set1:ident, $fma:ident, $add:ident
+        $name:ident $(, $direct:ident)?; $feat:literal;
+        packed $p:ty, $g:literal per group: $bzero:ident, $loadb:ident, $set1:ident, $fma:ident;
+        $c:ty, $mr:literal x $nv:literal x $lanes:literal: $zero:ident, $load:ident, $store:ident, $add:ident
     ) => {
         $(#[$doc])*
         ///
@@ -23,22 +27,22 @@ macro_rules! micro_kernel {
         #[target_feature(enable = $feat)]
         pub(crate) unsafe fn $name(
             kc: usize,
-            a: *const $t,
-            b: *const $t,
-            c: *mut $t,
+            a: *const $p,
+            b: *const $p,
+            c: *mut $c,
             ldc: usize,
             overwrite: bool,
         ) {
             let mut acc = [[$zero(); $nv]; $mr];
             let (mut a, mut b) = (a, b);
-            for _ in 0..kc {
-                let mut bv = [$zero(); $nv];
+            for _ in 0..kc.div_ceil($g) {
+                let mut bv = [$bzero(); $nv];
                 for (v, bv) in bv.iter_mut().enumerate() {
-                    // SAFETY: the packed B panel holds `NR = nv * lanes` values per step.
-                    *bv = unsafe { $load(b.add(v * $lanes)) };
+                    // SAFETY: the packed B panel holds `NR = nv * lanes` values per group.
+                    *bv = unsafe { $loadb(b.add(v * $lanes)) };
                 }
                 for (i, acc) in acc.iter_mut().enumerate() {
-                    // SAFETY: the packed A panel holds `MR` values per step.
+                    // SAFETY: the packed A panel holds `MR` values per group.
                     let ai = $set1(unsafe { *a.add(i) });
                     for (acc, &bv) in acc.iter_mut().zip(&bv) {
                         *acc = $fma(ai, bv, *acc);
@@ -50,23 +54,12 @@ macro_rules! micro_kernel {
                     b = b.add($nv * $lanes);
                 }
             }
-            for (i, acc) in acc.iter().enumerate() {
-                for (v, &acc) in acc.iter().enumerate() {
-                    // SAFETY: `i < MR`, `v * lanes + lanes <= NR`: inside the tile.
-                    unsafe {
-                        let p = c.add(i * ldc + v * $lanes);
-                        if overwrite {
-                            $store(p, acc);
-                        } else {
-                            $store(p, $add($load(p), acc));
-                        }
-                    }
-                }
-            }
+            // SAFETY: the caller's tile is `MR x NR` at `c` (row length `ldc`).
+            unsafe { micro_kernel!(@store acc, c, ldc, overwrite, $lanes, $load, $store, $add) };
         }
 
-        $(#[$doc])*
-        /// This variant reads `A` in place (row `i`, depth `p` at `a[i * lda + p]`).
+        $(
+        #[doc = concat!("[`", stringify!($name), "`] reading `A` in place (row `i`, depth `p` at `a[i * lda + p]`).")]
         ///
         /// # Safety
         /// As for [`super::kernel::DirectFn`], and the CPU must support the
@@ -74,20 +67,20 @@ macro_rules! micro_kernel {
         #[target_feature(enable = $feat)]
         pub(crate) unsafe fn $direct(
             kc: usize,
-            a: *const $t,
+            a: *const $p,
             lda: usize,
-            b: *const $t,
-            c: *mut $t,
+            b: *const $p,
+            c: *mut $c,
             ldc: usize,
             overwrite: bool,
         ) {
             let mut acc = [[$zero(); $nv]; $mr];
             let mut b = b;
             for p in 0..kc {
-                let mut bv = [$zero(); $nv];
+                let mut bv = [$bzero(); $nv];
                 for (v, bv) in bv.iter_mut().enumerate() {
                     // SAFETY: the packed B panel holds `NR = nv * lanes` values per step.
-                    *bv = unsafe { $load(b.add(v * $lanes)) };
+                    *bv = unsafe { $loadb(b.add(v * $lanes)) };
                 }
                 for (i, acc) in acc.iter_mut().enumerate() {
                     // SAFETY: the caller guarantees rows `0..MR`, depth `0..kc` of A.
@@ -99,17 +92,21 @@ macro_rules! micro_kernel {
                 // SAFETY: stays within (or one past) the packed B panel.
                 b = unsafe { b.add($nv * $lanes) };
             }
-            for (i, acc) in acc.iter().enumerate() {
-                for (v, &acc) in acc.iter().enumerate() {
-                    // SAFETY: `i < MR`, `v * lanes + lanes <= NR`: inside the tile.
-                    unsafe {
-                        let p = c.add(i * ldc + v * $lanes);
-                        if overwrite {
-                            $store(p, acc);
-                        } else {
-                            $store(p, $add($load(p), acc));
-                        }
-                    }
+            // SAFETY: the caller's tile is `MR x NR` at `c` (row length `ldc`).
+            unsafe { micro_kernel!(@store acc, c, ldc, overwrite, $lanes, $load, $store, $add) };
+        }
+        )?
+    };
+    // Writes (or adds) the accumulators into the tile; used inside `unsafe`.
+    (@store $acc:ident, $cp:ident, $ldc:ident, $ow:ident, $lanes:literal, $load:ident, $store:ident, $add:ident) => {
+        for (i, acc) in $acc.iter().enumerate() {
+            for (v, &acc) in acc.iter().enumerate() {
+                // `i < MR`, `v * lanes + lanes <= NR`: inside the tile.
+                let p = $cp.add(i * $ldc + v * $lanes);
+                if $ow {
+                    $store(p, acc);
+                } else {
+                    $store(p, $add($load(p), acc));
                 }
             }
         }
@@ -118,27 +115,74 @@ macro_rules! micro_kernel {
 
 micro_kernel!(
     /// `f32` AVX-512F kernel: 14 x 32 (28 zmm accumulators).
-    f32_avx512_14x32, f32_avx512_14x32_direct, "avx512f", f32, 14, 2, 16,
-    _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps
+    f32_avx512_14x32, f32_avx512_14x32_direct; "avx512f";
+    packed f32, 1 per group: _mm512_setzero_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_fmadd_ps;
+    f32, 14 x 2 x 16: _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_add_ps
 );
 micro_kernel!(
     /// `f64` AVX-512F kernel: 14 x 16 (28 zmm accumulators).
-    f64_avx512_14x16, f64_avx512_14x16_direct, "avx512f", f64, 14, 2, 8,
-    _mm512_setzero_pd, _mm512_loadu_pd, _mm512_storeu_pd, _mm512_set1_pd, _mm512_fmadd_pd, _mm512_add_pd
+    f64_avx512_14x16, f64_avx512_14x16_direct; "avx512f";
+    packed f64, 1 per group: _mm512_setzero_pd, _mm512_loadu_pd, _mm512_set1_pd, _mm512_fmadd_pd;
+    f64, 14 x 2 x 8: _mm512_setzero_pd, _mm512_loadu_pd, _mm512_storeu_pd, _mm512_add_pd
 );
 micro_kernel!(
     /// `f32` AVX2+FMA kernel: 6 x 16 (12 ymm accumulators).
-    f32_avx2_6x16, f32_avx2_6x16_direct, "avx2,fma", f32, 6, 2, 8,
-    _mm256_setzero_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps
+    f32_avx2_6x16, f32_avx2_6x16_direct; "avx2,fma";
+    packed f32, 1 per group: _mm256_setzero_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_fmadd_ps;
+    f32, 6 x 2 x 8: _mm256_setzero_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_add_ps
 );
 micro_kernel!(
     /// `f64` AVX2+FMA kernel: 6 x 8 (12 ymm accumulators).
-    f64_avx2_6x8, f64_avx2_6x8_direct, "avx2,fma", f64, 6, 2, 4,
-    _mm256_setzero_pd, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_set1_pd, _mm256_fmadd_pd, _mm256_add_pd
+    f64_avx2_6x8, f64_avx2_6x8_direct; "avx2,fma";
+    packed f64, 1 per group: _mm256_setzero_pd, _mm256_loadu_pd, _mm256_set1_pd, _mm256_fmadd_pd;
+    f64, 6 x 2 x 4: _mm256_setzero_pd, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_add_pd
 );
+micro_kernel!(
+    /// `bf16` AVX512-BF16 kernel: 14 x 32 (28 zmm `f32` accumulators), one
+    /// `vdpbf16ps` per accumulator and depth pair (`u32` = two `bf16`).
+    bf16_avx512_14x32; "avx512f,avx512bf16";
+    packed u32, 2 per group: _mm512_setzero_si512, bf16_load, bf16_set1, bf16_dot;
+    f32, 14 x 2 x 16: _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_add_ps
+);
+
+/// Loads 16 packed `bf16` pairs.
+///
+/// # Safety
+/// `p` must be readable for 16 `u32`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn bf16_load(p: *const u32) -> __m512i {
+    // SAFETY: the caller's guarantee (unaligned load).
+    unsafe { _mm512_loadu_si512(p.cast()) }
+}
+
+/// One `bf16` pair in every 32-bit lane.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bf16")]
+fn bf16_set1(v: u32) -> __m512i {
+    _mm512_set1_epi32(v as i32)
+}
+
+/// `acc[l] += a[2l] * b[2l] + a[2l + 1] * b[2l + 1]` (`vdpbf16ps`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bf16")]
+fn bf16_dot(a: __m512i, b: __m512i, acc: __m512) -> __m512 {
+    // SAFETY: `__m512i` and `__m512bh` are both 64 bytes of plain bits.
+    let (a, b) = unsafe {
+        (
+            core::mem::transmute::<__m512i, __m512bh>(a),
+            core::mem::transmute::<__m512i, __m512bh>(b),
+        )
+    };
+    _mm512_dpbf16_ps(acc, a, b)
+}
 
 fn has_avx512() -> bool {
     is_x86_feature_detected!("avx512f")
+}
+
+fn has_avx512_bf16() -> bool {
+    has_avx512() && is_x86_feature_detected!("avx512bf16")
 }
 
 fn has_avx2() -> bool {
@@ -151,7 +195,7 @@ pub(crate) fn avx512_f32() -> Option<Kernel<f32>> {
         mr: 14,
         nr: 32,
         f: f32_avx512_14x32,
-        fd: f32_avx512_14x32_direct,
+        fd: Some(f32_avx512_14x32_direct),
         name: "avx512-14x32",
     })
 }
@@ -162,7 +206,7 @@ pub(crate) fn avx512_f64() -> Option<Kernel<f64>> {
         mr: 14,
         nr: 16,
         f: f64_avx512_14x16,
-        fd: f64_avx512_14x16_direct,
+        fd: Some(f64_avx512_14x16_direct),
         name: "avx512-14x16",
     })
 }
@@ -173,7 +217,7 @@ pub(crate) fn avx2_f32() -> Option<Kernel<f32>> {
         mr: 6,
         nr: 16,
         f: f32_avx2_6x16,
-        fd: f32_avx2_6x16_direct,
+        fd: Some(f32_avx2_6x16_direct),
         name: "avx2-6x16",
     })
 }
@@ -184,7 +228,19 @@ pub(crate) fn avx2_f64() -> Option<Kernel<f64>> {
         mr: 6,
         nr: 8,
         f: f64_avx2_6x8,
-        fd: f64_avx2_6x8_direct,
+        fd: Some(f64_avx2_6x8_direct),
         name: "avx2-6x8",
+    })
+}
+
+/// The AVX512-BF16 kernel (packed `bf16` pairs, `f32` results), if this
+/// CPU has AVX512-BF16.
+pub(crate) fn avx512_bf16() -> Option<Kernel<u32, f32>> {
+    has_avx512_bf16().then_some(Kernel {
+        mr: 14,
+        nr: 32,
+        f: bf16_avx512_14x32,
+        fd: None,
+        name: "avx512bf16-14x32",
     })
 }
