@@ -28,11 +28,13 @@ pub(crate) type MicroFn<P, C> =
     unsafe fn(kc: usize, a: *const P, b: *const P, c: *mut C, ldc: usize, overwrite: bool);
 
 /// Like [`MicroFn`] but reads `A` in place: `a[i * lda + p]` for row `i`,
-/// depth `p` (a row-major `A` needs no packing).
+/// depth `p` (a row-major `A` needs no packing). For pairs (`G = 2`), `a`
+/// points at the `bf16` input values (`lda` counts them), read two at a time
+/// without alignment, and `kc` must be even.
 ///
 /// # Safety
-/// `a` must be readable at `i * lda + p` for `i < MR`, `p < kc`; otherwise
-/// as for [`MicroFn`].
+/// `a` must be readable at `i * lda + p` (input values) for `i < MR`,
+/// `p < kc`; otherwise as for [`MicroFn`].
 pub(crate) type DirectFn<P, C> = unsafe fn(
     kc: usize,
     a: *const P,

@@ -55,9 +55,6 @@ pub(crate) const KC_BF16: usize = 512;
 const MC: usize = 336;
 /// Columns of a packed `B` block at most (sized for L3; a multiple of every `NR`).
 const NC: usize = 3072;
-/// At most this many `NR`-column panels of B: read a row-major A in place
-/// instead of packing it.
-const DIRECT_MAX_PANELS: usize = 16;
 /// Below this many multiply-adds in total a product runs on the calling thread.
 pub const PAR_MACS: usize = 1 << 20;
 
@@ -376,12 +373,18 @@ fn product<E: FloatDtype, K: Packing<E>>(
         // SAFETY: every element was just initialized.
         let out = unsafe { &mut *(out as *mut [MaybeUninit<E>] as *mut [E]) };
         const CH: usize = 1 << 14;
+        let narrow = |(o, c): (&mut [E], &[E::Acc])| {
+            vectorized(
+                #[inline(always)]
+                || pack::narrow(c, o),
+            )
+        };
         if threads > 1 {
             out.par_chunks_mut(CH)
                 .zip(c.par_chunks(CH))
-                .for_each(|(o, c)| pack::narrow(c, o));
+                .for_each(narrow);
         } else {
-            pack::narrow(&c, out);
+            narrow((out, &c));
         }
     }
 }
@@ -415,16 +418,11 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
         1
     };
     let ntasks = rb * cs;
-    // A row-major A already in the packed type is read in place where
-    // packing it would not pay (few B panels to amortize it over) or where
-    // its rows do not alias in L1 (a row pitch that is not a multiple of
-    // 2 KiB: the `MR` rows read together then fall into different sets).
+    // A row-major A is read in place where the packing says so.
     let pitch = ops.a_rows.get(1).map_or(0, |&r| r - ops.a_rows[0]) * core::mem::size_of::<E>();
-    let direct = kern.fd.filter(|_| {
-        ops.a_unit_k
-            && TypeId::of::<E>() == TypeId::of::<K::P>()
-            && (n.div_ceil(nr) <= DIRECT_MAX_PANELS || !pitch.is_multiple_of(2048))
-    });
+    let direct = kern
+        .fd
+        .filter(|_| ops.a_unit_k && K::in_place(pitch, n.div_ceil(nr)));
     let (kcb, groups) = (K::KC, |kc: usize| kc.div_ceil(K::GROUP));
     assert!(k > 0 || !overwrite, "gemm: an empty depth writes nothing");
     let cptr = SendPtr(c.as_mut_ptr().cast::<E::Acc>());
@@ -437,20 +435,24 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
                 let kc = kcb.min(k - pc);
                 let panel_len = groups(kc) * nr;
                 let bp = &mut bbuf[..np * panel_len];
-                let pack = |(jp, panel): (usize, &mut [K::P])| {
-                    let j0 = jc + jp * nr;
-                    let cols = nr.min(jc + nc - j0);
+                // Each thread packs a run of whole panels.
+                let per = np.div_ceil(threads.min(np));
+                let pack = |(t, dst): (usize, &mut [K::P])| {
+                    let j0 = jc + t * per * nr;
+                    let cols = (per * nr).min(jc + nc - j0);
                     // Under AVX-512/AVX2 the fixed-size row copies are a few
                     // vector moves, not calls into libc's memmove.
                     vectorized(
                         #[inline(always)]
-                        || K::pack_b_panel(ops, pc, kc, j0, cols, nr, panel),
+                        || K::pack_b(ops, pc, kc, j0, cols, nr, dst),
                     );
                 };
-                if threads > 1 {
-                    bp.par_chunks_mut(panel_len).enumerate().for_each(pack);
+                if threads > 1 && per < np {
+                    bp.par_chunks_mut(per * panel_len)
+                        .enumerate()
+                        .for_each(pack);
                 } else {
-                    bp.chunks_mut(panel_len).enumerate().for_each(pack);
+                    pack((0, bp));
                 }
                 let bp = &*bp;
                 let task = |t: usize| {
@@ -462,6 +464,9 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
                         return;
                     }
                     // Direct: full panels read A in place, only the tail is packed.
+                    // (An odd depth, the last block of pairs, is packed: pairs
+                    // read in place would run past it.)
+                    let direct = direct.filter(|_| kc.is_multiple_of(K::GROUP));
                     let (pr0, prows) = if direct.is_some() {
                         let full = rows / mr * mr;
                         (full, rows - full)
@@ -477,8 +482,8 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
                         let a_in_place = direct.map(|fd| {
                             let at = ops.a_base + ops.a_rows[ic] + ops.a_cols[pc];
                             let lda = ops.a_rows.get(1).map_or(0, |&r| r - ops.a_rows[0]);
-                            // SAFETY: `direct` implies `E` is `K::P`; `at` is in bounds
-                            // (row `ic`, depth `pc` of A).
+                            // SAFETY: `at` is in bounds (row `ic`, depth `pc` of A); the
+                            // kernel reads it as `E` values (`K::in_place`).
                             (fd, unsafe { ops.a.as_ptr().add(at).cast::<K::P>() }, lda)
                         });
                         // SAFETY: task `t` writes only rows `ic..ic + rows` and

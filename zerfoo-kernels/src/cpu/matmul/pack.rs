@@ -19,6 +19,9 @@ use super::{Operands, KC};
 
 /// The tallest register tile any kernel uses.
 const MAX_MR: usize = 16;
+/// At most this many `NR`-column panels of B: read a row-major A in place
+/// instead of packing it.
+const DIRECT_MAX_PANELS: usize = 16;
 /// The widest register tile any kernel uses.
 const MAX_NR: usize = 64;
 use crate::{bf16, f16, FloatDtype};
@@ -32,6 +35,10 @@ pub(crate) trait Packing<E: FloatDtype> {
     const GROUP: usize;
     /// Depth of a packed block (a multiple of `GROUP`).
     const KC: usize;
+    /// Whether a kernel's [`DirectFn`](super::kernel::DirectFn) should read
+    /// a row-major `A` in place: rows `pitch` bytes apart, multiplied by
+    /// `panels` panels of `B` (over which packing would be amortized).
+    fn in_place(pitch: usize, panels: usize) -> bool;
     /// Packs rows `ic..ic + mc`, depth `pc..pc + kc` of `A` into `mr`-row
     /// panels of `kc.div_ceil(GROUP)` groups each, zero-padded: `dst` holds
     /// `mc.div_ceil(mr) * mr * kc.div_ceil(GROUP)` groups.
@@ -45,17 +52,18 @@ pub(crate) trait Packing<E: FloatDtype> {
         mr: usize,
         dst: &mut [Self::P],
     );
-    /// Packs depth `pc..pc + kc`, columns `j0..j0 + cols` of `B` into one
-    /// `nr`-column panel (`kc.div_ceil(GROUP) * nr` groups, zero-padded).
+    /// Packs depth `pc..pc + kc`, columns `j0..j0 + cols` of `B` into
+    /// `cols.div_ceil(nr)` panels of `nr` columns (`kc.div_ceil(GROUP) * nr`
+    /// groups each, zero-padded).
     #[allow(clippy::too_many_arguments)]
-    fn pack_b_panel(
+    fn pack_b(
         ops: &Operands<'_, E>,
         pc: usize,
         kc: usize,
         j0: usize,
         cols: usize,
         nr: usize,
-        panel: &mut [Self::P],
+        dst: &mut [Self::P],
     );
 }
 
@@ -66,6 +74,14 @@ impl<E: FloatDtype> Packing<E> for Widen {
     type P = E::Acc;
     const GROUP: usize = 1;
     const KC: usize = KC;
+    /// Only an `A` already in the compute type, where packing would not pay
+    /// (few panels) or where its rows do not alias in L1 (a pitch that is
+    /// not a multiple of 2 KiB: the `MR` rows read together then fall into
+    /// different sets).
+    fn in_place(pitch: usize, panels: usize) -> bool {
+        TypeId::of::<E>() == TypeId::of::<E::Acc>()
+            && (panels <= DIRECT_MAX_PANELS || !pitch.is_multiple_of(2048))
+    }
     #[inline(always)]
     fn pack_a(
         ops: &Operands<'_, E>,
@@ -79,16 +95,19 @@ impl<E: FloatDtype> Packing<E> for Widen {
         pack_a(ops, ic, mc, pc, kc, mr, dst)
     }
     #[inline(always)]
-    fn pack_b_panel(
+    fn pack_b(
         ops: &Operands<'_, E>,
         pc: usize,
         kc: usize,
         j0: usize,
         cols: usize,
         nr: usize,
-        panel: &mut [E::Acc],
+        dst: &mut [E::Acc],
     ) {
-        pack_b_panel(ops, pc, kc, j0, cols, nr, panel)
+        for (jp, panel) in dst.chunks_exact_mut(kc * nr).enumerate() {
+            let j = j0 + jp * nr;
+            pack_b_panel(ops, pc, kc, j, nr.min(j0 + cols - j), nr, panel)
+        }
     }
 }
 
@@ -100,6 +119,13 @@ impl Packing<bf16> for Bf16Pairs {
     type P = u32;
     const GROUP: usize = 2;
     const KC: usize = super::KC_BF16;
+    /// Always: each row supplies one 32-bit pair per step, which costs the
+    /// kernel nothing measurable even at aliasing pitches (1024 x 1024:
+    /// faster than packing; 2048 x 2048: the same), while packing pairs is a
+    /// 32-bit transpose.
+    fn in_place(_: usize, _: usize) -> bool {
+        true
+    }
     #[inline(always)]
     fn pack_a(
         ops: &Operands<'_, bf16>,
@@ -110,30 +136,25 @@ impl Packing<bf16> for Bf16Pairs {
         mr: usize,
         dst: &mut [u32],
     ) {
-        let depth = &ops.a_cols[pc..pc + kc];
-        for (ip, panel) in dst.chunks_exact_mut(kc.div_ceil(2) * mr).enumerate() {
-            let r0 = ic + ip * mr;
-            let rows = mr.min(ic + mc - r0);
-            let lines = Lines {
-                offsets: &ops.a_rows[r0..r0 + rows],
-                unit: ops.a_unit_m,
-            };
-            let depth = Lines {
-                offsets: depth,
-                unit: ops.a_unit_k,
-            };
-            pack_pairs(ops.a, ops.a_base, lines, depth, mr, panel);
-        }
+        let lines = Lines {
+            offsets: &ops.a_rows[ic..ic + mc],
+            unit: ops.a_unit_m,
+        };
+        let depth = Lines {
+            offsets: &ops.a_cols[pc..pc + kc],
+            unit: ops.a_unit_k,
+        };
+        pack_pairs(ops.a, ops.a_base, lines, depth, mr, dst);
     }
     #[inline(always)]
-    fn pack_b_panel(
+    fn pack_b(
         ops: &Operands<'_, bf16>,
         pc: usize,
         kc: usize,
         j0: usize,
         cols: usize,
         nr: usize,
-        panel: &mut [u32],
+        dst: &mut [u32],
     ) {
         let lines = Lines {
             offsets: &ops.b_cols[j0..j0 + cols],
@@ -143,16 +164,31 @@ impl Packing<bf16> for Bf16Pairs {
             offsets: &ops.b_rows[pc..pc + kc],
             unit: ops.b_unit_k,
         };
-        pack_pairs(ops.b, ops.b_base, lines, depth, nr, panel);
+        pack_pairs(ops.b, ops.b_base, lines, depth, nr, dst);
     }
 }
 
-/// Offsets of the rows (or columns, or depth steps) of a panel, and whether
+/// Offsets of the rows (or columns, or depth steps) of a block, and whether
 /// they step by exactly one element.
 #[derive(Clone, Copy)]
 struct Lines<'a> {
     offsets: &'a [usize],
     unit: bool,
+}
+
+/// Asks for every cache line of `r` ahead of use (short runs at a large
+/// stride: the hardware prefetcher does not follow them).
+#[inline(always)]
+fn prefetch<T>(r: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    for i in (0..core::mem::size_of_val(r)).step_by(64) {
+        // SAFETY: a prefetch never faults; the address is inside `r`.
+        unsafe {
+            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                r.as_ptr().cast::<i8>().add(i),
+            )
+        };
+    }
 }
 
 /// Two `bf16` bit patterns as one `vdpbf16ps` lane (`lo` first in memory).
@@ -161,10 +197,11 @@ fn pair(lo: u16, hi: u16) -> u32 {
     u32::from(lo) | (u32::from(hi) << 16)
 }
 
-/// Packs one panel of `bf16` pairs: line `l` (a row of `A` or a column of
-/// `B`, at most `w`), depth pair `q` goes to `panel[q * w + l]`, reading
-/// `x[base + lines[l] + depth[p]]`; lines past `lines.len()` and the high
-/// half past an odd depth are zero.
+/// Packs a block into `w`-line panels of `bf16` pairs: line `l` (a row of
+/// `A` or a column of `B`) is line `l % w` of panel `l / w`, and depth pair
+/// `q` of it goes to `panel[q * w + l % w]`, reading
+/// `x[base + lines[l] + depth[p]]`. Lines past the last and the high half
+/// past an odd depth are zero. `dst` holds `lines.div_ceil(w)` panels.
 #[inline(always)]
 fn pack_pairs(
     x: &[bf16],
@@ -172,60 +209,72 @@ fn pack_pairs(
     lines: Lines<'_>,
     depth: Lines<'_>,
     w: usize,
-    panel: &mut [u32],
+    dst: &mut [u32],
 ) {
     // SAFETY: `bf16` is a transparent `u16` bit pattern.
     let x = unsafe { core::slice::from_raw_parts(x.as_ptr().cast::<u16>(), x.len()) };
     let (n, kc) = (lines.offsets.len(), depth.offsets.len());
-    let (full, odd) = (kc / 2, kc % 2 == 1);
-    debug_assert!(n <= w && w <= MAX_NR && panel.len() == kc.div_ceil(2) * w);
-    if n < w {
-        panel.fill(0);
+    let (g, full, odd) = (kc.div_ceil(2), kc / 2, kc % 2 == 1);
+    debug_assert!(w <= MAX_NR && dst.len() == n.div_ceil(w) * g * w);
+    if !n.is_multiple_of(w) {
+        dst[n / w * g * w..].fill(0);
     }
-    if depth.unit {
-        // Each line is a contiguous run along the depth: its pairs are
-        // adjacent values.
-        let mut runs: [&[u16]; MAX_NR] = [&[]; MAX_NR];
-        for (r, &lo) in runs.iter_mut().zip(lines.offsets) {
-            let at = base + lo + depth.offsets[0];
-            *r = &x[at..at + kc];
-        }
-        let runs = &runs[..n];
-        for (q, d) in panel.chunks_exact_mut(w).enumerate().take(full) {
-            for (d, r) in d.iter_mut().zip(runs) {
-                *d = pair(r[2 * q], r[2 * q + 1]);
-            }
-        }
-        if odd {
-            let d = &mut panel[full * w..];
-            for (d, r) in d.iter_mut().zip(runs) {
-                *d = pair(r[kc - 1], 0);
-            }
-        }
-    } else if lines.unit {
-        // Each depth step is a contiguous run of lines: interleave two runs.
+    if lines.unit && !depth.unit {
+        // Each depth step is a contiguous run of lines: interleave two runs,
+        // one depth pair of every panel at a time (reading each run in order).
         let run = |p: usize| {
             let at = base + depth.offsets[p] + lines.offsets[0];
             &x[at..at + n]
         };
-        for (q, d) in panel.chunks_exact_mut(w).enumerate().take(full) {
-            let (r0, r1) = (run(2 * q), run(2 * q + 1));
-            for ((d, &lo), &hi) in d.iter_mut().zip(r0).zip(r1) {
-                *d = pair(lo, hi);
+        for q in 0..g {
+            let (r0, r1) = (run(2 * q), (2 * q + 1 < kc).then(|| run(2 * q + 1)));
+            for (panel, (r0, r1)) in dst
+                .chunks_exact_mut(g * w)
+                .zip(r0.chunks(w).zip(r1.iter().flat_map(|r| r.chunks(w))))
+            {
+                let d = &mut panel[q * w..q * w + r0.len()];
+                for ((d, &lo), &hi) in d.iter_mut().zip(r0).zip(r1) {
+                    *d = pair(lo, hi);
+                }
+            }
+            if r1.is_none() {
+                for (panel, r0) in dst.chunks_exact_mut(g * w).zip(r0.chunks(w)) {
+                    for (d, &lo) in panel[q * w..].iter_mut().zip(r0) {
+                        *d = pair(lo, 0);
+                    }
+                }
             }
         }
-        if odd {
-            let d = &mut panel[full * w..];
-            for (d, &lo) in d.iter_mut().zip(run(kc - 1)) {
-                *d = pair(lo, 0);
+        return;
+    }
+    for (panel, lines) in dst.chunks_exact_mut(g * w).zip(lines.offsets.chunks(w)) {
+        if depth.unit {
+            // Each line is a contiguous run along the depth: its pairs are
+            // adjacent values.
+            let mut runs: [&[u16]; MAX_NR] = [&[]; MAX_NR];
+            for (r, &lo) in runs.iter_mut().zip(lines) {
+                let at = base + lo + depth.offsets[0];
+                *r = &x[at..at + kc];
+                prefetch(r);
             }
-        }
-    } else {
-        for (q, d) in panel.chunks_exact_mut(w).enumerate() {
-            let (p0, p1) = (depth.offsets[2 * q], depth.offsets.get(2 * q + 1));
-            for (d, &lo) in d.iter_mut().zip(lines.offsets) {
-                let hi = p1.map_or(0, |&p1| x[base + lo + p1]);
-                *d = pair(x[base + lo + p0], hi);
+            let runs = &runs[..lines.len()];
+            for (q, d) in panel.chunks_exact_mut(w).enumerate().take(full) {
+                for (d, r) in d.iter_mut().zip(runs) {
+                    *d = pair(r[2 * q], r[2 * q + 1]);
+                }
+            }
+            if odd {
+                for (d, r) in panel[full * w..].iter_mut().zip(runs) {
+                    *d = pair(r[kc - 1], 0);
+                }
+            }
+        } else {
+            for (q, d) in panel.chunks_exact_mut(w).enumerate() {
+                let (p0, p1) = (depth.offsets[2 * q], depth.offsets.get(2 * q + 1));
+                for (d, &lo) in d.iter_mut().zip(lines) {
+                    let hi = p1.map_or(0, |&p1| x[base + lo + p1]);
+                    *d = pair(x[base + lo + p0], hi);
+                }
             }
         }
     }
@@ -303,11 +352,37 @@ pub(crate) fn narrow<E: FloatDtype>(src: &[E::Acc], dst: &mut [E]) {
             )
         };
         d.convert_from_f32_slice(s);
+    } else if TypeId::of::<E>() == TypeId::of::<bf16>()
+        && TypeId::of::<E::Acc>() == TypeId::of::<f32>()
+    {
+        // SAFETY: `E` is `bf16` (a `u16` bit pattern) and `E::Acc` is `f32`.
+        let (s, d) = unsafe {
+            (
+                core::slice::from_raw_parts(src.as_ptr().cast::<u32>(), src.len()),
+                core::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u16>(), dst.len()),
+            )
+        };
+        for (d, &s) in d.iter_mut().zip(s) {
+            *d = bf16_round(s);
+        }
     } else {
         for (o, &v) in dst.iter_mut().zip(src) {
             *o = E::from_acc(v);
         }
     }
+}
+
+/// `f32` bits to `bf16` bits, to nearest (ties to even), NaN kept quiet:
+/// `bf16::from_f32` without branches, so a loop of it vectorizes.
+#[inline(always)]
+fn bf16_round(x: u32) -> u16 {
+    let rounded = x.wrapping_add(0x7FFF + ((x >> 16) & 1)) >> 16;
+    let nan = (x >> 16) | 0x40;
+    (if x & 0x7FFF_FFFF > 0x7F80_0000 {
+        nan
+    } else {
+        rounded
+    }) as u16
 }
 
 /// A 64-byte-aligned block of scratch memory.

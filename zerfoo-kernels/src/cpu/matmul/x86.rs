@@ -15,8 +15,8 @@ use super::kernel::Kernel;
 macro_rules! micro_kernel {
     (
         $(#[$doc:meta])*
-        $name:ident $(, $direct:ident)?; $feat:literal;
-        packed $p:ty, $g:literal per group: $bzero:ident, $loadb:ident, $set1:ident, $fma:ident;
+        $name:ident, $direct:ident; $feat:literal;
+        packed $p:ty, $g:literal per group: $bzero:ident, $loadb:ident, $set1:ident, $fma:ident, $at:ident;
         $c:ty, $mr:literal x $nv:literal x $lanes:literal: $zero:ident, $load:ident, $store:ident, $add:ident
     ) => {
         $(#[$doc])*
@@ -33,6 +33,8 @@ macro_rules! micro_kernel {
             ldc: usize,
             overwrite: bool,
         ) {
+            // SAFETY: the caller's tile is `MR x NR` at `c` (row length `ldc`).
+            unsafe { micro_kernel!(@prefetch c, ldc, $mr, $nv * $lanes) };
             let mut acc = [[$zero(); $nv]; $mr];
             let (mut a, mut b) = (a, b);
             for _ in 0..kc.div_ceil($g) {
@@ -58,8 +60,7 @@ macro_rules! micro_kernel {
             unsafe { micro_kernel!(@store acc, c, ldc, overwrite, $lanes, $load, $store, $add) };
         }
 
-        $(
-        #[doc = concat!("[`", stringify!($name), "`] reading `A` in place (row `i`, depth `p` at `a[i * lda + p]`).")]
+        #[doc = concat!("[`", stringify!($name), "`] reading `A` in place (see [`", stringify!($at), "`]).")]
         ///
         /// # Safety
         /// As for [`super::kernel::DirectFn`], and the CPU must support the
@@ -74,9 +75,12 @@ macro_rules! micro_kernel {
             ldc: usize,
             overwrite: bool,
         ) {
+            // SAFETY: the caller's tile is `MR x NR` at `c` (row length `ldc`).
+            unsafe { micro_kernel!(@prefetch c, ldc, $mr, $nv * $lanes) };
             let mut acc = [[$zero(); $nv]; $mr];
             let mut b = b;
-            for p in 0..kc {
+            debug_assert!(kc.is_multiple_of($g));
+            for q in 0..kc / $g {
                 let mut bv = [$bzero(); $nv];
                 for (v, bv) in bv.iter_mut().enumerate() {
                     // SAFETY: the packed B panel holds `NR = nv * lanes` values per step.
@@ -84,7 +88,7 @@ macro_rules! micro_kernel {
                 }
                 for (i, acc) in acc.iter_mut().enumerate() {
                     // SAFETY: the caller guarantees rows `0..MR`, depth `0..kc` of A.
-                    let ai = $set1(unsafe { *a.add(i * lda + p) });
+                    let ai = $set1(unsafe { $at(a, i * lda, q) });
                     for (acc, &bv) in acc.iter_mut().zip(&bv) {
                         *acc = $fma(ai, bv, *acc);
                     }
@@ -95,7 +99,16 @@ macro_rules! micro_kernel {
             // SAFETY: the caller's tile is `MR x NR` at `c` (row length `ldc`).
             unsafe { micro_kernel!(@store acc, c, ldc, overwrite, $lanes, $load, $store, $add) };
         }
-        )?
+    };
+    // Asks for the tile's cache lines (first and last value of each row)
+    // while the depth loop runs; used inside `unsafe`.
+    (@prefetch $cp:ident, $ldc:ident, $mr:literal, $nr:expr) => {
+        for i in 0..$mr {
+            // Inside the tile; a prefetch never faults.
+            let row = $cp.add(i * $ldc);
+            _mm_prefetch::<_MM_HINT_T0>(row.cast::<i8>());
+            _mm_prefetch::<_MM_HINT_T0>(row.add($nr - 1).cast::<i8>());
+        }
     };
     // Writes (or adds) the accumulators into the tile; used inside `unsafe`.
     (@store $acc:ident, $cp:ident, $ldc:ident, $ow:ident, $lanes:literal, $load:ident, $store:ident, $add:ident) => {
@@ -116,34 +129,60 @@ macro_rules! micro_kernel {
 micro_kernel!(
     /// `f32` AVX-512F kernel: 14 x 32 (28 zmm accumulators).
     f32_avx512_14x32, f32_avx512_14x32_direct; "avx512f";
-    packed f32, 1 per group: _mm512_setzero_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_fmadd_ps;
+    packed f32, 1 per group: _mm512_setzero_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_fmadd_ps, at_one;
     f32, 14 x 2 x 16: _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_add_ps
 );
 micro_kernel!(
     /// `f64` AVX-512F kernel: 14 x 16 (28 zmm accumulators).
     f64_avx512_14x16, f64_avx512_14x16_direct; "avx512f";
-    packed f64, 1 per group: _mm512_setzero_pd, _mm512_loadu_pd, _mm512_set1_pd, _mm512_fmadd_pd;
+    packed f64, 1 per group: _mm512_setzero_pd, _mm512_loadu_pd, _mm512_set1_pd, _mm512_fmadd_pd, at_one;
     f64, 14 x 2 x 8: _mm512_setzero_pd, _mm512_loadu_pd, _mm512_storeu_pd, _mm512_add_pd
 );
 micro_kernel!(
     /// `f32` AVX2+FMA kernel: 6 x 16 (12 ymm accumulators).
     f32_avx2_6x16, f32_avx2_6x16_direct; "avx2,fma";
-    packed f32, 1 per group: _mm256_setzero_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_fmadd_ps;
+    packed f32, 1 per group: _mm256_setzero_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_fmadd_ps, at_one;
     f32, 6 x 2 x 8: _mm256_setzero_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_add_ps
 );
 micro_kernel!(
     /// `f64` AVX2+FMA kernel: 6 x 8 (12 ymm accumulators).
     f64_avx2_6x8, f64_avx2_6x8_direct; "avx2,fma";
-    packed f64, 1 per group: _mm256_setzero_pd, _mm256_loadu_pd, _mm256_set1_pd, _mm256_fmadd_pd;
+    packed f64, 1 per group: _mm256_setzero_pd, _mm256_loadu_pd, _mm256_set1_pd, _mm256_fmadd_pd, at_one;
     f64, 6 x 2 x 4: _mm256_setzero_pd, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_add_pd
 );
 micro_kernel!(
     /// `bf16` AVX512-BF16 kernel: 14 x 32 (28 zmm `f32` accumulators), one
     /// `vdpbf16ps` per accumulator and depth pair (`u32` = two `bf16`).
-    bf16_avx512_14x32; "avx512f,avx512bf16";
-    packed u32, 2 per group: _mm512_setzero_si512, bf16_load, bf16_set1, bf16_dot;
+    bf16_avx512_14x32, bf16_avx512_14x32_direct; "avx512f,avx512bf16";
+    packed u32, 2 per group: _mm512_setzero_si512, bf16_load, bf16_set1, bf16_dot, at_pair;
     f32, 14 x 2 x 16: _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_add_ps
 );
+
+/// Value `q` of a row of `A` read in place at `a + off` (`f32` or `f64`).
+///
+/// # Safety
+/// `a + off + q` must be readable.
+#[inline(always)]
+unsafe fn at_one<T: Copy>(a: *const T, off: usize, q: usize) -> T {
+    // SAFETY: the caller's guarantee.
+    unsafe { *a.add(off + q) }
+}
+
+/// Depth pair `q` of a row of a `bf16` `A` read in place: `a` points at
+/// `bf16` values (not pairs) and the row starts `off` values after it.
+///
+/// # Safety
+/// `bf16` values `off + 2q` and `off + 2q + 1` after `a` must be readable.
+#[inline(always)]
+unsafe fn at_pair(a: *const u32, off: usize, q: usize) -> u32 {
+    // SAFETY: the caller's guarantee; the read needs no alignment.
+    unsafe {
+        a.cast::<u16>()
+            .add(off + 2 * q)
+            .cast::<u32>()
+            .read_unaligned()
+    }
+}
 
 /// Loads 16 packed `bf16` pairs.
 ///
@@ -240,7 +279,7 @@ pub(crate) fn avx512_bf16() -> Option<Kernel<u32, f32>> {
         mr: 14,
         nr: 32,
         f: bf16_avx512_14x32,
-        fd: None,
+        fd: Some(bf16_avx512_14x32_direct),
         name: "avx512bf16-14x32",
     })
 }
