@@ -484,7 +484,12 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
                             let lda = ops.a_rows.get(1).map_or(0, |&r| r - ops.a_rows[0]);
                             // SAFETY: `at` is in bounds (row `ic`, depth `pc` of A); the
                             // kernel reads it as `E` values (`K::in_place`).
-                            (fd, unsafe { ops.a.as_ptr().add(at).cast::<K::P>() }, lda)
+                            (
+                                fd,
+                                unsafe { ops.a.as_ptr().add(at).cast::<K::P>() },
+                                lda,
+                                pitch,
+                            )
                         });
                         // SAFETY: task `t` writes only rows `ic..ic + rows` and
                         // columns of panels `p0..p1` of this column block: disjoint
@@ -521,8 +526,9 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
 /// `B` block (`kc x nc`) and adds the result into `c` (the block's top-left
 /// corner, row length `ldc`). Panels hold `kc.div_ceil(group)` groups.
 ///
-/// With `a_in_place = Some((fd, a, lda))`, full `MR`-row panels read `A` at
-/// `a + i * lda + p` (kernel `fd`) and `ap` holds only the packed tail panel.
+/// With `a_in_place = Some((fd, a, lda, pitch))`, full `MR`-row panels read
+/// `A` in place (kernel `fd`): row `i` starts `i * pitch` bytes after `a`,
+/// `lda` input values apart; `ap` holds only the packed tail panel.
 ///
 /// # Safety
 /// `a_in_place` (if any) must be readable for `mc` rows by `kc` depth.
@@ -531,7 +537,7 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
 #[allow(clippy::too_many_arguments)]
 unsafe fn macro_kernel<P, A: Real>(
     kern: &Kernel<P, A>,
-    a_in_place: Option<(DirectFn<P, A>, *const P, usize)>,
+    a_in_place: Option<(DirectFn<P, A>, *const P, usize, usize)>,
     ap: &[P],
     bp: &[P],
     (kc, group): (usize, usize),
@@ -565,11 +571,19 @@ unsafe fn macro_kernel<P, A: Real>(
                 (scratch.as_mut_ptr(), nr, true)
             };
             match a_in_place {
-                // SAFETY: rows `i0..i0 + mr` of A are in place at `a + i0 * lda`
-                // (the caller's guarantee); `dst` is the tile inside the block
+                // SAFETY: rows `i0..i0 + mr` of A are in place from `i0 * pitch`
+                // bytes after `a` (the caller's guarantee); `dst` is the tile inside the block
                 // or the scratch tile (row length nr).
-                Some((fd, a, lda)) if rows == mr => unsafe {
-                    fd(kc, a.add(i0 * lda), lda, bpanel.as_ptr(), dst, ld, ow)
+                Some((fd, a, lda, pitch)) if rows == mr => unsafe {
+                    fd(
+                        kc,
+                        a.byte_add(i0 * pitch),
+                        lda,
+                        bpanel.as_ptr(),
+                        dst,
+                        ld,
+                        ow,
+                    )
                 },
                 _ => {
                     // Packed panel: all of them, or only the tail when A is read in place.

@@ -1,5 +1,5 @@
 use super::*;
-use crate::{bf16, f16};
+use crate::f16;
 
 /// Deterministic values in [-1, 1).
 fn vals(n: usize, seed: u64) -> Vec<f64> {
@@ -420,6 +420,233 @@ fn batched_broadcast_and_batch_sum_every_kernel() {
             }
             let got = pool.install(|| gemm_batch_sum_with::<_, Widen>(&a, &lat, &c, &lc, kern));
             assert!(max_rel(&got, &want_sum) < 1e-13, "kernel {}", kern.name);
+        }
+    }
+}
+
+/// The AVX512-BF16 kernel, or `None` (after a note) on a CPU without it.
+fn bf16_kernel_or_skip(test: &str) -> Option<Kernel<u32, f32>> {
+    let k = kernel::bf16_kernel();
+    if k.is_none() {
+        eprintln!(
+            "{test}: skipped, this CPU has no AVX512-BF16 (the widening path is tested elsewhere)"
+        );
+    }
+    k
+}
+
+/// `bf16` inputs and their exact `f64` values.
+fn bf16s(v: &[f64]) -> (Vec<bf16>, Vec<f64>) {
+    let b: Vec<bf16> = v.iter().map(|&x| bf16::from_f64(x)).collect();
+    let f = b.iter().map(|x| x.to_f64()).collect();
+    (b, f)
+}
+
+/// `got` against the exact product `want` of the same `bf16` inputs: one
+/// rounding (half a `bf16` ulp, at most `2^-8` relative) plus the `f32` summation
+/// error, bounded by `2^-17` of the sum of the products' magnitudes `mag`.
+fn assert_bf16_close(got: &[bf16], want: &[f64], mag: &[f64], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, ((g, &w), &m)) in got.iter().zip(want).zip(mag).enumerate() {
+        let g = g.to_f64();
+        let tol = w.abs() * 2f64.powi(-8) + m * 2f64.powi(-17);
+        assert!(
+            (g - w).abs() <= tol,
+            "{what}: element {i}: got {g}, want {w} (tolerance {tol:e})"
+        );
+    }
+}
+
+/// The exact product and the sum of the products' magnitudes, through layouts.
+fn reference(a: &[f64], la: &Layout, b: &[f64], lb: &Layout) -> (Vec<f64>, Vec<f64>) {
+    let abs = |x: &[f64]| x.iter().map(|v| v.abs()).collect::<Vec<_>>();
+    (naive(a, la, b, lb), naive(&abs(a), la, &abs(b), lb))
+}
+
+/// Runs `f` on a pool of `threads` threads.
+fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
+/// The native `bf16` kernel at odd sizes (1, 7, 129, non-multiples of MR,
+/// NR and the depth block, odd depths) and every layout kind (row-major,
+/// transposed, strided; offsets that make pairs unaligned): close to the
+/// exact product, and the public `gemm` gives the same bits.
+#[test]
+fn bf16_native_odd_sizes_and_layouts() {
+    let Some(kern) = bf16_kernel_or_skip("bf16_native_odd_sizes_and_layouts") else {
+        return;
+    };
+    for &(m, k, n) in &[
+        (1, 1, 1),
+        (1, 7, 1),
+        (7, 7, 7),
+        (7, 1, 9),
+        (15, 2, 33),
+        (14, 32, 32),
+        (29, 40, 17),
+        (6, 5, 65),
+        (129, 129, 129),
+        (5, KC_BF16 + 1, 3),
+        (33, 2 * KC_BF16 + 1, 47),
+    ] {
+        for ka in 0..3 {
+            for kb in 0..3 {
+                let (la, na) = lay(m, k, ka, 3);
+                let (lb, nb) = lay(k, n, kb, 5);
+                let (a, a64) = bf16s(&vals(na, (m * 31 + k + ka) as u64));
+                let (b, b64) = bf16s(&vals(nb, (n * 17 + k + kb) as u64));
+                let (want, mag) = reference(&a64, &la, &b64, &lb);
+                let got = gemm_batched_with::<_, Bf16Pairs>(&a, &la, &b, &lb, kern);
+                let what = format!("{m}x{k}x{n} kinds ({ka}, {kb})");
+                assert_bf16_close(&got, &want, &mag, &what);
+                assert_eq!(gemm(&a, &la, &b, &lb), got, "{what}: public entry");
+            }
+        }
+    }
+}
+
+/// Across the row, depth and column blocks (MC, KC_BF16, NC) on 1, 2 and 3
+/// threads: close to the exact product and bit-identical on every count.
+#[test]
+fn bf16_native_crosses_blocks_threads_agree() {
+    let Some(kern) = bf16_kernel_or_skip("bf16_native_crosses_blocks_threads_agree") else {
+        return;
+    };
+    for &(m, k, n, kb) in &[
+        (MC + 13, KC_BF16 + 7, 71, 0),
+        (129, 2 * KC_BF16 + 3, 129, 1),
+        (301, 1037, 203, 0),
+        (5, 300, NC + 37, 0),
+    ] {
+        let (la, na) = lay(m, k, 0, 1);
+        let (lb, nb) = lay(k, n, kb, 2);
+        let (a, a64) = bf16s(&vals(na, 61));
+        let (b, b64) = bf16s(&vals(nb, 62));
+        let (want, mag) = reference(&a64, &la, &b64, &lb);
+        let one = on_threads(1, || {
+            gemm_batched_with::<_, Bf16Pairs>(&a, &la, &b, &lb, kern)
+        });
+        let what = format!("{m}x{k}x{n}");
+        assert_bf16_close(&one, &want, &mag, &what);
+        for threads in [2, 3] {
+            let got = on_threads(threads, || gemm(&a, &la, &b, &lb));
+            assert_eq!(got, one, "{what}: {threads} threads");
+        }
+    }
+}
+
+/// Views made with `swap_axes` and `narrow` (a transposed slice of a wider
+/// matrix, a column window): read as they are, no copy.
+#[test]
+fn bf16_native_views() {
+    if bf16_kernel_or_skip("bf16_native_views").is_none() {
+        return;
+    }
+    let (m, k, n) = (37, 45, 50);
+    // A: columns 3..3+m of a [k, m + 7] matrix, transposed to [m, k].
+    let (a, a64) = bf16s(&vals(k * (m + 7), 71));
+    let mut la = Layout::contiguous(&[k, m + 7]).narrow(1, 3, m);
+    la.swap_axes(0, 1);
+    // B: rows 2..2+k and columns 1..1+n of a [k + 4, n + 3] matrix.
+    let (b, b64) = bf16s(&vals((k + 4) * (n + 3), 72));
+    let lb = Layout::contiguous(&[k + 4, n + 3])
+        .narrow(0, 2, k)
+        .narrow(1, 1, n);
+    let (want, mag) = reference(&a64, &la, &b64, &lb);
+    assert_bf16_close(&gemm(&a, &la, &b, &lb), &want, &mag, "views");
+    // And B transposed by swap_axes ([n, k] storage).
+    let (bt, bt64) = bf16s(&vals(n * k, 73));
+    let mut lbt = Layout::contiguous(&[n, k]);
+    lbt.swap_axes(0, 1);
+    let (want, mag) = reference(&a64, &la, &bt64, &lbt);
+    assert_bf16_close(&gemm(&a, &la, &bt, &lbt), &want, &mag, "transposed B");
+}
+
+/// `gemm_batched` (a broadcast, transposed right operand; batch axes that
+/// are permuted) and `gemm_batch_sum` (a transposed left operand) through
+/// the public entries: close to the exact products, the same on 1 and 2
+/// threads.
+#[test]
+fn bf16_native_batched_and_batch_sum() {
+    if bf16_kernel_or_skip("bf16_native_batched_and_batch_sum").is_none() {
+        return;
+    }
+    let (bt, m, k, n) = (5, 37, 29, 41);
+    let (a, a64) = bf16s(&vals(bt * m * k, 81));
+    let (b, b64) = bf16s(&vals(k * n, 82));
+    let la = Layout::contiguous(&[bt, m, k]);
+    let lb = Layout::new(&[bt, k, n], &[0, 1, k], 0); // broadcast, transposed
+    let got = on_threads(1, || gemm_batched(&a, &la, &b, &lb));
+    assert_eq!(on_threads(2, || gemm_batched(&a, &la, &b, &lb)), got);
+    for i in 0..bt {
+        let lai = Layout::new(&[m, k], &[k, 1], i * m * k);
+        let (want, mag) = reference(&a64, &lai, &b64, &Layout::new(&[k, n], &[1, k], 0));
+        assert_bf16_close(&got[i * m * n..(i + 1) * m * n], &want, &mag, "batched");
+    }
+    // A stored as [H, B, M, K] viewed as [B, H, M, K]; big enough to thread.
+    let (b_, h, m2, k2, n2) = (2, 3, 40, 67, 60);
+    let (a2, a2_64) = bf16s(&vals(b_ * h * m2 * k2, 83));
+    let (b2, b2_64) = bf16s(&vals(b_ * h * k2 * n2, 84));
+    let la2 = Layout::contiguous(&[h, b_, m2, k2]).permute(&[1, 0, 2, 3]);
+    let lb2 = Layout::contiguous(&[b_, h, k2, n2]);
+    let got = on_threads(1, || gemm_batched(&a2, &la2, &b2, &lb2));
+    assert_eq!(on_threads(2, || gemm_batched(&a2, &la2, &b2, &lb2)), got);
+    for bi in 0..b_ {
+        for hi in 0..h {
+            let lai = Layout::new(&[m2, k2], &[k2, 1], (hi * b_ + bi) * m2 * k2);
+            let lbi = Layout::new(&[k2, n2], &[n2, 1], (bi * h + hi) * k2 * n2);
+            let o = (bi * h + hi) * m2 * n2;
+            let (want, mag) = reference(&a2_64, &lai, &b2_64, &lbi);
+            assert_bf16_close(&got[o..o + m2 * n2], &want, &mag, "permuted batch");
+        }
+    }
+    // Σ_b A_bᵀ · C_b with A_bᵀ a transposed view ([bt, k, m]).
+    let (c, c64) = bf16s(&vals(bt * m * n, 85));
+    let lat = Layout::new(&[bt, k, m], &[m * k, 1, k], 0);
+    let lc = Layout::contiguous(&[bt, m, n]);
+    let got = on_threads(1, || gemm_batch_sum(&a, &lat, &c, &lc));
+    assert_eq!(on_threads(2, || gemm_batch_sum(&a, &lat, &c, &lc)), got);
+    let (mut want, mut mag) = (vec![0.0; k * n], vec![0.0; k * n]);
+    for i in 0..bt {
+        let lai = Layout::new(&[k, m], &[1, k], i * m * k);
+        let lci = Layout::new(&[m, n], &[n, 1], i * m * n);
+        let (w, g) = reference(&a64, &lai, &c64, &lci);
+        want.iter_mut().zip(w).for_each(|(s, v)| *s += v);
+        mag.iter_mut().zip(g).for_each(|(s, v)| *s += v);
+    }
+    assert_bf16_close(&got, &want, &mag, "batch sum");
+}
+
+/// NaN and infinity propagate through `vdpbf16ps` as through the widening path.
+#[test]
+fn bf16_native_special_values() {
+    if bf16_kernel_or_skip("bf16_native_special_values").is_none() {
+        return;
+    }
+    let (m, k, n) = (16, 33, 40);
+    let (mut a, _) = bf16s(&vals(m * k, 91));
+    let (b, _) = bf16s(
+        &vals(k * n, 92)
+            .iter()
+            .map(|v| v.abs() + 0.5)
+            .collect::<Vec<_>>(),
+    );
+    a[k + 4] = bf16::NAN; // row 1
+    a[3 * k + 7] = bf16::INFINITY; // row 3; B is positive
+    let l = |r, c| Layout::contiguous(&[r, c]);
+    let got = gemm(&a, &l(m, k), &b, &l(k, n));
+    for (i, row) in got.chunks(n).enumerate() {
+        for v in row {
+            match i {
+                1 => assert!(v.is_nan()),
+                3 => assert_eq!(*v, bf16::INFINITY),
+                _ => assert!(v.is_finite()),
+            }
         }
     }
 }
