@@ -50,7 +50,7 @@ use pack::{with_buf, Bf16Pairs, Packing, Widen, A_BUF, B_BUF};
 /// Depth of a packed block (the `K` extent kept in cache at once).
 pub(crate) const KC: usize = 256;
 /// Depth of a packed block of `bf16` pairs (half the bytes per value).
-pub(crate) const KC_BF16: usize = 512;
+pub(crate) const KC_BF16: usize = 1024;
 /// Rows of a packed `A` block at most (sized for L2).
 const MC: usize = 336;
 /// Columns of a packed `B` block at most (sized for L3; a multiple of every `NR`).
@@ -368,12 +368,8 @@ fn product<E: FloatDtype, K: Packing<E>>(
         );
         // SAFETY: `blocked` with `overwrite` wrote all `out.len()` values.
         unsafe { c.set_len(out.len()) };
-        out.iter_mut()
-            .for_each(|o| *o = MaybeUninit::new(E::default()));
-        // SAFETY: every element was just initialized.
-        let out = unsafe { &mut *(out as *mut [MaybeUninit<E>] as *mut [E]) };
         const CH: usize = 1 << 14;
-        let narrow = |(o, c): (&mut [E], &[E::Acc])| {
+        let narrow = |(o, c): (&mut [MaybeUninit<E>], &[E::Acc])| {
             vectorized(
                 #[inline(always)]
                 || pack::narrow(c, o),
@@ -423,7 +419,12 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
     let direct = kern
         .fd
         .filter(|_| ops.a_unit_k && K::in_place(pitch, n.div_ceil(nr)));
-    let (kcb, groups) = (K::KC, |kc: usize| kc.div_ceil(K::GROUP));
+    // Depth blocks of at most `K::KC`, balanced (1024 = 512 + 512, not
+    // 768 + 256: every pass over C then does as much work).
+    let kcb = k
+        .div_ceil(k.div_ceil(K::KC).max(1))
+        .next_multiple_of(K::GROUP);
+    let groups = |kc: usize| kc.div_ceil(K::GROUP);
     assert!(k > 0 || !overwrite, "gemm: an empty depth writes nothing");
     let cptr = SendPtr(c.as_mut_ptr().cast::<E::Acc>());
     let nc_max = NC.min(n.div_ceil(nr) * nr);

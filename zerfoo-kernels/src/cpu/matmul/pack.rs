@@ -9,6 +9,7 @@
 //! a row-major matrix, a column of a transposed one), whole runs are
 //! converted at once; any other strides go through the offset tables.
 
+use core::mem::MaybeUninit;
 use std::any::TypeId;
 use std::cell::Cell;
 use std::thread::LocalKey;
@@ -136,15 +137,9 @@ impl Packing<bf16> for Bf16Pairs {
         mr: usize,
         dst: &mut [u32],
     ) {
-        let lines = Lines {
-            offsets: &ops.a_rows[ic..ic + mc],
-            unit: ops.a_unit_m,
-        };
-        let depth = Lines {
-            offsets: &ops.a_cols[pc..pc + kc],
-            unit: ops.a_unit_k,
-        };
-        pack_pairs(ops.a, ops.a_base, lines, depth, mr, dst);
+        let rows = (&ops.a_rows[ic..ic + mc], ops.a_unit_m);
+        let depth = (&ops.a_cols[pc..pc + kc], ops.a_unit_k);
+        pack_pairs(ops.a, ops.a_base, rows, depth, mr, dst);
     }
     #[inline(always)]
     fn pack_b(
@@ -156,40 +151,15 @@ impl Packing<bf16> for Bf16Pairs {
         nr: usize,
         dst: &mut [u32],
     ) {
-        let lines = Lines {
-            offsets: &ops.b_cols[j0..j0 + cols],
-            unit: ops.b_unit_n,
-        };
-        let depth = Lines {
-            offsets: &ops.b_rows[pc..pc + kc],
-            unit: ops.b_unit_k,
-        };
-        pack_pairs(ops.b, ops.b_base, lines, depth, nr, dst);
+        let cols = (&ops.b_cols[j0..j0 + cols], ops.b_unit_n);
+        let depth = (&ops.b_rows[pc..pc + kc], ops.b_unit_k);
+        pack_pairs(ops.b, ops.b_base, cols, depth, nr, dst);
     }
 }
 
 /// Offsets of the rows (or columns, or depth steps) of a block, and whether
 /// they step by exactly one element.
-#[derive(Clone, Copy)]
-struct Lines<'a> {
-    offsets: &'a [usize],
-    unit: bool,
-}
-
-/// Asks for every cache line of `r` ahead of use (short runs at a large
-/// stride: the hardware prefetcher does not follow them).
-#[inline(always)]
-fn prefetch<T>(r: &[T]) {
-    #[cfg(target_arch = "x86_64")]
-    for i in (0..core::mem::size_of_val(r)).step_by(64) {
-        // SAFETY: a prefetch never faults; the address is inside `r`.
-        unsafe {
-            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
-                r.as_ptr().cast::<i8>().add(i),
-            )
-        };
-    }
-}
+type Lines<'a> = (&'a [usize], bool);
 
 /// Two `bf16` bit patterns as one `vdpbf16ps` lane (`lo` first in memory).
 #[inline(always)]
@@ -206,24 +176,24 @@ fn pair(lo: u16, hi: u16) -> u32 {
 fn pack_pairs(
     x: &[bf16],
     base: usize,
-    lines: Lines<'_>,
-    depth: Lines<'_>,
+    (lines, lines_unit): Lines<'_>,
+    (depth, depth_unit): Lines<'_>,
     w: usize,
     dst: &mut [u32],
 ) {
     // SAFETY: `bf16` is a transparent `u16` bit pattern.
     let x = unsafe { core::slice::from_raw_parts(x.as_ptr().cast::<u16>(), x.len()) };
-    let (n, kc) = (lines.offsets.len(), depth.offsets.len());
+    let (n, kc) = (lines.len(), depth.len());
     let (g, full, odd) = (kc.div_ceil(2), kc / 2, kc % 2 == 1);
     debug_assert!(w <= MAX_NR && dst.len() == n.div_ceil(w) * g * w);
     if !n.is_multiple_of(w) {
         dst[n / w * g * w..].fill(0);
     }
-    if lines.unit && !depth.unit {
+    if lines_unit && !depth_unit {
         // Each depth step is a contiguous run of lines: interleave two runs,
         // one depth pair of every panel at a time (reading each run in order).
         let run = |p: usize| {
-            let at = base + depth.offsets[p] + lines.offsets[0];
+            let at = base + depth[p] + lines[0];
             &x[at..at + n]
         };
         for q in 0..g {
@@ -247,15 +217,14 @@ fn pack_pairs(
         }
         return;
     }
-    for (panel, lines) in dst.chunks_exact_mut(g * w).zip(lines.offsets.chunks(w)) {
-        if depth.unit {
+    for (panel, lines) in dst.chunks_exact_mut(g * w).zip(lines.chunks(w)) {
+        if depth_unit {
             // Each line is a contiguous run along the depth: its pairs are
             // adjacent values.
             let mut runs: [&[u16]; MAX_NR] = [&[]; MAX_NR];
             for (r, &lo) in runs.iter_mut().zip(lines) {
-                let at = base + lo + depth.offsets[0];
+                let at = base + lo + depth[0];
                 *r = &x[at..at + kc];
-                prefetch(r);
             }
             let runs = &runs[..lines.len()];
             for (q, d) in panel.chunks_exact_mut(w).enumerate().take(full) {
@@ -270,7 +239,7 @@ fn pack_pairs(
             }
         } else {
             for (q, d) in panel.chunks_exact_mut(w).enumerate() {
-                let (p0, p1) = (depth.offsets[2 * q], depth.offsets.get(2 * q + 1));
+                let (p0, p1) = (depth[2 * q], depth.get(2 * q + 1));
                 for (d, &lo) in d.iter_mut().zip(lines) {
                     let hi = p1.map_or(0, |&p1| x[base + lo + p1]);
                     *d = pair(x[base + lo + p0], hi);
@@ -340,11 +309,14 @@ fn copy_run<T: Copy>(src: &[T], dst: &mut [T]) {
     fixed!(6 8 14 16 32)
 }
 
-/// Rounds a run of accumulated values into the output type.
-pub(crate) fn narrow<E: FloatDtype>(src: &[E::Acc], dst: &mut [E]) {
+/// Rounds a run of accumulated values into the output type (writing every
+/// element of `dst`).
+pub(crate) fn narrow<E: FloatDtype>(src: &[E::Acc], dst: &mut [MaybeUninit<E>]) {
     if TypeId::of::<E>() == TypeId::of::<f16>() && TypeId::of::<E::Acc>() == TypeId::of::<f32>() {
         use half::slice::HalfFloatSliceExt;
-        // SAFETY: `E` is `f16` and `E::Acc` is `f32` (TypeIds checked above).
+        dst.fill(MaybeUninit::new(E::default()));
+        // SAFETY: `E` is `f16` and `E::Acc` is `f32` (TypeIds checked
+        // above); `dst` was just initialized.
         let (s, d) = unsafe {
             (
                 core::slice::from_raw_parts(src.as_ptr().cast::<f32>(), src.len()),
@@ -359,15 +331,18 @@ pub(crate) fn narrow<E: FloatDtype>(src: &[E::Acc], dst: &mut [E]) {
         let (s, d) = unsafe {
             (
                 core::slice::from_raw_parts(src.as_ptr().cast::<u32>(), src.len()),
-                core::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u16>(), dst.len()),
+                core::slice::from_raw_parts_mut(
+                    dst.as_mut_ptr().cast::<MaybeUninit<u16>>(),
+                    dst.len(),
+                ),
             )
         };
         for (d, &s) in d.iter_mut().zip(s) {
-            *d = bf16_round(s);
+            *d = MaybeUninit::new(bf16_round(s));
         }
     } else {
         for (o, &v) in dst.iter_mut().zip(src) {
-            *o = E::from_acc(v);
+            *o = MaybeUninit::new(E::from_acc(v));
         }
     }
 }

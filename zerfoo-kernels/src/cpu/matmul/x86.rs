@@ -33,8 +33,6 @@ macro_rules! micro_kernel {
             ldc: usize,
             overwrite: bool,
         ) {
-            // SAFETY: the caller's tile is `MR x NR` at `c` (row length `ldc`).
-            unsafe { micro_kernel!(@prefetch c, ldc, $mr, $nv * $lanes) };
             let mut acc = [[$zero(); $nv]; $mr];
             let (mut a, mut b) = (a, b);
             for _ in 0..kc.div_ceil($g) {
@@ -75,8 +73,6 @@ macro_rules! micro_kernel {
             ldc: usize,
             overwrite: bool,
         ) {
-            // SAFETY: the caller's tile is `MR x NR` at `c` (row length `ldc`).
-            unsafe { micro_kernel!(@prefetch c, ldc, $mr, $nv * $lanes) };
             let mut acc = [[$zero(); $nv]; $mr];
             let mut b = b;
             debug_assert!(kc.is_multiple_of($g));
@@ -98,16 +94,6 @@ macro_rules! micro_kernel {
             }
             // SAFETY: the caller's tile is `MR x NR` at `c` (row length `ldc`).
             unsafe { micro_kernel!(@store acc, c, ldc, overwrite, $lanes, $load, $store, $add) };
-        }
-    };
-    // Asks for the tile's cache lines (first and last value of each row)
-    // while the depth loop runs; used inside `unsafe`.
-    (@prefetch $cp:ident, $ldc:ident, $mr:literal, $nr:expr) => {
-        for i in 0..$mr {
-            // Inside the tile; a prefetch never faults.
-            let row = $cp.add(i * $ldc);
-            _mm_prefetch::<_MM_HINT_T0>(row.cast::<i8>());
-            _mm_prefetch::<_MM_HINT_T0>(row.add($nr - 1).cast::<i8>());
         }
     };
     // Writes (or adds) the accumulators into the tile; used inside `unsafe`.
