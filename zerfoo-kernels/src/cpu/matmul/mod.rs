@@ -99,10 +99,30 @@ fn gemm_batched_with<E: FloatDtype>(
     }
     let mut out_buf: Vec<E> = Vec::with_capacity(batch * m * n);
     let out = &mut out_buf.spare_capacity_mut()[..batch * m * n];
+    let threads = rayon::current_num_threads();
+    if batch > 1 && p.b_bases.iter().all(|&o| o == p.b_bases[0]) {
+        // One B shared by the whole batch (a layer's weight): a single
+        // `[batch * M, K] x [K, N]` product packs B once instead of per item.
+        let a_rows: Vec<usize> = p
+            .a_bases
+            .iter()
+            .flat_map(|&o| (0..m).map(move |i| o + i * p.sam))
+            .collect();
+        let (a_cols, b_rows, b_cols) = (offsets(k, p.sak), offsets(k, p.sbk), offsets(n, p.sbn));
+        let ops = Operands::new(a, 0, &a_rows, &a_cols, b, p.b_bases[0], &b_rows, &b_cols);
+        let threads = if batch * m * n * k >= PAR_MACS {
+            threads
+        } else {
+            1
+        };
+        product(&ops, out, threads, kern);
+        // SAFETY: `product` wrote all `batch * m * n` values.
+        unsafe { out_buf.set_len(batch * m * n) };
+        return out_buf;
+    }
     let (a_rows, a_cols) = (offsets(m, p.sam), offsets(k, p.sak));
     let (b_rows, b_cols) = (offsets(k, p.sbk), offsets(n, p.sbn));
     let macs = m * n * k;
-    let threads = rayon::current_num_threads();
     let one = |bi: usize, out: &mut [MaybeUninit<E>], threads: usize| {
         let ops = Operands::new(
             a,
@@ -248,8 +268,23 @@ pub(crate) struct Operands<'a, E> {
     b_cols: &'a [usize],
     a_unit_m: bool,
     a_unit_k: bool,
+    /// The constant step between A's row offsets, if they rise by one
+    /// (rows can then be read as `row0 + i * pitch`).
+    a_pitch: Option<usize>,
     b_unit_k: bool,
     b_unit_n: bool,
+}
+
+/// The step between consecutive offsets if it is one constant, rising (or
+/// there is at most one offset: 0).
+fn even_step(t: &[usize]) -> Option<usize> {
+    let step = match t {
+        [a, b, ..] => b.checked_sub(*a)?,
+        _ => 0,
+    };
+    t.windows(2)
+        .all(|w| w[1].checked_sub(w[0]) == Some(step))
+        .then_some(step)
 }
 
 /// Whether consecutive offsets differ by exactly one.
@@ -280,6 +315,7 @@ impl<'a, E> Operands<'a, E> {
             b_cols,
             a_unit_m: unit(a_rows),
             a_unit_k: unit(a_cols),
+            a_pitch: even_step(a_rows),
             b_unit_k: unit(b_rows),
             b_unit_n: unit(b_cols),
         }
@@ -382,10 +418,12 @@ fn blocked<E: FloatDtype>(
     // packing it would not pay (few B panels to amortize it over) or where
     // its rows do not alias in L1 (a row pitch that is not a multiple of
     // 2 KiB: the `MR` rows read together then fall into different sets).
-    let pitch = ops.a_rows.get(1).map_or(0, |&r| r - ops.a_rows[0]) * core::mem::size_of::<E>();
     let direct = ops.a_unit_k
         && TypeId::of::<E>() == TypeId::of::<E::Acc>()
-        && (n.div_ceil(nr) <= DIRECT_MAX_PANELS || !pitch.is_multiple_of(2048));
+        && ops.a_pitch.is_some_and(|pitch| {
+            n.div_ceil(nr) <= DIRECT_MAX_PANELS
+                || !(pitch * core::mem::size_of::<E>()).is_multiple_of(2048)
+        });
     assert!(k > 0 || !overwrite, "gemm: an empty depth writes nothing");
     let cptr = SendPtr(c.as_mut_ptr().cast::<E::Acc>());
     let nc_max = NC.min(n.div_ceil(nr) * nr);
@@ -434,7 +472,7 @@ fn blocked<E: FloatDtype>(
                         );
                         let a_in_place = direct.then(|| {
                             let at = ops.a_base + ops.a_rows[ic] + ops.a_cols[pc];
-                            let lda = ops.a_rows.get(1).map_or(0, |&r| r - ops.a_rows[0]);
+                            let lda = ops.a_pitch.unwrap_or(0);
                             // SAFETY: `direct` implies `E` is `E::Acc`; `at` is in bounds
                             // (row `ic`, depth `pc` of A).
                             (unsafe { ops.a.as_ptr().add(at).cast::<E::Acc>() }, lda)
