@@ -37,9 +37,9 @@ use kernel::{Kernel, MAX_TILE};
 use pack::{pack_a, pack_b_panel, with_buf, A_BUF, B_BUF};
 
 /// Depth of a packed block (the `K` extent kept in cache at once).
-pub(crate) const KC: usize = 256;
+pub(crate) const KC: usize = 512;
 /// Rows of a packed `A` block at most (sized for L2).
-const MC: usize = 336;
+const MC: usize = 168;
 /// Columns of a packed `B` block at most (sized for L3; a multiple of every `NR`).
 const NC: usize = 3072;
 /// At most this many `NR`-column panels of B: read a row-major A in place
