@@ -173,7 +173,7 @@ pub fn sgd_update<E: FloatDtype>(param: &mut [E], grad: &[E], buf: &mut [E::Acc]
     }
 }
 
-/// `Σ x²` in f64, summed in fixed [`CHUNK`]-sized pieces (each with eight
+/// `Σ x²` in f64, summed in fixed [`CHUNK`]-sized pieces (each with 32
 /// running sums) and then in order, so the result never depends on the
 /// thread count.
 pub fn sum_squares<E: FloatDtype>(x: &[E]) -> f64 {
@@ -185,8 +185,10 @@ pub fn sum_squares<E: FloatDtype>(x: &[E]) -> f64 {
     }
     #[inline(always)]
     fn chunk_sum<E: FloatDtype>(c: &[E]) -> f64 {
-        let mut acc = [0f64; 8];
-        let mut it = c.chunks_exact(8);
+        // Four vectors of running sums: enough independent additions to
+        // hide the latency of each.
+        let mut acc = [0f64; 32];
+        let mut it = c.chunks_exact(32);
         for w in &mut it {
             for (a, x) in acc.iter_mut().zip(w) {
                 let x = x.to_f64();

@@ -48,11 +48,11 @@ use kernel::{DirectFn, Kernel, MAX_TILE};
 use pack::{with_buf, Bf16Pairs, Packing, Widen, A_BUF, B_BUF};
 
 /// Depth of a packed block (the `K` extent kept in cache at once).
-pub(crate) const KC: usize = 256;
+pub(crate) const KC: usize = 512;
 /// Depth of a packed block of `bf16` pairs (half the bytes per value).
 pub(crate) const KC_BF16: usize = 1024;
 /// Rows of a packed `A` block at most (sized for L2).
-const MC: usize = 336;
+const MC: usize = 168;
 /// Columns of a packed `B` block at most (sized for L3; a multiple of every `NR`).
 const NC: usize = 3072;
 /// Below this many multiply-adds in total a product runs on the calling thread.
@@ -130,10 +130,30 @@ fn gemm_batched_with<E: FloatDtype, K: Packing<E>>(
     }
     let mut out_buf: Vec<E> = Vec::with_capacity(batch * m * n);
     let out = &mut out_buf.spare_capacity_mut()[..batch * m * n];
+    let threads = rayon::current_num_threads();
+    if batch > 1 && p.b_bases.iter().all(|&o| o == p.b_bases[0]) {
+        // One B shared by the whole batch (a layer's weight): a single
+        // `[batch * M, K] x [K, N]` product packs B once instead of per item.
+        let a_rows: Vec<usize> = p
+            .a_bases
+            .iter()
+            .flat_map(|&o| (0..m).map(move |i| o + i * p.sam))
+            .collect();
+        let (a_cols, b_rows, b_cols) = (offsets(k, p.sak), offsets(k, p.sbk), offsets(n, p.sbn));
+        let ops = Operands::new(a, 0, &a_rows, &a_cols, b, p.b_bases[0], &b_rows, &b_cols);
+        let threads = if batch * m * n * k >= PAR_MACS {
+            threads
+        } else {
+            1
+        };
+        product::<E, K>(&ops, out, threads, kern);
+        // SAFETY: `product` wrote all `batch * m * n` values.
+        unsafe { out_buf.set_len(batch * m * n) };
+        return out_buf;
+    }
     let (a_rows, a_cols) = (offsets(m, p.sam), offsets(k, p.sak));
     let (b_rows, b_cols) = (offsets(k, p.sbk), offsets(n, p.sbn));
     let macs = m * n * k;
-    let threads = rayon::current_num_threads();
     let one = |bi: usize, out: &mut [MaybeUninit<E>], threads: usize| {
         let ops = Operands::new(
             a,
@@ -282,8 +302,23 @@ pub(crate) struct Operands<'a, E> {
     b_cols: &'a [usize],
     a_unit_m: bool,
     a_unit_k: bool,
+    /// The constant step between A's row offsets, if they rise by one
+    /// (rows can then be read as `row0 + i * pitch`).
+    a_pitch: Option<usize>,
     b_unit_k: bool,
     b_unit_n: bool,
+}
+
+/// The step between consecutive offsets if it is one constant, rising (or
+/// there is at most one offset: 0).
+fn even_step(t: &[usize]) -> Option<usize> {
+    let step = match t {
+        [a, b, ..] => b.checked_sub(*a)?,
+        _ => 0,
+    };
+    t.windows(2)
+        .all(|w| w[1].checked_sub(w[0]) == Some(step))
+        .then_some(step)
 }
 
 /// Whether consecutive offsets differ by exactly one.
@@ -314,6 +349,7 @@ impl<'a, E> Operands<'a, E> {
             b_cols,
             a_unit_m: unit(a_rows),
             a_unit_k: unit(a_cols),
+            a_pitch: even_step(a_rows),
             b_unit_k: unit(b_rows),
             b_unit_n: unit(b_cols),
         }
@@ -414,11 +450,13 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
         1
     };
     let ntasks = rb * cs;
-    // A row-major A is read in place where the packing says so.
-    let pitch = ops.a_rows.get(1).map_or(0, |&r| r - ops.a_rows[0]) * core::mem::size_of::<E>();
+    // A row-major A with evenly spaced rows (`lda` values, `pitch` bytes
+    // apart) is read in place where the packing says so.
+    let lda = ops.a_pitch.unwrap_or(0);
+    let pitch = lda * core::mem::size_of::<E>();
     let direct = kern
         .fd
-        .filter(|_| ops.a_unit_k && K::in_place(pitch, n.div_ceil(nr)));
+        .filter(|_| ops.a_unit_k && ops.a_pitch.is_some() && K::in_place(pitch, n.div_ceil(nr)));
     // Depth blocks of at most `K::KC`, balanced (1024 = 512 + 512, not
     // 768 + 256: every pass over C then does as much work).
     let kcb = k
@@ -482,7 +520,6 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
                         );
                         let a_in_place = direct.map(|fd| {
                             let at = ops.a_base + ops.a_rows[ic] + ops.a_cols[pc];
-                            let lda = ops.a_rows.get(1).map_or(0, |&r| r - ops.a_rows[0]);
                             // SAFETY: `at` is in bounds (row `ic`, depth `pc` of A); the
                             // kernel reads it as `E` values (`K::in_place`).
                             (

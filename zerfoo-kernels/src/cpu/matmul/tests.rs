@@ -185,6 +185,51 @@ fn batched_over_two_permuted_axes() {
     }
 }
 
+/// A right operand shared by the batch runs as one `[batch * M, K]`
+/// product: also when the batch rows of A are not evenly spaced (a permuted
+/// view, read through packing) and when the product is large enough to thread.
+#[test]
+fn shared_rhs_merges_the_batch() {
+    let (b_, h, m, k, n) = (3, 2, 33, 70, 45);
+    let a = vals(b_ * h * m * k, 61);
+    let b = vals(k * n, 62);
+    // A stored as [H, B, M, K], viewed as [B, H, M, K]; B broadcast over both.
+    let la = Layout::contiguous(&[h, b_, m, k]).permute(&[1, 0, 2, 3]);
+    let lb = Layout::new(&[b_, h, k, n], &[0, 0, n, 1], 0);
+    let l2 = Layout::contiguous(&[k, n]);
+    for kern in kernels::<f64>() {
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let got = pool.install(|| gemm_batched_with::<_, Widen>(&a, &la, &b, &lb, kern));
+            for bi in 0..b_ {
+                for hi in 0..h {
+                    let lai = Layout::new(&[m, k], &[k, 1], (hi * b_ + bi) * m * k);
+                    let o = (bi * h + hi) * m * n;
+                    let want = naive(&a, &lai, &b, &l2);
+                    assert!(max_rel(&got[o..o + m * n], &want) < 1e-13, "{}", kern.name);
+                }
+            }
+        }
+    }
+    // Contiguous A, big enough for threads (> PAR_MACS multiply-adds).
+    let (bt, m, k, n) = (12, 64, 128, 200);
+    let a = vals(bt * m * k, 63);
+    let b = vals(k * n, 64);
+    let la = Layout::contiguous(&[bt, m, k]);
+    let lb = Layout::new(&[bt, k, n], &[0, n, 1], 0);
+    assert!(bt * m * k * n > PAR_MACS);
+    let got = gemm_batched(&a, &la, &b, &lb);
+    let l2 = Layout::contiguous(&[k, n]);
+    for i in [0, 5, 11] {
+        let lai = Layout::new(&[m, k], &[k, 1], i * m * k);
+        let o = i * m * n;
+        assert!(max_rel(&got[o..o + m * n], &naive(&a, &lai, &b, &l2)) < 1e-13);
+    }
+}
+
 /// Low-precision inputs are widened exactly and the f32 sum rounded once.
 #[test]
 fn low_precision_rounds_once() {

@@ -12,6 +12,21 @@ use core::arch::x86_64::*;
 
 use super::kernel::Kernel;
 
+/// Asks for the `rows x cols` tile of `C` at `c` (row length `ldc`) to be
+/// brought into L1 while the depth loop runs: its rows lie `ldc` apart, a
+/// pattern the hardware prefetchers do not follow, and the tile is read (or
+/// written) only after the loop.
+#[inline(always)]
+fn prefetch_tile<T>(c: *const T, ldc: usize, rows: usize, cols: usize) {
+    let line = 64 / core::mem::size_of::<T>();
+    for i in 0..rows {
+        for j in (0..cols).step_by(line) {
+            // SAFETY: a prefetch is only a hint: it never faults, whatever the address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(i * ldc + j).cast::<i8>()) };
+        }
+    }
+}
+
 macro_rules! micro_kernel {
     (
         $(#[$doc:meta])*
@@ -33,6 +48,7 @@ macro_rules! micro_kernel {
             ldc: usize,
             overwrite: bool,
         ) {
+            prefetch_tile::<$c>(c, ldc, $mr, $nv * $lanes);
             let mut acc = [[$zero(); $nv]; $mr];
             let (mut a, mut b) = (a, b);
             for _ in 0..kc.div_ceil($g) {
@@ -73,6 +89,7 @@ macro_rules! micro_kernel {
             ldc: usize,
             overwrite: bool,
         ) {
+            prefetch_tile::<$c>(c, ldc, $mr, $nv * $lanes);
             let mut acc = [[$zero(); $nv]; $mr];
             let mut b = b;
             debug_assert!(kc.is_multiple_of($g));
