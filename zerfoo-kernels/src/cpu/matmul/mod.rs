@@ -392,57 +392,74 @@ fn product<E: FloatDtype, K: Packing<E>>(
                 out.len(),
             )
         };
-        blocked::<E, K>(ops, c, threads, kern, true);
+        blocked::<E, K>(ops, c, threads, kern, true, None);
     } else {
+        let n = ops.b_cols.len();
         let mut c: Vec<E::Acc> = Vec::with_capacity(out.len());
-        blocked::<E, K>(
-            ops,
-            &mut c.spare_capacity_mut()[..out.len()],
-            threads,
-            kern,
-            true,
-        );
-        // SAFETY: `blocked` with `overwrite` wrote all `out.len()` values.
-        unsafe { c.set_len(out.len()) };
-        const CH: usize = 1 << 14;
-        let narrow = |(o, c): (&mut [MaybeUninit<E>], &[E::Acc])| {
-            vectorized(
-                #[inline(always)]
-                || pack::narrow(c, o),
-            )
-        };
-        if threads > 1 {
-            out.par_chunks_mut(CH)
-                .zip(c.par_chunks(CH))
-                .for_each(narrow);
-        } else {
-            narrow((out, &c));
-        }
+        let o = SendPtr(out.as_mut_ptr());
+        // Each task rounds its part of the result as soon as it is final,
+        // while it is still in cache.
+        let finish =
+            move |c: *const E::Acc, (r0, rows): (usize, usize), (c0, cols): (usize, usize)| {
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for i in r0..r0 + rows {
+                            // SAFETY: the region is inside the `[M, N]` result, final in
+                            // `c` (the `Finish` contract), and this task's alone in `out`.
+                            let (src, dst) = unsafe {
+                                (
+                                    core::slice::from_raw_parts(c.add(i * n + c0), cols),
+                                    core::slice::from_raw_parts_mut(o.get().add(i * n + c0), cols),
+                                )
+                            };
+                            pack::narrow(src, dst);
+                        }
+                    },
+                )
+            };
+        let c = &mut c.spare_capacity_mut()[..out.len()];
+        blocked::<E, K>(ops, c, threads, kern, true, Some(&finish));
     }
 }
+
+/// Called by each task of [`blocked`] once its part of the result is
+/// final: `finish(c, (r0, rows), (c0, cols))` with `c` the whole `[M, N]`
+/// result (row length `N`) and the task's rows and columns; `c` may be read
+/// there (no other task writes that region).
+type Finish<'a, A> = &'a (dyn Fn(*const A, (usize, usize), (usize, usize)) + Sync);
 
 /// `c += A · B` (`c` is `[M, N]` row-major), or `c = A · B` with
 /// `overwrite` (then `c` may be uninitialized: the first depth block writes
 /// every element, later ones add). Column blocks of `NC`, depth blocks of
 /// `K::KC` (one packed `B` block shared by all threads), then tasks of `mc`
-/// rows by a range of `NR` panels, each packing its own `A` block.
+/// rows by a range of `NR` panels, each packing its own `A` block and
+/// calling `finish` (if any) after the last depth block.
 fn blocked<E: FloatDtype, K: Packing<E>>(
     ops: &Operands<'_, E>,
     c: &mut [MaybeUninit<E::Acc>],
     threads: usize,
     kern: Kernel<K::P, E::Acc>,
     overwrite: bool,
+    finish: Option<Finish<'_, E::Acc>>,
 ) {
     let (m, n, k) = (ops.a_rows.len(), ops.b_cols.len(), ops.a_cols.len());
     assert_eq!(c.len(), m * n);
     let (mr, nr) = (kern.mr, kern.nr);
-    // Row blocks: at most MC rows, balanced, a multiple of the thread count.
+    // Row blocks: about MC rows, a multiple of the thread count, and whole
+    // `MR` panels shared out evenly (block `ib` has panels
+    // `panels * ib / rb..panels * (ib + 1) / rb`), so every thread gets the
+    // same work.
+    let panels = m.div_ceil(mr);
     let mut rb = m.div_ceil(MC);
     if threads > 1 {
         rb = rb.div_ceil(threads) * threads;
     }
-    let mc = m.div_ceil(rb).div_ceil(mr) * mr;
-    let rb = m.div_ceil(mc);
+    let rb = rb.min(panels);
+    let block_rows = |ib: usize| {
+        let (r0, r1) = (panels * ib / rb * mr, (panels * (ib + 1) / rb * mr).min(m));
+        (r0, r1 - r0)
+    };
     // Too few row blocks for the threads: split the columns too.
     let cs = if threads > rb {
         threads.div_ceil(rb)
@@ -496,8 +513,7 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
                 let bp = &*bp;
                 let task = |t: usize| {
                     let (ib, is) = (t / cs, t % cs);
-                    let ic = ib * mc;
-                    let rows = mc.min(m - ic);
+                    let (ic, rows) = block_rows(ib);
                     let (p0, p1) = (np * is / cs, np * (is + 1) / cs);
                     if p0 == p1 {
                         return;
@@ -549,6 +565,10 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
                             )
                         };
                     });
+                    if let (Some(finish), true) = (finish, pc + kc == k) {
+                        let (c0, c1) = (jc + p0 * nr, jc + (p1 * nr).min(nc));
+                        finish(cptr.get(), (ic, rows), (c0, c1 - c0));
+                    }
                 };
                 if threads > 1 && ntasks > 1 {
                     (0..ntasks).into_par_iter().for_each(task);
@@ -710,7 +730,7 @@ pub(crate) fn gemm_acc<A: Real>(
         // SAFETY: `MaybeUninit<T>` has `T`'s layout; without `overwrite`
         // `blocked` reads and adds to the (initialized) values.
         let c = unsafe { &mut *(c as *mut [E::Acc] as *mut [MaybeUninit<E::Acc>]) };
-        blocked::<E, Widen>(&ops, c, 1, kernel::kernel::<E::Acc>(), false);
+        blocked::<E, Widen>(&ops, c, 1, kernel::kernel::<E::Acc>(), false, None);
     }
     /// # Safety
     /// `A` and `T` must be the same type.

@@ -613,7 +613,7 @@ fn bf16_native_views() {
 }
 
 /// `gemm_batched` (a broadcast, transposed right operand; batch axes that
-/// are permuted) and `gemm_batch_sum` (a transposed left operand) through
+/// are permuted, with a right operand per item or shared) and `gemm_batch_sum` (a transposed left operand) through
 /// the public entries: close to the exact products, the same on 1 and 2
 /// threads.
 #[test]
@@ -638,16 +638,23 @@ fn bf16_native_batched_and_batch_sum() {
     let (a2, a2_64) = bf16s(&vals(b_ * h * m2 * k2, 83));
     let (b2, b2_64) = bf16s(&vals(b_ * h * k2 * n2, 84));
     let la2 = Layout::contiguous(&[h, b_, m2, k2]).permute(&[1, 0, 2, 3]);
+    // Each item its own B, then one B shared by all (one merged product
+    // whose A rows are not evenly spaced: packed, not read in place).
     let lb2 = Layout::contiguous(&[b_, h, k2, n2]);
-    let got = on_threads(1, || gemm_batched(&a2, &la2, &b2, &lb2));
-    assert_eq!(on_threads(2, || gemm_batched(&a2, &la2, &b2, &lb2)), got);
-    for bi in 0..b_ {
-        for hi in 0..h {
-            let lai = Layout::new(&[m2, k2], &[k2, 1], (hi * b_ + bi) * m2 * k2);
-            let lbi = Layout::new(&[k2, n2], &[n2, 1], (bi * h + hi) * k2 * n2);
-            let o = (bi * h + hi) * m2 * n2;
-            let (want, mag) = reference(&a2_64, &lai, &b2_64, &lbi);
-            assert_bf16_close(&got[o..o + m2 * n2], &want, &mag, "permuted batch");
+    let lb2_shared = Layout::new(&[b_, h, k2, n2], &[0, 0, n2, 1], 0);
+    for (lb2, shared) in [(lb2, false), (lb2_shared, true)] {
+        let got = on_threads(1, || gemm_batched(&a2, &la2, &b2, &lb2));
+        assert_eq!(on_threads(2, || gemm_batched(&a2, &la2, &b2, &lb2)), got);
+        for bi in 0..b_ {
+            for hi in 0..h {
+                let lai = Layout::new(&[m2, k2], &[k2, 1], (hi * b_ + bi) * m2 * k2);
+                let item = if shared { 0 } else { bi * h + hi };
+                let lbi = Layout::new(&[k2, n2], &[n2, 1], item * k2 * n2);
+                let o = (bi * h + hi) * m2 * n2;
+                let (want, mag) = reference(&a2_64, &lai, &b2_64, &lbi);
+                let what = format!("permuted batch (shared B: {shared})");
+                assert_bf16_close(&got[o..o + m2 * n2], &want, &mag, &what);
+            }
         }
     }
     // Σ_b A_bᵀ · C_b with A_bᵀ a transposed view ([bt, k, m]).
