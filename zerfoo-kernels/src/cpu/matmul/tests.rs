@@ -346,19 +346,22 @@ fn every_kernel_crosses_block_sizes() {
 
 #[test]
 fn crosses_nc_and_splits_columns() {
-    // Wider than NC; few rows so the threaded path splits columns.
-    let (m, k, n) = (5, 300, NC + 37);
+    // Wider than NC (each of 2 threads' own columns too); few rows so the
+    // threaded path splits columns; A read in place (row-major) or packed
+    // (transposed: the shared-B row split).
+    let (m, k, n) = (5, 300, 2 * NC + 37);
     let a = vals(m * k, 21);
     let b = vals(k * n, 22);
-    let (la, lb) = (Layout::contiguous(&[m, k]), Layout::contiguous(&[k, n]));
-    let want = naive(&a, &la, &b, &lb);
-    for threads in [1, 2, 4] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        let got = pool.install(|| gemm(&a, &la, &b, &lb));
-        assert!(max_rel(&got, &want) < 1e-13);
+    let lb = Layout::contiguous(&[k, n]);
+    for la in [
+        Layout::contiguous(&[m, k]),
+        Layout::new(&[m, k], &[1, m], 0),
+    ] {
+        let want = naive(&a, &la, &b, &lb);
+        for threads in [1, 2, 4] {
+            let got = on_threads(threads, || gemm(&a, &la, &b, &lb));
+            assert!(max_rel(&got, &want) < 1e-13);
+        }
     }
 }
 
