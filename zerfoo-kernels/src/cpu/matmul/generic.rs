@@ -1,7 +1,7 @@
 //! The portable micro-kernel: fixed-size accumulator arrays that LLVM keeps
 //! in registers and vectorizes for whatever the target offers.
 
-use super::kernel::Kernel;
+use super::kernel::{Kernel, Store};
 use crate::Real;
 
 /// The portable tile: one rank-1 update per depth step into `MR x NR`
@@ -15,7 +15,7 @@ pub(crate) unsafe fn micro<A: Real, const MR: usize, const NR: usize>(
     b: *const A,
     c: *mut A,
     ldc: usize,
-    overwrite: bool,
+    st: Store,
 ) {
     // SAFETY: the caller guarantees `kc * MR` readable values at `a` and `kc * NR` at `b`.
     let (ap, bp) = unsafe {
@@ -40,7 +40,7 @@ pub(crate) unsafe fn micro<A: Real, const MR: usize, const NR: usize>(
             // SAFETY: `i < MR`, `j < NR`: inside the tile the caller guarantees.
             unsafe {
                 let c = c.add(i * ldc + j);
-                if overwrite {
+                if st.overwrite {
                     c.write(v);
                 } else {
                     *c += v;
@@ -61,7 +61,7 @@ pub(crate) unsafe fn micro_direct<A: Real, const MR: usize, const NR: usize>(
     b: *const A,
     c: *mut A,
     ldc: usize,
-    overwrite: bool,
+    st: Store,
 ) {
     // SAFETY: the caller guarantees `kc * NR` readable values at `b`.
     let bp = unsafe { core::slice::from_raw_parts(b, kc * NR) };
@@ -81,7 +81,7 @@ pub(crate) unsafe fn micro_direct<A: Real, const MR: usize, const NR: usize>(
             // SAFETY: `i < MR`, `j < NR`: inside the tile the caller guarantees.
             unsafe {
                 let c = c.add(i * ldc + j);
-                if overwrite {
+                if st.overwrite {
                     c.write(v);
                 } else {
                     *c += v;
@@ -98,6 +98,7 @@ pub(crate) fn f32_kernel() -> Kernel<f32> {
         nr: 8,
         f: micro::<f32, 4, 8>,
         fd: Some(micro_direct::<f32, 4, 8>),
+        rounds: false,
         name: "generic-4x8",
     }
 }
@@ -109,6 +110,7 @@ pub(crate) fn f64_kernel() -> Kernel<f64> {
         nr: 4,
         f: micro::<f64, 4, 4>,
         fd: Some(micro_direct::<f64, 4, 4>),
+        rounds: false,
         name: "generic-4x4",
     }
 }

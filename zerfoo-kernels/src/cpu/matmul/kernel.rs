@@ -13,9 +13,33 @@ use std::sync::OnceLock;
 
 use crate::Real;
 
+/// How a micro-kernel leaves its tile.
+#[derive(Clone, Copy)]
+pub(crate) struct Store {
+    /// Write the tile's sums (the old values of `C` are never read, so they
+    /// may be uninitialized) instead of adding them to `C`.
+    pub overwrite: bool,
+    /// Unless null (and only for a kernel with [`Kernel::rounds`]): round
+    /// the result (the sums, plus the old `C` unless `overwrite`) to `bf16`
+    /// into this tile, row length `ldr`, and leave `C` alone.
+    pub round: *mut u16,
+    /// Row length of the `round` tile.
+    pub ldr: usize,
+}
+
+impl Store {
+    /// Into `C`: written (`overwrite`) or added to.
+    pub(crate) fn c(overwrite: bool) -> Self {
+        Store {
+            overwrite,
+            round: core::ptr::null_mut(),
+            ldr: 0,
+        }
+    }
+}
+
 /// `c[i * ldc + j] += Σ_p A[i, p] * B[p, j]` for the full `MR x NR` tile,
-/// depth `p < kc`; with `overwrite`, `c[i * ldc + j] = Σ ...` (the old
-/// values are never read, so they may be uninitialized). The panels store
+/// depth `p < kc`, or as `st` says (see [`Store`]). The panels store
 /// `g = kc.div_ceil(G)` groups of `G` depth values (`G = 1`: `a[q * MR + i]`
 /// is `A[i, q]`; `G = 2`: `a[q * MR + i]` holds `A[i, 2q]` and
 /// `A[i, 2q + 1]`), likewise `b[q * NR + j]`.
@@ -23,9 +47,11 @@ use crate::Real;
 /// # Safety
 /// `a` must be readable for `g * MR` values, `b` for `g * NR` values, and
 /// `c` writable (and readable unless `overwrite`) at every `i * ldc + j`
-/// with `i < MR`, `j < NR`. The CPU must support the kernel's target features.
+/// with `i < MR`, `j < NR` (only readable when rounding, and then only
+/// unless `overwrite`), and `st.round` (if not null) writable at every
+/// `i * st.ldr + j`. The CPU must support the kernel's target features.
 pub(crate) type MicroFn<P, C> =
-    unsafe fn(kc: usize, a: *const P, b: *const P, c: *mut C, ldc: usize, overwrite: bool);
+    unsafe fn(kc: usize, a: *const P, b: *const P, c: *mut C, ldc: usize, st: Store);
 
 /// Like [`MicroFn`] but reads `A` in place: `a[i * lda + p]` for row `i`,
 /// depth `p` (a row-major `A` needs no packing). For pairs (`G = 2`), `a`
@@ -35,15 +61,8 @@ pub(crate) type MicroFn<P, C> =
 /// # Safety
 /// `a` must be readable at `i * lda + p` (input values) for `i < MR`,
 /// `p < kc`; otherwise as for [`MicroFn`].
-pub(crate) type DirectFn<P, C> = unsafe fn(
-    kc: usize,
-    a: *const P,
-    lda: usize,
-    b: *const P,
-    c: *mut C,
-    ldc: usize,
-    overwrite: bool,
-);
+pub(crate) type DirectFn<P, C> =
+    unsafe fn(kc: usize, a: *const P, lda: usize, b: *const P, c: *mut C, ldc: usize, st: Store);
 
 /// A micro-kernel and its register-tile shape: panels of packed type `P`,
 /// results in the compute type `C`.
@@ -57,6 +76,8 @@ pub(crate) struct Kernel<P, C = P> {
     pub f: MicroFn<P, C>,
     /// The same kernel reading `A` in place (only where `P` is the input type).
     pub fd: Option<DirectFn<P, C>>,
+    /// Whether the kernel can round its tile to `bf16` ([`Store::round`]).
+    pub rounds: bool,
     /// A short name (for benchmarks and tests).
     #[allow(dead_code)]
     pub name: &'static str,

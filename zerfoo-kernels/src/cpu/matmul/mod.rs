@@ -44,7 +44,7 @@ use rayon::prelude::*;
 use crate::cpu::simd::vectorized;
 
 use crate::{bf16, DType, FloatDtype, Layout, Real};
-use kernel::{DirectFn, Kernel, MAX_TILE};
+use kernel::{DirectFn, Kernel, Store, MAX_TILE};
 use pack::{with_buf, Bf16Pairs, Packing, Widen, A_BUF, B_BUF};
 
 /// Depth of a packed block (the `K` extent kept in cache at once).
@@ -392,7 +392,15 @@ fn product<E: FloatDtype, K: Packing<E>>(
                 out.len(),
             )
         };
-        blocked::<E, K>(ops, c, threads, kern, true, None);
+        blocked::<E, K>(ops, c, threads, kern, true, Final::Keep);
+    } else if kern.rounds && TypeId::of::<E>() == TypeId::of::<bf16>() {
+        // The kernel rounds each tile of the last depth block straight into
+        // the output; `c` holds only the sums of earlier depth blocks (and
+        // is never touched for a single one).
+        let mut c: Vec<E::Acc> = Vec::with_capacity(out.len());
+        let round = Final::Round(SendPtr(out.as_mut_ptr().cast::<u16>()));
+        let c = &mut c.spare_capacity_mut()[..out.len()];
+        blocked::<E, K>(ops, c, threads, kern, true, round);
     } else {
         let n = ops.b_cols.len();
         let mut c: Vec<E::Acc> = Vec::with_capacity(out.len());
@@ -419,7 +427,7 @@ fn product<E: FloatDtype, K: Packing<E>>(
                 )
             };
         let c = &mut c.spare_capacity_mut()[..out.len()];
-        blocked::<E, K>(ops, c, threads, kern, true, Some(&finish));
+        blocked::<E, K>(ops, c, threads, kern, true, Final::Finish(&finish));
     }
 }
 
@@ -429,22 +437,35 @@ fn product<E: FloatDtype, K: Packing<E>>(
 /// there (no other task writes that region).
 type Finish<'a, A> = &'a (dyn Fn(*const A, (usize, usize), (usize, usize)) + Sync);
 
+/// What becomes of the result of [`blocked`] once it is final.
+#[derive(Clone, Copy)]
+enum Final<'a, A> {
+    /// Nothing: `c` is the result.
+    Keep,
+    /// Each task calls this on its part.
+    Finish(Finish<'a, A>),
+    /// The kernel (one with [`Kernel::rounds`]) rounds every tile of the
+    /// last depth block into this `[M, N]` `bf16` output, not into `c`.
+    Round(SendPtr<u16>),
+}
+
 /// `c += A · B` (`c` is `[M, N]` row-major), or `c = A · B` with
 /// `overwrite` (then `c` may be uninitialized: the first depth block writes
 /// every element, later ones add). Column blocks of `NC`, depth blocks of
 /// `K::KC` (one packed `B` block shared by all threads), then tasks of `mc`
-/// rows by a range of `NR` panels, each packing its own `A` block and
-/// calling `finish` (if any) after the last depth block.
+/// rows by a range of `NR` panels, each packing its own `A` block; `fin`
+/// says what becomes of the result (rounded on the way out, or after).
 fn blocked<E: FloatDtype, K: Packing<E>>(
     ops: &Operands<'_, E>,
     c: &mut [MaybeUninit<E::Acc>],
     threads: usize,
     kern: Kernel<K::P, E::Acc>,
     overwrite: bool,
-    finish: Option<Finish<'_, E::Acc>>,
+    fin: Final<'_, E::Acc>,
 ) {
     let (m, n) = (ops.a_rows.len(), ops.b_cols.len());
     assert_eq!(c.len(), m * n);
+    assert!(kern.rounds || !matches!(fin, Final::Round(_)));
     let cptr = SendPtr(c.as_mut_ptr().cast::<E::Acc>());
     // A row-major A with evenly spaced rows (`lda` values, `pitch` bytes
     // apart) is read in place where the packing says so.
@@ -466,13 +487,11 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
                 (np * (t + 1) / threads * kern.nr).min(n),
             );
             // SAFETY: `cptr` is the `[M, N]` result; thread `t` alone writes these columns.
-            unsafe { blocked_cols::<E, K>(ops, cptr, cols, 1, kern, direct, overwrite, finish) };
+            unsafe { blocked_cols::<E, K>(ops, cptr, cols, 1, kern, direct, overwrite, fin) };
         });
     } else {
         // SAFETY: `cptr` is the `[M, N]` result, all this call's.
-        unsafe {
-            blocked_cols::<E, K>(ops, cptr, (0, n), threads, kern, direct, overwrite, finish)
-        };
+        unsafe { blocked_cols::<E, K>(ops, cptr, (0, n), threads, kern, direct, overwrite, fin) };
     }
 }
 
@@ -491,7 +510,7 @@ unsafe fn blocked_cols<E: FloatDtype, K: Packing<E>>(
     kern: Kernel<K::P, E::Acc>,
     direct: Option<DirectFn<K::P, E::Acc>>,
     overwrite: bool,
-    finish: Option<Finish<'_, E::Acc>>,
+    fin: Final<'_, E::Acc>,
 ) {
     let (m, n, k) = (ops.a_rows.len(), ops.b_cols.len(), ops.a_cols.len());
     let (mr, nr) = (kern.mr, kern.nr);
@@ -557,6 +576,12 @@ unsafe fn blocked_cols<E: FloatDtype, K: Packing<E>>(
                 let task = |t: usize| {
                     let (ib, is) = (t / cs, t % cs);
                     let (ic, rows) = block_rows(ib);
+                    let last = pc + kc == k;
+                    let round = match fin {
+                        // SAFETY: row `ic`, column `jc` of the `[M, N]` output.
+                        Final::Round(o) if last => Some((unsafe { o.get().add(ic * n + jc) }, n)),
+                        _ => None,
+                    };
                     let (p0, p1) = (np * is / cs, np * (is + 1) / cs);
                     if p0 == p1 {
                         return;
@@ -605,10 +630,11 @@ unsafe fn blocked_cols<E: FloatDtype, K: Packing<E>>(
                                 cptr.get().add(ic * n + jc),
                                 n,
                                 overwrite && pc == 0,
+                                round,
                             )
                         };
                     });
-                    if let (Some(finish), true) = (finish, pc + kc == k) {
+                    if let (Final::Finish(finish), true) = (fin, last) {
                         let (c0, c1) = (jc + p0 * nr, jc + (p1 * nr).min(nc));
                         finish(cptr.get(), (ic, rows), (c0, c1 - c0));
                     }
@@ -630,11 +656,15 @@ unsafe fn blocked_cols<E: FloatDtype, K: Packing<E>>(
 /// With `a_in_place = Some((fd, a, lda, pitch))`, full `MR`-row panels read
 /// `A` in place (kernel `fd`): row `i` starts `i * pitch` bytes after `a`,
 /// `lda` input values apart; `ap` holds only the packed tail panel.
+/// With `round = Some((r, ldr))` (a kernel that [rounds](Kernel::rounds)),
+/// the results, plus `c` unless `overwrite`, are rounded to `bf16` into `r`
+/// (row length `ldr`) instead of written to `c`.
 ///
 /// # Safety
 /// `a_in_place` (if any) must be readable for `mc` rows by `kc` depth.
 /// `c` must be valid for reads and writes at `i * ldc + j` for `i < mc`,
-/// `j < nc`, and no other thread may touch that part of those rows' panels.
+/// `j < nc`, likewise `r` for writes at `i * ldr + j`, and no other thread
+/// may touch that part of those rows' panels.
 #[allow(clippy::too_many_arguments)]
 unsafe fn macro_kernel<P, A: Real>(
     kern: &Kernel<P, A>,
@@ -649,6 +679,7 @@ unsafe fn macro_kernel<P, A: Real>(
     c: *mut A,
     ldc: usize,
     overwrite: bool,
+    round: Option<(*mut u16, usize)>,
 ) {
     let (mr, nr) = (kern.mr, kern.nr);
     let g = kc.div_ceil(group);
@@ -666,10 +697,21 @@ unsafe fn macro_kernel<P, A: Real>(
             let full = rows == mr && cols == nr;
             // SAFETY: `i0 < mc`, `j0 < nc`: inside the caller's block.
             let cp = unsafe { c.add(i0 * ldc + j0) };
-            let (dst, ld, ow) = if full {
-                (cp, ldc, overwrite)
-            } else {
-                (scratch.as_mut_ptr(), nr, true)
+            // The same tile of the rounded output, if any.
+            // SAFETY: inside the caller's block of `r`.
+            let rp = round.map(|(r, ldr)| (unsafe { r.add(i0 * ldr + j0) }, ldr));
+            let (dst, ld, st) = match rp {
+                _ if !full => (scratch.as_mut_ptr(), nr, Store::c(true)),
+                Some((round, ldr)) => (
+                    cp,
+                    ldc,
+                    Store {
+                        overwrite,
+                        round,
+                        ldr,
+                    },
+                ),
+                None => (cp, ldc, Store::c(overwrite)),
             };
             match a_in_place {
                 // SAFETY: rows `i0..i0 + mr` of A are in place from `i0 * pitch`
@@ -683,7 +725,7 @@ unsafe fn macro_kernel<P, A: Real>(
                         bpanel.as_ptr(),
                         dst,
                         ld,
-                        ow,
+                        st,
                     )
                 },
                 _ => {
@@ -692,18 +734,20 @@ unsafe fn macro_kernel<P, A: Real>(
                     let apanel = &ap[pi * g * mr..(pi + 1) * g * mr];
                     // SAFETY: panels hold kc*mr / kc*nr values; `dst` as above; the
                     // kernel was offered only where the CPU supports it.
-                    unsafe { (kern.f)(kc, apanel.as_ptr(), bpanel.as_ptr(), dst, ld, ow) };
+                    unsafe { (kern.f)(kc, apanel.as_ptr(), bpanel.as_ptr(), dst, ld, st) };
                 }
             }
             if !full {
-                write_tile(&scratch, nr, (rows, cols), cp, ldc, overwrite);
+                write_tile(&scratch, nr, (rows, cols), cp, ldc, overwrite, rp);
             }
         }
     }
 }
 
 /// Writes (`overwrite`) or adds the top-left `rows x cols` of a scratch
-/// tile (row length `nr`) into `c`.
+/// tile (row length `nr`) into `c`; with `round = Some((r, ldr))`, rounds
+/// that result to `bf16` into `r` (row length `ldr`) instead, as the
+/// rounding kernels do.
 #[inline]
 fn write_tile<A: Real>(
     t: &[A],
@@ -712,16 +756,23 @@ fn write_tile<A: Real>(
     c: *mut A,
     ldc: usize,
     overwrite: bool,
+    round: Option<(*mut u16, usize)>,
 ) {
     for i in 0..rows {
         for j in 0..cols {
-            // SAFETY: the caller's block holds `rows x cols` at `c` with row length `ldc`.
+            // SAFETY: the caller's block holds `rows x cols` at `c` (and `r`)
+            // with row length `ldc` (`ldr`).
             unsafe {
                 let c = c.add(i * ldc + j);
-                if overwrite {
-                    c.write(t[i * nr + j]);
-                } else {
-                    *c += t[i * nr + j];
+                let v = t[i * nr + j];
+                match round {
+                    Some((r, ldr)) => {
+                        let sum = if overwrite { v } else { *c + v };
+                        let bits = (sum.as_f64() as f32).to_bits();
+                        r.add(i * ldr + j).write(pack::bf16_round(bits));
+                    }
+                    None if overwrite => c.write(v),
+                    None => *c += v,
                 }
             }
         }
@@ -773,7 +824,7 @@ pub(crate) fn gemm_acc<A: Real>(
         // SAFETY: `MaybeUninit<T>` has `T`'s layout; without `overwrite`
         // `blocked` reads and adds to the (initialized) values.
         let c = unsafe { &mut *(c as *mut [E::Acc] as *mut [MaybeUninit<E::Acc>]) };
-        blocked::<E, Widen>(&ops, c, 1, kernel::kernel::<E::Acc>(), false, None);
+        blocked::<E, Widen>(&ops, c, 1, kernel::kernel::<E::Acc>(), false, Final::Keep);
     }
     /// # Safety
     /// `A` and `T` must be the same type.

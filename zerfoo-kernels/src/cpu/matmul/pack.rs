@@ -350,7 +350,7 @@ pub(crate) fn narrow<E: FloatDtype>(src: &[E::Acc], dst: &mut [MaybeUninit<E>]) 
 /// `f32` bits to `bf16` bits, to nearest (ties to even), NaN kept quiet:
 /// `bf16::from_f32` without branches, so a loop of it vectorizes.
 #[inline(always)]
-fn bf16_round(x: u32) -> u16 {
+pub(crate) fn bf16_round(x: u32) -> u16 {
     let rounded = x.wrapping_add(0x7FFF + ((x >> 16) & 1)) >> 16;
     let nan = (x >> 16) | 0x40;
     (if x & 0x7FFF_FFFF > 0x7F80_0000 {

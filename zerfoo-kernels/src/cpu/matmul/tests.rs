@@ -706,6 +706,52 @@ fn bf16_native_special_values() {
     }
 }
 
+/// The AVX512-BF16 kernel's vector rounding and the scalar one used for
+/// edge tiles give `bf16::from_f32`'s bits on ties, NaNs, infinities,
+/// overflow, denormals and many other patterns.
+#[test]
+fn bf16_rounding_matches_from_f32() {
+    if bf16_kernel_or_skip("bf16_rounding_matches_from_f32").is_none() {
+        return;
+    }
+    let mut bits: Vec<u32> = vec![
+        0x3F80_8000, // 1 + 2^-8: a tie, rounds down to even
+        0x3F81_8000, // a tie that rounds up
+        0x3F80_8001,
+        0x7F7F_FFFF, // the largest f32: rounds to infinity
+        0x7F80_0000,
+        0xFF80_0000,
+        0x7F80_0001, // signalling NaN: quieted
+        0xFFC0_1234,
+        0x0000_0001, // denormals
+        0x8000_8000,
+        0x007F_FFFF,
+        0,
+        0x8000_0000,
+    ];
+    let mut s = 0x2545_F491_4F6C_DD1Du64;
+    bits.extend((0..4096).map(|_| {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s as u32
+    }));
+    bits.resize(bits.len().next_multiple_of(16), 0);
+    for chunk in bits.chunks(16) {
+        let x: Vec<f32> = chunk.iter().map(|&b| f32::from_bits(b)).collect();
+        let mut got = [0u16; 16];
+        // SAFETY: the CPU has AVX512-BF16 (checked); 16 values in, 16 out.
+        unsafe {
+            x86::round_bf16_16(x.as_ptr(), got.as_mut_ptr());
+        }
+        for ((&b, &g), &v) in chunk.iter().zip(&got).zip(&x) {
+            let want = bf16::from_f32(v).to_bits();
+            assert_eq!(g, want, "vector rounding of {b:#010x}");
+            assert_eq!(pack::bf16_round(b), want, "scalar rounding of {b:#010x}");
+        }
+    }
+}
+
 /// Rough f32 throughput at 512^3 (run with `--release -- --ignored --nocapture`).
 #[test]
 #[ignore]

@@ -10,7 +10,7 @@
 
 use core::arch::x86_64::*;
 
-use super::kernel::Kernel;
+use super::kernel::{Kernel, Store};
 
 /// Asks for the `rows x cols` tile of `C` at `c` (row length `ldc`) to be
 /// brought into L1 while the depth loop runs: its rows lie `ldc` apart, a
@@ -33,6 +33,7 @@ macro_rules! micro_kernel {
         $name:ident, $direct:ident; $feat:literal;
         packed $p:ty, $g:literal per group: $bzero:ident, $loadb:ident, $set1:ident, $fma:ident, $at:ident;
         $c:ty, $mr:literal x $nv:literal x $lanes:literal: $zero:ident, $load:ident, $store:ident, $add:ident
+        $(; rounds with $round:ident)?
     ) => {
         $(#[$doc])*
         ///
@@ -46,7 +47,7 @@ macro_rules! micro_kernel {
             b: *const $p,
             c: *mut $c,
             ldc: usize,
-            overwrite: bool,
+            st: Store,
         ) {
             prefetch_tile::<$c>(c, ldc, $mr, $nv * $lanes);
             let mut acc = [[$zero(); $nv]; $mr];
@@ -71,7 +72,7 @@ macro_rules! micro_kernel {
                 }
             }
             // SAFETY: the caller's tile is `MR x NR` at `c` (row length `ldc`).
-            unsafe { micro_kernel!(@store acc, c, ldc, overwrite, $lanes, $load, $store, $add) };
+            unsafe { micro_kernel!(@store acc, c, ldc, st, $lanes, $load, $store, $add $(, $round)?) };
         }
 
         #[doc = concat!("[`", stringify!($name), "`] reading `A` in place (see [`", stringify!($at), "`]).")]
@@ -87,7 +88,7 @@ macro_rules! micro_kernel {
             b: *const $p,
             c: *mut $c,
             ldc: usize,
-            overwrite: bool,
+            st: Store,
         ) {
             prefetch_tile::<$c>(c, ldc, $mr, $nv * $lanes);
             let mut acc = [[$zero(); $nv]; $mr];
@@ -110,23 +111,38 @@ macro_rules! micro_kernel {
                 b = unsafe { b.add($nv * $lanes) };
             }
             // SAFETY: the caller's tile is `MR x NR` at `c` (row length `ldc`).
-            unsafe { micro_kernel!(@store acc, c, ldc, overwrite, $lanes, $load, $store, $add) };
+            unsafe { micro_kernel!(@store acc, c, ldc, st, $lanes, $load, $store, $add $(, $round)?) };
         }
     };
-    // Writes (or adds) the accumulators into the tile; used inside `unsafe`.
-    (@store $acc:ident, $cp:ident, $ldc:ident, $ow:ident, $lanes:literal, $load:ident, $store:ident, $add:ident) => {
+    // Writes (or adds) the accumulators into the tile, or rounds them (plus
+    // the tile unless overwriting) into the `bf16` tile; used inside `unsafe`.
+    (@store $acc:ident, $cp:ident, $ldc:ident, $st:ident, $lanes:literal, $load:ident, $store:ident, $add:ident $(, $round:ident)?) => {{
+        $(
+        if !$st.round.is_null() {
+            for (i, acc) in $acc.iter().enumerate() {
+                for (v, &acc) in acc.iter().enumerate() {
+                    // `i < MR`, `v * lanes + lanes <= NR`: inside both tiles.
+                    let p = $cp.add(i * $ldc + v * $lanes);
+                    let sum = if $st.overwrite { acc } else { $add($load(p), acc) };
+                    $round(sum, $st.round.add(i * $st.ldr + v * $lanes));
+                }
+            }
+            return;
+        }
+        )?
+        debug_assert!($st.round.is_null(), "this kernel does not round");
         for (i, acc) in $acc.iter().enumerate() {
             for (v, &acc) in acc.iter().enumerate() {
                 // `i < MR`, `v * lanes + lanes <= NR`: inside the tile.
                 let p = $cp.add(i * $ldc + v * $lanes);
-                if $ow {
+                if $st.overwrite {
                     $store(p, acc);
                 } else {
                     $store(p, $add($load(p), acc));
                 }
             }
         }
-    };
+    }};
 }
 
 micro_kernel!(
@@ -158,7 +174,8 @@ micro_kernel!(
     /// `vdpbf16ps` per accumulator and depth pair (`u32` = two `bf16`).
     bf16_avx512_14x32, bf16_avx512_14x32_direct; "avx512f,avx512bf16";
     packed u32, 2 per group: _mm512_setzero_si512, bf16_load, bf16_set1, bf16_dot, at_pair;
-    f32, 14 x 2 x 16: _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_add_ps
+    f32, 14 x 2 x 16: _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_add_ps;
+    rounds with bf16_round_store
 );
 
 /// Value `q` of a row of `A` read in place at `a + off` (`f32` or `f64`).
@@ -185,6 +202,38 @@ unsafe fn at_pair(a: *const u32, off: usize, q: usize) -> u32 {
             .cast::<u32>()
             .read_unaligned()
     }
+}
+
+/// Rounds 16 `f32` to `bf16` (to nearest, ties to even; NaN kept quiet:
+/// bit for bit [`super::pack::bf16_round`]) and stores them at `p`.
+///
+/// # Safety
+/// `p` must be writable for 16 `u16`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn bf16_round_store(v: __m512, p: *mut u16) {
+    let x = _mm512_castps_si512(v);
+    let hi = _mm512_srli_epi32::<16>(x);
+    let lsb = _mm512_and_si512(hi, _mm512_set1_epi32(1));
+    let bias = _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF));
+    let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(x, bias));
+    let quiet = _mm512_or_si512(hi, _mm512_set1_epi32(0x40));
+    let abs = _mm512_and_si512(x, _mm512_set1_epi32(0x7FFF_FFFF));
+    let nan = _mm512_cmpgt_epi32_mask(abs, _mm512_set1_epi32(0x7F80_0000));
+    let bits = _mm512_mask_blend_epi32(nan, rounded, quiet);
+    // SAFETY: the caller's guarantee (unaligned store of 32 bytes).
+    unsafe { _mm256_storeu_si256(p.cast(), _mm512_cvtepi32_epi16(bits)) };
+}
+
+/// [`bf16_round_store`] on 16 `f32` read from `x` (for tests).
+///
+/// # Safety
+/// The CPU must have AVX512-BF16; `x` readable and `p` writable for 16 values.
+#[cfg(test)]
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub(crate) unsafe fn round_bf16_16(x: *const f32, p: *mut u16) {
+    // SAFETY: the caller's guarantee.
+    unsafe { bf16_round_store(_mm512_loadu_ps(x), p) }
 }
 
 /// Loads 16 packed `bf16` pairs.
@@ -238,6 +287,7 @@ pub(crate) fn avx512_f32() -> Option<Kernel<f32>> {
         nr: 32,
         f: f32_avx512_14x32,
         fd: Some(f32_avx512_14x32_direct),
+        rounds: false,
         name: "avx512-14x32",
     })
 }
@@ -249,6 +299,7 @@ pub(crate) fn avx512_f64() -> Option<Kernel<f64>> {
         nr: 16,
         f: f64_avx512_14x16,
         fd: Some(f64_avx512_14x16_direct),
+        rounds: false,
         name: "avx512-14x16",
     })
 }
@@ -260,6 +311,7 @@ pub(crate) fn avx2_f32() -> Option<Kernel<f32>> {
         nr: 16,
         f: f32_avx2_6x16,
         fd: Some(f32_avx2_6x16_direct),
+        rounds: false,
         name: "avx2-6x16",
     })
 }
@@ -271,6 +323,7 @@ pub(crate) fn avx2_f64() -> Option<Kernel<f64>> {
         nr: 8,
         f: f64_avx2_6x8,
         fd: Some(f64_avx2_6x8_direct),
+        rounds: false,
         name: "avx2-6x8",
     })
 }
@@ -283,6 +336,7 @@ pub(crate) fn avx512_bf16() -> Option<Kernel<u32, f32>> {
         nr: 32,
         f: bf16_avx512_14x32,
         fd: Some(bf16_avx512_14x32_direct),
+        rounds: true,
         name: "avx512bf16-14x32",
     })
 }
