@@ -120,19 +120,29 @@ pub(crate) fn f64_kernel() -> Kernel<f64> {
     })
 }
 
-/// The AVX512-BF16 kernel on `bf16` pairs, if this CPU has it (checked once).
-pub(crate) fn bf16_kernel() -> Option<Kernel<u32, f32>> {
-    static K: OnceLock<Option<Kernel<u32, f32>>> = OnceLock::new();
-    *K.get_or_init(|| {
+/// The AVX512-BF16 kernels on `bf16` pairs this CPU can run (checked once;
+/// none without AVX512-BF16).
+pub(crate) fn bf16_kernels() -> &'static [Kernel<u32, f32>] {
+    static K: OnceLock<Vec<Kernel<u32, f32>>> = OnceLock::new();
+    K.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
-        {
-            super::x86::avx512_bf16()
+        if let Some(k) = super::x86::avx512_bf16() {
+            return k.to_vec();
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            None
-        }
+        Vec::new()
     })
+}
+
+/// The AVX512-BF16 kernel for an `m x n` result, if this CPU has one: the
+/// tile that pads the result least (14 x 32 unless 8 x 48 pads less, e.g.
+/// 512 x 384). Every tile sums each element in the same order, so the
+/// choice never changes the bits.
+pub(crate) fn bf16_kernel(m: usize, n: usize) -> Option<Kernel<u32, f32>> {
+    let padded = |k: &Kernel<u32, f32>| m.div_ceil(k.mr) * k.mr * n.div_ceil(k.nr) * k.nr;
+    let ks = bf16_kernels();
+    ks.iter()
+        .copied()
+        .reduce(|best, k| if padded(&k) < padded(&best) { k } else { best })
 }
 
 /// The best kernel for the compute type `A` (`f32` or `f64`).

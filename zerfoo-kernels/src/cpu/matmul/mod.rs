@@ -90,23 +90,28 @@ pub fn gemm<E: FloatDtype>(a: &[E], la: &Layout, b: &[E], lb: &Layout) -> Vec<E>
 /// assert_eq!(gemm_batched(&a, &la, &b, &lb), [12.0, 34.0]);
 /// ```
 pub fn gemm_batched<E: FloatDtype>(a: &[E], la: &Layout, b: &[E], lb: &Layout) -> Vec<E> {
-    native_bf16(a, b, |a, b, kern| {
+    native_bf16(a, la, b, lb, |a, b, kern| {
         gemm_batched_with::<_, Bf16Pairs>(a, la, b, lb, kern)
     })
     .unwrap_or_else(|| gemm_batched_with::<_, Widen>(a, la, b, lb, kernel::kernel::<E::Acc>()))
 }
 
-/// Runs `f` on the operands as `bf16` with the AVX512-BF16 kernel, where
-/// `E` is `bf16` and the CPU has that kernel; `None` otherwise.
+/// Runs `f` on the operands as `bf16` with the AVX512-BF16 kernel for
+/// their result's shape (`[.., M, K]` by `[.., K, N]`), where `E` is `bf16`
+/// and the CPU has such kernels; `None` otherwise.
 fn native_bf16<E: FloatDtype>(
     a: &[E],
+    la: &Layout,
     b: &[E],
+    lb: &Layout,
     f: impl FnOnce(&[bf16], &[bf16], Kernel<u32, f32>) -> Vec<bf16>,
 ) -> Option<Vec<E>> {
     if TypeId::of::<E>() != TypeId::of::<bf16>() {
         return None;
     }
-    let kern = kernel::bf16_kernel()?;
+    // (Shapes are checked later; a malformed one just picks some kernel.)
+    let dim = |l: &Layout, back: usize| l.rank().checked_sub(back).map_or(0, |i| l.shape()[i]);
+    let kern = kernel::bf16_kernel(dim(la, 2), dim(lb, 1))?;
     // SAFETY: `E` is `bf16` (same TypeId).
     let cast = |x: &[E]| unsafe { core::slice::from_raw_parts(x.as_ptr().cast::<bf16>(), x.len()) };
     let mut out = core::mem::ManuallyDrop::new(f(cast(a), cast(b), kern));
@@ -197,7 +202,7 @@ fn offsets(n: usize, stride: usize) -> Vec<usize> {
 /// This is one GEMM whose depth runs over `(batch, K)`: the gradient of a
 /// right operand that was broadcast over the batch.
 pub fn gemm_batch_sum<E: FloatDtype>(a: &[E], la: &Layout, b: &[E], lb: &Layout) -> Vec<E> {
-    native_bf16(a, b, |a, b, kern| {
+    native_bf16(a, la, b, lb, |a, b, kern| {
         gemm_batch_sum_with::<_, Bf16Pairs>(a, la, b, lb, kern)
     })
     .unwrap_or_else(|| gemm_batch_sum_with::<_, Widen>(a, la, b, lb, kernel::kernel::<E::Acc>()))

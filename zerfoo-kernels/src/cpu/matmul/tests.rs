@@ -472,15 +472,16 @@ fn batched_broadcast_and_batch_sum_every_kernel() {
     }
 }
 
-/// The AVX512-BF16 kernel, or `None` (after a note) on a CPU without it.
-fn bf16_kernel_or_skip(test: &str) -> Option<Kernel<u32, f32>> {
-    let k = kernel::bf16_kernel();
-    if k.is_none() {
+/// The AVX512-BF16 kernels, or `None` (after a note) on a CPU without them.
+fn bf16_kernels_or_skip(test: &str) -> Option<&'static [Kernel<u32, f32>]> {
+    let k = kernel::bf16_kernels();
+    if k.is_empty() {
         eprintln!(
             "{test}: skipped, this CPU has no AVX512-BF16 (the widening path is tested elsewhere)"
         );
+        return None;
     }
-    k
+    Some(k)
 }
 
 /// `bf16` inputs and their exact `f64` values.
@@ -520,13 +521,14 @@ fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
         .install(f)
 }
 
-/// The native `bf16` kernel at odd sizes (1, 7, 129, non-multiples of MR,
-/// NR and the depth block, odd depths) and every layout kind (row-major,
-/// transposed, strided; offsets that make pairs unaligned): close to the
-/// exact product, and the public `gemm` gives the same bits.
+/// Every native `bf16` kernel at odd sizes (1, 7, 129, non-multiples of
+/// MR, NR and the depth block, odd depths) and every layout kind
+/// (row-major, transposed, strided; offsets that make pairs unaligned):
+/// close to the exact product, and the public `gemm` (whichever tile it
+/// picks) gives the same bits.
 #[test]
 fn bf16_native_odd_sizes_and_layouts() {
-    let Some(kern) = bf16_kernel_or_skip("bf16_native_odd_sizes_and_layouts") else {
+    let Some(kernels) = bf16_kernels_or_skip("bf16_native_odd_sizes_and_layouts") else {
         return;
     };
     for &(m, k, n) in &[
@@ -539,6 +541,7 @@ fn bf16_native_odd_sizes_and_layouts() {
         (29, 40, 17),
         (6, 5, 65),
         (129, 129, 129),
+        (40, 31, 96),
         (5, KC_BF16 + 1, 3),
         (33, 2 * KC_BF16 + 1, 47),
     ] {
@@ -549,26 +552,31 @@ fn bf16_native_odd_sizes_and_layouts() {
                 let (a, a64) = bf16s(&vals(na, (m * 31 + k + ka) as u64));
                 let (b, b64) = bf16s(&vals(nb, (n * 17 + k + kb) as u64));
                 let (want, mag) = reference(&a64, &la, &b64, &lb);
-                let got = gemm_batched_with::<_, Bf16Pairs>(&a, &la, &b, &lb, kern);
-                let what = format!("{m}x{k}x{n} kinds ({ka}, {kb})");
-                assert_bf16_close(&got, &want, &mag, &what);
-                assert_eq!(gemm(&a, &la, &b, &lb), got, "{what}: public entry");
+                let public = gemm(&a, &la, &b, &lb);
+                for &kern in kernels {
+                    let got = gemm_batched_with::<_, Bf16Pairs>(&a, &la, &b, &lb, kern);
+                    let what = format!("{m}x{k}x{n} kinds ({ka}, {kb}) kernel {}", kern.name);
+                    assert_bf16_close(&got, &want, &mag, &what);
+                    assert_eq!(public, got, "{what}: public entry");
+                }
             }
         }
     }
 }
 
 /// Across the row, depth and column blocks (MC, KC_BF16, NC) on 1, 2 and 3
-/// threads: close to the exact product and bit-identical on every count.
+/// threads (row or column split): close to the exact product and
+/// bit-identical on every count and with every kernel.
 #[test]
 fn bf16_native_crosses_blocks_threads_agree() {
-    let Some(kern) = bf16_kernel_or_skip("bf16_native_crosses_blocks_threads_agree") else {
+    let Some(kernels) = bf16_kernels_or_skip("bf16_native_crosses_blocks_threads_agree") else {
         return;
     };
     for &(m, k, n, kb) in &[
         (MC + 13, KC_BF16 + 7, 71, 0),
         (129, 2 * KC_BF16 + 3, 129, 1),
         (301, 1037, 203, 0),
+        (400, 515, 240, 0),
         (5, 300, NC + 37, 0),
     ] {
         let (la, na) = lay(m, k, 0, 1);
@@ -576,14 +584,18 @@ fn bf16_native_crosses_blocks_threads_agree() {
         let (a, a64) = bf16s(&vals(na, 61));
         let (b, b64) = bf16s(&vals(nb, 62));
         let (want, mag) = reference(&a64, &la, &b64, &lb);
-        let one = on_threads(1, || {
-            gemm_batched_with::<_, Bf16Pairs>(&a, &la, &b, &lb, kern)
-        });
+        let one = on_threads(1, || gemm(&a, &la, &b, &lb));
         let what = format!("{m}x{k}x{n}");
         assert_bf16_close(&one, &want, &mag, &what);
         for threads in [2, 3] {
             let got = on_threads(threads, || gemm(&a, &la, &b, &lb));
             assert_eq!(got, one, "{what}: {threads} threads");
+            for &kern in kernels {
+                let got = on_threads(threads, || {
+                    gemm_batched_with::<_, Bf16Pairs>(&a, &la, &b, &lb, kern)
+                });
+                assert_eq!(got, one, "{what}: {threads} threads, kernel {}", kern.name);
+            }
         }
     }
 }
@@ -592,7 +604,7 @@ fn bf16_native_crosses_blocks_threads_agree() {
 /// matrix, a column window): read as they are, no copy.
 #[test]
 fn bf16_native_views() {
-    if bf16_kernel_or_skip("bf16_native_views").is_none() {
+    if bf16_kernels_or_skip("bf16_native_views").is_none() {
         return;
     }
     let (m, k, n) = (37, 45, 50);
@@ -621,7 +633,7 @@ fn bf16_native_views() {
 /// threads.
 #[test]
 fn bf16_native_batched_and_batch_sum() {
-    if bf16_kernel_or_skip("bf16_native_batched_and_batch_sum").is_none() {
+    if bf16_kernels_or_skip("bf16_native_batched_and_batch_sum").is_none() {
         return;
     }
     let (bt, m, k, n) = (5, 37, 29, 41);
@@ -680,7 +692,7 @@ fn bf16_native_batched_and_batch_sum() {
 /// NaN and infinity propagate through `vdpbf16ps` as through the widening path.
 #[test]
 fn bf16_native_special_values() {
-    if bf16_kernel_or_skip("bf16_native_special_values").is_none() {
+    if bf16_kernels_or_skip("bf16_native_special_values").is_none() {
         return;
     }
     let (m, k, n) = (16, 33, 40);
@@ -711,7 +723,7 @@ fn bf16_native_special_values() {
 /// overflow, denormals and many other patterns.
 #[test]
 fn bf16_rounding_matches_from_f32() {
-    if bf16_kernel_or_skip("bf16_rounding_matches_from_f32").is_none() {
+    if bf16_kernels_or_skip("bf16_rounding_matches_from_f32").is_none() {
         return;
     }
     let mut bits: Vec<u32> = vec![

@@ -177,6 +177,14 @@ micro_kernel!(
     f32, 14 x 2 x 16: _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_add_ps;
     rounds with bf16_round_store
 );
+micro_kernel!(
+    /// `bf16` AVX512-BF16 kernel: 8 x 48 (24 zmm `f32` accumulators), for
+    /// products whose rows and columns are multiples of 8 and 48 (no padding).
+    bf16_avx512_8x48, bf16_avx512_8x48_direct; "avx512f,avx512bf16";
+    packed u32, 2 per group: _mm512_setzero_si512, bf16_load, bf16_set1, bf16_dot, at_pair;
+    f32, 8 x 3 x 16: _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_add_ps;
+    rounds with bf16_round_store
+);
 
 /// Value `q` of a row of `A` read in place at `a + off` (`f32` or `f64`).
 ///
@@ -328,15 +336,25 @@ pub(crate) fn avx2_f64() -> Option<Kernel<f64>> {
     })
 }
 
-/// The AVX512-BF16 kernel (packed `bf16` pairs, `f32` results), if this
-/// CPU has AVX512-BF16.
-pub(crate) fn avx512_bf16() -> Option<Kernel<u32, f32>> {
-    has_avx512_bf16().then_some(Kernel {
-        mr: 14,
-        nr: 32,
-        f: bf16_avx512_14x32,
-        fd: Some(bf16_avx512_14x32_direct),
-        rounds: true,
-        name: "avx512bf16-14x32",
-    })
+/// The AVX512-BF16 kernels (packed `bf16` pairs, `f32` results), 14 x 32
+/// and 8 x 48, if this CPU has AVX512-BF16.
+pub(crate) fn avx512_bf16() -> Option<[Kernel<u32, f32>; 2]> {
+    has_avx512_bf16().then_some([
+        Kernel {
+            mr: 14,
+            nr: 32,
+            f: bf16_avx512_14x32,
+            fd: Some(bf16_avx512_14x32_direct),
+            rounds: true,
+            name: "avx512bf16-14x32",
+        },
+        Kernel {
+            mr: 8,
+            nr: 48,
+            f: bf16_avx512_8x48,
+            fd: Some(bf16_avx512_8x48_direct),
+            rounds: true,
+            name: "avx512bf16-8x48",
+        },
+    ])
 }
