@@ -13,19 +13,25 @@
 //! `f32`, 14 x 16 for `f64`), else AVX2+FMA (6 x 16 / 6 x 8), else a portable
 //! one. Every output element is summed in the same order whatever the thread
 //! count, so results are deterministic. Small problems run on the calling
-//! thread; large ones split row (and if needed column) blocks, or the batch,
-//! over rayon.
+//! thread; large ones split row (and if needed column) blocks, the columns
+//! alone (when `A` is read in place and the product is not tall), or the
+//! batch, over rayon.
 //!
 //! `bf16` on a CPU with AVX512-BF16 skips the widening: panels keep the
-//! `bf16` values, two consecutive depth values per 32-bit lane, and a 14 x 32
-//! kernel issues `vdpbf16ps` (two products per `f32` lane, twice the
-//! multiply-adds of an `f32` FMA), over depth blocks of [`KC_BF16`].
-//! Accumulation is still `f32` and the result is rounded once, but the
-//! instruction treats denormal inputs as zero, flushes denormal results to
-//! zero and rounds the two-product sum its own way (each product is exact;
-//! the adds round to nearest even), so bits differ from the widening path
-//! (within `f32` summation error; both are far inside `bf16` tolerance) and
-//! may differ between CPU vendors. They do not depend on the thread count.
+//! `bf16` values, two consecutive depth values per 32-bit lane, and the
+//! kernel issues `vdpbf16ps` (two products per `f32` lane: twice the
+//! multiply-adds of an `f32` FMA per instruction). Its tile is 14 x 32, or
+//! 8 x 48 where that pads the result less (a 384- or 768-column product);
+//! depth blocks are up to `KC_BF16` (1024) deep, balanced; a row-major `A`
+//! is read in place (one 32-bit pair per row and step) unless its rows are
+//! a multiple of 4 KiB apart; and the last depth block is rounded to `bf16`
+//! by the kernel itself. Accumulation is still `f32` and the result is
+//! rounded once, to nearest even, but the instruction reads denormal inputs
+//! as zero, flushes denormal results to zero and adds the two products of a
+//! pair in its own order (each product is exact in `f32`; each add rounds),
+//! so the bits can differ from the widening path by `f32` summation error
+//! (far inside `bf16` tolerance) and between CPU implementations. They do
+//! not depend on the thread count or the tile.
 
 mod generic;
 mod kernel;
@@ -45,7 +51,7 @@ use crate::cpu::simd::vectorized;
 
 use crate::{bf16, DType, FloatDtype, Layout, Real};
 use kernel::{DirectFn, Kernel, Store, MAX_TILE};
-use pack::{with_buf, Bf16Pairs, Packing, Widen, A_BUF, B_BUF};
+use pack::{with_buf, Bf16Pairs, Packing, Side, Widen, A_BUF, B_BUF};
 
 /// Depth of a packed block (the `K` extent kept in cache at once).
 pub(crate) const KC: usize = 512;
@@ -567,7 +573,7 @@ unsafe fn blocked_cols<E: FloatDtype, K: Packing<E>>(
                     // vector moves, not calls into libc's memmove.
                     vectorized(
                         #[inline(always)]
-                        || K::pack_b(ops, pc, kc, j0, cols, nr, dst),
+                        || K::pack(ops, Side::B, (j0, cols), (pc, kc), nr, dst),
                     );
                 };
                 if threads > 1 && per < np {
@@ -605,7 +611,7 @@ unsafe fn blocked_cols<E: FloatDtype, K: Packing<E>>(
                     with_buf::<K::P, _>(&A_BUF, alen, |ap| {
                         vectorized(
                             #[inline(always)]
-                            || K::pack_a(ops, ic + pr0, prows, pc, kc, mr, ap),
+                            || K::pack(ops, Side::A, (ic + pr0, prows), (pc, kc), mr, ap),
                         );
                         let a_in_place = direct.map(|fd| {
                             let at = ops.a_base + ops.a_rows[ic] + ops.a_cols[pc];

@@ -40,32 +40,26 @@ pub(crate) trait Packing<E: FloatDtype> {
     /// a row-major `A` in place: rows `pitch` bytes apart, multiplied by
     /// `panels` panels of `B` (over which packing would be amortized).
     fn in_place(pitch: usize, panels: usize) -> bool;
-    /// Packs rows `ic..ic + mc`, depth `pc..pc + kc` of `A` into `mr`-row
-    /// panels of `kc.div_ceil(GROUP)` groups each, zero-padded: `dst` holds
-    /// `mc.div_ceil(mr) * mr * kc.div_ceil(GROUP)` groups.
-    #[allow(clippy::too_many_arguments)]
-    fn pack_a(
+    /// Packs lines `l0..l0 + len` of one operand (rows of `A` or columns
+    /// of `B`), depth `pc..pc + kc`, into `len.div_ceil(w)` panels of `w`
+    /// lines, `kc.div_ceil(GROUP) * w` groups each, zero-padded.
+    fn pack(
         ops: &Operands<'_, E>,
-        ic: usize,
-        mc: usize,
-        pc: usize,
-        kc: usize,
-        mr: usize,
+        side: Side,
+        lines: (usize, usize),
+        depth: (usize, usize),
+        w: usize,
         dst: &mut [Self::P],
     );
-    /// Packs depth `pc..pc + kc`, columns `j0..j0 + cols` of `B` into
-    /// `cols.div_ceil(nr)` panels of `nr` columns (`kc.div_ceil(GROUP) * nr`
-    /// groups each, zero-padded).
-    #[allow(clippy::too_many_arguments)]
-    fn pack_b(
-        ops: &Operands<'_, E>,
-        pc: usize,
-        kc: usize,
-        j0: usize,
-        cols: usize,
-        nr: usize,
-        dst: &mut [Self::P],
-    );
+}
+
+/// The operand a block is packed from.
+#[derive(Clone, Copy)]
+pub(crate) enum Side {
+    /// The left operand (lines are rows).
+    A,
+    /// The right operand (lines are columns).
+    B,
 }
 
 /// Panels in the compute type `E::Acc`, one depth value per group.
@@ -84,30 +78,22 @@ impl<E: FloatDtype> Packing<E> for Widen {
             && (panels <= DIRECT_MAX_PANELS || !pitch.is_multiple_of(2048))
     }
     #[inline(always)]
-    fn pack_a(
+    fn pack(
         ops: &Operands<'_, E>,
-        ic: usize,
-        mc: usize,
-        pc: usize,
-        kc: usize,
-        mr: usize,
+        side: Side,
+        (l0, len): (usize, usize),
+        (pc, kc): (usize, usize),
+        w: usize,
         dst: &mut [E::Acc],
     ) {
-        pack_a(ops, ic, mc, pc, kc, mr, dst)
-    }
-    #[inline(always)]
-    fn pack_b(
-        ops: &Operands<'_, E>,
-        pc: usize,
-        kc: usize,
-        j0: usize,
-        cols: usize,
-        nr: usize,
-        dst: &mut [E::Acc],
-    ) {
-        for (jp, panel) in dst.chunks_exact_mut(kc * nr).enumerate() {
-            let j = j0 + jp * nr;
-            pack_b_panel(ops, pc, kc, j, nr.min(j0 + cols - j), nr, panel)
+        match side {
+            Side::A => pack_a(ops, l0, len, pc, kc, w, dst),
+            Side::B => {
+                for (jp, panel) in dst.chunks_exact_mut(kc * w).enumerate() {
+                    let j = l0 + jp * w;
+                    pack_b_panel(ops, pc, kc, j, w.min(l0 + len - j), w, panel)
+                }
+            }
         }
     }
 }
@@ -128,32 +114,29 @@ impl Packing<bf16> for Bf16Pairs {
         panels <= DIRECT_MAX_PANELS || !pitch.is_multiple_of(4096)
     }
     #[inline(always)]
-    fn pack_a(
+    fn pack(
         ops: &Operands<'_, bf16>,
-        ic: usize,
-        mc: usize,
-        pc: usize,
-        kc: usize,
-        mr: usize,
+        side: Side,
+        (l0, len): (usize, usize),
+        (pc, kc): (usize, usize),
+        w: usize,
         dst: &mut [u32],
     ) {
-        let rows = (&ops.a_rows[ic..ic + mc], ops.a_unit_m);
-        let depth = (&ops.a_cols[pc..pc + kc], ops.a_unit_k);
-        pack_pairs(ops.a, ops.a_base, rows, depth, mr, dst);
-    }
-    #[inline(always)]
-    fn pack_b(
-        ops: &Operands<'_, bf16>,
-        pc: usize,
-        kc: usize,
-        j0: usize,
-        cols: usize,
-        nr: usize,
-        dst: &mut [u32],
-    ) {
-        let cols = (&ops.b_cols[j0..j0 + cols], ops.b_unit_n);
-        let depth = (&ops.b_rows[pc..pc + kc], ops.b_unit_k);
-        pack_pairs(ops.b, ops.b_base, cols, depth, nr, dst);
+        let (x, base, lines, depth) = match side {
+            Side::A => (
+                ops.a,
+                ops.a_base,
+                (&ops.a_rows[l0..l0 + len], ops.a_unit_m),
+                (&ops.a_cols[pc..pc + kc], ops.a_unit_k),
+            ),
+            Side::B => (
+                ops.b,
+                ops.b_base,
+                (&ops.b_cols[l0..l0 + len], ops.b_unit_n),
+                (&ops.b_rows[pc..pc + kc], ops.b_unit_k),
+            ),
+        };
+        pack_pairs(x, base, lines, depth, w, dst);
     }
 }
 
