@@ -179,6 +179,9 @@ fn row<E: Other>(
     peak: f64,
     json: bool,
 ) {
+    // The previous row's pool threads (ours or the gemm crate's) wind down
+    // asynchronously; let them go to sleep before this row is timed.
+    std::thread::sleep(std::time::Duration::from_millis(300));
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
