@@ -199,11 +199,9 @@ fn shared_rhs_merges_the_batch() {
     let l2 = Layout::contiguous(&[k, n]);
     for kern in kernels::<f64>() {
         for threads in [1, 2] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            let got = pool.install(|| gemm_batched_with::<_, Widen>(&a, &la, &b, &lb, kern));
+            let got = on_threads(threads, || {
+                gemm_batched_with::<_, Widen>(&a, &la, &b, &lb, kern)
+            });
             for bi in 0..b_ {
                 for hi in 0..h {
                     let lai = Layout::new(&[m, k], &[k, 1], (hi * b_ + bi) * m * k);
@@ -312,12 +310,9 @@ fn check_all_kernels_f64(m: usize, k: usize, n: usize) {
             let want = naive(&a, &la, &b, &lb);
             for kern in kernels::<f64>() {
                 for threads in [1, 2, 3] {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
-                        .unwrap();
-                    let got =
-                        pool.install(|| gemm_batched_with::<_, Widen>(&a, &la, &b, &lb, kern));
+                    let got = on_threads(threads, || {
+                        gemm_batched_with::<_, Widen>(&a, &la, &b, &lb, kern)
+                    });
                     let e = max_rel(&got, &want);
                     assert!(
                         e < 1e-13,
@@ -379,16 +374,8 @@ fn threads_agree_bitwise_f32() {
     let b64: Vec<f64> = b.iter().map(|&v| v as f64).collect();
     let want = naive(&a64, &la, &b64, &lb);
     for kern in kernels::<f32>() {
-        let one = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap();
-        let r1 = one.install(|| gemm_batched_with::<_, Widen>(&a, &la, &b, &lb, kern));
-        let two = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        let r2 = two.install(|| gemm_batched_with::<_, Widen>(&a, &la, &b, &lb, kern));
+        let r1 = on_threads(1, || gemm_batched_with::<_, Widen>(&a, &la, &b, &lb, kern));
+        let r2 = on_threads(2, || gemm_batched_with::<_, Widen>(&a, &la, &b, &lb, kern));
         assert_eq!(r1, r2, "kernel {}", kern.name);
         let g: Vec<f64> = r1.iter().map(|&v| v as f64).collect();
         assert!(max_rel(&g, &want) < 1e-5, "kernel {}", kern.name);
@@ -456,17 +443,17 @@ fn batched_broadcast_and_batch_sum_every_kernel() {
     }
     for kern in kernels::<f64>() {
         for threads in [1, 2] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            let got = pool.install(|| gemm_batched_with::<_, Widen>(&a, &la, &b, &lb, kern));
+            let got = on_threads(threads, || {
+                gemm_batched_with::<_, Widen>(&a, &la, &b, &lb, kern)
+            });
             for i in 0..bt {
                 let lai = Layout::new(&[m, k], &[k, 1], i * m * k);
                 let want = naive(&a, &lai, &b, &lbi);
                 assert!(max_rel(&got[i * m * n..(i + 1) * m * n], &want) < 1e-13);
             }
-            let got = pool.install(|| gemm_batch_sum_with::<_, Widen>(&a, &lat, &c, &lc, kern));
+            let got = on_threads(threads, || {
+                gemm_batch_sum_with::<_, Widen>(&a, &lat, &c, &lc, kern)
+            });
             assert!(max_rel(&got, &want_sum) < 1e-13, "kernel {}", kern.name);
         }
     }
@@ -775,18 +762,16 @@ fn bench_f32_512() {
     let l = Layout::contiguous(&[n, n]);
     let _ = gemm(&a, &l, &b, &l);
     for threads in [1, rayon::current_num_threads()] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        // Best of several runs: the machine may be shared.
-        let s = (0..10)
-            .map(|_| {
-                let t = std::time::Instant::now();
-                std::hint::black_box(pool.install(|| gemm(&a, &l, &b, &l)));
-                t.elapsed().as_secs_f64()
-            })
-            .fold(f64::INFINITY, f64::min);
+        // Best of several runs (the machine may be shared), timed inside one pool.
+        let s = on_threads(threads, || {
+            (0..10)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    std::hint::black_box(gemm(&a, &l, &b, &l));
+                    t.elapsed().as_secs_f64()
+                })
+                .fold(f64::INFINITY, f64::min)
+        });
         println!(
             "f32 512^3 on {threads} thread(s): {:.2} ms, {:.1} GFLOP/s",
             s * 1e3,
