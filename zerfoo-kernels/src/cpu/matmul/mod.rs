@@ -139,29 +139,17 @@ fn gemm_batched_with<E: FloatDtype, K: Packing<E>>(
     if batch * m * n == 0 || k == 0 {
         return vec![E::default(); batch * m * n];
     }
-    let mut out_buf: Vec<E> = Vec::with_capacity(batch * m * n);
-    let out = &mut out_buf.spare_capacity_mut()[..batch * m * n];
-    let threads = rayon::current_num_threads();
     if batch > 1 && p.b_bases.iter().all(|&o| o == p.b_bases[0]) {
         // One B shared by the whole batch (a layer's weight): a single
         // `[batch * M, K] x [K, N]` product packs B once instead of per item.
-        let a_rows: Vec<usize> = p
-            .a_bases
-            .iter()
-            .flat_map(|&o| (0..m).map(move |i| o + i * p.sam))
-            .collect();
+        let a_rows = batch_offsets(&p.a_bases, m, p.sam);
         let (a_cols, b_rows, b_cols) = (offsets(k, p.sak), offsets(k, p.sbk), offsets(n, p.sbn));
         let ops = Operands::new(a, 0, &a_rows, &a_cols, b, p.b_bases[0], &b_rows, &b_cols);
-        let threads = if batch * m * n * k >= PAR_MACS {
-            threads
-        } else {
-            1
-        };
-        product::<E, K>(&ops, out, threads, kern);
-        // SAFETY: `product` wrote all `batch * m * n` values.
-        unsafe { out_buf.set_len(batch * m * n) };
-        return out_buf;
+        return product_vec::<E, K>(&ops, kern);
     }
+    let mut out_buf: Vec<E> = Vec::with_capacity(batch * m * n);
+    let out = &mut out_buf.spare_capacity_mut()[..batch * m * n];
+    let threads = rayon::current_num_threads();
     let (a_rows, a_cols) = (offsets(m, p.sam), offsets(k, p.sak));
     let (b_rows, b_cols) = (offsets(k, p.sbk), offsets(n, p.sbn));
     let macs = m * n * k;
@@ -199,7 +187,35 @@ fn gemm_batched_with<E: FloatDtype, K: Packing<E>>(
 /// `[0, stride, 2·stride, ..]`, `n` offsets: where each row or column of an
 /// operand starts.
 fn offsets(n: usize, stride: usize) -> Vec<usize> {
-    (0..n).map(|i| i * stride).collect()
+    batch_offsets(&[0], n, stride)
+}
+
+/// `n` offsets `stride` apart from each base in turn: the rows (or depth
+/// steps) of every batch item, one after another.
+fn batch_offsets(bases: &[usize], n: usize, stride: usize) -> Vec<usize> {
+    bases
+        .iter()
+        .flat_map(|&o| (0..n).map(move |i| o + i * stride))
+        .collect()
+}
+
+/// One `[M, N]` product as a new vector, threaded when it has at least
+/// [`PAR_MACS`] multiply-adds. Needs `K > 0`.
+fn product_vec<E: FloatDtype, K: Packing<E>>(
+    ops: &Operands<'_, E>,
+    kern: Kernel<K::P, E::Acc>,
+) -> Vec<E> {
+    let (m, n, k) = (ops.a_rows.len(), ops.b_cols.len(), ops.a_cols.len());
+    let threads = if m * n * k >= PAR_MACS {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let mut out = Vec::with_capacity(m * n);
+    product::<E, K>(ops, &mut out.spare_capacity_mut()[..m * n], threads, kern);
+    // SAFETY: `product` wrote all `m * n` values.
+    unsafe { out.set_len(m * n) };
+    out
 }
 
 /// The sum over the batch of the products: `la` is `[..batch, M, K]`, `lb`
@@ -228,29 +244,10 @@ fn gemm_batch_sum_with<E: FloatDtype, K: Packing<E>>(
     if m * n == 0 || kk == 0 {
         return vec![E::default(); m * n];
     }
-    let a_rows = offsets(m, p.sam);
-    let a_cols: Vec<usize> = p
-        .a_bases
-        .iter()
-        .flat_map(|&o| (0..k).map(move |i| o + i * p.sak))
-        .collect();
-    let b_rows: Vec<usize> = p
-        .b_bases
-        .iter()
-        .flat_map(|&o| (0..k).map(move |i| o + i * p.sbk))
-        .collect();
-    let b_cols = offsets(n, p.sbn);
-    let threads = if m * n * kk >= PAR_MACS {
-        rayon::current_num_threads()
-    } else {
-        1
-    };
+    let (a_rows, a_cols) = (offsets(m, p.sam), batch_offsets(&p.a_bases, k, p.sak));
+    let (b_rows, b_cols) = (batch_offsets(&p.b_bases, k, p.sbk), offsets(n, p.sbn));
     let ops = Operands::new(a, 0, &a_rows, &a_cols, b, 0, &b_rows, &b_cols);
-    let mut out = Vec::with_capacity(m * n);
-    product::<E, K>(&ops, &mut out.spare_capacity_mut()[..m * n], threads, kern);
-    // SAFETY: `product` wrote all `m * n` values.
-    unsafe { out.set_len(m * n) };
-    out
+    product_vec::<E, K>(&ops, kern)
 }
 
 /// Dims, inner strides and per-batch base offsets of a batched product.
