@@ -66,9 +66,46 @@ impl Display for DType {
     }
 }
 
-/// An element type a tensor can hold.
+/// An element stored as its plain bit pattern: no padding, no pointers, its
+/// size is its [`DType::size_in_bytes`], so devices copy it as bytes.
+///
+/// Sealed: implemented exactly for the element types of this crate (the
+/// [`DType`] list), which is what lets device storage (a GPU buffer) hold
+/// any [`Dtype`] soundly.
+pub trait PlainData: sealed::Sealed + Copy + Default + Send + Sync + 'static {
+    /// The storage type's name in device kernel source (`float`, `zf_bf16`, ...).
+    const C_TYPE: &'static str;
+}
+
+mod sealed {
+    /// Only this crate's element types.
+    pub trait Sealed {}
+}
+
+macro_rules! plain_data {
+    ($($t:ty = $c:expr),* $(,)?) => {$(
+        impl sealed::Sealed for $t {}
+        impl PlainData for $t {
+            const C_TYPE: &'static str = $c;
+        }
+    )*};
+}
+plain_data!(
+    f32 = "float",
+    f64 = "double",
+    f16 = "zf_f16",
+    bf16 = "zf_bf16",
+    F8E4M3 = "zf_f8e4m3",
+    F8E5M2 = "zf_f8e5m2",
+    u32 = "u32",
+    i64 = "i64",
+    bool = "bool",
+);
+
+/// An element type a tensor can hold (sealed through [`PlainData`]: the
+/// types of the [`DType`] list).
 pub trait Dtype:
-    Copy + Clone + Send + Sync + Debug + Default + PartialEq + PartialOrd + 'static
+    PlainData + Copy + Clone + Send + Sync + Debug + Default + PartialEq + PartialOrd + 'static
 {
     /// The runtime name of this type.
     const DTYPE: DType;
@@ -81,7 +118,8 @@ pub trait Dtype:
 
 /// The arithmetic type kernels compute in: `f32` or `f64`.
 pub trait Real:
-    Float
+    PlainData
+    + Float
     + FromPrimitive
     + Send
     + Sync

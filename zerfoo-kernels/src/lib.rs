@@ -11,30 +11,15 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod device;
 pub mod dtype;
 pub mod f8;
 pub mod fastmath;
 pub mod layout;
 
-pub use dtype::{DType, Dtype, FloatDtype, IntDtype, Real};
+pub use dtype::{DType, Dtype, FloatDtype, IntDtype, PlainData, Real};
 pub use f8::{F8E4M3, F8E5M2};
 pub use half::{bf16, f16};
 pub use layout::{Layout, MAX_RANK};
 
-/// A compute device. Tensors carry theirs in their type.
-pub trait Device:
-    Clone + Copy + core::fmt::Debug + Default + PartialEq + Send + Sync + 'static
-{
-    /// A short name for messages: `cpu`, `cuda:0`.
-    fn name(&self) -> String;
-}
-
-/// The host CPU: kernels run on rayon's thread pool.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Cpu;
-
-impl Device for Cpu {
-    fn name(&self) -> String {
-        "cpu".to_string()
-    }
-}
+pub use device::{Cpu, Device, DeviceError};

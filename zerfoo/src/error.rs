@@ -121,9 +121,8 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-#[cfg(feature = "cuda")]
-impl From<zerfoo_kernels::cuda::CudaError> for Error {
-    fn from(e: zerfoo_kernels::cuda::CudaError) -> Self {
+impl From<zerfoo_kernels::DeviceError> for Error {
+    fn from(e: zerfoo_kernels::DeviceError) -> Self {
         Error::Cuda {
             call: e.call,
             reason: e.reason,
@@ -143,13 +142,13 @@ pub(crate) fn or_panic<T>(r: Result<T>) -> T {
     }
 }
 
-#[cfg(all(test, feature = "cuda"))]
-mod cuda_tests {
+#[cfg(test)]
+mod device_error_tests {
     use super::*;
 
     #[test]
-    fn cuda_errors_convert_keeping_the_call() {
-        let e: Error = zerfoo_kernels::cuda::CudaError::new("cuInit", "no driver").into();
+    fn device_errors_convert_keeping_the_call() {
+        let e: Error = zerfoo_kernels::DeviceError::new("cuInit", "no driver").into();
         assert_eq!(e.to_string(), "CUDA error in `cuInit`: no driver");
     }
 }

@@ -4,47 +4,14 @@
 use half::{bf16, f16};
 
 use super::CudaError;
-use crate::{DType, Dtype, F8E4M3, F8E5M2};
+use crate::dtype::PlainData;
+use crate::{DType, F8E4M3, F8E5M2};
 
-/// An element type that can live in device memory.
-///
-/// # Safety
-///
-/// Implementors are plain bit patterns (no padding, no pointers, every byte
-/// pattern the device writes is a valid value), `size_of::<Self>()` is
-/// `Self::DTYPE.size_in_bytes()`, and [`CudaDtype::C_TYPE`] has the same
-/// size and layout in kernel source.
-pub unsafe trait CudaDtype: Dtype {
-    /// The storage type in kernel source (`float`, `zf_bf16`, ...).
-    const C_TYPE: &'static str;
-}
-
-// SAFETY: IEEE floats, half's repr(transparent) u16 types, the repr(transparent)
-// u8 f8 types and plain integers are all plain bit patterns of their size.
-unsafe impl CudaDtype for f32 {
-    const C_TYPE: &'static str = "float";
-}
-unsafe impl CudaDtype for f64 {
-    const C_TYPE: &'static str = "double";
-}
-unsafe impl CudaDtype for f16 {
-    const C_TYPE: &'static str = "zf_f16";
-}
-unsafe impl CudaDtype for bf16 {
-    const C_TYPE: &'static str = "zf_bf16";
-}
-unsafe impl CudaDtype for F8E4M3 {
-    const C_TYPE: &'static str = "zf_f8e4m3";
-}
-unsafe impl CudaDtype for F8E5M2 {
-    const C_TYPE: &'static str = "zf_f8e5m2";
-}
-unsafe impl CudaDtype for u32 {
-    const C_TYPE: &'static str = "u32";
-}
-unsafe impl CudaDtype for i64 {
-    const C_TYPE: &'static str = "i64";
-}
+/// An element type that can live in device memory: every [`PlainData`]
+/// type (the crate's element types; the trait is sealed), under its
+/// [`PlainData::C_TYPE`] name in kernel source.
+pub trait CudaDtype: PlainData {}
+impl<T: PlainData> CudaDtype for T {}
 
 /// The float element types kernels are instantiated for, in a fixed order.
 pub const FLOAT_DTYPES: [DType; 6] = [

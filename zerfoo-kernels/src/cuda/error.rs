@@ -2,45 +2,18 @@
 
 use core::fmt;
 
+pub use crate::device::DeviceError;
+
 /// A failed CUDA operation: which call (a driver, NVRTC or cuBLAS function,
-/// or a check made before one) and why.
+/// or a check made before one) and why. The same type as every device's
+/// [`DeviceError`].
 ///
 /// ```
 /// use zerfoo_kernels::cuda::CudaError;
 /// let e = CudaError::new("cuInit", "CUDA_ERROR_NO_DEVICE");
-/// assert_eq!(e.to_string(), "CUDA call `cuInit` failed: CUDA_ERROR_NO_DEVICE");
+/// assert_eq!(e.to_string(), "device call `cuInit` failed: CUDA_ERROR_NO_DEVICE");
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CudaError {
-    /// The call that failed (`cuInit`, `nvrtcCompileProgram`, `cublasGemmStridedBatchedEx`, ...).
-    pub call: String,
-    /// What went wrong: the CUDA status name and message, a compile log, or
-    /// the check that did not pass.
-    pub reason: String,
-}
-
-impl CudaError {
-    /// An error from `call` with `reason`.
-    pub fn new(call: impl Into<String>, reason: impl Into<String>) -> Self {
-        CudaError {
-            call: call.into(),
-            reason: reason.into(),
-        }
-    }
-
-    /// Wraps a cudarc error (or anything printable) from `call`.
-    pub(crate) fn from_call(call: &str, e: impl fmt::Display) -> Self {
-        CudaError::new(call, e.to_string())
-    }
-}
-
-impl fmt::Display for CudaError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CUDA call `{}` failed: {}", self.call, self.reason)
-    }
-}
-
-impl std::error::Error for CudaError {}
+pub type CudaError = DeviceError;
 
 /// Runs `f`, turning a panic inside cudarc (a missing library or symbol under
 /// dynamic loading) into a [`CudaError`] naming `call`.

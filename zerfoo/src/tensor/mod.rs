@@ -29,7 +29,7 @@ use crate::shape::{Dims, Shape};
 pub struct Tensor<S: Shape, E: Dtype, D: Device = Cpu, T = NoTape> {
     pub(crate) shape: S,
     pub(crate) layout: Layout,
-    pub(crate) data: Arc<Vec<E>>,
+    pub(crate) data: Arc<D::Storage<E>>,
     pub(crate) id: TensorId,
     pub(crate) tape: T,
     pub(crate) device: D,
@@ -45,7 +45,7 @@ impl<S: Shape, E: Dtype, D: Device, T: Clone> Clone for Tensor<S, E, D, T> {
             data: self.data.clone(),
             id: self.id,
             tape: self.tape.clone(),
-            device: self.device,
+            device: self.device.clone(),
         }
     }
 }
@@ -72,8 +72,8 @@ impl<S: Shape, E: Dtype, D: Device, T> Tensor<S, E, D, T> {
         &self.layout
     }
     /// The device.
-    pub fn device(&self) -> D {
-        self.device
+    pub fn device(&self) -> &D {
+        &self.device
     }
     /// The runtime dtype name.
     pub fn dtype(&self) -> zerfoo_kernels::DType {
@@ -87,22 +87,25 @@ impl<S: Shape, E: Dtype, D: Device, T> Tensor<S, E, D, T> {
     pub fn is_contiguous(&self) -> bool {
         self.layout.is_contiguous()
     }
-    /// The elements in row-major order.
+    /// The elements in row-major order, copied to the host.
+    ///
+    /// Panics if the device fails to copy (see [`Tensor::try_to_vec`]).
     pub fn to_vec(&self) -> Vec<E> {
-        cpu::to_contiguous(&self.data, &self.layout)
+        self.try_to_vec()
+            .unwrap_or_else(|e| panic!("copying a tensor to the host: {e}"))
+    }
+    /// The elements in row-major order, copied to the host, or the device's error.
+    pub fn try_to_vec(&self) -> crate::Result<Vec<E>> {
+        Ok(self.device.to_host(&self.data, &self.layout)?)
     }
     /// Elements as `f64`, row-major (handy in tests).
     pub fn to_f64_vec(&self) -> Vec<f64> {
-        cpu::map(&self.data, &self.layout, |x: E| x.to_f64())
+        self.to_vec().into_iter().map(|x| x.to_f64()).collect()
     }
     /// The single element of a one-element tensor.
     pub fn item(&self) -> E {
         assert_eq!(self.numel(), 1, "item() needs exactly one element");
-        self.data[self.layout.offset]
-    }
-    /// The raw storage and layout (for kernels and I/O).
-    pub fn storage(&self) -> (&[E], &Layout) {
-        (&self.data, &self.layout)
+        self.to_vec()[0]
     }
     /// Same data and id under another shape type of equal dims (no checks on dims).
     pub(crate) fn with_shape<S2: Shape>(self, shape: S2) -> Tensor<S2, E, D, T> {
@@ -113,7 +116,7 @@ impl<S: Shape, E: Dtype, D: Device, T> Tensor<S, E, D, T> {
             data: self.data,
             id: self.id,
             tape: self.tape,
-            device: self.device,
+            device: self.device.clone(),
         }
     }
 
@@ -131,6 +134,13 @@ impl<S: Shape, E: Dtype, D: Device, T> Tensor<S, E, D, T> {
     pub fn realize<S2: Shape>(self) -> crate::Result<Tensor<S2, E, D, T>> {
         let s2: S2 = crate::shape::shape_from_dims("realize", self.layout.shape())?;
         Ok(self.with_shape(s2))
+    }
+}
+
+impl<S: Shape, E: Dtype, T> Tensor<S, E, Cpu, T> {
+    /// The raw storage and layout (for kernels and I/O).
+    pub fn storage(&self) -> (&[E], &Layout) {
+        (&self.data, &self.layout)
     }
 }
 
@@ -157,7 +167,7 @@ impl<S: Shape, E: Dtype> Tensor<S, E, Cpu, NoTape> {
             data: self.data,
             id: self.id,
             tape: Tape::default(),
-            device: self.device,
+            device: self.device.clone(),
         }
     }
 
@@ -185,7 +195,7 @@ impl<S: Shape, E: Dtype> Tensor<S, E, Cpu, NoTape> {
             data: self.data.clone(),
             id: self.id,
             tape: T::from_node(None),
-            device: self.device,
+            device: self.device.clone(),
         }
     }
 
@@ -215,7 +225,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
             data: self.data,
             id: TensorId::fresh(),
             tape: NoTape,
-            device: self.device,
+            device: self.device.clone(),
         }
     }
 
