@@ -180,7 +180,7 @@ impl Real for f64 {
 /// compute there, and round once on store.
 pub trait FloatDtype: Dtype {
     /// What this type computes and accumulates in (`f32` for f8/f16/bf16/f32, `f64` for f64).
-    type Acc: Real;
+    type Acc: Real + Dtype;
     /// Widens to the compute type.
     fn to_acc(self) -> Self::Acc;
     /// Rounds from the compute type (to nearest, ties to even).

@@ -22,4 +22,4 @@ pub use f8::{F8E4M3, F8E5M2};
 pub use half::{bf16, f16};
 pub use layout::{Layout, MAX_RANK};
 
-pub use device::{Cpu, Device, DeviceError};
+pub use device::{Backend, Cpu, Device, DeviceError};

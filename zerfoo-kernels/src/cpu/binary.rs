@@ -16,6 +16,9 @@ pub trait BinaryOp: Copy + Send + Sync + 'static {
     /// `Some((∂y/∂a, ∂y/∂b))` when both partials are constants (add, sub):
     /// the backward then never reads the operands.
     const CONSTANT_PARTIALS: Option<(f64, f64)> = None;
+    /// The op's code in the device kernels (`cuda/kernels/binary.cu`);
+    /// `None` for an op only the CPU runs.
+    const DEVICE_CODE: Option<i32> = None;
 }
 
 /// `y = f(a, b)` elementwise; both layouts have the same shape.
@@ -102,12 +105,13 @@ pub fn binary_backward<E: FloatDtype, O: BinaryOp>(
 }
 
 macro_rules! binary_op {
-    ($(#[$m:meta])* $name:ident, $text:literal, |$a:ident, $b:ident| $f:expr, $da:expr, $db:expr $(, constant $partials:expr)?) => {
+    ($(#[$m:meta])* $name:ident, $text:literal, $code:literal, |$a:ident, $b:ident| $f:expr, $da:expr, $db:expr $(, constant $partials:expr)?) => {
         $(#[$m])*
         #[derive(Clone, Copy, Debug, Default)]
         pub struct $name;
         impl BinaryOp for $name {
             const NAME: &'static str = $text;
+            const DEVICE_CODE: Option<i32> = Some($code);
             $(const CONSTANT_PARTIALS: Option<(f64, f64)> = Some($partials);)?
             #[inline(always)]
             fn f<A: Real>(&self, $a: A, $b: A) -> A {
@@ -128,18 +132,18 @@ macro_rules! binary_op {
 }
 
 binary_op!(/// `a + b`
-    AddOp, "add", |a, b| a + b, A::one(), A::one(), constant (1.0, 1.0));
+    AddOp, "add", 0, |a, b| a + b, A::one(), A::one(), constant (1.0, 1.0));
 binary_op!(/// `a - b`
-    SubOp, "sub", |a, b| a - b, A::one(), -A::one(), constant (1.0, -1.0));
+    SubOp, "sub", 1, |a, b| a - b, A::one(), -A::one(), constant (1.0, -1.0));
 binary_op!(/// `a * b`
-    MulOp, "mul", |a, b| a * b, b, a);
+    MulOp, "mul", 2, |a, b| a * b, b, a);
 binary_op!(/// `a / b`
-    DivOp, "div", |a, b| a / b, b.recip(), -a / (b * b));
+    DivOp, "div", 3, |a, b| a / b, b.recip(), -a / (b * b));
 binary_op!(/// `max(a, b)`; ties split the gradient in halves (PyTorch's rule)
-    MaximumOp, "maximum", |a, b| a.max(b), super::unary::tie_grad(a, b), super::unary::tie_grad(b, a));
+    MaximumOp, "maximum", 4, |a, b| a.max(b), super::unary::tie_grad(a, b), super::unary::tie_grad(b, a));
 binary_op!(/// `min(a, b)`; ties split the gradient in halves
-    MinimumOp, "minimum", |a, b| a.min(b), super::unary::tie_grad(b, a), super::unary::tie_grad(a, b));
+    MinimumOp, "minimum", 5, |a, b| a.min(b), super::unary::tie_grad(b, a), super::unary::tie_grad(a, b));
 binary_op!(/// `a ^ b`; `∂/∂b = a^b ln a` (0 where `a == 0`, as in PyTorch)
-    PowOp, "pow", |a, b| a.powf(b),
+    PowOp, "pow", 6, |a, b| a.powf(b),
     if b == A::zero() { A::zero() } else { b * a.powf(b - A::one()) },
     if a == A::zero() { A::zero() } else { a.powf(b) * a.ln() });

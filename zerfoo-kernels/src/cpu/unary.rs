@@ -10,6 +10,12 @@ pub trait UnaryOp: Copy + Send + Sync + 'static {
     fn f<A: Real>(&self, x: A) -> A;
     /// `dy/dx` at `x`, given `y = f(x)` (many derivatives are cheaper from `y`).
     fn df<A: Real>(&self, x: A, y: A) -> A;
+    /// The op's code in the device kernels (`cuda/kernels/unary.cu`) and up
+    /// to two constants; `None` for an op only the CPU runs (a device then
+    /// reports an error naming the op).
+    fn device_code(&self) -> Option<(i32, f64, f64)> {
+        None
+    }
 }
 
 /// Applies `op` to every element (any layout), writing contiguous output.
@@ -47,12 +53,15 @@ pub fn unary_backward<E: FloatDtype, O: UnaryOp>(
 }
 
 macro_rules! unary_op {
-    ($(#[$m:meta])* $name:ident, $text:literal, |$x:ident| $f:expr, |$dx:ident, $dy:ident| $df:expr) => {
+    ($(#[$m:meta])* $name:ident, $text:literal, $code:literal, |$x:ident| $f:expr, |$dx:ident, $dy:ident| $df:expr) => {
         $(#[$m])*
         #[derive(Clone, Copy, Debug, Default)]
         pub struct $name;
         impl UnaryOp for $name {
             const NAME: &'static str = $text;
+            fn device_code(&self) -> Option<(i32, f64, f64)> {
+                Some(($code, 0.0, 0.0))
+            }
             #[inline(always)]
             fn f<A: Real>(&self, $x: A) -> A {
                 $f
@@ -71,36 +80,36 @@ fn c<A: Real>(v: f64) -> A {
 }
 
 unary_op!(/// `-x`
-    Neg, "neg", |x| -x, |x, y| -A::one());
+    Neg, "neg", 0, |x| -x, |x, y| -A::one());
 unary_op!(/// `|x|` (derivative `sign(x)`, 0 at 0 as in PyTorch)
-    Abs, "abs", |x| x.abs(), |x, y| if x > A::zero() { A::one() } else if x < A::zero() { -A::one() } else { A::zero() });
+    Abs, "abs", 1, |x| x.abs(), |x, y| if x > A::zero() { A::one() } else if x < A::zero() { -A::one() } else { A::zero() });
 unary_op!(/// `e^x`
-    Exp, "exp", |x| x.fast_exp(), |x, y| y);
+    Exp, "exp", 2, |x| x.fast_exp(), |x, y| y);
 unary_op!(/// natural log
-    Log, "log", |x| x.ln(), |x, y| x.recip());
+    Log, "log", 3, |x| x.ln(), |x, y| x.recip());
 unary_op!(/// `√x`
-    Sqrt, "sqrt", |x| x.sqrt(), |x, y| c::<A>(0.5) / y);
+    Sqrt, "sqrt", 4, |x| x.sqrt(), |x, y| c::<A>(0.5) / y);
 unary_op!(/// `1/√x`
-    Rsqrt, "rsqrt", |x| x.sqrt().recip(), |x, y| c::<A>(-0.5) * y * y * y);
+    Rsqrt, "rsqrt", 5, |x| x.sqrt().recip(), |x, y| c::<A>(-0.5) * y * y * y);
 unary_op!(/// sine
-    Sin, "sin", |x| x.sin(), |x, y| x.cos());
+    Sin, "sin", 6, |x| x.sin(), |x, y| x.cos());
 unary_op!(/// cosine
-    Cos, "cos", |x| x.cos(), |x, y| -x.sin());
+    Cos, "cos", 7, |x| x.cos(), |x, y| -x.sin());
 unary_op!(/// hyperbolic tangent
-    Tanh, "tanh", |x| x.tanh(), |x, y| A::one() - y * y);
+    Tanh, "tanh", 8, |x| x.tanh(), |x, y| A::one() - y * y);
 unary_op!(/// logistic sigmoid `1/(1+e^-x)`
-    Sigmoid, "sigmoid", |x| sigmoid(x), |x, y| y * (A::one() - y));
+    Sigmoid, "sigmoid", 9, |x| sigmoid(x), |x, y| y * (A::one() - y));
 unary_op!(/// `max(x, 0)` (derivative 0 at 0 as in PyTorch)
-    Relu, "relu", |x| if x > A::zero() { x } else { A::zero() }, |x, y| if x > A::zero() { A::one() } else { A::zero() });
+    Relu, "relu", 10, |x| if x > A::zero() { x } else { A::zero() }, |x, y| if x > A::zero() { A::one() } else { A::zero() });
 unary_op!(/// GELU, exact form `x Φ(x)` with the error function
-GeluErf, "gelu", |x| c::<A>(0.5) * x * (A::one() + (x * c::<A>(core::f64::consts::FRAC_1_SQRT_2)).erf()),
+GeluErf, "gelu", 11, |x| c::<A>(0.5) * x * (A::one() + (x * c::<A>(core::f64::consts::FRAC_1_SQRT_2)).erf()),
 |x, y| {
     let cdf = c::<A>(0.5) * (A::one() + (x * c::<A>(core::f64::consts::FRAC_1_SQRT_2)).erf());
     let pdf = (c::<A>(-0.5) * x * x).fast_exp() * c::<A>(0.398_942_280_401_432_7);
     cdf + x * pdf
 });
 unary_op!(/// GELU, tanh approximation (`gelu_pytorch_tanh`, GPT-2's `new_gelu`)
-GeluTanh, "gelu_tanh", |x| {
+GeluTanh, "gelu_tanh", 12, |x| {
     let k = c::<A>(0.797_884_560_802_865_4); // sqrt(2/pi)
     c::<A>(0.5) * x * (A::one() + (k * (x + c::<A>(0.044715) * x * x * x)).tanh())
 },
@@ -112,9 +121,9 @@ GeluTanh, "gelu_tanh", |x| {
     c::<A>(0.5) * (A::one() + t) + c::<A>(0.5) * x * (A::one() - t * t) * dinner
 });
 unary_op!(/// SiLU / swish `x σ(x)`
-    Silu, "silu", |x| x * sigmoid(x), |x, y| { let s = sigmoid(x); s * (A::one() + x * (A::one() - s)) });
+    Silu, "silu", 13, |x| x * sigmoid(x), |x, y| { let s = sigmoid(x); s * (A::one() + x * (A::one() - s)) });
 unary_op!(/// `x²`
-    Square, "square", |x| x * x, |x, y| c::<A>(2.0) * x);
+    Square, "square", 14, |x| x * x, |x, y| c::<A>(2.0) * x);
 
 #[inline(always)]
 fn sigmoid<A: Real>(x: A) -> A {
@@ -132,6 +141,9 @@ fn sigmoid<A: Real>(x: A) -> A {
 pub struct Powf(pub f64);
 impl UnaryOp for Powf {
     const NAME: &'static str = "powf";
+    fn device_code(&self) -> Option<(i32, f64, f64)> {
+        Some((15, self.0, 0.0))
+    }
     fn f<A: Real>(&self, x: A) -> A {
         x.powf(A::of_f64(self.0))
     }
@@ -149,6 +161,9 @@ impl UnaryOp for Powf {
 pub struct Clamp(pub f64, pub f64);
 impl UnaryOp for Clamp {
     const NAME: &'static str = "clamp";
+    fn device_code(&self) -> Option<(i32, f64, f64)> {
+        Some((16, self.0, self.1))
+    }
     fn f<A: Real>(&self, x: A) -> A {
         x.max(A::of_f64(self.0)).min(A::of_f64(self.1))
     }
@@ -166,6 +181,9 @@ impl UnaryOp for Clamp {
 pub struct AddScalar(pub f64);
 impl UnaryOp for AddScalar {
     const NAME: &'static str = "add_scalar";
+    fn device_code(&self) -> Option<(i32, f64, f64)> {
+        Some((17, self.0, 0.0))
+    }
     fn f<A: Real>(&self, x: A) -> A {
         x + A::of_f64(self.0)
     }
@@ -179,6 +197,9 @@ impl UnaryOp for AddScalar {
 pub struct MulScalar(pub f64);
 impl UnaryOp for MulScalar {
     const NAME: &'static str = "mul_scalar";
+    fn device_code(&self) -> Option<(i32, f64, f64)> {
+        Some((18, self.0, 0.0))
+    }
     fn f<A: Real>(&self, x: A) -> A {
         x * A::of_f64(self.0)
     }
@@ -192,6 +213,9 @@ impl UnaryOp for MulScalar {
 pub struct ScalarDiv(pub f64);
 impl UnaryOp for ScalarDiv {
     const NAME: &'static str = "scalar_div";
+    fn device_code(&self) -> Option<(i32, f64, f64)> {
+        Some((19, self.0, 0.0))
+    }
     fn f<A: Real>(&self, x: A) -> A {
         A::of_f64(self.0) / x
     }
@@ -205,6 +229,9 @@ impl UnaryOp for ScalarDiv {
 pub struct ScalarPow(pub f64);
 impl UnaryOp for ScalarPow {
     const NAME: &'static str = "scalar_pow";
+    fn device_code(&self) -> Option<(i32, f64, f64)> {
+        Some((20, self.0, 0.0))
+    }
     fn f<A: Real>(&self, x: A) -> A {
         A::of_f64(self.0).powf(x)
     }
@@ -218,6 +245,9 @@ impl UnaryOp for ScalarPow {
 pub struct MaxScalar(pub f64);
 impl UnaryOp for MaxScalar {
     const NAME: &'static str = "maximum_scalar";
+    fn device_code(&self) -> Option<(i32, f64, f64)> {
+        Some((21, self.0, 0.0))
+    }
     fn f<A: Real>(&self, x: A) -> A {
         x.max(A::of_f64(self.0))
     }
@@ -231,6 +261,9 @@ impl UnaryOp for MaxScalar {
 pub struct MinScalar(pub f64);
 impl UnaryOp for MinScalar {
     const NAME: &'static str = "minimum_scalar";
+    fn device_code(&self) -> Option<(i32, f64, f64)> {
+        Some((22, self.0, 0.0))
+    }
     fn f<A: Real>(&self, x: A) -> A {
         x.min(A::of_f64(self.0))
     }

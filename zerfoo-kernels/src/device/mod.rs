@@ -87,3 +87,61 @@ impl Device for crate::cuda::CudaDevice {
         Ok(crate::cpu::to_contiguous(&all, layout))
     }
 }
+
+mod elementwise;
+
+pub use elementwise::{convert_element, host_copy, ElementwiseKernels};
+mod reduce;
+mod softmax;
+
+pub use reduce::ReduceKernels;
+pub use softmax::SoftmaxKernels;
+mod index;
+mod loss;
+mod matmul;
+mod norm;
+mod optim;
+mod shape;
+
+pub use index::IndexKernels;
+pub use loss::LossKernels;
+pub use matmul::MatmulKernels;
+pub use norm::{NormGradParts, NormKernels};
+pub use optim::OptimKernels;
+pub use shape::ShapeKernels;
+mod attention;
+
+pub use attention::{AttentionGrads, AttentionKernels};
+
+/// Every kernel family: what a device needs to run the typed ops, layers
+/// and optimizers. Implemented by [`Cpu`] and, with the cargo feature
+/// `cuda`, by [`CudaDevice`](crate::cuda::CudaDevice).
+pub trait Backend:
+    Device
+    + ElementwiseKernels
+    + ReduceKernels
+    + SoftmaxKernels
+    + NormKernels
+    + IndexKernels
+    + LossKernels
+    + MatmulKernels
+    + AttentionKernels
+    + ShapeKernels
+    + OptimKernels
+{
+}
+
+impl<D> Backend for D where
+    D: Device
+        + ElementwiseKernels
+        + ReduceKernels
+        + SoftmaxKernels
+        + NormKernels
+        + IndexKernels
+        + LossKernels
+        + MatmulKernels
+        + AttentionKernels
+        + ShapeKernels
+        + OptimKernels
+{
+}

@@ -2,93 +2,41 @@
 //! forward and backward: [`crate::cpu::unary`], [`crate::cpu::binary`].
 
 use super::CudaFloat;
-use crate::cpu::binary::{AddOp, BinaryOp, DivOp, MaximumOp, MinimumOp, MulOp, PowOp, SubOp};
+use crate::cpu::binary::BinaryOp;
 use crate::cpu::unary::*;
 use crate::cuda::device::{check_layout, grid_for, same_device};
 use crate::cuda::{CudaBuffer, CudaError, Family};
 use crate::Layout;
 
-/// A [`UnaryOp`] the CUDA kernels know: its op code in `kernels/unary.cu`
-/// and up to two constants.
+/// A [`UnaryOp`] on the device: its [`UnaryOp::device_code`], or an error
+/// naming an op that has no device kernel.
 pub trait CudaUnary: UnaryOp {
     /// `(code, p0, p1)`.
-    fn code(&self) -> (i32, f64, f64);
-}
-
-macro_rules! unary_codes {
-    ($($t:ident = $c:expr),* $(,)?) => {$(
-        impl CudaUnary for $t {
-            fn code(&self) -> (i32, f64, f64) {
-                ($c, 0.0, 0.0)
-            }
-        }
-    )*};
-}
-unary_codes!(
-    Neg = 0,
-    Abs = 1,
-    Exp = 2,
-    Log = 3,
-    Sqrt = 4,
-    Rsqrt = 5,
-    Sin = 6,
-    Cos = 7,
-    Tanh = 8,
-    Sigmoid = 9,
-    Relu = 10,
-    GeluErf = 11,
-    GeluTanh = 12,
-    Silu = 13,
-    Square = 14
-);
-
-macro_rules! unary_codes1 {
-    ($($t:ident = $c:expr),* $(,)?) => {$(
-        impl CudaUnary for $t {
-            fn code(&self) -> (i32, f64, f64) {
-                ($c, self.0, 0.0)
-            }
-        }
-    )*};
-}
-unary_codes1!(
-    Powf = 15,
-    AddScalar = 17,
-    MulScalar = 18,
-    ScalarDiv = 19,
-    ScalarPow = 20,
-    MaxScalar = 21,
-    MinScalar = 22
-);
-
-impl CudaUnary for Clamp {
-    fn code(&self) -> (i32, f64, f64) {
-        (16, self.0, self.1)
+    fn code(&self) -> Result<(i32, f64, f64), CudaError> {
+        self.device_code().ok_or_else(|| {
+            CudaError::new(
+                format!("`{}` on the GPU", Self::NAME),
+                "this op has no CUDA kernel (its UnaryOp::device_code is None)",
+            )
+        })
     }
 }
+impl<O: UnaryOp> CudaUnary for O {}
 
-/// A [`BinaryOp`] the CUDA kernels know: its op code in `kernels/binary.cu`.
+/// A [`BinaryOp`] on the device: its [`BinaryOp::DEVICE_CODE`], or an error
+/// naming an op that has no device kernel.
 pub trait CudaBinary: BinaryOp {
     /// The op code.
-    const CODE: i32;
+    fn code() -> Result<i32, CudaError> {
+        Self::DEVICE_CODE.ok_or_else(|| {
+            CudaError::new(
+                format!("`{}` on the GPU", Self::NAME),
+                "this op has no CUDA kernel (its BinaryOp::DEVICE_CODE is None)",
+            )
+        })
+    }
 }
-
-macro_rules! binary_codes {
-    ($($t:ident = $c:expr),* $(,)?) => {$(
-        impl CudaBinary for $t {
-            const CODE: i32 = $c;
-        }
-    )*};
-}
-binary_codes!(
-    AddOp = 0,
-    SubOp = 1,
-    MulOp = 2,
-    DivOp = 3,
-    MaximumOp = 4,
-    MinimumOp = 5,
-    PowOp = 6
-);
+impl<O: BinaryOp> CudaBinary for O {}
 
 /// Applies `op` to every element of `x` (any layout); contiguous output.
 pub fn unary_forward<E: CudaFloat, O: CudaUnary>(
@@ -104,7 +52,7 @@ pub fn unary_forward<E: CudaFloat, O: CudaUnary>(
     if n == 0 {
         return Ok(y);
     }
-    let (code, p0, p1) = op.code();
+    let (code, p0, p1) = op.code()?;
     dev.launch(O::NAME, Family::Unary, E::DTYPE, "unary_fwd")?
         .i32(code)
         .f64(p0)
@@ -138,7 +86,7 @@ pub fn unary_backward<E: CudaFloat, O: CudaUnary>(
     if n == 0 {
         return Ok(gx);
     }
-    let (code, p0, p1) = op.code();
+    let (code, p0, p1) = op.code()?;
     dev.launch(O::NAME, Family::Unary, E::DTYPE, "unary_bwd")?
         .i32(code)
         .f64(p0)
@@ -211,7 +159,7 @@ pub fn binary_forward<E: CudaFloat, O: CudaBinary>(
         return Ok(y);
     }
     dev.launch(O::NAME, Family::Binary, E::DTYPE, "binary_fwd")?
-        .i32(O::CODE)
+        .i32(O::code()?)
         .ptr(a)
         .layout(la)
         .ptr(b)
@@ -251,7 +199,7 @@ pub fn binary_backward<E: CudaFloat, O: CudaBinary>(
     let mut gb = dev.alloc::<E>(if need.1 { n } else { 0 })?;
     if n > 0 {
         dev.launch(O::NAME, Family::Binary, E::DTYPE, "binary_bwd")?
-            .i32(O::CODE)
+            .i32(O::code()?)
             .ptr(a)
             .layout(la)
             .ptr(b)

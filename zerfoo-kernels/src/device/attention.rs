@@ -1,0 +1,154 @@
+//! Fused attention on a device ([`crate::cpu::attention`]): softmax(q kᵀ ·
+//! scale + mask) v without materializing the full score matrix, and its
+//! backward from the saved log-sum-exp.
+
+use super::{Cpu, Device, DeviceError};
+use crate::cpu::attention::AttnMask;
+use crate::{FloatDtype, Layout};
+
+/// The gradients of `q`, `k` and `v`.
+pub type AttentionGrads<S> = (S, S, S);
+
+/// Attention kernels: `q` is `[B, H, Tq, D]`, `k` is `[B, H, Tk, D]`, `v` is
+/// `[B, H, Tk, Dv]` (any strides); the output is `[B, H, Tq, Dv]`.
+pub trait AttentionKernels: Device {
+    /// The output and the row log-sum-exp (compute type) for the backward.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn attention_forward<E: FloatDtype>(
+        &self,
+        q: &Self::Storage<E>,
+        ql: &Layout,
+        k: &Self::Storage<E>,
+        kl: &Layout,
+        v: &Self::Storage<E>,
+        vl: &Layout,
+        mask: &AttnMask<'_>,
+        scale: f64,
+    ) -> Result<(Self::Storage<E>, Self::Storage<E::Acc>), DeviceError>;
+
+    /// The gradients of `q`, `k`, `v` (contiguous) from the output, its
+    /// log-sum-exp and the output's gradient `dout` (layout `dl`).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward<E: FloatDtype>(
+        &self,
+        q: &Self::Storage<E>,
+        ql: &Layout,
+        k: &Self::Storage<E>,
+        kl: &Layout,
+        v: &Self::Storage<E>,
+        vl: &Layout,
+        out: &Self::Storage<E>,
+        lse: &Self::Storage<E::Acc>,
+        dout: &Self::Storage<E>,
+        dl: &Layout,
+        mask: &AttnMask<'_>,
+        scale: f64,
+    ) -> Result<AttentionGrads<Self::Storage<E>>, DeviceError>;
+}
+
+impl AttentionKernels for Cpu {
+    fn attention_forward<E: FloatDtype>(
+        &self,
+        q: &Vec<E>,
+        ql: &Layout,
+        k: &Vec<E>,
+        kl: &Layout,
+        v: &Vec<E>,
+        vl: &Layout,
+        mask: &AttnMask<'_>,
+        scale: f64,
+    ) -> Result<(Vec<E>, Vec<E::Acc>), DeviceError> {
+        Ok(crate::cpu::attention::attention_forward(
+            q, ql, k, kl, v, vl, mask, scale,
+        ))
+    }
+
+    fn attention_backward<E: FloatDtype>(
+        &self,
+        q: &Vec<E>,
+        ql: &Layout,
+        k: &Vec<E>,
+        kl: &Layout,
+        v: &Vec<E>,
+        vl: &Layout,
+        out: &Vec<E>,
+        lse: &Vec<E::Acc>,
+        dout: &Vec<E>,
+        dl: &Layout,
+        mask: &AttnMask<'_>,
+        scale: f64,
+    ) -> Result<AttentionGrads<Vec<E>>, DeviceError> {
+        Ok(crate::cpu::attention::attention_backward(
+            q, ql, k, kl, v, vl, out, lse, dout, dl, mask, scale,
+        ))
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda_impl {
+    use super::*;
+    use crate::cuda::{CudaBuffer, CudaDevice};
+
+    // Through the host until the device kernel lands.
+    impl AttentionKernels for CudaDevice {
+        fn attention_forward<E: FloatDtype>(
+            &self,
+            q: &CudaBuffer<E>,
+            ql: &Layout,
+            k: &CudaBuffer<E>,
+            kl: &Layout,
+            v: &CudaBuffer<E>,
+            vl: &Layout,
+            mask: &AttnMask<'_>,
+            scale: f64,
+        ) -> Result<(CudaBuffer<E>, CudaBuffer<E::Acc>), DeviceError> {
+            let (o, lse) = crate::cpu::attention::attention_forward(
+                &q.to_host()?,
+                ql,
+                &k.to_host()?,
+                kl,
+                &v.to_host()?,
+                vl,
+                mask,
+                scale,
+            );
+            Ok((self.to_device(&o)?, self.to_device(&lse)?))
+        }
+
+        fn attention_backward<E: FloatDtype>(
+            &self,
+            q: &CudaBuffer<E>,
+            ql: &Layout,
+            k: &CudaBuffer<E>,
+            kl: &Layout,
+            v: &CudaBuffer<E>,
+            vl: &Layout,
+            out: &CudaBuffer<E>,
+            lse: &CudaBuffer<E::Acc>,
+            dout: &CudaBuffer<E>,
+            dl: &Layout,
+            mask: &AttnMask<'_>,
+            scale: f64,
+        ) -> Result<AttentionGrads<CudaBuffer<E>>, DeviceError> {
+            let (dq, dk, dv) = crate::cpu::attention::attention_backward(
+                &q.to_host()?,
+                ql,
+                &k.to_host()?,
+                kl,
+                &v.to_host()?,
+                vl,
+                &out.to_host()?,
+                &lse.to_host()?,
+                &dout.to_host()?,
+                dl,
+                mask,
+                scale,
+            );
+            Ok((
+                self.to_device(&dq)?,
+                self.to_device(&dk)?,
+                self.to_device(&dv)?,
+            ))
+        }
+    }
+}

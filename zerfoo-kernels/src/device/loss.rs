@@ -1,0 +1,131 @@
+//! Losses on a device ([`crate::cpu::loss`]): cross-entropy over the last
+//! axis, with label smoothing and ignored rows.
+
+use super::{Cpu, Device, DeviceError};
+use crate::cpu::loss::RowStats;
+use crate::{FloatDtype, Layout, Real};
+
+/// Loss kernels.
+pub trait LossKernels: Device {
+    /// Class targets in this device's memory (one per row; [`IGNORED`](crate::cpu::loss::IGNORED) rows
+    /// are skipped).
+    type Targets: Send + Sync + 'static;
+    /// Per-row statistics saved by the cross-entropy forward pass.
+    type CeStats<A: Real>: Send + Sync + 'static;
+
+    /// Uploads targets, each `< classes` or [`IGNORED`](crate::cpu::loss::IGNORED).
+    fn targets(&self, rows: Vec<usize>) -> Result<Self::Targets, DeviceError>;
+
+    /// The sum over non-ignored rows of the rows' cross-entropy (in the
+    /// compute type, returned to the host), and the row statistics.
+    fn cross_entropy_forward<E: FloatDtype>(
+        &self,
+        x: &Self::Storage<E>,
+        lx: &Layout,
+        targets: &Self::Targets,
+        eps: f64,
+    ) -> Result<(E::Acc, Self::CeStats<E::Acc>), DeviceError>;
+
+    /// The logits' gradient times `scale`, contiguous.
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy_backward<E: FloatDtype>(
+        &self,
+        x: &Self::Storage<E>,
+        lx: &Layout,
+        targets: &Self::Targets,
+        stats: &Self::CeStats<E::Acc>,
+        eps: f64,
+        scale: E::Acc,
+    ) -> Result<Self::Storage<E>, DeviceError>;
+}
+
+impl LossKernels for Cpu {
+    type Targets = Vec<usize>;
+    type CeStats<A: Real> = Vec<RowStats<A>>;
+
+    fn targets(&self, rows: Vec<usize>) -> Result<Vec<usize>, DeviceError> {
+        Ok(rows)
+    }
+
+    fn cross_entropy_forward<E: FloatDtype>(
+        &self,
+        x: &Vec<E>,
+        lx: &Layout,
+        targets: &Vec<usize>,
+        eps: f64,
+    ) -> Result<(E::Acc, Vec<RowStats<E::Acc>>), DeviceError> {
+        Ok(crate::cpu::loss::cross_entropy_forward(x, lx, targets, eps))
+    }
+
+    fn cross_entropy_backward<E: FloatDtype>(
+        &self,
+        x: &Vec<E>,
+        lx: &Layout,
+        targets: &Vec<usize>,
+        stats: &Vec<RowStats<E::Acc>>,
+        eps: f64,
+        scale: E::Acc,
+    ) -> Result<Vec<E>, DeviceError> {
+        Ok(crate::cpu::loss::cross_entropy_backward(
+            x, lx, targets, stats, eps, scale,
+        ))
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda_impl {
+    use super::*;
+    use crate::cpu::loss::IGNORED;
+    use crate::cuda::ops::loss::{self as k, CudaRowStats};
+    use crate::cuda::{CudaBuffer, CudaDevice};
+
+    impl LossKernels for CudaDevice {
+        type Targets = CudaBuffer<u32>;
+        type CeStats<A: Real> = CudaRowStats<A>;
+
+        fn targets(&self, rows: Vec<usize>) -> Result<CudaBuffer<u32>, DeviceError> {
+            let t: Vec<u32> = rows
+                .iter()
+                .map(|&r| {
+                    if r == IGNORED {
+                        Ok(k::IGNORED)
+                    } else {
+                        u32::try_from(r)
+                            .ok()
+                            .filter(|&v| v != k::IGNORED)
+                            .ok_or_else(|| {
+                                DeviceError::new(
+                                    "cross_entropy targets",
+                                    format!("class {r} does not fit the GPU's u32 targets"),
+                                )
+                            })
+                    }
+                })
+                .collect::<Result<_, _>>()?;
+            self.to_device(&t)
+        }
+
+        fn cross_entropy_forward<E: FloatDtype>(
+            &self,
+            x: &CudaBuffer<E>,
+            lx: &Layout,
+            targets: &CudaBuffer<u32>,
+            eps: f64,
+        ) -> Result<(E::Acc, CudaRowStats<E::Acc>), DeviceError> {
+            let (sum, stats) = k::cross_entropy_forward(x, lx, targets, eps)?;
+            Ok((sum.to_host()?[0], stats))
+        }
+
+        fn cross_entropy_backward<E: FloatDtype>(
+            &self,
+            x: &CudaBuffer<E>,
+            lx: &Layout,
+            targets: &CudaBuffer<u32>,
+            stats: &CudaRowStats<E::Acc>,
+            eps: f64,
+            scale: E::Acc,
+        ) -> Result<CudaBuffer<E>, DeviceError> {
+            k::cross_entropy_backward(x, lx, targets, stats, eps, scale.as_f64())
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Reductions over chosen axes on a device ([`crate::cpu::reduce`]): scaled
+//! sums (sum, mean) and max/min, with their backward.
+
+use num_traits::Zero;
+
+use super::{Cpu, Device, DeviceError};
+use crate::{FloatDtype, Layout, Real};
+
+/// Reduction kernels; outputs are contiguous in the kept dims' order.
+pub trait ReduceKernels: Device {
+    /// How many elements tie for each max/min (saved for the backward).
+    type Counts: Send + Sync + 'static;
+
+    /// `scale * sum(x)` over `axes`.
+    fn sum_axes<E: FloatDtype>(
+        &self,
+        x: &Self::Storage<E>,
+        lx: &Layout,
+        axes: &[usize],
+        scale: f64,
+    ) -> Result<Self::Storage<E>, DeviceError>;
+
+    /// `scale * grad_y` spread back over the reduced `axes` of `dims`.
+    fn sum_backward<E: FloatDtype>(
+        &self,
+        grad_y: &Self::Storage<E>,
+        dims: &[usize],
+        axes: &[usize],
+        scale: f64,
+    ) -> Result<Self::Storage<E>, DeviceError>;
+
+    /// Max (`MAX = true`) or min over `axes`, and how many elements tie.
+    fn extreme_axes<E: FloatDtype, const MAX: bool>(
+        &self,
+        x: &Self::Storage<E>,
+        lx: &Layout,
+        axes: &[usize],
+    ) -> Result<(Self::Storage<E>, Self::Counts), DeviceError>;
+
+    /// The gradient of max/min: split evenly among the tied elements.
+    fn extreme_backward<E: FloatDtype>(
+        &self,
+        x: &Self::Storage<E>,
+        lx: &Layout,
+        axes: &[usize],
+        y: &Self::Storage<E>,
+        counts: &Self::Counts,
+        grad_y: &Self::Storage<E>,
+    ) -> Result<Self::Storage<E>, DeviceError>;
+}
+
+impl ReduceKernels for Cpu {
+    type Counts = Vec<usize>;
+
+    fn sum_axes<E: FloatDtype>(
+        &self,
+        x: &Vec<E>,
+        lx: &Layout,
+        axes: &[usize],
+        scale: f64,
+    ) -> Result<Vec<E>, DeviceError> {
+        let s = E::Acc::of_f64(scale);
+        Ok(crate::cpu::reduce::reduce_axes(
+            x,
+            lx,
+            axes,
+            E::Acc::zero(),
+            |a, v: E| a + v.to_acc(),
+            |a, _| E::from_acc(a * s),
+        ))
+    }
+
+    fn sum_backward<E: FloatDtype>(
+        &self,
+        grad_y: &Vec<E>,
+        dims: &[usize],
+        axes: &[usize],
+        scale: f64,
+    ) -> Result<Vec<E>, DeviceError> {
+        let l = crate::cpu::reduce::expand_layout(dims, axes);
+        let s = E::Acc::of_f64(scale);
+        Ok(crate::cpu::map(grad_y, &l, |v: E| E::from_acc(v.to_acc() * s)))
+    }
+
+    fn extreme_axes<E: FloatDtype, const MAX: bool>(
+        &self,
+        x: &Vec<E>,
+        lx: &Layout,
+        axes: &[usize],
+    ) -> Result<(Vec<E>, Vec<usize>), DeviceError> {
+        Ok(crate::cpu::reduce::extreme_axes::<E, MAX>(x, lx, axes))
+    }
+
+    fn extreme_backward<E: FloatDtype>(
+        &self,
+        x: &Vec<E>,
+        lx: &Layout,
+        axes: &[usize],
+        y: &Vec<E>,
+        counts: &Vec<usize>,
+        grad_y: &Vec<E>,
+    ) -> Result<Vec<E>, DeviceError> {
+        Ok(crate::cpu::reduce::extreme_backward(
+            x, lx, axes, y, counts, grad_y,
+        ))
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda_impl {
+    use super::*;
+    use crate::cuda::ops::reduce as k;
+    use crate::cuda::{CudaBuffer, CudaDevice};
+
+    impl ReduceKernels for CudaDevice {
+        type Counts = CudaBuffer<u32>;
+
+        fn sum_axes<E: FloatDtype>(
+            &self,
+            x: &CudaBuffer<E>,
+            lx: &Layout,
+            axes: &[usize],
+            scale: f64,
+        ) -> Result<CudaBuffer<E>, DeviceError> {
+            k::sum_axes(x, lx, axes, scale)
+        }
+
+        fn sum_backward<E: FloatDtype>(
+            &self,
+            grad_y: &CudaBuffer<E>,
+            dims: &[usize],
+            axes: &[usize],
+            scale: f64,
+        ) -> Result<CudaBuffer<E>, DeviceError> {
+            k::sum_backward(grad_y, dims, axes, scale)
+        }
+
+        fn extreme_axes<E: FloatDtype, const MAX: bool>(
+            &self,
+            x: &CudaBuffer<E>,
+            lx: &Layout,
+            axes: &[usize],
+        ) -> Result<(CudaBuffer<E>, CudaBuffer<u32>), DeviceError> {
+            k::extreme_axes::<E, MAX>(x, lx, axes)
+        }
+
+        fn extreme_backward<E: FloatDtype>(
+            &self,
+            x: &CudaBuffer<E>,
+            lx: &Layout,
+            axes: &[usize],
+            y: &CudaBuffer<E>,
+            counts: &CudaBuffer<u32>,
+            grad_y: &CudaBuffer<E>,
+        ) -> Result<CudaBuffer<E>, DeviceError> {
+            k::extreme_backward(x, lx, axes, y, counts, grad_y)
+        }
+    }
+}
