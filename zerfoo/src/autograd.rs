@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use zerfoo_kernels::{Cpu, FloatDtype};
+use zerfoo_kernels::{Backend, Cpu, FloatDtype};
 
 use crate::shape::Shape;
 use crate::tensor::Tensor;
@@ -142,41 +142,113 @@ impl Merge<Tape> for Tape {
     type Out = Tape;
 }
 
-/// Type-erased gradient buffers, keyed by tensor id. Each is a contiguous
-/// `Vec<E>` in the tensor's own dtype.
+/// One gradient buffer behind the type erasure of [`GradStore`]: the
+/// device's storage and the device, so sums and scaling run where the
+/// gradient lives.
+struct Grad<D: Backend, E: FloatDtype> {
+    dev: D,
+    data: D::Storage<E>,
+}
+
+/// What [`GradStore`] and [`Gradients`] do with a gradient whose device and
+/// dtype they do not know statically.
+trait GradBuf: Any + Send + Sync {
+    /// `self += other` (same device and dtype).
+    fn add_boxed(&mut self, id: TensorId, other: Box<dyn GradBuf>);
+    /// `self *= factor`.
+    fn scale_by(&mut self, factor: f64);
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+impl<D: Backend, E: FloatDtype> GradBuf for Grad<D, E> {
+    fn add_boxed(&mut self, id: TensorId, other: Box<dyn GradBuf>) {
+        let other = other
+            .into_any()
+            .downcast::<Grad<D, E>>()
+            .unwrap_or_else(|_| {
+                panic!("internal error: gradient of {id:?} changed device or dtype")
+            });
+        device_ok(self.dev.add_assign(&mut self.data, &other.data));
+    }
+    fn scale_by(&mut self, factor: f64) {
+        device_ok(self.dev.scale(&mut self.data, factor));
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// The value of a device call inside a backward pass, or a panic with the
+/// device's message (a backward closure has no error channel).
+#[track_caller]
+pub(crate) fn device_ok<R>(r: Result<R, zerfoo_kernels::DeviceError>) -> R {
+    r.unwrap_or_else(|e| panic!("{}", crate::Error::from(e)))
+}
+
+/// Type-erased gradient buffers, keyed by tensor id. Each is contiguous
+/// storage of the tensor's own device and dtype.
 #[derive(Default)]
 pub struct GradStore {
-    grads: HashMap<TensorId, Box<dyn Any + Send + Sync>>,
+    grads: HashMap<TensorId, Box<dyn GradBuf>>,
 }
 
 impl GradStore {
-    /// Removes and returns the gradient of `id`.
-    pub(crate) fn take<E: 'static>(&mut self, id: TensorId) -> Option<Vec<E>> {
-        let b = self.grads.remove(&id)?;
-        Some(*b.downcast::<Vec<E>>().unwrap_or_else(|_| {
-            panic!("internal error: gradient of {id:?} stored with another dtype")
-        }))
+    /// Removes and returns the gradient of `id` (a CPU tensor's).
+    pub(crate) fn take<E: FloatDtype>(&mut self, id: TensorId) -> Option<Vec<E>> {
+        self.take_on::<Cpu, E>(id)
     }
 
-    /// Adds `grad` to the gradient of `id`.
+    /// Removes and returns the gradient of `id`, on its device `D`.
+    pub(crate) fn take_on<D: Backend, E: FloatDtype>(
+        &mut self,
+        id: TensorId,
+    ) -> Option<D::Storage<E>> {
+        let b = self.grads.remove(&id)?;
+        Some(
+            b.into_any()
+                .downcast::<Grad<D, E>>()
+                .unwrap_or_else(|_| {
+                    panic!("internal error: gradient of {id:?} stored with another device or dtype")
+                })
+                .data,
+        )
+    }
+
+    /// Adds `grad` to the gradient of `id` (a CPU tensor's).
     pub(crate) fn accumulate<E: FloatDtype>(&mut self, id: TensorId, grad: Vec<E>) {
+        self.accumulate_on(&Cpu, id, grad)
+    }
+
+    /// Adds `grad` (contiguous, on `dev`) to the gradient of `id`.
+    pub(crate) fn accumulate_on<D: Backend, E: FloatDtype>(
+        &mut self,
+        dev: &D,
+        id: TensorId,
+        grad: D::Storage<E>,
+    ) {
         match self.grads.get_mut(&id) {
             Some(b) => {
                 let acc = b
-                    .downcast_mut::<Vec<E>>()
-                    .expect("internal error: gradient dtype changed");
-                debug_assert_eq!(acc.len(), grad.len());
-                zerfoo_kernels::cpu::simd::vectorized(
-                    #[inline(always)]
-                    || {
-                        for (a, g) in acc.iter_mut().zip(&grad) {
-                            *a = E::from_acc(a.to_acc() + g.to_acc());
-                        }
-                    },
-                );
+                    .as_any_mut()
+                    .downcast_mut::<Grad<D, E>>()
+                    .expect("internal error: gradient device or dtype changed");
+                debug_assert_eq!(D::storage_len(&acc.data), D::storage_len(&grad));
+                device_ok(dev.add_assign(&mut acc.data, &grad));
             }
             None => {
-                self.grads.insert(id, Box::new(grad));
+                let g = Grad {
+                    dev: dev.clone(),
+                    data: grad,
+                };
+                self.grads.insert(id, Box::new(g));
             }
         }
     }
@@ -184,19 +256,42 @@ impl GradStore {
     /// The gradient buffer of `id` (`len` zeros if it has none yet), for a
     /// backward that adds into part of it (narrow, split).
     pub(crate) fn grad_mut<E: FloatDtype>(&mut self, id: TensorId, len: usize) -> &mut Vec<E> {
-        let b = self
-            .grads
-            .entry(id)
-            .or_insert_with(|| Box::new(vec![E::from_f64(0.0); len]));
-        let v = b
-            .downcast_mut::<Vec<E>>()
-            .expect("internal error: gradient dtype changed");
-        debug_assert_eq!(v.len(), len);
-        v
+        self.grad_mut_on(&Cpu, id, len)
     }
 
-    fn get<E: 'static>(&self, id: TensorId) -> Option<&Vec<E>> {
-        self.grads.get(&id).and_then(|b| b.downcast_ref::<Vec<E>>())
+    /// [`GradStore::grad_mut`] on device `dev`.
+    pub(crate) fn grad_mut_on<D: Backend, E: FloatDtype>(
+        &mut self,
+        dev: &D,
+        id: TensorId,
+        len: usize,
+    ) -> &mut D::Storage<E> {
+        let b = self.grads.entry(id).or_insert_with(|| {
+            Box::new(Grad::<D, E> {
+                dev: dev.clone(),
+                data: device_ok(dev.zeros::<E>(len)),
+            })
+        });
+        let g = b
+            .as_any_mut()
+            .downcast_mut::<Grad<D, E>>()
+            .expect("internal error: gradient device or dtype changed");
+        debug_assert_eq!(D::storage_len(&g.data), len);
+        &mut g.data
+    }
+
+    fn get<D: Backend, E: FloatDtype>(&self, id: TensorId) -> Option<&D::Storage<E>> {
+        self.grads
+            .get(&id)
+            .and_then(|b| b.as_any().downcast_ref::<Grad<D, E>>())
+            .map(|g| &g.data)
+    }
+
+    fn get_mut<D: Backend, E: FloatDtype>(&mut self, id: TensorId) -> Option<&mut D::Storage<E>> {
+        self.grads
+            .get_mut(&id)
+            .and_then(|b| b.as_any_mut().downcast_mut::<Grad<D, E>>())
+            .map(|g| &mut g.data)
     }
 }
 
@@ -207,31 +302,45 @@ pub struct Gradients {
 }
 
 impl Gradients {
-    /// The gradient of `t`, shaped like `t`, or `None` if `t` did not take part.
-    pub fn get<S: Shape, E: FloatDtype, T>(
+    /// The gradient of `t`, shaped like `t` (a copy, on `t`'s device), or
+    /// `None` if `t` did not take part.
+    pub fn get<S: Shape, E: FloatDtype, D: Backend, T>(
         &self,
-        t: &Tensor<S, E, Cpu, T>,
-    ) -> Option<Tensor<S, E, Cpu, NoTape>> {
-        let v = self.store.get::<E>(t.id())?;
-        Some(Tensor::from_contiguous(t.shape(), v.clone()))
+        t: &Tensor<S, E, D, T>,
+    ) -> Option<Tensor<S, E, D, NoTape>> {
+        let g = self.store.get::<D, E>(t.id())?;
+        let l = zerfoo_kernels::Layout::contiguous(&t.dims());
+        let data = device_ok(t.device.contiguous(g, &l));
+        Some(Tensor::from_storage(t.shape(), data, t.device.clone()))
     }
 
-    /// The gradient of the tensor with this id, as a flat row-major vector.
+    /// The gradient of the tensor with this id on device `D`, as contiguous
+    /// storage.
+    pub fn get_storage<D: Backend, E: FloatDtype>(&self, id: TensorId) -> Option<&D::Storage<E>> {
+        self.store.get::<D, E>(id)
+    }
+
+    /// The gradient of the tensor with this id on device `D`, mutably.
+    pub fn get_storage_mut<D: Backend, E: FloatDtype>(
+        &mut self,
+        id: TensorId,
+    ) -> Option<&mut D::Storage<E>> {
+        self.store.get_mut::<D, E>(id)
+    }
+
+    /// The gradient of the CPU tensor with this id, as a flat row-major vector.
     pub fn get_vec<E: FloatDtype>(&self, id: TensorId) -> Option<&[E]> {
-        self.store.get::<E>(id).map(|v| v.as_slice())
+        self.store.get::<Cpu, E>(id).map(|v| v.as_slice())
     }
 
-    /// The gradient of the tensor with this id, mutably (e.g. for clipping).
+    /// The gradient of the CPU tensor with this id, mutably (e.g. for clipping).
     pub fn get_vec_mut<E: FloatDtype>(&mut self, id: TensorId) -> Option<&mut Vec<E>> {
-        self.store
-            .grads
-            .get_mut(&id)
-            .and_then(|b| b.downcast_mut::<Vec<E>>())
+        self.store.get_mut::<Cpu, E>(id)
     }
 
-    /// Adds `scale * grad` to the gradient of `id` (creating it if absent),
-    /// in the dtype's compute type, rounding once per element. Gradient
-    /// accumulation over micro-batches uses it with `scale = 1 / accum`.
+    /// Adds `scale * grad` to the gradient of the CPU tensor `id` (creating
+    /// it if absent), in the dtype's compute type, rounding once per element.
+    /// Gradient accumulation over micro-batches uses it with `scale = 1 / accum`.
     pub fn accumulate_scaled<E: FloatDtype>(&mut self, id: TensorId, grad: &[E], scale: f64) {
         let s = <E::Acc as zerfoo_kernels::Real>::of_f64(scale);
         match self.get_vec_mut::<E>(id) {
@@ -247,14 +356,22 @@ impl Gradients {
                 } else {
                     grad.iter().map(|g| E::from_acc(g.to_acc() * s)).collect()
                 };
-                self.store.grads.insert(id, Box::new(v));
+                self.store.accumulate(id, v);
             }
         }
     }
 
-    /// Removes the gradient of `id` and returns it.
+    /// Removes the gradient of the CPU tensor `id` and returns it.
     pub fn remove<E: FloatDtype>(&mut self, id: TensorId) -> Option<Vec<E>> {
         self.store.take::<E>(id)
+    }
+
+    /// Removes the gradient of the tensor `id` on device `D` and returns it.
+    pub fn remove_storage<D: Backend, E: FloatDtype>(
+        &mut self,
+        id: TensorId,
+    ) -> Option<D::Storage<E>> {
+        self.store.take_on::<D, E>(id)
     }
 
     /// The ids that have a gradient.
@@ -298,7 +415,7 @@ impl Gradients {
     pub fn accumulate(&mut self, other: Gradients) {
         for (id, g) in other.store.grads {
             match self.store.grads.get_mut(&id) {
-                Some(acc) => add_boxed(id, acc, g),
+                Some(acc) => acc.add_boxed(id, g),
                 None => {
                     self.store.grads.insert(id, g);
                 }
@@ -307,10 +424,11 @@ impl Gradients {
     }
 
     /// Multiplies every gradient by `factor` (e.g. `1 / micro_batches` to
-    /// average an accumulated sum), rounding once per element.
+    /// average an accumulated sum), in the compute type, rounding once per
+    /// element.
     pub fn scale(&mut self, factor: f64) {
-        for (id, g) in self.store.grads.iter_mut() {
-            scale_boxed(*id, g, factor);
+        for g in self.store.grads.values_mut() {
+            g.scale_by(factor);
         }
     }
 }
@@ -319,47 +437,6 @@ impl Default for Gradients {
     fn default() -> Self {
         Gradients::new()
     }
-}
-
-/// Runs `$body` with `$v` bound to the `&mut Vec<$t>` inside `$b` for the
-/// float dtype it holds.
-macro_rules! with_float_vec {
-    ($id:expr, $b:expr, |$v:ident: $t:ident| $body:block) => {{
-        use zerfoo_kernels::{bf16, f16, F8E4M3, F8E5M2};
-        let b: &mut (dyn Any + Send + Sync) = $b;
-        with_float_vec!(@try b, $v, $t, $body, f64, f32, bf16, f16, F8E4M3, F8E5M2);
-        panic!("internal error: gradient of {:?} has no float dtype", $id);
-    }};
-    (@try $b:ident, $v:ident, $t:ident, $body:block, $($ty:ty),*) => {
-        $(
-            if let Some($v) = $b.downcast_mut::<Vec<$ty>>() {
-                #[allow(dead_code)]
-                type $t = $ty;
-                $body
-                return;
-            }
-        )*
-    };
-}
-
-fn add_boxed(id: TensorId, acc: &mut Box<dyn Any + Send + Sync>, g: Box<dyn Any + Send + Sync>) {
-    with_float_vec!(id, acc.as_mut(), |a: E| {
-        let g = g
-            .downcast::<Vec<E>>()
-            .unwrap_or_else(|_| panic!("internal error: gradient of {id:?} changed dtype"));
-        for (x, y) in a.iter_mut().zip(g.iter()) {
-            *x = E::from_acc(x.to_acc() + y.to_acc());
-        }
-    })
-}
-
-fn scale_boxed(id: TensorId, g: &mut Box<dyn Any + Send + Sync>, factor: f64) {
-    use zerfoo_kernels::Dtype;
-    with_float_vec!(id, g.as_mut(), |v: E| {
-        for x in v.iter_mut() {
-            *x = E::from_f64(x.to_f64() * factor);
-        }
-    })
 }
 
 /// Records an op whose output has id `out` and whose inputs carry `tapes`.
@@ -382,9 +459,14 @@ pub(crate) fn record<T: TapeState>(
 }
 
 /// Runs backward from a scalar with id `root_id` produced by `root`.
-pub(crate) fn run_backward<E: FloatDtype>(root_id: TensorId, root: Option<Arc<Node>>) -> Gradients {
+pub(crate) fn run_backward<D: Backend, E: FloatDtype>(
+    dev: &D,
+    root_id: TensorId,
+    root: Option<Arc<Node>>,
+) -> Gradients {
     let mut store = GradStore::default();
-    store.accumulate::<E>(root_id, vec![E::from_acc(num_traits::One::one())]);
+    let one = device_ok(dev.from_host(vec![E::from_acc(num_traits::One::one())]));
+    store.accumulate_on::<D, E>(dev, root_id, one);
     let mut nodes: BTreeMap<TensorId, Arc<Node>> = BTreeMap::new();
     let mut stack: Vec<Arc<Node>> = root.into_iter().collect();
     while let Some(n) = stack.pop() {

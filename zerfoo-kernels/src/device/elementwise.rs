@@ -75,8 +75,11 @@ pub trait ElementwiseKernels: Device {
     ) -> Result<(), DeviceError>;
 
     /// `x *= factor` in place, in the compute type, rounding once.
-    fn scale<E: FloatDtype>(&self, x: &mut Self::Storage<E>, factor: f64)
-        -> Result<(), DeviceError>;
+    fn scale<E: FloatDtype>(
+        &self,
+        x: &mut Self::Storage<E>,
+        factor: f64,
+    ) -> Result<(), DeviceError>;
 
     /// `len` zeros.
     fn zeros<E: FloatDtype>(&self, len: usize) -> Result<Self::Storage<E>, DeviceError>;

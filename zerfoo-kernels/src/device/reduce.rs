@@ -79,7 +79,9 @@ impl ReduceKernels for Cpu {
     ) -> Result<Vec<E>, DeviceError> {
         let l = crate::cpu::reduce::expand_layout(dims, axes);
         let s = E::Acc::of_f64(scale);
-        Ok(crate::cpu::map(grad_y, &l, |v: E| E::from_acc(v.to_acc() * s)))
+        Ok(crate::cpu::map(grad_y, &l, |v: E| {
+            E::from_acc(v.to_acc() * s)
+        }))
     }
 
     fn extreme_axes<E: FloatDtype, const MAX: bool>(

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 
 use zerfoo_kernels::cpu::binary::{self as k, BinaryOp};
-use zerfoo_kernels::{Cpu, Device, Dtype, FloatDtype, Layout};
+use zerfoo_kernels::{Backend, Device, Dtype, FloatDtype, Layout};
 
-use crate::autograd::{record, Merge, TapeState, TensorId};
+use crate::autograd::{device_ok, record, Merge, TapeState, TensorId};
 use crate::error::or_panic;
 use crate::shape::{SameShape, Shape};
 use crate::tensor::Tensor;
@@ -36,13 +36,13 @@ impl<E: Dtype, Op> SameDtype<E, Op> for E {
     }
 }
 
-impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
+impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
     /// Runs a [`BinaryOp`] on two same-shaped tensors and records its backward.
     pub(crate) fn try_binary_op<O: BinaryOp, S2: Shape, T2: TapeState>(
         self,
-        rhs: Tensor<S2, E, Cpu, T2>,
+        rhs: Tensor<S2, E, D, T2>,
         op: O,
-    ) -> Result<Tensor<S, E, Cpu, <T as Merge<T2>>::Out>>
+    ) -> Result<Tensor<S, E, D, <T as Merge<T2>>::Out>>
     where
         T: Merge<T2>,
     {
@@ -53,17 +53,25 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
                 rhs: rhs.layout.shape().to_vec(),
             });
         }
-        let y = k::binary_forward(op, &self.data, &self.layout, &rhs.data, &rhs.layout);
+        let y = self
+            .device
+            .binary_forward(op, &self.data, &self.layout, &rhs.data, &rhs.layout)?;
         let out_id = TensorId::fresh();
         type Out<T, T2> = <T as Merge<T2>>::Out;
         let tape = if Out::<T, T2>::TRACKED {
             let (a, la, ida) = (self.data.clone(), self.layout, self.id);
             let (b, lb, idb) = (rhs.data.clone(), rhs.layout, rhs.id);
+            let dev = self.device.clone();
             record::<Out<T, T2>>(out_id, &[self.tape.node(), rhs.tape.node()], move |g| {
-                if let Some(gy) = g.take::<E>(out_id) {
-                    let (ga, gb) = k::binary_backward(op, &a, &la, &b, &lb, gy, (true, true));
-                    g.accumulate(ida, ga);
-                    g.accumulate(idb, gb);
+                if let Some(gy) = g.take_on::<D, E>(out_id) {
+                    let (ga, gb) =
+                        device_ok(dev.binary_backward(op, &a, &la, &b, &lb, gy, (true, true)));
+                    if let Some(ga) = ga {
+                        g.accumulate_on(&dev, ida, ga);
+                    }
+                    if let Some(gb) = gb {
+                        g.accumulate_on(&dev, idb, gb);
+                    }
                 }
             })
         } else {
@@ -75,14 +83,14 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
             data: Arc::new(y),
             id: out_id,
             tape,
-            device: Cpu,
+            device: self.device,
         })
     }
 }
 
-/// The right operand of an elementwise op on a `Tensor<S, E, Cpu, _>`: a CPU
-/// tensor whose shape equals `S` by value ([`SameShape`]) and whose dtype is
-/// `E` ([`SameDtype`]).
+/// The right operand of an elementwise op on a `Tensor<S, E, D, _>`: a
+/// tensor on the same device type `D` whose shape equals `S` by value
+/// ([`SameShape`]) and whose dtype is `E` ([`SameDtype`]).
 ///
 /// The binary methods take their operand as one type `R: ElementwiseRhs<..>`
 /// rather than as `Tensor<S2, E2, ..>` with bounds on `S2` and `E2`: with the
@@ -92,27 +100,28 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
 /// known, a mismatch reports the shape or dtype diagnostic instead, and an
 /// operand whose dtype is still open (`Tensor::ones(shape)`) is still
 /// inferred to be `E`.
-pub trait ElementwiseRhs<S: Shape, E: Dtype, Op> {
+pub trait ElementwiseRhs<S: Shape, E: Dtype, D: Device, Op> {
     /// The operand's shape type.
     type Shape: Shape;
     /// The operand's tape.
     type Tape: TapeState;
     /// The operand, its dtype spelled `E`.
-    fn into_rhs(self) -> Tensor<Self::Shape, E, Cpu, Self::Tape>;
+    fn into_rhs(self) -> Tensor<Self::Shape, E, D, Self::Tape>;
 }
 
-impl<S, S2, E, E2, T2, Op> ElementwiseRhs<S, E, Op> for Tensor<S2, E2, Cpu, T2>
+impl<S, S2, E, E2, D, T2, Op> ElementwiseRhs<S, E, D, Op> for Tensor<S2, E2, D, T2>
 where
     S: Shape + SameShape<S2, Op>,
     S2: Shape,
     E: SameDtype<E2, Op>,
     E2: Dtype,
+    D: Device,
     T2: TapeState,
 {
     type Shape = S2;
     type Tape = T2;
     #[inline]
-    fn into_rhs(self) -> Tensor<S2, E, Cpu, T2> {
+    fn into_rhs(self) -> Tensor<S2, E, D, T2> {
         E::same(self)
     }
 }
@@ -120,14 +129,11 @@ where
 macro_rules! binary_method {
     ($try_name:ident, $name:ident, $kop:ident, $marker:ident, $doc:literal) => {
         #[allow(clippy::should_implement_trait)] // the std operator traits are implemented too, below
-        impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
+        impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
             #[doc = concat!($doc, " Fails if a `Dyn` dim differs at run time.")]
-            pub fn $try_name<R>(
-                self,
-                rhs: R,
-            ) -> Result<Tensor<S, E, Cpu, <T as Merge<R::Tape>>::Out>>
+            pub fn $try_name<R>(self, rhs: R) -> Result<Tensor<S, E, D, <T as Merge<R::Tape>>::Out>>
             where
-                R: ElementwiseRhs<S, E, super::$marker>,
+                R: ElementwiseRhs<S, E, D, super::$marker>,
                 T: Merge<R::Tape>,
             {
                 self.try_binary_op(rhs.into_rhs(), k::$kop)
@@ -135,9 +141,9 @@ macro_rules! binary_method {
             #[doc = concat!($doc, " Panics if a `Dyn` dim differs at run time.")]
             #[track_caller]
             #[allow(clippy::should_implement_trait)] // the operators are implemented too
-            pub fn $name<R>(self, rhs: R) -> Tensor<S, E, Cpu, <T as Merge<R::Tape>>::Out>
+            pub fn $name<R>(self, rhs: R) -> Tensor<S, E, D, <T as Merge<R::Tape>>::Out>
             where
-                R: ElementwiseRhs<S, E, super::$marker>,
+                R: ElementwiseRhs<S, E, D, super::$marker>,
                 T: Merge<R::Tape>,
             {
                 or_panic(self.$try_name(rhs))
@@ -180,18 +186,19 @@ binary_method!(try_pow, pow, PowOp, Power, "Elementwise `self ^ rhs`.");
 
 macro_rules! binary_std_op {
     ($tr:ident, $m:ident, $marker:ident) => {
-        impl<S, S2, E, E2, T, T2> core::ops::$tr<Tensor<S2, E2, Cpu, T2>> for Tensor<S, E, Cpu, T>
+        impl<S, S2, E, E2, D, T, T2> core::ops::$tr<Tensor<S2, E2, D, T2>> for Tensor<S, E, D, T>
         where
             S: Shape + SameShape<S2, super::$marker>,
             S2: Shape,
             E: FloatDtype + SameDtype<E2, super::$marker>,
             E2: FloatDtype,
+            D: Backend,
             T: TapeState + Merge<T2>,
             T2: TapeState,
         {
-            type Output = Tensor<S, E, Cpu, <T as Merge<T2>>::Out>;
+            type Output = Tensor<S, E, D, <T as Merge<T2>>::Out>;
             #[track_caller]
-            fn $m(self, rhs: Tensor<S2, E2, Cpu, T2>) -> Self::Output {
+            fn $m(self, rhs: Tensor<S2, E2, D, T2>) -> Self::Output {
                 Tensor::$m(self, rhs)
             }
         }

@@ -1,17 +1,15 @@
 //! Explicit broadcasting: a stride-0 view along new axes checked at compile
 //! time. Its backward sums the gradient over those axes.
 
-use num_traits::Zero;
-use zerfoo_kernels::cpu::reduce as k;
-use zerfoo_kernels::{Cpu, FloatDtype};
+use zerfoo_kernels::{Backend, FloatDtype};
 
-use crate::autograd::{record, TapeState, TensorId};
+use crate::autograd::{device_ok, record, TapeState, TensorId};
 use crate::error::or_panic;
 use crate::shape::{HasAxes, SameShape, Shape};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
-impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
+impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
     /// Repeats this tensor along the new axes `Ax` of `dst` (a view, no copy).
     /// `dst` without the axes `Ax` must equal this tensor's shape; a `Dyn`
     /// mismatch is an error.
@@ -22,7 +20,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     /// let b = bias.broadcast::<_, Axis<0>>((Dyn(2), U3::default()));
     /// assert_eq!(b.to_vec(), [1., 2., 3., 1., 2., 3.]);
     /// ```
-    pub fn try_broadcast<Dst, Ax>(self, dst: Dst) -> Result<Tensor<Dst, E, Cpu, T>>
+    pub fn try_broadcast<Dst, Ax>(self, dst: Dst) -> Result<Tensor<Dst, E, D, T>>
     where
         Dst: HasAxes<Ax>,
         S: SameShape<Dst::Reduced, super::Broadcast>,
@@ -48,18 +46,12 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
         let layout = self.layout.with_dims(&dims, &strides[..dims.len()]);
         let out_id = TensorId::fresh();
         let in_id = self.id;
+        let dev = self.device.clone();
         let tape = record::<T>(out_id, &[self.tape.node()], move |g| {
-            if let Some(gy) = g.take::<E>(out_id) {
+            if let Some(gy) = g.take_on::<D, E>(out_id) {
                 let l = zerfoo_kernels::Layout::contiguous(&dims);
-                let gx = k::reduce_axes(
-                    &gy,
-                    &l,
-                    axes,
-                    E::Acc::zero(),
-                    |a, x: E| a + x.to_acc(),
-                    |a, _| E::from_acc(a),
-                );
-                g.accumulate(in_id, gx);
+                let gx = device_ok(dev.sum_axes(&gy, &l, axes, 1.0));
+                g.accumulate_on(&dev, in_id, gx);
             }
         });
         Ok(Tensor {
@@ -68,13 +60,13 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
             data: self.data,
             id: out_id,
             tape,
-            device: Cpu,
+            device: self.device,
         })
     }
 
     /// Panicking twin of [`try_broadcast`](Self::try_broadcast).
     #[track_caller]
-    pub fn broadcast<Dst, Ax>(self, dst: Dst) -> Tensor<Dst, E, Cpu, T>
+    pub fn broadcast<Dst, Ax>(self, dst: Dst) -> Tensor<Dst, E, D, T>
     where
         Dst: HasAxes<Ax>,
         S: SameShape<Dst::Reduced, super::Broadcast>,
@@ -86,8 +78,8 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     #[track_caller]
     pub fn broadcast_like<Dst, Ax, E2: FloatDtype, T2>(
         self,
-        other: &Tensor<Dst, E2, Cpu, T2>,
-    ) -> Tensor<Dst, E, Cpu, T>
+        other: &Tensor<Dst, E2, D, T2>,
+    ) -> Tensor<Dst, E, D, T>
     where
         Dst: HasAxes<Ax>,
         S: SameShape<Dst::Reduced, super::Broadcast>,

@@ -5,18 +5,14 @@
 
 use std::sync::Arc;
 
-use num_traits::Zero;
-use zerfoo_kernels::cpu::{self, reduce as k};
-use zerfoo_kernels::{Cpu, FloatDtype, Layout, Real};
+use zerfoo_kernels::cpu::reduce as k;
+use zerfoo_kernels::{Backend, Cpu, FloatDtype, Layout};
 
-use crate::autograd::{record, NoTape, TapeState, TensorId};
+use crate::autograd::{device_ok, record, NoTape, TapeState, TensorId};
 use crate::shape::{HasAxes, Shape};
 use crate::tensor::Tensor;
 
-// Reads a reduced (contiguous, kept-shaped) buffer as the full dims.
-pub(crate) use k::expand_layout;
-
-impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
+impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
     /// `scale * sum` over `axes`, producing shape `out`; backward spreads the
     /// gradient back over the reduced axes.
     pub(crate) fn sum_axes_scaled<S2: Shape>(
@@ -24,29 +20,20 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
         axes: &'static [usize],
         out: S2,
         scale_by_count: bool,
-    ) -> Tensor<S2, E, Cpu, T> {
+    ) -> Tensor<S2, E, D, T> {
         let count: usize = axes.iter().map(|&a| self.layout.shape()[a]).product();
         let scale = if scale_by_count {
             1.0 / count.max(1) as f64
         } else {
             1.0
         };
-        let y: Vec<E> = k::reduce_axes(
-            &self.data,
-            &self.layout,
-            axes,
-            E::Acc::zero(),
-            |a, x: E| a + x.to_acc(),
-            |a, _| E::from_acc(a * E::Acc::of_f64(scale)),
-        );
+        let y = device_ok(self.device.sum_axes(&self.data, &self.layout, axes, scale));
         let out_id = TensorId::fresh();
-        let (in_id, dims) = (self.id, self.shape.dims());
+        let (in_id, dims, dev) = (self.id, self.shape.dims(), self.device.clone());
         let tape = record::<T>(out_id, &[self.tape.node()], move |g| {
-            if let Some(gy) = g.take::<E>(out_id) {
-                let l = expand_layout(&dims, axes);
-                let s = E::Acc::of_f64(scale);
-                let gx = cpu::map(&gy, &l, |v: E| E::from_acc(v.to_acc() * s));
-                g.accumulate(in_id, gx);
+            if let Some(gy) = g.take_on::<D, E>(out_id) {
+                let gx = device_ok(dev.sum_backward(&gy, &dims, axes, scale));
+                g.accumulate_on(&dev, in_id, gx);
             }
         });
         Tensor {
@@ -55,7 +42,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
             data: Arc::new(y),
             id: out_id,
             tape,
-            device: Cpu,
+            device: self.device,
         }
     }
 
@@ -66,7 +53,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     /// let x = Tensor::<(U2, U3), f32>::from_vec(Default::default(), vec![1., 2., 3., 4., 5., 6.]).unwrap();
     /// assert_eq!(x.sum::<Axis<1>>().to_vec(), [6., 15.]);
     /// ```
-    pub fn sum<Ax>(self) -> Tensor<S::Reduced, E, Cpu, T>
+    pub fn sum<Ax>(self) -> Tensor<S::Reduced, E, D, T>
     where
         S: HasAxes<Ax>,
     {
@@ -75,7 +62,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     }
 
     /// Mean over the axes `Ax`.
-    pub fn mean<Ax>(self) -> Tensor<S::Reduced, E, Cpu, T>
+    pub fn mean<Ax>(self) -> Tensor<S::Reduced, E, D, T>
     where
         S: HasAxes<Ax>,
     {
@@ -84,12 +71,12 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     }
 
     /// Sum of every element (a scalar).
-    pub fn sum_all(self) -> Tensor<(), E, Cpu, T> {
+    pub fn sum_all(self) -> Tensor<(), E, D, T> {
         self.sum_axes_scaled(ALL_AXES[S::RANK], (), false)
     }
 
     /// Mean of every element (a scalar).
-    pub fn mean_all(self) -> Tensor<(), E, Cpu, T> {
+    pub fn mean_all(self) -> Tensor<(), E, D, T> {
         self.sum_axes_scaled(ALL_AXES[S::RANK], (), true)
     }
 }
@@ -111,23 +98,28 @@ fn reduced_tensor<S2: Shape, E: FloatDtype, T>(
     }
 }
 
-impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
+impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
     /// Max (`MAX = true`) or min over `axes`; backward splits the gradient
     /// evenly among the elements equal to the result.
     fn extreme_axes<S2: Shape, const MAX: bool>(
         self,
         axes: &'static [usize],
         out: S2,
-    ) -> Tensor<S2, E, Cpu, T> {
-        let (y, counts) = k::extreme_axes::<E, MAX>(&self.data, &self.layout, axes);
+    ) -> Tensor<S2, E, D, T> {
+        let (y, counts) = device_ok(self.device.extreme_axes::<E, MAX>(
+            &self.data,
+            &self.layout,
+            axes,
+        ));
         let out_id = TensorId::fresh();
         let y = Arc::new(y);
         let tape = if T::TRACKED {
             let (x, lx, in_id, y_saved) = (self.data.clone(), self.layout, self.id, y.clone());
+            let dev = self.device.clone();
             record::<T>(out_id, &[self.tape.node()], move |g| {
-                if let Some(gy) = g.take::<E>(out_id) {
-                    let gx = k::extreme_backward(&x, &lx, axes, &y_saved, &counts, &gy);
-                    g.accumulate(in_id, gx);
+                if let Some(gy) = g.take_on::<D, E>(out_id) {
+                    let gx = device_ok(dev.extreme_backward(&x, &lx, axes, &y_saved, &counts, &gy));
+                    g.accumulate_on(&dev, in_id, gx);
                 }
             })
         } else {
@@ -139,7 +131,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
             data: y,
             id: out_id,
             tape,
-            device: Cpu,
+            device: self.device,
         }
     }
 
@@ -162,7 +154,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     /// let x: Tensor<(U2, U3), f32> = Tensor::zeros(Default::default());
     /// let _ = x.max::<Axis<2>>(); // shape `(U2, U3)` has no axis `Axis<2>`
     /// ```
-    pub fn max<Ax>(self) -> Tensor<S::Reduced, E, Cpu, T>
+    pub fn max<Ax>(self) -> Tensor<S::Reduced, E, D, T>
     where
         S: HasAxes<Ax>,
     {
@@ -172,7 +164,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
 
     /// Minimum over the axes `Ax`. NaN propagates; ties share the gradient
     /// evenly (PyTorch's `amin` rule).
-    pub fn min<Ax>(self) -> Tensor<S::Reduced, E, Cpu, T>
+    pub fn min<Ax>(self) -> Tensor<S::Reduced, E, D, T>
     where
         S: HasAxes<Ax>,
     {
@@ -181,15 +173,17 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     }
 
     /// Maximum of every element (a scalar); ties share the gradient evenly.
-    pub fn max_all(self) -> Tensor<(), E, Cpu, T> {
+    pub fn max_all(self) -> Tensor<(), E, D, T> {
         self.extreme_axes::<_, true>(ALL_AXES[S::RANK], ())
     }
 
     /// Minimum of every element (a scalar); ties share the gradient evenly.
-    pub fn min_all(self) -> Tensor<(), E, Cpu, T> {
+    pub fn min_all(self) -> Tensor<(), E, D, T> {
         self.extreme_axes::<_, false>(ALL_AXES[S::RANK], ())
     }
+}
 
+impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     /// Variance over the axes `Ax`: `sum((x - mean)^2) / (n - correction)`.
     /// `correction = 1` is PyTorch's unbiased default, `0` the biased
     /// (population) variance. Computed in one pass (Welford) in the compute

@@ -4,24 +4,27 @@
 
 use std::sync::Arc;
 
-use zerfoo_kernels::cpu::softmax as k;
-use zerfoo_kernels::{Cpu, FloatDtype, Layout};
+use zerfoo_kernels::{Backend, FloatDtype, Layout};
 
-use crate::autograd::{record, TapeState, TensorId};
+use crate::autograd::{device_ok, record, TapeState, TensorId};
 use crate::shape::{HasAxes, Shape, SingleAxis};
 use crate::tensor::Tensor;
 
-impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
+impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
     fn softmax_op<const LOG: bool>(self, axis: usize) -> Self {
-        let y = Arc::new(k::softmax_forward::<E, LOG>(&self.data, &self.layout, axis));
+        let y = device_ok(
+            self.device
+                .softmax_forward::<E, LOG>(&self.data, &self.layout, axis),
+        );
+        let y = Arc::new(y);
         let out_id = TensorId::fresh();
         let dims = self.shape.dims();
         let tape = if T::TRACKED {
-            let (y_saved, in_id) = (y.clone(), self.id);
+            let (y_saved, in_id, dev) = (y.clone(), self.id, self.device.clone());
             record::<T>(out_id, &[self.tape.node()], move |g| {
-                if let Some(gy) = g.take::<E>(out_id) {
-                    let gx = k::softmax_backward::<E, LOG>(&y_saved, &gy, &dims, axis);
-                    g.accumulate(in_id, gx);
+                if let Some(gy) = g.take_on::<D, E>(out_id) {
+                    let gx = device_ok(dev.softmax_backward::<E, LOG>(&y_saved, &gy, &dims, axis));
+                    g.accumulate_on(&dev, in_id, gx);
                 }
             })
         } else {
@@ -33,7 +36,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
             data: y,
             id: out_id,
             tape,
-            device: Cpu,
+            device: self.device,
         }
     }
 

@@ -3,26 +3,27 @@
 use std::sync::Arc;
 
 use zerfoo_kernels::cpu::unary::{self as k, UnaryOp};
-use zerfoo_kernels::{Cpu, FloatDtype, Layout};
+use zerfoo_kernels::{Backend, FloatDtype, Layout};
 
-use crate::autograd::{record, TapeState, TensorId};
+use crate::autograd::{device_ok, record, TapeState, TensorId};
 use crate::shape::Shape;
 use crate::tensor::Tensor;
 
 // `neg` is also `std::ops::Neg`, implemented below.
 #[allow(clippy::should_implement_trait)]
-impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
+impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
     /// Applies an elementwise [`UnaryOp`] and records its backward.
     pub(crate) fn unary_op<O: UnaryOp>(self, op: O) -> Self {
-        let y = k::unary_forward(op, &self.data, &self.layout);
+        let y = device_ok(self.device.unary_forward(op, &self.data, &self.layout));
         let out_id = TensorId::fresh();
         let y = Arc::new(y);
         let tape = if T::TRACKED {
             let (x, lx, y_saved, in_id) = (self.data.clone(), self.layout, y.clone(), self.id);
+            let dev = self.device.clone();
             record::<T>(out_id, &[self.tape.node()], move |g| {
-                if let Some(gy) = g.take::<E>(out_id) {
-                    let gx = k::unary_backward(op, &x, &lx, &y_saved, &gy);
-                    g.accumulate(in_id, gx);
+                if let Some(gy) = g.take_on::<D, E>(out_id) {
+                    let gx = device_ok(dev.unary_backward(op, &x, &lx, &y_saved, &gy));
+                    g.accumulate_on(&dev, in_id, gx);
                 }
             })
         } else {
@@ -34,7 +35,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
             data: y,
             id: out_id,
             tape,
-            device: Cpu,
+            device: self.device,
         }
     }
 
@@ -141,7 +142,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     }
 }
 
-impl<S: Shape, E: FloatDtype, T: TapeState> core::ops::Neg for Tensor<S, E, Cpu, T> {
+impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> core::ops::Neg for Tensor<S, E, D, T> {
     type Output = Self;
     fn neg(self) -> Self {
         Tensor::neg(self)
@@ -150,7 +151,9 @@ impl<S: Shape, E: FloatDtype, T: TapeState> core::ops::Neg for Tensor<S, E, Cpu,
 
 macro_rules! scalar_std_op {
     ($tr:ident, $m:ident, $call:ident) => {
-        impl<S: Shape, E: FloatDtype, T: TapeState> core::ops::$tr<f64> for Tensor<S, E, Cpu, T> {
+        impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> core::ops::$tr<f64>
+            for Tensor<S, E, D, T>
+        {
             type Output = Self;
             fn $m(self, c: f64) -> Self {
                 self.$call(c)

@@ -6,9 +6,9 @@ pub(crate) mod rng;
 
 use std::sync::Arc;
 
-use zerfoo_kernels::{cpu, Cpu, Device, Dtype, FloatDtype, Layout};
+use zerfoo_kernels::{Backend, Cpu, Device, Dtype, FloatDtype, Layout};
 
-use crate::autograd::{record, NoTape, Tape, TapeState, TensorId};
+use crate::autograd::{device_ok, record, NoTape, Tape, TapeState, TensorId};
 use crate::shape::{Dims, Shape};
 
 /// An n-dimensional array whose shape `S`, element type `E`, device `D` and
@@ -148,26 +148,49 @@ impl<S: Shape, E: Dtype> Tensor<S, E, Cpu, NoTape> {
     /// A tensor from row-major contiguous data; no length check (crate use).
     pub(crate) fn from_contiguous(shape: S, data: Vec<E>) -> Self {
         debug_assert_eq!(shape.numel(), data.len());
+        Tensor::from_storage(shape, data, Cpu)
+    }
+
+    /// Mutable access to the elements (copy-on-write: storage shared with
+    /// other tensors is copied first). The id is kept, so an in-place update
+    /// of a parameter keeps its gradient key.
+    pub fn data_mut(&mut self) -> &mut [E] {
+        if !self.layout.is_contiguous()
+            || self.layout.offset != 0
+            || self.data.len() != self.numel()
+        {
+            let v = self.to_vec();
+            self.data = Arc::new(v);
+            self.layout = Layout::contiguous(&self.shape.dims());
+        }
+        Arc::make_mut(&mut self.data).as_mut_slice()
+    }
+}
+
+impl<S: Shape, E: Dtype, D: Device> Tensor<S, E, D, NoTape> {
+    /// A tensor over row-major contiguous storage on `device` (crate use;
+    /// the storage length is the caller's promise).
+    pub(crate) fn from_storage(shape: S, data: D::Storage<E>, device: D) -> Self {
         Tensor {
             layout: Layout::contiguous(&shape.dims()),
             shape,
             data: Arc::new(data),
             id: TensorId::fresh(),
             tape: NoTape,
-            device: Cpu,
+            device,
         }
     }
 
     /// Starts recording: ops on the result (and on everything computed from
     /// it) are recorded, and `backward()` gives a gradient for this tensor.
-    pub fn traced(self) -> Tensor<S, E, Cpu, Tape> {
+    pub fn traced(self) -> Tensor<S, E, D, Tape> {
         Tensor {
             shape: self.shape,
             layout: self.layout,
             data: self.data,
             id: self.id,
             tape: Tape::default(),
-            device: self.device.clone(),
+            device: self.device,
         }
     }
 
@@ -188,7 +211,7 @@ impl<S: Shape, E: Dtype> Tensor<S, E, Cpu, NoTape> {
     /// let y = x.traced().matmul(w.retaped::<Tape>().t()).sum_all();
     /// assert!(y.backward().get(&w).is_some());
     /// ```
-    pub fn retaped<T: TapeState>(&self) -> Tensor<S, E, Cpu, T> {
+    pub fn retaped<T: TapeState>(&self) -> Tensor<S, E, D, T> {
         Tensor {
             shape: self.shape,
             layout: self.layout,
@@ -198,49 +221,77 @@ impl<S: Shape, E: Dtype> Tensor<S, E, Cpu, NoTape> {
             device: self.device.clone(),
         }
     }
+}
 
-    /// Mutable access to the elements (copy-on-write: storage shared with
-    /// other tensors is copied first). The id is kept, so an in-place update
-    /// of a parameter keeps its gradient key.
-    pub fn data_mut(&mut self) -> &mut [E] {
-        if !self.layout.is_contiguous()
-            || self.layout.offset != 0
-            || self.data.len() != self.numel()
-        {
-            let v = self.to_vec();
-            self.data = Arc::new(v);
-            self.layout = Layout::contiguous(&self.shape.dims());
-        }
-        Arc::make_mut(&mut self.data).as_mut_slice()
+impl<S: Shape, E: Dtype, T> Tensor<S, E, Cpu, T> {
+    /// A copy of this tensor on `device` (a fresh id, no tape: a new leaf,
+    /// as PyTorch's `x.to("cuda")` of a parameter before training), or the
+    /// device's error (no such GPU, out of memory).
+    ///
+    /// ```
+    /// use zerfoo::prelude::*;
+    /// let x: Tensor<(U2,), f32> = Tensor::ones(Default::default());
+    /// let y = x.try_to_device(&Cpu).unwrap();
+    /// assert_eq!(y.to_vec(), [1.0, 1.0]);
+    /// ```
+    pub fn try_to_device<D: Device>(&self, device: &D) -> crate::Result<Tensor<S, E, D, NoTape>> {
+        let data = device.from_host(self.to_vec())?;
+        Ok(Tensor::from_storage(self.shape, data, device.clone()))
+    }
+
+    /// Panicking twin of [`Tensor::try_to_device`].
+    #[track_caller]
+    pub fn to_device<D: Device>(&self, device: &D) -> Tensor<S, E, D, NoTape> {
+        crate::error::or_panic(self.try_to_device(device))
     }
 }
 
-impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
+impl<S: Shape, E: Dtype, D: Device, T> Tensor<S, E, D, T> {
+    /// A copy of this tensor in host memory (a fresh id, no tape), or the
+    /// device's error.
+    pub fn try_to_cpu(&self) -> crate::Result<Tensor<S, E, Cpu, NoTape>> {
+        Ok(Tensor::from_contiguous(self.shape, self.try_to_vec()?))
+    }
+
+    /// Panicking twin of [`Tensor::try_to_cpu`].
+    #[track_caller]
+    pub fn to_cpu(&self) -> Tensor<S, E, Cpu, NoTape> {
+        crate::error::or_panic(self.try_to_cpu())
+    }
+}
+
+impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
     /// Drops the tape: the result records nothing and gets a fresh id, so no
     /// gradient flows through it.
-    pub fn detach(self) -> Tensor<S, E, Cpu, NoTape> {
+    pub fn detach(self) -> Tensor<S, E, D, NoTape> {
         Tensor {
             shape: self.shape,
             layout: self.layout,
             data: self.data,
             id: TensorId::fresh(),
             tape: NoTape,
-            device: self.device.clone(),
+            device: self.device,
         }
+    }
+
+    /// Whether the storage holds exactly this tensor's elements, row-major.
+    pub(crate) fn is_dense(&self) -> bool {
+        self.layout.is_contiguous()
+            && self.layout.offset == 0
+            && D::storage_len(&self.data) == self.numel()
     }
 
     /// A contiguous tensor with the same values (a copy only when needed).
     pub fn contiguous(self) -> Self {
-        if self.layout.is_contiguous() && self.layout.offset == 0 && self.data.len() == self.numel()
-        {
+        if self.is_dense() {
             return self;
         }
-        let data = self.to_vec();
+        let data = device_ok(self.device.contiguous(&self.data, &self.layout));
         let out_id = TensorId::fresh();
-        let (in_id, shape) = (self.id, self.shape);
+        let (in_id, shape, dev) = (self.id, self.shape, self.device.clone());
         let tape = record::<T>(out_id, &[self.tape.node()], move |g| {
-            if let Some(go) = g.take::<E>(out_id) {
-                g.accumulate::<E>(in_id, go);
+            if let Some(go) = g.take_on::<D, E>(out_id) {
+                g.accumulate_on::<D, E>(&dev, in_id, go);
             }
         });
         Tensor {
@@ -249,12 +300,10 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
             data: Arc::new(data),
             id: out_id,
             tape,
-            device: Cpu,
+            device: self.device,
         }
     }
-}
 
-impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     /// Converts every element to `E2` (rounding to nearest even); the gradient
     /// flows back converted to `E`.
     ///
@@ -264,20 +313,15 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     /// let h = x.to_dtype::<bf16>();
     /// assert_eq!(h.to_vec()[0], bf16::from_f32(1.0 / 3.0));
     /// ```
-    pub fn to_dtype<E2: FloatDtype>(self) -> Tensor<S, E2, Cpu, T> {
-        let data = cpu::map(&self.data, &self.layout, |x: E| {
-            if E::Acc::is_f64() || E2::Acc::is_f64() {
-                E2::from_f64(x.to_f64())
-            } else {
-                E2::from_f32(x.to_f32())
-            }
-        });
+    pub fn to_dtype<E2: FloatDtype>(self) -> Tensor<S, E2, D, T> {
+        let data = device_ok(self.device.convert::<E, E2>(&self.data, &self.layout));
         let out_id = TensorId::fresh();
-        let in_id = self.id;
+        let (in_id, dev, dims) = (self.id, self.device.clone(), self.shape.dims());
         let tape = record::<T>(out_id, &[self.tape.node()], move |g| {
-            if let Some(go) = g.take::<E2>(out_id) {
-                let gi: Vec<E> = go.iter().map(|&v| E::from_f64(v.to_f64())).collect();
-                g.accumulate(in_id, gi);
+            if let Some(go) = g.take_on::<D, E2>(out_id) {
+                let l = Layout::contiguous(&dims);
+                let gi = device_ok(dev.convert::<E2, E>(&go, &l));
+                g.accumulate_on::<D, E>(&dev, in_id, gi);
             }
         });
         Tensor {
@@ -286,22 +330,10 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
             data: Arc::new(data),
             id: out_id,
             tape,
-            device: Cpu,
+            device: self.device,
         }
     }
-}
 
-/// Whether a compute type is `f64` (decides how `to_dtype` rounds).
-trait IsF64 {
-    fn is_f64() -> bool;
-}
-impl<A: zerfoo_kernels::Real> IsF64 for A {
-    fn is_f64() -> bool {
-        core::any::TypeId::of::<A>() == core::any::TypeId::of::<f64>()
-    }
-}
-
-impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     /// Computes the gradient of this scalar with respect to every tensor
     /// that fed it without a node of its own (parameters, traced inputs).
     /// The graph is freed as it is walked.
@@ -318,6 +350,6 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
         S: crate::shape::ScalarShape,
         T: crate::autograd::HasTape,
     {
-        crate::autograd::run_backward::<E>(self.id, self.tape.node())
+        crate::autograd::run_backward::<D, E>(&self.device, self.id, self.tape.node())
     }
 }
