@@ -253,13 +253,8 @@ impl GradStore {
         }
     }
 
-    /// The gradient buffer of `id` (`len` zeros if it has none yet), for a
-    /// backward that adds into part of it (narrow, split).
-    pub(crate) fn grad_mut<E: FloatDtype>(&mut self, id: TensorId, len: usize) -> &mut Vec<E> {
-        self.grad_mut_on(&Cpu, id, len)
-    }
-
-    /// [`GradStore::grad_mut`] on device `dev`.
+    /// The gradient buffer of `id` on `dev` (`len` zeros if it has none
+    /// yet), for a backward that adds into part of it (narrow, split).
     pub(crate) fn grad_mut_on<D: Backend, E: FloatDtype>(
         &mut self,
         dev: &D,

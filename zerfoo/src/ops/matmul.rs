@@ -7,11 +7,10 @@
 
 use std::sync::Arc;
 
-use zerfoo_kernels::cpu::{self, matmul as k};
-use zerfoo_kernels::{Cpu, FloatDtype, Layout};
+use zerfoo_kernels::{Backend, FloatDtype, Layout};
 
 use super::{Matmul, SameDtype};
-use crate::autograd::{record, Merge, TapeState, TensorId};
+use crate::autograd::{device_ok, record, Merge, TapeState, TensorId};
 use crate::error::or_panic;
 use crate::shape::{Dim, SameDim, Shape};
 use crate::tensor::Tensor;
@@ -195,7 +194,7 @@ fn swap_last(l: &Layout) -> Layout {
     l
 }
 
-impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
+impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
     /// Matrix product over the last two axes, batched over the leading ones
     /// (see [`MatMulShapes`] for the supported ranks). A rank-2 operand
     /// beside a batched one is shared by every matrix of the batch (its
@@ -217,8 +216,8 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     /// ```
     pub fn try_matmul<S2: Shape, E2: FloatDtype, T2: TapeState, O: Shape>(
         self,
-        rhs: Tensor<S2, E2, Cpu, T2>,
-    ) -> Result<Tensor<O, E, Cpu, <T as Merge<T2>>::Out>>
+        rhs: Tensor<S2, E2, D, T2>,
+    ) -> Result<Tensor<O, E, D, <T as Merge<T2>>::Out>>
     where
         S: MatMulShapes<S2, Out = O>,
         E: SameDtype<E2, Matmul>,
@@ -256,7 +255,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
         } else {
             (la, lb)
         };
-        let y = k::gemm_batched(&self.data, &la, &rhs.data, &lb);
+        let y = self.device.gemm_batched(&self.data, &la, &rhs.data, &lb)?;
         let out_shape = self.shape.matmul_shape(&rhs.shape);
         let out_id = TensorId::fresh();
         type Out<T, T2> = <T as Merge<T2>>::Out;
@@ -264,8 +263,9 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
             let (a, ida) = (self.data.clone(), self.id);
             let (b, idb) = (rhs.data.clone(), rhs.id);
             let (shared_a, shared_b) = (S::LHS_BROADCAST, S::RHS_BROADCAST);
+            let dev = self.device.clone();
             record::<Out<T, T2>>(out_id, &[self.tape.node(), rhs.tape.node()], move |g| {
-                if let Some(gy) = g.take::<E>(out_id) {
+                if let Some(gy) = g.take_on::<D, E>(out_id) {
                     // gY as `[..batch, M, N]`.
                     let mut gdims = la.shape().to_vec();
                     let r = gdims.len();
@@ -273,18 +273,18 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
                     let lg = Layout::contiguous(&gdims);
                     // dA = gY · Bᵀ and dB = Aᵀ · gY (transposed views, no
                     // copies), summed over the batch for a shared operand.
-                    let ga = if shared_a {
-                        k::gemm_batch_sum(&gy, &lg, &b, &swap_last(&lb))
+                    let ga = device_ok(if shared_a {
+                        dev.gemm_batch_sum(&gy, &lg, &b, &swap_last(&lb))
                     } else {
-                        k::gemm_batched(&gy, &lg, &b, &swap_last(&lb))
-                    };
-                    let gb = if shared_b {
-                        k::gemm_batch_sum(&a, &swap_last(&la), &gy, &lg)
+                        dev.gemm_batched(&gy, &lg, &b, &swap_last(&lb))
+                    });
+                    let gb = device_ok(if shared_b {
+                        dev.gemm_batch_sum(&a, &swap_last(&la), &gy, &lg)
                     } else {
-                        k::gemm_batched(&a, &swap_last(&la), &gy, &lg)
-                    };
-                    g.accumulate(ida, ga);
-                    g.accumulate(idb, gb);
+                        dev.gemm_batched(&a, &swap_last(&la), &gy, &lg)
+                    });
+                    g.accumulate_on(&dev, ida, ga);
+                    g.accumulate_on(&dev, idb, gb);
                 }
             })
         } else {
@@ -296,7 +296,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
             data: Arc::new(y),
             id: out_id,
             tape,
-            device: Cpu,
+            device: self.device,
         })
     }
 
@@ -316,8 +316,8 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     #[track_caller]
     pub fn matmul<S2: Shape, E2: FloatDtype, T2: TapeState, O: Shape>(
         self,
-        rhs: Tensor<S2, E2, Cpu, T2>,
-    ) -> Tensor<O, E, Cpu, <T as Merge<T2>>::Out>
+        rhs: Tensor<S2, E2, D, T2>,
+    ) -> Tensor<O, E, D, <T as Merge<T2>>::Out>
     where
         S: MatMulShapes<S2, Out = O>,
         E: SameDtype<E2, Matmul>,
@@ -338,18 +338,18 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     /// assert!(!y.is_contiguous());
     /// assert_eq!(y.to_vec(), [1., 4., 2., 5., 3., 6.]);
     /// ```
-    pub fn t<O: Shape>(self) -> Tensor<O, E, Cpu, T>
+    pub fn t<O: Shape>(self) -> Tensor<O, E, D, T>
     where
         S: TransposeShape<Out = O>,
     {
         let layout = swap_last(&self.layout);
         let shape = self.shape.transposed();
         let out_id = TensorId::fresh();
-        let (in_id, dims) = (self.id, shape.dims());
+        let (in_id, dims, dev) = (self.id, shape.dims(), self.device.clone());
         let tape = record::<T>(out_id, &[self.tape.node()], move |g| {
-            if let Some(gy) = g.take::<E>(out_id) {
-                let gx = cpu::to_contiguous(&gy, &swap_last(&Layout::contiguous(&dims)));
-                g.accumulate(in_id, gx);
+            if let Some(gy) = g.take_on::<D, E>(out_id) {
+                let gx = device_ok(dev.contiguous(&gy, &swap_last(&Layout::contiguous(&dims))));
+                g.accumulate_on(&dev, in_id, gx);
             }
         });
         Tensor {
@@ -358,7 +358,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
             data: self.data,
             id: out_id,
             tape,
-            device: Cpu,
+            device: self.device,
         }
     }
 }

@@ -9,10 +9,10 @@
 
 use std::sync::Arc;
 
-use zerfoo_kernels::cpu::norm::{self as k, NormKind};
-use zerfoo_kernels::{Cpu, FloatDtype, Layout};
+use zerfoo_kernels::cpu::norm::NormKind;
+use zerfoo_kernels::{Backend, FloatDtype, Layout};
 
-use crate::autograd::{record, Merge, Node, TapeState, TensorId};
+use crate::autograd::{device_ok, record, Merge, Node, TapeState, TensorId};
 use crate::error::or_panic;
 use crate::ops::{LayerNorm, RmsNorm, SameDtype};
 use crate::shape::{Dim, SameDim, Shape};
@@ -53,15 +53,15 @@ last_dim!(F 5; A, B, C, D, E);
 pub type Merge3<T, Tw, Tb> = <<T as Merge<Tw>>::Out as Merge<Tb>>::Out;
 
 /// What a normalization keeps of its weight or bias.
-struct Param<E> {
-    data: Arc<Vec<E>>,
+struct Param<E: FloatDtype, D: Backend> {
+    data: Arc<D::Storage<E>>,
     layout: Layout,
     id: TensorId,
     node: Option<Arc<Node>>,
 }
 
-impl<E: FloatDtype> Param<E> {
-    fn of<D: Dim, T: TapeState>(t: Tensor<(D,), E, Cpu, T>) -> Self {
+impl<E: FloatDtype, D: Backend> Param<E, D> {
+    fn of<N: Dim, T: TapeState>(t: Tensor<(N,), E, D, T>) -> Self {
         Param {
             node: t.tape.node(),
             data: t.data,
@@ -69,21 +69,21 @@ impl<E: FloatDtype> Param<E> {
             id: t.id,
         }
     }
-    fn view(&self) -> (&[E], &Layout) {
+    fn view(&self) -> (&D::Storage<E>, &Layout) {
         (&self.data, &self.layout)
     }
 }
 
-impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
+impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
     /// Runs a normalization after checking the parameter lengths at run time.
     fn norm_op<Out: TapeState>(
         self,
         op: &'static str,
         kind: NormKind,
-        weight: Option<Param<E>>,
-        bias: Option<Param<E>>,
+        weight: Option<Param<E, D>>,
+        bias: Option<Param<E, D>>,
         eps: f64,
-    ) -> Result<Tensor<S, E, Cpu, Out>> {
+    ) -> Result<Tensor<S, E, D, Out>> {
         let dims = self.shape.dims();
         let last = dims.last().copied().unwrap_or(1);
         for p in weight.iter().chain(&bias) {
@@ -95,14 +95,14 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
                 });
             }
         }
-        let (y, stats) = k::norm_forward(
+        let (y, stats) = self.device.norm_forward(
             kind,
             &self.data,
             &self.layout,
             weight.as_ref().map(Param::view),
             bias.as_ref().map(Param::view),
             eps,
-        );
+        )?;
         let out_id = TensorId::fresh();
         let tape = if Out::TRACKED {
             let parents = [
@@ -113,16 +113,25 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
             let (x, lx, in_id) = (self.data.clone(), self.layout, self.id);
             let w = weight.map(|p| (p.data, p.layout, p.id));
             let bias_id = bias.map(|p| p.id);
+            let dev = self.device.clone();
             record::<Out>(out_id, &parents, move |g| {
-                if let Some(gy) = g.take::<E>(out_id) {
-                    let wv = w.as_ref().map(|(d, l, _)| (&d[..], l));
-                    let gr = k::norm_backward(kind, &x, &lx, wv, bias_id.is_some(), &stats, &gy);
-                    g.accumulate(in_id, gr.x);
-                    if let (Some((_, _, id)), Some(gw)) = (&w, gr.weight) {
-                        g.accumulate(*id, gw);
+                if let Some(gy) = g.take_on::<D, E>(out_id) {
+                    let wv = w.as_ref().map(|(d, l, _)| (&**d, l));
+                    let (gx, gw, gb) = device_ok(dev.norm_backward(
+                        kind,
+                        &x,
+                        &lx,
+                        wv,
+                        bias_id.is_some(),
+                        &stats,
+                        &gy,
+                    ));
+                    g.accumulate_on(&dev, in_id, gx);
+                    if let (Some((_, _, id)), Some(gw)) = (&w, gw) {
+                        g.accumulate_on(&dev, *id, gw);
                     }
-                    if let (Some(id), Some(gb)) = (bias_id, gr.bias) {
-                        g.accumulate(id, gb);
+                    if let (Some(id), Some(gb)) = (bias_id, gb) {
+                        g.accumulate_on(&dev, id, gb);
                     }
                 }
             })
@@ -135,7 +144,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
             data: Arc::new(y),
             id: out_id,
             tape,
-            device: Cpu,
+            device: self.device,
         })
     }
 
@@ -150,10 +159,10 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     #[allow(clippy::type_complexity)]
     pub fn try_layer_norm<D2, D3, E2, Tw, Tb>(
         self,
-        weight: &Tensor<(D2,), E2, Cpu, Tw>,
-        bias: &Tensor<(D3,), E2, Cpu, Tb>,
+        weight: &Tensor<(D2,), E2, D, Tw>,
+        bias: &Tensor<(D3,), E2, D, Tb>,
         eps: f64,
-    ) -> Result<Tensor<S, E, Cpu, Merge3<T, Tw, Tb>>>
+    ) -> Result<Tensor<S, E, D, Merge3<T, Tw, Tb>>>
     where
         D2: Dim,
         D3: Dim,
@@ -196,10 +205,10 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     #[track_caller]
     pub fn layer_norm<D2, D3, E2, Tw, Tb>(
         self,
-        weight: &Tensor<(D2,), E2, Cpu, Tw>,
-        bias: &Tensor<(D3,), E2, Cpu, Tb>,
+        weight: &Tensor<(D2,), E2, D, Tw>,
+        bias: &Tensor<(D3,), E2, D, Tb>,
         eps: f64,
-    ) -> Tensor<S, E, Cpu, Merge3<T, Tw, Tb>>
+    ) -> Tensor<S, E, D, Merge3<T, Tw, Tb>>
     where
         D2: Dim,
         D3: Dim,
@@ -228,9 +237,9 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     /// the kernel skips the shift and the backward computes no bias
     /// gradient. `weight` carries this tensor's tape type (a layer passes
     /// `weight.retaped::<T>()`).
-    pub(crate) fn try_layer_norm_without_bias<D: Dim>(
+    pub(crate) fn try_layer_norm_without_bias<N: Dim>(
         self,
-        weight: &Tensor<(D,), E, Cpu, T>,
+        weight: &Tensor<(N,), E, D, T>,
         eps: f64,
     ) -> Result<Self>
     where
@@ -250,9 +259,9 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     /// rounded once. `weight` has shape `(D,)`; a `Dyn` mismatch is an error.
     pub fn try_rms_norm<D2, E2, Tw>(
         self,
-        weight: &Tensor<(D2,), E2, Cpu, Tw>,
+        weight: &Tensor<(D2,), E2, D, Tw>,
         eps: f64,
-    ) -> Result<Tensor<S, E, Cpu, <T as Merge<Tw>>::Out>>
+    ) -> Result<Tensor<S, E, D, <T as Merge<Tw>>::Out>>
     where
         D2: Dim,
         E2: FloatDtype,
@@ -278,9 +287,9 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     #[track_caller]
     pub fn rms_norm<D2, E2, Tw>(
         self,
-        weight: &Tensor<(D2,), E2, Cpu, Tw>,
+        weight: &Tensor<(D2,), E2, D, Tw>,
         eps: f64,
-    ) -> Tensor<S, E, Cpu, <T as Merge<Tw>>::Out>
+    ) -> Tensor<S, E, D, <T as Merge<Tw>>::Out>
     where
         D2: Dim,
         E2: FloatDtype,
@@ -298,9 +307,9 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     /// `f32`/`f64` and rounded once. A `Dyn` mismatch is an error.
     pub fn try_rms_norm_offset<D2, E2, Tw>(
         self,
-        weight: &Tensor<(D2,), E2, Cpu, Tw>,
+        weight: &Tensor<(D2,), E2, D, Tw>,
         eps: f64,
-    ) -> Result<Tensor<S, E, Cpu, <T as Merge<Tw>>::Out>>
+    ) -> Result<Tensor<S, E, D, <T as Merge<Tw>>::Out>>
     where
         D2: Dim,
         E2: FloatDtype,
@@ -318,9 +327,9 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     #[track_caller]
     pub fn rms_norm_offset<D2, E2, Tw>(
         self,
-        weight: &Tensor<(D2,), E2, Cpu, Tw>,
+        weight: &Tensor<(D2,), E2, D, Tw>,
         eps: f64,
-    ) -> Tensor<S, E, Cpu, <T as Merge<Tw>>::Out>
+    ) -> Tensor<S, E, D, <T as Merge<Tw>>::Out>
     where
         D2: Dim,
         E2: FloatDtype,

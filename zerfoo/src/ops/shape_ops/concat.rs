@@ -4,10 +4,9 @@
 
 use std::sync::Arc;
 
-use zerfoo_kernels::cpu::{self, shape as k};
-use zerfoo_kernels::{Cpu, FloatDtype, Layout, MAX_RANK};
+use zerfoo_kernels::{Backend, FloatDtype, Layout, MAX_RANK};
 
-use crate::autograd::{record, Merge, TapeState, TensorId};
+use crate::autograd::{device_ok, record, Merge, TapeState, TensorId};
 use crate::error::or_panic;
 use crate::shape::{shape_from_dims, ConcatAlong, InsertAxis, ResizeAxis, Shape};
 use crate::tensor::Tensor;
@@ -15,8 +14,8 @@ use crate::{Error, Result};
 
 /// One input of a join: its storage, its layout as joined (a stack inserts a
 /// size-1 axis) and its id.
-struct Part<'a, E> {
-    data: &'a [E],
+struct Part<'a, E: FloatDtype, D: Backend> {
+    data: &'a D::Storage<E>,
     layout: Layout,
     id: TensorId,
 }
@@ -24,16 +23,17 @@ struct Part<'a, E> {
 /// Joins `parts` along `axis` into a tensor of shape `out`; the caller checked
 /// that their dims agree off the axis. The backward copies each input's block
 /// of the gradient to it (a tensor given twice gets both blocks added).
-fn join<S2: Shape, E: FloatDtype, T: TapeState>(
-    parts: &[Part<'_, E>],
+fn join<S2: Shape, E: FloatDtype, D: Backend, T: TapeState>(
+    dev: &D,
+    parts: &[Part<'_, E, D>],
     nodes: &[Option<Arc<crate::autograd::Node>>],
     axis: usize,
     out: S2,
-) -> Tensor<S2, E, Cpu, T> {
-    let views: Vec<(&[E], &Layout)> = parts.iter().map(|p| (p.data, &p.layout)).collect();
-    let y = k::concat(&views, axis);
+) -> Result<Tensor<S2, E, D, T>> {
+    let views: Vec<(&D::Storage<E>, &Layout)> = parts.iter().map(|p| (p.data, &p.layout)).collect();
+    let y = dev.concat(&views, axis)?;
     let dims = out.dims();
-    debug_assert_eq!(y.len(), dims.iter().product::<usize>());
+    debug_assert_eq!(D::storage_len(&y), dims.iter().product::<usize>());
     let out_id = TensorId::fresh();
     let mut start = 0;
     let blocks: Vec<(TensorId, usize, usize)> = parts
@@ -44,23 +44,24 @@ fn join<S2: Shape, E: FloatDtype, T: TapeState>(
             (p.id, start - len, len)
         })
         .collect();
+    let gdev = dev.clone();
     let tape = record::<T>(out_id, nodes, move |g| {
-        if let Some(gy) = g.take::<E>(out_id) {
+        if let Some(gy) = g.take_on::<D, E>(out_id) {
             let full = Layout::contiguous(&dims);
             for (id, start, len) in blocks {
-                let gx = cpu::to_contiguous(&gy, &full.narrow(axis, start, len));
-                g.accumulate(id, gx);
+                let gx = device_ok(gdev.contiguous(&gy, &full.narrow(axis, start, len)));
+                g.accumulate_on(&gdev, id, gx);
             }
         }
     });
-    Tensor {
+    Ok(Tensor {
         layout: Layout::contiguous(&dims),
         shape: out,
         data: Arc::new(y),
         id: out_id,
         tape,
-        device: Cpu,
-    }
+        device: dev.clone(),
+    })
 }
 
 /// The dims of `a` and `b` agree except at `axis`.
@@ -98,17 +99,19 @@ pub trait ConcatWith<S2: Shape, T2: TapeState>: Sized {
     type Elem: FloatDtype;
     /// The tape of `self`.
     type Tape: TapeState + Merge<T2>;
+    /// The device of `self` (and of `other`).
+    type Device: Backend;
 
     /// Joins `self` and `other` along `Ax`; an error if a `Dyn` dim off the
     /// axis differs.
     fn try_concat<Ax>(
         self,
-        other: Tensor<S2, Self::Elem, Cpu, T2>,
+        other: Tensor<S2, Self::Elem, Self::Device, T2>,
     ) -> Result<
         Tensor<
             <Self::Shape as ConcatAlong<S2, Ax>>::Out,
             Self::Elem,
-            Cpu,
+            Self::Device,
             <Self::Tape as Merge<T2>>::Out,
         >,
     >
@@ -119,11 +122,11 @@ pub trait ConcatWith<S2: Shape, T2: TapeState>: Sized {
     #[track_caller]
     fn concat<Ax>(
         self,
-        other: Tensor<S2, Self::Elem, Cpu, T2>,
+        other: Tensor<S2, Self::Elem, Self::Device, T2>,
     ) -> Tensor<
         <Self::Shape as ConcatAlong<S2, Ax>>::Out,
         Self::Elem,
-        Cpu,
+        Self::Device,
         <Self::Tape as Merge<T2>>::Out,
     >
     where
@@ -133,10 +136,11 @@ pub trait ConcatWith<S2: Shape, T2: TapeState>: Sized {
     }
 }
 
-impl<S, E, T, S2, T2> ConcatWith<S2, T2> for Tensor<S, E, Cpu, T>
+impl<S, E, D, T, S2, T2> ConcatWith<S2, T2> for Tensor<S, E, D, T>
 where
     S: Shape,
     E: FloatDtype,
+    D: Backend,
     T: TapeState + Merge<T2>,
     S2: Shape,
     T2: TapeState,
@@ -144,11 +148,12 @@ where
     type Shape = S;
     type Elem = E;
     type Tape = T;
+    type Device = D;
 
     fn try_concat<Ax>(
         self,
-        other: Tensor<S2, E, Cpu, T2>,
-    ) -> Result<Tensor<<S as ConcatAlong<S2, Ax>>::Out, E, Cpu, <T as Merge<T2>>::Out>>
+        other: Tensor<S2, E, D, T2>,
+    ) -> Result<Tensor<<S as ConcatAlong<S2, Ax>>::Out, E, D, <T as Merge<T2>>::Out>>
     where
         S: ConcatAlong<S2, Ax>,
     {
@@ -167,26 +172,27 @@ where
         let out = shape_from_dims::<<S as ConcatAlong<S2, Ax>>::Out>("concat", &dims[..da.len()])?;
         let parts = [
             Part {
-                data: &self.data,
+                data: &*self.data,
                 layout: self.layout,
                 id: self.id,
             },
             Part {
-                data: &other.data,
+                data: &*other.data,
                 layout: other.layout,
                 id: other.id,
             },
         ];
-        Ok(join(
+        join(
+            &self.device,
             &parts,
             &[self.tape.node(), other.tape.node()],
             axis,
             out,
-        ))
+        )
     }
 }
 
-impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
+impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
     /// Concatenates a list of same-typed tensors along `Ax`; the joined dim
     /// becomes `Dyn`. An error if the list is empty or a `Dyn` dim off the
     /// axis differs.
@@ -199,7 +205,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     /// ```
     pub fn try_concat_all<Ax>(
         xs: impl IntoIterator<Item = Self>,
-    ) -> Result<Tensor<<S as ResizeAxis<Ax>>::Resized, E, Cpu, T>>
+    ) -> Result<Tensor<<S as ResizeAxis<Ax>>::Resized, E, D, T>>
     where
         S: ResizeAxis<Ax>,
     {
@@ -224,23 +230,23 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
             total += x.dims()[axis];
         }
         let out = first.shape.resized(total);
-        let parts: Vec<Part<'_, E>> = xs
+        let parts: Vec<Part<'_, E, D>> = xs
             .iter()
             .map(|x| Part {
-                data: &x.data,
+                data: &*x.data,
                 layout: x.layout,
                 id: x.id,
             })
             .collect();
         let nodes: Vec<_> = xs.iter().map(|x| x.tape.node()).collect();
-        Ok(join(&parts, &nodes, axis, out))
+        join(&first.device, &parts, &nodes, axis, out)
     }
 
     /// Panicking twin of [`try_concat_all`](Self::try_concat_all).
     #[track_caller]
     pub fn concat_all<Ax>(
         xs: impl IntoIterator<Item = Self>,
-    ) -> Tensor<<S as ResizeAxis<Ax>>::Resized, E, Cpu, T>
+    ) -> Tensor<<S as ResizeAxis<Ax>>::Resized, E, D, T>
     where
         S: ResizeAxis<Ax>,
     {
@@ -260,7 +266,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     /// ```
     pub fn try_stack<Ax>(
         xs: impl IntoIterator<Item = Self>,
-    ) -> Result<Tensor<<S as InsertAxis<Ax>>::Inserted, E, Cpu, T>>
+    ) -> Result<Tensor<<S as InsertAxis<Ax>>::Inserted, E, D, T>>
     where
         S: InsertAxis<Ax>,
     {
@@ -281,7 +287,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
             });
         }
         let out = first.shape.inserted(xs.len());
-        let parts: Vec<Part<'_, E>> = xs
+        let parts: Vec<Part<'_, E, D>> = xs
             .iter()
             .map(|x| {
                 // The input as a view with a size-1 axis inserted at `axis`.
@@ -293,21 +299,21 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
                     st[j] = x.layout.strides()[i];
                 }
                 Part {
-                    data: &x.data,
+                    data: &*x.data,
                     layout: Layout::new(&sh[..=r], &st[..=r], x.layout.offset),
                     id: x.id,
                 }
             })
             .collect();
         let nodes: Vec<_> = xs.iter().map(|x| x.tape.node()).collect();
-        Ok(join(&parts, &nodes, axis, out))
+        join(&first.device, &parts, &nodes, axis, out)
     }
 
     /// Panicking twin of [`try_stack`](Self::try_stack).
     #[track_caller]
     pub fn stack<Ax>(
         xs: impl IntoIterator<Item = Self>,
-    ) -> Tensor<<S as InsertAxis<Ax>>::Inserted, E, Cpu, T>
+    ) -> Tensor<<S as InsertAxis<Ax>>::Inserted, E, D, T>
     where
         S: InsertAxis<Ax>,
     {

@@ -4,16 +4,15 @@
 
 use core::ops::{Bound, RangeBounds};
 
-use zerfoo_kernels::cpu::shape as k;
-use zerfoo_kernels::{Cpu, FloatDtype};
+use zerfoo_kernels::{Backend, FloatDtype};
 
-use crate::autograd::{record, TapeState, TensorId};
+use crate::autograd::{device_ok, record, TapeState, TensorId};
 use crate::error::or_panic;
 use crate::shape::{ResizeAxis, Shape};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
-impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
+impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
     /// The view of `start..start + len` along `axis` (bounds checked by the caller).
     pub(crate) fn narrow_view<S2: Shape>(
         self,
@@ -21,14 +20,14 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
         start: usize,
         len: usize,
         out: S2,
-    ) -> Tensor<S2, E, Cpu, T> {
+    ) -> Tensor<S2, E, D, T> {
         let layout = self.layout.narrow(axis, start, len);
         let out_id = TensorId::fresh();
-        let (in_id, dims) = (self.id, self.dims());
+        let (in_id, dims, dev) = (self.id, self.dims(), self.device.clone());
         let tape = record::<T>(out_id, &[self.tape.node()], move |g| {
-            if let Some(gy) = g.take::<E>(out_id) {
-                let gx = g.grad_mut::<E>(in_id, dims.iter().product());
-                k::add_narrow_into(gx, &dims, axis, start, len, &gy);
+            if let Some(gy) = g.take_on::<D, E>(out_id) {
+                let gx = g.grad_mut_on::<D, E>(&dev, in_id, dims.iter().product());
+                device_ok(dev.add_narrow_into(gx, &dims, axis, start, len, &gy));
             }
         });
         Tensor {
@@ -37,7 +36,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
             data: self.data,
             id: out_id,
             tape,
-            device: Cpu,
+            device: self.device,
         }
     }
 
@@ -54,7 +53,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
         self,
         start: usize,
         len: usize,
-    ) -> Result<Tensor<<S as ResizeAxis<Ax>>::Resized, E, Cpu, T>>
+    ) -> Result<Tensor<<S as ResizeAxis<Ax>>::Resized, E, D, T>>
     where
         S: ResizeAxis<Ax>,
     {
@@ -82,7 +81,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
         self,
         start: usize,
         len: usize,
-    ) -> Tensor<<S as ResizeAxis<Ax>>::Resized, E, Cpu, T>
+    ) -> Tensor<<S as ResizeAxis<Ax>>::Resized, E, D, T>
     where
         S: ResizeAxis<Ax>,
     {
@@ -94,7 +93,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     pub fn try_slice<Ax>(
         self,
         range: impl RangeBounds<usize>,
-    ) -> Result<Tensor<<S as ResizeAxis<Ax>>::Resized, E, Cpu, T>>
+    ) -> Result<Tensor<<S as ResizeAxis<Ax>>::Resized, E, D, T>>
     where
         S: ResizeAxis<Ax>,
     {
@@ -125,7 +124,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     pub fn slice<Ax>(
         self,
         range: impl RangeBounds<usize>,
-    ) -> Tensor<<S as ResizeAxis<Ax>>::Resized, E, Cpu, T>
+    ) -> Tensor<<S as ResizeAxis<Ax>>::Resized, E, D, T>
     where
         S: ResizeAxis<Ax>,
     {
@@ -146,7 +145,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     pub fn try_split<Ax>(
         self,
         sizes: &[usize],
-    ) -> Result<Vec<Tensor<<S as ResizeAxis<Ax>>::Resized, E, Cpu, T>>>
+    ) -> Result<Vec<Tensor<<S as ResizeAxis<Ax>>::Resized, E, D, T>>>
     where
         S: ResizeAxis<Ax>,
     {
@@ -173,10 +172,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
 
     /// Panicking twin of [`try_split`](Self::try_split).
     #[track_caller]
-    pub fn split<Ax>(
-        self,
-        sizes: &[usize],
-    ) -> Vec<Tensor<<S as ResizeAxis<Ax>>::Resized, E, Cpu, T>>
+    pub fn split<Ax>(self, sizes: &[usize]) -> Vec<Tensor<<S as ResizeAxis<Ax>>::Resized, E, D, T>>
     where
         S: ResizeAxis<Ax>,
     {
@@ -196,7 +192,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     pub fn try_chunk<Ax>(
         self,
         n: usize,
-    ) -> Result<Vec<Tensor<<S as ResizeAxis<Ax>>::Resized, E, Cpu, T>>>
+    ) -> Result<Vec<Tensor<<S as ResizeAxis<Ax>>::Resized, E, D, T>>>
     where
         S: ResizeAxis<Ax>,
     {
@@ -217,7 +213,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
 
     /// Panicking twin of [`try_chunk`](Self::try_chunk).
     #[track_caller]
-    pub fn chunk<Ax>(self, n: usize) -> Vec<Tensor<<S as ResizeAxis<Ax>>::Resized, E, Cpu, T>>
+    pub fn chunk<Ax>(self, n: usize) -> Vec<Tensor<<S as ResizeAxis<Ax>>::Resized, E, D, T>>
     where
         S: ResizeAxis<Ax>,
     {

@@ -1,31 +1,31 @@
 //! Permuting and transposing axes: views whose backward applies the inverse permutation.
 
-use zerfoo_kernels::{cpu, Cpu, FloatDtype, Layout, MAX_RANK};
+use zerfoo_kernels::{Backend, FloatDtype, Layout, MAX_RANK};
 
-use crate::autograd::{record, TapeState, TensorId};
+use crate::autograd::{device_ok, record, TapeState, TensorId};
 use crate::shape::{PermuteAxes, Shape, SwapAxes};
 use crate::tensor::Tensor;
 
-impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
+impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
     /// The view with axis `i` taken from old axis `perm[i]`; `out` is the permuted shape.
     pub(crate) fn permute_view<S2: Shape>(
         self,
         perm: &'static [usize],
         out: S2,
-    ) -> Tensor<S2, E, Cpu, T> {
+    ) -> Tensor<S2, E, D, T> {
         debug_assert_eq!(perm.len(), S::RANK);
         let layout = self.layout.permute(perm);
         let out_id = TensorId::fresh();
-        let in_id = self.id;
+        let (in_id, dev) = (self.id, self.device.clone());
         let tape = record::<T>(out_id, &[self.tape.node()], move |g| {
-            if let Some(gy) = g.take::<E>(out_id) {
+            if let Some(gy) = g.take_on::<D, E>(out_id) {
                 // Old axis `perm[i]` is new axis `i`: read gy back through the inverse.
                 let mut inv = [0usize; MAX_RANK];
                 for (i, &p) in perm.iter().enumerate() {
                     inv[p] = i;
                 }
                 let l = Layout::contiguous(layout.shape()).permute(&inv[..perm.len()]);
-                g.accumulate(in_id, cpu::to_contiguous(&gy, &l));
+                g.accumulate_on(&dev, in_id, device_ok(dev.contiguous(&gy, &l)));
             }
         });
         Tensor {
@@ -34,7 +34,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
             data: self.data,
             id: out_id,
             tape,
-            device: Cpu,
+            device: self.device,
         }
     }
 
@@ -54,7 +54,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     /// let x: Tensor<(U2, U3, U4), f32> = Tensor::zeros(Default::default());
     /// let _ = x.permute::<Perm3<0, 0, 1>>(); // not a permutation
     /// ```
-    pub fn permute<P>(self) -> Tensor<<S as PermuteAxes<P>>::Permuted, E, Cpu, T>
+    pub fn permute<P>(self) -> Tensor<<S as PermuteAxes<P>>::Permuted, E, D, T>
     where
         S: PermuteAxes<P>,
     {
@@ -72,7 +72,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     /// ```
     pub fn transpose<const I: usize, const J: usize>(
         self,
-    ) -> Tensor<<S as SwapAxes<I, J>>::Swapped, E, Cpu, T>
+    ) -> Tensor<<S as SwapAxes<I, J>>::Swapped, E, D, T>
     where
         S: SwapAxes<I, J>,
     {

@@ -2,20 +2,20 @@
 
 use std::sync::Arc;
 
-use zerfoo_kernels::{Cpu, FloatDtype, Layout};
+use zerfoo_kernels::{Backend, FloatDtype, Layout};
 
 use super::{HeadsDim, MergeHeads};
-use crate::autograd::{record, TapeState, TensorId};
+use crate::autograd::{device_ok, record, TapeState, TensorId};
 use crate::error::or_panic;
 use crate::ops::{Reshape, SplitHeads};
 use crate::shape::{ConstShape, Dim, ReshapeTo, Shape};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
-impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
+impl<S: Shape, E: FloatDtype, Dv: Backend, T: TapeState> Tensor<S, E, Dv, T> {
     /// Reinterprets the elements (row-major) under `dst`, which must hold as many.
     /// A view when `self` is contiguous, else a copy. The caller checked the count.
-    pub(crate) fn reshape_unchecked<Dst: Shape>(self, dst: Dst) -> Tensor<Dst, E, Cpu, T> {
+    pub(crate) fn reshape_unchecked<Dst: Shape>(self, dst: Dst) -> Tensor<Dst, E, Dv, T> {
         let dims = dst.dims();
         debug_assert_eq!(dims.iter().product::<usize>(), self.numel());
         let (data, layout) = if self.layout.is_contiguous() {
@@ -23,14 +23,15 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
             let l = Layout::new(&dims, strides.strides(), self.layout.offset);
             (self.data, l)
         } else {
-            (Arc::new(self.to_vec()), Layout::contiguous(&dims))
+            let copy = device_ok(self.device.contiguous(&self.data, &self.layout));
+            (Arc::new(copy), Layout::contiguous(&dims))
         };
         let out_id = TensorId::fresh();
-        let in_id = self.id;
+        let (in_id, dev) = (self.id, self.device.clone());
         let tape = record::<T>(out_id, &[self.tape.node()], move |g| {
             // Row-major order is the same on both sides: the gradient passes through.
-            if let Some(gy) = g.take::<E>(out_id) {
-                g.accumulate(in_id, gy);
+            if let Some(gy) = g.take_on::<Dv, E>(out_id) {
+                g.accumulate_on(&dev, in_id, gy);
             }
         });
         Tensor {
@@ -39,7 +40,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
             data,
             id: out_id,
             tape,
-            device: Cpu,
+            device: self.device,
         }
     }
 
@@ -62,7 +63,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     /// let x: Tensor<(U2, U3), f32> = Tensor::zeros(Default::default());
     /// let _ = x.reshape((U7::default(),)); // shape error in `Reshape`
     /// ```
-    pub fn try_reshape<Dst: Shape>(self, dst: Dst) -> Result<Tensor<Dst, E, Cpu, T>>
+    pub fn try_reshape<Dst: Shape>(self, dst: Dst) -> Result<Tensor<Dst, E, Dv, T>>
     where
         S: ReshapeTo<Dst, Reshape>,
     {
@@ -78,7 +79,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
 
     /// Panicking twin of [`try_reshape`](Self::try_reshape).
     #[track_caller]
-    pub fn reshape<Dst: Shape>(self, dst: Dst) -> Tensor<Dst, E, Cpu, T>
+    pub fn reshape<Dst: Shape>(self, dst: Dst) -> Tensor<Dst, E, Dv, T>
     where
         S: ReshapeTo<Dst, Reshape>,
     {
@@ -89,7 +90,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     /// `x.reshape_static::<(U3, U2)>()`. Panics if a `Dyn` dim of `self` makes
     /// the element counts differ.
     #[track_caller]
-    pub fn reshape_static<Dst: ConstShape>(self) -> Tensor<Dst, E, Cpu, T>
+    pub fn reshape_static<Dst: ConstShape>(self) -> Tensor<Dst, E, Dv, T>
     where
         S: ReshapeTo<Dst, Reshape>,
     {
@@ -97,7 +98,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     }
 }
 
-impl<B: Dim, L: Dim, D: Dim, E: FloatDtype, T: TapeState> Tensor<(B, L, D), E, Cpu, T> {
+impl<B: Dim, L: Dim, D: Dim, E: FloatDtype, Dv: Backend, T: TapeState> Tensor<(B, L, D), E, Dv, T> {
     /// Splits the last dim into heads: `(B, T, D) -> (B, T, H, Hd)` with
     /// `D = H * Hd` (a reshape; a view when contiguous). At most one of `H`,
     /// `Hd` may be [`Dyn`](crate::shape::Dyn); its size is then `D` divided by
@@ -115,7 +116,7 @@ impl<B: Dim, L: Dim, D: Dim, E: FloatDtype, T: TapeState> Tensor<(B, L, D), E, C
     /// let h2 = x.split_heads::<Heads, Dyn>(); // head dim 6 / 2
     /// assert_eq!(h2.dims(), [1, 4, 2, 3]);
     /// ```
-    pub fn try_split_heads<H: Dim, Hd: Dim>(self) -> Result<Tensor<(B, L, H, Hd), E, Cpu, T>>
+    pub fn try_split_heads<H: Dim, Hd: Dim>(self) -> Result<Tensor<(B, L, H, Hd), E, Dv, T>>
     where
         D: HeadsDim<H, Hd, SplitHeads>,
     {
@@ -154,7 +155,7 @@ impl<B: Dim, L: Dim, D: Dim, E: FloatDtype, T: TapeState> Tensor<(B, L, D), E, C
 
     /// Panicking twin of [`try_split_heads`](Self::try_split_heads).
     #[track_caller]
-    pub fn split_heads<H: Dim, Hd: Dim>(self) -> Tensor<(B, L, H, Hd), E, Cpu, T>
+    pub fn split_heads<H: Dim, Hd: Dim>(self) -> Tensor<(B, L, H, Hd), E, Dv, T>
     where
         D: HeadsDim<H, Hd, SplitHeads>,
     {
@@ -167,7 +168,7 @@ impl<B: Dim, L: Dim, D: Dim, E: FloatDtype, T: TapeState> Tensor<(B, L, D), E, C
         self,
         heads: H,
         head_dim: Hd,
-    ) -> Result<Tensor<(B, L, H, Hd), E, Cpu, T>>
+    ) -> Result<Tensor<(B, L, H, Hd), E, Dv, T>>
     where
         D: HeadsDim<H, Hd, SplitHeads>,
     {
@@ -189,7 +190,7 @@ impl<B: Dim, L: Dim, D: Dim, E: FloatDtype, T: TapeState> Tensor<(B, L, D), E, C
         self,
         heads: H,
         head_dim: Hd,
-    ) -> Tensor<(B, L, H, Hd), E, Cpu, T>
+    ) -> Tensor<(B, L, H, Hd), E, Dv, T>
     where
         D: HeadsDim<H, Hd, SplitHeads>,
     {
@@ -197,8 +198,8 @@ impl<B: Dim, L: Dim, D: Dim, E: FloatDtype, T: TapeState> Tensor<(B, L, D), E, C
     }
 }
 
-impl<B: Dim, L: Dim, H: Dim, Hd: Dim, E: FloatDtype, T: TapeState>
-    Tensor<(B, L, H, Hd), E, Cpu, T>
+impl<B: Dim, L: Dim, H: Dim, Hd: Dim, E: FloatDtype, Dv: Backend, T: TapeState>
+    Tensor<(B, L, H, Hd), E, Dv, T>
 {
     /// Merges the heads back: `(B, T, H, Hd) -> (B, T, D)` with `D = H * Hd`.
     /// Name the merged dim (`merge_heads::<Model>()`, checked like
@@ -213,7 +214,7 @@ impl<B: Dim, L: Dim, H: Dim, Hd: Dim, E: FloatDtype, T: TapeState>
     /// assert_eq!(x.clone().merge_heads::<Model>().dims(), [1, 4, 6]);
     /// assert_eq!(x.merge_heads::<Dyn>().dims(), [1, 4, 6]);
     /// ```
-    pub fn try_merge_heads<D>(self) -> Result<Tensor<(B, L, D), E, Cpu, T>>
+    pub fn try_merge_heads<D>(self) -> Result<Tensor<(B, L, D), E, Dv, T>>
     where
         D: HeadsDim<H, Hd, MergeHeads>,
     {
@@ -232,7 +233,7 @@ impl<B: Dim, L: Dim, H: Dim, Hd: Dim, E: FloatDtype, T: TapeState>
 
     /// Panicking twin of [`try_merge_heads`](Self::try_merge_heads).
     #[track_caller]
-    pub fn merge_heads<D>(self) -> Tensor<(B, L, D), E, Cpu, T>
+    pub fn merge_heads<D>(self) -> Tensor<(B, L, D), E, Dv, T>
     where
         D: HeadsDim<H, Hd, MergeHeads>,
     {
