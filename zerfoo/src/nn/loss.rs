@@ -10,9 +10,9 @@
 use std::sync::Arc;
 
 use zerfoo_kernels::cpu::{self, loss as k};
-use zerfoo_kernels::{Cpu, FloatDtype, IntDtype, Layout, Real};
+use zerfoo_kernels::{Backend, Cpu, Device, FloatDtype, IntDtype, Layout, Real};
 
-use crate::autograd::{record, Merge, NoTape, TapeState, TensorId};
+use crate::autograd::{device_ok, record, Merge, NoTape, TapeState, TensorId};
 use crate::error::or_panic;
 use crate::ops::{LastDim, Merge3, SameDtype};
 use crate::shape::{Dim, Dyn, SameDim, SameShape, Shape};
@@ -29,8 +29,8 @@ pub struct MseLoss;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BceWithLogits;
 
-/// A scalar (a loss) with dtype `E` and tape `T`.
-pub type Scalar<E, T> = Tensor<(), E, Cpu, T>;
+/// A scalar (a loss) with dtype `E`, tape `T`, on device `D`.
+pub type Scalar<E, T, D = Cpu> = Tensor<(), E, D, T>;
 
 /// How the per-element (or per-row) losses become one number.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -127,12 +127,16 @@ fn id_as_i64<I: IntDtype>(v: I) -> i64 {
 }
 
 /// One class index per row (row-major), [`k::IGNORED`] for ignored rows.
-fn row_targets<St: Shape, I: IntDtype, Tt>(
-    targets: &Tensor<St, I, Cpu, Tt>,
+fn row_targets<St: Shape, I: IntDtype, Dt: Device, Tt>(
+    targets: &Tensor<St, I, Dt, Tt>,
     ignore: Option<i64>,
     classes: usize,
 ) -> Result<(Vec<usize>, usize)> {
-    let ids: Vec<i64> = cpu::map(&targets.data, &targets.layout, id_as_i64::<I>);
+    let ids: Vec<i64> = targets
+        .try_to_vec()?
+        .into_iter()
+        .map(id_as_i64::<I>)
+        .collect();
     let mut out = Vec::with_capacity(ids.len());
     let mut counted = 0;
     for id in ids {
@@ -169,6 +173,23 @@ fn scalar<E: FloatDtype, T>(value: E, id: TensorId, tape: T) -> Tensor<(), E, Cp
     }
 }
 
+/// A scalar tensor on `dev` (copied there from the host).
+fn scalar_on<E: FloatDtype, D: Device, T>(
+    dev: &D,
+    value: E,
+    id: TensorId,
+    tape: T,
+) -> Result<Tensor<(), E, D, T>> {
+    Ok(Tensor {
+        shape: (),
+        layout: Layout::contiguous(&[]),
+        data: Arc::new(dev.from_host(vec![value])?),
+        id,
+        tape,
+        device: dev.clone(),
+    })
+}
+
 /// Cross-entropy between logits `(.., C)` and integer class targets `(..)`
 /// (`i64` or `u32`), PyTorch's `F.cross_entropy` with the class axis last:
 ///
@@ -199,15 +220,17 @@ fn scalar<E: FloatDtype, T>(value: E, id: TensorId, tape: T) -> Tensor<(), E, Cp
 /// let bad = Tensor::<(U2,), i64>::from_vec(Default::default(), vec![1, 2]).unwrap();
 /// assert!(try_cross_entropy(logits, &bad, CrossEntropyOpts::default()).is_err());
 /// ```
-pub fn try_cross_entropy<S, E, T, St, I, Tt>(
-    logits: Tensor<S, E, Cpu, T>,
-    targets: &Tensor<St, I, Cpu, Tt>,
+pub fn try_cross_entropy<S, E, D, T, St, I, Dt, Tt>(
+    logits: Tensor<S, E, D, T>,
+    targets: &Tensor<St, I, Dt, Tt>,
     opts: CrossEntropyOpts,
-) -> Result<Tensor<(), E, Cpu, T>>
+) -> Result<Tensor<(), E, D, T>>
 where
     S: ClassAxis,
     St: Shape + SameShape<S::Rows, CrossEntropy>,
     E: FloatDtype,
+    D: Backend,
+    Dt: Device,
     I: IntDtype,
     T: TapeState,
 {
@@ -228,7 +251,11 @@ where
         });
     }
     let (rows, counted) = row_targets(targets, opts.ignore_index, classes)?;
-    let (sum, stats) = k::cross_entropy_forward(&logits.data, &logits.layout, &rows, eps);
+    let rows = logits.device.targets(rows)?;
+    let (sum, stats) =
+        logits
+            .device
+            .cross_entropy_forward(&logits.data, &logits.layout, &rows, eps)?;
     let factor = match opts.reduction {
         Reduction::Mean => 1.0 / counted as f64,
         Reduction::Sum => 1.0,
@@ -240,30 +267,34 @@ where
     let out_id = TensorId::fresh();
     let tape = if T::TRACKED {
         let (x, lx, in_id) = (logits.data.clone(), logits.layout, logits.id);
+        let dev = logits.device.clone();
         record::<T>(out_id, &[logits.tape.node()], move |g| {
-            if let Some(gy) = g.take::<E>(out_id) {
-                let scale = gy[0].to_acc() * E::Acc::of_f64(factor);
-                let gx = k::cross_entropy_backward(&x, &lx, &rows, &stats, eps, scale);
-                g.accumulate(in_id, gx);
+            if let Some(gy) = g.take_on::<D, E>(out_id) {
+                let gy0 = device_ok(dev.to_host(&gy, &Layout::contiguous(&[1])))[0];
+                let scale = gy0.to_acc() * E::Acc::of_f64(factor);
+                let gx = device_ok(dev.cross_entropy_backward(&x, &lx, &rows, &stats, eps, scale));
+                g.accumulate_on(&dev, in_id, gx);
             }
         })
     } else {
         T::from_node(None)
     };
-    Ok(scalar(E::from_acc(value), out_id, tape))
+    scalar_on(&logits.device, E::from_acc(value), out_id, tape)
 }
 
 /// Panicking twin of [`try_cross_entropy`] (same message).
 #[track_caller]
-pub fn cross_entropy<S, E, T, St, I, Tt>(
-    logits: Tensor<S, E, Cpu, T>,
-    targets: &Tensor<St, I, Cpu, Tt>,
+pub fn cross_entropy<S, E, D, T, St, I, Dt, Tt>(
+    logits: Tensor<S, E, D, T>,
+    targets: &Tensor<St, I, Dt, Tt>,
     opts: CrossEntropyOpts,
-) -> Tensor<(), E, Cpu, T>
+) -> Tensor<(), E, D, T>
 where
     S: ClassAxis,
     St: Shape + SameShape<S::Rows, CrossEntropy>,
     E: FloatDtype,
+    D: Backend,
+    Dt: Device,
     I: IntDtype,
     T: TapeState,
 {

@@ -10,11 +10,11 @@
 
 use std::sync::Arc;
 
-use zerfoo_kernels::cpu::attention::{self as k, AttnMask};
-use zerfoo_kernels::{Cpu, FloatDtype, Layout};
+use zerfoo_kernels::cpu::attention::AttnMask;
+use zerfoo_kernels::{Backend, FloatDtype, Layout};
 
 use super::Merge3;
-use crate::autograd::{record, Merge, TapeState, TensorId};
+use crate::autograd::{device_ok, record, Merge, TapeState, TensorId};
 use crate::error::or_panic;
 use crate::shape::Dim;
 use crate::tensor::Tensor;
@@ -125,13 +125,13 @@ impl AttentionMask {
 /// let y = try_fused_attention(q, k, v, &AttentionMask::none(), 1.0).unwrap();
 /// assert_eq!(y.to_vec(), [2.0]);
 /// ```
-pub fn try_fused_attention<B, H, Tq, Tk, D, Dv, E, T1, T2, T3>(
-    q: Tensor<(B, H, Tq, D), E, Cpu, T1>,
-    k: Tensor<(B, H, Tk, D), E, Cpu, T2>,
-    v: Tensor<(B, H, Tk, Dv), E, Cpu, T3>,
+pub fn try_fused_attention<B, H, Tq, Tk, D, Dv, E, Dev, T1, T2, T3>(
+    q: Tensor<(B, H, Tq, D), E, Dev, T1>,
+    k: Tensor<(B, H, Tk, D), E, Dev, T2>,
+    v: Tensor<(B, H, Tk, Dv), E, Dev, T3>,
     mask: &AttentionMask,
     scale: f64,
-) -> Result<Tensor<(B, H, Tq, Dv), E, Cpu, Merge3<T1, T2, T3>>>
+) -> Result<Tensor<(B, H, Tq, Dv), E, Dev, Merge3<T1, T2, T3>>>
 where
     B: Dim,
     H: Dim,
@@ -140,6 +140,7 @@ where
     D: Dim,
     Dv: Dim,
     E: FloatDtype,
+    Dev: Backend,
     T1: TapeState + Merge<T2>,
     T2: TapeState,
     T3: TapeState,
@@ -168,7 +169,7 @@ where
     }
     let (b, h, tq, _) = q.shape();
     let dv = v.shape().3;
-    let (out, lse) = k::attention_forward(
+    let (out, lse) = q.device.attention_forward(
         &q.data,
         &q.layout,
         &k.data,
@@ -177,7 +178,7 @@ where
         &v.layout,
         &mask.kernel(),
         scale,
-    );
+    )?;
     let out = Arc::new(out);
     let out_id = TensorId::fresh();
     let out_shape = (b, h, tq, dv);
@@ -191,9 +192,10 @@ where
         );
         let (o, mask) = (out.clone(), mask.clone());
         let dl = Layout::contiguous(&[b.size(), h.size(), tq.size(), dv.size()]);
+        let dev = q.device.clone();
         record::<Out<T1, T2, T3>>(out_id, &parents, move |g| {
-            if let Some(gy) = g.take::<E>(out_id) {
-                let (gq, gk, gv) = k::attention_backward(
+            if let Some(gy) = g.take_on::<Dev, E>(out_id) {
+                let (gq, gk, gv) = device_ok(dev.attention_backward(
                     &qs.0,
                     &qs.1,
                     &ks.0,
@@ -206,10 +208,10 @@ where
                     &dl,
                     &mask.kernel(),
                     scale,
-                );
-                g.accumulate(qs.2, gq);
-                g.accumulate(ks.2, gk);
-                g.accumulate(vs.2, gv);
+                ));
+                g.accumulate_on(&dev, qs.2, gq);
+                g.accumulate_on(&dev, ks.2, gk);
+                g.accumulate_on(&dev, vs.2, gv);
             }
         })
     } else {
@@ -221,19 +223,19 @@ where
         data: out,
         id: out_id,
         tape,
-        device: Cpu,
+        device: q.device,
     })
 }
 
 /// Panicking twin of [`try_fused_attention`].
 #[track_caller]
-pub fn fused_attention<B, H, Tq, Tk, D, Dv, E, T1, T2, T3>(
-    q: Tensor<(B, H, Tq, D), E, Cpu, T1>,
-    k: Tensor<(B, H, Tk, D), E, Cpu, T2>,
-    v: Tensor<(B, H, Tk, Dv), E, Cpu, T3>,
+pub fn fused_attention<B, H, Tq, Tk, D, Dv, E, Dev, T1, T2, T3>(
+    q: Tensor<(B, H, Tq, D), E, Dev, T1>,
+    k: Tensor<(B, H, Tk, D), E, Dev, T2>,
+    v: Tensor<(B, H, Tk, Dv), E, Dev, T3>,
     mask: &AttentionMask,
     scale: f64,
-) -> Tensor<(B, H, Tq, Dv), E, Cpu, Merge3<T1, T2, T3>>
+) -> Tensor<(B, H, Tq, Dv), E, Dev, Merge3<T1, T2, T3>>
 where
     B: Dim,
     H: Dim,
@@ -242,6 +244,7 @@ where
     D: Dim,
     Dv: Dim,
     E: FloatDtype,
+    Dev: Backend,
     T1: TapeState + Merge<T2>,
     T2: TapeState,
     T3: TapeState,

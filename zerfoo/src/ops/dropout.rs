@@ -49,7 +49,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
                 g.accumulate(in_id, k::dropout(&gy, &l, keep, scale));
             }
         });
-        Ok(op_output(self.shape, y, out_id, tape))
+        Ok(op_output(self.shape, y, out_id, tape, Cpu))
     }
 
     /// Panicking twin of [`try_dropout`](Self::try_dropout).

@@ -15,9 +15,9 @@
 use std::sync::Arc;
 
 use zerfoo_kernels::cpu::index as k;
-use zerfoo_kernels::{Cpu, FloatDtype, IntDtype, Layout};
+use zerfoo_kernels::{Backend, Cpu, Device, FloatDtype, IntDtype, Layout};
 
-use crate::autograd::{record, Merge, Node, TapeState, TensorId};
+use crate::autograd::{device_ok, record, Merge, Node, TapeState, TensorId};
 use crate::error::or_panic;
 use crate::shape::{Axis, Dim, HasAxes, Shape, SingleAxis};
 use crate::tensor::Tensor;
@@ -27,8 +27,9 @@ mod sealed {
     pub trait Sealed {}
 }
 
-/// A tensor of integer ids: `Tensor<S, I, Cpu, T>` with `I: IntDtype`
-/// (`i64`, `u32`), any shape, layout and tape.
+/// A tensor of integer ids: `Tensor<S, I, D, T>` with `I: IntDtype`
+/// (`i64`, `u32`), any shape, layout, tape and device (ids on the host can
+/// index a table on a GPU: they are checked on the host and uploaded).
 pub trait IdTensor: sealed::Sealed {
     /// The ids' shape.
     type Shape: Shape;
@@ -45,19 +46,22 @@ pub trait IdTensor: sealed::Sealed {
     fn ids_node(&self) -> Option<Arc<Node>>;
 }
 
-impl<S: Shape, I: IntDtype, T: TapeState> sealed::Sealed for Tensor<S, I, Cpu, T> {}
+impl<S: Shape, I: IntDtype, D: Device, T: TapeState> sealed::Sealed for Tensor<S, I, D, T> {}
 
-impl<S: Shape, I: IntDtype, T: TapeState> IdTensor for Tensor<S, I, Cpu, T> {
+impl<S: Shape, I: IntDtype, D: Device, T: TapeState> IdTensor for Tensor<S, I, D, T> {
     type Shape = S;
     type Tape = T;
     fn ids_shape(&self) -> S {
         self.shape
     }
     fn try_indices(&self, op: &'static str, size: usize) -> Result<Vec<usize>> {
-        k::to_indices(&self.data, &self.layout, size).map_err(|bad| Error::IndexOutOfRange {
-            op,
-            index: id_value(bad),
-            size,
+        let ids = self.try_to_vec()?;
+        k::to_indices(&ids, &Layout::contiguous(&[ids.len()]), size).map_err(|bad| {
+            Error::IndexOutOfRange {
+                op,
+                index: id_value(bad),
+                size,
+            }
         })
     }
     fn ids_node(&self) -> Option<Arc<Node>> {
@@ -234,7 +238,7 @@ append_dim!(A 0, B 1, C 2, E 3, F 4);
 /// The tape of an op on a tensor with tape `T` and ids `X`.
 type Merged<T, X> = <T as Merge<<X as IdTensor>::Tape>>::Out;
 /// The output of an indexing op: shape `S`, dtype `E`, tape merged from `T` and the ids `X`.
-type Indexed<S, E, T, X> = Tensor<S, E, Cpu, Merged<T, X>>;
+type Indexed<S, E, D, T, X> = Tensor<S, E, D, Merged<T, X>>;
 /// The shape of an embedding of ids `X` with width `D`.
 type Embedded<X, D> = <<X as IdTensor>::Shape as AppendDim<D>>::Out;
 
@@ -305,49 +309,6 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
         or_panic(self.try_select::<Ax>(index))
     }
 
-    /// The entries of axis `Ax` listed by a vector of ids `(N,)` (repeats
-    /// allowed): the axis becomes `N` (`torch.index_select`). An id outside
-    /// the axis is [`Error::IndexOutOfRange`]. The backward scatter-adds.
-    ///
-    /// ```
-    /// use zerfoo::prelude::*;
-    /// let x = Tensor::<(U2, U3), f32>::from_vec(Default::default(), vec![1., 2., 3., 4., 5., 6.]).unwrap();
-    /// let ids = Tensor::<(U4,), i64>::from_vec(Default::default(), vec![2, 0, 2, 1]).unwrap();
-    /// let y: Tensor<(U2, U4), f32> = x.index_select::<Axis<1>, _>(&ids);
-    /// assert_eq!(y.to_vec(), [3., 1., 3., 2., 6., 4., 6., 5.]);
-    /// ```
-    pub fn try_index_select<Ax, X: IdTensor>(self, ids: &X) -> Result<Indexed<S::Out, E, T, X>>
-    where
-        X::Shape: VectorShape,
-        S: IndexAxis<Ax, X::Shape>,
-        T: Merge<X::Tape>,
-    {
-        let axis = <S as IndexAxis<Ax, X::Shape>>::AXIS;
-        let dims = self.dims();
-        let idx = ids.try_indices("index_select", dims[axis])?;
-        let out_shape = self.shape.replaced(&ids.ids_shape());
-        let y = k::index_select(&self.data, &self.layout, axis, &idx);
-        let out_id = TensorId::fresh();
-        let in_id = self.id;
-        let tape = record::<Merged<T, X>>(out_id, &[self.tape.node(), ids.ids_node()], move |g| {
-            if let Some(gy) = g.take::<E>(out_id) {
-                g.accumulate(in_id, k::index_select_backward(&gy, &dims, axis, &idx));
-            }
-        });
-        Ok(op_output(out_shape, y, out_id, tape))
-    }
-
-    /// Panicking twin of [`try_index_select`](Self::try_index_select).
-    #[track_caller]
-    pub fn index_select<Ax, X: IdTensor>(self, ids: &X) -> Indexed<S::Out, E, T, X>
-    where
-        X::Shape: VectorShape,
-        S: IndexAxis<Ax, X::Shape>,
-        T: Merge<X::Tape>,
-    {
-        or_panic(self.try_index_select::<Ax, X>(ids))
-    }
-
     /// `torch.gather` along `Ax`: ids of the same rank as `self`, output of
     /// the ids' shape, `out[m] = self[m with m[Ax] = ids[m]]`. Each dim of
     /// the ids other than `Ax` must be at most `self`'s (else
@@ -360,7 +321,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     /// let ids = Tensor::<(U2, U2), i64>::from_vec(Default::default(), vec![0, 0, 1, 0]).unwrap();
     /// assert_eq!(x.gather::<Axis<1>, _>(&ids).to_vec(), [1., 1., 4., 3.]);
     /// ```
-    pub fn try_gather<Ax, X: IdTensor>(self, ids: &X) -> Result<Indexed<X::Shape, E, T, X>>
+    pub fn try_gather<Ax, X: IdTensor>(self, ids: &X) -> Result<Indexed<X::Shape, E, Cpu, T, X>>
     where
         S: HasAxes<Ax> + SameRank<X::Shape, super::Gather>,
         Ax: SingleAxis,
@@ -391,12 +352,12 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
                 g.accumulate(in_id, k::gather_backward(&gy, &dims, axis, &idx, &idims));
             }
         });
-        Ok(op_output(out_shape, y, out_id, tape))
+        Ok(op_output(out_shape, y, out_id, tape, Cpu))
     }
 
     /// Panicking twin of [`try_gather`](Self::try_gather).
     #[track_caller]
-    pub fn gather<Ax, X: IdTensor>(self, ids: &X) -> Indexed<X::Shape, E, T, X>
+    pub fn gather<Ax, X: IdTensor>(self, ids: &X) -> Indexed<X::Shape, E, Cpu, T, X>
     where
         S: HasAxes<Ax> + SameRank<X::Shape, super::Gather>,
         Ax: SingleAxis,
@@ -406,7 +367,56 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     }
 }
 
-impl<V: Dim, D: Dim, E: FloatDtype, T: TapeState> Tensor<(V, D), E, Cpu, T> {
+impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
+    /// The entries of axis `Ax` listed by a vector of ids `(N,)` (repeats
+    /// allowed): the axis becomes `N` (`torch.index_select`). An id outside
+    /// the axis is [`Error::IndexOutOfRange`]. The backward scatter-adds.
+    ///
+    /// ```
+    /// use zerfoo::prelude::*;
+    /// let x = Tensor::<(U2, U3), f32>::from_vec(Default::default(), vec![1., 2., 3., 4., 5., 6.]).unwrap();
+    /// let ids = Tensor::<(U4,), i64>::from_vec(Default::default(), vec![2, 0, 2, 1]).unwrap();
+    /// let y: Tensor<(U2, U4), f32> = x.index_select::<Axis<1>, _>(&ids);
+    /// assert_eq!(y.to_vec(), [3., 1., 3., 2., 6., 4., 6., 5.]);
+    /// ```
+    pub fn try_index_select<Ax, X: IdTensor>(self, ids: &X) -> Result<Indexed<S::Out, E, D, T, X>>
+    where
+        X::Shape: VectorShape,
+        S: IndexAxis<Ax, X::Shape>,
+        T: Merge<X::Tape>,
+    {
+        let axis = <S as IndexAxis<Ax, X::Shape>>::AXIS;
+        let dims = self.dims();
+        let idx = ids.try_indices("index_select", dims[axis])?;
+        let out_shape = self.shape.replaced(&ids.ids_shape());
+        let idx = self.device.indices(idx, dims[axis])?;
+        let y = self
+            .device
+            .index_select(&self.data, &self.layout, axis, &idx)?;
+        let out_id = TensorId::fresh();
+        let (in_id, dev) = (self.id, self.device.clone());
+        let tape = record::<Merged<T, X>>(out_id, &[self.tape.node(), ids.ids_node()], move |g| {
+            if let Some(gy) = g.take_on::<D, E>(out_id) {
+                let gx = device_ok(dev.index_select_backward(&gy, &dims, axis, &idx));
+                g.accumulate_on(&dev, in_id, gx);
+            }
+        });
+        Ok(op_output(out_shape, y, out_id, tape, self.device))
+    }
+
+    /// Panicking twin of [`try_index_select`](Self::try_index_select).
+    #[track_caller]
+    pub fn index_select<Ax, X: IdTensor>(self, ids: &X) -> Indexed<S::Out, E, D, T, X>
+    where
+        X::Shape: VectorShape,
+        S: IndexAxis<Ax, X::Shape>,
+        T: Merge<X::Tape>,
+    {
+        or_panic(self.try_index_select::<Ax, X>(ids))
+    }
+}
+
+impl<V: Dim, W: Dim, E: FloatDtype, D: Backend, T: TapeState> Tensor<(V, W), E, D, T> {
     /// Embedding lookup: `self` is a `(V, D)` table, `ids` any shape `S`
     /// (rank ≤ 5); the output is `S + (D,)`, row `ids[m]` of the table at
     /// `m`. A token id that is negative or `>= V` is
@@ -424,30 +434,34 @@ impl<V: Dim, D: Dim, E: FloatDtype, T: TapeState> Tensor<(V, D), E, Cpu, T> {
     /// let bad = Tensor::<(U1,), i64>::from_vec(Default::default(), vec![3]).unwrap();
     /// assert!(table.try_embedding(&bad).is_err());
     /// ```
-    pub fn try_embedding<X: IdTensor>(self, ids: &X) -> Result<Indexed<Embedded<X, D>, E, T, X>>
+    pub fn try_embedding<X: IdTensor>(self, ids: &X) -> Result<Indexed<Embedded<X, W>, E, D, T, X>>
     where
-        X::Shape: AppendDim<D>,
+        X::Shape: AppendDim<W>,
         T: Merge<X::Tape>,
     {
         let dims = self.dims();
         let idx = ids.try_indices("embedding", dims[0])?;
         let out_shape = ids.ids_shape().append(self.shape.1);
-        let y = k::index_select(&self.data, &self.layout, 0, &idx);
+        let idx = self.device.indices(idx, dims[0])?;
+        let y = self
+            .device
+            .index_select(&self.data, &self.layout, 0, &idx)?;
         let out_id = TensorId::fresh();
-        let in_id = self.id;
+        let (in_id, dev) = (self.id, self.device.clone());
         let tape = record::<Merged<T, X>>(out_id, &[self.tape.node(), ids.ids_node()], move |g| {
-            if let Some(gy) = g.take::<E>(out_id) {
-                g.accumulate(in_id, k::index_select_backward(&gy, &dims, 0, &idx));
+            if let Some(gy) = g.take_on::<D, E>(out_id) {
+                let gx = device_ok(dev.index_select_backward(&gy, &dims, 0, &idx));
+                g.accumulate_on(&dev, in_id, gx);
             }
         });
-        Ok(op_output(out_shape, y, out_id, tape))
+        Ok(op_output(out_shape, y, out_id, tape, self.device))
     }
 
     /// Panicking twin of [`try_embedding`](Self::try_embedding).
     #[track_caller]
-    pub fn embedding<X: IdTensor>(self, ids: &X) -> Indexed<Embedded<X, D>, E, T, X>
+    pub fn embedding<X: IdTensor>(self, ids: &X) -> Indexed<Embedded<X, W>, E, D, T, X>
     where
-        X::Shape: AppendDim<D>,
+        X::Shape: AppendDim<W>,
         T: Merge<X::Tape>,
     {
         or_panic(self.try_embedding(ids))
@@ -455,19 +469,20 @@ impl<V: Dim, D: Dim, E: FloatDtype, T: TapeState> Tensor<(V, D), E, Cpu, T> {
 }
 
 /// A contiguous tensor from an op's output (for the ops of this family).
-pub(super) fn op_output<S: Shape, E: FloatDtype, T: TapeState>(
+pub(super) fn op_output<S: Shape, E: FloatDtype, D: Backend, T: TapeState>(
     shape: S,
-    data: Vec<E>,
+    data: D::Storage<E>,
     id: TensorId,
     tape: T,
-) -> Tensor<S, E, Cpu, T> {
-    debug_assert_eq!(shape.numel(), data.len());
+    device: D,
+) -> Tensor<S, E, D, T> {
+    debug_assert_eq!(shape.numel(), D::storage_len(&data));
     Tensor {
         layout: Layout::contiguous(&shape.dims()),
         shape,
         data: Arc::new(data),
         id,
         tape,
-        device: Cpu,
+        device,
     }
 }

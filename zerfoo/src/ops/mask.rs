@@ -192,7 +192,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
                 }
             },
         );
-        Ok(op_output(on_true.shape, y, out_id, tape))
+        Ok(op_output(on_true.shape, y, out_id, tape, Cpu))
     }
 
     /// Panicking twin of [`try_where_cond`](Self::try_where_cond).
@@ -240,7 +240,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
                 g.accumulate(in_id, k::mask_grad(&m, &lm, &gy, false));
             }
         });
-        Ok(op_output(self.shape, y, out_id, tape))
+        Ok(op_output(self.shape, y, out_id, tape, Cpu))
     }
 
     /// Panicking twin of [`try_masked_fill`](Self::try_masked_fill).
@@ -288,6 +288,6 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
                 g.accumulate(in_id, k::tri(&gy, &l, lower, diagonal));
             }
         });
-        op_output(self.shape, y, out_id, tape)
+        op_output(self.shape, y, out_id, tape, Cpu)
     }
 }

@@ -63,7 +63,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
                 g.accumulate(in_id, k::rope(&gy, &l, base, position_offset, true));
             }
         });
-        Ok(op_output(self.shape, y, out_id, tape))
+        Ok(op_output(self.shape, y, out_id, tape, Cpu))
     }
 
     /// Panicking twin of [`try_rope`](Self::try_rope).
