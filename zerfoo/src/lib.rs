@@ -40,6 +40,13 @@ pub use error::{Error, Result};
 pub use tensor::Tensor;
 pub use typenum;
 pub use zerfoo_kernels as kernels;
+pub use zerfoo_kernels::{Backend, Cpu, Device};
+
+/// An NVIDIA GPU as a tensor device (cargo feature `cuda`):
+/// `Tensor<S, E, Cuda>`. Open one with `Cuda::new(0)`; `Cuda::emulated`
+/// runs the same kernels on the host, for tests without a GPU.
+#[cfg(feature = "cuda")]
+pub use zerfoo_kernels::cuda::CudaDevice as Cuda;
 pub use zerfoo_macros::dim;
 
 /// Sets up the CPU thread pool with the calling thread as one of its
@@ -83,9 +90,13 @@ pub mod prelude {
         Rank0, Rank1, Rank2, Rank3, Rank4, Rank5, Rank6, Shape,
     };
     pub use crate::tensor::Tensor;
+    #[cfg(feature = "cuda")]
+    pub use crate::Cuda;
     pub use crate::{Error, Result};
     pub use typenum::consts::*;
-    pub use zerfoo_kernels::{bf16, f16, Cpu, DType, Dtype, FloatDtype, F8E4M3, F8E5M2};
+    pub use zerfoo_kernels::{
+        bf16, f16, Backend, Cpu, DType, Device, Dtype, FloatDtype, F8E4M3, F8E5M2,
+    };
 }
 
 /// The README's examples, compiled and run as doctests so they never rot.

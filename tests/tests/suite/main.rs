@@ -7,6 +7,7 @@ mod attn_ref;
 mod checkpoint;
 mod conv;
 mod creation;
+mod device_parity;
 mod dtypes;
 mod elementwise;
 mod f8_fixture;

@@ -1,0 +1,223 @@
+//! The typed ops on the CUDA device agree with the same ops on the CPU,
+//! forward and backward: each case is one generic function run on `Cpu` and
+//! on `Cuda` (GPU 0 when there is one, and the host emulation of the same
+//! kernel sources), comparing outputs and every input's gradient.
+//!
+//! Tolerances (`|dev - cpu| <= tol * (1 + |cpu|)`): the two sides compute in
+//! the same compute type and round once, differing by summation order and
+//! transcendental accuracy: f64 1e-10, f32 2e-5.
+
+#![cfg(feature = "cuda")]
+
+use zerfoo::kernels::cuda::Capability;
+use zerfoo::nn::{cross_entropy, CrossEntropyOpts};
+use zerfoo::ops::{fused_attention, AttentionMask};
+use zerfoo::prelude::*;
+
+dim!(Batch = 2);
+dim!(Seq = 5);
+dim!(Width = 6);
+dim!(Heads = 2);
+dim!(HeadDim = 3);
+dim!(Vocab = 7);
+
+/// The CUDA devices to compare against the CPU: GPU 0 if present, and the
+/// host emulation when a host C++ compiler runs (each absent one says why).
+fn devices() -> Vec<Cuda> {
+    let mut v = Vec::new();
+    match Cuda::new(0) {
+        Ok(d) => v.push(d),
+        Err(e) => println!("skipped on a GPU: no CUDA device ({e})"),
+    }
+    match Cuda::emulated(Capability::new(9, 0)) {
+        Ok(d) => v.push(d),
+        Err(e) => println!("skipped on the host emulation ({e})"),
+    }
+    v
+}
+
+/// A case's outputs and gradients, flattened to f64, in a fixed order.
+type Values = Vec<(&'static str, Vec<f64>)>;
+
+fn tol<E: FloatDtype>() -> f64 {
+    match E::DTYPE {
+        DType::F64 => 1e-10,
+        _ => 2e-5,
+    }
+}
+
+/// Runs `case` on the CPU and on every CUDA device and compares.
+fn compare<E: FloatDtype>(name: &str, case: impl Fn(&dyn RunOn<E>) -> Values) {
+    let want = case(&Cpu);
+    for dev in devices() {
+        let got = case(&dev);
+        assert_eq!(got.len(), want.len());
+        for ((what, g), (_, w)) in got.iter().zip(&want) {
+            assert_eq!(g.len(), w.len(), "{name}: {what} length on {dev:?}");
+            for (i, (a, b)) in g.iter().zip(w).enumerate() {
+                assert!(
+                    (a - b).abs() <= tol::<E>() * (1.0 + b.abs()),
+                    "{name} ({}): {what}[{i}] on {dev:?} is {a}, the CPU gives {b}",
+                    E::DTYPE
+                );
+            }
+        }
+    }
+}
+
+/// A device a case can run on (object safe, so one closure serves both).
+trait RunOn<E: FloatDtype> {
+    fn elementwise(&self) -> Values;
+    fn matmul_norm_softmax(&self) -> Values;
+    fn shapes(&self) -> Values;
+    fn embedding_attention_loss(&self) -> Values;
+}
+
+fn input<S: Shape + Default, E: FloatDtype, D: Backend>(dev: &D, seed: u64) -> Tensor<S, E, D> {
+    Tensor::<S, E>::randn(S::default(), seed).to_device(dev)
+}
+
+/// `Σ w ⊙ y` with fixed weights: a scalar whose gradient reaches every
+/// element of `y` with a different factor.
+fn weighted<S: Shape, E: FloatDtype, D: Backend>(
+    y: Tensor<S, E, D, Tape>,
+    seed: u64,
+) -> Tensor<(), E, D, Tape> {
+    let w = Tensor::<S, E>::randn(y.shape(), seed).to_device(y.device());
+    (y * w.retaped::<Tape>()).sum_all()
+}
+
+fn grad_of<S: Shape, E: FloatDtype, D: Backend>(g: &Gradients, t: &Tensor<S, E, D>) -> Vec<f64> {
+    g.get(t).expect("no gradient").to_f64_vec()
+}
+
+impl<E: FloatDtype, D: Backend> RunOn<E> for D {
+    fn elementwise(&self) -> Values {
+        let x: Tensor<(Batch, Seq, Width), E, D> = input(self, 1);
+        let b: Tensor<(Width,), E, D> = input(self, 2);
+        let xs = x.clone().traced();
+        let shape = xs.shape();
+        let bb = b.retaped::<Tape>().broadcast::<_, Axes2<0, 1>>(shape);
+        let y = (xs.clone().gelu() * bb.clone() + xs.clone().tanh())
+            .exp()
+            .mul_scalar(0.5)
+            - xs.clone().maximum(bb.clone())
+            + xs.clone().sigmoid() / bb.abs().add_scalar(1.0);
+        let m = y.clone().mean::<Axis<1>>();
+        let mx = y.clone().max::<Axis<2>>();
+        let loss = weighted(y.clone(), 3) + weighted(m.clone(), 4) + weighted(mx.clone(), 5);
+        let g = loss.backward();
+        vec![
+            ("y", y.to_f64_vec()),
+            ("mean", m.to_f64_vec()),
+            ("max", mx.to_f64_vec()),
+            ("dx", grad_of(&g, &x)),
+            ("db", grad_of(&g, &b)),
+        ]
+    }
+
+    fn matmul_norm_softmax(&self) -> Values {
+        let x: Tensor<(Batch, Seq, Width), E, D> = input(self, 11);
+        let w: Tensor<(HeadDim, Width), E, D> = input(self, 12);
+        let gamma: Tensor<(Width,), E, D> = input(self, 13);
+        let beta: Tensor<(Width,), E, D> = input(self, 14);
+        let n =
+            x.clone()
+                .traced()
+                .layer_norm(&gamma.retaped::<Tape>(), &beta.retaped::<Tape>(), 1e-5);
+        let y = n.matmul(w.retaped::<Tape>().t());
+        let s = y.clone().softmax::<Axis<2>>();
+        let ls = y.clone().log_softmax::<Axis<1>>();
+        let loss = weighted(s.clone(), 15) + weighted(ls.clone(), 16);
+        let g = loss.backward();
+        vec![
+            ("softmax", s.to_f64_vec()),
+            ("log_softmax", ls.to_f64_vec()),
+            ("dx", grad_of(&g, &x)),
+            ("dw", grad_of(&g, &w)),
+            ("dgamma", grad_of(&g, &gamma)),
+            ("dbeta", grad_of(&g, &beta)),
+        ]
+    }
+
+    fn shapes(&self) -> Values {
+        let x: Tensor<(Batch, Seq, Width), E, D> = input(self, 21);
+        let xs = x.clone().traced();
+        // split heads, permute (a view), reshape of the permuted view (a
+        // copy), narrow, concat, contiguous, dtype round trip
+        let h = xs
+            .clone()
+            .split_heads::<Heads, HeadDim>()
+            .permute::<Perm4<0, 2, 1, 3>>();
+        let r: Tensor<(Batch, Heads, U15), E, D, Tape> = h.reshape(Default::default());
+        let a = xs.clone().narrow::<Axis<2>>(1, 3);
+        let c = a
+            .clone()
+            .concat::<Axis<2>>(xs.clone().narrow::<Axis<2>>(0, 2))
+            .contiguous();
+        let d = xs.t().to_dtype::<f64>().to_dtype::<E>();
+        let loss = weighted(r.clone(), 22) + weighted(c.clone(), 23) + weighted(d, 24);
+        let g = loss.backward();
+        vec![
+            ("reshaped", r.to_f64_vec()),
+            ("concat", c.to_f64_vec()),
+            ("dx", grad_of(&g, &x)),
+        ]
+    }
+
+    fn embedding_attention_loss(&self) -> Values {
+        let table: Tensor<(Vocab, Width), E, D> = input(self, 31);
+        let ids: Tensor<(Batch, Seq), i64> =
+            Tensor::from_vec(Default::default(), vec![1, 4, 6, 0, 4, 2, 2, 3, 5, 6]).unwrap();
+        let targets: Tensor<(Batch, Seq), i64> =
+            Tensor::from_vec(Default::default(), vec![4, 6, 0, 4, 2, 2, 3, 5, 6, 1]).unwrap();
+        let x = table.retaped::<Tape>().embedding(&ids);
+        let q = x
+            .clone()
+            .split_heads::<Heads, HeadDim>()
+            .permute::<Perm4<0, 2, 1, 3>>();
+        let o = fused_attention(q.clone(), q.clone(), q, &AttentionMask::causal(), 0.5);
+        let y = o.permute::<Perm4<0, 2, 1, 3>>().merge_heads::<Width>();
+        let logits = (y + x).matmul(table.retaped::<Tape>().t());
+        let loss = cross_entropy(logits, &targets, CrossEntropyOpts::default());
+        let value = loss.to_f64_vec();
+        let g = loss.backward();
+        vec![("loss", value), ("dtable", grad_of(&g, &table))]
+    }
+}
+
+#[test]
+fn elementwise_broadcast_and_reductions_match_the_cpu() {
+    compare::<f64>("elementwise", |d| d.elementwise());
+    compare::<f32>("elementwise", |d| d.elementwise());
+}
+
+#[test]
+fn layer_norm_matmul_and_softmax_match_the_cpu() {
+    compare::<f64>("matmul/norm/softmax", |d| d.matmul_norm_softmax());
+    compare::<f32>("matmul/norm/softmax", |d| d.matmul_norm_softmax());
+}
+
+#[test]
+fn views_copies_and_joins_match_the_cpu() {
+    compare::<f64>("shape ops", |d| d.shapes());
+    compare::<f32>("shape ops", |d| d.shapes());
+}
+
+#[test]
+fn embedding_attention_and_cross_entropy_match_the_cpu() {
+    compare::<f64>("embedding/attention/loss", |d| d.embedding_attention_loss());
+    compare::<f32>("embedding/attention/loss", |d| d.embedding_attention_loss());
+}
+
+#[test]
+fn tensors_move_between_devices_exactly() {
+    for dev in devices() {
+        let x: Tensor<(U3, U4), bf16> = Tensor::randn(Default::default(), 7);
+        let back = x.to_device(&dev).to_cpu();
+        assert_eq!(back.to_vec(), x.to_vec());
+        let i: Tensor<(U5,), i64> =
+            Tensor::from_vec(Default::default(), vec![-3, 0, 9, 1 << 40, 2]).unwrap();
+        assert_eq!(i.to_device(&dev).to_vec(), i.to_vec());
+    }
+}
