@@ -356,6 +356,28 @@ impl Gradients {
         }
     }
 
+    /// Adds `scale * grad` (contiguous storage on `dev`) to the gradient of
+    /// `id` on that device, creating it if absent; in the compute type.
+    pub fn accumulate_scaled_on<D: Backend, E: FloatDtype>(
+        &mut self,
+        dev: &D,
+        id: TensorId,
+        grad: &D::Storage<E>,
+        scale: f64,
+    ) {
+        match self.store.get_mut::<D, E>(id) {
+            Some(acc) => device_ok(dev.add_scaled(acc, grad, scale)),
+            None => {
+                let l = zerfoo_kernels::Layout::contiguous(&[D::storage_len(grad)]);
+                let mut g = device_ok(dev.contiguous(grad, &l));
+                if scale != 1.0 {
+                    device_ok(dev.scale(&mut g, scale));
+                }
+                self.store.accumulate_on(dev, id, g);
+            }
+        }
+    }
+
     /// Removes the gradient of the CPU tensor `id` and returns it.
     pub fn remove<E: FloatDtype>(&mut self, id: TensorId) -> Option<Vec<E>> {
         self.store.take::<E>(id)

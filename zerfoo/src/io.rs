@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::Path;
 
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
-use zerfoo_kernels::{bf16, f16, Cpu, DType, Dtype, FloatDtype, F8E4M3, F8E5M2};
+use zerfoo_kernels::{bf16, f16, Backend, DType, Dtype, FloatDtype, F8E4M3, F8E5M2};
 
 use crate::autograd::NoTape;
 use crate::nn::{Module, ParamVisitor, ParamVisitorMut};
@@ -143,7 +143,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 struct Collect(Vec<(String, DType, Vec<usize>, Vec<u8>)>);
 impl ParamVisitor for Collect {
-    fn visit<S: Shape, E: FloatDtype>(&mut self, path: &str, p: &Tensor<S, E, Cpu, NoTape>) {
+    fn visit<S: Shape, E: FloatDtype, D: Backend>(
+        &mut self,
+        path: &str,
+        p: &Tensor<S, E, D, NoTape>,
+    ) {
         self.0.push((
             path.to_string(),
             E::DTYPE,
@@ -248,7 +252,11 @@ impl Assign<'_> {
 }
 
 impl ParamVisitorMut for Assign<'_> {
-    fn visit<S: Shape, E: FloatDtype>(&mut self, path: &str, p: &mut Tensor<S, E, Cpu, NoTape>) {
+    fn visit<S: Shape, E: FloatDtype, D: Backend>(
+        &mut self,
+        path: &str,
+        p: &mut Tensor<S, E, D, NoTape>,
+    ) {
         if self.error.is_some() {
             return;
         }
@@ -288,9 +296,10 @@ impl ParamVisitorMut for Assign<'_> {
         let Some(values) = decode_f64(view.dtype(), view.data()) else {
             return self.fail(path, format!("unsupported dtype {:?}", view.dtype()));
         };
-        let dst = p.data_mut();
-        for (d, v) in dst.iter_mut().zip(values) {
-            *d = E::from_f64(v);
+        let host: Vec<E> = values.into_iter().map(E::from_f64).collect();
+        if let Err(e) = p.assign(host) {
+            self.error = Some(e);
+            return;
         }
         self.report.loaded.push(path.to_string());
     }

@@ -246,10 +246,11 @@ struct Perturb {
 }
 
 impl ParamVisitorMut for Perturb {
-    fn visit<S: Shape, E: FloatDtype>(&mut self, _: &str, p: &mut Tensor<S, E>) {
+    fn visit<S: Shape, E: FloatDtype, D: Backend>(&mut self, _: &str, p: &mut Tensor<S, E, D>) {
         if self.seen == self.target {
-            let d = p.data_mut();
+            let mut d = p.to_vec();
             d[self.index] = E::from_f64(d[self.index].to_f64() + self.delta);
+            p.assign(d).unwrap();
         }
         self.seen += 1;
     }

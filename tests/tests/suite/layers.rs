@@ -29,12 +29,12 @@ fn close(got: &[f64], want: &[f64], tol: f64) {
 fn param_grads<M: Module>(m: &M, g: &Gradients) -> Vec<f64> {
     struct C<'a>(&'a Gradients, Vec<f64>);
     impl ParamVisitor for C<'_> {
-        fn visit<S: Shape, E: FloatDtype>(&mut self, path: &str, p: &Tensor<S, E>) {
+        fn visit<S: Shape, E: FloatDtype, D: Backend>(&mut self, path: &str, p: &Tensor<S, E, D>) {
             let v = self
                 .0
-                .get_vec::<E>(p.id())
+                .get(p)
                 .unwrap_or_else(|| panic!("`{path}` got no gradient"));
-            self.1.extend(v.iter().map(|x| x.to_f64()));
+            self.1.extend(v.to_f64_vec());
         }
     }
     let mut c = C(g, vec![]);
@@ -46,7 +46,7 @@ fn param_grads<M: Module>(m: &M, g: &Gradients) -> Vec<f64> {
 fn param_values<M: Module>(m: &M) -> Vec<f64> {
     struct C(Vec<f64>);
     impl ParamVisitor for C {
-        fn visit<S: Shape, E: FloatDtype>(&mut self, _: &str, p: &Tensor<S, E>) {
+        fn visit<S: Shape, E: FloatDtype, D: Backend>(&mut self, _: &str, p: &Tensor<S, E, D>) {
             self.0.extend(p.to_f64_vec());
         }
     }
@@ -59,11 +59,14 @@ fn param_values<M: Module>(m: &M) -> Vec<f64> {
 fn set_params<M: Module>(m: &mut M, values: &[f64]) {
     struct S<'a>(&'a [f64], usize);
     impl ParamVisitorMut for S<'_> {
-        fn visit<Sh: Shape, E: FloatDtype>(&mut self, _: &str, p: &mut Tensor<Sh, E>) {
+        fn visit<Sh: Shape, E: FloatDtype, D: Backend>(
+            &mut self,
+            _: &str,
+            p: &mut Tensor<Sh, E, D>,
+        ) {
             let n = p.numel();
-            for (d, &v) in p.data_mut().iter_mut().zip(&self.0[self.1..self.1 + n]) {
-                *d = E::from_f64(v);
-            }
+            let v = self.0[self.1..self.1 + n].iter().map(|&v| E::from_f64(v));
+            p.assign(v.collect()).unwrap();
             self.1 += n;
         }
     }

@@ -159,15 +159,13 @@ fn by_path(model: &Llama, grads: Option<&Gradients>) -> Vec<(String, Vec<f64>)> 
         out: Vec<(String, Vec<f64>)>,
     }
     impl zerfoo::nn::ParamVisitor for Collect<'_> {
-        fn visit<S: Shape, E: FloatDtype>(&mut self, path: &str, p: &Tensor<S, E>) {
+        fn visit<S: Shape, E: FloatDtype, D: Backend>(&mut self, path: &str, p: &Tensor<S, E, D>) {
             let v = match self.grads {
                 None => p.to_f64_vec(),
                 Some(g) => g
-                    .get_vec::<E>(p.id())
+                    .get(p)
                     .unwrap_or_else(|| panic!("no gradient for `{path}`"))
-                    .iter()
-                    .map(|x| x.to_f64())
-                    .collect(),
+                    .to_f64_vec(),
             };
             self.out.push((path.to_string(), v));
         }

@@ -165,7 +165,7 @@ fn model_f64() -> Model<Feat, Hid, f64, 2> {
 fn values<M: Module>(m: &M) -> Vec<(String, DType, Vec<f64>)> {
     struct All(Vec<(String, DType, Vec<f64>)>);
     impl zerfoo::nn::ParamVisitor for All {
-        fn visit<S: Shape, E: FloatDtype>(&mut self, path: &str, p: &Tensor<S, E>) {
+        fn visit<S: Shape, E: FloatDtype, D: Backend>(&mut self, path: &str, p: &Tensor<S, E, D>) {
             self.0.push((path.to_string(), E::DTYPE, p.to_f64_vec()));
         }
     }

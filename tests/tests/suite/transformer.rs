@@ -813,16 +813,15 @@ fn f32_stack_agrees_with_f64() {
     // Same parameter values, rounded to f32.
     struct Copy64(Vec<Vec<f64>>, usize);
     impl zerfoo::nn::ParamVisitorMut for Copy64 {
-        fn visit<S: Shape, E: FloatDtype>(&mut self, _: &str, p: &mut Tensor<S, E>) {
-            for (d, s) in p.data_mut().iter_mut().zip(&self.0[self.1]) {
-                *d = E::from_f64(*s);
-            }
+        fn visit<S: Shape, E: FloatDtype, D: Backend>(&mut self, _: &str, p: &mut Tensor<S, E, D>) {
+            p.assign(self.0[self.1].iter().map(|&s| E::from_f64(s)).collect())
+                .unwrap();
             self.1 += 1;
         }
     }
     struct Read(Vec<Vec<f64>>);
     impl zerfoo::nn::ParamVisitor for Read {
-        fn visit<S: Shape, E: FloatDtype>(&mut self, _: &str, p: &Tensor<S, E>) {
+        fn visit<S: Shape, E: FloatDtype, D: Backend>(&mut self, _: &str, p: &Tensor<S, E, D>) {
             self.0.push(p.to_f64_vec());
         }
     }

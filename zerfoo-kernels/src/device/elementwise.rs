@@ -74,6 +74,14 @@ pub trait ElementwiseKernels: Device {
         g: &Self::Storage<E>,
     ) -> Result<(), DeviceError>;
 
+    /// `acc += scale * g` elementwise (both contiguous, same length).
+    fn add_scaled<E: FloatDtype>(
+        &self,
+        acc: &mut Self::Storage<E>,
+        g: &Self::Storage<E>,
+        scale: f64,
+    ) -> Result<(), DeviceError>;
+
     /// `x *= factor` in place, in the compute type, rounding once.
     fn scale<E: FloatDtype>(
         &self,
@@ -172,6 +180,21 @@ impl ElementwiseKernels for Cpu {
         Ok(())
     }
 
+    /// In the compute type, rounding once per element.
+    fn add_scaled<E: FloatDtype>(
+        &self,
+        acc: &mut Vec<E>,
+        g: &Vec<E>,
+        scale: f64,
+    ) -> Result<(), DeviceError> {
+        debug_assert_eq!(acc.len(), g.len());
+        let s = <E::Acc as crate::Real>::of_f64(scale);
+        for (a, g) in acc.iter_mut().zip(g) {
+            *a = E::from_acc(a.to_acc() + g.to_acc() * s);
+        }
+        Ok(())
+    }
+
     fn scale<E: FloatDtype>(&self, x: &mut Vec<E>, factor: f64) -> Result<(), DeviceError> {
         crate::cpu::optim::scale_in_place(x, factor);
         Ok(())
@@ -266,6 +289,19 @@ mod cuda_impl {
             let l = Layout::contiguous(&[acc.len()]);
             *acc = k::binary_forward(crate::cpu::binary::AddOp, acc, &l, g, &l)?;
             Ok(())
+        }
+
+        /// Scales then adds: two roundings for low-precision dtypes (the CPU
+        /// rounds once), within the dtype's tolerance.
+        fn add_scaled<E: FloatDtype>(
+            &self,
+            acc: &mut CudaBuffer<E>,
+            g: &CudaBuffer<E>,
+            scale: f64,
+        ) -> Result<(), DeviceError> {
+            let l = Layout::contiguous(&[g.len()]);
+            let scaled = k::unary_forward(MulScalar(scale), g, &l)?;
+            self.add_assign(acc, &scaled)
         }
 
         fn scale<E: FloatDtype>(

@@ -20,7 +20,7 @@
 // Typed shapes in signatures are the point of these layers.
 #![allow(clippy::type_complexity)]
 
-use zerfoo_kernels::{Cpu, Dtype, FloatDtype};
+use zerfoo_kernels::{Backend, Cpu, Dtype, FloatDtype};
 
 use crate::autograd::TapeState;
 use crate::error::or_panic;
@@ -160,7 +160,7 @@ struct NanoInit {
 }
 
 impl ParamVisitorMut for NanoInit {
-    fn visit<S: Shape, E: FloatDtype>(&mut self, path: &str, p: &mut Tensor<S, E, Cpu>) {
+    fn visit<S: Shape, E: FloatDtype, D: Backend>(&mut self, path: &str, p: &mut Tensor<S, E, D>) {
         self.count += 1;
         let seed = rng::bits(self.seed, self.count);
         let shape = p.shape();
@@ -168,9 +168,9 @@ impl ParamVisitorMut for NanoInit {
         if path.ends_with("weight") && matrix {
             let resid = path.ends_with("o_proj.weight") || path.ends_with("fc2.weight");
             let std = if resid { self.proj_std } else { self.std };
-            *p = crate::nn::init::normal(shape, std, seed);
+            *p = crate::nn::init::normal(shape, std, seed).to_device(p.device());
         } else if path.ends_with("bias") {
-            *p = Tensor::zeros(shape);
+            *p = Tensor::zeros(shape).to_device(p.device());
         }
     }
 }

@@ -19,11 +19,13 @@
 //!   same struct with its dtype parameter replaced;
 //! - checkpoints by path: [`io::save`](crate::io::save) / [`io::load`](crate::io::load).
 //!
-//! Device moves: only the `Cpu` device exists today, so there is nothing to
-//! move between; `to_device` arrives with the CUDA backend, derived the same
-//! way as [`ToDtype`].
+//! - device moves: [`Module::to_device`] (`model.to_device(&cuda)`) builds
+//!   the same struct with its device parameter replaced ([`ToDevice`]).
+//!
+//! Visitors see parameters on any device (`D: Backend`): read them with
+//! `to_vec`, replace them with a tensor moved to `p.device()`.
 
-use zerfoo_kernels::{Cpu, DType, FloatDtype};
+use zerfoo_kernels::{Backend, DType, FloatDtype};
 
 use crate::autograd::{NoTape, TensorId};
 use crate::shape::{Dims, Shape};
@@ -32,13 +34,21 @@ use crate::tensor::Tensor;
 /// Sees every parameter of a module, read-only, with its dotted path.
 pub trait ParamVisitor {
     /// Called once per parameter.
-    fn visit<S: Shape, E: FloatDtype>(&mut self, path: &str, param: &Tensor<S, E, Cpu, NoTape>);
+    fn visit<S: Shape, E: FloatDtype, D: Backend>(
+        &mut self,
+        path: &str,
+        param: &Tensor<S, E, D, NoTape>,
+    );
 }
 
 /// Sees every parameter of a module, mutably, with its dotted path.
 pub trait ParamVisitorMut {
     /// Called once per parameter.
-    fn visit<S: Shape, E: FloatDtype>(&mut self, path: &str, param: &mut Tensor<S, E, Cpu, NoTape>);
+    fn visit<S: Shape, E: FloatDtype, D: Backend>(
+        &mut self,
+        path: &str,
+        param: &mut Tensor<S, E, D, NoTape>,
+    );
 }
 
 /// Something with parameters: a layer, a model, a stack of them.
@@ -59,7 +69,11 @@ pub trait Module {
     fn num_params(&self) -> usize {
         struct Count(usize);
         impl ParamVisitor for Count {
-            fn visit<S: Shape, E: FloatDtype>(&mut self, _: &str, p: &Tensor<S, E, Cpu, NoTape>) {
+            fn visit<S: Shape, E: FloatDtype, D: Backend>(
+                &mut self,
+                _: &str,
+                p: &Tensor<S, E, D, NoTape>,
+            ) {
                 self.0 += p.numel();
             }
         }
@@ -72,10 +86,10 @@ pub trait Module {
     fn param_info(&self) -> Vec<ParamInfo> {
         struct Collect(Vec<ParamInfo>);
         impl ParamVisitor for Collect {
-            fn visit<S: Shape, E: FloatDtype>(
+            fn visit<S: Shape, E: FloatDtype, D: Backend>(
                 &mut self,
                 path: &str,
-                p: &Tensor<S, E, Cpu, NoTape>,
+                p: &Tensor<S, E, D, NoTape>,
             ) {
                 self.0.push(ParamInfo {
                     path: path.to_string(),
@@ -133,8 +147,8 @@ pub trait ToDtype<E2: FloatDtype> {
     fn convert_dtype(&self) -> Self::Output;
 }
 
-impl<S: Shape, E: FloatDtype, E2: FloatDtype> ToDtype<E2> for Tensor<S, E, Cpu, NoTape> {
-    type Output = Tensor<S, E2, Cpu, NoTape>;
+impl<S: Shape, E: FloatDtype, E2: FloatDtype, D: Backend> ToDtype<E2> for Tensor<S, E, D, NoTape> {
+    type Output = Tensor<S, E2, D, NoTape>;
     fn convert_dtype(&self) -> Self::Output {
         self.clone().to_dtype::<E2>()
     }
@@ -178,8 +192,8 @@ pub trait FixedDtype<E2: FloatDtype>: Sized {
 pub trait DtypeEq<E2> {}
 impl<E: FloatDtype> DtypeEq<E> for E {}
 
-impl<S: Shape, E: FloatDtype + DtypeEq<E2>, E2: FloatDtype> FixedDtype<E2>
-    for Tensor<S, E, Cpu, NoTape>
+impl<S: Shape, E: FloatDtype + DtypeEq<E2>, E2: FloatDtype, D: Backend> FixedDtype<E2>
+    for Tensor<S, E, D, NoTape>
 {
     fn keep_dtype(&self) -> Self {
         self.clone().to_dtype::<E>()
@@ -234,7 +248,7 @@ pub fn join_path(prefix: &str, name: &str) -> String {
     }
 }
 
-impl<S: Shape, E: FloatDtype> Module for Tensor<S, E, Cpu, NoTape> {
+impl<S: Shape, E: FloatDtype, D: Backend> Module for Tensor<S, E, D, NoTape> {
     fn visit_params<V: ParamVisitor>(&self, prefix: &str, v: &mut V) {
         v.visit(prefix, self);
     }

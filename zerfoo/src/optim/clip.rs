@@ -1,9 +1,8 @@
 //! Global-norm gradient clipping (`torch.nn.utils.clip_grad_norm_`).
 
-use zerfoo_kernels::cpu::optim::{scale_in_place, sum_squares};
-use zerfoo_kernels::{Cpu, FloatDtype};
+use zerfoo_kernels::{Backend, FloatDtype};
 
-use crate::autograd::{Gradients, NoTape};
+use crate::autograd::{device_ok, Gradients, NoTape};
 use crate::nn::{Module, ParamVisitor};
 use crate::shape::Shape;
 use crate::tensor::Tensor;
@@ -17,9 +16,13 @@ pub fn clip_grad_norm<M: Module>(module: &M, grads: &mut Gradients, max_norm: f6
         total: f64,
     }
     impl ParamVisitor for SumSq<'_> {
-        fn visit<S: Shape, E: FloatDtype>(&mut self, _: &str, p: &Tensor<S, E, Cpu, NoTape>) {
-            if let Some(g) = self.grads.get_vec::<E>(p.id()) {
-                self.total += sum_squares(g);
+        fn visit<S: Shape, E: FloatDtype, D: Backend>(
+            &mut self,
+            _: &str,
+            p: &Tensor<S, E, D, NoTape>,
+        ) {
+            if let Some(g) = self.grads.get_storage::<D, E>(p.id()) {
+                self.total += device_ok(p.device().sum_squares(g));
             }
         }
     }
@@ -33,9 +36,13 @@ pub fn clip_grad_norm<M: Module>(module: &M, grads: &mut Gradients, max_norm: f6
             coef: f64,
         }
         impl ParamVisitor for Scale<'_> {
-            fn visit<S: Shape, E: FloatDtype>(&mut self, _: &str, p: &Tensor<S, E, Cpu, NoTape>) {
-                if let Some(g) = self.grads.get_vec_mut::<E>(p.id()) {
-                    scale_in_place(g, self.coef);
+            fn visit<S: Shape, E: FloatDtype, D: Backend>(
+                &mut self,
+                _: &str,
+                p: &Tensor<S, E, D, NoTape>,
+            ) {
+                if let Some(g) = self.grads.get_storage_mut::<D, E>(p.id()) {
+                    device_ok(p.device().scale(g, self.coef));
                 }
             }
         }

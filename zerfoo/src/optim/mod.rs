@@ -20,8 +20,8 @@ pub use state::OptimizerState;
 
 use std::collections::HashMap;
 
-use zerfoo_kernels::cpu::optim::{adam_update, sgd_update, AdamStep, SgdStep};
-use zerfoo_kernels::{Cpu, FloatDtype};
+use zerfoo_kernels::cpu::optim::{AdamStep, SgdStep};
+use zerfoo_kernels::{Backend, FloatDtype};
 
 use crate::autograd::{Gradients, NoTape};
 use crate::nn::{Module, ParamVisitorMut};
@@ -197,13 +197,13 @@ impl Optimizer {
             grads: &'a mut Gradients,
         }
         impl crate::nn::ParamVisitor for Remove<'_> {
-            fn visit<S: Shape, E: FloatDtype>(
+            fn visit<S: Shape, E: FloatDtype, D: Backend>(
                 &mut self,
                 path: &str,
-                p: &Tensor<S, E, Cpu, NoTape>,
+                p: &Tensor<S, E, D, NoTape>,
             ) {
                 if self.opt.is_frozen(path) {
-                    self.grads.remove::<E>(p.id());
+                    self.grads.remove_storage::<D, E>(p.id());
                 }
             }
         }
@@ -274,35 +274,56 @@ struct Update<'a> {
 }
 
 impl ParamVisitorMut for Update<'_> {
-    fn visit<S: Shape, E: FloatDtype>(&mut self, path: &str, p: &mut Tensor<S, E, Cpu, NoTape>) {
-        let Some(g) = self.grads.get_vec::<E>(p.id()) else {
+    fn visit<S: Shape, E: FloatDtype, D: Backend>(
+        &mut self,
+        path: &str,
+        p: &mut Tensor<S, E, D, NoTape>,
+    ) {
+        if self.error.is_some() {
             return;
+        }
+        if let Err(e) = self.update(path, p) {
+            self.error = Some(e);
+        }
+    }
+}
+
+impl Update<'_> {
+    fn update<S: Shape, E: FloatDtype, D: Backend>(
+        &mut self,
+        path: &str,
+        p: &mut Tensor<S, E, D, NoTape>,
+    ) -> crate::Result<()> {
+        let Some(g) = self.grads.get_storage::<D, E>(p.id()) else {
+            return Ok(());
         };
         if self.opt.is_frozen(path) {
-            return;
+            return Ok(());
         }
         let gi = (self.opt.group_of)(path);
         let Some(group) = self.opt.groups.get(gi).copied() else {
-            self.error = Some(crate::Error::InvalidArgument {
+            return Err(crate::Error::InvalidArgument {
                 op: "optimizer step",
                 reason: format!(
                     "parameter `{path}` was put in group {gi}, but only {} groups exist",
                     self.opt.groups.len()
                 ),
             });
-            return;
         };
         let st = self
             .opt
             .state
             .entry(path.to_string())
-            .or_insert_with(|| state::ParamState::new::<E::Acc>(&p.dims()));
+            .or_insert_with(|| state::ParamState::new(&p.dims()));
         // This parameter's own step, as PyTorch: a parameter that had no
         // gradient (or was frozen) for a while gets Adam's full bias
         // correction when it starts training.
         let t = st.steps + 1;
+        let first = st.steps == 0;
         let lr = self.opt.lr * group.lr_scale;
-        let data = p.data_mut();
+        let dev = p.device().clone();
+        let (m, v) = st.slots_on::<D, E::Acc>(&dev)?;
+        let data = p.storage_mut()?;
         match self.opt.rule {
             Rule::Sgd {
                 momentum,
@@ -315,9 +336,9 @@ impl ParamVisitorMut for Update<'_> {
                     dampening,
                     nesterov,
                     weight_decay: group.weight_decay,
-                    first: st.steps == 0,
+                    first,
                 };
-                sgd_update(data, g, st.slot::<E::Acc>(0), &step);
+                dev.sgd_update(data, g, m, &step)?;
             }
             Rule::Adam { beta1, beta2, eps } | Rule::AdamW { beta1, beta2, eps } => {
                 let step = AdamStep {
@@ -329,10 +350,10 @@ impl ParamVisitorMut for Update<'_> {
                     decoupled: matches!(self.opt.rule, Rule::AdamW { .. }),
                     step: t,
                 };
-                let (m, v) = st.two_slots::<E::Acc>();
-                adam_update(data, g, m, v, &step);
+                dev.adam_update(data, g, m, v, &step)?;
             }
         }
         st.steps += 1;
+        Ok(())
     }
 }

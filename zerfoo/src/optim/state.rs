@@ -5,75 +5,106 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use safetensors::tensor::{Dtype as StDtype, TensorView};
-use zerfoo_kernels::{DType, Real};
+use std::any::Any;
+
+use zerfoo_kernels::{Backend, Dtype, Layout, Real};
 
 use super::{Optimizer, Rule};
 use crate::io::{parse_safetensors, read_file, write_atomic};
 use crate::nn::Module;
 use crate::{Error, Result};
 
-/// State of one parameter: up to two buffers in its compute type.
+/// State of one parameter: two buffers in its compute type, on the
+/// parameter's device (created on its first step; a loaded snapshot waits
+/// on the host until then).
 pub(crate) struct ParamState {
     pub(crate) steps: u64,
-    /// `Vec<A>` buffers (`A` = the parameter's compute type).
-    slots: [Box<dyn std::any::Any + Send + Sync>; 2],
+    /// The buffers, once the parameter has stepped on its device.
+    slots: Option<Box<dyn StateSlots>>,
+    /// Buffers loaded from a snapshot, not yet on the device.
+    pending: Option<[Vec<f64>; 2]>,
     /// Number of elements of each buffer.
     len: usize,
     /// The parameter's dims (the shape of the buffers on disk).
     dims: Vec<usize>,
 }
 
+/// Two state buffers on some device, type-erased.
+trait StateSlots: Any + Send + Sync {
+    /// Buffer `i` on the host, as f64 (exact for f32/f64 state).
+    fn to_f64(&self, i: usize) -> Result<Vec<f64>>;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// The buffers of one parameter on device `D`, in compute type `A`.
+struct Slots<D: Backend, A: Real + Dtype> {
+    dev: D,
+    bufs: [D::Storage<A>; 2],
+}
+
+impl<D: Backend, A: Real + Dtype> StateSlots for Slots<D, A> {
+    fn to_f64(&self, i: usize) -> Result<Vec<f64>> {
+        let l = Layout::contiguous(&[D::storage_len(&self.bufs[i])]);
+        Ok(self
+            .dev
+            .to_host(&self.bufs[i], &l)?
+            .into_iter()
+            .map(|v| v.as_f64())
+            .collect())
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
 impl ParamState {
-    pub(crate) fn new<A: Real>(dims: &[usize]) -> Self {
-        let n = dims.iter().product();
+    pub(crate) fn new(dims: &[usize]) -> Self {
         ParamState {
             steps: 0,
-            slots: [Box::new(vec![A::zero(); n]), Box::new(vec![A::zero(); n])],
-            len: n,
+            slots: None,
+            pending: None,
+            len: dims.iter().product(),
             dims: dims.to_vec(),
         }
     }
 
-    /// Fresh state in the compute type of a parameter of dtype `dtype`.
-    fn for_dtype(dtype: DType, dims: &[usize]) -> Self {
-        if dtype == DType::F64 {
-            ParamState::new::<f64>(dims)
-        } else {
-            ParamState::new::<f32>(dims)
+    /// The two buffers on `dev` in compute type `A` (zeros on the first
+    /// step, or the loaded snapshot).
+    pub(crate) fn slots_on<D: Backend, A: Real + Dtype>(
+        &mut self,
+        dev: &D,
+    ) -> Result<(&mut D::Storage<A>, &mut D::Storage<A>)> {
+        if self.slots.is_none() {
+            let host = self
+                .pending
+                .take()
+                .unwrap_or_else(|| [vec![0.0; self.len], vec![0.0; self.len]]);
+            let [a, b] = host.map(|v| v.into_iter().map(A::of_f64).collect::<Vec<A>>());
+            let bufs = [dev.from_host(a)?, dev.from_host(b)?];
+            self.slots = Some(Box::new(Slots {
+                dev: dev.clone(),
+                bufs,
+            }));
         }
+        let slots = self
+            .slots
+            .as_mut()
+            .expect("created above")
+            .as_any_mut()
+            .downcast_mut::<Slots<D, A>>()
+            .ok_or_else(|| Error::InvalidArgument {
+                op: "optimizer step",
+                reason: "a parameter changed device or compute type between steps".into(),
+            })?;
+        let [a, b] = &mut slots.bufs;
+        Ok((a, b))
     }
 
-    pub(crate) fn slot<A: Real>(&mut self, i: usize) -> &mut Vec<A> {
-        self.slots[i]
-            .downcast_mut::<Vec<A>>()
-            .expect("optimizer state changed compute type")
-    }
-
-    pub(crate) fn two_slots<A: Real>(&mut self) -> (&mut Vec<A>, &mut Vec<A>) {
-        let [a, b] = &mut self.slots;
-        (
-            a.downcast_mut::<Vec<A>>().expect("optimizer state type"),
-            b.downcast_mut::<Vec<A>>().expect("optimizer state type"),
-        )
-    }
-
-    fn as_f64(&self, i: usize) -> Vec<f64> {
-        if let Some(v) = self.slots[i].downcast_ref::<Vec<f64>>() {
-            v.clone()
-        } else if let Some(v) = self.slots[i].downcast_ref::<Vec<f32>>() {
-            v.iter().map(|&x| x as f64).collect()
-        } else {
-            vec![0.0; self.len]
-        }
-    }
-
-    fn set_f64(&mut self, i: usize, values: &[f64]) {
-        if let Some(v) = self.slots[i].downcast_mut::<Vec<f64>>() {
-            v.copy_from_slice(values);
-        } else if let Some(v) = self.slots[i].downcast_mut::<Vec<f32>>() {
-            for (d, &s) in v.iter_mut().zip(values) {
-                *d = s as f32;
-            }
+    fn as_f64(&self, i: usize) -> Result<Vec<f64>> {
+        match (&self.slots, &self.pending) {
+            (Some(s), _) => s.to_f64(i),
+            (None, Some(p)) => Ok(p[i].clone()),
+            (None, None) => Ok(vec![0.0; self.len]),
         }
     }
 }
@@ -91,17 +122,24 @@ pub struct OptimizerState {
 }
 
 impl super::Optimizer {
-    /// A snapshot of the state (for checkpoints).
+    /// A snapshot of the state (for checkpoints), copied to the host.
+    ///
+    /// Panics if a device fails to copy (see [`try_state`](Self::try_state)).
     pub fn state(&self) -> OptimizerState {
-        OptimizerState {
+        crate::error::or_panic(self.try_state())
+    }
+
+    /// A snapshot of the state, or the device's error.
+    pub fn try_state(&self) -> Result<OptimizerState> {
+        let mut params = HashMap::new();
+        for (k, s) in &self.state {
+            params.insert(k.clone(), (s.steps, [s.as_f64(0)?, s.as_f64(1)?]));
+        }
+        Ok(OptimizerState {
             step: self.step,
             lr: self.lr,
-            params: self
-                .state
-                .iter()
-                .map(|(k, s)| (k.clone(), (s.steps, [s.as_f64(0), s.as_f64(1)])))
-                .collect(),
-        }
+            params,
+        })
     }
 
     /// Restores a snapshot taken by [`state`](Self::state). Buffers of
@@ -131,9 +169,8 @@ impl super::Optimizer {
                     ),
                 });
             }
-            let mut st = ParamState::for_dtype(info.dtype, &info.dims);
-            st.set_f64(0, &bufs[0]);
-            st.set_f64(1, &bufs[1]);
+            let mut st = ParamState::new(&info.dims);
+            st.pending = Some(bufs.clone());
             st.steps = *steps;
             self.state.insert(info.path, st);
         }
@@ -235,7 +272,7 @@ impl Optimizer {
                 buffers.push((
                     format!("state.{p}.{i}"),
                     st.dims.clone(),
-                    le_f64_bytes(&st.as_f64(i)),
+                    le_f64_bytes(&st.as_f64(i)?),
                 ));
             }
         }
@@ -342,8 +379,9 @@ impl Optimizer {
         let mut state = HashMap::new();
         for (p, steps) in with_state {
             let info = &params[&p];
-            let mut st = ParamState::for_dtype(info.dtype, &info.dims);
-            for i in 0..2 {
+            let mut st = ParamState::new(&info.dims);
+            let mut loaded: [Vec<f64>; 2] = Default::default();
+            for (i, slot) in loaded.iter_mut().enumerate() {
                 let name = format!("state.{p}.{i}");
                 let view = file.tensor(&name).map_err(|_| Error::Checkpoint {
                     tensor: name.clone(),
@@ -370,9 +408,10 @@ impl Optimizer {
                     .chunks_exact(8)
                     .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
                     .collect();
-                st.set_f64(i, &values);
+                *slot = values;
                 expected.insert(name);
             }
+            st.pending = Some(loaded);
             st.steps = steps;
             state.insert(p, st);
         }

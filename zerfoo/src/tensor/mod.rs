@@ -274,6 +274,43 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
         }
     }
 
+    /// The storage, dense and owned by this tensor alone (copied first when
+    /// it is a view or shared), for in-place updates that keep the id.
+    pub(crate) fn storage_mut(&mut self) -> crate::Result<&mut D::Storage<E>> {
+        if !self.is_dense() || Arc::get_mut(&mut self.data).is_none() {
+            let copy = self.device.contiguous(&self.data, &self.layout)?;
+            self.data = Arc::new(copy);
+            self.layout = Layout::contiguous(&self.shape.dims());
+        }
+        Ok(Arc::get_mut(&mut self.data).expect("storage was just made unique"))
+    }
+
+    /// Replaces every element with `values` (row-major, copied to this
+    /// tensor's device), keeping the id: how a [`ParamVisitorMut`](crate::nn::ParamVisitorMut)
+    /// overwrites a parameter on any device. An error if the count differs
+    /// or the device fails.
+    ///
+    /// ```
+    /// use zerfoo::prelude::*;
+    /// let mut w: Tensor<(U2,), f32> = Tensor::zeros(Default::default());
+    /// let id = w.id();
+    /// w.assign(vec![1.0, 2.0]).unwrap();
+    /// assert_eq!((w.to_vec(), w.id()), (vec![1.0, 2.0], id));
+    /// assert!(w.assign(vec![1.0]).is_err());
+    /// ```
+    pub fn assign(&mut self, values: Vec<E>) -> crate::Result<()> {
+        if values.len() != self.numel() {
+            return Err(crate::Error::ShapeMismatch {
+                op: "assign",
+                lhs: self.dims().to_vec(),
+                rhs: vec![values.len()],
+            });
+        }
+        self.data = Arc::new(self.device.from_host(values)?);
+        self.layout = Layout::contiguous(&self.shape.dims());
+        Ok(())
+    }
+
     /// Whether the storage holds exactly this tensor's elements, row-major.
     pub(crate) fn is_dense(&self) -> bool {
         self.layout.is_contiguous()

@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use serde_json::{json, Value};
-use zerfoo_kernels::{Cpu, FloatDtype};
+use zerfoo_kernels::{Backend, Cpu, FloatDtype};
 
 use super::checkpoint::{self, CheckpointExtras, CheckpointState};
 use super::metrics::{MetricsLog, StepMetrics};
@@ -562,12 +562,17 @@ pub fn add_param_grads<M: Module>(model: &M, total: &mut Gradients, micro: &Grad
         seen: HashSet<TensorId>,
     }
     impl ParamVisitor for Add<'_> {
-        fn visit<S: Shape, E: FloatDtype>(&mut self, _: &str, p: &Tensor<S, E, Cpu, NoTape>) {
+        fn visit<S: Shape, E: FloatDtype, D: Backend>(
+            &mut self,
+            _: &str,
+            p: &Tensor<S, E, D, NoTape>,
+        ) {
             if !self.seen.insert(p.id()) {
                 return;
             }
-            if let Some(g) = self.micro.get_vec::<E>(p.id()) {
-                self.total.accumulate_scaled(p.id(), g, self.scale);
+            if let Some(g) = self.micro.get_storage::<D, E>(p.id()) {
+                self.total
+                    .accumulate_scaled_on(p.device(), p.id(), g, self.scale);
             }
         }
     }
