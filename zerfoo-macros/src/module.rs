@@ -1,5 +1,6 @@
-//! `#[derive(Module)]`: parameter traversal, dtype moves (`ToDtype`) and,
-//! with `#[module(sequential)]`, a chained `Forward`.
+//! `#[derive(Module)]`: parameter traversal, dtype moves (`ToDtype`),
+//! device moves (`ToDevice`) and, with `#[module(sequential)]`, a chained
+//! `Forward`.
 //!
 //! Every misuse is a `syn::Error` pointing at the offending spot; the macro
 //! never panics.
@@ -49,7 +50,10 @@ fn field_attrs(attrs: &[syn::Attribute]) -> syn::Result<FieldAttrs> {
                 }
                 out.rename = Some((s.value(), meta.path.span()));
                 Ok(())
-            } else if meta.path.is_ident("sequential") || meta.path.is_ident("dtype") {
+            } else if meta.path.is_ident("sequential")
+                || meta.path.is_ident("dtype")
+                || meta.path.is_ident("device")
+            {
                 Err(meta.error("this option goes on the struct, not on a field"))
             } else {
                 Err(meta.error(
@@ -73,6 +77,8 @@ struct StructOpts {
     sequential: Option<Span>,
     /// `#[module(dtype = E)]`.
     dtype: Option<Ident>,
+    /// `#[module(device = D)]`.
+    device: Option<Ident>,
 }
 
 fn struct_opts(attrs: &[syn::Attribute]) -> syn::Result<StructOpts> {
@@ -85,11 +91,14 @@ fn struct_opts(attrs: &[syn::Attribute]) -> syn::Result<StructOpts> {
             } else if meta.path.is_ident("dtype") {
                 out.dtype = Some(meta.value()?.parse()?);
                 Ok(())
+            } else if meta.path.is_ident("device") {
+                out.device = Some(meta.value()?.parse()?);
+                Ok(())
             } else if meta.path.is_ident("skip") || meta.path.is_ident("rename") {
                 Err(meta.error("this option goes on a field, not on the struct"))
             } else {
                 Err(meta.error(
-                    "unknown struct option: expected `#[module(sequential)]` or `#[module(dtype = E)]`",
+                    "unknown struct option: expected `#[module(sequential)]`, `#[module(dtype = E)]` or `#[module(device = D)]`",
                 ))
             }
         })?;
@@ -283,6 +292,7 @@ pub fn derive(input: DeriveInput) -> syn::Result<TokenStream> {
     };
 
     out.extend(to_dtype_impl(&input, &opts, &fields, &type_params)?);
+    out.extend(to_device_impl(&input, &opts, &fields, &type_params)?);
     if let Some(span) = opts.sequential {
         out.extend(sequential_forward(&input, &traversed, span)?);
     }
@@ -302,33 +312,7 @@ fn to_dtype_impl(
     let generics = &input.generics;
 
     // The dtype parameter: marked, or the one bounded by `FloatDtype`.
-    let dtype = match &opts.dtype {
-        Some(d) => {
-            if !type_params.contains(d) {
-                return Err(Error::new(
-                    d.span(),
-                    format!("`{d}` is not a type parameter of `{name}`"),
-                ));
-            }
-            Some(d.clone())
-        }
-        None => {
-            let floats: Vec<&Ident> = type_params
-                .iter()
-                .filter(|p| has_bound(&bounds_of(generics, p), "FloatDtype"))
-                .collect();
-            if floats.len() > 1 {
-                return Err(Error::new(
-                    floats[1].span(),
-                    format!(
-                        "`{}` and `{}` are both bounded by `FloatDtype`: mark the one `to_dtype` changes with `#[module(dtype = {})]` on the struct",
-                        floats[0], floats[1], floats[0]
-                    ),
-                ));
-            }
-            floats.first().map(|p| (*p).clone())
-        }
-    };
+    let dtype = marked_param(input, &opts.dtype, "FloatDtype", "dtype", type_params)?;
     let modules: Vec<Ident> = type_params
         .iter()
         .filter(|p| Some(*p) != dtype.as_ref() && has_bound(&bounds_of(generics, p), "Module"))
@@ -448,6 +432,151 @@ fn to_dtype_impl(
         {
             fn keep_dtype(&self) -> Self {
                 #name { #(#fixed_inits,)* }
+            }
+        }
+    })
+}
+
+/// The type parameter a `derive` option names (checked to exist), or the
+/// only one bounded by `bound`; an error when several are and none is named.
+fn marked_param(
+    input: &DeriveInput,
+    named: &Option<Ident>,
+    bound: &str,
+    option: &str,
+    type_params: &[Ident],
+) -> syn::Result<Option<Ident>> {
+    let name = &input.ident;
+    if let Some(d) = named {
+        if !type_params.contains(d) {
+            return Err(Error::new(
+                d.span(),
+                format!("`{d}` is not a type parameter of `{name}`"),
+            ));
+        }
+        return Ok(Some(d.clone()));
+    }
+    let found: Vec<&Ident> = type_params
+        .iter()
+        .filter(|p| has_bound(&bounds_of(&input.generics, p), bound))
+        .collect();
+    if found.len() > 1 {
+        return Err(Error::new(
+            found[1].span(),
+            format!(
+                "`{}` and `{}` are both bounded by `{bound}`: mark the one to change with `#[module({option} = {})]` on the struct",
+                found[0], found[1], found[0]
+            ),
+        ));
+    }
+    Ok(found.first().map(|p| (*p).clone()))
+}
+
+/// `impl<.., __D2: Backend> ToDevice<__D2>`: the same struct with its device
+/// parameter (bounded by `Backend`, or named by `#[module(device = D)]`)
+/// replaced by `__D2`, every sub-module parameter by its own moved type, and
+/// every parameter tensor copied to the new device. Fields whose type does
+/// not mention those parameters must move to themselves (they hold no
+/// device memory); skipped fields are cloned.
+fn to_device_impl(
+    input: &DeriveInput,
+    opts: &StructOpts,
+    fields: &[Field],
+    type_params: &[Ident],
+) -> syn::Result<TokenStream> {
+    let name = &input.ident;
+    let generics = &input.generics;
+    let dtype = marked_param(input, &opts.dtype, "FloatDtype", "dtype", type_params)?;
+    let device = marked_param(input, &opts.device, "Backend", "device", type_params)?;
+    let modules: Vec<Ident> = type_params
+        .iter()
+        .filter(|p| {
+            Some(*p) != dtype.as_ref()
+                && Some(*p) != device.as_ref()
+                && has_bound(&bounds_of(generics, p), "Module")
+        })
+        .cloned()
+        .collect();
+    let mut map: HashMap<Ident, TokenStream> = HashMap::new();
+    if let Some(d) = &device {
+        map.insert(d.clone(), quote!(__D2));
+    }
+    for m in &modules {
+        map.insert(
+            m.clone(),
+            quote!(<#m as ::zerfoo::nn::ToDevice<__D2>>::Output),
+        );
+    }
+    let changing: Vec<Ident> = map.keys().cloned().collect();
+
+    let (_, ty_generics, where_clause) = generics.split_for_impl();
+    let mut impl_gen = generics.clone();
+    impl_gen
+        .params
+        .push(syn::parse_quote!(__D2: ::zerfoo::kernels::Backend));
+    let (impl_generics, _, _) = impl_gen.split_for_impl();
+
+    let mut preds: Vec<TokenStream> = where_clause
+        .map(|w| w.predicates.iter().map(|p| quote!(#p)).collect())
+        .unwrap_or_default();
+    for p in &changing {
+        let new = &map[p];
+        let bounds = bounds_of(generics, p);
+        if !bounds.is_empty() {
+            let b = bounds.iter().map(|b| subst(b.to_token_stream(), &map));
+            preds.push(quote!(#new: #(#b)+*));
+        }
+    }
+    if let Some(w) = where_clause {
+        for pred in &w.predicates {
+            if mentions(pred, &changing) {
+                preds.push(subst(pred.to_token_stream(), &map));
+            }
+        }
+    }
+    for m in &modules {
+        preds.push(quote!(#m: ::zerfoo::nn::ToDevice<__D2>));
+    }
+
+    let mut inits = Vec::new();
+    for f in fields {
+        let (ty, member) = (&f.ty, &f.member);
+        if f.skip {
+            preds.push(clone_bound(f, type_params));
+            inits.push(clone_init(f));
+            continue;
+        }
+        let bare_module = matches!(ty, Type::Path(tp)
+            if tp.qself.is_none() && modules.iter().any(|m| tp.path.is_ident(m)));
+        if !bare_module {
+            // A field that does not mention the changing parameters moves to
+            // its own type (it holds no device memory).
+            let new_ty = subst(ty.to_token_stream(), &map);
+            preds
+                .push(quote_spanned!(f.span=> #ty: ::zerfoo::nn::ToDevice<__D2, Output = #new_ty>));
+        }
+        inits.push(quote_spanned!(f.span=>
+            #member: ::zerfoo::nn::ToDevice::<__D2>::convert_device(&self.#member, device)?
+        ));
+    }
+
+    let out_args = generics.params.iter().map(|gp| match gp {
+        GenericParam::Type(t) => subst(t.ident.to_token_stream(), &map),
+        GenericParam::Lifetime(l) => l.lifetime.to_token_stream(),
+        GenericParam::Const(c) => c.ident.to_token_stream(),
+    });
+    let out_ty = if generics.params.is_empty() {
+        quote!(#name)
+    } else {
+        quote!(#name<#(#out_args),*>)
+    };
+    Ok(quote! {
+        impl #impl_generics ::zerfoo::nn::ToDevice<__D2> for #name #ty_generics
+        where #(#preds,)*
+        {
+            type Output = #out_ty;
+            fn convert_device(&self, device: &__D2) -> ::zerfoo::Result<Self::Output> {
+                ::core::result::Result::Ok(#name { #(#inits,)* })
             }
         }
     })

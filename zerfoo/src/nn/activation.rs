@@ -4,7 +4,7 @@
 //! picks the nonlinearity of [`FeedForward`](super::FeedForward) and
 //! [`GatedFeedForward`](super::GatedFeedForward).
 
-use zerfoo_kernels::{Cpu, FloatDtype};
+use zerfoo_kernels::{Backend, FloatDtype};
 
 use super::{Forward, Module};
 use crate::autograd::TapeState;
@@ -14,10 +14,10 @@ use crate::tensor::Tensor;
 /// An elementwise nonlinearity with no parameters.
 pub trait Activation: Module + Copy + Default + core::fmt::Debug + Send + Sync + 'static {
     /// Applies it to every element.
-    fn apply<S: Shape, E: FloatDtype, T: TapeState>(
+    fn apply<S: Shape, E: FloatDtype, D: Backend, T: TapeState>(
         &self,
-        x: Tensor<S, E, Cpu, T>,
-    ) -> Tensor<S, E, Cpu, T>;
+        x: Tensor<S, E, D, T>,
+    ) -> Tensor<S, E, D, T>;
 }
 
 macro_rules! activation {
@@ -28,18 +28,18 @@ macro_rules! activation {
 
         impl Activation for $name {
             #[inline]
-            fn apply<S: Shape, E: FloatDtype, T: TapeState>(
+            fn apply<S: Shape, E: FloatDtype, D: Backend, T: TapeState>(
                 &self,
-                x: Tensor<S, E, Cpu, T>,
-            ) -> Tensor<S, E, Cpu, T> {
+                x: Tensor<S, E, D, T>,
+            ) -> Tensor<S, E, D, T> {
                 x.$method()
             }
         }
 
-        impl<S: Shape, E: FloatDtype, T: TapeState> Forward<Tensor<S, E, Cpu, T>> for $name {
-            type Output = Tensor<S, E, Cpu, T>;
+        impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Forward<Tensor<S, E, D, T>> for $name {
+            type Output = Tensor<S, E, D, T>;
             #[inline]
-            fn forward(&self, x: Tensor<S, E, Cpu, T>) -> Self::Output {
+            fn forward(&self, x: Tensor<S, E, D, T>) -> Self::Output {
                 x.$method()
             }
         }

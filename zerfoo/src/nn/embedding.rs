@@ -1,6 +1,6 @@
 //! `Embedding`: a lookup table from token ids to vectors (`torch.nn.Embedding`).
 
-use zerfoo_kernels::{Cpu, FloatDtype, IntDtype};
+use zerfoo_kernels::{Backend, Cpu, Device, FloatDtype, IntDtype};
 
 use super::{init, Forward};
 use crate::autograd::TapeState;
@@ -24,9 +24,9 @@ use crate::tensor::Tensor;
 /// assert!(emb.try_forward(bad).is_err());
 /// ```
 #[derive(crate::nn::Module, Clone, Debug)]
-pub struct Embedding<V: Dim, D: Dim, E: FloatDtype> {
+pub struct Embedding<V: Dim, D: Dim, E: FloatDtype, Dv: Backend = Cpu> {
     /// `[vocab, width]`.
-    pub weight: Tensor<(V, D), E>,
+    pub weight: Tensor<(V, D), E, Dv>,
 }
 
 impl<V: Dim, D: Dim, E: FloatDtype> Embedding<V, D, E> {
@@ -36,30 +36,36 @@ impl<V: Dim, D: Dim, E: FloatDtype> Embedding<V, D, E> {
             weight: init::normal((v, d), 1.0, seed),
         }
     }
+}
 
+impl<V: Dim, D: Dim, E: FloatDtype, Dv: Backend> Embedding<V, D, E, Dv> {
     /// Looks the ids up; an id outside `0..V` is an `Error::IndexOutOfRange`.
-    pub fn try_forward<S, I, T>(
+    /// The ids may live on any device (they are checked on the host).
+    pub fn try_forward<S, I, Di, T>(
         &self,
-        ids: Tensor<S, I, Cpu, T>,
-    ) -> Result<Tensor<<S as AppendDim<D>>::Out, E, Cpu, T>>
+        ids: Tensor<S, I, Di, T>,
+    ) -> Result<Tensor<<S as AppendDim<D>>::Out, E, Dv, T>>
     where
         S: Shape + AppendDim<D>,
         I: IntDtype,
+        Di: Device,
         T: TapeState,
     {
         self.weight.retaped::<T>().try_embedding(&ids)
     }
 }
 
-impl<V: Dim, D: Dim, E: FloatDtype, S, I, T> Forward<Tensor<S, I, Cpu, T>> for Embedding<V, D, E>
+impl<V: Dim, D: Dim, E: FloatDtype, Dv: Backend, S, I, Di, T> Forward<Tensor<S, I, Di, T>>
+    for Embedding<V, D, E, Dv>
 where
     S: Shape + AppendDim<D>,
     I: IntDtype,
+    Di: Device,
     T: TapeState,
 {
-    type Output = Tensor<<S as AppendDim<D>>::Out, E, Cpu, T>;
+    type Output = Tensor<<S as AppendDim<D>>::Out, E, Dv, T>;
     /// Panics with the `try_forward` message on an out-of-range id.
-    fn forward(&self, ids: Tensor<S, I, Cpu, T>) -> Self::Output {
+    fn forward(&self, ids: Tensor<S, I, Di, T>) -> Self::Output {
         crate::error::or_panic(self.try_forward(ids))
     }
 }

@@ -2,7 +2,7 @@
 //! Linear`, GPT-2's MLP) and [`GatedFeedForward`] (`down(act(gate(x)) *
 //! up(x))`: [`SwiGlu`] in LLaMA, [`GeGlu`] in Gemma).
 
-use zerfoo_kernels::{Cpu, FloatDtype};
+use zerfoo_kernels::{Backend, Cpu, FloatDtype};
 
 use super::{Activation, Forward, Gelu, GeluTanh, Linear, Silu};
 use crate::autograd::TapeState;
@@ -23,13 +23,13 @@ use crate::tensor::Tensor;
 /// assert_eq!(mlp.num_params(), 4 * 16 + 16 + 16 * 4 + 4);
 /// ```
 #[derive(crate::nn::Module, Clone, Debug)]
-pub struct FeedForward<D: Dim, H: Dim, E: FloatDtype, A: Activation = Gelu> {
+pub struct FeedForward<D: Dim, H: Dim, E: FloatDtype, A: Activation = Gelu, Dv: Backend = Cpu> {
     /// `D -> H`.
-    pub fc1: Linear<D, H, E>,
+    pub fc1: Linear<D, H, E, Dv>,
     /// The nonlinearity (no parameters).
     pub act: A,
     /// `H -> D`.
-    pub fc2: Linear<H, D, E>,
+    pub fc2: Linear<H, D, E, Dv>,
 }
 
 impl<D: Dim, H: Dim, E: FloatDtype, A: Activation> FeedForward<D, H, E, A> {
@@ -41,9 +41,11 @@ impl<D: Dim, H: Dim, E: FloatDtype, A: Activation> FeedForward<D, H, E, A> {
             fc2: Linear::new(h, d, bias, seed.wrapping_add(2)),
         }
     }
+}
 
+impl<D: Dim, H: Dim, E: FloatDtype, A: Activation, Dv: Backend> FeedForward<D, H, E, A, Dv> {
     /// A block from its two layers.
-    pub fn from_parts(fc1: Linear<D, H, E>, fc2: Linear<H, D, E>) -> Self {
+    pub fn from_parts(fc1: Linear<D, H, E, Dv>, fc2: Linear<H, D, E, Dv>) -> Self {
         FeedForward {
             fc1,
             act: A::default(),
@@ -52,20 +54,21 @@ impl<D: Dim, H: Dim, E: FloatDtype, A: Activation> FeedForward<D, H, E, A> {
     }
 }
 
-impl<D, H, E, A, S, S2, T> Forward<Tensor<S, E, Cpu, T>> for FeedForward<D, H, E, A>
+impl<D, H, E, A, Dv, S, S2, T> Forward<Tensor<S, E, Dv, T>> for FeedForward<D, H, E, A, Dv>
 where
     D: Dim,
     H: Dim,
     E: FloatDtype,
     A: Activation,
+    Dv: Backend,
     S: Shape,
     S2: Shape,
     T: TapeState,
-    Linear<D, H, E>: Forward<Tensor<S, E, Cpu, T>, Output = Tensor<S2, E, Cpu, T>>,
-    Linear<H, D, E>: Forward<Tensor<S2, E, Cpu, T>>,
+    Linear<D, H, E, Dv>: Forward<Tensor<S, E, Dv, T>, Output = Tensor<S2, E, Dv, T>>,
+    Linear<H, D, E, Dv>: Forward<Tensor<S2, E, Dv, T>>,
 {
-    type Output = <Linear<H, D, E> as Forward<Tensor<S2, E, Cpu, T>>>::Output;
-    fn forward(&self, x: Tensor<S, E, Cpu, T>) -> Self::Output {
+    type Output = <Linear<H, D, E, Dv> as Forward<Tensor<S2, E, Dv, T>>>::Output;
+    fn forward(&self, x: Tensor<S, E, Dv, T>) -> Self::Output {
         self.fc2.forward(self.act.apply(self.fc1.forward(x)))
     }
 }
@@ -87,13 +90,13 @@ where
 /// assert_eq!(paths, ["w1.weight", "w2.weight", "w3.weight"]);
 /// ```
 #[derive(crate::nn::Module, Clone, Debug)]
-pub struct GatedFeedForward<D: Dim, H: Dim, E: FloatDtype, A: Activation> {
+pub struct GatedFeedForward<D: Dim, H: Dim, E: FloatDtype, A: Activation, Dv: Backend = Cpu> {
     /// The gate, `D -> H`.
-    pub w1: Linear<D, H, E>,
+    pub w1: Linear<D, H, E, Dv>,
     /// The down projection, `H -> D`.
-    pub w2: Linear<H, D, E>,
+    pub w2: Linear<H, D, E, Dv>,
     /// The up projection, `D -> H`.
-    pub w3: Linear<D, H, E>,
+    pub w3: Linear<D, H, E, Dv>,
     /// The gate's nonlinearity (no parameters).
     pub act: A,
 }
@@ -115,9 +118,15 @@ impl<D: Dim, H: Dim, E: FloatDtype, A: Activation> GatedFeedForward<D, H, E, A> 
             act: A::default(),
         }
     }
+}
 
+impl<D: Dim, H: Dim, E: FloatDtype, A: Activation, Dv: Backend> GatedFeedForward<D, H, E, A, Dv> {
     /// A block from its gate, down and up layers.
-    pub fn from_parts(w1: Linear<D, H, E>, w2: Linear<H, D, E>, w3: Linear<D, H, E>) -> Self {
+    pub fn from_parts(
+        w1: Linear<D, H, E, Dv>,
+        w2: Linear<H, D, E, Dv>,
+        w3: Linear<D, H, E, Dv>,
+    ) -> Self {
         GatedFeedForward {
             w1,
             w2,
@@ -127,20 +136,21 @@ impl<D: Dim, H: Dim, E: FloatDtype, A: Activation> GatedFeedForward<D, H, E, A> 
     }
 }
 
-impl<D, H, E, A, S, S2, T> Forward<Tensor<S, E, Cpu, T>> for GatedFeedForward<D, H, E, A>
+impl<D, H, E, A, Dv, S, S2, T> Forward<Tensor<S, E, Dv, T>> for GatedFeedForward<D, H, E, A, Dv>
 where
     D: Dim,
     H: Dim,
     E: FloatDtype,
     A: Activation,
+    Dv: Backend,
     S: Shape,
     S2: Shape,
     T: TapeState,
-    Linear<D, H, E>: Forward<Tensor<S, E, Cpu, T>, Output = Tensor<S2, E, Cpu, T>>,
-    Linear<H, D, E>: Forward<Tensor<S2, E, Cpu, T>>,
+    Linear<D, H, E, Dv>: Forward<Tensor<S, E, Dv, T>, Output = Tensor<S2, E, Dv, T>>,
+    Linear<H, D, E, Dv>: Forward<Tensor<S2, E, Dv, T>>,
 {
-    type Output = <Linear<H, D, E> as Forward<Tensor<S2, E, Cpu, T>>>::Output;
-    fn forward(&self, x: Tensor<S, E, Cpu, T>) -> Self::Output {
+    type Output = <Linear<H, D, E, Dv> as Forward<Tensor<S2, E, Dv, T>>>::Output;
+    fn forward(&self, x: Tensor<S, E, Dv, T>) -> Self::Output {
         let gate = self.act.apply(self.w1.forward(x.clone()));
         let up = self.w3.forward(x);
         self.w2.forward(gate * up)

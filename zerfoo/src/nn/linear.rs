@@ -1,7 +1,7 @@
 //! `Linear`: `y = x Wᵀ + b` over the last axis, like `torch.nn.Linear`
 //! (weight stored `[out, in]`).
 
-use zerfoo_kernels::{Cpu, FloatDtype};
+use zerfoo_kernels::{Backend, Cpu, FloatDtype};
 
 use super::{init, Forward};
 use crate::autograd::TapeState;
@@ -21,11 +21,11 @@ use crate::tensor::Tensor;
 /// assert_eq!(layer.forward(x).dims(), [4, 2]);
 /// ```
 #[derive(crate::nn::Module, Clone, Debug)]
-pub struct Linear<I: Dim, O: Dim, E: FloatDtype> {
+pub struct Linear<I: Dim, O: Dim, E: FloatDtype, D: Backend = Cpu> {
     /// `[out, in]`.
-    pub weight: Tensor<(O, I), E>,
+    pub weight: Tensor<(O, I), E, D>,
     /// `[out]`, if any.
-    pub bias: Option<Tensor<(O,), E>>,
+    pub bias: Option<Tensor<(O,), E, D>>,
 }
 
 impl<I: Dim, O: Dim, E: FloatDtype> Linear<I, O, E> {
@@ -37,22 +37,24 @@ impl<I: Dim, O: Dim, E: FloatDtype> Linear<I, O, E> {
             bias: bias.then(|| init::torch_default((o,), fan_in, seed.wrapping_add(1))),
         }
     }
+}
 
+impl<I: Dim, O: Dim, E: FloatDtype, D: Backend> Linear<I, O, E, D> {
     /// A layer with the given weight and bias.
-    pub fn from_parts(weight: Tensor<(O, I), E>, bias: Option<Tensor<(O,), E>>) -> Self {
+    pub fn from_parts(weight: Tensor<(O, I), E, D>, bias: Option<Tensor<(O,), E, D>>) -> Self {
         Linear { weight, bias }
     }
 }
 
 macro_rules! linear_forward {
     ($($b:ident),* ; $axes:ty) => {
-        impl<$($b: Dim,)* I: Dim, I2: Dim, O: Dim, E: FloatDtype, T: TapeState>
-            Forward<Tensor<($($b,)* I2), E, Cpu, T>> for Linear<I, O, E>
+        impl<$($b: Dim,)* I: Dim, I2: Dim, O: Dim, E: FloatDtype, Dv: Backend, T: TapeState>
+            Forward<Tensor<($($b,)* I2), E, Dv, T>> for Linear<I, O, E, Dv>
         where
             ($($b,)* I2): MatMulShapes<(I, O), Out = ($($b,)* O)>,
         {
-            type Output = Tensor<($($b,)* O), E, Cpu, T>;
-            fn forward(&self, x: Tensor<($($b,)* I2), E, Cpu, T>) -> Self::Output {
+            type Output = Tensor<($($b,)* O), E, Dv, T>;
+            fn forward(&self, x: Tensor<($($b,)* I2), E, Dv, T>) -> Self::Output {
                 let y = x.matmul(self.weight.retaped::<T>().t());
                 match &self.bias {
                     Some(b) => {

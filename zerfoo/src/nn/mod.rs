@@ -33,7 +33,7 @@ pub use loss::{
 };
 pub use module::{
     join_path, DtypeEq, FixedDtype, Forward, Module, ParamInfo, ParamVisitor, ParamVisitorMut,
-    ToDtype,
+    ToDevice, ToDtype,
 };
 pub use norm::{LayerNorm, RmsNorm};
 pub use position::{LearnedPositions, PositionEncoding, SinusoidalPositions};

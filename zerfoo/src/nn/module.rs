@@ -131,6 +131,97 @@ pub trait Module {
     {
         ToDtype::<E2>::convert_dtype(self)
     }
+
+    /// The same module on `device`: every parameter copied there (fresh
+    /// ids), configuration fields cloned, the struct's device parameter
+    /// replaced (see [`ToDevice`]). An error if the device fails (out of
+    /// memory, a dtype it cannot hold).
+    ///
+    /// ```
+    /// use zerfoo::nn::{Linear, Module};
+    /// use zerfoo::prelude::*;
+    /// dim!(In = 3);
+    /// dim!(Out = 2);
+    /// let m: Linear<In, Out, f32> = Linear::new(In, Out, true, 0);
+    /// let same: Linear<In, Out, f32, Cpu> = m.try_to_device(&Cpu).unwrap();
+    /// assert_eq!(same.weight.to_vec(), m.weight.to_vec());
+    /// ```
+    fn try_to_device<D2: Backend>(
+        &self,
+        device: &D2,
+    ) -> crate::Result<<Self as ToDevice<D2>>::Output>
+    where
+        Self: ToDevice<D2> + Sized,
+    {
+        ToDevice::<D2>::convert_device(self, device)
+    }
+
+    /// Panicking twin of [`Module::try_to_device`].
+    #[track_caller]
+    fn to_device<D2: Backend>(&self, device: &D2) -> <Self as ToDevice<D2>>::Output
+    where
+        Self: ToDevice<D2> + Sized,
+    {
+        crate::error::or_panic(self.try_to_device(device))
+    }
+}
+
+/// A module (or a field of one) that can be rebuilt on device `D2`. Call it
+/// through [`Module::to_device`]; `#[derive(Module)]` implements it for a
+/// struct generic over its device (the type parameter bounded by
+/// `Backend`, or the one named by `#[module(device = D)]`).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot move to device `{D2}`",
+    label = "no device move to `{D2}` for this type",
+    note = "`to_device` replaces a struct's device parameter (the type parameter bounded by `Backend`, e.g. `Linear<I, O, E, D>`); a struct holding tensors of a fixed device cannot move"
+)]
+pub trait ToDevice<D2: Backend> {
+    /// The moved type.
+    type Output;
+    /// Copies every parameter to `device` (use [`Module::to_device`]).
+    fn convert_device(&self, device: &D2) -> crate::Result<Self::Output>;
+}
+
+impl<S: Shape, E: FloatDtype, D: Backend, D2: Backend> ToDevice<D2> for Tensor<S, E, D, NoTape> {
+    type Output = Tensor<S, E, D2, NoTape>;
+    fn convert_device(&self, device: &D2) -> crate::Result<Self::Output> {
+        self.try_to_device(device)
+    }
+}
+
+impl<M: ToDevice<D2>, D2: Backend> ToDevice<D2> for Vec<M> {
+    type Output = Vec<M::Output>;
+    fn convert_device(&self, device: &D2) -> crate::Result<Self::Output> {
+        self.iter().map(|m| m.convert_device(device)).collect()
+    }
+}
+
+impl<M: ToDevice<D2>, D2: Backend, const N: usize> ToDevice<D2> for [M; N] {
+    type Output = [M::Output; N];
+    fn convert_device(&self, device: &D2) -> crate::Result<Self::Output> {
+        let moved: Vec<M::Output> = self
+            .iter()
+            .map(|m| m.convert_device(device))
+            .collect::<crate::Result<_>>()?;
+        Ok(moved
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("N elements in, N out")))
+    }
+}
+
+impl<M: ToDevice<D2>, D2: Backend> ToDevice<D2> for Option<M> {
+    type Output = Option<M::Output>;
+    fn convert_device(&self, device: &D2) -> crate::Result<Self::Output> {
+        self.as_ref().map(|m| m.convert_device(device)).transpose()
+    }
+}
+
+/// A skipped-style marker holds nothing on a device.
+impl<T: ?Sized, D2: Backend> ToDevice<D2> for core::marker::PhantomData<T> {
+    type Output = core::marker::PhantomData<T>;
+    fn convert_device(&self, _: &D2) -> crate::Result<Self::Output> {
+        Ok(core::marker::PhantomData)
+    }
 }
 
 /// A module (or a field of one) that can be rebuilt with dtype `E2`.

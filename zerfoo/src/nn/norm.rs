@@ -1,7 +1,7 @@
 //! Normalization layers over the last axis: `LayerNorm` and `RmsNorm` (both
 //! the `x * w` and Gemma's `x * (1 + w)` forms).
 
-use zerfoo_kernels::{Cpu, FloatDtype};
+use zerfoo_kernels::{Backend, Cpu, FloatDtype};
 
 use super::Forward;
 use crate::autograd::TapeState;
@@ -13,11 +13,11 @@ use crate::tensor::Tensor;
 /// `torch.nn.LayerNorm(D)`: biased variance, `eps` inside the square root.
 /// `bias: None` is `LayerNorm(D, bias=False)` (nanoGPT's default).
 #[derive(crate::nn::Module, Clone, Debug)]
-pub struct LayerNorm<D: Dim, E: FloatDtype> {
+pub struct LayerNorm<D: Dim, E: FloatDtype, Dv: Backend = Cpu> {
     /// Scale, initialized to ones.
-    pub weight: Tensor<(D,), E>,
+    pub weight: Tensor<(D,), E, Dv>,
     /// Shift, initialized to zeros; `None` for a norm without one.
-    pub bias: Option<Tensor<(D,), E>>,
+    pub bias: Option<Tensor<(D,), E, Dv>>,
     /// Added to the variance.
     #[module(skip)]
     pub eps: f64,
@@ -42,13 +42,14 @@ impl<D: Dim, E: FloatDtype> LayerNorm<D, E> {
     }
 }
 
-impl<S, E: FloatDtype, T: TapeState, D: Dim> Forward<Tensor<S, E, Cpu, T>> for LayerNorm<D, E>
+impl<S, E: FloatDtype, Dv: Backend, T: TapeState, D: Dim> Forward<Tensor<S, E, Dv, T>>
+    for LayerNorm<D, E, Dv>
 where
     S: Shape + LastDim,
     S::Last: SameDim<D, LayerNormOp>,
 {
-    type Output = Tensor<S, E, Cpu, T>;
-    fn forward(&self, x: Tensor<S, E, Cpu, T>) -> Self::Output {
+    type Output = Tensor<S, E, Dv, T>;
+    fn forward(&self, x: Tensor<S, E, Dv, T>) -> Self::Output {
         let weight = self.weight.retaped::<T>();
         match &self.bias {
             Some(b) => x.layer_norm(&weight, &b.retaped::<T>(), self.eps),
@@ -60,9 +61,9 @@ where
 /// RMS normalization: `x / sqrt(mean(x²) + eps) * w`, or with
 /// `offset = true` Gemma's `* (1 + w)` (computed in f32 before rounding).
 #[derive(crate::nn::Module, Clone, Debug)]
-pub struct RmsNorm<D: Dim, E: FloatDtype> {
+pub struct RmsNorm<D: Dim, E: FloatDtype, Dv: Backend = Cpu> {
     /// The scale (or the offset from 1, with `offset`).
-    pub weight: Tensor<(D,), E>,
+    pub weight: Tensor<(D,), E, Dv>,
     /// Added to the mean square.
     #[module(skip)]
     pub eps: f64,
@@ -90,13 +91,14 @@ impl<D: Dim, E: FloatDtype> RmsNorm<D, E> {
     }
 }
 
-impl<S, E: FloatDtype, T: TapeState, D: Dim> Forward<Tensor<S, E, Cpu, T>> for RmsNorm<D, E>
+impl<S, E: FloatDtype, Dv: Backend, T: TapeState, D: Dim> Forward<Tensor<S, E, Dv, T>>
+    for RmsNorm<D, E, Dv>
 where
     S: Shape + LastDim,
     S::Last: SameDim<D, RmsNormOp>,
 {
-    type Output = Tensor<S, E, Cpu, T>;
-    fn forward(&self, x: Tensor<S, E, Cpu, T>) -> Self::Output {
+    type Output = Tensor<S, E, Dv, T>;
+    fn forward(&self, x: Tensor<S, E, Dv, T>) -> Self::Output {
         let w = self.weight.retaped::<T>();
         if self.offset {
             x.rms_norm_offset(&w, self.eps)

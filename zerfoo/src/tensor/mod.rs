@@ -223,7 +223,7 @@ impl<S: Shape, E: Dtype, D: Device> Tensor<S, E, D, NoTape> {
     }
 }
 
-impl<S: Shape, E: Dtype, T> Tensor<S, E, Cpu, T> {
+impl<S: Shape, E: Dtype, D: Device, T> Tensor<S, E, D, T> {
     /// A copy of this tensor on `device` (a fresh id, no tape: a new leaf,
     /// as PyTorch's `x.to("cuda")` of a parameter before training), or the
     /// device's error (no such GPU, out of memory).
@@ -234,19 +234,20 @@ impl<S: Shape, E: Dtype, T> Tensor<S, E, Cpu, T> {
     /// let y = x.try_to_device(&Cpu).unwrap();
     /// assert_eq!(y.to_vec(), [1.0, 1.0]);
     /// ```
-    pub fn try_to_device<D: Device>(&self, device: &D) -> crate::Result<Tensor<S, E, D, NoTape>> {
-        let data = device.from_host(self.to_vec())?;
+    pub fn try_to_device<D2: Device>(
+        &self,
+        device: &D2,
+    ) -> crate::Result<Tensor<S, E, D2, NoTape>> {
+        let data = device.from_host(self.try_to_vec()?)?;
         Ok(Tensor::from_storage(self.shape, data, device.clone()))
     }
 
     /// Panicking twin of [`Tensor::try_to_device`].
     #[track_caller]
-    pub fn to_device<D: Device>(&self, device: &D) -> Tensor<S, E, D, NoTape> {
+    pub fn to_device<D2: Device>(&self, device: &D2) -> Tensor<S, E, D2, NoTape> {
         crate::error::or_panic(self.try_to_device(device))
     }
-}
 
-impl<S: Shape, E: Dtype, D: Device, T> Tensor<S, E, D, T> {
     /// A copy of this tensor in host memory (a fresh id, no tape), or the
     /// device's error.
     pub fn try_to_cpu(&self) -> crate::Result<Tensor<S, E, Cpu, NoTape>> {
