@@ -18,7 +18,7 @@ use core::ops::Rem;
 use std::sync::Arc;
 
 use typenum::{Eq as TypeEq, IsEqual, Mod, B1, U0};
-use zerfoo_kernels::{Cpu, FloatDtype};
+use zerfoo_kernels::{Backend, Cpu, FloatDtype};
 
 use super::{Forward, Linear, RmsNorm};
 use crate::autograd::{Merge, TapeState};
@@ -221,19 +221,26 @@ impl AttentionConfig {
 ///     MultiHeadAttention::new(Model, Heads, HeadDim, KvHeads, AttentionConfig::default(), 0);
 /// ```
 #[derive(crate::nn::Module, Clone, Debug)]
-pub struct MultiHeadAttention<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim = H> {
+pub struct MultiHeadAttention<
+    D: Dim,
+    H: Dim,
+    Hd: Dim,
+    E: FloatDtype,
+    KvH: Dim = H,
+    Dv: Backend = Cpu,
+> {
     /// Queries: `D -> H * Hd`.
-    pub q_proj: Linear<D, Dyn, E>,
+    pub q_proj: Linear<D, Dyn, E, Dv>,
     /// Keys: `D -> KvH * Hd`.
-    pub k_proj: Linear<D, Dyn, E>,
+    pub k_proj: Linear<D, Dyn, E, Dv>,
     /// Values: `D -> KvH * Hd`.
-    pub v_proj: Linear<D, Dyn, E>,
+    pub v_proj: Linear<D, Dyn, E, Dv>,
     /// Output: `H * Hd -> D`.
-    pub o_proj: Linear<Dyn, D, E>,
+    pub o_proj: Linear<Dyn, D, E, Dv>,
     /// RMS norm of each query head, if configured.
-    pub q_norm: Option<RmsNorm<Hd, E>>,
+    pub q_norm: Option<RmsNorm<Hd, E, Dv>>,
     /// RMS norm of each key head, if configured.
-    pub k_norm: Option<RmsNorm<Hd, E>>,
+    pub k_norm: Option<RmsNorm<Hd, E, Dv>>,
     /// Masking, positions and scale (see [`AttentionConfig`]).
     #[module(skip)]
     pub config: AttentionConfig,
@@ -255,11 +262,11 @@ pub(crate) fn sub_seed(seed: u64, i: u64) -> u64 {
 
 /// `x` under the shape type `to`, whose dims must equal `x`'s (checked at
 /// run time: this is where `Dyn` dims meet the layer's static ones).
-pub(crate) fn retype<S: Shape, S2: Shape, E: FloatDtype, T>(
+pub(crate) fn retype<S: Shape, S2: Shape, E: FloatDtype, D: Backend, T>(
     op: &'static str,
-    x: Tensor<S, E, Cpu, T>,
+    x: Tensor<S, E, D, T>,
     to: S2,
-) -> Result<Tensor<S2, E, Cpu, T>> {
+) -> Result<Tensor<S2, E, D, T>> {
     if x.dims() != to.dims() {
         return Err(Error::ShapeMismatch {
             op,
@@ -272,9 +279,9 @@ pub(crate) fn retype<S: Shape, S2: Shape, E: FloatDtype, T>(
 
 /// `x` with the tape type `T2` that it merges into (`T2 = <T as
 /// Merge<_>>::Out`): its node is kept, so gradients flow as before.
-pub(crate) fn into_tape<S: Shape, E: FloatDtype, T: TapeState, T2: TapeState>(
-    x: Tensor<S, E, Cpu, T>,
-) -> Tensor<S, E, Cpu, T2> {
+pub(crate) fn into_tape<S: Shape, E: FloatDtype, D: Backend, T: TapeState, T2: TapeState>(
+    x: Tensor<S, E, D, T>,
+) -> Tensor<S, E, D, T2> {
     debug_assert!(T2::TRACKED || !T::TRACKED, "a merge never drops a tape");
     Tensor {
         tape: T2::from_node(x.tape.node()),
@@ -489,6 +496,11 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim> MultiHeadAttention<D, H, 
         or_panic(Self::try_new(d, heads, head_dim, kv_heads, config, seed))
     }
 
+}
+
+impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim, Dv: Backend>
+    MultiHeadAttention<D, H, Hd, E, KvH, Dv>
+{
     /// The model width `D`.
     pub fn d_model(&self) -> D {
         self.d_model
@@ -517,8 +529,8 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim> MultiHeadAttention<D, H, 
     /// parameters were replaced by ones of other dims.
     pub fn try_forward<B: Dim, T: Dim, D2, Tp: TapeState>(
         &self,
-        x: Tensor<(B, T, D2), E, Cpu, Tp>,
-    ) -> Result<Tensor<(B, T, D), E, Cpu, Tp>>
+        x: Tensor<(B, T, D2), E, Dv, Tp>,
+    ) -> Result<Tensor<(B, T, D), E, Dv, Tp>>
     where
         D2: SameDim<D, Attention>,
     {
@@ -531,9 +543,9 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim> MultiHeadAttention<D, H, 
     /// padded position, which no query attends to (shared by all heads).
     pub fn try_forward_padded<B: Dim, T: Dim, D2, Bm, Tm, Tp: TapeState>(
         &self,
-        x: Tensor<(B, T, D2), E, Cpu, Tp>,
+        x: Tensor<(B, T, D2), E, Dv, Tp>,
         padding: &Tensor<(Bm, Tm), bool>,
-    ) -> Result<Tensor<(B, T, D), E, Cpu, Tp>>
+    ) -> Result<Tensor<(B, T, D), E, Dv, Tp>>
     where
         D2: SameDim<D, Attention>,
         Bm: SameDim<B, Attention>,
@@ -549,9 +561,9 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim> MultiHeadAttention<D, H, 
     #[track_caller]
     pub fn forward_padded<B: Dim, T: Dim, D2, Bm, Tm, Tp: TapeState>(
         &self,
-        x: Tensor<(B, T, D2), E, Cpu, Tp>,
+        x: Tensor<(B, T, D2), E, Dv, Tp>,
         padding: &Tensor<(Bm, Tm), bool>,
-    ) -> Tensor<(B, T, D), E, Cpu, Tp>
+    ) -> Tensor<(B, T, D), E, Dv, Tp>
     where
         D2: SameDim<D, Attention>,
         Bm: SameDim<B, Attention>,
@@ -566,9 +578,9 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim> MultiHeadAttention<D, H, 
     /// merged tape of `x` and `memory`.
     pub fn try_cross<B, T, D2, Bm, Tk, Dm, Tx, Tm>(
         &self,
-        x: Tensor<(B, T, D2), E, Cpu, Tx>,
-        memory: Tensor<(Bm, Tk, Dm), E, Cpu, Tm>,
-    ) -> Result<Tensor<(B, T, D), E, Cpu, <Tx as Merge<Tm>>::Out>>
+        x: Tensor<(B, T, D2), E, Dv, Tx>,
+        memory: Tensor<(Bm, Tk, Dm), E, Dv, Tm>,
+    ) -> Result<Tensor<(B, T, D), E, Dv, <Tx as Merge<Tm>>::Out>>
     where
         B: Dim,
         T: Dim,
@@ -590,9 +602,9 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim> MultiHeadAttention<D, H, 
     #[track_caller]
     pub fn cross<B, T, D2, Bm, Tk, Dm, Tx, Tm>(
         &self,
-        x: Tensor<(B, T, D2), E, Cpu, Tx>,
-        memory: Tensor<(Bm, Tk, Dm), E, Cpu, Tm>,
-    ) -> Tensor<(B, T, D), E, Cpu, <Tx as Merge<Tm>>::Out>
+        x: Tensor<(B, T, D2), E, Dv, Tx>,
+        memory: Tensor<(Bm, Tk, Dm), E, Dv, Tm>,
+    ) -> Tensor<(B, T, D), E, Dv, <Tx as Merge<Tm>>::Out>
     where
         B: Dim,
         T: Dim,
@@ -610,10 +622,10 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim> MultiHeadAttention<D, H, 
     /// (`true` = padded memory position).
     pub fn try_cross_padded<B, T, D2, Bm, Tk, Dm, Bp, Tkp, Tx, Tm>(
         &self,
-        x: Tensor<(B, T, D2), E, Cpu, Tx>,
-        memory: Tensor<(Bm, Tk, Dm), E, Cpu, Tm>,
+        x: Tensor<(B, T, D2), E, Dv, Tx>,
+        memory: Tensor<(Bm, Tk, Dm), E, Dv, Tm>,
         memory_padding: &Tensor<(Bp, Tkp), bool>,
-    ) -> Result<Tensor<(B, T, D), E, Cpu, <Tx as Merge<Tm>>::Out>>
+    ) -> Result<Tensor<(B, T, D), E, Dv, <Tx as Merge<Tm>>::Out>>
     where
         B: Dim,
         T: Dim,
@@ -638,10 +650,10 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim> MultiHeadAttention<D, H, 
     #[track_caller]
     pub fn cross_padded<B, T, D2, Bm, Tk, Dm, Bp, Tkp, Tx, Tm>(
         &self,
-        x: Tensor<(B, T, D2), E, Cpu, Tx>,
-        memory: Tensor<(Bm, Tk, Dm), E, Cpu, Tm>,
+        x: Tensor<(B, T, D2), E, Dv, Tx>,
+        memory: Tensor<(Bm, Tk, Dm), E, Dv, Tm>,
         memory_padding: &Tensor<(Bp, Tkp), bool>,
-    ) -> Tensor<(B, T, D), E, Cpu, <Tx as Merge<Tm>>::Out>
+    ) -> Tensor<(B, T, D), E, Dv, <Tx as Merge<Tm>>::Out>
     where
         B: Dim,
         T: Dim,
@@ -668,9 +680,9 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim> MultiHeadAttention<D, H, 
     /// a cache filled with another batch size or by a layer of other dims.
     pub fn try_forward_cached<B: Dim, T: Dim, D2>(
         &self,
-        x_new: Tensor<(B, T, D2), E>,
-        cache: &mut LayerCache<E>,
-    ) -> Result<Tensor<(B, T, D), E>>
+        x_new: Tensor<(B, T, D2), E, Dv>,
+        cache: &mut LayerCache<E, Dv>,
+    ) -> Result<Tensor<(B, T, D), E, Dv>>
     where
         D2: SameDim<D, Attention>,
     {
@@ -757,9 +769,9 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim> MultiHeadAttention<D, H, 
     #[track_caller]
     pub fn forward_cached<B: Dim, T: Dim, D2>(
         &self,
-        x_new: Tensor<(B, T, D2), E>,
-        cache: &mut LayerCache<E>,
-    ) -> Tensor<(B, T, D), E>
+        x_new: Tensor<(B, T, D2), E, Dv>,
+        cache: &mut LayerCache<E, Dv>,
+    ) -> Tensor<(B, T, D), E, Dv>
     where
         D2: SameDim<D, Attention>,
     {
@@ -807,9 +819,9 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim> MultiHeadAttention<D, H, 
     /// `(B, T)` key padding.
     pub(crate) fn self_attention<B: Dim, T: Dim, Tp: TapeState>(
         &self,
-        x: Tensor<(B, T, D), E, Cpu, Tp>,
+        x: Tensor<(B, T, D), E, Dv, Tp>,
         padding: Option<&[bool]>,
-    ) -> Result<Tensor<(B, T, D), E, Cpu, Tp>> {
+    ) -> Result<Tensor<(B, T, D), E, Dv, Tp>> {
         self.validate()?;
         let q = self.heads_of(
             &self.q_proj,
@@ -839,10 +851,10 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim> MultiHeadAttention<D, H, 
     /// Cross-attention of `x` over `memory`, with an optional `(B, Tk)` padding.
     pub(crate) fn cross_attention<B: Dim, T: Dim, Tk: Dim, Tp: TapeState>(
         &self,
-        x: Tensor<(B, T, D), E, Cpu, Tp>,
-        memory: Tensor<(B, Tk, D), E, Cpu, Tp>,
+        x: Tensor<(B, T, D), E, Dv, Tp>,
+        memory: Tensor<(B, Tk, D), E, Dv, Tp>,
         padding: Option<&[bool]>,
-    ) -> Result<Tensor<(B, T, D), E, Cpu, Tp>> {
+    ) -> Result<Tensor<(B, T, D), E, Dv, Tp>> {
         self.validate()?;
         let q = self.heads_of(&self.q_proj, self.q_norm.as_ref(), x, self.heads, None)?;
         let k = self.heads_of(
@@ -867,12 +879,12 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim> MultiHeadAttention<D, H, 
     /// head and rotates it (positions from `rope_offset`) when asked.
     fn heads_of<B: Dim, T: Dim, N: Dim, Tp: TapeState>(
         &self,
-        proj: &Linear<D, Dyn, E>,
-        norm: Option<&RmsNorm<Hd, E>>,
-        x: Tensor<(B, T, D), E, Cpu, Tp>,
+        proj: &Linear<D, Dyn, E, Dv>,
+        norm: Option<&RmsNorm<Hd, E, Dv>>,
+        x: Tensor<(B, T, D), E, Dv, Tp>,
         n: N,
         rope_offset: Option<usize>,
-    ) -> Result<Tensor<(B, N, T, Hd), E, Cpu, Tp>> {
+    ) -> Result<Tensor<(B, N, T, Hd), E, Dv, Tp>> {
         let y = proj.forward(x).try_split_heads_to(n, self.head_dim)?;
         let y = match norm {
             Some(norm) => norm.forward(y),
@@ -889,8 +901,8 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim> MultiHeadAttention<D, H, 
     /// `(B, KvH, Tk, Hd) -> (B, H, Tk, Hd)` (head `h` reads head `h / (H / KvH)`).
     fn repeat_kv<B: Dim, Tk: Dim, Tp: TapeState>(
         &self,
-        x: Tensor<(B, KvH, Tk, Hd), E, Cpu, Tp>,
-    ) -> Tensor<(B, H, Tk, Hd), E, Cpu, Tp> {
+        x: Tensor<(B, KvH, Tk, Hd), E, Dv, Tp>,
+    ) -> Tensor<(B, H, Tk, Hd), E, Dv, Tp> {
         let (b, kvh, tk, hd) = x.shape();
         let groups = self.heads.size() / kvh.size();
         if groups == 1 {
@@ -904,13 +916,13 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim> MultiHeadAttention<D, H, 
     /// projected back to `D`.
     fn finish<B: Dim, Tq: Dim, Tk: Dim, Tp: TapeState>(
         &self,
-        q: Tensor<(B, H, Tq, Hd), E, Cpu, Tp>,
-        k: Tensor<(B, KvH, Tk, Hd), E, Cpu, Tp>,
-        v: Tensor<(B, KvH, Tk, Hd), E, Cpu, Tp>,
+        q: Tensor<(B, H, Tq, Hd), E, Dv, Tp>,
+        k: Tensor<(B, KvH, Tk, Hd), E, Dv, Tp>,
+        v: Tensor<(B, KvH, Tk, Hd), E, Dv, Tp>,
         spec: &AttentionMask,
-    ) -> Result<Tensor<(B, Tq, D), E, Cpu, Tp>> {
+    ) -> Result<Tensor<(B, Tq, D), E, Dv, Tp>> {
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
-        let y: Tensor<_, E, Cpu, Tp> = try_fused_attention(q, k, v, spec, self.scale())?;
+        let y: Tensor<_, E, Dv, Tp> = try_fused_attention(q, k, v, spec, self.scale())?;
         let y = y.transpose::<1, 2>().merge_heads::<Dyn>();
         Ok(self.o_proj.forward(y))
     }
@@ -945,23 +957,24 @@ fn check_config(d: usize, h: usize, hd: usize, kvh: usize, c: &AttentionConfig) 
     Ok(())
 }
 
-impl<D, H, Hd, E, KvH, B, T, D2, Tp> Forward<Tensor<(B, T, D2), E, Cpu, Tp>>
-    for MultiHeadAttention<D, H, Hd, E, KvH>
+impl<D, H, Hd, E, KvH, Dv, B, T, D2, Tp> Forward<Tensor<(B, T, D2), E, Dv, Tp>>
+    for MultiHeadAttention<D, H, Hd, E, KvH, Dv>
 where
     D: Dim,
     H: Dim,
     Hd: Dim,
     E: FloatDtype,
     KvH: Dim,
+    Dv: Backend,
     B: Dim,
     T: Dim,
     D2: Dim + SameDim<D, Attention>,
     Tp: TapeState,
 {
-    type Output = Tensor<(B, T, D), E, Cpu, Tp>;
+    type Output = Tensor<(B, T, D), E, Dv, Tp>;
     /// Self-attention; panics with the [`try_forward`](MultiHeadAttention::try_forward) message.
     #[track_caller]
-    fn forward(&self, x: Tensor<(B, T, D2), E, Cpu, Tp>) -> Self::Output {
+    fn forward(&self, x: Tensor<(B, T, D2), E, Dv, Tp>) -> Self::Output {
         or_panic(self.try_forward(x))
     }
 }
@@ -970,22 +983,22 @@ where
 /// decoding ([`MultiHeadAttention::try_forward_cached`]). Stored after the
 /// q/k norm and rotary embedding, as `(B, KvH, stored, Hd)`.
 #[derive(Clone, Debug)]
-pub struct LayerCache<E: FloatDtype> {
-    k: Option<Tensor<(Dyn, Dyn, Dyn, Dyn), E>>,
-    v: Option<Tensor<(Dyn, Dyn, Dyn, Dyn), E>>,
+pub struct LayerCache<E: FloatDtype, Dv: Backend = Cpu> {
+    k: Option<Tensor<(Dyn, Dyn, Dyn, Dyn), E, Dv>>,
+    v: Option<Tensor<(Dyn, Dyn, Dyn, Dyn), E, Dv>>,
     /// Absolute position of the first stored key.
     start: usize,
     /// Absolute position of the next token.
     next: usize,
 }
 
-impl<E: FloatDtype> Default for LayerCache<E> {
+impl<E: FloatDtype, Dv: Backend> Default for LayerCache<E, Dv> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<E: FloatDtype> LayerCache<E> {
+impl<E: FloatDtype, Dv: Backend> LayerCache<E, Dv> {
     /// An empty cache: the next token is position 0.
     pub fn new() -> Self {
         LayerCache {
@@ -1005,11 +1018,11 @@ impl<E: FloatDtype> LayerCache<E> {
         self.k.as_ref().map_or(0, |k| k.dims()[2])
     }
     /// The cached keys `(B, KvH, stored, Hd)`, if any.
-    pub fn keys(&self) -> Option<&Tensor<(Dyn, Dyn, Dyn, Dyn), E>> {
+    pub fn keys(&self) -> Option<&Tensor<(Dyn, Dyn, Dyn, Dyn), E, Dv>> {
         self.k.as_ref()
     }
     /// The cached values `(B, KvH, stored, Hd)`, if any.
-    pub fn values(&self) -> Option<&Tensor<(Dyn, Dyn, Dyn, Dyn), E>> {
+    pub fn values(&self) -> Option<&Tensor<(Dyn, Dyn, Dyn, Dyn), E, Dv>> {
         self.v.as_ref()
     }
     /// Forgets everything: the next token is position 0 again.
@@ -1022,12 +1035,12 @@ impl<E: FloatDtype> LayerCache<E> {
 /// decoding with a stack ([`Encoder::try_forward_cached`](super::Encoder::try_forward_cached),
 /// [`Decoder::try_forward_cached`](super::Decoder::try_forward_cached)).
 #[derive(Clone, Debug)]
-pub struct KvCache<E: FloatDtype> {
+pub struct KvCache<E: FloatDtype, Dv: Backend = Cpu> {
     /// The caches, layer by layer.
-    pub layers: Vec<LayerCache<E>>,
+    pub layers: Vec<LayerCache<E, Dv>>,
 }
 
-impl<E: FloatDtype> KvCache<E> {
+impl<E: FloatDtype, Dv: Backend> KvCache<E, Dv> {
     /// Empty caches for `num_layers` layers.
     pub fn new(num_layers: usize) -> Self {
         KvCache {
@@ -1039,7 +1052,7 @@ impl<E: FloatDtype> KvCache<E> {
         self.layers.first().map_or(0, LayerCache::position)
     }
     /// Layer `i`'s cache.
-    pub fn layer_mut(&mut self, i: usize) -> &mut LayerCache<E> {
+    pub fn layer_mut(&mut self, i: usize) -> &mut LayerCache<E, Dv> {
         &mut self.layers[i]
     }
     /// Forgets everything.

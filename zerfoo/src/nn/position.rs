@@ -6,7 +6,7 @@
 // Typed shapes in signatures are the point of these layers.
 #![allow(clippy::type_complexity)]
 
-use zerfoo_kernels::{Cpu, FloatDtype};
+use zerfoo_kernels::{Backend, Cpu, FloatDtype};
 
 use super::attention::retype;
 use super::{init, Forward};
@@ -67,11 +67,11 @@ impl<D: Dim> SinusoidalPositions<D> {
 
     /// `x + pe[offset..offset + T]` (broadcast over the batch); an error if
     /// a `Dyn` width is not `D`.
-    pub fn try_forward_at<B: Dim, T: Dim, D2, E: FloatDtype, Tp: TapeState>(
+    pub fn try_forward_at<B: Dim, T: Dim, D2, E: FloatDtype, Dv: Backend, Tp: TapeState>(
         &self,
-        x: Tensor<(B, T, D2), E, Cpu, Tp>,
+        x: Tensor<(B, T, D2), E, Dv, Tp>,
         offset: usize,
-    ) -> Result<Tensor<(B, T, D), E, Cpu, Tp>>
+    ) -> Result<Tensor<(B, T, D), E, Dv, Tp>>
     where
         D2: SameDim<D, PositionEncoding>,
     {
@@ -79,15 +79,16 @@ impl<D: Dim> SinusoidalPositions<D> {
         let x = retype("sinusoidal positions", x, (b, t, self.d))?;
         let pe = self
             .table::<T, E>(t, offset)
+            .try_to_device(x.device())?
             .broadcast::<_, Axis<0>>((b, t, self.d));
         Ok(x + pe)
     }
 
     /// `x + pe[0..T]`.
-    pub fn try_forward<B: Dim, T: Dim, D2, E: FloatDtype, Tp: TapeState>(
+    pub fn try_forward<B: Dim, T: Dim, D2, E: FloatDtype, Dv: Backend, Tp: TapeState>(
         &self,
-        x: Tensor<(B, T, D2), E, Cpu, Tp>,
-    ) -> Result<Tensor<(B, T, D), E, Cpu, Tp>>
+        x: Tensor<(B, T, D2), E, Dv, Tp>,
+    ) -> Result<Tensor<(B, T, D), E, Dv, Tp>>
     where
         D2: SameDim<D, PositionEncoding>,
     {
@@ -96,11 +97,11 @@ impl<D: Dim> SinusoidalPositions<D> {
 
     /// Panicking twin of [`try_forward_at`](Self::try_forward_at).
     #[track_caller]
-    pub fn forward_at<B: Dim, T: Dim, D2, E: FloatDtype, Tp: TapeState>(
+    pub fn forward_at<B: Dim, T: Dim, D2, E: FloatDtype, Dv: Backend, Tp: TapeState>(
         &self,
-        x: Tensor<(B, T, D2), E, Cpu, Tp>,
+        x: Tensor<(B, T, D2), E, Dv, Tp>,
         offset: usize,
-    ) -> Tensor<(B, T, D), E, Cpu, Tp>
+    ) -> Tensor<(B, T, D), E, Dv, Tp>
     where
         D2: SameDim<D, PositionEncoding>,
     {
@@ -108,18 +109,19 @@ impl<D: Dim> SinusoidalPositions<D> {
     }
 }
 
-impl<D, B, T, D2, E, Tp> Forward<Tensor<(B, T, D2), E, Cpu, Tp>> for SinusoidalPositions<D>
+impl<D, B, T, D2, E, Dv, Tp> Forward<Tensor<(B, T, D2), E, Dv, Tp>> for SinusoidalPositions<D>
 where
     D: Dim,
     B: Dim,
     T: Dim,
     D2: Dim + SameDim<D, PositionEncoding>,
     E: FloatDtype,
+    Dv: Backend,
     Tp: TapeState,
 {
-    type Output = Tensor<(B, T, D), E, Cpu, Tp>;
+    type Output = Tensor<(B, T, D), E, Dv, Tp>;
     #[track_caller]
-    fn forward(&self, x: Tensor<(B, T, D2), E, Cpu, Tp>) -> Self::Output {
+    fn forward(&self, x: Tensor<(B, T, D2), E, Dv, Tp>) -> Self::Output {
         or_panic(self.try_forward(x))
     }
 }
@@ -139,9 +141,9 @@ where
 /// assert!(pos.try_forward_at(x, 2).is_err()); // positions 2..5, but only 4 rows
 /// ```
 #[derive(crate::nn::Module, Clone, Debug)]
-pub struct LearnedPositions<MaxT: Dim, D: Dim, E: FloatDtype> {
+pub struct LearnedPositions<MaxT: Dim, D: Dim, E: FloatDtype, Dv: Backend = Cpu> {
     /// `[max positions, width]`.
-    pub weight: Tensor<(MaxT, D), E>,
+    pub weight: Tensor<(MaxT, D), E, Dv>,
 }
 
 impl<MaxT: Dim, D: Dim, E: FloatDtype> LearnedPositions<MaxT, D, E> {
@@ -152,14 +154,17 @@ impl<MaxT: Dim, D: Dim, E: FloatDtype> LearnedPositions<MaxT, D, E> {
         }
     }
 
+}
+
+impl<MaxT: Dim, D: Dim, E: FloatDtype, Dv: Backend> LearnedPositions<MaxT, D, E, Dv> {
     /// `x + weight[offset..offset + T]` (broadcast over the batch). Errors:
     /// `offset + T > MaxT` ([`Error::IndexOutOfRange`]), a `Dyn` width that
     /// is not `D`.
     pub fn try_forward_at<B: Dim, T: Dim, D2, Tp: TapeState>(
         &self,
-        x: Tensor<(B, T, D2), E, Cpu, Tp>,
+        x: Tensor<(B, T, D2), E, Dv, Tp>,
         offset: usize,
-    ) -> Result<Tensor<(B, T, D), E, Cpu, Tp>>
+    ) -> Result<Tensor<(B, T, D), E, Dv, Tp>>
     where
         D2: SameDim<D, PositionEncoding>,
     {
@@ -185,8 +190,8 @@ impl<MaxT: Dim, D: Dim, E: FloatDtype> LearnedPositions<MaxT, D, E> {
     /// `x + weight[0..T]`.
     pub fn try_forward<B: Dim, T: Dim, D2, Tp: TapeState>(
         &self,
-        x: Tensor<(B, T, D2), E, Cpu, Tp>,
-    ) -> Result<Tensor<(B, T, D), E, Cpu, Tp>>
+        x: Tensor<(B, T, D2), E, Dv, Tp>,
+    ) -> Result<Tensor<(B, T, D), E, Dv, Tp>>
     where
         D2: SameDim<D, PositionEncoding>,
     {
@@ -197,9 +202,9 @@ impl<MaxT: Dim, D: Dim, E: FloatDtype> LearnedPositions<MaxT, D, E> {
     #[track_caller]
     pub fn forward_at<B: Dim, T: Dim, D2, Tp: TapeState>(
         &self,
-        x: Tensor<(B, T, D2), E, Cpu, Tp>,
+        x: Tensor<(B, T, D2), E, Dv, Tp>,
         offset: usize,
-    ) -> Tensor<(B, T, D), E, Cpu, Tp>
+    ) -> Tensor<(B, T, D), E, Dv, Tp>
     where
         D2: SameDim<D, PositionEncoding>,
     {
@@ -207,20 +212,21 @@ impl<MaxT: Dim, D: Dim, E: FloatDtype> LearnedPositions<MaxT, D, E> {
     }
 }
 
-impl<MaxT, D, E, B, T, D2, Tp> Forward<Tensor<(B, T, D2), E, Cpu, Tp>>
-    for LearnedPositions<MaxT, D, E>
+impl<MaxT, D, E, Dv, B, T, D2, Tp> Forward<Tensor<(B, T, D2), E, Dv, Tp>>
+    for LearnedPositions<MaxT, D, E, Dv>
 where
     MaxT: Dim,
     D: Dim,
     E: FloatDtype,
+    Dv: Backend,
     B: Dim,
     T: Dim,
     D2: Dim + SameDim<D, PositionEncoding>,
     Tp: TapeState,
 {
-    type Output = Tensor<(B, T, D), E, Cpu, Tp>;
+    type Output = Tensor<(B, T, D), E, Dv, Tp>;
     #[track_caller]
-    fn forward(&self, x: Tensor<(B, T, D2), E, Cpu, Tp>) -> Self::Output {
+    fn forward(&self, x: Tensor<(B, T, D2), E, Dv, Tp>) -> Self::Output {
         or_panic(self.try_forward(x))
     }
 }
