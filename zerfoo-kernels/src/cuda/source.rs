@@ -32,13 +32,15 @@ pub enum Family {
     Index,
     /// Cross-entropy, forward and backward.
     Loss,
-    /// Fused AdamW / SGD updates.
+    /// Fused AdamW / SGD updates, sum of squares and in-place scaling.
     Optim,
+    /// Copying a range, concatenation and adding into a narrowed slice.
+    Shape,
 }
 
 impl Family {
     /// Every family.
-    pub const ALL: [Family; 8] = [
+    pub const ALL: [Family; 9] = [
         Family::Unary,
         Family::Binary,
         Family::Reduce,
@@ -47,6 +49,7 @@ impl Family {
         Family::Index,
         Family::Loss,
         Family::Optim,
+        Family::Shape,
     ];
 
     /// The family's file name without extension.
@@ -60,6 +63,7 @@ impl Family {
             Family::Index => "index",
             Family::Loss => "loss",
             Family::Optim => "optim",
+            Family::Shape => "shape",
         }
     }
 
@@ -74,6 +78,7 @@ impl Family {
             Family::Index => include_str!("kernels/index.cu"),
             Family::Loss => include_str!("kernels/loss.cu"),
             Family::Optim => include_str!("kernels/optim.cu"),
+            Family::Shape => include_str!("kernels/shape.cu"),
         }
     }
 
@@ -228,6 +233,9 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n\n"));
-        println!("compiled {compiled} modules (8 families x 6 dtypes) for compute_90");
+        println!(
+            "compiled {compiled} modules ({} families x 6 dtypes) for compute_90",
+            Family::ALL.len()
+        );
     }
 }

@@ -16,6 +16,7 @@ use super::ops::matmul::*;
 use super::ops::norm::*;
 use super::ops::optim::*;
 use super::ops::reduce::*;
+use super::ops::shape::*;
 use super::ops::softmax::*;
 use super::*;
 use crate::cpu;
@@ -759,4 +760,51 @@ fn capability_errors_name_op_dtype_and_gpu() {
     let z = old.to_device(&[1.0f32, 2.0]).unwrap();
     let s = sum_axes(&z, &Layout::contiguous(&[2]), &[0], 1.0).unwrap();
     assert_eq!(s.to_host().unwrap(), vec![3.0]);
+}
+
+fn shape_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    // a: (2, 1, 3) contiguous; b: (2, 2, 3) read through a permutation of a
+    // (3, 2, 2) buffer; c: (2, 3, 3) narrowed from a (2, 5, 3) buffer
+    let a: Vec<E> = data(6, 70, -2.0, 2.0);
+    let b: Vec<E> = data(12, 71, -2.0, 2.0);
+    let c: Vec<E> = data(30, 72, -2.0, 2.0);
+    let la = Layout::contiguous(&[2, 1, 3]);
+    let lb = Layout::contiguous(&[3, 2, 2]).permute(&[2, 1, 0]);
+    let lc = Layout::contiguous(&[2, 5, 3]).narrow(1, 1, 3);
+    let (da, db, dc) = (dev.to_device(&a)?, dev.to_device(&b)?, dev.to_device(&c)?);
+    let want = cpu::shape::concat(&[(&a[..], &la), (&b[..], &lb), (&c[..], &lc)], 1);
+    let got = concat(&[(&da, &la), (&db, &lb), (&dc, &lc)], 1)?;
+    assert_eq!(got.to_host()?, want, "concat is exact");
+    // along the first axis, parts (1, 2, 3) and (2, 2, 3)
+    let l0 = Layout::contiguous(&[1, 2, 3]);
+    let want = cpu::shape::concat(&[(&a[..], &l0), (&b[..], &lb)], 0);
+    assert_eq!(concat(&[(&da, &l0), (&db, &lb)], 0)?.to_host()?, want);
+    assert!(
+        concat(&[(&da, &la), (&db, &lb)], 0).is_err(),
+        "dims differ off the axis"
+    );
+    assert!(concat::<E>(&[], 0).is_err());
+
+    let mut want = vec![E::default(); 7];
+    cpu::shape::copy_range(&b, &lb, 4, &mut want);
+    let mut got = dev.alloc::<E>(7)?;
+    copy_range(&db, &lb, 4, &mut got)?;
+    assert_eq!(got.to_host()?, want, "copy_range is exact");
+    assert!(copy_range(&db, &lb, 6, &mut got).is_err());
+
+    // dst (2, 4, 3) += src (2, 2, 3) at rows 1..3 of axis 1
+    let dims = [2, 4, 3];
+    let mut dst: Vec<E> = data(24, 73, -1.0, 1.0);
+    let src: Vec<E> = data(12, 74, -1.0, 1.0);
+    let mut ddst = dev.to_device(&dst)?;
+    add_narrow_into(&mut ddst, &dims, 1, 1, 2, &dev.to_device(&src)?)?;
+    cpu::shape::add_narrow_into(&mut dst, &dims, 1, 1, 2, &src);
+    assert_close("add_narrow_into", &ddst.to_host()?, &dst, 1.0);
+    assert!(add_narrow_into(&mut ddst, &dims, 1, 3, 2, &dev.to_device(&src)?).is_err());
+    Ok(())
+}
+
+#[test]
+fn shape_ops_match_cpu() {
+    all_dtypes!("shape", shape_case);
 }

@@ -10,6 +10,7 @@ pub mod matmul;
 pub mod norm;
 pub mod optim;
 pub mod reduce;
+pub mod shape;
 pub mod softmax;
 
 use super::CudaDtype;
