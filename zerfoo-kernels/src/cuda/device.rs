@@ -428,6 +428,11 @@ impl Launch<'_> {
         self.args.push(Arg::U64(v as u64));
         self
     }
+    /// A `u64` given as 64 bits (a seed, an `i64`'s bits).
+    pub(crate) fn bits(&mut self, v: u64) -> &mut Self {
+        self.args.push(Arg::U64(v));
+        self
+    }
     /// A `double`.
     pub(crate) fn f64(&mut self, v: f64) -> &mut Self {
         self.args.push(Arg::F64(v));

@@ -45,6 +45,11 @@ unsafe impl CudaDtype for u32 {
 unsafe impl CudaDtype for i64 {
     const C_TYPE: &'static str = "i64";
 }
+// SAFETY: one byte; the host uploads only `false`/`true` (0/1), kernels read
+// masks as bytes and never write a `bool` buffer, and `zeros` is `false`.
+unsafe impl CudaDtype for bool {
+    const C_TYPE: &'static str = "bool";
+}
 
 /// The float element types kernels are instantiated for, in a fixed order.
 pub const FLOAT_DTYPES: [DType; 6] = [

@@ -36,11 +36,15 @@ pub enum Family {
     Optim,
     /// Copying a range, concatenation and adding into a narrowed slice.
     Shape,
+    /// Where/select, masked fill, triangles and seeded dropout.
+    Mask,
+    /// Rotary position embedding: tables and rotation.
+    Rotary,
 }
 
 impl Family {
     /// Every family.
-    pub const ALL: [Family; 9] = [
+    pub const ALL: [Family; 11] = [
         Family::Unary,
         Family::Binary,
         Family::Reduce,
@@ -50,6 +54,8 @@ impl Family {
         Family::Loss,
         Family::Optim,
         Family::Shape,
+        Family::Mask,
+        Family::Rotary,
     ];
 
     /// The family's file name without extension.
@@ -64,6 +70,8 @@ impl Family {
             Family::Loss => "loss",
             Family::Optim => "optim",
             Family::Shape => "shape",
+            Family::Mask => "mask",
+            Family::Rotary => "rotary",
         }
     }
 
@@ -79,6 +87,8 @@ impl Family {
             Family::Loss => include_str!("kernels/loss.cu"),
             Family::Optim => include_str!("kernels/optim.cu"),
             Family::Shape => include_str!("kernels/shape.cu"),
+            Family::Mask => include_str!("kernels/mask.cu"),
+            Family::Rotary => include_str!("kernels/rotary.cu"),
         }
     }
 

@@ -12,10 +12,12 @@
 use super::ops::elementwise::*;
 use super::ops::index::*;
 use super::ops::loss::*;
+use super::ops::mask::*;
 use super::ops::matmul::*;
 use super::ops::norm::*;
 use super::ops::optim::*;
 use super::ops::reduce::*;
+use super::ops::rotary::*;
 use super::ops::shape::*;
 use super::ops::softmax::*;
 use super::*;
@@ -807,4 +809,187 @@ fn shape_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
 #[test]
 fn shape_ops_match_cpu() {
     all_dtypes!("shape", shape_case);
+}
+
+/// Bit patterns, for exact comparisons that also hold for NaN and -0.
+fn bits_of<E: Dtype>(v: &[E]) -> Vec<u64> {
+    v.iter().map(|x| x.to_f64().to_bits()).collect()
+}
+
+fn mask_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    // a permuted (2, 3, 4) operand, a (3, 4) mask broadcast over the batch
+    let l = permuted();
+    let lm = Layout::new(&[2, 3, 4], &[0, 4, 1], 0);
+    let lc = Layout::contiguous(&[2, 3, 4]);
+    let mask: Vec<bool> = (0..12).map(|i| (i * 7) % 3 == 0).collect();
+    let a: Vec<E> = data(24, 80, -2.0, 2.0);
+    let b: Vec<E> = data(24, 81, -2.0, 2.0);
+    let (dm, da, db) = (
+        dev.to_device(&mask)?,
+        dev.to_device(&a)?,
+        dev.to_device(&b)?,
+    );
+    let want = cpu::mask::where_select(&mask, &lm, &a, &l, &b, &lc);
+    let got = where_select(&dm, &lm, &da, &l, &db, &lc)?;
+    assert_eq!(bits_of(&got.to_host()?), bits_of(&want), "where");
+    for keep in [true, false] {
+        let want = cpu::mask::mask_grad(&mask, &lm, &b, keep);
+        let got = mask_grad(&dm, &lm, &db, keep)?;
+        assert_eq!(bits_of(&got.to_host()?), bits_of(&want), "mask_grad");
+    }
+    let v = E::from_f64(-1.5);
+    let want = cpu::mask::masked_fill(&a, &l, &mask, &lm, v);
+    let got = masked_fill(&da, &l, &dm, &lm, v)?;
+    assert_eq!(bits_of(&got.to_host()?), bits_of(&want), "masked_fill");
+    assert!(where_select(&dm, &Layout::contiguous(&[12]), &da, &l, &db, &lc).is_err());
+    for (lower, diag) in [
+        (true, 0),
+        (true, 1),
+        (false, -1),
+        (false, 2),
+        (true, i64::MIN),
+    ] {
+        let want = cpu::mask::tri(&a, &l, lower, diag);
+        let got = tri(&da, &l, lower, diag)?;
+        assert_eq!(
+            bits_of(&got.to_host()?),
+            bits_of(&want),
+            "tri {lower} {diag}"
+        );
+    }
+    assert!(tri(&da, &Layout::contiguous(&[24]), true, 0).is_err());
+
+    // dropout: the device mask is the CPU's, bit for bit
+    let n = 3000;
+    let x: Vec<E> = data(n, 82, 0.5, 1.5);
+    let lx = Layout::contiguous(&[n / 30, 30]).permute(&[1, 0]);
+    let dx = dev.to_device(&x)?;
+    for (seed, p) in [(7u64, 0.1), (u64::MAX, 0.5), (12345, 0.9)] {
+        let scale = 1.0 / (1.0 - p);
+        let want = cpu::mask::dropout(&x, &lx, dropout_keep(seed, p), scale);
+        let got = dropout(&dx, &lx, seed, p, scale)?.to_host()?;
+        assert_eq!(bits_of(&got), bits_of(&want), "dropout seed {seed} p {p}");
+        let kept = got.iter().filter(|v| v.to_f64() != 0.0).count() as f64 / n as f64;
+        assert!((kept - (1.0 - p)).abs() < 0.05, "kept {kept} at p {p}");
+        // the backward: the same mask on the contiguous gradient
+        let g: Vec<E> = data(n, 83, -1.0, 1.0);
+        let lg = Layout::contiguous(&[n]);
+        let want = cpu::mask::dropout(&g, &lg, dropout_keep(seed, p), scale);
+        let got = dropout(&dev.to_device(&g)?, &lg, seed, p, scale)?;
+        assert_eq!(bits_of(&got.to_host()?), bits_of(&want), "dropout backward");
+    }
+    Ok(())
+}
+
+#[test]
+fn masks_and_dropout_match_cpu() {
+    all_dtypes!("mask", mask_case);
+}
+
+#[test]
+fn counter_uniform_is_splitmix_of_the_counter() {
+    // the first draws of stream 0, by hand from SplitMix64's finalizer
+    fn mix(mut z: u64) -> u64 {
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    for (seed, i) in [(0u64, 0u64), (0, 1), (42, 1 << 40), (u64::MAX, 3)] {
+        let bits = mix(mix(seed) ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        assert_eq!(
+            counter_uniform(seed, i),
+            (bits >> 11) as f64 / (1u64 << 53) as f64
+        );
+    }
+    let keep = dropout_keep(9, 0.25);
+    let kept = (0..10_000).filter(|&i| keep(i)).count();
+    assert!((7_000..8_000).contains(&kept), "{kept}");
+}
+
+fn rope_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    // (B, H, T, hd) = (2, 2, 5, 6) read from a (B, T, H, hd) buffer
+    let l = Layout::contiguous(&[2, 5, 2, 6]).permute(&[0, 2, 1, 3]);
+    let x: Vec<E> = data(l.numel(), 90, -2.0, 2.0);
+    let dx = dev.to_device(&x)?;
+    for (base, offset) in [(10000.0, 3), (100.0, 0)] {
+        let (c, s) = cpu::rotary::rope_tables::<E::Acc>(5, 6, base, offset);
+        let (dc, ds) = rope_tables::<E::Acc>(dev, 5, 6, base, offset)?;
+        assert_close_acc("rope cos", E::DTYPE, &dc.to_host()?, &c);
+        assert_close_acc("rope sin", E::DTYPE, &ds.to_host()?, &s);
+        for inverse in [false, true] {
+            let want = cpu::rotary::rope(&x, &l, base, offset, inverse);
+            let got = rope(&dx, &l, base, offset, inverse)?;
+            assert_close("rope", &got.to_host()?, &want, 2.0);
+            let again = rope_apply(&dx, &l, (&dc, &ds), inverse)?;
+            assert_eq!(bits_of(&again.to_host()?), bits_of(&got.to_host()?));
+        }
+    }
+    // the inverse undoes the rotation (up to rounding)
+    let lc = Layout::contiguous(&[2, 2, 5, 6]);
+    let y = rope(&dx, &l, 10000.0, 1, false)?;
+    let back = rope(&y, &lc, 10000.0, 1, true)?;
+    assert_close(
+        "rope round trip",
+        &back.to_host()?,
+        &cpu::to_contiguous(&x, &l),
+        4.0,
+    );
+    assert!(rope(
+        &dx,
+        &Layout::contiguous(&[2, 5, 2, 6]).narrow(3, 0, 5),
+        1.0,
+        0,
+        false
+    )
+    .is_err());
+    Ok(())
+}
+
+#[test]
+fn rope_matches_cpu() {
+    all_dtypes!("rope", rope_case);
+}
+
+fn clip_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    // two "gradients": one longer than a partial block, one short
+    let g1: Vec<E> = data(9000, 100, -1.0, 1.0);
+    let g2: Vec<E> = data(37, 101, -3.0, 3.0);
+    let (d1, d2) = (dev.to_device(&g1)?, dev.to_device(&g2)?);
+    let (s1, s2) = (cpu::optim::sum_squares(&g1), cpu::optim::sum_squares(&g2));
+    let rel = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs();
+    let got = sum_squares(&d1)?.to_host()?[0];
+    assert!(rel(got, s1), "sum_squares {got} vs {s1}");
+    assert_eq!(sum_squares(&d1)?.to_host()?[0], got, "deterministic");
+    assert_eq!(sum_squares(&dev.to_device::<E>(&[])?)?.to_host()?, [0.0]);
+    let mut total = dev.zeros::<f64>(1)?;
+    add_sum_squares(&d1, &mut total)?;
+    add_sum_squares(&d2, &mut total)?;
+    let t = total.to_host()?[0];
+    assert!(rel(t, s1 + s2), "total {t} vs {}", s1 + s2);
+    // clip to norm 10 on the device, as clip_grad_norm does on the host
+    let coef = clip_coef(&total, 10.0)?;
+    let want_coef = (10.0 / ((s1 + s2).sqrt() + 1e-6)).min(1.0);
+    assert!(rel(coef.to_host()?[0], want_coef));
+    let mut d = d2;
+    scale_in_place_by(&mut d, &coef)?;
+    let mut want = g2.clone();
+    cpu::optim::scale_in_place(&mut want, coef.to_host()?[0]);
+    assert_eq!(
+        bits_of(&d.to_host()?),
+        bits_of(&want),
+        "scale by a device factor"
+    );
+    let mut d = d1;
+    scale_in_place(&mut d, 0.3)?;
+    let mut want = g1.clone();
+    cpu::optim::scale_in_place(&mut want, 0.3);
+    assert_eq!(bits_of(&d.to_host()?), bits_of(&want), "scale_in_place");
+    assert_eq!(clip_coef(&dev.zeros::<f64>(1)?, 1.0)?.to_host()?, [1.0]);
+    Ok(())
+}
+
+#[test]
+fn sum_squares_and_clipping_match_cpu() {
+    all_dtypes!("clip", clip_case);
 }

@@ -6,10 +6,12 @@
 pub mod elementwise;
 pub mod index;
 pub mod loss;
+pub mod mask;
 pub mod matmul;
 pub mod norm;
 pub mod optim;
 pub mod reduce;
+pub mod rotary;
 pub mod shape;
 pub mod softmax;
 
