@@ -686,6 +686,15 @@ pub(crate) fn grid_for(n: usize) -> LaunchConfig {
     }
 }
 
+/// `tiles` blocks of `threads` threads (at most [`MAX_GRID`] blocks; kernels loop).
+pub(crate) fn tiles_grid(tiles: usize, threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((tiles as u64).clamp(1, MAX_GRID) as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 /// One block per row over `rows` rows (at most [`MAX_GRID`] blocks; kernels loop).
 pub(crate) fn rows_grid(rows: usize) -> LaunchConfig {
     LaunchConfig {

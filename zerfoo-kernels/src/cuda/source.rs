@@ -40,11 +40,13 @@ pub enum Family {
     Mask,
     /// Rotary position embedding: tables and rotation.
     Rotary,
+    /// Fused (flash-style) attention, forward and backward.
+    Attention,
 }
 
 impl Family {
     /// Every family.
-    pub const ALL: [Family; 11] = [
+    pub const ALL: [Family; 12] = [
         Family::Unary,
         Family::Binary,
         Family::Reduce,
@@ -56,6 +58,7 @@ impl Family {
         Family::Shape,
         Family::Mask,
         Family::Rotary,
+        Family::Attention,
     ];
 
     /// The family's file name without extension.
@@ -72,6 +75,7 @@ impl Family {
             Family::Shape => "shape",
             Family::Mask => "mask",
             Family::Rotary => "rotary",
+            Family::Attention => "attention",
         }
     }
 
@@ -89,6 +93,7 @@ impl Family {
             Family::Shape => include_str!("kernels/shape.cu"),
             Family::Mask => include_str!("kernels/mask.cu"),
             Family::Rotary => include_str!("kernels/rotary.cu"),
+            Family::Attention => include_str!("kernels/attention.cu"),
         }
     }
 

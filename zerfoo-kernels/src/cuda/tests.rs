@@ -9,6 +9,7 @@
 //! crosses a rounding boundary: f64 1e-10, f32 2e-5, f16 2e-3 (2^-10 ulp),
 //! bf16 1.6e-2 (2^-7), f8 E4M3 0.13 (2^-3), f8 E5M2 0.26 (2^-2).
 
+use super::ops::attention::*;
 use super::ops::elementwise::*;
 use super::ops::index::*;
 use super::ops::loss::*;
@@ -992,4 +993,160 @@ fn clip_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
 #[test]
 fn sum_squares_and_clipping_match_cpu() {
     all_dtypes!("clip", clip_case);
+}
+
+/// The CPU attention's masks (its test set): none, causal, a window, causal
+/// with padding, padding alone, queries after the keys (a decoding step),
+/// keys after some queries (rows that see nothing).
+fn attention_masks(pad: &[bool]) -> Vec<cpu::attention::AttnMask<'_>> {
+    use cpu::attention::AttnMask;
+    vec![
+        AttnMask::default(),
+        AttnMask {
+            causal: true,
+            ..Default::default()
+        },
+        AttnMask {
+            window: Some(3),
+            ..Default::default()
+        },
+        AttnMask {
+            causal: true,
+            padding: Some(pad),
+            ..Default::default()
+        },
+        AttnMask {
+            padding: Some(pad),
+            ..Default::default()
+        },
+        AttnMask {
+            causal: true,
+            window: Some(70),
+            q_offset: 9,
+            k_offset: 4,
+            padding: None,
+        },
+        AttnMask {
+            causal: true,
+            q_offset: 0,
+            k_offset: 3,
+            padding: Some(pad),
+            window: None,
+        },
+    ]
+}
+
+/// Attention of (B, H, Tq, D) queries against (B, H, Tk, D/Dv) keys and
+/// values under every mask, the operands stored as (B, T, H, D) when
+/// `permuted`; the backward gets the CPU's saved output and logsumexp.
+fn attention_check<E: CudaFloat>(
+    dev: &CudaDevice,
+    (b, h, tq, tk, d, dv): (usize, usize, usize, usize, usize, usize),
+    permuted: bool,
+    masks: &[usize],
+) -> Result<(), CudaError> {
+    let lay = |t: usize, w: usize| {
+        if permuted {
+            Layout::contiguous(&[b, t, h, w]).permute(&[0, 2, 1, 3])
+        } else {
+            Layout::contiguous(&[b, h, t, w])
+        }
+    };
+    let (ql, kl, vl, gl) = (lay(tq, d), lay(tk, d), lay(tk, dv), lay(tq, dv));
+    let q: Vec<E> = data(b * h * tq * d, 110, -1.0, 1.0);
+    let k: Vec<E> = data(b * h * tk * d, 111, -1.0, 1.0);
+    let v: Vec<E> = data(b * h * tk * dv, 112, -1.0, 1.0);
+    let g: Vec<E> = data(b * h * tq * dv, 113, -1.0, 1.0);
+    let (dq_, dk_, dv_, dg) = (
+        dev.to_device(&q)?,
+        dev.to_device(&k)?,
+        dev.to_device(&v)?,
+        dev.to_device(&g)?,
+    );
+    // batch 0: every third key padded; batch 1 (if any): every key padded
+    let pad: Vec<bool> = (0..b * tk).map(|n| n / tk == 1 || n % 3 == 1).collect();
+    let dpad = dev.to_device(&pad)?;
+    let all = attention_masks(&pad);
+    let scale = 0.7;
+    for &mi in masks {
+        let m = &all[mi];
+        let dm = CudaAttnMask::from_cpu(m, m.padding.map(|_| &dpad));
+        let what = |s: &str| format!("attention {s} (mask {mi}, {b}x{h}x{tq}x{tk}x{d}x{dv})");
+        let (o, lse) = cpu::attention::attention_forward(&q, &ql, &k, &kl, &v, &vl, m, scale);
+        let (go, glse) = attention_forward(&dq_, &ql, &dk_, &kl, &dv_, &vl, &dm, scale)?;
+        assert_close(&what("out"), &go.to_host()?, &o, 4.0);
+        assert_close_acc(&what("lse"), E::DTYPE, &glse.to_host()?, &lse);
+        let (gq, gk, gv) = cpu::attention::attention_backward(
+            &q, &ql, &k, &kl, &v, &vl, &o, &lse, &g, &gl, m, scale,
+        );
+        let (dgq, dgk, dgv) = attention_backward(
+            &dq_,
+            &ql,
+            &dk_,
+            &kl,
+            &dv_,
+            &vl,
+            &dev.to_device(&o)?,
+            &dev.to_device(&lse)?,
+            &dg,
+            &gl,
+            &dm,
+            scale,
+        )?;
+        assert_close(&what("dq"), &dgq.to_host()?, &gq, 4.0);
+        assert_close(&what("dk"), &dgk.to_host()?, &gk, 4.0);
+        assert_close(&what("dv"), &dgv.to_host()?, &gv, 4.0);
+    }
+    Ok(())
+}
+
+fn attention_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    // every mask, two key tiles (37 keys), odd widths
+    attention_check::<E>(dev, (2, 2, 7, 37, 5, 3), true, &[0, 1, 2, 3, 4, 5, 6])?;
+    // two query blocks (66 rows), widths over one staged chunk (35, 33)
+    attention_check::<E>(dev, (1, 2, 66, 40, 35, 33), false, &[1, 2, 4])?;
+    Ok(())
+}
+
+#[test]
+fn attention_matches_cpu() {
+    all_dtypes!("attention", attention_case);
+}
+
+#[test]
+fn attention_edge_cases() {
+    for dev in devices() {
+        let l = |t: usize, w: usize| Layout::contiguous(&[1, 2, t, w]);
+        let q = dev.to_device(&[1.0f32; 6]).unwrap();
+        let none = dev.to_device::<f32>(&[]).unwrap();
+        let m = CudaAttnMask::default();
+        // no keys: zero output, -inf logsumexp
+        let (o, lse) =
+            attention_forward(&q, &l(3, 1), &none, &l(0, 1), &none, &l(0, 2), &m, 1.0).unwrap();
+        assert_eq!(o.to_host().unwrap(), vec![0.0; 12]);
+        assert!(lse
+            .to_host()
+            .unwrap()
+            .iter()
+            .all(|x| *x == f32::NEG_INFINITY));
+        // zero-width values: empty output, -inf logsumexp
+        let k = dev.to_device(&[1.0f32; 4]).unwrap();
+        let (o, lse) =
+            attention_forward(&q, &l(3, 1), &k, &l(2, 1), &none, &l(2, 0), &m, 1.0).unwrap();
+        assert!(o.is_empty());
+        assert!(lse
+            .to_host()
+            .unwrap()
+            .iter()
+            .all(|x| *x == f32::NEG_INFINITY));
+        // disagreeing shapes and a short padding mask are errors, not panics
+        let e = attention_forward(&q, &l(3, 1), &k, &l(2, 2), &k, &l(2, 1), &m, 1.0).unwrap_err();
+        assert!(e.call.contains("shape check"), "{e}");
+        let pad = dev.to_device(&[false]).unwrap();
+        let pm = CudaAttnMask {
+            padding: Some(&pad),
+            ..Default::default()
+        };
+        assert!(attention_forward(&q, &l(3, 1), &k, &l(2, 1), &k, &l(2, 1), &pm, 1.0).is_err());
+    }
 }

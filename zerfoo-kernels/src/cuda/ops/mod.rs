@@ -3,6 +3,7 @@
 //! [`Layout`](crate::Layout)s in, a contiguous device buffer out, errors as
 //! [`CudaError`](super::CudaError).
 
+pub mod attention;
 pub mod elementwise;
 pub mod index;
 pub mod loss;
