@@ -1150,3 +1150,85 @@ fn attention_edge_cases() {
         assert!(attention_forward(&q, &l(3, 1), &k, &l(2, 1), &k, &l(2, 1), &pm, 1.0).is_err());
     }
 }
+
+fn reduce_more_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    // (3, 12, 5) read through a permutation, with ties (rounded values) and,
+    // in the second buffer, infinities and a NaN
+    let l = Layout::contiguous(&[5, 3, 12]).permute(&[1, 2, 0]);
+    let n = l.numel();
+    let x: Vec<E> = data::<E>(n, 120, -4.0, 4.0)
+        .into_iter()
+        .map(|v| E::from_f64((v.to_f64() * 2.0).round() / 2.0))
+        .collect();
+    let mut special = x.clone();
+    special[7] = E::from_f64(f64::NEG_INFINITY);
+    special[8] = E::from_f64(f64::INFINITY);
+    special[100] = E::from_f64(f64::NAN);
+    special[101] = E::from_f64(f64::NEG_INFINITY);
+    let (dx, ds) = (dev.to_device(&x)?, dev.to_device(&special)?);
+    for axes in [&[0usize, 2][..], &[1][..], &[0, 1, 2][..]] {
+        for correction in [1, axes.len() - 1] {
+            let (v, m) = cpu::reduce::var_axes(&x, &l, axes, correction);
+            let (dv, dm) = var_axes(&dx, &l, axes, correction)?;
+            assert_close("var", &dv.to_host()?, &v, 4.0);
+            assert_close_acc("var mean", E::DTYPE, &dm.to_host()?, &m);
+            let gy: Vec<E> = data(v.len(), 121, -1.0, 1.0);
+            let g = cpu::reduce::var_backward(&x, &l, axes, &m, correction, &gy);
+            let dg = var_backward(
+                &dx,
+                &l,
+                axes,
+                &dev.to_device(&m)?,
+                correction,
+                &dev.to_device(&gy)?,
+            )?;
+            assert_close("var backward", &dg.to_host()?, &g, 2.0);
+        }
+        for (src, dsrc) in [(&x, &dx), (&special, &ds)] {
+            let lse = cpu::reduce::logsumexp_axes(src, &l, axes);
+            let dl = logsumexp_axes(dsrc, &l, axes)?;
+            assert_close_acc("logsumexp", E::DTYPE, &dl.to_host()?, &lse);
+            let gy: Vec<E> = data(lse.len(), 122, -1.0, 1.0);
+            let g = cpu::reduce::logsumexp_backward(src, &l, axes, &lse, &gy);
+            let dg =
+                logsumexp_backward(dsrc, &l, axes, &dev.to_device(&lse)?, &dev.to_device(&gy)?)?;
+            assert_close("logsumexp backward", &dg.to_host()?, &g, 2.0);
+            let want = cpu::reduce::arg_extreme_axes::<E, true>(src, &l, axes);
+            let got: Vec<usize> = arg_extreme_axes::<E, true>(dsrc, &l, axes)?
+                .to_host()?
+                .into_iter()
+                .map(|i| i as usize)
+                .collect();
+            assert_eq!(got, want, "argmax over {axes:?}");
+            let want = cpu::reduce::arg_extreme_axes::<E, false>(src, &l, axes);
+            let got: Vec<usize> = arg_extreme_axes::<E, false>(dsrc, &l, axes)?
+                .to_host()?
+                .into_iter()
+                .map(|i| i as usize)
+                .collect();
+            assert_eq!(got, want, "argmin over {axes:?}");
+        }
+    }
+    // a block no longer than the correction divides by zero (NaN), as on the CPU
+    let l1 = Layout::contiguous(&[4, 1]);
+    let (v, _) = cpu::reduce::var_axes(&x[..4], &l1, &[1], 1);
+    let (dv, _) = var_axes(&dev.to_device(&x[..4])?, &l1, &[1], 1)?;
+    assert_close("var of one", &dv.to_host()?, &v, 1.0);
+    // empty blocks: logsumexp -inf, argmax 0
+    let l0 = Layout::contiguous(&[3, 0]);
+    let e = dev.to_device::<E>(&[])?;
+    assert_eq!(
+        logsumexp_axes(&e, &l0, &[1])?.to_host()?,
+        vec![<E::Acc as num_traits::Float>::neg_infinity(); 3]
+    );
+    assert_eq!(
+        arg_extreme_axes::<E, true>(&e, &l0, &[1])?.to_host()?,
+        vec![0; 3]
+    );
+    Ok(())
+}
+
+#[test]
+fn variance_logsumexp_and_argmax_match_cpu() {
+    all_dtypes!("reduce more", reduce_more_case);
+}

@@ -41,7 +41,7 @@ pub fn rope_tables<A: CudaDtype + Real>(
 fn rope_dims(op: &str, layout: &Layout) -> Result<(usize, usize), CudaError> {
     let dims = layout.shape();
     let r = dims.len();
-    if r < 2 || dims[r - 1] % 2 != 0 {
+    if r < 2 || !dims[r - 1].is_multiple_of(2) {
         return Err(CudaError::new(
             format!("shape check for `{op}`"),
             format!("needs (.., T, hd) with an even hd, got {dims:?}"),
