@@ -1232,3 +1232,55 @@ fn reduce_more_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
 fn variance_logsumexp_and_argmax_match_cpu() {
     all_dtypes!("reduce more", reduce_more_case);
 }
+
+fn gather_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    // x (3, 10, 4) read through a permutation; ids (3, 6, 2) along axis 1
+    // (smaller than x on the last axis, repeated ids), and (2, 4) along axis 0
+    let l = Layout::contiguous(&[10, 4, 3]).permute(&[2, 0, 1]);
+    let x: Vec<E> = data(120, 130, -1.0, 1.0);
+    let dx = dev.to_device(&x)?;
+    for (axis, idx_dims) in [
+        (1usize, vec![3usize, 6, 2]),
+        (0, vec![2, 4, 4]),
+        (2, vec![3, 10, 5]),
+    ] {
+        let a = l.shape()[axis];
+        let n: usize = idx_dims.iter().product();
+        let idx: Vec<usize> = (0..n).map(|i| (i * 7 + i / 3) % a).collect();
+        let didx = indices_to_device(dev, &idx, a)?;
+        let want = cpu::index::gather(&x, &l, axis, &idx, &idx_dims);
+        let got = gather(&dx, &l, axis, &didx, &idx_dims)?;
+        assert_eq!(
+            bits_of(&got.to_host()?),
+            bits_of(&want),
+            "gather along {axis}"
+        );
+        let gy: Vec<E> = data(n, 131, -1.0, 1.0);
+        let g = cpu::index::gather_backward(&gy, l.shape(), axis, &idx, &idx_dims);
+        let dg = gather_backward(&dev.to_device(&gy)?, l.shape(), axis, &didx, &idx_dims)?;
+        assert_close("gather backward", &dg.to_host()?, &g, 2.0);
+    }
+    // ids larger than x off the axis are refused
+    let didx = indices_to_device(dev, &[0; 12], 3)?;
+    assert!(gather(&dx, &l, 1, &didx, &[4, 3, 1]).is_err());
+
+    let gy: Vec<E> = data(40, 132, -1.0, 1.0);
+    let dgy = dev.to_device(&gy[..12])?;
+    for (axis, index) in [(0usize, 2usize), (1, 9), (2, 0)] {
+        let dims = [3usize, 10, 4];
+        let want = cpu::index::select_backward(&gy[..120 / dims[axis]], &dims, axis, index);
+        let got = select_backward(&dev.to_device(&gy[..120 / dims[axis]])?, &dims, axis, index)?;
+        assert_eq!(
+            bits_of(&got.to_host()?),
+            bits_of(&want),
+            "select backward {axis}"
+        );
+    }
+    assert!(select_backward(&dgy, &[3, 10, 4], 1, 10).is_err());
+    Ok(())
+}
+
+#[test]
+fn gather_and_select_backward_match_cpu() {
+    all_dtypes!("gather", gather_case);
+}
