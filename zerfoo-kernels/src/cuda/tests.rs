@@ -1284,3 +1284,73 @@ fn gather_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
 fn gather_and_select_backward_match_cpu() {
     all_dtypes!("gather", gather_case);
 }
+
+fn mse_bce_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    // a permuted (2, 3, 4) against a broadcast (3, 4); and (1250, 4), more
+    // than one partial sum
+    let cases = [
+        (
+            permuted(),
+            Layout::new(&[2, 3, 4], &[0, 4, 1], 0),
+            24usize,
+            12usize,
+        ),
+        (
+            Layout::contiguous(&[4, 1250]).permute(&[1, 0]),
+            Layout::contiguous(&[1250, 4]),
+            5000,
+            5000,
+        ),
+    ];
+    for (la, lb, na, nb) in cases {
+        let a: Vec<E> = data(na, 140, -2.0, 2.0);
+        let b: Vec<E> = data(nb, 141, -2.0, 2.0);
+        // targets in [0, 1] for the BCE
+        let t: Vec<E> = data(nb, 142, 0.0, 1.0);
+        let (da, db, dt) = (dev.to_device(&a)?, dev.to_device(&b)?, dev.to_device(&t)?);
+        let s = cpu::loss::mse_forward(&a, &la, &b, &lb);
+        assert_close_acc(
+            "mse",
+            E::DTYPE,
+            &mse_forward(&da, &la, &db, &lb)?.to_host()?,
+            &[s],
+        );
+        let (ga, gb) = cpu::loss::mse_backward(&a, &la, &b, &lb, E::Acc::of_f64(0.25));
+        let (dga, dgb) = mse_backward(&da, &la, &db, &lb, 0.25)?;
+        assert_close("mse grad a", &dga.to_host()?, &ga, 1.0);
+        assert_close("mse grad b", &dgb.to_host()?, &gb, 1.0);
+
+        let classes = *la.shape().last().unwrap();
+        let pw: Vec<E::Acc> = (0..classes)
+            .map(|i| E::Acc::of_f64(0.5 + 0.25 * i as f64))
+            .collect();
+        let dpw = dev.to_device(&pw)?;
+        for weight in [None, Some(&pw[..])] {
+            let dw = weight.map(|_| &dpw);
+            let s = cpu::loss::bce_logits_forward(&a, &la, &t, &lb, weight);
+            let ds = bce_logits_forward(&da, &la, &dt, &lb, dw)?;
+            assert_close_acc("bce", E::DTYPE, &ds.to_host()?, &[s]);
+            let (gx, gy, gp) =
+                cpu::loss::bce_logits_backward(&a, &la, &t, &lb, weight, E::Acc::of_f64(0.5));
+            let (dgx, dgy, dgp) = bce_logits_backward(&da, &la, &dt, &lb, dw, 0.5)?;
+            assert_close("bce grad x", &dgx.to_host()?, &gx, 2.0);
+            assert_close("bce grad y", &dgy.to_host()?, &gy, 2.0);
+            match (gp, dgp) {
+                (Some(w), Some(d)) => assert_close("bce grad pos_weight", &d.to_host()?, &w, 8.0),
+                (None, None) => {}
+                _ => panic!("pos_weight gradient presence differs"),
+            }
+        }
+    }
+    let x = dev.to_device(&[E::from_f64(1.0); 4])?;
+    let l4 = Layout::contiguous(&[4]);
+    assert!(mse_forward(&x, &l4, &x, &Layout::contiguous(&[2, 2])).is_err());
+    let empty = dev.to_device::<E::Acc>(&[])?;
+    assert!(bce_logits_forward(&x, &l4, &x, &l4, Some(&empty)).is_err());
+    Ok(())
+}
+
+#[test]
+fn mse_and_bce_match_cpu() {
+    all_dtypes!("mse/bce", mse_bce_case);
+}
