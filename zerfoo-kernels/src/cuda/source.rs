@@ -42,11 +42,13 @@ pub enum Family {
     Rotary,
     /// Fused (flash-style) attention, forward and backward.
     Attention,
+    /// 2-D convolution, pooling and batch normalization.
+    Conv,
 }
 
 impl Family {
     /// Every family.
-    pub const ALL: [Family; 12] = [
+    pub const ALL: [Family; 13] = [
         Family::Unary,
         Family::Binary,
         Family::Reduce,
@@ -59,6 +61,7 @@ impl Family {
         Family::Mask,
         Family::Rotary,
         Family::Attention,
+        Family::Conv,
     ];
 
     /// The family's file name without extension.
@@ -76,6 +79,7 @@ impl Family {
             Family::Mask => "mask",
             Family::Rotary => "rotary",
             Family::Attention => "attention",
+            Family::Conv => "conv",
         }
     }
 
@@ -94,6 +98,7 @@ impl Family {
             Family::Mask => include_str!("kernels/mask.cu"),
             Family::Rotary => include_str!("kernels/rotary.cu"),
             Family::Attention => include_str!("kernels/attention.cu"),
+            Family::Conv => include_str!("kernels/conv.cu"),
         }
     }
 

@@ -10,6 +10,7 @@
 //! bf16 1.6e-2 (2^-7), f8 E4M3 0.13 (2^-3), f8 E5M2 0.26 (2^-2).
 
 use super::ops::attention::*;
+use super::ops::conv::*;
 use super::ops::elementwise::*;
 use super::ops::index::*;
 use super::ops::loss::*;
@@ -1353,4 +1354,192 @@ fn mse_bce_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
 #[test]
 fn mse_and_bce_match_cpu() {
     all_dtypes!("mse/bce", mse_bce_case);
+}
+
+fn conv_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    use cpu::conv::Window2d;
+    // x (2, 4, 5, 6) stored as (N, H, W, C); two groups with stride, padding
+    // and dilation; and one group, padding 1, no bias
+    let lx = Layout::contiguous(&[2, 5, 6, 4]).permute(&[0, 3, 1, 2]);
+    let x: Vec<E> = data(lx.numel(), 150, -1.0, 1.0);
+    let dx = dev.to_device(&x)?;
+    let cases = [
+        (
+            [6usize, 2, 3, 2],
+            2usize,
+            Window2d {
+                kernel: [3, 2],
+                stride: [2, 1],
+                padding: [1, 0],
+                dilation: [1, 2],
+            },
+            true,
+        ),
+        (
+            [3, 4, 2, 2],
+            1,
+            Window2d {
+                kernel: [2, 2],
+                stride: [1, 1],
+                padding: [1, 1],
+                dilation: [1, 1],
+            },
+            false,
+        ),
+    ];
+    for (wd, groups, win, with_bias) in cases {
+        let lw = Layout::contiguous(&wd);
+        let w: Vec<E> = data(lw.numel(), 151, -1.0, 1.0);
+        let b: Vec<E> = data(wd[0], 152, -1.0, 1.0);
+        let lb = Layout::contiguous(&[wd[0]]);
+        let (dw, db) = (dev.to_device(&w)?, dev.to_device(&b)?);
+        let (cb, gb) = if with_bias {
+            (Some((&b[..], &lb)), Some((&db, &lb)))
+        } else {
+            (None, None)
+        };
+        let y = cpu::conv::conv2d_forward(&x, &lx, &w, &lw, cb, groups, &win);
+        let dy = conv2d_forward(&dx, &lx, &dw, &lw, gb, groups, &win)?;
+        assert_close("conv2d", &dy.to_host()?, &y, 4.0);
+        let gy: Vec<E> = data(y.len(), 153, -1.0, 1.0);
+        let g = cpu::conv::conv2d_backward(&x, &lx, &w, &lw, with_bias, groups, &win, &gy);
+        let dg = conv2d_backward(
+            &dx,
+            &lx,
+            &dw,
+            &lw,
+            with_bias,
+            groups,
+            &win,
+            &dev.to_device(&gy)?,
+        )?;
+        assert_close("conv2d grad x", &dg.x.to_host()?, &g.x, 4.0);
+        assert_close("conv2d grad w", &dg.weight.to_host()?, &g.weight, 8.0);
+        match (g.bias, dg.bias) {
+            (Some(c), Some(d)) => assert_close("conv2d grad b", &d.to_host()?, &c, 8.0),
+            (None, None) => {}
+            _ => panic!("bias gradient presence differs"),
+        }
+    }
+    let bad = Layout::contiguous(&[6, 3, 3, 2]);
+    let w: Vec<E> = data(bad.numel(), 154, -1.0, 1.0);
+    assert!(conv2d_forward(&dx, &lx, &dev.to_device(&w)?, &bad, None, 2, &cases[0].2).is_err());
+    Ok(())
+}
+
+#[test]
+fn conv2d_matches_cpu() {
+    all_dtypes!("conv2d", conv_case);
+}
+
+fn pool_bn_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    use cpu::conv::{adaptive_ranges, window_ranges, AvgDivisor};
+    // x (2, 3, 5, 4) stored as (N, H, W, C), rounded values (ties in max)
+    let lx = Layout::contiguous(&[2, 5, 4, 3]).permute(&[0, 3, 1, 2]);
+    let dims = [2usize, 3, 5, 4];
+    let x: Vec<E> = data::<E>(lx.numel(), 160, -2.0, 2.0)
+        .into_iter()
+        .map(|v| E::from_f64((v.to_f64() * 2.0).round() / 2.0))
+        .collect();
+    let dx = dev.to_device(&x)?;
+    // 2x2 windows, stride 2, padding 1; 1-wide stride-2 windows whose first
+    // lies in the padding (empty); adaptive windows
+    let windows = [
+        (window_ranges(5, 3, 2, 2, 1), window_ranges(4, 3, 2, 2, 1)),
+        (window_ranges(5, 3, 1, 2, 1), window_ranges(4, 2, 2, 2, 0)),
+        (adaptive_ranges(5, 3), adaptive_ranges(4, 3)),
+    ];
+    for (rows, cols) in &windows {
+        let (y, a) = cpu::conv::max_pool2d_forward(&x, &lx, rows, cols);
+        let (dy, da) = max_pool2d_forward(&dx, &lx, rows, cols)?;
+        assert_eq!(bits_of(&dy.to_host()?), bits_of(&y), "max_pool2d");
+        let da: Vec<usize> = da
+            .to_host()?
+            .into_iter()
+            .map(|v| {
+                if v == NO_ARGMAX {
+                    usize::MAX
+                } else {
+                    v as usize
+                }
+            })
+            .collect();
+        assert_eq!(da, a, "max_pool2d argmax");
+        let gy: Vec<E> = data(y.len(), 161, -1.0, 1.0);
+        let dgy = dev.to_device(&gy)?;
+        let a32: Vec<u32> = a
+            .iter()
+            .map(|&v| if v == usize::MAX { NO_ARGMAX } else { v as u32 })
+            .collect();
+        let g = cpu::conv::max_pool2d_backward(&gy, &a, dims);
+        let dg = max_pool2d_backward(&dgy, &dev.to_device(&a32)?, dims)?;
+        assert_close("max_pool2d backward", &dg.to_host()?, &g, 2.0);
+        for div in [AvgDivisor::Fixed(4), AvgDivisor::Count] {
+            if matches!(div, AvgDivisor::Count) && rows.iter().chain(cols).any(|r| r.0 == r.1) {
+                continue; // an empty window divides by zero
+            }
+            let y = cpu::conv::avg_pool2d_forward(&x, &lx, rows, cols, div);
+            let dy = avg_pool2d_forward(&dx, &lx, rows, cols, div)?;
+            assert_close("avg_pool2d", &dy.to_host()?, &y, 2.0);
+            let g = cpu::conv::avg_pool2d_backward(&gy, dims, rows, cols, div);
+            let dg = avg_pool2d_backward(&dgy, dims, rows, cols, div)?;
+            assert_close("avg_pool2d backward", &dg.to_host()?, &g, 2.0);
+        }
+    }
+    assert!(max_pool2d_forward(&dx, &lx, &[(0, 6)], &[(0, 1)]).is_err());
+
+    // batch norm: batch statistics (training) and running ones (eval)
+    let w: Vec<E> = data(3, 162, 0.5, 1.5);
+    let b: Vec<E> = data(3, 163, -0.5, 0.5);
+    let lc = Layout::contiguous(&[3]);
+    let (dw, db) = (dev.to_device(&w)?, dev.to_device(&b)?);
+    let gy: Vec<E> = data(x.len(), 164, -1.0, 1.0);
+    let dgy = dev.to_device(&gy)?;
+    let st = cpu::conv::batch_norm_stats(&x, &lx, 1e-5);
+    let dst = batch_norm_stats(&dx, &lx, 1e-5)?;
+    assert_close_acc("bn mean", E::DTYPE, &dst.mean.to_host()?, &st.mean);
+    assert_close_acc("bn var", E::DTYPE, &dst.var.to_host()?, &st.var);
+    assert_close_acc("bn rstd", E::DTYPE, &dst.rstd.to_host()?, &st.rstd);
+    let rm: Vec<E> = data(3, 165, -0.5, 0.5);
+    let rv: Vec<E> = data(3, 166, 0.5, 2.0);
+    let rst = cpu::conv::running_stats((&rm[..], &lc), (&rv[..], &lc), 1e-5);
+    let drst = running_stats(
+        (&dev.to_device(&rm)?, &lc),
+        (&dev.to_device(&rv)?, &lc),
+        1e-5,
+    )?;
+    assert_close_acc(
+        "bn running rstd",
+        E::DTYPE,
+        &drst.rstd.to_host()?,
+        &rst.rstd,
+    );
+    for (stats, dstats, training) in [(&st, &dst, true), (&rst, &drst, false)] {
+        for with_params in [true, false] {
+            let (cw, cb) = if with_params {
+                (Some((&w[..], &lc)), Some((&b[..], &lc)))
+            } else {
+                (None, None)
+            };
+            let (gw, gb) = if with_params {
+                (Some((&dw, &lc)), Some((&db, &lc)))
+            } else {
+                (None, None)
+            };
+            let y = cpu::conv::batch_norm_apply(&x, &lx, stats, cw, cb);
+            let dy = batch_norm_apply(&dx, &lx, dstats, gw, gb)?;
+            assert_close("bn apply", &dy.to_host()?, &y, 2.0);
+            let g = cpu::conv::batch_norm_backward(&x, &lx, stats, cw, &gy, training);
+            let dg = batch_norm_backward(&dx, &lx, dstats, gw, &dgy, training)?;
+            assert_close("bn grad x", &dg.x.to_host()?, &g.x, 4.0);
+            assert_close("bn grad w", &dg.weight.to_host()?, &g.weight, 4.0);
+            assert_close("bn grad b", &dg.bias.to_host()?, &g.bias, 4.0);
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn pooling_and_batch_norm_match_cpu() {
+    all_dtypes!("pool/bn", pool_bn_case);
 }

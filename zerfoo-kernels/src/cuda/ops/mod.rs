@@ -4,6 +4,7 @@
 //! [`CudaError`](super::CudaError).
 
 pub mod attention;
+pub mod conv;
 pub mod elementwise;
 pub mod index;
 pub mod loss;
