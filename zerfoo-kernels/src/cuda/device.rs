@@ -428,6 +428,11 @@ impl Launch<'_> {
         self.args.push(Arg::U64(v as u64));
         self
     }
+    /// A `u64` given as 64 bits (a seed, an `i64`'s bits).
+    pub(crate) fn bits(&mut self, v: u64) -> &mut Self {
+        self.args.push(Arg::U64(v));
+        self
+    }
     /// A `double`.
     pub(crate) fn f64(&mut self, v: f64) -> &mut Self {
         self.args.push(Arg::F64(v));
@@ -677,6 +682,15 @@ pub(crate) fn grid_for(n: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (blocks, 1, 1),
         block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// `tiles` blocks of `threads` threads (at most [`MAX_GRID`] blocks; kernels loop).
+pub(crate) fn tiles_grid(tiles: usize, threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((tiles as u64).clamp(1, MAX_GRID) as u32, 1, 1),
+        block_dim: (threads, 1, 1),
         shared_mem_bytes: 0,
     }
 }

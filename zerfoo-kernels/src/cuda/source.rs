@@ -32,13 +32,23 @@ pub enum Family {
     Index,
     /// Cross-entropy, forward and backward.
     Loss,
-    /// Fused AdamW / SGD updates.
+    /// Fused AdamW / SGD updates, sum of squares and in-place scaling.
     Optim,
+    /// Copying a range, concatenation and adding into a narrowed slice.
+    Shape,
+    /// Where/select, masked fill, triangles and seeded dropout.
+    Mask,
+    /// Rotary position embedding: tables and rotation.
+    Rotary,
+    /// Fused (flash-style) attention, forward and backward.
+    Attention,
+    /// 2-D convolution, pooling and batch normalization.
+    Conv,
 }
 
 impl Family {
     /// Every family.
-    pub const ALL: [Family; 8] = [
+    pub const ALL: [Family; 13] = [
         Family::Unary,
         Family::Binary,
         Family::Reduce,
@@ -47,6 +57,11 @@ impl Family {
         Family::Index,
         Family::Loss,
         Family::Optim,
+        Family::Shape,
+        Family::Mask,
+        Family::Rotary,
+        Family::Attention,
+        Family::Conv,
     ];
 
     /// The family's file name without extension.
@@ -60,6 +75,11 @@ impl Family {
             Family::Index => "index",
             Family::Loss => "loss",
             Family::Optim => "optim",
+            Family::Shape => "shape",
+            Family::Mask => "mask",
+            Family::Rotary => "rotary",
+            Family::Attention => "attention",
+            Family::Conv => "conv",
         }
     }
 
@@ -74,6 +94,11 @@ impl Family {
             Family::Index => include_str!("kernels/index.cu"),
             Family::Loss => include_str!("kernels/loss.cu"),
             Family::Optim => include_str!("kernels/optim.cu"),
+            Family::Shape => include_str!("kernels/shape.cu"),
+            Family::Mask => include_str!("kernels/mask.cu"),
+            Family::Rotary => include_str!("kernels/rotary.cu"),
+            Family::Attention => include_str!("kernels/attention.cu"),
+            Family::Conv => include_str!("kernels/conv.cu"),
         }
     }
 
@@ -228,6 +253,9 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n\n"));
-        println!("compiled {compiled} modules (8 families x 6 dtypes) for compute_90");
+        println!(
+            "compiled {compiled} modules ({} families x 6 dtypes) for compute_90",
+            Family::ALL.len()
+        );
     }
 }

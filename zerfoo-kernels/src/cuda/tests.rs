@@ -9,13 +9,18 @@
 //! crosses a rounding boundary: f64 1e-10, f32 2e-5, f16 2e-3 (2^-10 ulp),
 //! bf16 1.6e-2 (2^-7), f8 E4M3 0.13 (2^-3), f8 E5M2 0.26 (2^-2).
 
+use super::ops::attention::*;
+use super::ops::conv::*;
 use super::ops::elementwise::*;
 use super::ops::index::*;
 use super::ops::loss::*;
+use super::ops::mask::*;
 use super::ops::matmul::*;
 use super::ops::norm::*;
 use super::ops::optim::*;
 use super::ops::reduce::*;
+use super::ops::rotary::*;
+use super::ops::shape::*;
 use super::ops::softmax::*;
 use super::*;
 use crate::cpu;
@@ -759,4 +764,782 @@ fn capability_errors_name_op_dtype_and_gpu() {
     let z = old.to_device(&[1.0f32, 2.0]).unwrap();
     let s = sum_axes(&z, &Layout::contiguous(&[2]), &[0], 1.0).unwrap();
     assert_eq!(s.to_host().unwrap(), vec![3.0]);
+}
+
+fn shape_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    // a: (2, 1, 3) contiguous; b: (2, 2, 3) read through a permutation of a
+    // (3, 2, 2) buffer; c: (2, 3, 3) narrowed from a (2, 5, 3) buffer
+    let a: Vec<E> = data(6, 70, -2.0, 2.0);
+    let b: Vec<E> = data(12, 71, -2.0, 2.0);
+    let c: Vec<E> = data(30, 72, -2.0, 2.0);
+    let la = Layout::contiguous(&[2, 1, 3]);
+    let lb = Layout::contiguous(&[3, 2, 2]).permute(&[2, 1, 0]);
+    let lc = Layout::contiguous(&[2, 5, 3]).narrow(1, 1, 3);
+    let (da, db, dc) = (dev.to_device(&a)?, dev.to_device(&b)?, dev.to_device(&c)?);
+    let want = cpu::shape::concat(&[(&a[..], &la), (&b[..], &lb), (&c[..], &lc)], 1);
+    let got = concat(&[(&da, &la), (&db, &lb), (&dc, &lc)], 1)?;
+    assert_eq!(got.to_host()?, want, "concat is exact");
+    // along the first axis, parts (1, 2, 3) and (2, 2, 3)
+    let l0 = Layout::contiguous(&[1, 2, 3]);
+    let want = cpu::shape::concat(&[(&a[..], &l0), (&b[..], &lb)], 0);
+    assert_eq!(concat(&[(&da, &l0), (&db, &lb)], 0)?.to_host()?, want);
+    assert!(
+        concat(&[(&da, &la), (&db, &lb)], 0).is_err(),
+        "dims differ off the axis"
+    );
+    assert!(concat::<E>(&[], 0).is_err());
+
+    let mut want = vec![E::default(); 7];
+    cpu::shape::copy_range(&b, &lb, 4, &mut want);
+    let mut got = dev.alloc::<E>(7)?;
+    copy_range(&db, &lb, 4, &mut got)?;
+    assert_eq!(got.to_host()?, want, "copy_range is exact");
+    assert!(copy_range(&db, &lb, 6, &mut got).is_err());
+
+    // dst (2, 4, 3) += src (2, 2, 3) at rows 1..3 of axis 1
+    let dims = [2, 4, 3];
+    let mut dst: Vec<E> = data(24, 73, -1.0, 1.0);
+    let src: Vec<E> = data(12, 74, -1.0, 1.0);
+    let mut ddst = dev.to_device(&dst)?;
+    add_narrow_into(&mut ddst, &dims, 1, 1, 2, &dev.to_device(&src)?)?;
+    cpu::shape::add_narrow_into(&mut dst, &dims, 1, 1, 2, &src);
+    assert_close("add_narrow_into", &ddst.to_host()?, &dst, 1.0);
+    assert!(add_narrow_into(&mut ddst, &dims, 1, 3, 2, &dev.to_device(&src)?).is_err());
+    Ok(())
+}
+
+#[test]
+fn shape_ops_match_cpu() {
+    all_dtypes!("shape", shape_case);
+}
+
+/// Bit patterns, for exact comparisons that also hold for NaN and -0.
+fn bits_of<E: Dtype>(v: &[E]) -> Vec<u64> {
+    v.iter().map(|x| x.to_f64().to_bits()).collect()
+}
+
+fn mask_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    // a permuted (2, 3, 4) operand, a (3, 4) mask broadcast over the batch
+    let l = permuted();
+    let lm = Layout::new(&[2, 3, 4], &[0, 4, 1], 0);
+    let lc = Layout::contiguous(&[2, 3, 4]);
+    let mask: Vec<bool> = (0..12).map(|i| (i * 7) % 3 == 0).collect();
+    let a: Vec<E> = data(24, 80, -2.0, 2.0);
+    let b: Vec<E> = data(24, 81, -2.0, 2.0);
+    let (dm, da, db) = (
+        dev.to_device(&mask)?,
+        dev.to_device(&a)?,
+        dev.to_device(&b)?,
+    );
+    let want = cpu::mask::where_select(&mask, &lm, &a, &l, &b, &lc);
+    let got = where_select(&dm, &lm, &da, &l, &db, &lc)?;
+    assert_eq!(bits_of(&got.to_host()?), bits_of(&want), "where");
+    for keep in [true, false] {
+        let want = cpu::mask::mask_grad(&mask, &lm, &b, keep);
+        let got = mask_grad(&dm, &lm, &db, keep)?;
+        assert_eq!(bits_of(&got.to_host()?), bits_of(&want), "mask_grad");
+    }
+    let v = E::from_f64(-1.5);
+    let want = cpu::mask::masked_fill(&a, &l, &mask, &lm, v);
+    let got = masked_fill(&da, &l, &dm, &lm, v)?;
+    assert_eq!(bits_of(&got.to_host()?), bits_of(&want), "masked_fill");
+    assert!(where_select(&dm, &Layout::contiguous(&[12]), &da, &l, &db, &lc).is_err());
+    for (lower, diag) in [
+        (true, 0),
+        (true, 1),
+        (false, -1),
+        (false, 2),
+        (true, i64::MIN),
+    ] {
+        let want = cpu::mask::tri(&a, &l, lower, diag);
+        let got = tri(&da, &l, lower, diag)?;
+        assert_eq!(
+            bits_of(&got.to_host()?),
+            bits_of(&want),
+            "tri {lower} {diag}"
+        );
+    }
+    assert!(tri(&da, &Layout::contiguous(&[24]), true, 0).is_err());
+
+    // dropout: the device mask is the CPU's, bit for bit
+    let n = 3000;
+    let x: Vec<E> = data(n, 82, 0.5, 1.5);
+    let lx = Layout::contiguous(&[n / 30, 30]).permute(&[1, 0]);
+    let dx = dev.to_device(&x)?;
+    for (seed, p) in [(7u64, 0.1), (u64::MAX, 0.5), (12345, 0.9)] {
+        let scale = 1.0 / (1.0 - p);
+        let want = cpu::mask::dropout(&x, &lx, dropout_keep(seed, p), scale);
+        let got = dropout(&dx, &lx, seed, p, scale)?.to_host()?;
+        assert_eq!(bits_of(&got), bits_of(&want), "dropout seed {seed} p {p}");
+        let kept = got.iter().filter(|v| v.to_f64() != 0.0).count() as f64 / n as f64;
+        assert!((kept - (1.0 - p)).abs() < 0.05, "kept {kept} at p {p}");
+        // the backward: the same mask on the contiguous gradient
+        let g: Vec<E> = data(n, 83, -1.0, 1.0);
+        let lg = Layout::contiguous(&[n]);
+        let want = cpu::mask::dropout(&g, &lg, dropout_keep(seed, p), scale);
+        let got = dropout(&dev.to_device(&g)?, &lg, seed, p, scale)?;
+        assert_eq!(bits_of(&got.to_host()?), bits_of(&want), "dropout backward");
+    }
+    Ok(())
+}
+
+#[test]
+fn masks_and_dropout_match_cpu() {
+    all_dtypes!("mask", mask_case);
+}
+
+#[test]
+fn counter_uniform_is_splitmix_of_the_counter() {
+    // the first draws of stream 0, by hand from SplitMix64's finalizer
+    fn mix(mut z: u64) -> u64 {
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    for (seed, i) in [(0u64, 0u64), (0, 1), (42, 1 << 40), (u64::MAX, 3)] {
+        let bits = mix(mix(seed) ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        assert_eq!(
+            counter_uniform(seed, i),
+            (bits >> 11) as f64 / (1u64 << 53) as f64
+        );
+    }
+    let keep = dropout_keep(9, 0.25);
+    let kept = (0..10_000).filter(|&i| keep(i)).count();
+    assert!((7_000..8_000).contains(&kept), "{kept}");
+}
+
+fn rope_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    // (B, H, T, hd) = (2, 2, 5, 6) read from a (B, T, H, hd) buffer
+    let l = Layout::contiguous(&[2, 5, 2, 6]).permute(&[0, 2, 1, 3]);
+    let x: Vec<E> = data(l.numel(), 90, -2.0, 2.0);
+    let dx = dev.to_device(&x)?;
+    for (base, offset) in [(10000.0, 3), (100.0, 0)] {
+        let (c, s) = cpu::rotary::rope_tables::<E::Acc>(5, 6, base, offset);
+        let (dc, ds) = rope_tables::<E::Acc>(dev, 5, 6, base, offset)?;
+        assert_close_acc("rope cos", E::DTYPE, &dc.to_host()?, &c);
+        assert_close_acc("rope sin", E::DTYPE, &ds.to_host()?, &s);
+        for inverse in [false, true] {
+            let want = cpu::rotary::rope(&x, &l, base, offset, inverse);
+            let got = rope(&dx, &l, base, offset, inverse)?;
+            assert_close("rope", &got.to_host()?, &want, 2.0);
+            let again = rope_apply(&dx, &l, (&dc, &ds), inverse)?;
+            assert_eq!(bits_of(&again.to_host()?), bits_of(&got.to_host()?));
+        }
+    }
+    // the inverse undoes the rotation (up to rounding)
+    let lc = Layout::contiguous(&[2, 2, 5, 6]);
+    let y = rope(&dx, &l, 10000.0, 1, false)?;
+    let back = rope(&y, &lc, 10000.0, 1, true)?;
+    assert_close(
+        "rope round trip",
+        &back.to_host()?,
+        &cpu::to_contiguous(&x, &l),
+        4.0,
+    );
+    assert!(rope(
+        &dx,
+        &Layout::contiguous(&[2, 5, 2, 6]).narrow(3, 0, 5),
+        1.0,
+        0,
+        false
+    )
+    .is_err());
+    Ok(())
+}
+
+#[test]
+fn rope_matches_cpu() {
+    all_dtypes!("rope", rope_case);
+}
+
+fn clip_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    // two "gradients": one longer than a partial block, one short
+    let g1: Vec<E> = data(9000, 100, -1.0, 1.0);
+    let g2: Vec<E> = data(37, 101, -3.0, 3.0);
+    let (d1, d2) = (dev.to_device(&g1)?, dev.to_device(&g2)?);
+    let (s1, s2) = (cpu::optim::sum_squares(&g1), cpu::optim::sum_squares(&g2));
+    let rel = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs();
+    let got = sum_squares(&d1)?.to_host()?[0];
+    assert!(rel(got, s1), "sum_squares {got} vs {s1}");
+    assert_eq!(sum_squares(&d1)?.to_host()?[0], got, "deterministic");
+    assert_eq!(sum_squares(&dev.to_device::<E>(&[])?)?.to_host()?, [0.0]);
+    let mut total = dev.zeros::<f64>(1)?;
+    add_sum_squares(&d1, &mut total)?;
+    add_sum_squares(&d2, &mut total)?;
+    let t = total.to_host()?[0];
+    assert!(rel(t, s1 + s2), "total {t} vs {}", s1 + s2);
+    // clip to norm 10 on the device, as clip_grad_norm does on the host
+    let coef = clip_coef(&total, 10.0)?;
+    let want_coef = (10.0 / ((s1 + s2).sqrt() + 1e-6)).min(1.0);
+    assert!(rel(coef.to_host()?[0], want_coef));
+    let mut d = d2;
+    scale_in_place_by(&mut d, &coef)?;
+    let mut want = g2.clone();
+    cpu::optim::scale_in_place(&mut want, coef.to_host()?[0]);
+    assert_eq!(
+        bits_of(&d.to_host()?),
+        bits_of(&want),
+        "scale by a device factor"
+    );
+    let mut d = d1;
+    scale_in_place(&mut d, 0.3)?;
+    let mut want = g1.clone();
+    cpu::optim::scale_in_place(&mut want, 0.3);
+    assert_eq!(bits_of(&d.to_host()?), bits_of(&want), "scale_in_place");
+    assert_eq!(clip_coef(&dev.zeros::<f64>(1)?, 1.0)?.to_host()?, [1.0]);
+    Ok(())
+}
+
+#[test]
+fn sum_squares_and_clipping_match_cpu() {
+    all_dtypes!("clip", clip_case);
+}
+
+/// The CPU attention's masks (its test set): none, causal, a window, causal
+/// with padding, padding alone, queries after the keys (a decoding step),
+/// keys after some queries (rows that see nothing).
+fn attention_masks(pad: &[bool]) -> Vec<cpu::attention::AttnMask<'_>> {
+    use cpu::attention::AttnMask;
+    vec![
+        AttnMask::default(),
+        AttnMask {
+            causal: true,
+            ..Default::default()
+        },
+        AttnMask {
+            window: Some(3),
+            ..Default::default()
+        },
+        AttnMask {
+            causal: true,
+            padding: Some(pad),
+            ..Default::default()
+        },
+        AttnMask {
+            padding: Some(pad),
+            ..Default::default()
+        },
+        AttnMask {
+            causal: true,
+            window: Some(70),
+            q_offset: 9,
+            k_offset: 4,
+            padding: None,
+        },
+        AttnMask {
+            causal: true,
+            q_offset: 0,
+            k_offset: 3,
+            padding: Some(pad),
+            window: None,
+        },
+    ]
+}
+
+/// Attention of (B, H, Tq, D) queries against (B, H, Tk, D/Dv) keys and
+/// values under every mask, the operands stored as (B, T, H, D) when
+/// `permuted`; the backward gets the CPU's saved output and logsumexp.
+fn attention_check<E: CudaFloat>(
+    dev: &CudaDevice,
+    (b, h, tq, tk, d, dv): (usize, usize, usize, usize, usize, usize),
+    permuted: bool,
+    masks: &[usize],
+) -> Result<(), CudaError> {
+    let lay = |t: usize, w: usize| {
+        if permuted {
+            Layout::contiguous(&[b, t, h, w]).permute(&[0, 2, 1, 3])
+        } else {
+            Layout::contiguous(&[b, h, t, w])
+        }
+    };
+    let (ql, kl, vl, gl) = (lay(tq, d), lay(tk, d), lay(tk, dv), lay(tq, dv));
+    let q: Vec<E> = data(b * h * tq * d, 110, -1.0, 1.0);
+    let k: Vec<E> = data(b * h * tk * d, 111, -1.0, 1.0);
+    let v: Vec<E> = data(b * h * tk * dv, 112, -1.0, 1.0);
+    let g: Vec<E> = data(b * h * tq * dv, 113, -1.0, 1.0);
+    let (dq_, dk_, dv_, dg) = (
+        dev.to_device(&q)?,
+        dev.to_device(&k)?,
+        dev.to_device(&v)?,
+        dev.to_device(&g)?,
+    );
+    // batch 0: every third key padded; batch 1 (if any): every key padded
+    let pad: Vec<bool> = (0..b * tk).map(|n| n / tk == 1 || n % 3 == 1).collect();
+    let dpad = dev.to_device(&pad)?;
+    let all = attention_masks(&pad);
+    let scale = 0.7;
+    for &mi in masks {
+        let m = &all[mi];
+        let dm = CudaAttnMask::from_cpu(m, m.padding.map(|_| &dpad));
+        let what = |s: &str| format!("attention {s} (mask {mi}, {b}x{h}x{tq}x{tk}x{d}x{dv})");
+        let (o, lse) = cpu::attention::attention_forward(&q, &ql, &k, &kl, &v, &vl, m, scale);
+        let (go, glse) = attention_forward(&dq_, &ql, &dk_, &kl, &dv_, &vl, &dm, scale)?;
+        assert_close(&what("out"), &go.to_host()?, &o, 4.0);
+        assert_close_acc(&what("lse"), E::DTYPE, &glse.to_host()?, &lse);
+        let (gq, gk, gv) = cpu::attention::attention_backward(
+            &q, &ql, &k, &kl, &v, &vl, &o, &lse, &g, &gl, m, scale,
+        );
+        let (dgq, dgk, dgv) = attention_backward(
+            &dq_,
+            &ql,
+            &dk_,
+            &kl,
+            &dv_,
+            &vl,
+            &dev.to_device(&o)?,
+            &dev.to_device(&lse)?,
+            &dg,
+            &gl,
+            &dm,
+            scale,
+        )?;
+        assert_close(&what("dq"), &dgq.to_host()?, &gq, 4.0);
+        assert_close(&what("dk"), &dgk.to_host()?, &gk, 4.0);
+        assert_close(&what("dv"), &dgv.to_host()?, &gv, 4.0);
+    }
+    Ok(())
+}
+
+fn attention_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    // every mask, two key tiles (37 keys), odd widths
+    attention_check::<E>(dev, (2, 2, 7, 37, 5, 3), true, &[0, 1, 2, 3, 4, 5, 6])?;
+    // two query blocks (66 rows), widths over one staged chunk (35, 33)
+    attention_check::<E>(dev, (1, 2, 66, 40, 35, 33), false, &[1, 2, 4])?;
+    Ok(())
+}
+
+#[test]
+fn attention_matches_cpu() {
+    all_dtypes!("attention", attention_case);
+}
+
+#[test]
+fn attention_edge_cases() {
+    for dev in devices() {
+        let l = |t: usize, w: usize| Layout::contiguous(&[1, 2, t, w]);
+        let q = dev.to_device(&[1.0f32; 6]).unwrap();
+        let none = dev.to_device::<f32>(&[]).unwrap();
+        let m = CudaAttnMask::default();
+        // no keys: zero output, -inf logsumexp
+        let (o, lse) =
+            attention_forward(&q, &l(3, 1), &none, &l(0, 1), &none, &l(0, 2), &m, 1.0).unwrap();
+        assert_eq!(o.to_host().unwrap(), vec![0.0; 12]);
+        assert!(lse
+            .to_host()
+            .unwrap()
+            .iter()
+            .all(|x| *x == f32::NEG_INFINITY));
+        // zero-width values: empty output, -inf logsumexp
+        let k = dev.to_device(&[1.0f32; 4]).unwrap();
+        let (o, lse) =
+            attention_forward(&q, &l(3, 1), &k, &l(2, 1), &none, &l(2, 0), &m, 1.0).unwrap();
+        assert!(o.is_empty());
+        assert!(lse
+            .to_host()
+            .unwrap()
+            .iter()
+            .all(|x| *x == f32::NEG_INFINITY));
+        // disagreeing shapes and a short padding mask are errors, not panics
+        let e = attention_forward(&q, &l(3, 1), &k, &l(2, 2), &k, &l(2, 1), &m, 1.0).unwrap_err();
+        assert!(e.call.contains("shape check"), "{e}");
+        let pad = dev.to_device(&[false]).unwrap();
+        let pm = CudaAttnMask {
+            padding: Some(&pad),
+            ..Default::default()
+        };
+        assert!(attention_forward(&q, &l(3, 1), &k, &l(2, 1), &k, &l(2, 1), &pm, 1.0).is_err());
+    }
+}
+
+fn reduce_more_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    // (3, 12, 5) read through a permutation, with ties (rounded values) and,
+    // in the second buffer, infinities and a NaN
+    let l = Layout::contiguous(&[5, 3, 12]).permute(&[1, 2, 0]);
+    let n = l.numel();
+    let x: Vec<E> = data::<E>(n, 120, -4.0, 4.0)
+        .into_iter()
+        .map(|v| E::from_f64((v.to_f64() * 2.0).round() / 2.0))
+        .collect();
+    let mut special = x.clone();
+    special[7] = E::from_f64(f64::NEG_INFINITY);
+    special[8] = E::from_f64(f64::INFINITY);
+    special[100] = E::from_f64(f64::NAN);
+    special[101] = E::from_f64(f64::NEG_INFINITY);
+    let (dx, ds) = (dev.to_device(&x)?, dev.to_device(&special)?);
+    for axes in [&[0usize, 2][..], &[1][..], &[0, 1, 2][..]] {
+        for correction in [1, axes.len() - 1] {
+            let (v, m) = cpu::reduce::var_axes(&x, &l, axes, correction);
+            let (dv, dm) = var_axes(&dx, &l, axes, correction)?;
+            assert_close("var", &dv.to_host()?, &v, 4.0);
+            assert_close_acc("var mean", E::DTYPE, &dm.to_host()?, &m);
+            let gy: Vec<E> = data(v.len(), 121, -1.0, 1.0);
+            let g = cpu::reduce::var_backward(&x, &l, axes, &m, correction, &gy);
+            let dg = var_backward(
+                &dx,
+                &l,
+                axes,
+                &dev.to_device(&m)?,
+                correction,
+                &dev.to_device(&gy)?,
+            )?;
+            assert_close("var backward", &dg.to_host()?, &g, 2.0);
+        }
+        for (src, dsrc) in [(&x, &dx), (&special, &ds)] {
+            let lse = cpu::reduce::logsumexp_axes(src, &l, axes);
+            let dl = logsumexp_axes(dsrc, &l, axes)?;
+            assert_close_acc("logsumexp", E::DTYPE, &dl.to_host()?, &lse);
+            let gy: Vec<E> = data(lse.len(), 122, -1.0, 1.0);
+            let g = cpu::reduce::logsumexp_backward(src, &l, axes, &lse, &gy);
+            let dg =
+                logsumexp_backward(dsrc, &l, axes, &dev.to_device(&lse)?, &dev.to_device(&gy)?)?;
+            assert_close("logsumexp backward", &dg.to_host()?, &g, 2.0);
+            let want = cpu::reduce::arg_extreme_axes::<E, true>(src, &l, axes);
+            let got: Vec<usize> = arg_extreme_axes::<E, true>(dsrc, &l, axes)?
+                .to_host()?
+                .into_iter()
+                .map(|i| i as usize)
+                .collect();
+            assert_eq!(got, want, "argmax over {axes:?}");
+            let want = cpu::reduce::arg_extreme_axes::<E, false>(src, &l, axes);
+            let got: Vec<usize> = arg_extreme_axes::<E, false>(dsrc, &l, axes)?
+                .to_host()?
+                .into_iter()
+                .map(|i| i as usize)
+                .collect();
+            assert_eq!(got, want, "argmin over {axes:?}");
+        }
+    }
+    // a block no longer than the correction divides by zero (NaN), as on the CPU
+    let l1 = Layout::contiguous(&[4, 1]);
+    let (v, _) = cpu::reduce::var_axes(&x[..4], &l1, &[1], 1);
+    let (dv, _) = var_axes(&dev.to_device(&x[..4])?, &l1, &[1], 1)?;
+    assert_close("var of one", &dv.to_host()?, &v, 1.0);
+    // empty blocks: logsumexp -inf, argmax 0
+    let l0 = Layout::contiguous(&[3, 0]);
+    let e = dev.to_device::<E>(&[])?;
+    assert_eq!(
+        logsumexp_axes(&e, &l0, &[1])?.to_host()?,
+        vec![<E::Acc as num_traits::Float>::neg_infinity(); 3]
+    );
+    assert_eq!(
+        arg_extreme_axes::<E, true>(&e, &l0, &[1])?.to_host()?,
+        vec![0; 3]
+    );
+    Ok(())
+}
+
+#[test]
+fn variance_logsumexp_and_argmax_match_cpu() {
+    all_dtypes!("reduce more", reduce_more_case);
+}
+
+fn gather_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    // x (3, 10, 4) read through a permutation; ids (3, 6, 2) along axis 1
+    // (smaller than x on the last axis, repeated ids), and (2, 4) along axis 0
+    let l = Layout::contiguous(&[10, 4, 3]).permute(&[2, 0, 1]);
+    let x: Vec<E> = data(120, 130, -1.0, 1.0);
+    let dx = dev.to_device(&x)?;
+    for (axis, idx_dims) in [
+        (1usize, vec![3usize, 6, 2]),
+        (0, vec![2, 4, 4]),
+        (2, vec![3, 10, 5]),
+    ] {
+        let a = l.shape()[axis];
+        let n: usize = idx_dims.iter().product();
+        let idx: Vec<usize> = (0..n).map(|i| (i * 7 + i / 3) % a).collect();
+        let didx = indices_to_device(dev, &idx, a)?;
+        let want = cpu::index::gather(&x, &l, axis, &idx, &idx_dims);
+        let got = gather(&dx, &l, axis, &didx, &idx_dims)?;
+        assert_eq!(
+            bits_of(&got.to_host()?),
+            bits_of(&want),
+            "gather along {axis}"
+        );
+        let gy: Vec<E> = data(n, 131, -1.0, 1.0);
+        let g = cpu::index::gather_backward(&gy, l.shape(), axis, &idx, &idx_dims);
+        let dg = gather_backward(&dev.to_device(&gy)?, l.shape(), axis, &didx, &idx_dims)?;
+        assert_close("gather backward", &dg.to_host()?, &g, 2.0);
+    }
+    // ids larger than x off the axis are refused
+    let didx = indices_to_device(dev, &[0; 12], 3)?;
+    assert!(gather(&dx, &l, 1, &didx, &[4, 3, 1]).is_err());
+
+    let gy: Vec<E> = data(40, 132, -1.0, 1.0);
+    let dgy = dev.to_device(&gy[..12])?;
+    for (axis, index) in [(0usize, 2usize), (1, 9), (2, 0)] {
+        let dims = [3usize, 10, 4];
+        let want = cpu::index::select_backward(&gy[..120 / dims[axis]], &dims, axis, index);
+        let got = select_backward(&dev.to_device(&gy[..120 / dims[axis]])?, &dims, axis, index)?;
+        assert_eq!(
+            bits_of(&got.to_host()?),
+            bits_of(&want),
+            "select backward {axis}"
+        );
+    }
+    assert!(select_backward(&dgy, &[3, 10, 4], 1, 10).is_err());
+    Ok(())
+}
+
+#[test]
+fn gather_and_select_backward_match_cpu() {
+    all_dtypes!("gather", gather_case);
+}
+
+fn mse_bce_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    // a permuted (2, 3, 4) against a broadcast (3, 4); and (1250, 4), more
+    // than one partial sum
+    let cases = [
+        (
+            permuted(),
+            Layout::new(&[2, 3, 4], &[0, 4, 1], 0),
+            24usize,
+            12usize,
+        ),
+        (
+            Layout::contiguous(&[4, 1250]).permute(&[1, 0]),
+            Layout::contiguous(&[1250, 4]),
+            5000,
+            5000,
+        ),
+    ];
+    for (la, lb, na, nb) in cases {
+        let a: Vec<E> = data(na, 140, -2.0, 2.0);
+        let b: Vec<E> = data(nb, 141, -2.0, 2.0);
+        // targets in [0, 1] for the BCE
+        let t: Vec<E> = data(nb, 142, 0.0, 1.0);
+        let (da, db, dt) = (dev.to_device(&a)?, dev.to_device(&b)?, dev.to_device(&t)?);
+        let s = cpu::loss::mse_forward(&a, &la, &b, &lb);
+        assert_close_acc(
+            "mse",
+            E::DTYPE,
+            &mse_forward(&da, &la, &db, &lb)?.to_host()?,
+            &[s],
+        );
+        let (ga, gb) = cpu::loss::mse_backward(&a, &la, &b, &lb, E::Acc::of_f64(0.25));
+        let (dga, dgb) = mse_backward(&da, &la, &db, &lb, 0.25)?;
+        assert_close("mse grad a", &dga.to_host()?, &ga, 1.0);
+        assert_close("mse grad b", &dgb.to_host()?, &gb, 1.0);
+
+        let classes = *la.shape().last().unwrap();
+        let pw: Vec<E::Acc> = (0..classes)
+            .map(|i| E::Acc::of_f64(0.5 + 0.25 * i as f64))
+            .collect();
+        let dpw = dev.to_device(&pw)?;
+        for weight in [None, Some(&pw[..])] {
+            let dw = weight.map(|_| &dpw);
+            let s = cpu::loss::bce_logits_forward(&a, &la, &t, &lb, weight);
+            let ds = bce_logits_forward(&da, &la, &dt, &lb, dw)?;
+            assert_close_acc("bce", E::DTYPE, &ds.to_host()?, &[s]);
+            let (gx, gy, gp) =
+                cpu::loss::bce_logits_backward(&a, &la, &t, &lb, weight, E::Acc::of_f64(0.5));
+            let (dgx, dgy, dgp) = bce_logits_backward(&da, &la, &dt, &lb, dw, 0.5)?;
+            assert_close("bce grad x", &dgx.to_host()?, &gx, 2.0);
+            assert_close("bce grad y", &dgy.to_host()?, &gy, 2.0);
+            match (gp, dgp) {
+                (Some(w), Some(d)) => assert_close("bce grad pos_weight", &d.to_host()?, &w, 8.0),
+                (None, None) => {}
+                _ => panic!("pos_weight gradient presence differs"),
+            }
+        }
+    }
+    let x = dev.to_device(&[E::from_f64(1.0); 4])?;
+    let l4 = Layout::contiguous(&[4]);
+    assert!(mse_forward(&x, &l4, &x, &Layout::contiguous(&[2, 2])).is_err());
+    let empty = dev.to_device::<E::Acc>(&[])?;
+    assert!(bce_logits_forward(&x, &l4, &x, &l4, Some(&empty)).is_err());
+    Ok(())
+}
+
+#[test]
+fn mse_and_bce_match_cpu() {
+    all_dtypes!("mse/bce", mse_bce_case);
+}
+
+fn conv_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    use cpu::conv::Window2d;
+    // x (2, 4, 5, 6) stored as (N, H, W, C); two groups with stride, padding
+    // and dilation; and one group, padding 1, no bias
+    let lx = Layout::contiguous(&[2, 5, 6, 4]).permute(&[0, 3, 1, 2]);
+    let x: Vec<E> = data(lx.numel(), 150, -1.0, 1.0);
+    let dx = dev.to_device(&x)?;
+    let cases = [
+        (
+            [6usize, 2, 3, 2],
+            2usize,
+            Window2d {
+                kernel: [3, 2],
+                stride: [2, 1],
+                padding: [1, 0],
+                dilation: [1, 2],
+            },
+            true,
+        ),
+        (
+            [3, 4, 2, 2],
+            1,
+            Window2d {
+                kernel: [2, 2],
+                stride: [1, 1],
+                padding: [1, 1],
+                dilation: [1, 1],
+            },
+            false,
+        ),
+    ];
+    for (wd, groups, win, with_bias) in cases {
+        let lw = Layout::contiguous(&wd);
+        let w: Vec<E> = data(lw.numel(), 151, -1.0, 1.0);
+        let b: Vec<E> = data(wd[0], 152, -1.0, 1.0);
+        let lb = Layout::contiguous(&[wd[0]]);
+        let (dw, db) = (dev.to_device(&w)?, dev.to_device(&b)?);
+        let (cb, gb) = if with_bias {
+            (Some((&b[..], &lb)), Some((&db, &lb)))
+        } else {
+            (None, None)
+        };
+        let y = cpu::conv::conv2d_forward(&x, &lx, &w, &lw, cb, groups, &win);
+        let dy = conv2d_forward(&dx, &lx, &dw, &lw, gb, groups, &win)?;
+        assert_close("conv2d", &dy.to_host()?, &y, 4.0);
+        let gy: Vec<E> = data(y.len(), 153, -1.0, 1.0);
+        let g = cpu::conv::conv2d_backward(&x, &lx, &w, &lw, with_bias, groups, &win, &gy);
+        let dg = conv2d_backward(
+            &dx,
+            &lx,
+            &dw,
+            &lw,
+            with_bias,
+            groups,
+            &win,
+            &dev.to_device(&gy)?,
+        )?;
+        assert_close("conv2d grad x", &dg.x.to_host()?, &g.x, 4.0);
+        assert_close("conv2d grad w", &dg.weight.to_host()?, &g.weight, 8.0);
+        match (g.bias, dg.bias) {
+            (Some(c), Some(d)) => assert_close("conv2d grad b", &d.to_host()?, &c, 8.0),
+            (None, None) => {}
+            _ => panic!("bias gradient presence differs"),
+        }
+    }
+    let bad = Layout::contiguous(&[6, 3, 3, 2]);
+    let w: Vec<E> = data(bad.numel(), 154, -1.0, 1.0);
+    assert!(conv2d_forward(&dx, &lx, &dev.to_device(&w)?, &bad, None, 2, &cases[0].2).is_err());
+    Ok(())
+}
+
+#[test]
+fn conv2d_matches_cpu() {
+    all_dtypes!("conv2d", conv_case);
+}
+
+fn pool_bn_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    use cpu::conv::{adaptive_ranges, window_ranges, AvgDivisor};
+    // x (2, 3, 5, 4) stored as (N, H, W, C), rounded values (ties in max)
+    let lx = Layout::contiguous(&[2, 5, 4, 3]).permute(&[0, 3, 1, 2]);
+    let dims = [2usize, 3, 5, 4];
+    let x: Vec<E> = data::<E>(lx.numel(), 160, -2.0, 2.0)
+        .into_iter()
+        .map(|v| E::from_f64((v.to_f64() * 2.0).round() / 2.0))
+        .collect();
+    let dx = dev.to_device(&x)?;
+    // 2x2 windows, stride 2, padding 1; 1-wide stride-2 windows whose first
+    // lies in the padding (empty); adaptive windows
+    let windows = [
+        (window_ranges(5, 3, 2, 2, 1), window_ranges(4, 3, 2, 2, 1)),
+        (window_ranges(5, 3, 1, 2, 1), window_ranges(4, 2, 2, 2, 0)),
+        (adaptive_ranges(5, 3), adaptive_ranges(4, 3)),
+    ];
+    for (rows, cols) in &windows {
+        let (y, a) = cpu::conv::max_pool2d_forward(&x, &lx, rows, cols);
+        let (dy, da) = max_pool2d_forward(&dx, &lx, rows, cols)?;
+        assert_eq!(bits_of(&dy.to_host()?), bits_of(&y), "max_pool2d");
+        let da: Vec<usize> = da
+            .to_host()?
+            .into_iter()
+            .map(|v| {
+                if v == NO_ARGMAX {
+                    usize::MAX
+                } else {
+                    v as usize
+                }
+            })
+            .collect();
+        assert_eq!(da, a, "max_pool2d argmax");
+        let gy: Vec<E> = data(y.len(), 161, -1.0, 1.0);
+        let dgy = dev.to_device(&gy)?;
+        let a32: Vec<u32> = a
+            .iter()
+            .map(|&v| if v == usize::MAX { NO_ARGMAX } else { v as u32 })
+            .collect();
+        let g = cpu::conv::max_pool2d_backward(&gy, &a, dims);
+        let dg = max_pool2d_backward(&dgy, &dev.to_device(&a32)?, dims)?;
+        assert_close("max_pool2d backward", &dg.to_host()?, &g, 2.0);
+        for div in [AvgDivisor::Fixed(4), AvgDivisor::Count] {
+            if matches!(div, AvgDivisor::Count) && rows.iter().chain(cols).any(|r| r.0 == r.1) {
+                continue; // an empty window divides by zero
+            }
+            let y = cpu::conv::avg_pool2d_forward(&x, &lx, rows, cols, div);
+            let dy = avg_pool2d_forward(&dx, &lx, rows, cols, div)?;
+            assert_close("avg_pool2d", &dy.to_host()?, &y, 2.0);
+            let g = cpu::conv::avg_pool2d_backward(&gy, dims, rows, cols, div);
+            let dg = avg_pool2d_backward(&dgy, dims, rows, cols, div)?;
+            assert_close("avg_pool2d backward", &dg.to_host()?, &g, 2.0);
+        }
+    }
+    assert!(max_pool2d_forward(&dx, &lx, &[(0, 6)], &[(0, 1)]).is_err());
+
+    // batch norm: batch statistics (training) and running ones (eval)
+    let w: Vec<E> = data(3, 162, 0.5, 1.5);
+    let b: Vec<E> = data(3, 163, -0.5, 0.5);
+    let lc = Layout::contiguous(&[3]);
+    let (dw, db) = (dev.to_device(&w)?, dev.to_device(&b)?);
+    let gy: Vec<E> = data(x.len(), 164, -1.0, 1.0);
+    let dgy = dev.to_device(&gy)?;
+    let st = cpu::conv::batch_norm_stats(&x, &lx, 1e-5);
+    let dst = batch_norm_stats(&dx, &lx, 1e-5)?;
+    assert_close_acc("bn mean", E::DTYPE, &dst.mean.to_host()?, &st.mean);
+    assert_close_acc("bn var", E::DTYPE, &dst.var.to_host()?, &st.var);
+    assert_close_acc("bn rstd", E::DTYPE, &dst.rstd.to_host()?, &st.rstd);
+    let rm: Vec<E> = data(3, 165, -0.5, 0.5);
+    let rv: Vec<E> = data(3, 166, 0.5, 2.0);
+    let rst = cpu::conv::running_stats((&rm[..], &lc), (&rv[..], &lc), 1e-5);
+    let drst = running_stats(
+        (&dev.to_device(&rm)?, &lc),
+        (&dev.to_device(&rv)?, &lc),
+        1e-5,
+    )?;
+    assert_close_acc(
+        "bn running rstd",
+        E::DTYPE,
+        &drst.rstd.to_host()?,
+        &rst.rstd,
+    );
+    for (stats, dstats, training) in [(&st, &dst, true), (&rst, &drst, false)] {
+        for with_params in [true, false] {
+            let (cw, cb) = if with_params {
+                (Some((&w[..], &lc)), Some((&b[..], &lc)))
+            } else {
+                (None, None)
+            };
+            let (gw, gb) = if with_params {
+                (Some((&dw, &lc)), Some((&db, &lc)))
+            } else {
+                (None, None)
+            };
+            let y = cpu::conv::batch_norm_apply(&x, &lx, stats, cw, cb);
+            let dy = batch_norm_apply(&dx, &lx, dstats, gw, gb)?;
+            assert_close("bn apply", &dy.to_host()?, &y, 2.0);
+            let g = cpu::conv::batch_norm_backward(&x, &lx, stats, cw, &gy, training);
+            let dg = batch_norm_backward(&dx, &lx, dstats, gw, &dgy, training)?;
+            assert_close("bn grad x", &dg.x.to_host()?, &g.x, 4.0);
+            assert_close("bn grad w", &dg.weight.to_host()?, &g.weight, 4.0);
+            assert_close("bn grad b", &dg.bias.to_host()?, &g.bias, 4.0);
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn pooling_and_batch_norm_match_cpu() {
+    all_dtypes!("pool/bn", pool_bn_case);
 }

@@ -200,6 +200,24 @@ __device__ ACC zf_block_max(ACC v, ACC* scratch) {
     return scratch[0];
 }
 
+// Sum over the block in any arithmetic type V (a double partial in a float
+// instantiation); every thread gets the result. `scratch` holds 32 Vs.
+template <class V>
+__device__ V zf_block_sum_t(V v, V* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = (threadIdx.x < nw) ? scratch[threadIdx.x] : (V)0;
+    if (warp == 0) {
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    }
+    if (threadIdx.x == 0) scratch[0] = v;
+    __syncthreads();
+    return scratch[0];
+}
+
 // ---- conversions between the element type and its compute type ----
 // dst[i] = round(src[i]) (used after accumulating in the compute type).
 ZF_KERNEL ZF_NAME(round_from_acc)(const ACC* src, T* dst, u64 n) {

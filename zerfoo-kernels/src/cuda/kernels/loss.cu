@@ -73,3 +73,100 @@ ZF_KERNEL ZF_NAME(ce_bwd)(const T* x, ZfLayout lx, u64 rows, u64 c, u64 stride, 
         }
     }
 }
+
+// ---- mean squared error, binary cross-entropy on logits ----
+// Losses are summed in two fixed stages: partial[c] sums elements
+// [c * chunk, (c + 1) * chunk) (one block per chunk), then sum_acc adds the
+// partials: deterministic.
+
+// partial sums of (a - b)^2.
+ZF_KERNEL ZF_NAME(mse_partial)(const T* a, ZfLayout la, const T* b, ZfLayout lb, u64 n, u64 chunk, u64 chunks,
+                               ACC* partial) {
+    __shared__ ACC scratch[32];
+    for (u64 c = blockIdx.x; c < chunks; c += gridDim.x) {
+        u64 lo = c * chunk, hi = min(n, lo + chunk);
+        ACC s = (ACC)0;
+        for (u64 i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+            ACC d = ld(a, zf_index(la, i)) - ld(b, zf_index(lb, i));
+            s += d * d;
+        }
+        s = zf_block_sum(s, scratch);
+        if (threadIdx.x == 0) partial[c] = s;
+    }
+}
+
+// ga = 2 scale (a - b), gb = -ga (from the rounded ga, as the CPU).
+ZF_KERNEL ZF_NAME(mse_bwd)(const T* a, ZfLayout la, const T* b, ZfLayout lb, double scale, T* ga, T* gb, u64 n) {
+    ACC two_s = (ACC)2 * (ACC)scale;
+    ZF_FOR(i, n) {
+        T g = rnd(two_s * (ld(a, zf_index(la, i)) - ld(b, zf_index(lb, i))));
+        ga[i] = g;
+        gb[i] = rnd(-zf_to_acc(g));
+    }
+}
+
+// softplus(-x) = ln(1 + e^-x), stable.
+__device__ __forceinline__ ACC bce_softplus_neg(ACC x) {
+    ACC nx = -x;
+    return (nx > (ACC)0 ? nx : (ACC)0) + log1p(exp(-fabs(x)));
+}
+// 1 / (1 + e^x), stable.
+__device__ __forceinline__ ACC bce_sigmoid_neg(ACC x) {
+    if (x <= (ACC)0) return (ACC)1 / ((ACC)1 + exp(x));
+    ACC e = exp(-x);
+    return e / ((ACC)1 + e);
+}
+
+// partial sums of the BCE on logits x against targets y; with a per-class
+// pos_weight pw (c > 0 classes, element i of class i % c).
+ZF_KERNEL ZF_NAME(bce_partial)(const T* x, ZfLayout lx, const T* y, ZfLayout ly, const ACC* pw, u64 c, u64 n,
+                               u64 chunk, u64 chunks, ACC* partial) {
+    __shared__ ACC scratch[32];
+    for (u64 k = blockIdx.x; k < chunks; k += gridDim.x) {
+        u64 lo = k * chunk, hi = min(n, lo + chunk);
+        ACC s = (ACC)0;
+        for (u64 i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+            ACC xv = ld(x, zf_index(lx, i)), yv = ld(y, zf_index(ly, i));
+            if (c == 0) {
+                s += (xv > (ACC)0 ? xv : (ACC)0) - xv * yv + log1p(exp(-fabs(xv)));
+            } else {
+                ACC lw = (ACC)1 + (pw[i % c] - (ACC)1) * yv;
+                s += ((ACC)1 - yv) * xv + lw * bce_softplus_neg(xv);
+            }
+        }
+        s = zf_block_sum(s, scratch);
+        if (threadIdx.x == 0) partial[k] = s;
+    }
+}
+
+// gx = s ((1 - y) - lw sigma(-x)), gy = s ((p - 1) softplus(-x) - x), with
+// p = pw[i % c] (1 without a weight) and lw = 1 + (p - 1) y.
+ZF_KERNEL ZF_NAME(bce_bwd)(const T* x, ZfLayout lx, const T* y, ZfLayout ly, const ACC* pw, u64 c, double scale,
+                           T* gx, T* gy, u64 n) {
+    ACC s = (ACC)scale, one = (ACC)1;
+    ZF_FOR(i, n) {
+        ACC xv = ld(x, zf_index(lx, i)), yv = ld(y, zf_index(ly, i));
+        ACC p = c == 0 ? one : pw[i % c];
+        ACC lw = one + (p - one) * yv;
+        ACC sp = bce_softplus_neg(xv);
+        gx[i] = rnd(s * ((one - yv) - lw * bce_sigmoid_neg(xv)));
+        gy[i] = rnd(s * ((p - one) * sp - xv));
+    }
+}
+
+// The pos_weight gradient: gp[k] = sum over elements i of class k (i % c
+// == k) of s y softplus(-x); one block per class.
+ZF_KERNEL ZF_NAME(bce_pw_grad)(const T* x, ZfLayout lx, const T* y, ZfLayout ly, u64 c, u64 n, double scale,
+                               T* gp) {
+    __shared__ ACC scratch[32];
+    ACC s = (ACC)scale;
+    for (u64 k = blockIdx.x; k < c; k += gridDim.x) {
+        ACC a = (ACC)0;
+        for (u64 i = k + (u64)threadIdx.x * c; i < n; i += (u64)blockDim.x * c) {
+            ACC xv = ld(x, zf_index(lx, i)), yv = ld(y, zf_index(ly, i));
+            a += s * yv * bce_softplus_neg(xv);
+        }
+        a = zf_block_sum(a, scratch);
+        if (threadIdx.x == 0) gp[k] = rnd(a);
+    }
+}

@@ -3,13 +3,18 @@
 //! [`Layout`](crate::Layout)s in, a contiguous device buffer out, errors as
 //! [`CudaError`](super::CudaError).
 
+pub mod attention;
+pub mod conv;
 pub mod elementwise;
 pub mod index;
 pub mod loss;
+pub mod mask;
 pub mod matmul;
 pub mod norm;
 pub mod optim;
 pub mod reduce;
+pub mod rotary;
+pub mod shape;
 pub mod softmax;
 
 use super::CudaDtype;

@@ -1,0 +1,30 @@
+// Structural kernels (the CPU's cpu/shape.rs): copying a range of a strided
+// view, one part of a concatenation, and adding a block into a narrowed
+// slice of a larger buffer. Every output element is written by one thread.
+
+// dst[i] = src[l[start + i]] for i < n.
+ZF_KERNEL ZF_NAME(copy_range)(const T* src, ZfLayout l, u64 start, T* dst, u64 n) {
+    ZF_FOR(i, n) { dst[i] = src[zf_index(l, start + i)]; }
+}
+
+// One part of a concatenation: the part (outer x block elements, read
+// through `l`) lands at columns col0 .. col0 + block of each `row`-long row
+// of `out`.
+ZF_KERNEL ZF_NAME(concat_part)(const T* src, ZfLayout l, u64 outer, u64 block, u64 row, u64 col0, T* out) {
+    u64 n = outer * block;
+    ZF_FOR(i, n) {
+        u64 o = i / block, k = i % block;
+        out[o * row + col0 + k] = src[zf_index(l, i)];
+    }
+}
+
+// dst[o, lo + k] += src[o, k] for o < outer, k < block (dst rows `full`
+// long), added in the compute type and rounded once.
+ZF_KERNEL ZF_NAME(add_narrow)(T* dst, u64 outer, u64 full, u64 lo, u64 block, const T* src) {
+    u64 n = outer * block;
+    ZF_FOR(i, n) {
+        u64 o = i / block, k = i % block;
+        u64 d = o * full + lo + k;
+        dst[d] = rnd(ld(dst, d) + ld(src, i));
+    }
+}

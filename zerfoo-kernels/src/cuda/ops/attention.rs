@@ -1,0 +1,313 @@
+//! Fused, memory-efficient scaled dot-product attention
+//! ([`crate::cpu::attention`]), FlashAttention-2 style: the `T x T` scores
+//! never exist. The forward runs one CUDA block per block of query rows of
+//! one head, looping over tiles of keys with an online softmax (tiles no
+//! row of the block can see, past the causal limit or outside the window,
+//! are skipped) and saves the per-row logsumexp; the backward recomputes
+//! the probabilities tile by tile from it. Every output and gradient row is
+//! summed by one thread in a fixed order: deterministic, no atomics. See
+//! `kernels/attention.cu`.
+//!
+//! Shapes: queries `(B, H, Tq, D)`, keys `(B, H, Tk, D)`, values
+//! `(B, H, Tk, Dv)`, any strides; the masks are the CPU's
+//! ([`AttnMask`](crate::cpu::attention::AttnMask)), with the padding mask on
+//! the device.
+
+use super::CudaFloat;
+use crate::cpu::attention::{AttnDims, AttnMask};
+use crate::cuda::device::{check_layout, grid_for, same_device, tiles_grid, Launch};
+use crate::cuda::{CudaBuffer, CudaDevice, CudaError, Family};
+use crate::Layout;
+
+/// Query (or key) rows per CUDA block of the attention kernels (`AT_BQ`
+/// in `kernels/attention.cu`).
+const ROWS_PER_BLOCK: u32 = 64;
+
+/// Which keys each query may not see: [`AttnMask`] with the padding mask on
+/// the device. Positions are absolute: query row `i` is at `q_offset + i`,
+/// key row `j` at `k_offset + j`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CudaAttnMask<'a> {
+    /// Hide keys after the query (`kp > qp`).
+    pub causal: bool,
+    /// Sliding window `w`: hide keys with `kp + w <= qp`; implies the causal limit.
+    pub window: Option<usize>,
+    /// `(B, Tk)` row-major, `true` for a padded key (hidden from every query and head).
+    pub padding: Option<&'a CudaBuffer<bool>>,
+    /// Absolute position of query row 0.
+    pub q_offset: usize,
+    /// Absolute position of key row 0.
+    pub k_offset: usize,
+}
+
+impl<'a> CudaAttnMask<'a> {
+    /// The device twin of a CPU mask, with its padding (if any) already
+    /// uploaded as `padding`.
+    pub fn from_cpu(mask: &AttnMask<'_>, padding: Option<&'a CudaBuffer<bool>>) -> Self {
+        CudaAttnMask {
+            causal: mask.causal,
+            window: mask.window,
+            padding,
+            q_offset: mask.q_offset,
+            k_offset: mask.k_offset,
+        }
+    }
+}
+
+fn shape_err(op: &str, reason: String) -> CudaError {
+    CudaError::new(format!("shape check for `{op}`"), reason)
+}
+
+/// Checks the operands and returns their sizes.
+#[allow(clippy::too_many_arguments)]
+fn dims_of<E: CudaFloat>(
+    op: &str,
+    q: &CudaBuffer<E>,
+    ql: &Layout,
+    k: &CudaBuffer<E>,
+    kl: &Layout,
+    v: &CudaBuffer<E>,
+    vl: &Layout,
+    mask: &CudaAttnMask<'_>,
+) -> Result<AttnDims, CudaError> {
+    let dev = q.device();
+    dev.check(op, E::DTYPE)?;
+    same_device(op, dev, k.device())?;
+    same_device(op, dev, v.device())?;
+    let (qs, ks, vs) = (ql.shape(), kl.shape(), vl.shape());
+    if qs.len() != 4 || ks.len() != 4 || vs.len() != 4 {
+        return Err(shape_err(
+            op,
+            format!("attention takes rank-4 operands, got q {qs:?}, k {ks:?}, v {vs:?}"),
+        ));
+    }
+    if qs[0] != ks[0] || qs[1] != ks[1] || qs[3] != ks[3] || ks[..3] != vs[..3] {
+        return Err(shape_err(
+            op,
+            format!("q {qs:?}, k {ks:?} and v {vs:?} disagree"),
+        ));
+    }
+    check_layout(op, ql, q.len())?;
+    check_layout(op, kl, k.len())?;
+    check_layout(op, vl, v.len())?;
+    let dims = AttnDims::of(ql, kl, vl);
+    if let Some(p) = mask.padding {
+        same_device(op, dev, p.device())?;
+        if p.len() != dims.b * dims.tk {
+            return Err(shape_err(
+                op,
+                format!(
+                    "a padding mask of {} for batch {} x {} keys",
+                    p.len(),
+                    dims.b,
+                    dims.tk
+                ),
+            ));
+        }
+    }
+    Ok(dims)
+}
+
+/// Pushes the mask arguments: causal, has_window, window, q_offset,
+/// k_offset, padding pointer (0 for none).
+fn mask_args(l: &mut Launch<'_>, mask: &CudaAttnMask<'_>) {
+    l.i32(i32::from(mask.causal))
+        .i32(i32::from(mask.window.is_some()))
+        .u64(mask.window.unwrap_or(0))
+        .u64(mask.q_offset)
+        .u64(mask.k_offset);
+    match mask.padding {
+        Some(p) => l.ptr(p),
+        None => l.u64(0),
+    };
+}
+
+/// The logsumexp of rows that see no value column: all `-inf`.
+fn neg_inf_lse<E: CudaFloat>(
+    dev: &CudaDevice,
+    rows: usize,
+) -> Result<CudaBuffer<E::Acc>, CudaError> {
+    let mut lse = dev.alloc::<E::Acc>(rows)?;
+    if rows > 0 {
+        dev.launch("attention", Family::Attention, E::DTYPE, "attn_fill_acc")?
+            .ptr_mut(&mut lse)
+            .u64(rows)
+            .f64(f64::NEG_INFINITY)
+            .run(grid_for(rows))?;
+    }
+    Ok(lse)
+}
+
+/// Fused attention forward: `softmax(mask(scale · q kᵀ)) v`, returning the
+/// output `(B, H, Tq, Dv)` (contiguous) and the per-row logsumexp
+/// `(B, H, Tq)` of the scaled, masked scores (compute type; `-inf` for a
+/// row that sees no key, whose output is zero), which
+/// [`attention_backward`] needs.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+pub fn attention_forward<E: CudaFloat>(
+    q: &CudaBuffer<E>,
+    ql: &Layout,
+    k: &CudaBuffer<E>,
+    kl: &Layout,
+    v: &CudaBuffer<E>,
+    vl: &Layout,
+    mask: &CudaAttnMask<'_>,
+    scale: f64,
+) -> Result<(CudaBuffer<E>, CudaBuffer<E::Acc>), CudaError> {
+    let op = "attention";
+    let AttnDims {
+        b,
+        h,
+        tq,
+        tk,
+        d,
+        dv,
+    } = dims_of(op, q, ql, k, kl, v, vl, mask)?;
+    let dev = q.device();
+    let rows = b * h * tq;
+    if dv == 0 || rows == 0 {
+        return Ok((dev.alloc::<E>(0)?, neg_inf_lse::<E>(dev, rows)?));
+    }
+    let mut out = dev.alloc::<E>(rows * dv)?;
+    let mut lse = dev.alloc::<E::Acc>(rows)?;
+    let mut oacc = dev.alloc::<E::Acc>(rows * dv)?;
+    let tiles = b * h * tq.div_ceil(ROWS_PER_BLOCK as usize);
+    let mut l = dev.launch(op, Family::Attention, E::DTYPE, "attn_fwd")?;
+    l.ptr(q)
+        .layout(ql)
+        .ptr(k)
+        .layout(kl)
+        .ptr(v)
+        .layout(vl)
+        .u64(b)
+        .u64(h)
+        .u64(tq)
+        .u64(tk)
+        .u64(d)
+        .u64(dv);
+    mask_args(&mut l, mask);
+    l.f64(scale)
+        .ptr_mut(&mut oacc)
+        .ptr_mut(&mut out)
+        .ptr_mut(&mut lse)
+        .run(tiles_grid(tiles, ROWS_PER_BLOCK))?;
+    Ok((out, lse))
+}
+
+/// Fused attention backward: from the upstream gradient `dout` (any
+/// layout, `(B, H, Tq, Dv)`), the forward's contiguous output `out` and
+/// logsumexp `lse`, returns `(dq, dk, dv)`, contiguous, shaped like `q`,
+/// `k`, `v`. The probabilities are recomputed tile by tile from `lse`
+/// (FlashAttention-2): `Di = rowsum(dO ∘ O)`, `dS = P ∘ (dO vᵀ − Di)`,
+/// `dq = scale · dS k`, `dk = scale · dSᵀ q`, `dv = Pᵀ dO`.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+pub fn attention_backward<E: CudaFloat>(
+    q: &CudaBuffer<E>,
+    ql: &Layout,
+    k: &CudaBuffer<E>,
+    kl: &Layout,
+    v: &CudaBuffer<E>,
+    vl: &Layout,
+    out: &CudaBuffer<E>,
+    lse: &CudaBuffer<E::Acc>,
+    dout: &CudaBuffer<E>,
+    dl: &Layout,
+    mask: &CudaAttnMask<'_>,
+    scale: f64,
+) -> Result<(CudaBuffer<E>, CudaBuffer<E>, CudaBuffer<E>), CudaError> {
+    let op = "attention backward";
+    let AttnDims {
+        b,
+        h,
+        tq,
+        tk,
+        d,
+        dv,
+    } = dims_of(op, q, ql, k, kl, v, vl, mask)?;
+    let dev = q.device();
+    for other in [out.device(), dout.device(), lse.device()] {
+        same_device(op, dev, other)?;
+    }
+    let rows = b * h * tq;
+    let krows = b * h * tk;
+    if dl.shape() != [b, h, tq, dv] {
+        return Err(shape_err(
+            op,
+            format!("dout {:?} for an output ({b}, {h}, {tq}, {dv})", dl.shape()),
+        ));
+    }
+    check_layout(op, dl, dout.len())?;
+    if out.len() != rows * dv || lse.len() != rows {
+        return Err(shape_err(
+            op,
+            format!(
+                "saved output of {} and logsumexp of {} for {rows} rows of {dv}",
+                out.len(),
+                lse.len()
+            ),
+        ));
+    }
+    if rows == 0 {
+        return Ok((
+            dev.alloc::<E>(0)?,
+            dev.zeros::<E>(krows * d)?,
+            dev.zeros::<E>(krows * dv)?,
+        ));
+    }
+    let mut di = dev.alloc::<E::Acc>(rows)?;
+    dev.launch(op, Family::Attention, E::DTYPE, "attn_bwd_di")?
+        .ptr(out)
+        .ptr(dout)
+        .layout(dl)
+        .u64(h)
+        .u64(tq)
+        .u64(dv)
+        .u64(rows)
+        .ptr_mut(&mut di)
+        .run(grid_for(rows))?;
+    let operands = |l: &mut Launch<'_>| {
+        l.ptr(q)
+            .layout(ql)
+            .ptr(k)
+            .layout(kl)
+            .ptr(v)
+            .layout(vl)
+            .ptr(dout)
+            .layout(dl)
+            .ptr(lse)
+            .ptr(&di)
+            .u64(b)
+            .u64(h)
+            .u64(tq)
+            .u64(tk)
+            .u64(d)
+            .u64(dv);
+        mask_args(l, mask);
+        l.f64(scale);
+    };
+    let mut dq = dev.alloc::<E>(rows * d)?;
+    if d > 0 {
+        let mut dqacc = dev.alloc::<E::Acc>(rows * d)?;
+        let tiles = b * h * tq.div_ceil(ROWS_PER_BLOCK as usize);
+        let mut l = dev.launch(op, Family::Attention, E::DTYPE, "attn_bwd_dq")?;
+        operands(&mut l);
+        l.ptr_mut(&mut dqacc)
+            .ptr_mut(&mut dq)
+            .run(tiles_grid(tiles, ROWS_PER_BLOCK))?;
+    }
+    let mut dk = dev.alloc::<E>(krows * d)?;
+    let mut dvo = dev.alloc::<E>(krows * dv)?;
+    if krows > 0 {
+        let mut dkacc = dev.alloc::<E::Acc>(krows * d)?;
+        let mut dvacc = dev.alloc::<E::Acc>(krows * dv)?;
+        let tiles = b * h * tk.div_ceil(ROWS_PER_BLOCK as usize);
+        let mut l = dev.launch(op, Family::Attention, E::DTYPE, "attn_bwd_dkdv")?;
+        operands(&mut l);
+        l.ptr_mut(&mut dkacc)
+            .ptr_mut(&mut dvacc)
+            .ptr_mut(&mut dk)
+            .ptr_mut(&mut dvo)
+            .run(tiles_grid(tiles, ROWS_PER_BLOCK))?;
+    }
+    Ok((dq, dk, dvo))
+}

@@ -1,0 +1,228 @@
+//! Mask kernels ([`crate::cpu::mask`]): select by a boolean mask, the
+//! gradient of one branch, fill where a mask is set, triangles over the last
+//! two axes, and seeded dropout whose mask is bit-identical to the CPU's.
+//!
+//! Masks are [`CudaBuffer<bool>`]s (upload a `&[bool]` with
+//! [`CudaDevice::to_device`](crate::cuda::CudaDevice::to_device)), read in
+//! any layout of the output's shape (stride 0 broadcasts).
+
+use super::CudaFloat;
+use crate::cuda::device::{check_layout, grid_for, same_device};
+use crate::cuda::{CudaBuffer, CudaError, Family};
+use crate::Layout;
+
+/// SplitMix64's finalizer: a bijective 64-bit mixer.
+#[inline]
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The `i`-th uniform draw in `[0, 1)` (53 random bits) of the
+/// counter-based stream `seed`: `mix(mix(seed) ^ i * 0xD1B54A32D192ED03) >> 11`
+/// scaled by `2^-53`, with SplitMix64's finalizer as `mix`. This is the
+/// function of zerfoo's tensor RNG (`Tensor::rand`, dropout), and the one
+/// the [`dropout`] kernel evaluates on the device, bit for bit.
+///
+/// ```
+/// use zerfoo_kernels::cuda::ops::mask::counter_uniform;
+/// let u = counter_uniform(7, 3);
+/// assert!((0.0..1.0).contains(&u));
+/// assert_eq!(u, counter_uniform(7, 3));
+/// ```
+#[inline]
+pub fn counter_uniform(seed: u64, i: u64) -> f64 {
+    let bits = mix(mix(seed) ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    (bits >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
+/// The keep decision of dropout with drop probability `p` and stream
+/// `seed`: element `i` (row-major) is kept iff `counter_uniform(seed, i) >= p`.
+/// Pass it to [`crate::cpu::mask::dropout`] to get the CPU twin of
+/// [`dropout`].
+pub fn dropout_keep(seed: u64, p: f64) -> impl Fn(usize) -> bool + Sync + Send + Copy {
+    move |i| counter_uniform(seed, i as u64) >= p
+}
+
+fn check_shape(op: &str, a: &Layout, b: &Layout) -> Result<(), CudaError> {
+    if a.shape() == b.shape() {
+        Ok(())
+    } else {
+        Err(CudaError::new(
+            format!("shape check for `{op}`"),
+            format!(
+                "operands {:?} and {:?} differ (broadcast first: stride 0)",
+                a.shape(),
+                b.shape()
+            ),
+        ))
+    }
+}
+
+/// `out[i] = mask[i] ? a[i] : b[i]` (any layouts of one shape); contiguous.
+pub fn where_select<E: CudaFloat>(
+    mask: &CudaBuffer<bool>,
+    lm: &Layout,
+    a: &CudaBuffer<E>,
+    la: &Layout,
+    b: &CudaBuffer<E>,
+    lb: &Layout,
+) -> Result<CudaBuffer<E>, CudaError> {
+    let op = "where";
+    let dev = a.device();
+    dev.check(op, E::DTYPE)?;
+    same_device(op, dev, b.device())?;
+    same_device(op, dev, mask.device())?;
+    check_shape(op, lm, la)?;
+    check_shape(op, la, lb)?;
+    check_layout(op, lm, mask.len())?;
+    check_layout(op, la, a.len())?;
+    check_layout(op, lb, b.len())?;
+    let n = la.numel();
+    let mut out = dev.alloc::<E>(n)?;
+    if n > 0 {
+        dev.launch(op, Family::Mask, E::DTYPE, "where_select")?
+            .ptr(mask)
+            .layout(lm)
+            .ptr(a)
+            .layout(la)
+            .ptr(b)
+            .layout(lb)
+            .ptr_mut(&mut out)
+            .u64(n)
+            .run(grid_for(n))?;
+    }
+    Ok(out)
+}
+
+/// `out[i] = mask[i] == keep_where ? g[i] : 0`, with `g` contiguous of the
+/// mask's shape: the gradient of one branch of [`where_select`] (or of a
+/// masked fill).
+pub fn mask_grad<E: CudaFloat>(
+    mask: &CudaBuffer<bool>,
+    lm: &Layout,
+    g: &CudaBuffer<E>,
+    keep_where: bool,
+) -> Result<CudaBuffer<E>, CudaError> {
+    let op = "mask_grad";
+    let dev = g.device();
+    dev.check(op, E::DTYPE)?;
+    same_device(op, dev, mask.device())?;
+    check_layout(op, lm, mask.len())?;
+    check_layout(op, &Layout::contiguous(lm.shape()), g.len())?;
+    let n = lm.numel();
+    let mut out = dev.alloc::<E>(n)?;
+    if n > 0 {
+        dev.launch(op, Family::Mask, E::DTYPE, "mask_grad")?
+            .ptr(mask)
+            .layout(lm)
+            .ptr(g)
+            .i32(i32::from(keep_where))
+            .ptr_mut(&mut out)
+            .u64(n)
+            .run(grid_for(n))?;
+    }
+    Ok(out)
+}
+
+/// `out[i] = mask[i] ? value : x[i]` (any layouts of one shape); contiguous.
+pub fn masked_fill<E: CudaFloat>(
+    x: &CudaBuffer<E>,
+    lx: &Layout,
+    mask: &CudaBuffer<bool>,
+    lm: &Layout,
+    value: E,
+) -> Result<CudaBuffer<E>, CudaError> {
+    let op = "masked_fill";
+    let dev = x.device();
+    dev.check(op, E::DTYPE)?;
+    same_device(op, dev, mask.device())?;
+    check_shape(op, lx, lm)?;
+    check_layout(op, lx, x.len())?;
+    check_layout(op, lm, mask.len())?;
+    let n = lx.numel();
+    let mut out = dev.alloc::<E>(n)?;
+    if n > 0 {
+        dev.launch(op, Family::Mask, E::DTYPE, "masked_fill")?
+            .ptr(x)
+            .layout(lx)
+            .ptr(mask)
+            .layout(lm)
+            .f64(value.to_f64())
+            .ptr_mut(&mut out)
+            .u64(n)
+            .run(grid_for(n))?;
+    }
+    Ok(out)
+}
+
+/// Zeroes the entries outside the lower (`lower`) or upper triangle of the
+/// last two axes: `tril` keeps `col - row <= diagonal`, `triu` keeps
+/// `col - row >= diagonal` (PyTorch's convention). Rank at least 2.
+pub fn tri<E: CudaFloat>(
+    src: &CudaBuffer<E>,
+    layout: &Layout,
+    lower: bool,
+    diagonal: i64,
+) -> Result<CudaBuffer<E>, CudaError> {
+    let op = if lower { "tril" } else { "triu" };
+    let dev = src.device();
+    dev.check(op, E::DTYPE)?;
+    check_layout(op, layout, src.len())?;
+    let dims = layout.shape();
+    let r = dims.len();
+    if r < 2 {
+        return Err(CudaError::new(
+            format!("shape check for `{op}`"),
+            format!("needs at least two axes, got {dims:?}"),
+        ));
+    }
+    let n = layout.numel();
+    let mut out = dev.alloc::<E>(n)?;
+    if n > 0 {
+        dev.launch(op, Family::Mask, E::DTYPE, "tri")?
+            .ptr(src)
+            .layout(layout)
+            .u64(dims[r - 2])
+            .u64(dims[r - 1])
+            .i32(i32::from(lower))
+            .bits(diagonal as u64)
+            .ptr_mut(&mut out)
+            .u64(n)
+            .run(grid_for(n))?;
+    }
+    Ok(out)
+}
+
+/// Dropout with drop probability `p` and stream `seed`: `out[i] = keep(i)
+/// ? x[i] * scale : 0` with `keep` = [`dropout_keep`]`(seed, p)`, so the mask
+/// is bit-identical to the CPU's [`crate::cpu::mask::dropout`] with that
+/// closure. The backward is the same call on the (contiguous) gradient.
+pub fn dropout<E: CudaFloat>(
+    src: &CudaBuffer<E>,
+    layout: &Layout,
+    seed: u64,
+    p: f64,
+    scale: f64,
+) -> Result<CudaBuffer<E>, CudaError> {
+    let op = "dropout";
+    let dev = src.device();
+    dev.check(op, E::DTYPE)?;
+    check_layout(op, layout, src.len())?;
+    let n = layout.numel();
+    let mut out = dev.alloc::<E>(n)?;
+    if n > 0 {
+        dev.launch(op, Family::Mask, E::DTYPE, "dropout")?
+            .ptr(src)
+            .layout(layout)
+            .bits(seed)
+            .f64(p)
+            .f64(scale)
+            .ptr_mut(&mut out)
+            .u64(n)
+            .run(grid_for(n))?;
+    }
+    Ok(out)
+}
