@@ -16,6 +16,7 @@ pub mod dtype;
 pub mod f8;
 pub mod fastmath;
 pub mod layout;
+pub mod rng;
 
 pub use dtype::{DType, Dtype, FloatDtype, IntDtype, PlainData, Real};
 pub use f8::{F8E4M3, F8E5M2};

@@ -99,6 +99,13 @@ pub fn tri_mask(rows: usize, cols: usize, lower: bool, diagonal: i64) -> Vec<boo
         .collect()
 }
 
+/// The keep decision of dropout with drop probability `p` and stream
+/// `seed`: element `i` (row-major) is kept iff `rng::uniform(seed, i) >= p`
+/// (the device kernels make the same decision).
+pub fn dropout_keep(seed: u64, p: f64) -> impl Fn(usize) -> bool + Sync + Send + Copy {
+    move |i| crate::rng::uniform(seed, i as u64) >= p
+}
+
 /// Dropout: `out[i] = keep(i) ? x[i] * scale : 0`, where `keep` depends
 /// only on the row-major position `i` (so the result does not depend on
 /// the thread count). The backward is the same call on the gradient.

@@ -868,7 +868,7 @@ fn mask_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
     let dx = dev.to_device(&x)?;
     for (seed, p) in [(7u64, 0.1), (u64::MAX, 0.5), (12345, 0.9)] {
         let scale = 1.0 / (1.0 - p);
-        let want = cpu::mask::dropout(&x, &lx, dropout_keep(seed, p), scale);
+        let want = cpu::mask::dropout(&x, &lx, cpu::mask::dropout_keep(seed, p), scale);
         let got = dropout(&dx, &lx, seed, p, scale)?.to_host()?;
         assert_eq!(bits_of(&got), bits_of(&want), "dropout seed {seed} p {p}");
         let kept = got.iter().filter(|v| v.to_f64() != 0.0).count() as f64 / n as f64;
@@ -876,7 +876,7 @@ fn mask_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
         // the backward: the same mask on the contiguous gradient
         let g: Vec<E> = data(n, 83, -1.0, 1.0);
         let lg = Layout::contiguous(&[n]);
-        let want = cpu::mask::dropout(&g, &lg, dropout_keep(seed, p), scale);
+        let want = cpu::mask::dropout(&g, &lg, cpu::mask::dropout_keep(seed, p), scale);
         let got = dropout(&dev.to_device(&g)?, &lg, seed, p, scale)?;
         assert_eq!(bits_of(&got.to_host()?), bits_of(&want), "dropout backward");
     }
@@ -889,7 +889,7 @@ fn masks_and_dropout_match_cpu() {
 }
 
 #[test]
-fn counter_uniform_is_splitmix_of_the_counter() {
+fn dropout_draws_are_splitmix_of_the_counter() {
     // the first draws of stream 0, by hand from SplitMix64's finalizer
     fn mix(mut z: u64) -> u64 {
         z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -900,11 +900,11 @@ fn counter_uniform_is_splitmix_of_the_counter() {
     for (seed, i) in [(0u64, 0u64), (0, 1), (42, 1 << 40), (u64::MAX, 3)] {
         let bits = mix(mix(seed) ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03));
         assert_eq!(
-            counter_uniform(seed, i),
+            crate::rng::uniform(seed, i),
             (bits >> 11) as f64 / (1u64 << 53) as f64
         );
     }
-    let keep = dropout_keep(9, 0.25);
+    let keep = cpu::mask::dropout_keep(9, 0.25);
     let kept = (0..10_000).filter(|&i| keep(i)).count();
     assert!((7_000..8_000).contains(&kept), "{kept}");
 }

@@ -87,39 +87,47 @@ impl AttentionKernels for Cpu {
 #[cfg(feature = "cuda")]
 mod cuda_impl {
     use super::*;
+    use crate::cuda::ops::attention::{self as k, CudaAttnMask};
     use crate::cuda::{CudaBuffer, CudaDevice};
 
-    // Through the host until the device kernel lands.
+    /// The mask with its padding (a host slice) uploaded.
+    fn upload<'a>(
+        dev: &CudaDevice,
+        mask: &AttnMask<'_>,
+        padding: &'a mut Option<CudaBuffer<bool>>,
+    ) -> Result<CudaAttnMask<'a>, DeviceError> {
+        *padding = mask.padding.map(|p| dev.to_device(p)).transpose()?;
+        Ok(CudaAttnMask {
+            causal: mask.causal,
+            window: mask.window,
+            padding: padding.as_ref(),
+            q_offset: mask.q_offset,
+            k_offset: mask.k_offset,
+        })
+    }
+
     impl AttentionKernels for CudaDevice {
         fn attention_forward<E: FloatDtype>(
             &self,
             q: &CudaBuffer<E>,
             ql: &Layout,
-            k: &CudaBuffer<E>,
+            kb: &CudaBuffer<E>,
             kl: &Layout,
             v: &CudaBuffer<E>,
             vl: &Layout,
             mask: &AttnMask<'_>,
             scale: f64,
         ) -> Result<(CudaBuffer<E>, CudaBuffer<E::Acc>), DeviceError> {
-            let (o, lse) = crate::cpu::attention::attention_forward(
-                &q.to_host()?,
-                ql,
-                &k.to_host()?,
-                kl,
-                &v.to_host()?,
-                vl,
-                mask,
-                scale,
-            );
-            Ok((self.to_device(&o)?, self.to_device(&lse)?))
+            let mut pad = None;
+            let m = upload(self, mask, &mut pad)?;
+            k::attention_forward(q, ql, kb, kl, v, vl, &m, scale)
         }
 
         fn attention_backward<E: FloatDtype>(
             &self,
             q: &CudaBuffer<E>,
             ql: &Layout,
-            k: &CudaBuffer<E>,
+            kb: &CudaBuffer<E>,
             kl: &Layout,
             v: &CudaBuffer<E>,
             vl: &Layout,
@@ -130,25 +138,9 @@ mod cuda_impl {
             mask: &AttnMask<'_>,
             scale: f64,
         ) -> Result<AttentionGrads<CudaBuffer<E>>, DeviceError> {
-            let (dq, dk, dv) = crate::cpu::attention::attention_backward(
-                &q.to_host()?,
-                ql,
-                &k.to_host()?,
-                kl,
-                &v.to_host()?,
-                vl,
-                &out.to_host()?,
-                &lse.to_host()?,
-                &dout.to_host()?,
-                dl,
-                mask,
-                scale,
-            );
-            Ok((
-                self.to_device(&dq)?,
-                self.to_device(&dk)?,
-                self.to_device(&dv)?,
-            ))
+            let mut pad = None;
+            let m = upload(self, mask, &mut pad)?;
+            k::attention_backward(q, ql, kb, kl, v, vl, out, lse, dout, dl, &m, scale)
         }
     }
 }

@@ -110,8 +110,10 @@ pub use norm::{NormGradParts, NormKernels};
 pub use optim::OptimKernels;
 pub use shape::ShapeKernels;
 mod attention;
+mod mask;
 
 pub use attention::{AttentionGrads, AttentionKernels};
+pub use mask::MaskKernels;
 
 /// Every kernel family: what a device needs to run the typed ops, layers
 /// and optimizers. Implemented by [`Cpu`] and, with the cargo feature
@@ -128,6 +130,7 @@ pub trait Backend:
     + AttentionKernels
     + ShapeKernels
     + OptimKernels
+    + MaskKernels
 {
 }
 
@@ -143,5 +146,6 @@ impl<D> Backend for D where
         + AttentionKernels
         + ShapeKernels
         + OptimKernels
+        + MaskKernels
 {
 }

@@ -88,8 +88,7 @@ mod cuda_impl {
         }
 
         fn sum_squares<E: FloatDtype>(&self, x: &CudaBuffer<E>) -> Result<f64, DeviceError> {
-            // Through the host until the device reduction lands.
-            Ok(crate::cpu::optim::sum_squares(&x.to_host()?))
+            Ok(k::sum_squares(x)?.to_host()?[0])
         }
     }
 }

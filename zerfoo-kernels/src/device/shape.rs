@@ -56,21 +56,16 @@ impl ShapeKernels for Cpu {
 #[cfg(feature = "cuda")]
 mod cuda_impl {
     use super::*;
+    use crate::cuda::ops::shape as k;
     use crate::cuda::{CudaBuffer, CudaDevice};
 
-    // Through the host until the device kernels land.
     impl ShapeKernels for CudaDevice {
         fn concat<E: FloatDtype>(
             &self,
             parts: &[(&CudaBuffer<E>, &Layout)],
             axis: usize,
         ) -> Result<CudaBuffer<E>, DeviceError> {
-            let host: Vec<(Vec<E>, Layout)> = parts
-                .iter()
-                .map(|(s, l)| Ok((s.to_host()?, **l)))
-                .collect::<Result<_, DeviceError>>()?;
-            let p: Vec<(&[E], &Layout)> = host.iter().map(|(s, l)| (&s[..], l)).collect();
-            self.to_device(&crate::cpu::shape::concat(&p, axis))
+            k::concat(parts, axis)
         }
 
         fn add_narrow_into<E: FloatDtype>(
@@ -82,10 +77,7 @@ mod cuda_impl {
             len: usize,
             src: &CudaBuffer<E>,
         ) -> Result<(), DeviceError> {
-            let mut d = dst.to_host()?;
-            crate::cpu::shape::add_narrow_into(&mut d, dims, axis, start, len, &src.to_host()?);
-            *dst = self.to_device(&d)?;
-            Ok(())
+            k::add_narrow_into(dst, dims, axis, start, len, src)
         }
     }
 }

@@ -495,7 +495,6 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim> MultiHeadAttention<D, H, 
     {
         or_panic(Self::try_new(d, heads, head_dim, kv_heads, config, seed))
     }
-
 }
 
 impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim, Dv: Backend>

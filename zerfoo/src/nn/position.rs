@@ -153,7 +153,6 @@ impl<MaxT: Dim, D: Dim, E: FloatDtype> LearnedPositions<MaxT, D, E> {
             weight: init::normal((max_t, d), 0.02, seed),
         }
     }
-
 }
 
 impl<MaxT: Dim, D: Dim, E: FloatDtype, Dv: Backend> LearnedPositions<MaxT, D, E, Dv> {

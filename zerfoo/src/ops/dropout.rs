@@ -4,17 +4,16 @@
 //! `(seed, i)`: identical across runs and thread counts. The backward
 //! recomputes the same mask.
 
-use zerfoo_kernels::cpu::mask as k;
-use zerfoo_kernels::{Cpu, FloatDtype, Layout};
+use zerfoo_kernels::{Backend, FloatDtype, Layout};
 
 use super::index::op_output;
-use crate::autograd::{record, TapeState, TensorId};
+use crate::autograd::{device_ok, record, TapeState, TensorId};
 use crate::error::or_panic;
 use crate::shape::Shape;
-use crate::tensor::{rng, Tensor};
+use crate::tensor::Tensor;
 use crate::{Error, Result};
 
-impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
+impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
     /// Zeroes each element with probability `p` and scales the kept ones by
     /// `1 / (1 - p)`, with a mask drawn from `seed` (see the module docs).
     /// `p` must lie in `[0, 1)`, else [`Error::InvalidArgument`]; `p = 0`
@@ -39,17 +38,19 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
             return Ok(self);
         }
         let scale = 1.0 / (1.0 - p);
-        let keep = move |i: usize| rng::uniform(seed, i as u64) >= p;
-        let y = k::dropout(&self.data, &self.layout, keep, scale);
+        let y = self
+            .device
+            .dropout(&self.data, &self.layout, seed, p, scale)?;
         let out_id = TensorId::fresh();
-        let (in_id, dims) = (self.id, self.dims());
+        let (in_id, dims, dev) = (self.id, self.dims(), self.device.clone());
         let tape = record::<T>(out_id, &[self.tape.node()], move |g| {
-            if let Some(gy) = g.take::<E>(out_id) {
+            if let Some(gy) = g.take_on::<D, E>(out_id) {
                 let l = Layout::contiguous(&dims);
-                g.accumulate(in_id, k::dropout(&gy, &l, keep, scale));
+                let gx = device_ok(dev.dropout(&gy, &l, seed, p, scale));
+                g.accumulate_on(&dev, in_id, gx);
             }
         });
-        Ok(op_output(self.shape, y, out_id, tape, Cpu))
+        Ok(op_output(self.shape, y, out_id, tape, self.device))
     }
 
     /// Panicking twin of [`try_dropout`](Self::try_dropout).

@@ -10,11 +10,11 @@
 //! [`broadcast_mask`](Tensor::broadcast_mask) (a view).
 
 use zerfoo_kernels::cpu::mask as k;
-use zerfoo_kernels::{Cpu, FloatDtype, Layout};
+use zerfoo_kernels::{Backend, Cpu, Device, FloatDtype, Layout};
 
 use super::binary::SameDtype;
 use super::index::op_output;
-use crate::autograd::{record, Merge, NoTape, TapeState, TensorId};
+use crate::autograd::{device_ok, record, Merge, NoTape, TapeState, TensorId};
 use crate::error::or_panic;
 use crate::shape::{Dim, HasAxes, SameShape, Shape};
 use crate::tensor::Tensor;
@@ -97,7 +97,9 @@ impl<S: Shape> Tensor<S, bool, Cpu, NoTape> {
             zerfoo_kernels::cpu::map(&self.data, &self.layout, |b: bool| !b),
         )
     }
+}
 
+impl<S: Shape, D: Device> Tensor<S, bool, D, NoTape> {
     /// Repeats this mask along the new axes `Ax` of `dst` (a view, no copy),
     /// like [`broadcast`](Tensor::broadcast) for float tensors. `dst`
     /// without the axes `Ax` must equal this mask's shape.
@@ -108,7 +110,7 @@ impl<S: Shape> Tensor<S, bool, Cpu, NoTape> {
     /// let per_head = causal.broadcast_mask::<_, Axis<0>>((U3::default(), Dyn(2), Dyn(2)));
     /// assert_eq!(per_head.to_vec().len(), 12);
     /// ```
-    pub fn try_broadcast_mask<Dst, Ax>(self, dst: Dst) -> Result<Tensor<Dst, bool, Cpu, NoTape>>
+    pub fn try_broadcast_mask<Dst, Ax>(self, dst: Dst) -> Result<Tensor<Dst, bool, D, NoTape>>
     where
         Dst: HasAxes<Ax>,
         S: SameShape<Dst::Reduced, super::Broadcast>,
@@ -129,13 +131,13 @@ impl<S: Shape> Tensor<S, bool, Cpu, NoTape> {
             data: self.data,
             id: TensorId::fresh(),
             tape: NoTape,
-            device: Cpu,
+            device: self.device,
         })
     }
 
     /// Panicking twin of [`try_broadcast_mask`](Self::try_broadcast_mask).
     #[track_caller]
-    pub fn broadcast_mask<Dst, Ax>(self, dst: Dst) -> Tensor<Dst, bool, Cpu, NoTape>
+    pub fn broadcast_mask<Dst, Ax>(self, dst: Dst) -> Tensor<Dst, bool, D, NoTape>
     where
         Dst: HasAxes<Ax>,
         S: SameShape<Dst::Reduced, super::Broadcast>,
@@ -144,7 +146,7 @@ impl<S: Shape> Tensor<S, bool, Cpu, NoTape> {
     }
 }
 
-impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
+impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
     /// `mask ? on_true : on_false` elementwise (`torch.where`). The three
     /// shapes must agree (by value; `Dyn` dims at run time). Gradients flow
     /// to both branches: to `on_true` where the mask is set, to `on_false`
@@ -158,10 +160,10 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     /// assert_eq!(Tensor::where_cond(&m, a, b).to_vec(), [1., 2., 1.]);
     /// ```
     pub fn try_where_cond<Sm: Shape, S3: Shape, E3: FloatDtype, T3: TapeState>(
-        mask: &Tensor<Sm, bool>,
+        mask: &Tensor<Sm, bool, D>,
         on_true: Self,
-        on_false: Tensor<S3, E3, Cpu, T3>,
-    ) -> Result<Tensor<S, E, Cpu, <T as Merge<T3>>::Out>>
+        on_false: Tensor<S3, E3, D, T3>,
+    ) -> Result<Tensor<S, E, D, <T as Merge<T3>>::Out>>
     where
         S: SameShape<Sm, super::Where> + SameShape<S3, super::Where>,
         E: SameDtype<E3, super::Where>,
@@ -171,37 +173,40 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
         let dims = on_true.dims();
         check_same("where_cond", &dims, &mask.dims())?;
         check_same("where_cond", &dims, &on_false.dims())?;
-        let y = k::where_select(
+        let dev = on_true.device.clone();
+        let y = dev.where_select(
             &mask.data,
             &mask.layout,
             &on_true.data,
             &on_true.layout,
             &on_false.data,
             &on_false.layout,
-        );
+        )?;
         let out_id = TensorId::fresh();
         let (ida, idb) = (on_true.id, on_false.id);
-        let (m, lm) = (mask.data.clone(), mask.layout);
+        let (m, lm, gdev) = (mask.data.clone(), mask.layout, dev.clone());
         let tape = record::<<T as Merge<T3>>::Out>(
             out_id,
             &[on_true.tape.node(), on_false.tape.node()],
             move |g| {
-                if let Some(gy) = g.take::<E>(out_id) {
-                    g.accumulate(ida, k::mask_grad(&m, &lm, &gy, true));
-                    g.accumulate(idb, k::mask_grad(&m, &lm, &gy, false));
+                if let Some(gy) = g.take_on::<D, E>(out_id) {
+                    let ga = device_ok(gdev.mask_grad(&m, &lm, &gy, true));
+                    let gb = device_ok(gdev.mask_grad(&m, &lm, &gy, false));
+                    g.accumulate_on(&gdev, ida, ga);
+                    g.accumulate_on(&gdev, idb, gb);
                 }
             },
         );
-        Ok(op_output(on_true.shape, y, out_id, tape, Cpu))
+        Ok(op_output(on_true.shape, y, out_id, tape, dev))
     }
 
     /// Panicking twin of [`try_where_cond`](Self::try_where_cond).
     #[track_caller]
     pub fn where_cond<Sm: Shape, S3: Shape, E3: FloatDtype, T3: TapeState>(
-        mask: &Tensor<Sm, bool>,
+        mask: &Tensor<Sm, bool, D>,
         on_true: Self,
-        on_false: Tensor<S3, E3, Cpu, T3>,
-    ) -> Tensor<S, E, Cpu, <T as Merge<T3>>::Out>
+        on_false: Tensor<S3, E3, D, T3>,
+    ) -> Tensor<S, E, D, <T as Merge<T3>>::Out>
     where
         S: SameShape<Sm, super::Where> + SameShape<S3, super::Where>,
         E: SameDtype<E3, super::Where>,
@@ -220,32 +225,33 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     /// let y = x.masked_fill(&Tensor::causal_mask(U2::default()), f64::NEG_INFINITY);
     /// assert_eq!(y.to_vec(), [1., f32::NEG_INFINITY, 1., 1.]);
     /// ```
-    pub fn try_masked_fill<Sm: Shape>(self, mask: &Tensor<Sm, bool>, value: f64) -> Result<Self>
+    pub fn try_masked_fill<Sm: Shape>(self, mask: &Tensor<Sm, bool, D>, value: f64) -> Result<Self>
     where
         S: SameShape<Sm, super::MaskedFill>,
     {
         check_same("masked_fill", &self.dims(), &mask.dims())?;
-        let y = k::masked_fill(
+        let y = self.device.masked_fill(
             &self.data,
             &self.layout,
             &mask.data,
             &mask.layout,
             E::from_f64(value),
-        );
+        )?;
         let out_id = TensorId::fresh();
-        let in_id = self.id;
+        let (in_id, dev) = (self.id, self.device.clone());
         let (m, lm) = (mask.data.clone(), mask.layout);
         let tape = record::<T>(out_id, &[self.tape.node()], move |g| {
-            if let Some(gy) = g.take::<E>(out_id) {
-                g.accumulate(in_id, k::mask_grad(&m, &lm, &gy, false));
+            if let Some(gy) = g.take_on::<D, E>(out_id) {
+                let gx = device_ok(dev.mask_grad(&m, &lm, &gy, false));
+                g.accumulate_on(&dev, in_id, gx);
             }
         });
-        Ok(op_output(self.shape, y, out_id, tape, Cpu))
+        Ok(op_output(self.shape, y, out_id, tape, self.device))
     }
 
     /// Panicking twin of [`try_masked_fill`](Self::try_masked_fill).
     #[track_caller]
-    pub fn masked_fill<Sm: Shape>(self, mask: &Tensor<Sm, bool>, value: f64) -> Self
+    pub fn masked_fill<Sm: Shape>(self, mask: &Tensor<Sm, bool, D>, value: f64) -> Self
     where
         S: SameShape<Sm, super::MaskedFill>,
     {
@@ -279,15 +285,16 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     }
 
     fn triangle(self, lower: bool, diagonal: i64) -> Self {
-        let y = k::tri(&self.data, &self.layout, lower, diagonal);
+        let y = device_ok(self.device.tri(&self.data, &self.layout, lower, diagonal));
         let out_id = TensorId::fresh();
-        let (in_id, dims) = (self.id, self.dims());
+        let (in_id, dims, dev) = (self.id, self.dims(), self.device.clone());
         let tape = record::<T>(out_id, &[self.tape.node()], move |g| {
-            if let Some(gy) = g.take::<E>(out_id) {
+            if let Some(gy) = g.take_on::<D, E>(out_id) {
                 let l = Layout::contiguous(&dims);
-                g.accumulate(in_id, k::tri(&gy, &l, lower, diagonal));
+                let gx = device_ok(dev.tri(&gy, &l, lower, diagonal));
+                g.accumulate_on(&dev, in_id, gx);
             }
         });
-        op_output(self.shape, y, out_id, tape, Cpu)
+        op_output(self.shape, y, out_id, tape, self.device)
     }
 }

@@ -1,18 +1,17 @@
 //! Rotary position embedding (RoPE), rotate-half convention as in HF
 //! LLaMA / Gemma / GPT-NeoX.
 
-use zerfoo_kernels::cpu::rotary as k;
-use zerfoo_kernels::{Cpu, FloatDtype, Layout};
+use zerfoo_kernels::{Backend, FloatDtype, Layout};
 
 use super::index::op_output;
 use super::mask::LastTwoAxes;
-use crate::autograd::{record, TapeState, TensorId};
+use crate::autograd::{device_ok, record, TapeState, TensorId};
 use crate::error::or_panic;
 use crate::shape::Shape;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
-impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
+impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
     /// Rotates the last dim `Hd` (even) of a `(.., T, Hd)` tensor — e.g.
     /// `(B, H, T, Hd)` queries or keys — by position: with `h = Hd / 2`,
     /// `inv_freq[i] = 1 / base^(2i / Hd)` and angle
@@ -54,16 +53,19 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
                 reason: format!("the base must be finite and positive, got {base}"),
             });
         }
-        let y = k::rope(&self.data, &self.layout, base, position_offset, false);
+        let y = self
+            .device
+            .rope(&self.data, &self.layout, base, position_offset, false)?;
         let out_id = TensorId::fresh();
-        let in_id = self.id;
+        let (in_id, dev) = (self.id, self.device.clone());
         let tape = record::<T>(out_id, &[self.tape.node()], move |g| {
-            if let Some(gy) = g.take::<E>(out_id) {
+            if let Some(gy) = g.take_on::<D, E>(out_id) {
                 let l = Layout::contiguous(&dims);
-                g.accumulate(in_id, k::rope(&gy, &l, base, position_offset, true));
+                let gx = device_ok(dev.rope(&gy, &l, base, position_offset, true));
+                g.accumulate_on(&dev, in_id, gx);
             }
         });
-        Ok(op_output(self.shape, y, out_id, tape, Cpu))
+        Ok(op_output(self.shape, y, out_id, tape, self.device))
     }
 
     /// Panicking twin of [`try_rope`](Self::try_rope).

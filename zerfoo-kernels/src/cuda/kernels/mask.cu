@@ -38,7 +38,7 @@ ZF_KERNEL ZF_NAME(tri)(const T* x, ZfLayout lx, u64 rows, u64 cols, int lower, u
 
 // The counter-based random stream of zerfoo's tensor RNG (SplitMix64's
 // finalizer): the i-th uniform draw of stream `seed`, a double in [0, 1)
-// with 53 random bits. Bit-identical to the host's `counter_uniform`.
+// with 53 random bits. Bit-identical to the host's `rng::uniform`.
 __device__ __forceinline__ u64 zf_mix64(u64 z) {
     z += 0x9E3779B97F4A7C15ull;
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;

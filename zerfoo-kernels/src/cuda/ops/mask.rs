@@ -11,41 +11,6 @@ use crate::cuda::device::{check_layout, grid_for, same_device};
 use crate::cuda::{CudaBuffer, CudaError, Family};
 use crate::Layout;
 
-/// SplitMix64's finalizer: a bijective 64-bit mixer.
-#[inline]
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// The `i`-th uniform draw in `[0, 1)` (53 random bits) of the
-/// counter-based stream `seed`: `mix(mix(seed) ^ i * 0xD1B54A32D192ED03) >> 11`
-/// scaled by `2^-53`, with SplitMix64's finalizer as `mix`. This is the
-/// function of zerfoo's tensor RNG (`Tensor::rand`, dropout), and the one
-/// the [`dropout`] kernel evaluates on the device, bit for bit.
-///
-/// ```
-/// use zerfoo_kernels::cuda::ops::mask::counter_uniform;
-/// let u = counter_uniform(7, 3);
-/// assert!((0.0..1.0).contains(&u));
-/// assert_eq!(u, counter_uniform(7, 3));
-/// ```
-#[inline]
-pub fn counter_uniform(seed: u64, i: u64) -> f64 {
-    let bits = mix(mix(seed) ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03));
-    (bits >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-}
-
-/// The keep decision of dropout with drop probability `p` and stream
-/// `seed`: element `i` (row-major) is kept iff `counter_uniform(seed, i) >= p`.
-/// Pass it to [`crate::cpu::mask::dropout`] to get the CPU twin of
-/// [`dropout`].
-pub fn dropout_keep(seed: u64, p: f64) -> impl Fn(usize) -> bool + Sync + Send + Copy {
-    move |i| counter_uniform(seed, i as u64) >= p
-}
-
 fn check_shape(op: &str, a: &Layout, b: &Layout) -> Result<(), CudaError> {
     if a.shape() == b.shape() {
         Ok(())
