@@ -61,7 +61,7 @@ fn add(a: &[f64], b: &[f64]) -> Vec<f64> {
 // ---------------------------------------------------------------- references
 
 /// A norm applied row by row with explicit loops, and randomized weights.
-trait RefNorm {
+trait RefNorm: zerfoo::nn::Module {
     fn rows(&self, x: &[f64]) -> Vec<f64>;
     fn randomize(&mut self, seed: u64);
 }

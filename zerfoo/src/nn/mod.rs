@@ -38,7 +38,7 @@ pub use module::{
 pub use norm::{LayerNorm, RmsNorm};
 pub use position::{LearnedPositions, PositionEncoding, SinusoidalPositions};
 pub use transformer::{
-    BlockConfig, BlockMlp, BlockNorm, Decoder, DecoderBlock, Encoder, EncoderBlock,
+    BlockConfig, BlockMlp, BlockNorm, Decoder, DecoderBlock, Encoder, EncoderBlock, NewBlockNorm,
     TransformerBlock,
 };
 pub use zerfoo_macros::Module;

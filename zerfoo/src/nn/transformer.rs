@@ -10,7 +10,7 @@
 // Typed shapes in signatures are the point of these layers.
 #![allow(clippy::type_complexity)]
 
-use zerfoo_kernels::{Cpu, FloatDtype};
+use zerfoo_kernels::{Backend, Cpu, FloatDtype};
 
 use super::attention::{
     into_tape, padding_vec, retype, sub_seed, Attention, AttentionConfig, KvCache, KvHeadsDivide,
@@ -25,18 +25,33 @@ use crate::{Error, Result};
 
 /// A normalization layer a block can be built with ([`LayerNorm`] or
 /// [`RmsNorm`]), over the last axis `D`.
-pub trait BlockNorm<D: Dim, E: FloatDtype>: Module + Clone + core::fmt::Debug {
-    /// A fresh norm over `d` features (weight ones; bias zeros, or none
-    /// without `bias`: only [`LayerNorm`] has one).
-    fn new_norm(d: D, eps: f64, bias: bool) -> Self;
-    /// Normalizes each position of `(B, T, D)`.
+pub trait BlockNorm<D: Dim, E: FloatDtype, Dv: Backend = Cpu>:
+    Module + Clone + core::fmt::Debug
+{
+    /// Normalizes `(B, T, D)` over the last axis.
     fn normalize<B: Dim, T: Dim, Tp: TapeState>(
         &self,
-        x: Tensor<(B, T, D), E, Cpu, Tp>,
-    ) -> Tensor<(B, T, D), E, Cpu, Tp>;
+        x: Tensor<(B, T, D), E, Dv, Tp>,
+    ) -> Tensor<(B, T, D), E, Dv, Tp>;
 }
 
-impl<D: Dim, E: FloatDtype> BlockNorm<D, E> for LayerNorm<D, E> {
+/// A [`BlockNorm`] the block constructors can build (on the CPU; move the
+/// model with [`Module::to_device`]).
+pub trait NewBlockNorm<D: Dim, E: FloatDtype>: BlockNorm<D, E, Cpu> {
+    /// A fresh norm of width `d` (with a bias when `bias` and the kind has one).
+    fn new_norm(d: D, eps: f64, bias: bool) -> Self;
+}
+
+impl<D: Dim, E: FloatDtype, Dv: Backend> BlockNorm<D, E, Dv> for LayerNorm<D, E, Dv> {
+    fn normalize<B: Dim, T: Dim, Tp: TapeState>(
+        &self,
+        x: Tensor<(B, T, D), E, Dv, Tp>,
+    ) -> Tensor<(B, T, D), E, Dv, Tp> {
+        self.forward(x)
+    }
+}
+
+impl<D: Dim, E: FloatDtype> NewBlockNorm<D, E> for LayerNorm<D, E> {
     fn new_norm(d: D, eps: f64, bias: bool) -> Self {
         if bias {
             LayerNorm::new(d, eps)
@@ -44,34 +59,29 @@ impl<D: Dim, E: FloatDtype> BlockNorm<D, E> for LayerNorm<D, E> {
             LayerNorm::without_bias(d, eps)
         }
     }
+}
+
+impl<D: Dim, E: FloatDtype, Dv: Backend> BlockNorm<D, E, Dv> for RmsNorm<D, E, Dv> {
     fn normalize<B: Dim, T: Dim, Tp: TapeState>(
         &self,
-        x: Tensor<(B, T, D), E, Cpu, Tp>,
-    ) -> Tensor<(B, T, D), E, Cpu, Tp> {
+        x: Tensor<(B, T, D), E, Dv, Tp>,
+    ) -> Tensor<(B, T, D), E, Dv, Tp> {
         self.forward(x)
     }
 }
 
-impl<D: Dim, E: FloatDtype> BlockNorm<D, E> for RmsNorm<D, E> {
+impl<D: Dim, E: FloatDtype> NewBlockNorm<D, E> for RmsNorm<D, E> {
     fn new_norm(d: D, eps: f64, _bias: bool) -> Self {
         RmsNorm::new(d, eps)
     }
-    fn normalize<B: Dim, T: Dim, Tp: TapeState>(
-        &self,
-        x: Tensor<(B, T, D), E, Cpu, Tp>,
-    ) -> Tensor<(B, T, D), E, Cpu, Tp> {
-        self.forward(x)
-    }
 }
 
-/// The feed-forward network of a block: `fc2(gelu(fc1(x)))`, `D -> F -> D`
-/// over the last axis (any rank [`Linear`] takes).
 #[derive(crate::nn::Module, Clone, Debug)]
-pub struct BlockMlp<D: Dim, F: Dim, E: FloatDtype> {
+pub struct BlockMlp<D: Dim, F: Dim, E: FloatDtype, Dv: Backend = Cpu> {
     /// `D -> F`.
-    pub fc1: Linear<D, F, E>,
+    pub fc1: Linear<D, F, E, Dv>,
     /// `F -> D`.
-    pub fc2: Linear<F, D, E>,
+    pub fc2: Linear<F, D, E, Dv>,
     /// GELU's tanh approximation (GPT-2) instead of the exact erf form.
     #[module(skip)]
     pub gelu_tanh: bool,
@@ -88,17 +98,18 @@ impl<D: Dim, F: Dim, E: FloatDtype> BlockMlp<D, F, E> {
     }
 }
 
-impl<D, F, E, X, S1, Tp> Forward<X> for BlockMlp<D, F, E>
+impl<D, F, E, Dv, X, S1, Tp> Forward<X> for BlockMlp<D, F, E, Dv>
 where
     D: Dim,
     F: Dim,
     E: FloatDtype,
+    Dv: Backend,
     S1: Shape,
     Tp: TapeState,
-    Linear<D, F, E>: Forward<X, Output = Tensor<S1, E, Cpu, Tp>>,
-    Linear<F, D, E>: Forward<Tensor<S1, E, Cpu, Tp>>,
+    Linear<D, F, E, Dv>: Forward<X, Output = Tensor<S1, E, Dv, Tp>>,
+    Linear<F, D, E, Dv>: Forward<Tensor<S1, E, Dv, Tp>>,
 {
-    type Output = <Linear<F, D, E> as Forward<Tensor<S1, E, Cpu, Tp>>>::Output;
+    type Output = <Linear<F, D, E, Dv> as Forward<Tensor<S1, E, Dv, Tp>>>::Output;
     fn forward(&self, x: X) -> Self::Output {
         let h = self.fc1.forward(x);
         let h = if self.gelu_tanh {
@@ -201,23 +212,24 @@ pub struct TransformerBlock<
     Hd: Dim,
     F: Dim,
     E: FloatDtype,
-    N = LayerNorm<D, E>,
+    N: Module = LayerNorm<D, E>,
     KvH: Dim = H,
+    Dv: Backend = Cpu,
 > {
     /// Before the attention.
     pub norm1: N,
     /// Self-attention.
-    pub attn: MultiHeadAttention<D, H, Hd, E, KvH>,
+    pub attn: MultiHeadAttention<D, H, Hd, E, KvH, Dv>,
     /// Before the feed-forward network.
     pub norm2: N,
     /// The feed-forward network.
-    pub ffn: BlockMlp<D, F, E>,
+    pub ffn: BlockMlp<D, F, E, Dv>,
 }
 
 /// An encoder block is a [`TransformerBlock`] (usually bidirectional, with a
 /// padding mask: [`TransformerBlock::try_forward_padded`]).
-pub type EncoderBlock<D, H, Hd, F, E, N = LayerNorm<D, E>, KvH = H> =
-    TransformerBlock<D, H, Hd, F, E, N, KvH>;
+pub type EncoderBlock<D, H, Hd, F, E, N = LayerNorm<D, E>, KvH = H, Dv = Cpu> =
+    TransformerBlock<D, H, Hd, F, E, N, KvH, Dv>;
 
 impl<D, H, Hd, F, E, N, KvH> TransformerBlock<D, H, Hd, F, E, N, KvH>
 where
@@ -226,7 +238,7 @@ where
     Hd: Dim,
     F: Dim,
     E: FloatDtype,
-    N: BlockNorm<D, E>,
+    N: NewBlockNorm<D, E>,
     KvH: Dim,
 {
     /// A block from `seed` (PyTorch's default `nn.Linear` initialization,
@@ -276,12 +288,24 @@ where
             d, heads, head_dim, kv_heads, ffn, config, seed,
         ))
     }
+}
 
+impl<D, H, Hd, F, E, N, KvH, Dv> TransformerBlock<D, H, Hd, F, E, N, KvH, Dv>
+where
+    D: Dim,
+    H: Dim,
+    Hd: Dim,
+    F: Dim,
+    E: FloatDtype,
+    N: BlockNorm<D, E, Dv>,
+    KvH: Dim,
+    Dv: Backend,
+{
     /// The block on `(B, T, D)`; an error if a `Dyn` width is not `D`.
     pub fn try_forward<B: Dim, T: Dim, D2, Tp: TapeState>(
         &self,
-        x: Tensor<(B, T, D2), E, Cpu, Tp>,
-    ) -> Result<Tensor<(B, T, D), E, Cpu, Tp>>
+        x: Tensor<(B, T, D2), E, Dv, Tp>,
+    ) -> Result<Tensor<(B, T, D), E, Dv, Tp>>
     where
         D2: SameDim<D, Attention>,
     {
@@ -295,9 +319,9 @@ where
     /// The block with a key padding mask `(B, T)` (`true` = padded).
     pub fn try_forward_padded<B: Dim, T: Dim, D2, Bm, Tm, Tp: TapeState>(
         &self,
-        x: Tensor<(B, T, D2), E, Cpu, Tp>,
+        x: Tensor<(B, T, D2), E, Dv, Tp>,
         padding: &Tensor<(Bm, Tm), bool>,
-    ) -> Result<Tensor<(B, T, D), E, Cpu, Tp>>
+    ) -> Result<Tensor<(B, T, D), E, Dv, Tp>>
     where
         D2: SameDim<D, Attention>,
         Bm: SameDim<B, Attention>,
@@ -315,9 +339,9 @@ where
     #[track_caller]
     pub fn forward_padded<B: Dim, T: Dim, D2, Bm, Tm, Tp: TapeState>(
         &self,
-        x: Tensor<(B, T, D2), E, Cpu, Tp>,
+        x: Tensor<(B, T, D2), E, Dv, Tp>,
         padding: &Tensor<(Bm, Tm), bool>,
-    ) -> Tensor<(B, T, D), E, Cpu, Tp>
+    ) -> Tensor<(B, T, D), E, Dv, Tp>
     where
         D2: SameDim<D, Attention>,
         Bm: SameDim<B, Attention>,
@@ -330,9 +354,9 @@ where
     /// cached ones (see [`MultiHeadAttention::try_forward_cached`]).
     pub fn try_forward_cached<B: Dim, T: Dim, D2>(
         &self,
-        x_new: Tensor<(B, T, D2), E>,
-        cache: &mut LayerCache<E>,
-    ) -> Result<Tensor<(B, T, D), E>>
+        x_new: Tensor<(B, T, D2), E, Dv>,
+        cache: &mut LayerCache<E, Dv>,
+    ) -> Result<Tensor<(B, T, D), E, Dv>>
     where
         D2: SameDim<D, Attention>,
     {
@@ -350,9 +374,9 @@ where
     #[track_caller]
     pub fn forward_cached<B: Dim, T: Dim, D2>(
         &self,
-        x_new: Tensor<(B, T, D2), E>,
-        cache: &mut LayerCache<E>,
-    ) -> Tensor<(B, T, D), E>
+        x_new: Tensor<(B, T, D2), E, Dv>,
+        cache: &mut LayerCache<E, Dv>,
+    ) -> Tensor<(B, T, D), E, Dv>
     where
         D2: SameDim<D, Attention>,
     {
@@ -361,9 +385,9 @@ where
 
     fn run<B: Dim, T: Dim, Tp: TapeState>(
         &self,
-        x: Tensor<(B, T, D), E, Cpu, Tp>,
+        x: Tensor<(B, T, D), E, Dv, Tp>,
         padding: Option<&[bool]>,
-    ) -> Result<Tensor<(B, T, D), E, Cpu, Tp>> {
+    ) -> Result<Tensor<(B, T, D), E, Dv, Tp>> {
         let h = self
             .attn
             .self_attention(self.norm1.normalize(x.clone()), padding)?;
@@ -373,24 +397,25 @@ where
     }
 }
 
-impl<D, H, Hd, F, E, N, KvH, B, T, D2, Tp> Forward<Tensor<(B, T, D2), E, Cpu, Tp>>
-    for TransformerBlock<D, H, Hd, F, E, N, KvH>
+impl<D, H, Hd, F, E, N, KvH, Dv, B, T, D2, Tp> Forward<Tensor<(B, T, D2), E, Dv, Tp>>
+    for TransformerBlock<D, H, Hd, F, E, N, KvH, Dv>
 where
     D: Dim,
     H: Dim,
     Hd: Dim,
     F: Dim,
     E: FloatDtype,
-    N: BlockNorm<D, E>,
+    N: BlockNorm<D, E, Dv>,
     KvH: Dim,
+    Dv: Backend,
     B: Dim,
     T: Dim,
     D2: Dim + SameDim<D, Attention>,
     Tp: TapeState,
 {
-    type Output = Tensor<(B, T, D), E, Cpu, Tp>;
+    type Output = Tensor<(B, T, D), E, Dv, Tp>;
     #[track_caller]
-    fn forward(&self, x: Tensor<(B, T, D2), E, Cpu, Tp>) -> Self::Output {
+    fn forward(&self, x: Tensor<(B, T, D2), E, Dv, Tp>) -> Self::Output {
         or_panic(self.try_forward(x))
     }
 }
@@ -407,21 +432,22 @@ pub struct DecoderBlock<
     Hd: Dim,
     F: Dim,
     E: FloatDtype,
-    N = LayerNorm<D, E>,
+    N: Module = LayerNorm<D, E>,
     KvH: Dim = H,
+    Dv: Backend = Cpu,
 > {
     /// Before the self-attention.
     pub norm1: N,
     /// Causal self-attention.
-    pub self_attn: MultiHeadAttention<D, H, Hd, E, KvH>,
+    pub self_attn: MultiHeadAttention<D, H, Hd, E, KvH, Dv>,
     /// Before the cross-attention.
     pub norm2: N,
     /// Attention over the encoder's memory.
-    pub cross_attn: MultiHeadAttention<D, H, Hd, E, KvH>,
+    pub cross_attn: MultiHeadAttention<D, H, Hd, E, KvH, Dv>,
     /// Before the feed-forward network.
     pub norm3: N,
     /// The feed-forward network.
-    pub ffn: BlockMlp<D, F, E>,
+    pub ffn: BlockMlp<D, F, E, Dv>,
 }
 
 impl<D, H, Hd, F, E, N, KvH> DecoderBlock<D, H, Hd, F, E, N, KvH>
@@ -431,7 +457,7 @@ where
     Hd: Dim,
     F: Dim,
     E: FloatDtype,
-    N: BlockNorm<D, E>,
+    N: NewBlockNorm<D, E>,
     KvH: Dim,
 {
     /// A block from `seed`. The self-attention is `config.attn` made
@@ -498,17 +524,29 @@ where
             d, heads, head_dim, kv_heads, ffn, config, seed,
         ))
     }
+}
 
+impl<D, H, Hd, F, E, N, KvH, Dv> DecoderBlock<D, H, Hd, F, E, N, KvH, Dv>
+where
+    D: Dim,
+    H: Dim,
+    Hd: Dim,
+    F: Dim,
+    E: FloatDtype,
+    N: BlockNorm<D, E, Dv>,
+    KvH: Dim,
+    Dv: Backend,
+{
     /// The block on `x` `(B, T, D)` with the encoder's `memory` `(B, Tk, D)`;
     /// optional padding masks `(B, T)` for `x` and `(B, Tk)` for `memory`
     /// (`true` = padded).
     pub fn try_forward_masked<B, T, D2, Bm, Tk, Dm, Tx, Tm>(
         &self,
-        x: Tensor<(B, T, D2), E, Cpu, Tx>,
-        memory: Tensor<(Bm, Tk, Dm), E, Cpu, Tm>,
+        x: Tensor<(B, T, D2), E, Dv, Tx>,
+        memory: Tensor<(Bm, Tk, Dm), E, Dv, Tm>,
         padding: Option<&Tensor<(B, T), bool>>,
         memory_padding: Option<&Tensor<(Bm, Tk), bool>>,
-    ) -> Result<Tensor<(B, T, D), E, Cpu, <Tx as Merge<Tm>>::Out>>
+    ) -> Result<Tensor<(B, T, D), E, Dv, <Tx as Merge<Tm>>::Out>>
     where
         B: Dim,
         T: Dim,
@@ -527,9 +565,9 @@ where
     /// [`try_forward_masked`](Self::try_forward_masked) without masks.
     pub fn try_forward<B, T, D2, Bm, Tk, Dm, Tx, Tm>(
         &self,
-        x: Tensor<(B, T, D2), E, Cpu, Tx>,
-        memory: Tensor<(Bm, Tk, Dm), E, Cpu, Tm>,
-    ) -> Result<Tensor<(B, T, D), E, Cpu, <Tx as Merge<Tm>>::Out>>
+        x: Tensor<(B, T, D2), E, Dv, Tx>,
+        memory: Tensor<(Bm, Tk, Dm), E, Dv, Tm>,
+    ) -> Result<Tensor<(B, T, D), E, Dv, <Tx as Merge<Tm>>::Out>>
     where
         B: Dim,
         T: Dim,
@@ -548,11 +586,11 @@ where
     /// optional `(B, Tk)` memory padding).
     pub fn try_forward_cached<B, T, D2, Bm, Tk, Dm>(
         &self,
-        x_new: Tensor<(B, T, D2), E>,
-        memory: Tensor<(Bm, Tk, Dm), E>,
+        x_new: Tensor<(B, T, D2), E, Dv>,
+        memory: Tensor<(Bm, Tk, Dm), E, Dv>,
         memory_padding: Option<&Tensor<(Bm, Tk), bool>>,
-        cache: &mut LayerCache<E>,
-    ) -> Result<Tensor<(B, T, D), E>>
+        cache: &mut LayerCache<E, Dv>,
+    ) -> Result<Tensor<(B, T, D), E, Dv>>
     where
         B: Dim,
         T: Dim,
@@ -573,11 +611,11 @@ where
 
     fn run<B: Dim, T: Dim, Tk: Dim, Tp: TapeState>(
         &self,
-        x: Tensor<(B, T, D), E, Cpu, Tp>,
-        memory: Tensor<(B, Tk, D), E, Cpu, Tp>,
+        x: Tensor<(B, T, D), E, Dv, Tp>,
+        memory: Tensor<(B, Tk, D), E, Dv, Tp>,
         padding: Option<&[bool]>,
         memory_padding: Option<&[bool]>,
-    ) -> Result<Tensor<(B, T, D), E, Cpu, Tp>> {
+    ) -> Result<Tensor<(B, T, D), E, Dv, Tp>> {
         let h = self
             .self_attn
             .self_attention(self.norm1.normalize(x.clone()), padding)?;
@@ -594,11 +632,11 @@ where
 
     fn run_cached<B: Dim, T: Dim, Tk: Dim>(
         &self,
-        x: Tensor<(B, T, D), E>,
-        memory: Tensor<(B, Tk, D), E>,
+        x: Tensor<(B, T, D), E, Dv>,
+        memory: Tensor<(B, Tk, D), E, Dv>,
         memory_padding: Option<&[bool]>,
-        cache: &mut LayerCache<E>,
-    ) -> Result<Tensor<(B, T, D), E>> {
+        cache: &mut LayerCache<E, Dv>,
+    ) -> Result<Tensor<(B, T, D), E, Dv>> {
         let h = self
             .self_attn
             .try_forward_cached(self.norm1.normalize(x.clone()), cache)?;
@@ -616,21 +654,22 @@ where
 
 /// Checks and converts a decoder's inputs: `x` to `(B, T, D)` and `memory`
 /// to `(B, Tk, D)` on their merged tape, masks to row-major booleans.
-fn decoder_inputs<D, E, B, T, D2, Bm, Tk, Dm, Tx, Tm>(
+fn decoder_inputs<D, E, Dv, B, T, D2, Bm, Tk, Dm, Tx, Tm>(
     d: D,
-    x: Tensor<(B, T, D2), E, Cpu, Tx>,
-    memory: Tensor<(Bm, Tk, Dm), E, Cpu, Tm>,
+    x: Tensor<(B, T, D2), E, Dv, Tx>,
+    memory: Tensor<(Bm, Tk, Dm), E, Dv, Tm>,
     padding: Option<&Tensor<(B, T), bool>>,
     memory_padding: Option<&Tensor<(Bm, Tk), bool>>,
 ) -> Result<(
-    Tensor<(B, T, D), E, Cpu, <Tx as Merge<Tm>>::Out>,
-    Tensor<(B, Tk, D), E, Cpu, <Tx as Merge<Tm>>::Out>,
+    Tensor<(B, T, D), E, Dv, <Tx as Merge<Tm>>::Out>,
+    Tensor<(B, Tk, D), E, Dv, <Tx as Merge<Tm>>::Out>,
     Option<Vec<bool>>,
     Option<Vec<bool>>,
 )>
 where
     D: Dim,
     E: FloatDtype,
+    Dv: Backend,
     B: Dim,
     T: Dim,
     D2: Dim,
@@ -653,19 +692,20 @@ where
     Ok((x, memory, pad, mpad))
 }
 
-impl<D, H, Hd, F, E, N, KvH, B, T, D2, Bm, Tk, Dm, Tx, Tm>
+impl<D, H, Hd, F, E, N, KvH, Dv, B, T, D2, Bm, Tk, Dm, Tx, Tm>
     Forward<(
-        Tensor<(B, T, D2), E, Cpu, Tx>,
-        Tensor<(Bm, Tk, Dm), E, Cpu, Tm>,
-    )> for DecoderBlock<D, H, Hd, F, E, N, KvH>
+        Tensor<(B, T, D2), E, Dv, Tx>,
+        Tensor<(Bm, Tk, Dm), E, Dv, Tm>,
+    )> for DecoderBlock<D, H, Hd, F, E, N, KvH, Dv>
 where
     D: Dim,
     H: Dim,
     Hd: Dim,
     F: Dim,
     E: FloatDtype,
-    N: BlockNorm<D, E>,
+    N: BlockNorm<D, E, Dv>,
     KvH: Dim,
+    Dv: Backend,
     B: Dim,
     T: Dim,
     D2: Dim + SameDim<D, Attention>,
@@ -675,14 +715,14 @@ where
     Tx: TapeState + Merge<Tm>,
     Tm: TapeState,
 {
-    type Output = Tensor<(B, T, D), E, Cpu, <Tx as Merge<Tm>>::Out>;
+    type Output = Tensor<(B, T, D), E, Dv, <Tx as Merge<Tm>>::Out>;
     /// `(x, memory)`; panics with the [`DecoderBlock::try_forward`] message.
     #[track_caller]
     fn forward(
         &self,
         (x, memory): (
-            Tensor<(B, T, D2), E, Cpu, Tx>,
-            Tensor<(Bm, Tk, Dm), E, Cpu, Tm>,
+            Tensor<(B, T, D2), E, Dv, Tx>,
+            Tensor<(Bm, Tk, Dm), E, Dv, Tm>,
         ),
     ) -> Self::Output {
         or_panic(self.try_forward(x, memory))
@@ -713,11 +753,12 @@ pub struct Encoder<
     Hd: Dim,
     F: Dim,
     E: FloatDtype,
-    N = LayerNorm<D, E>,
+    N: Module = LayerNorm<D, E>,
     KvH: Dim = H,
+    Dv: Backend = Cpu,
 > {
     /// The blocks, in order.
-    pub layers: Vec<TransformerBlock<D, H, Hd, F, E, N, KvH>>,
+    pub layers: Vec<TransformerBlock<D, H, Hd, F, E, N, KvH, Dv>>,
     /// The final norm.
     pub norm: N,
 }
@@ -729,7 +770,7 @@ where
     Hd: Dim,
     F: Dim,
     E: FloatDtype,
-    N: BlockNorm<D, E>,
+    N: NewBlockNorm<D, E>,
     KvH: Dim,
 {
     /// `num_layers` blocks built from `config` (each from its own seed
@@ -787,12 +828,24 @@ where
             num_layers, d, heads, head_dim, kv_heads, ffn, config, seed,
         ))
     }
+}
 
+impl<D, H, Hd, F, E, N, KvH, Dv> Encoder<D, H, Hd, F, E, N, KvH, Dv>
+where
+    D: Dim,
+    H: Dim,
+    Hd: Dim,
+    F: Dim,
+    E: FloatDtype,
+    N: BlockNorm<D, E, Dv>,
+    KvH: Dim,
+    Dv: Backend,
+{
     /// The stack on `(B, T, D)`; an error if a `Dyn` width is not `D`.
     pub fn try_forward<B: Dim, T: Dim, D2, Tp: TapeState>(
         &self,
-        x: Tensor<(B, T, D2), E, Cpu, Tp>,
-    ) -> Result<Tensor<(B, T, D), E, Cpu, Tp>>
+        x: Tensor<(B, T, D2), E, Dv, Tp>,
+    ) -> Result<Tensor<(B, T, D), E, Dv, Tp>>
     where
         D2: SameDim<D, Attention>,
     {
@@ -807,9 +860,9 @@ where
     /// The stack with a key padding mask `(B, T)` (`true` = padded).
     pub fn try_forward_padded<B: Dim, T: Dim, D2, Bm, Tm, Tp: TapeState>(
         &self,
-        x: Tensor<(B, T, D2), E, Cpu, Tp>,
+        x: Tensor<(B, T, D2), E, Dv, Tp>,
         padding: &Tensor<(Bm, Tm), bool>,
-    ) -> Result<Tensor<(B, T, D), E, Cpu, Tp>>
+    ) -> Result<Tensor<(B, T, D), E, Dv, Tp>>
     where
         D2: SameDim<D, Attention>,
         Bm: SameDim<B, Attention>,
@@ -828,9 +881,9 @@ where
     #[track_caller]
     pub fn forward_padded<B: Dim, T: Dim, D2, Bm, Tm, Tp: TapeState>(
         &self,
-        x: Tensor<(B, T, D2), E, Cpu, Tp>,
+        x: Tensor<(B, T, D2), E, Dv, Tp>,
         padding: &Tensor<(Bm, Tm), bool>,
-    ) -> Tensor<(B, T, D), E, Cpu, Tp>
+    ) -> Tensor<(B, T, D), E, Dv, Tp>
     where
         D2: SameDim<D, Attention>,
         Bm: SameDim<B, Attention>,
@@ -843,9 +896,9 @@ where
     /// `T` positions, with one [`LayerCache`] per layer in `cache`.
     pub fn try_forward_cached<B: Dim, T: Dim, D2>(
         &self,
-        x_new: Tensor<(B, T, D2), E>,
-        cache: &mut KvCache<E>,
-    ) -> Result<Tensor<(B, T, D), E>>
+        x_new: Tensor<(B, T, D2), E, Dv>,
+        cache: &mut KvCache<E, Dv>,
+    ) -> Result<Tensor<(B, T, D), E, Dv>>
     where
         D2: SameDim<D, Attention>,
     {
@@ -862,9 +915,9 @@ where
     #[track_caller]
     pub fn forward_cached<B: Dim, T: Dim, D2>(
         &self,
-        x_new: Tensor<(B, T, D2), E>,
-        cache: &mut KvCache<E>,
-    ) -> Tensor<(B, T, D), E>
+        x_new: Tensor<(B, T, D2), E, Dv>,
+        cache: &mut KvCache<E, Dv>,
+    ) -> Tensor<(B, T, D), E, Dv>
     where
         D2: SameDim<D, Attention>,
     {
@@ -872,7 +925,7 @@ where
     }
 
     /// An empty cache with one entry per layer.
-    pub fn new_cache(&self) -> KvCache<E> {
+    pub fn new_cache(&self) -> KvCache<E, Dv> {
         KvCache::new(self.layers.len())
     }
 
@@ -892,24 +945,25 @@ fn empty_stack() -> Error {
     }
 }
 
-impl<D, H, Hd, F, E, N, KvH, B, T, D2, Tp> Forward<Tensor<(B, T, D2), E, Cpu, Tp>>
-    for Encoder<D, H, Hd, F, E, N, KvH>
+impl<D, H, Hd, F, E, N, KvH, Dv, B, T, D2, Tp> Forward<Tensor<(B, T, D2), E, Dv, Tp>>
+    for Encoder<D, H, Hd, F, E, N, KvH, Dv>
 where
     D: Dim,
     H: Dim,
     Hd: Dim,
     F: Dim,
     E: FloatDtype,
-    N: BlockNorm<D, E>,
+    N: BlockNorm<D, E, Dv>,
     KvH: Dim,
+    Dv: Backend,
     B: Dim,
     T: Dim,
     D2: Dim + SameDim<D, Attention>,
     Tp: TapeState,
 {
-    type Output = Tensor<(B, T, D), E, Cpu, Tp>;
+    type Output = Tensor<(B, T, D), E, Dv, Tp>;
     #[track_caller]
-    fn forward(&self, x: Tensor<(B, T, D2), E, Cpu, Tp>) -> Self::Output {
+    fn forward(&self, x: Tensor<(B, T, D2), E, Dv, Tp>) -> Self::Output {
         or_panic(self.try_forward(x))
     }
 }
@@ -923,11 +977,12 @@ pub struct Decoder<
     Hd: Dim,
     F: Dim,
     E: FloatDtype,
-    N = LayerNorm<D, E>,
+    N: Module = LayerNorm<D, E>,
     KvH: Dim = H,
+    Dv: Backend = Cpu,
 > {
     /// The blocks, in order.
-    pub layers: Vec<DecoderBlock<D, H, Hd, F, E, N, KvH>>,
+    pub layers: Vec<DecoderBlock<D, H, Hd, F, E, N, KvH, Dv>>,
     /// The final norm.
     pub norm: N,
 }
@@ -939,7 +994,7 @@ where
     Hd: Dim,
     F: Dim,
     E: FloatDtype,
-    N: BlockNorm<D, E>,
+    N: NewBlockNorm<D, E>,
     KvH: Dim,
 {
     /// `num_layers` blocks built from `config` and a final norm.
@@ -988,16 +1043,28 @@ where
             num_layers, d, heads, head_dim, kv_heads, ffn, config, seed,
         ))
     }
+}
 
+impl<D, H, Hd, F, E, N, KvH, Dv> Decoder<D, H, Hd, F, E, N, KvH, Dv>
+where
+    D: Dim,
+    H: Dim,
+    Hd: Dim,
+    F: Dim,
+    E: FloatDtype,
+    N: BlockNorm<D, E, Dv>,
+    KvH: Dim,
+    Dv: Backend,
+{
     /// The stack on `x` `(B, T, D)` over `memory` `(B, Tk, D)`, with optional
     /// padding masks `(B, T)` and `(B, Tk)` (`true` = padded).
     pub fn try_forward_masked<B, T, D2, Bm, Tk, Dm, Tx, Tm>(
         &self,
-        x: Tensor<(B, T, D2), E, Cpu, Tx>,
-        memory: Tensor<(Bm, Tk, Dm), E, Cpu, Tm>,
+        x: Tensor<(B, T, D2), E, Dv, Tx>,
+        memory: Tensor<(Bm, Tk, Dm), E, Dv, Tm>,
         padding: Option<&Tensor<(B, T), bool>>,
         memory_padding: Option<&Tensor<(Bm, Tk), bool>>,
-    ) -> Result<Tensor<(B, T, D), E, Cpu, <Tx as Merge<Tm>>::Out>>
+    ) -> Result<Tensor<(B, T, D), E, Dv, <Tx as Merge<Tm>>::Out>>
     where
         B: Dim,
         T: Dim,
@@ -1019,9 +1086,9 @@ where
     /// [`try_forward_masked`](Self::try_forward_masked) without masks.
     pub fn try_forward<B, T, D2, Bm, Tk, Dm, Tx, Tm>(
         &self,
-        x: Tensor<(B, T, D2), E, Cpu, Tx>,
-        memory: Tensor<(Bm, Tk, Dm), E, Cpu, Tm>,
-    ) -> Result<Tensor<(B, T, D), E, Cpu, <Tx as Merge<Tm>>::Out>>
+        x: Tensor<(B, T, D2), E, Dv, Tx>,
+        memory: Tensor<(Bm, Tk, Dm), E, Dv, Tm>,
+    ) -> Result<Tensor<(B, T, D), E, Dv, <Tx as Merge<Tm>>::Out>>
     where
         B: Dim,
         T: Dim,
@@ -1039,11 +1106,11 @@ where
     /// the cached ones (one [`LayerCache`] per layer) and fully over `memory`.
     pub fn try_forward_cached<B, T, D2, Bm, Tk, Dm>(
         &self,
-        x_new: Tensor<(B, T, D2), E>,
-        memory: Tensor<(Bm, Tk, Dm), E>,
+        x_new: Tensor<(B, T, D2), E, Dv>,
+        memory: Tensor<(Bm, Tk, Dm), E, Dv>,
         memory_padding: Option<&Tensor<(Bm, Tk), bool>>,
-        cache: &mut KvCache<E>,
-    ) -> Result<Tensor<(B, T, D), E>>
+        cache: &mut KvCache<E, Dv>,
+    ) -> Result<Tensor<(B, T, D), E, Dv>>
     where
         B: Dim,
         T: Dim,
@@ -1062,7 +1129,7 @@ where
     }
 
     /// An empty cache with one entry per layer.
-    pub fn new_cache(&self) -> KvCache<E> {
+    pub fn new_cache(&self) -> KvCache<E, Dv> {
         KvCache::new(self.layers.len())
     }
 
@@ -1074,19 +1141,20 @@ where
     }
 }
 
-impl<D, H, Hd, F, E, N, KvH, B, T, D2, Bm, Tk, Dm, Tx, Tm>
+impl<D, H, Hd, F, E, N, KvH, Dv, B, T, D2, Bm, Tk, Dm, Tx, Tm>
     Forward<(
-        Tensor<(B, T, D2), E, Cpu, Tx>,
-        Tensor<(Bm, Tk, Dm), E, Cpu, Tm>,
-    )> for Decoder<D, H, Hd, F, E, N, KvH>
+        Tensor<(B, T, D2), E, Dv, Tx>,
+        Tensor<(Bm, Tk, Dm), E, Dv, Tm>,
+    )> for Decoder<D, H, Hd, F, E, N, KvH, Dv>
 where
     D: Dim,
     H: Dim,
     Hd: Dim,
     F: Dim,
     E: FloatDtype,
-    N: BlockNorm<D, E>,
+    N: BlockNorm<D, E, Dv>,
     KvH: Dim,
+    Dv: Backend,
     B: Dim,
     T: Dim,
     D2: Dim + SameDim<D, Attention>,
@@ -1096,14 +1164,14 @@ where
     Tx: TapeState + Merge<Tm>,
     Tm: TapeState,
 {
-    type Output = Tensor<(B, T, D), E, Cpu, <Tx as Merge<Tm>>::Out>;
+    type Output = Tensor<(B, T, D), E, Dv, <Tx as Merge<Tm>>::Out>;
     /// `(x, memory)`; panics with the [`Decoder::try_forward`] message.
     #[track_caller]
     fn forward(
         &self,
         (x, memory): (
-            Tensor<(B, T, D2), E, Cpu, Tx>,
-            Tensor<(Bm, Tk, Dm), E, Cpu, Tm>,
+            Tensor<(B, T, D2), E, Dv, Tx>,
+            Tensor<(Bm, Tk, Dm), E, Dv, Tm>,
         ),
     ) -> Self::Output {
         or_panic(self.try_forward(x, memory))
