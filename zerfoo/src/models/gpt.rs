@@ -20,13 +20,13 @@
 // Typed shapes in signatures are the point of these layers.
 #![allow(clippy::type_complexity)]
 
-use zerfoo_kernels::{Backend, Cpu, Dtype, FloatDtype};
+use zerfoo_kernels::{Backend, Cpu, Device, Dtype, FloatDtype};
 
 use crate::autograd::TapeState;
 use crate::error::or_panic;
 use crate::nn::{
     cross_entropy, AttentionConfig, BlockConfig, CrossEntropyOpts, Embedding, Encoder, KvCache,
-    LearnedPositions, Module, ParamVisitorMut,
+    LayerNorm, LearnedPositions, Module, ParamVisitorMut,
 };
 use crate::shape::{Dim, Dyn, Shape};
 use crate::tensor::{rng, Tensor};
@@ -138,15 +138,16 @@ impl GenerateOpts {
     }
 }
 
-/// The nanoGPT model, generic over its dtype. Sizes are runtime ([`Dyn`]).
+/// The nanoGPT model, generic over its dtype and device. Sizes are runtime
+/// ([`Dyn`]). Built on the CPU; `model.to_device(&cuda)` moves it.
 #[derive(crate::nn::Module, Clone, Debug)]
-pub struct Gpt<E: FloatDtype> {
+pub struct Gpt<E: FloatDtype, D: Backend = Cpu> {
     /// Token embedding `[vocab, width]`, also the output head.
-    pub wte: Embedding<Dyn, Dyn, E>,
+    pub wte: Embedding<Dyn, Dyn, E, D>,
     /// Learned positions `[block, width]`.
-    pub wpe: LearnedPositions<Dyn, Dyn, E>,
+    pub wpe: LearnedPositions<Dyn, Dyn, E, D>,
     /// The blocks and the final LayerNorm (`h.norm` is nanoGPT's `ln_f`).
-    pub h: Encoder<Dyn, Dyn, Dyn, Dyn, E>,
+    pub h: Encoder<Dyn, Dyn, Dyn, Dyn, E, LayerNorm<Dyn, E, D>, Dyn, D>,
     /// The sizes.
     #[module(skip)]
     pub config: GptConfig,
@@ -235,30 +236,32 @@ impl<E: FloatDtype> Gpt<E> {
     pub fn new(config: GptConfig, seed: u64) -> Self {
         or_panic(Self::try_new(config, seed))
     }
+}
 
+impl<E: FloatDtype, D: Backend> Gpt<E, D> {
     /// Logits `(B, T, vocab)` of ids `(B, T)`; traced ids give traced
     /// logits. Errors: `T > block`, an id outside the vocabulary.
-    pub fn try_forward<B: Dim, T: Dim, Tp: TapeState>(
+    pub fn try_forward<B: Dim, T: Dim, Di: Device, Tp: TapeState>(
         &self,
-        ids: Tensor<(B, T), i64, Cpu, Tp>,
-    ) -> Result<Tensor<(B, T, Dyn), E, Cpu, Tp>> {
+        ids: Tensor<(B, T), i64, Di, Tp>,
+    ) -> Result<Tensor<(B, T, Dyn), E, D, Tp>> {
         self.run(ids, None)
     }
 
     /// Panicking twin of [`try_forward`](Self::try_forward).
     #[track_caller]
-    pub fn forward<B: Dim, T: Dim, Tp: TapeState>(
+    pub fn forward<B: Dim, T: Dim, Di: Device, Tp: TapeState>(
         &self,
-        ids: Tensor<(B, T), i64, Cpu, Tp>,
-    ) -> Tensor<(B, T, Dyn), E, Cpu, Tp> {
+        ids: Tensor<(B, T), i64, Di, Tp>,
+    ) -> Tensor<(B, T, Dyn), E, D, Tp> {
         or_panic(self.try_forward(ids))
     }
 
-    fn run<B: Dim, T: Dim, Tp: TapeState>(
+    fn run<B: Dim, T: Dim, Di: Device, Tp: TapeState>(
         &self,
-        ids: Tensor<(B, T), i64, Cpu, Tp>,
+        ids: Tensor<(B, T), i64, Di, Tp>,
         dropout_seed: Option<u64>,
-    ) -> Result<Tensor<(B, T, Dyn), E, Cpu, Tp>> {
+    ) -> Result<Tensor<(B, T, Dyn), E, D, Tp>> {
         let t = ids.shape().1.size();
         if t > self.config.block {
             return Err(invalid(format!(
@@ -279,39 +282,39 @@ impl<E: FloatDtype> Gpt<E> {
 
     fn head<B: Dim, T: Dim, Tp: TapeState>(
         &self,
-        x: Tensor<(B, T, Dyn), E, Cpu, Tp>,
-    ) -> Tensor<(B, T, Dyn), E, Cpu, Tp> {
+        x: Tensor<(B, T, Dyn), E, D, Tp>,
+    ) -> Tensor<(B, T, Dyn), E, D, Tp> {
         x.matmul(self.wte.weight.retaped::<Tp>().t())
     }
 
     /// Mean next-token cross-entropy of `ids` against `targets` (both `(B, T)`).
-    pub fn try_loss<B: Dim, T: Dim, Tp: TapeState, Tt>(
+    pub fn try_loss<B: Dim, T: Dim, Di: Device, Tp: TapeState, Dt: Device, Tt>(
         &self,
-        ids: Tensor<(B, T), i64, Cpu, Tp>,
-        targets: &Tensor<(B, T), i64, Cpu, Tt>,
-    ) -> Result<Tensor<(), E, Cpu, Tp>> {
+        ids: Tensor<(B, T), i64, Di, Tp>,
+        targets: &Tensor<(B, T), i64, Dt, Tt>,
+    ) -> Result<Tensor<(), E, D, Tp>> {
         let logits = self.try_forward(ids)?;
         crate::nn::try_cross_entropy(logits, targets, CrossEntropyOpts::default())
     }
 
     /// Panicking twin of [`try_loss`](Self::try_loss).
     #[track_caller]
-    pub fn loss<B: Dim, T: Dim, Tp: TapeState, Tt>(
+    pub fn loss<B: Dim, T: Dim, Di: Device, Tp: TapeState, Dt: Device, Tt>(
         &self,
-        ids: Tensor<(B, T), i64, Cpu, Tp>,
-        targets: &Tensor<(B, T), i64, Cpu, Tt>,
-    ) -> Tensor<(), E, Cpu, Tp> {
+        ids: Tensor<(B, T), i64, Di, Tp>,
+        targets: &Tensor<(B, T), i64, Dt, Tt>,
+    ) -> Tensor<(), E, D, Tp> {
         or_panic(self.try_loss(ids, targets))
     }
 
     /// The training loss: [`try_loss`](Self::try_loss) with dropout (mask
     /// drawn from `seed`) on the embeddings when `dropout > 0`.
-    pub fn try_loss_train<B: Dim, T: Dim, Tp: TapeState, Tt>(
+    pub fn try_loss_train<B: Dim, T: Dim, Di: Device, Tp: TapeState, Dt: Device, Tt>(
         &self,
-        ids: Tensor<(B, T), i64, Cpu, Tp>,
-        targets: &Tensor<(B, T), i64, Cpu, Tt>,
+        ids: Tensor<(B, T), i64, Di, Tp>,
+        targets: &Tensor<(B, T), i64, Dt, Tt>,
         seed: u64,
-    ) -> Result<Tensor<(), E, Cpu, Tp>> {
+    ) -> Result<Tensor<(), E, D, Tp>> {
         let logits = self.run(ids, Some(seed))?;
         Ok(cross_entropy(logits, targets, CrossEntropyOpts::default()))
     }
@@ -343,7 +346,7 @@ impl<E: FloatDtype> Gpt<E> {
         }
         let block = self.config.block;
         let mut seq = prompt.to_vec();
-        let mut cache: KvCache<E> = self.h.new_cache();
+        let mut cache: KvCache<E, D> = self.h.new_cache();
         let mut start = 0usize;
         for step in 0..max_new_tokens {
             let logits = if use_cache {
