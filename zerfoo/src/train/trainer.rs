@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use serde_json::{json, Value};
-use zerfoo_kernels::{Backend, Cpu, FloatDtype};
+use zerfoo_kernels::{Backend, FloatDtype};
 
 use super::checkpoint::{self, CheckpointExtras, CheckpointState};
 use super::metrics::{MetricsLog, StepMetrics};
@@ -274,11 +274,12 @@ impl Trainer {
 
     /// The mean of `eval_loss` over the fixed validation batches
     /// `0..eval_batches` (no tape: the loss function gets `NoTape` inputs).
-    pub fn evaluate<M, S, E, V>(&self, model: &M, data: &S, mut eval_loss: V) -> Result<f64>
+    pub fn evaluate<M, S, E, D, V>(&self, model: &M, data: &S, mut eval_loss: V) -> Result<f64>
     where
         S: BatchSource,
         E: FloatDtype,
-        V: FnMut(&M, &S::Batch) -> Result<Tensor<(), E, Cpu, NoTape>>,
+        D: Backend,
+        V: FnMut(&M, &S::Batch) -> Result<Tensor<(), E, D, NoTape>>,
     {
         evaluate(model, data, &mut eval_loss, self.config.eval_batches)
     }
@@ -299,7 +300,7 @@ impl Trainer {
     /// A fresh run (step 0, not resumed) refuses a run folder that already
     /// holds checkpoints, rather than overwrite another run: resume it
     /// ([`resume_latest`](Self::resume_latest)) or pick another folder.
-    pub fn fit<M, S, E, L, V>(
+    pub fn fit<M, S, E, D, L, V>(
         &mut self,
         model: &mut M,
         opt: &mut Optimizer,
@@ -312,8 +313,9 @@ impl Trainer {
         M: Module,
         S: BatchSource,
         E: FloatDtype,
-        L: FnMut(&M, &S::Batch, &MicroStep) -> Result<Tensor<(), E, Cpu, Tape>>,
-        V: FnMut(&M, &S::Batch) -> Result<Tensor<(), E, Cpu, NoTape>>,
+        D: Backend,
+        L: FnMut(&M, &S::Batch, &MicroStep) -> Result<Tensor<(), E, D, Tape>>,
+        V: FnMut(&M, &S::Batch) -> Result<Tensor<(), E, D, NoTape>>,
     {
         let cfg = self.config.clone();
         if cfg.accum == 0 {
@@ -532,11 +534,12 @@ impl Trainer {
     }
 }
 
-fn evaluate<M, S, E, V>(model: &M, data: &S, eval_loss: &mut V, batches: usize) -> Result<f64>
+fn evaluate<M, S, E, D, V>(model: &M, data: &S, eval_loss: &mut V, batches: usize) -> Result<f64>
 where
     S: BatchSource,
     E: FloatDtype,
-    V: FnMut(&M, &S::Batch) -> Result<Tensor<(), E, Cpu, NoTape>>,
+    D: Backend,
+    V: FnMut(&M, &S::Batch) -> Result<Tensor<(), E, D, NoTape>>,
 {
     if batches == 0 {
         return Err(Error::InvalidArgument {
