@@ -5,6 +5,8 @@
 //! cargo run --release --example shakespeare
 //! cargo run --release --example shakespeare -- --max-iters 20 --eval-every 10
 //! cargo run --release --example shakespeare -- sample --checkpoint runs/shakespeare/checkpoints/best --prompt "ROMEO:" --tokens 200
+//! # on an NVIDIA GPU (the CUDA backend is the `cuda` feature)
+//! cargo run --release --features cuda --example shakespeare -- --device cuda --dtype bf16
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -88,7 +90,9 @@ struct Args {
     /// Resume from this checkpoint folder.
     #[arg(long)]
     resume: Option<PathBuf>,
-    /// Device (only `cpu` for now).
+    /// Device: `cpu`, `cuda` / `cuda:N` (an NVIDIA GPU; build with
+    /// `--features cuda`), or `cuda-emulated` (the CUDA kernels run on the
+    /// host: very slow, for checking the GPU path without a GPU).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Dtype: f32, f64, f16 or bf16.
@@ -135,12 +139,6 @@ fn main() {
 }
 
 fn run(args: Args) -> std::result::Result<(), String> {
-    if args.device != "cpu" {
-        return Err(format!(
-            "device `{}` is not supported yet: only `cpu` (CUDA arrives later)",
-            args.device
-        ));
-    }
     if let Some(Cmd::Sample {
         checkpoint,
         prompt,
@@ -161,11 +159,41 @@ fn run(args: Args) -> std::result::Result<(), String> {
         println!("{text}");
         return Ok(());
     }
+    match args.device.as_str() {
+        "cpu" => with_dtype(&args, &Cpu),
+        #[cfg(feature = "cuda")]
+        d if d == "cuda" || d.starts_with("cuda:") => {
+            let ordinal = match d.strip_prefix("cuda:") {
+                Some(n) => n
+                    .parse()
+                    .map_err(|_| format!("`{d}`: expected cuda or cuda:N"))?,
+                None => 0,
+            };
+            let dev = Cuda::new(ordinal).map_err(|e| Error::from(e).to_string())?;
+            println!("device: {dev:?}");
+            with_dtype(&args, &dev)
+        }
+        #[cfg(feature = "cuda")]
+        "cuda-emulated" => {
+            let cap = zerfoo::kernels::cuda::Capability::new(9, 0);
+            let dev = Cuda::emulated(cap).map_err(|e| Error::from(e).to_string())?;
+            with_dtype(&args, &dev)
+        }
+        #[cfg(not(feature = "cuda"))]
+        d if d.starts_with("cuda") => Err(format!(
+            "device `{d}`: this binary was built without the CUDA backend; \
+             rebuild with `--features cuda`"
+        )),
+        d => Err(format!("unknown device `{d}` (cpu, cuda, cuda:N)")),
+    }
+}
+
+fn with_dtype<D: Backend>(args: &Args, dev: &D) -> std::result::Result<(), String> {
     match args.dtype.as_str() {
-        "f32" => train::<f32>(&args),
-        "f64" => train::<f64>(&args),
-        "f16" => train::<f16>(&args),
-        "bf16" => train::<bf16>(&args),
+        "f32" => train::<f32, D>(args, dev),
+        "f64" => train::<f64, D>(args, dev),
+        "f16" => train::<f16, D>(args, dev),
+        "bf16" => train::<bf16, D>(args, dev),
         d => return Err(format!("unknown dtype `{d}` (f32, f64, f16 or bf16)")),
     }
     .map_err(|e| e.to_string())
@@ -199,7 +227,7 @@ fn ids(b: &Batch) -> Result<(Ids, Ids)> {
     ))
 }
 
-fn train<E: FloatDtype>(args: &Args) -> Result<()> {
+fn train<E: FloatDtype, D: Backend>(args: &Args, dev: &D) -> Result<()> {
     let text = corpus().map_err(|e| Error::Format {
         what: "input.txt".into(),
         reason: e.to_string(),
@@ -207,7 +235,7 @@ fn train<E: FloatDtype>(args: &Args) -> Result<()> {
     let tok = CharTokenizer::from_corpus(&text);
     let (train, val) = TokenDataset::new(tok.encode(&text)?).split(0.9)?;
     let cfg = gpt_config(args, tok.vocab_size());
-    let mut model: Gpt<E> = Gpt::try_new(cfg, args.seed)?;
+    let mut model: Gpt<E, D> = Gpt::<E>::try_new(cfg, args.seed)?.try_to_device(dev)?;
     // The model's sizes (read back by `sample`) plus the training settings.
     let mut run_config = cfg.to_json();
     let training = json!({
@@ -279,11 +307,11 @@ fn train<E: FloatDtype>(args: &Args) -> Result<()> {
         &mut opt,
         &schedule,
         &data,
-        |m: &Gpt<E>, b: &Batch, s: &MicroStep| {
+        |m: &Gpt<E, D>, b: &Batch, s: &MicroStep| {
             let (x, y) = ids(b)?;
             m.try_loss_train(x.traced(), &y, s.seed)
         },
-        |m: &Gpt<E>, b: &Batch| {
+        |m: &Gpt<E, D>, b: &Batch| {
             let (x, y) = ids(b)?;
             m.try_loss(x, &y)
         },
