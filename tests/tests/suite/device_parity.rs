@@ -221,3 +221,84 @@ fn tensors_move_between_devices_exactly() {
         assert_eq!(i.to_device(&dev).to_vec(), i.to_vec());
     }
 }
+
+/// Parameters by path, as f64, copied to the host.
+fn params_of<M: zerfoo::nn::Module>(m: &M) -> Vec<(String, Vec<f64>)> {
+    struct Read(Vec<(String, Vec<f64>)>);
+    impl zerfoo::nn::ParamVisitor for Read {
+        fn visit<S: Shape, E: FloatDtype, D: Backend>(&mut self, path: &str, p: &Tensor<S, E, D>) {
+            self.0.push((path.to_string(), p.to_f64_vec()));
+        }
+    }
+    let mut r = Read(Vec::new());
+    m.visit_params("", &mut r);
+    r.0
+}
+
+/// Three AdamW steps (dropout on, gradient clipping, weight decay on
+/// matrices only) of a tiny GPT moved to `dev`: the losses and the final
+/// parameters, on the host.
+fn gpt_steps<D: Backend>(dev: &D) -> (Vec<f64>, Vec<(String, Vec<f64>)>) {
+    use zerfoo::models::{Gpt, GptConfig};
+    use zerfoo::nn::Module;
+    use zerfoo::optim::{clip_grad_norm, no_decay_on_norms_and_biases, GroupConfig, Optimizer};
+    let cfg = GptConfig {
+        vocab: 11,
+        block: 4,
+        layers: 1,
+        heads: 2,
+        width: 8,
+        dropout: 0.1,
+        bias: true,
+    };
+    let mut model: Gpt<f64, D> = Gpt::<f64>::new(cfg, 3).to_device(dev);
+    let mut opt = Optimizer::adamw(1e-2, (0.9, 0.99), 1e-8, 0.1).with_groups(
+        vec![
+            GroupConfig {
+                weight_decay: 0.1,
+                lr_scale: 1.0,
+            },
+            GroupConfig {
+                weight_decay: 0.0,
+                lr_scale: 1.0,
+            },
+        ],
+        no_decay_on_norms_and_biases,
+    );
+    let mut losses = Vec::new();
+    for step in 0..3u64 {
+        let tok = |n: u64| ((n * 7 + step * 3) % 11) as i64;
+        let x: Tensor<(Dyn, Dyn), i64> =
+            Tensor::from_vec((Dyn(2), Dyn(4)), (0..8).map(tok).collect()).unwrap();
+        let y: Tensor<(Dyn, Dyn), i64> =
+            Tensor::from_vec((Dyn(2), Dyn(4)), (1..9).map(tok).collect()).unwrap();
+        let loss = model.try_loss_train(x.traced(), &y, step).unwrap();
+        losses.push(loss.to_f64_vec()[0]);
+        let mut g = loss.backward();
+        clip_grad_norm(&model, &mut g, 0.5);
+        opt.step(&mut model, &g).unwrap();
+    }
+    (losses, params_of(&model))
+}
+
+#[test]
+fn a_gpt_trains_on_the_device_as_on_the_cpu() {
+    let (want_loss, want_params) = gpt_steps(&Cpu);
+    for dev in devices() {
+        let (loss, params) = gpt_steps(&dev);
+        for (a, b) in loss.iter().zip(&want_loss) {
+            assert!(
+                (a - b).abs() <= 1e-10 * (1.0 + b.abs()),
+                "loss {a} vs {b} on {dev:?}"
+            );
+        }
+        for ((path, p), (_, w)) in params.iter().zip(&want_params) {
+            for (a, b) in p.iter().zip(w) {
+                assert!(
+                    (a - b).abs() <= 1e-10 * (1.0 + b.abs()),
+                    "{path}: {a} vs {b} on {dev:?}"
+                );
+            }
+        }
+    }
+}
