@@ -55,6 +55,8 @@ struct Inner {
     capability: Capability,
     backend: Backend,
     pool: Mutex<Pool<Block>>,
+    /// Whether f32 products may use TF32 tensor cores (off unless asked).
+    allow_tf32: std::sync::atomic::AtomicBool,
 }
 
 /// Locks a mutex, ignoring poisoning (the guarded maps stay consistent: a
@@ -145,6 +147,7 @@ impl CudaDevice {
                     blas: Mutex::new(None),
                 }),
                 pool: Mutex::new(Pool::new()),
+                allow_tf32: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -162,6 +165,7 @@ impl CudaDevice {
                 capability,
                 backend: Backend::Host(Emulator::new()?),
                 pool: Mutex::new(Pool::new()),
+                allow_tf32: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -189,6 +193,20 @@ impl CudaDevice {
     /// The GPU's compute capability.
     pub fn capability(&self) -> Capability {
         self.inner.capability
+    }
+    /// Lets the typed ops' f32 matrix products on this device use TF32
+    /// tensor cores (10-bit mantissa inputs; PyTorch's
+    /// `allow_tf32 = True`). Off by default: f32 products are exact f32.
+    pub fn set_allow_tf32(&self, allow: bool) {
+        self.inner
+            .allow_tf32
+            .store(allow, std::sync::atomic::Ordering::Relaxed);
+    }
+    /// Whether f32 products may use TF32 ([`CudaDevice::set_allow_tf32`]).
+    pub fn allow_tf32(&self) -> bool {
+        self.inner
+            .allow_tf32
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
     /// The stream every kernel of this device runs on (`None` when emulated).
     pub fn stream(&self) -> Option<&Arc<CudaStream>> {

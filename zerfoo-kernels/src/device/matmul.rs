@@ -55,6 +55,14 @@ mod cuda_impl {
     use crate::cuda::ops::matmul::{self as k, GemmOptions};
     use crate::cuda::{CudaBuffer, CudaDevice};
 
+    impl CudaDevice {
+        fn gemm_options(&self) -> GemmOptions {
+            GemmOptions {
+                allow_tf32: self.allow_tf32(),
+            }
+        }
+    }
+
     impl MatmulKernels for CudaDevice {
         fn gemm_batched<E: FloatDtype>(
             &self,
@@ -63,7 +71,7 @@ mod cuda_impl {
             b: &CudaBuffer<E>,
             lb: &Layout,
         ) -> Result<CudaBuffer<E>, DeviceError> {
-            k::gemm_batched(a, la, b, lb, GemmOptions::default())
+            k::gemm_batched(a, la, b, lb, self.gemm_options())
         }
 
         fn gemm_batch_sum<E: FloatDtype>(
@@ -74,7 +82,7 @@ mod cuda_impl {
             lb: &Layout,
         ) -> Result<CudaBuffer<E>, DeviceError> {
             // The batch of products, then their sum over the batch dims.
-            let c = k::gemm_batched(a, la, b, lb, GemmOptions::default())?;
+            let c = k::gemm_batched(a, la, b, lb, self.gemm_options())?;
             let r = la.rank();
             let mut dims = la.shape()[..r - 2].to_vec();
             dims.extend([la.shape()[r - 2], lb.shape()[r - 1]]);
