@@ -482,7 +482,7 @@ pub(crate) fn run_backward<D: Backend, E: FloatDtype>(
     root: Option<Arc<Node>>,
 ) -> Gradients {
     let mut store = GradStore::default();
-    let one = device_ok(dev.from_host(vec![E::from_acc(num_traits::One::one())]));
+    let one = device_ok(dev.upload(vec![E::from_acc(num_traits::One::one())]));
     store.accumulate_on::<D, E>(dev, root_id, one);
     let mut nodes: BTreeMap<TensorId, Arc<Node>> = BTreeMap::new();
     let mut stack: Vec<Arc<Node>> = root.into_iter().collect();

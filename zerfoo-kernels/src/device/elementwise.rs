@@ -327,5 +327,5 @@ pub fn host_copy<D: Device, E: Dtype>(
     x: &D::Storage<E>,
     lx: &Layout,
 ) -> Result<D::Storage<E>, DeviceError> {
-    dev.from_host(dev.to_host(x, lx)?)
+    dev.upload(dev.to_host(x, lx)?)
 }

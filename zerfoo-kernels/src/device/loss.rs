@@ -18,6 +18,7 @@ pub trait LossKernels: Device {
 
     /// The sum over non-ignored rows of the rows' cross-entropy (in the
     /// compute type, returned to the host), and the row statistics.
+    #[allow(clippy::type_complexity)]
     fn cross_entropy_forward<E: FloatDtype>(
         &self,
         x: &Self::Storage<E>,

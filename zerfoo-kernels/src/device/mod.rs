@@ -25,7 +25,7 @@ pub trait Device: Clone + core::fmt::Debug + PartialEq + Send + Sync + 'static {
     fn storage_len<E: Dtype>(s: &Self::Storage<E>) -> usize;
 
     /// Moves host elements into storage on this device (no copy on the CPU).
-    fn from_host<E: Dtype>(&self, v: Vec<E>) -> Result<Self::Storage<E>, DeviceError>;
+    fn upload<E: Dtype>(&self, v: Vec<E>) -> Result<Self::Storage<E>, DeviceError>;
 
     /// The elements `layout` selects from `s`, row-major, on the host.
     fn to_host<E: Dtype>(
@@ -50,7 +50,7 @@ impl Device for Cpu {
         s.len()
     }
 
-    fn from_host<E: Dtype>(&self, v: Vec<E>) -> Result<Vec<E>, DeviceError> {
+    fn upload<E: Dtype>(&self, v: Vec<E>) -> Result<Vec<E>, DeviceError> {
         Ok(v)
     }
 
@@ -71,7 +71,7 @@ impl Device for crate::cuda::CudaDevice {
         s.len()
     }
 
-    fn from_host<E: Dtype>(&self, v: Vec<E>) -> Result<crate::cuda::CudaBuffer<E>, DeviceError> {
+    fn upload<E: Dtype>(&self, v: Vec<E>) -> Result<crate::cuda::CudaBuffer<E>, DeviceError> {
         self.to_device(&v)
     }
 

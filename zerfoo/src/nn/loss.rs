@@ -183,7 +183,7 @@ fn scalar_on<E: FloatDtype, D: Device, T>(
     Ok(Tensor {
         shape: (),
         layout: Layout::contiguous(&[]),
-        data: Arc::new(dev.from_host(vec![value])?),
+        data: Arc::new(dev.upload(vec![value])?),
         id,
         tape,
         device: dev.clone(),

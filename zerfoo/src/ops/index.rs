@@ -434,6 +434,7 @@ impl<V: Dim, W: Dim, E: FloatDtype, D: Backend, T: TapeState> Tensor<(V, W), E, 
     /// let bad = Tensor::<(U1,), i64>::from_vec(Default::default(), vec![3]).unwrap();
     /// assert!(table.try_embedding(&bad).is_err());
     /// ```
+    #[allow(clippy::type_complexity)]
     pub fn try_embedding<X: IdTensor>(self, ids: &X) -> Result<Indexed<Embedded<X, W>, E, D, T, X>>
     where
         X::Shape: AppendDim<W>,

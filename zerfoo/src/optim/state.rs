@@ -70,6 +70,7 @@ impl ParamState {
 
     /// The two buffers on `dev` in compute type `A` (zeros on the first
     /// step, or the loaded snapshot).
+    #[allow(clippy::type_complexity)]
     pub(crate) fn slots_on<D: Backend, A: Real + Dtype>(
         &mut self,
         dev: &D,
@@ -80,7 +81,7 @@ impl ParamState {
                 .take()
                 .unwrap_or_else(|| [vec![0.0; self.len], vec![0.0; self.len]]);
             let [a, b] = host.map(|v| v.into_iter().map(A::of_f64).collect::<Vec<A>>());
-            let bufs = [dev.from_host(a)?, dev.from_host(b)?];
+            let bufs = [dev.upload(a)?, dev.upload(b)?];
             self.slots = Some(Box::new(Slots {
                 dev: dev.clone(),
                 bufs,

@@ -238,7 +238,7 @@ impl<S: Shape, E: Dtype, D: Device, T> Tensor<S, E, D, T> {
         &self,
         device: &D2,
     ) -> crate::Result<Tensor<S, E, D2, NoTape>> {
-        let data = device.from_host(self.try_to_vec()?)?;
+        let data = device.upload(self.try_to_vec()?)?;
         Ok(Tensor::from_storage(self.shape, data, device.clone()))
     }
 
@@ -307,7 +307,7 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
                 rhs: vec![values.len()],
             });
         }
-        self.data = Arc::new(self.device.from_host(values)?);
+        self.data = Arc::new(self.device.upload(values)?);
         self.layout = Layout::contiguous(&self.shape.dims());
         Ok(())
     }
