@@ -9,4 +9,6 @@ fn ui() {
     let t = trybuild::TestCases::new();
     t.compile_fail("ui/fail/*.rs");
     t.pass("ui/pass/*.rs");
+    #[cfg(feature = "cuda")]
+    t.compile_fail("ui/cuda/*.rs");
 }

@@ -312,7 +312,14 @@ fn to_dtype_impl(
     let generics = &input.generics;
 
     // The dtype parameter: marked, or the one bounded by `FloatDtype`.
-    let dtype = marked_param(input, &opts.dtype, "FloatDtype", "dtype", type_params)?;
+    let dtype = marked_param(
+        input,
+        &opts.dtype,
+        "FloatDtype",
+        "dtype",
+        "to_dtype",
+        type_params,
+    )?;
     let modules: Vec<Ident> = type_params
         .iter()
         .filter(|p| Some(*p) != dtype.as_ref() && has_bound(&bounds_of(generics, p), "Module"))
@@ -444,6 +451,7 @@ fn marked_param(
     named: &Option<Ident>,
     bound: &str,
     option: &str,
+    mover: &str,
     type_params: &[Ident],
 ) -> syn::Result<Option<Ident>> {
     let name = &input.ident;
@@ -464,7 +472,7 @@ fn marked_param(
         return Err(Error::new(
             found[1].span(),
             format!(
-                "`{}` and `{}` are both bounded by `{bound}`: mark the one to change with `#[module({option} = {})]` on the struct",
+                "`{}` and `{}` are both bounded by `{bound}`: mark the one `{mover}` changes with `#[module({option} = {})]` on the struct",
                 found[0], found[1], found[0]
             ),
         ));
@@ -486,8 +494,22 @@ fn to_device_impl(
 ) -> syn::Result<TokenStream> {
     let name = &input.ident;
     let generics = &input.generics;
-    let dtype = marked_param(input, &opts.dtype, "FloatDtype", "dtype", type_params)?;
-    let device = marked_param(input, &opts.device, "Backend", "device", type_params)?;
+    let dtype = marked_param(
+        input,
+        &opts.dtype,
+        "FloatDtype",
+        "dtype",
+        "to_dtype",
+        type_params,
+    )?;
+    let device = marked_param(
+        input,
+        &opts.device,
+        "Backend",
+        "device",
+        "to_device",
+        type_params,
+    )?;
     let modules: Vec<Ident> = type_params
         .iter()
         .filter(|p| {

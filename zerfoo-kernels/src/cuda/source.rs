@@ -41,7 +41,7 @@ pub enum Family {
     /// Rotary position embedding: tables and rotation.
     Rotary,
     /// Fused (flash-style) attention, forward and backward.
-    Attention,
+    FusedAttention,
     /// 2-D convolution, pooling and batch normalization.
     Conv,
 }
@@ -60,7 +60,7 @@ impl Family {
         Family::Shape,
         Family::Mask,
         Family::Rotary,
-        Family::Attention,
+        Family::FusedAttention,
         Family::Conv,
     ];
 
@@ -78,7 +78,7 @@ impl Family {
             Family::Shape => "shape",
             Family::Mask => "mask",
             Family::Rotary => "rotary",
-            Family::Attention => "attention",
+            Family::FusedAttention => "attention",
             Family::Conv => "conv",
         }
     }
@@ -97,7 +97,7 @@ impl Family {
             Family::Shape => include_str!("kernels/shape.cu"),
             Family::Mask => include_str!("kernels/mask.cu"),
             Family::Rotary => include_str!("kernels/rotary.cu"),
-            Family::Attention => include_str!("kernels/attention.cu"),
+            Family::FusedAttention => include_str!("kernels/attention.cu"),
             Family::Conv => include_str!("kernels/conv.cu"),
         }
     }

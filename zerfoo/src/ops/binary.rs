@@ -100,6 +100,11 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
 /// known, a mismatch reports the shape or dtype diagnostic instead, and an
 /// operand whose dtype is still open (`Tensor::ones(shape)`) is still
 /// inferred to be `E`.
+#[diagnostic::on_unimplemented(
+    message = "device error in `{Op}`: `{Self}` is not a tensor on device `{D}`",
+    label = "not on the left operand's device",
+    note = "move it first, e.g. `.to_device(&device)`; both operands of an elementwise op live on one device"
+)]
 pub trait ElementwiseRhs<S: Shape, E: Dtype, D: Device, Op> {
     /// The operand's shape type.
     type Shape: Shape;

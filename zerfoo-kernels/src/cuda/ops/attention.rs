@@ -129,11 +129,16 @@ fn neg_inf_lse<E: CudaFloat>(
 ) -> Result<CudaBuffer<E::Acc>, CudaError> {
     let mut lse = dev.alloc::<E::Acc>(rows)?;
     if rows > 0 {
-        dev.launch("attention", Family::Attention, E::DTYPE, "attn_fill_acc")?
-            .ptr_mut(&mut lse)
-            .u64(rows)
-            .f64(f64::NEG_INFINITY)
-            .run(grid_for(rows))?;
+        dev.launch(
+            "attention",
+            Family::FusedAttention,
+            E::DTYPE,
+            "attn_fill_acc",
+        )?
+        .ptr_mut(&mut lse)
+        .u64(rows)
+        .f64(f64::NEG_INFINITY)
+        .run(grid_for(rows))?;
     }
     Ok(lse)
 }
@@ -172,7 +177,7 @@ pub fn attention_forward<E: CudaFloat>(
     let mut lse = dev.alloc::<E::Acc>(rows)?;
     let mut oacc = dev.alloc::<E::Acc>(rows * dv)?;
     let tiles = b * h * tq.div_ceil(ROWS_PER_BLOCK as usize);
-    let mut l = dev.launch(op, Family::Attention, E::DTYPE, "attn_fwd")?;
+    let mut l = dev.launch(op, Family::FusedAttention, E::DTYPE, "attn_fwd")?;
     l.ptr(q)
         .layout(ql)
         .ptr(k)
@@ -255,7 +260,7 @@ pub fn attention_backward<E: CudaFloat>(
         ));
     }
     let mut di = dev.alloc::<E::Acc>(rows)?;
-    dev.launch(op, Family::Attention, E::DTYPE, "attn_bwd_di")?
+    dev.launch(op, Family::FusedAttention, E::DTYPE, "attn_bwd_di")?
         .ptr(out)
         .ptr(dout)
         .layout(dl)
@@ -289,7 +294,7 @@ pub fn attention_backward<E: CudaFloat>(
     if d > 0 {
         let mut dqacc = dev.alloc::<E::Acc>(rows * d)?;
         let tiles = b * h * tq.div_ceil(ROWS_PER_BLOCK as usize);
-        let mut l = dev.launch(op, Family::Attention, E::DTYPE, "attn_bwd_dq")?;
+        let mut l = dev.launch(op, Family::FusedAttention, E::DTYPE, "attn_bwd_dq")?;
         operands(&mut l);
         l.ptr_mut(&mut dqacc)
             .ptr_mut(&mut dq)
@@ -301,7 +306,7 @@ pub fn attention_backward<E: CudaFloat>(
         let mut dkacc = dev.alloc::<E::Acc>(krows * d)?;
         let mut dvacc = dev.alloc::<E::Acc>(krows * dv)?;
         let tiles = b * h * tk.div_ceil(ROWS_PER_BLOCK as usize);
-        let mut l = dev.launch(op, Family::Attention, E::DTYPE, "attn_bwd_dkdv")?;
+        let mut l = dev.launch(op, Family::FusedAttention, E::DTYPE, "attn_bwd_dkdv")?;
         operands(&mut l);
         l.ptr_mut(&mut dkacc)
             .ptr_mut(&mut dvacc)
