@@ -71,6 +71,7 @@ trait RunOn<E: FloatDtype> {
     fn matmul_norm_softmax(&self) -> Values;
     fn shapes(&self) -> Values;
     fn embedding_attention_loss(&self) -> Values;
+    fn masks_rope_gather_mse(&self) -> Values;
 }
 
 fn input<S: Shape + Default, E: FloatDtype, D: Backend>(dev: &D, seed: u64) -> Tensor<S, E, D> {
@@ -184,6 +185,50 @@ impl<E: FloatDtype, D: Backend> RunOn<E> for D {
         let g = loss.backward();
         vec![("loss", value), ("dtable", grad_of(&g, &table))]
     }
+
+    fn masks_rope_gather_mse(&self) -> Values {
+        let x: Tensor<(Batch, Seq, Width), E, D> = input(self, 41);
+        let xs = x.clone().traced();
+        let mask = Tensor::<(Batch, Seq, Width), bool>::from_fn(Default::default(), |n| n % 3 == 1)
+            .to_device(self);
+        let filled = xs.clone().masked_fill(&mask, -2.0);
+        let chosen = Tensor::where_cond(&mask, xs.clone().sin(), xs.clone().cos());
+        let lower = xs.clone().tril(1);
+        let dropped = xs.clone().dropout(0.25, 9);
+        let roped = xs
+            .clone()
+            .split_heads::<Heads, HeadDim>()
+            .permute::<Perm4<0, 2, 1, 3>>()
+            .narrow::<Axis<3>>(0, 2)
+            .rope(10_000.0, 3);
+        let picked = xs.clone().select::<Axis<1>>(2);
+        let ids: Tensor<(Batch, U3, Width), i64> =
+            Tensor::from_fn(Default::default(), |n| ((n * 7) % 5) as i64);
+        let gathered = xs.clone().gather::<Axis<1>, _>(&ids);
+        let target: Tensor<(Batch, Seq, Width), E, D> = input(self, 42);
+        let mse = zerfoo::nn::mse_loss(xs, target.retaped::<Tape>(), zerfoo::nn::Reduction::Mean);
+        let loss = weighted(filled.clone(), 43)
+            + weighted(chosen.clone(), 44)
+            + weighted(lower.clone(), 45)
+            + weighted(dropped.clone(), 46)
+            + weighted(roped.clone(), 47)
+            + weighted(picked.clone(), 48)
+            + weighted(gathered.clone(), 49)
+            + mse.clone();
+        let g = loss.backward();
+        vec![
+            ("masked_fill", filled.to_f64_vec()),
+            ("where", chosen.to_f64_vec()),
+            ("tril", lower.to_f64_vec()),
+            ("dropout", dropped.to_f64_vec()),
+            ("rope", roped.to_f64_vec()),
+            ("select", picked.to_f64_vec()),
+            ("gather", gathered.to_f64_vec()),
+            ("mse", mse.to_f64_vec()),
+            ("dx", grad_of(&g, &x)),
+            ("dtarget", grad_of(&g, &target)),
+        ]
+    }
 }
 
 #[test]
@@ -208,6 +253,12 @@ fn views_copies_and_joins_match_the_cpu() {
 fn embedding_attention_and_cross_entropy_match_the_cpu() {
     compare::<f64>("embedding/attention/loss", |d| d.embedding_attention_loss());
     compare::<f32>("embedding/attention/loss", |d| d.embedding_attention_loss());
+}
+
+#[test]
+fn masks_dropout_rope_select_gather_and_mse_match_the_cpu() {
+    compare::<f64>("masks/rope/gather/mse", |d| d.masks_rope_gather_mse());
+    compare::<f32>("masks/rope/gather/mse", |d| d.masks_rope_gather_mse());
 }
 
 #[test]

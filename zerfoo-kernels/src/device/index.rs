@@ -1,5 +1,6 @@
-//! Row selection along an axis on a device ([`crate::cpu::index`]): the
-//! embedding lookup and its scatter-add backward.
+//! Indexing on a device ([`crate::cpu::index`]): row selection along an
+//! axis (the embedding lookup) and `torch.gather`, with their scatter-add
+//! backward, and the backward of selecting one entry of an axis.
 
 use super::{Cpu, Device, DeviceError};
 use crate::{FloatDtype, Layout};
@@ -29,6 +30,35 @@ pub trait IndexKernels: Device {
         axis: usize,
         idx: &Self::Indices,
     ) -> Result<Self::Storage<E>, DeviceError>;
+
+    /// `torch.gather` along `axis`: output shaped `idx_dims`.
+    fn gather<E: FloatDtype>(
+        &self,
+        x: &Self::Storage<E>,
+        lx: &Layout,
+        axis: usize,
+        idx: &Self::Indices,
+        idx_dims: &[usize],
+    ) -> Result<Self::Storage<E>, DeviceError>;
+
+    /// The gather's gradient: `grad_y` scatter-added into zeros shaped `x_dims`.
+    fn gather_backward<E: FloatDtype>(
+        &self,
+        grad_y: &Self::Storage<E>,
+        x_dims: &[usize],
+        axis: usize,
+        idx: &Self::Indices,
+        idx_dims: &[usize],
+    ) -> Result<Self::Storage<E>, DeviceError>;
+
+    /// `grad_y` placed at entry `index` of `axis` in zeros shaped `x_dims`.
+    fn select_backward<E: FloatDtype>(
+        &self,
+        grad_y: &Self::Storage<E>,
+        x_dims: &[usize],
+        axis: usize,
+        index: usize,
+    ) -> Result<Self::Storage<E>, DeviceError>;
 }
 
 impl IndexKernels for Cpu {
@@ -57,6 +87,42 @@ impl IndexKernels for Cpu {
     ) -> Result<Vec<E>, DeviceError> {
         Ok(crate::cpu::index::index_select_backward(
             grad_y, x_dims, axis, idx,
+        ))
+    }
+
+    fn gather<E: FloatDtype>(
+        &self,
+        x: &Vec<E>,
+        lx: &Layout,
+        axis: usize,
+        idx: &Vec<usize>,
+        idx_dims: &[usize],
+    ) -> Result<Vec<E>, DeviceError> {
+        Ok(crate::cpu::index::gather(x, lx, axis, idx, idx_dims))
+    }
+
+    fn gather_backward<E: FloatDtype>(
+        &self,
+        grad_y: &Vec<E>,
+        x_dims: &[usize],
+        axis: usize,
+        idx: &Vec<usize>,
+        idx_dims: &[usize],
+    ) -> Result<Vec<E>, DeviceError> {
+        Ok(crate::cpu::index::gather_backward(
+            grad_y, x_dims, axis, idx, idx_dims,
+        ))
+    }
+
+    fn select_backward<E: FloatDtype>(
+        &self,
+        grad_y: &Vec<E>,
+        x_dims: &[usize],
+        axis: usize,
+        index: usize,
+    ) -> Result<Vec<E>, DeviceError> {
+        Ok(crate::cpu::index::select_backward(
+            grad_y, x_dims, axis, index,
         ))
     }
 }
@@ -92,6 +158,38 @@ mod cuda_impl {
             idx: &CudaBuffer<u32>,
         ) -> Result<CudaBuffer<E>, DeviceError> {
             k::index_select_backward(grad_y, x_dims, axis, idx)
+        }
+
+        fn gather<E: FloatDtype>(
+            &self,
+            x: &CudaBuffer<E>,
+            lx: &Layout,
+            axis: usize,
+            idx: &CudaBuffer<u32>,
+            idx_dims: &[usize],
+        ) -> Result<CudaBuffer<E>, DeviceError> {
+            k::gather(x, lx, axis, idx, idx_dims)
+        }
+
+        fn gather_backward<E: FloatDtype>(
+            &self,
+            grad_y: &CudaBuffer<E>,
+            x_dims: &[usize],
+            axis: usize,
+            idx: &CudaBuffer<u32>,
+            idx_dims: &[usize],
+        ) -> Result<CudaBuffer<E>, DeviceError> {
+            k::gather_backward(grad_y, x_dims, axis, idx, idx_dims)
+        }
+
+        fn select_backward<E: FloatDtype>(
+            &self,
+            grad_y: &CudaBuffer<E>,
+            x_dims: &[usize],
+            axis: usize,
+            index: usize,
+        ) -> Result<CudaBuffer<E>, DeviceError> {
+            k::select_backward(grad_y, x_dims, axis, index)
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Losses on a device ([`crate::cpu::loss`]): cross-entropy over the last
-//! axis, with label smoothing and ignored rows.
+//! axis, with label smoothing and ignored rows, and the squared error.
 
 use super::{Cpu, Device, DeviceError};
 use crate::cpu::loss::RowStats;
@@ -38,6 +38,26 @@ pub trait LossKernels: Device {
         eps: f64,
         scale: E::Acc,
     ) -> Result<Self::Storage<E>, DeviceError>;
+
+    /// `Σ (a - b)²` in the compute type, returned to the host.
+    fn mse_forward<E: FloatDtype>(
+        &self,
+        a: &Self::Storage<E>,
+        la: &Layout,
+        b: &Self::Storage<E>,
+        lb: &Layout,
+    ) -> Result<E::Acc, DeviceError>;
+
+    /// The gradients `±2 scale (a - b)` of both operands, contiguous.
+    #[allow(clippy::type_complexity)]
+    fn mse_backward<E: FloatDtype>(
+        &self,
+        a: &Self::Storage<E>,
+        la: &Layout,
+        b: &Self::Storage<E>,
+        lb: &Layout,
+        scale: E::Acc,
+    ) -> Result<(Self::Storage<E>, Self::Storage<E>), DeviceError>;
 }
 
 impl LossKernels for Cpu {
@@ -70,6 +90,27 @@ impl LossKernels for Cpu {
         Ok(crate::cpu::loss::cross_entropy_backward(
             x, lx, targets, stats, eps, scale,
         ))
+    }
+
+    fn mse_forward<E: FloatDtype>(
+        &self,
+        a: &Vec<E>,
+        la: &Layout,
+        b: &Vec<E>,
+        lb: &Layout,
+    ) -> Result<E::Acc, DeviceError> {
+        Ok(crate::cpu::loss::mse_forward(a, la, b, lb))
+    }
+
+    fn mse_backward<E: FloatDtype>(
+        &self,
+        a: &Vec<E>,
+        la: &Layout,
+        b: &Vec<E>,
+        lb: &Layout,
+        scale: E::Acc,
+    ) -> Result<(Vec<E>, Vec<E>), DeviceError> {
+        Ok(crate::cpu::loss::mse_backward(a, la, b, lb, scale))
     }
 }
 
@@ -127,6 +168,27 @@ mod cuda_impl {
             scale: E::Acc,
         ) -> Result<CudaBuffer<E>, DeviceError> {
             k::cross_entropy_backward(x, lx, targets, stats, eps, scale.as_f64())
+        }
+
+        fn mse_forward<E: FloatDtype>(
+            &self,
+            a: &CudaBuffer<E>,
+            la: &Layout,
+            b: &CudaBuffer<E>,
+            lb: &Layout,
+        ) -> Result<E::Acc, DeviceError> {
+            Ok(k::mse_forward(a, la, b, lb)?.to_host()?[0])
+        }
+
+        fn mse_backward<E: FloatDtype>(
+            &self,
+            a: &CudaBuffer<E>,
+            la: &Layout,
+            b: &CudaBuffer<E>,
+            lb: &Layout,
+            scale: E::Acc,
+        ) -> Result<(CudaBuffer<E>, CudaBuffer<E>), DeviceError> {
+            k::mse_backward(a, la, b, lb, scale.as_f64())
         }
     }
 }

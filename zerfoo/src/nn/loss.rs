@@ -319,16 +319,17 @@ fn reduce_factor(reduction: Reduction, n: usize) -> f64 {
 /// let t = Tensor::<(U3,), f32>::from_vec(Default::default(), vec![0., 2., 5.]).unwrap();
 /// assert_eq!(try_mse_loss(p, t, Reduction::Mean).unwrap().item(), 5.0 / 3.0);
 /// ```
-pub fn try_mse_loss<S, S2, E, E2, T, T2>(
-    pred: Tensor<S, E, Cpu, T>,
-    target: Tensor<S2, E2, Cpu, T2>,
+pub fn try_mse_loss<S, S2, E, E2, D, T, T2>(
+    pred: Tensor<S, E, D, T>,
+    target: Tensor<S2, E2, D, T2>,
     reduction: Reduction,
-) -> Result<Tensor<(), E, Cpu, <T as Merge<T2>>::Out>>
+) -> Result<Tensor<(), E, D, <T as Merge<T2>>::Out>>
 where
     S: Shape + SameShape<S2, MseLoss>,
     S2: Shape,
     E: FloatDtype + SameDtype<E2, MseLoss>,
     E2: FloatDtype,
+    D: Backend,
     T: TapeState + Merge<T2>,
     T2: TapeState,
 {
@@ -341,7 +342,9 @@ where
         });
     }
     let factor = reduce_factor(reduction, pred.numel());
-    let sum = k::mse_forward(&pred.data, &pred.layout, &target.data, &target.layout);
+    let sum = pred
+        .device
+        .mse_forward(&pred.data, &pred.layout, &target.data, &target.layout)?;
     let value = match reduction {
         Reduction::Mean => sum / E::Acc::of_f64(pred.numel() as f64),
         Reduction::Sum => sum,
@@ -351,32 +354,35 @@ where
     let tape = if Out::<T, T2>::TRACKED {
         let (a, la, ida) = (pred.data.clone(), pred.layout, pred.id);
         let (b, lb, idb) = (target.data.clone(), target.layout, target.id);
+        let dev = pred.device.clone();
         record::<Out<T, T2>>(out_id, &[pred.tape.node(), target.tape.node()], move |g| {
-            if let Some(gy) = g.take::<E>(out_id) {
-                let scale = gy[0].to_acc() * E::Acc::of_f64(factor);
-                let (ga, gb) = k::mse_backward(&a, &la, &b, &lb, scale);
-                g.accumulate(ida, ga);
-                g.accumulate(idb, gb);
+            if let Some(gy) = g.take_on::<D, E>(out_id) {
+                let gy0 = device_ok(dev.to_host(&gy, &Layout::contiguous(&[1])))[0];
+                let scale = gy0.to_acc() * E::Acc::of_f64(factor);
+                let (ga, gb) = device_ok(dev.mse_backward(&a, &la, &b, &lb, scale));
+                g.accumulate_on(&dev, ida, ga);
+                g.accumulate_on(&dev, idb, gb);
             }
         })
     } else {
         Out::<T, T2>::from_node(None)
     };
-    Ok(scalar(E::from_acc(value), out_id, tape))
+    scalar_on(&pred.device, E::from_acc(value), out_id, tape)
 }
 
 /// Panicking twin of [`try_mse_loss`].
 #[track_caller]
-pub fn mse_loss<S, S2, E, E2, T, T2>(
-    pred: Tensor<S, E, Cpu, T>,
-    target: Tensor<S2, E2, Cpu, T2>,
+pub fn mse_loss<S, S2, E, E2, D, T, T2>(
+    pred: Tensor<S, E, D, T>,
+    target: Tensor<S2, E2, D, T2>,
     reduction: Reduction,
-) -> Tensor<(), E, Cpu, <T as Merge<T2>>::Out>
+) -> Tensor<(), E, D, <T as Merge<T2>>::Out>
 where
     S: Shape + SameShape<S2, MseLoss>,
     S2: Shape,
     E: FloatDtype + SameDtype<E2, MseLoss>,
     E2: FloatDtype,
+    D: Backend,
     T: TapeState + Merge<T2>,
     T2: TapeState,
 {

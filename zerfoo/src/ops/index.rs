@@ -15,7 +15,7 @@
 use std::sync::Arc;
 
 use zerfoo_kernels::cpu::index as k;
-use zerfoo_kernels::{Backend, Cpu, Device, FloatDtype, IntDtype, Layout};
+use zerfoo_kernels::{Backend, Device, FloatDtype, IntDtype, Layout};
 
 use crate::autograd::{device_ok, record, Merge, Node, TapeState, TensorId};
 use crate::error::or_panic;
@@ -250,7 +250,7 @@ fn out_of_range(op: &'static str, index: usize, size: usize) -> Error {
     }
 }
 
-impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
+impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
     /// Entry `index` of axis `Ax`, which disappears from the shape (a view,
     /// no copy). An index past the axis is [`Error::IndexOutOfRange`].
     ///
@@ -260,7 +260,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     /// assert_eq!(x.clone().select::<Axis<1>>(2).to_vec(), [3., 6.]);
     /// assert!(x.try_select::<Axis<0>>(2).is_err());
     /// ```
-    pub fn try_select<Ax>(self, index: usize) -> Result<Tensor<S::Reduced, E, Cpu, T>>
+    pub fn try_select<Ax>(self, index: usize) -> Result<Tensor<S::Reduced, E, D, T>>
     where
         S: HasAxes<Ax>,
         Ax: SingleAxis,
@@ -283,10 +283,11 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
             self.layout.offset + index * self.layout.strides()[axis],
         );
         let out_id = TensorId::fresh();
-        let in_id = self.id;
+        let (in_id, dev) = (self.id, self.device.clone());
         let tape = record::<T>(out_id, &[self.tape.node()], move |g| {
-            if let Some(gy) = g.take::<E>(out_id) {
-                g.accumulate(in_id, k::select_backward(&gy, &dims, axis, index));
+            if let Some(gy) = g.take_on::<D, E>(out_id) {
+                let gx = device_ok(dev.select_backward(&gy, &dims, axis, index));
+                g.accumulate_on(&dev, in_id, gx);
             }
         });
         Ok(Tensor {
@@ -295,13 +296,13 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
             data: self.data,
             id: out_id,
             tape,
-            device: Cpu,
+            device: self.device,
         })
     }
 
     /// Panicking twin of [`try_select`](Self::try_select).
     #[track_caller]
-    pub fn select<Ax>(self, index: usize) -> Tensor<S::Reduced, E, Cpu, T>
+    pub fn select<Ax>(self, index: usize) -> Tensor<S::Reduced, E, D, T>
     where
         S: HasAxes<Ax>,
         Ax: SingleAxis,
@@ -321,7 +322,7 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     /// let ids = Tensor::<(U2, U2), i64>::from_vec(Default::default(), vec![0, 0, 1, 0]).unwrap();
     /// assert_eq!(x.gather::<Axis<1>, _>(&ids).to_vec(), [1., 1., 4., 3.]);
     /// ```
-    pub fn try_gather<Ax, X: IdTensor>(self, ids: &X) -> Result<Indexed<X::Shape, E, Cpu, T, X>>
+    pub fn try_gather<Ax, X: IdTensor>(self, ids: &X) -> Result<Indexed<X::Shape, E, D, T, X>>
     where
         S: HasAxes<Ax> + SameRank<X::Shape, super::Gather>,
         Ax: SingleAxis,
@@ -344,20 +345,24 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
             });
         }
         let idx = ids.try_indices("gather", dims[axis])?;
-        let y = k::gather(&self.data, &self.layout, axis, &idx, &idims);
+        let idx = self.device.indices(idx, dims[axis])?;
+        let y = self
+            .device
+            .gather(&self.data, &self.layout, axis, &idx, &idims)?;
         let out_id = TensorId::fresh();
-        let in_id = self.id;
+        let (in_id, dev) = (self.id, self.device.clone());
         let tape = record::<Merged<T, X>>(out_id, &[self.tape.node(), ids.ids_node()], move |g| {
-            if let Some(gy) = g.take::<E>(out_id) {
-                g.accumulate(in_id, k::gather_backward(&gy, &dims, axis, &idx, &idims));
+            if let Some(gy) = g.take_on::<D, E>(out_id) {
+                let gx = device_ok(dev.gather_backward(&gy, &dims, axis, &idx, &idims));
+                g.accumulate_on(&dev, in_id, gx);
             }
         });
-        Ok(op_output(out_shape, y, out_id, tape, Cpu))
+        Ok(op_output(out_shape, y, out_id, tape, self.device))
     }
 
     /// Panicking twin of [`try_gather`](Self::try_gather).
     #[track_caller]
-    pub fn gather<Ax, X: IdTensor>(self, ids: &X) -> Indexed<X::Shape, E, Cpu, T, X>
+    pub fn gather<Ax, X: IdTensor>(self, ids: &X) -> Indexed<X::Shape, E, D, T, X>
     where
         S: HasAxes<Ax> + SameRank<X::Shape, super::Gather>,
         Ax: SingleAxis,
