@@ -320,52 +320,23 @@ fn to_dtype_impl(
         "to_dtype",
         type_params,
     )?;
-    let modules: Vec<Ident> = type_params
-        .iter()
-        .filter(|p| Some(*p) != dtype.as_ref() && has_bound(&bounds_of(generics, p), "Module"))
-        .cloned()
-        .collect();
-    let mut map: HashMap<Ident, TokenStream> = HashMap::new();
-    if let Some(d) = &dtype {
-        map.insert(d.clone(), quote!(__E2));
-    }
-    for m in &modules {
-        map.insert(
-            m.clone(),
-            quote!(<#m as ::zerfoo::nn::ToDtype<__E2>>::Output),
-        );
-    }
-    let changing: Vec<Ident> = map.keys().cloned().collect();
-
+    let MovePlan {
+        map,
+        changing,
+        modules,
+        mut preds,
+        impl_generics: impl_gen,
+        out_ty,
+    } = move_plan(
+        input,
+        dtype.as_ref(),
+        quote!(__E2),
+        syn::parse_quote!(__E2: ::zerfoo::kernels::FloatDtype),
+        quote!(::zerfoo::nn::ToDtype<__E2>),
+        type_params,
+    );
     let (_, ty_generics, where_clause) = generics.split_for_impl();
-    let mut impl_gen = generics.clone();
-    impl_gen
-        .params
-        .push(syn::parse_quote!(__E2: ::zerfoo::kernels::FloatDtype));
     let (impl_generics, _, _) = impl_gen.split_for_impl();
-
-    let mut preds: Vec<TokenStream> = where_clause
-        .map(|w| w.predicates.iter().map(|p| quote!(#p)).collect())
-        .unwrap_or_default();
-    // The output type must satisfy the struct's own bounds.
-    for p in &changing {
-        let new = &map[p];
-        let bounds = bounds_of(generics, p);
-        if !bounds.is_empty() {
-            let b = bounds.iter().map(|b| subst(b.to_token_stream(), &map));
-            preds.push(quote!(#new: #(#b)+*));
-        }
-    }
-    if let Some(w) = where_clause {
-        for pred in &w.predicates {
-            if mentions(pred, &changing) {
-                preds.push(subst(pred.to_token_stream(), &map));
-            }
-        }
-    }
-    for m in &modules {
-        preds.push(quote!(#m: ::zerfoo::nn::ToDtype<__E2>));
-    }
 
     let has_dtype = dtype.is_some();
     let mut inits = Vec::new();
@@ -395,17 +366,6 @@ fn to_dtype_impl(
             inits.push(clone_init(f));
         }
     }
-
-    let out_args = generics.params.iter().map(|gp| match gp {
-        GenericParam::Type(t) => subst(t.ident.to_token_stream(), &map),
-        GenericParam::Lifetime(l) => l.lifetime.to_token_stream(),
-        GenericParam::Const(c) => c.ident.to_token_stream(),
-    });
-    let out_ty = if generics.params.is_empty() {
-        quote!(#name)
-    } else {
-        quote!(#name<#(#out_args),*>)
-    };
 
     // `FixedDtype<__E2>`: every parameter already has dtype `__E2`.
     let mut fixed_preds: Vec<TokenStream> = where_clause
@@ -442,6 +402,94 @@ fn to_dtype_impl(
             }
         }
     })
+}
+
+/// What a dtype or device move of a struct replaces, and what the impl needs.
+struct MovePlan {
+    /// Each replaced type parameter and its new type: the moved parameter
+    /// becomes the new one, each sub-module parameter `M` becomes
+    /// `<M as Trait>::Output`.
+    map: HashMap<Ident, TokenStream>,
+    /// The replaced parameters.
+    changing: Vec<Ident>,
+    /// The sub-module parameters (bounded by `Module`).
+    modules: Vec<Ident>,
+    /// The struct's own predicates, the same bounds restated for the new
+    /// types, and `M: Trait` for each sub-module parameter.
+    preds: Vec<TokenStream>,
+    /// The struct's generics plus the new parameter.
+    impl_generics: Generics,
+    /// The struct with its parameters replaced.
+    out_ty: TokenStream,
+}
+
+/// The [`MovePlan`] of moving `moved` (if the struct has it) to `new`
+/// (declared as `new_decl`) through the trait `tr` (`ToDtype<__E2>`).
+fn move_plan(
+    input: &DeriveInput,
+    moved: Option<&Ident>,
+    new: TokenStream,
+    new_decl: GenericParam,
+    tr: TokenStream,
+    type_params: &[Ident],
+) -> MovePlan {
+    let (name, generics) = (&input.ident, &input.generics);
+    let modules: Vec<Ident> = type_params
+        .iter()
+        .filter(|p| Some(*p) != moved && has_bound(&bounds_of(generics, p), "Module"))
+        .cloned()
+        .collect();
+    let mut map: HashMap<Ident, TokenStream> = HashMap::new();
+    if let Some(d) = moved {
+        map.insert(d.clone(), new);
+    }
+    for m in &modules {
+        map.insert(m.clone(), quote!(<#m as #tr>::Output));
+    }
+    let changing: Vec<Ident> = map.keys().cloned().collect();
+    let mut impl_generics = generics.clone();
+    impl_generics.params.push(new_decl);
+    let where_clause = generics.where_clause.as_ref();
+    let mut preds: Vec<TokenStream> = where_clause
+        .map(|w| w.predicates.iter().map(|p| quote!(#p)).collect())
+        .unwrap_or_default();
+    // The output type must satisfy the struct's own bounds.
+    for p in &changing {
+        let new = &map[p];
+        let bounds = bounds_of(generics, p);
+        if !bounds.is_empty() {
+            let b = bounds.iter().map(|b| subst(b.to_token_stream(), &map));
+            preds.push(quote!(#new: #(#b)+*));
+        }
+    }
+    if let Some(w) = where_clause {
+        for pred in &w.predicates {
+            if mentions(pred, &changing) {
+                preds.push(subst(pred.to_token_stream(), &map));
+            }
+        }
+    }
+    for m in &modules {
+        preds.push(quote!(#m: #tr));
+    }
+    let out_args = generics.params.iter().map(|gp| match gp {
+        GenericParam::Type(t) => subst(t.ident.to_token_stream(), &map),
+        GenericParam::Lifetime(l) => l.lifetime.to_token_stream(),
+        GenericParam::Const(c) => c.ident.to_token_stream(),
+    });
+    let out_ty = if generics.params.is_empty() {
+        quote!(#name)
+    } else {
+        quote!(#name<#(#out_args),*>)
+    };
+    MovePlan {
+        map,
+        changing,
+        modules,
+        preds,
+        impl_generics,
+        out_ty,
+    }
 }
 
 /// The type parameter a `derive` option names (checked to exist), or the
@@ -494,14 +542,6 @@ fn to_device_impl(
 ) -> syn::Result<TokenStream> {
     let name = &input.ident;
     let generics = &input.generics;
-    let dtype = marked_param(
-        input,
-        &opts.dtype,
-        "FloatDtype",
-        "dtype",
-        "to_dtype",
-        type_params,
-    )?;
     let device = marked_param(
         input,
         &opts.device,
@@ -510,55 +550,23 @@ fn to_device_impl(
         "to_device",
         type_params,
     )?;
-    let modules: Vec<Ident> = type_params
-        .iter()
-        .filter(|p| {
-            Some(*p) != dtype.as_ref()
-                && Some(*p) != device.as_ref()
-                && has_bound(&bounds_of(generics, p), "Module")
-        })
-        .cloned()
-        .collect();
-    let mut map: HashMap<Ident, TokenStream> = HashMap::new();
-    if let Some(d) = &device {
-        map.insert(d.clone(), quote!(__D2));
-    }
-    for m in &modules {
-        map.insert(
-            m.clone(),
-            quote!(<#m as ::zerfoo::nn::ToDevice<__D2>>::Output),
-        );
-    }
-    let changing: Vec<Ident> = map.keys().cloned().collect();
-
-    let (_, ty_generics, where_clause) = generics.split_for_impl();
-    let mut impl_gen = generics.clone();
-    impl_gen
-        .params
-        .push(syn::parse_quote!(__D2: ::zerfoo::kernels::Backend));
+    let MovePlan {
+        map,
+        modules,
+        mut preds,
+        impl_generics: impl_gen,
+        out_ty,
+        ..
+    } = move_plan(
+        input,
+        device.as_ref(),
+        quote!(__D2),
+        syn::parse_quote!(__D2: ::zerfoo::kernels::Backend),
+        quote!(::zerfoo::nn::ToDevice<__D2>),
+        type_params,
+    );
+    let (_, ty_generics, _) = generics.split_for_impl();
     let (impl_generics, _, _) = impl_gen.split_for_impl();
-
-    let mut preds: Vec<TokenStream> = where_clause
-        .map(|w| w.predicates.iter().map(|p| quote!(#p)).collect())
-        .unwrap_or_default();
-    for p in &changing {
-        let new = &map[p];
-        let bounds = bounds_of(generics, p);
-        if !bounds.is_empty() {
-            let b = bounds.iter().map(|b| subst(b.to_token_stream(), &map));
-            preds.push(quote!(#new: #(#b)+*));
-        }
-    }
-    if let Some(w) = where_clause {
-        for pred in &w.predicates {
-            if mentions(pred, &changing) {
-                preds.push(subst(pred.to_token_stream(), &map));
-            }
-        }
-    }
-    for m in &modules {
-        preds.push(quote!(#m: ::zerfoo::nn::ToDevice<__D2>));
-    }
 
     let mut inits = Vec::new();
     for f in fields {
@@ -582,16 +590,6 @@ fn to_device_impl(
         ));
     }
 
-    let out_args = generics.params.iter().map(|gp| match gp {
-        GenericParam::Type(t) => subst(t.ident.to_token_stream(), &map),
-        GenericParam::Lifetime(l) => l.lifetime.to_token_stream(),
-        GenericParam::Const(c) => c.ident.to_token_stream(),
-    });
-    let out_ty = if generics.params.is_empty() {
-        quote!(#name)
-    } else {
-        quote!(#name<#(#out_args),*>)
-    };
     Ok(quote! {
         impl #impl_generics ::zerfoo::nn::ToDevice<__D2> for #name #ty_generics
         where #(#preds,)*
