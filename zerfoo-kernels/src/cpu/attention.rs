@@ -495,6 +495,50 @@ pub fn attention_backward<E: FloatDtype>(
     (round(|g| &g.dq), round(|g| &g.dk), round(|g| &g.dv))
 }
 
+/// Every kind of mask the attention kernels take, for tests (CPU and
+/// device): none, causal, window, causal with padding, padding alone,
+/// queries after the keys (a decoding step), keys after some queries (rows
+/// that see nothing). `pad` is `(B, Tk)`.
+#[cfg(test)]
+pub(crate) fn test_masks(pad: &[bool]) -> Vec<AttnMask<'_>> {
+    vec![
+        AttnMask::default(),
+        AttnMask {
+            causal: true,
+            ..Default::default()
+        },
+        AttnMask {
+            window: Some(3),
+            ..Default::default()
+        },
+        AttnMask {
+            causal: true,
+            padding: Some(pad),
+            ..Default::default()
+        },
+        AttnMask {
+            padding: Some(pad),
+            ..Default::default()
+        },
+        // queries later than keys (a decoding step over a cache)
+        AttnMask {
+            causal: true,
+            window: Some(70),
+            q_offset: 9,
+            k_offset: 4,
+            padding: None,
+        },
+        // keys later than some queries: the first rows see nothing
+        AttnMask {
+            causal: true,
+            q_offset: 0,
+            k_offset: 3,
+            padding: Some(pad),
+            window: None,
+        },
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -665,42 +709,7 @@ mod tests {
 
     fn masks(b: usize, tk: usize, pad: &[bool]) -> Vec<AttnMask<'_>> {
         assert_eq!(pad.len(), b * tk);
-        vec![
-            AttnMask::default(),
-            AttnMask {
-                causal: true,
-                ..Default::default()
-            },
-            AttnMask {
-                window: Some(3),
-                ..Default::default()
-            },
-            AttnMask {
-                causal: true,
-                padding: Some(pad),
-                ..Default::default()
-            },
-            AttnMask {
-                padding: Some(pad),
-                ..Default::default()
-            },
-            // queries later than keys (a decoding step over a cache)
-            AttnMask {
-                causal: true,
-                window: Some(70),
-                q_offset: 9,
-                k_offset: 4,
-                padding: None,
-            },
-            // keys later than some queries: the first rows see nothing
-            AttnMask {
-                causal: true,
-                q_offset: 0,
-                k_offset: 3,
-                padding: Some(pad),
-                window: None,
-            },
-        ]
+        test_masks(pad)
     }
 
     fn padding(b: usize, tk: usize) -> Vec<bool> {

@@ -996,47 +996,6 @@ fn sum_squares_and_clipping_match_cpu() {
     all_dtypes!("clip", clip_case);
 }
 
-/// The CPU attention's masks (its test set): none, causal, a window, causal
-/// with padding, padding alone, queries after the keys (a decoding step),
-/// keys after some queries (rows that see nothing).
-fn attention_masks(pad: &[bool]) -> Vec<cpu::attention::AttnMask<'_>> {
-    use cpu::attention::AttnMask;
-    vec![
-        AttnMask::default(),
-        AttnMask {
-            causal: true,
-            ..Default::default()
-        },
-        AttnMask {
-            window: Some(3),
-            ..Default::default()
-        },
-        AttnMask {
-            causal: true,
-            padding: Some(pad),
-            ..Default::default()
-        },
-        AttnMask {
-            padding: Some(pad),
-            ..Default::default()
-        },
-        AttnMask {
-            causal: true,
-            window: Some(70),
-            q_offset: 9,
-            k_offset: 4,
-            padding: None,
-        },
-        AttnMask {
-            causal: true,
-            q_offset: 0,
-            k_offset: 3,
-            padding: Some(pad),
-            window: None,
-        },
-    ]
-}
-
 /// Attention of (B, H, Tq, D) queries against (B, H, Tk, D/Dv) keys and
 /// values under every mask, the operands stored as (B, T, H, D) when
 /// `permuted`; the backward gets the CPU's saved output and logsumexp.
@@ -1067,7 +1026,7 @@ fn attention_check<E: CudaFloat>(
     // batch 0: every third key padded; batch 1 (if any): every key padded
     let pad: Vec<bool> = (0..b * tk).map(|n| n / tk == 1 || n % 3 == 1).collect();
     let dpad = dev.to_device(&pad)?;
-    let all = attention_masks(&pad);
+    let all = cpu::attention::test_masks(&pad);
     let scale = 0.7;
     for &mi in masks {
         let m = &all[mi];
