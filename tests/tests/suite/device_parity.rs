@@ -206,7 +206,22 @@ impl<E: FloatDtype, D: Backend> RunOn<E> for D {
             Tensor::from_fn(Default::default(), |n| ((n * 7) % 5) as i64);
         let gathered = xs.clone().gather::<Axis<1>, _>(&ids);
         let target: Tensor<(Batch, Seq, Width), E, D> = input(self, 42);
-        let mse = zerfoo::nn::mse_loss(xs, target.retaped::<Tape>(), zerfoo::nn::Reduction::Mean);
+        let mse = zerfoo::nn::mse_loss(
+            xs.clone(),
+            target.retaped::<Tape>(),
+            zerfoo::nn::Reduction::Mean,
+        );
+        let var = xs.clone().var::<Axis<1>>(1);
+        let probs: Tensor<(Batch, Seq, Width), E, D> =
+            Tensor::<(Batch, Seq, Width), E>::rand(Default::default(), 50).to_device(self);
+        let pos: Tensor<(Width,), E, D> =
+            Tensor::<(Width,), E>::uniform(Default::default(), 0.5, 2.0, 51).to_device(self);
+        let bce = zerfoo::nn::binary_cross_entropy_with_logits_weighted(
+            xs,
+            probs.retaped::<Tape>(),
+            &pos.retaped::<Tape>(),
+            zerfoo::nn::Reduction::Sum,
+        );
         let loss = weighted(filled.clone(), 43)
             + weighted(chosen.clone(), 44)
             + weighted(lower.clone(), 45)
@@ -214,7 +229,9 @@ impl<E: FloatDtype, D: Backend> RunOn<E> for D {
             + weighted(roped.clone(), 47)
             + weighted(picked.clone(), 48)
             + weighted(gathered.clone(), 49)
-            + mse.clone();
+            + mse.clone()
+            + weighted(var.clone(), 52)
+            + bce.clone();
         let g = loss.backward();
         vec![
             ("masked_fill", filled.to_f64_vec()),
@@ -225,6 +242,10 @@ impl<E: FloatDtype, D: Backend> RunOn<E> for D {
             ("select", picked.to_f64_vec()),
             ("gather", gathered.to_f64_vec()),
             ("mse", mse.to_f64_vec()),
+            ("var", var.to_f64_vec()),
+            ("bce", bce.to_f64_vec()),
+            ("dprobs", grad_of(&g, &probs)),
+            ("dpos", grad_of(&g, &pos)),
             ("dx", grad_of(&g, &x)),
             ("dtarget", grad_of(&g, &target)),
         ]
@@ -256,7 +277,7 @@ fn embedding_attention_and_cross_entropy_match_the_cpu() {
 }
 
 #[test]
-fn masks_dropout_rope_select_gather_and_mse_match_the_cpu() {
+fn masks_dropout_rope_select_gather_var_and_losses_match_the_cpu() {
     compare::<f64>("masks/rope/gather/mse", |d| d.masks_rope_gather_mse());
     compare::<f32>("masks/rope/gather/mse", |d| d.masks_rope_gather_mse());
 }

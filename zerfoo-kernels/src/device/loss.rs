@@ -1,5 +1,6 @@
 //! Losses on a device ([`crate::cpu::loss`]): cross-entropy over the last
-//! axis, with label smoothing and ignored rows, and the squared error.
+//! axis, with label smoothing and ignored rows, the squared error, and
+//! binary cross-entropy on logits.
 
 use super::{Cpu, Device, DeviceError};
 use crate::cpu::loss::RowStats;
@@ -58,6 +59,31 @@ pub trait LossKernels: Device {
         lb: &Layout,
         scale: E::Acc,
     ) -> Result<(Self::Storage<E>, Self::Storage<E>), DeviceError>;
+
+    /// `Σ` binary cross-entropy of logits `x` against targets `y`, with an
+    /// optional per-class (last axis) positive weight in the compute type;
+    /// in the compute type, returned to the host.
+    fn bce_logits_forward<E: FloatDtype>(
+        &self,
+        x: &Self::Storage<E>,
+        lx: &Layout,
+        y: &Self::Storage<E>,
+        ly: &Layout,
+        pos_weight: Option<&Self::Storage<E::Acc>>,
+    ) -> Result<E::Acc, DeviceError>;
+
+    /// The gradients of logits, targets and (if given) the positive weight,
+    /// times `scale`.
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
+    fn bce_logits_backward<E: FloatDtype>(
+        &self,
+        x: &Self::Storage<E>,
+        lx: &Layout,
+        y: &Self::Storage<E>,
+        ly: &Layout,
+        pos_weight: Option<&Self::Storage<E::Acc>>,
+        scale: E::Acc,
+    ) -> Result<(Self::Storage<E>, Self::Storage<E>, Option<Self::Storage<E>>), DeviceError>;
 }
 
 impl LossKernels for Cpu {
@@ -111,6 +137,33 @@ impl LossKernels for Cpu {
         scale: E::Acc,
     ) -> Result<(Vec<E>, Vec<E>), DeviceError> {
         Ok(crate::cpu::loss::mse_backward(a, la, b, lb, scale))
+    }
+
+    fn bce_logits_forward<E: FloatDtype>(
+        &self,
+        x: &Vec<E>,
+        lx: &Layout,
+        y: &Vec<E>,
+        ly: &Layout,
+        pos_weight: Option<&Vec<E::Acc>>,
+    ) -> Result<E::Acc, DeviceError> {
+        let pw = pos_weight.map(|p| &p[..]);
+        Ok(crate::cpu::loss::bce_logits_forward(x, lx, y, ly, pw))
+    }
+
+    fn bce_logits_backward<E: FloatDtype>(
+        &self,
+        x: &Vec<E>,
+        lx: &Layout,
+        y: &Vec<E>,
+        ly: &Layout,
+        pos_weight: Option<&Vec<E::Acc>>,
+        scale: E::Acc,
+    ) -> Result<(Vec<E>, Vec<E>, Option<Vec<E>>), DeviceError> {
+        let pw = pos_weight.map(|p| &p[..]);
+        Ok(crate::cpu::loss::bce_logits_backward(
+            x, lx, y, ly, pw, scale,
+        ))
     }
 }
 
@@ -189,6 +242,29 @@ mod cuda_impl {
             scale: E::Acc,
         ) -> Result<(CudaBuffer<E>, CudaBuffer<E>), DeviceError> {
             k::mse_backward(a, la, b, lb, scale.as_f64())
+        }
+
+        fn bce_logits_forward<E: FloatDtype>(
+            &self,
+            x: &CudaBuffer<E>,
+            lx: &Layout,
+            y: &CudaBuffer<E>,
+            ly: &Layout,
+            pos_weight: Option<&CudaBuffer<E::Acc>>,
+        ) -> Result<E::Acc, DeviceError> {
+            Ok(k::bce_logits_forward(x, lx, y, ly, pos_weight)?.to_host()?[0])
+        }
+
+        fn bce_logits_backward<E: FloatDtype>(
+            &self,
+            x: &CudaBuffer<E>,
+            lx: &Layout,
+            y: &CudaBuffer<E>,
+            ly: &Layout,
+            pos_weight: Option<&CudaBuffer<E::Acc>>,
+            scale: E::Acc,
+        ) -> Result<(CudaBuffer<E>, CudaBuffer<E>, Option<CudaBuffer<E>>), DeviceError> {
+            k::bce_logits_backward(x, lx, y, ly, pos_weight, scale.as_f64())
         }
     }
 }

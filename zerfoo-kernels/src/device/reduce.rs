@@ -1,5 +1,5 @@
 //! Reductions over chosen axes on a device ([`crate::cpu::reduce`]): scaled
-//! sums (sum, mean) and max/min, with their backward.
+//! sums (sum, mean), max/min and the variance, with their backward.
 
 use num_traits::Zero;
 
@@ -45,6 +45,29 @@ pub trait ReduceKernels: Device {
         axes: &[usize],
         y: &Self::Storage<E>,
         counts: &Self::Counts,
+        grad_y: &Self::Storage<E>,
+    ) -> Result<Self::Storage<E>, DeviceError>;
+
+    /// `Σ (x - mean)² / (n - correction)` over `axes`, and the means (in the
+    /// compute type) for the backward.
+    #[allow(clippy::type_complexity)]
+    fn var_axes<E: FloatDtype>(
+        &self,
+        x: &Self::Storage<E>,
+        lx: &Layout,
+        axes: &[usize],
+        correction: usize,
+    ) -> Result<(Self::Storage<E>, Self::Storage<E::Acc>), DeviceError>;
+
+    /// The variance's gradient: `2 (x - mean) / (n - correction) * grad_y`.
+    #[allow(clippy::too_many_arguments)]
+    fn var_backward<E: FloatDtype>(
+        &self,
+        x: &Self::Storage<E>,
+        lx: &Layout,
+        axes: &[usize],
+        means: &Self::Storage<E::Acc>,
+        correction: usize,
         grad_y: &Self::Storage<E>,
     ) -> Result<Self::Storage<E>, DeviceError>;
 }
@@ -106,6 +129,30 @@ impl ReduceKernels for Cpu {
             x, lx, axes, y, counts, grad_y,
         ))
     }
+
+    fn var_axes<E: FloatDtype>(
+        &self,
+        x: &Vec<E>,
+        lx: &Layout,
+        axes: &[usize],
+        correction: usize,
+    ) -> Result<(Vec<E>, Vec<E::Acc>), DeviceError> {
+        Ok(crate::cpu::reduce::var_axes(x, lx, axes, correction))
+    }
+
+    fn var_backward<E: FloatDtype>(
+        &self,
+        x: &Vec<E>,
+        lx: &Layout,
+        axes: &[usize],
+        means: &Vec<E::Acc>,
+        correction: usize,
+        grad_y: &Vec<E>,
+    ) -> Result<Vec<E>, DeviceError> {
+        Ok(crate::cpu::reduce::var_backward(
+            x, lx, axes, means, correction, grad_y,
+        ))
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -156,6 +203,28 @@ mod cuda_impl {
             grad_y: &CudaBuffer<E>,
         ) -> Result<CudaBuffer<E>, DeviceError> {
             k::extreme_backward(x, lx, axes, y, counts, grad_y)
+        }
+
+        fn var_axes<E: FloatDtype>(
+            &self,
+            x: &CudaBuffer<E>,
+            lx: &Layout,
+            axes: &[usize],
+            correction: usize,
+        ) -> Result<(CudaBuffer<E>, CudaBuffer<E::Acc>), DeviceError> {
+            k::var_axes(x, lx, axes, correction)
+        }
+
+        fn var_backward<E: FloatDtype>(
+            &self,
+            x: &CudaBuffer<E>,
+            lx: &Layout,
+            axes: &[usize],
+            means: &CudaBuffer<E::Acc>,
+            correction: usize,
+            grad_y: &CudaBuffer<E>,
+        ) -> Result<CudaBuffer<E>, DeviceError> {
+            k::var_backward(x, lx, axes, means, correction, grad_y)
         }
     }
 }

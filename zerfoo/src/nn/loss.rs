@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use zerfoo_kernels::cpu::{self, loss as k};
+use zerfoo_kernels::cpu::loss as k;
 use zerfoo_kernels::{Backend, Cpu, Device, FloatDtype, IntDtype, Layout, Real};
 
 use crate::autograd::{device_ok, record, Merge, NoTape, TapeState, TensorId};
@@ -159,18 +159,6 @@ fn row_targets<St: Shape, I: IntDtype, Dt: Device, Tt>(
         }
     }
     Ok((out, counted))
-}
-
-/// A scalar tensor.
-fn scalar<E: FloatDtype, T>(value: E, id: TensorId, tape: T) -> Tensor<(), E, Cpu, T> {
-    Tensor {
-        shape: (),
-        layout: Layout::contiguous(&[]),
-        data: Arc::new(vec![value]),
-        id,
-        tape,
-        device: Cpu,
-    }
 }
 
 /// A scalar tensor on `dev` (copied there from the host).
@@ -403,34 +391,36 @@ where
 /// let l = try_binary_cross_entropy_with_logits(x, y, Reduction::Sum).unwrap();
 /// assert!((l.item() - 2f64.ln()).abs() < 1e-15);
 /// ```
-pub fn try_binary_cross_entropy_with_logits<S, S2, E, E2, T, T2>(
-    logits: Tensor<S, E, Cpu, T>,
-    targets: Tensor<S2, E2, Cpu, T2>,
+pub fn try_binary_cross_entropy_with_logits<S, S2, E, E2, D, T, T2>(
+    logits: Tensor<S, E, D, T>,
+    targets: Tensor<S2, E2, D, T2>,
     reduction: Reduction,
-) -> Result<Tensor<(), E, Cpu, <T as Merge<T2>>::Out>>
+) -> Result<Tensor<(), E, D, <T as Merge<T2>>::Out>>
 where
     S: Shape + SameShape<S2, BceWithLogits>,
     S2: Shape,
     E: FloatDtype + SameDtype<E2, BceWithLogits>,
     E2: FloatDtype,
+    D: Backend,
     T: TapeState + Merge<T2>,
     T2: TapeState,
 {
-    bce_impl::<S, S2, Dyn, E, T, T2, NoTape>(logits, E::same(targets), None, reduction)
+    bce_impl::<S, S2, Dyn, E, D, T, T2, NoTape>(logits, E::same(targets), None, reduction)
 }
 
 /// Panicking twin of [`try_binary_cross_entropy_with_logits`].
 #[track_caller]
-pub fn binary_cross_entropy_with_logits<S, S2, E, E2, T, T2>(
-    logits: Tensor<S, E, Cpu, T>,
-    targets: Tensor<S2, E2, Cpu, T2>,
+pub fn binary_cross_entropy_with_logits<S, S2, E, E2, D, T, T2>(
+    logits: Tensor<S, E, D, T>,
+    targets: Tensor<S2, E2, D, T2>,
     reduction: Reduction,
-) -> Tensor<(), E, Cpu, <T as Merge<T2>>::Out>
+) -> Tensor<(), E, D, <T as Merge<T2>>::Out>
 where
     S: Shape + SameShape<S2, BceWithLogits>,
     S2: Shape,
     E: FloatDtype + SameDtype<E2, BceWithLogits>,
     E2: FloatDtype,
+    D: Backend,
     T: TapeState + Merge<T2>,
     T2: TapeState,
 {
@@ -454,12 +444,12 @@ where
 /// let l = try_binary_cross_entropy_with_logits_weighted(x, y, &w, Reduction::Sum).unwrap();
 /// assert!((l.item() - 4.0 * 2f64.ln()).abs() < 1e-15);
 /// ```
-pub fn try_binary_cross_entropy_with_logits_weighted<S, S2, E, E2, T, T2, C, Tw>(
-    logits: Tensor<S, E, Cpu, T>,
-    targets: Tensor<S2, E2, Cpu, T2>,
-    pos_weight: &Tensor<(C,), E, Cpu, Tw>,
+pub fn try_binary_cross_entropy_with_logits_weighted<S, S2, E, E2, D, T, T2, C, Tw>(
+    logits: Tensor<S, E, D, T>,
+    targets: Tensor<S2, E2, D, T2>,
+    pos_weight: &Tensor<(C,), E, D, Tw>,
     reduction: Reduction,
-) -> Result<Scalar<E, Merge3<T, T2, Tw>>>
+) -> Result<Scalar<E, Merge3<T, T2, Tw>, D>>
 where
     S: Shape + SameShape<S2, BceWithLogits> + LastDim,
     S::Last: SameDim<C, BceWithLogits>,
@@ -467,6 +457,7 @@ where
     C: Dim,
     E: FloatDtype + SameDtype<E2, BceWithLogits>,
     E2: FloatDtype,
+    D: Backend,
     T: TapeState + Merge<T2>,
     <T as Merge<T2>>::Out: Merge<Tw>,
     T2: TapeState,
@@ -485,12 +476,12 @@ where
 
 /// Panicking twin of [`try_binary_cross_entropy_with_logits_weighted`].
 #[track_caller]
-pub fn binary_cross_entropy_with_logits_weighted<S, S2, E, E2, T, T2, C, Tw>(
-    logits: Tensor<S, E, Cpu, T>,
-    targets: Tensor<S2, E2, Cpu, T2>,
-    pos_weight: &Tensor<(C,), E, Cpu, Tw>,
+pub fn binary_cross_entropy_with_logits_weighted<S, S2, E, E2, D, T, T2, C, Tw>(
+    logits: Tensor<S, E, D, T>,
+    targets: Tensor<S2, E2, D, T2>,
+    pos_weight: &Tensor<(C,), E, D, Tw>,
     reduction: Reduction,
-) -> Scalar<E, Merge3<T, T2, Tw>>
+) -> Scalar<E, Merge3<T, T2, Tw>, D>
 where
     S: Shape + SameShape<S2, BceWithLogits> + LastDim,
     S::Last: SameDim<C, BceWithLogits>,
@@ -498,6 +489,7 @@ where
     C: Dim,
     E: FloatDtype + SameDtype<E2, BceWithLogits>,
     E2: FloatDtype,
+    D: Backend,
     T: TapeState + Merge<T2>,
     <T as Merge<T2>>::Out: Merge<Tw>,
     T2: TapeState,
@@ -509,17 +501,18 @@ where
 }
 
 /// The shared body of the BCE losses; the output tape is `T ∪ T2 ∪ Tw`.
-fn bce_impl<S, S2, C, E, T, T2, Tw>(
-    logits: Tensor<S, E, Cpu, T>,
-    targets: Tensor<S2, E, Cpu, T2>,
-    pos_weight: Option<&Tensor<(C,), E, Cpu, Tw>>,
+fn bce_impl<S, S2, C, E, D, T, T2, Tw>(
+    logits: Tensor<S, E, D, T>,
+    targets: Tensor<S2, E, D, T2>,
+    pos_weight: Option<&Tensor<(C,), E, D, Tw>>,
     reduction: Reduction,
-) -> Result<Scalar<E, Merge3<T, T2, Tw>>>
+) -> Result<Scalar<E, Merge3<T, T2, Tw>, D>>
 where
     S: Shape,
     S2: Shape,
     C: Dim,
     E: FloatDtype,
+    D: Backend,
     T: TapeState + Merge<T2>,
     <T as Merge<T2>>::Out: Merge<Tw>,
     T2: TapeState,
@@ -534,15 +527,22 @@ where
     }
     let n = logits.numel();
     let factor = reduce_factor(reduction, n);
-    let pw: Option<Arc<Vec<E::Acc>>> =
-        pos_weight.map(|p| Arc::new(cpu::map(&p.data, &p.layout, |v: E| v.to_acc())));
-    let sum = k::bce_logits_forward(
+    let dev = logits.device.clone();
+    // The weight in the compute type, on the logits' device.
+    let pw: Option<Arc<D::Storage<E::Acc>>> = match pos_weight {
+        Some(p) => {
+            let acc: Vec<E::Acc> = p.try_to_vec()?.into_iter().map(|v| v.to_acc()).collect();
+            Some(Arc::new(dev.upload(acc)?))
+        }
+        None => None,
+    };
+    let sum = dev.bce_logits_forward(
         &logits.data,
         &logits.layout,
         &targets.data,
         &targets.layout,
-        pw.as_deref().map(|v| &v[..]),
-    );
+        pw.as_deref(),
+    )?;
     let value = match reduction {
         Reduction::Mean => sum / E::Acc::of_f64(n as f64),
         Reduction::Sum => sum,
@@ -558,20 +558,22 @@ where
             targets.tape.node(),
             pos_weight.and_then(|p| p.tape.node()),
         ];
+        let gdev = dev.clone();
         record::<Out<T, T2, Tw>>(out_id, &parents, move |g| {
-            if let Some(gy) = g.take::<E>(out_id) {
-                let scale = gy[0].to_acc() * E::Acc::of_f64(factor);
+            if let Some(gy) = g.take_on::<D, E>(out_id) {
+                let gy0 = device_ok(gdev.to_host(&gy, &Layout::contiguous(&[1])))[0];
+                let scale = gy0.to_acc() * E::Acc::of_f64(factor);
                 let (gx, gt, gp) =
-                    k::bce_logits_backward(&x, &lx, &y, &ly, pw.as_deref().map(|v| &v[..]), scale);
-                g.accumulate(idx, gx);
-                g.accumulate(idy, gt);
+                    device_ok(gdev.bce_logits_backward(&x, &lx, &y, &ly, pw.as_deref(), scale));
+                g.accumulate_on(&gdev, idx, gx);
+                g.accumulate_on(&gdev, idy, gt);
                 if let (Some(id), Some(gp)) = (pw_id, gp) {
-                    g.accumulate(id, gp);
+                    g.accumulate_on(&gdev, id, gp);
                 }
             }
         })
     } else {
         Out::<T, T2, Tw>::from_node(None)
     };
-    Ok(scalar(E::from_acc(value), out_id, tape))
+    scalar_on(&dev, E::from_acc(value), out_id, tape)
 }

@@ -181,9 +181,7 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
     pub fn min_all(self) -> Tensor<(), E, D, T> {
         self.extreme_axes::<_, false>(ALL_AXES[S::RANK], ())
     }
-}
 
-impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     /// Variance over the axes `Ax`: `sum((x - mean)^2) / (n - correction)`.
     /// `correction = 1` is PyTorch's unbiased default, `0` the biased
     /// (population) variance. Computed in one pass (Welford) in the compute
@@ -195,28 +193,42 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     /// assert_eq!(x.clone().var::<Axis<0>>(0).item(), 1.25);
     /// assert!((x.var::<Axis<0>>(1).item() - 5.0 / 3.0).abs() < 1e-15);
     /// ```
-    pub fn var<Ax>(self, correction: usize) -> Tensor<S::Reduced, E, Cpu, T>
+    pub fn var<Ax>(self, correction: usize) -> Tensor<S::Reduced, E, D, T>
     where
         S: HasAxes<Ax>,
     {
         let out = self.shape.reduced();
         let axes = S::AXES;
-        let (y, means) = k::var_axes(&self.data, &self.layout, axes, correction);
+        let (y, means) =
+            device_ok(
+                self.device
+                    .var_axes(&self.data, &self.layout, axes, correction),
+            );
         let out_id = TensorId::fresh();
         let tape = if T::TRACKED {
             let (x, lx, in_id) = (self.data.clone(), self.layout, self.id);
+            let dev = self.device.clone();
             record::<T>(out_id, &[self.tape.node()], move |g| {
-                if let Some(gy) = g.take::<E>(out_id) {
-                    let gx = k::var_backward(&x, &lx, axes, &means, correction, &gy);
-                    g.accumulate(in_id, gx);
+                if let Some(gy) = g.take_on::<D, E>(out_id) {
+                    let gx = device_ok(dev.var_backward(&x, &lx, axes, &means, correction, &gy));
+                    g.accumulate_on(&dev, in_id, gx);
                 }
             })
         } else {
             T::from_node(None)
         };
-        reduced_tensor(out, y, out_id, tape)
+        Tensor {
+            layout: Layout::contiguous(&out.dims()),
+            shape: out,
+            data: Arc::new(y),
+            id: out_id,
+            tape,
+            device: self.device,
+        }
     }
+}
 
+impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     /// `log(sum(exp(x)))` over the axes `Ax`, numerically stable (the max is
     /// subtracted before exponentiating, so `x = 1e4` does not overflow).
     /// Backward: `grad * softmax(x)` over the reduced axes.
