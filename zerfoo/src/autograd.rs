@@ -333,31 +333,10 @@ impl Gradients {
         self.store.get_mut::<Cpu, E>(id)
     }
 
-    /// Adds `scale * grad` to the gradient of the CPU tensor `id` (creating
-    /// it if absent), in the dtype's compute type, rounding once per element.
-    /// Gradient accumulation over micro-batches uses it with `scale = 1 / accum`.
-    pub fn accumulate_scaled<E: FloatDtype>(&mut self, id: TensorId, grad: &[E], scale: f64) {
-        let s = <E::Acc as zerfoo_kernels::Real>::of_f64(scale);
-        match self.get_vec_mut::<E>(id) {
-            Some(acc) => {
-                debug_assert_eq!(acc.len(), grad.len());
-                for (a, g) in acc.iter_mut().zip(grad) {
-                    *a = E::from_acc(a.to_acc() + g.to_acc() * s);
-                }
-            }
-            None => {
-                let v: Vec<E> = if scale == 1.0 {
-                    grad.to_vec()
-                } else {
-                    grad.iter().map(|g| E::from_acc(g.to_acc() * s)).collect()
-                };
-                self.store.accumulate(id, v);
-            }
-        }
-    }
-
     /// Adds `scale * grad` (contiguous storage on `dev`) to the gradient of
-    /// `id` on that device, creating it if absent; in the compute type.
+    /// `id` on that device, creating it if absent, in the dtype's compute
+    /// type (on the CPU rounding once per element). Gradient accumulation
+    /// over micro-batches uses it with `scale = 1 / accum`.
     pub fn accumulate_scaled_on<D: Backend, E: FloatDtype>(
         &mut self,
         dev: &D,

@@ -6,7 +6,7 @@
 use super::{Cpu, Device, DeviceError};
 use crate::cpu::binary::BinaryOp;
 use crate::cpu::unary::UnaryOp;
-use crate::{Dtype, FloatDtype, Layout};
+use crate::{FloatDtype, Layout};
 
 /// Elementwise kernels; outputs are contiguous (row-major) storage.
 pub trait ElementwiseKernels: Device {
@@ -318,14 +318,4 @@ mod cuda_impl {
             CudaDevice::zeros(self, len)
         }
     }
-}
-
-/// A row-major copy of any [`Dtype`] (integer and bool tensors: token ids,
-/// masks) through the host.
-pub fn host_copy<D: Device, E: Dtype>(
-    dev: &D,
-    x: &D::Storage<E>,
-    lx: &Layout,
-) -> Result<D::Storage<E>, DeviceError> {
-    dev.upload(dev.to_host(x, lx)?)
 }

@@ -90,7 +90,7 @@ impl Device for crate::cuda::CudaDevice {
 
 mod elementwise;
 
-pub use elementwise::{convert_element, host_copy, ElementwiseKernels};
+pub use elementwise::{convert_element, ElementwiseKernels};
 mod reduce;
 mod softmax;
 

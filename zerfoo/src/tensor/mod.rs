@@ -155,10 +155,7 @@ impl<S: Shape, E: Dtype> Tensor<S, E, Cpu, NoTape> {
     /// other tensors is copied first). The id is kept, so an in-place update
     /// of a parameter keeps its gradient key.
     pub fn data_mut(&mut self) -> &mut [E] {
-        if !self.layout.is_contiguous()
-            || self.layout.offset != 0
-            || self.data.len() != self.numel()
-        {
+        if !self.is_dense() {
             let v = self.to_vec();
             self.data = Arc::new(v);
             self.layout = Layout::contiguous(&self.shape.dims());
@@ -224,6 +221,13 @@ impl<S: Shape, E: Dtype, D: Device> Tensor<S, E, D, NoTape> {
 }
 
 impl<S: Shape, E: Dtype, D: Device, T> Tensor<S, E, D, T> {
+    /// Whether the storage holds exactly this tensor's elements, row-major.
+    pub(crate) fn is_dense(&self) -> bool {
+        self.layout.is_contiguous()
+            && self.layout.offset == 0
+            && D::storage_len(&self.data) == self.numel()
+    }
+
     /// A copy of this tensor on `device` (a fresh id, no tape: a new leaf,
     /// as PyTorch's `x.to("cuda")` of a parameter before training), or the
     /// device's error (no such GPU, out of memory).
@@ -310,13 +314,6 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
         self.data = Arc::new(self.device.upload(values)?);
         self.layout = Layout::contiguous(&self.shape.dims());
         Ok(())
-    }
-
-    /// Whether the storage holds exactly this tensor's elements, row-major.
-    pub(crate) fn is_dense(&self) -> bool {
-        self.layout.is_contiguous()
-            && self.layout.offset == 0
-            && D::storage_len(&self.data) == self.numel()
     }
 
     /// A contiguous tensor with the same values (a copy only when needed).
