@@ -14,13 +14,16 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
-use zerfoo::data::{Batch, TokenDataset};
+use zerfoo::data::{Batch, TokenDataset, TorchGenerator};
 use zerfoo::models::{sample_from_checkpoint, GenerateOpts, Gpt, GptConfig};
 use zerfoo::nn::Module;
 use zerfoo::optim::{no_decay_on_norms_and_biases, CosineWithWarmup, GroupConfig, Optimizer};
 use zerfoo::prelude::*;
 use zerfoo::tokenizer::{CharTokenizer, Tokenizer};
-use zerfoo::train::{MicroStep, Progress, TokenBatches, TrainConfig, Trainer};
+use zerfoo::train::{
+    BatchSource, MicroStep, NanoGptBatches, Progress, TokenBatches, TrainConfig, TrainReport,
+    Trainer,
+};
 
 #[derive(Parser, Debug)]
 #[command(about = "Train a character-level GPT on Tiny Shakespeare")]
@@ -84,6 +87,12 @@ struct Args {
     /// Seed of the weights and the batches.
     #[arg(long, default_value_t = 1337)]
     seed: u64,
+    /// Random draws of the weights and batches: `torch` draws them from
+    /// PyTorch's generator in nanoGPT's order (with the same seed, the
+    /// weights and batches of nanoGPT's own run); `counter` uses zerfoo's
+    /// counter-based draws.
+    #[arg(long, value_enum, default_value_t = RngKind::Torch)]
+    rng: RngKind,
     /// Run folder (metrics, loss.svg, checkpoints).
     #[arg(long, default_value = "runs/shakespeare")]
     out_dir: PathBuf,
@@ -101,6 +110,15 @@ struct Args {
     /// Characters to sample at the end.
     #[arg(long, default_value_t = 500)]
     sample_tokens: usize,
+}
+
+/// Where the initial weights and the batches come from.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum RngKind {
+    /// PyTorch's generator, in nanoGPT's order of draws.
+    Torch,
+    /// zerfoo's counter-based draws.
+    Counter,
 }
 
 #[derive(Subcommand, Debug)]
@@ -205,6 +223,30 @@ fn corpus() -> std::io::Result<String> {
     )
 }
 
+/// Trains `model` on `data` with the loss and evaluation of a GPT.
+fn fit_on<E: FloatDtype, D: Backend, S: BatchSource<Batch = Batch>>(
+    trainer: &mut Trainer,
+    model: &mut Gpt<E, D>,
+    opt: &mut Optimizer,
+    schedule: &CosineWithWarmup,
+    data: &S,
+) -> Result<TrainReport> {
+    trainer.fit(
+        model,
+        opt,
+        schedule,
+        data,
+        |m: &Gpt<E, D>, b: &Batch, s: &MicroStep| {
+            let (x, y) = ids(b)?;
+            m.try_loss_train(x.traced(), &y, s.seed)
+        },
+        |m: &Gpt<E, D>, b: &Batch| {
+            let (x, y) = ids(b)?;
+            m.try_loss(x, &y)
+        },
+    )
+}
+
 fn gpt_config(args: &Args, vocab: usize) -> GptConfig {
     GptConfig {
         vocab,
@@ -235,7 +277,12 @@ fn train<E: FloatDtype, D: Backend>(args: &Args, dev: &D) -> Result<()> {
     let tok = CharTokenizer::from_corpus(&text);
     let (train, val) = TokenDataset::new(tok.encode(&text)?).split(0.9)?;
     let cfg = gpt_config(args, tok.vocab_size());
-    let mut model: Gpt<E, D> = Gpt::<E>::try_new(cfg, args.seed)?.try_to_device(dev)?;
+    let mut gen = TorchGenerator::new(args.seed);
+    let model = match args.rng {
+        RngKind::Torch => Gpt::<E>::try_new_nanogpt(cfg, &mut gen)?,
+        RngKind::Counter => Gpt::<E>::try_new(cfg, args.seed)?,
+    };
+    let mut model: Gpt<E, D> = model.try_to_device(dev)?;
     // The model's sizes (read back by `sample`) plus the training settings.
     let mut run_config = cfg.to_json();
     let training = json!({
@@ -243,6 +290,7 @@ fn train<E: FloatDtype, D: Backend>(args: &Args, dev: &D) -> Result<()> {
         "lr": args.lr, "min_lr": args.min_lr, "warmup": args.warmup,
         "betas": [args.beta1, args.beta2], "weight_decay": args.weight_decay,
         "grad_clip": args.grad_clip, "seed": args.seed,
+        "rng": format!("{:?}", args.rng).to_lowercase(),
     });
     if let (Some(all), Value::Object(more)) = (run_config.as_object_mut(), training) {
         all.extend(more);
@@ -255,13 +303,6 @@ fn train<E: FloatDtype, D: Backend>(args: &Args, dev: &D) -> Result<()> {
         val.len(),
         cfg.vocab
     );
-    let data = TokenBatches {
-        train,
-        val,
-        batch: args.batch,
-        block: args.block,
-        seed: args.seed,
-    };
     let mut opt = Optimizer::adamw(args.lr, (args.beta1, args.beta2), 1e-8, args.weight_decay)
         .with_groups(
             vec![
@@ -282,7 +323,7 @@ fn train<E: FloatDtype, D: Backend>(args: &Args, dev: &D) -> Result<()> {
         warmup: args.warmup,
         decay_steps: args.max_iters as usize,
     };
-    let mut trainer = Trainer::new(TrainConfig {
+    let train_config = TrainConfig {
         max_steps: args.max_iters,
         grad_clip: (args.grad_clip > 0.0).then_some(args.grad_clip),
         eval_every: args.eval_every,
@@ -295,27 +336,32 @@ fn train<E: FloatDtype, D: Backend>(args: &Args, dev: &D) -> Result<()> {
         config: Some(run_config),
         tokenizer_json: Some(tok.to_json()),
         ..Default::default()
-    });
+    };
+    let mut trainer = Trainer::new(train_config.clone());
     if let Some(dir) = &args.resume {
         let st = trainer.resume(dir, &mut model, &mut opt)?;
         println!("resumed from {} at step {}", dir.display(), st.step);
     }
     let started = Instant::now();
     let start_step = trainer.start_step();
-    let report = trainer.fit(
-        &mut model,
-        &mut opt,
-        &schedule,
-        &data,
-        |m: &Gpt<E, D>, b: &Batch, s: &MicroStep| {
-            let (x, y) = ids(b)?;
-            m.try_loss_train(x.traced(), &y, s.seed)
-        },
-        |m: &Gpt<E, D>, b: &Batch| {
-            let (x, y) = ids(b)?;
-            m.try_loss(x, &y)
-        },
-    )?;
+    let (batch, block) = (args.batch, args.block);
+    let report = match args.rng {
+        RngKind::Torch => {
+            let data = NanoGptBatches::new(train, val, batch, block, &train_config, gen)?;
+            fit_on(&mut trainer, &mut model, &mut opt, &schedule, &data)?
+        }
+        RngKind::Counter => {
+            let seed = args.seed;
+            let data = TokenBatches {
+                train,
+                val,
+                batch,
+                block,
+                seed,
+            };
+            fit_on(&mut trainer, &mut model, &mut opt, &schedule, &data)?
+        }
+    };
     let steps = report.step.saturating_sub(start_step).max(1);
     for m in report.history.iter().filter(|m| m.val_loss.is_some()) {
         println!(

@@ -26,6 +26,7 @@ mod optim_state;
 mod reduce;
 mod shape_ops;
 mod smoke_autograd;
+mod torch_rng;
 mod train_loop;
 mod train_small;
 mod transformer;

@@ -4,6 +4,9 @@
 use crate::tensor::rng;
 use crate::{Error, Result};
 
+mod torch_rng;
+pub use torch_rng::TorchGenerator;
+
 /// A sequence of token ids to sample training windows from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TokenDataset {
@@ -65,6 +68,17 @@ impl TokenDataset {
     /// `index` depends only on `(seed, index, b)`, so a resumed run draws the
     /// same batches as an uninterrupted one.
     pub fn batch(&self, batch: usize, block: usize, seed: u64, index: u64) -> Result<Batch> {
+        let starts = self.window_starts(block)?;
+        self.windows(
+            block,
+            (0..batch as u64)
+                .map(|b| rng::bits(seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15), b) % starts),
+        )
+    }
+
+    /// How many windows of `block + 1` tokens fit (the start of each is in
+    /// `0..count`): an error when not even one does.
+    pub fn window_starts(&self, block: usize) -> Result<u64> {
         if self.tokens.len() <= block {
             return Err(Error::InvalidArgument {
                 op: "TokenDataset::batch",
@@ -75,14 +89,28 @@ impl TokenDataset {
                 ),
             });
         }
-        let starts = (self.tokens.len() - block) as u64;
-        let mut inputs = Vec::with_capacity(batch * block);
-        let mut targets = Vec::with_capacity(batch * block);
-        for b in 0..batch {
-            let r = rng::bits(seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15), b as u64);
-            let s = (r % starts) as usize;
+        Ok((self.tokens.len() - block) as u64)
+    }
+
+    /// The batch of the windows starting at `starts` (each below
+    /// [`window_starts`](Self::window_starts), else an error): inputs
+    /// `tokens[s..s + block]`, targets one further.
+    pub fn windows(&self, block: usize, starts: impl IntoIterator<Item = u64>) -> Result<Batch> {
+        let limit = self.window_starts(block)?;
+        let mut inputs = Vec::new();
+        let mut targets = Vec::new();
+        let mut batch = 0;
+        for s in starts {
+            if s >= limit {
+                return Err(Error::InvalidArgument {
+                    op: "TokenDataset::windows",
+                    reason: format!("a window starting at {s} runs past {} tokens", self.len()),
+                });
+            }
+            let s = s as usize;
             inputs.extend(self.tokens[s..s + block].iter().map(|&t| t as i64));
             targets.extend(self.tokens[s + 1..s + block + 1].iter().map(|&t| t as i64));
+            batch += 1;
         }
         Ok(Batch {
             inputs,

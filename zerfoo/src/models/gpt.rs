@@ -23,6 +23,7 @@
 use zerfoo_kernels::{Backend, Cpu, Device, Dtype, FloatDtype};
 
 use crate::autograd::TapeState;
+use crate::data::TorchGenerator;
 use crate::error::or_panic;
 use crate::nn::{
     cross_entropy, AttentionConfig, BlockConfig, CrossEntropyOpts, Embedding, Encoder, KvCache,
@@ -176,6 +177,30 @@ impl ParamVisitorMut for NanoInit {
     }
 }
 
+/// Sets the parameters named in `values` (row-major `f32`s of each
+/// parameter's shape); every name must be visited.
+struct SetParams {
+    values: std::collections::HashMap<String, Vec<f32>>,
+    error: Option<Error>,
+}
+
+impl ParamVisitorMut for SetParams {
+    fn visit<S: Shape, E: FloatDtype, D: Backend>(&mut self, path: &str, p: &mut Tensor<S, E, D>) {
+        let Some(v) = self.values.remove(path) else {
+            return;
+        };
+        let shape = p.shape();
+        let set = Tensor::from_vec(shape, v.iter().map(|&x| E::from_f64(x as f64)).collect())
+            .and_then(|t| t.try_to_device(p.device()));
+        match set {
+            Ok(t) => *p = t,
+            Err(e) => {
+                self.error.get_or_insert(e);
+            }
+        }
+    }
+}
+
 fn invalid(reason: String) -> Error {
     Error::InvalidArgument { op: "gpt", reason }
 }
@@ -235,6 +260,90 @@ impl<E: FloatDtype> Gpt<E> {
     #[track_caller]
     pub fn new(config: GptConfig, seed: u64) -> Self {
         or_panic(Self::try_new(config, seed))
+    }
+
+    /// The model nanoGPT's `GPT(config)` builds from PyTorch's generator
+    /// `gen` (after `torch.manual_seed(seed)`, `TorchGenerator::new(seed)`):
+    /// the same draws in the same order — PyTorch's default
+    /// initialization of each embedding and linear layer as it is
+    /// constructed, then nanoGPT's `_init_weights` over the modules, then
+    /// the residual projections (`c_proj`) drawn again — so the weights
+    /// equal nanoGPT's (to float rounding) and `gen` is left where
+    /// nanoGPT's is when training starts.
+    ///
+    /// nanoGPT's fused `c_attn` becomes `q_proj`/`k_proj`/`v_proj` (its rows
+    /// in that order), `c_proj` is `o_proj`, `c_fc`/`mlp.c_proj` are
+    /// `fc1`/`fc2`, and the tied `lm_head` is `wte`.
+    pub fn try_new_nanogpt(config: GptConfig, gen: &mut TorchGenerator) -> Result<Self> {
+        let c = config;
+        let mut gpt = Self::try_new(c, 0)?;
+        let (v, t, w) = (c.vocab as u64, c.block as u64, c.width as u64);
+        let normal = |gen: &mut TorchGenerator, n: u64, std: f32| -> Result<Vec<f32>> {
+            let mut out = vec![0f32; n as usize];
+            gen.normal_f32(&mut out, 0.0, std)?;
+            Ok(out)
+        };
+        let skip_normal = |gen: &mut TorchGenerator, n: u64| -> Result<()> {
+            if n < 16 {
+                return Err(invalid(format!(
+                    "a tensor of {n} elements is drawn another way by PyTorch"
+                )));
+            }
+            gen.discard(TorchGenerator::normal_draws(n));
+            Ok(())
+        };
+        // nn.Linear(i, o) draws o·i weights (and o biases) uniformly.
+        let linear = |i: u64, o: u64| o * i + if c.bias { o } else { 0 };
+        // Construction: wte, wpe (N(0, 1)), the blocks, lm_head.
+        skip_normal(gen, v * w)?;
+        skip_normal(gen, t * w)?;
+        let block = linear(w, 3 * w) + linear(w, w) + linear(w, 4 * w) + linear(4 * w, w);
+        gen.discard(c.layers as u64 * block + w * v);
+        // _init_weights, modules in order: wte (overwritten by lm_head, the
+        // same tensor), wpe, per block c_attn, attn.c_proj, c_fc, mlp.c_proj,
+        // then lm_head.
+        let mut values = std::collections::HashMap::new();
+        skip_normal(gen, v * w)?;
+        values.insert("wpe.weight".to_string(), normal(gen, t * w, 0.02)?);
+        for l in 0..c.layers {
+            let p = format!("h.layers.{l}");
+            let qkv = normal(gen, 3 * w * w, 0.02)?;
+            for (k, part) in ["q", "k", "v"]
+                .iter()
+                .zip(qkv.chunks_exact((w * w) as usize))
+            {
+                values.insert(format!("{p}.attn.{k}_proj.weight"), part.to_vec());
+            }
+            skip_normal(gen, w * w)?;
+            values.insert(format!("{p}.ffn.fc1.weight"), normal(gen, 4 * w * w, 0.02)?);
+            skip_normal(gen, 4 * w * w)?;
+        }
+        values.insert("wte.weight".to_string(), normal(gen, v * w, 0.02)?);
+        // The residual projections again, with the smaller deviation.
+        let proj_std = (0.02 / (2.0 * c.layers as f64).sqrt()) as f32;
+        for l in 0..c.layers {
+            let p = format!("h.layers.{l}");
+            values.insert(
+                format!("{p}.attn.o_proj.weight"),
+                normal(gen, w * w, proj_std)?,
+            );
+            values.insert(
+                format!("{p}.ffn.fc2.weight"),
+                normal(gen, 4 * w * w, proj_std)?,
+            );
+        }
+        let mut set = SetParams {
+            values,
+            error: None,
+        };
+        gpt.visit_params_mut("", &mut set);
+        if let Some(e) = set.error {
+            return Err(e);
+        }
+        if let Some(name) = set.values.keys().next() {
+            return Err(invalid(format!("the model has no parameter `{name}`")));
+        }
+        Ok(gpt)
     }
 }
 

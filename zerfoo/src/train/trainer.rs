@@ -281,7 +281,7 @@ impl Trainer {
         D: Backend,
         V: FnMut(&M, &S::Batch) -> Result<Tensor<(), E, D, NoTape>>,
     {
-        evaluate(model, data, &mut eval_loss, self.config.eval_batches)
+        evaluate(model, data, &mut eval_loss, self.config.eval_batches, None)
     }
 
     /// Trains `model` from the current start step to `max_steps`.
@@ -290,10 +290,10 @@ impl Trainer {
     /// micro-batches from `data`, runs `train_loss` and `backward` on each
     /// and averages their gradients, clips the global norm, steps `opt`.
     /// Every `eval_every` steps it evaluates (`eval_loss`, mean over the
-    /// fixed validation batches), saves the best checkpoint when the
-    /// validation loss improves and redraws `loss.svg`; every `ckpt_every`
-    /// steps it saves a checkpoint. Each step appends a line to
-    /// `metrics.jsonl`. In a run folder, lines and checkpoints of steps
+    /// validation batches [`BatchSource::eval_batch`] gives for the step),
+    /// saves the best checkpoint when the validation loss improves and
+    /// redraws `loss.svg`; every `ckpt_every` steps it saves a checkpoint.
+    /// Each step appends a line to `metrics.jsonl`. In a run folder, lines and checkpoints of steps
     /// after the start step (left by a run that went further before being
     /// resumed from an earlier checkpoint) are removed first.
     ///
@@ -438,7 +438,13 @@ impl Trainer {
             let is_last = done == cfg.max_steps;
             let eval_due = (cfg.eval_every > 0 && done % cfg.eval_every == 0) || is_last;
             let val = if eval_due && cfg.eval_batches > 0 {
-                Some(evaluate(model, data, &mut eval_loss, cfg.eval_batches)?)
+                Some(evaluate(
+                    model,
+                    data,
+                    &mut eval_loss,
+                    cfg.eval_batches,
+                    Some(done),
+                )?)
             } else {
                 None
             };
@@ -534,7 +540,15 @@ impl Trainer {
     }
 }
 
-fn evaluate<M, S, E, D, V>(model: &M, data: &S, eval_loss: &mut V, batches: usize) -> Result<f64>
+/// The mean of `eval_loss` over the validation batches of the evaluation
+/// at `step` (`None`: the fixed set, [`BatchSource::val_batch`]).
+fn evaluate<M, S, E, D, V>(
+    model: &M,
+    data: &S,
+    eval_loss: &mut V,
+    batches: usize,
+    step: Option<u64>,
+) -> Result<f64>
 where
     S: BatchSource,
     E: FloatDtype,
@@ -549,7 +563,10 @@ where
     }
     let mut sum = 0.0;
     for i in 0..batches {
-        let b = data.val_batch(i as u64)?;
+        let b = match step {
+            Some(step) => data.eval_batch(step, i as u64)?,
+            None => data.val_batch(i as u64)?,
+        };
         sum += eval_loss(model, &b)?.item().to_f64();
     }
     Ok(sum / batches as f64)
