@@ -7,14 +7,14 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
 use zerfoo::autograd::TapeState;
-use zerfoo::data::{Batch, TokenDataset};
+use zerfoo::data::{Batch, TokenDataset, TorchGenerator};
 use zerfoo::nn::{Embedding, Forward, Module};
 use zerfoo::optim::{Constant, CosineWithWarmup, Optimizer};
 use zerfoo::prelude::*;
 use zerfoo::tokenizer::{CharTokenizer, Tokenizer};
 use zerfoo::train::{
-    checkpoint, read_metrics, BatchSource, MicroStep, Progress, TokenBatches, TrainConfig,
-    TrainStatus, Trainer,
+    checkpoint, read_metrics, BatchSource, MicroStep, NanoGptBatches, Progress, TokenBatches,
+    TrainConfig, TrainStatus, Trainer,
 };
 
 dim!(Vocab = 16);
@@ -278,6 +278,57 @@ fn resume_is_bit_identical() {
     }
     let _ = std::fs::remove_dir_all(&dir_a);
     let _ = std::fs::remove_dir_all(&dir_b);
+}
+
+#[test]
+fn resume_with_nanogpt_batches_is_bit_identical() {
+    // Batches from PyTorch's generator in nanoGPT's order: batch i is found
+    // by replaying the generator, so a resumed run draws what a straight one
+    // draws, evaluations included.
+    const N: u64 = 6;
+    let config = |steps, dir| TrainConfig {
+        eval_every: 3,
+        ..config(steps, dir)
+    };
+    let d = data();
+    let source = NanoGptBatches::new(
+        d.train,
+        d.val,
+        4,
+        8,
+        &config(2 * N, None),
+        TorchGenerator::new(1337),
+    )
+    .unwrap();
+    let fit = |trainer: &mut Trainer, model: &mut Bigram, opt: &mut Optimizer| {
+        trainer
+            .fit(model, opt, &SCHEDULE, &source, train_loss, eval_loss)
+            .unwrap()
+    };
+    let (mut model_a, mut opt_a) = (bigram(1), adamw());
+    let straight = fit(&mut Trainer::new(config(2 * N, None)), &mut model_a, &mut opt_a);
+    let dir = run_dir("nanogpt-halves");
+    let (mut model_b, mut opt_b) = (bigram(1), adamw());
+    let first = fit(
+        &mut Trainer::new(config(N, Some(dir.clone()))),
+        &mut model_b,
+        &mut opt_b,
+    );
+    let (mut model_c, mut opt_c) = (bigram(42), adamw());
+    let mut trainer = Trainer::new(config(2 * N, Some(dir.clone())));
+    trainer
+        .resume(checkpoint::step_dir(&dir, N), &mut model_c, &mut opt_c)
+        .unwrap();
+    let second = fit(&mut trainer, &mut model_c, &mut opt_c);
+    let mut resumed = loss_bits(&first);
+    resumed.extend(loss_bits(&second));
+    assert_eq!(resumed, loss_bits(&straight));
+    assert_eq!(weights(&model_c), weights(&model_a));
+    // Evaluations use the batches drawn for their step, not a fixed set.
+    let vals: Vec<f64> = straight.history.iter().filter_map(|m| m.val_loss).collect();
+    assert_eq!(vals.len(), 4);
+    assert_ne!(source.eval_batch(3, 0).unwrap(), source.eval_batch(6, 0).unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

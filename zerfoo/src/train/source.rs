@@ -75,7 +75,9 @@ impl BatchSource for TokenBatches {
 /// ([`Gpt::try_new_nanogpt`](crate::models::Gpt::try_new_nanogpt)), a
 /// zerfoo run sees nanoGPT's batches, and each evaluation nanoGPT's
 /// validation batches. Batch `i` still depends only on `i` (the generator
-/// is replayed to its position), so resuming is exact. Dropout masks are
+/// is replayed to its position), so resuming is exact; the schedule is fixed
+/// when the source is built, so build it from the whole run's config (its
+/// `max_steps`) when resuming too. Dropout masks are
 /// not drawn from this generator: with dropout the draws stay those of a
 /// nanoGPT run without it.
 ///
