@@ -303,6 +303,45 @@ fn grad_through_transposed_operands() {
 }
 
 #[test]
+fn matmul_t_equals_matmul_of_t_with_gradients() {
+    // `x · wᵀ` with the weight's gradient made in its own orientation:
+    // rank 2, and rank 3 by a shared rank-2 weight (a linear layer).
+    let x: Tensor<(M, K), f64> = Tensor::randn((M, K), 40);
+    let w: Tensor<(N, K), f64> = Tensor::randn((N, K), 41);
+    check_grad2(x.clone(), w.clone(), |x, w| {
+        weighted_sum(x.matmul_t(w.traced()), 42)
+    });
+    check_grad2(w.clone(), x.clone(), |w, x| {
+        weighted_sum(x.traced().matmul_t(w), 43)
+    });
+    let x3: Tensor<(B, M, K), f64> = Tensor::randn((B, M, K), 44);
+    check_grad2(x3.clone(), w.clone(), |x, w| {
+        weighted_sum(x.matmul_t(w.traced()), 45)
+    });
+    // Batched by batched (per-matrix weights).
+    let w3: Tensor<(B, N, K), f64> = Tensor::randn((B, N, K), 46);
+    check_grad2(x3.clone(), w3, |x, w| {
+        weighted_sum(x.matmul_t(w.traced()), 47)
+    });
+    // The same values and gradients as through a `t()` view.
+    let (xt, wt) = (x3.traced(), w.traced());
+    let ga = weighted_sum(xt.clone().matmul_t(wt.clone()), 48).backward();
+    let gb = weighted_sum(xt.clone().matmul(wt.clone().t()), 48).backward();
+    assert_eq!(
+        xt.clone().matmul_t(wt.clone()).to_vec(),
+        xt.clone().matmul(wt.clone().t()).to_vec()
+    );
+    let get = |g: &zerfoo::autograd::Gradients, t: &Tensor<(N, K), f64, Cpu, Tape>| {
+        g.get(t).unwrap().to_vec()
+    };
+    assert!(rel_err(&get(&ga, &wt), &get(&gb, &wt)) <= 1e-14);
+    // Inner dims differing at run time: an error, as for `matmul`.
+    let xd: Tensor<(M, Dyn), f64> = Tensor::zeros((M, Dyn(3)));
+    let wd: Tensor<(N, Dyn), f64> = Tensor::zeros((N, Dyn(4)));
+    assert!(xd.try_matmul_t(wd).is_err());
+}
+
+#[test]
 fn grad_of_transpose_alone() {
     let x2: Tensor<(M, N), f64> = Tensor::randn((M, N), 35);
     check_grad1(x2, |x| weighted_sum(x.t(), 36));

@@ -306,7 +306,11 @@ fn resume_with_nanogpt_batches_is_bit_identical() {
             .unwrap()
     };
     let (mut model_a, mut opt_a) = (bigram(1), adamw());
-    let straight = fit(&mut Trainer::new(config(2 * N, None)), &mut model_a, &mut opt_a);
+    let straight = fit(
+        &mut Trainer::new(config(2 * N, None)),
+        &mut model_a,
+        &mut opt_a,
+    );
     let dir = run_dir("nanogpt-halves");
     let (mut model_b, mut opt_b) = (bigram(1), adamw());
     let first = fit(
@@ -327,7 +331,10 @@ fn resume_with_nanogpt_batches_is_bit_identical() {
     // Evaluations use the batches drawn for their step, not a fixed set.
     let vals: Vec<f64> = straight.history.iter().filter_map(|m| m.val_loss).collect();
     assert_eq!(vals.len(), 4);
-    assert_ne!(source.eval_batch(3, 0).unwrap(), source.eval_batch(6, 0).unwrap());
+    assert_ne!(
+        source.eval_batch(3, 0).unwrap(),
+        source.eval_batch(6, 0).unwrap()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -393,7 +393,7 @@ impl<E: FloatDtype, D: Backend> Gpt<E, D> {
         &self,
         x: Tensor<(B, T, Dyn), E, D, Tp>,
     ) -> Tensor<(B, T, Dyn), E, D, Tp> {
-        x.matmul(self.wte.weight.retaped::<Tp>().t())
+        x.matmul_t(self.wte.weight.retaped::<Tp>())
     }
 
     /// Mean next-token cross-entropy of `ids` against `targets` (both `(B, T)`).

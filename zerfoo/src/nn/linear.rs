@@ -55,7 +55,7 @@ macro_rules! linear_forward {
         {
             type Output = Tensor<($($b,)* O), E, Dv, T>;
             fn forward(&self, x: Tensor<($($b,)* I2), E, Dv, T>) -> Self::Output {
-                let y = x.matmul(self.weight.retaped::<T>().t());
+                let y = x.matmul_t(self.weight.retaped::<T>());
                 match &self.bias {
                     Some(b) => {
                         let shape = y.shape();

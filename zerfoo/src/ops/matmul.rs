@@ -223,6 +223,70 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
         E: SameDtype<E2, Matmul>,
         T: Merge<T2>,
     {
+        self.matmul_core(rhs, false)
+    }
+
+    /// `self · rhsᵀ` (`rhs` transposed over its last two axes): the product
+    /// of a linear layer with its `[out, in]` weight. Equals
+    /// `self.matmul(rhs.t())`, but the gradient of `rhs` is computed in
+    /// `rhs`'s own orientation (`gYᵀ · X`) instead of being computed
+    /// transposed and copied back.
+    ///
+    /// ```
+    /// use zerfoo::prelude::*;
+    /// let x = Tensor::<(U2, U3), f32>::from_vec(Default::default(), vec![1., 2., 3., 4., 5., 6.]).unwrap();
+    /// let w = Tensor::<(U1, U3), f32>::from_vec(Default::default(), vec![1., 0., -1.]).unwrap();
+    /// assert_eq!(x.try_matmul_t(w).unwrap().to_vec(), [-2., -2.]);
+    /// ```
+    pub fn try_matmul_t<S2: TransposeShape, E2: FloatDtype, T2: TapeState, O: Shape>(
+        self,
+        rhs: Tensor<S2, E2, D, T2>,
+    ) -> Result<Tensor<O, E, D, <T as Merge<T2>>::Out>>
+    where
+        S: MatMulShapes<S2::Out, Out = O>,
+        E: SameDtype<E2, Matmul>,
+        T: Merge<T2>,
+    {
+        // The transposed view under `rhs`'s own id: the product's backward
+        // hands it a gradient in `rhs`'s orientation (`transposed_rhs`).
+        let view = Tensor {
+            shape: rhs.shape.transposed(),
+            layout: swap_last(&rhs.layout),
+            data: rhs.data,
+            id: rhs.id,
+            tape: rhs.tape,
+            device: rhs.device,
+        };
+        self.matmul_core(view, true)
+    }
+
+    /// Panicking twin of [`try_matmul_t`](Self::try_matmul_t).
+    #[track_caller]
+    pub fn matmul_t<S2: TransposeShape, E2: FloatDtype, T2: TapeState, O: Shape>(
+        self,
+        rhs: Tensor<S2, E2, D, T2>,
+    ) -> Tensor<O, E, D, <T as Merge<T2>>::Out>
+    where
+        S: MatMulShapes<S2::Out, Out = O>,
+        E: SameDtype<E2, Matmul>,
+        T: Merge<T2>,
+    {
+        or_panic(self.try_matmul_t(rhs))
+    }
+
+    /// The product; with `transposed_rhs`, `rhs` is the transposed view of
+    /// a tensor whose id it carries, and its gradient is produced in that
+    /// tensor's orientation (`[.., N, K]`).
+    fn matmul_core<S2: Shape, E2: FloatDtype, T2: TapeState, O: Shape>(
+        self,
+        rhs: Tensor<S2, E2, D, T2>,
+        transposed_rhs: bool,
+    ) -> Result<Tensor<O, E, D, <T as Merge<T2>>::Out>>
+    where
+        S: MatMulShapes<S2, Out = O>,
+        E: SameDtype<E2, Matmul>,
+        T: Merge<T2>,
+    {
         let rhs = E::same(rhs);
         let (dl, dr) = (self.dims(), rhs.dims());
         let (rl, rr) = (dl.len(), dr.len());
@@ -278,10 +342,12 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
                     } else {
                         dev.gemm_batched(&gy, &lg, &b, &swap_last(&lb))
                     });
-                    let gb = device_ok(if shared_b {
-                        dev.gemm_batch_sum(&a, &swap_last(&la), &gy, &lg)
-                    } else {
-                        dev.gemm_batched(&a, &swap_last(&la), &gy, &lg)
+                    // dBᵀ = gYᵀ · A when B is a transposed tensor's view.
+                    let gb = device_ok(match (shared_b, transposed_rhs) {
+                        (true, false) => dev.gemm_batch_sum(&a, &swap_last(&la), &gy, &lg),
+                        (false, false) => dev.gemm_batched(&a, &swap_last(&la), &gy, &lg),
+                        (true, true) => dev.gemm_batch_sum(&gy, &swap_last(&lg), &a, &la),
+                        (false, true) => dev.gemm_batched(&gy, &swap_last(&lg), &a, &la),
                     });
                     g.accumulate_on(&dev, ida, ga);
                     g.accumulate_on(&dev, idb, gb);

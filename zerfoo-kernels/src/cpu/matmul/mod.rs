@@ -487,8 +487,13 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
     // block); sharing B instead costs a pass of every thread over all of B.
     // (2 threads: 512 x 512 x 512 ~2% faster, 512 x 1536 x 384 ~7%;
     // 4096 x 768 x 768 ~3% slower, so tall products keep the row split.)
+    // A packed A (a transposed one: weight gradients `dYᵀ · X`) with no
+    // more rows than columns is split by columns too: each thread then
+    // packs all of A, which is the smaller operand, and none of the
+    // other's B (2 threads, 128 x 768 x 128: ~1.6x faster).
     let np = n.div_ceil(kern.nr);
-    if threads > 1 && direct.is_some() && m <= 2 * n && np >= 2 * threads {
+    let own_cols = direct.is_some() || m <= n;
+    if threads > 1 && own_cols && m <= 2 * n && np >= 2 * threads {
         (0..threads).into_par_iter().for_each(|t| {
             let cols = (
                 np * t / threads * kern.nr,
@@ -496,6 +501,25 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
             );
             // SAFETY: `cptr` is the `[M, N]` result; thread `t` alone writes these columns.
             unsafe { blocked_cols::<E, K>(ops, cptr, cols, 1, kern, direct, overwrite, fin) };
+        });
+    } else if threads > 1 && direct.is_none() && m > n && matches!(fin, Final::Keep) {
+        // Taller than wide with A packed (the weight gradient of a wider
+        // layer): each thread takes its own rows, packs its own copy of B
+        // (the smaller operand) and never waits for the other.
+        let panels = m.div_ceil(kern.mr);
+        (0..threads).into_par_iter().for_each(|t| {
+            let r0 = (panels * t / threads * kern.mr).min(m);
+            let r1 = (panels * (t + 1) / threads * kern.mr).min(m);
+            if r0 == r1 {
+                return;
+            }
+            let rows = Operands {
+                a_rows: &ops.a_rows[r0..r1],
+                ..*ops
+            };
+            // SAFETY: rows `r0..r1` of the `[M, N]` result are thread `t`'s alone.
+            let c = SendPtr(unsafe { cptr.get().add(r0 * n) });
+            unsafe { blocked_cols::<E, K>(&rows, c, (0, n), 1, kern, None, overwrite, fin) };
         });
     } else {
         // SAFETY: `cptr` is the `[M, N]` result, all this call's.

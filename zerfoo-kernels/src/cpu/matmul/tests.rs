@@ -382,6 +382,31 @@ fn threads_agree_bitwise_f32() {
     }
 }
 
+/// A packed (transposed) A, split over threads by columns (no more rows
+/// than columns) or by rows with a private B each (taller): bit-identical
+/// to one thread.
+#[test]
+fn packed_a_thread_splits_agree_bitwise_f32() {
+    for (m, k, n) in [(128, 769, 130), (385, 300, 129), (29, 40, 300)] {
+        let a: Vec<f32> = vals(m * k, 33).iter().map(|&v| v as f32).collect();
+        let b: Vec<f32> = vals(k * n, 34).iter().map(|&v| v as f32).collect();
+        let (la, lb) = (
+            Layout::new(&[m, k], &[1, m], 0),
+            Layout::contiguous(&[k, n]),
+        );
+        let a64: Vec<f64> = a.iter().map(|&v| v as f64).collect();
+        let b64: Vec<f64> = b.iter().map(|&v| v as f64).collect();
+        let want = naive(&a64, &la, &b64, &lb);
+        let r1 = on_threads(1, || gemm(&a, &la, &b, &lb));
+        for threads in [2, 3] {
+            let r = on_threads(threads, || gemm(&a, &la, &b, &lb));
+            assert_eq!(r1, r, "{m}x{k}x{n}, {threads} threads");
+        }
+        let g: Vec<f64> = r1.iter().map(|&v| v as f64).collect();
+        assert!(max_rel(&g, &want) < 1e-5, "{m}x{k}x{n}");
+    }
+}
+
 /// Every dtype, every kernel, odd sizes and a transposed operand: exactly
 /// the f32 (f64) sum of the widened inputs, rounded once.
 #[test]
