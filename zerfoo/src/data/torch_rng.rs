@@ -108,10 +108,20 @@ impl TorchGenerator {
     /// rule, which keeps the modulo bias small). `high` must be positive.
     pub fn randint(&mut self, high: u64) -> u64 {
         debug_assert!(high > 0, "randint needs a positive bound");
-        if high >= 1 << 28 {
+        if Self::randint_draws(high) == 2 {
             self.next_u64() % high
         } else {
             self.next_u32() as u64 % high
+        }
+    }
+
+    /// The 32-bit outputs one [`randint`](Self::randint)`(high)` draws: 2
+    /// when `high ≥ 2²⁸`, else 1.
+    pub fn randint_draws(high: u64) -> u64 {
+        if high >= 1 << 28 {
+            2
+        } else {
+            1
         }
     }
 

@@ -189,14 +189,8 @@ impl ParamVisitorMut for SetParams {
         let Some(v) = self.values.remove(path) else {
             return;
         };
-        let shape = p.shape();
-        let set = Tensor::from_vec(shape, v.iter().map(|&x| E::from_f64(x as f64)).collect())
-            .and_then(|t| t.try_to_device(p.device()));
-        match set {
-            Ok(t) => *p = t,
-            Err(e) => {
-                self.error.get_or_insert(e);
-            }
+        if let Err(e) = p.assign(v.iter().map(|&x| E::from_f64(x as f64)).collect()) {
+            self.error.get_or_insert(e);
         }
     }
 }

@@ -106,11 +106,6 @@ pub struct NanoGptBatches {
     cursor: Mutex<TorchGenerator>,
 }
 
-/// 32-bit draws of one `torch.randint(high, (batch,))`.
-fn randint_draws(high: u64, batch: usize) -> u64 {
-    batch as u64 * if high >= 1 << 28 { 2 } else { 1 }
-}
-
 impl NanoGptBatches {
     /// Batches of `batch` windows of `block` tokens, drawn from `gen` in
     /// nanoGPT's order for the evaluation schedule of `config`
@@ -146,12 +141,18 @@ impl NanoGptBatches {
         })
     }
 
+    /// 32-bit draws of one batch of `data`'s windows.
+    fn batch_draws(&self, data: &TokenDataset) -> u64 {
+        let high = data.len() as u64 - self.block as u64;
+        self.batch as u64 * TorchGenerator::randint_draws(high)
+    }
+
     fn train_draws(&self) -> u64 {
-        randint_draws(self.train.len() as u64 - self.block as u64, self.batch)
+        self.batch_draws(&self.train)
     }
 
     fn val_draws(&self) -> u64 {
-        randint_draws(self.val.len() as u64 - self.block as u64, self.batch)
+        self.batch_draws(&self.val)
     }
 
     /// Draws of one evaluation (its training and validation batches).
@@ -168,8 +169,8 @@ impl NanoGptBatches {
     /// start.
     fn draw_at(&self, data: &TokenDataset, offset: u64) -> Result<Batch> {
         let mut gen = self.cursor.lock().unwrap_or_else(|e| e.into_inner());
-        let at = gen.draws() - self.start.draws();
-        if at > offset {
+        // Replay from the start when the cursor is already past `offset`.
+        if gen.draws() - self.start.draws() > offset {
             *gen = self.start.clone();
         }
         let at = gen.draws() - self.start.draws();
