@@ -24,7 +24,7 @@
 use num_traits::{Float, Zero};
 use rayon::prelude::*;
 
-use super::simd::{lane_sum, vectorized};
+use super::simd::{lane_max, lane_sum, vectorized};
 use super::PAR_THRESHOLD;
 use crate::{FloatDtype, Layout, Real};
 
@@ -214,7 +214,7 @@ fn forward_block<A: Real>(
         scores(qs, kt, (j0, tk), (bq, n, d), s);
         mask_block(mask, pad, (i0, bq), (j0, n), tk, s);
         for (r, row) in s.chunks_exact_mut(n).enumerate() {
-            let bm = row.iter().copied().fold(ninf, A::max);
+            let bm = lane_max(row);
             if bm == ninf {
                 row.fill(A::zero());
                 continue;
@@ -227,7 +227,7 @@ fn forward_block<A: Real>(
             }
             m[r] = m_new;
             row.iter_mut().for_each(|x| *x = (*x - m_new).fast_exp());
-            l[r] += row.iter().fold(A::zero(), |acc, &x| acc + x);
+            l[r] += lane_sum(n, |j| row[j]);
         }
         gemm_acc(bq, dv, n, s, (n, 1), &vp[j0 * dv..], (dv, 1), o);
         j0 += n;

@@ -59,6 +59,30 @@ pub fn lane_sum<A: crate::Real>(n: usize, mut f: impl FnMut(usize) -> A) -> A {
     acc.iter().fold(A::zero(), |s, &a| s + a)
 }
 
+/// The largest of `xs` (`-inf` when empty; a NaN is skipped like
+/// [`f32::max`] skips it), kept in 16 interleaved lanes so the loop
+/// vectorizes; the result does not depend on the lane order.
+///
+/// ```
+/// let xs = [1.0f32, -3.0, 7.5, 2.0];
+/// assert_eq!(zerfoo_kernels::cpu::simd::lane_max(&xs), 7.5);
+/// ```
+#[inline(always)]
+pub fn lane_max<A: crate::Real>(xs: &[A]) -> A {
+    const LANES: usize = 16;
+    let mut acc = [A::neg_infinity(); LANES];
+    let mut chunks = xs.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a = a.max(x);
+        }
+    }
+    for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
+        *a = a.max(x);
+    }
+    acc.iter().fold(A::neg_infinity(), |m, &a| m.max(a))
+}
+
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Level {

@@ -390,6 +390,8 @@ impl Trainer {
             let lr = schedule.lr(step as usize);
             opt.set_lr(lr);
             let t_step = Instant::now();
+            // Dropped at the end of the iteration (after any evaluation).
+            let _warm = crate::WarmWorkers::start();
             let mut grads: Option<Gradients> = None;
             let mut loss_sum = 0.0;
             let mut tokens = 0usize;

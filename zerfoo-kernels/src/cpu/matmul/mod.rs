@@ -33,6 +33,7 @@
 //! (far inside `bf16` tolerance) and between CPU implementations. They do
 //! not depend on the thread count or the tile.
 
+mod direct;
 mod generic;
 mod kernel;
 mod pack;
@@ -873,7 +874,9 @@ pub(crate) fn gemm_acc<A: Real>(
                 core::slice::from_raw_parts_mut(c.as_mut_ptr().cast::<f32>(), c.len()),
             )
         };
-        typed::<f32>((m, n, k), a, (rsa, csa), b, (rsb, csb), c);
+        if !direct::try_gemm_acc_f32((m, n, k), a, (rsa, csa), b, (rsb, csb), c) {
+            typed::<f32>((m, n, k), a, (rsa, csa), b, (rsb, csb), c);
+        }
     } else {
         assert_eq!(
             TypeId::of::<A>(),

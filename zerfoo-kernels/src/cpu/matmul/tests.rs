@@ -777,6 +777,90 @@ fn bf16_rounding_matches_from_f32() {
     }
 }
 
+/// The in-place small-product path (`direct`) against the blocked path
+/// (bit for bit: same summation order) and the f64 triple loop, at sizes
+/// that leave partial row tiles and partial vectors, with `A` row-major or
+/// transposed and padded row strides.
+#[test]
+fn direct_small_products_match_blocked_bitwise() {
+    if !std::arch::is_x86_feature_detected!("avx512f") {
+        eprintln!("skipped: this CPU has no AVX-512F, the direct path is not used");
+        return;
+    }
+    for &(m, n, k) in &[
+        (1, 1, 1),
+        (7, 5, 3),
+        (8, 16, 32),
+        (9, 17, 31),
+        (64, 64, 32),
+        (13, 33, 64),
+        (64, 48, 129),
+    ] {
+        for trans_a in [false, true] {
+            let (rsa, csa) = if trans_a { (1, m + 2) } else { (k + 3, 1) };
+            let rsb = n + 5;
+            let a64 = vals((m - 1) * rsa + (k - 1) * csa + 1, (m * 7 + k) as u64);
+            let b64 = vals((k - 1) * rsb + n, (n * 3 + k) as u64);
+            let c64 = vals(m * n, 99);
+            let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+            let (a, b) = (f(&a64), f(&b64));
+            let mut direct_c = f(&c64);
+            assert!(direct::try_gemm_acc_f32(
+                (m, n, k),
+                &a,
+                (rsa, csa),
+                &b,
+                (rsb, 1),
+                &mut direct_c
+            ));
+            // The blocked path, through the same entry the kernels use.
+            let (a_rows, a_cols) = (offsets(m, rsa), offsets(k, csa));
+            let (b_rows, b_cols) = (offsets(k, rsb), offsets(n, 1));
+            let ops = Operands::new(&a, 0, &a_rows, &a_cols, &b, 0, &b_rows, &b_cols);
+            let mut blocked_c = f(&c64);
+            // SAFETY: `MaybeUninit<f32>` has `f32`'s layout; the values are initialized.
+            let c = unsafe {
+                &mut *(blocked_c.as_mut_slice() as *mut [f32] as *mut [MaybeUninit<f32>])
+            };
+            blocked::<f32, Widen>(&ops, c, 1, kernel::kernel::<f32>(), false, Final::Keep);
+            assert_eq!(
+                direct_c.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                blocked_c.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                "{m}x{n}x{k} trans_a {trans_a}"
+            );
+            let mut want = c64.clone();
+            for i in 0..m {
+                for j in 0..n {
+                    for p in 0..k {
+                        want[i * n + j] += a[i * rsa + p * csa] as f64 * b[p * rsb + j] as f64;
+                    }
+                }
+            }
+            let got: Vec<f64> = direct_c.iter().map(|&x| x as f64).collect();
+            assert!(max_rel(&got, &want) < 1e-5, "{m}x{n}x{k} trans_a {trans_a}");
+        }
+    }
+    // Not for it: a transposed B, or a depth beyond one block.
+    let mut c = vec![0f32; 4];
+    assert!(!direct::try_gemm_acc_f32(
+        (2, 2, 2),
+        &[0.0; 4],
+        (2, 1),
+        &[0.0; 4],
+        (1, 2),
+        &mut c
+    ));
+    let long = vec![0f32; 2 * (KC + 1)];
+    assert!(!direct::try_gemm_acc_f32(
+        (2, 1, KC + 1),
+        &long,
+        (KC + 1, 1),
+        &long,
+        (1, 1),
+        &mut c[..2]
+    ));
+}
+
 /// Rough f32 throughput at 512^3 (run with `--release -- --ignored --nocapture`).
 #[test]
 #[ignore]
