@@ -179,6 +179,23 @@ fn mask_block<A: Real>(
     }
 }
 
+/// `s[r, j] = exp(s[r, j] - shift[r])` over the `n`-wide rows of `s`.
+///
+/// Kept out of line (with its own [`vectorized`] entry): inlined into the
+/// block loops, the compiler left this loop scalar or 4 lanes wide, and the
+/// exponentials then cost as much as the block's products.
+#[inline(never)]
+fn exp_rows<A: Real>(s: &mut [A], n: usize, shift: &[A]) {
+    vectorized(
+        #[inline(always)]
+        || {
+            for (row, &m) in s.chunks_exact_mut(n).zip(shift) {
+                row.iter_mut().for_each(|x| *x = (*x - m).fast_exp());
+            }
+        },
+    )
+}
+
 /// The keys `[lo, hi)` that any of query rows `i0..i0 + bq` may see.
 #[inline]
 fn block_keys(mask: &AttnMask<'_>, i0: usize, bq: usize, tk: usize) -> (usize, usize) {
@@ -205,6 +222,7 @@ fn forward_block<A: Real>(
     let ninf = A::neg_infinity();
     let (mut m, mut l) = (vec![ninf; bq], vec![A::zero(); bq]);
     let mut sbuf = vec![A::zero(); bq * KEY_BLOCK];
+    let mut shift = vec![A::zero(); bq];
     o.fill(A::zero());
     let (lo, hi) = block_keys(mask, i0, bq, tk);
     let mut j0 = lo;
@@ -213,10 +231,11 @@ fn forward_block<A: Real>(
         let s = &mut sbuf[..bq * n];
         scores(qs, kt, (j0, tk), (bq, n, d), s);
         mask_block(mask, pad, (i0, bq), (j0, n), tk, s);
-        for (r, row) in s.chunks_exact_mut(n).enumerate() {
+        for (r, row) in s.chunks_exact(n).enumerate() {
             let bm = lane_max(row);
             if bm == ninf {
-                row.fill(A::zero());
+                // A row that sees none of these keys: exp(-inf - inf) = 0.
+                shift[r] = A::infinity();
                 continue;
             }
             let m_new = m[r].max(bm);
@@ -226,7 +245,10 @@ fn forward_block<A: Real>(
                 o[r * dv..][..dv].iter_mut().for_each(|x| *x *= alpha);
             }
             m[r] = m_new;
-            row.iter_mut().for_each(|x| *x = (*x - m_new).fast_exp());
+            shift[r] = m_new;
+        }
+        exp_rows(s, n, &shift);
+        for (r, row) in s.chunks_exact(n).enumerate() {
             l[r] += lane_sum(n, |j| row[j]);
         }
         gemm_acc(bq, dv, n, s, (n, 1), &vp[j0 * dv..], (dv, 1), o);
@@ -423,6 +445,8 @@ pub fn attention_backward<E: FloatDtype>(
                     dv: vec![zero; tk * dv],
                 };
                 let mut p = [zero; QUERY_BLOCK * KEY_BLOCK];
+                let mut shift = [zero; QUERY_BLOCK];
+                let inf = <A<E> as Float>::infinity();
                 let mut dp = [zero; QUERY_BLOCK * KEY_BLOCK];
                 for j0 in (0..tk).step_by(KEY_BLOCK) {
                     let n = KEY_BLOCK.min(tk - j0);
@@ -440,14 +464,11 @@ pub fn attention_backward<E: FloatDtype>(
                         let dob = &dop[i0 * dv..][..bq * dv];
                         scores(qb, kt, (j0, tk), (bq, n, d), p);
                         mask_block(mask, pad, (i0, bq), (j0, n), tk, p);
-                        for (r, row) in p.chunks_exact_mut(n).enumerate() {
-                            let l = lse[i0 + r];
-                            if l.is_finite() {
-                                row.iter_mut().for_each(|x| *x = (*x - l).fast_exp());
-                            } else {
-                                row.fill(zero);
-                            }
+                        // A row that sees no key (lse = -inf) gets exp(s - inf) = 0.
+                        for (sh, &l) in shift.iter_mut().zip(&lse[i0..i0 + bq]) {
+                            *sh = if l.is_finite() { l } else { inf };
                         }
+                        exp_rows(p, n, &shift[..bq]);
                         // dv += Pᵀ dO
                         gemm_acc(n, dv, bq, p, (1, n), dob, (dv, 1), dvb);
                         // dP = dO vᵀ, then dS = P ∘ (dP − Di)
