@@ -149,6 +149,8 @@ enum Cmd {
 fn main() {
     // Kernels start on `main` itself instead of waking pool threads per op.
     let _ = zerfoo::init_cpu_threads(None);
+    // Freed activations are reused from the heap, not mapped again per step.
+    zerfoo::retain_freed_memory();
     let args = Args::parse();
     if let Err(e) = run(args) {
         eprintln!("error: {e}");
