@@ -99,6 +99,7 @@ pub(crate) fn f32_kernel() -> Kernel<f32> {
         f: micro::<f32, 4, 8>,
         fd: Some(micro_direct::<f32, 4, 8>),
         rounds: false,
+        amx: false,
         name: "generic-4x8",
     }
 }
@@ -111,6 +112,7 @@ pub(crate) fn f64_kernel() -> Kernel<f64> {
         f: micro::<f64, 4, 4>,
         fd: Some(micro_direct::<f64, 4, 4>),
         rounds: false,
+        amx: false,
         name: "generic-4x4",
     }
 }

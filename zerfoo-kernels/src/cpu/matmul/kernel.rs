@@ -78,6 +78,9 @@ pub(crate) struct Kernel<P, C = P> {
     pub fd: Option<DirectFn<P, C>>,
     /// Whether the kernel can round its tile to `bf16` ([`Store::round`]).
     pub rounds: bool,
+    /// Run the whole product on AMX tiles instead (see `super::amx`); the
+    /// other fields then describe the AVX512-BF16 kernel it stands in for.
+    pub amx: bool,
     /// A short name (for benchmarks and tests).
     #[allow(dead_code)]
     pub name: &'static str,
@@ -140,9 +143,19 @@ pub(crate) fn bf16_kernels() -> &'static [Kernel<u32, f32>] {
 pub(crate) fn bf16_kernel(m: usize, n: usize) -> Option<Kernel<u32, f32>> {
     let padded = |k: &Kernel<u32, f32>| m.div_ceil(k.mr) * k.mr * n.div_ceil(k.nr) * k.nr;
     let ks = bf16_kernels();
-    ks.iter()
+    let best = ks
+        .iter()
         .copied()
-        .reduce(|best, k| if padded(&k) < padded(&best) { k } else { best })
+        .reduce(|best, k| if padded(&k) < padded(&best) { k } else { best })?;
+    #[cfg(target_arch = "x86_64")]
+    if super::amx::available() {
+        return Some(Kernel {
+            amx: true,
+            name: "amx-bf16",
+            ..best
+        });
+    }
+    Some(best)
 }
 
 /// The best kernel for the compute type `A` (`f32` or `f64`).

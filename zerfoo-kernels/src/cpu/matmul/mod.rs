@@ -33,6 +33,8 @@
 //! (far inside `bf16` tolerance) and between CPU implementations. They do
 //! not depend on the thread count or the tile.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod direct;
 mod generic;
 mod kernel;
@@ -392,6 +394,21 @@ fn product<E: FloatDtype, K: Packing<E>>(
     #[cfg(debug_assertions)]
     out.iter_mut()
         .for_each(|o| *o = MaybeUninit::new(E::from_f64(f64::NAN)));
+    #[cfg(target_arch = "x86_64")]
+    if kern.amx && TypeId::of::<E>() == TypeId::of::<bf16>() {
+        // SAFETY: `E` is `bf16` (same TypeId): the same types, reinterpreted.
+        let (ops, out) = unsafe {
+            (
+                &*(ops as *const Operands<'_, E>).cast::<Operands<'_, bf16>>(),
+                core::slice::from_raw_parts_mut(
+                    out.as_mut_ptr().cast::<MaybeUninit<bf16>>(),
+                    out.len(),
+                ),
+            )
+        };
+        amx::product(ops, out, threads);
+        return;
+    }
     if matches!(E::DTYPE, DType::F32 | DType::F64) {
         debug_assert_eq!(core::mem::size_of::<E>(), core::mem::size_of::<E::Acc>());
         // SAFETY: for f32 and f64 the compute type is the type itself.

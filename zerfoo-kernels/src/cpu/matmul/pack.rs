@@ -353,6 +353,8 @@ thread_local! {
     pub(crate) static A_BUF: Cell<Vec<Align64>> = const { Cell::new(Vec::new()) };
     /// Per-thread scratch for packed `B` blocks.
     pub(crate) static B_BUF: Cell<Vec<Align64>> = const { Cell::new(Vec::new()) };
+    /// Per-thread scratch for `f32` sums (the AMX path's accumulator).
+    pub(crate) static C_BUF: Cell<Vec<Align64>> = const { Cell::new(Vec::new()) };
 }
 
 /// Runs `f` on `len` values of 64-byte-aligned per-thread scratch (whatever

@@ -496,6 +496,92 @@ fn bf16_kernels_or_skip(test: &str) -> Option<&'static [Kernel<u32, f32>]> {
     Some(k)
 }
 
+/// Whether the public `bf16` entries run on AMX tiles here.
+fn public_uses_amx() -> bool {
+    kernel::bf16_kernel(64, 64).is_some_and(|k| k.amx)
+}
+
+/// The AMX path, where this CPU and OS offer it: odd sizes (1, 7, 129,
+/// non-multiples of the 32 x 32 block, the task blocks and the depth
+/// block, odd depths) and every layout kind close to the exact product;
+/// 1, 2 and 3 threads bit-identical; batched and batch-summed products.
+#[test]
+fn bf16_amx_odd_sizes_layouts_and_threads() {
+    #[cfg(target_arch = "x86_64")]
+    let on = amx::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    let on = false;
+    let Some(base) = kernel::bf16_kernels().first().copied().filter(|_| on) else {
+        eprintln!(
+            "bf16_amx_odd_sizes_layouts_and_threads: skipped, no AMX-BF16 here (or ZERFOO_AMX=0)"
+        );
+        return;
+    };
+    let kern = Kernel { amx: true, ..base };
+    for &(m, k, n) in &[
+        (1, 1, 1),
+        (7, 7, 7),
+        (7, 1, 9),
+        (15, 2, 33),
+        (32, 32, 32),
+        (29, 40, 17),
+        (129, 129, 129),
+        (65, 1025, 257),
+        (300, 2049, 70),
+    ] {
+        for ka in 0..3 {
+            for kb in 0..3 {
+                let (la, na) = lay(m, k, ka, 3);
+                let (lb, nb) = lay(k, n, kb, 5);
+                let (a, a64) = bf16s(&vals(na, (m * 13 + k + ka) as u64));
+                let (b, b64) = bf16s(&vals(nb, (n * 7 + k + kb) as u64));
+                let (want, mag) = reference(&a64, &la, &b64, &lb);
+                let what = format!("amx {m}x{k}x{n} kinds ({ka}, {kb})");
+                let one = on_threads(1, || {
+                    gemm_batched_with::<_, Bf16Pairs>(&a, &la, &b, &lb, kern)
+                });
+                assert_bf16_close(&one, &want, &mag, &what);
+                for threads in [2, 3] {
+                    let got = on_threads(threads, || {
+                        gemm_batched_with::<_, Bf16Pairs>(&a, &la, &b, &lb, kern)
+                    });
+                    assert_eq!(got, one, "{what}: {threads} threads");
+                }
+            }
+        }
+    }
+    // A batch of 3 with its own B each, and the batch sum of the same.
+    let (bt, m, k, n) = (3, 37, 70, 45);
+    let (la, lb) = (
+        Layout::contiguous(&[bt, m, k]),
+        Layout::contiguous(&[bt, k, n]),
+    );
+    let (a, a64) = bf16s(&vals(bt * m * k, 5));
+    let (b, b64) = bf16s(&vals(bt * k, 6).repeat(n));
+    let got = gemm_batched_with::<_, Bf16Pairs>(&a, &la, &b, &lb, kern);
+    let mut sum_want = vec![0.0; m * n];
+    let mut sum_mag = vec![0.0; m * n];
+    for i in 0..bt {
+        let (l2a, l2b) = (Layout::contiguous(&[m, k]), Layout::contiguous(&[k, n]));
+        let (w, g) = reference(
+            &a64[i * m * k..][..m * k],
+            &l2a,
+            &b64[i * k * n..][..k * n],
+            &l2b,
+        );
+        assert_bf16_close(
+            &got[i * m * n..][..m * n],
+            &w,
+            &g,
+            &format!("amx batch item {i}"),
+        );
+        sum_want.iter_mut().zip(&w).for_each(|(s, x)| *s += x);
+        sum_mag.iter_mut().zip(&g).for_each(|(s, x)| *s += x);
+    }
+    let sum = gemm_batch_sum_with::<_, Bf16Pairs>(&a, &la, &b, &lb, kern);
+    assert_bf16_close(&sum, &sum_want, &sum_mag, "amx batch sum");
+}
+
 /// `bf16` inputs and their exact `f64` values.
 fn bf16s(v: &[f64]) -> (Vec<bf16>, Vec<f64>) {
     let b: Vec<bf16> = v.iter().map(|&x| bf16::from_f64(x)).collect();
@@ -565,11 +651,15 @@ fn bf16_native_odd_sizes_and_layouts() {
                 let (b, b64) = bf16s(&vals(nb, (n * 17 + k + kb) as u64));
                 let (want, mag) = reference(&a64, &la, &b64, &lb);
                 let public = gemm(&a, &la, &b, &lb);
+                assert_bf16_close(&public, &want, &mag, &format!("{m}x{k}x{n} public entry"));
                 for &kern in kernels {
                     let got = gemm_batched_with::<_, Bf16Pairs>(&a, &la, &b, &lb, kern);
                     let what = format!("{m}x{k}x{n} kinds ({ka}, {kb}) kernel {}", kern.name);
                     assert_bf16_close(&got, &want, &mag, &what);
-                    assert_eq!(public, got, "{what}: public entry");
+                    // (On AMX the public entry sums in the tiles' own order.)
+                    if !public_uses_amx() {
+                        assert_eq!(public, got, "{what}: public entry");
+                    }
                 }
             }
         }
@@ -599,6 +689,13 @@ fn bf16_native_crosses_blocks_threads_agree() {
         let one = on_threads(1, || gemm(&a, &la, &b, &lb));
         let what = format!("{m}x{k}x{n}");
         assert_bf16_close(&one, &want, &mag, &what);
+        let one_avx = on_threads(1, || {
+            gemm_batched_with::<_, Bf16Pairs>(&a, &la, &b, &lb, kernels[0])
+        });
+        assert_bf16_close(&one_avx, &want, &mag, &what);
+        if !public_uses_amx() {
+            assert_eq!(one, one_avx, "{what}: public entry");
+        }
         for threads in [2, 3] {
             let got = on_threads(threads, || gemm(&a, &la, &b, &lb));
             assert_eq!(got, one, "{what}: {threads} threads");
@@ -606,7 +703,11 @@ fn bf16_native_crosses_blocks_threads_agree() {
                 let got = on_threads(threads, || {
                     gemm_batched_with::<_, Bf16Pairs>(&a, &la, &b, &lb, kern)
                 });
-                assert_eq!(got, one, "{what}: {threads} threads, kernel {}", kern.name);
+                assert_eq!(
+                    got, one_avx,
+                    "{what}: {threads} threads, kernel {}",
+                    kern.name
+                );
             }
         }
     }

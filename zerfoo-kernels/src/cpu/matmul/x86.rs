@@ -296,6 +296,7 @@ pub(crate) fn avx512_f32() -> Option<Kernel<f32>> {
         f: f32_avx512_14x32,
         fd: Some(f32_avx512_14x32_direct),
         rounds: false,
+        amx: false,
         name: "avx512-14x32",
     })
 }
@@ -308,6 +309,7 @@ pub(crate) fn avx512_f64() -> Option<Kernel<f64>> {
         f: f64_avx512_14x16,
         fd: Some(f64_avx512_14x16_direct),
         rounds: false,
+        amx: false,
         name: "avx512-14x16",
     })
 }
@@ -320,6 +322,7 @@ pub(crate) fn avx2_f32() -> Option<Kernel<f32>> {
         f: f32_avx2_6x16,
         fd: Some(f32_avx2_6x16_direct),
         rounds: false,
+        amx: false,
         name: "avx2-6x16",
     })
 }
@@ -332,6 +335,7 @@ pub(crate) fn avx2_f64() -> Option<Kernel<f64>> {
         f: f64_avx2_6x8,
         fd: Some(f64_avx2_6x8_direct),
         rounds: false,
+        amx: false,
         name: "avx2-6x8",
     })
 }
@@ -346,6 +350,7 @@ pub(crate) fn avx512_bf16() -> Option<[Kernel<u32, f32>; 2]> {
             f: bf16_avx512_14x32,
             fd: Some(bf16_avx512_14x32_direct),
             rounds: true,
+            amx: false,
             name: "avx512bf16-14x32",
         },
         Kernel {
@@ -354,6 +359,7 @@ pub(crate) fn avx512_bf16() -> Option<[Kernel<u32, f32>; 2]> {
             f: bf16_avx512_8x48,
             fd: Some(bf16_avx512_8x48_direct),
             rounds: true,
+            amx: false,
             name: "avx512bf16-8x48",
         },
     ])
