@@ -1,5 +1,6 @@
 //! Reductions over chosen axes on a device ([`crate::cpu::reduce`]): scaled
-//! sums (sum, mean), max/min and the variance, with their backward.
+//! sums (sum, mean), max/min, the variance and logsumexp, with their
+//! backward, and argmax/argmin.
 
 use num_traits::Zero;
 
@@ -70,6 +71,36 @@ pub trait ReduceKernels: Device {
         correction: usize,
         grad_y: &Self::Storage<E>,
     ) -> Result<Self::Storage<E>, DeviceError>;
+
+    /// `log(sum(exp(x)))` over `axes`, stable for large inputs: the result
+    /// rounded to `E`, and the sums in the compute type for the backward.
+    #[allow(clippy::type_complexity)]
+    fn logsumexp_axes<E: FloatDtype>(
+        &self,
+        x: &Self::Storage<E>,
+        lx: &Layout,
+        axes: &[usize],
+    ) -> Result<(Self::Storage<E>, Self::Storage<E::Acc>), DeviceError>;
+
+    /// The gradient of `logsumexp`: `grad_y * exp(x - lse)`.
+    fn logsumexp_backward<E: FloatDtype>(
+        &self,
+        x: &Self::Storage<E>,
+        lx: &Layout,
+        axes: &[usize],
+        lse: &Self::Storage<E::Acc>,
+        grad_y: &Self::Storage<E>,
+    ) -> Result<Self::Storage<E>, DeviceError>;
+
+    /// The position (row-major within the reduced axes) of each block's
+    /// maximum (`MAX = true`) or minimum: the first on ties, the first NaN
+    /// if there is one (as in PyTorch); 0 for an empty block.
+    fn arg_extreme_axes<E: FloatDtype, const MAX: bool>(
+        &self,
+        x: &Self::Storage<E>,
+        lx: &Layout,
+        axes: &[usize],
+    ) -> Result<Self::Storage<i64>, DeviceError>;
 }
 
 impl ReduceKernels for Cpu {
@@ -153,6 +184,39 @@ impl ReduceKernels for Cpu {
             x, lx, axes, means, correction, grad_y,
         ))
     }
+
+    fn logsumexp_axes<E: FloatDtype>(
+        &self,
+        x: &Vec<E>,
+        lx: &Layout,
+        axes: &[usize],
+    ) -> Result<(Vec<E>, Vec<E::Acc>), DeviceError> {
+        let lse = crate::cpu::reduce::logsumexp_axes(x, lx, axes);
+        Ok((lse.iter().map(|&v| E::from_acc(v)).collect(), lse))
+    }
+
+    fn logsumexp_backward<E: FloatDtype>(
+        &self,
+        x: &Vec<E>,
+        lx: &Layout,
+        axes: &[usize],
+        lse: &Vec<E::Acc>,
+        grad_y: &Vec<E>,
+    ) -> Result<Vec<E>, DeviceError> {
+        Ok(crate::cpu::reduce::logsumexp_backward(
+            x, lx, axes, lse, grad_y,
+        ))
+    }
+
+    fn arg_extreme_axes<E: FloatDtype, const MAX: bool>(
+        &self,
+        x: &Vec<E>,
+        lx: &Layout,
+        axes: &[usize],
+    ) -> Result<Vec<i64>, DeviceError> {
+        let pos = crate::cpu::reduce::arg_extreme_axes::<E, MAX>(x, lx, axes);
+        Ok(pos.into_iter().map(|i| i as i64).collect())
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -225,6 +289,43 @@ mod cuda_impl {
             grad_y: &CudaBuffer<E>,
         ) -> Result<CudaBuffer<E>, DeviceError> {
             k::var_backward(x, lx, axes, means, correction, grad_y)
+        }
+
+        fn logsumexp_axes<E: FloatDtype>(
+            &self,
+            x: &CudaBuffer<E>,
+            lx: &Layout,
+            axes: &[usize],
+        ) -> Result<(CudaBuffer<E>, CudaBuffer<E::Acc>), DeviceError> {
+            let lse = k::logsumexp_axes(x, lx, axes)?;
+            // Rounded to `E` through the host (one value per block): a
+            // conversion kernel would need two dtypes in one module.
+            let y: Vec<E> = lse.to_host()?.into_iter().map(E::from_acc).collect();
+            Ok((self.to_device(&y)?, lse))
+        }
+
+        fn logsumexp_backward<E: FloatDtype>(
+            &self,
+            x: &CudaBuffer<E>,
+            lx: &Layout,
+            axes: &[usize],
+            lse: &CudaBuffer<E::Acc>,
+            grad_y: &CudaBuffer<E>,
+        ) -> Result<CudaBuffer<E>, DeviceError> {
+            k::logsumexp_backward(x, lx, axes, lse, grad_y)
+        }
+
+        fn arg_extreme_axes<E: FloatDtype, const MAX: bool>(
+            &self,
+            x: &CudaBuffer<E>,
+            lx: &Layout,
+            axes: &[usize],
+        ) -> Result<CudaBuffer<i64>, DeviceError> {
+            // The kernel gives u32 positions; widened to i64 (PyTorch's
+            // index type) through the host, one value per block.
+            let pos = k::arg_extreme_axes::<E, MAX>(x, lx, axes)?;
+            let idx: Vec<i64> = pos.to_host()?.into_iter().map(i64::from).collect();
+            self.to_device(&idx)
         }
     }
 }

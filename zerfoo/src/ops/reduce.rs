@@ -5,8 +5,7 @@
 
 use std::sync::Arc;
 
-use zerfoo_kernels::cpu::reduce as k;
-use zerfoo_kernels::{Backend, Cpu, FloatDtype, Layout};
+use zerfoo_kernels::{Backend, FloatDtype, Layout};
 
 use crate::autograd::{device_ok, record, NoTape, TapeState, TensorId};
 use crate::shape::{HasAxes, Shape};
@@ -78,23 +77,6 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
     /// Mean of every element (a scalar).
     pub fn mean_all(self) -> Tensor<(), E, D, T> {
         self.sum_axes_scaled(ALL_AXES[S::RANK], (), true)
-    }
-}
-
-/// Wraps a reduction's output buffer as a tensor.
-fn reduced_tensor<S2: Shape, E: FloatDtype, T>(
-    out: S2,
-    data: Vec<E>,
-    id: TensorId,
-    tape: T,
-) -> Tensor<S2, E, Cpu, T> {
-    Tensor {
-        layout: Layout::contiguous(&out.dims()),
-        shape: out,
-        data: Arc::new(data),
-        id,
-        tape,
-        device: Cpu,
     }
 }
 
@@ -228,7 +210,7 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
     }
 }
 
-impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
+impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
     /// `log(sum(exp(x)))` over the axes `Ax`, numerically stable (the max is
     /// subtracted before exponentiating, so `x = 1e4` does not overflow).
     /// Backward: `grad * softmax(x)` over the reduced axes.
@@ -239,60 +221,82 @@ impl<S: Shape, E: FloatDtype, T: TapeState> Tensor<S, E, Cpu, T> {
     /// let y = x.logsumexp::<Axis<0>>().item();
     /// assert!((y - (1e4 + 2f32.ln())).abs() < 1e-2);
     /// ```
-    pub fn logsumexp<Ax>(self) -> Tensor<S::Reduced, E, Cpu, T>
+    pub fn logsumexp<Ax>(self) -> Tensor<S::Reduced, E, D, T>
     where
         S: HasAxes<Ax>,
     {
         let out = self.shape.reduced();
         let axes = S::AXES;
-        let lse = k::logsumexp_axes(&self.data, &self.layout, axes);
-        let y: Vec<E> = lse.iter().map(|&v| E::from_acc(v)).collect();
+        let (y, lse) = device_ok(self.device.logsumexp_axes(&self.data, &self.layout, axes));
         let out_id = TensorId::fresh();
         let tape = if T::TRACKED {
             let (x, lx, in_id) = (self.data.clone(), self.layout, self.id);
+            let dev = self.device.clone();
             record::<T>(out_id, &[self.tape.node()], move |g| {
-                if let Some(gy) = g.take::<E>(out_id) {
-                    let gx = k::logsumexp_backward(&x, &lx, axes, &lse, &gy);
-                    g.accumulate(in_id, gx);
+                if let Some(gy) = g.take_on::<D, E>(out_id) {
+                    let gx = device_ok(dev.logsumexp_backward(&x, &lx, axes, &lse, &gy));
+                    g.accumulate_on(&dev, in_id, gx);
                 }
             })
         } else {
             T::from_node(None)
         };
-        reduced_tensor(out, y, out_id, tape)
+        Tensor {
+            layout: Layout::contiguous(&out.dims()),
+            shape: out,
+            data: Arc::new(y),
+            id: out_id,
+            tape,
+            device: self.device,
+        }
     }
 
     /// The index of the maximum along the axes `Ax` (row-major within the
-    /// reduced axes when there are several). On ties the first index wins;
-    /// NaN counts as the maximum (the first NaN wins), as in PyTorch. No
-    /// gradient flows through an index. An empty axis gives 0.
+    /// reduced axes when there are several), on the tensor's device. On
+    /// ties the first index wins; NaN counts as the maximum (the first NaN
+    /// wins), as in PyTorch. No gradient flows through an index. An empty
+    /// axis gives 0.
     ///
     /// ```
     /// use zerfoo::prelude::*;
     /// let x = Tensor::<(U2, U3), f32>::from_vec(Default::default(), vec![1., 5., 5., 4., 2., 0.]).unwrap();
     /// assert_eq!(x.argmax::<Axis<1>>().to_vec(), [1, 0]);
     /// ```
-    pub fn argmax<Ax>(&self) -> Tensor<S::Reduced, i64, Cpu, NoTape>
+    pub fn argmax<Ax>(&self) -> Tensor<S::Reduced, i64, D, NoTape>
     where
         S: HasAxes<Ax>,
     {
-        let idx = k::arg_extreme_axes::<E, true>(&self.data, &self.layout, S::AXES);
-        index_tensor(self.shape.reduced(), idx)
+        self.arg_extreme::<Ax, true>()
     }
 
     /// The index of the minimum along the axes `Ax`: first index on ties,
     /// NaN counts as the minimum (the first NaN wins), as in PyTorch.
-    pub fn argmin<Ax>(&self) -> Tensor<S::Reduced, i64, Cpu, NoTape>
+    pub fn argmin<Ax>(&self) -> Tensor<S::Reduced, i64, D, NoTape>
     where
         S: HasAxes<Ax>,
     {
-        let idx = k::arg_extreme_axes::<E, false>(&self.data, &self.layout, S::AXES);
-        index_tensor(self.shape.reduced(), idx)
+        self.arg_extreme::<Ax, false>()
     }
-}
 
-fn index_tensor<S2: Shape>(out: S2, idx: Vec<usize>) -> Tensor<S2, i64, Cpu, NoTape> {
-    Tensor::from_contiguous(out, idx.into_iter().map(|i| i as i64).collect())
+    fn arg_extreme<Ax, const MAX: bool>(&self) -> Tensor<S::Reduced, i64, D, NoTape>
+    where
+        S: HasAxes<Ax>,
+    {
+        let idx = device_ok(self.device.arg_extreme_axes::<E, MAX>(
+            &self.data,
+            &self.layout,
+            S::AXES,
+        ));
+        let out = self.shape.reduced();
+        Tensor {
+            layout: Layout::contiguous(&out.dims()),
+            shape: out,
+            data: Arc::new(idx),
+            id: TensorId::fresh(),
+            tape: NoTape,
+            device: self.device.clone(),
+        }
+    }
 }
 
 /// `ALL_AXES[r]` = `[0, 1, .., r-1]`.
