@@ -75,6 +75,7 @@ trait RunOn<E: FloatDtype> {
     fn embedding_attention_loss(&self) -> Values;
     fn masks_rope_gather_mse(&self) -> Values;
     fn logsumexp_argmax(&self) -> Values;
+    fn conv_pool(&self) -> Values;
 }
 
 fn input<S: Shape + Default, E: FloatDtype, D: Backend>(dev: &D, seed: u64) -> Tensor<S, E, D> {
@@ -284,6 +285,69 @@ impl<E: FloatDtype, D: Backend> RunOn<E> for D {
             ("dx", grad_of(&g, &x)),
         ]
     }
+
+    fn conv_pool(&self) -> Values {
+        use zerfoo::ops::{Conv2dArgs, Pool2dArgs};
+        // 2 images, 4 channels, 7 x 6; 6 filters in 2 groups of 3x3,
+        // stride 2, padding 1, dilation 1; then every pooling kind.
+        let x: Tensor<(U2, U4, U7, U6), E, D> = input(self, 71);
+        let w: Tensor<(U6, U2, U3, U3), E, D> = input(self, 72);
+        let b: Tensor<(U6,), E, D> = input(self, 73);
+        let xs = x.clone().traced();
+        let y = xs.clone().conv2d_bias(
+            &w.retaped::<Tape>(),
+            &b.retaped::<Tape>(),
+            Conv2dArgs::new(2, 1, 1).with_groups(U2::default()),
+        );
+        let dilated = xs.clone().conv2d(
+            &w.retaped::<Tape>(),
+            Conv2dArgs::new(1, 2, 2).with_groups(U2::default()),
+        );
+        let maxed = xs.clone().max_pool2d(Pool2dArgs::new(3, 2, 1));
+        let avg = xs.clone().avg_pool2d(Pool2dArgs::new(3, 2, 1));
+        let avg_ex = xs.clone().avg_pool2d_exclude_pad(Pool2dArgs::new(2, 1, 1));
+        let adaptive = xs
+            .clone()
+            .adaptive_avg_pool2d((U3::default(), U4::default()));
+        // The layer, built on the CPU and moved: same weights on both sides.
+        let layer: zerfoo::nn::Conv2d<U4, U3, U2, U2, E, Conv2dArgs> = zerfoo::nn::Conv2d::new(
+            U4::default(),
+            U3::default(),
+            (U2::default(), U2::default()),
+            Conv2dArgs::new(1, 0, 1),
+            true,
+            80,
+        );
+        let layer = zerfoo::nn::Module::to_device(&layer, self);
+        let by_layer = zerfoo::nn::Forward::forward(&layer, xs);
+        let loss = weighted(y.clone(), 74)
+            + weighted(dilated.clone(), 75)
+            + weighted(maxed.clone(), 76)
+            + weighted(avg.clone(), 77)
+            + weighted(avg_ex.clone(), 78)
+            + weighted(adaptive.clone(), 79)
+            + weighted(by_layer.clone(), 81);
+        let g = loss.backward();
+        vec![
+            ("conv2d", y.to_f64_vec()),
+            ("conv2d dilated", dilated.to_f64_vec()),
+            ("max_pool2d", maxed.to_f64_vec()),
+            ("avg_pool2d", avg.to_f64_vec()),
+            ("avg_pool2d exclude pad", avg_ex.to_f64_vec()),
+            ("adaptive_avg_pool2d", adaptive.to_f64_vec()),
+            ("Conv2d layer", by_layer.to_f64_vec()),
+            ("dlayer.weight", grad_of(&g, &layer.weight)),
+            ("dx", grad_of(&g, &x)),
+            ("dw", grad_of(&g, &w)),
+            ("db", grad_of(&g, &b)),
+        ]
+    }
+}
+
+#[test]
+fn convolution_and_pooling_match_the_cpu() {
+    compare::<f64>("conv/pool", |d| d.conv_pool());
+    compare::<f32>("conv/pool", |d| d.conv_pool());
 }
 
 #[test]

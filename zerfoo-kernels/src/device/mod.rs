@@ -110,9 +110,11 @@ pub use norm::{NormGradParts, NormKernels};
 pub use optim::OptimKernels;
 pub use shape::ShapeKernels;
 mod attention;
+mod conv;
 mod mask;
 
 pub use attention::{AttentionGrads, AttentionKernels};
+pub use conv::{ConvGrads, ConvKernels};
 pub use mask::MaskKernels;
 
 /// Every kernel family: what a device needs to run the typed ops, layers
@@ -131,6 +133,7 @@ pub trait Backend:
     + ShapeKernels
     + OptimKernels
     + MaskKernels
+    + ConvKernels
 {
 }
 
@@ -147,5 +150,6 @@ impl<D> Backend for D where
         + ShapeKernels
         + OptimKernels
         + MaskKernels
+        + ConvKernels
 {
 }

@@ -29,7 +29,7 @@ use core::fmt;
 use core::marker::PhantomData;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use zerfoo_kernels::{Cpu, FloatDtype};
+use zerfoo_kernels::{Backend, Cpu, FloatDtype};
 
 use super::{init, Forward, Module, ParamVisitor, ParamVisitorMut};
 use crate::autograd::TapeState;
@@ -119,11 +119,19 @@ impl<S: Shape, E: FloatDtype> Module for Buffer<S, E> {
 /// assert_eq!(y.dims(), [2, 8, 16, 16]);
 /// ```
 #[derive(crate::nn::Module, Clone, Debug)]
-pub struct Conv2d<I: Dim, O: Dim, KH: Dim, KW: Dim, E: FloatDtype, Cfg: ConvSpec = Conv2dConfig> {
+pub struct Conv2d<
+    I: Dim,
+    O: Dim,
+    KH: Dim,
+    KW: Dim,
+    E: FloatDtype,
+    Cfg: ConvSpec = Conv2dConfig,
+    D: Backend = Cpu,
+> {
     /// `[out, in / groups, kh, kw]`.
-    pub weight: Tensor<(O, I, KH, KW), E>,
+    pub weight: Tensor<(O, I, KH, KW), E, D>,
     /// `[out]`, if any.
-    pub bias: Option<Tensor<(O,), E>>,
+    pub bias: Option<Tensor<(O,), E, D>>,
     /// Stride, padding, dilation, groups.
     #[module(skip)]
     pub cfg: Cfg,
@@ -149,13 +157,17 @@ impl<I: Dim, O: Dim, KH: Dim, KW: Dim, E: FloatDtype, Cfg: ConvSpec> Conv2d<I, O
     ) -> Self {
         Conv2d { weight, bias, cfg }
     }
+}
 
+impl<I: Dim, O: Dim, KH: Dim, KW: Dim, E: FloatDtype, Cfg: ConvSpec, D: Backend>
+    Conv2d<I, O, KH, KW, E, Cfg, D>
+{
     /// The forward pass, with run-time shape errors as `Err` (see
     /// [`Tensor::try_conv2d`]).
     pub fn try_forward<N, C, H, W, T>(
         &self,
-        x: Tensor<(N, C, H, W), E, Cpu, T>,
-    ) -> Result<Tensor<(N, O, ConvOut<H, KH, Cfg>, ConvOut<W, KW, Cfg>), E, Cpu, T>>
+        x: Tensor<(N, C, H, W), E, D, T>,
+    ) -> Result<Tensor<(N, O, ConvOut<H, KH, Cfg>, ConvOut<W, KW, Cfg>), E, D, T>>
     where
         N: Dim,
         C: Dim,
@@ -172,8 +184,8 @@ impl<I: Dim, O: Dim, KH: Dim, KW: Dim, E: FloatDtype, Cfg: ConvSpec> Conv2d<I, O
     }
 }
 
-impl<N, C, H, W, I, O, KH, KW, E, Cfg, T> Forward<Tensor<(N, C, H, W), E, Cpu, T>>
-    for Conv2d<I, O, KH, KW, E, Cfg>
+impl<N, C, H, W, I, O, KH, KW, E, Cfg, D, T> Forward<Tensor<(N, C, H, W), E, D, T>>
+    for Conv2d<I, O, KH, KW, E, Cfg, D>
 where
     N: Dim,
     C: Dim,
@@ -185,12 +197,13 @@ where
     KW: Dim,
     E: FloatDtype,
     Cfg: ConvSpec,
+    D: Backend,
     T: TapeState,
     Cfg::Groups: GroupsFit<C, I, O, Convolution>,
 {
-    type Output = Tensor<(N, O, ConvOut<H, KH, Cfg>, ConvOut<W, KW, Cfg>), E, Cpu, T>;
+    type Output = Tensor<(N, O, ConvOut<H, KH, Cfg>, ConvOut<W, KW, Cfg>), E, D, T>;
     /// Panics with the `try_forward` message on a run-time shape error.
-    fn forward(&self, x: Tensor<(N, C, H, W), E, Cpu, T>) -> Self::Output {
+    fn forward(&self, x: Tensor<(N, C, H, W), E, D, T>) -> Self::Output {
         or_panic(self.try_forward(x))
     }
 }
@@ -235,7 +248,7 @@ impl<Cfg: PoolSpec> Module for MaxPool2d<Cfg> {
     fn visit_params_mut<V: ParamVisitorMut>(&mut self, _: &str, _: &mut V) {}
 }
 
-impl<N, C, H, W, E, Cfg, T> Forward<Tensor<(N, C, H, W), E, Cpu, T>> for MaxPool2d<Cfg>
+impl<N, C, H, W, E, Cfg, D, T> Forward<Tensor<(N, C, H, W), E, D, T>> for MaxPool2d<Cfg>
 where
     N: Dim,
     C: Dim,
@@ -243,6 +256,7 @@ where
     W: PoolOutDim<Cfg, MaxPooling>,
     E: FloatDtype,
     Cfg: PoolSpec,
+    D: Backend,
     T: TapeState,
 {
     type Output = Tensor<
@@ -253,10 +267,10 @@ where
             PoolOut<W, Cfg, MaxPooling>,
         ),
         E,
-        Cpu,
+        D,
         T,
     >;
-    fn forward(&self, x: Tensor<(N, C, H, W), E, Cpu, T>) -> Self::Output {
+    fn forward(&self, x: Tensor<(N, C, H, W), E, D, T>) -> Self::Output {
         x.max_pool2d(self.cfg)
     }
 }
@@ -286,7 +300,7 @@ impl<Cfg: PoolSpec> Module for AvgPool2d<Cfg> {
     fn visit_params_mut<V: ParamVisitorMut>(&mut self, _: &str, _: &mut V) {}
 }
 
-impl<N, C, H, W, E, Cfg, T> Forward<Tensor<(N, C, H, W), E, Cpu, T>> for AvgPool2d<Cfg>
+impl<N, C, H, W, E, Cfg, D, T> Forward<Tensor<(N, C, H, W), E, D, T>> for AvgPool2d<Cfg>
 where
     N: Dim,
     C: Dim,
@@ -294,6 +308,7 @@ where
     W: PoolOutDim<Cfg, AvgPooling>,
     E: FloatDtype,
     Cfg: PoolSpec,
+    D: Backend,
     T: TapeState,
 {
     type Output = Tensor<
@@ -304,10 +319,10 @@ where
             PoolOut<W, Cfg, AvgPooling>,
         ),
         E,
-        Cpu,
+        D,
         T,
     >;
-    fn forward(&self, x: Tensor<(N, C, H, W), E, Cpu, T>) -> Self::Output {
+    fn forward(&self, x: Tensor<(N, C, H, W), E, D, T>) -> Self::Output {
         if self.count_include_pad {
             x.avg_pool2d(self.cfg)
         } else {

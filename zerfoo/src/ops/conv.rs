@@ -41,10 +41,10 @@ use typenum::{
     Sum, UInt, UTerm, Unsigned, B0, B1, U0, U1,
 };
 use zerfoo_kernels::cpu::conv::{self as k, AvgDivisor, ChannelStats, Window2d};
-use zerfoo_kernels::{Cpu, FloatDtype, Layout, Real};
+use zerfoo_kernels::{Backend, Cpu, FloatDtype, Layout, Real};
 
 use super::{KindIsDyn, Merge3, SameDtype};
-use crate::autograd::{record, Merge, Node, TapeState, TensorId};
+use crate::autograd::{device_ok, record, Merge, Node, TapeState, TensorId};
 use crate::error::or_panic;
 use crate::shape::{
     shape_from_dims, Dim, Dyn, Dynamic, KindDim, ProductOf, RuntimeCheck, SameDim, Shape, Static,
@@ -542,15 +542,15 @@ impl<F, C, H, W, Op> FlattenCheck<F, C, H, W, Op> for B0 where F: ProductOf<(C, 
 // ---------------------------------------------------------------- ops
 
 /// What an op keeps of a weight, bias or input.
-struct Operand<E> {
-    data: Arc<Vec<E>>,
+struct Operand<D: Backend, E: FloatDtype> {
+    data: Arc<D::Storage<E>>,
     layout: Layout,
     id: TensorId,
     node: Option<Arc<Node>>,
 }
 
-impl<E: FloatDtype> Operand<E> {
-    fn of<S: Shape, T: TapeState>(t: Tensor<S, E, Cpu, T>) -> Self {
+impl<D: Backend, E: FloatDtype> Operand<D, E> {
+    fn of<S: Shape, T: TapeState>(t: Tensor<S, E, D, T>) -> Self {
         Operand {
             node: t.tape.node(),
             data: t.data,
@@ -558,25 +558,26 @@ impl<E: FloatDtype> Operand<E> {
             id: t.id,
         }
     }
-    fn view(&self) -> (&[E], &Layout) {
+    fn view(&self) -> (&D::Storage<E>, &Layout) {
         (&self.data, &self.layout)
     }
 }
 
-/// A new tensor from an op's contiguous output.
-fn output<S: Shape, E: FloatDtype, T>(
+/// A new tensor from an op's contiguous output on `device`.
+fn output<S: Shape, E: FloatDtype, D: Backend, T>(
     shape: S,
-    data: Vec<E>,
+    data: D::Storage<E>,
     id: TensorId,
     tape: T,
-) -> Tensor<S, E, Cpu, T> {
+    device: D,
+) -> Tensor<S, E, D, T> {
     Tensor {
         layout: Layout::contiguous(&shape.dims()),
         shape,
         data: Arc::new(data),
         id,
         tape,
-        device: Cpu,
+        device,
     }
 }
 
@@ -611,15 +612,17 @@ fn check_pool(op: &'static str, win: &Window2d, dims: &[usize]) -> Result<[usize
     })
 }
 
-impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, T: TapeState> Tensor<(N, C, H, W), E, Cpu, T> {
+impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, D: Backend, T: TapeState>
+    Tensor<(N, C, H, W), E, D, T>
+{
     /// The convolution behind the typed methods: run-time checks, kernel, backward.
     fn conv_impl<S2: Shape, Out: TapeState>(
         self,
-        w: Operand<E>,
-        b: Option<Operand<E>>,
+        w: Operand<D, E>,
+        b: Option<Operand<D, E>>,
         geometry: impl FnOnce([usize; 2]) -> Window2d,
         groups: usize,
-    ) -> Result<Tensor<S2, E, Cpu, Out>> {
+    ) -> Result<Tensor<S2, E, D, Out>> {
         const OP: &str = "conv2d";
         let xd = self.dims();
         let wd = w.layout.shape().to_vec();
@@ -671,7 +674,7 @@ impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, T: TapeState> Tensor<(N, C, 
             ));
         };
         let shape: S2 = shape_from_dims(OP, &[xd[0], o, oh, ow])?;
-        let y = k::conv2d_forward(
+        let y = self.device.conv2d_forward(
             &self.data,
             &self.layout,
             &w.data,
@@ -679,7 +682,7 @@ impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, T: TapeState> Tensor<(N, C, 
             b.as_ref().map(Operand::view),
             groups,
             &win,
-        );
+        )?;
         let out_id = TensorId::fresh();
         let tape = if Out::TRACKED {
             let parents = [
@@ -690,21 +693,30 @@ impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, T: TapeState> Tensor<(N, C, 
             let (x, lx, x_id) = (self.data.clone(), self.layout, self.id);
             let (wdata, lw, w_id) = (w.data, w.layout, w.id);
             let b_id = b.map(|b| b.id);
+            let dev = self.device.clone();
             record::<Out>(out_id, &parents, move |g| {
-                if let Some(gy) = g.take::<E>(out_id) {
-                    let gr =
-                        k::conv2d_backward(&x, &lx, &wdata, &lw, b_id.is_some(), groups, &win, &gy);
-                    g.accumulate(x_id, gr.x);
-                    g.accumulate(w_id, gr.weight);
+                if let Some(gy) = g.take_on::<D, E>(out_id) {
+                    let gr = device_ok(dev.conv2d_backward(
+                        &x,
+                        &lx,
+                        &wdata,
+                        &lw,
+                        b_id.is_some(),
+                        groups,
+                        &win,
+                        &gy,
+                    ));
+                    g.accumulate_on(&dev, x_id, gr.x);
+                    g.accumulate_on(&dev, w_id, gr.weight);
                     if let (Some(id), Some(gb)) = (b_id, gr.bias) {
-                        g.accumulate(id, gb);
+                        g.accumulate_on(&dev, id, gb);
                     }
                 }
             })
         } else {
             Out::from_node(None)
         };
-        Ok(output(shape, y, out_id, tape))
+        Ok(output(shape, y, out_id, tape, self.device))
     }
 
     /// 2-D convolution (PyTorch `F.conv2d` without bias): `self` is
@@ -720,11 +732,9 @@ impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, T: TapeState> Tensor<(N, C, 
     /// groups ([`Error::InvalidArgument`]).
     pub fn try_conv2d<O, Cg, KH, KW, E2, Tw, Cfg>(
         self,
-        weight: &Tensor<(O, Cg, KH, KW), E2, Cpu, Tw>,
+        weight: &Tensor<(O, Cg, KH, KW), E2, D, Tw>,
         cfg: Cfg,
-    ) -> Result<
-        Tensor<(N, O, ConvOut<H, KH, Cfg>, ConvOut<W, KW, Cfg>), E, Cpu, <T as Merge<Tw>>::Out>,
-    >
+    ) -> Result<Tensor<(N, O, ConvOut<H, KH, Cfg>, ConvOut<W, KW, Cfg>), E, D, <T as Merge<Tw>>::Out>>
     where
         O: Dim,
         Cg: Dim,
@@ -770,9 +780,9 @@ impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, T: TapeState> Tensor<(N, C, 
     #[track_caller]
     pub fn conv2d<O, Cg, KH, KW, E2, Tw, Cfg>(
         self,
-        weight: &Tensor<(O, Cg, KH, KW), E2, Cpu, Tw>,
+        weight: &Tensor<(O, Cg, KH, KW), E2, D, Tw>,
         cfg: Cfg,
-    ) -> Tensor<(N, O, ConvOut<H, KH, Cfg>, ConvOut<W, KW, Cfg>), E, Cpu, <T as Merge<Tw>>::Out>
+    ) -> Tensor<(N, O, ConvOut<H, KH, Cfg>, ConvOut<W, KW, Cfg>), E, D, <T as Merge<Tw>>::Out>
     where
         O: Dim,
         Cg: Dim,
@@ -795,10 +805,10 @@ impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, T: TapeState> Tensor<(N, C, 
     /// bias length is compared by value with the weight's `O`.
     pub fn try_conv2d_bias<O, Cg, KH, KW, O2, E2, E3, Tw, Tb, Cfg>(
         self,
-        weight: &Tensor<(O, Cg, KH, KW), E2, Cpu, Tw>,
-        bias: &Tensor<(O2,), E3, Cpu, Tb>,
+        weight: &Tensor<(O, Cg, KH, KW), E2, D, Tw>,
+        bias: &Tensor<(O2,), E3, D, Tb>,
         cfg: Cfg,
-    ) -> Result<Tensor<(N, O, ConvOut<H, KH, Cfg>, ConvOut<W, KW, Cfg>), E, Cpu, Merge3<T, Tw, Tb>>>
+    ) -> Result<Tensor<(N, O, ConvOut<H, KH, Cfg>, ConvOut<W, KW, Cfg>), E, D, Merge3<T, Tw, Tb>>>
     where
         O: Dim + SameDim<O2, Convolution>,
         Cg: Dim,
@@ -827,10 +837,10 @@ impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, T: TapeState> Tensor<(N, C, 
     #[track_caller]
     pub fn conv2d_bias<O, Cg, KH, KW, O2, E2, E3, Tw, Tb, Cfg>(
         self,
-        weight: &Tensor<(O, Cg, KH, KW), E2, Cpu, Tw>,
-        bias: &Tensor<(O2,), E3, Cpu, Tb>,
+        weight: &Tensor<(O, Cg, KH, KW), E2, D, Tw>,
+        bias: &Tensor<(O2,), E3, D, Tb>,
         cfg: Cfg,
-    ) -> Tensor<(N, O, ConvOut<H, KH, Cfg>, ConvOut<W, KW, Cfg>), E, Cpu, Merge3<T, Tw, Tb>>
+    ) -> Tensor<(N, O, ConvOut<H, KH, Cfg>, ConvOut<W, KW, Cfg>), E, D, Merge3<T, Tw, Tb>>
     where
         O: Dim + SameDim<O2, Convolution>,
         Cg: Dim,
@@ -859,35 +869,41 @@ impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, T: TapeState> Tensor<(N, C, 
         rows: Vec<(usize, usize)>,
         cols: Vec<(usize, usize)>,
         avg: Option<AvgDivisor>,
-    ) -> Result<Tensor<S2, E, Cpu, T>> {
+    ) -> Result<Tensor<S2, E, D, T>> {
         let xd = self.dims();
         let shape: S2 = shape_from_dims(op, &[xd[0], xd[1], rows.len(), cols.len()])?;
         let dims = [xd[0], xd[1], xd[2], xd[3]];
         let out_id = TensorId::fresh();
         let in_id = self.id;
         let parents = [self.tape.node()];
+        let dev = self.device.clone();
         let (y, tape) = match avg {
             None => {
-                let (y, arg) = k::max_pool2d_forward(&self.data, &self.layout, &rows, &cols);
+                let (y, arg) =
+                    self.device
+                        .max_pool2d_forward(&self.data, &self.layout, &rows, &cols)?;
                 let tape = record::<T>(out_id, &parents, move |g| {
-                    if let Some(gy) = g.take::<E>(out_id) {
-                        g.accumulate(in_id, k::max_pool2d_backward(&gy, &arg, dims));
+                    if let Some(gy) = g.take_on::<D, E>(out_id) {
+                        let gx = device_ok(dev.max_pool2d_backward(&gy, &arg, dims));
+                        g.accumulate_on(&dev, in_id, gx);
                     }
                 });
                 (y, tape)
             }
             Some(div) => {
-                let y = k::avg_pool2d_forward(&self.data, &self.layout, &rows, &cols, div);
+                let y =
+                    self.device
+                        .avg_pool2d_forward(&self.data, &self.layout, &rows, &cols, div)?;
                 let tape = record::<T>(out_id, &parents, move |g| {
-                    if let Some(gy) = g.take::<E>(out_id) {
-                        let gx = k::avg_pool2d_backward(&gy, dims, &rows, &cols, div);
-                        g.accumulate(in_id, gx);
+                    if let Some(gy) = g.take_on::<D, E>(out_id) {
+                        let gx = device_ok(dev.avg_pool2d_backward(&gy, dims, &rows, &cols, div));
+                        g.accumulate_on(&dev, in_id, gx);
                     }
                 });
                 (y, tape)
             }
         };
-        Ok(output(shape, y, out_id, tape))
+        Ok(output(shape, y, out_id, tape, self.device))
     }
 
     /// Window ranges of a checked pooling geometry.
@@ -919,7 +935,7 @@ impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, T: TapeState> Tensor<(N, C, 
                 PoolOut<W, Cfg, MaxPooling>,
             ),
             E,
-            Cpu,
+            D,
             T,
         >,
     >
@@ -944,7 +960,7 @@ impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, T: TapeState> Tensor<(N, C, 
             PoolOut<W, Cfg, MaxPooling>,
         ),
         E,
-        Cpu,
+        D,
         T,
     >
     where
@@ -979,7 +995,7 @@ impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, T: TapeState> Tensor<(N, C, 
                 PoolOut<W, Cfg, AvgPooling>,
             ),
             E,
-            Cpu,
+            D,
             T,
         >,
     >
@@ -1006,7 +1022,7 @@ impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, T: TapeState> Tensor<(N, C, 
             PoolOut<W, Cfg, AvgPooling>,
         ),
         E,
-        Cpu,
+        D,
         T,
     >
     where
@@ -1030,7 +1046,7 @@ impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, T: TapeState> Tensor<(N, C, 
                 PoolOut<W, Cfg, AvgPooling>,
             ),
             E,
-            Cpu,
+            D,
             T,
         >,
     >
@@ -1055,7 +1071,7 @@ impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, T: TapeState> Tensor<(N, C, 
             PoolOut<W, Cfg, AvgPooling>,
         ),
         E,
-        Cpu,
+        D,
         T,
     >
     where
@@ -1072,7 +1088,7 @@ impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, T: TapeState> Tensor<(N, C, 
     pub fn try_adaptive_avg_pool2d<OH: Dim, OW: Dim>(
         self,
         out: (OH, OW),
-    ) -> Result<Tensor<(N, C, OH, OW), E, Cpu, T>> {
+    ) -> Result<Tensor<(N, C, OH, OW), E, D, T>> {
         let xd = self.dims();
         if xd[2] == 0 || xd[3] == 0 {
             return Err(invalid(
@@ -1090,7 +1106,7 @@ impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, T: TapeState> Tensor<(N, C, 
     pub fn adaptive_avg_pool2d<OH: Dim, OW: Dim>(
         self,
         out: (OH, OW),
-    ) -> Tensor<(N, C, OH, OW), E, Cpu, T> {
+    ) -> Tensor<(N, C, OH, OW), E, D, T> {
         or_panic(self.try_adaptive_avg_pool2d(out))
     }
 
@@ -1104,15 +1120,17 @@ impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, T: TapeState> Tensor<(N, C, 
     /// assert_eq!(x.global_avg_pool2d().to_vec(), [2., 7.]);
     /// ```
     #[track_caller]
-    pub fn global_avg_pool2d(self) -> Tensor<(N, C, U1, U1), E, Cpu, T> {
+    pub fn global_avg_pool2d(self) -> Tensor<(N, C, U1, U1), E, D, T> {
         or_panic(self.try_adaptive_avg_pool2d((U1::default(), U1::default())))
     }
+}
 
+impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, T: TapeState> Tensor<(N, C, H, W), E, Cpu, T> {
     /// Batch norm behind the typed methods.
     fn bn_impl<Out: TapeState>(
         self,
-        w: Operand<E>,
-        b: Operand<E>,
+        w: Operand<Cpu, E>,
+        b: Operand<Cpu, E>,
         stats: ChannelStats<E::Acc>,
         training: bool,
     ) -> Tensor<(N, C, H, W), E, Cpu, Out> {
@@ -1120,8 +1138,8 @@ impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, T: TapeState> Tensor<(N, C, 
             &self.data,
             &self.layout,
             &stats,
-            Some(w.view()),
-            Some(b.view()),
+            Some((&w.data[..], &w.layout)),
+            Some((&b.data[..], &b.layout)),
         );
         let out_id = TensorId::fresh();
         let tape = if Out::TRACKED {
@@ -1146,7 +1164,7 @@ impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, T: TapeState> Tensor<(N, C, 
         } else {
             Out::from_node(None)
         };
-        output(self.shape, y, out_id, tape)
+        output(self.shape, y, out_id, tape, Cpu)
     }
 
     /// Checks that `w` and `b` have `C` elements.

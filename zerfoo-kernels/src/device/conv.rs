@@ -1,0 +1,259 @@
+//! 2-D convolution and pooling on a device ([`crate::cpu::conv`] on the
+//! host, [`crate::cuda::ops::conv`] on a GPU), with their backward.
+
+use super::{Cpu, Device, DeviceError};
+use crate::cpu::conv::{AvgDivisor, Window2d};
+use crate::{FloatDtype, Layout};
+
+/// The three gradients of a convolution, in a device's storage.
+pub struct ConvGrads<S> {
+    /// Input gradient, `[N, C, H, W]` contiguous.
+    pub x: S,
+    /// Weight gradient, `[O, C / groups, KH, KW]` contiguous.
+    pub weight: S,
+    /// Bias gradient `[O]` (when asked for).
+    pub bias: Option<S>,
+}
+
+/// Convolution and pooling kernels; outputs are contiguous.
+pub trait ConvKernels: Device {
+    /// Where each max-pooling output came from (saved for the backward).
+    type PoolArgmax: Send + Sync + 'static;
+
+    /// PyTorch's `F.conv2d` (cross-correlation): `x` `[N, C, H, W]`, `w`
+    /// `[O, C / groups, KH, KW]`, `bias` `[O]`, any layouts.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_forward<E: FloatDtype>(
+        &self,
+        x: &Self::Storage<E>,
+        lx: &Layout,
+        w: &Self::Storage<E>,
+        lw: &Layout,
+        bias: Option<(&Self::Storage<E>, &Layout)>,
+        groups: usize,
+        win: &Window2d,
+    ) -> Result<Self::Storage<E>, DeviceError>;
+
+    /// The gradients of [`ConvKernels::conv2d_forward`] from the contiguous
+    /// output gradient `gy`.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_backward<E: FloatDtype>(
+        &self,
+        x: &Self::Storage<E>,
+        lx: &Layout,
+        w: &Self::Storage<E>,
+        lw: &Layout,
+        with_bias: bool,
+        groups: usize,
+        win: &Window2d,
+        gy: &Self::Storage<E>,
+    ) -> Result<ConvGrads<Self::Storage<E>>, DeviceError>;
+
+    /// Max pooling over the windows `rows` x `cols` (`[start, end)` ranges
+    /// per output row and column); padding never wins.
+    #[allow(clippy::type_complexity)]
+    fn max_pool2d_forward<E: FloatDtype>(
+        &self,
+        x: &Self::Storage<E>,
+        lx: &Layout,
+        rows: &[(usize, usize)],
+        cols: &[(usize, usize)],
+    ) -> Result<(Self::Storage<E>, Self::PoolArgmax), DeviceError>;
+
+    /// The input gradient (`[N, C, H, W]` = `dims`) of max pooling: each
+    /// output's gradient to the position it came from.
+    fn max_pool2d_backward<E: FloatDtype>(
+        &self,
+        gy: &Self::Storage<E>,
+        argmax: &Self::PoolArgmax,
+        dims: [usize; 4],
+    ) -> Result<Self::Storage<E>, DeviceError>;
+
+    /// Average pooling over the windows, divided as `divisor` says.
+    fn avg_pool2d_forward<E: FloatDtype>(
+        &self,
+        x: &Self::Storage<E>,
+        lx: &Layout,
+        rows: &[(usize, usize)],
+        cols: &[(usize, usize)],
+        divisor: AvgDivisor,
+    ) -> Result<Self::Storage<E>, DeviceError>;
+
+    /// The input gradient (`[N, C, H, W]` = `dims`) of average pooling.
+    fn avg_pool2d_backward<E: FloatDtype>(
+        &self,
+        gy: &Self::Storage<E>,
+        dims: [usize; 4],
+        rows: &[(usize, usize)],
+        cols: &[(usize, usize)],
+        divisor: AvgDivisor,
+    ) -> Result<Self::Storage<E>, DeviceError>;
+}
+
+impl ConvKernels for Cpu {
+    type PoolArgmax = Vec<usize>;
+
+    fn conv2d_forward<E: FloatDtype>(
+        &self,
+        x: &Vec<E>,
+        lx: &Layout,
+        w: &Vec<E>,
+        lw: &Layout,
+        bias: Option<(&Vec<E>, &Layout)>,
+        groups: usize,
+        win: &Window2d,
+    ) -> Result<Vec<E>, DeviceError> {
+        let bias = bias.map(|(b, lb)| (b.as_slice(), lb));
+        Ok(crate::cpu::conv::conv2d_forward(
+            x, lx, w, lw, bias, groups, win,
+        ))
+    }
+
+    fn conv2d_backward<E: FloatDtype>(
+        &self,
+        x: &Vec<E>,
+        lx: &Layout,
+        w: &Vec<E>,
+        lw: &Layout,
+        with_bias: bool,
+        groups: usize,
+        win: &Window2d,
+        gy: &Vec<E>,
+    ) -> Result<ConvGrads<Vec<E>>, DeviceError> {
+        let g = crate::cpu::conv::conv2d_backward(x, lx, w, lw, with_bias, groups, win, gy);
+        Ok(ConvGrads {
+            x: g.x,
+            weight: g.weight,
+            bias: g.bias,
+        })
+    }
+
+    fn max_pool2d_forward<E: FloatDtype>(
+        &self,
+        x: &Vec<E>,
+        lx: &Layout,
+        rows: &[(usize, usize)],
+        cols: &[(usize, usize)],
+    ) -> Result<(Vec<E>, Vec<usize>), DeviceError> {
+        Ok(crate::cpu::conv::max_pool2d_forward(x, lx, rows, cols))
+    }
+
+    fn max_pool2d_backward<E: FloatDtype>(
+        &self,
+        gy: &Vec<E>,
+        argmax: &Vec<usize>,
+        dims: [usize; 4],
+    ) -> Result<Vec<E>, DeviceError> {
+        Ok(crate::cpu::conv::max_pool2d_backward(gy, argmax, dims))
+    }
+
+    fn avg_pool2d_forward<E: FloatDtype>(
+        &self,
+        x: &Vec<E>,
+        lx: &Layout,
+        rows: &[(usize, usize)],
+        cols: &[(usize, usize)],
+        divisor: AvgDivisor,
+    ) -> Result<Vec<E>, DeviceError> {
+        Ok(crate::cpu::conv::avg_pool2d_forward(
+            x, lx, rows, cols, divisor,
+        ))
+    }
+
+    fn avg_pool2d_backward<E: FloatDtype>(
+        &self,
+        gy: &Vec<E>,
+        dims: [usize; 4],
+        rows: &[(usize, usize)],
+        cols: &[(usize, usize)],
+        divisor: AvgDivisor,
+    ) -> Result<Vec<E>, DeviceError> {
+        Ok(crate::cpu::conv::avg_pool2d_backward(
+            gy, dims, rows, cols, divisor,
+        ))
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda_impl {
+    use super::*;
+    use crate::cuda::ops::conv as k;
+    use crate::cuda::{CudaBuffer, CudaDevice};
+
+    impl ConvKernels for CudaDevice {
+        type PoolArgmax = CudaBuffer<u32>;
+
+        fn conv2d_forward<E: FloatDtype>(
+            &self,
+            x: &CudaBuffer<E>,
+            lx: &Layout,
+            w: &CudaBuffer<E>,
+            lw: &Layout,
+            bias: Option<(&CudaBuffer<E>, &Layout)>,
+            groups: usize,
+            win: &Window2d,
+        ) -> Result<CudaBuffer<E>, DeviceError> {
+            k::conv2d_forward(x, lx, w, lw, bias, groups, win)
+        }
+
+        fn conv2d_backward<E: FloatDtype>(
+            &self,
+            x: &CudaBuffer<E>,
+            lx: &Layout,
+            w: &CudaBuffer<E>,
+            lw: &Layout,
+            with_bias: bool,
+            groups: usize,
+            win: &Window2d,
+            gy: &CudaBuffer<E>,
+        ) -> Result<ConvGrads<CudaBuffer<E>>, DeviceError> {
+            let g = k::conv2d_backward(x, lx, w, lw, with_bias, groups, win, gy)?;
+            Ok(ConvGrads {
+                x: g.x,
+                weight: g.weight,
+                bias: g.bias,
+            })
+        }
+
+        fn max_pool2d_forward<E: FloatDtype>(
+            &self,
+            x: &CudaBuffer<E>,
+            lx: &Layout,
+            rows: &[(usize, usize)],
+            cols: &[(usize, usize)],
+        ) -> Result<(CudaBuffer<E>, CudaBuffer<u32>), DeviceError> {
+            k::max_pool2d_forward(x, lx, rows, cols)
+        }
+
+        fn max_pool2d_backward<E: FloatDtype>(
+            &self,
+            gy: &CudaBuffer<E>,
+            argmax: &CudaBuffer<u32>,
+            dims: [usize; 4],
+        ) -> Result<CudaBuffer<E>, DeviceError> {
+            k::max_pool2d_backward(gy, argmax, dims)
+        }
+
+        fn avg_pool2d_forward<E: FloatDtype>(
+            &self,
+            x: &CudaBuffer<E>,
+            lx: &Layout,
+            rows: &[(usize, usize)],
+            cols: &[(usize, usize)],
+            divisor: AvgDivisor,
+        ) -> Result<CudaBuffer<E>, DeviceError> {
+            k::avg_pool2d_forward(x, lx, rows, cols, divisor)
+        }
+
+        fn avg_pool2d_backward<E: FloatDtype>(
+            &self,
+            gy: &CudaBuffer<E>,
+            dims: [usize; 4],
+            rows: &[(usize, usize)],
+            cols: &[(usize, usize)],
+            divisor: AvgDivisor,
+        ) -> Result<CudaBuffer<E>, DeviceError> {
+            k::avg_pool2d_backward(gy, dims, rows, cols, divisor)
+        }
+    }
+}
