@@ -332,6 +332,7 @@ impl<E: FloatDtype, D: Backend> RunOn<E> for D {
             ("conv2d", y.to_f64_vec()),
             ("conv2d dilated", dilated.to_f64_vec()),
             ("max_pool2d", maxed.to_f64_vec()),
+            ("flatten", maxed.clone().flatten::<Dyn>().to_f64_vec()),
             ("avg_pool2d", avg.to_f64_vec()),
             ("avg_pool2d exclude pad", avg_ex.to_f64_vec()),
             ("adaptive_avg_pool2d", adaptive.to_f64_vec()),

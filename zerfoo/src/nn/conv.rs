@@ -485,7 +485,7 @@ impl<F: Dim> Module for Flatten<F> {
     fn visit_params_mut<V: ParamVisitorMut>(&mut self, _: &str, _: &mut V) {}
 }
 
-impl<N, C, H, W, F, E, T> Forward<Tensor<(N, C, H, W), E, Cpu, T>> for Flatten<F>
+impl<N, C, H, W, F, E, D, T> Forward<Tensor<(N, C, H, W), E, D, T>> for Flatten<F>
 where
     N: Dim,
     C: Dim,
@@ -493,10 +493,11 @@ where
     W: Dim,
     F: FlattenDim<C, H, W, Flattening>,
     E: FloatDtype,
+    D: Backend,
     T: TapeState,
 {
-    type Output = Tensor<(N, F), E, Cpu, T>;
-    fn forward(&self, x: Tensor<(N, C, H, W), E, Cpu, T>) -> Self::Output {
+    type Output = Tensor<(N, F), E, D, T>;
+    fn forward(&self, x: Tensor<(N, C, H, W), E, D, T>) -> Self::Output {
         x.flatten()
     }
 }

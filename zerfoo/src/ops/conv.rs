@@ -1123,6 +1123,44 @@ impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, D: Backend, T: TapeState>
     pub fn global_avg_pool2d(self) -> Tensor<(N, C, U1, U1), E, D, T> {
         or_panic(self.try_adaptive_avg_pool2d((U1::default(), U1::default())))
     }
+
+    /// Flattens `(N, C, H, W)` to `(N, F)` with `F = C * H * W` (a view when
+    /// contiguous). Name `F` statically (checked against `C * H * W` at
+    /// compile time when all are static, at run time otherwise) or take it
+    /// as [`Dyn`] (never fails).
+    ///
+    /// ```
+    /// use zerfoo::prelude::*;
+    /// let x: Tensor<(Dyn, U2, U3, U4), f32> = Tensor::zeros((Dyn(5), U2::default(), U3::default(), U4::default()));
+    /// let y: Tensor<(Dyn, U24), f32> = x.clone().flatten();
+    /// assert_eq!(y.dims(), [5, 24]);
+    /// assert_eq!(x.flatten::<Dyn>().dims(), [5, 24]);
+    /// ```
+    pub fn try_flatten<F>(self) -> Result<Tensor<(N, F), E, D, T>>
+    where
+        F: FlattenDim<C, H, W, Flattening>,
+    {
+        let xd = self.dims();
+        let f = xd[1] * xd[2] * xd[3];
+        let Some(fd) = F::from_size(f) else {
+            return Err(Error::ShapeMismatch {
+                op: "flatten",
+                lhs: xd.to_vec(),
+                rhs: vec![xd[0], F::STATIC.unwrap_or(f)],
+            });
+        };
+        let n = self.shape.0;
+        Ok(self.reshape_unchecked((n, fd)))
+    }
+
+    /// Panicking twin of [`try_flatten`](Self::try_flatten).
+    #[track_caller]
+    pub fn flatten<F>(self) -> Tensor<(N, F), E, D, T>
+    where
+        F: FlattenDim<C, H, W, Flattening>,
+    {
+        or_panic(self.try_flatten())
+    }
 }
 
 impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, T: TapeState> Tensor<(N, C, H, W), E, Cpu, T> {
@@ -1341,44 +1379,6 @@ impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, T: TapeState> Tensor<(N, C, 
         <T as Merge<Tw>>::Out: Merge<Tb>,
     {
         or_panic(self.try_batch_norm2d_eval(weight, bias, running_mean, running_var, eps))
-    }
-
-    /// Flattens `(N, C, H, W)` to `(N, F)` with `F = C * H * W` (a view when
-    /// contiguous). Name `F` statically (checked against `C * H * W` at
-    /// compile time when all are static, at run time otherwise) or take it
-    /// as [`Dyn`] (never fails).
-    ///
-    /// ```
-    /// use zerfoo::prelude::*;
-    /// let x: Tensor<(Dyn, U2, U3, U4), f32> = Tensor::zeros((Dyn(5), U2::default(), U3::default(), U4::default()));
-    /// let y: Tensor<(Dyn, U24), f32> = x.clone().flatten();
-    /// assert_eq!(y.dims(), [5, 24]);
-    /// assert_eq!(x.flatten::<Dyn>().dims(), [5, 24]);
-    /// ```
-    pub fn try_flatten<F>(self) -> Result<Tensor<(N, F), E, Cpu, T>>
-    where
-        F: FlattenDim<C, H, W, Flattening>,
-    {
-        let xd = self.dims();
-        let f = xd[1] * xd[2] * xd[3];
-        let Some(fd) = F::from_size(f) else {
-            return Err(Error::ShapeMismatch {
-                op: "flatten",
-                lhs: xd.to_vec(),
-                rhs: vec![xd[0], F::STATIC.unwrap_or(f)],
-            });
-        };
-        let n = self.shape.0;
-        Ok(self.reshape_unchecked((n, fd)))
-    }
-
-    /// Panicking twin of [`try_flatten`](Self::try_flatten).
-    #[track_caller]
-    pub fn flatten<F>(self) -> Tensor<(N, F), E, Cpu, T>
-    where
-        F: FlattenDim<C, H, W, Flattening>,
-    {
-        or_panic(self.try_flatten())
     }
 }
 
