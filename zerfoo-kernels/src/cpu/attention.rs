@@ -179,12 +179,10 @@ fn mask_block<A: Real>(
     }
 }
 
-/// `s[r, j] = exp(s[r, j] - shift[r])` over the `n`-wide rows of `s`.
-///
-/// Kept out of line (with its own [`vectorized`] entry): inlined into the
-/// block loops, the compiler left this loop scalar or 4 lanes wide, and the
-/// exponentials then cost as much as the block's products.
-#[inline(never)]
+/// `s[r, j] = exp(s[r, j] - shift[r])` over the `n`-wide rows of `s`: the
+/// probabilities of a block, in the forward (shift: the running max) and
+/// the backward (shift: the logsumexp). A row with shift `+inf` (it sees
+/// no key) becomes 0, as `exp(-inf)` does.
 fn exp_rows<A: Real>(s: &mut [A], n: usize, shift: &[A]) {
     vectorized(
         #[inline(always)]
@@ -222,7 +220,7 @@ fn forward_block<A: Real>(
     let ninf = A::neg_infinity();
     let (mut m, mut l) = (vec![ninf; bq], vec![A::zero(); bq]);
     let mut sbuf = vec![A::zero(); bq * KEY_BLOCK];
-    let mut shift = vec![A::zero(); bq];
+    let mut shift = [A::zero(); QUERY_BLOCK];
     o.fill(A::zero());
     let (lo, hi) = block_keys(mask, i0, bq, tk);
     let mut j0 = lo;
@@ -247,7 +245,7 @@ fn forward_block<A: Real>(
             m[r] = m_new;
             shift[r] = m_new;
         }
-        exp_rows(s, n, &shift);
+        exp_rows(s, n, &shift[..bq]);
         for (r, row) in s.chunks_exact(n).enumerate() {
             l[r] += lane_sum(n, |j| row[j]);
         }

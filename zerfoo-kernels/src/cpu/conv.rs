@@ -28,6 +28,7 @@ use rayon::prelude::*;
 
 use super::matmul::{gemm_batch_sum, gemm_batched, PAR_MACS};
 use super::{map, PAR_THRESHOLD};
+use crate::device::ConvGrads;
 use crate::{FloatDtype, Layout, Real};
 
 /// Unrolled elements per block of samples in the weight gradient: bounds the
@@ -359,17 +360,6 @@ pub fn conv2d_forward<E: FloatDtype>(
     out
 }
 
-/// Gradients of a 2-D convolution.
-#[derive(Clone, Debug)]
-pub struct Conv2dGrads<E> {
-    /// Input gradient, `[N, C, H, W]` contiguous.
-    pub x: Vec<E>,
-    /// Weight gradient, `[O, C / groups, KH, KW]` contiguous.
-    pub weight: Vec<E>,
-    /// Bias gradient `[O]` (when asked for).
-    pub bias: Option<Vec<E>>,
-}
-
 /// The backward pass of [`conv2d_forward`]: `gy` is the contiguous
 /// `[N, O, OH, OW]` output gradient. All three gradients are accumulated in
 /// the compute type and rounded once.
@@ -383,7 +373,7 @@ pub fn conv2d_backward<E: FloatDtype>(
     groups: usize,
     win: &Window2d,
     gy: &[E],
-) -> Conv2dGrads<E> {
+) -> ConvGrads<Vec<E>> {
     let d = ConvDims::new(lx, lw, groups, win);
     let l = d.l();
     assert_eq!(gy.len(), d.n * d.o * l, "conv2d backward: gradient length");
@@ -391,7 +381,7 @@ pub fn conv2d_backward<E: FloatDtype>(
     let mut gx = vec![E::default(); d.n * d.c * d.h * d.w];
     let mut gw = vec![E::default(); d.o * d.ckk];
     if gy.is_empty() {
-        return Conv2dGrads {
+        return ConvGrads {
             x: gx,
             weight: gw,
             bias: with_bias.then(|| vec![E::default(); d.o]),
@@ -482,7 +472,7 @@ pub fn conv2d_backward<E: FloatDtype>(
             })
             .collect()
     });
-    Conv2dGrads {
+    ConvGrads {
         x: gx,
         weight: gw,
         bias,

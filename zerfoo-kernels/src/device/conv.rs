@@ -5,7 +5,9 @@ use super::{Cpu, Device, DeviceError};
 use crate::cpu::conv::{AvgDivisor, Window2d};
 use crate::{FloatDtype, Layout};
 
-/// The three gradients of a convolution, in a device's storage.
+/// The three gradients of a convolution, in a device's storage (`Vec<E>`
+/// on the CPU, a device buffer on a GPU).
+#[derive(Clone, Debug)]
 pub struct ConvGrads<S> {
     /// Input gradient, `[N, C, H, W]` contiguous.
     pub x: S,
@@ -120,12 +122,9 @@ impl ConvKernels for Cpu {
         win: &Window2d,
         gy: &Vec<E>,
     ) -> Result<ConvGrads<Vec<E>>, DeviceError> {
-        let g = crate::cpu::conv::conv2d_backward(x, lx, w, lw, with_bias, groups, win, gy);
-        Ok(ConvGrads {
-            x: g.x,
-            weight: g.weight,
-            bias: g.bias,
-        })
+        Ok(crate::cpu::conv::conv2d_backward(
+            x, lx, w, lw, with_bias, groups, win, gy,
+        ))
     }
 
     fn max_pool2d_forward<E: FloatDtype>(
@@ -207,12 +206,7 @@ mod cuda_impl {
             win: &Window2d,
             gy: &CudaBuffer<E>,
         ) -> Result<ConvGrads<CudaBuffer<E>>, DeviceError> {
-            let g = k::conv2d_backward(x, lx, w, lw, with_bias, groups, win, gy)?;
-            Ok(ConvGrads {
-                x: g.x,
-                weight: g.weight,
-                bias: g.bias,
-            })
+            k::conv2d_backward(x, lx, w, lw, with_bias, groups, win, gy)
         }
 
         fn max_pool2d_forward<E: FloatDtype>(

@@ -891,7 +891,9 @@ pub(crate) fn gemm_acc<A: Real>(
                 core::slice::from_raw_parts_mut(c.as_mut_ptr().cast::<f32>(), c.len()),
             )
         };
-        if !direct::try_gemm_acc_f32((m, n, k), a, (rsa, csa), b, (rsb, csb), c) {
+        // SAFETY: the bounds were checked above.
+        let done = unsafe { direct::try_gemm_acc_f32((m, n, k), a, (rsa, csa), b, (rsb, csb), c) };
+        if !done {
             typed::<f32>((m, n, k), a, (rsa, csa), b, (rsb, csb), c);
         }
     } else {

@@ -905,14 +905,10 @@ fn direct_small_products_match_blocked_bitwise() {
             let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
             let (a, b) = (f(&a64), f(&b64));
             let mut direct_c = f(&c64);
-            assert!(direct::try_gemm_acc_f32(
-                (m, n, k),
-                &a,
-                (rsa, csa),
-                &b,
-                (rsb, 1),
-                &mut direct_c
-            ));
+            // SAFETY: the operands were sized for these strides above.
+            assert!(unsafe {
+                direct::try_gemm_acc_f32((m, n, k), &a, (rsa, csa), &b, (rsb, 1), &mut direct_c)
+            });
             // The blocked path, through the same entry the kernels use.
             let (a_rows, a_cols) = (offsets(m, rsa), offsets(k, csa));
             let (b_rows, b_cols) = (offsets(k, rsb), offsets(n, 1));
@@ -942,23 +938,22 @@ fn direct_small_products_match_blocked_bitwise() {
     }
     // Not for it: a transposed B, or a depth beyond one block.
     let mut c = vec![0f32; 4];
-    assert!(!direct::try_gemm_acc_f32(
-        (2, 2, 2),
-        &[0.0; 4],
-        (2, 1),
-        &[0.0; 4],
-        (1, 2),
-        &mut c
-    ));
+    // SAFETY: in bounds (and refused before any read).
+    assert!(!unsafe {
+        direct::try_gemm_acc_f32((2, 2, 2), &[0.0; 4], (2, 1), &[0.0; 4], (1, 2), &mut c)
+    });
     let long = vec![0f32; 2 * (KC + 1)];
-    assert!(!direct::try_gemm_acc_f32(
-        (2, 1, KC + 1),
-        &long,
-        (KC + 1, 1),
-        &long,
-        (1, 1),
-        &mut c[..2]
-    ));
+    // SAFETY: as above.
+    assert!(!unsafe {
+        direct::try_gemm_acc_f32(
+            (2, 1, KC + 1),
+            &long,
+            (KC + 1, 1),
+            &long,
+            (1, 1),
+            &mut c[..2],
+        )
+    });
 }
 
 /// Rough f32 throughput at 512^3 (run with `--release -- --ignored --nocapture`).

@@ -11,6 +11,7 @@ use super::CudaFloat;
 use crate::cpu::conv::{AvgDivisor, Window2d};
 use crate::cuda::device::{check_layout, grid_for, rows_grid, same_device, Launch};
 use crate::cuda::{CudaBuffer, CudaDevice, CudaError, Family};
+use crate::device::ConvGrads;
 use crate::Layout;
 
 /// The argmax of an empty max-pooling window (its output is `-inf`).
@@ -124,17 +125,6 @@ pub fn conv2d_forward<E: CudaFloat>(
     Ok(y)
 }
 
-/// Gradients of a 2-D convolution.
-#[derive(Debug)]
-pub struct CudaConv2dGrads<E> {
-    /// Input gradient, `[N, C, H, W]` contiguous.
-    pub x: CudaBuffer<E>,
-    /// Weight gradient, `[O, C / groups, KH, KW]` contiguous.
-    pub weight: CudaBuffer<E>,
-    /// Bias gradient `[O]` (when asked for).
-    pub bias: Option<CudaBuffer<E>>,
-}
-
 /// The backward pass of [`conv2d_forward`]: `gy` is the contiguous
 /// `[N, O, OH, OW]` output gradient. All three gradients are summed in the
 /// compute type and rounded once.
@@ -148,7 +138,7 @@ pub fn conv2d_backward<E: CudaFloat>(
     groups: usize,
     win: &Window2d,
     gy: &CudaBuffer<E>,
-) -> Result<CudaConv2dGrads<E>, CudaError> {
+) -> Result<ConvGrads<CudaBuffer<E>>, CudaError> {
     let op = "conv2d backward";
     let dev = x.device();
     dev.check(op, E::DTYPE)?;
@@ -195,7 +185,7 @@ pub fn conv2d_backward<E: CudaFloat>(
             .ptr_mut(gb)
             .run(grid_for(o * 32))?;
     }
-    Ok(CudaConv2dGrads {
+    Ok(ConvGrads {
         x: gx,
         weight: gw,
         bias: gb,
