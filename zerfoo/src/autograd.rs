@@ -222,11 +222,6 @@ impl GradStore {
         )
     }
 
-    /// Adds `grad` to the gradient of `id` (a CPU tensor's).
-    pub(crate) fn accumulate<E: FloatDtype>(&mut self, id: TensorId, grad: Vec<E>) {
-        self.accumulate_on(&Cpu, id, grad)
-    }
-
     /// Adds `grad` (contiguous, on `dev`) to the gradient of `id`.
     pub(crate) fn accumulate_on<D: Backend, E: FloatDtype>(
         &mut self,

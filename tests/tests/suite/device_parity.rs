@@ -76,6 +76,7 @@ trait RunOn<E: FloatDtype> {
     fn masks_rope_gather_mse(&self) -> Values;
     fn logsumexp_argmax(&self) -> Values;
     fn conv_pool(&self) -> Values;
+    fn batch_norm(&self) -> Values;
 }
 
 fn input<S: Shape + Default, E: FloatDtype, D: Backend>(dev: &D, seed: u64) -> Tensor<S, E, D> {
@@ -181,13 +182,31 @@ impl<E: FloatDtype, D: Backend> RunOn<E> for D {
             .clone()
             .split_heads::<Heads, HeadDim>()
             .permute::<Perm4<0, 2, 1, 3>>();
-        let o = fused_attention(q.clone(), q.clone(), q, &AttentionMask::causal(), 0.5);
+        let o = fused_attention(
+            q.clone(),
+            q.clone(),
+            q.clone(),
+            &AttentionMask::causal(),
+            0.5,
+        );
+        // The unfused reference, with a host mask that hides every key of
+        // one query (its output is zero).
+        let hide = Tensor::<(Batch, Seq, Seq), bool>::from_fn(Default::default(), |n| {
+            n % 7 == 2 || (5..10).contains(&n)
+        });
+        let reference =
+            zerfoo::nn::scaled_dot_product_attention(q.clone(), q.clone(), q, Some(&hide), 0.5);
         let y = o.permute::<Perm4<0, 2, 1, 3>>().merge_heads::<Width>();
         let logits = (y + x).matmul(table.retaped::<Tape>().t());
         let loss = cross_entropy(logits, &targets, CrossEntropyOpts::default());
         let value = loss.to_f64_vec();
-        let g = loss.backward();
-        vec![("loss", value), ("dtable", grad_of(&g, &table))]
+        let total = loss + weighted(reference.clone(), 32);
+        let g = total.backward();
+        vec![
+            ("loss", value),
+            ("unfused attention", reference.to_f64_vec()),
+            ("dtable", grad_of(&g, &table)),
+        ]
     }
 
     fn masks_rope_gather_mse(&self) -> Values {
@@ -343,12 +362,61 @@ impl<E: FloatDtype, D: Backend> RunOn<E> for D {
             ("db", grad_of(&g, &b)),
         ]
     }
+    fn batch_norm(&self) -> Values {
+        use zerfoo::nn::{BatchNorm2d, Dropout, Forward, Module};
+        // The op on a permuted (strided) input, training statistics.
+        let x: Tensor<(U3, U4, U5, U2), E, D> = input(self, 91);
+        let w: Tensor<(U4,), E, D> = input(self, 92);
+        let b: Tensor<(U4,), E, D> = input(self, 93);
+        let xs = x.clone().traced();
+        let xt = xs.clone().permute::<Perm4<0, 1, 3, 2>>();
+        let (y, stats) = xt.batch_norm2d(&w.retaped::<Tape>(), &b.retaped::<Tape>(), 1e-5);
+        // The layer, built on the CPU and moved: two training steps update
+        // the running statistics on the device, then eval mode uses them.
+        let mut bn: BatchNorm2d<U4, E> = BatchNorm2d::new(U4::default());
+        bn.weight = Tensor::<(U4,), E>::randn(Default::default(), 94);
+        let mut bn = bn.to_device(self);
+        let first = bn.forward(xs.clone().mul_scalar(2.0));
+        let second = bn.forward(xs.clone().add_scalar(1.0));
+        bn.set_training(false);
+        let evaluated = bn.forward(xs.clone());
+        // The Dropout layer runs the device's dropout.
+        let dropped = Dropout::new(0.5, 3).forward(xs.clone());
+        let loss = weighted(y.clone(), 95)
+            + weighted(first.clone(), 96)
+            + weighted(second.clone(), 97)
+            + weighted(evaluated.clone(), 98)
+            + weighted(dropped.clone(), 99);
+        let g = loss.backward();
+        vec![
+            ("batch_norm2d", y.to_f64_vec()),
+            ("batch mean", stats.mean.clone()),
+            ("batch var", stats.var.clone()),
+            ("training step 1", first.to_f64_vec()),
+            ("training step 2", second.to_f64_vec()),
+            ("eval", evaluated.to_f64_vec()),
+            ("running mean", bn.running_mean.get().to_f64_vec()),
+            ("running var", bn.running_var.get().to_f64_vec()),
+            ("Dropout layer", dropped.to_f64_vec()),
+            ("dx", grad_of(&g, &x)),
+            ("dw", grad_of(&g, &w)),
+            ("db", grad_of(&g, &b)),
+            ("dlayer.weight", grad_of(&g, &bn.weight)),
+            ("dlayer.bias", grad_of(&g, &bn.bias)),
+        ]
+    }
 }
 
 #[test]
 fn convolution_and_pooling_match_the_cpu() {
     compare::<f64>("conv/pool", |d| d.conv_pool());
     compare::<f32>("conv/pool", |d| d.conv_pool());
+}
+
+#[test]
+fn batch_norm_and_its_layer_match_the_cpu() {
+    compare::<f64>("batch norm", |d| d.batch_norm());
+    compare::<f32>("batch norm", |d| d.batch_norm());
 }
 
 #[test]

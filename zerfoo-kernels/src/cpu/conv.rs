@@ -28,7 +28,7 @@ use rayon::prelude::*;
 
 use super::matmul::{gemm_batch_sum, gemm_batched, PAR_MACS};
 use super::{map, PAR_THRESHOLD};
-use crate::device::ConvGrads;
+use crate::device::{BatchNormGrads, ChannelStats, ConvGrads};
 use crate::{FloatDtype, Layout, Real};
 
 /// Unrolled elements per block of samples in the weight gradient: bounds the
@@ -670,17 +670,6 @@ pub fn avg_pool2d_backward<E: FloatDtype>(
     gx
 }
 
-/// Per-channel statistics of a batch norm, in the compute type.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ChannelStats<A> {
-    /// The mean over `(N, H, W)` (the running mean in eval mode).
-    pub mean: Vec<A>,
-    /// The biased variance over `(N, H, W)` (the running variance in eval mode).
-    pub var: Vec<A>,
-    /// `1 / sqrt(var + eps)`.
-    pub rstd: Vec<A>,
-}
-
 /// Calls `f(offset)` with the storage offset of every element of channel
 /// `ci` of a `[N, C, H, W]` layout, in row-major `(n, h, w)` order.
 #[inline]
@@ -710,7 +699,11 @@ fn per_channel<R: Send>(lx: &Layout, f: impl Fn(usize) -> R + Sync + Send) -> Ve
 /// The batch statistics of `x` (`[N, C, H, W]`, any layout) per channel:
 /// mean and biased variance over `(N, H, W)` (two passes, in the compute
 /// type), and `1 / sqrt(var + eps)`.
-pub fn batch_norm_stats<E: FloatDtype>(x: &[E], lx: &Layout, eps: f64) -> ChannelStats<E::Acc> {
+pub fn batch_norm_stats<E: FloatDtype>(
+    x: &[E],
+    lx: &Layout,
+    eps: f64,
+) -> ChannelStats<Vec<E::Acc>> {
     assert_eq!(lx.rank(), 4, "batch_norm2d: input must be 4-D");
     let d = lx.shape();
     let m = E::Acc::of_f64((d[0] * d[2] * d[3]) as f64);
@@ -746,7 +739,7 @@ pub fn running_stats<E: FloatDtype>(
     mean: (&[E], &Layout),
     var: (&[E], &Layout),
     eps: f64,
-) -> ChannelStats<E::Acc> {
+) -> ChannelStats<Vec<E::Acc>> {
     let mean = map(mean.0, mean.1, |v: E| v.to_acc());
     let var: Vec<E::Acc> = map(var.0, var.1, |v: E| v.to_acc());
     let e = E::Acc::of_f64(eps);
@@ -760,7 +753,7 @@ pub fn running_stats<E: FloatDtype>(
 pub fn batch_norm_apply<E: FloatDtype>(
     x: &[E],
     lx: &Layout,
-    stats: &ChannelStats<E::Acc>,
+    stats: &ChannelStats<Vec<E::Acc>>,
     weight: Option<(&[E], &Layout)>,
     bias: Option<(&[E], &Layout)>,
 ) -> Vec<E> {
@@ -789,17 +782,6 @@ pub fn batch_norm_apply<E: FloatDtype>(
     out
 }
 
-/// Gradients of a batch norm.
-#[derive(Clone, Debug)]
-pub struct BatchNormGrads<E> {
-    /// Input gradient, `[N, C, H, W]` contiguous.
-    pub x: Vec<E>,
-    /// Weight gradient `[C]`: `Σ gy * xhat`.
-    pub weight: Vec<E>,
-    /// Bias gradient `[C]`: `Σ gy`.
-    pub bias: Vec<E>,
-}
-
 /// The backward pass of [`batch_norm_apply`] with `stats` from
 /// [`batch_norm_stats`] (`training`: the statistics depend on `x`) or
 /// [`running_stats`] (eval: they are constants). `gy` is the contiguous
@@ -807,11 +789,11 @@ pub struct BatchNormGrads<E> {
 pub fn batch_norm_backward<E: FloatDtype>(
     x: &[E],
     lx: &Layout,
-    stats: &ChannelStats<E::Acc>,
+    stats: &ChannelStats<Vec<E::Acc>>,
     weight: Option<(&[E], &Layout)>,
     gy: &[E],
     training: bool,
-) -> BatchNormGrads<E> {
+) -> BatchNormGrads<Vec<E>> {
     assert_eq!(lx.rank(), 4, "batch_norm2d: input must be 4-D");
     let d = lx.shape();
     let (c, hw, w) = (d[1], d[2] * d[3], d[3]);

@@ -1,5 +1,6 @@
-//! 2-D convolution and pooling on a device ([`crate::cpu::conv`] on the
-//! host, [`crate::cuda::ops::conv`] on a GPU), with their backward.
+//! 2-D convolution, pooling and batch normalization on a device
+//! ([`crate::cpu::conv`] on the host, [`crate::cuda::ops::conv`] on a GPU),
+//! with their backward.
 
 use super::{Cpu, Device, DeviceError};
 use crate::cpu::conv::{AvgDivisor, Window2d};
@@ -17,7 +18,30 @@ pub struct ConvGrads<S> {
     pub bias: Option<S>,
 }
 
-/// Convolution and pooling kernels; outputs are contiguous.
+/// Per-channel statistics of a batch norm in the compute type, in a
+/// device's storage (`Vec<A>` on the CPU, a device buffer on a GPU).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChannelStats<S> {
+    /// The mean over `(N, H, W)` (the running mean in eval mode).
+    pub mean: S,
+    /// The biased variance over `(N, H, W)` (the running variance in eval mode).
+    pub var: S,
+    /// `1 / sqrt(var + eps)`.
+    pub rstd: S,
+}
+
+/// The three gradients of a batch norm, in a device's storage.
+#[derive(Clone, Debug)]
+pub struct BatchNormGrads<S> {
+    /// Input gradient, `[N, C, H, W]` contiguous.
+    pub x: S,
+    /// Weight gradient `[C]`: `Σ gy * xhat`.
+    pub weight: S,
+    /// Bias gradient `[C]`: `Σ gy`.
+    pub bias: S,
+}
+
+/// Convolution, pooling and batch-norm kernels; outputs are contiguous.
 pub trait ConvKernels: Device {
     /// Where each max-pooling output came from (saved for the backward).
     type PoolArgmax: Send + Sync + 'static;
@@ -90,6 +114,50 @@ pub trait ConvKernels: Device {
         cols: &[(usize, usize)],
         divisor: AvgDivisor,
     ) -> Result<Self::Storage<E>, DeviceError>;
+
+    /// The batch statistics of `x` (`[N, C, H, W]`, any layout) per
+    /// channel: mean and biased variance over `(N, H, W)`, and
+    /// `1 / sqrt(var + eps)`, in the compute type.
+    fn batch_norm_stats<E: FloatDtype>(
+        &self,
+        x: &Self::Storage<E>,
+        lx: &Layout,
+        eps: f64,
+    ) -> Result<ChannelStats<Self::Storage<E::Acc>>, DeviceError>;
+
+    /// Statistics from running mean and variance vectors (`[C]`, any
+    /// layout), for eval mode.
+    fn running_stats<E: FloatDtype>(
+        &self,
+        mean: (&Self::Storage<E>, &Layout),
+        var: (&Self::Storage<E>, &Layout),
+        eps: f64,
+    ) -> Result<ChannelStats<Self::Storage<E::Acc>>, DeviceError>;
+
+    /// `(x - mean) * rstd * weight + bias` per channel, in the compute type,
+    /// rounded once; `weight` and `bias` are `[C]` or absent.
+    fn batch_norm_apply<E: FloatDtype>(
+        &self,
+        x: &Self::Storage<E>,
+        lx: &Layout,
+        stats: &ChannelStats<Self::Storage<E::Acc>>,
+        weight: Option<(&Self::Storage<E>, &Layout)>,
+        bias: Option<(&Self::Storage<E>, &Layout)>,
+    ) -> Result<Self::Storage<E>, DeviceError>;
+
+    /// The gradients of [`ConvKernels::batch_norm_apply`] from the
+    /// contiguous output gradient `gy`; `training`: the statistics came from
+    /// [`ConvKernels::batch_norm_stats`] and depend on `x`.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_backward<E: FloatDtype>(
+        &self,
+        x: &Self::Storage<E>,
+        lx: &Layout,
+        stats: &ChannelStats<Self::Storage<E::Acc>>,
+        weight: Option<(&Self::Storage<E>, &Layout)>,
+        gy: &Self::Storage<E>,
+        training: bool,
+    ) -> Result<BatchNormGrads<Self::Storage<E>>, DeviceError>;
 }
 
 impl ConvKernels for Cpu {
@@ -171,6 +239,58 @@ impl ConvKernels for Cpu {
             gy, dims, rows, cols, divisor,
         ))
     }
+
+    fn batch_norm_stats<E: FloatDtype>(
+        &self,
+        x: &Vec<E>,
+        lx: &Layout,
+        eps: f64,
+    ) -> Result<ChannelStats<Vec<E::Acc>>, DeviceError> {
+        Ok(crate::cpu::conv::batch_norm_stats(x, lx, eps))
+    }
+
+    fn running_stats<E: FloatDtype>(
+        &self,
+        mean: (&Vec<E>, &Layout),
+        var: (&Vec<E>, &Layout),
+        eps: f64,
+    ) -> Result<ChannelStats<Vec<E::Acc>>, DeviceError> {
+        Ok(crate::cpu::conv::running_stats(
+            (mean.0.as_slice(), mean.1),
+            (var.0.as_slice(), var.1),
+            eps,
+        ))
+    }
+
+    fn batch_norm_apply<E: FloatDtype>(
+        &self,
+        x: &Vec<E>,
+        lx: &Layout,
+        stats: &ChannelStats<Vec<E::Acc>>,
+        weight: Option<(&Vec<E>, &Layout)>,
+        bias: Option<(&Vec<E>, &Layout)>,
+    ) -> Result<Vec<E>, DeviceError> {
+        let weight = weight.map(|(w, l)| (w.as_slice(), l));
+        let bias = bias.map(|(b, l)| (b.as_slice(), l));
+        Ok(crate::cpu::conv::batch_norm_apply(
+            x, lx, stats, weight, bias,
+        ))
+    }
+
+    fn batch_norm_backward<E: FloatDtype>(
+        &self,
+        x: &Vec<E>,
+        lx: &Layout,
+        stats: &ChannelStats<Vec<E::Acc>>,
+        weight: Option<(&Vec<E>, &Layout)>,
+        gy: &Vec<E>,
+        training: bool,
+    ) -> Result<BatchNormGrads<Vec<E>>, DeviceError> {
+        let weight = weight.map(|(w, l)| (w.as_slice(), l));
+        Ok(crate::cpu::conv::batch_norm_backward(
+            x, lx, stats, weight, gy, training,
+        ))
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -248,6 +368,47 @@ mod cuda_impl {
             divisor: AvgDivisor,
         ) -> Result<CudaBuffer<E>, DeviceError> {
             k::avg_pool2d_backward(gy, dims, rows, cols, divisor)
+        }
+
+        fn batch_norm_stats<E: FloatDtype>(
+            &self,
+            x: &CudaBuffer<E>,
+            lx: &Layout,
+            eps: f64,
+        ) -> Result<ChannelStats<CudaBuffer<E::Acc>>, DeviceError> {
+            k::batch_norm_stats(x, lx, eps)
+        }
+
+        fn running_stats<E: FloatDtype>(
+            &self,
+            mean: (&CudaBuffer<E>, &Layout),
+            var: (&CudaBuffer<E>, &Layout),
+            eps: f64,
+        ) -> Result<ChannelStats<CudaBuffer<E::Acc>>, DeviceError> {
+            k::running_stats(mean, var, eps)
+        }
+
+        fn batch_norm_apply<E: FloatDtype>(
+            &self,
+            x: &CudaBuffer<E>,
+            lx: &Layout,
+            stats: &ChannelStats<CudaBuffer<E::Acc>>,
+            weight: Option<(&CudaBuffer<E>, &Layout)>,
+            bias: Option<(&CudaBuffer<E>, &Layout)>,
+        ) -> Result<CudaBuffer<E>, DeviceError> {
+            k::batch_norm_apply(x, lx, stats, weight, bias)
+        }
+
+        fn batch_norm_backward<E: FloatDtype>(
+            &self,
+            x: &CudaBuffer<E>,
+            lx: &Layout,
+            stats: &ChannelStats<CudaBuffer<E::Acc>>,
+            weight: Option<(&CudaBuffer<E>, &Layout)>,
+            gy: &CudaBuffer<E>,
+            training: bool,
+        ) -> Result<BatchNormGrads<CudaBuffer<E>>, DeviceError> {
+            k::batch_norm_backward(x, lx, stats, weight, gy, training)
         }
     }
 }

@@ -114,7 +114,7 @@ mod conv;
 mod mask;
 
 pub use attention::{AttentionGrads, AttentionKernels};
-pub use conv::{ConvGrads, ConvKernels};
+pub use conv::{BatchNormGrads, ChannelStats, ConvGrads, ConvKernels};
 pub use mask::MaskKernels;
 
 /// Every kernel family: what a device needs to run the typed ops, layers

@@ -335,13 +335,13 @@ pub(crate) fn padding_vec<Bm: Dim, Tm: Dim>(
 /// let y = try_scaled_dot_product_attention(q, k, v, None, 1.0).unwrap();
 /// assert_eq!(y.to_vec(), [2.0]);
 /// ```
-pub fn try_scaled_dot_product_attention<B, H, Tq, Tk, Hd, Hv, E, Tp>(
-    q: Tensor<(B, H, Tq, Hd), E, Cpu, Tp>,
-    k: Tensor<(B, H, Tk, Hd), E, Cpu, Tp>,
-    v: Tensor<(B, H, Tk, Hv), E, Cpu, Tp>,
+pub fn try_scaled_dot_product_attention<B, H, Tq, Tk, Hd, Hv, E, Dv, Tp>(
+    q: Tensor<(B, H, Tq, Hd), E, Dv, Tp>,
+    k: Tensor<(B, H, Tk, Hd), E, Dv, Tp>,
+    v: Tensor<(B, H, Tk, Hv), E, Dv, Tp>,
     mask: Option<&Tensor<(B, Tq, Tk), bool>>,
     scale: f64,
-) -> Result<Tensor<(B, H, Tq, Hv), E, Cpu, Tp>>
+) -> Result<Tensor<(B, H, Tq, Hv), E, Dv, Tp>>
 where
     B: Dim,
     H: Dim,
@@ -350,9 +350,11 @@ where
     Hd: Dim,
     Hv: Dim,
     E: FloatDtype,
+    Dv: Backend,
     Tp: TapeState,
 {
     let (b, h, tq, _) = q.shape();
+    let dev = q.device().clone();
     let tk = k.shape().2;
     let kv_dims = |d: crate::shape::Dims| [d[0], d[1], d[2]];
     if kv_dims(k.dims()) != kv_dims(v.dims()) {
@@ -384,7 +386,7 @@ where
             let dead: Vec<bool> = hide.chunks(nk).map(|r| r.iter().all(|&x| x)).collect();
             let heads = (b, h, tq, tk);
             if !dead.iter().any(|&d| d) {
-                let m = m.clone().broadcast_mask::<_, Axis<1>>(heads);
+                let m = m.try_to_device(&dev)?.broadcast_mask::<_, Axis<1>>(heads);
                 scores
                     .masked_fill(&m, f64::NEG_INFINITY)
                     .softmax::<Axis<3>>()
@@ -396,8 +398,8 @@ where
                         row.fill(false);
                     }
                 }
-                let fill = Tensor::from_contiguous((b, tq, tk), hide);
-                let dead = Tensor::from_fn((b, tq, tk), |n| dead[n / nk]);
+                let fill = Tensor::from_contiguous((b, tq, tk), hide).try_to_device(&dev)?;
+                let dead = Tensor::from_fn((b, tq, tk), |n| dead[n / nk]).try_to_device(&dev)?;
                 scores
                     .masked_fill(&fill.broadcast_mask::<_, Axis<1>>(heads), f64::NEG_INFINITY)
                     .softmax::<Axis<3>>()
@@ -410,13 +412,13 @@ where
 
 /// Panicking twin of [`try_scaled_dot_product_attention`].
 #[track_caller]
-pub fn scaled_dot_product_attention<B, H, Tq, Tk, Hd, Hv, E, Tp>(
-    q: Tensor<(B, H, Tq, Hd), E, Cpu, Tp>,
-    k: Tensor<(B, H, Tk, Hd), E, Cpu, Tp>,
-    v: Tensor<(B, H, Tk, Hv), E, Cpu, Tp>,
+pub fn scaled_dot_product_attention<B, H, Tq, Tk, Hd, Hv, E, Dv, Tp>(
+    q: Tensor<(B, H, Tq, Hd), E, Dv, Tp>,
+    k: Tensor<(B, H, Tk, Hd), E, Dv, Tp>,
+    v: Tensor<(B, H, Tk, Hv), E, Dv, Tp>,
     mask: Option<&Tensor<(B, Tq, Tk), bool>>,
     scale: f64,
-) -> Tensor<(B, H, Tq, Hv), E, Cpu, Tp>
+) -> Tensor<(B, H, Tq, Hv), E, Dv, Tp>
 where
     B: Dim,
     H: Dim,
@@ -425,6 +427,7 @@ where
     Hd: Dim,
     Hv: Dim,
     E: FloatDtype,
+    Dv: Backend,
     Tp: TapeState,
 {
     or_panic(try_scaled_dot_product_attention(q, k, v, mask, scale))

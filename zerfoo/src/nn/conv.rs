@@ -31,7 +31,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use zerfoo_kernels::{Backend, Cpu, FloatDtype};
 
-use super::{init, Forward, Module, ParamVisitor, ParamVisitorMut};
+use super::{init, Forward, Module, ParamVisitor, ParamVisitorMut, ToDevice, ToDtype};
 use crate::autograd::TapeState;
 use crate::error::{or_panic, Result};
 use crate::ops::{
@@ -44,58 +44,73 @@ use crate::tensor::Tensor;
 /// A tensor a module owns that is not trained: saved in checkpoints by
 /// path and visited by the [`Module`] traversal like a parameter, but never
 /// given a gradient (so optimizers leave it alone). The layer that owns it
-/// updates it through a lock, from `&self`.
-pub struct Buffer<S: Shape, E: FloatDtype> {
-    inner: Mutex<Tensor<S, E>>,
+/// updates it through a lock, from `&self`. It lives on device `D` with the
+/// rest of its module, and moves with it ([`Module::to_device`]).
+pub struct Buffer<S: Shape, E: FloatDtype, D: Backend = Cpu> {
+    inner: Mutex<Tensor<S, E, D>>,
 }
 
-impl<S: Shape, E: FloatDtype> Buffer<S, E> {
+impl<S: Shape, E: FloatDtype, D: Backend> Buffer<S, E, D> {
     /// A buffer holding `t`.
-    pub fn new(t: Tensor<S, E>) -> Self {
+    pub fn new(t: Tensor<S, E, D>) -> Self {
         Buffer {
             inner: Mutex::new(t),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Tensor<S, E>> {
+    fn lock(&self) -> MutexGuard<'_, Tensor<S, E, D>> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The current value (a cheap clone sharing storage).
-    pub fn get(&self) -> Tensor<S, E> {
+    pub fn get(&self) -> Tensor<S, E, D> {
         self.lock().clone()
     }
 
     /// Replaces the value.
-    pub fn set(&self, t: Tensor<S, E>) {
+    pub fn set(&self, t: Tensor<S, E, D>) {
         *self.lock() = t;
     }
 
     /// Runs `f` on the value, mutably, under the lock.
-    pub fn update<R>(&self, f: impl FnOnce(&mut Tensor<S, E>) -> R) -> R {
+    pub fn update<R>(&self, f: impl FnOnce(&mut Tensor<S, E, D>) -> R) -> R {
         f(&mut self.lock())
     }
 }
 
-impl<S: Shape, E: FloatDtype> Clone for Buffer<S, E> {
+impl<S: Shape, E: FloatDtype, D: Backend> Clone for Buffer<S, E, D> {
     fn clone(&self) -> Self {
         Buffer::new(self.get())
     }
 }
 
-impl<S: Shape, E: FloatDtype> fmt::Debug for Buffer<S, E> {
+impl<S: Shape, E: FloatDtype, D: Backend> fmt::Debug for Buffer<S, E, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("Buffer").field(&*self.lock()).finish()
     }
 }
 
-impl<S: Shape, E: FloatDtype> Module for Buffer<S, E> {
+impl<S: Shape, E: FloatDtype, D: Backend> Module for Buffer<S, E, D> {
     fn visit_params<V: ParamVisitor>(&self, prefix: &str, v: &mut V) {
         v.visit(prefix, &*self.lock());
     }
     fn visit_params_mut<V: ParamVisitorMut>(&mut self, prefix: &str, v: &mut V) {
         let t = self.inner.get_mut().unwrap_or_else(PoisonError::into_inner);
         v.visit(prefix, t);
+    }
+}
+
+impl<S: Shape, E: FloatDtype, D: Backend, D2: Backend> ToDevice<D2> for Buffer<S, E, D> {
+    type Output = Buffer<S, E, D2>;
+    fn convert_device(&self, device: &D2) -> Result<Buffer<S, E, D2>> {
+        Ok(Buffer::new(self.get().try_to_device(device)?))
+    }
+}
+
+impl<S: Shape, E: FloatDtype, E2: FloatDtype, D: Backend> ToDtype<E2> for Buffer<S, E, D> {
+    type Output = Buffer<S, E2, D>;
+    fn convert_dtype(&self) -> Buffer<S, E2, D> {
+        Buffer::new(self.get().to_dtype::<E2>())
     }
 }
 
@@ -355,15 +370,15 @@ where
 /// assert!((bn.running_var.get().to_vec()[0] - 1.1).abs() < 1e-12);
 /// ```
 #[derive(crate::nn::Module, Clone, Debug)]
-pub struct BatchNorm2d<C: Dim, E: FloatDtype> {
+pub struct BatchNorm2d<C: Dim, E: FloatDtype, D: Backend = Cpu> {
     /// Scale, initialized to ones.
-    pub weight: Tensor<(C,), E>,
+    pub weight: Tensor<(C,), E, D>,
     /// Shift, initialized to zeros.
-    pub bias: Tensor<(C,), E>,
+    pub bias: Tensor<(C,), E, D>,
     /// Running mean, initialized to zeros (a buffer: no gradient).
-    pub running_mean: Buffer<(C,), E>,
+    pub running_mean: Buffer<(C,), E, D>,
     /// Running (unbiased) variance, initialized to ones (a buffer: no gradient).
-    pub running_var: Buffer<(C,), E>,
+    pub running_var: Buffer<(C,), E, D>,
     /// Added to the variance (PyTorch default `1e-5`).
     #[module(skip)]
     pub eps: f64,
@@ -390,7 +405,9 @@ impl<C: Dim, E: FloatDtype> BatchNorm2d<C, E> {
             training: true,
         }
     }
+}
 
+impl<C: Dim, E: FloatDtype, D: Backend> BatchNorm2d<C, E, D> {
     /// Switches to training (`true`) or eval (`false`) mode.
     pub fn set_training(&mut self, training: bool) {
         self.training = training;
@@ -401,8 +418,8 @@ impl<C: Dim, E: FloatDtype> BatchNorm2d<C, E> {
     /// value per channel.
     pub fn try_forward<N, C2, H, W, T>(
         &self,
-        x: Tensor<(N, C2, H, W), E, Cpu, T>,
-    ) -> Result<Tensor<(N, C2, H, W), E, Cpu, T>>
+        x: Tensor<(N, C2, H, W), E, D, T>,
+    ) -> Result<Tensor<(N, C2, H, W), E, D, T>>
     where
         N: Dim,
         C2: SameDim<C, BatchNormalization>,
@@ -425,7 +442,7 @@ impl<C: Dim, E: FloatDtype> BatchNorm2d<C, E> {
     }
 }
 
-impl<N, C2, H, W, C, E, T> Forward<Tensor<(N, C2, H, W), E, Cpu, T>> for BatchNorm2d<C, E>
+impl<N, C2, H, W, C, E, D, T> Forward<Tensor<(N, C2, H, W), E, D, T>> for BatchNorm2d<C, E, D>
 where
     N: Dim,
     C2: SameDim<C, BatchNormalization>,
@@ -433,11 +450,12 @@ where
     W: Dim,
     C: Dim,
     E: FloatDtype,
+    D: Backend,
     T: TapeState,
 {
-    type Output = Tensor<(N, C2, H, W), E, Cpu, T>;
+    type Output = Tensor<(N, C2, H, W), E, D, T>;
     /// Panics with the `try_forward` message on a run-time error.
-    fn forward(&self, x: Tensor<(N, C2, H, W), E, Cpu, T>) -> Self::Output {
+    fn forward(&self, x: Tensor<(N, C2, H, W), E, D, T>) -> Self::Output {
         or_panic(self.try_forward(x))
     }
 }

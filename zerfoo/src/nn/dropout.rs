@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use zerfoo_kernels::{Cpu, FloatDtype};
+use zerfoo_kernels::{Backend, FloatDtype};
 
 use super::Forward;
 use crate::autograd::TapeState;
@@ -121,20 +121,20 @@ impl Dropout {
 
     /// Drops with the mask of step `step`, whatever the mode and tape: the
     /// same `(seed, step)` always gives the same mask.
-    pub fn forward_at<S: Shape, E: FloatDtype, T: TapeState>(
+    pub fn forward_at<S: Shape, E: FloatDtype, D: Backend, T: TapeState>(
         &self,
-        x: Tensor<S, E, Cpu, T>,
+        x: Tensor<S, E, D, T>,
         step: u64,
-    ) -> Tensor<S, E, Cpu, T> {
+    ) -> Tensor<S, E, D, T> {
         x.dropout(self.p, rng::bits(self.seed, step))
     }
 }
 
-impl<S: Shape, E: FloatDtype, T: TapeState> Forward<Tensor<S, E, Cpu, T>> for Dropout {
-    type Output = Tensor<S, E, Cpu, T>;
+impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Forward<Tensor<S, E, D, T>> for Dropout {
+    type Output = Tensor<S, E, D, T>;
     /// Drops in training mode on a traced input (advancing the counter),
     /// else returns `x` unchanged.
-    fn forward(&self, x: Tensor<S, E, Cpu, T>) -> Self::Output {
+    fn forward(&self, x: Tensor<S, E, D, T>) -> Self::Output {
         if !self.training || !T::TRACKED || self.p == 0.0 {
             return x;
         }

@@ -40,8 +40,9 @@ use typenum::{
     Add1, Bit, Diff, GrEq, IsEqual, IsGreaterOrEqual, IsLessOrEqual, LeEq, Mod, Prod, Quot, Sub1,
     Sum, UInt, UTerm, Unsigned, B0, B1, U0, U1,
 };
-use zerfoo_kernels::cpu::conv::{self as k, AvgDivisor, ChannelStats, Window2d};
-use zerfoo_kernels::{Backend, Cpu, FloatDtype, Layout, Real};
+use zerfoo_kernels::cpu::conv::{self as k, AvgDivisor, Window2d};
+use zerfoo_kernels::device::ChannelStats;
+use zerfoo_kernels::{Backend, FloatDtype, Layout, Real};
 
 use super::{KindIsDyn, Merge3, SameDtype};
 use crate::autograd::{device_ok, record, Merge, Node, TapeState, TensorId};
@@ -1163,46 +1164,49 @@ impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, D: Backend, T: TapeState>
     }
 }
 
-impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, T: TapeState> Tensor<(N, C, H, W), E, Cpu, T> {
+impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, D: Backend, T: TapeState>
+    Tensor<(N, C, H, W), E, D, T>
+{
     /// Batch norm behind the typed methods.
     fn bn_impl<Out: TapeState>(
         self,
-        w: Operand<Cpu, E>,
-        b: Operand<Cpu, E>,
-        stats: ChannelStats<E::Acc>,
+        w: Operand<D, E>,
+        b: Operand<D, E>,
+        stats: ChannelStats<D::Storage<E::Acc>>,
         training: bool,
-    ) -> Tensor<(N, C, H, W), E, Cpu, Out> {
-        let y = k::batch_norm_apply(
+    ) -> Result<Tensor<(N, C, H, W), E, D, Out>> {
+        let y = self.device.batch_norm_apply(
             &self.data,
             &self.layout,
             &stats,
-            Some((&w.data[..], &w.layout)),
-            Some((&b.data[..], &b.layout)),
-        );
+            Some(w.view()),
+            Some(b.view()),
+        )?;
         let out_id = TensorId::fresh();
         let tape = if Out::TRACKED {
             let parents = [self.tape.node(), w.node.clone(), b.node.clone()];
             let (x, lx, x_id) = (self.data.clone(), self.layout, self.id);
             let (wdata, lw, w_id, b_id) = (w.data, w.layout, w.id, b.id);
+            let dev = self.device.clone();
             record::<Out>(out_id, &parents, move |g| {
-                if let Some(gy) = g.take::<E>(out_id) {
-                    let gr = k::batch_norm_backward(
+                if let Some(gy) = g.take_on::<D, E>(out_id) {
+                    let gr = device_ok(dev.batch_norm_backward(
                         &x,
                         &lx,
                         &stats,
-                        Some((&wdata[..], &lw)),
+                        Some((&wdata, &lw)),
                         &gy,
                         training,
-                    );
-                    g.accumulate(x_id, gr.x);
-                    g.accumulate(w_id, gr.weight);
-                    g.accumulate(b_id, gr.bias);
+                    ));
+                    g.accumulate_on(&dev, x_id, gr.x);
+                    g.accumulate_on(&dev, w_id, gr.weight);
+                    g.accumulate_on(&dev, b_id, gr.bias);
                 }
             })
         } else {
             Out::from_node(None)
         };
-        output(self.shape, y, out_id, tape, Cpu)
+        Ok(output(self.shape, y, out_id, tape, self.device))
     }
 
     /// Checks that `w` and `b` have `C` elements.
@@ -1233,10 +1237,10 @@ impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, T: TapeState> Tensor<(N, C, 
     /// the unbiased variance is undefined).
     pub fn try_batch_norm2d<C2, C3, E2, Tw, Tb>(
         self,
-        weight: &Tensor<(C2,), E2, Cpu, Tw>,
-        bias: &Tensor<(C3,), E2, Cpu, Tb>,
+        weight: &Tensor<(C2,), E2, D, Tw>,
+        bias: &Tensor<(C3,), E2, D, Tb>,
         eps: f64,
-    ) -> Result<(Tensor<(N, C, H, W), E, Cpu, Merge3<T, Tw, Tb>>, BatchStats)>
+    ) -> Result<(Tensor<(N, C, H, W), E, D, Merge3<T, Tw, Tb>>, BatchStats)>
     where
         C2: Dim,
         C3: Dim,
@@ -1263,14 +1267,23 @@ impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, T: TapeState> Tensor<(N, C, 
         }
         let w = Operand::of(E::same(weight.clone()));
         let b = Operand::of(E::same(bias.clone()));
-        let stats = k::batch_norm_stats(&self.data, &self.layout, eps);
+        let stats = self
+            .device
+            .batch_norm_stats(&self.data, &self.layout, eps)?;
+        let per_channel = Layout::contiguous(&[xd[1]]);
         let unbias = count as f64 / (count - 1) as f64;
         let batch = BatchStats {
-            mean: stats.mean.iter().map(|m| m.as_f64()).collect(),
-            var: stats.var.iter().map(|v| v.as_f64() * unbias).collect(),
+            mean: (self.device.to_host(&stats.mean, &per_channel)?)
+                .iter()
+                .map(|m| m.as_f64())
+                .collect(),
+            var: (self.device.to_host(&stats.var, &per_channel)?)
+                .iter()
+                .map(|v| v.as_f64() * unbias)
+                .collect(),
             count,
         };
-        Ok((self.bn_impl(w, b, stats, true), batch))
+        Ok((self.bn_impl(w, b, stats, true)?, batch))
     }
 
     /// Panicking twin of [`try_batch_norm2d`](Self::try_batch_norm2d).
@@ -1287,10 +1300,10 @@ impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, T: TapeState> Tensor<(N, C, 
     #[track_caller]
     pub fn batch_norm2d<C2, C3, E2, Tw, Tb>(
         self,
-        weight: &Tensor<(C2,), E2, Cpu, Tw>,
-        bias: &Tensor<(C3,), E2, Cpu, Tb>,
+        weight: &Tensor<(C2,), E2, D, Tw>,
+        bias: &Tensor<(C3,), E2, D, Tb>,
         eps: f64,
-    ) -> (Tensor<(N, C, H, W), E, Cpu, Merge3<T, Tw, Tb>>, BatchStats)
+    ) -> (Tensor<(N, C, H, W), E, D, Merge3<T, Tw, Tb>>, BatchStats)
     where
         C2: Dim,
         C3: Dim,
@@ -1313,12 +1326,12 @@ impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, T: TapeState> Tensor<(N, C, 
     #[allow(clippy::too_many_arguments)]
     pub fn try_batch_norm2d_eval<C2, C3, C4, C5, E2, Tw, Tb>(
         self,
-        weight: &Tensor<(C2,), E2, Cpu, Tw>,
-        bias: &Tensor<(C3,), E2, Cpu, Tb>,
-        running_mean: &Tensor<(C4,), E2>,
-        running_var: &Tensor<(C5,), E2>,
+        weight: &Tensor<(C2,), E2, D, Tw>,
+        bias: &Tensor<(C3,), E2, D, Tb>,
+        running_mean: &Tensor<(C4,), E2, D>,
+        running_var: &Tensor<(C5,), E2, D>,
         eps: f64,
-    ) -> Result<Tensor<(N, C, H, W), E, Cpu, Merge3<T, Tw, Tb>>>
+    ) -> Result<Tensor<(N, C, H, W), E, D, Merge3<T, Tw, Tb>>>
     where
         C2: Dim,
         C3: Dim,
@@ -1347,8 +1360,10 @@ impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, T: TapeState> Tensor<(N, C, 
         let w = Operand::of(E::same(weight.clone()));
         let b = Operand::of(E::same(bias.clone()));
         let (rm, rv) = (E::same(running_mean.clone()), E::same(running_var.clone()));
-        let stats = k::running_stats((&rm.data, &rm.layout), (&rv.data, &rv.layout), eps);
-        Ok(self.bn_impl(w, b, stats, false))
+        let stats =
+            self.device
+                .running_stats((&rm.data, &rm.layout), (&rv.data, &rv.layout), eps)?;
+        self.bn_impl(w, b, stats, false)
     }
 
     /// Panicking twin of [`try_batch_norm2d_eval`](Self::try_batch_norm2d_eval).
@@ -1356,12 +1371,12 @@ impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, T: TapeState> Tensor<(N, C, 
     #[allow(clippy::too_many_arguments)]
     pub fn batch_norm2d_eval<C2, C3, C4, C5, E2, Tw, Tb>(
         self,
-        weight: &Tensor<(C2,), E2, Cpu, Tw>,
-        bias: &Tensor<(C3,), E2, Cpu, Tb>,
-        running_mean: &Tensor<(C4,), E2>,
-        running_var: &Tensor<(C5,), E2>,
+        weight: &Tensor<(C2,), E2, D, Tw>,
+        bias: &Tensor<(C3,), E2, D, Tb>,
+        running_mean: &Tensor<(C4,), E2, D>,
+        running_var: &Tensor<(C5,), E2, D>,
         eps: f64,
-    ) -> Tensor<(N, C, H, W), E, Cpu, Merge3<T, Tw, Tb>>
+    ) -> Tensor<(N, C, H, W), E, D, Merge3<T, Tw, Tb>>
     where
         C2: Dim,
         C3: Dim,
@@ -1400,10 +1415,10 @@ impl BatchStats {
     /// `running = (1 - momentum) * running + momentum * batch`, for the mean
     /// and the unbiased variance. The tensors are updated in place (their
     /// ids are kept); their length must be the channel count.
-    pub fn update_running<C: Dim, E: FloatDtype>(
+    pub fn update_running<C: Dim, E: FloatDtype, D: Backend>(
         &self,
-        running_mean: &mut Tensor<(C,), E>,
-        running_var: &mut Tensor<(C,), E>,
+        running_mean: &mut Tensor<(C,), E, D>,
+        running_var: &mut Tensor<(C,), E, D>,
         momentum: f64,
     ) -> Result<()> {
         for r in [&*running_mean, &*running_var] {
@@ -1416,9 +1431,13 @@ impl BatchStats {
             }
         }
         for (r, batch) in [(running_mean, &self.mean), (running_var, &self.var)] {
-            for (v, &b) in r.data_mut().iter_mut().zip(batch) {
-                *v = E::from_f64((1.0 - momentum) * v.to_f64() + momentum * b);
-            }
+            let blended = r
+                .try_to_vec()?
+                .into_iter()
+                .zip(batch)
+                .map(|(v, &b)| E::from_f64((1.0 - momentum) * v.to_f64() + momentum * b))
+                .collect();
+            r.assign(blended)?;
         }
         Ok(())
     }

@@ -11,7 +11,7 @@ use super::CudaFloat;
 use crate::cpu::conv::{AvgDivisor, Window2d};
 use crate::cuda::device::{check_layout, grid_for, rows_grid, same_device, Launch};
 use crate::cuda::{CudaBuffer, CudaDevice, CudaError, Family};
-use crate::device::ConvGrads;
+use crate::device::{BatchNormGrads, ChannelStats, ConvGrads};
 use crate::Layout;
 
 /// The argmax of an empty max-pooling window (its output is `-inf`).
@@ -389,17 +389,6 @@ pub fn avg_pool2d_backward<E: CudaFloat>(
     Ok(gx)
 }
 
-/// Per-channel statistics of a batch norm, in the compute type, on the device.
-#[derive(Debug)]
-pub struct CudaChannelStats<A> {
-    /// The mean over `(N, H, W)` (the running mean in eval mode).
-    pub mean: CudaBuffer<A>,
-    /// The biased variance over `(N, H, W)` (the running variance in eval mode).
-    pub var: CudaBuffer<A>,
-    /// `1 / sqrt(var + eps)`.
-    pub rstd: CudaBuffer<A>,
-}
-
 /// The batch statistics of `x` (`[N, C, H, W]`, any layout) per channel:
 /// mean and biased variance over `(N, H, W)` (two passes, compute type),
 /// and `1 / sqrt(var + eps)`. One block per channel.
@@ -407,7 +396,7 @@ pub fn batch_norm_stats<E: CudaFloat>(
     x: &CudaBuffer<E>,
     lx: &Layout,
     eps: f64,
-) -> Result<CudaChannelStats<E::Acc>, CudaError> {
+) -> Result<ChannelStats<CudaBuffer<E::Acc>>, CudaError> {
     let op = "batch_norm2d";
     let dev = x.device();
     dev.check(op, E::DTYPE)?;
@@ -426,7 +415,7 @@ pub fn batch_norm_stats<E: CudaFloat>(
             .ptr_mut(&mut rstd)
             .run(rows_grid(c))?;
     }
-    Ok(CudaChannelStats { mean, var, rstd })
+    Ok(ChannelStats { mean, var, rstd })
 }
 
 /// Statistics from running mean and variance vectors (`[C]`, any layout),
@@ -435,7 +424,7 @@ pub fn running_stats<E: CudaFloat>(
     mean: (&CudaBuffer<E>, &Layout),
     var: (&CudaBuffer<E>, &Layout),
     eps: f64,
-) -> Result<CudaChannelStats<E::Acc>, CudaError> {
+) -> Result<ChannelStats<CudaBuffer<E::Acc>>, CudaError> {
     let op = "batch_norm2d running stats";
     let dev = mean.0.device();
     dev.check(op, E::DTYPE)?;
@@ -469,7 +458,7 @@ pub fn running_stats<E: CudaFloat>(
             .u64(c)
             .run(grid_for(c))?;
     }
-    Ok(CudaChannelStats {
+    Ok(ChannelStats {
         mean: m,
         var: v,
         rstd: r,
@@ -481,7 +470,7 @@ fn check_channel<E: CudaFloat>(
     op: &str,
     dev: &CudaDevice,
     c: usize,
-    stats: &CudaChannelStats<E::Acc>,
+    stats: &ChannelStats<CudaBuffer<E::Acc>>,
     params: [Option<(&CudaBuffer<E>, &Layout)>; 2],
 ) -> Result<(), CudaError> {
     for s in [&stats.mean, &stats.var, &stats.rstd] {
@@ -520,7 +509,7 @@ fn param_args<E: CudaFloat>(l: &mut Launch<'_>, p: Option<(&CudaBuffer<E>, &Layo
 pub fn batch_norm_apply<E: CudaFloat>(
     x: &CudaBuffer<E>,
     lx: &Layout,
-    stats: &CudaChannelStats<E::Acc>,
+    stats: &ChannelStats<CudaBuffer<E::Acc>>,
     weight: Option<(&CudaBuffer<E>, &Layout)>,
     bias: Option<(&CudaBuffer<E>, &Layout)>,
 ) -> Result<CudaBuffer<E>, CudaError> {
@@ -542,17 +531,6 @@ pub fn batch_norm_apply<E: CudaFloat>(
     Ok(y)
 }
 
-/// Gradients of a batch norm.
-#[derive(Debug)]
-pub struct CudaBatchNormGrads<E> {
-    /// Input gradient, `[N, C, H, W]` contiguous.
-    pub x: CudaBuffer<E>,
-    /// Weight gradient `[C]`: `Σ gy * xhat`.
-    pub weight: CudaBuffer<E>,
-    /// Bias gradient `[C]`: `Σ gy`.
-    pub bias: CudaBuffer<E>,
-}
-
 /// The backward pass of [`batch_norm_apply`] with `stats` from
 /// [`batch_norm_stats`] (`training`: the statistics depend on `x`) or
 /// [`running_stats`] (eval: they are constants). `gy` is the contiguous
@@ -560,11 +538,11 @@ pub struct CudaBatchNormGrads<E> {
 pub fn batch_norm_backward<E: CudaFloat>(
     x: &CudaBuffer<E>,
     lx: &Layout,
-    stats: &CudaChannelStats<E::Acc>,
+    stats: &ChannelStats<CudaBuffer<E::Acc>>,
     weight: Option<(&CudaBuffer<E>, &Layout)>,
     gy: &CudaBuffer<E>,
     training: bool,
-) -> Result<CudaBatchNormGrads<E>, CudaError> {
+) -> Result<BatchNormGrads<CudaBuffer<E>>, CudaError> {
     let op = "batch_norm2d backward";
     let dev = x.device();
     dev.check(op, E::DTYPE)?;
@@ -609,7 +587,7 @@ pub fn batch_norm_backward<E: CudaFloat>(
             .u64(n)
             .run(grid_for(n))?;
     }
-    Ok(CudaBatchNormGrads {
+    Ok(BatchNormGrads {
         x: gx,
         weight: gw,
         bias: gb,
