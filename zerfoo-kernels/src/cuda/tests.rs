@@ -1502,3 +1502,78 @@ fn pool_bn_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
 fn pooling_and_batch_norm_match_cpu() {
     all_dtypes!("pool/bn", pool_bn_case);
 }
+
+/// Values that test a conversion's rounding: ties, values just past a tie
+/// in the low f64 bits (where rounding through f32 to nearest would round
+/// twice), subnormals of every format, overflow, infinities and NaN.
+fn conversion_inputs() -> Vec<f64> {
+    let mut v = vec![
+        0.0,
+        -0.0,
+        1.0,
+        -2.5,
+        1.0 + 2f64.powi(-8),
+        1.0 + 2f64.powi(-8) + 2f64.powi(-40),
+        -(1.0 + 2f64.powi(-11) + 2f64.powi(-45)),
+        1.0 + 2f64.powi(-24) + 2f64.powi(-50),
+        1.0 + 2f64.powi(-4) + 2f64.powi(-35),
+        0.1,
+        1.0 / 3.0,
+        2f64.powi(-20),
+        2f64.powi(-130),
+        2f64.powi(-149),
+        2f64.powi(-151),
+        6e-8,
+        65504.0,
+        65520.0,
+        448.0,
+        464.0,
+        57344.0,
+        3.4e38,
+        3.5e38,
+        1e300,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::NAN,
+    ];
+    v.extend(data::<f64>(37, 170, -1e3, 1e3));
+    v
+}
+
+fn convert_pair<E: CudaFloat, E2: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    if dev.check("to_dtype", E2::DTYPE).is_err() {
+        return Ok(());
+    }
+    let x: Vec<E> = conversion_inputs().into_iter().map(E::from_f64).collect();
+    // read through a transposed view
+    let l = Layout::new(&[8, 8], &[1, 8], 0);
+    let x = x[..64].to_vec();
+    let want: Vec<E2> = cpu::map(&x, &l, crate::device::convert_element::<E, E2>);
+    let got = convert::<E, E2>(&dev.to_device(&x)?, &l)?.to_host()?;
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        let (gb, wb) = (g.to_f64(), w.to_f64());
+        assert!(
+            (gb.is_nan() && wb.is_nan())
+                || (gb == wb && gb.is_sign_negative() == wb.is_sign_negative()),
+            "{} -> {}: element {i} ({}) is {gb} on the device, {wb} on the CPU",
+            E::DTYPE,
+            E2::DTYPE,
+            x[l.offset + (i / 8) + (i % 8) * 8].to_f64()
+        );
+    }
+    Ok(())
+}
+
+fn convert_from<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
+    convert_pair::<E, f64>(dev)?;
+    convert_pair::<E, f32>(dev)?;
+    convert_pair::<E, f16>(dev)?;
+    convert_pair::<E, bf16>(dev)?;
+    convert_pair::<E, F8E4M3>(dev)?;
+    convert_pair::<E, F8E5M2>(dev)
+}
+
+#[test]
+fn dtype_conversion_matches_cpu_bit_for_bit() {
+    all_dtypes!("to_dtype", convert_from);
+}

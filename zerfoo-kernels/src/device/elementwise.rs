@@ -270,15 +270,7 @@ mod cuda_impl {
             x: &CudaBuffer<E>,
             lx: &Layout,
         ) -> Result<CudaBuffer<E2>, DeviceError> {
-            // Through the host: the kernels are compiled one dtype per
-            // module, and a conversion needs two. Exact (same rounding as
-            // the CPU); slow, so mixed-precision steps should convert once.
-            let host: Vec<E2> = self
-                .to_host(x, lx)?
-                .into_iter()
-                .map(convert_element::<E, E2>)
-                .collect();
-            self.to_device(&host)
+            crate::cuda::ops::shape::convert::<E, E2>(x, lx)
         }
 
         fn add_assign<E: FloatDtype>(

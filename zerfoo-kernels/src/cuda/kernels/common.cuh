@@ -126,6 +126,34 @@ __device__ __forceinline__ zf_f8e5m2 zf_from_acc_f8e5m2(float a) {
     return r;
 }
 
+// ---- rounding once from f64 (dtype conversion) ----
+// Rounds to f32 toward zero and sets the last mantissa bit when inexact
+// ("round to odd"): rounding that to nearest-even in a format with at least
+// two fewer mantissa bits (f16, bf16, f8) is the correctly rounded value of
+// `d` (the CPU's `f64_to_f32_round_odd`).
+__device__ __forceinline__ float zf_f64_to_f32_odd(double d) {
+    float f = (float)d;
+    if (isnan(d) || (double)f == d) return f;
+    u32 b = __float_as_uint(f);
+    if (fabs((double)f) > fabs(d)) b -= 1;  // rounded away from zero: step back
+    return __uint_as_float(b | 1u);
+}
+// Overloads picked by the (null) pointer type: `zf_round_from_f64(d, (T*)0)`.
+__device__ __forceinline__ double zf_round_from_f64(double d, double*) { return d; }
+__device__ __forceinline__ float zf_round_from_f64(double d, float*) { return (float)d; }
+__device__ __forceinline__ zf_f16 zf_round_from_f64(double d, zf_f16*) {
+    return zf_from_acc_f16(zf_f64_to_f32_odd(d));
+}
+__device__ __forceinline__ zf_bf16 zf_round_from_f64(double d, zf_bf16*) {
+    return zf_from_acc_bf16(zf_f64_to_f32_odd(d));
+}
+__device__ __forceinline__ zf_f8e4m3 zf_round_from_f64(double d, zf_f8e4m3*) {
+    return zf_from_acc_f8e4m3(zf_f64_to_f32_odd(d));
+}
+__device__ __forceinline__ zf_f8e5m2 zf_round_from_f64(double d, zf_f8e5m2*) {
+    return zf_from_acc_f8e5m2(zf_f64_to_f32_odd(d));
+}
+
 // ---- the instantiated element type ----
 typedef ZF_T T;
 typedef ZF_ACC ACC;

@@ -1,7 +1,8 @@
 //! Structural kernels ([`crate::cpu::shape`]): copying a range of a strided
-//! view, concatenation along an axis, and adding a block into a narrowed
-//! slice of a larger buffer (the backward of narrow and split). Copies are
-//! exact; the add computes in the compute type and rounds once.
+//! view, concatenation along an axis, adding a block into a narrowed slice
+//! of a larger buffer (the backward of narrow and split), and dtype
+//! conversion. Copies are exact; the add computes in the compute type and
+//! rounds once; a conversion rounds once.
 
 use super::softmax::check_axis;
 use super::CudaFloat;
@@ -147,4 +148,39 @@ pub fn add_narrow_into<E: CudaFloat>(
         .u64(block)
         .ptr(src)
         .run(grid_for(outer * block))
+}
+
+/// Every element of the view `lx` of `x` converted to `E2`, row-major,
+/// rounded once to nearest (ties to even) exactly as the CPU's
+/// [`convert_element`](crate::device::convert_element) does: widened to
+/// `f64` in `E`'s module (exact), then rounded in `E2`'s (through a
+/// round-to-odd `f32` for the narrow formats, which is the correctly
+/// rounded result).
+pub fn convert<E: CudaFloat, E2: CudaFloat>(
+    x: &CudaBuffer<E>,
+    lx: &Layout,
+) -> Result<CudaBuffer<E2>, CudaError> {
+    let op = "to_dtype";
+    let dev = x.device().clone();
+    dev.check(op, E::DTYPE)?;
+    dev.check(op, E2::DTYPE)?;
+    check_layout(op, lx, x.len())?;
+    let n = lx.numel();
+    let mut out = dev.alloc::<E2>(n)?;
+    if n == 0 {
+        return Ok(out);
+    }
+    let mut wide = dev.alloc::<f64>(n)?;
+    dev.launch(op, Family::Shape, E::DTYPE, "widen_f64")?
+        .ptr(x)
+        .layout(lx)
+        .ptr_mut(&mut wide)
+        .u64(n)
+        .run(grid_for(n))?;
+    dev.launch(op, Family::Shape, E2::DTYPE, "round_from_f64")?
+        .ptr(&wide)
+        .ptr_mut(&mut out)
+        .u64(n)
+        .run(grid_for(n))?;
+    Ok(out)
 }
