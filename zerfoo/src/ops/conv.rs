@@ -1414,7 +1414,8 @@ impl BatchStats {
     /// PyTorch's running-statistics update, in `f64` with one rounding:
     /// `running = (1 - momentum) * running + momentum * batch`, for the mean
     /// and the unbiased variance. The tensors are updated in place (their
-    /// ids are kept); their length must be the channel count.
+    /// ids are kept) on their device, through the host (`C` values each);
+    /// their length must be the channel count.
     pub fn update_running<C: Dim, E: FloatDtype, D: Backend>(
         &self,
         running_mean: &mut Tensor<(C,), E, D>,
