@@ -1270,17 +1270,15 @@ impl<N: Dim, C: Dim, H: Dim, W: Dim, E: FloatDtype, D: Backend, T: TapeState>
         let stats = self
             .device
             .batch_norm_stats(&self.data, &self.layout, eps)?;
+        // The C statistics on the host, in f64, scaled.
         let per_channel = Layout::contiguous(&[xd[1]]);
-        let unbias = count as f64 / (count - 1) as f64;
+        let to_f64 = |s: &D::Storage<E::Acc>, scale: f64| -> Result<Vec<f64>> {
+            let host = self.device.to_host(s, &per_channel)?;
+            Ok(host.iter().map(|v| v.as_f64() * scale).collect())
+        };
         let batch = BatchStats {
-            mean: (self.device.to_host(&stats.mean, &per_channel)?)
-                .iter()
-                .map(|m| m.as_f64())
-                .collect(),
-            var: (self.device.to_host(&stats.var, &per_channel)?)
-                .iter()
-                .map(|v| v.as_f64() * unbias)
-                .collect(),
+            mean: to_f64(&stats.mean, 1.0)?,
+            var: to_f64(&stats.var, count as f64 / (count - 1) as f64)?,
             count,
         };
         Ok((self.bn_impl(w, b, stats, true)?, batch))
