@@ -203,6 +203,7 @@ macro_rules! float_via_f32 {
     ($t:ty, $d:expr, $from:expr, $to:expr) => {
         impl Dtype for $t {
             const DTYPE: DType = $d;
+            #[inline(always)]
             fn to_f64(self) -> f64 {
                 let f: fn($t) -> f32 = $to;
                 f(self) as f64
@@ -300,6 +301,7 @@ float_via_f32!(F8E5M2, DType::F8E5M2, F8E5M2::from_f32, F8E5M2::to_f32);
 
 impl Dtype for f64 {
     const DTYPE: DType = DType::F64;
+    #[inline(always)]
     fn to_f64(self) -> f64 {
         self
     }
@@ -318,9 +320,11 @@ impl FloatDtype for f64 {
     fn from_acc(a: f64) -> Self {
         a
     }
+    #[inline(always)]
     fn from_f32(v: f32) -> Self {
         v as f64
     }
+    #[inline(always)]
     fn to_f32(self) -> f32 {
         self as f32
     }
@@ -328,6 +332,7 @@ impl FloatDtype for f64 {
 
 impl Dtype for i64 {
     const DTYPE: DType = DType::I64;
+    #[inline(always)]
     fn to_f64(self) -> f64 {
         self as f64
     }
@@ -347,6 +352,7 @@ impl IntDtype for i64 {
 
 impl Dtype for u32 {
     const DTYPE: DType = DType::U32;
+    #[inline(always)]
     fn to_f64(self) -> f64 {
         self as f64
     }
@@ -368,6 +374,7 @@ impl IntDtype for u32 {
 /// Not a [`FloatDtype`] nor an [`IntDtype`].
 impl Dtype for bool {
     const DTYPE: DType = DType::Bool;
+    #[inline(always)]
     fn to_f64(self) -> f64 {
         if self {
             1.0

@@ -64,6 +64,14 @@ pub(crate) const KC_BF16: usize = 1024;
 const MC: usize = 168;
 /// Columns of a packed `B` block at most (sized for L3; a multiple of every `NR`).
 const NC: usize = 3072;
+/// Largest `B` (`K x N` values) that each thread packs a private copy of
+/// when the threads split the rows of a product whose `A` is read in place.
+const PRIVATE_B_MAX: usize = 1 << 17;
+/// Largest result (`M x N` values) whose depth blocks the threads share out
+/// (see [`blocked`]); each block past the first needs a result-sized buffer.
+const SPLIT_DEPTH_MAX_MN: usize = 1 << 17;
+/// Rows of the result per task when the depth blocks' parts are added up.
+const SPLIT_DEPTH_ROWS: usize = 32;
 /// Below this many multiply-adds in total a product runs on the calling thread.
 pub const PAR_MACS: usize = 1 << 20;
 
@@ -511,7 +519,67 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
     // other's B (2 threads, 128 x 768 x 128: ~1.6x faster).
     let np = n.div_ceil(kern.nr);
     let own_cols = direct.is_some() || m <= n;
-    if threads > 1 && own_cols && m <= 2 * n && np >= 2 * threads {
+    let k = ops.a_cols.len();
+    let kcb = depth_block::<E, K>(k);
+    let depth_blocks = k.div_ceil(kcb.max(1));
+    if threads > 1
+        && matches!(fin, Final::Keep)
+        && depth_blocks >= 2
+        && m * n <= SPLIT_DEPTH_MAX_MN
+        && k >= m.max(n)
+    {
+        // Deeper than wide and tall (a weight gradient `dYᵀ · X` summed over
+        // the tokens): the threads take whole depth blocks, so nobody packs
+        // anything twice (a row or column split packs all of the shared
+        // operand in each thread). Block 0 goes into `c`, each later block
+        // into its own buffer, and the buffers are added into `c` in block
+        // order: the very sums, in the same order, that one thread makes
+        // when its kernels add each depth block onto `c`, so the result
+        // does not depend on the thread count.
+        let mut parts: Vec<MaybeUninit<E::Acc>> = Vec::with_capacity((depth_blocks - 1) * m * n);
+        // SAFETY: `MaybeUninit` needs no initialization; every block writes all of its part.
+        unsafe { parts.set_len((depth_blocks - 1) * m * n) };
+        let pptr = SendPtr(parts.as_mut_ptr().cast::<E::Acc>());
+        (0..depth_blocks)
+            .into_par_iter()
+            .with_max_len(1)
+            .for_each(|blk| {
+                let (p0, p1) = (blk * kcb, ((blk + 1) * kcb).min(k));
+                let depth = Operands {
+                    a_cols: &ops.a_cols[p0..p1],
+                    b_rows: &ops.b_rows[p0..p1],
+                    ..*ops
+                };
+                let (dst, ow) = match blk {
+                    0 => (cptr, overwrite),
+                    // SAFETY: part `blk - 1` of `parts` (`m * n` values) is this block's alone.
+                    _ => (SendPtr(unsafe { pptr.get().add((blk - 1) * m * n) }), true),
+                };
+                // SAFETY: `dst` is an `[M, N]` result only this block writes.
+                unsafe { blocked_cols::<E, K>(&depth, dst, (0, n), 1, kern, direct, ow, fin) };
+            });
+        // SAFETY: every part was written in full above.
+        let parts =
+            unsafe { &*(parts.as_slice() as *const [MaybeUninit<E::Acc>] as *const [E::Acc]) };
+        // SAFETY: `c` is initialized now (block 0 wrote or added into all of it).
+        let c = unsafe { &mut *(c as *mut [MaybeUninit<E::Acc>] as *mut [E::Acc]) };
+        let add = |(i, rows): (usize, &mut [E::Acc])| {
+            let at = i * SPLIT_DEPTH_ROWS * n;
+            vectorized(
+                #[inline(always)]
+                || {
+                    for part in parts.chunks_exact(m * n) {
+                        for (c, &p) in rows.iter_mut().zip(&part[at..]) {
+                            *c = *c + p;
+                        }
+                    }
+                },
+            )
+        };
+        c.par_chunks_mut(SPLIT_DEPTH_ROWS * n)
+            .enumerate()
+            .for_each(add);
+    } else if threads > 1 && own_cols && m <= 2 * n && np >= 2 * threads {
         (0..threads).into_par_iter().for_each(|t| {
             let cols = (
                 np * t / threads * kern.nr,
@@ -520,7 +588,11 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
             // SAFETY: `cptr` is the `[M, N]` result; thread `t` alone writes these columns.
             unsafe { blocked_cols::<E, K>(ops, cptr, cols, 1, kern, direct, overwrite, fin) };
         });
-    } else if threads > 1 && direct.is_none() && m > n && matches!(fin, Final::Keep) {
+    } else if threads > 1
+        && m > n
+        && matches!(fin, Final::Keep)
+        && (direct.is_none() || ops.a_cols.len() * n <= PRIVATE_B_MAX)
+    {
         // Taller than wide with A packed (the weight gradient of a wider
         // layer): each thread takes its own rows, packs its own copy of B
         // (the smaller operand) and never waits for the other.
@@ -537,12 +609,20 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
             };
             // SAFETY: rows `r0..r1` of the `[M, N]` result are thread `t`'s alone.
             let c = SendPtr(unsafe { cptr.get().add(r0 * n) });
-            unsafe { blocked_cols::<E, K>(&rows, c, (0, n), 1, kern, None, overwrite, fin) };
+            unsafe { blocked_cols::<E, K>(&rows, c, (0, n), 1, kern, direct, overwrite, fin) };
         });
     } else {
         // SAFETY: `cptr` is the `[M, N]` result, all this call's.
         unsafe { blocked_cols::<E, K>(ops, cptr, (0, n), threads, kern, direct, overwrite, fin) };
     }
+}
+
+/// The depth of the blocks a product of depth `k` is cut into: at most
+/// `K::KC`, balanced (1024 = 512 + 512, not 768 + 256: every pass over C
+/// then does as much work), a whole number of groups.
+fn depth_block<E: FloatDtype, K: Packing<E>>(k: usize) -> usize {
+    k.div_ceil(k.div_ceil(K::KC).max(1))
+        .next_multiple_of(K::GROUP)
 }
 
 /// [`blocked`] for columns `c_lo..c_hi` of the result only, with the
@@ -587,11 +667,7 @@ unsafe fn blocked_cols<E: FloatDtype, K: Packing<E>>(
     let ntasks = rb * cs;
     let lda = ops.a_pitch.unwrap_or(0);
     let pitch = lda * core::mem::size_of::<E>();
-    // Depth blocks of at most `K::KC`, balanced (1024 = 512 + 512, not
-    // 768 + 256: every pass over C then does as much work).
-    let kcb = k
-        .div_ceil(k.div_ceil(K::KC).max(1))
-        .next_multiple_of(K::GROUP);
+    let kcb = depth_block::<E, K>(k);
     let groups = |kc: usize| kc.div_ceil(K::GROUP);
     assert!(k > 0 || !overwrite, "gemm: an empty depth writes nothing");
     let nc_max = NC.min((c_hi - c_lo).div_ceil(nr) * nr);

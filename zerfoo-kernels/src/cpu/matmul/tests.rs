@@ -407,6 +407,59 @@ fn packed_a_thread_splits_agree_bitwise_f32() {
     }
 }
 
+/// The threads' other two splits of a product: by depth blocks (deeper than
+/// wide and tall, e.g. a weight gradient summed over a batch of tokens:
+/// 2, 3 or 4 blocks, odd sizes, f32 and f64) and by rows with a private
+/// copy of a small `B` (a row-major `A` read in place, taller than wide):
+/// bit-identical to one thread on 2, 3 and 4 threads, and matching the
+/// naive product.
+#[test]
+fn depth_and_private_b_splits_agree_bitwise() {
+    fn one<E: FloatDtype>(tol: f64) {
+        let cast = |v: Vec<f64>| -> Vec<E> { v.into_iter().map(E::from_f64).collect() };
+        let wide = |v: &[E]| -> Vec<f64> { v.iter().map(|x| x.to_f64()).collect() };
+        // (batch, m, k per batch, n): depth 2 x 385 = 770 (2 blocks), 1537 (4),
+        // 1100 (3); each over `PAR_MACS`, so threaded.
+        for (bt, m, k, n) in [(2, 57, 385, 49), (1, 129, 1537, 7), (4, 130, 275, 131)] {
+            let a = cast(vals(bt * k * m, 61));
+            let b = cast(vals(bt * k * n, 62));
+            // Σ_b A_bᵀ · B_b, A_bᵀ a transposed view of [bt, k, m].
+            let la = Layout::new(&[bt, m, k], &[m * k, 1, m], 0);
+            let lb = Layout::contiguous(&[bt, k, n]);
+            let one_thread = on_threads(1, || gemm_batch_sum(&a, &la, &b, &lb));
+            for threads in [2, 3, 4] {
+                let r = on_threads(threads, || gemm_batch_sum(&a, &la, &b, &lb));
+                assert!(r == one_thread, "{bt}x{m}x{k}x{n}, {threads} threads");
+            }
+            let (a64, b64) = (wide(&a), wide(&b));
+            let mut want = vec![0.0; m * n];
+            for i in 0..bt {
+                let lai = Layout::new(&[m, k], &[1, m], i * m * k);
+                let lbi = Layout::new(&[k, n], &[n, 1], i * k * n);
+                for (w, v) in want.iter_mut().zip(naive(&a64, &lai, &b64, &lbi)) {
+                    *w += v;
+                }
+            }
+            assert!(max_rel(&wide(&one_thread), &want) < tol, "{bt}x{m}x{k}x{n}");
+        }
+        // A row-major A read in place, taller than wide, a small B.
+        for (m, k, n) in [(701, 129, 33), (300, 64, 70), (97, 500, 45)] {
+            let a = cast(vals(m * k, 63));
+            let b = cast(vals(k * n, 64));
+            let (la, lb) = (Layout::contiguous(&[m, k]), Layout::contiguous(&[k, n]));
+            let one_thread = on_threads(1, || gemm(&a, &la, &b, &lb));
+            for threads in [2, 3, 4] {
+                let r = on_threads(threads, || gemm(&a, &la, &b, &lb));
+                assert!(r == one_thread, "{m}x{k}x{n}, {threads} threads");
+            }
+            let want = naive(&wide(&a), &la, &wide(&b), &lb);
+            assert!(max_rel(&wide(&one_thread), &want) < tol, "{m}x{k}x{n}");
+        }
+    }
+    one::<f32>(1e-5);
+    one::<f64>(1e-13);
+}
+
 /// Every dtype, every kernel, odd sizes and a transposed operand: exactly
 /// the f32 (f64) sum of the widened inputs, rounded once.
 #[test]
