@@ -570,7 +570,7 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
                 || {
                     for part in parts.chunks_exact(m * n) {
                         for (c, &p) in rows.iter_mut().zip(&part[at..]) {
-                            *c = *c + p;
+                            *c += p;
                         }
                     }
                 },
