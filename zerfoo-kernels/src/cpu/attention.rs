@@ -28,11 +28,14 @@ use super::simd::{lane_max, lane_sum, vectorized};
 use super::PAR_THRESHOLD;
 use crate::{FloatDtype, Layout, Real};
 
-/// Keys per block of the online softmax.
-pub const KEY_BLOCK: usize = 64;
+/// Keys per block of the online softmax. With 32-row query blocks too, a
+/// causal head of 64 positions computes 3 of its 4 blocks (64 x 64 blocks
+/// would compute the masked half as well): the Shakespeare step ~2% faster,
+/// a 256-position one unchanged.
+pub const KEY_BLOCK: usize = 32;
 
 /// Query rows per block (of the forward's parallel tasks and the products).
-pub const QUERY_BLOCK: usize = 64;
+pub const QUERY_BLOCK: usize = 32;
 
 /// Which keys each query may not see. Positions are absolute: query row `i`
 /// is at `q_offset + i`, key row `j` at `k_offset + j`.
