@@ -173,6 +173,165 @@ pub fn sgd_update<E: FloatDtype>(param: &mut [E], grad: &[E], buf: &mut [E::Acc]
     }
 }
 
+/// One chunk of a parameter, its gradient and its two state buffers.
+type ChunkSlices<'a, E> = (
+    &'a mut [E],
+    &'a [E],
+    &'a mut [<E as FloatDtype>::Acc],
+    &'a mut [<E as FloatDtype>::Acc],
+);
+
+/// Raw parts of one parameter update, for [`QueuedUpdate`].
+struct Parts<E: FloatDtype> {
+    param: *mut E,
+    grad: *const E,
+    /// Adam's first moment or SGD's momentum buffer (null: none).
+    m: *mut E::Acc,
+    /// Adam's second moment (null for SGD).
+    v: *mut E::Acc,
+    len: usize,
+}
+
+// SAFETY: `QueuedUpdate`'s constructors require the buffers to be the
+// update's alone until it has run; each chunk touches only its own range.
+unsafe impl<E: FloatDtype> Send for Parts<E> {}
+// SAFETY: as above.
+unsafe impl<E: FloatDtype> Sync for Parts<E> {}
+
+impl<E: FloatDtype> Parts<E> {
+    /// The elements of chunk `c` (of [`CHUNK`] values) of the buffers; a
+    /// null state buffer gives an empty slice.
+    ///
+    /// # Safety
+    /// The buffers must be valid for `len` values, and no other thread may
+    /// use chunk `c` at the same time.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn chunk(&self, c: usize) -> ChunkSlices<'_, E> {
+        let (at, n) = (c * CHUNK, CHUNK.min(self.len - c * CHUNK));
+        let state = |p: *mut E::Acc| -> &mut [E::Acc] {
+            if p.is_null() {
+                &mut []
+            } else {
+                // SAFETY: the caller's guarantee.
+                unsafe { core::slice::from_raw_parts_mut(p.add(at), n) }
+            }
+        };
+        // SAFETY: the caller's guarantee.
+        unsafe {
+            (
+                core::slice::from_raw_parts_mut(self.param.add(at), n),
+                core::slice::from_raw_parts(self.grad.add(at), n),
+                state(self.m),
+                state(self.v),
+            )
+        }
+    }
+}
+
+/// One parameter's optimizer update, queued so that [`run_updates`] can
+/// apply all of a model's as one parallel pass: every parameter's fixed
+/// [`CHUNK`]-sized pieces are shared out together, instead of one parallel
+/// loop (and one wake-up of the pool) per parameter, most of them too small
+/// to split at all.
+pub struct QueuedUpdate {
+    chunks: usize,
+    run: Box<dyn Fn(usize) + Send + Sync>,
+}
+
+impl QueuedUpdate {
+    /// Queues [`adam_update`] of `param` (gradient `grad`, moments `m`, `v`).
+    ///
+    /// # Safety
+    /// The four buffers must stay valid, and be neither read nor written by
+    /// anything else, until the update has run in [`run_updates`]; no other
+    /// queued update may share any of `param`, `m` or `v`.
+    pub unsafe fn adam<E: FloatDtype>(
+        param: &mut [E],
+        grad: &[E],
+        m: &mut [E::Acc],
+        v: &mut [E::Acc],
+        s: AdamStep,
+    ) -> Self {
+        assert!(grad.len() == param.len() && m.len() == param.len() && v.len() == param.len());
+        let parts = Parts {
+            param: param.as_mut_ptr(),
+            grad: grad.as_ptr(),
+            m: m.as_mut_ptr(),
+            v: v.as_mut_ptr(),
+            len: param.len(),
+        };
+        QueuedUpdate {
+            chunks: parts.len.div_ceil(CHUNK),
+            run: Box::new(move |c| {
+                // SAFETY: the constructor's guarantee; `run_updates` runs each chunk once.
+                let (p, g, m, v) = unsafe { parts.chunk(c) };
+                adam_update(p, g, m, v, &s)
+            }),
+        }
+    }
+
+    /// Queues [`sgd_update`] of `param` (gradient `grad`, momentum buffer
+    /// `buf`, unused without momentum).
+    ///
+    /// # Safety
+    /// As for [`QueuedUpdate::adam`], with `buf` for the moments.
+    pub unsafe fn sgd<E: FloatDtype>(
+        param: &mut [E],
+        grad: &[E],
+        buf: &mut [E::Acc],
+        s: SgdStep,
+    ) -> Self {
+        let momentum = s.momentum != 0.0;
+        assert!(grad.len() == param.len() && (!momentum || buf.len() == param.len()));
+        let parts = Parts {
+            param: param.as_mut_ptr(),
+            grad: grad.as_ptr(),
+            m: if momentum {
+                buf.as_mut_ptr()
+            } else {
+                core::ptr::null_mut()
+            },
+            v: core::ptr::null_mut(),
+            len: param.len(),
+        };
+        QueuedUpdate {
+            chunks: parts.len.div_ceil(CHUNK),
+            run: Box::new(move |c| {
+                // SAFETY: the constructor's guarantee; `run_updates` runs each chunk once.
+                let (p, g, buf, _) = unsafe { parts.chunk(c) };
+                sgd_update(p, g, buf, &s)
+            }),
+        }
+    }
+}
+
+/// Applies queued updates, all of their chunks as one parallel loop. The
+/// updates are elementwise, so the results are exactly those of running
+/// them one by one (on any number of threads).
+///
+/// ```
+/// use zerfoo_kernels::cpu::optim::{run_updates, AdamStep, QueuedUpdate};
+/// let (mut p, g) = (vec![1.0f32; 20_000], vec![0.5f32; 20_000]);
+/// let (mut m, mut v) = (vec![0.0f32; 20_000], vec![0.0f32; 20_000]);
+/// let s = AdamStep { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, decoupled: true, step: 1 };
+/// // SAFETY: nothing else touches the buffers until `run_updates` returns.
+/// let queued = [unsafe { QueuedUpdate::adam(&mut p, &g, &mut m, &mut v, s) }];
+/// run_updates(&queued);
+/// assert!(p.iter().all(|&x| (x - 0.9).abs() < 1e-6));
+/// ```
+pub fn run_updates(updates: &[QueuedUpdate]) {
+    let pieces: Vec<(usize, usize)> = updates
+        .iter()
+        .enumerate()
+        .flat_map(|(u, q)| (0..q.chunks).map(move |c| (u, c)))
+        .collect();
+    if pieces.len() > 1 {
+        pieces.par_iter().for_each(|&(u, c)| (updates[u].run)(c));
+    } else {
+        pieces.iter().for_each(|&(u, c)| (updates[u].run)(c));
+    }
+}
+
 /// `Σ x²` in f64, summed in fixed [`CHUNK`]-sized pieces (each with 32
 /// running sums) and then in order, so the result never depends on the
 /// thread count.
@@ -220,6 +379,73 @@ pub fn scale_in_place<E: FloatDtype>(x: &mut [E], factor: f64) {
 mod tests {
     use super::*;
     use crate::cpu::PAR_THRESHOLD;
+
+    /// Queued updates of several parameters (1 value, a chunk and a bit,
+    /// three chunks; Adam, AdamW, SGD with and without momentum) run as one
+    /// pass give exactly the values of the updates run one by one, on 1 and
+    /// 3 threads.
+    #[test]
+    fn queued_updates_match_one_by_one() {
+        let sizes = [1, CHUNK + 7, 3 * CHUNK];
+        let adam = |decoupled| AdamStep {
+            lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            decoupled,
+            step: 3,
+        };
+        let sgd = |momentum| SgdStep {
+            lr: 0.1,
+            momentum,
+            dampening: 0.1,
+            nesterov: momentum != 0.0,
+            weight_decay: 0.01,
+            first: false,
+        };
+        let f = |v: Vec<f64>| -> Vec<f32> { v.into_iter().map(|x| x as f32).collect() };
+        // (param, grad, m, v) per parameter, per rule.
+        let fresh = |seed: u64| -> Vec<[Vec<f32>; 4]> {
+            sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| {
+                    let s = seed + 10 * i as u64;
+                    let v2: Vec<f32> = f(vals(n, s + 3)).iter().map(|x| x.abs()).collect();
+                    [f(vals(n, s)), f(vals(n, s + 1)), f(vals(n, s + 2)), v2]
+                })
+                .collect()
+        };
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for rule in 0..4 {
+                let (mut want, mut got) = (fresh(7), fresh(7));
+                for [p, g, m, v] in want.iter_mut() {
+                    match rule {
+                        0 | 1 => adam_update(p, g, m, v, &adam(rule == 1)),
+                        _ => sgd_update(p, g, m, &sgd(if rule == 2 { 0.9 } else { 0.0 })),
+                    }
+                }
+                let queued: Vec<QueuedUpdate> = got
+                    .iter_mut()
+                    .map(|[p, g, m, v]| match rule {
+                        // SAFETY: the buffers live, untouched, until `run_updates` returns.
+                        0 | 1 => unsafe { QueuedUpdate::adam(p, g, m, v, adam(rule == 1)) },
+                        _ => unsafe {
+                            QueuedUpdate::sgd(p, g, m, sgd(if rule == 2 { 0.9 } else { 0.0 }))
+                        },
+                    })
+                    .collect();
+                pool.install(|| run_updates(&queued));
+                drop(queued);
+                assert!(want == got, "rule {rule}, {threads} threads");
+            }
+        }
+    }
 
     fn vals(n: usize, seed: u64) -> Vec<f64> {
         (0..n as u64)

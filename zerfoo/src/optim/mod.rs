@@ -20,7 +20,7 @@ pub use state::OptimizerState;
 
 use std::collections::HashMap;
 
-use zerfoo_kernels::cpu::optim::{AdamStep, SgdStep};
+use zerfoo_kernels::cpu::optim::{run_updates, AdamStep, QueuedUpdate, SgdStep};
 use zerfoo_kernels::{Backend, FloatDtype};
 
 use crate::autograd::{Gradients, NoTape};
@@ -258,8 +258,13 @@ impl Optimizer {
             opt: self,
             grads,
             error: None,
+            queued: Vec::new(),
+            queued_params: Vec::new(),
         };
         module.visit_params_mut("", &mut v);
+        // The CPU parameters' updates, all in one parallel pass (also those
+        // queued before an error: as if they had run one by one).
+        run_updates(&v.queued);
         match v.error {
             Some(e) => Err(e),
             None => Ok(()),
@@ -271,6 +276,16 @@ struct Update<'a> {
     opt: &'a mut Optimizer,
     grads: &'a Gradients,
     error: Option<crate::Error>,
+    /// Updates of CPU parameters, run together once the walk is over.
+    queued: Vec<QueuedUpdate>,
+    /// The addresses of the queued parameters' values: a parameter visited
+    /// twice (never in the models here) first has its queued update run.
+    queued_params: Vec<usize>,
+}
+
+/// `storage` as the CPU's `Vec`, if that is what it is.
+fn cpu_vec<S: 'static, T: 'static>(storage: &mut S) -> Option<&mut Vec<T>> {
+    (storage as &mut dyn std::any::Any).downcast_mut::<Vec<T>>()
 }
 
 impl ParamVisitorMut for Update<'_> {
@@ -310,6 +325,15 @@ impl Update<'_> {
                 ),
             });
         };
+        // A CPU parameter already queued (visited twice) is updated first.
+        if let Some(at) = cpu_vec::<_, E>(p.storage_mut()?).map(|d| d.as_ptr() as usize) {
+            if self.queued_params.contains(&at) {
+                run_updates(&self.queued);
+                self.queued.clear();
+                self.queued_params.clear();
+            }
+            self.queued_params.push(at);
+        }
         let st = self
             .opt
             .state
@@ -338,7 +362,18 @@ impl Update<'_> {
                     weight_decay: group.weight_decay,
                     first,
                 };
-                dev.sgd_update(data, g, m, &step)?;
+                let cpu = (cpu_vec::<_, E>(data), cpu_vec::<_, E::Acc>(m));
+                match (cpu, (g as &dyn std::any::Any).downcast_ref::<Vec<E>>()) {
+                    ((Some(data), Some(m)), Some(g)) => {
+                        // SAFETY: the parameter, its gradient and its state are
+                        // neither moved nor touched before `step` runs the queue
+                        // (it holds the model and the gradients until then), and
+                        // the queue was run above if this parameter was in it.
+                        self.queued
+                            .push(unsafe { QueuedUpdate::sgd(data, g, m, step) });
+                    }
+                    _ => dev.sgd_update(data, g, m, &step)?,
+                }
             }
             Rule::Adam { beta1, beta2, eps } | Rule::AdamW { beta1, beta2, eps } => {
                 let step = AdamStep {
@@ -350,7 +385,19 @@ impl Update<'_> {
                     decoupled: matches!(self.opt.rule, Rule::AdamW { .. }),
                     step: t,
                 };
-                dev.adam_update(data, g, m, v, &step)?;
+                let cpu = (
+                    cpu_vec::<_, E>(data),
+                    cpu_vec::<_, E::Acc>(m),
+                    cpu_vec::<_, E::Acc>(v),
+                );
+                match (cpu, (g as &dyn std::any::Any).downcast_ref::<Vec<E>>()) {
+                    ((Some(data), Some(m), Some(v)), Some(g)) => {
+                        // SAFETY: as for SGD above.
+                        self.queued
+                            .push(unsafe { QueuedUpdate::adam(data, g, m, v, step) });
+                    }
+                    _ => dev.adam_update(data, g, m, v, &step)?,
+                }
             }
         }
         st.steps += 1;
