@@ -24,7 +24,7 @@
 use num_traits::{Float, Zero};
 use rayon::prelude::*;
 
-use super::simd::{lane_max, lane_sum, vectorized};
+use super::simd::{lane_max, lane_sum_of, lane_sum_zip, vectorized};
 use super::PAR_THRESHOLD;
 use crate::{FloatDtype, Layout, Real};
 
@@ -250,7 +250,7 @@ fn forward_block<A: Real>(
         }
         exp_rows(s, n, &shift[..bq]);
         for (r, row) in s.chunks_exact(n).enumerate() {
-            l[r] += lane_sum(n, |j| row[j]);
+            l[r] += lane_sum_of(row, |x| x);
         }
         gemm_acc(bq, dv, n, s, (n, 1), &vp[j0 * dv..], (dv, 1), o);
         j0 += n;
@@ -422,7 +422,7 @@ pub fn attention_backward<E: FloatDtype>(
             (0..rows)
                 .map(|r| {
                     let (o, g) = (&out[r * dv..][..dv], &dop[r * dv..][..dv]);
-                    lane_sum(dv, |j| o[j].to_acc() * g[j])
+                    lane_sum_zip(o, g, |o: E, g| o.to_acc() * g)
                 })
                 .collect()
         },

@@ -12,7 +12,7 @@
 use num_traits::{Float, One, Zero};
 use rayon::prelude::*;
 
-use super::simd::{lane_sum, vectorized};
+use super::simd::{lane_sum_of, vectorized};
 use super::softmax::{rows_map, AxisRows};
 use super::{map, zip_map, CHUNK, PAR_THRESHOLD};
 use crate::{FloatDtype, Layout, Real};
@@ -92,9 +92,9 @@ pub fn cross_entropy_forward<E: FloatDtype>(
                     }
                 }
                 let m = row_max(buf);
-                let s = lane_sum(buf.len(), |k| (buf[k] - m).fast_exp());
+                let s = lane_sum_of(buf, |x| (x - m).fast_exp());
                 let spread = if eps != 0.0 {
-                    lane_sum(buf.len(), |k| m - buf[k])
+                    lane_sum_of(buf, |x| m - x)
                 } else {
                     E::Acc::zero()
                 };

@@ -11,7 +11,7 @@
 use num_traits::{Float, One, Zero};
 use rayon::prelude::*;
 
-use super::simd::{lane_sum, vectorized};
+use super::simd::{lane_sum_of, lane_sum_zip, vectorized};
 use super::softmax::{rows_map, AxisRows};
 use super::{map, PAR_THRESHOLD};
 use crate::{FloatDtype, Layout, Real};
@@ -102,11 +102,11 @@ pub fn norm_forward<E: FloatDtype>(
                     }
                 }
                 let mean = if kind == NormKind::Layer {
-                    lane_sum(buf.len(), |k| buf[k]) / d
+                    lane_sum_of(buf, |x| x) / d
                 } else {
                     E::Acc::zero()
                 };
-                let ss = lane_sum(buf.len(), |k| (buf[k] - mean) * (buf[k] - mean));
+                let ss = lane_sum_of(buf, |x| (x - mean) * (x - mean));
                 let rstd = (ss / d + eps).sqrt().recip();
                 match (&w, &b) {
                     (Some(w), Some(b)) => {
@@ -220,11 +220,11 @@ pub fn norm_backward<E: FloatDtype>(
                         }
                     }
                     let mg = if kind == NormKind::Layer {
-                        lane_sum(n, |k| g[k]) / d
+                        lane_sum_of(&g[..n], |x| x) / d
                     } else {
                         E::Acc::zero()
                     };
-                    let mgx = lane_sum(n, |k| g[k] * buf[k]) / d;
+                    let mgx = lane_sum_zip(&g[..n], &buf[..n], |g, b| g * b) / d;
                     for ((o, &gk), &xh) in out.iter_mut().zip(g.iter()).zip(buf.iter()) {
                         *o = E::from_acc(st.rstd * (gk - mg - xh * mgx));
                     }

@@ -33,28 +33,58 @@ pub fn vectorized<R>(body: impl FnOnce() -> R) -> R {
     body()
 }
 
-/// `Σ f(i)` for `i < n`, summed in 16 interleaved lanes (`i % 16`) that
-/// are added in a fixed order at the end: a loop the compiler vectorizes
-/// (a plain running sum must stay sequential), and a result that depends
-/// only on `n`, never on threads or the instruction set.
+/// Lanes of the vectorizable sums ([`lane_sum_of`], [`lane_sum_zip`]).
+const LANES: usize = 16;
+
+/// `Σ f(xs[i])`, summed in 16 interleaved lanes (`i % 16`) that are added
+/// in a fixed order at the end: a loop the compiler vectorizes (a plain
+/// running sum must stay sequential; whole 16-value chunks need no bounds
+/// checks), and a result that depends only on the values, never on threads
+/// or the instruction set.
 ///
 /// ```
 /// let xs: Vec<f32> = (0..100).map(|i| i as f32).collect();
-/// let s = zerfoo_kernels::cpu::simd::lane_sum(xs.len(), |i| xs[i]);
+/// let s = zerfoo_kernels::cpu::simd::lane_sum_of(&xs, |x| x);
 /// assert_eq!(s, 4950.0);
 /// ```
 #[inline(always)]
-pub fn lane_sum<A: crate::Real>(n: usize, mut f: impl FnMut(usize) -> A) -> A {
-    const LANES: usize = 16;
+pub fn lane_sum_of<A: crate::Real, T: Copy>(xs: &[T], f: impl Fn(T) -> A) -> A {
     let mut acc = [A::zero(); LANES];
-    let full = n / LANES * LANES;
-    for i in (0..full).step_by(LANES) {
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a += f(i + l);
+    let mut chunks = xs.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += f(x);
         }
     }
-    for (i, a) in (full..n).zip(acc.iter_mut()) {
-        *a += f(i);
+    for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
+        *a += f(x);
+    }
+    acc.iter().fold(A::zero(), |s, &a| s + a)
+}
+
+/// `Σ f(a[i], b[i])` over the common length, in the lanes of [`lane_sum_of`].
+///
+/// ```
+/// let (a, b) = ([1.0f32, 2.0, 3.0], [4.0f32, 5.0, 6.0]);
+/// assert_eq!(zerfoo_kernels::cpu::simd::lane_sum_zip(&a, &b, |x, y| x * y), 32.0);
+/// ```
+#[inline(always)]
+pub fn lane_sum_zip<A: crate::Real, T: Copy, U: Copy>(
+    a: &[T],
+    b: &[U],
+    f: impl Fn(T, U) -> A,
+) -> A {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [A::zero(); LANES];
+    let (mut ca, mut cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for ((s, &x), &y) in acc.iter_mut().zip(x).zip(y) {
+            *s += f(x, y);
+        }
+    }
+    for ((s, &x), &y) in acc.iter_mut().zip(ca.remainder()).zip(cb.remainder()) {
+        *s += f(x, y);
     }
     acc.iter().fold(A::zero(), |s, &a| s + a)
 }
