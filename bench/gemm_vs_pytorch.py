@@ -12,6 +12,15 @@ take more than ~3 s, e.g. f16 at large shapes); %peak is zerfoo over the measure
 single-core f32 FMA peak times the thread count. Usage (from the repo root):
 
     python3 bench/gemm_vs_pytorch.py [--quick]
+    python3 bench/gemm_vs_pytorch.py --step shakespeare|gpt6 [--quick]
+
+`--step CONFIG` compares instead the f32 products of one training step of
+that GPT (`gemm_table --step`): each with the operands in their training
+layouts (`torch.mm` on the same transposed views), how many times a step
+runs it, and per thread count the step's total in ms for both:
+
+    product MxKxN t times zerfoo torch z/torch
+    CONFIG step, T thread(s): zerfoo X ms, torch Y ms, ratio R
 """
 
 import json
@@ -80,8 +89,48 @@ def torch_gflops(m, k, n, dtype, threads, runs):
     return samples[len(samples) // 2]
 
 
+def step_main(config, quick):
+    """The products of one training step of `config`, zerfoo next to torch.mm."""
+    cmd = ["cargo", "run", "--release", "-q", "-p", "zerfoo-kernels",
+           "--example", "gemm_table", "--", "--json", "--step", config]
+    if quick:
+        cmd.append("--quick")
+    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    rows = [json.loads(l[5:]) for l in out.splitlines() if l.startswith("JSON ")]
+    runs = 3 if quick else 7
+    print(f"{'product':>10} {'MxKxN':>16} {'t':>2} {'times':>5} {'zerfoo':>8} {'torch':>8} {'z/torch':>7}")
+    totals = {}
+    for r in rows:
+        m, k, n, th = r["m"], r["k"], r["n"], r["threads"]
+        torch.set_num_threads(th)
+        a = torch.rand(k, m).t() if r["ta"] else torch.rand(m, k)
+        b = torch.rand(n, k).t() if r["tb"] else torch.rand(k, n)
+        flops = 2.0 * m * n * k
+        torch.mm(a, b)
+        t = time.perf_counter()
+        torch.mm(a, b)
+        once = max(time.perf_counter() - t, 1e-7)
+        reps = max(1, min(10000, int(0.03 / once + 0.999)))
+        samples = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            for _ in range(reps):
+                torch.mm(a, b)
+            samples.append(flops * reps / (time.perf_counter() - t) / 1e9)
+        samples.sort()
+        tt = samples[len(samples) // 2]
+        z = r["zerfoo"]
+        zt, ttot = totals.get(th, (0.0, 0.0))
+        totals[th] = (zt + r["times"] * flops / z / 1e6, ttot + r["times"] * flops / tt / 1e6)
+        print(f"{r['kind']:>10} {f'{m}x{k}x{n}':>16} {th:>2} {r['times']:>5} {z:>8.1f} {tt:>8.1f} {z / tt:>7.2f}")
+    for th, (zt, ttot) in sorted(totals.items()):
+        print(f"{config} step, {th} thread(s): zerfoo {zt:.2f} ms, torch {ttot:.2f} ms, ratio {zt / ttot:.2f}")
+
+
 def main():
     quick = "--quick" in sys.argv
+    if "--step" in sys.argv:
+        return step_main(sys.argv[sys.argv.index("--step") + 1], quick)
     runs = 3 if quick else 7
     peak, rows = rust_rows(quick)
     print(f"peak f32 FMA 1 core: {peak:.1f} GFLOP/s; torch {torch.__version__}, "

@@ -4,7 +4,14 @@
 //!
 //! ```text
 //! cargo run --release -p zerfoo-kernels --example gemm_table [-- --json] [--quick] [--only f32|f16|bf16]
+//! cargo run --release -p zerfoo-kernels --example gemm_table -- --step shakespeare|gpt6 [--json]
 //! ```
+//!
+//! `--step CONFIG` measures instead the f32 products of one training step of
+//! that GPT configuration (the forward `x · Wᵀ`, the input gradient
+//! `dY · W` and the weight gradient `dYᵀ · X` of each linear layer and the
+//! tied head, in the operands' own layouts), one row per product with how
+//! many times a step runs it, and the step's total.
 //!
 //! Output (stable format): a `peak` line, then one row per
 //! (shape, dtype, threads) with GFLOP/s (median of several runs). With
@@ -225,6 +232,82 @@ fn row<E: Other>(
     }
 }
 
+/// The f32 products of one GPT training step: (kind, M, K, N, A transposed,
+/// B transposed, times per step) for `layers` blocks of width `c` over `t`
+/// tokens (batch x context), vocabulary 65.
+fn step_products(
+    layers: usize,
+    t: usize,
+    c: usize,
+) -> Vec<(String, usize, usize, usize, bool, bool, usize)> {
+    let mut v = Vec::new();
+    // (layer, inputs, outputs, times per step)
+    for (name, i, o, times) in [
+        ("qkv", c, 3 * c, layers),
+        ("proj", c, c, layers),
+        ("fc", c, 4 * c, layers),
+        ("proj2", 4 * c, c, layers),
+        ("head", c, 65, 1),
+    ] {
+        v.push((format!("fwd {name}"), t, i, o, false, true, times));
+        v.push((format!("dx {name}"), t, o, i, false, false, times));
+        v.push((format!("dw {name}"), o, t, i, true, false, times));
+    }
+    v
+}
+
+/// `--step CONFIG`: one row per product of a training step, then the total.
+fn step_table(config: &str, runs: usize, json: bool) {
+    let (layers, t, c) = match config {
+        "shakespeare" => (4, 12 * 64, 128),
+        "gpt6" => (6, 8 * 256, 384),
+        other => panic!("--step: unknown configuration {other} (shakespeare or gpt6)"),
+    };
+    println!(
+        "{:>10} {:>16} {:>2} {:>5} {:>9}",
+        "product", "MxKxN", "t", "times", "zerfoo"
+    );
+    for threads in [1, 2] {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("thread pool");
+        let mut total_ms = 0.0;
+        for (kind, m, k, n, ta, tb, times) in step_products(layers, t, c) {
+            let a: Vec<f32> = data(m * k, 1);
+            let b: Vec<f32> = data(k * n, 2);
+            let la = if ta {
+                Layout::contiguous(&[k, m]).permute(&[1, 0])
+            } else {
+                Layout::contiguous(&[m, k])
+            };
+            let lb = if tb {
+                Layout::contiguous(&[n, k]).permute(&[1, 0])
+            } else {
+                Layout::contiguous(&[k, n])
+            };
+            let flops = 2.0 * (m * n * k) as f64;
+            let z = pool.install(|| {
+                measure(flops, runs, || {
+                    black_box(zgemm(&a, &la, &b, &lb));
+                })
+            });
+            total_ms += times as f64 * flops / z / 1e6;
+            println!(
+                "{kind:>10} {:>16} {threads:>2} {times:>5} {z:>9.1}",
+                format!("{m}x{k}x{n}")
+            );
+            if json {
+                println!(
+                    "JSON {{\"kind\":\"{kind}\",\"m\":{m},\"k\":{k},\"n\":{n},\"ta\":{ta},\"tb\":{tb},\"times\":{times},\"threads\":{threads},\"zerfoo\":{z:.3}}}"
+                );
+            }
+        }
+        println!("{config} step, {threads} thread(s): all products {total_ms:.2} ms");
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let json = args.iter().any(|a| a == "--json");
@@ -237,6 +320,13 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .cloned();
     let want = |d: &str| only.as_deref().is_none_or(|o| o == d);
+    if let Some(config) = args
+        .iter()
+        .position(|a| a == "--step")
+        .and_then(|i| args.get(i + 1))
+    {
+        return step_table(config, runs, json);
+    }
     let _ = fma_peak_once(1 << 20);
     let mut p: Vec<f64> = (0..7).map(|_| fma_peak_once(1 << 24)).collect();
     p.sort_by(f64::total_cmp);
