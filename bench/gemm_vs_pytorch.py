@@ -75,6 +75,11 @@ def torch_gflops(m, k, n, dtype, threads, runs):
         # A path far slower than the small-product estimate (torch f16 at
         # 2048): one call is measurement enough.
         return flops / once / 1e9
+    return median_mm_gflops(a, b, flops, runs)
+
+
+def median_mm_gflops(a, b, flops, runs):
+    """Median GFLOP/s of `torch.mm(a, b)` over `runs` samples of ~30 ms each."""
     t = time.perf_counter()
     torch.mm(a, b)
     once = max(time.perf_counter() - t, 1e-7)
@@ -107,18 +112,7 @@ def step_main(config, quick):
         b = torch.rand(n, k).t() if r["tb"] else torch.rand(k, n)
         flops = 2.0 * m * n * k
         torch.mm(a, b)
-        t = time.perf_counter()
-        torch.mm(a, b)
-        once = max(time.perf_counter() - t, 1e-7)
-        reps = max(1, min(10000, int(0.03 / once + 0.999)))
-        samples = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            for _ in range(reps):
-                torch.mm(a, b)
-            samples.append(flops * reps / (time.perf_counter() - t) / 1e9)
-        samples.sort()
-        tt = samples[len(samples) // 2]
+        tt = median_mm_gflops(a, b, flops, runs)
         z = r["zerfoo"]
         zt, ttot = totals.get(th, (0.0, 0.0))
         totals[th] = (zt + r["times"] * flops / z / 1e6, ttot + r["times"] * flops / tt / 1e6)

@@ -387,14 +387,9 @@ mod tests {
     use super::*;
     use crate::cpu::PAR_THRESHOLD;
 
-    /// Queued updates of several parameters (1 value, a chunk and a bit,
-    /// three chunks; Adam, AdamW, SGD with and without momentum) run as one
-    /// pass give exactly the values of the updates run one by one, on 1 and
-    /// 3 threads.
-    #[test]
-    fn queued_updates_match_one_by_one() {
-        let sizes = [1, CHUNK + 7, 3 * CHUNK];
-        let adam = |decoupled| AdamStep {
+    /// The tests' Adam (`decoupled = false`) or AdamW step: step 3, weight decay 0.1.
+    fn adam_settings(decoupled: bool) -> AdamStep {
+        AdamStep {
             lr: 0.01,
             beta1: 0.9,
             beta2: 0.99,
@@ -402,7 +397,17 @@ mod tests {
             weight_decay: 0.1,
             decoupled,
             step: 3,
-        };
+        }
+    }
+
+    /// Queued updates of several parameters (1 value, a chunk and a bit,
+    /// three chunks; Adam, AdamW, SGD with and without momentum) run as one
+    /// pass give exactly the values of the updates run one by one, on 1 and
+    /// 3 threads.
+    #[test]
+    fn queued_updates_match_one_by_one() {
+        let sizes = [1, CHUNK + 7, 3 * CHUNK];
+        let adam = adam_settings;
         let sgd = |momentum| SgdStep {
             lr: 0.1,
             momentum,
@@ -492,15 +497,7 @@ mod tests {
                 );
                 let (mut p2, mut m2, mut v2): (Vec<f64>, Vec<f64>, Vec<f64>) =
                     (p.clone(), m.clone(), v.clone());
-                let s = AdamStep {
-                    lr: 1e-2,
-                    beta1: 0.9,
-                    beta2: 0.99,
-                    eps: 1e-8,
-                    weight_decay: 0.1,
-                    decoupled,
-                    step: 3,
-                };
+                let s = adam_settings(decoupled);
                 adam_update(&mut p, &g, &mut m, &mut v, &s);
                 adam_ref(&mut p2, &g, &mut m2, &mut v2, &s);
                 // `powi` in the bias corrections may round differently
