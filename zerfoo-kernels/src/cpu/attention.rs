@@ -21,6 +21,9 @@
 //! `dS = P ∘ (dO vᵀ − Di)`, `dq = scale · dS k`, `dk = scale · dSᵀ q`,
 //! `dv = Pᵀ dO`.
 
+use std::any::{Any, TypeId};
+use std::borrow::Cow;
+
 use num_traits::{Float, Zero};
 use rayon::prelude::*;
 
@@ -131,6 +134,43 @@ fn pack_transposed<E: FloatDtype>(data: &[E], layout: &Layout) -> Vec<E::Acc> {
 /// `data` under `layout`, in row-major order, widened to the compute type.
 fn pack<E: FloatDtype>(data: &[E], layout: &Layout) -> Vec<E::Acc> {
     super::map(data, layout, |x: E| x.to_acc())
+}
+
+/// [`pack`] times `scale`, in one pass (the queries).
+fn pack_scaled<E: FloatDtype>(data: &[E], layout: &Layout, scale: E::Acc) -> Vec<E::Acc> {
+    super::map(
+        data,
+        layout,
+        #[inline(always)]
+        move |x: E| x.to_acc() * scale,
+    )
+}
+
+/// `data` under `layout` in row-major order in the compute type: borrowed
+/// as it is when it already is that (an `f32` or `f64` contiguous tensor),
+/// else [packed](pack).
+fn in_compute_type<'a, E: FloatDtype>(data: &'a [E], layout: &Layout) -> Cow<'a, [E::Acc]> {
+    if TypeId::of::<E>() == TypeId::of::<E::Acc>() && layout.is_contiguous() {
+        let run = &data[layout.offset..layout.offset + layout.numel()];
+        // SAFETY: `E` and `E::Acc` are the same type (same TypeId).
+        Cow::Borrowed(unsafe { core::slice::from_raw_parts(run.as_ptr().cast(), run.len()) })
+    } else {
+        Cow::Owned(pack(data, layout))
+    }
+}
+
+/// Per-head results accumulated in the compute type, as a vector of `E`:
+/// the same vector when `E` is the compute type, else each value rounded.
+fn from_compute_type<E: FloatDtype>(v: Vec<E::Acc>) -> Vec<E> {
+    match (Box::new(v) as Box<dyn Any>).downcast::<Vec<E>>() {
+        Ok(same) => *same,
+        Err(v) => v
+            .downcast::<Vec<E::Acc>>()
+            .expect("the boxed vector holds compute-type values")
+            .into_iter()
+            .map(E::from_acc)
+            .collect(),
+    }
 }
 
 /// `c += A · B` for compute-type blocks (see [`gemm_acc`]).
@@ -304,11 +344,9 @@ pub fn attention_forward<E: FloatDtype>(
     if dv == 0 || rows == 0 {
         return (Vec::new(), vec![ninf; rows]);
     }
-    let sc = <E::Acc as Real>::of_f64(scale);
-    let mut qs = pack(q, ql);
-    qs.iter_mut().for_each(|x| *x *= sc);
+    let qs = pack_scaled(q, ql, <E::Acc as Real>::of_f64(scale));
     let kt = pack_transposed(k, kl);
-    let vp = pack(v, vl);
+    let vp = in_compute_type(v, vl);
     let mut out = vec![E::default(); rows * dv];
     let mut lse = vec![ninf; rows];
     let block = |bh: usize, qb: usize, oc: &mut [E], lc: &mut [E::Acc]| {
@@ -359,11 +397,12 @@ pub fn attention_forward<E: FloatDtype>(
     (out, lse)
 }
 
-/// Gradients of one `(batch, head)`: `(dq, dk, dv)` in the compute type.
-struct HeadGrads<A> {
-    dq: Vec<A>,
-    dk: Vec<A>,
-    dv: Vec<A>,
+/// Gradients of one `(batch, head)`, `(dq, dk, dv)` in the compute type:
+/// that head's parts of the full gradients.
+struct HeadGrads<'a, A> {
+    dq: &'a mut [A],
+    dk: &'a mut [A],
+    dv: &'a mut [A],
 }
 
 /// Fused attention backward: from the upstream gradient `dout` (any layout,
@@ -410,12 +449,11 @@ pub fn attention_backward<E: FloatDtype>(
     type A<E> = <E as FloatDtype>::Acc;
     let zero = <A<E> as Zero>::zero();
     let sc = <A<E> as Real>::of_f64(scale);
-    let mut qs = pack(q, ql);
-    qs.iter_mut().for_each(|x| *x *= sc);
-    let kp = pack(k, kl);
+    let qs = pack_scaled(q, ql, sc);
+    let kp = in_compute_type(k, kl);
     let kt = pack_transposed(k, kl);
     let vt = pack_transposed(v, vl);
-    let dop = pack(dout, dl);
+    let dop = in_compute_type(dout, dl);
     let di: Vec<A<E>> = vectorized(
         #[inline(always)]
         || {
@@ -427,7 +465,7 @@ pub fn attention_backward<E: FloatDtype>(
                 .collect()
         },
     );
-    let head = |bh: usize| -> HeadGrads<A<E>> {
+    let head = |(bh, g): (usize, HeadGrads<'_, A<E>>)| {
         vectorized(
             #[inline(always)]
             || {
@@ -440,11 +478,6 @@ pub fn attention_backward<E: FloatDtype>(
                     &dop[bh * tq * dv..][..tq * dv],
                 );
                 let (lse, di) = (&lse[bh * tq..][..tq], &di[bh * tq..][..tq]);
-                let mut g = HeadGrads {
-                    dq: vec![zero; tq * d],
-                    dk: vec![zero; tk * d],
-                    dv: vec![zero; tk * dv],
-                };
                 let mut p = [zero; QUERY_BLOCK * KEY_BLOCK];
                 let mut shift = [zero; QUERY_BLOCK];
                 let inf = <A<E> as Float>::infinity();
@@ -498,23 +531,43 @@ pub fn attention_backward<E: FloatDtype>(
                     }
                 }
                 g.dq.iter_mut().for_each(|x| *x *= sc);
-                g
             },
         )
     };
-    let heads: Vec<HeadGrads<A<E>>> = if rows * tk * (3 * d + 2 * dv) >= PAR_THRESHOLD {
-        (0..b * h).into_par_iter().map(head).collect()
+    // Each head accumulates into its own parts of the full gradients.
+    let (mut dq, mut dk, mut dvs) = (
+        vec![zero; rows * d],
+        vec![zero; b * h * tk * d],
+        vec![zero; b * h * tk * dv],
+    );
+    let parts: Vec<(usize, HeadGrads<'_, A<E>>)> = per_head(&mut dq, tq * d, b * h)
+        .zip(per_head(&mut dk, tk * d, b * h))
+        .zip(per_head(&mut dvs, tk * dv, b * h))
+        .map(|((dq, dk), dv)| HeadGrads { dq, dk, dv })
+        .enumerate()
+        .collect();
+    if rows * tk * (3 * d + 2 * dv) >= PAR_THRESHOLD {
+        parts.into_par_iter().for_each(head);
     } else {
-        (0..b * h).map(head).collect()
-    };
-    let round = |f: fn(&HeadGrads<A<E>>) -> &Vec<A<E>>| -> Vec<E> {
-        let mut out = Vec::with_capacity(heads.iter().map(|g| f(g).len()).sum());
-        for g in &heads {
-            out.extend(f(g).iter().map(|&x| E::from_acc(x)));
-        }
-        out
-    };
-    (round(|g| &g.dq), round(|g| &g.dk), round(|g| &g.dv))
+        parts.into_iter().for_each(head);
+    }
+    (
+        from_compute_type(dq),
+        from_compute_type(dk),
+        from_compute_type(dvs),
+    )
+}
+
+/// `heads` consecutive parts of `len` values of `v` (empty ones when `len` is 0).
+fn per_head<A>(v: &mut [A], len: usize, heads: usize) -> impl Iterator<Item = &mut [A]> {
+    let (v, len) = if len == 0 { (&mut [][..], 0) } else { (v, len) };
+    let mut rest = Some(v);
+    (0..heads).map(move |_| {
+        let v = rest.take().expect("one part per head");
+        let (part, tail) = v.split_at_mut(len.min(v.len()));
+        rest = Some(tail);
+        part
+    })
 }
 
 /// Every kind of mask the attention kernels take, for tests (CPU and
