@@ -67,6 +67,62 @@ impl Layout {
         l
     }
 
+    /// The same elements of same-shaped layouts, in the same row-major
+    /// order, with as few axes as they all allow: size-1 axes dropped and
+    /// each axis merged into the next wherever, in every layout, its stride
+    /// is the next one's stride times its size. Kernels walking several
+    /// layouts together then get fewer, longer runs (a `[B, T, C]` tensor
+    /// plus a broadcast `[T, C]` one: runs of `T * C`, not `C`).
+    ///
+    /// ```
+    /// use zerfoo_kernels::Layout;
+    /// let x = Layout::contiguous(&[12, 64, 128]);
+    /// let pos = Layout::new(&[12, 64, 128], &[0, 128, 1], 0);
+    /// let [x, pos] = Layout::coalesce([&x, &pos]);
+    /// assert_eq!((x.shape(), x.strides()), (&[12, 8192][..], &[8192, 1][..]));
+    /// assert_eq!((pos.shape(), pos.strides()), (&[12, 8192][..], &[0, 1][..]));
+    /// ```
+    ///
+    /// # Panics
+    /// If the shapes differ.
+    pub fn coalesce<const N: usize>(layouts: [&Layout; N]) -> [Layout; N] {
+        let Some(first) = layouts.first() else {
+            return layouts.map(|l| *l);
+        };
+        let shape = first.shape();
+        for l in &layouts {
+            assert_eq!(l.shape(), shape, "coalesce: shapes differ");
+        }
+        if shape.contains(&0) {
+            return layouts.map(|l| *l);
+        }
+        // Merged axes, innermost first: (size, stride of each layout).
+        let mut axes: Vec<(usize, [usize; N])> = Vec::with_capacity(shape.len());
+        for d in (0..shape.len()).rev() {
+            if shape[d] == 1 {
+                continue;
+            }
+            let strides = layouts.map(|l| l.strides[d]);
+            match axes.last_mut() {
+                Some((size, inner)) if (0..N).all(|i| strides[i] == inner[i] * *size) => {
+                    *size *= shape[d];
+                }
+                _ => axes.push((shape[d], strides)),
+            }
+        }
+        if axes.is_empty() {
+            axes.push((1, [1; N]));
+        }
+        axes.reverse();
+        let dims: Vec<usize> = axes.iter().map(|a| a.0).collect();
+        let mut i = 0;
+        layouts.map(|l| {
+            let strides: Vec<usize> = axes.iter().map(|a| a.1[i]).collect();
+            i += 1;
+            Layout::new(&dims, &strides, l.offset)
+        })
+    }
+
     /// Number of dimensions.
     pub fn rank(&self) -> usize {
         self.rank as usize
@@ -284,6 +340,44 @@ mod tests {
         assert_eq!(l.shape(), &[2, 2, 3]);
         assert!(!l.is_contiguous());
         assert!(Layout::contiguous(&[2, 3]).is_contiguous());
+    }
+
+    #[test]
+    fn coalesce_keeps_every_offset_in_order() {
+        let base = Layout::contiguous(&[3, 1, 4, 5]);
+        let cases: Vec<[Layout; 3]> = vec![
+            [base, base, base],
+            // A broadcast operand, a permuted one and a narrowed one.
+            [
+                base,
+                Layout::new(&[3, 1, 4, 5], &[0, 7, 5, 1], 2),
+                Layout::contiguous(&[5, 1, 4, 3]).permute(&[3, 1, 2, 0]),
+            ],
+            [
+                Layout::contiguous(&[3, 1, 6, 5]).narrow(2, 1, 4),
+                base,
+                Layout::new(&[3, 1, 4, 5], &[20, 0, 0, 0], 1),
+            ],
+            // All size-1 axes, and a scalar broadcast.
+            [
+                Layout::contiguous(&[1, 1]),
+                Layout::new(&[1, 1], &[0, 0], 3),
+                Layout::contiguous(&[1, 1]),
+            ],
+        ];
+        for [a, b, c] in cases {
+            let merged = Layout::coalesce([&a, &b, &c]);
+            for (old, new) in [a, b, c].iter().zip(&merged) {
+                assert_eq!(old.offsets(), new.offsets(), "{old:?} -> {new:?}");
+                assert_eq!(new.shape(), merged[0].shape());
+            }
+        }
+        // Only what every layout allows is merged.
+        let [x, pos] = Layout::coalesce([&base, &Layout::new(&[3, 1, 4, 5], &[0, 0, 5, 1], 0)]);
+        assert_eq!(x.shape(), &[3, 20]);
+        assert_eq!(pos.strides(), &[0, 1]);
+        let [t] = Layout::coalesce([&base.permute(&[0, 1, 3, 2])]);
+        assert_eq!(t.shape(), &[3, 5, 4]);
     }
 
     #[test]

@@ -73,6 +73,7 @@ where
         }
         return;
     }
+    let [layout] = Layout::coalesce([layout]);
     let body = |(c, chunk): (usize, &mut [MaybeUninit<O>])| {
         let mut k = 0;
         layout.for_each_run_in(c * CHUNK, chunk.len(), |o, len, stride| {
@@ -153,14 +154,59 @@ fn zip_map_uninit<A, B, O, F>(
         }
         return;
     }
+    // Both layouts have the same (coalesced) shape, so their runs along
+    // the last axis coincide: walk them together, a whole run at a time.
+    let [la, lb] = Layout::coalesce([la, lb]);
     let body = |(c, chunk): (usize, &mut [MaybeUninit<O>])| {
         let start = c * CHUNK;
-        let mut ia = Vec::with_capacity(chunk.len());
-        la.for_each_offset_in(start, chunk.len(), |o| ia.push(o));
+        let mut runs_a = Vec::new();
+        la.for_each_run_in(start, chunk.len(), |o, len, s| runs_a.push((o, len, s)));
         let mut k = 0;
-        lb.for_each_offset_in(start, chunk.len(), |o| {
-            chunk[k] = MaybeUninit::new(f(a[ia[k]], b[o]));
-            k += 1;
+        let mut runs_a = runs_a.into_iter();
+        lb.for_each_run_in(start, chunk.len(), |ob, len, sb| {
+            let (oa, _, sa) = runs_a.next().expect("the runs of both layouts coincide");
+            let dst = &mut chunk[k..k + len];
+            k += len;
+            match (sa, sb) {
+                (1, 1) => {
+                    let (x, y) = (&a[oa..oa + len], &b[ob..ob + len]);
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            for ((o, &x), &y) in dst.iter_mut().zip(x).zip(y) {
+                                *o = MaybeUninit::new(f(x, y));
+                            }
+                        },
+                    )
+                }
+                (1, 0) => {
+                    let (x, y) = (&a[oa..oa + len], b[ob]);
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            for (o, &x) in dst.iter_mut().zip(x) {
+                                *o = MaybeUninit::new(f(x, y));
+                            }
+                        },
+                    )
+                }
+                (0, 1) => {
+                    let (x, y) = (a[oa], &b[ob..ob + len]);
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            for (o, &y) in dst.iter_mut().zip(y) {
+                                *o = MaybeUninit::new(f(x, y));
+                            }
+                        },
+                    )
+                }
+                _ => {
+                    for (j, o) in dst.iter_mut().enumerate() {
+                        *o = MaybeUninit::new(f(a[oa + j * sa], b[ob + j * sb]));
+                    }
+                }
+            }
         });
     };
     for_each_chunk(out, body);
@@ -223,6 +269,7 @@ fn zip3_map_uninit<A, B, C, O, F>(
         for_each_chunk(out, body);
         return;
     }
+    let [la, lb, lc] = Layout::coalesce([la, lb, lc]);
     let body = |(ch, chunk): (usize, &mut [MaybeUninit<O>])| {
         let start = ch * CHUNK;
         let mut ia = Vec::with_capacity(chunk.len());
@@ -258,5 +305,39 @@ mod tests {
         }
         let out2 = zip_map(&src, &l, &src, &l, |a, b| a + b);
         assert_eq!(out2[5], 2.0 * l.index_of(5) as f32);
+    }
+
+    /// Every kind of run pair (both unit stride, one broadcast along the
+    /// run, any strides), across chunk boundaries, against index-by-index.
+    #[test]
+    fn zip_paths_match_index_by_index() {
+        let src: Vec<f64> = (0..8 * CHUNK).map(|i| (i % 1013) as f64 * 0.5).collect();
+        let shape = [3, 7, 2 * CHUNK / 7 + 5];
+        let c = Layout::contiguous(&shape);
+        let inner = shape[2];
+        let layouts = [
+            c,
+            Layout::new(&shape, &[0, inner, 1], 3),
+            Layout::new(&shape, &[inner, 1, 0], 0),
+            Layout::new(&shape, &[1, 3, 21], 0),
+            Layout::new(&shape, &[0, 0, 0], 9),
+        ];
+        for la in &layouts {
+            for lb in &layouts {
+                let got = zip_map(&src, la, &src, lb, |x, y| x * 3.0 - y);
+                let want: Vec<f64> = (0..c.numel())
+                    .map(|i| src[la.index_of(i)] * 3.0 - src[lb.index_of(i)])
+                    .collect();
+                assert_eq!(got, want, "{la:?} {lb:?}");
+                let got3 = zip3_map(&src, la, &src, lb, &src, &c, |x, y, z| x - y * z);
+                let want3: Vec<f64> = (0..c.numel())
+                    .map(|i| src[la.index_of(i)] - src[lb.index_of(i)] * src[i])
+                    .collect();
+                assert_eq!(got3, want3, "{la:?} {lb:?}");
+                let got1 = map(&src, lb, |x: f64| x + 1.0);
+                let want1: Vec<f64> = (0..c.numel()).map(|i| src[lb.index_of(i)] + 1.0).collect();
+                assert_eq!(got1, want1, "{lb:?}");
+            }
+        }
     }
 }
