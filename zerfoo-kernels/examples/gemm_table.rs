@@ -13,6 +13,10 @@
 //! tied head, in the operands' own layouts), one row per product with how
 //! many times a step runs it, and the step's total.
 //!
+//! On 2 threads the other worker spins for the next product between runs
+//! ([`WarmWorkers`], as in training, and as OpenMP's threads do for
+//! `torch.mm`) instead of sleeping and waking per product.
+//!
 //! Output (stable format): a `peak` line, then one row per
 //! (shape, dtype, threads) with GFLOP/s (median of several runs). With
 //! `--json`, each row is also printed as one JSON line prefixed `JSON `.
@@ -21,7 +25,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use half::{bf16, f16};
-use zerfoo_kernels::{cpu::matmul::gemm as zgemm, FloatDtype, Layout};
+use zerfoo_kernels::{cpu::matmul::gemm as zgemm, cpu::WarmWorkers, FloatDtype, Layout};
 
 /// The shapes measured, as (M, K, N).
 const SHAPES: &[(usize, usize, usize)] = &[
@@ -198,6 +202,7 @@ fn row<E: Other>(
     let (la, lb) = (Layout::contiguous(&[m, k]), Layout::contiguous(&[k, n]));
     let flops = 2.0 * (m * n * k) as f64;
     let z = pool.install(|| {
+        let _warm = WarmWorkers::start();
         measure(flops, runs, || {
             black_box(zgemm(&a, &la, &b, &lb));
         })
@@ -206,6 +211,7 @@ fn row<E: Other>(
     let has = E::other(1, 1, 1, &a[..1], &b[..1], &mut c[..1], 1);
     let o = if has {
         pool.install(|| {
+            let _warm = WarmWorkers::start();
             measure(flops, runs, || {
                 E::other(m, k, n, &a, &b, &mut c, threads);
                 black_box(&c);
@@ -289,6 +295,7 @@ fn step_table(config: &str, runs: usize, json: bool) {
             };
             let flops = 2.0 * (m * n * k) as f64;
             let z = pool.install(|| {
+                let _warm = WarmWorkers::start();
                 measure(flops, runs, || {
                     black_box(zgemm(&a, &la, &b, &lb));
                 })

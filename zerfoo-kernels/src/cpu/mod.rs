@@ -18,7 +18,10 @@ pub mod rotary;
 pub mod shape;
 pub mod simd;
 pub mod softmax;
+pub mod threads;
 pub mod unary;
+
+pub use threads::WarmWorkers;
 
 /// Below this many elements a kernel runs on the calling thread.
 pub const PAR_THRESHOLD: usize = 1 << 15;
