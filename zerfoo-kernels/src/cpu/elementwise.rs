@@ -74,6 +74,9 @@ where
         return;
     }
     let [layout] = Layout::coalesce([layout]);
+    if map_transposed(src, &layout, out, &f) {
+        return;
+    }
     let body = |(c, chunk): (usize, &mut [MaybeUninit<O>])| {
         let mut k = 0;
         layout.for_each_run_in(c * CHUNK, chunk.len(), |o, len, stride| {
@@ -97,6 +100,58 @@ where
         });
     };
     for_each_chunk(out, body);
+}
+
+/// Rows of the output per pass of [`map_transposed`].
+const TRANSPOSE_ROWS: usize = 8;
+
+/// [`map_uninit`] for a layout whose last two axes are a transposed
+/// matrix (the next-to-last axis has stride 1, the last one does not: a
+/// permuted view such as attention's keys read as `(d, t)`); returns
+/// `false` (having done nothing) for any other layout.
+///
+/// Instead of gathering each output row along a stride (one cache line per
+/// value), it reads [`TRANSPOSE_ROWS`] adjacent source values at a time,
+/// one for each of that many output rows, so every line it loads is used
+/// in full.
+fn map_transposed<I, O, F>(src: &[I], layout: &Layout, out: &mut [MaybeUninit<O>], f: &F) -> bool
+where
+    I: Copy + Send + Sync,
+    O: Copy + Send + Sync,
+    F: Fn(I) -> O + Sync + Send,
+{
+    let (shape, strides) = (layout.shape(), layout.strides());
+    let rank = shape.len();
+    if rank < 2 || strides[rank - 2] != 1 || strides[rank - 1] <= 1 {
+        return false;
+    }
+    let (rows, cols, step) = (shape[rank - 2], shape[rank - 1], strides[rank - 1]);
+    let blocks = Layout::new(&shape[..rank - 2], &strides[..rank - 2], layout.offset).offsets();
+    let block = |(base, dst): (usize, &mut [MaybeUninit<O>])| {
+        for r0 in (0..rows).step_by(TRANSPOSE_ROWS) {
+            let w = TRANSPOSE_ROWS.min(rows - r0);
+            let dst = &mut dst[r0 * cols..(r0 + w) * cols];
+            for c in 0..cols {
+                let s = &src[base + r0 + c * step..][..w];
+                for (i, &x) in s.iter().enumerate() {
+                    dst[i * cols + c] = MaybeUninit::new(f(x));
+                }
+            }
+        }
+    };
+    let per = rows * cols;
+    if per == 0 {
+        return true;
+    }
+    if out.len() >= PAR_THRESHOLD && blocks.len() > 1 {
+        blocks
+            .into_par_iter()
+            .zip(out.par_chunks_mut(per))
+            .for_each(block);
+    } else {
+        blocks.into_iter().zip(out.chunks_mut(per)).for_each(block);
+    }
+    true
 }
 
 /// `out[i] = f(a[la[i]], b[lb[i]])`; both layouts have the same shape
@@ -308,7 +363,8 @@ mod tests {
     }
 
     /// Every kind of run pair (both unit stride, one broadcast along the
-    /// run, any strides), across chunk boundaries, against index-by-index.
+    /// run, any strides) and transposed matrices, across chunk boundaries,
+    /// on several threads, against index-by-index.
     #[test]
     fn zip_paths_match_index_by_index() {
         let src: Vec<f64> = (0..8 * CHUNK).map(|i| (i % 1013) as f64 * 0.5).collect();
@@ -321,6 +377,8 @@ mod tests {
             Layout::new(&shape, &[inner, 1, 0], 0),
             Layout::new(&shape, &[1, 3, 21], 0),
             Layout::new(&shape, &[0, 0, 0], 9),
+            // Transposed matrices (7 rows: not a multiple of the rows per pass).
+            Layout::contiguous(&[3, inner, 7]).permute(&[0, 2, 1]),
         ];
         for la in &layouts {
             for lb in &layouts {
