@@ -509,7 +509,10 @@ pub(crate) fn pack_b_panel<E: FloatDtype>(
                 *r = &ops.b[base..base + kc];
             }
             if w == W {
-                for (p, d) in panel.chunks_exact_mut(nr).enumerate() {
+                // f32 under AVX: eight depth steps at a time, as 8 x 8
+                // blocks transposed in registers; the rest one step at a time.
+                let done = transpose_f32_8x8_blocks(&runs, kc, &mut panel[j..], nr);
+                for (p, d) in panel.chunks_exact_mut(nr).enumerate().skip(done) {
                     let d = &mut d[j..j + W];
                     for (d, r) in d.iter_mut().zip(&runs) {
                         *d = r[p].to_acc();
@@ -530,6 +533,111 @@ pub(crate) fn pack_b_panel<E: FloatDtype>(
             for (d, &co) in d.iter_mut().zip(cs) {
                 *d = ops.b[base + co].to_acc();
             }
+        }
+    }
+}
+
+/// Values ahead along each run that [`transpose_f32_8x8_blocks`] prefetches.
+#[cfg(target_arch = "x86_64")]
+const TRANSPOSE_PREFETCH: usize = 64;
+
+/// For `f32` on a CPU with AVX: writes depth steps `0..8 * (kc / 8)` of
+/// eight runs (`runs[c][p]`: column `c`, depth `p`) into the panel rows
+/// `dst[p * nr..][..8]`, eight steps at a time through an 8 x 8 transpose
+/// in registers; returns how many steps it wrote (0 for any other type or
+/// CPU, which then copy value by value).
+#[inline(always)]
+fn transpose_f32_8x8_blocks<E: FloatDtype>(
+    runs: &[&[E]; 8],
+    kc: usize,
+    dst: &mut [E::Acc],
+    nr: usize,
+) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let full = kc / 8 * 8;
+        if TypeId::of::<E>() != TypeId::of::<f32>()
+            || TypeId::of::<E::Acc>() != TypeId::of::<f32>()
+            || full == 0
+            || !std::arch::is_x86_feature_detected!("avx")
+        {
+            return 0;
+        }
+        assert!(runs.iter().all(|r| r.len() >= full));
+        assert!(dst.len() >= (full - 1) * nr + 8);
+        let src: [*const f32; 8] = core::array::from_fn(|c| runs[c].as_ptr().cast::<f32>());
+        let dst = dst.as_mut_ptr().cast::<f32>();
+        for p in (0..full).step_by(8) {
+            // The columns of a weight read transposed are usually cold (the
+            // optimizer step went through everything since): ask for each
+            // run's values a few blocks ahead, as the hardware prefetchers
+            // do not for eight interleaved streams.
+            if p % 16 == 0 {
+                for s in &src {
+                    // SAFETY: a prefetch is only a hint: it never faults, whatever the address.
+                    unsafe {
+                        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                            s.wrapping_add(p + TRANSPOSE_PREFETCH).cast::<i8>(),
+                        )
+                    };
+                }
+            }
+            // SAFETY: AVX is present; each run holds `full` values and `dst`
+            // holds panel rows `p..p + 8` (both asserted above); `E` and
+            // `E::Acc` are `f32` (same TypeId).
+            unsafe { transpose_f32_8x8(src.map(|s| s.add(p)), dst.add(p * nr), nr) };
+        }
+        full
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (runs, kc, dst, nr);
+        0
+    }
+}
+
+/// `dst[i * ld + c] = src[c][i]` for `i, c < 8`: eight rows of eight read,
+/// transposed in registers, eight rows written.
+///
+/// # Safety
+/// The CPU must have AVX; each `src[c]` must be readable for 8 values and
+/// `dst` writable at `i * ld + c`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn transpose_f32_8x8(src: [*const f32; 8], dst: *mut f32, ld: usize) {
+    use core::arch::x86_64::*;
+    // SAFETY: the caller's guarantee (unaligned loads and stores).
+    unsafe {
+        let r = src.map(|s| _mm256_loadu_ps(s));
+        // Interleave pairs of rows, then pairs of pairs, then halves.
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        let rows = [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ];
+        for (i, row) in rows.into_iter().enumerate() {
+            _mm256_storeu_ps(dst.add(i * ld), row);
         }
     }
 }
