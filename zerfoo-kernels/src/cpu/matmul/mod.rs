@@ -73,10 +73,13 @@ const B_BLOCK_BYTES: usize = 1 << 20;
 /// when the threads split the rows of a product whose `A` is read in place.
 const PRIVATE_B_MAX: usize = 1 << 17;
 /// Largest result (`M x N` values) whose depth blocks the threads share out
-/// (see [`blocked`]); each block past the first needs a result-sized buffer
-/// (2 threads, gpt6's weight gradient 384 x 2048 x 384: 272 -> 349 GFLOP/s
-/// when 2^17 became 2^18).
-const SPLIT_DEPTH_MAX_MN: usize = 1 << 18;
+/// (see [`blocked`]); each block past the first needs a result-sized buffer.
+const SPLIT_DEPTH_MAX_MN: usize = 1 << 17;
+/// Likewise for results up to this size, when the depth blocks divide
+/// evenly among the threads (2 threads, gpt6's weight gradient
+/// 384 x 2048 x 384, 4 blocks: 272 -> 349 GFLOP/s; 512 x 1536 x 384, 3
+/// blocks, is 24% slower split by depth than by columns).
+const SPLIT_DEPTH_EVEN_MAX_MN: usize = 1 << 18;
 /// Rows of the result per task when the depth blocks' parts are added up.
 const SPLIT_DEPTH_ROWS: usize = 32;
 /// Below this many multiply-adds in total a product runs on the calling thread.
@@ -532,7 +535,8 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
     if threads > 1
         && matches!(fin, Final::Keep)
         && depth_blocks >= 2
-        && m * n <= SPLIT_DEPTH_MAX_MN
+        && (m * n <= SPLIT_DEPTH_MAX_MN
+            || (m * n <= SPLIT_DEPTH_EVEN_MAX_MN && depth_blocks.is_multiple_of(threads)))
         && k >= m.max(n)
     {
         // Deeper than wide and tall (a weight gradient `dYᵀ · X` summed over
