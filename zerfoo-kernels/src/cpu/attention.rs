@@ -541,6 +541,7 @@ pub fn attention_backward<E: FloatDtype>(
         vec![zero; b * h * tk * dv],
     );
     let parts: Vec<(usize, HeadGrads<'_, A<E>>)> = per_head(&mut dq, tq * d, b * h)
+        .into_iter()
         .zip(per_head(&mut dk, tk * d, b * h))
         .zip(per_head(&mut dvs, tk * dv, b * h))
         .map(|((dq, dk), dv)| HeadGrads { dq, dk, dv })
@@ -559,15 +560,12 @@ pub fn attention_backward<E: FloatDtype>(
 }
 
 /// `heads` consecutive parts of `len` values of `v` (empty ones when `len` is 0).
-fn per_head<A>(v: &mut [A], len: usize, heads: usize) -> impl Iterator<Item = &mut [A]> {
-    let (v, len) = if len == 0 { (&mut [][..], 0) } else { (v, len) };
-    let mut rest = Some(v);
-    (0..heads).map(move |_| {
-        let v = rest.take().expect("one part per head");
-        let (part, tail) = v.split_at_mut(len.min(v.len()));
-        rest = Some(tail);
-        part
-    })
+fn per_head<A>(v: &mut [A], len: usize, heads: usize) -> Vec<&mut [A]> {
+    if len == 0 {
+        (0..heads).map(|_| &mut [][..]).collect()
+    } else {
+        v.chunks_mut(len).collect()
+    }
 }
 
 /// Every kind of mask the attention kernels take, for tests (CPU and
