@@ -9,6 +9,13 @@ Two configurations (`--config`):
   1.0, dropout 0, no biases, eval every 250 steps over 20 batches.
 * `gpt6`: a larger GPT (6 layers, 6 heads, width 384, context 256, batch 8),
   otherwise the same.
+* `gpt6-b64`: `gpt6` with batch 64 (the GPU comparison's larger model).
+
+`--device cuda` runs both on GPU 0 (zerfoo's binary built with
+`--features cuda`), `--dtype bf16` both in bf16 (parameters, activations
+and optimizer state; PyTorch's model `.to(torch.bfloat16)`). On the GPU each
+PyTorch step ends with `torch.cuda.synchronize()` before its clock is read;
+zerfoo's step reads its loss back, which waits for the GPU.
 
 Both frameworks train for `--iters` iterations on the same 90/10 character
 split of the bundled `examples/shakespeare/input.txt`. With `--rng torch`
@@ -57,6 +64,7 @@ CORPUS = ROOT / "examples" / "shakespeare" / "input.txt"
 CONFIGS = {
     "shakespeare": dict(layers=4, heads=4, width=128, block=64, batch=12, lr=1e-3, min_lr=1e-4),
     "gpt6": dict(layers=6, heads=6, width=384, block=256, batch=8, lr=1e-3, min_lr=1e-4),
+    "gpt6-b64": dict(layers=6, heads=6, width=384, block=256, batch=64, lr=1e-3, min_lr=1e-4),
 }
 
 
@@ -74,6 +82,12 @@ def pytorch_run(args, cfg):
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    device = torch.device("cuda" if args.device == "cuda" else "cpu")
+    dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
     class CausalSelfAttention(nn.Module):
         def __init__(self, c):
@@ -148,7 +162,7 @@ def pytorch_run(args, cfg):
 
         def forward(self, idx, targets):
             b, t = idx.size()
-            pos = torch.arange(0, t, dtype=torch.long)
+            pos = torch.arange(0, t, dtype=torch.long, device=idx.device)
             x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
             for block in self.transformer.h:
                 x = block(x)
@@ -169,7 +183,7 @@ def pytorch_run(args, cfg):
         ix = torch.randint(len(d) - block, (batch,))
         x = torch.stack([d[i : i + block] for i in ix])
         y = torch.stack([d[i + 1 : i + 1 + block] for i in ix])
-        return x, y
+        return x.to(device), y.to(device)
 
     model = GPT(
         dict(
@@ -181,7 +195,7 @@ def pytorch_run(args, cfg):
             dropout=0.0,
             bias=False,  # nanoGPT's default, and the zerfoo example's
         )
-    )
+    ).to(device=device, dtype=dtype)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
@@ -210,7 +224,7 @@ def pytorch_run(args, cfg):
     evals = []
     step_secs = []
     if args.rng == "torch":
-        return nanogpt_loop(args, model, opt, lr_at, get_batch, torch)
+        return nanogpt_loop(args, model, opt, lr_at, get_batch, torch, sync)
     for it in range(1, args.iters + 1):
         t0 = time.perf_counter()
         for g in opt.param_groups:
@@ -221,6 +235,7 @@ def pytorch_run(args, cfg):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        sync()
         step_secs.append(time.perf_counter() - t0)
         if it % args.eval_every == 0 or it == args.iters:
             evals.append((it, val_loss()))
@@ -230,7 +245,7 @@ def pytorch_run(args, cfg):
     return ms, evals, rss
 
 
-def nanogpt_loop(args, model, opt, lr_at, get_batch, torch):
+def nanogpt_loop(args, model, opt, lr_at, get_batch, torch, sync):
     """nanoGPT's `train.py` loop with its exact order of random draws: the
     first batch before the loop, then at each eval step 20 train and 20 val
     batches (`estimate_loss`), and the next batch drawn during the step
@@ -265,6 +280,7 @@ def nanogpt_loop(args, model, opt, lr_at, get_batch, torch):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        sync()
         step_secs.append(time.perf_counter() - t0)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return mean_ms(step_secs), evals, rss
@@ -272,7 +288,7 @@ def nanogpt_loop(args, model, opt, lr_at, get_batch, torch):
 
 def zerfoo_run(args, cfg):
     """Runs the zerfoo example binary; returns (ms/iter, [(step, val)], peak RSS MiB)."""
-    exe = ROOT / "target" / "release" / "examples" / "shakespeare"
+    exe = Path(args.exe) if args.exe else ROOT / "target" / "release" / "examples" / "shakespeare"
     if not exe.exists():
         sys.exit(f"{exe} is missing: run `cargo build --release --example shakespeare` first")
     out = Path(tempfile.mkdtemp(prefix="zerfoo-bench-"))
@@ -291,6 +307,8 @@ def zerfoo_run(args, cfg):
         "--seed", str(args.seed),
         "--rng", args.rng,
         "--sample-tokens", "1",
+        "--device", args.device,
+        "--dtype", args.dtype,
         "--out-dir", str(out / "run"),
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -317,6 +335,9 @@ def main():
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--eval-iters", type=int, default=20)
     p.add_argument("--only", choices=["zerfoo", "pytorch"], help="run one side")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
+    p.add_argument("--exe", help="the zerfoo example binary (default target/release/examples/shakespeare)")
     p.add_argument(
         "--rng",
         choices=["torch", "counter"],
@@ -334,6 +355,7 @@ def main():
     if args.only != "zerfoo":
         rows["pytorch"] = pytorch_run(args, cfg)
 
+    print(f"device {args.device}, dtype {args.dtype}")
     print(f"{'config':<12} {'framework':<10} {'threads':>7} {'iters':>6} {'ms/iter':>9} {'final_val':>10} {'peak_rss_MiB':>13}")
     for name in ("pytorch", "zerfoo"):
         if name in rows:

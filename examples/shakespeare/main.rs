@@ -219,10 +219,18 @@ fn with_dtype<D: Backend>(args: &Args, dev: &D) -> std::result::Result<(), Strin
     .map_err(|e| e.to_string())
 }
 
+/// The bundled corpus: next to the sources this binary was built from, or,
+/// for a binary copied to another machine, under the working directory.
 fn corpus() -> std::io::Result<String> {
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shakespeare/input.txt"),
-    )
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shakespeare/input.txt");
+    let here = Path::new("examples/shakespeare/input.txt");
+    let path = if built.exists() { built.as_path() } else { here };
+    std::fs::read_to_string(path).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("{} (nor {}): {e}", built.display(), here.display()),
+        )
+    })
 }
 
 /// Trains `model` on `data` with the loss and evaluation of a GPT.

@@ -5,13 +5,16 @@
 //!
 //! The model is built from zerfoo layers with `#[derive(Module)]`, so its
 //! checkpoint paths are the fixture's tensor names and
-//! `zerfoo::io::load` (strict) fills it from `weights.safetensors`.
+//! `zerfoo::io::load` (strict) fills it from `weights.safetensors`. It is
+//! generic over its device: with the `cuda` feature the same checks run on
+//! GPU 0 (and on the host emulation of the CUDA kernels), in f64.
 
 use std::collections::HashMap;
 
 use zerfoo::autograd::TapeState;
 use zerfoo::nn::{
-    cross_entropy, CrossEntropyOpts, Embedding, Forward, LayerNorm, Linear, Module, SwiGlu,
+    cross_entropy, CrossEntropyOpts, Embedding, Forward, GatedFeedForward, LayerNorm, Linear, Module,
+    Silu, SwiGlu,
 };
 use zerfoo::optim::{clip_grad_norm, Optimizer};
 use zerfoo::prelude::*;
@@ -32,14 +35,14 @@ const N_LAYERS: usize = 2;
 
 /// Causal self-attention with RoPE, written from ops.
 #[derive(Module, Clone, Debug)]
-struct Attention {
-    wq: Linear<Model, Model, f64>,
-    wk: Linear<Model, Model, f64>,
-    wv: Linear<Model, Model, f64>,
-    wo: Linear<Model, Model, f64>,
+struct Attention<D: Backend = Cpu> {
+    wq: Linear<Model, Model, f64, D>,
+    wk: Linear<Model, Model, f64, D>,
+    wv: Linear<Model, Model, f64, D>,
+    wo: Linear<Model, Model, f64, D>,
 }
 
-type Act<T> = Tensor<(Batch, Seq, Model), f64, Cpu, T>;
+type Act<T, D = Cpu> = Tensor<(Batch, Seq, Model), f64, D, T>;
 
 impl Attention {
     fn new(seed: u64) -> Self {
@@ -51,15 +54,19 @@ impl Attention {
             wo: lin(3),
         }
     }
+}
 
-    fn forward<T: TapeState>(&self, h: Act<T>) -> Act<T> {
+impl<D: Backend> Attention<D> {
+    fn forward<T: TapeState>(&self, h: Act<T, D>) -> Act<T, D> {
         // (B, T, D) -> (B, H, T, Hd)
-        let heads = |x: Act<T>| x.split_heads::<Heads, HeadDim>().transpose::<1, 2>();
+        let heads = |x: Act<T, D>| x.split_heads::<Heads, HeadDim>().transpose::<1, 2>();
         let q = heads(self.wq.forward(h.clone())).rope(ROPE_BASE, 0);
         let k = heads(self.wk.forward(h.clone())).rope(ROPE_BASE, 0);
         let v = heads(self.wv.forward(h));
         let scores = q.matmul(k.t()).div_scalar((HeadDim.size() as f64).sqrt());
-        let mask = Tensor::causal_mask(Seq).broadcast_mask::<_, Axes2<0, 1>>(scores.shape());
+        let mask = Tensor::causal_mask(Seq)
+            .to_device(scores.device())
+            .broadcast_mask::<_, Axes2<0, 1>>(scores.shape());
         let att = scores
             .masked_fill(&mask, f64::NEG_INFINITY)
             .softmax::<Axis<3>>();
@@ -70,15 +77,15 @@ impl Attention {
 
 /// A pre-norm decoder block.
 #[derive(Module, Clone, Debug)]
-struct Block {
-    ln1: LayerNorm<Model, f64>,
-    attn: Attention,
-    ln2: LayerNorm<Model, f64>,
-    ffn: SwiGlu<Model, Hidden, f64>,
+struct Block<D: Backend = Cpu> {
+    ln1: LayerNorm<Model, f64, D>,
+    attn: Attention<D>,
+    ln2: LayerNorm<Model, f64, D>,
+    ffn: GatedFeedForward<Model, Hidden, f64, Silu, D>,
 }
 
-impl Block {
-    fn forward<T: TapeState>(&self, x: Act<T>) -> Act<T> {
+impl<D: Backend> Block<D> {
+    fn forward<T: TapeState>(&self, x: Act<T, D>) -> Act<T, D> {
         let x = x.clone() + self.attn.forward(self.ln1.forward(x));
         x.clone() + self.ffn.forward(self.ln2.forward(x))
     }
@@ -86,11 +93,11 @@ impl Block {
 
 /// The decoder: embedding, blocks, final norm, untied head.
 #[derive(Module, Clone, Debug)]
-struct Llama {
-    tok_emb: Embedding<Vocab, Model, f64>,
-    layers: Vec<Block>,
-    ln_f: LayerNorm<Model, f64>,
-    lm_head: Linear<Model, Vocab, f64>,
+struct Llama<D: Backend = Cpu> {
+    tok_emb: Embedding<Vocab, Model, f64, D>,
+    layers: Vec<Block<D>>,
+    ln_f: LayerNorm<Model, f64, D>,
+    lm_head: Linear<Model, Vocab, f64, D>,
 }
 
 impl Llama {
@@ -110,11 +117,13 @@ impl Llama {
             lm_head: Linear::new(Model, Vocab, false, 99),
         }
     }
+}
 
+impl<D: Backend> Llama<D> {
     fn logits<T: TapeState>(
         &self,
         ids: &Tensor<(Batch, Seq), i64, Cpu, T>,
-    ) -> Tensor<(Batch, Seq, Vocab), f64, Cpu, T> {
+    ) -> Tensor<(Batch, Seq, Vocab), f64, D, T> {
         let mut x = self.tok_emb.forward(ids.clone());
         for block in &self.layers {
             x = block.forward(x);
@@ -145,7 +154,7 @@ fn loaded_model() -> Llama {
 }
 
 /// `(loss, gradients)` of the mean next-token cross-entropy on one batch.
-fn loss_and_grads(model: &Llama, input: &Ids, targets: &Ids) -> (f64, Gradients) {
+fn loss_and_grads<D: Backend>(model: &Llama<D>, input: &Ids, targets: &Ids) -> (f64, Gradients) {
     let logits = model.logits(&input.clone().traced());
     let loss = cross_entropy(logits, targets, CrossEntropyOpts::default());
     let value = loss.item();
@@ -153,7 +162,7 @@ fn loss_and_grads(model: &Llama, input: &Ids, targets: &Ids) -> (f64, Gradients)
 }
 
 /// Every parameter's values (or gradient), by path, as f64.
-fn by_path(model: &Llama, grads: Option<&Gradients>) -> Vec<(String, Vec<f64>)> {
+fn by_path<D: Backend>(model: &Llama<D>, grads: Option<&Gradients>) -> Vec<(String, Vec<f64>)> {
     struct Collect<'a> {
         grads: Option<&'a Gradients>,
         out: Vec<(String, Vec<f64>)>,
@@ -208,7 +217,12 @@ fn check_all(
 
 #[test]
 fn forward_loss_and_gradients_match_pytorch() {
-    let model = loaded_model();
+    forward_loss_and_gradients_on(&Cpu);
+}
+
+/// The fixture's logits, loss and gradients, with the model on `dev`.
+fn forward_loss_and_gradients_on<D: Backend>(dev: &D) {
+    let model: Llama<D> = loaded_model().to_device(dev);
     let inputs = load_fixture("llama_grad/inputs.safetensors");
     let expected = load_fixture("llama_grad/expected.safetensors");
     let (input, targets) = (
@@ -235,14 +249,14 @@ fn forward_loss_and_gradients_match_pytorch() {
         1e-9,
     );
     println!(
-        "llama_grad: logits rel err {e_logits:.2e}, loss rel err {e_loss:.2e}, \
+        "llama_grad on {dev:?}: logits rel err {e_logits:.2e}, loss rel err {e_loss:.2e}, \
          worst gradient rel err {e_grad:.2e} (`{worst}`)"
     );
 }
 
 /// Runs the fixture's optimizer protocol for 3 steps and checks each step.
-fn run_optimizer(file: &str, mut opt: Optimizer) {
-    let mut model = loaded_model();
+fn run_optimizer<D: Backend>(dev: &D, file: &str, mut opt: Optimizer) {
+    let mut model: Llama<D> = loaded_model().to_device(dev);
     let inputs = load_fixture("llama_grad/inputs.safetensors");
     let reference = load_fixture(&format!("llama_grad/{file}.safetensors"));
     let losses = &get(&reference, "losses").values;
@@ -284,19 +298,19 @@ fn run_optimizer(file: &str, mut opt: Optimizer) {
         }
     }
     println!(
-        "llama_grad {file}: worst param rel err {:.2e} (`{}`), loss {worst_loss:.2e}, grad norm {worst_norm:.2e}",
+        "llama_grad {file} on {dev:?}: worst param rel err {:.2e} (`{}`), loss {worst_loss:.2e}, grad norm {worst_norm:.2e}",
         worst.0, worst.1
     );
 }
 
 #[test]
 fn adamw_steps_match_pytorch() {
-    run_optimizer("adamw", Optimizer::adamw(1e-2, (0.9, 0.95), 1e-8, 0.1));
+    run_optimizer(&Cpu, "adamw", Optimizer::adamw(1e-2, (0.9, 0.95), 1e-8, 0.1));
 }
 
 #[test]
 fn sgd_momentum_steps_match_pytorch() {
-    run_optimizer("sgd", Optimizer::sgd(0.05, 0.9, 0.0, false));
+    run_optimizer(&Cpu, "sgd", Optimizer::sgd(0.05, 0.9, 0.0, false));
 }
 
 #[test]
@@ -314,4 +328,41 @@ fn parameter_paths_are_the_fixture_names() {
         pos += at + quoted.len();
     }
     assert_eq!(paths.len(), 26);
+}
+
+/// The same checks with the model on GPU 0 and on the host emulation of the
+/// CUDA kernels (each absent one prints why it skipped), in f64 with the
+/// CPU's tolerances.
+#[cfg(feature = "cuda")]
+mod on_cuda {
+    use super::*;
+    use zerfoo::kernels::cuda::Capability;
+
+    fn devices() -> Vec<Cuda> {
+        let mut v = Vec::new();
+        match Cuda::new(0) {
+            Ok(d) => v.push(d),
+            Err(e) => println!("skipped on a GPU: no CUDA device ({e})"),
+        }
+        match Cuda::emulated(Capability::new(9, 0)) {
+            Ok(d) => v.push(d),
+            Err(e) => println!("skipped on the host emulation ({e})"),
+        }
+        v
+    }
+
+    #[test]
+    fn forward_loss_and_gradients_match_pytorch_on_cuda() {
+        for dev in devices() {
+            forward_loss_and_gradients_on(&dev);
+        }
+    }
+
+    #[test]
+    fn adamw_and_sgd_steps_match_pytorch_on_cuda() {
+        for dev in devices() {
+            run_optimizer(&dev, "adamw", Optimizer::adamw(1e-2, (0.9, 0.95), 1e-8, 0.1));
+            run_optimizer(&dev, "sgd", Optimizer::sgd(0.05, 0.9, 0.0, false));
+        }
+    }
 }

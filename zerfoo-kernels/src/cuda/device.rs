@@ -156,8 +156,16 @@ impl CudaDevice {
     /// sources, compiled with the host C++ compiler (`g++` or `$CXX`) and
     /// run with one OS thread per CUDA thread; cuBLAS by a reference GEMM.
     /// For testing kernels and launch code without a GPU (slow). Fails when
-    /// no host compiler runs.
+    /// no host compiler runs, or when the environment variable
+    /// `ZERFOO_CUDA_EMULATION` is `0` (so a run on a real GPU can leave the
+    /// slow emulated half of the tests out).
     pub fn emulated(capability: Capability) -> Result<Self, CudaError> {
+        if std::env::var("ZERFOO_CUDA_EMULATION").is_ok_and(|v| v == "0") {
+            return Err(CudaError::new(
+                "host emulation",
+                "turned off by ZERFOO_CUDA_EMULATION=0",
+            ));
+        }
         Ok(CudaDevice {
             inner: Arc::new(Inner {
                 ordinal: 0,
