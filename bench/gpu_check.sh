@@ -8,6 +8,7 @@
 #   bench/gpu_check.sh [stage ...]
 #   stages: tests gemm shakespeare (2000 iterations, the val curve)
 #           short (300 iterations) bf16 gpt6 (batch 64, f32 and bf16)
+#           profile (gpt6-b64's GPU time per kernel, ZERFOO_CUDA_PROFILE=1)
 set -u
 OUT=${OUT:-/tmp/zerfoo-gpu}
 mkdir -p "$OUT"
@@ -54,6 +55,13 @@ for s in $STAGES; do
       stage shakespeare-short 60 python3 bench/gpt_vs_pytorch.py --device cuda --iters 300 --eval-every 100 --exe .gpu/shakespeare ;;
     bf16)
       stage shakespeare-bf16 120 python3 bench/gpt_vs_pytorch.py --device cuda --dtype bf16 --iters 300 --eval-every 100 --exe .gpu/shakespeare ;;
+    profile)  # where gpt6-b64's step spends GPU time, f32 and bf16
+      for dt in f32 bf16; do
+        stage profile-$dt 90 env ZERFOO_CUDA_PROFILE=1 .gpu/shakespeare --layers 6 --heads 6 --width 384 \
+          --block 256 --batch 64 --max-iters 12 --eval-every 1000 --eval-iters 1 --ckpt-every 0 \
+          --sample-tokens 1 --dtype $dt --device cuda --out-dir "$OUT/run-$dt"
+        grep -A 45 "CUDA profile" "$OUT/profile-$dt.log"
+      done ;;
     gpt6)
       stage gpt6-b64-f32 90 python3 bench/gpt_vs_pytorch.py --device cuda --config gpt6-b64 --iters 40 --eval-every 1000 --exe .gpu/shakespeare
       stage gpt6-b64-bf16 90 python3 bench/gpt_vs_pytorch.py --device cuda --config gpt6-b64 --dtype bf16 --iters 40 --eval-every 1000 --exe .gpu/shakespeare ;;

@@ -191,7 +191,12 @@ fn run(args: Args) -> std::result::Result<(), String> {
             };
             let dev = Cuda::new(ordinal).map_err(|e| Error::from(e).to_string())?;
             println!("device: {dev:?}");
-            with_dtype(&args, &dev)
+            with_dtype(&args, &dev)?;
+            // ZERFOO_CUDA_PROFILE=1: where the GPU's time went
+            if let Some(table) = dev.profile_report().map_err(|e| e.to_string())? {
+                println!("{table}");
+            }
+            Ok(())
         }
         #[cfg(feature = "cuda")]
         "cuda-emulated" => {

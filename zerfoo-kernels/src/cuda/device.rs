@@ -15,6 +15,7 @@ use super::alloc::{round_size, Pool, PoolStats};
 use super::dtype::{check_capability, Capability, CudaDtype, BASE_CAPABILITY};
 use super::emulator::{ArgKind, Emulator};
 use super::error::{cuda_call, guard, CudaError};
+use super::profile::Profile;
 use super::source::{compile_ptx, kernel_name, Family};
 use crate::{DType, Layout, MAX_RANK};
 
@@ -30,6 +31,8 @@ struct Gpu {
     modules: Mutex<HashMap<(Family, DType), Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
     blas: Mutex<Option<cudarc::cublas::CudaBlas>>,
+    /// Per-name GPU time, when `ZERFOO_CUDA_PROFILE` asks for it.
+    profile: Option<Mutex<Profile>>,
 }
 
 /// Where kernels run.
@@ -145,6 +148,7 @@ impl CudaDevice {
                     modules: Mutex::new(HashMap::new()),
                     functions: Mutex::new(HashMap::new()),
                     blas: Mutex::new(None),
+                    profile: Profile::from_env().map(Mutex::new),
                 }),
                 pool: Mutex::new(Pool::new()),
                 allow_tf32: std::sync::atomic::AtomicBool::new(false),
@@ -233,6 +237,44 @@ impl CudaDevice {
         }
     }
 
+    /// Runs `f` (work queued on this device's stream), charging its GPU
+    /// time to `name()` when the device is profiled; else just runs it.
+    pub(crate) fn profiled<R>(
+        &self,
+        name: impl FnOnce() -> String,
+        f: impl FnOnce() -> Result<R, CudaError>,
+    ) -> Result<R, CudaError> {
+        match self.gpu() {
+            Some(Gpu {
+                stream,
+                profile: Some(p),
+                ..
+            }) => lock(p).time(stream, name(), f),
+            _ => f(),
+        }
+    }
+
+    /// With `ZERFOO_CUDA_PROFILE=1` set when this device was opened: the GPU
+    /// time of every kernel, cuBLAS product and copy so far, summed per
+    /// name, busiest first (waits for queued work). `None` when the device
+    /// is not profiled (or is the host emulation).
+    ///
+    /// ```
+    /// # use zerfoo_kernels::cuda::CudaDevice;
+    /// if let Ok(dev) = CudaDevice::new(0) {
+    ///     // ... train ...
+    ///     if let Some(table) = dev.profile_report().unwrap() {
+    ///         println!("{table}");
+    ///     }
+    /// }
+    /// ```
+    pub fn profile_report(&self) -> Result<Option<String>, CudaError> {
+        match self.gpu().and_then(|g| g.profile.as_ref()) {
+            Some(p) => lock(p).report().map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Checks that this GPU can run `op` in `dt` (bf16 needs sm_80+, fp8 sm_89+).
     pub fn check(&self, op: &str, dt: DType) -> Result<(), CudaError> {
         check_capability(op, dt, &self.inner.name, self.inner.capability)
@@ -315,9 +357,10 @@ impl CudaDevice {
             match (b.block.as_mut().expect("live"), self.gpu()) {
                 (Block::Device(s), Some(g)) => {
                     let mut view = s.slice_mut(..bytes.len());
-                    cuda_call("cuMemcpyHtoDAsync", || {
-                        g.stream.memcpy_htod(bytes, &mut view)
-                    })?;
+                    self.profiled(
+                        || "copy host to device".into(),
+                        || cuda_call("cuMemcpyHtoDAsync", || g.stream.memcpy_htod(bytes, &mut view)),
+                    )?;
                 }
                 (Block::Host(h), _) => host_bytes_mut(h)[..bytes.len()].copy_from_slice(bytes),
                 (Block::Device(_), None) => unreachable!("device memory on an emulated device"),
@@ -344,6 +387,7 @@ impl CudaDevice {
         };
         Ok(Launch {
             dev: self,
+            op: op.to_string(),
             dt,
             func,
             sym,
@@ -427,6 +471,7 @@ enum Arg {
 /// A kernel launch being assembled: arguments in the kernel's order.
 pub(crate) struct Launch<'a> {
     dev: &'a CudaDevice,
+    op: String,
     dt: DType,
     func: Option<CudaFunction>,
     sym: String,
@@ -493,7 +538,9 @@ impl Launch<'_> {
                 // (the host emulation checks the same lists), buffers are
                 // live allocations of this device and layouts were checked
                 // against their lengths.
-                cuda_call(&call, || unsafe { b.launch(cfg) }).map(|_| ())
+                let launch = || cuda_call(&call, || unsafe { b.launch(cfg) }).map(|_| ());
+                self.dev
+                    .profiled(|| format!("{}/{}", self.op, self.sym), launch)
             }
             _ => {
                 let Backend::Host(emu) = &self.dev.inner.backend else {
@@ -620,7 +667,10 @@ impl<E: CudaDtype> CudaBuffer<E> {
             match (self.block.as_ref().expect("live"), self.dev.gpu()) {
                 (Block::Device(s), Some(g)) => {
                     let view = s.slice(..bytes);
-                    cuda_call("cuMemcpyDtoHAsync", || g.stream.memcpy_dtoh(&view, dst))?;
+                    self.dev.profiled(
+                        || "copy device to host".into(),
+                        || cuda_call("cuMemcpyDtoHAsync", || g.stream.memcpy_dtoh(&view, dst)),
+                    )?;
                 }
                 (Block::Host(h), _) => dst.copy_from_slice(&host_bytes(h)[..bytes]),
                 (Block::Device(_), None) => unreachable!("device memory on an emulated device"),

@@ -45,6 +45,7 @@ pub use source::{compile_ptx, kernel_name, kernel_source, nvrtc_available, Famil
 mod alloc;
 mod device;
 mod emulator;
+mod profile;
 
 pub use alloc::{round_size, Pool, PoolStats, LARGE_STEP, SMALL_LIMIT, SMALL_STEP};
 pub use device::{max_index, no_device_reason, CudaBuffer, CudaDevice, DevLayout};

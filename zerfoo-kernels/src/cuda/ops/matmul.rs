@@ -232,10 +232,15 @@ pub fn gemm_batched<E: CudaFloat>(
         int(op, "N", n)?,
     );
     let bcount = int(op, "batch", batch)?;
+    let name = || {
+        let t = |o: BlasOp| if o == BlasOp::T { "T" } else { "N" };
+        let dt = E::DTYPE;
+        format!("matmul/gemm_{dt} {m}x{k}x{n} batch {batch} {}{}", t(oa.op), t(ob.op))
+    };
     dev.with_blas(|blas| match blas {
         // SAFETY: pointers are live buffers of this device; the strides and
         // leading dimensions were derived from checked layouts.
-        Some(blas) => cuda_call("cublasGemmStridedBatchedEx", || unsafe {
+        Some(blas) => dev.profiled(name, || cuda_call("cublasGemmStridedBatchedEx", || unsafe {
             cudarc::cublas::result::gemm_strided_batched_ex(
                 *blas.handle(),
                 cublas_op(ob.op),
@@ -262,7 +267,7 @@ pub fn gemm_batched<E: CudaFloat>(
                 cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
             .map_err(|e| format!("{e:?}"))
-        }),
+        })),
         // SAFETY: host buffers of the emulation, same arguments as cuBLAS gets.
         None => unsafe {
             emulator::gemm_strided_batched::<E>(
