@@ -59,7 +59,7 @@ for s in $STAGES; do
       for dt in f32 bf16; do
         stage profile-$dt 90 env ZERFOO_CUDA_PROFILE=1 .gpu/shakespeare --layers 6 --heads 6 --width 384 \
           --block 256 --batch 64 --max-iters 12 --eval-every 1000 --eval-iters 1 --ckpt-every 0 \
-          --sample-tokens 1 --dtype $dt --device cuda --out-dir "$OUT/run-$dt"
+          --sample-tokens 1 --dtype $dt --device cuda --out-dir "/tmp/zerfoo-profile-$dt"
         grep -A 45 "CUDA profile" "$OUT/profile-$dt.log"
       done ;;
     gpt6)
