@@ -229,7 +229,11 @@ fn with_dtype<D: Backend>(args: &Args, dev: &D) -> std::result::Result<(), Strin
 fn corpus() -> std::io::Result<String> {
     let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shakespeare/input.txt");
     let here = Path::new("examples/shakespeare/input.txt");
-    let path = if built.exists() { built.as_path() } else { here };
+    let path = if built.exists() {
+        built.as_path()
+    } else {
+        here
+    };
     std::fs::read_to_string(path).map_err(|e| {
         std::io::Error::new(
             e.kind(),

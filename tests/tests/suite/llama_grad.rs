@@ -13,8 +13,8 @@ use std::collections::HashMap;
 
 use zerfoo::autograd::TapeState;
 use zerfoo::nn::{
-    cross_entropy, CrossEntropyOpts, Embedding, Forward, GatedFeedForward, LayerNorm, Linear, Module,
-    Silu, SwiGlu,
+    cross_entropy, CrossEntropyOpts, Embedding, Forward, GatedFeedForward, LayerNorm, Linear,
+    Module, Silu, SwiGlu,
 };
 use zerfoo::optim::{clip_grad_norm, Optimizer};
 use zerfoo::prelude::*;
@@ -305,7 +305,11 @@ fn run_optimizer<D: Backend>(dev: &D, file: &str, mut opt: Optimizer) {
 
 #[test]
 fn adamw_steps_match_pytorch() {
-    run_optimizer(&Cpu, "adamw", Optimizer::adamw(1e-2, (0.9, 0.95), 1e-8, 0.1));
+    run_optimizer(
+        &Cpu,
+        "adamw",
+        Optimizer::adamw(1e-2, (0.9, 0.95), 1e-8, 0.1),
+    );
 }
 
 #[test]
@@ -361,7 +365,11 @@ mod on_cuda {
     #[test]
     fn adamw_and_sgd_steps_match_pytorch_on_cuda() {
         for dev in devices() {
-            run_optimizer(&dev, "adamw", Optimizer::adamw(1e-2, (0.9, 0.95), 1e-8, 0.1));
+            run_optimizer(
+                &dev,
+                "adamw",
+                Optimizer::adamw(1e-2, (0.9, 0.95), 1e-8, 0.1),
+            );
             run_optimizer(&dev, "sgd", Optimizer::sgd(0.05, 0.9, 0.0, false));
         }
     }

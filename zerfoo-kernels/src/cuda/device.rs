@@ -359,7 +359,11 @@ impl CudaDevice {
                     let mut view = s.slice_mut(..bytes.len());
                     self.profiled(
                         || "copy host to device".into(),
-                        || cuda_call("cuMemcpyHtoDAsync", || g.stream.memcpy_htod(bytes, &mut view)),
+                        || {
+                            cuda_call("cuMemcpyHtoDAsync", || {
+                                g.stream.memcpy_htod(bytes, &mut view)
+                            })
+                        },
                     )?;
                 }
                 (Block::Host(h), _) => host_bytes_mut(h)[..bytes.len()].copy_from_slice(bytes),

@@ -303,12 +303,13 @@ fn sym(handle: *mut c_void, name: &str) -> Result<*mut c_void, CudaError> {
 /// The pointers address host buffers large enough for the given sizes,
 /// leading dimensions and strides.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm_strided_batched<E: FloatDtype>(
+pub(crate) unsafe fn gemm_strided_batched<E: FloatDtype, C>(
     trans: (bool, bool),
     (m, n, k): (usize, usize, usize),
     a: (*const E, usize, usize),
     b: (*const E, usize, usize),
-    c: (*mut E, usize, usize),
+    c: (*mut C, usize, usize),
+    store: impl Fn(E::Acc) -> C,
     batch: usize,
 ) {
     for bi in 0..batch {
@@ -329,7 +330,7 @@ pub(crate) unsafe fn gemm_strided_batched<E: FloatDtype>(
                     };
                     s += av.to_acc() * bv.to_acc();
                 }
-                *pc.add(i + j * c.1) = E::from_acc(s);
+                *pc.add(i + j * c.1) = store(s);
             }
         }
     }
@@ -375,6 +376,7 @@ mod tests {
                 (a.as_ptr(), 2, 0),
                 (b.as_ptr(), 3, 0),
                 (c.as_mut_ptr(), 2, 0),
+                |x| x,
                 1,
             )
         };
@@ -388,6 +390,7 @@ mod tests {
                 (at.as_ptr(), 3, 0),
                 (b.as_ptr(), 3, 0),
                 (c2.as_mut_ptr(), 2, 0),
+                |x| x,
                 1,
             )
         };

@@ -7,6 +7,10 @@
 //! next to the wall time since the device opened. Work is still queued
 //! asynchronously (the events only read the GPU's clock), so the difference
 //! between the wall time and the GPU's busy time is the host's overhead.
+//! The host time spent inside each call (launch, cuBLAS's own work, a copy
+//! that waits) is summed too. A GPU interval includes any time the GPU sat
+//! idle between its start event and the work, so a call made after the
+//! host waited (a copy to the host) also counts its own host time.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,10 +24,18 @@ use super::error::{cuda_call, CudaError};
 /// Events resolved (and freed) in batches of this many pairs.
 const FOLD_EVERY: usize = 4096;
 
+/// Per name: calls, GPU ms, host ms.
+#[derive(Default)]
+struct Totals {
+    calls: u64,
+    gpu_ms: f64,
+    host_ms: f64,
+}
+
 /// GPU time per name, and the event pairs not yet read.
 pub(crate) struct Profile {
-    pending: Vec<(String, CudaEvent, CudaEvent)>,
-    totals: HashMap<String, (u64, f64)>,
+    pending: Vec<(String, CudaEvent, CudaEvent, f64)>,
+    totals: HashMap<String, Totals>,
     started: Instant,
 }
 
@@ -47,9 +59,11 @@ impl Profile {
     ) -> Result<R, CudaError> {
         let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
         let start = cuda_call("cuEventRecord", || stream.record_event(flags))?;
+        let host = Instant::now();
         let r = f()?;
+        let host_ms = host.elapsed().as_secs_f64() * 1e3;
         let end = cuda_call("cuEventRecord", || stream.record_event(flags))?;
-        self.pending.push((name, start, end));
+        self.pending.push((name, start, end, host_ms));
         if self.pending.len() >= FOLD_EVERY {
             self.fold()?;
         }
@@ -58,33 +72,38 @@ impl Profile {
 
     /// Reads every pending pair (waiting for the GPU) into the totals.
     fn fold(&mut self) -> Result<(), CudaError> {
-        for (name, start, end) in self.pending.drain(..) {
+        for (name, start, end, host_ms) in self.pending.drain(..) {
             let ms = cuda_call("cuEventElapsedTime", || start.elapsed_ms(&end))?;
-            let t = self.totals.entry(name).or_insert((0, 0.0));
-            t.0 += 1;
-            t.1 += f64::from(ms);
+            let t = self.totals.entry(name).or_default();
+            t.calls += 1;
+            t.gpu_ms += f64::from(ms);
+            t.host_ms += host_ms;
         }
         Ok(())
     }
 
-    /// The table: GPU ms, calls, µs per call and share per name, busiest
-    /// first, under a line with the wall and GPU-busy totals.
+    /// The table: GPU ms, calls, GPU and host µs per call and share per
+    /// name, busiest first, under a line with the wall and GPU totals.
     pub(crate) fn report(&mut self) -> Result<String, CudaError> {
         self.fold()?;
         let wall = self.started.elapsed().as_secs_f64() * 1e3;
-        let busy: f64 = self.totals.values().map(|t| t.1).sum();
+        let busy: f64 = self.totals.values().map(|t| t.gpu_ms).sum();
         let mut rows: Vec<_> = self.totals.iter().collect();
-        rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+        rows.sort_by(|a, b| b.1.gpu_ms.total_cmp(&a.1.gpu_ms));
         let mut out = format!(
-            "CUDA profile: {wall:.1} ms wall since the device opened, {busy:.1} ms of it busy on the GPU\n\
-             {:>10} {:>8} {:>9} {:>6}  name\n",
-            "gpu_ms", "calls", "us/call", "share"
+            "CUDA profile: {wall:.1} ms wall since the device opened, {busy:.1} ms of it in GPU intervals\n\
+             {:>10} {:>8} {:>9} {:>9} {:>6}  name\n",
+            "gpu_ms", "calls", "gpu_us", "host_us", "share"
         );
-        for (name, (calls, ms)) in rows {
+        for (name, t) in rows {
+            let per = |ms: f64| ms * 1e3 / t.calls as f64;
             out += &format!(
-                "{ms:>10.2} {calls:>8} {:>9.1} {:>5.1}%  {name}\n",
-                ms * 1e3 / *calls as f64,
-                100.0 * ms / busy.max(f64::MIN_POSITIVE)
+                "{:>10.2} {:>8} {:>9.1} {:>9.1} {:>5.1}%  {name}\n",
+                t.gpu_ms,
+                t.calls,
+                per(t.gpu_ms),
+                per(t.host_ms),
+                100.0 * t.gpu_ms / busy.max(f64::MIN_POSITIVE)
             );
         }
         Ok(out)

@@ -557,6 +557,7 @@ fn matmul_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
         (la, lbt),
         (lat, lbt),
         (la, lb_bcast),
+        (lat, lb_bcast),
         (la_strided, lb),
     ];
     // sums of 70 products: the rounding of low-precision outputs dominates
@@ -568,6 +569,19 @@ fn matmul_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
             &got.to_host()?,
             &want,
             4.0,
+        );
+    }
+    // sums over the batch: one deep product where the depth runs on
+    // through the batch (a weight's gradient: `lat`, `lb`), else a batch of
+    // products and their sum
+    for (la, lb) in [(lat, lb), (la, lb), (lat, lbt)] {
+        let want = cpu::matmul::gemm_batch_sum(&a, &la, &b, &lb);
+        let got = gemm_batch_sum(&da, &la, &db, &lb, GemmOptions::default())?;
+        assert_close(
+            &format!("batch sum {:?} x {:?}", la.strides(), lb.strides()),
+            &got.to_host()?,
+            &want,
+            6.0,
         );
     }
     let l2a = Layout::contiguous(&[m, k]);
@@ -1028,18 +1042,25 @@ fn attention_check<E: CudaFloat>(
     let dpad = dev.to_device(&pad)?;
     let all = cpu::attention::test_masks(&pad);
     let scale = 0.7;
-    for &mi in masks {
+    for (&mi, path) in masks.iter().flat_map(|mi| {
+        [
+            (mi, AttentionPath::Fused),
+            (mi, AttentionPath::Materialized),
+        ]
+    }) {
         let m = &all[mi];
         let dm = CudaAttnMask::from_cpu(m, m.padding.map(|_| &dpad));
-        let what = |s: &str| format!("attention {s} (mask {mi}, {b}x{h}x{tq}x{tk}x{d}x{dv})");
+        let what =
+            |s: &str| format!("attention {s} ({path:?}, mask {mi}, {b}x{h}x{tq}x{tk}x{d}x{dv})");
         let (o, lse) = cpu::attention::attention_forward(&q, &ql, &k, &kl, &v, &vl, m, scale);
-        let (go, glse) = attention_forward(&dq_, &ql, &dk_, &kl, &dv_, &vl, &dm, scale)?;
+        let (go, glse) = attention_forward_on(path, &dq_, &ql, &dk_, &kl, &dv_, &vl, &dm, scale)?;
         assert_close(&what("out"), &go.to_host()?, &o, 4.0);
         assert_close_acc(&what("lse"), E::DTYPE, &glse.to_host()?, &lse);
         let (gq, gk, gv) = cpu::attention::attention_backward(
             &q, &ql, &k, &kl, &v, &vl, &o, &lse, &g, &gl, m, scale,
         );
-        let (dgq, dgk, dgv) = attention_backward(
+        let (dgq, dgk, dgv) = attention_backward_on(
+            path,
             &dq_,
             &ql,
             &dk_,

@@ -81,13 +81,7 @@ mod cuda_impl {
             b: &CudaBuffer<E>,
             lb: &Layout,
         ) -> Result<CudaBuffer<E>, DeviceError> {
-            // The batch of products, then their sum over the batch dims.
-            let c = k::gemm_batched(a, la, b, lb, self.gemm_options())?;
-            let r = la.rank();
-            let mut dims = la.shape()[..r - 2].to_vec();
-            dims.extend([la.shape()[r - 2], lb.shape()[r - 1]]);
-            let axes: Vec<usize> = (0..r - 2).collect();
-            crate::cuda::ops::reduce::sum_axes(&c, &Layout::contiguous(&dims), &axes, 1.0)
+            k::gemm_batch_sum(a, la, b, lb, self.gemm_options())
         }
     }
 }

@@ -26,8 +26,14 @@ pub trait OptimKernels: Device {
         s: &SgdStep,
     ) -> Result<(), DeviceError>;
 
-    /// `Σ x²` in `f64` (deterministic order), for gradient-norm clipping.
-    fn sum_squares<E: FloatDtype>(&self, x: &Self::Storage<E>) -> Result<f64, DeviceError>;
+    /// `total[0] += Σ x²` in `f64` (deterministic order), for gradient-norm
+    /// clipping: the total stays on the device, so a norm over many tensors
+    /// is read back once.
+    fn add_sum_squares<E: FloatDtype>(
+        &self,
+        x: &Self::Storage<E>,
+        total: &mut Self::Storage<f64>,
+    ) -> Result<(), DeviceError>;
 }
 
 impl OptimKernels for Cpu {
@@ -54,8 +60,13 @@ impl OptimKernels for Cpu {
         Ok(())
     }
 
-    fn sum_squares<E: FloatDtype>(&self, x: &Vec<E>) -> Result<f64, DeviceError> {
-        Ok(crate::cpu::optim::sum_squares(x))
+    fn add_sum_squares<E: FloatDtype>(
+        &self,
+        x: &Vec<E>,
+        total: &mut Vec<f64>,
+    ) -> Result<(), DeviceError> {
+        total[0] += crate::cpu::optim::sum_squares(x);
+        Ok(())
     }
 }
 
@@ -87,8 +98,12 @@ mod cuda_impl {
             k::sgd_update(param, grad, buf, s)
         }
 
-        fn sum_squares<E: FloatDtype>(&self, x: &CudaBuffer<E>) -> Result<f64, DeviceError> {
-            Ok(k::sum_squares(x)?.to_host()?[0])
+        fn add_sum_squares<E: FloatDtype>(
+            &self,
+            x: &CudaBuffer<E>,
+            total: &mut CudaBuffer<f64>,
+        ) -> Result<(), DeviceError> {
+            Ok(k::add_sum_squares(x, total)?)
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Global-norm gradient clipping (`torch.nn.utils.clip_grad_norm_`).
 
-use zerfoo_kernels::{Backend, FloatDtype};
+use std::any::Any;
+
+use zerfoo_kernels::{Backend, FloatDtype, Layout};
 
 use crate::autograd::{device_ok, Gradients, NoTape};
 use crate::nn::{Module, ParamVisitor};
@@ -11,9 +13,13 @@ use crate::tensor::Tensor;
 /// at most `max_norm`, exactly as PyTorch: `coef = min(1, max_norm / (total
 /// + 1e-6))`. Returns the norm before clipping.
 pub fn clip_grad_norm<M: Module>(module: &M, grads: &mut Gradients, max_norm: f64) -> f64 {
+    // The sum of squares accumulates on the parameters' device (a
+    // `D::Storage<f64>` of one element, behind `Any` since the visitor is
+    // generic per parameter) and is read back once, by a second visit that
+    // knows `D` again: one host round trip per step, not one per parameter.
     struct SumSq<'a> {
         grads: &'a Gradients,
-        total: f64,
+        total: Option<Box<dyn Any>>,
     }
     impl ParamVisitor for SumSq<'_> {
         fn visit<S: Shape, E: FloatDtype, D: Backend>(
@@ -22,13 +28,44 @@ pub fn clip_grad_norm<M: Module>(module: &M, grads: &mut Gradients, max_norm: f6
             p: &Tensor<S, E, D, NoTape>,
         ) {
             if let Some(g) = self.grads.get_storage::<D, E>(p.id()) {
-                self.total += device_ok(p.device().sum_squares(g));
+                let dev = p.device();
+                let total = self
+                    .total
+                    .get_or_insert_with(|| Box::new(device_ok(dev.upload(vec![0.0f64]))))
+                    .downcast_mut::<D::Storage<f64>>()
+                    .expect("clip_grad_norm: every parameter on one device");
+                device_ok(dev.add_sum_squares(g, total));
             }
         }
     }
-    let mut s = SumSq { grads, total: 0.0 };
+    struct ReadBack {
+        total: Option<Box<dyn Any>>,
+        value: f64,
+    }
+    impl ParamVisitor for ReadBack {
+        fn visit<S: Shape, E: FloatDtype, D: Backend>(
+            &mut self,
+            _: &str,
+            p: &Tensor<S, E, D, NoTape>,
+        ) {
+            if let Some(t) = self.total.take() {
+                let t = t
+                    .downcast::<D::Storage<f64>>()
+                    .expect("clip_grad_norm: every parameter on one device");
+                self.value = device_ok(p.device().to_host(&t, &Layout::contiguous(&[1])))[0];
+            }
+        }
+    }
+    let mut s = SumSq { grads, total: None };
     module.visit_params("", &mut s);
-    let total = s.total.sqrt();
+    let mut read = ReadBack {
+        total: s.total,
+        value: 0.0,
+    };
+    if read.total.is_some() {
+        module.visit_params("", &mut read);
+    }
+    let total = read.value.sqrt();
     let coef = (max_norm / (total + 1e-6)).min(1.0);
     if coef < 1.0 {
         struct Scale<'a> {

@@ -449,3 +449,73 @@ ZF_KERNEL ZF_NAME(attn_bwd_dkdv)(const T* q, ZfLayout lq, const T* k, ZfLayout l
 ZF_KERNEL ZF_NAME(attn_fill_acc)(ACC* p, u64 n, double v) {
     ZF_FOR(i, n) { p[i] = (ACC)v; }
 }
+
+// ---- materialized attention (ops/attention.rs, `AttentionPath::Materialized`) ----
+// cuBLAS computes the unscaled scores s = q kᵀ, (B*H*Tq) rows of tk, in the
+// compute type; these kernels turn them into probabilities (forward) and
+// score gradients (backward), one CUDA block per row, the same masks and
+// empty-row rules as the fused kernels.
+
+// Whether key j is visible to the row whose visible range is [lo, hi), in batch bb.
+__device__ __forceinline__ bool at_visible(const AtMask& m, u64 bb, u64 j, u64 lo, u64 hi) {
+    return j >= lo && j < hi && !at_padded(m, bb, j);
+}
+
+// lse[r] = log Σ_j exp(scale * s[r, j]) over visible keys (-inf when none);
+// p[r, j] = exp(scale * s[r, j] - lse[r]), 0 where hidden.
+ZF_KERNEL ZF_NAME(attn_mat_softmax)(const ACC* s, u64 rows, u64 nh, u64 tq, u64 tk, int causal,
+                                    int has_window, u64 window, u64 q_off, u64 k_off,
+                                    const unsigned char* pad, double scale, T* p, ACC* lse) {
+    __shared__ ACC scratch[32];
+    AtMask m = at_mask(causal, has_window, window, q_off, k_off, tk, pad);
+    ACC sc = (ACC)scale, ninf = -acc_inf();
+    for (u64 r = blockIdx.x; r < rows; r += gridDim.x) {
+        u64 i = r % tq, bb = r / (nh * tq), lo, hi;
+        at_key_range(m, i, lo, hi);
+        const ACC* sr = s + r * tk;
+        ACC mx = ninf;
+        for (u64 j = lo + threadIdx.x; j < hi; j += blockDim.x) {
+            if (!at_padded(m, bb, j)) {
+                ACC x = sr[j] * sc;
+                mx = (x > mx || isnan(x)) ? x : mx;
+            }
+        }
+        mx = zf_block_max(mx, scratch);
+        ACC sum = (ACC)0;
+        if (mx != ninf) {
+            for (u64 j = lo + threadIdx.x; j < hi; j += blockDim.x) {
+                if (!at_padded(m, bb, j)) sum += exp(sr[j] * sc - mx);
+            }
+        }
+        sum = zf_block_sum(sum, scratch);
+        ACC l = (mx == ninf) ? ninf : mx + log(sum);
+        if (threadIdx.x == 0) lse[r] = l;
+        for (u64 j = threadIdx.x; j < tk; j += blockDim.x) {
+            bool vis = l != ninf && at_visible(m, bb, j, lo, hi);
+            p[r * tk + j] = rnd(vis ? exp(sr[j] * sc - l) : (ACC)0);
+        }
+    }
+}
+
+// From the scores s, dp = dO vᵀ (both compute type), the saved lse and
+// di = rowsum(dO ∘ O): p[r, j] = exp(scale * s - lse) (0 where hidden) and
+// ds[r, j] = scale * p * (dp - di[r]), both rounded to T for the products.
+ZF_KERNEL ZF_NAME(attn_mat_dscores)(const ACC* s, const ACC* dp, const ACC* lse, const ACC* di, u64 rows,
+                                    u64 nh, u64 tq, u64 tk, int causal, int has_window, u64 window,
+                                    u64 q_off, u64 k_off, const unsigned char* pad, double scale, T* p,
+                                    T* ds) {
+    AtMask m = at_mask(causal, has_window, window, q_off, k_off, tk, pad);
+    ACC sc = (ACC)scale, ninf = -acc_inf();
+    for (u64 r = blockIdx.x; r < rows; r += gridDim.x) {
+        u64 i = r % tq, bb = r / (nh * tq), lo, hi;
+        at_key_range(m, i, lo, hi);
+        ACC l = lse[r], d = di[r];
+        for (u64 j = threadIdx.x; j < tk; j += blockDim.x) {
+            u64 e = r * tk + j;
+            bool vis = l != ninf && at_visible(m, bb, j, lo, hi);
+            ACC pv = vis ? exp(s[e] * sc - l) : (ACC)0;
+            p[e] = rnd(pv);
+            ds[e] = rnd(vis ? sc * pv * (dp[e] - d) : (ACC)0);
+        }
+    }
+}

@@ -13,11 +13,13 @@
 //! ([`AttnMask`](crate::cpu::attention::AttnMask)), with the padding mask on
 //! the device.
 
+use super::elementwise::to_contiguous;
+use super::matmul::{blas_readable, gemm_batched, gemm_batched_acc, GemmOptions};
 use super::CudaFloat;
 use crate::cpu::attention::{AttnDims, AttnMask};
 use crate::cuda::device::{check_layout, grid_for, same_device, tiles_grid, Launch};
 use crate::cuda::{CudaBuffer, CudaDevice, CudaError, Family};
-use crate::Layout;
+use crate::{DType, Layout};
 
 /// Query (or key) rows per CUDA block of the attention kernels (`AT_BQ`
 /// in `kernels/attention.cu`).
@@ -143,11 +145,56 @@ fn neg_inf_lse<E: CudaFloat>(
     Ok(lse)
 }
 
-/// Fused attention forward: `softmax(mask(scale · q kᵀ)) v`, returning the
+/// How attention runs on the GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionPath {
+    /// The fused kernels: the `T x T` scores never exist (memory linear in
+    /// the sequence length), CUDA cores only.
+    Fused,
+    /// cuBLAS products (tensor cores) around a softmax kernel, the
+    /// `B·H·Tq·Tk` scores materialized in the compute type: much faster
+    /// where they fit (see [`MATERIALIZE_MAX_SCORES`]).
+    Materialized,
+}
+
+/// The most scores (`B·H·Tq·Tk`) [`attention_path`] materializes: the
+/// backward's peak holds two compute-type and two element-type copies,
+/// 2 GiB in f32 at this size.
+pub const MATERIALIZE_MAX_SCORES: usize = 1 << 27;
+
+/// The path [`attention_forward`] and [`attention_backward`] take for
+/// `dims` in `dt`: [`AttentionPath::Materialized`] for f16, bf16, f32 and
+/// f64 when no size is zero and the scores fit [`MATERIALIZE_MAX_SCORES`];
+/// [`AttentionPath::Fused`] otherwise (fp8, long sequences).
+///
+/// ```
+/// use zerfoo_kernels::cpu::attention::AttnDims;
+/// use zerfoo_kernels::cuda::ops::attention::{attention_path, AttentionPath};
+/// use zerfoo_kernels::DType;
+/// let short = AttnDims { b: 64, h: 6, tq: 256, tk: 256, d: 64, dv: 64 };
+/// assert_eq!(attention_path(DType::BF16, &short), AttentionPath::Materialized);
+/// let long = AttnDims { b: 8, h: 32, tq: 8192, tk: 8192, d: 128, dv: 128 };
+/// assert_eq!(attention_path(DType::BF16, &long), AttentionPath::Fused);
+/// assert_eq!(attention_path(DType::F8E4M3, &short), AttentionPath::Fused);
+/// ```
+pub fn attention_path(dt: DType, dims: &AttnDims) -> AttentionPath {
+    let scores = (dims.b * dims.h).saturating_mul(dims.tq.saturating_mul(dims.tk));
+    let nonempty = [dims.b, dims.h, dims.tq, dims.tk, dims.d, dims.dv]
+        .iter()
+        .all(|&n| n > 0);
+    let blas_type = matches!(dt, DType::F16 | DType::BF16 | DType::F32 | DType::F64);
+    if blas_type && nonempty && scores <= MATERIALIZE_MAX_SCORES {
+        AttentionPath::Materialized
+    } else {
+        AttentionPath::Fused
+    }
+}
+
+/// Attention forward: `softmax(mask(scale · q kᵀ)) v`, returning the
 /// output `(B, H, Tq, Dv)` (contiguous) and the per-row logsumexp
 /// `(B, H, Tq)` of the scaled, masked scores (compute type; `-inf` for a
 /// row that sees no key, whose output is zero), which
-/// [`attention_backward`] needs.
+/// [`attention_backward`] needs. Takes the path [`attention_path`] picks.
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub fn attention_forward<E: CudaFloat>(
     q: &CudaBuffer<E>,
@@ -159,7 +206,39 @@ pub fn attention_forward<E: CudaFloat>(
     mask: &CudaAttnMask<'_>,
     scale: f64,
 ) -> Result<(CudaBuffer<E>, CudaBuffer<E::Acc>), CudaError> {
+    let dims = dims_of("attention", q, ql, k, kl, v, vl, mask)?;
+    let path = attention_path(E::DTYPE, &dims);
+    attention_forward_on(path, q, ql, k, kl, v, vl, mask, scale)
+}
+
+/// [`attention_forward`] on a chosen path ([`AttentionPath::Materialized`]
+/// falls back to the fused kernels for fp8 and for empty sizes).
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+pub fn attention_forward_on<E: CudaFloat>(
+    path: AttentionPath,
+    q: &CudaBuffer<E>,
+    ql: &Layout,
+    k: &CudaBuffer<E>,
+    kl: &Layout,
+    v: &CudaBuffer<E>,
+    vl: &Layout,
+    mask: &CudaAttnMask<'_>,
+    scale: f64,
+) -> Result<(CudaBuffer<E>, CudaBuffer<E::Acc>), CudaError> {
     let op = "attention";
+    let dims = dims_of(op, q, ql, k, kl, v, vl, mask)?;
+    let materialize = path == AttentionPath::Materialized
+        && attention_path(
+            E::DTYPE,
+            &AttnDims {
+                tq: dims.tq.min(1),
+                tk: dims.tk.min(1),
+                ..dims
+            },
+        ) == AttentionPath::Materialized;
+    if materialize {
+        return materialized_forward(q, ql, k, kl, v, vl, mask, scale, dims);
+    }
     let AttnDims {
         b,
         h,
@@ -167,7 +246,7 @@ pub fn attention_forward<E: CudaFloat>(
         tk,
         d,
         dv,
-    } = dims_of(op, q, ql, k, kl, v, vl, mask)?;
+    } = dims;
     let dev = q.device();
     let rows = b * h * tq;
     if dv == 0 || rows == 0 {
@@ -199,14 +278,37 @@ pub fn attention_forward<E: CudaFloat>(
     Ok((out, lse))
 }
 
-/// Fused attention backward: from the upstream gradient `dout` (any
-/// layout, `(B, H, Tq, Dv)`), the forward's contiguous output `out` and
-/// logsumexp `lse`, returns `(dq, dk, dv)`, contiguous, shaped like `q`,
-/// `k`, `v`. The probabilities are recomputed tile by tile from `lse`
-/// (FlashAttention-2): `Di = rowsum(dO ∘ O)`, `dS = P ∘ (dO vᵀ − Di)`,
-/// `dq = scale · dS k`, `dk = scale · dSᵀ q`, `dv = Pᵀ dO`.
+/// Attention backward: from the upstream gradient `dout` (any layout,
+/// `(B, H, Tq, Dv)`), the forward's contiguous output `out` and logsumexp
+/// `lse`, returns `(dq, dk, dv)`, contiguous, shaped like `q`, `k`, `v`.
+/// The probabilities are recomputed from `lse` (FlashAttention-2):
+/// `Di = rowsum(dO ∘ O)`, `dS = P ∘ (dO vᵀ − Di)`, `dq = scale · dS k`,
+/// `dk = scale · dSᵀ q`, `dv = Pᵀ dO`. Takes the path [`attention_path`]
+/// picks.
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub fn attention_backward<E: CudaFloat>(
+    q: &CudaBuffer<E>,
+    ql: &Layout,
+    k: &CudaBuffer<E>,
+    kl: &Layout,
+    v: &CudaBuffer<E>,
+    vl: &Layout,
+    out: &CudaBuffer<E>,
+    lse: &CudaBuffer<E::Acc>,
+    dout: &CudaBuffer<E>,
+    dl: &Layout,
+    mask: &CudaAttnMask<'_>,
+    scale: f64,
+) -> Result<(CudaBuffer<E>, CudaBuffer<E>, CudaBuffer<E>), CudaError> {
+    let dims = dims_of("attention backward", q, ql, k, kl, v, vl, mask)?;
+    let path = attention_path(E::DTYPE, &dims);
+    attention_backward_on(path, q, ql, k, kl, v, vl, out, lse, dout, dl, mask, scale)
+}
+
+/// [`attention_backward`] on a chosen path (as [`attention_forward_on`]).
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+pub fn attention_backward_on<E: CudaFloat>(
+    path: AttentionPath,
     q: &CudaBuffer<E>,
     ql: &Layout,
     k: &CudaBuffer<E>,
@@ -270,6 +372,26 @@ pub fn attention_backward<E: CudaFloat>(
         .u64(rows)
         .ptr_mut(&mut di)
         .run(grid_for(rows))?;
+    let dims = AttnDims {
+        b,
+        h,
+        tq,
+        tk,
+        d,
+        dv,
+    };
+    if path == AttentionPath::Materialized
+        && attention_path(
+            E::DTYPE,
+            &AttnDims {
+                tq: tq.min(1),
+                tk: tk.min(1),
+                ..dims
+            },
+        ) == AttentionPath::Materialized
+    {
+        return materialized_backward(q, ql, k, kl, v, vl, &di, lse, dout, dl, mask, scale, dims);
+    }
     let operands = |l: &mut Launch<'_>| {
         l.ptr(q)
             .layout(ql)
@@ -315,4 +437,130 @@ pub fn attention_backward<E: CudaFloat>(
             .run(tiles_grid(tiles, ROWS_PER_BLOCK))?;
     }
     Ok((dq, dk, dvo))
+}
+
+/// Threads per row of the materialized kernels: `tk` rounded up to whole
+/// warps, at most 256.
+fn row_threads(tk: usize) -> u32 {
+    (tk.div_ceil(32) * 32).clamp(32, 256) as u32
+}
+
+/// `x` as cuBLAS can read it: borrowed when its layout is readable in
+/// place, else a contiguous copy made once (the materialized path reads
+/// each operand in two or three products).
+fn blas_operand<'a, E: CudaFloat>(
+    x: &'a CudaBuffer<E>,
+    l: &Layout,
+    copy: &'a mut Option<CudaBuffer<E>>,
+) -> Result<(&'a CudaBuffer<E>, Layout), CudaError> {
+    if blas_readable(l) {
+        return Ok((x, *l));
+    }
+    let c = copy.insert(to_contiguous(x, l)?);
+    Ok((c, Layout::contiguous(l.shape())))
+}
+
+/// `[.., r, c]` read as `[.., c, r]` (a view).
+fn swap_last(l: &Layout) -> Layout {
+    l.permute(&[0, 1, 3, 2])
+}
+
+/// The materialized forward: `S = q kᵀ` (cuBLAS, compute type), the masked
+/// softmax kernel (`P` in the element type, the logsumexp), `out = P v`.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn materialized_forward<E: CudaFloat>(
+    q: &CudaBuffer<E>,
+    ql: &Layout,
+    k: &CudaBuffer<E>,
+    kl: &Layout,
+    v: &CudaBuffer<E>,
+    vl: &Layout,
+    mask: &CudaAttnMask<'_>,
+    scale: f64,
+    AttnDims { b, h, tq, tk, .. }: AttnDims,
+) -> Result<(CudaBuffer<E>, CudaBuffer<E::Acc>), CudaError> {
+    let dev = q.device();
+    let opts = GemmOptions {
+        allow_tf32: dev.allow_tf32(),
+    };
+    let rows = b * h * tq;
+    let s = gemm_batched_acc(q, ql, k, &swap_last(kl), opts)?;
+    let mut p = dev.alloc::<E>(rows * tk)?;
+    let mut lse = dev.alloc::<E::Acc>(rows)?;
+    let mut l = dev.launch(
+        "attention",
+        Family::FusedAttention,
+        E::DTYPE,
+        "attn_mat_softmax",
+    )?;
+    l.ptr(&s).u64(rows).u64(h).u64(tq).u64(tk);
+    mask_args(&mut l, mask);
+    l.f64(scale)
+        .ptr_mut(&mut p)
+        .ptr_mut(&mut lse)
+        .run(tiles_grid(rows, row_threads(tk)))?;
+    drop(s);
+    let out = gemm_batched(&p, &Layout::contiguous(&[b, h, tq, tk]), v, vl, opts)?;
+    Ok((out, lse))
+}
+
+/// The materialized backward: `S = q kᵀ` and `dP = dO vᵀ` (cuBLAS, compute
+/// type), the kernel that forms `P` and `dS = scale · P ∘ (dP − Di)` (element
+/// type), then `dv = Pᵀ dO`, `dq = dS k`, `dk = dSᵀ q`.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn materialized_backward<E: CudaFloat>(
+    q: &CudaBuffer<E>,
+    ql: &Layout,
+    k: &CudaBuffer<E>,
+    kl: &Layout,
+    v: &CudaBuffer<E>,
+    vl: &Layout,
+    di: &CudaBuffer<E::Acc>,
+    lse: &CudaBuffer<E::Acc>,
+    dout: &CudaBuffer<E>,
+    dl: &Layout,
+    mask: &CudaAttnMask<'_>,
+    scale: f64,
+    AttnDims { b, h, tq, tk, .. }: AttnDims,
+) -> Result<(CudaBuffer<E>, CudaBuffer<E>, CudaBuffer<E>), CudaError> {
+    let dev = q.device();
+    let opts = GemmOptions {
+        allow_tf32: dev.allow_tf32(),
+    };
+    let rows = b * h * tq;
+    let (mut qc, mut kc, mut vc, mut gc) = (None, None, None, None);
+    let (q, ql) = blas_operand(q, ql, &mut qc)?;
+    let (k, kl) = blas_operand(k, kl, &mut kc)?;
+    let (v, vl) = blas_operand(v, vl, &mut vc)?;
+    let (dout, dl) = blas_operand(dout, dl, &mut gc)?;
+    let s = gemm_batched_acc(q, &ql, k, &swap_last(&kl), opts)?;
+    let dp = gemm_batched_acc(dout, &dl, v, &swap_last(&vl), opts)?;
+    let mut p = dev.alloc::<E>(rows * tk)?;
+    let mut ds = dev.alloc::<E>(rows * tk)?;
+    let mut l = dev.launch(
+        "attention backward",
+        Family::FusedAttention,
+        E::DTYPE,
+        "attn_mat_dscores",
+    )?;
+    l.ptr(&s)
+        .ptr(&dp)
+        .ptr(lse)
+        .ptr(di)
+        .u64(rows)
+        .u64(h)
+        .u64(tq)
+        .u64(tk);
+    mask_args(&mut l, mask);
+    l.f64(scale)
+        .ptr_mut(&mut p)
+        .ptr_mut(&mut ds)
+        .run(tiles_grid(rows, row_threads(tk)))?;
+    drop((s, dp));
+    let pl = Layout::contiguous(&[b, h, tq, tk]);
+    let dv = gemm_batched(&p, &swap_last(&pl), dout, &dl, opts)?;
+    drop(p);
+    let dq = gemm_batched(&ds, &pl, k, &kl, opts)?;
+    let dk = gemm_batched(&ds, &swap_last(&pl), q, &ql, opts)?;
+    Ok((dq, dk, dv))
 }

@@ -16,7 +16,7 @@ use super::CudaFloat;
 use crate::cuda::device::{check_layout, grid_for, same_device};
 use crate::cuda::emulator;
 use crate::cuda::error::cuda_call;
-use crate::cuda::{CudaBuffer, CudaDevice, CudaError, Family};
+use crate::cuda::{CudaBuffer, CudaDevice, CudaDtype, CudaError, Family};
 use crate::{DType, Layout};
 
 /// Options of a product.
@@ -104,6 +104,13 @@ fn operand(l: &Layout) -> Option<Operand> {
     })
 }
 
+/// Whether cuBLAS reads `l` (`[..batch, r, c]`) in place: one stride steps
+/// through the batch and the matrix is row- or column-major. Other layouts
+/// are copied contiguous by each product that takes them.
+pub fn blas_readable(l: &Layout) -> bool {
+    l.rank() >= 2 && operand(l).is_some()
+}
+
 fn cublas_op(o: BlasOp) -> cublasOperation_t {
     match o {
         BlasOp::N => cublasOperation_t::CUBLAS_OP_N,
@@ -154,9 +161,163 @@ pub fn gemm_batched<E: CudaFloat>(
     if k == 0 {
         return dev.zeros::<E>(batch * m * n);
     }
+    if let Some((la1, lb1)) = fold_batch_into_rows(la, lb) {
+        // `[batch, M, K] x shared [K, N]` as one `[batch·M, K] x [K, N]`
+        // product (same output memory): one large GEMM, not `batch` small ones.
+        return gemm_batched(a, &la1, b, &lb1, opts);
+    }
     if matches!(E::DTYPE, DType::F8E4M3 | DType::F8E5M2) {
         return gemm_via_f32(a, la, b, lb, batch * m * n, &out_dims);
     }
+    cublas_gemm(a, la, b, lb, opts, (batch, m, k, n), E::from_acc)
+}
+
+/// `Σ_batch A_b · B_b` as one `[M, N]` matrix (the gradient of a weight
+/// shared by the batch): where the contraction runs on through the batch
+/// (`A`'s columns and `B`'s rows step evenly across it, as for activations
+/// of consecutive rows) this is one product of depth `batch·K`; otherwise
+/// the batch of products, then their sum.
+pub fn gemm_batch_sum<E: CudaFloat>(
+    a: &CudaBuffer<E>,
+    la: &Layout,
+    b: &CudaBuffer<E>,
+    lb: &Layout,
+    opts: GemmOptions,
+) -> Result<CudaBuffer<E>, CudaError> {
+    if let Some((la1, lb1)) = fold_batch_into_depth(la, lb) {
+        return gemm_batched(a, &la1, b, &lb1, opts);
+    }
+    let c = gemm_batched(a, la, b, lb, opts)?;
+    let r = la.rank();
+    let mut dims = la.shape()[..r - 2].to_vec();
+    dims.extend([la.shape()[r - 2], lb.shape()[r - 1]]);
+    let axes: Vec<usize> = (0..r - 2).collect();
+    super::reduce::sum_axes(&c, &Layout::contiguous(&dims), &axes, 1.0)
+}
+
+/// `[..batch, M, K] x [..batch, K, N]` where `B` is shared (batch stride 0)
+/// and `A`'s rows run on evenly through the batch: the layouts of the same
+/// product as `[batch·M, K] x [K, N]`.
+fn fold_batch_into_rows(la: &Layout, lb: &Layout) -> Option<(Layout, Layout)> {
+    let r = la.rank();
+    if r < 3 {
+        return None;
+    }
+    let (sa, ta, sb, tb) = (la.shape(), la.strides(), lb.shape(), lb.strides());
+    let (count, a_step) = batch_stride(&sa[..r - 2], &ta[..r - 2])?;
+    let (_, b_step) = batch_stride(&sb[..r - 2], &tb[..r - 2])?;
+    let (m, k) = (sa[r - 2], sa[r - 1]);
+    if count < 2 || b_step != 0 || (k > 1 && ta[r - 1] != 1) {
+        return None;
+    }
+    let row = if m == 1 { a_step } else { ta[r - 2] };
+    if a_step != m * row {
+        return None;
+    }
+    Some((
+        Layout::new(&[count * m, k], &[row, 1], la.offset),
+        Layout::new(&sb[r - 2..], &tb[r - 2..], lb.offset),
+    ))
+}
+
+/// `Σ_batch A_b · B_b` (`[..batch, M, K]`, `[..batch, K, N]`) where the
+/// depth axis of both runs on evenly through the batch: the layouts of the
+/// same sum as one `[M, batch·K] x [batch·K, N]` product.
+fn fold_batch_into_depth(la: &Layout, lb: &Layout) -> Option<(Layout, Layout)> {
+    let r = la.rank();
+    if r < 3 || lb.rank() != r {
+        return None;
+    }
+    let (sa, ta, sb, tb) = (la.shape(), la.strides(), lb.shape(), lb.strides());
+    let (count, a_step) = batch_stride(&sa[..r - 2], &ta[..r - 2])?;
+    let (_, b_step) = batch_stride(&sb[..r - 2], &tb[..r - 2])?;
+    let k = sa[r - 1];
+    if count < 2 || k == 0 {
+        return None;
+    }
+    let a_depth = if k == 1 { a_step } else { ta[r - 1] };
+    let b_depth = if k == 1 { b_step } else { tb[r - 2] };
+    if a_step != k * a_depth || b_step != k * b_depth || a_depth == 0 || b_depth == 0 {
+        return None;
+    }
+    Some((
+        Layout::new(&[sa[r - 2], count * k], &[ta[r - 2], a_depth], la.offset),
+        Layout::new(&[count * k, sb[r - 1]], &[b_depth, tb[r - 1]], lb.offset),
+    ))
+}
+
+/// A batch of products as [`gemm_batched`] (f16, bf16, f32, f64 only), the
+/// result stored unrounded in the compute type `E::Acc` (f32 for the
+/// 16-bit types): for products a kernel reads on (attention scores).
+pub fn gemm_batched_acc<E: CudaFloat>(
+    a: &CudaBuffer<E>,
+    la: &Layout,
+    b: &CudaBuffer<E>,
+    lb: &Layout,
+    opts: GemmOptions,
+) -> Result<CudaBuffer<E::Acc>, CudaError> {
+    let op = "matmul";
+    let dev = a.device();
+    dev.check(op, E::DTYPE)?;
+    same_device(op, dev, b.device())?;
+    check_layout(op, la, a.len())?;
+    check_layout(op, lb, b.len())?;
+    let (ra, rb) = (la.rank(), lb.rank());
+    let (sa, sb) = (la.shape(), lb.shape());
+    if ra < 2 || ra != rb || sa[..ra - 2] != sb[..rb - 2] || sa[ra - 1] != sb[rb - 2] {
+        return Err(CudaError::new(
+            format!("shape check for `{op}`"),
+            format!("cannot multiply {sa:?} by {sb:?}"),
+        ));
+    }
+    if matches!(E::DTYPE, DType::F8E4M3 | DType::F8E5M2) {
+        return Err(CudaError::new(
+            "cublasGemmStridedBatchedEx",
+            format!("no compute-type product for {}", E::DTYPE),
+        ));
+    }
+    let (m, k, n) = (sa[ra - 2], sa[ra - 1], sb[rb - 1]);
+    let batch: usize = sa[..ra - 2].iter().product();
+    if batch * m * n == 0 {
+        return dev.zeros::<E::Acc>(0);
+    }
+    if k == 0 {
+        return dev.zeros::<E::Acc>(batch * m * n);
+    }
+    cublas_gemm(a, la, b, lb, opts, (batch, m, k, n), |x: E::Acc| x)
+}
+
+/// The cuBLAS type of `C`'s elements (E's own, or f32/f64 compute types).
+fn blas_type<C: CudaDtype>() -> Option<cudaDataType_t> {
+    let id = core::any::TypeId::of::<C>();
+    Some(if id == core::any::TypeId::of::<f32>() {
+        cudaDataType_t::CUDA_R_32F
+    } else if id == core::any::TypeId::of::<f64>() {
+        cudaDataType_t::CUDA_R_64F
+    } else if id == core::any::TypeId::of::<crate::f16>() {
+        cudaDataType_t::CUDA_R_16F
+    } else if id == core::any::TypeId::of::<crate::bf16>() {
+        cudaDataType_t::CUDA_R_16BF
+    } else {
+        return None;
+    })
+}
+
+/// One strided-batched cuBLAS product of checked, non-empty operands
+/// (`batch` products of `m x k` by `k x n`), stored as `C` (`store` rounds
+/// a compute-type sum to `C` on the host emulation).
+fn cublas_gemm<E: CudaFloat, C: CudaDtype>(
+    a: &CudaBuffer<E>,
+    la: &Layout,
+    b: &CudaBuffer<E>,
+    lb: &Layout,
+    opts: GemmOptions,
+    (batch, m, k, n): (usize, usize, usize, usize),
+    store: impl Fn(E::Acc) -> C,
+) -> Result<CudaBuffer<C>, CudaError> {
+    let op = "matmul";
+    let dev = a.device();
+    let (sa, sb) = (la.shape(), lb.shape());
     // Operands whose strides cuBLAS cannot express are copied contiguous.
     let (a_copy, b_copy);
     let (a, la) = match operand(la) {
@@ -177,7 +338,7 @@ pub fn gemm_batched<E: CudaFloat>(
         operand(&la).expect("contiguous"),
         operand(&lb).expect("contiguous"),
     );
-    let c = dev.alloc::<E>(batch * m * n)?;
+    let c = dev.alloc::<C>(batch * m * n)?;
     let (dt, compute) = match E::DTYPE {
         DType::F32 if opts.allow_tf32 => (
             cudaDataType_t::CUDA_R_32F,
@@ -206,6 +367,12 @@ pub fn gemm_batched<E: CudaFloat>(
             ))
         }
     };
+    let c_type = blas_type::<C>().ok_or_else(|| {
+        CudaError::new(
+            "cublasGemmStridedBatchedEx",
+            "no cuBLAS type for the product",
+        )
+    })?;
     let (one64, zero64, one32, zero32) = (1f64, 0f64, 1f32, 0f32);
     let (alpha, beta): (*const c_void, *const c_void) = if E::DTYPE == DType::F64 {
         (
@@ -235,47 +402,60 @@ pub fn gemm_batched<E: CudaFloat>(
     let name = || {
         let t = |o: BlasOp| if o == BlasOp::T { "T" } else { "N" };
         let dt = E::DTYPE;
-        format!("matmul/gemm_{dt} {m}x{k}x{n} batch {batch} {}{}", t(oa.op), t(ob.op))
+        format!(
+            "matmul/gemm_{dt} {m}x{k}x{n} batch {batch} {}{} ld {}/{} batch strides {}/{} align {}/{}",
+            t(oa.op),
+            t(ob.op),
+            oa.ld,
+            ob.ld,
+            oa.batch_stride,
+            ob.batch_stride,
+            1 << pa.trailing_zeros().min(8),
+            1 << pb.trailing_zeros().min(8)
+        )
     };
     dev.with_blas(|blas| match blas {
         // SAFETY: pointers are live buffers of this device; the strides and
         // leading dimensions were derived from checked layouts.
-        Some(blas) => dev.profiled(name, || cuda_call("cublasGemmStridedBatchedEx", || unsafe {
-            cudarc::cublas::result::gemm_strided_batched_ex(
-                *blas.handle(),
-                cublas_op(ob.op),
-                cublas_op(oa.op),
-                mi,
-                ni,
-                ki,
-                alpha,
-                pb as *const c_void,
-                dt,
-                lda,
-                ob.batch_stride as i64,
-                pa as *const c_void,
-                dt,
-                ldb,
-                oa.batch_stride as i64,
-                beta,
-                pc as *mut c_void,
-                dt,
-                ldc,
-                (m * n) as i64,
-                bcount,
-                compute,
-                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-            .map_err(|e| format!("{e:?}"))
-        })),
+        Some(blas) => dev.profiled(name, || {
+            cuda_call("cublasGemmStridedBatchedEx", || unsafe {
+                cudarc::cublas::result::gemm_strided_batched_ex(
+                    *blas.handle(),
+                    cublas_op(ob.op),
+                    cublas_op(oa.op),
+                    mi,
+                    ni,
+                    ki,
+                    alpha,
+                    pb as *const c_void,
+                    dt,
+                    lda,
+                    ob.batch_stride as i64,
+                    pa as *const c_void,
+                    dt,
+                    ldb,
+                    oa.batch_stride as i64,
+                    beta,
+                    pc as *mut c_void,
+                    c_type,
+                    ldc,
+                    (m * n) as i64,
+                    bcount,
+                    compute,
+                    cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+                .map_err(|e| format!("{e:?}"))
+            })
+        }),
         // SAFETY: host buffers of the emulation, same arguments as cuBLAS gets.
         None => unsafe {
-            emulator::gemm_strided_batched::<E>(
+            emulator::gemm_strided_batched::<E, C>(
                 (ob.op == BlasOp::T, oa.op == BlasOp::T),
                 (n, m, k),
                 (pb as *const E, ob.ld, ob.batch_stride),
                 (pa as *const E, oa.ld, oa.batch_stride),
-                (pc as *mut E, n, m * n),
+                (pc as *mut C, n, m * n),
+                store,
                 batch,
             );
             Ok(())
@@ -350,4 +530,33 @@ fn widen<E: CudaFloat>(
         .u64(n)
         .run(grid_for(n))?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_rhs_batches_fold_into_rows() {
+        let x = Layout::contiguous(&[4, 8, 16]);
+        let w = Layout::new(&[4, 16, 32], &[0, 1, 16], 0); // a shared Wᵀ view
+        let (a, b) = fold_batch_into_rows(&x, &w).expect("folds");
+        assert_eq!((a.shape(), a.strides()), (&[32, 16][..], &[16, 1][..]));
+        assert_eq!((b.shape(), b.strides()), (&[16, 32][..], &[1, 16][..]));
+        // a transposed lhs, or an rhs that is not shared, does not fold
+        assert!(fold_batch_into_rows(&x.permute(&[0, 2, 1]), &w).is_none());
+        assert!(fold_batch_into_rows(&x, &Layout::contiguous(&[4, 16, 32])).is_none());
+    }
+
+    #[test]
+    fn weight_gradients_fold_into_depth() {
+        // Σ_b X_bᵀ G_b with X (4, 8, 16), G (4, 8, 32): depth 4·8
+        let xt = Layout::contiguous(&[4, 8, 16]).permute(&[0, 2, 1]);
+        let g = Layout::contiguous(&[4, 8, 32]);
+        let (a, b) = fold_batch_into_depth(&xt, &g).expect("folds");
+        assert_eq!((a.shape(), a.strides()), (&[16, 32][..], &[1, 16][..]));
+        assert_eq!((b.shape(), b.strides()), (&[32, 32][..], &[32, 1][..]));
+        // a row-major lhs has its depth along rows: no single stride
+        assert!(fold_batch_into_depth(&Layout::contiguous(&[4, 16, 8]), &g).is_none());
+    }
 }
