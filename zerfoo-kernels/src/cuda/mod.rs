@@ -48,7 +48,9 @@ mod emulator;
 mod profile;
 
 pub use alloc::{round_size, Pool, PoolStats, LARGE_STEP, SMALL_LIMIT, SMALL_STEP};
-pub use device::{max_index, no_device_reason, CudaBuffer, CudaDevice, DevLayout};
+pub use device::{
+    max_index, no_device_reason, CudaBuffer, CudaDevice, DevLayout, CUBLAS_WORKSPACE_BYTES,
+};
 pub use emulator::{emulation_source, host_compiler_available, kernel_signatures, EMULATOR_HEADER};
 
 pub mod ops;
