@@ -7,6 +7,8 @@
 //! cargo run --release --example shakespeare -- sample --checkpoint runs/shakespeare/checkpoints/best --prompt "ROMEO:" --tokens 200
 //! # on an NVIDIA GPU (the CUDA backend is the `cuda` feature)
 //! cargo run --release --features cuda --example shakespeare -- --device cuda --dtype bf16
+//! # ... and where the GPU's time goes, per kernel
+//! ZERFOO_CUDA_PROFILE=1 cargo run --release --features cuda --example shakespeare -- --device cuda --max-iters 20
 //! ```
 
 use std::path::{Path, PathBuf};

@@ -571,6 +571,20 @@ fn matmul_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
             4.0,
         );
     }
+    // two batch dims read in place (heads of a `[B, T, H, D]` activation):
+    // one strided batch per head, no copy
+    let a4: Vec<E> = data(2 * 3 * m * k, 42, -1.0, 1.0);
+    let b4: Vec<E> = data(2 * 3 * k * n, 43, -1.0, 1.0);
+    let (da4, db4) = (dev.to_device(&a4)?, dev.to_device(&b4)?);
+    let la4 = Layout::contiguous(&[2, m, 3, k]).permute(&[0, 2, 1, 3]);
+    for lb4 in [
+        Layout::contiguous(&[2, 3, k, n]),
+        Layout::contiguous(&[2, n, 3, k]).permute(&[0, 2, 3, 1]),
+    ] {
+        let want = cpu::matmul::gemm_batched(&a4, &la4, &b4, &lb4);
+        let got = gemm_batched(&da4, &la4, &db4, &lb4, GemmOptions::default())?;
+        assert_close("matmul per head", &got.to_host()?, &want, 4.0);
+    }
     // sums over the batch: one deep product where the depth runs on
     // through the batch (a weight's gradient: `lat`, `lb`), else a batch of
     // products and their sum

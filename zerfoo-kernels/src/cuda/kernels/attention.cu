@@ -461,38 +461,40 @@ __device__ __forceinline__ bool at_visible(const AtMask& m, u64 bb, u64 j, u64 l
     return j >= lo && j < hi && !at_padded(m, bb, j);
 }
 
+// One warp per row (blockDim.x / 32 rows per block, warp shuffles only).
 // lse[r] = log Σ_j exp(scale * s[r, j]) over visible keys (-inf when none);
 // p[r, j] = exp(scale * s[r, j] - lse[r]), 0 where hidden.
 ZF_KERNEL ZF_NAME(attn_mat_softmax)(const ACC* s, u64 rows, u64 nh, u64 tq, u64 tk, int causal,
                                     int has_window, u64 window, u64 q_off, u64 k_off,
                                     const unsigned char* pad, double scale, T* p, ACC* lse) {
-    __shared__ ACC scratch[32];
     AtMask m = at_mask(causal, has_window, window, q_off, k_off, tk, pad);
     ACC sc = (ACC)scale, ninf = -acc_inf();
-    for (u64 r = blockIdx.x; r < rows; r += gridDim.x) {
+    u64 lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    for (u64 r = (u64)blockIdx.x * warps + (threadIdx.x >> 5); r < rows; r += (u64)gridDim.x * warps) {
         u64 i = r % tq, bb = r / (nh * tq), lo, hi;
         at_key_range(m, i, lo, hi);
         const ACC* sr = s + r * tk;
         ACC mx = ninf;
-        for (u64 j = lo + threadIdx.x; j < hi; j += blockDim.x) {
+        for (u64 j = lo + lane; j < hi; j += 32) {
             if (!at_padded(m, bb, j)) {
                 ACC x = sr[j] * sc;
                 mx = (x > mx || isnan(x)) ? x : mx;
             }
         }
-        mx = zf_block_max(mx, scratch);
+        mx = zf_warp_max(mx);
         ACC sum = (ACC)0;
         if (mx != ninf) {
-            for (u64 j = lo + threadIdx.x; j < hi; j += blockDim.x) {
+            for (u64 j = lo + lane; j < hi; j += 32) {
                 if (!at_padded(m, bb, j)) sum += exp(sr[j] * sc - mx);
             }
         }
-        sum = zf_block_sum(sum, scratch);
+        sum = zf_warp_sum(sum);
         ACC l = (mx == ninf) ? ninf : mx + log(sum);
-        if (threadIdx.x == 0) lse[r] = l;
-        for (u64 j = threadIdx.x; j < tk; j += blockDim.x) {
+        if (lane == 0) lse[r] = l;
+        T* pr = p + r * tk;
+        for (u64 j = lane; j < tk; j += 32) {
             bool vis = l != ninf && at_visible(m, bb, j, lo, hi);
-            p[r * tk + j] = rnd(vis ? exp(sr[j] * sc - l) : (ACC)0);
+            pr[j] = rnd(vis ? exp(sr[j] * sc - l) : (ACC)0);
         }
     }
 }
@@ -500,17 +502,19 @@ ZF_KERNEL ZF_NAME(attn_mat_softmax)(const ACC* s, u64 rows, u64 nh, u64 tq, u64 
 // From the scores s, dp = dO vᵀ (both compute type), the saved lse and
 // di = rowsum(dO ∘ O): p[r, j] = exp(scale * s - lse) (0 where hidden) and
 // ds[r, j] = scale * p * (dp - di[r]), both rounded to T for the products.
+// One warp per row, as attn_mat_softmax.
 ZF_KERNEL ZF_NAME(attn_mat_dscores)(const ACC* s, const ACC* dp, const ACC* lse, const ACC* di, u64 rows,
                                     u64 nh, u64 tq, u64 tk, int causal, int has_window, u64 window,
                                     u64 q_off, u64 k_off, const unsigned char* pad, double scale, T* p,
                                     T* ds) {
     AtMask m = at_mask(causal, has_window, window, q_off, k_off, tk, pad);
     ACC sc = (ACC)scale, ninf = -acc_inf();
-    for (u64 r = blockIdx.x; r < rows; r += gridDim.x) {
+    u64 lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    for (u64 r = (u64)blockIdx.x * warps + (threadIdx.x >> 5); r < rows; r += (u64)gridDim.x * warps) {
         u64 i = r % tq, bb = r / (nh * tq), lo, hi;
         at_key_range(m, i, lo, hi);
         ACC l = lse[r], d = di[r];
-        for (u64 j = threadIdx.x; j < tk; j += blockDim.x) {
+        for (u64 j = lane; j < tk; j += 32) {
             u64 e = r * tk + j;
             bool vis = l != ninf && at_visible(m, bb, j, lo, hi);
             ACC pv = vis ? exp(s[e] * sc - l) : (ACC)0;

@@ -13,13 +13,13 @@
 //! ([`AttnMask`](crate::cpu::attention::AttnMask)), with the padding mask on
 //! the device.
 
-use super::elementwise::to_contiguous;
-use super::matmul::{blas_readable, gemm_batched, gemm_batched_acc, GemmOptions};
+use super::matmul::{gemm_batched, gemm_batched_acc, GemmOptions};
 use super::CudaFloat;
 use crate::cpu::attention::{AttnDims, AttnMask};
 use crate::cuda::device::{check_layout, grid_for, same_device, tiles_grid, Launch};
 use crate::cuda::{CudaBuffer, CudaDevice, CudaError, Family};
 use crate::{DType, Layout};
+use cudarc::driver::LaunchConfig;
 
 /// Query (or key) rows per CUDA block of the attention kernels (`AT_BQ`
 /// in `kernels/attention.cu`).
@@ -439,25 +439,15 @@ pub fn attention_backward_on<E: CudaFloat>(
     Ok((dq, dk, dvo))
 }
 
-/// Threads per row of the materialized kernels: `tk` rounded up to whole
-/// warps, at most 256.
-fn row_threads(tk: usize) -> u32 {
-    (tk.div_ceil(32) * 32).clamp(32, 256) as u32
-}
+/// Rows (one warp each) per block of the materialized kernels.
+const WARP_ROWS_PER_BLOCK: usize = 8;
 
-/// `x` as cuBLAS can read it: borrowed when its layout is readable in
-/// place, else a contiguous copy made once (the materialized path reads
-/// each operand in two or three products).
-fn blas_operand<'a, E: CudaFloat>(
-    x: &'a CudaBuffer<E>,
-    l: &Layout,
-    copy: &'a mut Option<CudaBuffer<E>>,
-) -> Result<(&'a CudaBuffer<E>, Layout), CudaError> {
-    if blas_readable(l) {
-        return Ok((x, *l));
-    }
-    let c = copy.insert(to_contiguous(x, l)?);
-    Ok((c, Layout::contiguous(l.shape())))
+/// The grid of the materialized kernels: one warp per row.
+fn warp_rows_grid(rows: usize) -> LaunchConfig {
+    tiles_grid(
+        rows.div_ceil(WARP_ROWS_PER_BLOCK),
+        32 * WARP_ROWS_PER_BLOCK as u32,
+    )
 }
 
 /// `[.., r, c]` read as `[.., c, r]` (a view).
@@ -498,7 +488,7 @@ fn materialized_forward<E: CudaFloat>(
     l.f64(scale)
         .ptr_mut(&mut p)
         .ptr_mut(&mut lse)
-        .run(tiles_grid(rows, row_threads(tk)))?;
+        .run(warp_rows_grid(rows))?;
     drop(s);
     let out = gemm_batched(&p, &Layout::contiguous(&[b, h, tq, tk]), v, vl, opts)?;
     Ok((out, lse))
@@ -528,13 +518,8 @@ fn materialized_backward<E: CudaFloat>(
         allow_tf32: dev.allow_tf32(),
     };
     let rows = b * h * tq;
-    let (mut qc, mut kc, mut vc, mut gc) = (None, None, None, None);
-    let (q, ql) = blas_operand(q, ql, &mut qc)?;
-    let (k, kl) = blas_operand(k, kl, &mut kc)?;
-    let (v, vl) = blas_operand(v, vl, &mut vc)?;
-    let (dout, dl) = blas_operand(dout, dl, &mut gc)?;
-    let s = gemm_batched_acc(q, &ql, k, &swap_last(&kl), opts)?;
-    let dp = gemm_batched_acc(dout, &dl, v, &swap_last(&vl), opts)?;
+    let s = gemm_batched_acc(q, ql, k, &swap_last(kl), opts)?;
+    let dp = gemm_batched_acc(dout, dl, v, &swap_last(vl), opts)?;
     let mut p = dev.alloc::<E>(rows * tk)?;
     let mut ds = dev.alloc::<E>(rows * tk)?;
     let mut l = dev.launch(
@@ -555,12 +540,12 @@ fn materialized_backward<E: CudaFloat>(
     l.f64(scale)
         .ptr_mut(&mut p)
         .ptr_mut(&mut ds)
-        .run(tiles_grid(rows, row_threads(tk)))?;
+        .run(warp_rows_grid(rows))?;
     drop((s, dp));
     let pl = Layout::contiguous(&[b, h, tq, tk]);
-    let dv = gemm_batched(&p, &swap_last(&pl), dout, &dl, opts)?;
+    let dv = gemm_batched(&p, &swap_last(&pl), dout, dl, opts)?;
     drop(p);
-    let dq = gemm_batched(&ds, &pl, k, &kl, opts)?;
-    let dk = gemm_batched(&ds, &swap_last(&pl), q, &ql, opts)?;
+    let dq = gemm_batched(&ds, &pl, k, kl, opts)?;
+    let dk = gemm_batched(&ds, &swap_last(&pl), q, ql, opts)?;
     Ok((dq, dk, dv))
 }

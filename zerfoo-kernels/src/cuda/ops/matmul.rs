@@ -104,13 +104,6 @@ fn operand(l: &Layout) -> Option<Operand> {
     })
 }
 
-/// Whether cuBLAS reads `l` (`[..batch, r, c]`) in place: one stride steps
-/// through the batch and the matrix is row- or column-major. Other layouts
-/// are copied contiguous by each product that takes them.
-pub fn blas_readable(l: &Layout) -> bool {
-    l.rank() >= 2 && operand(l).is_some()
-}
-
 fn cublas_op(o: BlasOp) -> cublasOperation_t {
     match o {
         BlasOp::N => cublasOperation_t::CUBLAS_OP_N,
@@ -315,8 +308,32 @@ fn cublas_gemm<E: CudaFloat, C: CudaDtype>(
     (batch, m, k, n): (usize, usize, usize, usize),
     store: impl Fn(E::Acc) -> C,
 ) -> Result<CudaBuffer<C>, CudaError> {
-    let op = "matmul";
     let dev = a.device();
+    let c = dev.alloc::<C>(batch * m * n)?;
+    if let Some((dim, count)) = split_batch_dim(la, lb) {
+        // Two batch dims that fold into no single stride (heads read in
+        // place from a `[B, T, H·D]` activation): one strided batch per
+        // index of the shorter dim, no copies. `C` is `[d0, d1, M, N]`.
+        let d1 = la.shape()[1];
+        for x in 0..count {
+            let (c_offset, c_step) = if dim == 0 {
+                (x * d1 * m * n, m * n)
+            } else {
+                (x * m * n, d1 * m * n)
+            };
+            blas_call(
+                a,
+                &drop_batch_dim(la, dim, x),
+                b,
+                &drop_batch_dim(lb, dim, x),
+                (&c, c_offset, c_step),
+                opts,
+                (batch / count, m, k, n),
+                &store,
+            )?;
+        }
+        return Ok(c);
+    }
     let (sa, sb) = (la.shape(), lb.shape());
     // Operands whose strides cuBLAS cannot express are copied contiguous.
     let (a_copy, b_copy);
@@ -334,11 +351,68 @@ fn cublas_gemm<E: CudaFloat, C: CudaDtype>(
             (&b_copy, Layout::contiguous(sb))
         }
     };
+    blas_call(
+        a,
+        &la,
+        b,
+        &lb,
+        (&c, 0, m * n),
+        opts,
+        (batch, m, k, n),
+        &store,
+    )?;
+    Ok(c)
+}
+
+/// The most strided batches [`cublas_gemm`] issues for one product rather
+/// than copying an operand.
+const MAX_SPLIT_CALLS: usize = 64;
+
+/// For rank-4 operands that cuBLAS cannot read as one strided batch: the
+/// batch dim (0 or 1, the shorter first) whose every index leaves both
+/// operands readable, and its length.
+fn split_batch_dim(la: &Layout, lb: &Layout) -> Option<(usize, usize)> {
+    if la.rank() != 4 || lb.rank() != 4 || (operand(la).is_some() && operand(lb).is_some()) {
+        return None;
+    }
+    let dims = [la.shape()[0], la.shape()[1]];
+    let order = if dims[1] <= dims[0] { [1, 0] } else { [0, 1] };
+    order.into_iter().find_map(|d| {
+        let ok = dims[d] <= MAX_SPLIT_CALLS
+            && operand(&drop_batch_dim(la, d, 0)).is_some()
+            && operand(&drop_batch_dim(lb, d, 0)).is_some();
+        ok.then_some((d, dims[d]))
+    })
+}
+
+/// `l` without batch dim `dim`, at index `x` of it.
+fn drop_batch_dim(l: &Layout, dim: usize, x: usize) -> Layout {
+    let (s, t) = (l.shape(), l.strides());
+    let keep: Vec<usize> = (0..l.rank()).filter(|&i| i != dim).collect();
+    let shape: Vec<usize> = keep.iter().map(|&i| s[i]).collect();
+    let strides: Vec<usize> = keep.iter().map(|&i| t[i]).collect();
+    Layout::new(&shape, &strides, l.offset + x * t[dim])
+}
+
+/// One `cublasGemmStridedBatchedEx` (or its emulation) of readable
+/// operands into `c` at element `c_offset`, its matrices `c_step` apart.
+#[allow(clippy::too_many_arguments)]
+fn blas_call<E: CudaFloat, C: CudaDtype>(
+    a: &CudaBuffer<E>,
+    la: &Layout,
+    b: &CudaBuffer<E>,
+    lb: &Layout,
+    (c, c_offset, c_step): (&CudaBuffer<C>, usize, usize),
+    opts: GemmOptions,
+    (batch, m, k, n): (usize, usize, usize, usize),
+    store: &impl Fn(E::Acc) -> C,
+) -> Result<(), CudaError> {
+    let op = "matmul";
+    let dev = a.device();
     let (oa, ob) = (
-        operand(&la).expect("contiguous"),
-        operand(&lb).expect("contiguous"),
+        operand(la).expect("a readable operand"),
+        operand(lb).expect("a readable operand"),
     );
-    let c = dev.alloc::<C>(batch * m * n)?;
     let (dt, compute) = match E::DTYPE {
         DType::F32 if opts.allow_tf32 => (
             cudaDataType_t::CUDA_R_32F,
@@ -389,7 +463,7 @@ fn cublas_gemm<E: CudaFloat, C: CudaDtype>(
     let (pa, pb, pc) = (
         a.addr() + oa.offset as u64 * size,
         b.addr() + ob.offset as u64 * size,
-        c.addr(),
+        c.addr() + (c_offset * core::mem::size_of::<C>()) as u64,
     );
     // Column-major: C[M,N]ᵀ (N x M, ldc = N) = op(B)·op(A).
     let (mi, ni, ki) = (int(op, "N", n)?, int(op, "M", m)?, int(op, "K", k)?);
@@ -439,7 +513,7 @@ fn cublas_gemm<E: CudaFloat, C: CudaDtype>(
                     pc as *mut c_void,
                     c_type,
                     ldc,
-                    (m * n) as i64,
+                    c_step as i64,
                     bcount,
                     compute,
                     cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
@@ -454,14 +528,13 @@ fn cublas_gemm<E: CudaFloat, C: CudaDtype>(
                 (n, m, k),
                 (pb as *const E, ob.ld, ob.batch_stride),
                 (pa as *const E, oa.ld, oa.batch_stride),
-                (pc as *mut C, n, m * n),
+                (pc as *mut C, n, c_step),
                 store,
                 batch,
             );
             Ok(())
         },
-    })?;
-    Ok(c)
+    })
 }
 
 /// `A · B` for 2-D layouts (`[M, K]` by `[K, N]`).
@@ -546,6 +619,26 @@ mod tests {
         // a transposed lhs, or an rhs that is not shared, does not fold
         assert!(fold_batch_into_rows(&x.permute(&[0, 2, 1]), &w).is_none());
         assert!(fold_batch_into_rows(&x, &Layout::contiguous(&[4, 16, 32])).is_none());
+    }
+
+    #[test]
+    fn heads_read_in_place_split_the_shorter_batch_dim() {
+        // q of (B=4, H=2, T=8, D=16) read from a (4, 8, 2, 16) activation
+        let q = Layout::contiguous(&[4, 8, 2, 16]).permute(&[0, 2, 1, 3]);
+        let kt = Layout::contiguous(&[4, 8, 2, 16]).permute(&[0, 2, 3, 1]);
+        assert!(operand(&q).is_none());
+        assert_eq!(split_batch_dim(&q, &kt), Some((1, 2)));
+        let h1 = drop_batch_dim(&q, 1, 1);
+        assert_eq!(
+            (h1.shape(), h1.strides(), h1.offset),
+            (&[4, 8, 16][..], &[256, 32, 1][..], 16)
+        );
+        // readable operands are not split
+        let c = Layout::contiguous(&[4, 2, 8, 16]);
+        assert_eq!(
+            split_batch_dim(&c, &Layout::contiguous(&[4, 2, 16, 8])),
+            None
+        );
     }
 
     #[test]
