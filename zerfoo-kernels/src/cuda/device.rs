@@ -47,7 +47,7 @@ struct Gpu {
 /// Where kernels run.
 enum Backend {
     /// A real GPU through cudarc.
-    Gpu(Gpu),
+    Gpu(Box<Gpu>),
     /// The host emulation (tests without a GPU).
     Host(Emulator),
 }
@@ -151,14 +151,14 @@ impl CudaDevice {
                 ordinal,
                 name,
                 capability,
-                backend: Backend::Gpu(Gpu {
+                backend: Backend::Gpu(Box::new(Gpu {
                     ctx,
                     stream,
                     modules: Mutex::new(HashMap::new()),
                     functions: Mutex::new(HashMap::new()),
                     blas: Mutex::new(None),
                     profile: Profile::from_env().map(Mutex::new),
-                }),
+                })),
                 pool: Mutex::new(Pool::new()),
                 allow_tf32: std::sync::atomic::AtomicBool::new(false),
             }),
