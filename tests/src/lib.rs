@@ -214,3 +214,21 @@ fn round_through<S: Shape>(x: &Tensor<S, f64>, d: DType) -> Tensor<S, f64> {
         _ => x.clone(),
     }
 }
+
+/// The CUDA devices a parity test compares against the CPU: GPU 0 if
+/// present, and the host emulation of the kernels when a host C++ compiler
+/// runs (each absent one prints why it is skipped).
+#[cfg(feature = "cuda")]
+pub fn cuda_devices() -> Vec<zerfoo::Cuda> {
+    use zerfoo::kernels::cuda::Capability;
+    let mut v = Vec::new();
+    match zerfoo::Cuda::new(0) {
+        Ok(d) => v.push(d),
+        Err(e) => println!("skipped on a GPU: no CUDA device ({e})"),
+    }
+    match zerfoo::Cuda::emulated(Capability::new(9, 0)) {
+        Ok(d) => v.push(d),
+        Err(e) => println!("skipped on the host emulation ({e})"),
+    }
+    v
+}

@@ -9,7 +9,6 @@
 
 #![cfg(feature = "cuda")]
 
-use zerfoo::kernels::cuda::Capability;
 use zerfoo::nn::{cross_entropy, CrossEntropyOpts};
 use zerfoo::ops::{fused_attention, AttentionMask};
 use zerfoo::prelude::*;
@@ -21,20 +20,7 @@ dim!(Heads = 2);
 dim!(HeadDim = 3);
 dim!(Vocab = 7);
 
-/// The CUDA devices to compare against the CPU: GPU 0 if present, and the
-/// host emulation when a host C++ compiler runs (each absent one says why).
-fn devices() -> Vec<Cuda> {
-    let mut v = Vec::new();
-    match Cuda::new(0) {
-        Ok(d) => v.push(d),
-        Err(e) => println!("skipped on a GPU: no CUDA device ({e})"),
-    }
-    match Cuda::emulated(Capability::new(9, 0)) {
-        Ok(d) => v.push(d),
-        Err(e) => println!("skipped on the host emulation ({e})"),
-    }
-    v
-}
+use zerfoo_tests::cuda_devices as devices;
 
 /// A case's outputs and gradients, flattened to f64, in a fixed order.
 type Values = Vec<(&'static str, Vec<f64>)>;

@@ -340,20 +340,7 @@ fn parameter_paths_are_the_fixture_names() {
 #[cfg(feature = "cuda")]
 mod on_cuda {
     use super::*;
-    use zerfoo::kernels::cuda::Capability;
-
-    fn devices() -> Vec<Cuda> {
-        let mut v = Vec::new();
-        match Cuda::new(0) {
-            Ok(d) => v.push(d),
-            Err(e) => println!("skipped on a GPU: no CUDA device ({e})"),
-        }
-        match Cuda::emulated(Capability::new(9, 0)) {
-            Ok(d) => v.push(d),
-            Err(e) => println!("skipped on the host emulation ({e})"),
-        }
-        v
-    }
+    use zerfoo_tests::cuda_devices as devices;
 
     #[test]
     fn forward_loss_and_gradients_match_pytorch_on_cuda() {

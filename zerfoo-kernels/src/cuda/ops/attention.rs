@@ -190,6 +190,19 @@ pub fn attention_path(dt: DType, dims: &AttnDims) -> AttentionPath {
     }
 }
 
+/// Whether a call asking for `path` materializes: asked to, in a dtype and
+/// at sizes the materialized path takes (the score budget aside).
+fn materializes(path: AttentionPath, dt: DType, dims: &AttnDims) -> bool {
+    let one = AttnDims {
+        b: dims.b.min(1),
+        h: dims.h.min(1),
+        tq: dims.tq.min(1),
+        tk: dims.tk.min(1),
+        ..*dims
+    };
+    path == AttentionPath::Materialized && attention_path(dt, &one) == AttentionPath::Materialized
+}
+
 /// Attention forward: `softmax(mask(scale · q kᵀ)) v`, returning the
 /// output `(B, H, Tq, Dv)` (contiguous) and the per-row logsumexp
 /// `(B, H, Tq)` of the scaled, masked scores (compute type; `-inf` for a
@@ -227,16 +240,7 @@ pub fn attention_forward_on<E: CudaFloat>(
 ) -> Result<(CudaBuffer<E>, CudaBuffer<E::Acc>), CudaError> {
     let op = "attention";
     let dims = dims_of(op, q, ql, k, kl, v, vl, mask)?;
-    let materialize = path == AttentionPath::Materialized
-        && attention_path(
-            E::DTYPE,
-            &AttnDims {
-                tq: dims.tq.min(1),
-                tk: dims.tk.min(1),
-                ..dims
-            },
-        ) == AttentionPath::Materialized;
-    if materialize {
+    if materializes(path, E::DTYPE, &dims) {
         return materialized_forward(q, ql, k, kl, v, vl, mask, scale, dims);
     }
     let AttnDims {
@@ -380,16 +384,7 @@ pub fn attention_backward_on<E: CudaFloat>(
         d,
         dv,
     };
-    if path == AttentionPath::Materialized
-        && attention_path(
-            E::DTYPE,
-            &AttnDims {
-                tq: tq.min(1),
-                tk: tk.min(1),
-                ..dims
-            },
-        ) == AttentionPath::Materialized
-    {
+    if materializes(path, E::DTYPE, &dims) {
         return materialized_backward(q, ql, k, kl, v, vl, &di, lse, dout, dl, mask, scale, dims);
     }
     let operands = |l: &mut Launch<'_>| {

@@ -120,16 +120,14 @@ fn int(op: &str, what: &str, v: usize) -> Result<i32, CudaError> {
     })
 }
 
-/// A batch of products: `la` is `[..batch, M, K]`, `lb` is `[..batch, K, N]`
-/// (same rank >= 2, same batch dims; a batch stride of 0 repeats an
-/// operand). Returns `[..batch, M, N]`, contiguous row-major.
-pub fn gemm_batched<E: CudaFloat>(
+/// Checks a product's operands (device, dtype, layouts against lengths,
+/// ranks and dims) and returns its `(batch, M, K, N)`.
+fn product_sizes<E: CudaFloat>(
     a: &CudaBuffer<E>,
     la: &Layout,
     b: &CudaBuffer<E>,
     lb: &Layout,
-    opts: GemmOptions,
-) -> Result<CudaBuffer<E>, CudaError> {
+) -> Result<(usize, usize, usize, usize), CudaError> {
     let op = "matmul";
     let dev = a.device();
     dev.check(op, E::DTYPE)?;
@@ -144,9 +142,24 @@ pub fn gemm_batched<E: CudaFloat>(
             format!("cannot multiply {sa:?} by {sb:?}"),
         ));
     }
-    let (m, k, n) = (sa[ra - 2], sa[ra - 1], sb[rb - 1]);
-    let batch: usize = sa[..ra - 2].iter().product();
-    let mut out_dims = sa[..ra - 2].to_vec();
+    let batch = sa[..ra - 2].iter().product();
+    Ok((batch, sa[ra - 2], sa[ra - 1], sb[rb - 1]))
+}
+
+/// A batch of products: `la` is `[..batch, M, K]`, `lb` is `[..batch, K, N]`
+/// (same rank >= 2, same batch dims; a batch stride of 0 repeats an
+/// operand). Returns `[..batch, M, N]`, contiguous row-major.
+pub fn gemm_batched<E: CudaFloat>(
+    a: &CudaBuffer<E>,
+    la: &Layout,
+    b: &CudaBuffer<E>,
+    lb: &Layout,
+    opts: GemmOptions,
+) -> Result<CudaBuffer<E>, CudaError> {
+    let (batch, m, k, n) = product_sizes(a, la, b, lb)?;
+    let dev = a.device();
+    let ra = la.rank();
+    let mut out_dims = la.shape()[..ra - 2].to_vec();
     out_dims.extend([m, n]);
     if batch * m * n == 0 {
         return dev.zeros::<E>(0);
@@ -249,28 +262,14 @@ pub fn gemm_batched_acc<E: CudaFloat>(
     lb: &Layout,
     opts: GemmOptions,
 ) -> Result<CudaBuffer<E::Acc>, CudaError> {
-    let op = "matmul";
+    let (batch, m, k, n) = product_sizes(a, la, b, lb)?;
     let dev = a.device();
-    dev.check(op, E::DTYPE)?;
-    same_device(op, dev, b.device())?;
-    check_layout(op, la, a.len())?;
-    check_layout(op, lb, b.len())?;
-    let (ra, rb) = (la.rank(), lb.rank());
-    let (sa, sb) = (la.shape(), lb.shape());
-    if ra < 2 || ra != rb || sa[..ra - 2] != sb[..rb - 2] || sa[ra - 1] != sb[rb - 2] {
-        return Err(CudaError::new(
-            format!("shape check for `{op}`"),
-            format!("cannot multiply {sa:?} by {sb:?}"),
-        ));
-    }
     if matches!(E::DTYPE, DType::F8E4M3 | DType::F8E5M2) {
         return Err(CudaError::new(
             "cublasGemmStridedBatchedEx",
             format!("no compute-type product for {}", E::DTYPE),
         ));
     }
-    let (m, k, n) = (sa[ra - 2], sa[ra - 1], sb[rb - 1]);
-    let batch: usize = sa[..ra - 2].iter().product();
     if batch * m * n == 0 {
         return dev.zeros::<E::Acc>(0);
     }
