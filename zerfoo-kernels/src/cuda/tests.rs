@@ -1067,13 +1067,13 @@ fn attention_check<E: CudaFloat>(
         let what =
             |s: &str| format!("attention {s} ({path:?}, mask {mi}, {b}x{h}x{tq}x{tk}x{d}x{dv})");
         let (o, lse) = cpu::attention::attention_forward(&q, &ql, &k, &kl, &v, &vl, m, scale);
-        let (go, glse) = attention_forward_on(path, &dq_, &ql, &dk_, &kl, &dv_, &vl, &dm, scale)?;
+        let (go, glse) = attention_forward(path, &dq_, &ql, &dk_, &kl, &dv_, &vl, &dm, scale)?;
         assert_close(&what("out"), &go.to_host()?, &o, 4.0);
         assert_close_acc(&what("lse"), E::DTYPE, &glse.to_host()?, &lse);
         let (gq, gk, gv) = cpu::attention::attention_backward(
             &q, &ql, &k, &kl, &v, &vl, &o, &lse, &g, &gl, m, scale,
         );
-        let (dgq, dgk, dgv) = attention_backward_on(
+        let (dgq, dgk, dgv) = attention_backward(
             path,
             &dq_,
             &ql,
@@ -1116,8 +1116,18 @@ fn attention_edge_cases() {
         let none = dev.to_device::<f32>(&[]).unwrap();
         let m = CudaAttnMask::default();
         // no keys: zero output, -inf logsumexp
-        let (o, lse) =
-            attention_forward(&q, &l(3, 1), &none, &l(0, 1), &none, &l(0, 2), &m, 1.0).unwrap();
+        let (o, lse) = attention_forward(
+            AttentionPath::Auto,
+            &q,
+            &l(3, 1),
+            &none,
+            &l(0, 1),
+            &none,
+            &l(0, 2),
+            &m,
+            1.0,
+        )
+        .unwrap();
         assert_eq!(o.to_host().unwrap(), vec![0.0; 12]);
         assert!(lse
             .to_host()
@@ -1126,8 +1136,18 @@ fn attention_edge_cases() {
             .all(|x| *x == f32::NEG_INFINITY));
         // zero-width values: empty output, -inf logsumexp
         let k = dev.to_device(&[1.0f32; 4]).unwrap();
-        let (o, lse) =
-            attention_forward(&q, &l(3, 1), &k, &l(2, 1), &none, &l(2, 0), &m, 1.0).unwrap();
+        let (o, lse) = attention_forward(
+            AttentionPath::Auto,
+            &q,
+            &l(3, 1),
+            &k,
+            &l(2, 1),
+            &none,
+            &l(2, 0),
+            &m,
+            1.0,
+        )
+        .unwrap();
         assert!(o.is_empty());
         assert!(lse
             .to_host()
@@ -1135,14 +1155,36 @@ fn attention_edge_cases() {
             .iter()
             .all(|x| *x == f32::NEG_INFINITY));
         // disagreeing shapes and a short padding mask are errors, not panics
-        let e = attention_forward(&q, &l(3, 1), &k, &l(2, 2), &k, &l(2, 1), &m, 1.0).unwrap_err();
+        let e = attention_forward(
+            AttentionPath::Auto,
+            &q,
+            &l(3, 1),
+            &k,
+            &l(2, 2),
+            &k,
+            &l(2, 1),
+            &m,
+            1.0,
+        )
+        .unwrap_err();
         assert!(e.call.contains("shape check"), "{e}");
         let pad = dev.to_device(&[false]).unwrap();
         let pm = CudaAttnMask {
             padding: Some(&pad),
             ..Default::default()
         };
-        assert!(attention_forward(&q, &l(3, 1), &k, &l(2, 1), &k, &l(2, 1), &pm, 1.0).is_err());
+        assert!(attention_forward(
+            AttentionPath::Auto,
+            &q,
+            &l(3, 1),
+            &k,
+            &l(2, 1),
+            &k,
+            &l(2, 1),
+            &pm,
+            1.0
+        )
+        .is_err());
     }
 }
 

@@ -120,7 +120,7 @@ mod cuda_impl {
         ) -> Result<(CudaBuffer<E>, CudaBuffer<E::Acc>), DeviceError> {
             let mut pad = None;
             let m = upload(self, mask, &mut pad)?;
-            k::attention_forward(q, ql, kb, kl, v, vl, &m, scale)
+            k::attention_forward(k::AttentionPath::Auto, q, ql, kb, kl, v, vl, &m, scale)
         }
 
         fn attention_backward<E: FloatDtype>(
@@ -140,7 +140,21 @@ mod cuda_impl {
         ) -> Result<AttentionGrads<CudaBuffer<E>>, DeviceError> {
             let mut pad = None;
             let m = upload(self, mask, &mut pad)?;
-            k::attention_backward(q, ql, kb, kl, v, vl, out, lse, dout, dl, &m, scale)
+            k::attention_backward(
+                k::AttentionPath::Auto,
+                q,
+                ql,
+                kb,
+                kl,
+                v,
+                vl,
+                out,
+                lse,
+                dout,
+                dl,
+                &m,
+                scale,
+            )
         }
     }
 }

@@ -148,6 +148,8 @@ fn neg_inf_lse<E: CudaFloat>(
 /// How attention runs on the GPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttentionPath {
+    /// Whichever [`attention_path`] picks for the call's dtype and sizes.
+    Auto,
     /// The fused kernels: the `T x T` scores never exist (memory linear in
     /// the sequence length), CUDA cores only.
     Fused,
@@ -190,8 +192,9 @@ pub fn attention_path(dt: DType, dims: &AttnDims) -> AttentionPath {
     }
 }
 
-/// Whether a call asking for `path` materializes: asked to, in a dtype and
-/// at sizes the materialized path takes (the score budget aside).
+/// Whether a call asking for `path` materializes: [`AttentionPath::Auto`]
+/// as [`attention_path`] says; an explicit `Materialized` in a dtype and at
+/// sizes the materialized path takes (the score budget aside).
 fn materializes(path: AttentionPath, dt: DType, dims: &AttnDims) -> bool {
     let one = AttnDims {
         b: dims.b.min(1),
@@ -200,34 +203,22 @@ fn materializes(path: AttentionPath, dt: DType, dims: &AttnDims) -> bool {
         tk: dims.tk.min(1),
         ..*dims
     };
-    path == AttentionPath::Materialized && attention_path(dt, &one) == AttentionPath::Materialized
+    match path {
+        AttentionPath::Auto => attention_path(dt, dims) == AttentionPath::Materialized,
+        AttentionPath::Materialized => attention_path(dt, &one) == AttentionPath::Materialized,
+        AttentionPath::Fused => false,
+    }
 }
 
-/// Attention forward: `softmax(mask(scale · q kᵀ)) v`, returning the
-/// output `(B, H, Tq, Dv)` (contiguous) and the per-row logsumexp
+/// Attention forward on `path`: `softmax(mask(scale · q kᵀ)) v`, returning
+/// the output `(B, H, Tq, Dv)` (contiguous) and the per-row logsumexp
 /// `(B, H, Tq)` of the scaled, masked scores (compute type; `-inf` for a
 /// row that sees no key, whose output is zero), which
-/// [`attention_backward`] needs. Takes the path [`attention_path`] picks.
+/// [`attention_backward`] needs. An explicit
+/// [`AttentionPath::Materialized`] falls back to the fused kernels for fp8
+/// and for empty sizes.
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub fn attention_forward<E: CudaFloat>(
-    q: &CudaBuffer<E>,
-    ql: &Layout,
-    k: &CudaBuffer<E>,
-    kl: &Layout,
-    v: &CudaBuffer<E>,
-    vl: &Layout,
-    mask: &CudaAttnMask<'_>,
-    scale: f64,
-) -> Result<(CudaBuffer<E>, CudaBuffer<E::Acc>), CudaError> {
-    let dims = dims_of("attention", q, ql, k, kl, v, vl, mask)?;
-    let path = attention_path(E::DTYPE, &dims);
-    attention_forward_on(path, q, ql, k, kl, v, vl, mask, scale)
-}
-
-/// [`attention_forward`] on a chosen path ([`AttentionPath::Materialized`]
-/// falls back to the fused kernels for fp8 and for empty sizes).
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
-pub fn attention_forward_on<E: CudaFloat>(
     path: AttentionPath,
     q: &CudaBuffer<E>,
     ql: &Layout,
@@ -282,36 +273,14 @@ pub fn attention_forward_on<E: CudaFloat>(
     Ok((out, lse))
 }
 
-/// Attention backward: from the upstream gradient `dout` (any layout,
-/// `(B, H, Tq, Dv)`), the forward's contiguous output `out` and logsumexp
-/// `lse`, returns `(dq, dk, dv)`, contiguous, shaped like `q`, `k`, `v`.
-/// The probabilities are recomputed from `lse` (FlashAttention-2):
-/// `Di = rowsum(dO ∘ O)`, `dS = P ∘ (dO vᵀ − Di)`, `dq = scale · dS k`,
-/// `dk = scale · dSᵀ q`, `dv = Pᵀ dO`. Takes the path [`attention_path`]
-/// picks.
+/// Attention backward on `path`: from the upstream gradient `dout` (any
+/// layout, `(B, H, Tq, Dv)`), the forward's contiguous output `out` and
+/// logsumexp `lse`, returns `(dq, dk, dv)`, contiguous, shaped like `q`,
+/// `k`, `v`. The probabilities are recomputed from `lse`
+/// (FlashAttention-2): `Di = rowsum(dO ∘ O)`, `dS = P ∘ (dO vᵀ − Di)`,
+/// `dq = scale · dS k`, `dk = scale · dSᵀ q`, `dv = Pᵀ dO`.
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub fn attention_backward<E: CudaFloat>(
-    q: &CudaBuffer<E>,
-    ql: &Layout,
-    k: &CudaBuffer<E>,
-    kl: &Layout,
-    v: &CudaBuffer<E>,
-    vl: &Layout,
-    out: &CudaBuffer<E>,
-    lse: &CudaBuffer<E::Acc>,
-    dout: &CudaBuffer<E>,
-    dl: &Layout,
-    mask: &CudaAttnMask<'_>,
-    scale: f64,
-) -> Result<(CudaBuffer<E>, CudaBuffer<E>, CudaBuffer<E>), CudaError> {
-    let dims = dims_of("attention backward", q, ql, k, kl, v, vl, mask)?;
-    let path = attention_path(E::DTYPE, &dims);
-    attention_backward_on(path, q, ql, k, kl, v, vl, out, lse, dout, dl, mask, scale)
-}
-
-/// [`attention_backward`] on a chosen path (as [`attention_forward_on`]).
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
-pub fn attention_backward_on<E: CudaFloat>(
     path: AttentionPath,
     q: &CudaBuffer<E>,
     ql: &Layout,

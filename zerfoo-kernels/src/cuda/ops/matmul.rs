@@ -146,6 +146,21 @@ fn product_sizes<E: CudaFloat>(
     Ok((batch, sa[ra - 2], sa[ra - 1], sb[rb - 1]))
 }
 
+/// The result of a product with nothing to multiply: no elements, or zeros
+/// when the depth is 0. `None` when there is work for cuBLAS.
+fn empty_product<C: CudaDtype>(
+    dev: &CudaDevice,
+    (batch, m, k, n): (usize, usize, usize, usize),
+) -> Option<Result<CudaBuffer<C>, CudaError>> {
+    if batch * m * n == 0 {
+        Some(dev.zeros::<C>(0))
+    } else if k == 0 {
+        Some(dev.zeros::<C>(batch * m * n))
+    } else {
+        None
+    }
+}
+
 /// A batch of products: `la` is `[..batch, M, K]`, `lb` is `[..batch, K, N]`
 /// (same rank >= 2, same batch dims; a batch stride of 0 repeats an
 /// operand). Returns `[..batch, M, N]`, contiguous row-major.
@@ -157,16 +172,12 @@ pub fn gemm_batched<E: CudaFloat>(
     opts: GemmOptions,
 ) -> Result<CudaBuffer<E>, CudaError> {
     let (batch, m, k, n) = product_sizes(a, la, b, lb)?;
-    let dev = a.device();
+    if let Some(empty) = empty_product(a.device(), (batch, m, k, n)) {
+        return empty;
+    }
     let ra = la.rank();
     let mut out_dims = la.shape()[..ra - 2].to_vec();
     out_dims.extend([m, n]);
-    if batch * m * n == 0 {
-        return dev.zeros::<E>(0);
-    }
-    if k == 0 {
-        return dev.zeros::<E>(batch * m * n);
-    }
     if let Some((la1, lb1)) = fold_batch_into_rows(la, lb) {
         // `[batch, M, K] x shared [K, N]` as one `[batch·M, K] x [K, N]`
         // product (same output memory): one large GEMM, not `batch` small ones.
@@ -270,11 +281,8 @@ pub fn gemm_batched_acc<E: CudaFloat>(
             format!("no compute-type product for {}", E::DTYPE),
         ));
     }
-    if batch * m * n == 0 {
-        return dev.zeros::<E::Acc>(0);
-    }
-    if k == 0 {
-        return dev.zeros::<E::Acc>(batch * m * n);
+    if let Some(empty) = empty_product(dev, (batch, m, k, n)) {
+        return empty;
     }
     cublas_gemm(a, la, b, lb, opts, (batch, m, k, n), |x: E::Acc| x)
 }
