@@ -32,17 +32,17 @@ pub fn exp_f32(x: f32) -> f32 {
     // x86, and masked attention scores (-inf) would pay it for every
     // hidden key.
     let xc = if x < LO { 0.0 } else { x.clamp(LO, HI) };
-    let k = xc * LOG2E + MAGIC;
+    let k = xc.mul_add(LOG2E, MAGIC);
     let n = k - MAGIC;
     let ni = (k.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
-    let r = xc - n * LN2_HI - n * LN2_LO;
+    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, xc));
     let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 0.166_666_65;
-    p = p * r + 0.5;
-    let er = p * (r * r) + r + 1.0;
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 0.166_666_65);
+    p = p.mul_add(r, 0.5);
+    let er = p.mul_add(r * r, r) + 1.0;
     // n spans [-150, 128], beyond one exponent field: scale in two halves.
     let a = ni >> 1;
     let b = ni - a;
@@ -71,17 +71,17 @@ pub fn erf_f32(x: f32) -> f32 {
     let xc = x.clamp(-4.0, 4.0);
     let x2 = xc * xc;
     let mut p = -2.726_142_3e-10f32;
-    p = p * x2 + 2.770_681_4e-8;
-    p = p * x2 - 2.101_024e-6;
-    p = p * x2 - 5.692_506_4e-5;
-    p = p * x2 - 7.349_906e-4;
-    p = p * x2 - 2.954_600_1e-3;
-    p = p * x2 - 1.609_603_4e-2;
+    p = p.mul_add(x2, 2.770_681_4e-8);
+    p = p.mul_add(x2, -2.101_024e-6);
+    p = p.mul_add(x2, -5.692_506_4e-5);
+    p = p.mul_add(x2, -7.349_906e-4);
+    p = p.mul_add(x2, -2.954_600_1e-3);
+    p = p.mul_add(x2, -1.609_603_4e-2);
     let mut q = -1.456_607_2e-5f32;
-    q = q * x2 - 2.133_740_6e-4;
-    q = q * x2 - 1.682_827e-3;
-    q = q * x2 - 7.373_329_3e-3;
-    q = q * x2 - 1.426_474e-2;
+    q = q.mul_add(x2, -2.133_740_6e-4);
+    q = q.mul_add(x2, -1.682_827e-3);
+    q = q.mul_add(x2, -7.373_329_3e-3);
+    q = q.mul_add(x2, -1.426_474e-2);
     let y = xc * p / q;
     // Past 3.92, 1 - erf(x) is below half an ulp of 1: the rounded result is ±1.
     let y = if xc.abs() >= 3.92 {

@@ -10,6 +10,9 @@ pub trait UnaryOp: Copy + Send + Sync + 'static {
     fn f<A: Real>(&self, x: A) -> A;
     /// `dy/dx` at `x`, given `y = f(x)` (many derivatives are cheaper from `y`).
     fn df<A: Real>(&self, x: A, y: A) -> A;
+    /// Whether [`UnaryOp::df`] reads `y`; when it does not, the backward
+    /// pass does not read the saved output at all (one memory pass less).
+    const USES_Y: bool = true;
     /// The op's code in the device kernels (`cuda/kernels/unary.cu`) and up
     /// to two constants; `None` for an op only the CPU runs (a device then
     /// reports an error naming the op).
@@ -37,6 +40,20 @@ pub fn unary_backward<E: FloatDtype, O: UnaryOp>(
     grad_y: &[E],
 ) -> Vec<E> {
     let contiguous = Layout::contiguous(x_layout.shape());
+    if !O::USES_Y {
+        return crate::cpu::zip_map(
+            x,
+            x_layout,
+            grad_y,
+            &contiguous,
+            #[inline(always)]
+            |x, g| {
+                let x = x.to_acc();
+                // `df` ignores its `y` (`USES_Y` is false).
+                E::from_acc(g.to_acc() * op.df(x, x))
+            },
+        );
+    }
     crate::cpu::zip3_map(
         x,
         x_layout,
@@ -53,12 +70,19 @@ pub fn unary_backward<E: FloatDtype, O: UnaryOp>(
 }
 
 macro_rules! unary_op {
+    ($(#[$m:meta])* $name:ident, $text:literal, $code:literal, |$x:ident| $f:expr, |$dx:ident, _| $df:expr) => {
+        unary_op!(@def $(#[$m])* $name, $text, $code, |$x| $f, |$dx, _y| $df, false);
+    };
     ($(#[$m:meta])* $name:ident, $text:literal, $code:literal, |$x:ident| $f:expr, |$dx:ident, $dy:ident| $df:expr) => {
+        unary_op!(@def $(#[$m])* $name, $text, $code, |$x| $f, |$dx, $dy| $df, true);
+    };
+    (@def $(#[$m:meta])* $name:ident, $text:literal, $code:literal, |$x:ident| $f:expr, |$dx:ident, $dy:ident| $df:expr, $uses_y:literal) => {
         $(#[$m])*
         #[derive(Clone, Copy, Debug, Default)]
         pub struct $name;
         impl UnaryOp for $name {
             const NAME: &'static str = $text;
+            const USES_Y: bool = $uses_y;
             fn device_code(&self) -> Option<(i32, f64, f64)> {
                 Some(($code, 0.0, 0.0))
             }
@@ -80,30 +104,30 @@ fn c<A: Real>(v: f64) -> A {
 }
 
 unary_op!(/// `-x`
-    Neg, "neg", 0, |x| -x, |x, y| -A::one());
+    Neg, "neg", 0, |x| -x, |x, _| -A::one());
 unary_op!(/// `|x|` (derivative `sign(x)`, 0 at 0 as in PyTorch)
-    Abs, "abs", 1, |x| x.abs(), |x, y| if x > A::zero() { A::one() } else if x < A::zero() { -A::one() } else { A::zero() });
+    Abs, "abs", 1, |x| x.abs(), |x, _| if x > A::zero() { A::one() } else if x < A::zero() { -A::one() } else { A::zero() });
 unary_op!(/// `e^x`
     Exp, "exp", 2, |x| x.fast_exp(), |x, y| y);
 unary_op!(/// natural log
-    Log, "log", 3, |x| x.ln(), |x, y| x.recip());
+    Log, "log", 3, |x| x.ln(), |x, _| x.recip());
 unary_op!(/// `√x`
     Sqrt, "sqrt", 4, |x| x.sqrt(), |x, y| c::<A>(0.5) / y);
 unary_op!(/// `1/√x`
     Rsqrt, "rsqrt", 5, |x| x.sqrt().recip(), |x, y| c::<A>(-0.5) * y * y * y);
 unary_op!(/// sine
-    Sin, "sin", 6, |x| x.sin(), |x, y| x.cos());
+    Sin, "sin", 6, |x| x.sin(), |x, _| x.cos());
 unary_op!(/// cosine
-    Cos, "cos", 7, |x| x.cos(), |x, y| -x.sin());
+    Cos, "cos", 7, |x| x.cos(), |x, _| -x.sin());
 unary_op!(/// hyperbolic tangent
     Tanh, "tanh", 8, |x| x.tanh(), |x, y| A::one() - y * y);
 unary_op!(/// logistic sigmoid `1/(1+e^-x)`
     Sigmoid, "sigmoid", 9, |x| sigmoid(x), |x, y| y * (A::one() - y));
 unary_op!(/// `max(x, 0)` (derivative 0 at 0 as in PyTorch)
-    Relu, "relu", 10, |x| if x > A::zero() { x } else { A::zero() }, |x, y| if x > A::zero() { A::one() } else { A::zero() });
+    Relu, "relu", 10, |x| if x > A::zero() { x } else { A::zero() }, |x, _| if x > A::zero() { A::one() } else { A::zero() });
 unary_op!(/// GELU, exact form `x Φ(x)` with the error function
 GeluErf, "gelu", 11, |x| c::<A>(0.5) * x * (A::one() + (x * c::<A>(core::f64::consts::FRAC_1_SQRT_2)).erf()),
-|x, y| {
+|x, _| {
     let cdf = c::<A>(0.5) * (A::one() + (x * c::<A>(core::f64::consts::FRAC_1_SQRT_2)).erf());
     let pdf = (c::<A>(-0.5) * x * x).fast_exp() * c::<A>(0.398_942_280_401_432_7);
     cdf + x * pdf
@@ -113,7 +137,7 @@ GeluTanh, "gelu_tanh", 12, |x| {
     let k = c::<A>(0.797_884_560_802_865_4); // sqrt(2/pi)
     c::<A>(0.5) * x * (A::one() + (k * (x + c::<A>(0.044715) * x * x * x)).tanh())
 },
-|x, y| {
+|x, _| {
     let k = c::<A>(0.797_884_560_802_865_4);
     let inner = k * (x + c::<A>(0.044715) * x * x * x);
     let t = inner.tanh();
@@ -121,9 +145,9 @@ GeluTanh, "gelu_tanh", 12, |x| {
     c::<A>(0.5) * (A::one() + t) + c::<A>(0.5) * x * (A::one() - t * t) * dinner
 });
 unary_op!(/// SiLU / swish `x σ(x)`
-    Silu, "silu", 13, |x| x * sigmoid(x), |x, y| { let s = sigmoid(x); s * (A::one() + x * (A::one() - s)) });
+    Silu, "silu", 13, |x| x * sigmoid(x), |x, _| { let s = sigmoid(x); s * (A::one() + x * (A::one() - s)) });
 unary_op!(/// `x²`
-    Square, "square", 14, |x| x * x, |x, y| c::<A>(2.0) * x);
+    Square, "square", 14, |x| x * x, |x, _| c::<A>(2.0) * x);
 
 #[inline(always)]
 fn sigmoid<A: Real>(x: A) -> A {
@@ -140,6 +164,7 @@ fn sigmoid<A: Real>(x: A) -> A {
 #[derive(Clone, Copy, Debug)]
 pub struct Powf(pub f64);
 impl UnaryOp for Powf {
+    const USES_Y: bool = false;
     const NAME: &'static str = "powf";
     fn device_code(&self) -> Option<(i32, f64, f64)> {
         Some((15, self.0, 0.0))
@@ -160,6 +185,7 @@ impl UnaryOp for Powf {
 #[derive(Clone, Copy, Debug)]
 pub struct Clamp(pub f64, pub f64);
 impl UnaryOp for Clamp {
+    const USES_Y: bool = false;
     const NAME: &'static str = "clamp";
     fn device_code(&self) -> Option<(i32, f64, f64)> {
         Some((16, self.0, self.1))
@@ -180,6 +206,7 @@ impl UnaryOp for Clamp {
 #[derive(Clone, Copy, Debug)]
 pub struct AddScalar(pub f64);
 impl UnaryOp for AddScalar {
+    const USES_Y: bool = false;
     const NAME: &'static str = "add_scalar";
     fn device_code(&self) -> Option<(i32, f64, f64)> {
         Some((17, self.0, 0.0))
@@ -196,6 +223,7 @@ impl UnaryOp for AddScalar {
 #[derive(Clone, Copy, Debug)]
 pub struct MulScalar(pub f64);
 impl UnaryOp for MulScalar {
+    const USES_Y: bool = false;
     const NAME: &'static str = "mul_scalar";
     fn device_code(&self) -> Option<(i32, f64, f64)> {
         Some((18, self.0, 0.0))
@@ -212,6 +240,7 @@ impl UnaryOp for MulScalar {
 #[derive(Clone, Copy, Debug)]
 pub struct ScalarDiv(pub f64);
 impl UnaryOp for ScalarDiv {
+    const USES_Y: bool = false;
     const NAME: &'static str = "scalar_div";
     fn device_code(&self) -> Option<(i32, f64, f64)> {
         Some((19, self.0, 0.0))
@@ -244,6 +273,7 @@ impl UnaryOp for ScalarPow {
 #[derive(Clone, Copy, Debug)]
 pub struct MaxScalar(pub f64);
 impl UnaryOp for MaxScalar {
+    const USES_Y: bool = false;
     const NAME: &'static str = "maximum_scalar";
     fn device_code(&self) -> Option<(i32, f64, f64)> {
         Some((21, self.0, 0.0))
@@ -260,6 +290,7 @@ impl UnaryOp for MaxScalar {
 #[derive(Clone, Copy, Debug)]
 pub struct MinScalar(pub f64);
 impl UnaryOp for MinScalar {
+    const USES_Y: bool = false;
     const NAME: &'static str = "minimum_scalar";
     fn device_code(&self) -> Option<(i32, f64, f64)> {
         Some((22, self.0, 0.0))
@@ -324,6 +355,64 @@ mod tests {
         check(Clamp(-1.0, 1.0), &xs);
         check(ScalarDiv(2.0), &pos);
         check(ScalarPow(1.7), &xs);
+    }
+
+    /// An op that says its derivative ignores `y` really does: the backward
+    /// pass then never reads the saved output.
+    #[test]
+    fn ops_without_y_ignore_it() {
+        fn check<O: UnaryOp>(op: O) {
+            assert!(!O::USES_Y, "{}", O::NAME);
+            for x in [-2.3f64, -0.7, 0.3, 1.1, 2.9] {
+                let want = op.df(x, op.f(x));
+                assert_eq!(op.df(x, 12345.0).to_bits(), want.to_bits(), "{}", O::NAME);
+            }
+        }
+        check(Neg);
+        check(Abs);
+        check(Log);
+        check(Sin);
+        check(Cos);
+        check(Relu);
+        check(GeluErf);
+        check(GeluTanh);
+        check(Silu);
+        check(Square);
+        check(Powf(2.5));
+        check(Clamp(-1.0, 1.0));
+        check(AddScalar(0.5));
+        check(MulScalar(-3.0));
+        check(ScalarDiv(2.0));
+        check(MaxScalar(0.3));
+        check(MinScalar(0.3));
+        assert!(!GeluErf::USES_Y && Tanh::USES_Y && Exp::USES_Y && Sigmoid::USES_Y);
+    }
+
+    /// Both backward paths (with and without the saved output) against
+    /// `grad_y * df(x, y)` element by element, on a transposed input.
+    #[test]
+    fn backward_matches_elementwise_on_any_layout() {
+        fn check<O: UnaryOp>(op: O) {
+            let (r, c) = (67, 129);
+            let x: Vec<f32> = (0..r * c).map(|i| ((i * 37) % 401) as f32 / 80.0 - 2.5).collect();
+            let mut lx = Layout::contiguous(&[r, c]);
+            lx.swap_axes(0, 1);
+            let y = unary_forward(op, &x, &lx);
+            let g: Vec<f32> = (0..r * c).map(|i| ((i * 11) % 17) as f32 / 8.0 - 1.0).collect();
+            let got = unary_backward(op, &x, &lx, &y, &g);
+            for i in 0..c {
+                for j in 0..r {
+                    let k = i * r + j;
+                    let xv = x[j * c + i];
+                    let want = g[k] * op.df(xv, y[k]);
+                    assert_eq!(got[k].to_bits(), want.to_bits(), "{} at {i},{j}", O::NAME);
+                }
+            }
+        }
+        check(GeluErf);
+        check(Tanh);
+        check(Relu);
+        check(Sigmoid);
     }
 
     #[test]
