@@ -24,8 +24,8 @@
 use std::any::{Any, TypeId};
 use std::borrow::Cow;
 
+use super::threads::{for_each_chunk_mut, run_tasks, SyncPtr};
 use num_traits::{Float, Zero};
-use rayon::prelude::*;
 
 use super::simd::{lane_max, lane_sum_of, lane_sum_zip, vectorized};
 use super::PAR_THRESHOLD;
@@ -374,15 +374,22 @@ pub fn attention_forward<E: FloatDtype>(
         }
     };
     if rows * tk * (d + dv) >= PAR_THRESHOLD {
-        out.par_chunks_mut(tq * dv)
-            .zip(lse.par_chunks_mut(tq))
-            .enumerate()
-            .for_each(|(bh, (o, l))| {
-                o.par_chunks_mut(QUERY_BLOCK * dv)
-                    .zip(l.par_chunks_mut(QUERY_BLOCK))
-                    .enumerate()
-                    .for_each(|(qb, (oc, lc))| block(bh, qb, oc, lc));
-            });
+        // One task per (head, query block).
+        let qblocks = tq.div_ceil(QUERY_BLOCK);
+        let (outp, lsep) = (SyncPtr(out.as_mut_ptr()), SyncPtr(lse.as_mut_ptr()));
+        run_tasks(rows.div_ceil(tq) * qblocks, |t| {
+            let (bh, qb) = (t / qblocks, t % qblocks);
+            let (i0, bq) = (qb * QUERY_BLOCK, QUERY_BLOCK.min(tq - qb * QUERY_BLOCK));
+            // SAFETY: rows `i0..i0 + bq` of head `bh` in `out` (`dv` values
+            // each) and in `lse`: this task's alone (each `t` runs once).
+            let (oc, lc) = unsafe {
+                (
+                    core::slice::from_raw_parts_mut(outp.get().add((bh * tq + i0) * dv), bq * dv),
+                    core::slice::from_raw_parts_mut(lsep.get().add(bh * tq + i0), bq),
+                )
+            };
+            block(bh, qb, oc, lc);
+        });
     } else {
         for (bh, (o, l)) in out.chunks_mut(tq * dv).zip(lse.chunks_mut(tq)).enumerate() {
             for (qb, (oc, lc)) in o
@@ -548,7 +555,10 @@ pub fn attention_backward<E: FloatDtype>(
         .enumerate()
         .collect();
     if rows * tk * (3 * d + 2 * dv) >= PAR_THRESHOLD {
-        parts.into_par_iter().for_each(head);
+        let mut parts: Vec<Option<_>> = parts.into_iter().map(Some).collect();
+        for_each_chunk_mut(&mut parts, 1, |(_, p)| {
+            head(p[0].take().expect("each head once"))
+        });
     } else {
         parts.into_iter().for_each(head);
     }

@@ -2,7 +2,7 @@
 
 use core::mem::MaybeUninit;
 
-use rayon::prelude::*;
+use super::threads::for_each_chunk_mut;
 
 use super::simd::vectorized;
 use super::{for_each_chunk, CHUNK, PAR_THRESHOLD};
@@ -65,9 +65,10 @@ where
             )
         };
         if n >= PAR_THRESHOLD {
-            out.par_chunks_mut(CHUNK)
-                .zip(s.par_chunks(CHUNK))
-                .for_each(body);
+            for_each_chunk_mut(out, CHUNK, |(i, o)| {
+                let len = o.len();
+                body((o, &s[i * CHUNK..][..len]))
+            });
         } else {
             body((out, s));
         }
@@ -144,10 +145,7 @@ where
         return true;
     }
     if out.len() >= PAR_THRESHOLD && blocks.len() > 1 {
-        blocks
-            .into_par_iter()
-            .zip(out.par_chunks_mut(per))
-            .for_each(block);
+        for_each_chunk_mut(out, per, |(i, o)| block((blocks[i], o)));
     } else {
         blocks.into_iter().zip(out.chunks_mut(per)).for_each(block);
     }
@@ -200,10 +198,10 @@ fn zip_map_uninit<A, B, O, F>(
             )
         };
         if n >= PAR_THRESHOLD {
-            out.par_chunks_mut(CHUNK)
-                .zip(a.par_chunks(CHUNK))
-                .zip(b.par_chunks(CHUNK))
-                .for_each(body);
+            for_each_chunk_mut(out, CHUNK, |(i, o)| {
+                let r = i * CHUNK..i * CHUNK + o.len();
+                body(((o, &a[r.clone()]), &b[r]))
+            });
         } else {
             body(((out, a), b));
         }

@@ -34,9 +34,8 @@ pub const CHUNK: usize = 1 << 13;
 /// Each element belongs to exactly one chunk, so results never depend on
 /// the thread count.
 pub fn for_each_chunk<O: Send>(out: &mut [O], body: impl Fn((usize, &mut [O])) + Sync + Send) {
-    use rayon::prelude::*;
     if out.len() >= PAR_THRESHOLD {
-        out.par_chunks_mut(CHUNK).enumerate().for_each(body);
+        threads::for_each_chunk_mut(out, CHUNK, body);
     } else {
         out.chunks_mut(CHUNK).enumerate().for_each(body);
     }

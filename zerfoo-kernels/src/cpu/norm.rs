@@ -8,8 +8,8 @@
 //! the thread count) and the block partials are added in order, so results
 //! are deterministic.
 
+use super::threads::map_chunks_mut;
 use num_traits::{Float, One, Zero};
-use rayon::prelude::*;
 
 use super::simd::{lane_sum_of, lane_sum_zip, vectorized};
 use super::softmax::{rows_map, AxisRows};
@@ -234,10 +234,7 @@ pub fn norm_backward<E: FloatDtype>(
         (dw, db)
     };
     let partials: Vec<Partial<E::Acc>> = if count * n >= PAR_THRESHOLD && count > 1 {
-        gx.par_chunks_mut(per_block * n)
-            .enumerate()
-            .map(body)
-            .collect()
+        map_chunks_mut(&mut gx, per_block * n, body)
     } else {
         gx.chunks_mut(per_block * n).enumerate().map(body).collect()
     };

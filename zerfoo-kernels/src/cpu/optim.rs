@@ -8,6 +8,8 @@
 use num_traits::Float;
 use rayon::prelude::*;
 
+use super::threads::{map_tasks, run_tasks};
+
 use super::simd::vectorized;
 use super::CHUNK;
 
@@ -333,7 +335,10 @@ pub fn run_updates(updates: &[QueuedUpdate]) {
         .flat_map(|(u, q)| (0..q.chunks).map(move |c| (u, c)))
         .collect();
     if pieces.len() > 1 {
-        pieces.par_iter().for_each(|&(u, c)| (updates[u].run)(c));
+        run_tasks(pieces.len(), |i| {
+            let (u, c) = pieces[i];
+            (updates[u].run)(c)
+        });
     } else {
         pieces.iter().for_each(|&(u, c)| (updates[u].run)(c));
     }
@@ -365,7 +370,9 @@ pub fn sum_squares<E: FloatDtype>(x: &[E]) -> f64 {
         acc.iter().sum::<f64>() + tail
     }
     let partial: Vec<f64> = if x.len() >= OPT_PAR {
-        x.par_chunks(CHUNK).map(chunk).collect()
+        map_tasks(x.len().div_ceil(CHUNK), |i| {
+            chunk(&x[i * CHUNK..x.len().min((i + 1) * CHUNK)])
+        })
     } else {
         x.chunks(CHUNK).map(chunk).collect()
     };

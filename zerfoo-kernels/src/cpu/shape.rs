@@ -8,6 +8,8 @@
 
 use rayon::prelude::*;
 
+use super::threads::for_each_chunk_mut;
+
 use super::{CHUNK, PAR_THRESHOLD};
 use crate::{FloatDtype, Layout};
 
@@ -31,7 +33,7 @@ pub fn copy_range<E: Copy + Send + Sync>(src: &[E], layout: &Layout, start: usiz
         });
     };
     if dst.len() >= PAR_THRESHOLD {
-        dst.par_chunks_mut(CHUNK).enumerate().for_each(body);
+        for_each_chunk_mut(dst, CHUNK, body);
     } else {
         dst.chunks_mut(CHUNK).enumerate().for_each(body);
     }
@@ -84,7 +86,7 @@ pub fn concat<E: Copy + Default + Send + Sync>(parts: &[(&[E], &Layout)], axis: 
         }
     };
     if n >= PAR_THRESHOLD && outer > 1 {
-        out.par_chunks_mut(row).enumerate().for_each(body);
+        for_each_chunk_mut(&mut out, row, body);
     } else {
         out.chunks_mut(row).enumerate().for_each(body);
     }

@@ -6,8 +6,8 @@
 //! driver shared with the normalization kernels: it hands each row to a
 //! closure and writes a contiguous output in the original order.
 
+use super::threads::for_each_chunk_pair_mut;
 use num_traits::{Float, Zero};
-use rayon::prelude::*;
 
 use super::simd::vectorized;
 use super::{map_into, CHUNK, PAR_THRESHOLD};
@@ -93,10 +93,9 @@ where
         }
     };
     if total >= PAR_THRESHOLD && count > 1 {
-        buf.par_chunks_mut(per_task * n)
-            .zip(stats.par_chunks_mut(per_task))
-            .enumerate()
-            .for_each(body);
+        for_each_chunk_pair_mut(&mut buf, per_task * n, &mut stats, per_task, |(t, o, s)| {
+            body((t, (o, s)))
+        });
     } else {
         buf.chunks_mut(per_task * n)
             .zip(stats.chunks_mut(per_task))

@@ -385,7 +385,7 @@ mod tests {
         check(ScalarDiv(2.0));
         check(MaxScalar(0.3));
         check(MinScalar(0.3));
-        assert!(!GeluErf::USES_Y && Tanh::USES_Y && Exp::USES_Y && Sigmoid::USES_Y);
+        const { assert!(!GeluErf::USES_Y && Tanh::USES_Y && Exp::USES_Y && Sigmoid::USES_Y) };
     }
 
     /// Both backward paths (with and without the saved output) against
@@ -394,11 +394,15 @@ mod tests {
     fn backward_matches_elementwise_on_any_layout() {
         fn check<O: UnaryOp>(op: O) {
             let (r, c) = (67, 129);
-            let x: Vec<f32> = (0..r * c).map(|i| ((i * 37) % 401) as f32 / 80.0 - 2.5).collect();
+            let x: Vec<f32> = (0..r * c)
+                .map(|i| ((i * 37) % 401) as f32 / 80.0 - 2.5)
+                .collect();
             let mut lx = Layout::contiguous(&[r, c]);
             lx.swap_axes(0, 1);
             let y = unary_forward(op, &x, &lx);
-            let g: Vec<f32> = (0..r * c).map(|i| ((i * 11) % 17) as f32 / 8.0 - 1.0).collect();
+            let g: Vec<f32> = (0..r * c)
+                .map(|i| ((i * 11) % 17) as f32 / 8.0 - 1.0)
+                .collect();
             let got = unary_backward(op, &x, &lx, &y, &g);
             for i in 0..c {
                 for j in 0..r {

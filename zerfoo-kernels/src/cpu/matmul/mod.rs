@@ -48,7 +48,7 @@ mod tests;
 use core::mem::MaybeUninit;
 use std::any::TypeId;
 
-use rayon::prelude::*;
+use super::threads::{for_each_chunk_mut, run_tasks};
 
 use crate::cpu::simd::vectorized;
 
@@ -192,9 +192,7 @@ fn gemm_batched_with<E: FloatDtype, K: Packing<E>>(
             one(bi, o, 1);
         }
     } else if batch > 1 && (macs < PAR_MACS || batch >= threads) {
-        out.par_chunks_mut(m * n)
-            .enumerate()
-            .for_each(|(bi, o)| one(bi, o, 1));
+        for_each_chunk_mut(out, m * n, |(bi, o)| one(bi, o, 1));
     } else {
         for (bi, o) in out.chunks_exact_mut(m * n).enumerate() {
             one(bi, o, threads);
@@ -552,24 +550,21 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
         // SAFETY: `MaybeUninit` needs no initialization; every block writes all of its part.
         unsafe { parts.set_len((depth_blocks - 1) * m * n) };
         let pptr = SendPtr(parts.as_mut_ptr().cast::<E::Acc>());
-        (0..depth_blocks)
-            .into_par_iter()
-            .with_max_len(1)
-            .for_each(|blk| {
-                let (p0, p1) = (blk * kcb, ((blk + 1) * kcb).min(k));
-                let depth = Operands {
-                    a_cols: &ops.a_cols[p0..p1],
-                    b_rows: &ops.b_rows[p0..p1],
-                    ..*ops
-                };
-                let (dst, ow) = match blk {
-                    0 => (cptr, overwrite),
-                    // SAFETY: part `blk - 1` of `parts` (`m * n` values) is this block's alone.
-                    _ => (SendPtr(unsafe { pptr.get().add((blk - 1) * m * n) }), true),
-                };
-                // SAFETY: `dst` is an `[M, N]` result only this block writes.
-                unsafe { blocked_cols::<E, K>(&depth, dst, (0, n), 1, kern, direct, ow, fin) };
-            });
+        run_tasks(depth_blocks, |blk| {
+            let (p0, p1) = (blk * kcb, ((blk + 1) * kcb).min(k));
+            let depth = Operands {
+                a_cols: &ops.a_cols[p0..p1],
+                b_rows: &ops.b_rows[p0..p1],
+                ..*ops
+            };
+            let (dst, ow) = match blk {
+                0 => (cptr, overwrite),
+                // SAFETY: part `blk - 1` of `parts` (`m * n` values) is this block's alone.
+                _ => (SendPtr(unsafe { pptr.get().add((blk - 1) * m * n) }), true),
+            };
+            // SAFETY: `dst` is an `[M, N]` result only this block writes.
+            unsafe { blocked_cols::<E, K>(&depth, dst, (0, n), 1, kern, direct, ow, fin) };
+        });
         // SAFETY: every part was written in full above.
         let parts =
             unsafe { &*(parts.as_slice() as *const [MaybeUninit<E::Acc>] as *const [E::Acc]) };
@@ -588,11 +583,9 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
                 },
             )
         };
-        c.par_chunks_mut(SPLIT_DEPTH_ROWS * n)
-            .enumerate()
-            .for_each(add);
+        for_each_chunk_mut(c, SPLIT_DEPTH_ROWS * n, add);
     } else if threads > 1 && own_cols && m <= 2 * n && np >= 2 * threads {
-        (0..threads).into_par_iter().for_each(|t| {
+        run_tasks(threads, |t| {
             let cols = (
                 np * t / threads * kern.nr,
                 (np * (t + 1) / threads * kern.nr).min(n),
@@ -609,7 +602,7 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
         // layer): each thread takes its own rows, packs its own copy of B
         // (the smaller operand) and never waits for the other.
         let panels = m.div_ceil(kern.mr);
-        (0..threads).into_par_iter().for_each(|t| {
+        run_tasks(threads, |t| {
             let r0 = (panels * t / threads * kern.mr).min(m);
             let r1 = (panels * (t + 1) / threads * kern.mr).min(m);
             if r0 == r1 {
@@ -706,9 +699,7 @@ unsafe fn blocked_cols<E: FloatDtype, K: Packing<E>>(
                     );
                 };
                 if threads > 1 && per < np {
-                    bp.par_chunks_mut(per * panel_len)
-                        .enumerate()
-                        .for_each(pack);
+                    for_each_chunk_mut(bp, per * panel_len, pack);
                 } else {
                     pack((0, bp));
                 }
@@ -780,7 +771,7 @@ unsafe fn blocked_cols<E: FloatDtype, K: Packing<E>>(
                     }
                 };
                 if threads > 1 && ntasks > 1 {
-                    (0..ntasks).into_par_iter().for_each(task);
+                    run_tasks(ntasks, task);
                 } else {
                     (0..ntasks).for_each(task);
                 }
