@@ -7,8 +7,8 @@
 //! contributions in a fixed order (increasing position in the ids), in the
 //! compute type, rounding once on store. A repeated index accumulates.
 
+use super::threads::for_each_chunk_mut;
 use num_traits::Zero;
-use rayon::prelude::*;
 
 use super::{for_each_chunk, map, CHUNK, PAR_THRESHOLD};
 use crate::{FloatDtype, IntDtype, Layout};
@@ -83,10 +83,12 @@ pub fn index_select<E: Copy + Default + Send + Sync>(
             row.copy_from_slice(&src[start..start + inner]);
         };
         if out.len() >= PAR_THRESHOLD {
-            out.par_chunks_mut(inner)
-                .enumerate()
-                .with_min_len((CHUNK / inner).max(1))
-                .for_each(body);
+            let per = (CHUNK / inner).max(1);
+            for_each_chunk_mut(&mut out, per * inner, |(c, rows)| {
+                for (k, row) in rows.chunks_mut(inner).enumerate() {
+                    body((c * per + k, row));
+                }
+            });
         } else {
             out.chunks_mut(inner).enumerate().for_each(body);
         }
@@ -144,10 +146,12 @@ pub fn index_select_backward<E: FloatDtype>(
         }
     };
     if gx.len() + gy.len() >= PAR_THRESHOLD {
-        gx.par_chunks_mut(inner)
-            .enumerate()
-            .with_min_len((CHUNK / inner).max(1))
-            .for_each(body);
+        let per = (CHUNK / inner).max(1);
+        for_each_chunk_mut(&mut gx, per * inner, |(c, rows)| {
+            for (k, row) in rows.chunks_mut(inner).enumerate() {
+                body((c * per + k, row));
+            }
+        });
     } else {
         gx.chunks_mut(inner).enumerate().for_each(body);
     }
@@ -216,10 +220,12 @@ pub fn gather_backward<E: FloatDtype>(
         }
     };
     if numel + gy.len() >= PAR_THRESHOLD {
-        buf.par_chunks_mut(a)
-            .enumerate()
-            .with_min_len((CHUNK / a).max(1))
-            .for_each(body);
+        let per = (CHUNK / a).max(1);
+        for_each_chunk_mut(&mut buf, per * a, |(c, rows)| {
+            for (k, row) in rows.chunks_mut(a).enumerate() {
+                body((c * per + k, row));
+            }
+        });
     } else {
         buf.chunks_mut(a).enumerate().for_each(body);
     }

@@ -9,8 +9,8 @@
 //! block partials are added in order: the result does not depend on the
 //! thread count.
 
+use super::threads::map_tasks;
 use num_traits::{Float, One, Zero};
-use rayon::prelude::*;
 
 use super::simd::{lane_sum_of, vectorized};
 use super::softmax::{rows_map, AxisRows};
@@ -34,9 +34,12 @@ pub struct RowStats<A> {
 /// Sums `v` in fixed blocks of [`CHUNK`], adding the block sums in order.
 fn block_sum<A: Real>(v: &[A]) -> A {
     let partials: Vec<A> = if v.len() >= PAR_THRESHOLD {
-        v.par_chunks(CHUNK)
-            .map(|c| c.iter().copied().sum())
-            .collect()
+        map_tasks(v.len().div_ceil(CHUNK), |i| {
+            v[i * CHUNK..v.len().min((i + 1) * CHUNK)]
+                .iter()
+                .copied()
+                .sum()
+        })
     } else {
         v.chunks(CHUNK).map(|c| c.iter().copied().sum()).collect()
     };

@@ -8,8 +8,8 @@
 //! (Welford), logsumexp (online, max-subtracted), argmax/argmin, and their
 //! backward passes. Each backward is one linear pass over the input.
 
+use super::threads::{for_each_chunk_mut, for_each_chunk_pair_mut};
 use num_traits::{Float, One, Zero};
-use rayon::prelude::*;
 
 use super::{zip3_map, PAR_THRESHOLD};
 use crate::{FloatDtype, Layout, Real, MAX_RANK};
@@ -70,7 +70,7 @@ where
         *slot = finish(acc, inner);
     };
     if outer * inner >= PAR_THRESHOLD && outer > 1 {
-        out.par_iter_mut().enumerate().for_each(body);
+        for_each_chunk_mut(&mut out, 1, |(o, slot)| body((o, &mut slot[0])));
     } else {
         out.iter_mut().enumerate().for_each(body);
     }
@@ -108,10 +108,9 @@ pub fn arg_reduce_axes<E: Copy + Send + Sync + Default>(
         }
     };
     if outer * inner >= PAR_THRESHOLD && outer > 1 {
-        vals.par_iter_mut()
-            .zip(idx.par_iter_mut())
-            .enumerate()
-            .for_each(body);
+        for_each_chunk_pair_mut(&mut vals, 1, &mut idx, 1, |(o, v, i)| {
+            body((o, (&mut v[0], &mut i[0])))
+        });
     } else {
         vals.iter_mut()
             .zip(idx.iter_mut())

@@ -6,8 +6,6 @@
 //! Every output element is written by exactly one thread, so results do not
 //! depend on the thread count.
 
-use rayon::prelude::*;
-
 use super::threads::for_each_chunk_mut;
 
 use super::{CHUNK, PAR_THRESHOLD};
@@ -129,14 +127,14 @@ pub fn add_narrow_into<E: FloatDtype>(
             add(&mut d[lo..lo + block], s);
         }
     } else if outer > 1 {
-        dst.par_chunks_mut(full)
-            .zip(src.par_chunks(block))
-            .for_each(|(d, s)| add(&mut d[lo..lo + block], s));
+        for_each_chunk_mut(dst, full, |(i, d)| {
+            add(&mut d[lo..lo + block], &src[i * block..][..block])
+        });
     } else {
-        dst[lo..lo + block]
-            .par_chunks_mut(CHUNK)
-            .zip(src.par_chunks(CHUNK))
-            .for_each(|(d, s)| add(d, s));
+        for_each_chunk_mut(&mut dst[lo..lo + block], CHUNK, |(i, d)| {
+            let len = d.len();
+            add(d, &src[i * CHUNK..][..len])
+        });
     }
 }
 
