@@ -82,6 +82,15 @@ fn materialized(
 }
 
 fn main() {
+    // Inside a pool with warm workers, as a training step runs.
+    let pool = rayon::ThreadPoolBuilder::new().build().expect("thread pool");
+    pool.install(|| {
+        let _warm = zerfoo_kernels::cpu::WarmWorkers::start();
+        run();
+    });
+}
+
+fn run() {
     for &(b, h, tt, d) in &[(12usize, 4usize, 64usize, 32usize), (8, 6, 256, 64)] {
         let bh = b * h;
         let n = bh * tt * d;

@@ -584,7 +584,7 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
             )
         };
         for_each_chunk_mut(c, SPLIT_DEPTH_ROWS * n, add);
-    } else if threads > 1 && own_cols && m <= 2 * n && np >= 2 * threads {
+    } else if threads > 1 && own_cols && m <= n && np >= 2 * threads {
         run_tasks(threads, |t| {
             let cols = (
                 np * t / threads * kern.nr,
