@@ -517,11 +517,14 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
         ops.a_unit_k && ops.a_pitch.is_some() && K::in_place(pitch, n.div_ceil(kern.nr))
     });
     // With A read in place (nothing to pack twice) and no more rows than
-    // about the columns, each thread takes its own columns: it packs only
-    // its part of B and never waits for the others (no barrier per depth
-    // block); sharing B instead costs a pass of every thread over all of B.
-    // (2 threads: 512 x 512 x 512 ~2% faster, 512 x 1536 x 384 ~7%;
-    // 4096 x 768 x 768 ~3% slower, so tall products keep the row split.)
+    // columns, each thread takes its own columns: it packs only its part
+    // of B and never waits for the others (no barrier per depth block);
+    // sharing B instead costs a pass of every thread over all of B.
+    // (2 threads: 512 x 512 x 512 ~2% faster, 512 x 1536 x 384 ~7%.)
+    // Taller products keep the row split even where columns would be a
+    // little faster alone (768 x 512 x 128): the kernels before and after
+    // share rows out the same way, so each thread then finds its rows of
+    // the result in its own cache (Shakespeare step ~3% faster).
     // A packed A (a transposed one: weight gradients `dYᵀ · X`) with no
     // more rows than columns is split by columns too: each thread then
     // packs all of A, which is the smaller operand, and none of the
