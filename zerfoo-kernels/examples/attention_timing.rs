@@ -83,7 +83,9 @@ fn materialized(
 
 fn main() {
     // Inside a pool with warm workers, as a training step runs.
-    let pool = rayon::ThreadPoolBuilder::new().build().expect("thread pool");
+    let pool = rayon::ThreadPoolBuilder::new()
+        .build()
+        .expect("thread pool");
     pool.install(|| {
         let _warm = zerfoo_kernels::cpu::WarmWorkers::start();
         run();

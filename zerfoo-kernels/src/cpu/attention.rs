@@ -461,21 +461,17 @@ pub fn attention_backward<E: FloatDtype>(
     let kt = pack_transposed(k, kl);
     let vt = pack_transposed(v, vl);
     let dop = in_compute_type(dout, dl);
-    let di: Vec<A<E>> = vectorized(
-        #[inline(always)]
-        || {
-            (0..rows)
-                .map(|r| {
-                    let (o, g) = (&out[r * dv..][..dv], &dop[r * dv..][..dv]);
-                    lane_sum_zip(o, g, |o: E, g| o.to_acc() * g)
-                })
-                .collect()
-        },
-    );
     let head = |(bh, g): (usize, HeadGrads<'_, A<E>>)| {
         vectorized(
             #[inline(always)]
             || {
+                // Di = rowsum(dO ∘ O) for this head's queries.
+                let di: Vec<A<E>> = (bh * tq..(bh + 1) * tq)
+                    .map(|r| {
+                        let (o, g) = (&out[r * dv..][..dv], &dop[r * dv..][..dv]);
+                        lane_sum_zip(o, g, |o: E, g| o.to_acc() * g)
+                    })
+                    .collect();
                 let pad = mask.padding.map(|p| &p[bh / h * tk..][..tk]);
                 let kp = &kp[bh * tk * d..][..tk * d];
                 let kt = &kt[bh * tk * d..][..tk * d];
@@ -484,7 +480,7 @@ pub fn attention_backward<E: FloatDtype>(
                     &qs[bh * tq * d..][..tq * d],
                     &dop[bh * tq * dv..][..tq * dv],
                 );
-                let (lse, di) = (&lse[bh * tq..][..tq], &di[bh * tq..][..tq]);
+                let lse = &lse[bh * tq..][..tq];
                 let mut p = [zero; QUERY_BLOCK * KEY_BLOCK];
                 let mut shift = [zero; QUERY_BLOCK];
                 let inf = <A<E> as Float>::infinity();
