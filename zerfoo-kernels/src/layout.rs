@@ -183,6 +183,75 @@ impl Layout {
         l.shape[axis] = len;
         l
     }
+    /// The same elements, in the same row-major order, under `dims` (as
+    /// many elements) without moving any: `Some` view when every group of
+    /// axes that `dims` splits or merges is laid out contiguously within
+    /// itself (splitting the last axis of a narrowed view into heads, say),
+    /// `None` when only a copy can reorder them (merging the axes of a
+    /// transposed view).
+    ///
+    /// ```
+    /// use zerfoo_kernels::Layout;
+    /// // Columns 4..8 of a [2, 12] matrix, split into 2 heads of 2.
+    /// let l = Layout::contiguous(&[2, 12]).narrow(1, 4, 4);
+    /// let v = l.reshaped(&[2, 2, 2]).unwrap();
+    /// assert_eq!((v.strides(), v.offset), (&[12, 2, 1][..], 4));
+    /// // A transpose cannot be flattened without a copy.
+    /// let mut t = Layout::contiguous(&[3, 4]);
+    /// t.swap_axes(0, 1);
+    /// assert!(t.reshaped(&[12]).is_none());
+    /// ```
+    pub fn reshaped(&self, dims: &[usize]) -> Option<Layout> {
+        assert!(dims.len() <= MAX_RANK, "reshape: rank above {MAX_RANK}");
+        assert_eq!(dims.iter().product::<usize>(), self.numel(), "reshape: element count");
+        if self.numel() == 0 || self.is_contiguous() {
+            let c = Layout::contiguous(dims);
+            return Some(Layout::new(dims, c.strides(), self.offset));
+        }
+        // The old axes that matter (size 1 never constrains a view).
+        let old: Vec<(usize, usize)> = self
+            .shape()
+            .iter()
+            .zip(self.strides())
+            .filter(|(&n, _)| n != 1)
+            .map(|(&n, &s)| (n, s))
+            .collect();
+        let mut strides = [0usize; MAX_RANK];
+        let (mut oi, mut ni) = (0, 0);
+        while ni < dims.len() {
+            if dims[ni] == 1 {
+                strides[ni] = 1;
+                ni += 1;
+                continue;
+            }
+            // Grow a group of old axes [oi, oj) and new ones [ni, nj) with
+            // the same element count.
+            let (mut oj, mut nj) = (oi + 1, ni + 1);
+            let (mut po, mut pn) = (old[oi].0, dims[ni]);
+            while po != pn {
+                if po < pn {
+                    po *= old[oj].0;
+                    oj += 1;
+                } else {
+                    pn *= dims[nj];
+                    nj += 1;
+                }
+            }
+            // The group's old axes must nest: each one's stride spans the next.
+            if (oi..oj - 1).any(|k| old[k].1 != old[k + 1].1 * old[k + 1].0) {
+                return None;
+            }
+            // New strides from the group's innermost old stride outwards;
+            // size-1 new axes inside the group get a harmless stride.
+            let mut s = old[oj - 1].1;
+            for k in (ni..nj).rev() {
+                strides[k] = s;
+                s *= dims[k];
+            }
+            (oi, ni) = (oj, nj);
+        }
+        Some(Layout::new(dims, &strides[..dims.len()], self.offset))
+    }
     /// Sets dims and strides directly (used for broadcast views).
     pub fn with_dims(&self, shape: &[usize], strides: &[usize]) -> Self {
         Layout::new(shape, strides, self.offset)
@@ -384,5 +453,39 @@ mod tests {
     fn broadcast_strides_repeat() {
         let l = Layout::new(&[2, 3], &[0, 1], 0);
         assert_eq!(l.offsets(), vec![0, 1, 2, 0, 1, 2]);
+    }
+
+    /// Every view `reshaped` offers visits the same storage offsets, in
+    /// the same order, as the layout it came from; every refusal is a
+    /// layout whose elements cannot be regrouped so.
+    #[test]
+    fn reshaped_views_keep_every_offset_in_order() {
+        let base = Layout::contiguous(&[4, 6, 10]);
+        let mut t01 = base;
+        t01.swap_axes(0, 1);
+        let mut t12 = base;
+        t12.swap_axes(1, 2);
+        let cases: Vec<(Layout, Vec<usize>, bool)> = vec![
+            (base.narrow(2, 2, 6), vec![4, 6, 3, 2], true),
+            (base.narrow(2, 2, 6), vec![24, 6], true),
+            (base.narrow(1, 1, 4), vec![16, 10], false),
+            (base.narrow(1, 1, 4), vec![4, 4, 2, 5], true),
+            (base.narrow(1, 1, 4), vec![2, 2, 1, 4, 10], true),
+            (t01, vec![6, 40], false),
+            (t01, vec![6, 4, 2, 5], true),
+            (t01, vec![24, 10], false),
+            (t12, vec![4, 60], false),
+            (t12, vec![2, 2, 10, 6], true),
+            (t12, vec![4, 10, 3, 2], true),
+            (Layout::contiguous(&[3, 1, 5]).narrow(2, 1, 2), vec![1, 3, 2], true),
+        ];
+        for (l, dims, view) in cases {
+            let got = l.reshaped(&dims);
+            assert_eq!(got.is_some(), view, "{:?} -> {dims:?}", l.shape());
+            if let Some(v) = got {
+                assert_eq!(v.shape(), &dims[..]);
+                assert_eq!(v.offsets(), l.offsets(), "{:?} -> {dims:?}", l.shape());
+            }
+        }
     }
 }

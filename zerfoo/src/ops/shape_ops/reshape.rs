@@ -14,17 +14,18 @@ use crate::{Error, Result};
 
 impl<S: Shape, E: FloatDtype, Dv: Backend, T: TapeState> Tensor<S, E, Dv, T> {
     /// Reinterprets the elements (row-major) under `dst`, which must hold as many.
-    /// A view when `self` is contiguous, else a copy. The caller checked the count.
+    /// A view when the layout allows one, else a copy. The caller checked the count.
     pub(crate) fn reshape_unchecked<Dst: Shape>(self, dst: Dst) -> Tensor<Dst, E, Dv, T> {
         let dims = dst.dims();
         debug_assert_eq!(dims.iter().product::<usize>(), self.numel());
-        let (data, layout) = if self.layout.is_contiguous() {
-            let strides = Layout::contiguous(&dims);
-            let l = Layout::new(&dims, strides.strides(), self.layout.offset);
-            (self.data, l)
-        } else {
-            let copy = device_ok(self.device.contiguous(&self.data, &self.layout));
-            (Arc::new(copy), Layout::contiguous(&dims))
+        // A view wherever the regrouped axes allow one (splitting the last
+        // axis of a narrowed view into heads, say), else a copy.
+        let (data, layout) = match self.layout.reshaped(&dims) {
+            Some(l) => (self.data, l),
+            None => {
+                let copy = device_ok(self.device.contiguous(&self.data, &self.layout));
+                (Arc::new(copy), Layout::contiguous(&dims))
+            }
         };
         let out_id = TensorId::fresh();
         let (in_id, dev) = (self.id, self.device.clone());
@@ -46,7 +47,9 @@ impl<S: Shape, E: FloatDtype, Dv: Backend, T: TapeState> Tensor<S, E, Dv, T> {
 
     /// The same elements (row-major) under the shape `dst`, which must hold as
     /// many: checked at compile time when both shapes are static, at run time
-    /// otherwise. A view when `self` is contiguous, else a copy.
+    /// otherwise. A view when the layout allows one (`self` contiguous, or
+    /// every merged or split group of axes contiguous within itself), else a
+    /// copy.
     ///
     /// ```
     /// use zerfoo::prelude::*;
@@ -205,7 +208,7 @@ impl<B: Dim, L: Dim, H: Dim, Hd: Dim, E: FloatDtype, Dv: Backend, T: TapeState>
     /// Name the merged dim (`merge_heads::<Model>()`, checked like
     /// [`split_heads`](Tensor::split_heads)) or take it as
     /// [`Dyn`](crate::shape::Dyn) (`merge_heads::<Dyn>()`, never fails). A view
-    /// when contiguous, else a copy (e.g. after a transpose of the heads).
+    /// when the layout allows one, else a copy (after a transpose of the heads).
     ///
     /// ```
     /// use zerfoo::prelude::*;
