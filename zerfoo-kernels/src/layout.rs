@@ -203,7 +203,11 @@ impl Layout {
     /// ```
     pub fn reshaped(&self, dims: &[usize]) -> Option<Layout> {
         assert!(dims.len() <= MAX_RANK, "reshape: rank above {MAX_RANK}");
-        assert_eq!(dims.iter().product::<usize>(), self.numel(), "reshape: element count");
+        assert_eq!(
+            dims.iter().product::<usize>(),
+            self.numel(),
+            "reshape: element count"
+        );
         if self.numel() == 0 || self.is_contiguous() {
             let c = Layout::contiguous(dims);
             return Some(Layout::new(dims, c.strides(), self.offset));
@@ -477,7 +481,11 @@ mod tests {
             (t12, vec![4, 60], false),
             (t12, vec![2, 2, 10, 6], true),
             (t12, vec![4, 10, 3, 2], true),
-            (Layout::contiguous(&[3, 1, 5]).narrow(2, 1, 2), vec![1, 3, 2], true),
+            (
+                Layout::contiguous(&[3, 1, 5]).narrow(2, 1, 2),
+                vec![1, 3, 2],
+                true,
+            ),
         ];
         for (l, dims, view) in cases {
             let got = l.reshaped(&dims);
