@@ -24,10 +24,10 @@
 use std::any::{Any, TypeId};
 use std::borrow::Cow;
 
-use super::threads::{for_each_chunk_mut, run_tasks, SyncPtr};
 use num_traits::{Float, Zero};
 
 use super::simd::{lane_max, lane_sum_of, lane_sum_zip, vectorized};
+use super::threads::{for_each_chunk_mut, run_tasks, SyncPtr};
 use super::PAR_THRESHOLD;
 use crate::{FloatDtype, Layout, Real};
 

@@ -2,9 +2,8 @@
 
 use core::mem::MaybeUninit;
 
-use super::threads::for_each_chunk_mut;
-
 use super::simd::vectorized;
+use super::threads::for_each_chunk_mut;
 use super::{for_each_chunk, CHUNK, PAR_THRESHOLD};
 use crate::Layout;
 

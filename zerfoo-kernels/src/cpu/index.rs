@@ -7,9 +7,9 @@
 //! contributions in a fixed order (increasing position in the ids), in the
 //! compute type, rounding once on store. A repeated index accumulates.
 
-use super::threads::for_each_chunk_mut;
 use num_traits::Zero;
 
+use super::threads::for_each_chunk_mut;
 use super::{for_each_chunk, map, CHUNK, PAR_THRESHOLD};
 use crate::{FloatDtype, IntDtype, Layout};
 

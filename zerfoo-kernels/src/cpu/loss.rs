@@ -9,11 +9,11 @@
 //! block partials are added in order: the result does not depend on the
 //! thread count.
 
-use super::threads::map_tasks;
 use num_traits::{Float, One, Zero};
 
 use super::simd::{lane_sum_of, vectorized};
 use super::softmax::{rows_map, AxisRows};
+use super::threads::map_tasks;
 use super::{map, zip_map, CHUNK, PAR_THRESHOLD};
 use crate::{FloatDtype, Layout, Real};
 

@@ -8,11 +8,11 @@
 //! the thread count) and the block partials are added in order, so results
 //! are deterministic.
 
-use super::threads::map_chunks_mut;
 use num_traits::{Float, One, Zero};
 
 use super::simd::{lane_sum_of, lane_sum_zip, vectorized};
 use super::softmax::{rows_map, AxisRows};
+use super::threads::map_chunks_mut;
 use super::{map, PAR_THRESHOLD};
 use crate::{FloatDtype, Layout, Real};
 

@@ -8,9 +8,8 @@
 use num_traits::Float;
 use rayon::prelude::*;
 
-use super::threads::{map_tasks, run_tasks};
-
 use super::simd::vectorized;
+use super::threads::{map_tasks, run_tasks};
 use super::CHUNK;
 
 /// Parameters of at least this many values are updated in parallel chunks.

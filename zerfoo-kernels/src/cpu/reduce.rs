@@ -8,9 +8,9 @@
 //! (Welford), logsumexp (online, max-subtracted), argmax/argmin, and their
 //! backward passes. Each backward is one linear pass over the input.
 
-use super::threads::{for_each_chunk_mut, for_each_chunk_pair_mut};
 use num_traits::{Float, One, Zero};
 
+use super::threads::{for_each_chunk_mut, for_each_chunk_pair_mut};
 use super::{zip3_map, PAR_THRESHOLD};
 use crate::{FloatDtype, Layout, Real, MAX_RANK};
 

@@ -7,7 +7,6 @@
 //! depend on the thread count.
 
 use super::threads::for_each_chunk_mut;
-
 use super::{CHUNK, PAR_THRESHOLD};
 use crate::{FloatDtype, Layout};
 

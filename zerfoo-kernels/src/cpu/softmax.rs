@@ -6,10 +6,10 @@
 //! driver shared with the normalization kernels: it hands each row to a
 //! closure and writes a contiguous output in the original order.
 
-use super::threads::for_each_chunk_pair_mut;
 use num_traits::{Float, Zero};
 
 use super::simd::vectorized;
+use super::threads::for_each_chunk_pair_mut;
 use super::{map_into, CHUNK, PAR_THRESHOLD};
 use crate::{FloatDtype, Layout, Real};
 
