@@ -27,6 +27,7 @@ use num_traits::{Float, Zero};
 use rayon::prelude::*;
 
 use super::matmul::{gemm_batch_sum, gemm_batched, PAR_MACS};
+use super::threads::{for_each_chunk_mut, map_tasks};
 use super::{map, PAR_THRESHOLD};
 use crate::device::{BatchNormGrads, ChannelStats, ConvGrads};
 use crate::{FloatDtype, Layout, Real};
@@ -348,6 +349,8 @@ pub fn conv2d_forward<E: FloatDtype>(
     };
     let macs = d.n * d.o * l * d.ckk;
     if d.n > 1 && macs >= PAR_MACS && rayon::current_num_threads() > 1 {
+        // Rayon's own split here (not `threads::run_tasks`): each thread
+        // reuses one im2col buffer across its samples (`for_each_init`).
         out.par_chunks_mut(d.o * l)
             .enumerate()
             .for_each_init(Vec::new, |col, (ni, o)| sample(ni, o, col));
@@ -443,7 +446,7 @@ pub fn conv2d_backward<E: FloatDtype>(
             part
         };
         let parts: Vec<Vec<E::Acc>> = if parallel && blocks.len() > 1 {
-            blocks.par_iter().map(partial).collect()
+            map_tasks(blocks.len(), |i| partial(&blocks[i]))
         } else {
             blocks.iter().map(partial).collect()
         };
@@ -491,9 +494,7 @@ fn for_planes<T: Send>(
         return;
     }
     if out.len() * cost >= PAR_THRESHOLD && rayon::current_num_threads() > 1 {
-        out.par_chunks_mut(plane)
-            .enumerate()
-            .for_each(|(p, o)| f(p, o));
+        for_each_chunk_mut(out, plane, |(p, o)| f(p, o));
     } else {
         for (p, o) in out.chunks_exact_mut(plane).enumerate() {
             f(p, o);
@@ -690,7 +691,7 @@ fn channel_offsets(lx: &Layout, ci: usize, mut f: impl FnMut(usize)) {
 fn per_channel<R: Send>(lx: &Layout, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
     let c = lx.shape()[1];
     if lx.numel() >= PAR_THRESHOLD && rayon::current_num_threads() > 1 {
-        (0..c).into_par_iter().map(f).collect()
+        map_tasks(c, f)
     } else {
         (0..c).map(f).collect()
     }

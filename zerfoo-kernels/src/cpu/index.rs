@@ -83,12 +83,7 @@ pub fn index_select<E: Copy + Default + Send + Sync>(
             row.copy_from_slice(&src[start..start + inner]);
         };
         if out.len() >= PAR_THRESHOLD {
-            let per = (CHUNK / inner).max(1);
-            for_each_chunk_mut(&mut out, per * inner, |(c, rows)| {
-                for (k, row) in rows.chunks_mut(inner).enumerate() {
-                    body((c * per + k, row));
-                }
-            });
+            for_each_chunk_mut(&mut out, inner, body);
         } else {
             out.chunks_mut(inner).enumerate().for_each(body);
         }
@@ -146,12 +141,7 @@ pub fn index_select_backward<E: FloatDtype>(
         }
     };
     if gx.len() + gy.len() >= PAR_THRESHOLD {
-        let per = (CHUNK / inner).max(1);
-        for_each_chunk_mut(&mut gx, per * inner, |(c, rows)| {
-            for (k, row) in rows.chunks_mut(inner).enumerate() {
-                body((c * per + k, row));
-            }
-        });
+        for_each_chunk_mut(&mut gx, inner, body);
     } else {
         gx.chunks_mut(inner).enumerate().for_each(body);
     }
@@ -220,12 +210,7 @@ pub fn gather_backward<E: FloatDtype>(
         }
     };
     if numel + gy.len() >= PAR_THRESHOLD {
-        let per = (CHUNK / a).max(1);
-        for_each_chunk_mut(&mut buf, per * a, |(c, rows)| {
-            for (k, row) in rows.chunks_mut(a).enumerate() {
-                body((c * per + k, row));
-            }
-        });
+        for_each_chunk_mut(&mut buf, a, body);
     } else {
         buf.chunks_mut(a).enumerate().for_each(body);
     }

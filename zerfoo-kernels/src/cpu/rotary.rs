@@ -11,8 +11,8 @@
 //! i.e. `x * cos + rotate_half(x) * sin` with `cos = cos(cat(a, a))`.
 
 use num_traits::Zero;
-use rayon::prelude::*;
 
+use super::threads::for_each_chunk_mut;
 use super::{CHUNK, PAR_THRESHOLD};
 use crate::{FloatDtype, Layout, Real};
 
@@ -86,9 +86,7 @@ pub fn rope<E: FloatDtype>(
         }
     };
     if n >= PAR_THRESHOLD {
-        out.par_chunks_mut(rows_per_chunk * hd)
-            .enumerate()
-            .for_each(body);
+        for_each_chunk_mut(&mut out, rows_per_chunk * hd, body);
     } else {
         out.chunks_mut(rows_per_chunk * hd)
             .enumerate()

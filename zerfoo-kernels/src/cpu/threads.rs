@@ -260,13 +260,21 @@ pub fn map_tasks<R: Send, F: Fn(usize) -> R + Sync>(n: usize, f: F) -> Vec<R> {
         .collect()
 }
 
-/// A slice's start shared with the tasks of [`run_tasks`], which write
+/// A buffer's start shared with the tasks of [`run_tasks`], which write
 /// disjoint parts of it.
 pub(crate) struct SyncPtr<T>(pub(crate) *mut T);
-// SAFETY: the tasks write disjoint parts of a `&mut [T]` with `T: Send`.
+// SAFETY: the tasks write disjoint parts of a buffer of `T: Send`.
 unsafe impl<T: Send> Sync for SyncPtr<T> {}
+// SAFETY: as above; moving the pointer to a task moves no `T`.
+unsafe impl<T: Send> Send for SyncPtr<T> {}
+impl<T> Clone for SyncPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SyncPtr<T> {}
 impl<T> SyncPtr<T> {
-    pub(crate) fn get(&self) -> *mut T {
+    pub(crate) fn get(self) -> *mut T {
         self.0
     }
 }

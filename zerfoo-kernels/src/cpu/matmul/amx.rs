@@ -24,11 +24,10 @@
 use core::mem::MaybeUninit;
 use std::sync::OnceLock;
 
-use rayon::prelude::*;
-
 use super::pack::{with_buf, A_BUF, B_BUF, C_BUF};
-use super::{Operands, SendPtr};
+use super::Operands;
 use crate::bf16;
+use crate::cpu::threads::{self, for_each_chunk_mut, SyncPtr};
 
 /// Rows (and columns) of the micro-kernel's `C` block: 2 x 2 tiles of 16.
 const TILE: usize = 32;
@@ -128,32 +127,30 @@ pub(crate) fn product(ops: &Operands<'_, bf16>, out: &mut [MaybeUninit<bf16>], t
         with_buf::<f32, _>(&C_BUF, mp * np, |acc| {
             let pack_panel = |(p, dst): (usize, &mut [u32])| pack_b(ops, p * TILE, dst);
             if threads > 1 && panels > 1 {
-                bp.par_chunks_mut(kp / 2 * TILE)
-                    .enumerate()
-                    .for_each(pack_panel);
+                for_each_chunk_mut(bp, kp / 2 * TILE, pack_panel);
             } else {
                 bp.chunks_mut(kp / 2 * TILE)
                     .enumerate()
                     .for_each(pack_panel);
             }
-            run_tasks(ops, bp, kp, SendPtr(acc.as_mut_ptr()), np, out, threads);
+            run_blocks(ops, bp, kp, SyncPtr(acc.as_mut_ptr()), np, out, threads);
         })
     });
 }
 
 /// Runs the product's tasks (blocks of rows by columns) on `threads`.
-fn run_tasks(
+fn run_blocks(
     ops: &Operands<'_, bf16>,
     bp: &[u32],
     kp: usize,
-    accp: SendPtr<f32>,
+    accp: SyncPtr<f32>,
     np: usize,
     out: &mut [MaybeUninit<bf16>],
     threads: usize,
 ) {
     let (m, n) = (ops.a_rows.len(), ops.b_cols.len());
     let panels = n.div_ceil(TILE);
-    let outp = SendPtr(out.as_mut_ptr().cast::<u16>());
+    let outp = SyncPtr(out.as_mut_ptr().cast::<u16>());
     // Tasks of MB rows by `nb` columns: as wide as NB allows, narrower
     // when there are too few row blocks to keep every thread busy.
     let row_blocks = m.div_ceil(MB);
@@ -176,7 +173,7 @@ fn run_tasks(
     };
     let tasks = row_blocks * col_blocks;
     if threads > 1 && tasks > 1 {
-        (0..tasks).into_par_iter().for_each(task);
+        threads::run_tasks(tasks, task);
     } else {
         (0..tasks).for_each(task);
     }
@@ -254,9 +251,9 @@ unsafe fn task_block(
     (r0, rows): (usize, usize),
     (c0, cols): (usize, usize),
     ap: &mut [u16],
-    acc: SendPtr<f32>,
+    acc: SyncPtr<f32>,
     np: usize,
-    out: SendPtr<u16>,
+    out: SyncPtr<u16>,
     n: usize,
 ) {
     let row_tiles = rows.div_ceil(TILE);

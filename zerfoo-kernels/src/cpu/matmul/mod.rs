@@ -48,7 +48,7 @@ mod tests;
 use core::mem::MaybeUninit;
 use std::any::TypeId;
 
-use super::threads::{for_each_chunk_mut, run_tasks};
+use super::threads::{for_each_chunk_mut, run_tasks, SyncPtr};
 
 use crate::cpu::simd::vectorized;
 
@@ -383,19 +383,6 @@ impl<'a, E> Operands<'a, E> {
     }
 }
 
-/// A raw pointer to the output that worker threads write disjoint tiles of.
-#[derive(Clone, Copy)]
-struct SendPtr<A>(*mut A);
-// SAFETY: every task writes a disjoint block of the output (see `blocked`).
-unsafe impl<A> Send for SendPtr<A> {}
-// SAFETY: as above; the pointer is only used for disjoint writes.
-unsafe impl<A> Sync for SendPtr<A> {}
-impl<A> SendPtr<A> {
-    fn get(self) -> *mut A {
-        self.0
-    }
-}
-
 /// One product into `out` (`[M, N]`, possibly uninitialized; every element
 /// is written): straight into `out` when `E` is its own compute type, else
 /// into an `E::Acc` buffer that is rounded once at the end. Needs `K > 0`.
@@ -440,13 +427,13 @@ fn product<E: FloatDtype, K: Packing<E>>(
         // the output; `c` holds only the sums of earlier depth blocks (and
         // is never touched for a single one).
         let mut c: Vec<E::Acc> = Vec::with_capacity(out.len());
-        let round = Final::Round(SendPtr(out.as_mut_ptr().cast::<u16>()));
+        let round = Final::Round(SyncPtr(out.as_mut_ptr().cast::<u16>()));
         let c = &mut c.spare_capacity_mut()[..out.len()];
         blocked::<E, K>(ops, c, threads, kern, true, round);
     } else {
         let n = ops.b_cols.len();
         let mut c: Vec<E::Acc> = Vec::with_capacity(out.len());
-        let o = SendPtr(out.as_mut_ptr());
+        let o = SyncPtr(out.as_mut_ptr());
         // Each task rounds its part of the result as soon as it is final,
         // while it is still in cache.
         let finish =
@@ -488,7 +475,7 @@ enum Final<'a, A> {
     Finish(Finish<'a, A>),
     /// The kernel (one with [`Kernel::rounds`]) rounds every tile of the
     /// last depth block into this `[M, N]` `bf16` output, not into `c`.
-    Round(SendPtr<u16>),
+    Round(SyncPtr<u16>),
 }
 
 /// `c += A · B` (`c` is `[M, N]` row-major), or `c = A · B` with
@@ -509,7 +496,7 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
     let (m, n) = (ops.a_rows.len(), ops.b_cols.len());
     assert_eq!(c.len(), m * n);
     assert!(kern.rounds || !matches!(fin, Final::Round(_)));
-    let cptr = SendPtr(c.as_mut_ptr().cast::<E::Acc>());
+    let cptr = SyncPtr(c.as_mut_ptr().cast::<E::Acc>());
     // A row-major A with evenly spaced rows (`lda` values, `pitch` bytes
     // apart) is read in place where the packing says so.
     let pitch = ops.a_pitch.unwrap_or(0) * core::mem::size_of::<E>();
@@ -552,7 +539,7 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
         let mut parts: Vec<MaybeUninit<E::Acc>> = Vec::with_capacity((depth_blocks - 1) * m * n);
         // SAFETY: `MaybeUninit` needs no initialization; every block writes all of its part.
         unsafe { parts.set_len((depth_blocks - 1) * m * n) };
-        let pptr = SendPtr(parts.as_mut_ptr().cast::<E::Acc>());
+        let pptr = SyncPtr(parts.as_mut_ptr().cast::<E::Acc>());
         run_tasks(depth_blocks, |blk| {
             let (p0, p1) = (blk * kcb, ((blk + 1) * kcb).min(k));
             let depth = Operands {
@@ -563,7 +550,7 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
             let (dst, ow) = match blk {
                 0 => (cptr, overwrite),
                 // SAFETY: part `blk - 1` of `parts` (`m * n` values) is this block's alone.
-                _ => (SendPtr(unsafe { pptr.get().add((blk - 1) * m * n) }), true),
+                _ => (SyncPtr(unsafe { pptr.get().add((blk - 1) * m * n) }), true),
             };
             // SAFETY: `dst` is an `[M, N]` result only this block writes.
             unsafe { blocked_cols::<E, K>(&depth, dst, (0, n), 1, kern, direct, ow, fin) };
@@ -616,7 +603,7 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
                 ..*ops
             };
             // SAFETY: rows `r0..r1` of the `[M, N]` result are thread `t`'s alone.
-            let c = SendPtr(unsafe { cptr.get().add(r0 * n) });
+            let c = SyncPtr(unsafe { cptr.get().add(r0 * n) });
             unsafe { blocked_cols::<E, K>(&rows, c, (0, n), 1, kern, direct, overwrite, fin) };
         });
     } else {
@@ -642,7 +629,7 @@ fn depth_block<E: FloatDtype, K: Packing<E>>(k: usize) -> usize {
 #[allow(clippy::too_many_arguments)]
 unsafe fn blocked_cols<E: FloatDtype, K: Packing<E>>(
     ops: &Operands<'_, E>,
-    cptr: SendPtr<E::Acc>,
+    cptr: SyncPtr<E::Acc>,
     (c_lo, c_hi): (usize, usize),
     threads: usize,
     kern: Kernel<K::P, E::Acc>,
