@@ -10,10 +10,13 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 use zerfoo_kernels::{
-    cpu::attention::{attention_backward, attention_forward, AttnMask},
+    cpu::attention::{attention_backward, attention_forward, AttnMask, HeadsOrder},
     cpu::matmul::gemm_batched,
     Layout,
 };
+
+/// The materialized reference's order of the results.
+const HEAD_MAJOR: HeadsOrder = HeadsOrder::HeadMajor;
 
 fn rand(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -104,8 +107,10 @@ fn run() {
             ..Default::default()
         };
         let fused = || {
-            let (o, lse) = attention_forward(&q, &l, &k, &l, &v, &l, &mask, scale);
-            let gr = attention_backward(&q, &l, &k, &l, &v, &l, &o, &lse, &g, &l, &mask, scale);
+            let (o, lse) = attention_forward(&q, &l, &k, &l, &v, &l, &mask, scale, HEAD_MAJOR);
+            let gr = attention_backward(
+                &q, &l, &k, &l, &v, &l, &o, &lse, &g, &l, &mask, scale, HEAD_MAJOR,
+            );
             (o, gr)
         };
         let mat = || materialized((bh, tt, d), &q, &k, &v, &g, scale as f32);
@@ -130,7 +135,9 @@ fn run() {
         for _ in 0..5 {
             let t0 = Instant::now();
             for _ in 0..reps {
-                std::hint::black_box(attention_forward(&q, &l, &k, &l, &v, &l, &mask, scale));
+                std::hint::black_box(attention_forward(
+                    &q, &l, &k, &l, &v, &l, &mask, scale, HEAD_MAJOR,
+                ));
             }
             bfw = bfw.min(t0.elapsed().as_secs_f64() / reps as f64);
             let t0 = Instant::now();

@@ -6,7 +6,10 @@
 
 use zerfoo::autograd::TapeState;
 use zerfoo::nn::try_scaled_dot_product_attention;
-use zerfoo::ops::{fused_attention, try_fused_attention, AttentionMask};
+use zerfoo::ops::{
+    fused_attention, fused_attention_bthd, try_fused_attention, try_fused_attention_bthd,
+    AttentionMask,
+};
 use zerfoo::prelude::*;
 use zerfoo_tests::{cast, check_dtypes, check_grad1, rel_err, weighted_sum};
 
@@ -218,6 +221,104 @@ fn every_dtype_fused_and_unfused_agree_with_f64() {
             )
             .to_f64_vec()
         });
+    }
+}
+
+/// The sequence-major form `(B, T, H, D)` equals the heads-first one on the
+/// transposed operands, forward and gradients, under every mask; its
+/// gradients pass finite differences; f32 agrees with f64.
+#[test]
+fn sequence_major_form_matches_heads_first() {
+    let (q, k, v) = inputs();
+    let (qs, ks, vs) = (
+        q.clone().transpose::<1, 2>().contiguous(),
+        k.clone().transpose::<1, 2>().contiguous(),
+        v.clone().transpose::<1, 2>().contiguous(),
+    );
+    for (n, m) in masks().into_iter().enumerate() {
+        let y = fused_attention_bthd(
+            qs.clone().traced(),
+            ks.clone().traced(),
+            vs.clone().traced(),
+            &m,
+            0.6,
+        );
+        assert_eq!(y.dims(), [2, 7, 2, 3]);
+        let want = fused_attention(
+            q.clone().traced(),
+            k.clone().traced(),
+            v.clone().traced(),
+            &m,
+            0.6,
+        );
+        assert_close(
+            "forward",
+            &y.to_vec(),
+            &want.clone().transpose::<1, 2>().to_vec(),
+            1e-12,
+        );
+        let w: Tensor<(Batch, Heads, Seq, ValDim), f64> =
+            Tensor::randn(Default::default(), 30 + n as u64);
+        let g = y.mul(w.clone().transpose::<1, 2>()).sum_all().backward();
+        let gw = want.mul(w).sum_all().backward();
+        fn heads_last<T: Dim, W: Dim>(x: Tensor<(Batch, Heads, T, W), f64>) -> Vec<f64> {
+            x.transpose::<1, 2>().to_vec()
+        }
+        for (name, got, want) in [
+            (
+                "dq",
+                g.get(&qs).unwrap().to_vec(),
+                heads_last(gw.get(&q).unwrap()),
+            ),
+            (
+                "dk",
+                g.get(&ks).unwrap().to_vec(),
+                heads_last(gw.get(&k).unwrap()),
+            ),
+            (
+                "dv",
+                g.get(&vs).unwrap().to_vec(),
+                heads_last(gw.get(&v).unwrap()),
+            ),
+        ] {
+            assert_close(name, &got, &want, 1e-12);
+        }
+        check_grad1(qs.clone(), |q| {
+            weighted_sum(fused_attention_bthd(q, ks.clone(), vs.clone(), &m, 0.6), 31)
+        });
+        check_grad1(ks.clone(), |k| {
+            weighted_sum(fused_attention_bthd(qs.clone(), k, vs.clone(), &m, 0.6), 32)
+        });
+        check_grad1(vs.clone(), |v| {
+            weighted_sum(fused_attention_bthd(qs.clone(), ks.clone(), v, &m, 0.6), 33)
+        });
+        check_dtypes!("sequence-major fused attention", |E| {
+            let (qe, ke, ve) = (cast::<E, _>(&qs), cast::<E, _>(&ks), cast::<E, _>(&vs));
+            let y = fused_attention_bthd(
+                qe.clone().traced(),
+                ke.clone().traced(),
+                ve.clone().traced(),
+                &m,
+                0.6,
+            );
+            let mut out = y.to_f64_vec();
+            let g = y.sum_all().backward();
+            out.extend(g.get(&qe).unwrap().to_f64_vec());
+            out.extend(g.get(&ke).unwrap().to_f64_vec());
+            out.extend(g.get(&ve).unwrap().to_f64_vec());
+            out
+        });
+    }
+    // Shapes in errors are the caller's (B, T, H, D).
+    let q: Tensor<(Dyn, Dyn, U2, U4), f64> =
+        Tensor::zeros((Dyn(1), Dyn(3), U2::default(), U4::default()));
+    let k: Tensor<(Dyn, Dyn, U2, U4), f64> =
+        Tensor::zeros((Dyn(2), Dyn(5), U2::default(), U4::default()));
+    match try_fused_attention_bthd(q, k.clone(), k, &AttentionMask::none(), 1.0) {
+        Err(Error::ShapeMismatch { lhs, rhs, .. }) => {
+            assert_eq!((lhs, rhs), (vec![1, 3, 2, 4], vec![2, 5, 2, 4]))
+        }
+        other => panic!("{other:?}"),
     }
 }
 

@@ -21,14 +21,14 @@
 //! `dS = P ∘ (dO vᵀ − Di)`, `dq = scale · dS k`, `dk = scale · dSᵀ q`,
 //! `dv = Pᵀ dO`.
 
-use std::any::{Any, TypeId};
+use std::any::TypeId;
 use std::borrow::Cow;
 
 use num_traits::{Float, Zero};
 
 use super::simd::{lane_max, lane_sum_of, lane_sum_zip, vectorized};
-use super::threads::{for_each_chunk_mut, run_tasks, SyncPtr};
-use super::PAR_THRESHOLD;
+use super::threads::{run_tasks, SyncPtr};
+use super::{assume_init_vec, uninit_vec, PAR_THRESHOLD};
 use crate::{FloatDtype, Layout, Real};
 
 /// Keys per block of the online softmax. With 32-row query blocks too, a
@@ -125,6 +125,145 @@ impl AttnDims {
     }
 }
 
+/// Where the kernels' `(B, H, T, W)` results (the forward's output, the
+/// backward's gradients) lie in memory: row-major in one of two axis
+/// orders. The inputs may have any strides either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HeadsOrder {
+    /// `(B, H, T, W)` row-major: each head's rows together (the order of
+    /// PyTorch's `scaled_dot_product_attention`).
+    #[default]
+    HeadMajor,
+    /// `(B, T, H, W)` row-major: each position's heads together (the order
+    /// of flash-attn), so that merging the heads back into `(B, T, H·W)`
+    /// is a view and the gradients need no transposing copy.
+    SeqMajor,
+}
+
+impl HeadsOrder {
+    /// The layout, read as `(B, H, T, W)`, of a result stored in this order.
+    ///
+    /// ```
+    /// use zerfoo_kernels::cpu::attention::HeadsOrder;
+    /// let l = HeadsOrder::SeqMajor.layout([2, 3, 5, 4]);
+    /// assert_eq!((l.shape(), l.strides()), (&[2, 3, 5, 4][..], &[60, 4, 12, 1][..]));
+    /// assert!(HeadsOrder::HeadMajor.layout([2, 3, 5, 4]).is_contiguous());
+    /// ```
+    pub fn layout(self, [b, h, t, w]: [usize; 4]) -> Layout {
+        match self {
+            HeadsOrder::HeadMajor => Layout::contiguous(&[b, h, t, w]),
+            HeadsOrder::SeqMajor => Layout::contiguous(&[b, t, h, w]).permute(&[0, 2, 1, 3]),
+        }
+    }
+
+    /// The dims `(B, H, T, W)` as stored in this order (`(B, T, H, W)` for
+    /// [`HeadsOrder::SeqMajor`]); other ranks as they are.
+    pub fn stored_dims(self, bhtw: &[usize]) -> Vec<usize> {
+        match (self, bhtw) {
+            (HeadsOrder::SeqMajor, &[b, h, t, w]) => vec![b, t, h, w],
+            _ => bhtw.to_vec(),
+        }
+    }
+}
+
+/// Where the rows of a `(B, H, T, W)` layout start: row `i` of head `bh`
+/// (`= batch · H + head`) at `start(bh) + i · row_stride`.
+#[derive(Clone, Copy, Debug)]
+struct RowIndex {
+    offset: usize,
+    batch_stride: usize,
+    head_stride: usize,
+    row_stride: usize,
+    heads: usize,
+}
+
+impl RowIndex {
+    fn of(layout: &Layout) -> Self {
+        let s = layout.strides();
+        RowIndex {
+            offset: layout.offset,
+            batch_stride: s[0],
+            head_stride: s[1],
+            row_stride: s[2],
+            heads: layout.shape()[1].max(1),
+        }
+    }
+
+    /// Where row 0 of head `bh` starts.
+    #[inline]
+    fn start(&self, bh: usize) -> usize {
+        self.offset + bh / self.heads * self.batch_stride + bh % self.heads * self.head_stride
+    }
+}
+
+/// A `(B, H, T, W)` operand in the compute type, read a head's rows at a
+/// time: borrowed in place when it already is the compute type with
+/// unit-stride rows (an `f32` or `f64` view, any other strides), else
+/// packed row-major.
+struct HeadRows<'a, A: Clone> {
+    data: Cow<'a, [A]>,
+    index: RowIndex,
+}
+
+impl<'a, A: Real> HeadRows<'a, A> {
+    fn of<E: FloatDtype<Acc = A>>(data: &'a [E], layout: &Layout) -> Self {
+        let unit_rows = layout.strides()[3] == 1 || layout.shape()[3] <= 1;
+        if TypeId::of::<E>() == TypeId::of::<A>() && unit_rows {
+            // SAFETY: `E` and `A` are the same type (same TypeId).
+            let same =
+                unsafe { core::slice::from_raw_parts(data.as_ptr().cast::<A>(), data.len()) };
+            HeadRows {
+                data: Cow::Borrowed(same),
+                index: RowIndex::of(layout),
+            }
+        } else {
+            let dims = layout.shape();
+            HeadRows {
+                data: Cow::Owned(pack(data, layout)),
+                index: RowIndex::of(&Layout::contiguous(dims)),
+            }
+        }
+    }
+
+    /// Head `bh`'s rows from row `i0` on, and their stride.
+    #[inline]
+    fn rows(&self, bh: usize, i0: usize) -> (&[A], usize) {
+        let st = self.index.row_stride;
+        let start = self.index.start(bh) + i0 * st;
+        (tail(&self.data, start), st)
+    }
+}
+
+/// Rounds `src` (`n` rows of `w`, compute type, row-major) times `scale` to
+/// `E` and writes it as rows `i0..i0 + n` of head `bh` of `dst`, a result
+/// laid out as `index` says (written into possibly uninitialized memory).
+///
+/// # Safety
+/// Those rows of `dst` lie inside its allocation and are the caller's
+/// alone while it writes them.
+#[inline]
+unsafe fn store_rows<E: FloatDtype>(
+    dst: SyncPtr<E>,
+    index: &RowIndex,
+    (bh, i0): (usize, usize),
+    src: &[E::Acc],
+    w: usize,
+    scale: E::Acc,
+) {
+    if w == 0 {
+        return;
+    }
+    let start = index.start(bh) + i0 * index.row_stride;
+    for (r, row) in src.chunks_exact(w).enumerate() {
+        let out = dst.get().wrapping_add(start + r * index.row_stride);
+        for (c, &a) in row.iter().enumerate() {
+            // SAFETY: the caller's guarantee (the row may be uninitialized
+            // memory: written, never read).
+            unsafe { out.add(c).write(E::from_acc(a * scale)) };
+        }
+    }
+}
+
 /// `(b, h, t, d)` data under `layout` as `(b, h, d, t)` row-major (each
 /// head's matrix transposed), widened to the compute type.
 fn pack_transposed<E: FloatDtype>(data: &[E], layout: &Layout) -> Vec<E::Acc> {
@@ -136,61 +275,33 @@ fn pack<E: FloatDtype>(data: &[E], layout: &Layout) -> Vec<E::Acc> {
     super::map(data, layout, |x: E| x.to_acc())
 }
 
-/// [`pack`] times `scale`, in one pass (the queries).
-fn pack_scaled<E: FloatDtype>(data: &[E], layout: &Layout, scale: E::Acc) -> Vec<E::Acc> {
-    super::map(
-        data,
-        layout,
-        #[inline(always)]
-        move |x: E| x.to_acc() * scale,
-    )
-}
-
-/// `data` under `layout` in row-major order in the compute type: borrowed
-/// as it is when it already is that (an `f32` or `f64` contiguous tensor),
-/// else [packed](pack).
-fn in_compute_type<'a, E: FloatDtype>(data: &'a [E], layout: &Layout) -> Cow<'a, [E::Acc]> {
-    if TypeId::of::<E>() == TypeId::of::<E::Acc>() && layout.is_contiguous() {
-        let run = &data[layout.offset..layout.offset + layout.numel()];
-        // SAFETY: `E` and `E::Acc` are the same type (same TypeId).
-        Cow::Borrowed(unsafe { core::slice::from_raw_parts(run.as_ptr().cast(), run.len()) })
-    } else {
-        Cow::Owned(pack(data, layout))
-    }
-}
-
-/// Per-head results accumulated in the compute type, as a vector of `E`:
-/// the same vector when `E` is the compute type, else each value rounded.
-fn from_compute_type<E: FloatDtype>(v: Vec<E::Acc>) -> Vec<E> {
-    match (Box::new(v) as Box<dyn Any>).downcast::<Vec<E>>() {
-        Ok(same) => *same,
-        Err(v) => v
-            .downcast::<Vec<E::Acc>>()
-            .expect("the boxed vector holds compute-type values")
-            .into_iter()
-            .map(E::from_acc)
-            .collect(),
-    }
+/// `x` from index `from` on (empty past its end: a zero-width operand).
+#[inline]
+fn tail<A>(x: &[A], from: usize) -> &[A] {
+    x.get(from..).unwrap_or(&[])
 }
 
 /// `c += A · B` for compute-type blocks (see [`gemm_acc`]).
 use super::matmul::gemm_acc;
 
-/// Scores of `bq` (already scaled) query rows `qs` (`bq x d`, row-major)
-/// against keys `j0..j0 + n` of a head's transposed keys `kt` (`d x tk`,
-/// row-major): `s = qs · kt[:, j0..j0 + n]`, `bq x n`. Reading the keys
+/// Scores of `bq` query rows `q` (row stride `qst`) against keys
+/// `j0..j0 + n` of a head's transposed keys `kt` (`d x tk`, row-major):
+/// `s = scale · q · kt[:, j0..j0 + n]`, `bq x n`. Reading the keys
 /// transposed makes the GEMM's right operand row-major, which packs with
 /// plain row copies.
+#[allow(clippy::too_many_arguments)]
 #[inline]
 fn scores<A: Real>(
-    qs: &[A],
+    (q, qst): (&[A], usize),
     kt: &[A],
     (j0, tk): (usize, usize),
     (bq, n, d): (usize, usize, usize),
+    scale: A,
     s: &mut [A],
 ) {
     s.fill(A::zero());
-    gemm_acc(bq, n, d, qs, (d, 1), &kt[j0..], (tk, 1), s);
+    gemm_acc(bq, n, d, q, (qst, 1), &kt[j0..], (tk, 1), s);
+    s.iter_mut().for_each(|x| *x *= scale);
 }
 
 /// Sets to `-inf` the scores (`bq x n`, query rows `i0..`, keys `j0..`) that
@@ -245,18 +356,21 @@ fn block_keys(mask: &AttnMask<'_>, i0: usize, bq: usize, tk: usize) -> (usize, u
     (lo, hi.max(lo))
 }
 
-/// One block of `bq` query rows (`qs` scaled, `bq x d`) of one head: writes
-/// `o = softmax(s) v` (`bq x dv`) and the rows' logsumexps into `lse`.
+/// One block of `bq` query rows `q` (stride `qst`) of one head: writes
+/// `o = softmax(scale · q kᵀ) v` (`bq x dv`, compute type) and the rows'
+/// logsumexps into `lse`. `kt` is the head's keys transposed (`d x tk`),
+/// `v` its value rows at stride `vst`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn forward_block<A: Real>(
-    qs: &[A],
+    q: (&[A], usize),
     kt: &[A],
-    vp: &[A],
+    (v, vst): (&[A], usize),
     mask: &AttnMask<'_>,
     pad: Option<&[bool]>,
     (i0, bq): (usize, usize),
     (tk, d, dv): (usize, usize, usize),
+    scale: A,
     o: &mut [A],
     lse: &mut [A],
 ) {
@@ -270,7 +384,7 @@ fn forward_block<A: Real>(
     while j0 < hi {
         let n = KEY_BLOCK.min(hi - j0);
         let s = &mut sbuf[..bq * n];
-        scores(qs, kt, (j0, tk), (bq, n, d), s);
+        scores(q, kt, (j0, tk), (bq, n, d), scale, s);
         mask_block(mask, pad, (i0, bq), (j0, n), tk, s);
         for (r, row) in s.chunks_exact(n).enumerate() {
             let bm = lane_max(row);
@@ -292,7 +406,7 @@ fn forward_block<A: Real>(
         for (r, row) in s.chunks_exact(n).enumerate() {
             l[r] += lane_sum_of(row, |x| x);
         }
-        gemm_acc(bq, dv, n, s, (n, 1), &vp[j0 * dv..], (dv, 1), o);
+        gemm_acc(bq, dv, n, s, (n, 1), tail(v, j0 * vst), (vst, 1), o);
         j0 += n;
     }
     for (r, (orow, lr)) in o.chunks_exact_mut(dv).zip(lse.iter_mut()).enumerate() {
@@ -307,13 +421,16 @@ fn forward_block<A: Real>(
     }
 }
 
-/// Fused attention forward: returns the output `(B, H, Tq, Dv)` (contiguous)
-/// and the per-row logsumexp `(B, H, Tq)` of the scaled, masked scores
-/// (`-inf` for a row that sees no key), which [`attention_backward`] needs.
+/// Fused attention forward: returns the output `(B, H, Tq, Dv)`, stored in
+/// `order`, and the per-row logsumexp `(B, H, Tq)` (row-major) of the
+/// scaled, masked scores (`-inf` for a row that sees no key), which
+/// [`attention_backward`] needs.
 ///
 /// Works on blocks of [`QUERY_BLOCK`] query rows against blocks of
 /// [`KEY_BLOCK`] keys as small matrix products; parallel over heads and
-/// query blocks when the problem is large enough.
+/// query blocks when the problem is large enough. `f32` and `f64` queries
+/// and values are read in place whatever their strides (only the keys are
+/// packed, transposed); other dtypes are widened to the compute type first.
 ///
 /// # Panics
 /// On inconsistent layouts or a padding mask that is not `B * Tk` long.
@@ -327,6 +444,7 @@ pub fn attention_forward<E: FloatDtype>(
     vl: &Layout,
     mask: &AttnMask<'_>,
     scale: f64,
+    order: HeadsOrder,
 ) -> (Vec<E>, Vec<E::Acc>) {
     let AttnDims {
         b,
@@ -344,77 +462,63 @@ pub fn attention_forward<E: FloatDtype>(
     if dv == 0 || rows == 0 {
         return (Vec::new(), vec![ninf; rows]);
     }
-    let qs = pack_scaled(q, ql, <E::Acc as Real>::of_f64(scale));
+    let sc = <E::Acc as Real>::of_f64(scale);
+    let one = <E::Acc as num_traits::One>::one();
+    let qh = HeadRows::of(q, ql);
     let kt = pack_transposed(k, kl);
-    let vp = in_compute_type(v, vl);
-    let mut out = vec![E::default(); rows * dv];
+    let vh = HeadRows::of(v, vl);
+    // Every row of `out` is stored by one task below.
+    let mut out = uninit_vec::<E>(rows * dv);
     let mut lse = vec![ninf; rows];
-    let block = |bh: usize, qb: usize, oc: &mut [E], lc: &mut [E::Acc]| {
-        let (i0, bq) = (qb * QUERY_BLOCK, lc.len());
-        let row = bh * tq + i0;
+    let out_rows = RowIndex::of(&order.layout([b, h, tq, dv]));
+    let (outp, lsep) = (
+        SyncPtr(out.as_mut_ptr().cast::<E>()),
+        SyncPtr(lse.as_mut_ptr()),
+    );
+    // One task per (head, query block).
+    let qblocks = tq.div_ceil(QUERY_BLOCK);
+    let task = |t: usize| {
+        let (bh, qb) = (t / qblocks, t % qblocks);
+        let (i0, bq) = (qb * QUERY_BLOCK, QUERY_BLOCK.min(tq - qb * QUERY_BLOCK));
+        // SAFETY: rows `i0..i0 + bq` of head `bh` of `lse`: this task's
+        // alone (each `t` runs once).
+        let lc = unsafe { core::slice::from_raw_parts_mut(lsep.get().add(bh * tq + i0), bq) };
         let mut acc = vec![<E::Acc as Zero>::zero(); bq * dv];
         vectorized(
             #[inline(always)]
             || {
                 forward_block(
-                    &qs[row * d..][..bq * d],
+                    qh.rows(bh, i0),
                     &kt[bh * tk * d..][..tk * d],
-                    &vp[bh * tk * dv..][..tk * dv],
+                    vh.rows(bh, 0),
                     mask,
                     mask.padding.map(|p| &p[bh / h * tk..][..tk]),
                     (i0, bq),
                     (tk, d, dv),
+                    sc,
                     &mut acc,
                     lc,
                 )
             },
         );
-        for (o, &a) in oc.iter_mut().zip(&acc) {
-            *o = E::from_acc(a);
-        }
+        // SAFETY: as for `lse`, rows `i0..i0 + bq` of head `bh` of `out`,
+        // inside it as `out_rows` describes an `(B, H, Tq, Dv)` result.
+        unsafe { store_rows(outp, &out_rows, (bh, i0), &acc, dv, one) };
     };
+    let tasks = b * h * qblocks;
     if rows * tk * (d + dv) >= PAR_THRESHOLD {
-        // One task per (head, query block).
-        let qblocks = tq.div_ceil(QUERY_BLOCK);
-        let (outp, lsep) = (SyncPtr(out.as_mut_ptr()), SyncPtr(lse.as_mut_ptr()));
-        run_tasks(rows.div_ceil(tq) * qblocks, |t| {
-            let (bh, qb) = (t / qblocks, t % qblocks);
-            let (i0, bq) = (qb * QUERY_BLOCK, QUERY_BLOCK.min(tq - qb * QUERY_BLOCK));
-            // SAFETY: rows `i0..i0 + bq` of head `bh` in `out` (`dv` values
-            // each) and in `lse`: this task's alone (each `t` runs once).
-            let (oc, lc) = unsafe {
-                (
-                    core::slice::from_raw_parts_mut(outp.get().add((bh * tq + i0) * dv), bq * dv),
-                    core::slice::from_raw_parts_mut(lsep.get().add(bh * tq + i0), bq),
-                )
-            };
-            block(bh, qb, oc, lc);
-        });
+        run_tasks(tasks, task);
     } else {
-        for (bh, (o, l)) in out.chunks_mut(tq * dv).zip(lse.chunks_mut(tq)).enumerate() {
-            for (qb, (oc, lc)) in o
-                .chunks_mut(QUERY_BLOCK * dv)
-                .zip(l.chunks_mut(QUERY_BLOCK))
-                .enumerate()
-            {
-                block(bh, qb, oc, lc);
-            }
-        }
+        (0..tasks).for_each(task);
     }
-    (out, lse)
-}
-
-/// Gradients of one `(batch, head)`, `(dq, dk, dv)` in the compute type:
-/// that head's parts of the full gradients.
-struct HeadGrads<'a, A> {
-    dq: &'a mut [A],
-    dk: &'a mut [A],
-    dv: &'a mut [A],
+    // SAFETY: the tasks stored every row of every head.
+    (unsafe { assume_init_vec(out) }, lse)
 }
 
 /// Fused attention backward: from the upstream gradient `dout` (any layout,
-/// `(B, H, Tq, Dv)`), the forward's contiguous output `out` and logsumexp
-/// `lse`, returns `(dq, dk, dv)`, contiguous, shaped like `q`, `k`, `v`.
+/// `(B, H, Tq, Dv)`), the forward's output `out` (stored in `order`) and
+/// logsumexp `lse`, returns `(dq, dk, dv)`, shaped like `q`, `k`, `v` and
+/// stored in `order`.
 ///
 /// Per head, an outer loop over key blocks and an inner one over the query
 /// blocks that see them, all as small matrix products; parallel over
@@ -437,6 +541,7 @@ pub fn attention_backward<E: FloatDtype>(
     dl: &Layout,
     mask: &AttnMask<'_>,
     scale: f64,
+    order: HeadsOrder,
 ) -> (Vec<E>, Vec<E>, Vec<E>) {
     let AttnDims {
         b,
@@ -455,31 +560,52 @@ pub fn attention_backward<E: FloatDtype>(
     }
     type A<E> = <E as FloatDtype>::Acc;
     let zero = <A<E> as Zero>::zero();
+    let one = <A<E> as num_traits::One>::one();
     let sc = <A<E> as Real>::of_f64(scale);
-    let qs = pack_scaled(q, ql, sc);
-    let kp = in_compute_type(k, kl);
+    let qh = HeadRows::of(q, ql);
+    let kh = HeadRows::of(k, kl);
     let kt = pack_transposed(k, kl);
     let vt = pack_transposed(v, vl);
-    let dop = in_compute_type(dout, dl);
-    let head = |(bh, g): (usize, HeadGrads<'_, A<E>>)| {
+    let doh = HeadRows::of(dout, dl);
+    let out_rows = RowIndex::of(&order.layout([b, h, tq, dv]));
+    // Every row of each gradient is stored by its head's task below.
+    let (mut dq, mut dk, mut dvs) = (
+        uninit_vec::<E>(rows * d),
+        uninit_vec::<E>(b * h * tk * d),
+        uninit_vec::<E>(b * h * tk * dv),
+    );
+    let (dq_rows, dk_rows, dv_rows) = (
+        RowIndex::of(&order.layout([b, h, tq, d])),
+        RowIndex::of(&order.layout([b, h, tk, d])),
+        RowIndex::of(&order.layout([b, h, tk, dv])),
+    );
+    let (dqp, dkp, dvp) = (
+        SyncPtr(dq.as_mut_ptr().cast::<E>()),
+        SyncPtr(dk.as_mut_ptr().cast::<E>()),
+        SyncPtr(dvs.as_mut_ptr().cast::<E>()),
+    );
+    let head = |bh: usize| {
+        // This head's gradients, accumulated in the compute type.
+        let (mut gq, mut gk, mut gv) =
+            (vec![zero; tq * d], vec![zero; tk * d], vec![zero; tk * dv]);
         vectorized(
             #[inline(always)]
             || {
+                let (dorows, dost) = doh.rows(bh, 0);
                 // Di = rowsum(dO ∘ O) for this head's queries.
-                let di: Vec<A<E>> = (bh * tq..(bh + 1) * tq)
-                    .map(|r| {
-                        let (o, g) = (&out[r * dv..][..dv], &dop[r * dv..][..dv]);
+                let o0 = out_rows.start(bh);
+                let di: Vec<A<E>> = (0..tq)
+                    .map(|i| {
+                        let o = &tail(out, o0 + i * out_rows.row_stride)[..dv];
+                        let g = &tail(dorows, i * dost)[..dv];
                         lane_sum_zip(o, g, |o: E, g| o.to_acc() * g)
                     })
                     .collect();
                 let pad = mask.padding.map(|p| &p[bh / h * tk..][..tk]);
-                let kp = &kp[bh * tk * d..][..tk * d];
+                let (krows, kst) = kh.rows(bh, 0);
+                let (qrows, qst) = qh.rows(bh, 0);
                 let kt = &kt[bh * tk * d..][..tk * d];
                 let vt = &vt[bh * tk * dv..][..tk * dv];
-                let (qs, dop) = (
-                    &qs[bh * tq * d..][..tq * d],
-                    &dop[bh * tq * dv..][..tq * dv],
-                );
                 let lse = &lse[bh * tq..][..tq];
                 let mut p = [zero; QUERY_BLOCK * KEY_BLOCK];
                 let mut shift = [zero; QUERY_BLOCK];
@@ -487,9 +613,9 @@ pub fn attention_backward<E: FloatDtype>(
                 let mut dp = [zero; QUERY_BLOCK * KEY_BLOCK];
                 for j0 in (0..tk).step_by(KEY_BLOCK) {
                     let n = KEY_BLOCK.min(tk - j0);
-                    let kb = &kp[j0 * d..][..n * d];
-                    let dkb = &mut g.dk[j0 * d..][..n * d];
-                    let dvb = &mut g.dv[j0 * dv..][..n * dv];
+                    let kb = tail(krows, j0 * kst);
+                    let dkb = &mut gk[j0 * d..][..n * d];
+                    let dvb = &mut gv[j0 * dv..][..n * dv];
                     for i0 in (0..tq).step_by(QUERY_BLOCK) {
                         let bq = QUERY_BLOCK.min(tq - i0);
                         let (lo, hi) = block_keys(mask, i0, bq, tk);
@@ -497,9 +623,9 @@ pub fn attention_backward<E: FloatDtype>(
                             continue;
                         }
                         let (p, dp) = (&mut p[..bq * n], &mut dp[..bq * n]);
-                        let qb = &qs[i0 * d..][..bq * d];
-                        let dob = &dop[i0 * dv..][..bq * dv];
-                        scores(qb, kt, (j0, tk), (bq, n, d), p);
+                        let qb = tail(qrows, i0 * qst);
+                        let dob = tail(dorows, i0 * dost);
+                        scores((qb, qst), kt, (j0, tk), (bq, n, d), sc, p);
                         mask_block(mask, pad, (i0, bq), (j0, n), tk, p);
                         // A row that sees no key (lse = -inf) gets exp(s - inf) = 0.
                         for (sh, &l) in shift.iter_mut().zip(&lse[i0..i0 + bq]) {
@@ -507,10 +633,10 @@ pub fn attention_backward<E: FloatDtype>(
                         }
                         exp_rows(p, n, &shift[..bq]);
                         // dv += Pᵀ dO
-                        gemm_acc(n, dv, bq, p, (1, n), dob, (dv, 1), dvb);
+                        gemm_acc(n, dv, bq, p, (1, n), dob, (dost, 1), dvb);
                         // dP = dO vᵀ, then dS = P ∘ (dP − Di)
                         dp.fill(zero);
-                        gemm_acc(bq, n, dv, dob, (dv, 1), &vt[j0..], (tk, 1), dp);
+                        gemm_acc(bq, n, dv, dob, (dost, 1), &vt[j0..], (tk, 1), dp);
                         for (r, (dsr, pr)) in
                             dp.chunks_exact_mut(n).zip(p.chunks_exact(n)).enumerate()
                         {
@@ -519,8 +645,8 @@ pub fn attention_backward<E: FloatDtype>(
                                 *x = pj * (*x - dir);
                             }
                         }
-                        // dk += dSᵀ (scale q); dq += dS k (scaled at the end)
-                        gemm_acc(n, d, bq, dp, (1, n), qb, (d, 1), dkb);
+                        // dk += dSᵀ q; dq += dS k (both scaled on store)
+                        gemm_acc(n, d, bq, dp, (1, n), qb, (qst, 1), dkb);
                         gemm_acc(
                             bq,
                             d,
@@ -528,49 +654,33 @@ pub fn attention_backward<E: FloatDtype>(
                             dp,
                             (n, 1),
                             kb,
-                            (d, 1),
-                            &mut g.dq[i0 * d..][..bq * d],
+                            (kst, 1),
+                            &mut gq[i0 * d..][..bq * d],
                         );
                     }
                 }
-                g.dq.iter_mut().for_each(|x| *x *= sc);
             },
-        )
+        );
+        // SAFETY: head `bh`'s rows of each gradient, inside it as its
+        // `RowIndex` describes; this task's alone (each head runs once).
+        unsafe {
+            store_rows(dqp, &dq_rows, (bh, 0), &gq, d, sc);
+            store_rows(dkp, &dk_rows, (bh, 0), &gk, d, sc);
+            store_rows(dvp, &dv_rows, (bh, 0), &gv, dv, one);
+        }
     };
-    // Each head accumulates into its own parts of the full gradients.
-    let (mut dq, mut dk, mut dvs) = (
-        vec![zero; rows * d],
-        vec![zero; b * h * tk * d],
-        vec![zero; b * h * tk * dv],
-    );
-    let parts: Vec<(usize, HeadGrads<'_, A<E>>)> = per_head(&mut dq, tq * d, b * h)
-        .into_iter()
-        .zip(per_head(&mut dk, tk * d, b * h))
-        .zip(per_head(&mut dvs, tk * dv, b * h))
-        .map(|((dq, dk), dv)| HeadGrads { dq, dk, dv })
-        .enumerate()
-        .collect();
     if rows * tk * (3 * d + 2 * dv) >= PAR_THRESHOLD {
-        let mut parts: Vec<Option<_>> = parts.into_iter().map(Some).collect();
-        for_each_chunk_mut(&mut parts, 1, |(_, p)| {
-            head(p[0].take().expect("each head once"))
-        });
+        run_tasks(b * h, head);
     } else {
-        parts.into_iter().for_each(head);
+        (0..b * h).for_each(head);
     }
-    (
-        from_compute_type(dq),
-        from_compute_type(dk),
-        from_compute_type(dvs),
-    )
-}
-
-/// `heads` consecutive parts of `len` values of `v` (empty ones when `len` is 0).
-fn per_head<A>(v: &mut [A], len: usize, heads: usize) -> Vec<&mut [A]> {
-    if len == 0 {
-        (0..heads).map(|_| &mut [][..]).collect()
-    } else {
-        v.chunks_mut(len).collect()
+    // SAFETY: each head's task stored all its rows of the three gradients.
+    unsafe {
+        (
+            assume_init_vec(dq),
+            assume_init_vec(dk),
+            assume_init_vec(dvs),
+        )
     }
 }
 
@@ -711,8 +821,15 @@ mod tests {
     }
 
     /// Runs the fused kernels on `E`-rounded inputs (stored permuted when
-    /// `permuted`) and compares with the f64 reference on the same values.
-    fn check<E: FloatDtype>(dims: AttnDims, mask: &AttnMask<'_>, permuted: bool, tol: f64) {
+    /// `permuted`), results stored in `order`, and compares with the f64
+    /// reference on the same values.
+    fn check<E: FloatDtype>(
+        dims: AttnDims,
+        mask: &AttnMask<'_>,
+        permuted: bool,
+        order: HeadsOrder,
+        tol: f64,
+    ) {
         let AttnDims {
             b,
             h,
@@ -754,16 +871,22 @@ mod tests {
             store(&g, tq, dv),
         );
         let scale = 0.7;
-        let (out, lse) = attention_forward(&qs, &ql, &ks, &kl, &vs, &vl, mask, scale);
+        let (out, lse) = attention_forward(&qs, &ql, &ks, &kl, &vs, &vl, mask, scale, order);
         let (dq, dk, dvv) = attention_backward(
-            &qs, &ql, &ks, &kl, &vs, &vl, &out, &lse, &gs, &gl, mask, scale,
+            &qs, &ql, &ks, &kl, &vs, &vl, &out, &lse, &gs, &gl, mask, scale, order,
         );
         let (ro, rdq, rdk, rdv) = reference(dims, &f(&q), &f(&k), &f(&v), &f(&g), mask, scale);
+        // A result stored in `order`, read back as (B, H, T, W) row-major.
+        let read = |x: &[E], t: usize, w: usize| -> Vec<f64> {
+            let l = order.layout([b, h, t, w]);
+            assert_eq!(x.len(), l.numel());
+            l.offsets().into_iter().map(|o| x[o].to_f64()).collect()
+        };
         for (name, got, want) in [
-            ("out", f(&out), ro),
-            ("dq", f(&dq), rdq),
-            ("dk", f(&dk), rdk),
-            ("dv", f(&dvv), rdv),
+            ("out", read(&out, tq, dv), ro),
+            ("dq", read(&dq, tq, d), rdq),
+            ("dk", read(&dk, tk, d), rdk),
+            ("dv", read(&dvv, tk, dv), rdv),
         ] {
             assert_eq!(got.len(), want.len(), "{name}");
             for (n, (x, y)) in got.iter().zip(&want).enumerate() {
@@ -818,7 +941,8 @@ mod tests {
                 };
                 let pad = padding(2, tk);
                 for (n, m) in masks(2, tk, &pad).iter().enumerate() {
-                    check::<f64>(dims, m, n % 2 == 1, 1e-10);
+                    let order = [HeadsOrder::HeadMajor, HeadsOrder::SeqMajor][n / 2 % 2];
+                    check::<f64>(dims, m, n % 2 == 1, order, 1e-10);
                 }
             }
         }
@@ -836,8 +960,11 @@ mod tests {
         };
         let pad = padding(2, 129);
         for m in masks(2, 129, &pad) {
-            check::<f64>(dims, &m, true, 1e-10);
-            check::<f32>(dims, &m, false, 1e-4);
+            for order in [HeadsOrder::HeadMajor, HeadsOrder::SeqMajor] {
+                check::<f64>(dims, &m, true, order, 1e-10);
+                check::<f32>(dims, &m, false, order, 1e-4);
+                check::<f32>(dims, &m, true, order, 1e-4);
+            }
         }
     }
 
@@ -854,11 +981,12 @@ mod tests {
         let pad = padding(2, 65);
         for (n, m) in masks(2, 65, &pad).iter().enumerate() {
             let p = n % 2 == 0;
-            check::<f32>(dims, m, p, 1e-5);
-            check::<f16>(dims, m, p, 4e-3);
-            check::<bf16>(dims, m, p, 2e-2);
-            check::<F8E4M3>(dims, m, p, 0.13);
-            check::<F8E5M2>(dims, m, p, 0.26);
+            let o = [HeadsOrder::HeadMajor, HeadsOrder::SeqMajor][n / 2 % 2];
+            check::<f32>(dims, m, p, o, 1e-5);
+            check::<f16>(dims, m, p, o, 4e-3);
+            check::<bf16>(dims, m, p, o, 2e-2);
+            check::<F8E4M3>(dims, m, p, o, 0.13);
+            check::<F8E5M2>(dims, m, p, o, 0.26);
         }
     }
 
@@ -875,9 +1003,27 @@ mod tests {
             &l(0, 2),
             &AttnMask::default(),
             1.0,
+            HeadsOrder::SeqMajor,
         );
         assert_eq!(o, vec![0.0; 12]);
         assert!(lse.iter().all(|x| *x == f32::NEG_INFINITY));
+        // ... and zero gradients for the queries
+        let (dq, dk, dv) = attention_backward::<f32>(
+            &[1.0; 6],
+            &l(3, 1),
+            &[],
+            &l(0, 1),
+            &[],
+            &l(0, 2),
+            &o,
+            &lse,
+            &[1.0; 12],
+            &l(3, 2),
+            &AttnMask::default(),
+            1.0,
+            HeadsOrder::SeqMajor,
+        );
+        assert_eq!((dq, dk.len(), dv.len()), (vec![0.0; 6], 0, 0));
         // zero-width values
         let (o, _) = attention_forward::<f32>(
             &[1.0; 6],
@@ -888,6 +1034,7 @@ mod tests {
             &l(2, 0),
             &AttnMask::default(),
             1.0,
+            HeadsOrder::HeadMajor,
         );
         assert!(o.is_empty());
     }

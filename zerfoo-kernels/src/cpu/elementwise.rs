@@ -20,13 +20,12 @@ where
 /// A vector of `n` values written by `fill`, which must write every one of
 /// them (the kernels below do): no zero-filling of outputs that are
 /// overwritten anyway.
-fn filled<O>(n: usize, fill: impl FnOnce(&mut [MaybeUninit<O>])) -> Vec<O> {
-    let mut v = Vec::with_capacity(n);
-    fill(&mut v.spare_capacity_mut()[..n]);
+pub(crate) fn filled<O>(n: usize, fill: impl FnOnce(&mut [MaybeUninit<O>])) -> Vec<O> {
+    let mut v = super::uninit_vec(n);
+    fill(&mut v);
     // SAFETY: `fill` initialized all `n` values (every caller writes each
     // output element exactly once).
-    unsafe { v.set_len(n) };
-    v
+    unsafe { super::assume_init_vec(v) }
 }
 
 /// Like [`map`], writing into `out` (length = element count).
@@ -43,7 +42,7 @@ where
 }
 
 /// [`map_into`] over an output that may be uninitialized; writes every element.
-fn map_uninit<I, O, F>(src: &[I], layout: &Layout, out: &mut [MaybeUninit<O>], f: F)
+pub(crate) fn map_uninit<I, O, F>(src: &[I], layout: &Layout, out: &mut [MaybeUninit<O>], f: F)
 where
     I: Copy + Send + Sync,
     O: Copy + Send + Sync,

@@ -42,3 +42,33 @@ pub fn for_each_chunk<O: Send>(out: &mut [O], body: impl Fn((usize, &mut [O])) +
 }
 
 pub use elementwise::{map, map_into, to_contiguous, zip3_map, zip_map};
+
+/// A vector of `n` values not initialized yet. The kernels' tasks write (or
+/// [default-fill](init_defaults)) the parts they compute: in parallel, and
+/// in the cache of the thread that then uses them, where a zeroed `vec!`
+/// would have one thread clear the whole output first.
+pub(crate) fn uninit_vec<O>(n: usize) -> Vec<core::mem::MaybeUninit<O>> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: `MaybeUninit` values need no initialization.
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// `part` filled with `O::default()`, as initialized values.
+pub(crate) fn init_defaults<O: Copy + Default>(part: &mut [core::mem::MaybeUninit<O>]) -> &mut [O] {
+    part.fill(core::mem::MaybeUninit::new(O::default()));
+    // SAFETY: every element was just written, and `MaybeUninit<O>` has
+    // `O`'s layout.
+    unsafe { &mut *(part as *mut [core::mem::MaybeUninit<O>] as *mut [O]) }
+}
+
+/// `v` as the initialized values it holds.
+///
+/// # Safety
+/// Every element of `v` has been written.
+pub(crate) unsafe fn assume_init_vec<O>(v: Vec<core::mem::MaybeUninit<O>>) -> Vec<O> {
+    let mut v = core::mem::ManuallyDrop::new(v);
+    // SAFETY: same allocation, length and capacity; `MaybeUninit<O>` has
+    // `O`'s layout, and the caller guarantees every element is initialized.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<O>(), v.len(), v.capacity()) }
+}

@@ -8,12 +8,14 @@
 //! the thread count) and the block partials are added in order, so results
 //! are deterministic.
 
+use core::mem::MaybeUninit;
+
 use num_traits::{Float, One, Zero};
 
 use super::simd::{lane_sum_of, lane_sum_zip, vectorized};
 use super::softmax::{rows_map, AxisRows};
 use super::threads::map_chunks_mut;
-use super::{map, PAR_THRESHOLD};
+use super::{assume_init_vec, init_defaults, map, uninit_vec, PAR_THRESHOLD};
 use crate::{FloatDtype, Layout, Real};
 
 /// Which normalization.
@@ -158,7 +160,7 @@ pub fn norm_backward<E: FloatDtype>(
     let (count, n) = (rows.count(), rows.n);
     let has_weight = weight.is_some();
     let w = effective_weight(kind, weight);
-    let mut gx = vec![E::default(); count * n];
+    let mut gx = uninit_vec::<E>(count * n);
     let zeros = |on: bool| {
         if on {
             vec![E::Acc::zero(); n]
@@ -169,7 +171,7 @@ pub fn norm_backward<E: FloatDtype>(
     if count == 0 || n == 0 {
         let z = |on: bool| on.then(|| vec![E::from_acc(E::Acc::zero()); n]);
         return NormGrads {
-            x: gx,
+            x: Vec::new(),
             weight: z(has_weight),
             bias: z(has_bias),
         };
@@ -177,7 +179,8 @@ pub fn norm_backward<E: FloatDtype>(
     let d = E::Acc::of_f64(n as f64);
     // Fixed blocking: at most 64 blocks, each at least ~4K elements.
     let per_block = count.div_ceil(64).max((4096 / n).max(1));
-    let body = |(blk, chunk): (usize, &mut [E])| {
+    let body = |(blk, chunk): (usize, &mut [MaybeUninit<E>])| {
+        let chunk = init_defaults(chunk);
         let (mut dw, mut db) = (zeros(has_weight), zeros(has_bias));
         let mut buf = vec![E::Acc::zero(); n];
         let mut g = vec![E::Acc::zero(); n];
@@ -248,7 +251,8 @@ pub fn norm_backward<E: FloatDtype>(
         acc.into_iter().map(E::from_acc).collect::<Vec<E>>()
     };
     NormGrads {
-        x: gx,
+        // SAFETY: every chunk of `gx` went to one `body`, which initialized it.
+        x: unsafe { assume_init_vec(gx) },
         weight: has_weight.then(|| total(|p| &p.0)),
         bias: has_bias.then(|| total(|p| &p.1)),
     }

@@ -6,11 +6,14 @@
 //! driver shared with the normalization kernels: it hands each row to a
 //! closure and writes a contiguous output in the original order.
 
+use core::mem::MaybeUninit;
+
 use num_traits::{Float, Zero};
 
+use super::elementwise::{filled, map_uninit};
 use super::simd::vectorized;
 use super::threads::for_each_chunk_pair_mut;
-use super::{map_into, CHUNK, PAR_THRESHOLD};
+use super::{assume_init_vec, init_defaults, uninit_vec, CHUNK, PAR_THRESHOLD};
 use crate::{FloatDtype, Layout, Real};
 
 /// The rows along `axis` of a shape viewed as `outer × n × inner`.
@@ -84,9 +87,10 @@ where
         return (Vec::new(), stats);
     }
     let total = count * n;
-    let mut buf = vec![O::default(); total];
+    let mut buf = uninit_vec::<O>(total);
     let per_task = (CHUNK / n).max(1);
-    let body = |(t, (out, st)): (usize, (&mut [O], &mut [R]))| {
+    let body = |(t, (out, st)): (usize, (&mut [MaybeUninit<O>], &mut [R]))| {
+        let out = init_defaults(out);
         let mut scratch = vec![A::default(); n];
         for (k, (row, s)) in out.chunks_mut(n).zip(st.iter_mut()).enumerate() {
             *s = f(t * per_task + k, row, &mut scratch);
@@ -102,13 +106,14 @@ where
             .enumerate()
             .for_each(body);
     }
+    // SAFETY: every chunk of `buf` went to one `body`, which initialized it.
+    let buf = unsafe { assume_init_vec(buf) };
     if rows.inner == 1 {
         return (buf, stats);
     }
     // `buf` is (outer, inner, n); the output is (outer, n, inner).
     let view = Layout::new(&[rows.outer, n, rows.inner], &[rows.inner * n, 1, n], 0);
-    let mut out = vec![O::default(); total];
-    map_into(&buf, &view, &mut out, |v| v);
+    let out = filled(total, |out| map_uninit(&buf, &view, out, |v| v));
     (out, stats)
 }
 

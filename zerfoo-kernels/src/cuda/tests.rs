@@ -1066,12 +1066,14 @@ fn attention_check<E: CudaFloat>(
         let dm = CudaAttnMask::from_cpu(m, m.padding.map(|_| &dpad));
         let what =
             |s: &str| format!("attention {s} ({path:?}, mask {mi}, {b}x{h}x{tq}x{tk}x{d}x{dv})");
-        let (o, lse) = cpu::attention::attention_forward(&q, &ql, &k, &kl, &v, &vl, m, scale);
+        let head_major = cpu::attention::HeadsOrder::HeadMajor;
+        let (o, lse) =
+            cpu::attention::attention_forward(&q, &ql, &k, &kl, &v, &vl, m, scale, head_major);
         let (go, glse) = attention_forward(path, &dq_, &ql, &dk_, &kl, &dv_, &vl, &dm, scale)?;
         assert_close(&what("out"), &go.to_host()?, &o, 4.0);
         assert_close_acc(&what("lse"), E::DTYPE, &glse.to_host()?, &lse);
         let (gq, gk, gv) = cpu::attention::attention_backward(
-            &q, &ql, &k, &kl, &v, &vl, &o, &lse, &g, &gl, m, scale,
+            &q, &ql, &k, &kl, &v, &vl, &o, &lse, &g, &gl, m, scale, head_major,
         );
         let (dgq, dgk, dgv) = attention_backward(
             path,
@@ -1106,6 +1108,62 @@ fn attention_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
 #[test]
 fn attention_matches_cpu() {
     all_dtypes!("attention", attention_case);
+}
+
+/// The device trait's results stored sequence-major (`(B, T, H, W)`, the
+/// CUDA kernels' head-major results reordered) match the CPU's.
+#[test]
+fn attention_seq_major_results_match_cpu() {
+    use crate::cpu::attention::{AttnMask, HeadsOrder};
+    use crate::device::{AttentionKernels, Cpu};
+    let (b, h, tq, tk, d) = (2, 3, 9, 9, 4);
+    let lay = |t: usize| Layout::contiguous(&[b, t, h, d]).permute(&[0, 2, 1, 3]);
+    let (q, k, v, g): (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) = (
+        data(b * h * tq * d, 120, -1.0, 1.0),
+        data(b * h * tk * d, 121, -1.0, 1.0),
+        data(b * h * tk * d, 122, -1.0, 1.0),
+        data(b * h * tq * d, 123, -1.0, 1.0),
+    );
+    let mask = AttnMask {
+        causal: true,
+        ..Default::default()
+    };
+    let order = HeadsOrder::SeqMajor;
+    let (l, gl) = (lay(tq), order.layout([b, h, tq, d]));
+    let (o, lse) = Cpu
+        .attention_forward(&q, &l, &k, &l, &v, &l, &mask, 0.5, order)
+        .unwrap();
+    let (gq, gk, gv) = Cpu
+        .attention_backward(&q, &l, &k, &l, &v, &l, &o, &lse, &g, &gl, &mask, 0.5, order)
+        .unwrap();
+    for dev in devices() {
+        let up = |x: &[f32]| dev.to_device(x).unwrap();
+        let (dq, dk, dv) = (up(&q), up(&k), up(&v));
+        let (go, glse) = dev
+            .attention_forward(&dq, &l, &dk, &l, &dv, &l, &mask, 0.5, order)
+            .unwrap();
+        assert_close("seq-major out", &go.to_host().unwrap(), &o, 4.0);
+        let (dgq, dgk, dgv) = dev
+            .attention_backward(
+                &dq,
+                &l,
+                &dk,
+                &l,
+                &dv,
+                &l,
+                &go,
+                &glse,
+                &up(&g),
+                &gl,
+                &mask,
+                0.5,
+                order,
+            )
+            .unwrap();
+        assert_close("seq-major dq", &dgq.to_host().unwrap(), &gq, 4.0);
+        assert_close("seq-major dk", &dgk.to_host().unwrap(), &gk, 4.0);
+        assert_close("seq-major dv", &dgv.to_host().unwrap(), &gv, 4.0);
+    }
 }
 
 #[test]

@@ -3,16 +3,18 @@
 //! backward from the saved log-sum-exp.
 
 use super::{Cpu, Device, DeviceError};
-use crate::cpu::attention::AttnMask;
+use crate::cpu::attention::{AttnMask, HeadsOrder};
 use crate::{FloatDtype, Layout};
 
 /// The gradients of `q`, `k` and `v`.
 pub type AttentionGrads<S> = (S, S, S);
 
 /// Attention kernels: `q` is `[B, H, Tq, D]`, `k` is `[B, H, Tk, D]`, `v` is
-/// `[B, H, Tk, Dv]` (any strides); the output is `[B, H, Tq, Dv]`.
+/// `[B, H, Tk, Dv]` (any strides); the output is `[B, H, Tq, Dv]`. The
+/// results (the output, the gradients) are stored in `order`.
 pub trait AttentionKernels: Device {
-    /// The output and the row log-sum-exp (compute type) for the backward.
+    /// The output (stored in `order`) and the row log-sum-exp (compute
+    /// type, `(B, H, Tq)` row-major) for the backward.
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn attention_forward<E: FloatDtype>(
         &self,
@@ -24,10 +26,12 @@ pub trait AttentionKernels: Device {
         vl: &Layout,
         mask: &AttnMask<'_>,
         scale: f64,
+        order: HeadsOrder,
     ) -> Result<(Self::Storage<E>, Self::Storage<E::Acc>), DeviceError>;
 
-    /// The gradients of `q`, `k`, `v` (contiguous) from the output, its
-    /// log-sum-exp and the output's gradient `dout` (layout `dl`).
+    /// The gradients of `q`, `k`, `v` (stored in `order`) from the output
+    /// (stored in `order`), its log-sum-exp and the output's gradient
+    /// `dout` (layout `dl`).
     #[allow(clippy::too_many_arguments)]
     fn attention_backward<E: FloatDtype>(
         &self,
@@ -43,6 +47,7 @@ pub trait AttentionKernels: Device {
         dl: &Layout,
         mask: &AttnMask<'_>,
         scale: f64,
+        order: HeadsOrder,
     ) -> Result<AttentionGrads<Self::Storage<E>>, DeviceError>;
 }
 
@@ -57,9 +62,10 @@ impl AttentionKernels for Cpu {
         vl: &Layout,
         mask: &AttnMask<'_>,
         scale: f64,
+        order: HeadsOrder,
     ) -> Result<(Vec<E>, Vec<E::Acc>), DeviceError> {
         Ok(crate::cpu::attention::attention_forward(
-            q, ql, k, kl, v, vl, mask, scale,
+            q, ql, k, kl, v, vl, mask, scale, order,
         ))
     }
 
@@ -77,9 +83,10 @@ impl AttentionKernels for Cpu {
         dl: &Layout,
         mask: &AttnMask<'_>,
         scale: f64,
+        order: HeadsOrder,
     ) -> Result<AttentionGrads<Vec<E>>, DeviceError> {
         Ok(crate::cpu::attention::attention_backward(
-            q, ql, k, kl, v, vl, out, lse, dout, dl, mask, scale,
+            q, ql, k, kl, v, vl, out, lse, dout, dl, mask, scale, order,
         ))
     }
 }
@@ -87,8 +94,10 @@ impl AttentionKernels for Cpu {
 #[cfg(feature = "cuda")]
 mod cuda_impl {
     use super::*;
+    use crate::cpu::attention::AttnDims;
     use crate::cuda::ops::attention::{self as k, CudaAttnMask};
     use crate::cuda::{CudaBuffer, CudaDevice};
+    use crate::device::ElementwiseKernels;
 
     /// The mask with its padding (a host slice) uploaded.
     fn upload<'a>(
@@ -106,6 +115,23 @@ mod cuda_impl {
         })
     }
 
+    /// A head-major `(B, H, T, W)` result of the CUDA kernels, stored in
+    /// `order` (one copy for [`HeadsOrder::SeqMajor`]).
+    fn reorder<E: FloatDtype>(
+        dev: &CudaDevice,
+        x: CudaBuffer<E>,
+        [b, h, t, w]: [usize; 4],
+        order: HeadsOrder,
+    ) -> Result<CudaBuffer<E>, DeviceError> {
+        match order {
+            HeadsOrder::HeadMajor => Ok(x),
+            HeadsOrder::SeqMajor => {
+                let as_seq = Layout::contiguous(&[b, h, t, w]).permute(&[0, 2, 1, 3]);
+                dev.contiguous(&x, &as_seq)
+            }
+        }
+    }
+
     impl AttentionKernels for CudaDevice {
         fn attention_forward<E: FloatDtype>(
             &self,
@@ -117,10 +143,14 @@ mod cuda_impl {
             vl: &Layout,
             mask: &AttnMask<'_>,
             scale: f64,
+            order: HeadsOrder,
         ) -> Result<(CudaBuffer<E>, CudaBuffer<E::Acc>), DeviceError> {
             let mut pad = None;
             let m = upload(self, mask, &mut pad)?;
-            k::attention_forward(k::AttentionPath::Auto, q, ql, kb, kl, v, vl, &m, scale)
+            let (out, lse) =
+                k::attention_forward(k::AttentionPath::Auto, q, ql, kb, kl, v, vl, &m, scale)?;
+            let d = AttnDims::of(ql, kl, vl);
+            Ok((reorder(self, out, [d.b, d.h, d.tq, d.dv], order)?, lse))
         }
 
         fn attention_backward<E: FloatDtype>(
@@ -137,10 +167,29 @@ mod cuda_impl {
             dl: &Layout,
             mask: &AttnMask<'_>,
             scale: f64,
+            order: HeadsOrder,
         ) -> Result<AttentionGrads<CudaBuffer<E>>, DeviceError> {
             let mut pad = None;
             let m = upload(self, mask, &mut pad)?;
-            k::attention_backward(
+            let AttnDims {
+                b,
+                h,
+                tq,
+                tk,
+                d,
+                dv,
+            } = AttnDims::of(ql, kl, vl);
+            // The kernels read the saved output head-major.
+            let head_major;
+            let out = match order {
+                HeadsOrder::HeadMajor => out,
+                HeadsOrder::SeqMajor => {
+                    let seq = Layout::contiguous(&[b, tq, h, dv]).permute(&[0, 2, 1, 3]);
+                    head_major = self.contiguous(out, &seq)?;
+                    &head_major
+                }
+            };
+            let (dq, dk, dvs) = k::attention_backward(
                 k::AttentionPath::Auto,
                 q,
                 ql,
@@ -154,7 +203,12 @@ mod cuda_impl {
                 dl,
                 &m,
                 scale,
-            )
+            )?;
+            Ok((
+                reorder(self, dq, [b, h, tq, d], order)?,
+                reorder(self, dk, [b, h, tk, d], order)?,
+                reorder(self, dvs, [b, h, tk, dv], order)?,
+            ))
         }
     }
 }

@@ -23,7 +23,7 @@ use zerfoo_kernels::{Backend, Cpu, FloatDtype};
 use super::{Forward, Linear, RmsNorm};
 use crate::autograd::{Merge, TapeState};
 use crate::error::or_panic;
-use crate::ops::{try_fused_attention, AttentionMask, ConcatWith};
+use crate::ops::{try_fused_attention_bthd, AttentionMask, ConcatWith};
 use crate::shape::{Axis, Dim, Dyn, Dynamic, RuntimeCheck, SameDim, Shape, Static};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -713,10 +713,11 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim, Dv: Backend>
             t.size(),
             self.head_dim.size(),
         );
+        // The cache holds `(B, KvH, stored, Hd)`.
         let erased = (Dyn(nb), Dyn(nkv), Dyn(nt), Dyn(nhd));
         let (k, v) = (
-            retype("attention", k, erased)?,
-            retype("attention", v, erased)?,
+            retype("attention", k.transpose::<1, 2>(), erased)?,
+            retype("attention", v.transpose::<1, 2>(), erased)?,
         );
         let (k_all, v_all) = match (&cache.k, &cache.v) {
             (Some(kc), Some(vc)) => {
@@ -736,7 +737,7 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim, Dv: Backend>
             _ => (k, v),
         };
         let stored = k_all.dims()[2];
-        let typed = (b, self.kv_heads, Dyn(stored), self.head_dim);
+        let typed = (b, Dyn(stored), self.kv_heads, self.head_dim);
         let spec = AttentionMask {
             padding: None,
             causal: self.config.causal,
@@ -746,8 +747,8 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim, Dv: Backend>
         };
         let y = self.finish(
             q,
-            retype("attention cache", k_all.clone(), typed)?,
-            retype("attention cache", v_all.clone(), typed)?,
+            retype("attention cache", k_all.clone().transpose::<1, 2>(), typed)?,
+            retype("attention cache", v_all.clone().transpose::<1, 2>(), typed)?,
             &spec,
         )?;
         cache.next = pos + nt;
@@ -873,9 +874,9 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim, Dv: Backend>
         &self,
         x: Tensor<(B, T, D), E, Dv, Tp>,
     ) -> Result<(
-        Tensor<(B, H, T, Hd), E, Dv, Tp>,
-        Tensor<(B, KvH, T, Hd), E, Dv, Tp>,
-        Tensor<(B, KvH, T, Hd), E, Dv, Tp>,
+        Tensor<(B, T, H, Hd), E, Dv, Tp>,
+        Tensor<(B, T, KvH, Hd), E, Dv, Tp>,
+        Tensor<(B, T, KvH, Hd), E, Dv, Tp>,
     )> {
         let projs = [&self.q_proj, &self.k_proj, &self.v_proj];
         let w = Tensor::try_concat_all::<Axis<0>>(projs.map(|p| p.weight.retaped::<Tp>()))?;
@@ -906,7 +907,7 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim, Dv: Backend>
         ))
     }
 
-    /// Projects `x` `(B, T, D)` to `n` heads `(B, n, T, Hd)`, normalizes each
+    /// Projects `x` `(B, T, D)` to `n` heads `(B, T, n, Hd)`, normalizes each
     /// head and rotates it (positions from `rope_offset`) when asked.
     fn heads_of<B: Dim, T: Dim, N: Dim, Tp: TapeState>(
         &self,
@@ -915,11 +916,12 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim, Dv: Backend>
         x: Tensor<(B, T, D), E, Dv, Tp>,
         n: N,
         rope_offset: Option<usize>,
-    ) -> Result<Tensor<(B, N, T, Hd), E, Dv, Tp>> {
+    ) -> Result<Tensor<(B, T, N, Hd), E, Dv, Tp>> {
         self.to_heads(proj.forward(x), norm, n, rope_offset)
     }
 
-    /// Splits projections `y` `(B, T, n·Hd)` into `n` heads `(B, n, T, Hd)`,
+    /// Splits projections `y` `(B, T, n·Hd)` into `n` heads `(B, T, n, Hd)`
+    /// (a view: the attention kernels read and write this order),
     /// normalizes each head and rotates it (positions from `rope_offset`)
     /// when asked.
     fn to_heads<B: Dim, T: Dim, N: Dim, Tp: TapeState>(
@@ -928,47 +930,49 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim, Dv: Backend>
         norm: Option<&RmsNorm<Hd, E, Dv>>,
         n: N,
         rope_offset: Option<usize>,
-    ) -> Result<Tensor<(B, N, T, Hd), E, Dv, Tp>> {
+    ) -> Result<Tensor<(B, T, N, Hd), E, Dv, Tp>> {
         let y = y.try_split_heads_to(n, self.head_dim)?;
         let y = match norm {
             Some(norm) => norm.forward(y),
             None => y,
         };
-        let y = y.transpose::<1, 2>();
         match (self.config.rope_base, rope_offset) {
-            (Some(base), Some(offset)) => y.try_rope(base, offset),
+            // The rotation runs along the positions of `(B, n, T, Hd)`.
+            (Some(base), Some(offset)) => Ok(y
+                .transpose::<1, 2>()
+                .try_rope(base, offset)?
+                .transpose::<1, 2>()),
             _ => Ok(y),
         }
     }
 
     /// Repeats each key/value head for its `H / KvH` query heads:
-    /// `(B, KvH, Tk, Hd) -> (B, H, Tk, Hd)` (head `h` reads head `h / (H / KvH)`).
+    /// `(B, Tk, KvH, Hd) -> (B, Tk, H, Hd)` (head `h` reads head `h / (H / KvH)`).
     fn repeat_kv<B: Dim, Tk: Dim, Tp: TapeState>(
         &self,
-        x: Tensor<(B, KvH, Tk, Hd), E, Dv, Tp>,
-    ) -> Tensor<(B, H, Tk, Hd), E, Dv, Tp> {
-        let (b, kvh, tk, hd) = x.shape();
+        x: Tensor<(B, Tk, KvH, Hd), E, Dv, Tp>,
+    ) -> Tensor<(B, Tk, H, Hd), E, Dv, Tp> {
+        let (b, tk, kvh, hd) = x.shape();
         let groups = self.heads.size() / kvh.size();
         if groups == 1 {
-            return x.with_shape((b, self.heads, tk, hd));
+            return x.with_shape((b, tk, self.heads, hd));
         }
-        x.broadcast::<_, Axis<2>>((b, kvh, Dyn(groups), tk, hd))
-            .reshape_unchecked((b, self.heads, tk, hd))
+        x.broadcast::<_, Axis<3>>((b, tk, kvh, Dyn(groups), hd))
+            .reshape_unchecked((b, tk, self.heads, hd))
     }
 
-    /// Attention of `q` over `k`, `v` under `spec`, heads merged and
-    /// projected back to `D`.
+    /// Attention of `q` over `k`, `v` (heads second to last) under `spec`,
+    /// heads merged (a view) and projected back to `D`.
     fn finish<B: Dim, Tq: Dim, Tk: Dim, Tp: TapeState>(
         &self,
-        q: Tensor<(B, H, Tq, Hd), E, Dv, Tp>,
-        k: Tensor<(B, KvH, Tk, Hd), E, Dv, Tp>,
-        v: Tensor<(B, KvH, Tk, Hd), E, Dv, Tp>,
+        q: Tensor<(B, Tq, H, Hd), E, Dv, Tp>,
+        k: Tensor<(B, Tk, KvH, Hd), E, Dv, Tp>,
+        v: Tensor<(B, Tk, KvH, Hd), E, Dv, Tp>,
         spec: &AttentionMask,
     ) -> Result<Tensor<(B, Tq, D), E, Dv, Tp>> {
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
-        let y: Tensor<_, E, Dv, Tp> = try_fused_attention(q, k, v, spec, self.scale())?;
-        let y = y.transpose::<1, 2>().merge_heads::<Dyn>();
-        Ok(self.o_proj.forward(y))
+        let y: Tensor<_, E, Dv, Tp> = try_fused_attention_bthd(q, k, v, spec, self.scale())?;
+        Ok(self.o_proj.forward(y.merge_heads::<Dyn>()))
     }
 }
 

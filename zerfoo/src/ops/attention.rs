@@ -10,13 +10,13 @@
 
 use std::sync::Arc;
 
-use zerfoo_kernels::cpu::attention::AttnMask;
-use zerfoo_kernels::{Backend, FloatDtype, Layout};
+use zerfoo_kernels::cpu::attention::{AttnMask, HeadsOrder};
+use zerfoo_kernels::{Backend, Device, FloatDtype, Layout};
 
 use super::Merge3;
 use crate::autograd::{device_ok, record, Merge, TapeState, TensorId};
 use crate::error::or_panic;
-use crate::shape::Dim;
+use crate::shape::{Dim, Shape};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
@@ -146,17 +146,118 @@ where
     T3: TapeState,
     <T1 as Merge<T2>>::Out: Merge<T3>,
 {
-    let (qd, kd, vd) = (q.dims(), k.dims(), v.dims());
-    let mismatch = |lhs: &[usize], rhs: &[usize]| Error::ShapeMismatch {
+    let (b, h, tq, _) = q.shape();
+    let dv = v.shape().3;
+    let heads = [q.layout, k.layout, v.layout];
+    let (data, id, tape, device) = attend(q, k, v, heads, mask, scale, HeadsOrder::HeadMajor)?;
+    Ok(Tensor {
+        layout: Layout::contiguous(&[b.size(), h.size(), tq.size(), dv.size()]),
+        shape: (b, h, tq, dv),
+        data,
+        id,
+        tape,
+        device,
+    })
+}
+
+/// [`try_fused_attention`] in flash-attn's order: queries `q`
+/// `(B, Tq, H, D)`, keys `k` `(B, Tk, H, D)` and values `v`
+/// `(B, Tk, H, Dv)` give the output `(B, Tq, H, Dv)`. Splitting a
+/// `(B, T, H·D)` projection into heads and merging the output's heads back
+/// are views, and so are their gradients: no transposing copy anywhere,
+/// forward or backward (the heads-first form needs one per operand and
+/// per gradient).
+///
+/// Errors: as [`try_fused_attention`].
+///
+/// ```
+/// use zerfoo::ops::{try_fused_attention, try_fused_attention_bthd, AttentionMask};
+/// use zerfoo::prelude::*;
+/// let x: Tensor<(U2, U3, U8), f64> = Tensor::randn(Default::default(), 0);
+/// let heads = || x.clone().split_heads::<U2, U4>(); // (2, 3, 2, 4)
+/// let mask = AttentionMask::causal();
+/// let y = try_fused_attention_bthd(heads(), heads(), heads(), &mask, 0.5).unwrap();
+/// let t = || heads().transpose::<1, 2>(); // (2, 2, 3, 4)
+/// let want = try_fused_attention(t(), t(), t(), &mask, 0.5).unwrap().transpose::<1, 2>();
+/// for (a, b) in y.to_vec().iter().zip(want.to_vec()) {
+///     assert!((a - b).abs() < 1e-12);
+/// }
+/// ```
+pub fn try_fused_attention_bthd<B, H, Tq, Tk, D, Dv, E, Dev, T1, T2, T3>(
+    q: Tensor<(B, Tq, H, D), E, Dev, T1>,
+    k: Tensor<(B, Tk, H, D), E, Dev, T2>,
+    v: Tensor<(B, Tk, H, Dv), E, Dev, T3>,
+    mask: &AttentionMask,
+    scale: f64,
+) -> Result<Tensor<(B, Tq, H, Dv), E, Dev, Merge3<T1, T2, T3>>>
+where
+    B: Dim,
+    H: Dim,
+    Tq: Dim,
+    Tk: Dim,
+    D: Dim,
+    Dv: Dim,
+    E: FloatDtype,
+    Dev: Backend,
+    T1: TapeState + Merge<T2>,
+    T2: TapeState,
+    T3: TapeState,
+    <T1 as Merge<T2>>::Out: Merge<T3>,
+{
+    let (b, tq, h, _) = q.shape();
+    let dv = v.shape().3;
+    let heads = [&q.layout, &k.layout, &v.layout].map(|l| l.permute(&[0, 2, 1, 3]));
+    let (data, id, tape, device) = attend(q, k, v, heads, mask, scale, HeadsOrder::SeqMajor)?;
+    Ok(Tensor {
+        layout: Layout::contiguous(&[b.size(), tq.size(), h.size(), dv.size()]),
+        shape: (b, tq, h, dv),
+        data,
+        id,
+        tape,
+        device,
+    })
+}
+
+/// The output of [`try_fused_attention`] and [`try_fused_attention_bthd`]:
+/// storage, id, tape and device.
+type Attended<E, Dev, T> = (Arc<<Dev as Device>::Storage<E>>, TensorId, T, Dev);
+
+/// The fused attention of `q`, `k`, `v`, each read through its layout in
+/// `heads` as `(B, H, T, W)`; the output and the gradients are stored in
+/// `order`, so that they are contiguous in the callers' shapes. Shapes in
+/// errors are the callers' (in `order`).
+fn attend<S1, S2, S3, E, Dev, T1, T2, T3>(
+    q: Tensor<S1, E, Dev, T1>,
+    k: Tensor<S2, E, Dev, T2>,
+    v: Tensor<S3, E, Dev, T3>,
+    heads: [Layout; 3],
+    mask: &AttentionMask,
+    scale: f64,
+    order: HeadsOrder,
+) -> Result<Attended<E, Dev, Merge3<T1, T2, T3>>>
+where
+    S1: Shape,
+    S2: Shape,
+    S3: Shape,
+    E: FloatDtype,
+    Dev: Backend,
+    T1: TapeState + Merge<T2>,
+    T2: TapeState,
+    T3: TapeState,
+    <T1 as Merge<T2>>::Out: Merge<T3>,
+{
+    let [ql, kl, vl] = heads;
+    let (qd, kd, vd) = (ql.shape(), kl.shape(), vl.shape());
+    let mismatch = |lhs: &Layout, rhs: &Layout| Error::ShapeMismatch {
         op: "fused attention",
-        lhs: lhs.to_vec(),
-        rhs: rhs.to_vec(),
+        lhs: order.stored_dims(lhs.shape()),
+        rhs: order.stored_dims(rhs.shape()),
     };
     if qd[0] != kd[0] || qd[1] != kd[1] || qd[3] != kd[3] {
-        return Err(mismatch(&qd, &kd));
+        return Err(mismatch(&ql, &kl));
     }
     if kd[..3] != vd[..3] {
-        return Err(mismatch(&kd, &vd));
+        return Err(mismatch(&kl, &vl));
     }
     if let Some(p) = &mask.padding {
         if p.len() != kd[0] * kd[2] {
@@ -167,31 +268,31 @@ where
             });
         }
     }
-    let (b, h, tq, _) = q.shape();
-    let dv = v.shape().3;
+    let out_dims = [qd[0], qd[1], qd[2], vd[3]];
     let (out, lse) = q.device.attention_forward(
         &q.data,
-        &q.layout,
+        &ql,
         &k.data,
-        &k.layout,
+        &kl,
         &v.data,
-        &v.layout,
+        &vl,
         &mask.kernel(),
         scale,
+        order,
     )?;
     let out = Arc::new(out);
     let out_id = TensorId::fresh();
-    let out_shape = (b, h, tq, dv);
     type Out<T1, T2, T3> = Merge3<T1, T2, T3>;
     let tape = if Out::<T1, T2, T3>::TRACKED {
         let parents = [q.tape.node(), k.tape.node(), v.tape.node()];
         let (qs, ks, vs) = (
-            (q.data.clone(), q.layout, q.id),
-            (k.data.clone(), k.layout, k.id),
-            (v.data.clone(), v.layout, v.id),
+            (q.data.clone(), ql, q.id),
+            (k.data.clone(), kl, k.id),
+            (v.data.clone(), vl, v.id),
         );
         let (o, mask) = (out.clone(), mask.clone());
-        let dl = Layout::contiguous(&[b.size(), h.size(), tq.size(), dv.size()]);
+        // The output's gradient is contiguous in the caller's shape.
+        let dl = order.layout(out_dims);
         let dev = q.device.clone();
         record::<Out<T1, T2, T3>>(out_id, &parents, move |g| {
             if let Some(gy) = g.take_on::<Dev, E>(out_id) {
@@ -208,6 +309,7 @@ where
                     &dl,
                     &mask.kernel(),
                     scale,
+                    order,
                 ));
                 g.accumulate_on(&dev, qs.2, gq);
                 g.accumulate_on(&dev, ks.2, gk);
@@ -217,14 +319,7 @@ where
     } else {
         Out::<T1, T2, T3>::from_node(None)
     };
-    Ok(Tensor {
-        layout: Layout::contiguous(&[b.size(), h.size(), tq.size(), dv.size()]),
-        shape: out_shape,
-        data: out,
-        id: out_id,
-        tape,
-        device: q.device,
-    })
+    Ok((out, out_id, tape, q.device))
 }
 
 /// Panicking twin of [`try_fused_attention`].
@@ -251,4 +346,30 @@ where
     <T1 as Merge<T2>>::Out: Merge<T3>,
 {
     or_panic(try_fused_attention(q, k, v, mask, scale))
+}
+
+/// Panicking twin of [`try_fused_attention_bthd`].
+#[track_caller]
+pub fn fused_attention_bthd<B, H, Tq, Tk, D, Dv, E, Dev, T1, T2, T3>(
+    q: Tensor<(B, Tq, H, D), E, Dev, T1>,
+    k: Tensor<(B, Tk, H, D), E, Dev, T2>,
+    v: Tensor<(B, Tk, H, Dv), E, Dev, T3>,
+    mask: &AttentionMask,
+    scale: f64,
+) -> Tensor<(B, Tq, H, Dv), E, Dev, Merge3<T1, T2, T3>>
+where
+    B: Dim,
+    H: Dim,
+    Tq: Dim,
+    Tk: Dim,
+    D: Dim,
+    Dv: Dim,
+    E: FloatDtype,
+    Dev: Backend,
+    T1: TapeState + Merge<T2>,
+    T2: TapeState,
+    T3: TapeState,
+    <T1 as Merge<T2>>::Out: Merge<T3>,
+{
+    or_panic(try_fused_attention_bthd(q, k, v, mask, scale))
 }

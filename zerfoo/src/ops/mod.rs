@@ -18,7 +18,10 @@ mod shape_ops;
 mod softmax;
 mod unary;
 
-pub use attention::{fused_attention, try_fused_attention, AttentionMask};
+pub use attention::{
+    fused_attention, fused_attention_bthd, try_fused_attention, try_fused_attention_bthd,
+    AttentionMask,
+};
 pub use binary::{ElementwiseRhs, SameDtype};
 pub use conv::{
     AvgPooling, BatchNormalization, BatchStats, Conv2dArgs, Conv2dConfig, ConvOut, ConvOutDim,
