@@ -7,10 +7,14 @@
 //! contributions in a fixed order (increasing position in the ids), in the
 //! compute type, rounding once on store. A repeated index accumulates.
 
+use core::mem::MaybeUninit;
+
 use num_traits::Zero;
 
 use super::threads::for_each_chunk_mut;
-use super::{for_each_chunk, map, CHUNK, PAR_THRESHOLD};
+use super::{
+    assume_init_vec, for_each_chunk, init_defaults, map, uninit_vec, CHUNK, PAR_THRESHOLD,
+};
 use crate::{FloatDtype, IntDtype, Layout};
 
 /// `(outer, dims[axis], inner)`: the products of the dims before, at and after `axis`.
@@ -76,18 +80,19 @@ pub fn index_select<E: Copy + Default + Send + Sync>(
     if layout.is_contiguous() && inner > 0 && n > 0 {
         // Row copies (the embedding case): block (o, j) is source block (o, idx[j]).
         let a = layout.shape()[axis];
-        let mut out = vec![E::default(); layout.numel() / a.max(1) * n];
-        let body = |(r, row): (usize, &mut [E])| {
+        let mut out = uninit_vec::<E>(layout.numel() / a.max(1) * n);
+        let body = |(r, row): (usize, &mut [MaybeUninit<E>])| {
             let (o, j) = (r / n, r % n);
             let start = layout.offset + (o * a + idx[j]) * inner;
-            row.copy_from_slice(&src[start..start + inner]);
+            init_defaults(row).copy_from_slice(&src[start..start + inner]);
         };
         if out.len() >= PAR_THRESHOLD {
             for_each_chunk_mut(&mut out, inner, body);
         } else {
             out.chunks_mut(inner).enumerate().for_each(body);
         }
-        return out;
+        // SAFETY: every row went to one `body`, which initialized it.
+        return unsafe { assume_init_vec(out) };
     }
     let stride = layout.strides()[axis];
     let base = without_axis(layout, axis, &dims);

@@ -62,6 +62,23 @@ pub(crate) fn init_defaults<O: Copy + Default>(part: &mut [core::mem::MaybeUnini
     unsafe { &mut *(part as *mut [core::mem::MaybeUninit<O>] as *mut [O]) }
 }
 
+/// `len` default values (zeros for the float dtypes), written in
+/// [`CHUNK`]-long parts by the pool's threads when `len` reaches
+/// [`PAR_THRESHOLD`]: the first touch of a large buffer is shared out
+/// instead of one thread clearing it all.
+///
+/// ```
+/// assert_eq!(zerfoo_kernels::cpu::zeros::<f32>(70_000), vec![0.0; 70_000]);
+/// ```
+pub fn zeros<O: Copy + Default + Send>(len: usize) -> Vec<O> {
+    let mut v = uninit_vec::<O>(len);
+    for_each_chunk(&mut v, |(_, part)| {
+        init_defaults(part);
+    });
+    // SAFETY: every chunk was default-filled.
+    unsafe { assume_init_vec(v) }
+}
+
 /// `v` as the initialized values it holds.
 ///
 /// # Safety

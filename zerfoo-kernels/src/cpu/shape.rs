@@ -6,8 +6,10 @@
 //! Every output element is written by exactly one thread, so results do not
 //! depend on the thread count.
 
+use core::mem::MaybeUninit;
+
 use super::threads::for_each_chunk_mut;
-use super::{CHUNK, PAR_THRESHOLD};
+use super::{assume_init_vec, init_defaults, uninit_vec, CHUNK, PAR_THRESHOLD};
 use crate::{FloatDtype, Layout};
 
 /// Copies elements `start..start + dst.len()` (in row-major order) of the view
@@ -70,12 +72,12 @@ pub fn concat<E: Copy + Default + Send + Sync>(parts: &[(&[E], &Layout)], axis: 
     let blocks: Vec<usize> = parts.iter().map(|(_, l)| l.shape()[axis] * inner).collect();
     let row: usize = blocks.iter().sum();
     let n = outer * row;
-    let mut out = vec![E::default(); n];
     if n == 0 {
-        return out;
+        return Vec::new();
     }
-    let body = |(o, r): (usize, &mut [E])| {
-        let mut rest = r;
+    let mut out = uninit_vec::<E>(n);
+    let body = |(o, r): (usize, &mut [MaybeUninit<E>])| {
+        let mut rest = init_defaults(r);
         for ((src, l), &b) in parts.iter().zip(&blocks) {
             let (seg, tail) = core::mem::take(&mut rest).split_at_mut(b);
             copy_range(src, l, o * b, seg);
@@ -87,7 +89,8 @@ pub fn concat<E: Copy + Default + Send + Sync>(parts: &[(&[E], &Layout)], axis: 
     } else {
         out.chunks_mut(row).enumerate().for_each(body);
     }
-    out
+    // SAFETY: every row of `out` went to one `body`, which initialized it.
+    unsafe { assume_init_vec(out) }
 }
 
 /// `dst[.., start..start + len, ..] += src` along `axis`: `dst` is contiguous

@@ -167,16 +167,21 @@ impl ElementwiseKernels for Cpu {
         Ok(crate::cpu::map(x, lx, convert_element::<E, E2>))
     }
 
+    /// In the compute type, rounding once per element; chunks shared out
+    /// over the pool for a long gradient.
     fn add_assign<E: FloatDtype>(&self, acc: &mut Vec<E>, g: &Vec<E>) -> Result<(), DeviceError> {
         debug_assert_eq!(acc.len(), g.len());
-        crate::cpu::simd::vectorized(
-            #[inline(always)]
-            || {
-                for (a, g) in acc.iter_mut().zip(g) {
-                    *a = E::from_acc(a.to_acc() + g.to_acc());
-                }
-            },
-        );
+        crate::cpu::for_each_chunk(acc, |(i, part)| {
+            let g = &g[i * crate::cpu::CHUNK..][..part.len()];
+            crate::cpu::simd::vectorized(
+                #[inline(always)]
+                || {
+                    for (a, g) in part.iter_mut().zip(g) {
+                        *a = E::from_acc(a.to_acc() + g.to_acc());
+                    }
+                },
+            )
+        });
         Ok(())
     }
 
@@ -189,9 +194,17 @@ impl ElementwiseKernels for Cpu {
     ) -> Result<(), DeviceError> {
         debug_assert_eq!(acc.len(), g.len());
         let s = <E::Acc as crate::Real>::of_f64(scale);
-        for (a, g) in acc.iter_mut().zip(g) {
-            *a = E::from_acc(a.to_acc() + g.to_acc() * s);
-        }
+        crate::cpu::for_each_chunk(acc, |(i, part)| {
+            let g = &g[i * crate::cpu::CHUNK..][..part.len()];
+            crate::cpu::simd::vectorized(
+                #[inline(always)]
+                || {
+                    for (a, g) in part.iter_mut().zip(g) {
+                        *a = E::from_acc(a.to_acc() + g.to_acc() * s);
+                    }
+                },
+            )
+        });
         Ok(())
     }
 
@@ -201,7 +214,7 @@ impl ElementwiseKernels for Cpu {
     }
 
     fn zeros<E: FloatDtype>(&self, len: usize) -> Result<Vec<E>, DeviceError> {
-        Ok(vec![E::default(); len])
+        Ok(crate::cpu::zeros(len))
     }
 }
 
