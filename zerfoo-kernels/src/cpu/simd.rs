@@ -59,7 +59,7 @@ pub fn lane_sum_of<A: crate::Real, T: Copy>(xs: &[T], f: impl Fn(T) -> A) -> A {
     for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
         *a += f(x);
     }
-    acc.iter().fold(A::zero(), |s, &a| s + a)
+    fold_lanes(acc, |a, b| a + b)
 }
 
 /// `Σ f(a[i], b[i])` over the common length, in the lanes of [`lane_sum_of`].
@@ -86,7 +86,7 @@ pub fn lane_sum_zip<A: crate::Real, T: Copy, U: Copy>(
     for ((s, &x), &y) in acc.iter_mut().zip(ca.remainder()).zip(cb.remainder()) {
         *s += f(x, y);
     }
-    acc.iter().fold(A::zero(), |s, &a| s + a)
+    fold_lanes(acc, |a, b| a + b)
 }
 
 /// The largest of `xs` (`-inf` when empty; a NaN is skipped like
@@ -99,7 +99,6 @@ pub fn lane_sum_zip<A: crate::Real, T: Copy, U: Copy>(
 /// ```
 #[inline(always)]
 pub fn lane_max<A: crate::Real>(xs: &[A]) -> A {
-    const LANES: usize = 16;
     let mut acc = [A::neg_infinity(); LANES];
     let mut chunks = xs.chunks_exact(LANES);
     for c in &mut chunks {
@@ -110,7 +109,19 @@ pub fn lane_max<A: crate::Real>(xs: &[A]) -> A {
     for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
         *a = a.max(x);
     }
-    acc.iter().fold(A::neg_infinity(), |m, &a| m.max(a))
+    fold_lanes(acc, |a, b| a.max(b))
+}
+
+/// The 16 lanes combined pairwise in a fixed order (lane `i` with lane
+/// `i + 8`, then `i + 4`, `i + 2`, `i + 1`): four dependent steps of
+/// vector operations, where a running fold of the lanes is a chain of 15
+/// dependent scalar additions. The order is fixed, so the result still
+/// depends only on the values.
+#[inline(always)]
+fn fold_lanes<A: Copy>(a: [A; LANES], op: impl Fn(A, A) -> A) -> A {
+    let s8: [A; 8] = core::array::from_fn(|i| op(a[i], a[i + 8]));
+    let s4: [A; 4] = core::array::from_fn(|i| op(s8[i], s8[i + 4]));
+    op(op(s4[0], s4[2]), op(s4[1], s4[3]))
 }
 
 #[cfg(target_arch = "x86_64")]
