@@ -52,9 +52,8 @@ pub fn lane_sum_of<A: crate::Real, T: Copy>(xs: &[T], f: impl Fn(T) -> A) -> A {
     let mut acc = [A::zero(); LANES];
     let mut chunks = xs.chunks_exact(LANES);
     for c in &mut chunks {
-        for (a, &x) in acc.iter_mut().zip(c) {
-            *a += f(x);
-        }
+        let c: &[T; LANES] = c.try_into().expect("a whole chunk");
+        acc = core::array::from_fn(|i| acc[i] + f(c[i]));
     }
     for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
         *a += f(x);
@@ -79,9 +78,9 @@ pub fn lane_sum_zip<A: crate::Real, T: Copy, U: Copy>(
     let mut acc = [A::zero(); LANES];
     let (mut ca, mut cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     for (x, y) in (&mut ca).zip(&mut cb) {
-        for ((s, &x), &y) in acc.iter_mut().zip(x).zip(y) {
-            *s += f(x, y);
-        }
+        let x: &[T; LANES] = x.try_into().expect("a whole chunk");
+        let y: &[U; LANES] = y.try_into().expect("a whole chunk");
+        acc = core::array::from_fn(|i| acc[i] + f(x[i], y[i]));
     }
     for ((s, &x), &y) in acc.iter_mut().zip(ca.remainder()).zip(cb.remainder()) {
         *s += f(x, y);
@@ -102,9 +101,8 @@ pub fn lane_max<A: crate::Real>(xs: &[A]) -> A {
     let mut acc = [A::neg_infinity(); LANES];
     let mut chunks = xs.chunks_exact(LANES);
     for c in &mut chunks {
-        for (a, &x) in acc.iter_mut().zip(c) {
-            *a = a.max(x);
-        }
+        let c: &[A; LANES] = c.try_into().expect("a whole chunk");
+        acc = core::array::from_fn(|i| acc[i].max(c[i]));
     }
     for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
         *a = a.max(x);
