@@ -8,10 +8,12 @@
 //! the causal limit or the sliding window are never visited; padded keys
 //! are skipped inside a block.
 //!
-//! The inputs are first packed into the compute type ([`FloatDtype::Acc`]),
-//! keys also transposed to `(D, Tk)` per head, so that every inner loop is
-//! a contiguous `axpy` the compiler vectorizes. Everything is computed in
-//! `E::Acc` and rounded once on store.
+//! `f32` and `f64` operands are read in place, at any strides; other
+//! dtypes are first widened to the compute type ([`FloatDtype::Acc`]).
+//! Each task transposes the keys (and, in the backward, the values) of its
+//! head to `(D, Tk)` in its own buffer, so that every product's right
+//! operand is row-major. Everything is computed in `E::Acc` and rounded
+//! once on store, in the [`HeadsOrder`] the caller asks for.
 //!
 //! A query row that sees no key at all gets a zero output, a logsumexp of
 //! `-inf`, and zero gradients (never NaN).
@@ -264,10 +266,23 @@ unsafe fn store_rows<E: FloatDtype>(
     }
 }
 
-/// `(b, h, t, d)` data under `layout` as `(b, h, d, t)` row-major (each
-/// head's matrix transposed), widened to the compute type.
-fn pack_transposed<E: FloatDtype>(data: &[E], layout: &Layout) -> Vec<E::Acc> {
-    pack(data, &layout.permute(&[0, 1, 3, 2]))
+/// Rows `0..n` of a head (`w` values each, row stride `st`) transposed into
+/// `out`, `w x stride` row-major (columns `n..stride` left as they are):
+/// the keys or values of one head, read in place and transposed by the
+/// task that uses them, in its own cache.
+fn transpose_rows<A: Real>(
+    (rows, st): (&[A], usize),
+    n: usize,
+    w: usize,
+    stride: usize,
+    out: &mut [A],
+) {
+    for j in 0..n {
+        let row = &tail(rows, j * st)[..w];
+        for (c, &x) in row.iter().enumerate() {
+            out[c * stride + j] = x;
+        }
+    }
 }
 
 /// `data` under `layout`, in row-major order, widened to the compute type.
@@ -465,7 +480,7 @@ pub fn attention_forward<E: FloatDtype>(
     let sc = <E::Acc as Real>::of_f64(scale);
     let one = <E::Acc as num_traits::One>::one();
     let qh = HeadRows::of(q, ql);
-    let kt = pack_transposed(k, kl);
+    let kh = HeadRows::of(k, kl);
     let vh = HeadRows::of(v, vl);
     // Every row of `out` is stored by one task below.
     let mut out = uninit_vec::<E>(rows * dv);
@@ -484,12 +499,17 @@ pub fn attention_forward<E: FloatDtype>(
         // alone (each `t` runs once).
         let lc = unsafe { core::slice::from_raw_parts_mut(lsep.get().add(bh * tq + i0), bq) };
         let mut acc = vec![<E::Acc as Zero>::zero(); bq * dv];
+        // The keys this block may see, transposed (`d x tk`, the first
+        // `hi` columns).
+        let (_, hi) = block_keys(mask, i0, bq, tk);
+        let mut kt = vec![<E::Acc as Zero>::zero(); d * tk];
+        transpose_rows(kh.rows(bh, 0), hi, d, tk, &mut kt);
         vectorized(
             #[inline(always)]
             || {
                 forward_block(
                     qh.rows(bh, i0),
-                    &kt[bh * tk * d..][..tk * d],
+                    &kt,
                     vh.rows(bh, 0),
                     mask,
                     mask.padding.map(|p| &p[bh / h * tk..][..tk]),
@@ -564,8 +584,7 @@ pub fn attention_backward<E: FloatDtype>(
     let sc = <A<E> as Real>::of_f64(scale);
     let qh = HeadRows::of(q, ql);
     let kh = HeadRows::of(k, kl);
-    let kt = pack_transposed(k, kl);
-    let vt = pack_transposed(v, vl);
+    let vh = HeadRows::of(v, vl);
     let doh = HeadRows::of(dout, dl);
     let out_rows = RowIndex::of(&order.layout([b, h, tq, dv]));
     // Every row of each gradient is stored by its head's task below.
@@ -604,8 +623,11 @@ pub fn attention_backward<E: FloatDtype>(
                 let pad = mask.padding.map(|p| &p[bh / h * tk..][..tk]);
                 let (krows, kst) = kh.rows(bh, 0);
                 let (qrows, qst) = qh.rows(bh, 0);
-                let kt = &kt[bh * tk * d..][..tk * d];
-                let vt = &vt[bh * tk * dv..][..tk * dv];
+                // This head's keys and values transposed (`d x tk`, `dv x tk`).
+                let mut kt = vec![zero; d * tk];
+                transpose_rows(kh.rows(bh, 0), tk, d, tk, &mut kt);
+                let mut vt = vec![zero; dv * tk];
+                transpose_rows(vh.rows(bh, 0), tk, dv, tk, &mut vt);
                 let lse = &lse[bh * tq..][..tq];
                 let mut p = [zero; QUERY_BLOCK * KEY_BLOCK];
                 let mut shift = [zero; QUERY_BLOCK];
@@ -625,7 +647,7 @@ pub fn attention_backward<E: FloatDtype>(
                         let (p, dp) = (&mut p[..bq * n], &mut dp[..bq * n]);
                         let qb = tail(qrows, i0 * qst);
                         let dob = tail(dorows, i0 * dost);
-                        scores((qb, qst), kt, (j0, tk), (bq, n, d), sc, p);
+                        scores((qb, qst), &kt, (j0, tk), (bq, n, d), sc, p);
                         mask_block(mask, pad, (i0, bq), (j0, n), tk, p);
                         // A row that sees no key (lse = -inf) gets exp(s - inf) = 0.
                         for (sh, &l) in shift.iter_mut().zip(&lse[i0..i0 + bq]) {
