@@ -277,10 +277,15 @@ fn transpose_rows<A: Real>(
     stride: usize,
     out: &mut [A],
 ) {
-    for j in 0..n {
-        let row = &tail(rows, j * st)[..w];
-        for (c, &x) in row.iter().enumerate() {
-            out[c * stride + j] = x;
+    if n == 0 || w == 0 {
+        return;
+    }
+    let rows = &rows[..(n - 1) * st + w];
+    // Written in order, one output row (an input column) at a time: the
+    // `n` input rows stay in L1 while each is read once per column.
+    for (c, orow) in out.chunks_exact_mut(stride).take(w).enumerate() {
+        for (j, o) in orow[..n].iter_mut().enumerate() {
+            *o = rows[j * st + c];
         }
     }
 }
@@ -490,42 +495,56 @@ pub fn attention_forward<E: FloatDtype>(
         SyncPtr(out.as_mut_ptr().cast::<E>()),
         SyncPtr(lse.as_mut_ptr()),
     );
-    // One task per (head, query block).
+    // One task per head, which transposes the head's keys once, when there
+    // are heads enough to share out; else one per (head, query block).
     let qblocks = tq.div_ceil(QUERY_BLOCK);
+    let group = if b * h >= 4 * rayon::current_num_threads() {
+        qblocks
+    } else {
+        1
+    };
+    let groups = qblocks.div_ceil(group);
     let task = |t: usize| {
-        let (bh, qb) = (t / qblocks, t % qblocks);
-        let (i0, bq) = (qb * QUERY_BLOCK, QUERY_BLOCK.min(tq - qb * QUERY_BLOCK));
-        // SAFETY: rows `i0..i0 + bq` of head `bh` of `lse`: this task's
+        let (bh, g) = (t / groups, t % groups);
+        let (qb0, qb1) = (g * group, ((g + 1) * group).min(qblocks));
+        let (i_lo, i_hi) = (qb0 * QUERY_BLOCK, (qb1 * QUERY_BLOCK).min(tq));
+        // SAFETY: rows `i_lo..i_hi` of head `bh` of `lse`: this task's
         // alone (each `t` runs once).
-        let lc = unsafe { core::slice::from_raw_parts_mut(lsep.get().add(bh * tq + i0), bq) };
-        let mut acc = vec![<E::Acc as Zero>::zero(); bq * dv];
-        // The keys this block may see, transposed (`d x tk`, the first
+        let lse_rows =
+            unsafe { core::slice::from_raw_parts_mut(lsep.get().add(bh * tq + i_lo), i_hi - i_lo) };
+        // The keys these blocks may see, transposed (`d x tk`, the first
         // `hi` columns).
-        let (_, hi) = block_keys(mask, i0, bq, tk);
+        let (_, hi) = block_keys(mask, i_lo, i_hi - i_lo, tk);
         let mut kt = vec![<E::Acc as Zero>::zero(); d * tk];
         transpose_rows(kh.rows(bh, 0), hi, d, tk, &mut kt);
-        vectorized(
-            #[inline(always)]
-            || {
-                forward_block(
-                    qh.rows(bh, i0),
-                    &kt,
-                    vh.rows(bh, 0),
-                    mask,
-                    mask.padding.map(|p| &p[bh / h * tk..][..tk]),
-                    (i0, bq),
-                    (tk, d, dv),
-                    sc,
-                    &mut acc,
-                    lc,
-                )
-            },
-        );
-        // SAFETY: as for `lse`, rows `i0..i0 + bq` of head `bh` of `out`,
-        // inside it as `out_rows` describes an `(B, H, Tq, Dv)` result.
-        unsafe { store_rows(outp, &out_rows, (bh, i0), &acc, dv, one) };
+        let mut acc = vec![<E::Acc as Zero>::zero(); QUERY_BLOCK * dv];
+        for (k, lc) in lse_rows.chunks_mut(QUERY_BLOCK).enumerate() {
+            let (i0, bq) = (i_lo + k * QUERY_BLOCK, lc.len());
+            let acc = &mut acc[..bq * dv];
+            vectorized(
+                #[inline(always)]
+                || {
+                    forward_block(
+                        qh.rows(bh, i0),
+                        &kt,
+                        vh.rows(bh, 0),
+                        mask,
+                        mask.padding.map(|p| &p[bh / h * tk..][..tk]),
+                        (i0, bq),
+                        (tk, d, dv),
+                        sc,
+                        acc,
+                        lc,
+                    )
+                },
+            );
+            // SAFETY: as for `lse`, rows `i0..i0 + bq` of head `bh` of
+            // `out`, inside it as `out_rows` describes an `(B, H, Tq, Dv)`
+            // result.
+            unsafe { store_rows(outp, &out_rows, (bh, i0), acc, dv, one) };
+        }
     };
-    let tasks = b * h * qblocks;
+    let tasks = b * h * groups;
     if rows * tk * (d + dv) >= PAR_THRESHOLD {
         run_tasks(tasks, task);
     } else {
@@ -987,6 +1006,33 @@ mod tests {
                 check::<f32>(dims, &m, false, order, 1e-4);
                 check::<f32>(dims, &m, true, order, 1e-4);
             }
+        }
+    }
+
+    /// Heads enough for one forward task per head (at least 4 per thread),
+    /// each running several query blocks against keys transposed once.
+    #[test]
+    fn one_task_per_head_matches() {
+        let dims = AttnDims {
+            b: 2,
+            h: 5,
+            tq: 97,
+            tk: 97,
+            d: 8,
+            dv: 8,
+        };
+        let pad = padding(2, 97);
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                for (n, m) in masks(2, 97, &pad).iter().enumerate() {
+                    let order = [HeadsOrder::HeadMajor, HeadsOrder::SeqMajor][n % 2];
+                    check::<f64>(dims, m, n % 3 == 0, order, 1e-10);
+                }
+            });
         }
     }
 
