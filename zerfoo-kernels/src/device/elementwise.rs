@@ -167,25 +167,14 @@ impl ElementwiseKernels for Cpu {
         Ok(crate::cpu::map(x, lx, convert_element::<E, E2>))
     }
 
-    /// In the compute type, rounding once per element; chunks shared out
-    /// over the pool for a long gradient.
+    /// [`add_scaled`](Self::add_scaled) by 1 (`g · 1` is exact: the same
+    /// bits as a plain sum).
     fn add_assign<E: FloatDtype>(&self, acc: &mut Vec<E>, g: &Vec<E>) -> Result<(), DeviceError> {
-        debug_assert_eq!(acc.len(), g.len());
-        crate::cpu::for_each_chunk(acc, |(i, part)| {
-            let g = &g[i * crate::cpu::CHUNK..][..part.len()];
-            crate::cpu::simd::vectorized(
-                #[inline(always)]
-                || {
-                    for (a, g) in part.iter_mut().zip(g) {
-                        *a = E::from_acc(a.to_acc() + g.to_acc());
-                    }
-                },
-            )
-        });
-        Ok(())
+        self.add_scaled(acc, g, 1.0)
     }
 
-    /// In the compute type, rounding once per element.
+    /// In the compute type, rounding once per element; chunks shared out
+    /// over the pool for a long gradient.
     fn add_scaled<E: FloatDtype>(
         &self,
         acc: &mut Vec<E>,
