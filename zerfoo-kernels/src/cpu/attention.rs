@@ -448,9 +448,10 @@ fn forward_block<A: Real>(
 ///
 /// Works on blocks of [`QUERY_BLOCK`] query rows against blocks of
 /// [`KEY_BLOCK`] keys as small matrix products; parallel over heads and
-/// query blocks when the problem is large enough. `f32` and `f64` queries
-/// and values are read in place whatever their strides (only the keys are
-/// packed, transposed); other dtypes are widened to the compute type first.
+/// query blocks when the problem is large enough. `f32` and `f64` queries,
+/// keys and values are read in place whatever their strides (each task
+/// transposes the keys it needs into its own buffer); other dtypes are
+/// widened to the compute type first.
 ///
 /// # Panics
 /// On inconsistent layouts or a padding mask that is not `B * Tk` long.

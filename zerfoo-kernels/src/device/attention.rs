@@ -184,8 +184,7 @@ mod cuda_impl {
             let out = match order {
                 HeadsOrder::HeadMajor => out,
                 HeadsOrder::SeqMajor => {
-                    let seq = Layout::contiguous(&[b, tq, h, dv]).permute(&[0, 2, 1, 3]);
-                    head_major = self.contiguous(out, &seq)?;
+                    head_major = self.contiguous(out, &order.layout([b, h, tq, dv]))?;
                     &head_major
                 }
             };
