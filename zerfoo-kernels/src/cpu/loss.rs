@@ -12,7 +12,7 @@
 use num_traits::{Float, One, Zero};
 
 use super::simd::{lane_sum_of, vectorized};
-use super::softmax::{rows_map, AxisRows};
+use super::softmax::{map_row, rows_map, AxisRows};
 use super::threads::map_tasks;
 use super::{map, zip_map, CHUNK, PAR_THRESHOLD};
 use crate::{FloatDtype, Layout, Real};
@@ -82,18 +82,10 @@ pub fn cross_entropy_forward<E: FloatDtype>(
         if t == IGNORED {
             return (E::Acc::zero(), RowStats::default());
         }
-        let (start, stride) = rows.start(layout, r);
         let (m, s, spread) = vectorized(
             #[inline(always)]
             || {
-                if stride == 1 {
-                    let src = &x[start..start + buf.len()];
-                    buf.iter_mut().zip(src).for_each(|(b, &v)| *b = v.to_acc());
-                } else {
-                    for (k, b) in buf.iter_mut().enumerate() {
-                        *b = x[start + k * stride].to_acc();
-                    }
-                }
+                map_row(x, rows.start(layout, r), buf, |v| v.to_acc());
                 let m = row_max(buf);
                 let s = lane_sum_of(buf, |x| (x - m).fast_exp());
                 let spread = if eps != 0.0 {
@@ -154,18 +146,7 @@ pub fn cross_entropy_backward<E: FloatDtype>(
         };
         vectorized(
             #[inline(always)]
-            || {
-                if stride == 1 {
-                    let src = &x[start..start + out.len()];
-                    for (o, &x) in out.iter_mut().zip(src) {
-                        *o = grad(x);
-                    }
-                } else {
-                    for (k, o) in out.iter_mut().enumerate() {
-                        *o = grad(x[start + k * stride]);
-                    }
-                }
-            },
+            || map_row(x, (start, stride), out, grad),
         );
         // The target's own term, computed the same way plus its -(1 - eps).
         let p = ((x[start + t * stride].to_acc() - st.max) - st.ln_sum).fast_exp();

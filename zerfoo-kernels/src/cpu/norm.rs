@@ -13,7 +13,7 @@ use core::mem::MaybeUninit;
 use num_traits::{Float, One, Zero};
 
 use super::simd::{lane_sum_of, lane_sum_zip, vectorized};
-use super::softmax::{rows_map, AxisRows};
+use super::softmax::{map_row, rows_map, AxisRows};
 use super::threads::map_chunks_mut;
 use super::{assume_init_vec, init_defaults, map, uninit_vec, PAR_THRESHOLD};
 use crate::{FloatDtype, Layout, Real};
@@ -91,18 +91,10 @@ pub fn norm_forward<E: FloatDtype>(
     let d = E::Acc::of_f64(rows.n as f64);
     let eps = E::Acc::of_f64(eps);
     rows_map(lx.shape(), axis, |r, out: &mut [E], buf: &mut [E::Acc]| {
-        let (start, stride) = rows.start(lx, r);
         vectorized(
             #[inline(always)]
             || {
-                if stride == 1 {
-                    let src = &x[start..start + buf.len()];
-                    buf.iter_mut().zip(src).for_each(|(v, &x)| *v = x.to_acc());
-                } else {
-                    for (k, v) in buf.iter_mut().enumerate() {
-                        *v = x[start + k * stride].to_acc();
-                    }
-                }
+                map_row(x, rows.start(lx, r), buf, |v| v.to_acc());
                 let mean = if kind == NormKind::Layer {
                     lane_sum_of(buf, |x| x) / d
                 } else {
@@ -186,22 +178,13 @@ pub fn norm_backward<E: FloatDtype>(
         let mut g = vec![E::Acc::zero(); n];
         for (i, out) in chunk.chunks_mut(n).enumerate() {
             let r = blk * per_block + i;
-            let (start, stride) = rows.start(lx, r);
+            let at = rows.start(lx, r);
             let st = stats[r];
             let gy = &grad_y[r * n..(r + 1) * n];
             vectorized(
                 #[inline(always)]
                 || {
-                    if stride == 1 {
-                        let src = &x[start..start + n];
-                        for (v, &x) in buf.iter_mut().zip(src) {
-                            *v = (x.to_acc() - st.mean) * st.rstd;
-                        }
-                    } else {
-                        for (k, v) in buf.iter_mut().enumerate() {
-                            *v = (x[start + k * stride].to_acc() - st.mean) * st.rstd;
-                        }
-                    }
+                    map_row(x, at, &mut buf, |x| (x.to_acc() - st.mean) * st.rstd);
                     // g = grad_y * w_eff; the weight and bias gradients sum
                     // grad_y * xhat and grad_y over rows.
                     for (gk, &gy) in g.iter_mut().zip(gy) {

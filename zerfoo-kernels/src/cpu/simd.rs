@@ -53,7 +53,7 @@ pub fn lane_sum_of<A: crate::Real, T: Copy>(xs: &[T], f: impl Fn(T) -> A) -> A {
     let mut chunks = xs.chunks_exact(LANES);
     for c in &mut chunks {
         let c: &[T; LANES] = c.try_into().expect("a whole chunk");
-        acc = core::array::from_fn(|i| acc[i] + f(c[i]));
+        add_lanes(&mut acc, c, &f);
     }
     for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
         *a += f(x);
@@ -80,7 +80,11 @@ pub fn lane_sum_zip<A: crate::Real, T: Copy, U: Copy>(
     for (x, y) in (&mut ca).zip(&mut cb) {
         let x: &[T; LANES] = x.try_into().expect("a whole chunk");
         let y: &[U; LANES] = y.try_into().expect("a whole chunk");
-        acc = core::array::from_fn(|i| acc[i] + f(x[i], y[i]));
+        let mut v = [A::zero(); LANES];
+        for ((v, &x), &y) in v.iter_mut().zip(x).zip(y) {
+            *v = f(x, y);
+        }
+        add_lanes(&mut acc, &v, &|v| v);
     }
     for ((s, &x), &y) in acc.iter_mut().zip(ca.remainder()).zip(cb.remainder()) {
         *s += f(x, y);
@@ -102,12 +106,29 @@ pub fn lane_max<A: crate::Real>(xs: &[A]) -> A {
     let mut chunks = xs.chunks_exact(LANES);
     for c in &mut chunks {
         let c: &[A; LANES] = c.try_into().expect("a whole chunk");
-        acc = core::array::from_fn(|i| acc[i].max(c[i]));
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a = a.max(x);
+        }
     }
     for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
         *a = a.max(x);
     }
     fold_lanes(acc, |a, b| a.max(b))
+}
+
+/// `acc[i] += f(c[i])` for one whole chunk: the values first, then one
+/// add per lane, so the adds compile to full-width vector adds. (Not
+/// `core::array::from_fn`: its helper is not always inlined, and then `f`
+/// runs outside the caller's target features, an `fmaf` call per `mul_add`.)
+#[inline(always)]
+fn add_lanes<A: crate::Real, T: Copy>(acc: &mut [A; LANES], c: &[T; LANES], f: &impl Fn(T) -> A) {
+    let mut v = [A::zero(); LANES];
+    for (v, &x) in v.iter_mut().zip(c) {
+        *v = f(x);
+    }
+    for (a, v) in acc.iter_mut().zip(v) {
+        *a += v;
+    }
 }
 
 /// The 16 lanes combined pairwise in a fixed order (lane `i` with lane

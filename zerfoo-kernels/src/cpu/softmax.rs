@@ -11,7 +11,7 @@ use core::mem::MaybeUninit;
 use num_traits::{Float, Zero};
 
 use super::elementwise::{filled, map_uninit};
-use super::simd::vectorized;
+use super::simd::{lane_max, lane_sum_of, lane_sum_zip, vectorized};
 use super::threads::for_each_chunk_pair_mut;
 use super::{assume_init_vec, init_defaults, uninit_vec, CHUNK, PAR_THRESHOLD};
 use crate::{FloatDtype, Layout, Real};
@@ -58,6 +58,33 @@ impl AxisRows {
             layout.index_of(o * self.n * self.inner + j),
             layout.strides()[self.axis],
         )
+    }
+}
+
+/// `dst[k] = f(x[start + k * stride])` for the `dst.len()` values of a row
+/// that starts at `start` (from [`AxisRows::start`]): a plain slice walk
+/// (one the compiler vectorizes) when the row is contiguous.
+///
+/// ```
+/// let x = [1.0f32, 2.0, 3.0, 4.0];
+/// let mut dst = [0.0f32; 2];
+/// zerfoo_kernels::cpu::softmax::map_row(&x, (1, 2), &mut dst, |v| v * 10.0);
+/// assert_eq!(dst, [20.0, 40.0]);
+/// ```
+#[inline(always)]
+pub fn map_row<T: Copy, O>(
+    x: &[T],
+    (start, stride): (usize, usize),
+    dst: &mut [O],
+    f: impl Fn(T) -> O,
+) {
+    if stride == 1 {
+        let src = &x[start..start + dst.len()];
+        dst.iter_mut().zip(src).for_each(|(d, &v)| *d = f(v));
+    } else {
+        for (k, d) in dst.iter_mut().enumerate() {
+            *d = f(x[start + k * stride]);
+        }
     }
 }
 
@@ -130,35 +157,29 @@ pub fn softmax_forward<E: FloatDtype, const LOG: bool>(
         layout.shape(),
         axis,
         |r, out: &mut [E], buf: &mut [E::Acc]| {
-            let (start, stride) = rows.start(layout, r);
-            let mut m = E::Acc::neg_infinity();
-            for (k, b) in buf.iter_mut().enumerate() {
-                let v = x[start + k * stride].to_acc();
-                *b = v;
-                if v > m || v.is_nan() {
-                    m = v;
-                }
-            }
-            let mut s = E::Acc::zero();
-            if LOG {
-                for &b in buf.iter() {
-                    s += (b - m).fast_exp();
-                }
-                let ls = s.ln();
-                for (o, &b) in out.iter_mut().zip(buf.iter()) {
-                    *o = E::from_acc((b - m) - ls);
-                }
-            } else {
-                vectorized(
-                    #[inline(always)]
-                    || buf.iter_mut().for_each(|b| *b = (*b - m).fast_exp()),
-                );
-                s = buf.iter().fold(s, |acc, &b| acc + b);
-                let inv = s.recip();
-                for (o, &b) in out.iter_mut().zip(buf.iter()) {
-                    *o = E::from_acc(b * inv);
-                }
-            }
+            let at = rows.start(layout, r);
+            vectorized(
+                #[inline(always)]
+                || {
+                    map_row(x, at, buf, |v| v.to_acc());
+                    // `lane_max` skips a NaN, but then every `exp` below is
+                    // NaN too, and so is the row (as it is for a row of `-inf`:
+                    // `-inf - -inf`).
+                    let m = lane_max(buf);
+                    if LOG {
+                        let ls = lane_sum_of(buf, |b| (b - m).fast_exp()).ln();
+                        for (o, &b) in out.iter_mut().zip(buf.iter()) {
+                            *o = E::from_acc((b - m) - ls);
+                        }
+                    } else {
+                        buf.iter_mut().for_each(|b| *b = (*b - m).fast_exp());
+                        let inv = lane_sum_of(buf, |b| b).recip();
+                        for (o, &b) in out.iter_mut().zip(buf.iter()) {
+                            *o = E::from_acc(b * inv);
+                        }
+                    }
+                },
+            )
         },
     )
     .0
@@ -183,19 +204,44 @@ pub fn softmax_backward<E: FloatDtype, const LOG: bool>(
                 grad_y[start + k * stride].to_acc(),
             )
         };
-        let mut s = E::Acc::zero();
-        for k in 0..rows.n {
-            let (y, g) = at(k);
-            s += if LOG { g } else { g * y };
-        }
-        for (k, o) in out.iter_mut().enumerate() {
-            let (y, g) = at(k);
-            *o = E::from_acc(if LOG {
-                g - y.fast_exp() * s
-            } else {
-                y * (g - s)
-            });
-        }
+        vectorized(
+            #[inline(always)]
+            || {
+                let s = if stride == 1 {
+                    let (y, g) = (&y[start..start + rows.n], &grad_y[start..start + rows.n]);
+                    if LOG {
+                        lane_sum_of(g, |g| g.to_acc())
+                    } else {
+                        lane_sum_zip(y, g, |y, g| g.to_acc() * y.to_acc())
+                    }
+                } else {
+                    let mut s = E::Acc::zero();
+                    for k in 0..rows.n {
+                        let (y, g) = at(k);
+                        s += if LOG { g } else { g * y };
+                    }
+                    s
+                };
+                let grad = |y: E::Acc, g: E::Acc| {
+                    E::from_acc(if LOG {
+                        g - y.fast_exp() * s
+                    } else {
+                        y * (g - s)
+                    })
+                };
+                if stride == 1 {
+                    let (y, g) = (&y[start..start + rows.n], &grad_y[start..start + rows.n]);
+                    for ((o, &y), &g) in out.iter_mut().zip(y).zip(g) {
+                        *o = grad(y.to_acc(), g.to_acc());
+                    }
+                } else {
+                    for (k, o) in out.iter_mut().enumerate() {
+                        let (y, g) = at(k);
+                        *o = grad(y, g);
+                    }
+                }
+            },
+        )
     })
     .0
 }
