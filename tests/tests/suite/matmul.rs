@@ -342,6 +342,81 @@ fn matmul_t_equals_matmul_of_t_with_gradients() {
 }
 
 #[test]
+fn matmul_t_bias_is_matmul_t_plus_the_broadcast_bias() {
+    // Forward: the same bits as the product followed by a broadcast add
+    // (f64 and f32 on the CPU), rank 2 and rank 3 by a shared weight.
+    let x: Tensor<(Dyn, K), f64> = Tensor::randn((Dyn(37), K), 70);
+    let w: Tensor<(N, K), f64> = Tensor::randn((N, K), 71);
+    let b: Tensor<(N,), f64> = Tensor::randn((N,), 72);
+    let fused = x.clone().matmul_t_bias(w.clone(), b.clone()).to_vec();
+    let plain = x.clone().matmul_t(w.clone());
+    let shape = plain.shape();
+    assert_eq!(
+        fused,
+        (plain + b.clone().broadcast::<_, Axis<0>>(shape)).to_vec()
+    );
+    let x3: Tensor<(B, Dyn, K), f32> = Tensor::randn((B, Dyn(300), K), 73);
+    let (w32, b32) = (cast::<f32, _>(&w), cast::<f32, _>(&b));
+    let fused = x3.clone().matmul_t_bias(w32.clone(), b32.clone()).to_vec();
+    let plain = x3.matmul_t(w32);
+    let shape = plain.shape();
+    assert_eq!(
+        fused,
+        (plain + b32.broadcast::<_, Axes2<0, 1>>(shape)).to_vec()
+    );
+    // Gradients of x, w and the bias against central differences (the
+    // bias's is the output gradient summed over every row).
+    let x3: Tensor<(B, M, K), f64> = Tensor::randn((B, M, K), 74);
+    check_grad2(x3.clone(), w.clone(), |x, w| {
+        weighted_sum(
+            x.matmul_t_bias(w.traced(), Tensor::randn((N,), 75).traced()),
+            76,
+        )
+    });
+    check_grad2(b.clone(), x3.clone(), |b, x| {
+        weighted_sum(
+            x.traced()
+                .matmul_t_bias(Tensor::randn((N, K), 77).traced(), b),
+            78,
+        )
+    });
+    // A bias whose length differs at run time: an error naming both shapes.
+    let bd: Tensor<(Dyn,), f64> = Tensor::zeros((Dyn(5),));
+    match x.try_matmul_t_bias(w, bd) {
+        Err(Error::ShapeMismatch { op, lhs, rhs }) => {
+            assert_eq!((op, lhs, rhs), ("matmul_t_bias", vec![37, 4], vec![5]));
+        }
+        other => panic!(
+            "expected a shape mismatch, got {:?}",
+            other.map(|t| t.dims().to_vec())
+        ),
+    }
+}
+
+#[test]
+fn matmul_t_bias_in_every_dtype() {
+    let x: Tensor<(B, Dyn, Dyn), f64> = Tensor::randn((B, Dyn(19), Dyn(70)), 80);
+    let w: Tensor<(Dyn, Dyn), f64> = Tensor::randn((Dyn(33), Dyn(70)), 81);
+    let b: Tensor<(Dyn,), f64> = Tensor::randn((Dyn(33),), 82);
+    check_dtypes!("matmul_t_bias", |E| cast::<E, _>(&x)
+        .matmul_t_bias(cast::<E, _>(&w), cast::<E, _>(&b))
+        .to_f64_vec());
+    let dy: Tensor<(B, Dyn, Dyn), f64> = Tensor::randn((B, Dyn(19), Dyn(33)), 83);
+    check_dtypes!("matmul_t_bias backward (bias)", |E| {
+        let (x, w, b, dy) = (
+            cast::<E, _>(&x),
+            cast::<E, _>(&w),
+            cast::<E, _>(&b),
+            cast::<E, _>(&dy),
+        );
+        let g = (x.traced().matmul_t_bias(w, b.clone()) * dy)
+            .sum_all()
+            .backward();
+        g.get(&b).unwrap().to_f64_vec()
+    });
+}
+
+#[test]
 fn grad_of_transpose_alone() {
     let x2: Tensor<(M, N), f64> = Tensor::randn((M, N), 35);
     check_grad1(x2, |x| weighted_sum(x.t(), 36));

@@ -598,6 +598,19 @@ fn matmul_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
             6.0,
         );
     }
+    // a bias on every row (a linear layer's `x · Wᵀ + b`): cuBLAS's product,
+    // then a broadcast add; a bias of the wrong length is an error
+    let bias: Vec<E> = data(n, 44, -1.0, 1.0);
+    let dbias = dev.to_device(&bias)?;
+    for (la, lb) in [(la, lb), (lat, lbt), (la, lb_bcast)] {
+        let want = cpu::matmul::gemm_batched_bias(&a, &la, &b, &lb, Some(&bias));
+        let got = crate::device::MatmulKernels::gemm_batched_bias(dev, &da, &la, &db, &lb, &dbias)?;
+        assert_close("matmul + bias", &got.to_host()?, &want, 4.0);
+    }
+    let short = dev.to_device(&bias[1..])?;
+    assert!(
+        crate::device::MatmulKernels::gemm_batched_bias(dev, &da, &la, &db, &lb, &short).is_err()
+    );
     let l2a = Layout::contiguous(&[m, k]);
     let l2b = Layout::contiguous(&[k, n]);
     let want = cpu::matmul::gemm(&a, &l2a, &b, &l2b);

@@ -880,14 +880,12 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim, Dv: Backend>
     )> {
         let projs = [&self.q_proj, &self.k_proj, &self.v_proj];
         let w = Tensor::try_concat_all::<Axis<0>>(projs.map(|p| p.weight.retaped::<Tp>()))?;
-        let y = x.matmul_t(w);
         let y = match projs.map(|p| p.bias.as_ref()) {
             [Some(bq), Some(bk), Some(bv)] => {
                 let b = Tensor::try_concat_all::<Axis<0>>([bq, bk, bv].map(|b| b.retaped::<Tp>()))?;
-                let shape = y.shape();
-                y + b.broadcast::<_, crate::shape::Axes2<0, 1>>(shape)
+                x.try_matmul_t_bias(w, b)?
             }
-            [None, None, None] => y,
+            [None, None, None] => x.matmul_t(w),
             _ => {
                 return Err(Error::InvalidArgument {
                     op: "attention",

@@ -6,7 +6,7 @@ use zerfoo_kernels::{Backend, Cpu, FloatDtype};
 use super::{init, Forward};
 use crate::autograd::TapeState;
 use crate::ops::MatMulShapes;
-use crate::shape::{Axes2, Axes3, Axis, Dim};
+use crate::shape::Dim;
 use crate::tensor::Tensor;
 
 /// A fully connected layer from `I` to `O` features.
@@ -47,7 +47,7 @@ impl<I: Dim, O: Dim, E: FloatDtype, D: Backend> Linear<I, O, E, D> {
 }
 
 macro_rules! linear_forward {
-    ($($b:ident),* ; $axes:ty) => {
+    ($($b:ident),*) => {
         impl<$($b: Dim,)* I: Dim, I2: Dim, O: Dim, E: FloatDtype, Dv: Backend, T: TapeState>
             Forward<Tensor<($($b,)* I2), E, Dv, T>> for Linear<I, O, E, Dv>
         where
@@ -55,18 +55,17 @@ macro_rules! linear_forward {
         {
             type Output = Tensor<($($b,)* O), E, Dv, T>;
             fn forward(&self, x: Tensor<($($b,)* I2), E, Dv, T>) -> Self::Output {
-                let y = x.matmul_t(self.weight.retaped::<T>());
+                // The bias goes in with the product (added in its store on
+                // the CPU), not as a broadcast add over the result.
+                let w = self.weight.retaped::<T>();
                 match &self.bias {
-                    Some(b) => {
-                        let shape = y.shape();
-                        y + b.retaped::<T>().broadcast::<_, $axes>(shape)
-                    }
-                    None => y,
+                    Some(b) => x.matmul_t_bias(w, b.retaped::<T>()),
+                    None => x.matmul_t(w),
                 }
             }
         }
     };
 }
-linear_forward!(M; Axis<0>);
-linear_forward!(B, M; Axes2<0, 1>);
-linear_forward!(B, H, M; Axes3<0, 1, 2>);
+linear_forward!(M);
+linear_forward!(B, M);
+linear_forward!(B, H, M);

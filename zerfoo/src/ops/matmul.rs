@@ -178,6 +178,15 @@ transpose_shape!(A 0, B 1, C 2; D 3, E 4);
 transpose_shape!(A 0, B 1, C 2, D 3; E 4, F 5);
 
 /// `l` (a matrix) repeated over leading `batch` dims with stride 0.
+/// The bias of [`Tensor::try_matmul_t_bias`] as the product sees it:
+/// contiguous values, their dims, and the tensor's id and tape node.
+struct Bias<E: FloatDtype, D: Backend> {
+    dims: Vec<usize>,
+    data: Arc<D::Storage<E>>,
+    id: TensorId,
+    node: Option<Arc<crate::autograd::Node>>,
+}
+
 fn with_batch(l: &Layout, batch: &[usize]) -> Layout {
     let mut shape = batch.to_vec();
     let mut strides = vec![0; batch.len()];
@@ -223,7 +232,7 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
         E: SameDtype<E2, Matmul>,
         T: Merge<T2>,
     {
-        self.matmul_core(rhs, false)
+        self.matmul_core(rhs, false, None)
     }
 
     /// `self · rhsᵀ` (`rhs` transposed over its last two axes): the product
@@ -257,7 +266,80 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
             tape: rhs.tape,
             device: rhs.device,
         };
-        self.matmul_core(view, true)
+        self.matmul_core(view, true, None)
+    }
+
+    /// `self · rhsᵀ + bias`: a linear layer's forward (`F.linear`), with
+    /// the bias (one value per output column, `N` = `rhs`'s second to last
+    /// dim) added to every row in the product's store on the CPU instead of
+    /// by a broadcast add over the result. The gradients are those of
+    /// `self.matmul_t(rhs)` plus the broadcast bias: the bias's is the sum
+    /// of the output gradient over every row.
+    ///
+    /// Returns [`Error::ShapeMismatch`] as [`try_matmul_t`](Self::try_matmul_t)
+    /// does, or when the bias's length is not `N`.
+    ///
+    /// ```
+    /// use zerfoo::prelude::*;
+    /// let x = Tensor::<(U2, U3), f32>::from_vec(Default::default(), vec![1., 2., 3., 4., 5., 6.]).unwrap();
+    /// let w = Tensor::<(U1, U3), f32>::from_vec(Default::default(), vec![1., 0., -1.]).unwrap();
+    /// let b = Tensor::<(U1,), f32>::from_vec(Default::default(), vec![0.5]).unwrap();
+    /// assert_eq!(x.try_matmul_t_bias(w, b).unwrap().to_vec(), [-1.5, -1.5]);
+    /// ```
+    pub fn try_matmul_t_bias<S2, E2, T2, O, N>(
+        self,
+        rhs: Tensor<S2, E2, D, T2>,
+        bias: Tensor<(N,), E, D, T2>,
+    ) -> Result<Tensor<O, E, D, <T as Merge<T2>>::Out>>
+    where
+        S2: TransposeShape,
+        E2: FloatDtype,
+        T2: TapeState,
+        O: Shape,
+        N: Dim,
+        S: MatMulShapes<S2::Out, Out = O>,
+        E: SameDtype<E2, Matmul>,
+        T: Merge<T2>,
+    {
+        let view = Tensor {
+            shape: rhs.shape.transposed(),
+            layout: swap_last(&rhs.layout),
+            data: rhs.data,
+            id: rhs.id,
+            tape: rhs.tape,
+            device: rhs.device,
+        };
+        let bias = Bias {
+            dims: bias.dims().to_vec(),
+            data: if bias.layout.is_contiguous() && bias.layout.offset == 0 {
+                bias.data
+            } else {
+                Arc::new(bias.device.contiguous(&bias.data, &bias.layout)?)
+            },
+            id: bias.id,
+            node: bias.tape.node(),
+        };
+        self.matmul_core(view, true, Some(bias))
+    }
+
+    /// Panicking twin of [`try_matmul_t_bias`](Self::try_matmul_t_bias).
+    #[track_caller]
+    pub fn matmul_t_bias<S2, E2, T2, O, N>(
+        self,
+        rhs: Tensor<S2, E2, D, T2>,
+        bias: Tensor<(N,), E, D, T2>,
+    ) -> Tensor<O, E, D, <T as Merge<T2>>::Out>
+    where
+        S2: TransposeShape,
+        E2: FloatDtype,
+        T2: TapeState,
+        O: Shape,
+        N: Dim,
+        S: MatMulShapes<S2::Out, Out = O>,
+        E: SameDtype<E2, Matmul>,
+        T: Merge<T2>,
+    {
+        or_panic(self.try_matmul_t_bias(rhs, bias))
     }
 
     /// Panicking twin of [`try_matmul_t`](Self::try_matmul_t).
@@ -274,13 +356,14 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
         or_panic(self.try_matmul_t(rhs))
     }
 
-    /// The product; with `transposed_rhs`, `rhs` is the transposed view of
-    /// a tensor whose id it carries, and its gradient is produced in that
-    /// tensor's orientation (`[.., N, K]`).
+    /// The product, plus `bias` on every row if any; with `transposed_rhs`,
+    /// `rhs` is the transposed view of a tensor whose id it carries, and its
+    /// gradient is produced in that tensor's orientation (`[.., N, K]`).
     fn matmul_core<S2: Shape, E2: FloatDtype, T2: TapeState, O: Shape>(
         self,
         rhs: Tensor<S2, E2, D, T2>,
         transposed_rhs: bool,
+        bias: Option<Bias<E, D>>,
     ) -> Result<Tensor<O, E, D, <T as Merge<T2>>::Out>>
     where
         S: MatMulShapes<S2, Out = O>,
@@ -319,8 +402,23 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
         } else {
             (la, lb)
         };
-        let y = self.device.gemm_batched(&self.data, &la, &rhs.data, &lb)?;
         let out_shape = self.shape.matmul_shape(&rhs.shape);
+        if let Some(bias) = &bias {
+            let n = lb.shape()[lb.rank() - 1];
+            if bias.dims != [n] {
+                return Err(Error::ShapeMismatch {
+                    op: "matmul_t_bias",
+                    lhs: out_shape.dims().to_vec(),
+                    rhs: bias.dims.clone(),
+                });
+            }
+        }
+        let y = match &bias {
+            Some(bias) => self
+                .device
+                .gemm_batched_bias(&self.data, &la, &rhs.data, &lb, &bias.data)?,
+            None => self.device.gemm_batched(&self.data, &la, &rhs.data, &lb)?,
+        };
         let out_id = TensorId::fresh();
         type Out<T, T2> = <T as Merge<T2>>::Out;
         let tape = if Out::<T, T2>::TRACKED {
@@ -328,7 +426,10 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
             let (b, idb) = (rhs.data.clone(), rhs.id);
             let (shared_a, shared_b) = (S::LHS_BROADCAST, S::RHS_BROADCAST);
             let dev = self.device.clone();
-            record::<Out<T, T2>>(out_id, &[self.tape.node(), rhs.tape.node()], move |g| {
+            let bias_node = bias.as_ref().and_then(|b| b.node.clone());
+            let bias_id = bias.map(|b| b.id);
+            let parents = [self.tape.node(), rhs.tape.node(), bias_node];
+            record::<Out<T, T2>>(out_id, &parents, move |g| {
                 if let Some(gy) = g.take_on::<D, E>(out_id) {
                     // gY as `[..batch, M, N]`.
                     let mut gdims = la.shape().to_vec();
@@ -349,8 +450,16 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
                         (true, true) => dev.gemm_batch_sum(&gy, &swap_last(&lg), &a, &la),
                         (false, true) => dev.gemm_batched(&gy, &swap_last(&lg), &a, &la),
                     });
+                    // The bias's gradient: gY summed over every row.
+                    let gbias = bias_id.map(|id| {
+                        let rows: Vec<usize> = (0..r - 1).collect();
+                        (id, device_ok(dev.sum_axes(&gy, &lg, &rows, 1.0)))
+                    });
                     g.accumulate_on(&dev, ida, ga);
                     g.accumulate_on(&dev, idb, gb);
+                    if let Some((id, gbias)) = gbias {
+                        g.accumulate_on(&dev, id, gbias);
+                    }
                 }
             })
         } else {

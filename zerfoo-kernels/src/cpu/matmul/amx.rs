@@ -112,9 +112,15 @@ const CONFIG: TileConfig = TileConfig {
     rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
 };
 
-/// `out = A · B` for `bf16` operands, `out` `[M, N]` row-major (every
-/// element written). Needs [`available`] and `K > 0`.
-pub(crate) fn product(ops: &Operands<'_, bf16>, out: &mut [MaybeUninit<bf16>], threads: usize) {
+/// `out = A · B` (`+ bias[j]` on every row, if any) for `bf16` operands,
+/// `out` `[M, N]` row-major (every element written). Needs [`available`]
+/// and `K > 0`.
+pub(crate) fn product(
+    ops: &Operands<'_, bf16>,
+    out: &mut [MaybeUninit<bf16>],
+    threads: usize,
+    bias: Option<&[f32]>,
+) {
     let (m, n, k) = (ops.a_rows.len(), ops.b_cols.len(), ops.a_cols.len());
     assert!(available() && k > 0 && out.len() == m * n);
     let kp = k.next_multiple_of(KSTEP);
@@ -133,12 +139,22 @@ pub(crate) fn product(ops: &Operands<'_, bf16>, out: &mut [MaybeUninit<bf16>], t
                     .enumerate()
                     .for_each(pack_panel);
             }
-            run_blocks(ops, bp, kp, SyncPtr(acc.as_mut_ptr()), np, out, threads);
+            run_blocks(
+                ops,
+                bp,
+                kp,
+                SyncPtr(acc.as_mut_ptr()),
+                np,
+                out,
+                threads,
+                bias,
+            );
         })
     });
 }
 
 /// Runs the product's tasks (blocks of rows by columns) on `threads`.
+#[allow(clippy::too_many_arguments)]
 fn run_blocks(
     ops: &Operands<'_, bf16>,
     bp: &[u32],
@@ -147,6 +163,7 @@ fn run_blocks(
     np: usize,
     out: &mut [MaybeUninit<bf16>],
     threads: usize,
+    bias: Option<&[f32]>,
 ) {
     let (m, n) = (ops.a_rows.len(), ops.b_cols.len());
     let panels = n.div_ceil(TILE);
@@ -168,7 +185,20 @@ fn run_blocks(
             let ap = unsafe { core::slice::from_raw_parts_mut(ap.as_mut_ptr().cast::<u16>(), len) };
             // SAFETY: tasks cover disjoint blocks of rows x columns of `acc`
             // and `out`; the packed operands are read only.
-            unsafe { task_block(ops, bp, kp, (r0, rows), (c0, cols), ap, accp, np, outp, n) };
+            unsafe {
+                task_block(
+                    ops,
+                    bp,
+                    kp,
+                    (r0, rows),
+                    (c0, cols),
+                    ap,
+                    accp,
+                    np,
+                    (outp, n),
+                    bias,
+                )
+            };
         });
     };
     let tasks = row_blocks * col_blocks;
@@ -238,7 +268,8 @@ fn pack_a(
 }
 
 /// One task: rows `r0..r0 + rows` by columns `c0..c0 + cols` of the
-/// product, over every depth block, rounded into `out` at the end.
+/// product, over every depth block, plus the column biases (if any),
+/// rounded into `out` (row length `n`) at the end.
 ///
 /// # Safety
 /// No other thread may touch these rows and columns of `acc` (`np`
@@ -253,8 +284,8 @@ unsafe fn task_block(
     ap: &mut [u16],
     acc: SyncPtr<f32>,
     np: usize,
-    out: SyncPtr<u16>,
-    n: usize,
+    (out, n): (SyncPtr<u16>, usize),
+    bias: Option<&[f32]>,
 ) {
     let row_tiles = rows.div_ceil(TILE);
     let col_panels = cols.div_ceil(TILE);
@@ -287,7 +318,7 @@ unsafe fn task_block(
         // block of both buffers, final in `acc`.
         let (src, dst) = unsafe {
             (
-                core::slice::from_raw_parts(acc.get().add(i * np + c0), cols),
+                core::slice::from_raw_parts_mut(acc.get().add(i * np + c0), cols),
                 core::slice::from_raw_parts_mut(
                     out.get().add(i * n + c0).cast::<MaybeUninit<bf16>>(),
                     cols,
@@ -296,7 +327,14 @@ unsafe fn task_block(
         };
         crate::cpu::simd::vectorized(
             #[inline(always)]
-            || super::pack::narrow::<bf16>(src, dst),
+            || {
+                if let Some(bias) = bias {
+                    for (s, &b) in src.iter_mut().zip(&bias[c0..]) {
+                        *s += b;
+                    }
+                }
+                super::pack::narrow::<bf16>(src, dst)
+            },
         );
     }
 }

@@ -15,7 +15,7 @@ pub(crate) unsafe fn micro<A: Real, const MR: usize, const NR: usize>(
     b: *const A,
     c: *mut A,
     ldc: usize,
-    st: Store,
+    st: Store<A>,
 ) {
     // SAFETY: the caller guarantees `kc * MR` readable values at `a` and `kc * NR` at `b`.
     let (ap, bp) = unsafe {
@@ -35,19 +35,8 @@ pub(crate) unsafe fn micro<A: Real, const MR: usize, const NR: usize>(
             }
         }
     }
-    for (i, row) in acc.iter().enumerate() {
-        for (j, &v) in row.iter().enumerate() {
-            // SAFETY: `i < MR`, `j < NR`: inside the tile the caller guarantees.
-            unsafe {
-                let c = c.add(i * ldc + j);
-                if st.overwrite {
-                    c.write(v);
-                } else {
-                    *c += v;
-                }
-            }
-        }
-    }
+    // SAFETY: the caller's tile and bias (see `MicroFn`).
+    unsafe { store_tile(&acc, c, ldc, st) };
 }
 
 /// The portable tile reading `A` in place (row `i`, depth `p` at `a[i * lda + p]`).
@@ -61,7 +50,7 @@ pub(crate) unsafe fn micro_direct<A: Real, const MR: usize, const NR: usize>(
     b: *const A,
     c: *mut A,
     ldc: usize,
-    st: Store,
+    st: Store<A>,
 ) {
     // SAFETY: the caller guarantees `kc * NR` readable values at `b`.
     let bp = unsafe { core::slice::from_raw_parts(b, kc * NR) };
@@ -76,16 +65,35 @@ pub(crate) unsafe fn micro_direct<A: Real, const MR: usize, const NR: usize>(
             }
         }
     }
+    // SAFETY: the caller's tile and bias (see `MicroFn`).
+    unsafe { store_tile(&acc, c, ldc, st) };
+}
+
+/// Writes (or adds) the accumulators into the tile at `c`, then adds the
+/// column biases, if any (see [`Store`]).
+///
+/// # Safety
+/// As for [`super::kernel::MicroFn`].
+#[inline(always)]
+unsafe fn store_tile<A: Real, const MR: usize, const NR: usize>(
+    acc: &[[A; NR]; MR],
+    c: *mut A,
+    ldc: usize,
+    st: Store<A>,
+) {
     for (i, row) in acc.iter().enumerate() {
         for (j, &v) in row.iter().enumerate() {
-            // SAFETY: `i < MR`, `j < NR`: inside the tile the caller guarantees.
+            // SAFETY: `i < MR`, `j < NR`: inside the tile (and the bias
+            // row) the caller guarantees.
             unsafe {
                 let c = c.add(i * ldc + j);
-                if st.overwrite {
-                    c.write(v);
+                let v = if st.overwrite { v } else { *c + v };
+                let v = if st.bias.is_null() {
+                    v
                 } else {
-                    *c += v;
-                }
+                    v + *st.bias.add(j)
+                };
+                c.write(v);
             }
         }
     }

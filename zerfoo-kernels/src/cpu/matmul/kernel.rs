@@ -13,9 +13,9 @@ use std::sync::OnceLock;
 
 use crate::Real;
 
-/// How a micro-kernel leaves its tile.
+/// How a micro-kernel leaves its tile (`A`: the compute type).
 #[derive(Clone, Copy)]
-pub(crate) struct Store {
+pub(crate) struct Store<A> {
     /// Write the tile's sums (the old values of `C` are never read, so they
     /// may be uninitialized) instead of adding them to `C`.
     pub overwrite: bool,
@@ -25,15 +25,20 @@ pub(crate) struct Store {
     pub round: *mut u16,
     /// Row length of the `round` tile.
     pub ldr: usize,
+    /// Unless null: the tile's `NR` column biases, added to every row after
+    /// the sums (and the old `C`): `c = (c + Σ) + bias`, as an add after
+    /// the product rounds it. Set only on a tile's last depth block.
+    pub bias: *const A,
 }
 
-impl Store {
-    /// Into `C`: written (`overwrite`) or added to.
+impl<A> Store<A> {
+    /// Into `C`: written (`overwrite`) or added to, no bias.
     pub(crate) fn c(overwrite: bool) -> Self {
         Store {
             overwrite,
             round: core::ptr::null_mut(),
             ldr: 0,
+            bias: core::ptr::null(),
         }
     }
 }
@@ -48,10 +53,11 @@ impl Store {
 /// `a` must be readable for `g * MR` values, `b` for `g * NR` values, and
 /// `c` writable (and readable unless `overwrite`) at every `i * ldc + j`
 /// with `i < MR`, `j < NR` (only readable when rounding, and then only
-/// unless `overwrite`), and `st.round` (if not null) writable at every
-/// `i * st.ldr + j`. The CPU must support the kernel's target features.
+/// unless `overwrite`), `st.round` (if not null) writable at every
+/// `i * st.ldr + j`, and `st.bias` (if not null) readable for `NR` values.
+/// The CPU must support the kernel's target features.
 pub(crate) type MicroFn<P, C> =
-    unsafe fn(kc: usize, a: *const P, b: *const P, c: *mut C, ldc: usize, st: Store);
+    unsafe fn(kc: usize, a: *const P, b: *const P, c: *mut C, ldc: usize, st: Store<C>);
 
 /// Like [`MicroFn`] but reads `A` in place: `a[i * lda + p]` for row `i`,
 /// depth `p` (a row-major `A` needs no packing). For pairs (`G = 2`), `a`
@@ -62,7 +68,7 @@ pub(crate) type MicroFn<P, C> =
 /// `a` must be readable at `i * lda + p` (input values) for `i < MR`,
 /// `p < kc`; otherwise as for [`MicroFn`].
 pub(crate) type DirectFn<P, C> =
-    unsafe fn(kc: usize, a: *const P, lda: usize, b: *const P, c: *mut C, ldc: usize, st: Store);
+    unsafe fn(kc: usize, a: *const P, lda: usize, b: *const P, c: *mut C, ldc: usize, st: Store<C>);
 
 /// A micro-kernel and its register-tile shape: panels of packed type `P`,
 /// results in the compute type `C`.

@@ -117,10 +117,56 @@ pub fn gemm<E: FloatDtype>(a: &[E], la: &Layout, b: &[E], lb: &Layout) -> Vec<E>
 /// assert_eq!(gemm_batched(&a, &la, &b, &lb), [12.0, 34.0]);
 /// ```
 pub fn gemm_batched<E: FloatDtype>(a: &[E], la: &Layout, b: &[E], lb: &Layout) -> Vec<E> {
+    gemm_batched_bias(a, la, b, lb, None)
+}
+
+/// [`gemm_batched`] plus a bias of `N` values added to every row of every
+/// product, in the kernels' store (no separate pass over the result):
+/// `(A · B)[i, j] + bias[j]`, the sum rounded first in the compute type,
+/// as an add after the product would, then the whole rounded once.
+///
+/// ```
+/// use zerfoo_kernels::{cpu::matmul::gemm_batched_bias, Layout};
+/// let a = [1.0f32, 2.0, 3.0, 4.0]; // [[1, 2], [3, 4]]
+/// let l = Layout::contiguous(&[2, 2]);
+/// let y = gemm_batched_bias(&a, &l, &a, &l, Some(&[10.0, 20.0]));
+/// assert_eq!(y, [17.0, 30.0, 25.0, 42.0]);
+/// ```
+///
+/// # Panics
+/// If the bias does not have `N` values (or as [`gemm_batched`] does).
+pub fn gemm_batched_bias<E: FloatDtype>(
+    a: &[E],
+    la: &Layout,
+    b: &[E],
+    lb: &Layout,
+    bias: Option<&[E]>,
+) -> Vec<E> {
+    if let Some(bias) = bias {
+        let n = lb.rank().checked_sub(1).map_or(0, |i| lb.shape()[i]);
+        assert_eq!(
+            bias.len(),
+            n,
+            "gemm_batched_bias: the bias needs one value per column"
+        );
+    }
+    // The bias in the compute type (for f32 and f64 the values as they are).
+    let wide: Option<Vec<E::Acc>> = bias
+        .filter(|_| !matches!(E::DTYPE, DType::F32 | DType::F64))
+        .map(|b| b.iter().map(|&v| v.to_acc()).collect());
+    let bias = wide.as_deref().or_else(|| {
+        // SAFETY: for f32 and f64 the compute type is the type itself.
+        bias.map(|b| unsafe { core::slice::from_raw_parts(b.as_ptr().cast::<E::Acc>(), b.len()) })
+    });
     native_bf16(a, la, b, lb, |a, b, kern| {
-        gemm_batched_with::<_, Bf16Pairs>(a, la, b, lb, kern)
+        // SAFETY: this runs only for `bf16`, whose compute type is `f32`.
+        let bias =
+            bias.map(|b| unsafe { core::slice::from_raw_parts(b.as_ptr().cast::<f32>(), b.len()) });
+        gemm_batched_bias_with::<_, Bf16Pairs>(a, la, b, lb, bias, kern)
     })
-    .unwrap_or_else(|| gemm_batched_with::<_, Widen>(a, la, b, lb, kernel::kernel::<E::Acc>()))
+    .unwrap_or_else(|| {
+        gemm_batched_bias_with::<_, Widen>(a, la, b, lb, bias, kernel::kernel::<E::Acc>())
+    })
 }
 
 /// Runs `f` on the operands as `bf16` with the AVX512-BF16 kernel for
@@ -147,6 +193,7 @@ fn native_bf16<E: FloatDtype>(
 }
 
 /// [`gemm_batched`] with a given packing and micro-kernel.
+#[cfg(test)]
 fn gemm_batched_with<E: FloatDtype, K: Packing<E>>(
     a: &[E],
     la: &Layout,
@@ -154,11 +201,31 @@ fn gemm_batched_with<E: FloatDtype, K: Packing<E>>(
     lb: &Layout,
     kern: Kernel<K::P, E::Acc>,
 ) -> Vec<E> {
+    gemm_batched_bias_with::<E, K>(a, la, b, lb, None, kern)
+}
+
+/// [`gemm_batched_bias`] with a given packing and micro-kernel; `bias` (if
+/// any) holds the `N` biases in the compute type.
+fn gemm_batched_bias_with<E: FloatDtype, K: Packing<E>>(
+    a: &[E],
+    la: &Layout,
+    b: &[E],
+    lb: &Layout,
+    bias: Option<&[E::Acc]>,
+    kern: Kernel<K::P, E::Acc>,
+) -> Vec<E> {
     let p = Problem::new(la, lb, "gemm_batched");
     let (m, n, k) = (p.m, p.n, p.k);
     let batch = p.a_bases.len();
     if batch * m * n == 0 || k == 0 {
-        return vec![E::default(); batch * m * n];
+        // An empty depth sums to 0: the result is the bias (or 0) per row.
+        return match bias {
+            Some(bias) if n > 0 => {
+                let row: Vec<E> = bias.iter().map(|&v| E::from_acc(v)).collect();
+                row.repeat(batch * m)
+            }
+            _ => vec![E::default(); batch * m * n],
+        };
     }
     if batch > 1 && p.b_bases.iter().all(|&o| o == p.b_bases[0]) {
         // One B shared by the whole batch (a layer's weight): a single
@@ -166,7 +233,7 @@ fn gemm_batched_with<E: FloatDtype, K: Packing<E>>(
         let a_rows = batch_offsets(&p.a_bases, m, p.sam);
         let (a_cols, b_rows, b_cols) = (offsets(k, p.sak), offsets(k, p.sbk), offsets(n, p.sbn));
         let ops = Operands::new(a, 0, &a_rows, &a_cols, b, p.b_bases[0], &b_rows, &b_cols);
-        return product_vec::<E, K>(&ops, kern);
+        return product_vec::<E, K>(&ops, bias, kern);
     }
     let mut out_buf: Vec<E> = Vec::with_capacity(batch * m * n);
     let out = &mut out_buf.spare_capacity_mut()[..batch * m * n];
@@ -185,7 +252,7 @@ fn gemm_batched_with<E: FloatDtype, K: Packing<E>>(
             &b_rows,
             &b_cols,
         );
-        product::<E, K>(&ops, out, threads, kern);
+        product::<E, K>(&ops, out, threads, bias, kern);
     };
     if macs * batch < PAR_MACS || threads == 1 {
         for (bi, o) in out.chunks_exact_mut(m * n).enumerate() {
@@ -218,10 +285,11 @@ fn batch_offsets(bases: &[usize], n: usize, stride: usize) -> Vec<usize> {
         .collect()
 }
 
-/// One `[M, N]` product as a new vector, threaded when it has at least
-/// [`PAR_MACS`] multiply-adds. Needs `K > 0`.
+/// One `[M, N]` product (plus `bias` per row, if any) as a new vector,
+/// threaded when it has at least [`PAR_MACS`] multiply-adds. Needs `K > 0`.
 fn product_vec<E: FloatDtype, K: Packing<E>>(
     ops: &Operands<'_, E>,
+    bias: Option<&[E::Acc]>,
     kern: Kernel<K::P, E::Acc>,
 ) -> Vec<E> {
     let (m, n, k) = (ops.a_rows.len(), ops.b_cols.len(), ops.a_cols.len());
@@ -231,7 +299,13 @@ fn product_vec<E: FloatDtype, K: Packing<E>>(
         1
     };
     let mut out = Vec::with_capacity(m * n);
-    product::<E, K>(ops, &mut out.spare_capacity_mut()[..m * n], threads, kern);
+    product::<E, K>(
+        ops,
+        &mut out.spare_capacity_mut()[..m * n],
+        threads,
+        bias,
+        kern,
+    );
     // SAFETY: `product` wrote all `m * n` values.
     unsafe { out.set_len(m * n) };
     out
@@ -266,7 +340,7 @@ fn gemm_batch_sum_with<E: FloatDtype, K: Packing<E>>(
     let (a_rows, a_cols) = (offsets(m, p.sam), batch_offsets(&p.a_bases, k, p.sak));
     let (b_rows, b_cols) = (batch_offsets(&p.b_bases, k, p.sbk), offsets(n, p.sbn));
     let ops = Operands::new(a, 0, &a_rows, &a_cols, b, 0, &b_rows, &b_cols);
-    product_vec::<E, K>(&ops, kern)
+    product_vec::<E, K>(&ops, None, kern)
 }
 
 /// Dims, inner strides and per-batch base offsets of a batched product.
@@ -383,13 +457,15 @@ impl<'a, E> Operands<'a, E> {
     }
 }
 
-/// One product into `out` (`[M, N]`, possibly uninitialized; every element
-/// is written): straight into `out` when `E` is its own compute type, else
-/// into an `E::Acc` buffer that is rounded once at the end. Needs `K > 0`.
+/// One product, plus `bias` (`N` values) on every row if any, into `out`
+/// (`[M, N]`, possibly uninitialized; every element is written): straight
+/// into `out` when `E` is its own compute type, else into an `E::Acc`
+/// buffer that is rounded once at the end. Needs `K > 0`.
 fn product<E: FloatDtype, K: Packing<E>>(
     ops: &Operands<'_, E>,
     out: &mut [MaybeUninit<E>],
     threads: usize,
+    bias: Option<&[E::Acc]>,
     kern: Kernel<K::P, E::Acc>,
 ) {
     // Debug builds (the tests) poison the output, so an element the product
@@ -409,7 +485,10 @@ fn product<E: FloatDtype, K: Packing<E>>(
                 ),
             )
         };
-        amx::product(ops, out, threads);
+        // SAFETY: `E` is `bf16`, so `E::Acc` is `f32`.
+        let bias =
+            bias.map(|b| unsafe { core::slice::from_raw_parts(b.as_ptr().cast::<f32>(), b.len()) });
+        amx::product(ops, out, threads, bias);
         return;
     }
     if matches!(E::DTYPE, DType::F32 | DType::F64) {
@@ -421,7 +500,7 @@ fn product<E: FloatDtype, K: Packing<E>>(
                 out.len(),
             )
         };
-        blocked::<E, K>(ops, c, threads, kern, true, Final::Keep);
+        blocked::<E, K>(ops, c, threads, kern, true, bias, Final::Keep);
     } else if kern.rounds && TypeId::of::<E>() == TypeId::of::<bf16>() {
         // The kernel rounds each tile of the last depth block straight into
         // the output; `c` holds only the sums of earlier depth blocks (and
@@ -429,7 +508,7 @@ fn product<E: FloatDtype, K: Packing<E>>(
         let mut c: Vec<E::Acc> = Vec::with_capacity(out.len());
         let round = Final::Round(SyncPtr(out.as_mut_ptr().cast::<u16>()));
         let c = &mut c.spare_capacity_mut()[..out.len()];
-        blocked::<E, K>(ops, c, threads, kern, true, round);
+        blocked::<E, K>(ops, c, threads, kern, true, bias, round);
     } else {
         let n = ops.b_cols.len();
         let mut c: Vec<E::Acc> = Vec::with_capacity(out.len());
@@ -456,7 +535,7 @@ fn product<E: FloatDtype, K: Packing<E>>(
                 )
             };
         let c = &mut c.spare_capacity_mut()[..out.len()];
-        blocked::<E, K>(ops, c, threads, kern, true, Final::Finish(&finish));
+        blocked::<E, K>(ops, c, threads, kern, true, bias, Final::Finish(&finish));
     }
 }
 
@@ -480,7 +559,7 @@ enum Final<'a, A> {
 
 /// `c += A · B` (`c` is `[M, N]` row-major), or `c = A · B` with
 /// `overwrite` (then `c` may be uninitialized: the first depth block writes
-/// every element, later ones add). Column blocks sized for L2
+/// every element, later ones add); then `+ bias[j]` on every row, if any. Column blocks sized for L2
 /// (`B_BLOCK_BYTES`, at most `NC`), depth blocks of `K::KC` (one packed
 /// `B` block shared by all threads), then tasks of `mc`
 /// rows by a range of `NR` panels, each packing its own `A` block; `fin`
@@ -491,10 +570,12 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
     threads: usize,
     kern: Kernel<K::P, E::Acc>,
     overwrite: bool,
+    bias: Option<&[E::Acc]>,
     fin: Final<'_, E::Acc>,
 ) {
     let (m, n) = (ops.a_rows.len(), ops.b_cols.len());
     assert_eq!(c.len(), m * n);
+    assert!(bias.is_none_or(|b| b.len() == n));
     assert!(kern.rounds || !matches!(fin, Final::Round(_)));
     let cptr = SyncPtr(c.as_mut_ptr().cast::<E::Acc>());
     // A row-major A with evenly spaced rows (`lda` values, `pitch` bytes
@@ -553,7 +634,7 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
                 _ => (SyncPtr(unsafe { pptr.get().add((blk - 1) * m * n) }), true),
             };
             // SAFETY: `dst` is an `[M, N]` result only this block writes.
-            unsafe { blocked_cols::<E, K>(&depth, dst, (0, n), 1, kern, direct, ow, fin) };
+            unsafe { blocked_cols::<E, K>(&depth, dst, (0, n), 1, kern, direct, ow, None, fin) };
         });
         // SAFETY: every part was written in full above.
         let parts =
@@ -570,6 +651,14 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
                             *c += p;
                         }
                     }
+                    // The bias after the whole sum, as the kernels add it.
+                    if let Some(bias) = bias {
+                        for row in rows.chunks_exact_mut(n) {
+                            for (c, &b) in row.iter_mut().zip(bias) {
+                                *c += b;
+                            }
+                        }
+                    }
                 },
             )
         };
@@ -581,7 +670,7 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
                 (np * (t + 1) / threads * kern.nr).min(n),
             );
             // SAFETY: `cptr` is the `[M, N]` result; thread `t` alone writes these columns.
-            unsafe { blocked_cols::<E, K>(ops, cptr, cols, 1, kern, direct, overwrite, fin) };
+            unsafe { blocked_cols::<E, K>(ops, cptr, cols, 1, kern, direct, overwrite, bias, fin) };
         });
     } else if threads > 1
         && m > n
@@ -606,11 +695,25 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
             };
             // SAFETY: rows `r0..r1` of the `[M, N]` result are thread `t`'s alone.
             let c = SyncPtr(unsafe { cptr.get().add(r0 * n) });
-            unsafe { blocked_cols::<E, K>(&rows, c, (0, n), 1, kern, direct, overwrite, fin) };
+            unsafe {
+                blocked_cols::<E, K>(&rows, c, (0, n), 1, kern, direct, overwrite, bias, fin)
+            };
         });
     } else {
         // SAFETY: `cptr` is the `[M, N]` result, all this call's.
-        unsafe { blocked_cols::<E, K>(ops, cptr, (0, n), threads, kern, direct, overwrite, fin) };
+        unsafe {
+            blocked_cols::<E, K>(
+                ops,
+                cptr,
+                (0, n),
+                threads,
+                kern,
+                direct,
+                overwrite,
+                bias,
+                fin,
+            )
+        };
     }
 }
 
@@ -623,7 +726,8 @@ fn depth_block<E: FloatDtype, K: Packing<E>>(k: usize) -> usize {
 }
 
 /// [`blocked`] for columns `c_lo..c_hi` of the result only, with the
-/// in-place kernel `direct` (if any).
+/// in-place kernel `direct` (if any); `bias` (all `N` columns' values, if
+/// any) is added by the kernels of the last depth block.
 ///
 /// # Safety
 /// `cptr` must point at the `[M, N]` result; no other thread may touch its
@@ -637,6 +741,7 @@ unsafe fn blocked_cols<E: FloatDtype, K: Packing<E>>(
     kern: Kernel<K::P, E::Acc>,
     direct: Option<DirectFn<K::P, E::Acc>>,
     overwrite: bool,
+    bias: Option<&[E::Acc]>,
     fin: Final<'_, E::Acc>,
 ) {
     let (m, n, k) = (ops.a_rows.len(), ops.b_cols.len(), ops.a_cols.len());
@@ -705,6 +810,11 @@ unsafe fn blocked_cols<E: FloatDtype, K: Packing<E>>(
                         Final::Round(o) if last => Some((unsafe { o.get().add(ic * n + jc) }, n)),
                         _ => None,
                     };
+                    // The biases of this column block, on its last depth block.
+                    let bias = match bias {
+                        Some(b) if last => b[jc..].as_ptr(),
+                        _ => core::ptr::null(),
+                    };
                     let (p0, p1) = (np * is / cs, np * (is + 1) / cs);
                     if p0 == p1 {
                         return;
@@ -754,6 +864,7 @@ unsafe fn blocked_cols<E: FloatDtype, K: Packing<E>>(
                                 n,
                                 overwrite && pc == 0,
                                 round,
+                                bias,
                             )
                         };
                     });
@@ -781,13 +892,15 @@ unsafe fn blocked_cols<E: FloatDtype, K: Packing<E>>(
 /// `lda` input values apart; `ap` holds only the packed tail panel.
 /// With `round = Some((r, ldr))` (a kernel that [rounds](Kernel::rounds)),
 /// the results, plus `c` unless `overwrite`, are rounded to `bf16` into `r`
-/// (row length `ldr`) instead of written to `c`.
+/// (row length `ldr`) instead of written to `c`. Unless `bias` is null, the
+/// block's column biases (`nc` values) are added last.
 ///
 /// # Safety
 /// `a_in_place` (if any) must be readable for `mc` rows by `kc` depth.
 /// `c` must be valid for reads and writes at `i * ldc + j` for `i < mc`,
-/// `j < nc`, likewise `r` for writes at `i * ldr + j`, and no other thread
-/// may touch that part of those rows' panels.
+/// `j < nc`, likewise `r` for writes at `i * ldr + j`, `bias` (unless
+/// null) for `nc` reads, and no other thread may touch that part of those
+/// rows' panels.
 #[allow(clippy::too_many_arguments)]
 unsafe fn macro_kernel<P, A: Real>(
     kern: &Kernel<P, A>,
@@ -803,6 +916,7 @@ unsafe fn macro_kernel<P, A: Real>(
     ldc: usize,
     overwrite: bool,
     round: Option<(*mut u16, usize)>,
+    bias: *const A,
 ) {
     let (mr, nr) = (kern.mr, kern.nr);
     let g = kc.div_ceil(group);
@@ -827,6 +941,13 @@ unsafe fn macro_kernel<P, A: Real>(
             // The same tile of the rounded output, if any.
             // SAFETY: inside the caller's block of `r`.
             let rp = round.map(|(r, ldr)| (unsafe { r.add(i0 * ldr + j0) }, ldr));
+            // This tile's column biases.
+            let tb = if bias.is_null() {
+                bias
+            } else {
+                // SAFETY: `j0 < nc`: inside the block's biases.
+                unsafe { bias.add(j0) }
+            };
             let (dst, ld, st) = match rp {
                 _ if !full => (scratch.as_mut_ptr(), nr, Store::c(true)),
                 Some((round, ldr)) => (
@@ -836,9 +957,17 @@ unsafe fn macro_kernel<P, A: Real>(
                         overwrite,
                         round,
                         ldr,
+                        bias: tb,
                     },
                 ),
-                None => (cp, ldc, Store::c(overwrite)),
+                None => (
+                    cp,
+                    ldc,
+                    Store {
+                        bias: tb,
+                        ..Store::c(overwrite)
+                    },
+                ),
             };
             match a_in_place {
                 // SAFETY: rows `i0..i0 + mr` of A are in place from `i0 * pitch`
@@ -865,16 +994,17 @@ unsafe fn macro_kernel<P, A: Real>(
                 }
             }
             if !full {
-                write_tile(&scratch, nr, (rows, cols), cp, ldc, overwrite, rp);
+                write_tile(&scratch, nr, (rows, cols), cp, ldc, overwrite, rp, tb);
             }
         }
     }
 }
 
 /// Writes (`overwrite`) or adds the top-left `rows x cols` of a scratch
-/// tile (row length `nr`) into `c`; with `round = Some((r, ldr))`, rounds
-/// that result to `bf16` into `r` (row length `ldr`) instead, as the
-/// rounding kernels do.
+/// tile (row length `nr`) into `c`, then adds the column biases `bias[j]`
+/// unless `bias` is null; with `round = Some((r, ldr))`, rounds that result
+/// to `bf16` into `r` (row length `ldr`) instead, as the rounding kernels do.
+#[allow(clippy::too_many_arguments)]
 #[inline]
 fn write_tile<A: Real>(
     t: &[A],
@@ -884,22 +1014,27 @@ fn write_tile<A: Real>(
     ldc: usize,
     overwrite: bool,
     round: Option<(*mut u16, usize)>,
+    bias: *const A,
 ) {
     for i in 0..rows {
         for j in 0..cols {
             // SAFETY: the caller's block holds `rows x cols` at `c` (and `r`)
-            // with row length `ldc` (`ldr`).
+            // with row length `ldc` (`ldr`), and `cols` biases unless null.
             unsafe {
                 let c = c.add(i * ldc + j);
                 let v = t[i * nr + j];
+                let sum = if overwrite { v } else { *c + v };
+                let sum = if bias.is_null() {
+                    sum
+                } else {
+                    sum + *bias.add(j)
+                };
                 match round {
                     Some((r, ldr)) => {
-                        let sum = if overwrite { v } else { *c + v };
                         let bits = (sum.as_f64() as f32).to_bits();
                         r.add(i * ldr + j).write(pack::bf16_round(bits));
                     }
-                    None if overwrite => c.write(v),
-                    None => *c += v,
+                    None => c.write(sum),
                 }
             }
         }
@@ -951,7 +1086,15 @@ pub(crate) fn gemm_acc<A: Real>(
         // SAFETY: `MaybeUninit<T>` has `T`'s layout; without `overwrite`
         // `blocked` reads and adds to the (initialized) values.
         let c = unsafe { &mut *(c as *mut [E::Acc] as *mut [MaybeUninit<E::Acc>]) };
-        blocked::<E, Widen>(&ops, c, 1, kernel::kernel::<E::Acc>(), false, Final::Keep);
+        blocked::<E, Widen>(
+            &ops,
+            c,
+            1,
+            kernel::kernel::<E::Acc>(),
+            false,
+            None,
+            Final::Keep,
+        );
     }
     /// # Safety
     /// `A` and `T` must be the same type.

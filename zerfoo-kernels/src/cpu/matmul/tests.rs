@@ -971,7 +971,15 @@ fn direct_small_products_match_blocked_bitwise() {
             let c = unsafe {
                 &mut *(blocked_c.as_mut_slice() as *mut [f32] as *mut [MaybeUninit<f32>])
             };
-            blocked::<f32, Widen>(&ops, c, 1, kernel::kernel::<f32>(), false, Final::Keep);
+            blocked::<f32, Widen>(
+                &ops,
+                c,
+                1,
+                kernel::kernel::<f32>(),
+                false,
+                None,
+                Final::Keep,
+            );
             assert_eq!(
                 direct_c.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
                 blocked_c.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
@@ -1060,4 +1068,138 @@ fn f32_transposed_b_packs_in_8x8_blocks() {
         let e = max_rel(&got, &want);
         assert!(e < 1e-5, "{m}x{k}x{n}: rel err {e}");
     }
+}
+
+/// `f32`/`f64` with a bias: the same bits as the product followed by an
+/// add of the bias, for every kernel, layout kind and thread count, at
+/// sizes that take each way of sharing the work out (depth blocks, own
+/// columns, own rows with a private `B`, shared `B`), edge tiles, a batch
+/// with and without a shared `B`, and an empty depth (the bias alone).
+#[test]
+fn bias_is_added_after_the_sum_bitwise() {
+    fn one<A: FloatDtype<Acc = A> + Real>(m: usize, k: usize, n: usize, batch: usize) {
+        let bias: Vec<A> = vals(n, (n * 7 + k) as u64)
+            .iter()
+            .map(|&v| <A as crate::Dtype>::from_f64(v))
+            .collect();
+        for (ka, kb) in [(0, 0), (1, 1), (2, 0), (0, 1)] {
+            let (la2, na) = lay(m, k, ka, 3);
+            let (lb2, nb) = lay(k, n, kb, 5);
+            // A batch: A items `na` apart; B shared (stride 0) or per item.
+            let la = Layout::new(
+                &[batch, m, k],
+                &[na, la2.strides()[0], la2.strides()[1]],
+                la2.offset,
+            );
+            let a: Vec<A> = vals(na * batch, (m * 31 + k + ka) as u64)
+                .iter()
+                .map(|&v| <A as crate::Dtype>::from_f64(v))
+                .collect();
+            let b: Vec<A> = vals(nb * batch, (n * 17 + k + kb) as u64)
+                .iter()
+                .map(|&v| <A as crate::Dtype>::from_f64(v))
+                .collect();
+            for shared_b in [true, false] {
+                let lb = Layout::new(
+                    &[batch, k, n],
+                    &[
+                        if shared_b { 0 } else { nb },
+                        lb2.strides()[0],
+                        lb2.strides()[1],
+                    ],
+                    lb2.offset,
+                );
+                for kern in kernels::<A>() {
+                    for threads in [1, 2, 3] {
+                        let (plain, fused) = on_threads(threads, || {
+                            (
+                                gemm_batched_with::<_, Widen>(&a, &la, &b, &lb, kern),
+                                gemm_batched_bias_with::<_, Widen>(
+                                    &a,
+                                    &la,
+                                    &b,
+                                    &lb,
+                                    Some(&bias),
+                                    kern,
+                                ),
+                            )
+                        });
+                        let want: Vec<A> = plain
+                            .iter()
+                            .enumerate()
+                            .map(|(i, &v)| v + bias[i % n])
+                            .collect();
+                        assert!(
+                            fused.iter().zip(&want).all(|(f, w)| f.as_f64().to_bits() == w.as_f64().to_bits()),
+                            "{:?} {batch}x{m}x{k}x{n} kinds ({ka}, {kb}) shared B {shared_b} kernel {} threads {threads}",
+                            A::DTYPE,
+                            kern.name
+                        );
+                    }
+                }
+            }
+        }
+    }
+    // (M, K, N, batch): depth blocks shared out (deep and small), columns
+    // (M <= N), rows (M > N), edge tiles and a single element; a batch.
+    for &(m, k, n, batch) in &[
+        (1, 1, 1, 1),
+        (7, 3, 9, 1),
+        (64, 3 * KC + 5, 96, 1),
+        (100, 200, 513, 1),
+        (700, 300, 70, 1),
+        (MC + 13, KC + 7, 71, 1),
+        (29, 40, 17, 3),
+        (5, 0, 6, 2),
+    ] {
+        one::<f32>(m, k, n, batch);
+        one::<f64>(m, k, n, batch);
+    }
+}
+
+/// Every dtype with a bias through the public entry (the `bf16` one on its
+/// native kernels or AMX where present): one rounding of the exact
+/// `A · B + bias`, within the dtype's tolerance.
+#[test]
+fn bias_every_dtype_rounds_once() {
+    use crate::f8::{F8E4M3, F8E5M2};
+    fn one<E: FloatDtype>(m: usize, k: usize, n: usize, tol: f64) {
+        let a: Vec<E> = vals(m * k, 51).iter().map(|&v| E::from_f64(v)).collect();
+        let b: Vec<E> = vals(k * n, 52).iter().map(|&v| E::from_f64(v)).collect();
+        let bias: Vec<E> = vals(n, 53).iter().map(|&v| E::from_f64(4.0 * v)).collect();
+        let la = Layout::contiguous(&[m, k]);
+        let lb = Layout::new(&[k, n], &[1, k], 0);
+        let f64s = |x: &[E]| x.iter().map(|v| v.to_f64()).collect::<Vec<_>>();
+        let (want, mag) = reference(&f64s(&a), &la, &f64s(&b), &lb);
+        for threads in [1, 2] {
+            let got = on_threads(threads, || gemm_batched_bias(&a, &la, &b, &lb, Some(&bias)));
+            for (i, g) in got.iter().enumerate() {
+                let w = want[i] + bias[i % n].to_f64();
+                let r = E::from_f64(w).to_f64();
+                let scale = (mag[i] + bias[i % n].to_f64().abs()).max(1.0);
+                assert!(
+                    (g.to_f64() - r).abs() <= tol * scale,
+                    "{:?} {m}x{k}x{n} threads {threads} element {i}: got {}, want {r}",
+                    E::DTYPE,
+                    g.to_f64()
+                );
+            }
+        }
+    }
+    for &(m, k, n) in &[(1, 1, 1), (15, 37, 33), (17, 300, 7), (130, 1100, 96)] {
+        one::<f64>(m, k, n, 1e-13);
+        one::<f32>(m, k, n, 1e-5);
+        one::<f16>(m, k, n, 2e-3);
+        one::<bf16>(m, k, n, 1e-2);
+        one::<F8E4M3>(m, k, n, 0.07);
+        one::<F8E5M2>(m, k, n, 0.13);
+    }
+}
+
+#[test]
+#[should_panic(expected = "one value per column")]
+fn bias_of_the_wrong_length_is_refused() {
+    let a = [1.0f32; 6];
+    let (la, lb) = (Layout::contiguous(&[2, 3]), Layout::contiguous(&[3, 2]));
+    gemm_batched_bias(&a, &la, &a, &lb, Some(&[1.0, 2.0, 3.0]));
 }

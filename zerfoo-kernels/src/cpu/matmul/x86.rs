@@ -65,7 +65,7 @@ macro_rules! micro_kernel {
             b: *const $p,
             c: *mut $c,
             ldc: usize,
-            st: Store,
+            st: Store<$c>,
         ) {
             prefetch_tile::<$c>(c, ldc, $mr, $nv * $lanes);
             let mut acc = [[$zero(); $nv]; $mr];
@@ -107,7 +107,7 @@ macro_rules! micro_kernel {
             b: *const $p,
             c: *mut $c,
             ldc: usize,
-            st: Store,
+            st: Store<$c>,
         ) {
             prefetch_tile::<$c>(c, ldc, $mr, $nv * $lanes);
             let mut acc = [[$zero(); $nv]; $mr];
@@ -137,6 +137,9 @@ macro_rules! micro_kernel {
     // Writes (or adds) the accumulators into the tile, or rounds them (plus
     // the tile unless overwriting) into the `bf16` tile; used inside `unsafe`.
     (@store $acc:ident, $cp:ident, $ldc:ident, $st:ident, $lanes:literal, $load:ident, $store:ident, $add:ident $(, $round:ident)?) => {{
+        // `(c + Σ) + bias`: the old values first, then the column biases
+        // (`v * lanes + lanes <= NR`: inside the bias row).
+        let bias = $st.bias;
         $(
         if !$st.round.is_null() {
             for (i, acc) in $acc.iter().enumerate() {
@@ -144,6 +147,7 @@ macro_rules! micro_kernel {
                     // `i < MR`, `v * lanes + lanes <= NR`: inside both tiles.
                     let p = $cp.add(i * $ldc + v * $lanes);
                     let sum = if $st.overwrite { acc } else { $add($load(p), acc) };
+                    let sum = if bias.is_null() { sum } else { $add(sum, $load(bias.add(v * $lanes))) };
                     $round(sum, $st.round.add(i * $st.ldr + v * $lanes));
                 }
             }
@@ -155,11 +159,9 @@ macro_rules! micro_kernel {
             for (v, &acc) in acc.iter().enumerate() {
                 // `i < MR`, `v * lanes + lanes <= NR`: inside the tile.
                 let p = $cp.add(i * $ldc + v * $lanes);
-                if $st.overwrite {
-                    $store(p, acc);
-                } else {
-                    $store(p, $add($load(p), acc));
-                }
+                let sum = if $st.overwrite { acc } else { $add($load(p), acc) };
+                let sum = if bias.is_null() { sum } else { $add(sum, $load(bias.add(v * $lanes))) };
+                $store(p, sum);
             }
         }
     }};
