@@ -54,6 +54,8 @@ use crate::cpu::simd::vectorized;
 
 use crate::{bf16, DType, FloatDtype, Layout, Real};
 use kernel::{DirectFn, Kernel, Store, MAX_TILE};
+#[cfg(target_arch = "x86_64")]
+pub(crate) use pack::transpose_f32_8x8;
 use pack::{with_buf, Bf16Pairs, Packing, Side, Widen, A_BUF, B_BUF};
 
 /// Depth of a packed block (the `K` extent kept in cache at once).

@@ -604,7 +604,7 @@ fn transpose_f32_8x8_blocks<E: FloatDtype>(
 /// `dst` writable at `i * ld + c`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
-unsafe fn transpose_f32_8x8(src: [*const f32; 8], dst: *mut f32, ld: usize) {
+pub(crate) unsafe fn transpose_f32_8x8(src: [*const f32; 8], dst: *mut f32, ld: usize) {
     use core::arch::x86_64::*;
     // SAFETY: the caller's guarantee (unaligned loads and stores).
     unsafe {
