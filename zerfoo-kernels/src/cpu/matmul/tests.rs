@@ -1203,3 +1203,113 @@ fn bias_of_the_wrong_length_is_refused() {
     let (la, lb) = (Layout::contiguous(&[2, 3]), Layout::contiguous(&[3, 2]));
     gemm_batched_bias(&a, &la, &a, &lb, Some(&[1.0, 2.0, 3.0]));
 }
+
+/// Each kernel reading `A` in place (the assembly depth loops among them)
+/// against the same kernel on a packed `A`: the same fused multiply-adds in
+/// the same order, so the same bits, at depths around the 4-step unroll and
+/// row strides that are odd, tiny and large.
+#[test]
+fn direct_kernels_match_packed_bitwise() {
+    fn one<A: Real>() {
+        for kern in kernels::<A>() {
+            let Some(fd) = kern.fd else { continue };
+            let (mr, nr) = (kern.mr, kern.nr);
+            for kc in [1, 2, 3, 4, 5, 7, 8, 9, 13, 64, 515] {
+                for lda in [kc, kc + 1, kc + 37, 4 * kc + 1029] {
+                    let a: Vec<A> = vals(mr * lda, (kc * 7 + lda) as u64)
+                        .iter()
+                        .map(|&v| A::from_f64(v).unwrap())
+                        .collect();
+                    let b: Vec<A> = vals(kc * nr, kc as u64)
+                        .iter()
+                        .map(|&v| A::from_f64(v).unwrap())
+                        .collect();
+                    let packed: Vec<A> = (0..kc * mr).map(|x| a[(x % mr) * lda + x / mr]).collect();
+                    let c0: Vec<A> = vals(mr * nr, 3)
+                        .iter()
+                        .map(|&v| A::from_f64(v).unwrap())
+                        .collect();
+                    let (mut c1, mut c2) = (c0.clone(), c0.clone());
+                    // SAFETY: the panels and tiles have the sizes the kernels read and write.
+                    unsafe {
+                        (kern.f)(
+                            kc,
+                            packed.as_ptr(),
+                            b.as_ptr(),
+                            c1.as_mut_ptr(),
+                            nr,
+                            Store::c(false),
+                        );
+                        fd(
+                            kc,
+                            a.as_ptr(),
+                            lda,
+                            b.as_ptr(),
+                            c2.as_mut_ptr(),
+                            nr,
+                            Store::c(false),
+                        );
+                    }
+                    let bits = |c: &[A]| {
+                        c.iter()
+                            .map(|v| v.to_f64().unwrap().to_bits())
+                            .collect::<Vec<_>>()
+                    };
+                    assert_eq!(bits(&c1), bits(&c2), "{} kc {kc} lda {lda}", kern.name);
+                }
+            }
+        }
+    }
+    one::<f32>();
+    one::<f64>();
+    // `bf16` pairs: `A` read in place as `bf16` values, packed as pairs.
+    #[cfg(target_arch = "x86_64")]
+    for kern in x86::avx512_bf16().into_iter().flatten() {
+        let (mr, nr, fd) = (kern.mr, kern.nr, kern.fd.unwrap());
+        let bf =
+            |v: &[f64]| -> Vec<u16> { v.iter().map(|&x| bf16::from_f64(x).to_bits()).collect() };
+        let pair = |lo: u16, hi: u16| lo as u32 | (hi as u32) << 16;
+        for kc in [2, 4, 6, 8, 10, 14, 18, 26, 128, 1030] {
+            for lda in [kc, kc + 1, kc + 37, 4 * kc + 1029] {
+                let a = bf(&vals(mr * lda, (kc * 7 + lda) as u64));
+                let b = bf(&vals(kc * nr, kc as u64));
+                let packed: Vec<u32> = (0..kc / 2 * mr)
+                    .map(|x| {
+                        let (q, i) = (x / mr, x % mr);
+                        pair(a[i * lda + 2 * q], a[i * lda + 2 * q + 1])
+                    })
+                    .collect();
+                let bp: Vec<u32> = (0..kc / 2 * nr)
+                    .map(|x| {
+                        let (q, j) = (x / nr, x % nr);
+                        pair(b[2 * q * nr + j], b[(2 * q + 1) * nr + j])
+                    })
+                    .collect();
+                let c0: Vec<f32> = vals(mr * nr, 3).iter().map(|&v| v as f32).collect();
+                let (mut c1, mut c2) = (c0.clone(), c0.clone());
+                // SAFETY: the panels and tiles have the sizes the kernels read and write.
+                unsafe {
+                    (kern.f)(
+                        kc,
+                        packed.as_ptr(),
+                        bp.as_ptr(),
+                        c1.as_mut_ptr(),
+                        nr,
+                        Store::c(false),
+                    );
+                    fd(
+                        kc,
+                        a.as_ptr().cast(),
+                        lda,
+                        bp.as_ptr(),
+                        c2.as_mut_ptr(),
+                        nr,
+                        Store::c(false),
+                    );
+                }
+                let bits = |c: &[f32]| c.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&c1), bits(&c2), "{} kc {kc} lda {lda}", kern.name);
+            }
+        }
+    }
+}
