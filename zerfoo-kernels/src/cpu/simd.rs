@@ -164,6 +164,12 @@ fn level() -> Level {
     }
 }
 
+/// Whether [`vectorized`] runs its body with AVX-512 (F, BW, VL, DQ, F16C).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx512() -> bool {
+    level() == Level::Avx512
+}
+
 /// # Safety
 /// The CPU must support AVX-512 F/BW/VL/DQ (checked by [`level`]).
 #[cfg(target_arch = "x86_64")]

@@ -251,6 +251,12 @@ pub(crate) fn widen<E: FloatDtype>(src: &[E], dst: &mut [E::Acc]) {
                 core::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<f32>(), dst.len()),
             )
         };
+        #[cfg(target_arch = "x86_64")]
+        if crate::cpu::simd::has_avx512() {
+            // SAFETY: the CPU has AVX-512 F/BW/VL and F16C (checked).
+            unsafe { f16_to_f32_avx512(s, d) };
+            return;
+        }
         s.convert_to_f32_slice(d);
     } else if TypeId::of::<E>() == TypeId::of::<bf16>()
         && TypeId::of::<E::Acc>() == TypeId::of::<f32>()
@@ -297,6 +303,19 @@ fn copy_run<T: Copy>(src: &[T], dst: &mut [T]) {
 pub(crate) fn narrow<E: FloatDtype>(src: &[E::Acc], dst: &mut [MaybeUninit<E>]) {
     if TypeId::of::<E>() == TypeId::of::<f16>() && TypeId::of::<E::Acc>() == TypeId::of::<f32>() {
         use half::slice::HalfFloatSliceExt;
+        #[cfg(target_arch = "x86_64")]
+        if crate::cpu::simd::has_avx512() {
+            // SAFETY: `E` is `f16` and `E::Acc` is `f32` (TypeIds checked
+            // above); the conversion writes every element of `dst`.
+            unsafe {
+                f32_to_f16_avx512(
+                    core::slice::from_raw_parts(src.as_ptr().cast::<f32>(), src.len()),
+                    dst.as_mut_ptr().cast::<f16>(),
+                    dst.len(),
+                )
+            };
+            return;
+        }
         dst.fill(MaybeUninit::new(E::default()));
         // SAFETY: `E` is `f16` and `E::Acc` is `f32` (TypeIds checked
         // above); `dst` was just initialized.
@@ -326,6 +345,66 @@ pub(crate) fn narrow<E: FloatDtype>(src: &[E::Acc], dst: &mut [MaybeUninit<E>]) 
     } else {
         for (o, &v) in dst.iter_mut().zip(src) {
             *o = MaybeUninit::new(E::from_acc(v));
+        }
+    }
+}
+
+/// `f16` to `f32` (exact), 16 values per `vcvtph2ps`, the last few through
+/// masks: inlined into the packing loops where they run under AVX-512 (the
+/// `half` crate's slice conversion calls a function per 8 values).
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+#[inline]
+unsafe fn f16_to_f32_avx512(s: &[f16], d: &mut [f32]) {
+    use core::arch::x86_64::*;
+    let n = s.len().min(d.len());
+    let (sp, dp) = (s.as_ptr().cast::<i16>(), d.as_mut_ptr());
+    let mut i = 0;
+    // SAFETY: every access is inside `0..n` of both slices (the tail's
+    // lanes past `n` are masked off).
+    unsafe {
+        while i + 16 <= n {
+            let h = _mm256_loadu_si256(sp.add(i).cast());
+            _mm512_storeu_ps(dp.add(i), _mm512_cvtph_ps(h));
+            i += 16;
+        }
+        if i < n {
+            let m: __mmask16 = ((1u32 << (n - i)) - 1) as u16;
+            let h = _mm256_maskz_loadu_epi16(m, sp.add(i));
+            _mm512_mask_storeu_ps(dp.add(i), m, _mm512_cvtph_ps(h));
+        }
+    }
+}
+
+/// `f32` to `f16`, to nearest (ties to even) as `f16::from_f32` rounds (the
+/// same `vcvtps2ph`), 16 values per instruction, the tail through masks.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL and F16C; `d` must be writable for
+/// `len` values (it may be uninitialized).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+#[inline]
+unsafe fn f32_to_f16_avx512(s: &[f32], d: *mut f16, len: usize) {
+    use core::arch::x86_64::*;
+    const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    let n = s.len().min(len);
+    let (sp, dp) = (s.as_ptr(), d.cast::<i16>());
+    let mut i = 0;
+    // SAFETY: as in `f16_to_f32_avx512`.
+    unsafe {
+        while i + 16 <= n {
+            let h = _mm512_cvtps_ph::<NEAREST>(_mm512_loadu_ps(sp.add(i)));
+            _mm256_storeu_si256(dp.add(i).cast(), h);
+            i += 16;
+        }
+        if i < n {
+            let m: __mmask16 = ((1u32 << (n - i)) - 1) as u16;
+            let h = _mm512_cvtps_ph::<NEAREST>(_mm512_maskz_loadu_ps(m, sp.add(i)));
+            _mm256_mask_storeu_epi16(dp.add(i), m, h);
         }
     }
 }

@@ -1313,3 +1313,84 @@ fn direct_kernels_match_packed_bitwise() {
         }
     }
 }
+
+/// The AVX-512 `f16` conversions of the packing and the final rounding
+/// against `half`'s value by value: every `f16` bit pattern widened, and
+/// `f32` values around every rounding case (ties, subnormals, overflow,
+/// infinities, NaN) narrowed, at every run length up to 40 (the masked
+/// tails).
+#[test]
+fn f16_conversions_match_half() {
+    let all: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
+    let mut wide = vec![0f32; all.len()];
+    pack::widen(&all, &mut wide);
+    for (h, w) in all.iter().zip(&wide) {
+        let want = h.to_f32();
+        assert!(
+            w.to_bits() == want.to_bits() || (w.is_nan() && want.is_nan()),
+            "{:#06x}: {w} vs {want}",
+            h.to_bits()
+        );
+    }
+    let mut xs: Vec<f32> = wide
+        .iter()
+        .filter(|v| v.is_finite())
+        .flat_map(|&v| {
+            let b = v.to_bits();
+            [
+                v,
+                f32::from_bits(b.wrapping_add(1)),
+                f32::from_bits(b.wrapping_sub(1)),
+                f32::from_bits(b + 0x1000),
+            ]
+        })
+        .collect();
+    xs.extend([
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        65520.0,
+        65519.0,
+        1e-8,
+        -1e-8,
+        1e30,
+    ]);
+    let mut out = vec![core::mem::MaybeUninit::<f16>::uninit(); xs.len()];
+    pack::narrow(&xs, &mut out);
+    for (x, o) in xs.iter().zip(&out) {
+        // SAFETY: `narrow` writes every element.
+        let got = unsafe { o.assume_init() };
+        let want = f16::from_f32(*x);
+        assert!(
+            got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+            "{x:e}: {got} vs {want}"
+        );
+    }
+    for len in 0..=40 {
+        let src: Vec<f16> = (0..len)
+            .map(|i| f16::from_f32(i as f32 * 0.5 - 3.0))
+            .collect();
+        let mut d = vec![f32::NAN; len + 3];
+        pack::widen(&src, &mut d[..len]);
+        assert!(
+            d[..len].iter().zip(&src).all(|(d, s)| *d == s.to_f32()),
+            "widen {len}"
+        );
+        assert!(
+            d[len..].iter().all(|v| v.is_nan()),
+            "widen {len} wrote past its run"
+        );
+        let mut o = vec![core::mem::MaybeUninit::new(f16::from_f32(7.0)); len + 3];
+        pack::narrow(&d[..len], &mut o[..len]);
+        // SAFETY: every element was initialized.
+        let o: Vec<f16> = o.iter().map(|v| unsafe { v.assume_init() }).collect();
+        assert!(
+            o[..len].iter().zip(&src).all(|(o, s)| o == s),
+            "narrow {len}"
+        );
+        assert!(
+            o[len..].iter().all(|v| v.to_f32() == 7.0),
+            "narrow {len} wrote past its run"
+        );
+    }
+}
