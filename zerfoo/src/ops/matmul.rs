@@ -195,6 +195,22 @@ fn with_batch(l: &Layout, batch: &[usize]) -> Layout {
     Layout::new(&shape, &strides, l.offset)
 }
 
+/// `rhs` transposed in its last two dims, as a view under `rhs`'s own id:
+/// the product's backward hands it a gradient in `rhs`'s orientation
+/// (`transposed_rhs`).
+fn transposed_view<S2: TransposeShape, E2: FloatDtype, D: Backend, T2: TapeState>(
+    rhs: Tensor<S2, E2, D, T2>,
+) -> Tensor<S2::Out, E2, D, T2> {
+    Tensor {
+        shape: rhs.shape.transposed(),
+        layout: swap_last(&rhs.layout),
+        data: rhs.data,
+        id: rhs.id,
+        tape: rhs.tape,
+        device: rhs.device,
+    }
+}
+
 /// The layout with its last two axes swapped (a transposed view).
 fn swap_last(l: &Layout) -> Layout {
     let mut l = *l;
@@ -256,17 +272,7 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
         E: SameDtype<E2, Matmul>,
         T: Merge<T2>,
     {
-        // The transposed view under `rhs`'s own id: the product's backward
-        // hands it a gradient in `rhs`'s orientation (`transposed_rhs`).
-        let view = Tensor {
-            shape: rhs.shape.transposed(),
-            layout: swap_last(&rhs.layout),
-            data: rhs.data,
-            id: rhs.id,
-            tape: rhs.tape,
-            device: rhs.device,
-        };
-        self.matmul_core(view, true, None)
+        self.matmul_core(transposed_view(rhs), true, None)
     }
 
     /// `self · rhsᵀ + bias`: a linear layer's forward (`F.linear`), with
@@ -301,14 +307,7 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
         E: SameDtype<E2, Matmul>,
         T: Merge<T2>,
     {
-        let view = Tensor {
-            shape: rhs.shape.transposed(),
-            layout: swap_last(&rhs.layout),
-            data: rhs.data,
-            id: rhs.id,
-            tape: rhs.tape,
-            device: rhs.device,
-        };
+        let view = transposed_view(rhs);
         let bias = Bias {
             dims: bias.dims().to_vec(),
             data: if bias.layout.is_contiguous() && bias.layout.offset == 0 {
