@@ -82,6 +82,10 @@ pub(crate) struct Kernel<P, C = P> {
     pub f: MicroFn<P, C>,
     /// The same kernel reading `A` in place (only where `P` is the input type).
     pub fd: Option<DirectFn<P, C>>,
+    /// Whether the in-place kernel `fd` keeps its speed when `A`'s rows are
+    /// a multiple of 2 KiB apart (they then share a few L1 sets): true for
+    /// the assembly depth loops; the others read such an `A` packed.
+    pub any_pitch: bool,
     /// Whether the kernel can round its tile to `bf16` ([`Store::round`]).
     pub rounds: bool,
     /// Run the whole product on AMX tiles instead (see `super::amx`); the

@@ -584,7 +584,9 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
     // apart) is read in place where the packing says so.
     let pitch = ops.a_pitch.unwrap_or(0) * core::mem::size_of::<E>();
     let direct = kern.fd.filter(|_| {
-        ops.a_unit_k && ops.a_pitch.is_some() && K::in_place(pitch, n.div_ceil(kern.nr))
+        ops.a_unit_k
+            && ops.a_pitch.is_some()
+            && K::in_place(pitch, n.div_ceil(kern.nr), kern.any_pitch)
     });
     // With A read in place (nothing to pack twice) and no more rows than
     // columns, each thread takes its own columns: it packs only its part

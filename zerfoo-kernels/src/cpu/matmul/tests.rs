@@ -1215,7 +1215,8 @@ fn direct_kernels_match_packed_bitwise() {
             let Some(fd) = kern.fd else { continue };
             let (mr, nr) = (kern.mr, kern.nr);
             for kc in [1, 2, 3, 4, 5, 7, 8, 9, 13, 64, 515] {
-                for lda in [kc, kc + 1, kc + 37, 4 * kc + 1029] {
+                // (1024: rows 4 or 8 KiB apart, where the rows share L1 sets.)
+                for lda in [kc, kc + 1, kc + 37, 4 * kc + 1029, 1024] {
                     let a: Vec<A> = vals(mr * lda, (kc * 7 + lda) as u64)
                         .iter()
                         .map(|&v| A::from_f64(v).unwrap())
@@ -1270,7 +1271,7 @@ fn direct_kernels_match_packed_bitwise() {
             |v: &[f64]| -> Vec<u16> { v.iter().map(|&x| bf16::from_f64(x).to_bits()).collect() };
         let pair = |lo: u16, hi: u16| lo as u32 | (hi as u32) << 16;
         for kc in [2, 4, 6, 8, 10, 14, 18, 26, 128, 1030] {
-            for lda in [kc, kc + 1, kc + 37, 4 * kc + 1029] {
+            for lda in [kc, kc + 1, kc + 37, 4 * kc + 1029, 2048] {
                 let a = bf(&vals(mr * lda, (kc * 7 + lda) as u64));
                 let b = bf(&vals(kc * nr, kc as u64));
                 let packed: Vec<u32> = (0..kc / 2 * mr)
