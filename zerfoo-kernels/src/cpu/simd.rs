@@ -155,7 +155,8 @@ enum Level {
 #[cfg(target_arch = "x86_64")]
 fn level() -> Level {
     use std::arch::is_x86_feature_detected as has;
-    if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512dq") {
+    // (F16C too: `run_avx512` enables it, and the f16 conversions use it.)
+    if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512dq") && has!("f16c") {
         Level::Avx512
     } else if has!("avx2") && has!("fma") {
         Level::Avx2
@@ -171,7 +172,7 @@ pub(crate) fn has_avx512() -> bool {
 }
 
 /// # Safety
-/// The CPU must support AVX-512 F/BW/VL/DQ (checked by [`level`]).
+/// The CPU must support AVX-512 F/BW/VL/DQ and F16C (checked by [`level`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
 unsafe fn run_avx512<R>(body: impl FnOnce() -> R) -> R {

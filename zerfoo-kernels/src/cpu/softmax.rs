@@ -204,23 +204,23 @@ pub fn softmax_backward<E: FloatDtype, const LOG: bool>(
                 grad_y[start + k * stride].to_acc(),
             )
         };
+        // A contiguous row as slices (walks the compiler vectorizes).
+        let contiguous =
+            (stride == 1).then(|| (&y[start..start + rows.n], &grad_y[start..start + rows.n]));
         vectorized(
             #[inline(always)]
             || {
-                let s = if stride == 1 {
-                    let (y, g) = (&y[start..start + rows.n], &grad_y[start..start + rows.n]);
-                    if LOG {
-                        lane_sum_of(g, |g| g.to_acc())
-                    } else {
-                        lane_sum_zip(y, g, |y, g| g.to_acc() * y.to_acc())
+                let s = match contiguous {
+                    Some((_, g)) if LOG => lane_sum_of(g, |g| g.to_acc()),
+                    Some((y, g)) => lane_sum_zip(y, g, |y, g| g.to_acc() * y.to_acc()),
+                    None => {
+                        let mut s = E::Acc::zero();
+                        for k in 0..rows.n {
+                            let (y, g) = at(k);
+                            s += if LOG { g } else { g * y };
+                        }
+                        s
                     }
-                } else {
-                    let mut s = E::Acc::zero();
-                    for k in 0..rows.n {
-                        let (y, g) = at(k);
-                        s += if LOG { g } else { g * y };
-                    }
-                    s
                 };
                 let grad = |y: E::Acc, g: E::Acc| {
                     E::from_acc(if LOG {
@@ -229,15 +229,17 @@ pub fn softmax_backward<E: FloatDtype, const LOG: bool>(
                         y * (g - s)
                     })
                 };
-                if stride == 1 {
-                    let (y, g) = (&y[start..start + rows.n], &grad_y[start..start + rows.n]);
-                    for ((o, &y), &g) in out.iter_mut().zip(y).zip(g) {
-                        *o = grad(y.to_acc(), g.to_acc());
+                match contiguous {
+                    Some((y, g)) => {
+                        for ((o, &y), &g) in out.iter_mut().zip(y).zip(g) {
+                            *o = grad(y.to_acc(), g.to_acc());
+                        }
                     }
-                } else {
-                    for (k, o) in out.iter_mut().enumerate() {
-                        let (y, g) = at(k);
-                        *o = grad(y, g);
+                    None => {
+                        for (k, o) in out.iter_mut().enumerate() {
+                            let (y, g) = at(k);
+                            *o = grad(y, g);
+                        }
                     }
                 }
             },

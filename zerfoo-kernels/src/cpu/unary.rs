@@ -130,6 +130,8 @@ GeluErf, "gelu", 11, |x| c::<A>(0.5) * x * (A::one() + (x * c::<A>(core::f64::co
 |x, y| {
     // Φ(x) from the saved output `y = x Φ(x)` (no second `erf`: it was
     // half the backward's cost); below |x| = 1e-7, Φ(x) rounds to 1/2.
+    // In f16/bf16, `y` was rounded to the dtype, so Φ(x) carries that
+    // rounding: the same size as the gradient's own rounding to the dtype.
     let cdf = if x.abs() < c::<A>(1e-7) { c::<A>(0.5) } else { y / x };
     let pdf = (c::<A>(-0.5) * x * x).fast_exp() * c::<A>(0.398_942_280_401_432_7);
     cdf + x * pdf

@@ -28,8 +28,11 @@ pub trait MatmulKernels: Device {
 
     /// [`gemm_batched`](Self::gemm_batched) plus `bias` (`N` contiguous
     /// values) on every row: a linear layer's `x · Wᵀ + b`. The CPU adds
-    /// the bias in the product's store (no pass of its own); the sum is
-    /// `(A · B) + bias` in the compute type, rounded once.
+    /// the bias in the product's store (no pass of its own): `(A · B) +
+    /// bias` in the compute type, rounded to `E` once. CUDA rounds the
+    /// product to `E` and then adds (the same bits in `f32`/`f64`; in
+    /// `f16`/`bf16` one rounding more). A bias of the wrong length is an
+    /// error.
     fn gemm_batched_bias<E: FloatDtype>(
         &self,
         a: &Self::Storage<E>,

@@ -177,7 +177,6 @@ transpose_shape!(A 0, B 1; C 2, D 3);
 transpose_shape!(A 0, B 1, C 2; D 3, E 4);
 transpose_shape!(A 0, B 1, C 2, D 3; E 4, F 5);
 
-/// `l` (a matrix) repeated over leading `batch` dims with stride 0.
 /// The bias of [`Tensor::try_matmul_t_bias`] as the product sees it:
 /// contiguous values, their dims, and the tensor's id and tape node.
 struct Bias<E: FloatDtype, D: Backend> {
@@ -187,6 +186,7 @@ struct Bias<E: FloatDtype, D: Backend> {
     node: Option<Arc<crate::autograd::Node>>,
 }
 
+/// `l` (a matrix) repeated over leading `batch` dims with stride 0.
 fn with_batch(l: &Layout, batch: &[usize]) -> Layout {
     let mut shape = batch.to_vec();
     let mut strides = vec![0; batch.len()];

@@ -561,10 +561,10 @@ enum Final<'a, A> {
 
 /// `c += A · B` (`c` is `[M, N]` row-major), or `c = A · B` with
 /// `overwrite` (then `c` may be uninitialized: the first depth block writes
-/// every element, later ones add); then `+ bias[j]` on every row, if any. Column blocks sized for L2
-/// (`B_BLOCK_BYTES`, at most `NC`), depth blocks of `K::KC` (one packed
-/// `B` block shared by all threads), then tasks of `mc`
-/// rows by a range of `NR` panels, each packing its own `A` block; `fin`
+/// every element, later ones add); then `+ bias[j]` on every row, if any.
+/// Column blocks sized for L2 (`B_BLOCK_BYTES`, at most `NC`), depth blocks
+/// of `K::KC` (one packed `B` block shared by all threads), then tasks of
+/// `mc` rows by a range of `NR` panels, each packing its own `A` block; `fin`
 /// says what becomes of the result (rounded on the way out, or after).
 fn blocked<E: FloatDtype, K: Packing<E>>(
     ops: &Operands<'_, E>,

@@ -182,33 +182,13 @@ macro_rules! micro_kernel {
 /// One row of one depth step `u` of [`depth_loop_14x2`]: broadcast the
 /// row's value (at `addr`, `u` steps of `sb` bytes on) into `t`, then
 /// `zmm{r0} += zmm28 * t`, `zmm{r1} += zmm29 * t`.
+#[rustfmt::skip]
 macro_rules! depth_row_14x2 {
     ($u:literal, $bcast:literal, $sz:literal, $sb:literal, $fma:literal, $addr:literal, $t:literal, $r0:literal, $r1:literal) => {
         concat!(
-            $bcast,
-            " ",
-            $t,
-            ", ",
-            $sz,
-            " ptr [",
-            $addr,
-            " + ",
-            $u,
-            "*",
-            $sb,
-            "]\n",
-            $fma,
-            " zmm",
-            $r0,
-            ", zmm28, ",
-            $t,
-            "\n",
-            $fma,
-            " zmm",
-            $r1,
-            ", zmm29, ",
-            $t,
-            "\n",
+            $bcast, " ", $t, ", ", $sz, " ptr [", $addr, " + ", $u, "*", $sb, "]\n",
+            $fma, " zmm", $r0, ", zmm28, ", $t, "\n",
+            $fma, " zmm", $r1, ", zmm29, ", $t, "\n",
         )
     };
 }
