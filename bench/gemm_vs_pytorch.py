@@ -11,7 +11,7 @@ GFLOP/s are medians of several runs (torch: nan where one product would
 take more than ~3 s, e.g. f16 at large shapes); %peak is zerfoo over the measured
 single-core f32 FMA peak times the thread count. Usage (from the repo root):
 
-    python3 bench/gemm_vs_pytorch.py [--quick]
+    python3 bench/gemm_vs_pytorch.py [--quick] [--only f32|f16|bf16]
     python3 bench/gemm_vs_pytorch.py --step shakespeare|gpt6 [--quick]
 
 `--step CONFIG` compares instead the f32 products of one training step of
@@ -35,11 +35,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 
 
-def rust_rows(quick):
+def rust_rows(quick, only):
     cmd = ["cargo", "run", "--release", "-q", "-p", "zerfoo-kernels",
            "--example", "gemm_table", "--", "--json"]
     if quick:
         cmd.append("--quick")
+    if only:
+        cmd += ["--only", only]
     out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
     peak, rows = None, []
     for line in out.splitlines():
@@ -125,8 +127,9 @@ def main():
     quick = "--quick" in sys.argv
     if "--step" in sys.argv:
         return step_main(sys.argv[sys.argv.index("--step") + 1], quick)
+    only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
     runs = 3 if quick else 7
-    peak, rows = rust_rows(quick)
+    peak, rows = rust_rows(quick, only)
     print(f"peak f32 FMA 1 core: {peak:.1f} GFLOP/s; torch {torch.__version__}, "
           f"{os.cpu_count()} CPUs visible")
     head = (f"{'MxKxN':>16} {'dtype':>5} {'t':>2} {'zerfoo':>8} {'torch':>8} {'gemm':>8} "

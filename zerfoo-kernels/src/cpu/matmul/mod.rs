@@ -588,6 +588,15 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
             && ops.a_pitch.is_some()
             && K::in_place(pitch, n.div_ceil(kern.nr), kern.any_pitch)
     });
+    // Else rows in a narrower type are widened into a row-major copy that
+    // the same kernel reads (the threads share the work as for a packed A).
+    let in_place = match direct {
+        Some(fd) => Some(InPlace { fd, widened: false }),
+        None => kern
+            .fd
+            .filter(|_| K::widens_rows(ops))
+            .map(|fd| InPlace { fd, widened: true }),
+    };
     // With A read in place (nothing to pack twice) and no more rows than
     // columns, each thread takes its own columns: it packs only its part
     // of B and never waits for the others (no barrier per depth block);
@@ -638,7 +647,7 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
                 _ => (SyncPtr(unsafe { pptr.get().add((blk - 1) * m * n) }), true),
             };
             // SAFETY: `dst` is an `[M, N]` result only this block writes.
-            unsafe { blocked_cols::<E, K>(&depth, dst, (0, n), 1, kern, direct, ow, None, fin) };
+            unsafe { blocked_cols::<E, K>(&depth, dst, (0, n), 1, kern, in_place, ow, None, fin) };
         });
         // SAFETY: every part was written in full above.
         let parts =
@@ -674,7 +683,9 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
                 (np * (t + 1) / threads * kern.nr).min(n),
             );
             // SAFETY: `cptr` is the `[M, N]` result; thread `t` alone writes these columns.
-            unsafe { blocked_cols::<E, K>(ops, cptr, cols, 1, kern, direct, overwrite, bias, fin) };
+            unsafe {
+                blocked_cols::<E, K>(ops, cptr, cols, 1, kern, in_place, overwrite, bias, fin)
+            };
         });
     } else if threads > 1
         && m > n
@@ -700,7 +711,7 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
             // SAFETY: rows `r0..r1` of the `[M, N]` result are thread `t`'s alone.
             let c = SyncPtr(unsafe { cptr.get().add(r0 * n) });
             unsafe {
-                blocked_cols::<E, K>(&rows, c, (0, n), 1, kern, direct, overwrite, bias, fin)
+                blocked_cols::<E, K>(&rows, c, (0, n), 1, kern, in_place, overwrite, bias, fin)
             };
         });
     } else {
@@ -712,7 +723,7 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
                 (0, n),
                 threads,
                 kern,
-                direct,
+                in_place,
                 overwrite,
                 bias,
                 fin,
@@ -729,6 +740,29 @@ fn depth_block<E: FloatDtype, K: Packing<E>>(k: usize) -> usize {
         .next_multiple_of(K::GROUP)
 }
 
+/// How a product's full `MR`-row panels of `A` reach the in-place kernel.
+#[derive(Clone, Copy)]
+struct InPlace<P, A> {
+    /// The kernel that reads rows of `A` (see [`DirectFn`]).
+    fd: DirectFn<P, A>,
+    /// Each task first widens its rows into scratch ([`Packing::widen_rows`])
+    /// and the kernel reads that copy; else it reads `A` itself.
+    widened: bool,
+}
+
+/// Row pitch (in compute-type values) of the widened copy of an `A` block
+/// `kc` deep: whole cache lines, and not a multiple of 2 KiB (rows that far
+/// apart share L1 sets).
+fn widened_pitch<P>(kc: usize) -> usize {
+    let line = 64 / core::mem::size_of::<P>();
+    let pitch = kc.next_multiple_of(line);
+    if (pitch * core::mem::size_of::<P>()).is_multiple_of(2048) {
+        pitch + line
+    } else {
+        pitch
+    }
+}
+
 /// [`blocked`] for columns `c_lo..c_hi` of the result only, with the
 /// in-place kernel `direct` (if any); `bias` (all `N` columns' values, if
 /// any) is added by the kernels of the last depth block.
@@ -743,7 +777,7 @@ unsafe fn blocked_cols<E: FloatDtype, K: Packing<E>>(
     (c_lo, c_hi): (usize, usize),
     threads: usize,
     kern: Kernel<K::P, E::Acc>,
-    direct: Option<DirectFn<K::P, E::Acc>>,
+    direct: Option<InPlace<K::P, E::Acc>>,
     overwrite: bool,
     bias: Option<&[E::Acc]>,
     fin: Final<'_, E::Acc>,
@@ -833,13 +867,29 @@ unsafe fn blocked_cols<E: FloatDtype, K: Packing<E>>(
                     } else {
                         (0, rows)
                     };
-                    let alen = prows.div_ceil(mr) * mr * groups(kc);
-                    with_buf::<K::P, _>(&A_BUF, alen, |ap| {
+                    // The widened copy of the full panels' rows, if any, comes first.
+                    let wpitch = widened_pitch::<K::P>(kc);
+                    let wlen = match direct {
+                        Some(InPlace { widened: true, .. }) => pr0 * wpitch,
+                        _ => 0,
+                    };
+                    let alen = wlen + prows.div_ceil(mr) * mr * groups(kc);
+                    with_buf::<K::P, _>(&A_BUF, alen, |buf| {
+                        let (wide, ap) = buf.split_at_mut(wlen);
                         vectorized(
                             #[inline(always)]
-                            || K::pack(ops, Side::A, (ic + pr0, prows), (pc, kc), mr, ap),
+                            || {
+                                if wlen > 0 {
+                                    K::widen_rows(ops, (ic, pr0), (pc, kc), wpitch, wide);
+                                }
+                                K::pack(ops, Side::A, (ic + pr0, prows), (pc, kc), mr, ap)
+                            },
                         );
-                        let a_in_place = direct.map(|fd| {
+                        let a_in_place = direct.map(|InPlace { fd, widened }| {
+                            if widened {
+                                let bytes = wpitch * core::mem::size_of::<K::P>();
+                                return (fd, wide.as_ptr(), wpitch, bytes);
+                            }
                             let at = ops.a_base + ops.a_rows[ic] + ops.a_cols[pc];
                             // SAFETY: `at` is in bounds (row `ic`, depth `pc` of A); the
                             // kernel reads it as `E` values (`K::in_place`).

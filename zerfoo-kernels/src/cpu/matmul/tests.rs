@@ -498,6 +498,53 @@ fn every_dtype_rounds_once() {
     }
 }
 
+/// A low-precision product is the `f32` product of the widened inputs,
+/// rounded once, to the bit: whether `A`'s rows are widened into a copy for
+/// the in-place kernel (row-major, any row pitch) or packed (transposed),
+/// on every kernel, across depth blocks and tails of rows and columns, on
+/// 1 and 2 threads.
+#[test]
+fn low_precision_is_the_rounded_f32_product_bitwise() {
+    fn one<E: FloatDtype<Acc = f32>>() {
+        let (m, k, n) = (2 * 14 + 5, 1100, 70);
+        for (la, len) in [
+            (Layout::contiguous(&[m, k]), m * k),
+            (Layout::new(&[m, k], &[k + 5, 1], 3), 3 + m * (k + 5)),
+            (Layout::new(&[m, k], &[1, m], 0), m * k),
+        ] {
+            let a: Vec<E> = vals(len, 91).into_iter().map(E::from_f64).collect();
+            let b: Vec<E> = vals(k * n, 92).into_iter().map(E::from_f64).collect();
+            let lb = Layout::contiguous(&[k, n]);
+            let (a32, b32): (Vec<f32>, Vec<f32>) = (
+                a.iter().map(|v| v.to_acc()).collect(),
+                b.iter().map(|v| v.to_acc()).collect(),
+            );
+            for kern in kernels::<f32>() {
+                let want: Vec<E> = gemm_batched_with::<_, Widen>(&a32, &la, &b32, &lb, kern)
+                    .into_iter()
+                    .map(E::from_acc)
+                    .collect();
+                for threads in [1, 2] {
+                    let got = on_threads(threads, || {
+                        gemm_batched_with::<_, Widen>(&a, &la, &b, &lb, kern)
+                    });
+                    let bits = |v: &E| v.to_f64().to_bits();
+                    let same = got.iter().zip(&want).all(|(g, w)| bits(g) == bits(w));
+                    assert!(
+                        same,
+                        "{:?} kernel {}, A strides {:?}, {threads} threads",
+                        E::DTYPE,
+                        kern.name,
+                        la.strides()
+                    );
+                }
+            }
+        }
+    }
+    one::<f16>();
+    one::<bf16>();
+}
+
 /// Batched products over every kernel, with a broadcast right operand and
 /// a transposed batch sum, threaded and not.
 #[test]
