@@ -9,11 +9,14 @@
 //! The product is blocked like the AVX-512 path: `B` is packed once into
 //! 32-column panels of depth pairs (zero-padded to whole tiles), each task
 //! (a block of rows by a block of columns) packs its rows of `A` per depth
-//! block as plain row-major `bf16`, and a 32 x 32 micro-kernel keeps four
-//! `f32` tiles of `C` while it walks the depth block, loading them from
-//! and storing them to an `f32` accumulator between blocks. Every output is
-//! the `f32` sum over depth blocks in order, rounded once to `bf16`, so the
-//! result never depends on the thread count. Like `vdpbf16ps`, the tiles
+//! block in tile order (each depth step's tiles contiguous), and a 32 x 32
+//! micro-kernel keeps four `f32` tiles of `C` while it walks the depth
+//! block. Depth blocks are deep (2048), so most products never leave the
+//! tile registers until the end; deeper ones load and store the tiles from
+//! an `f32` accumulator between blocks. Each finished 32 x 32 block is
+//! stored to a scratch tile and rounded into the output while in L1. Every
+//! output is the `f32` sum over depth blocks in order, rounded once to
+//! `bf16`, so the result never depends on the thread count. Like `vdpbf16ps`, the tiles
 //! treat denormal inputs as zero and flush denormal results to zero.
 //!
 //! The tile instructions are written as inline assembly (Rust's AMX
@@ -33,12 +36,23 @@ use crate::cpu::threads::{self, for_each_chunk_mut, SyncPtr};
 const TILE: usize = 32;
 /// Depth per tile step (32 `bf16` values = 64 bytes per tile row).
 const KSTEP: usize = 32;
-/// Depth per packed block of `A` (and per pass over the `C` tiles).
-const KB: usize = 512;
-/// Rows per task (a packed `A` block of `MB x KB` `bf16` = 128 KiB).
-const MB: usize = 128;
-/// Columns per task at most (an `f32` block of `MB x NB` = 128 KiB).
-const NB: usize = 256;
+/// Pairs of rows of `B` packed into every panel before the next panel.
+const PACK_B_PAIRS: usize = 16;
+/// Depth per packed block of `A` (and per pass over the `C` tiles): deep
+/// enough that most products keep `C` in the tile registers over their
+/// whole depth, while a task's packed `A` (at least 128 rows, 512 KiB)
+/// stays in L2. (At 512, 2048 x 2048 x 2048 reloaded and stored its 16 MiB
+/// accumulator from memory 3 times: 1 thread 650 -> 940 GFLOP/s.)
+const KB: usize = 2048;
+/// Bytes of a task's packed `A` block: its rows are as many as fit (whole
+/// tiles), so each 32-column panel of `B` is read from L2 once per task
+/// and then reused from L1 by every row tile (128-row tasks read all of
+/// `B` from L3 four times for 512 x 384 x 1536).
+const A_BLOCK_BYTES: usize = 512 << 10;
+/// Columns per task at most: a task packs its rows of `A` once per depth
+/// block, so wide tasks pack it fewer times (1 thread, 1024 x 1024 x 1024:
+/// 256 -> 2048 columns, ~+10%).
+const NB: usize = 2048;
 
 /// Whether this CPU and OS run AMX-BF16 (asked once), unless `ZERFOO_AMX=0`.
 pub(crate) fn available() -> bool {
@@ -130,14 +144,21 @@ pub(crate) fn product(
     // live in this thread's reused scratch (no fresh pages per product).
     let (mp, np) = (m.next_multiple_of(TILE), panels * TILE);
     with_buf::<u32, _>(&B_BUF, panels * kp / 2 * TILE, |bp| {
-        with_buf::<f32, _>(&C_BUF, mp * np, |acc| {
-            let pack_panel = |(p, dst): (usize, &mut [u32])| pack_b(ops, p * TILE, dst);
-            if threads > 1 && panels > 1 {
-                for_each_chunk_mut(bp, kp / 2 * TILE, pack_panel);
+        // (No accumulator at all within one depth block.)
+        let acc_len = if kp > KB { mp * np } else { 0 };
+        with_buf::<f32, _>(&C_BUF, acc_len, |acc| {
+            // Each thread packs a run of whole panels.
+            let per = panels.div_ceil(threads.clamp(1, panels));
+            let pack = |(t, dst): (usize, &mut [u32])| {
+                crate::cpu::simd::vectorized(
+                    #[inline(always)]
+                    || pack_b(ops, t * per, kp, dst),
+                )
+            };
+            if per < panels {
+                for_each_chunk_mut(bp, per * kp / 2 * TILE, pack);
             } else {
-                bp.chunks_mut(kp / 2 * TILE)
-                    .enumerate()
-                    .for_each(pack_panel);
+                pack((0, bp));
             }
             run_blocks(
                 ops,
@@ -168,16 +189,18 @@ fn run_blocks(
     let (m, n) = (ops.a_rows.len(), ops.b_cols.len());
     let panels = n.div_ceil(TILE);
     let outp = SyncPtr(out.as_mut_ptr().cast::<u16>());
-    // Tasks of MB rows by `nb` columns: as wide as NB allows, narrower
+    // Rows per task.
+    let mb = (A_BLOCK_BYTES / (KB.min(kp) * 2)) / TILE * TILE;
+    // Tasks of `mb` rows by `nb` columns: as wide as NB allows, narrower
     // when there are too few row blocks to keep every thread busy.
-    let row_blocks = m.div_ceil(MB);
+    let row_blocks = m.div_ceil(mb);
     let want = (2 * threads).div_ceil(row_blocks).max(1);
     let nb = (panels.div_ceil(want) * TILE).clamp(TILE, NB);
     let col_blocks = n.div_ceil(nb);
     let task = |t: usize| {
         let (rb, cb) = (t / col_blocks, t % col_blocks);
-        let (r0, c0) = (rb * MB, cb * nb);
-        let (rows, cols) = ((m - r0).min(MB), (n - c0).min(nb));
+        let (r0, c0) = (rb * mb, cb * nb);
+        let (rows, cols) = ((m - r0).min(mb), (n - c0).min(nb));
         // (u32 scratch holds the u16 rows of A: two values per element.)
         let len = rows.next_multiple_of(TILE) * KB.min(kp);
         with_buf::<u32, _>(&A_BUF, len.div_ceil(2), |ap| {
@@ -209,36 +232,100 @@ fn run_blocks(
     }
 }
 
-/// Packs columns `j0..j0 + 32` of `B` (zero past `N`) as depth pairs:
-/// `dst[q * 32 + j] = B[2q, j0 + j] | B[2q + 1, j0 + j] << 16`, zero past `K`.
-fn pack_b(ops: &Operands<'_, bf16>, j0: usize, dst: &mut [u32]) {
+/// Packs panels `p0..` of `B` (as many as `dst` holds, `kp / 2 * 32`
+/// values each) as depth pairs: panel `p`, pair `q`, column `j` is
+/// `dst[((p - p0) * kp / 2 + q) * 32 + j] = B[2q, 32p + j] | B[2q + 1, 32p + j] << 16`,
+/// zero past `K` and past `N`.
+#[inline(always)]
+fn pack_b(ops: &Operands<'_, bf16>, p0: usize, kp: usize, dst: &mut [u32]) {
     let (n, k) = (ops.b_cols.len(), ops.a_cols.len());
-    let cols = (n - j0).min(TILE);
-    let bits = |i: usize| ops.b[i].to_bits() as u32;
-    dst.fill(0);
-    if ops.b_unit_n {
-        // Rows of B are contiguous: interleave two row runs per pair.
-        for (p, &row) in ops.b_rows.iter().enumerate() {
-            let src = &ops.b[ops.b_base + row + ops.b_cols[j0]..][..cols];
-            let (q, shift) = (p / 2, 16 * (p % 2));
-            for (d, x) in dst[q * TILE..][..cols].iter_mut().zip(src) {
-                *d |= (x.to_bits() as u32) << shift;
-            }
-        }
-    } else {
-        for j in 0..cols {
-            let col = ops.b_base + ops.b_cols[j0 + j];
-            for (p, &row) in ops.b_rows.iter().enumerate() {
-                dst[p / 2 * TILE + j] |= bits(col + row) << (16 * (p % 2));
+    let panel_len = kp / 2 * TILE;
+    debug_assert!(dst.len().is_multiple_of(panel_len));
+    let (j0, j1) = (p0 * TILE, (p0 * TILE + dst.len() / panel_len * TILE).min(n));
+    let bits = |i: usize| u32::from(ops.b[i].to_bits());
+    // PACK_B_PAIRS pairs of rows of B at a time, over all of this run's
+    // panels: each row is read in order, and each panel gets a contiguous
+    // run of pairs (a pair at a time, every store went to another panel,
+    // pages apart).
+    let row = |p: usize| (p < k).then(|| ops.b_base + ops.b_rows[p]);
+    for q0 in (0..kp / 2).step_by(PACK_B_PAIRS) {
+        for (pi, panel) in dst.chunks_exact_mut(panel_len).enumerate() {
+            for q in q0..(q0 + PACK_B_PAIRS).min(kp / 2) {
+                let (lo, hi) = (row(2 * q), row(2 * q + 1));
+                let d: &mut [u32; TILE] =
+                    (&mut panel[q * TILE..(q + 1) * TILE]).try_into().unwrap();
+                let c0 = j0 + pi * TILE;
+                let cols = j1.saturating_sub(c0).min(TILE);
+                match (lo, hi) {
+                    (Some(lo), Some(hi)) if ops.b_unit_n && cols == TILE => {
+                        let at = ops.b_cols[c0];
+                        let (l, h) = (&ops.b[lo + at..][..TILE], &ops.b[hi + at..][..TILE]);
+                        // SAFETY: the CPU has AVX-512 BW (it has AMX, checked
+                        // again here); both runs hold 32 values, `d` 32 pairs.
+                        #[cfg(target_arch = "x86_64")]
+                        if crate::cpu::simd::has_avx512() {
+                            unsafe { interleave_32_avx512(l.as_ptr(), h.as_ptr(), d) };
+                            continue;
+                        }
+                        for ((d, l), h) in d.iter_mut().zip(l).zip(h) {
+                            *d = u32::from(l.to_bits()) | (u32::from(h.to_bits()) << 16);
+                        }
+                    }
+                    _ => {
+                        for (j, d) in d.iter_mut().enumerate() {
+                            let col = (j < cols).then(|| ops.b_cols[c0 + j]);
+                            let at = |r: Option<usize>| match (r, col) {
+                                (Some(r), Some(c)) => bits(r + c),
+                                _ => 0,
+                            };
+                            *d = at(lo) | (at(hi) << 16);
+                        }
+                    }
+                }
             }
         }
     }
-    debug_assert!(dst.len() >= k.div_ceil(2) * TILE);
 }
 
-/// Packs rows `r0..r0 + rows`, depth `p0..p0 + kb` of `A` row-major into
-/// `dst` (`kb` values per row; `kb` a multiple of 32, zero past `K` and
-/// for the padding rows up to a multiple of 32).
+/// `d[j] = lo[j] | hi[j] << 16` for 32 `bf16` values each: two permutes
+/// of two 64-byte loads.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW; `lo` and `hi` readable for 32 values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+unsafe fn interleave_32_avx512(lo: *const bf16, hi: *const bf16, d: &mut [u32; TILE]) {
+    use core::arch::x86_64::*;
+    // Word 2j of the first result is lo[j], word 2j + 1 is hi[j] (index
+    // 32 + j picks from the second source); the second result likewise
+    // from j + 16.
+    let idx = |half: i16| {
+        let w: [i16; 32] = core::array::from_fn(|i| {
+            let j = i as i16 / 2 + 16 * half;
+            if i % 2 == 0 {
+                j
+            } else {
+                32 + j
+            }
+        });
+        // SAFETY: 32 words are 64 bytes.
+        unsafe { _mm512_loadu_si512(w.as_ptr().cast()) }
+    };
+    // SAFETY: the caller's guarantee (32 values of 2 bytes: 64 each).
+    unsafe {
+        let (l, h) = (_mm512_loadu_si512(lo.cast()), _mm512_loadu_si512(hi.cast()));
+        let dp = d.as_mut_ptr().cast::<__m512i>();
+        _mm512_storeu_si512(dp, _mm512_permutex2var_epi16(l, idx(0), h));
+        _mm512_storeu_si512(dp.add(1), _mm512_permutex2var_epi16(l, idx(1), h));
+    }
+}
+
+/// Packs rows `r0..r0 + rows`, depth `p0..p0 + kb` of `A` into `dst` in
+/// tile order: per 32-row tile, per depth step of 32, the step's two
+/// 16 x 32 tiles (rows 0-15, then 16-31) of 64-byte rows, so the kernel
+/// reads `A` as one sequential stream (`kb` a multiple of 32; zero past `K`
+/// and for the padding rows up to a multiple of 32).
 fn pack_a(
     ops: &Operands<'_, bf16>,
     (r0, rows): (usize, usize),
@@ -247,23 +334,31 @@ fn pack_a(
 ) {
     let k = ops.a_cols.len();
     let real = (k.saturating_sub(p0)).min(kb);
-    for (i, row) in dst.chunks_exact_mut(kb).enumerate() {
-        if i >= rows {
-            row.fill(0);
-            continue;
-        }
-        let base = ops.a_base + ops.a_rows[r0 + i];
-        if ops.a_unit_k {
-            let s = &ops.a[base + ops.a_cols[p0]..][..real];
-            // SAFETY: `bf16` is a `u16` bit pattern (`repr(transparent)`).
-            let s = unsafe { core::slice::from_raw_parts(s.as_ptr().cast::<u16>(), real) };
-            row[..real].copy_from_slice(s);
-        } else {
-            for (d, &c) in row.iter_mut().zip(&ops.a_cols[p0..p0 + real]) {
-                *d = ops.a[base + c].to_bits();
+    let mut row = [0u16; KB];
+    for i in 0..dst.len() / kb {
+        let row = &mut row[..kb];
+        if i < rows {
+            let base = ops.a_base + ops.a_rows[r0 + i];
+            if ops.a_unit_k {
+                let s = &ops.a[base + ops.a_cols[p0]..][..real];
+                // SAFETY: `bf16` is a `u16` bit pattern (`repr(transparent)`).
+                let s = unsafe { core::slice::from_raw_parts(s.as_ptr().cast::<u16>(), real) };
+                row[..real].copy_from_slice(s);
+            } else {
+                for (d, &c) in row.iter_mut().zip(&ops.a_cols[p0..p0 + real]) {
+                    *d = ops.a[base + c].to_bits();
+                }
             }
+            row[real..].fill(0);
+        } else {
+            row.fill(0);
         }
-        row[real..].fill(0);
+        // Row `i` is row `i % 32` of tile `i / 32`: 32 values per step.
+        let tile = &mut dst[i / TILE * TILE * kb..][..TILE * kb];
+        for (step, v) in row.chunks_exact(KSTEP).enumerate() {
+            let at = step * TILE * KSTEP + (i % TILE) * KSTEP;
+            tile[at..at + KSTEP].copy_from_slice(v);
+        }
     }
 }
 
@@ -289,11 +384,16 @@ unsafe fn task_block(
 ) {
     let row_tiles = rows.div_ceil(TILE);
     let col_panels = cols.div_ceil(TILE);
+    // The last depth block's sums go to this 32 x 32 tile and are rounded
+    // into `out` while in L1 (through `acc` they made a trip to L3 and back
+    // for a large result: ~12% of a 512 x 384 x 1536 product).
+    let mut tile = Tile([0.0; TILE * TILE]);
     // SAFETY: the tile state was granted (`available`); the configuration
     // is a valid palette-1 layout.
     unsafe { core::arch::asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack)) };
     for p0 in (0..kp).step_by(KB) {
         let kb = KB.min(kp - p0);
+        let last = p0 + kb == kp;
         let ap = &mut ap[..row_tiles * TILE * kb];
         pack_a(ops, (r0, rows), (p0, kb), ap);
         for cp in 0..col_panels {
@@ -302,46 +402,149 @@ unsafe fn task_block(
             let b = unsafe { bp.as_ptr().add(panel + p0 / 2 * TILE) };
             for rt in 0..row_tiles {
                 let a = ap[rt * TILE * kb..].as_ptr();
-                // SAFETY: this task's block of `acc` (rows padded to 32,
-                // columns padded to whole panels).
-                let c = unsafe { acc.get().add((r0 + rt * TILE) * np + c0 + cp * TILE) };
+                // This task's block of `acc` (rows padded to 32, columns
+                // padded to whole panels); used (and allocated) only when
+                // there is more than one depth block.
+                let c = acc
+                    .get()
+                    .wrapping_add((r0 + rt * TILE) * np + c0 + cp * TILE);
+                let (dst, ldd) = if last {
+                    (tile.0.as_mut_ptr(), TILE)
+                } else {
+                    (c, np)
+                };
                 // SAFETY: `a` holds 32 rows of `kb` values, `b` `kb / 2`
-                // pair rows of 32, `c` a 32 x 32 block (row length `np`).
-                unsafe { micro_kernel(a, kb, b, c, np, p0 == 0) };
+                // pair rows of 32, `c` (row length `np`) and `dst` (`ldd`)
+                // 32 x 32 blocks.
+                unsafe { micro_kernel(a, kb, b, (c, np, p0 == 0), (dst, ldd)) };
+                if last {
+                    let (i0, j0) = (r0 + rt * TILE, c0 + cp * TILE);
+                    let (ti, tj) = ((r0 + rows - i0).min(TILE), (c0 + cols - j0).min(TILE));
+                    // SAFETY: rows `i0..i0 + ti`, columns `j0..j0 + tj`
+                    // of `out`: inside this task's block.
+                    unsafe {
+                        round_tile(
+                            &mut tile,
+                            (ti, tj),
+                            bias.map(|b| &b[j0..j0 + tj]),
+                            out.get().add(i0 * n + j0),
+                            n,
+                        )
+                    };
+                }
             }
         }
     }
     // SAFETY: releases the tile state this thread configured above.
     unsafe { core::arch::asm!("tilerelease", options(nostack, nomem)) };
-    for i in r0..r0 + rows {
-        // SAFETY: row `i`, columns `c0..c0 + cols`: inside this task's
-        // block of both buffers, final in `acc`.
-        let (src, dst) = unsafe {
-            (
-                core::slice::from_raw_parts_mut(acc.get().add(i * np + c0), cols),
-                core::slice::from_raw_parts_mut(
-                    out.get().add(i * n + c0).cast::<MaybeUninit<bf16>>(),
-                    cols,
-                ),
-            )
+}
+
+/// A 32 x 32 `f32` tile in one 4 KiB, 64-byte-aligned block.
+#[repr(C, align(64))]
+struct Tile([f32; TILE * TILE]);
+
+/// Adds the biases (if any) to the top-left `rows x cols` of `tile` and
+/// rounds them into `out` (row length `ldo`).
+///
+/// # Safety
+/// `out` must be writable at `i * ldo + j` for `i < rows`, `j < cols`.
+unsafe fn round_tile(
+    tile: &mut Tile,
+    (rows, cols): (usize, usize),
+    bias: Option<&[f32]>,
+    out: *mut u16,
+    ldo: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::simd::has_avx512() {
+        // SAFETY: AVX-512 F/BW checked; the caller's guarantee for `out`.
+        unsafe { round_tile_avx512(tile, (rows, cols), bias, out, ldo) };
+        return;
+    }
+    for (i, src) in tile.0.chunks_exact_mut(TILE).take(rows).enumerate() {
+        let src = &mut src[..cols];
+        // SAFETY: row `i` of the caller's block.
+        let dst = unsafe {
+            core::slice::from_raw_parts_mut(out.add(i * ldo).cast::<MaybeUninit<bf16>>(), cols)
         };
-        crate::cpu::simd::vectorized(
-            #[inline(always)]
-            || {
-                if let Some(bias) = bias {
-                    for (s, &b) in src.iter_mut().zip(&bias[c0..]) {
-                        *s += b;
-                    }
-                }
-                super::pack::narrow::<bf16>(src, dst)
-            },
-        );
+        if let Some(bias) = bias {
+            for (s, &b) in src.iter_mut().zip(bias) {
+                *s += b;
+            }
+        }
+        super::pack::narrow::<bf16>(src, dst)
     }
 }
 
-/// `C (32 x 32 f32, row length ldc) (+)= A (32 x kb) · B (kb x 32)`: `A`
-/// row-major `bf16` (`kb` values per row), `B` as `kb / 2` rows of 32
-/// depth pairs; `first` starts from zero instead of `C`.
+/// [`round_tile`] 16 values per step, with
+/// [`bf16_round`](super::pack::bf16_round)'s exact
+/// arithmetic (it was ~20% of a 512 x 384 x 1536 product as a loop over
+/// rows of 8-lane steps).
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW; as for [`round_tile`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn round_tile_avx512(
+    tile: &Tile,
+    (rows, cols): (usize, usize),
+    bias: Option<&[f32]>,
+    out: *mut u16,
+    ldo: usize,
+) {
+    use core::arch::x86_64::*;
+    debug_assert!(cols <= TILE && bias.is_none_or(|b| b.len() >= cols));
+    // The two 16-lane halves of a row: which lanes are inside `cols`.
+    let mask = |h: usize| -> __mmask16 {
+        let n = cols.saturating_sub(16 * h).min(16);
+        ((1u32 << n) - 1) as __mmask16
+    };
+    let masks = [mask(0), mask(1)];
+    // SAFETY: `bias` holds `cols` values; masked-off lanes are not read.
+    let load_bias = |h: usize| match bias {
+        Some(b) if masks[h] != 0 => unsafe {
+            _mm512_maskz_loadu_ps(masks[h], b.as_ptr().add(16 * h))
+        },
+        _ => _mm512_setzero_ps(),
+    };
+    let biases = [load_bias(0), load_bias(1)];
+    let (one, half, abs, inf, quiet) = (
+        _mm512_set1_epi32(1),
+        _mm512_set1_epi32(0x7FFF),
+        _mm512_set1_epi32(0x7FFF_FFFF),
+        _mm512_set1_epi32(0x7F80_0000),
+        _mm512_set1_epi32(0x40),
+    );
+    for i in 0..rows {
+        for h in 0..2 {
+            let m = masks[h];
+            if m == 0 {
+                continue;
+            }
+            // SAFETY: row `i` of the tile (32 values); lanes past `cols` are masked off.
+            let v = unsafe { _mm512_maskz_loadu_ps(m, tile.0.as_ptr().add(i * TILE + 16 * h)) };
+            // (No add without a bias: -0 + 0 would be +0.)
+            let x = _mm512_castps_si512(match bias {
+                Some(_) => _mm512_add_ps(v, biases[h]),
+                None => v,
+            });
+            let hi = _mm512_srli_epi32::<16>(x);
+            let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(
+                _mm512_add_epi32(x, half),
+                _mm512_and_si512(hi, one),
+            ));
+            let nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(x, abs), inf);
+            let r = _mm512_mask_mov_epi32(rounded, nan, _mm512_or_si512(hi, quiet));
+            // SAFETY: row `i`, columns `16h..` of the caller's block, masked to `cols`.
+            unsafe { _mm512_mask_cvtepi32_storeu_epi16(out.add(i * ldo + 16 * h).cast(), m, r) };
+        }
+    }
+}
+
+/// `D = C + A (32 x kb) · B (kb x 32)`, `C` and `D` 32 x 32 `f32` blocks
+/// (row lengths `ldc`, `ldd`; they may be the same): `A` `bf16` in tile
+/// order (see [`pack_a`]), `B` as `kb / 2` rows of 32 depth pairs; `first`
+/// starts from zero instead of `C`.
 ///
 /// # Safety
 /// The tile configuration [`CONFIG`] must be loaded on this thread; the
@@ -351,12 +554,10 @@ unsafe fn micro_kernel(
     a: *const u16,
     kb: usize,
     b: *const u32,
-    c: *mut f32,
-    ldc: usize,
-    first: bool,
+    (c, ldc, first): (*const f32, usize, bool),
+    (d, ldd): (*mut f32, usize),
 ) {
-    let lda = kb * 2; // bytes per row of A
-    let ldc_b = ldc * 4; // bytes per row of C
+    let (ldc_b, ldd_b) = (ldc * 4, ldd * 4); // bytes per row of C, D
     let steps = kb / KSTEP;
     // SAFETY: the caller's guarantee; every access below stays inside
     // `a` (32 rows x kb), `b` (kb / 2 rows x 128 bytes) and `c` (32 x 32).
@@ -386,22 +587,25 @@ unsafe fn micro_kernel(
             "tileloadd tmm5, [{a16} + {lda}*1]",
             "tdpbf16ps tmm2, tmm5, tmm6",
             "tdpbf16ps tmm3, tmm5, tmm7",
-            "add {a}, 64",
-            "add {a16}, 64",
+            "add {a}, 2048",
+            "add {a16}, 2048",
             "add {b}, 2048",
             "dec {steps}",
             "jnz 4b",
-            "tilestored [{c} + {ldc}*1], tmm0",
-            "tilestored [{c} + {ldc}*1 + 64], tmm1",
-            "tilestored [{c16} + {ldc}*1], tmm2",
-            "tilestored [{c16} + {ldc}*1 + 64], tmm3",
+            "tilestored [{d} + {ldd}*1], tmm0",
+            "tilestored [{d} + {ldd}*1 + 64], tmm1",
+            "tilestored [{d16} + {ldd}*1], tmm2",
+            "tilestored [{d16} + {ldd}*1 + 64], tmm3",
             first = in(reg) first as usize,
             c = in(reg) c,
             c16 = in(reg) c.add(16 * ldc),
             ldc = in(reg) ldc_b,
+            d = in(reg) d,
+            d16 = in(reg) d.add(16 * ldd),
+            ldd = in(reg) ldd_b,
             a = inout(reg) a => _,
-            a16 = inout(reg) a.add(16 * kb) => _,
-            lda = in(reg) lda,
+            a16 = inout(reg) a.add(16 * KSTEP) => _,
+            lda = in(reg) 64usize,
             b = inout(reg) b => _,
             ldb = in(reg) 128usize,
             steps = inout(reg) steps => _,

@@ -626,7 +626,8 @@ fn bf16_amx_odd_sizes_layouts_and_threads() {
         (32, 32, 32),
         (29, 40, 17),
         (129, 129, 129),
-        (65, 1025, 257),
+        (161, 300, 97),
+        (65, 2085, 257),
     ] {
         for ka in 0..3 {
             for kb in 0..3 {
@@ -679,6 +680,45 @@ fn bf16_amx_odd_sizes_layouts_and_threads() {
     }
     let sum = gemm_batch_sum_with::<_, Bf16Pairs>(&a, &la, &b, &lb, kern);
     assert_bf16_close(&sum, &sum_want, &sum_mag, "amx batch sum");
+}
+
+/// Integer inputs whose every partial sum is exact in `f32` (whatever the
+/// order) but needs more than `bf16`'s 8 bits: the public `bf16` product
+/// (AMX, AVX512-BF16 or widening, whichever this CPU runs), with and
+/// without a bias, is the exact sum rounded to nearest, ties to even, to
+/// the bit.
+#[test]
+fn bf16_exact_sums_round_to_nearest_even_bitwise() {
+    let (m, k, n) = (37, 96, 45);
+    let ints = |len: usize, seed: u64| -> Vec<f64> {
+        vals(len, seed).iter().map(|v| (v * 12.0).round()).collect()
+    };
+    let (a64, b64, bias64) = (ints(m * k, 81), ints(k * n, 82), ints(n, 83));
+    let cast = |v: &[f64]| -> Vec<bf16> { v.iter().map(|&x| bf16::from_f64(x)).collect() };
+    let (a, b, bias) = (cast(&a64), cast(&b64), cast(&bias64));
+    let (la, lb) = (Layout::contiguous(&[m, k]), Layout::contiguous(&[k, n]));
+    let exact = naive(&a64, &la, &b64, &lb);
+    // The sums reach past 256 (where bf16 steps by 2 and more), and some are ties.
+    assert!(exact.iter().any(|s| s.abs() > 1024.0));
+    let ties = exact
+        .iter()
+        .filter(|&&s| (257.0..512.0).contains(&s.abs()) && (s as i64) % 2 != 0)
+        .count();
+    assert!(ties > 0);
+    for threads in [1, 2] {
+        let plain = on_threads(threads, || gemm(&a, &la, &b, &lb));
+        let biased = on_threads(threads, || gemm_batched_bias(&a, &la, &b, &lb, Some(&bias)));
+        for (i, (&s, (p, q))) in exact.iter().zip(plain.iter().zip(&biased)).enumerate() {
+            let want = bf16::from_f64(s);
+            assert_eq!(p.to_bits(), want.to_bits(), "[{i}] {s}, {threads} threads");
+            let want = bf16::from_f64(s + bias64[i % n]);
+            assert_eq!(
+                q.to_bits(),
+                want.to_bits(),
+                "[{i}] {s} + bias, {threads} threads"
+            );
+        }
+    }
 }
 
 /// `bf16` inputs and their exact `f64` values.
