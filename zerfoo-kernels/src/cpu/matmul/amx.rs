@@ -336,28 +336,45 @@ fn pack_a(
     let real = (k.saturating_sub(p0)).min(kb);
     let mut row = [0u16; KB];
     for i in 0..dst.len() / kb {
-        let row = &mut row[..kb];
-        if i < rows {
-            let base = ops.a_base + ops.a_rows[r0 + i];
-            if ops.a_unit_k {
-                let s = &ops.a[base + ops.a_cols[p0]..][..real];
-                // SAFETY: `bf16` is a `u16` bit pattern (`repr(transparent)`).
-                let s = unsafe { core::slice::from_raw_parts(s.as_ptr().cast::<u16>(), real) };
-                row[..real].copy_from_slice(s);
-            } else {
-                for (d, &c) in row.iter_mut().zip(&ops.a_cols[p0..p0 + real]) {
-                    *d = ops.a[base + c].to_bits();
-                }
-            }
-            row[real..].fill(0);
-        } else {
-            row.fill(0);
-        }
         // Row `i` is row `i % 32` of tile `i / 32`: 32 values per step.
         let tile = &mut dst[i / TILE * TILE * kb..][..TILE * kb];
-        for (step, v) in row.chunks_exact(KSTEP).enumerate() {
+        let mut put = |step: usize, v: &[u16; KSTEP]| {
             let at = step * TILE * KSTEP + (i % TILE) * KSTEP;
-            tile[at..at + KSTEP].copy_from_slice(v);
+            let d: &mut [u16; KSTEP] = (&mut tile[at..at + KSTEP]).try_into().unwrap();
+            *d = *v;
+        };
+        if i < rows && ops.a_unit_k {
+            // A contiguous row: whole steps straight from `A`, then the tail.
+            let base = ops.a_base + ops.a_rows[r0 + i] + ops.a_cols[p0];
+            // SAFETY: `bf16` is a `u16` bit pattern (`repr(transparent)`).
+            let src = unsafe {
+                core::slice::from_raw_parts(ops.a[base..][..real].as_ptr().cast::<u16>(), real)
+            };
+            let mut steps = src.chunks_exact(KSTEP);
+            for (step, v) in (&mut steps).enumerate() {
+                put(step, v.try_into().unwrap());
+            }
+            let (full, rest) = (real / KSTEP, steps.remainder());
+            if full * KSTEP < kb {
+                let mut last = [0u16; KSTEP];
+                last[..rest.len()].copy_from_slice(rest);
+                put(full, &last);
+                for step in full + 1..kb / KSTEP {
+                    put(step, &[0; KSTEP]);
+                }
+            }
+            continue;
+        }
+        let row = &mut row[..kb];
+        row.fill(0);
+        if i < rows {
+            let base = ops.a_base + ops.a_rows[r0 + i];
+            for (d, &c) in row.iter_mut().zip(&ops.a_cols[p0..p0 + real]) {
+                *d = ops.a[base + c].to_bits();
+            }
+        }
+        for (step, v) in row.chunks_exact(KSTEP).enumerate() {
+            put(step, v.try_into().unwrap());
         }
     }
 }
