@@ -107,7 +107,7 @@ pub(crate) fn f32_kernel() -> Kernel<f32> {
         f: micro::<f32, 4, 8>,
         fd: Some(micro_direct::<f32, 4, 8>),
         any_pitch: false,
-        rounds: false,
+        rounds: None,
         amx: false,
         name: "generic-4x8",
     }
@@ -121,7 +121,7 @@ pub(crate) fn f64_kernel() -> Kernel<f64> {
         f: micro::<f64, 4, 4>,
         fd: Some(micro_direct::<f64, 4, 4>),
         any_pitch: false,
-        rounds: false,
+        rounds: None,
         amx: false,
         name: "generic-4x4",
     }

@@ -20,8 +20,9 @@ pub(crate) struct Store<A> {
     /// may be uninitialized) instead of adding them to `C`.
     pub overwrite: bool,
     /// Unless null (and only for a kernel with [`Kernel::rounds`]): round
-    /// the result (the sums, plus the old `C` unless `overwrite`) to `bf16`
-    /// into this tile, row length `ldr`, and leave `C` alone.
+    /// the result (the sums, plus the old `C` unless `overwrite`) to the
+    /// kernel's 16-bit type into this tile, row length `ldr`, and leave `C`
+    /// alone.
     pub round: *mut u16,
     /// Row length of the `round` tile.
     pub ldr: usize,
@@ -86,8 +87,10 @@ pub(crate) struct Kernel<P, C = P> {
     /// a multiple of 2 KiB apart (they then share a few L1 sets): true for
     /// the assembly depth loops; the others read such an `A` packed.
     pub any_pitch: bool,
-    /// Whether the kernel can round its tile to `bf16` ([`Store::round`]).
-    pub rounds: bool,
+    /// The 16-bit type the kernel can round its tile to, if any
+    /// ([`Store::round`]): `bf16` for the AVX512-BF16 kernels, `f16` for
+    /// the AVX-512 `f32` kernel.
+    pub rounds: Option<crate::DType>,
     /// Run the whole product on AMX tiles instead (see `super::amx`); the
     /// other fields then describe the AVX512-BF16 kernel it stands in for.
     pub amx: bool,

@@ -503,7 +503,7 @@ fn product<E: FloatDtype, K: Packing<E>>(
             )
         };
         blocked::<E, K>(ops, c, threads, kern, true, bias, Final::Keep);
-    } else if kern.rounds && TypeId::of::<E>() == TypeId::of::<bf16>() {
+    } else if kern.rounds == Some(E::DTYPE) {
         // The kernel rounds each tile of the last depth block straight into
         // the output; `c` holds only the sums of earlier depth blocks (and
         // is never touched for a single one).
@@ -554,8 +554,9 @@ enum Final<'a, A> {
     Keep,
     /// Each task calls this on its part.
     Finish(Finish<'a, A>),
-    /// The kernel (one with [`Kernel::rounds`]) rounds every tile of the
-    /// last depth block into this `[M, N]` `bf16` output, not into `c`.
+    /// The kernel (one that [rounds](Kernel::rounds) to the output type)
+    /// rounds every tile of the last depth block into this `[M, N]` 16-bit
+    /// output, not into `c`.
     Round(SyncPtr<u16>),
 }
 
@@ -578,7 +579,7 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
     let (m, n) = (ops.a_rows.len(), ops.b_cols.len());
     assert_eq!(c.len(), m * n);
     assert!(bias.is_none_or(|b| b.len() == n));
-    assert!(kern.rounds || !matches!(fin, Final::Round(_)));
+    assert!(kern.rounds.is_some() || !matches!(fin, Final::Round(_)));
     let cptr = SyncPtr(c.as_mut_ptr().cast::<E::Acc>());
     // A row-major A with evenly spaced rows (`lda` values, `pitch` bytes
     // apart) is read in place where the packing says so.
@@ -1048,6 +1049,7 @@ unsafe fn macro_kernel<P, A: Real>(
                 }
             }
             if !full {
+                let rp = rp.map(|(r, ldr)| (r, ldr, kern.rounds));
                 write_tile(&scratch, nr, (rows, cols), cp, ldc, overwrite, rp, tb);
             }
         }
@@ -1056,8 +1058,9 @@ unsafe fn macro_kernel<P, A: Real>(
 
 /// Writes (`overwrite`) or adds the top-left `rows x cols` of a scratch
 /// tile (row length `nr`) into `c`, then adds the column biases `bias[j]`
-/// unless `bias` is null; with `round = Some((r, ldr))`, rounds that result
-/// to `bf16` into `r` (row length `ldr`) instead, as the rounding kernels do.
+/// unless `bias` is null; with `round = Some((r, ldr, to))`, rounds that
+/// result to `to` (`f16`, else `bf16`) into `r` (row length `ldr`) instead,
+/// as the rounding kernels do.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn write_tile<A: Real>(
@@ -1067,7 +1070,7 @@ fn write_tile<A: Real>(
     c: *mut A,
     ldc: usize,
     overwrite: bool,
-    round: Option<(*mut u16, usize)>,
+    round: Option<(*mut u16, usize, Option<DType>)>,
     bias: *const A,
 ) {
     for i in 0..rows {
@@ -1084,9 +1087,13 @@ fn write_tile<A: Real>(
                     sum + *bias.add(j)
                 };
                 match round {
-                    Some((r, ldr)) => {
-                        let bits = (sum.as_f64() as f32).to_bits();
-                        r.add(i * ldr + j).write(pack::bf16_round(bits));
+                    Some((r, ldr, to)) => {
+                        let x = sum.as_f64() as f32;
+                        let bits = match to {
+                            Some(DType::F16) => crate::f16::from_f32(x).to_bits(),
+                            _ => pack::bf16_round(x.to_bits()),
+                        };
+                        r.add(i * ldr + j).write(bits);
                     }
                     None => c.write(sum),
                 }

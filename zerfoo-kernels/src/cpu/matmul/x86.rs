@@ -11,6 +11,7 @@
 use core::arch::x86_64::*;
 
 use super::kernel::{Kernel, Store};
+use crate::DType;
 
 /// Asks for the `rows x cols` tile of `C` at `c` (row length `ldc`) to be
 /// brought into L1 while the depth loop runs: its rows lie `ldc` apart, a
@@ -417,6 +418,7 @@ micro_kernel!(
     f32_avx512_14x32, f32_avx512_14x32_direct; "avx512f";
     packed f32, 1 per group: _mm512_setzero_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_fmadd_ps, at_one;
     f32, 14 x 2 x 16: _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_add_ps;
+    rounds with f16_round_store;
     direct depth loop f32_depth_14x32, 4 bytes per value
 );
 micro_kernel!(
@@ -503,6 +505,19 @@ unsafe fn bf16_round_store(v: __m512, p: *mut u16) {
     unsafe { _mm256_storeu_si256(p.cast(), _mm512_cvtepi32_epi16(bits)) };
 }
 
+/// Rounds 16 `f32` to `f16` (to nearest, ties to even, as `f16::from_f32`
+/// and [`super::pack::narrow`] round) and stores them at `p`.
+///
+/// # Safety
+/// `p` must be writable for 16 `u16`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn f16_round_store(v: __m512, p: *mut u16) {
+    const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    // SAFETY: the caller's guarantee (unaligned store of 32 bytes).
+    unsafe { _mm256_storeu_si256(p.cast(), _mm512_cvtps_ph::<NEAREST>(v)) };
+}
+
 /// [`bf16_round_store`] on 16 `f32` read from `x` (for tests).
 ///
 /// # Safety
@@ -566,7 +581,7 @@ pub(crate) fn avx512_f32() -> Option<Kernel<f32>> {
         f: f32_avx512_14x32,
         fd: Some(f32_avx512_14x32_direct),
         any_pitch: true,
-        rounds: false,
+        rounds: Some(DType::F16),
         amx: false,
         name: "avx512-14x32",
     })
@@ -580,7 +595,7 @@ pub(crate) fn avx512_f64() -> Option<Kernel<f64>> {
         f: f64_avx512_14x16,
         fd: Some(f64_avx512_14x16_direct),
         any_pitch: true,
-        rounds: false,
+        rounds: None,
         amx: false,
         name: "avx512-14x16",
     })
@@ -594,7 +609,7 @@ pub(crate) fn avx2_f32() -> Option<Kernel<f32>> {
         f: f32_avx2_6x16,
         fd: Some(f32_avx2_6x16_direct),
         any_pitch: false,
-        rounds: false,
+        rounds: None,
         amx: false,
         name: "avx2-6x16",
     })
@@ -608,7 +623,7 @@ pub(crate) fn avx2_f64() -> Option<Kernel<f64>> {
         f: f64_avx2_6x8,
         fd: Some(f64_avx2_6x8_direct),
         any_pitch: false,
-        rounds: false,
+        rounds: None,
         amx: false,
         name: "avx2-6x8",
     })
@@ -624,7 +639,7 @@ pub(crate) fn avx512_bf16() -> Option<[Kernel<u32, f32>; 2]> {
             f: bf16_avx512_14x32,
             fd: Some(bf16_avx512_14x32_direct),
             any_pitch: false,
-            rounds: true,
+            rounds: Some(DType::BF16),
             amx: false,
             name: "avx512bf16-14x32",
         },
@@ -634,7 +649,7 @@ pub(crate) fn avx512_bf16() -> Option<[Kernel<u32, f32>; 2]> {
             f: bf16_avx512_8x48,
             fd: Some(bf16_avx512_8x48_direct),
             any_pitch: false,
-            rounds: true,
+            rounds: Some(DType::BF16),
             amx: false,
             name: "avx512bf16-8x48",
         },
