@@ -128,6 +128,7 @@ impl<E: FloatDtype> Packing<E> for Widen {
     ) {
         match side {
             Side::A => pack_a(ops, l0, len, pc, kc, w, dst),
+            Side::B if ops.b_unit_n && len >= 2 * w => pack_b_rows(ops, l0, len, pc, kc, w, dst),
             Side::B => {
                 for (jp, panel) in dst.chunks_exact_mut(kc * w).enumerate() {
                     let j = l0 + jp * w;
@@ -626,6 +627,46 @@ pub(crate) fn pack_a<E: FloatDtype>(
                 }
             }
         }
+    }
+}
+
+/// Packs depth `pc..pc + kc`, columns `l0..l0 + len` of a row-major `B`
+/// (each depth step a contiguous run of columns) into `len.div_ceil(nr)`
+/// panels, a depth step at a time across all of them: each row of `B` is
+/// read once, in order, and each panel gets a contiguous run per step.
+/// (Panel by panel, every step read a short run a row pitch from the last:
+/// 1 thread, a weight gradient 128 x 768 x 512, 134-135 -> 140-141 GFLOP/s;
+/// other shapes unchanged or up to ~3% faster.)
+#[inline(always)]
+fn pack_b_rows<E: FloatDtype>(
+    ops: &Operands<'_, E>,
+    l0: usize,
+    len: usize,
+    pc: usize,
+    kc: usize,
+    nr: usize,
+    dst: &mut [E::Acc],
+) {
+    let full = len / nr;
+    let base = ops.b_base + ops.b_cols[l0];
+    for (p, &ro) in ops.b_rows[pc..pc + kc].iter().enumerate() {
+        let row = &ops.b[base + ro..base + ro + len];
+        for (jp, src) in row.chunks_exact(nr).enumerate() {
+            widen(src, &mut dst[(jp * kc + p) * nr..(jp * kc + p + 1) * nr]);
+        }
+    }
+    if full * nr < len {
+        // The last, partial panel as before (zero-padded).
+        let j = l0 + full * nr;
+        pack_b_panel(
+            ops,
+            pc,
+            kc,
+            j,
+            len - full * nr,
+            nr,
+            &mut dst[full * kc * nr..],
+        );
     }
 }
 
