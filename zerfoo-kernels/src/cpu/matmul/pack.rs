@@ -572,6 +572,33 @@ pub(crate) fn pack_a<E: FloatDtype>(
     dst: &mut [E::Acc],
 ) {
     let cols = &ops.a_cols[pc..pc + kc];
+    if ops.a_unit_m && !ops.a_unit_k && mc >= 2 * mr {
+        // Each depth step is a contiguous run of rows (a transposed A):
+        // a step at a time across all the panels, each run read once, in
+        // order (as `pack_b_rows` does for B). Weight gradients, transposed
+        // A, 1 thread: 128 x 768 x 512 140 -> 142-146, 512 x 768 x 128 140
+        // -> 147-151 GFLOP/s; 2 threads up to ~6%.
+        let full = mc / mr;
+        let base = ops.a_base + ops.a_rows[ic];
+        for (p, &co) in cols.iter().enumerate() {
+            let run = &ops.a[base + co..base + co + full * mr];
+            for (ip, src) in run.chunks_exact(mr).enumerate() {
+                widen(src, &mut dst[(ip * kc + p) * mr..(ip * kc + p + 1) * mr]);
+            }
+        }
+        if full * mr < mc {
+            pack_a(
+                ops,
+                ic + full * mr,
+                mc - full * mr,
+                pc,
+                kc,
+                mr,
+                &mut dst[full * kc * mr..],
+            );
+        }
+        return;
+    }
     let same = TypeId::of::<E>() == TypeId::of::<E::Acc>();
     let mut tmp: Vec<E::Acc> = Vec::new();
     if ops.a_unit_k && !same {
