@@ -71,6 +71,17 @@ pub(crate) type MicroFn<P, C> =
 pub(crate) type DirectFn<P, C> =
     unsafe fn(kc: usize, a: *const P, lda: usize, b: *const P, c: *mut C, ldc: usize, st: Store<C>);
 
+/// The first `rows` (fewer than `MR`) rows of [`MicroFn`]'s tile, for the
+/// last row panel of a product: `c` (an `MR x NR` scratch tile, row length
+/// `NR`) gets those rows' sums, written (not added), with the same bits
+/// the full kernel would give them; the missing rows' products are never
+/// computed (a 128-row product in 14-row panels computed 140 rows).
+///
+/// # Safety
+/// As for [`MicroFn`] with `overwrite`; `1 <= rows < MR`.
+pub(crate) type EdgeFn<P, C> =
+    unsafe fn(rows: usize, kc: usize, a: *const P, b: *const P, c: *mut C);
+
 /// A micro-kernel and its register-tile shape: panels of packed type `P`,
 /// results in the compute type `C`.
 #[derive(Clone, Copy)]
@@ -83,6 +94,8 @@ pub(crate) struct Kernel<P, C = P> {
     pub f: MicroFn<P, C>,
     /// The same kernel reading `A` in place (only where `P` is the input type).
     pub fd: Option<DirectFn<P, C>>,
+    /// The same kernel for fewer rows, if it has one.
+    pub edge: Option<EdgeFn<P, C>>,
     /// Whether the in-place kernel `fd` keeps its speed when `A`'s rows are
     /// a multiple of 2 KiB apart (they then share a few L1 sets): true for
     /// the assembly depth loops; the others read such an `A` packed.

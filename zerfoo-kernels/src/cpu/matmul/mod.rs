@@ -1045,7 +1045,13 @@ unsafe fn macro_kernel<P, A: Real>(
                     let apanel = &ap[pi * g * mr..(pi + 1) * g * mr];
                     // SAFETY: panels hold kc*mr / kc*nr values; `dst` as above; the
                     // kernel was offered only where the CPU supports it.
-                    unsafe { (kern.f)(kc, apanel.as_ptr(), bpanel.as_ptr(), dst, ld, st) };
+                    match kern.edge {
+                        // The last row panel's rows only (into the scratch tile).
+                        Some(edge) if rows < mr => unsafe {
+                            edge(rows, kc, apanel.as_ptr(), bpanel.as_ptr(), dst)
+                        },
+                        _ => unsafe { (kern.f)(kc, apanel.as_ptr(), bpanel.as_ptr(), dst, ld, st) },
+                    }
                 }
             }
             if !full {

@@ -1291,6 +1291,61 @@ fn bias_of_the_wrong_length_is_refused() {
     gemm_batched_bias(&a, &la, &a, &lb, Some(&[1.0, 2.0, 3.0]));
 }
 
+/// Every edge kernel gives each of its rows the full kernel's bits, at
+/// every row count and odd depths, and writes nothing past its rows.
+#[test]
+fn edge_kernels_match_the_full_kernel_bitwise() {
+    fn one<A: Real>() {
+        for kern in kernels::<A>() {
+            let Some(edge) = kern.edge else { continue };
+            let (mr, nr) = (kern.mr, kern.nr);
+            for kc in [1, 2, 3, 7, 64, 515] {
+                let cast = |v: Vec<f64>| -> Vec<A> {
+                    v.iter().map(|&x| A::from_f64(x).unwrap()).collect()
+                };
+                let a = cast(vals(kc * mr, kc as u64 + 11));
+                let b = cast(vals(kc * nr, kc as u64 + 12));
+                let mut full = vec![A::zero(); mr * nr];
+                // SAFETY: the panels and tiles have the sizes the kernels read and write.
+                unsafe {
+                    (kern.f)(
+                        kc,
+                        a.as_ptr(),
+                        b.as_ptr(),
+                        full.as_mut_ptr(),
+                        nr,
+                        Store::c(true),
+                    )
+                };
+                for rows in 1..mr {
+                    let poison = A::from_f64(7.25).unwrap();
+                    let mut part = vec![poison; mr * nr];
+                    // SAFETY: as above; `rows < MR`.
+                    unsafe { edge(rows, kc, a.as_ptr(), b.as_ptr(), part.as_mut_ptr()) };
+                    let bits = |c: &[A]| {
+                        c.iter()
+                            .map(|v| v.to_f64().unwrap().to_bits())
+                            .collect::<Vec<_>>()
+                    };
+                    assert_eq!(
+                        bits(&part[..rows * nr]),
+                        bits(&full[..rows * nr]),
+                        "{} kc {kc} rows {rows}",
+                        kern.name
+                    );
+                    assert!(
+                        part[rows * nr..].iter().all(|&v| v == poison),
+                        "{} wrote past row {rows}",
+                        kern.name
+                    );
+                }
+            }
+        }
+    }
+    one::<f32>();
+    one::<f64>();
+}
+
 /// Each kernel reading `A` in place (the assembly depth loops among them)
 /// against the same kernel on a packed `A`: the same fused multiply-adds in
 /// the same order, so the same bits, at depths around the 4-step unroll and

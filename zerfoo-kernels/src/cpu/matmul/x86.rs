@@ -458,6 +458,76 @@ micro_kernel!(
     rounds with bf16_round_store
 );
 
+/// Edge rows of the 14-row AVX-512 kernels (see [`super::kernel::EdgeFn`]):
+/// `R` rows of a packed 14-row `A` panel times a packed `B` panel of `NV`
+/// vectors per depth step, each sum the same chain of FMAs from zero as in
+/// the full kernel, written into `c` (row length `NV` vectors).
+macro_rules! edge_kernel {
+    ($(#[$doc:meta])* $name:ident, $rows:ident; $t:ty, $v:ty, $nv:literal x $lanes:literal: $zero:ident, $loadu:ident, $set1:ident, $fma:ident, $storeu:ident) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// As for [`super::kernel::EdgeFn`]; the CPU must have AVX-512F.
+        #[target_feature(enable = "avx512f")]
+        pub(crate) unsafe fn $name(rows: usize, kc: usize, a: *const $t, b: *const $t, c: *mut $t) {
+            /// The first `R` rows.
+            #[target_feature(enable = "avx512f")]
+            #[inline]
+            unsafe fn $rows<const R: usize>(kc: usize, a: *const $t, b: *const $t, c: *mut $t) {
+                let mut acc = [[$zero(); $nv]; R];
+                for q in 0..kc {
+                    let mut bv = [$zero(); $nv];
+                    for (v, bv) in bv.iter_mut().enumerate() {
+                        // SAFETY: the packed B panel holds `nv * lanes` values per step.
+                        *bv = unsafe { $loadu(b.add(q * $nv * $lanes + v * $lanes)) };
+                    }
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        // SAFETY: the packed A panel holds 14 values per step (`R < 14`).
+                        let ai = $set1(unsafe { *a.add(q * 14 + i) });
+                        for (acc, &bv) in acc.iter_mut().zip(&bv) {
+                            *acc = $fma(ai, bv, *acc);
+                        }
+                    }
+                }
+                for (i, acc) in acc.iter().enumerate() {
+                    for (v, &acc) in acc.iter().enumerate() {
+                        // SAFETY: row `i < R` of the scratch tile.
+                        unsafe { $storeu(c.add(i * $nv * $lanes + v * $lanes), acc) };
+                    }
+                }
+            }
+            // SAFETY: the caller's guarantees, passed on.
+            unsafe {
+                match rows {
+                    1 => $rows::<1>(kc, a, b, c),
+                    2 => $rows::<2>(kc, a, b, c),
+                    3 => $rows::<3>(kc, a, b, c),
+                    4 => $rows::<4>(kc, a, b, c),
+                    5 => $rows::<5>(kc, a, b, c),
+                    6 => $rows::<6>(kc, a, b, c),
+                    7 => $rows::<7>(kc, a, b, c),
+                    8 => $rows::<8>(kc, a, b, c),
+                    9 => $rows::<9>(kc, a, b, c),
+                    10 => $rows::<10>(kc, a, b, c),
+                    11 => $rows::<11>(kc, a, b, c),
+                    12 => $rows::<12>(kc, a, b, c),
+                    13 => $rows::<13>(kc, a, b, c),
+                    _ => unreachable!("edge kernels take 1 to 13 rows, got {rows}"),
+                }
+            }
+        }
+    };
+}
+
+edge_kernel!(
+    /// The first `rows` rows of [`f32_avx512_14x32`]'s tile.
+    f32_avx512_edge_14x32, f32_rows; f32, __m512, 2 x 16: _mm512_setzero_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_storeu_ps
+);
+edge_kernel!(
+    /// The first `rows` rows of [`f64_avx512_14x16`]'s tile.
+    f64_avx512_edge_14x16, f64_rows; f64, __m512d, 2 x 8: _mm512_setzero_pd, _mm512_loadu_pd, _mm512_set1_pd, _mm512_fmadd_pd, _mm512_storeu_pd
+);
+
 /// Value `q` of a row of `A` read in place at `a + off` (`f32` or `f64`).
 ///
 /// # Safety
@@ -580,6 +650,7 @@ pub(crate) fn avx512_f32() -> Option<Kernel<f32>> {
         nr: 32,
         f: f32_avx512_14x32,
         fd: Some(f32_avx512_14x32_direct),
+        edge: Some(f32_avx512_edge_14x32),
         any_pitch: true,
         rounds: Some(DType::F16),
         amx: false,
@@ -594,6 +665,7 @@ pub(crate) fn avx512_f64() -> Option<Kernel<f64>> {
         nr: 16,
         f: f64_avx512_14x16,
         fd: Some(f64_avx512_14x16_direct),
+        edge: Some(f64_avx512_edge_14x16),
         any_pitch: true,
         rounds: None,
         amx: false,
@@ -608,6 +680,7 @@ pub(crate) fn avx2_f32() -> Option<Kernel<f32>> {
         nr: 16,
         f: f32_avx2_6x16,
         fd: Some(f32_avx2_6x16_direct),
+        edge: None,
         any_pitch: false,
         rounds: None,
         amx: false,
@@ -622,6 +695,7 @@ pub(crate) fn avx2_f64() -> Option<Kernel<f64>> {
         nr: 8,
         f: f64_avx2_6x8,
         fd: Some(f64_avx2_6x8_direct),
+        edge: None,
         any_pitch: false,
         rounds: None,
         amx: false,
@@ -638,6 +712,7 @@ pub(crate) fn avx512_bf16() -> Option<[Kernel<u32, f32>; 2]> {
             nr: 32,
             f: bf16_avx512_14x32,
             fd: Some(bf16_avx512_14x32_direct),
+            edge: None,
             any_pitch: false,
             rounds: Some(DType::BF16),
             amx: false,
@@ -648,6 +723,7 @@ pub(crate) fn avx512_bf16() -> Option<[Kernel<u32, f32>; 2]> {
             nr: 48,
             f: bf16_avx512_8x48,
             fd: Some(bf16_avx512_8x48_direct),
+            edge: None,
             any_pitch: false,
             rounds: Some(DType::BF16),
             amx: false,
