@@ -414,8 +414,8 @@ unsafe fn task_block(
     let row_tiles = rows.div_ceil(TILE);
     let col_panels = cols.div_ceil(TILE);
     // The last depth block's sums go to this 32 x 32 tile and are rounded
-    // into `out` while in L1 (through `acc` they made a trip to L3 and back
-    // for a large result: ~12% of a 512 x 384 x 1536 product).
+    // into `out` while in L1 (through `acc`, a large result's sums went to
+    // L3 and back).
     let mut tile = Tile([0.0; TILE * TILE]);
     // SAFETY: the tile state was granted (`available`); the configuration
     // is a valid palette-1 layout.

@@ -11,11 +11,12 @@
 //!
 //! The micro-kernel is chosen once at run time: AVX-512F (14 x 32 for
 //! `f32`, 14 x 16 for `f64`, with 1- to 13-row variants for a product's
-//! last row panel), else AVX2+FMA (6 x 16 / 6 x 8), else a portable
-//! one. A row-major `A` in the compute type is read in place; a row-major
-//! `f16`/`bf16`/f8 `A` is widened row by row into scratch and read the same
-//! way; `f16` results are rounded by the AVX-512 kernel as it stores them. Every output element is summed in the same order whatever the thread
-//! count, so results are deterministic. Small problems run on the calling
+//! last row panel), else AVX2+FMA (6 x 16 / 6 x 8), else a portable one.
+//! A row-major `A` in the compute type is read in place; a row-major
+//! `f16`/`bf16`/f8 `A` is widened row by row into scratch and read the
+//! same way; `f16` results are rounded by the AVX-512 kernel as it stores
+//! them. Every output element is summed in the same order whatever the
+//! thread count, so results are deterministic. Small problems run on the calling
 //! thread; large ones split row (and if needed column) blocks, the columns
 //! alone (when `A` is read in place and the product is not tall), or the
 //! batch, over rayon.
