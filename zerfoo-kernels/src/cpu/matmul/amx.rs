@@ -309,21 +309,21 @@ fn pack_b(ops: &Operands<'_, bf16>, p0: usize, kp: usize, dst: &mut [u32]) {
 #[inline]
 unsafe fn interleave_32_avx512(lo: *const bf16, hi: *const bf16, d: &mut [u32; TILE]) {
     use core::arch::x86_64::*;
-    // Word 2j of the first result is lo[j], word 2j + 1 is hi[j] (index
-    // 32 + j picks from the second source); the second result likewise
-    // from j + 16.
-    let idx = |half: i16| {
-        let w: [i16; 32] = core::array::from_fn(|i| {
-            let j = i as i16 / 2 + 16 * half;
-            if i % 2 == 0 {
-                j
-            } else {
-                32 + j
-            }
-        });
-        // SAFETY: 32 words are 64 bytes.
-        unsafe { _mm512_loadu_si512(w.as_ptr().cast()) }
+    /// Word `2j` of result `half` is `lo[j + 16 half]`, word `2j + 1` is
+    /// `hi[j + 16 half]` (index `32 + x` picks word `x` of the second source).
+    const IDX: [[i16; 32]; 2] = {
+        let mut idx = [[0i16; 32]; 2];
+        let mut i = 0;
+        while i < 64 {
+            let (half, w) = (i / 32, i % 32);
+            let j = (w / 2 + 16 * half) as i16;
+            idx[half][w] = if w % 2 == 0 { j } else { 32 + j };
+            i += 1;
+        }
+        idx
     };
+    // SAFETY: 32 words are 64 bytes.
+    let idx = |half: usize| unsafe { _mm512_loadu_si512(IDX[half].as_ptr().cast()) };
     // SAFETY: the caller's guarantee (32 values of 2 bytes: 64 each).
     unsafe {
         let (l, h) = (_mm512_loadu_si512(lo.cast()), _mm512_loadu_si512(hi.cast()));
