@@ -16,8 +16,9 @@
 //! an `f32` accumulator between blocks. Each finished 32 x 32 block is
 //! stored to a scratch tile and rounded into the output while in L1. Every
 //! output is the `f32` sum over depth blocks in order, rounded once to
-//! `bf16`, so the result never depends on the thread count. Like `vdpbf16ps`, the tiles
-//! treat denormal inputs as zero and flush denormal results to zero.
+//! `bf16`, so the result never depends on the thread count. Like
+//! `vdpbf16ps`, the tiles treat denormal inputs as zero and flush denormal
+//! results to zero.
 //!
 //! The tile instructions are written as inline assembly (Rust's AMX
 //! intrinsics are not stable); the kernel asks Linux for the tile state
@@ -27,7 +28,7 @@
 use core::mem::MaybeUninit;
 use std::sync::OnceLock;
 
-use super::pack::{with_buf, A_BUF, B_BUF, C_BUF};
+use super::pack::{pair, with_buf, A_BUF, B_BUF, C_BUF};
 use super::Operands;
 use crate::bf16;
 use crate::cpu::threads::{self, for_each_chunk_mut, SyncPtr};
@@ -189,7 +190,6 @@ fn run_blocks(
     let (m, n) = (ops.a_rows.len(), ops.b_cols.len());
     let panels = n.div_ceil(TILE);
     let outp = SyncPtr(out.as_mut_ptr().cast::<u16>());
-    // Rows per task.
     // Rows per task: as many as fit the packed `A` block, shared out
     // evenly in whole tiles (512 rows at most 160 per task are 4 x 128, not
     // 3 x 160 + 32: 2 threads, 512 x 1536 x 384, ~1220 -> ~1520 GFLOP/s).
@@ -254,7 +254,6 @@ fn pack_b(ops: &Operands<'_, bf16>, p0: usize, kp: usize, dst: &mut [u32]) {
     let panel_len = kp / 2 * TILE;
     debug_assert!(dst.len().is_multiple_of(panel_len));
     let (j0, j1) = (p0 * TILE, (p0 * TILE + dst.len() / panel_len * TILE).min(n));
-    let bits = |i: usize| u32::from(ops.b[i].to_bits());
     // PACK_B_PAIRS pairs of rows of B at a time, over all of this run's
     // panels: each row is read in order, and each panel gets a contiguous
     // run of pairs (a pair at a time, every store went to another panel,
@@ -280,17 +279,17 @@ fn pack_b(ops: &Operands<'_, bf16>, p0: usize, kp: usize, dst: &mut [u32]) {
                             continue;
                         }
                         for ((d, l), h) in d.iter_mut().zip(l).zip(h) {
-                            *d = u32::from(l.to_bits()) | (u32::from(h.to_bits()) << 16);
+                            *d = pair(l.to_bits(), h.to_bits());
                         }
                     }
                     _ => {
                         for (j, d) in d.iter_mut().enumerate() {
                             let col = (j < cols).then(|| ops.b_cols[c0 + j]);
                             let at = |r: Option<usize>| match (r, col) {
-                                (Some(r), Some(c)) => bits(r + c),
+                                (Some(r), Some(c)) => ops.b[r + c].to_bits(),
                                 _ => 0,
                             };
-                            *d = at(lo) | (at(hi) << 16);
+                            *d = pair(at(lo), at(hi));
                         }
                     }
                 }

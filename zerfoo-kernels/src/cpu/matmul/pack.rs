@@ -128,9 +128,19 @@ impl<E: FloatDtype> Packing<E> for Widen {
     ) {
         match side {
             Side::A => pack_a(ops, l0, len, pc, kc, w, dst),
-            Side::B if ops.b_unit_n && len >= 2 * w => pack_b_rows(ops, l0, len, pc, kc, w, dst),
             Side::B => {
-                for (jp, panel) in dst.chunks_exact_mut(kc * w).enumerate() {
+                // A row-major B: its full panels a row at a time (each row
+                // read once, in order; panel by panel, every step read a
+                // short run a row pitch from the last: 1 thread, a weight
+                // gradient 128 x 768 x 512, 134-135 -> 140-141 GFLOP/s).
+                let full = if ops.b_unit_n && len >= 2 * w {
+                    let base = ops.b_base + ops.b_cols[l0];
+                    pack_runs(ops.b, base, &ops.b_rows[pc..pc + kc], len / w, w, dst);
+                    len / w
+                } else {
+                    0
+                };
+                for (jp, panel) in dst.chunks_exact_mut(kc * w).enumerate().skip(full) {
                     let j = l0 + jp * w;
                     pack_b_panel(ops, pc, kc, j, w.min(l0 + len - j), w, panel)
                 }
@@ -201,7 +211,7 @@ type Lines<'a> = (&'a [usize], bool);
 
 /// Two `bf16` bit patterns as one `vdpbf16ps` lane (`lo` first in memory).
 #[inline(always)]
-fn pair(lo: u16, hi: u16) -> u32 {
+pub(crate) fn pair(lo: u16, hi: u16) -> u32 {
     u32::from(lo) | (u32::from(hi) << 16)
 }
 
@@ -525,11 +535,12 @@ pub(crate) fn with_buf<A: Copy + 'static, R>(
     r
 }
 
-/// Depth steps ahead that packing asks for its source runs when each step
-/// reads a short run far from the last one (a transposed `A`, a row-major
-/// `B`): steps more than 4 KiB apart defeat the hardware prefetchers, so
-/// every run was a demand miss (gpt6's weight gradient, 1 thread: packing
-/// was ~20% of the product).
+/// Depth steps ahead that packing asks for its source runs when it packs a
+/// single panel whose steps are short runs far apart (a transposed `A` or a
+/// row-major `B` of one panel, or a thread's one panel; wider blocks go
+/// through [`pack_runs`]): steps more than 4 KiB apart defeat the hardware
+/// prefetchers, so every run was a demand miss (gpt6's weight gradient, 1
+/// thread, panel by panel: packing was ~20% of the product).
 const PACK_PREFETCH_STEPS: usize = 16;
 
 /// Asks for the cache lines of the `len` values at `run` (a hint: it never
@@ -572,39 +583,22 @@ pub(crate) fn pack_a<E: FloatDtype>(
     dst: &mut [E::Acc],
 ) {
     let cols = &ops.a_cols[pc..pc + kc];
-    if ops.a_unit_m && !ops.a_unit_k && mc >= 2 * mr {
-        // Each depth step is a contiguous run of rows (a transposed A):
-        // a step at a time across all the panels, each run read once, in
-        // order (as `pack_b_rows` does for B). Weight gradients, transposed
-        // A, 1 thread: 128 x 768 x 512 140 -> 142-146, 512 x 768 x 128 140
-        // -> 147-151 GFLOP/s; 2 threads up to ~6%.
-        let full = mc / mr;
-        let base = ops.a_base + ops.a_rows[ic];
-        for (p, &co) in cols.iter().enumerate() {
-            let run = &ops.a[base + co..base + co + full * mr];
-            for (ip, src) in run.chunks_exact(mr).enumerate() {
-                widen(src, &mut dst[(ip * kc + p) * mr..(ip * kc + p + 1) * mr]);
-            }
-        }
-        if full * mr < mc {
-            pack_a(
-                ops,
-                ic + full * mr,
-                mc - full * mr,
-                pc,
-                kc,
-                mr,
-                &mut dst[full * kc * mr..],
-            );
-        }
-        return;
-    }
+    // A transposed A (each depth step a contiguous run of rows): its full
+    // panels a step at a time (weight gradients, 1 thread: 128 x 768 x 512
+    // 140 -> 142-146, 512 x 768 x 128 140 -> 147-151 GFLOP/s; 2 threads
+    // up to ~6%); the panel loop below packs the rest.
+    let full = if ops.a_unit_m && !ops.a_unit_k && mc >= 2 * mr {
+        pack_runs(ops.a, ops.a_base + ops.a_rows[ic], cols, mc / mr, mr, dst);
+        mc / mr
+    } else {
+        0
+    };
     let same = TypeId::of::<E>() == TypeId::of::<E::Acc>();
     let mut tmp: Vec<E::Acc> = Vec::new();
     if ops.a_unit_k && !same {
         tmp.resize(mr * kc, E::Acc::zero());
     }
-    for (ip, panel) in dst.chunks_exact_mut(kc * mr).enumerate() {
+    for (ip, panel) in dst.chunks_exact_mut(kc * mr).enumerate().skip(full) {
         let r0 = ip * mr;
         let rows = mr.min(mc - r0);
         if rows < mr {
@@ -657,43 +651,27 @@ pub(crate) fn pack_a<E: FloatDtype>(
     }
 }
 
-/// Packs depth `pc..pc + kc`, columns `l0..l0 + len` of a row-major `B`
-/// (each depth step a contiguous run of columns) into `len.div_ceil(nr)`
-/// panels, a depth step at a time across all of them: each row of `B` is
-/// read once, in order, and each panel gets a contiguous run per step.
-/// (Panel by panel, every step read a short run a row pitch from the last:
-/// 1 thread, a weight gradient 128 x 768 x 512, 134-135 -> 140-141 GFLOP/s;
-/// other shapes unchanged or up to ~3% faster.)
+/// Packs the first `full` `w`-line panels of a block whose depth steps are
+/// contiguous runs of lines (the rows of a transposed `A`, the columns of a
+/// row-major `B`): step `p`'s run starts at `x[base + steps[p]]`. A step at
+/// a time across all the panels, so each run is read once, in order, and
+/// each panel gets a contiguous `w` values per step (panel by panel, every
+/// step read a short run far from the last).
 #[inline(always)]
-fn pack_b_rows<E: FloatDtype>(
-    ops: &Operands<'_, E>,
-    l0: usize,
-    len: usize,
-    pc: usize,
-    kc: usize,
-    nr: usize,
+fn pack_runs<E: FloatDtype>(
+    x: &[E],
+    base: usize,
+    steps: &[usize],
+    full: usize,
+    w: usize,
     dst: &mut [E::Acc],
 ) {
-    let full = len / nr;
-    let base = ops.b_base + ops.b_cols[l0];
-    for (p, &ro) in ops.b_rows[pc..pc + kc].iter().enumerate() {
-        let row = &ops.b[base + ro..base + ro + len];
-        for (jp, src) in row.chunks_exact(nr).enumerate() {
-            widen(src, &mut dst[(jp * kc + p) * nr..(jp * kc + p + 1) * nr]);
+    let kc = steps.len();
+    for (p, &at) in steps.iter().enumerate() {
+        let run = &x[base + at..base + at + full * w];
+        for (jp, src) in run.chunks_exact(w).enumerate() {
+            widen(src, &mut dst[(jp * kc + p) * w..(jp * kc + p + 1) * w]);
         }
-    }
-    if full * nr < len {
-        // The last, partial panel as before (zero-padded).
-        let j = l0 + full * nr;
-        pack_b_panel(
-            ops,
-            pc,
-            kc,
-            j,
-            len - full * nr,
-            nr,
-            &mut dst[full * kc * nr..],
-        );
     }
 }
 
