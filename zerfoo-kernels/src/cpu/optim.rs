@@ -36,6 +36,10 @@ pub struct AdamStep {
     pub decoupled: bool,
     /// This parameter's step number, from 1 (bias correction).
     pub step: u64,
+    /// Multiplies the gradient first (rounded to the element type, as
+    /// scaling it in place would): clipping by norm passes its coefficient
+    /// here instead of a separate pass over every gradient. `1.0`: as is.
+    pub grad_scale: f64,
 }
 
 /// Matching pieces of a parameter, its gradient and its two moments.
@@ -51,7 +55,7 @@ type AdamChunk<'a, E> = (
 /// use zerfoo_kernels::cpu::optim::{adam_update, AdamStep};
 /// let (mut p, g) = (vec![1.0f32; 3], vec![0.5f32; 3]);
 /// let (mut m, mut v) = (vec![0.0f32; 3], vec![0.0f32; 3]);
-/// let s = AdamStep { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, decoupled: true, step: 1 };
+/// let s = AdamStep { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, decoupled: true, step: 1, grad_scale: 1.0 };
 /// adam_update(&mut p, &g, &mut m, &mut v, &s);
 /// assert!((p[0] - 0.9).abs() < 1e-6); // the first step moves by lr
 /// ```
@@ -66,6 +70,7 @@ pub fn adam_update<E: FloatDtype>(
     let a = |x: f64| E::Acc::of_f64(x);
     let one = a(1.0);
     let (b1, b2, eps, lr, wd) = (a(s.beta1), a(s.beta2), a(s.eps), a(s.lr), a(s.weight_decay));
+    let gs = a(s.grad_scale);
     let t = s.step.min(i32::MAX as u64) as i32;
     let bc1 = 1.0 - s.beta1.powi(t);
     let bc2_sqrt = a((1.0 - s.beta2.powi(t)).sqrt());
@@ -75,14 +80,15 @@ pub fn adam_update<E: FloatDtype>(
         // Local copies: constants read through the closure's references
         // could alias the stores, so the loop would reload them every
         // element and stay scalar (~5 ns per value instead of ~0.5).
-        let (one, b1, b2, eps, lr, wd) = (one, b1, b2, eps, lr, wd);
+        let (one, b1, b2, eps, lr, wd, gs) = (one, b1, b2, eps, lr, wd, gs);
         let (bc2_sqrt, step_size, decoupled, coupled) = (bc2_sqrt, step_size, decoupled, coupled);
         vectorized(
             #[inline(always)]
             move || {
                 for (((p, g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
                     let mut x = p.to_acc();
-                    let mut gr = g.to_acc();
+                    // (A scale of 1 leaves every value as it is.)
+                    let mut gr = E::from_acc(g.to_acc() * gs).to_acc();
                     if decoupled {
                         x *= one - lr * wd;
                     } else if coupled {
@@ -124,6 +130,8 @@ pub struct SgdStep {
     pub weight_decay: f64,
     /// Whether this is the buffer's first step (PyTorch stores the gradient).
     pub first: bool,
+    /// Multiplies the gradient first, as [`AdamStep::grad_scale`] does.
+    pub grad_scale: f64,
 }
 
 /// One SGD step on `param` with gradient `grad` and momentum buffer `buf`
@@ -131,22 +139,23 @@ pub struct SgdStep {
 pub fn sgd_update<E: FloatDtype>(param: &mut [E], grad: &[E], buf: &mut [E::Acc], s: &SgdStep) {
     assert!(grad.len() == param.len() && (s.momentum == 0.0 || buf.len() == param.len()));
     let a = |x: f64| E::Acc::of_f64(x);
-    let (one, lr, wd, mo, damp) = (
+    let (one, lr, wd, mo, damp, gs) = (
         a(1.0),
         a(s.lr),
         a(s.weight_decay),
         a(s.momentum),
         a(s.dampening),
+        a(s.grad_scale),
     );
     let body = |(p, g, buf): (&mut [E], &[E], &mut [E::Acc])| {
         // Local copies, as in `adam_update`: no reloads through references.
-        let (one, lr, wd, mo, damp, s) = (one, lr, wd, mo, damp, *s);
+        let (one, lr, wd, mo, damp, gs, s) = (one, lr, wd, mo, damp, gs, *s);
         vectorized(
             #[inline(always)]
             move || {
                 for (i, (p, g)) in p.iter_mut().zip(g).enumerate() {
                     let x = p.to_acc();
-                    let mut d = g.to_acc();
+                    let mut d = E::from_acc(g.to_acc() * gs).to_acc();
                     if s.weight_decay != 0.0 {
                         d += wd * x;
                     }
@@ -321,7 +330,7 @@ impl QueuedUpdate {
 /// use zerfoo_kernels::cpu::optim::{run_updates, AdamStep, QueuedUpdate};
 /// let (mut p, g) = (vec![1.0f32; 20_000], vec![0.5f32; 20_000]);
 /// let (mut m, mut v) = (vec![0.0f32; 20_000], vec![0.0f32; 20_000]);
-/// let s = AdamStep { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, decoupled: true, step: 1 };
+/// let s = AdamStep { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, decoupled: true, step: 1, grad_scale: 1.0 };
 /// // SAFETY: nothing else touches the buffers until `run_updates` returns.
 /// let queued = [unsafe { QueuedUpdate::adam(&mut p, &g, &mut m, &mut v, s) }];
 /// run_updates(&queued);
@@ -403,6 +412,7 @@ mod tests {
             weight_decay: 0.1,
             decoupled,
             step: 3,
+            grad_scale: 1.0,
         }
     }
 
@@ -421,6 +431,7 @@ mod tests {
             nesterov: momentum != 0.0,
             weight_decay: 0.01,
             first: false,
+            grad_scale: 1.0,
         };
         let f = |v: Vec<f64>| -> Vec<f32> { v.into_iter().map(|x| x as f32).collect() };
         // (param, grad, m, v) per parameter, per rule.
@@ -522,6 +533,65 @@ mod tests {
         }
     }
 
+    /// A gradient scale is the same update as scaling the gradient in place
+    /// first (rounded to the element type) and then stepping with scale 1,
+    /// bit for bit, for Adam, AdamW and SGD, in f32 and bf16.
+    #[test]
+    fn grad_scale_is_scaling_the_gradient_first() {
+        fn case<E: FloatDtype>() {
+            let n = OPT_PAR + 9;
+            let conv = |v: Vec<f64>| -> Vec<E> { v.into_iter().map(E::from_f64).collect() };
+            let (p0, g) = (conv(vals(n, 11)), conv(vals(n, 12)));
+            let m0: Vec<E::Acc> = vals(n, 13).into_iter().map(E::Acc::of_f64).collect();
+            let v0: Vec<E::Acc> = vals(n, 14)
+                .into_iter()
+                .map(|x| E::Acc::of_f64(x * x))
+                .collect();
+            let scale = 0.3;
+            let mut scaled = g.clone();
+            scale_in_place(&mut scaled, scale);
+            for rule in 0..3 {
+                let (mut p1, mut m1, mut v1) = (p0.clone(), m0.clone(), v0.clone());
+                let (mut p2, mut m2, mut v2) = (p0.clone(), m0.clone(), v0.clone());
+                let adam = |gs| AdamStep {
+                    grad_scale: gs,
+                    ..adam_settings(rule == 1)
+                };
+                let sgd = |gs| SgdStep {
+                    lr: 0.1,
+                    momentum: 0.9,
+                    dampening: 0.0,
+                    nesterov: false,
+                    weight_decay: 0.01,
+                    first: false,
+                    grad_scale: gs,
+                };
+                if rule < 2 {
+                    adam_update(&mut p1, &g, &mut m1, &mut v1, &adam(scale));
+                    adam_update(&mut p2, &scaled, &mut m2, &mut v2, &adam(1.0));
+                } else {
+                    sgd_update(&mut p1, &g, &mut m1, &sgd(scale));
+                    sgd_update(&mut p2, &scaled, &mut m2, &sgd(1.0));
+                }
+                let bits = |p: &[E]| p.iter().map(|x| x.to_f64().to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&p1), bits(&p2), "{:?} rule {rule}", E::DTYPE);
+                assert!(m1 == m2 && v1 == v2, "{:?} rule {rule}", E::DTYPE);
+                // The scale did something: the unscaled step differs.
+                let mut p3 = p0.clone();
+                if rule < 2 {
+                    let (mut m3, mut v3) = (m0.clone(), v0.clone());
+                    adam_update(&mut p3, &g, &mut m3, &mut v3, &adam(1.0));
+                } else {
+                    let mut m3 = m0.clone();
+                    sgd_update(&mut p3, &g, &mut m3, &sgd(1.0));
+                }
+                assert_ne!(bits(&p1), bits(&p3));
+            }
+        }
+        case::<f32>();
+        case::<half::bf16>();
+    }
+
     #[test]
     fn sgd_momentum_and_nesterov() {
         let n = PAR_THRESHOLD + 5;
@@ -537,6 +607,7 @@ mod tests {
                     nesterov,
                     weight_decay: 0.01,
                     first,
+                    grad_scale: 1.0,
                 };
                 sgd_update(&mut p, &g, &mut buf, &s);
             }

@@ -504,6 +504,8 @@ fn optim_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
                 weight_decay: 0.1,
                 decoupled,
                 step,
+                // A clipping coefficient on one step.
+                grad_scale: if step == 2 { 0.37 } else { 1.0 },
             };
             cpu::optim::adam_update(&mut p, &g, &mut m, &mut v, &s);
             adam_update(&mut dp, &dev.to_device(&g)?, &mut dm, &mut dv, &s)?;
@@ -525,6 +527,7 @@ fn optim_case<E: CudaFloat>(dev: &CudaDevice) -> Result<(), CudaError> {
                 nesterov,
                 weight_decay: 0.01,
                 first: step == 0,
+                grad_scale: if step == 1 { 0.37 } else { 1.0 },
             };
             cpu::optim::sgd_update(&mut p, &g, &mut buf, &s);
             sgd_update(&mut dp, &dev.to_device(&g)?, &mut dbuf, &s)?;

@@ -14,7 +14,7 @@ mod clip;
 mod schedule;
 mod state;
 
-pub use clip::clip_grad_norm;
+pub use clip::{clip_coef, clip_grad_norm, grad_norm};
 pub use schedule::{Constant, CosineWithWarmup, LinearWarmup, LrSchedule, StepDecay};
 pub use state::OptimizerState;
 
@@ -253,9 +253,37 @@ impl Optimizer {
     /// Applies one update to every parameter of `module` that has a gradient
     /// in `grads` (parameters without one are left alone, as in PyTorch).
     pub fn step<M: Module>(&mut self, module: &mut M, grads: &Gradients) -> crate::Result<()> {
+        self.step_scaled(module, grads, 1.0)
+    }
+
+    /// [`step`](Self::step) with every gradient multiplied by `grad_scale`
+    /// first, in the update's own pass (each scaled value rounded to the
+    /// gradient's type, as scaling it in place would): clipping by norm
+    /// without a pass of its own over the gradients.
+    ///
+    /// ```
+    /// use zerfoo::optim::{clip_coef, grad_norm, Optimizer};
+    /// use zerfoo::prelude::*;
+    /// let mut w = Tensor::<(U2,), f32>::from_vec(Default::default(), vec![1.0, 2.0]).unwrap();
+    /// let g = w.clone().traced().square().sum_all().backward(); // gradient 2w
+    /// let norm = grad_norm(&w, &g); // |(2, 4)|
+    /// let mut opt = Optimizer::sgd(0.5, 0.0, 0.0, false);
+    /// opt.step_scaled(&mut w, &g, clip_coef(1.0, norm))?;
+    /// // each moved by 0.5 * (2, 4) / |(2, 4)|
+    /// let n = 20f32.sqrt();
+    /// assert!((w.to_vec()[1] - (2.0 - 2.0 / n)).abs() < 1e-6);
+    /// # Ok::<(), zerfoo::Error>(())
+    /// ```
+    pub fn step_scaled<M: Module>(
+        &mut self,
+        module: &mut M,
+        grads: &Gradients,
+        grad_scale: f64,
+    ) -> crate::Result<()> {
         self.step += 1;
         let mut v = Update {
             opt: self,
+            grad_scale,
             grads,
             error: None,
             queued: Vec::new(),
@@ -274,6 +302,8 @@ impl Optimizer {
 
 struct Update<'a> {
     opt: &'a mut Optimizer,
+    /// Multiplies every gradient first ([`Optimizer::step_scaled`]).
+    grad_scale: f64,
     grads: &'a Gradients,
     error: Option<crate::Error>,
     /// Updates of CPU parameters, run together once the walk is over.
@@ -361,6 +391,7 @@ impl Update<'_> {
                     nesterov,
                     weight_decay: group.weight_decay,
                     first,
+                    grad_scale: self.grad_scale,
                 };
                 let cpu = (cpu_vec::<_, E>(data), cpu_vec::<_, E::Acc>(m));
                 match (cpu, (g as &dyn std::any::Any).downcast_ref::<Vec<E>>()) {
@@ -384,6 +415,7 @@ impl Update<'_> {
                     weight_decay: group.weight_decay,
                     decoupled: matches!(self.opt.rule, Rule::AdamW { .. }),
                     step: t,
+                    grad_scale: self.grad_scale,
                 };
                 let cpu = (
                     cpu_vec::<_, E>(data),

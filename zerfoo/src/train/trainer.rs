@@ -18,7 +18,7 @@ use super::progress::{Progress, Reporter};
 use super::source::BatchSource;
 use crate::autograd::{Gradients, NoTape, Tape, TensorId};
 use crate::nn::{Module, ParamVisitor};
-use crate::optim::{clip_grad_norm, LrSchedule, Optimizer};
+use crate::optim::{clip_coef, grad_norm, LrSchedule, Optimizer};
 use crate::shape::Shape;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -421,7 +421,7 @@ impl Trainer {
                     }
                 });
             }
-            let mut grads = grads.unwrap_or_default();
+            let grads = grads.unwrap_or_default();
             let train = loss_sum / cfg.accum as f64;
             if !train.is_finite() {
                 report.status = TrainStatus::Diverged;
@@ -430,8 +430,13 @@ impl Trainer {
                 ));
                 break;
             }
-            let grad_norm = cfg.grad_clip.map(|c| clip_grad_norm(model, &mut grads, c));
-            opt.step(model, &grads)?;
+            // Clipping scales the gradients inside the update's own pass.
+            let grad_norm = cfg.grad_clip.map(|_| grad_norm(model, &grads));
+            let coef = match (cfg.grad_clip, grad_norm) {
+                (Some(max), Some(total)) => clip_coef(max, total),
+                _ => 1.0,
+            };
+            opt.step_scaled(model, &grads, coef)?;
             drop(grads);
             let step_secs = t_step.elapsed().as_secs_f64();
             let done = step + 1;

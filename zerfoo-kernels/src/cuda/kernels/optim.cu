@@ -4,13 +4,15 @@
 // One Adam/AdamW step. `decoupled`: AdamW's decay; otherwise the decay (if
 // any) is added to the gradient.
 ZF_KERNEL ZF_NAME(adam_update)(T* param, const T* grad, ACC* m, ACC* v, u64 n, double lr, double beta1, double beta2,
-                               double eps, double wd, int decoupled, double step_size, double bc2_sqrt) {
+                               double eps, double wd, int decoupled, double step_size, double bc2_sqrt,
+                               double grad_scale) {
     ACC one = (ACC)1, b1 = (ACC)beta1, b2 = (ACC)beta2, e = (ACC)eps, l = (ACC)lr, w = (ACC)wd;
-    ACC ss = (ACC)step_size, bc = (ACC)bc2_sqrt;
+    ACC ss = (ACC)step_size, bc = (ACC)bc2_sqrt, gs = (ACC)grad_scale;
     bool coupled = !decoupled && wd != 0.0;
     ZF_FOR(i, n) {
         ACC x = ld(param, i);
-        ACC g = ld(grad, i);
+        // The gradient times grad_scale, rounded as scaling it in place would.
+        ACC g = zf_to_acc(rnd(ld(grad, i) * gs));
         if (decoupled) {
             x *= one - l * w;
         } else if (coupled) {
@@ -27,11 +29,11 @@ ZF_KERNEL ZF_NAME(adam_update)(T* param, const T* grad, ACC* m, ACC* v, u64 n, d
 
 // One SGD step with optional momentum (buf unused when momentum == 0).
 ZF_KERNEL ZF_NAME(sgd_update)(T* param, const T* grad, ACC* buf, u64 n, double lr, double momentum, double dampening,
-                              int nesterov, double wd, int first) {
-    ACC one = (ACC)1, l = (ACC)lr, w = (ACC)wd, mo = (ACC)momentum, damp = (ACC)dampening;
+                              int nesterov, double wd, int first, double grad_scale) {
+    ACC one = (ACC)1, l = (ACC)lr, w = (ACC)wd, mo = (ACC)momentum, damp = (ACC)dampening, gs = (ACC)grad_scale;
     ZF_FOR(i, n) {
         ACC x = ld(param, i);
-        ACC d = ld(grad, i);
+        ACC d = zf_to_acc(rnd(ld(grad, i) * gs));
         if (wd != 0.0) d += w * x;
         if (momentum != 0.0) {
             ACC b = first ? d : mo * buf[i] + (one - damp) * d;

@@ -54,6 +54,7 @@ pub fn adam_update<E: CudaFloat>(
         .i32(i32::from(s.decoupled))
         .f64(step_size)
         .f64(bc2_sqrt)
+        .f64(s.grad_scale)
         .run(grid_for(n))
 }
 
@@ -89,6 +90,7 @@ pub fn sgd_update<E: CudaFloat>(
         .i32(i32::from(s.nesterov))
         .f64(s.weight_decay)
         .i32(i32::from(s.first))
+        .f64(s.grad_scale)
         .run(grid_for(n))
 }
 
