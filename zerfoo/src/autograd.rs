@@ -50,6 +50,22 @@ pub struct Node {
     id: TensorId,
     parents: Vec<Arc<Node>>,
     backward: Mutex<Option<BackwardFn>>,
+    /// What the op offers the next op to fuse with its backward (a linear
+    /// layer's activation, see `ops::matmul`), taken by the first op that
+    /// does.
+    fused: Mutex<Option<Box<dyn Any + Send>>>,
+}
+
+impl Node {
+    /// Takes what the op offered for fusing, if it is an `X` (see
+    /// [`record_fused`]); `None` once taken.
+    pub(crate) fn take_fused<X: 'static>(&self) -> Option<X> {
+        let mut slot = self.fused.lock().unwrap_or_else(|e| e.into_inner());
+        if !slot.as_ref().is_some_and(|b| b.is::<X>()) {
+            return None;
+        }
+        slot.take()?.downcast::<X>().ok().map(|b| *b)
+    }
 }
 
 impl Drop for Node {
@@ -437,6 +453,27 @@ pub(crate) fn record<T: TapeState>(
     parents: &[Option<Arc<Node>>],
     backward: impl FnOnce(&mut GradStore) + Send + 'static,
 ) -> T {
+    record_with(out, parents, backward, None)
+}
+
+/// [`record`], and `fused` offered to the op that consumes the output (it
+/// may take it with [`Node::take_fused`] and then owes this op's backward
+/// what they agreed on).
+pub(crate) fn record_fused<T: TapeState, X: Send + 'static>(
+    out: TensorId,
+    parents: &[Option<Arc<Node>>],
+    backward: impl FnOnce(&mut GradStore) + Send + 'static,
+    fused: X,
+) -> T {
+    record_with(out, parents, backward, Some(Box::new(fused)))
+}
+
+fn record_with<T: TapeState>(
+    out: TensorId,
+    parents: &[Option<Arc<Node>>],
+    backward: impl FnOnce(&mut GradStore) + Send + 'static,
+    fused: Option<Box<dyn Any + Send>>,
+) -> T {
     if !T::TRACKED {
         return T::from_node(None);
     }
@@ -445,6 +482,7 @@ pub(crate) fn record<T: TapeState>(
         id: out,
         parents: parents.iter().flatten().cloned().collect(),
         backward: Mutex::new(Some(Box::new(backward))),
+        fused: Mutex::new(fused),
     };
     T::from_node(Some(Arc::new(node)))
 }

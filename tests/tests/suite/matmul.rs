@@ -2,6 +2,7 @@
 //! f64 finite-difference gradients for every rank combination, a sweep over
 //! every dtype, run-time shape errors and generic code over dims.
 
+use zerfoo::ops::LinearAct;
 use zerfoo::prelude::*;
 use zerfoo_tests::{cast, check_dtypes, check_grad1, check_grad2, rel_err, weighted_sum};
 
@@ -545,4 +546,142 @@ fn dyn_batch_mismatch_panics_with_the_same_message() {
     let a: Tensor<(Dyn, M, K), f32> = Tensor::zeros((Dyn(2), M, K));
     let b: Tensor<(Dyn, K, N), f32> = Tensor::zeros((Dyn(3), K, N));
     let _ = a.matmul(b);
+}
+
+// ------------------------------------------------ linear + activation (fused)
+
+/// A two-layer MLP's output and every gradient, as bit patterns: `fused`
+/// uses `try_matmul_t_bias_act`, otherwise the layer then the activation's
+/// own op. With `extra`, the hidden activation also feeds a second consumer.
+fn mlp_bits<E: FloatDtype>(act: LinearAct, fused: bool, extra: bool) -> Vec<Vec<u64>> {
+    dim!(D = 48);
+    dim!(F = 200);
+    let x: Tensor<(B, Dyn, D), E> = Tensor::<_, f64>::randn((B, Dyn(100), D), 90).to_dtype();
+    let w1: Tensor<(F, D), E> = Tensor::<_, f64>::randn((F, D), 91).to_dtype();
+    let b1: Tensor<(F,), E> = Tensor::<_, f64>::randn((F,), 92).to_dtype();
+    let w2: Tensor<(D, F), E> = Tensor::<_, f64>::randn((D, F), 93).to_dtype();
+    let b2: Tensor<(D,), E> = Tensor::<_, f64>::randn((D,), 94).to_dtype();
+    let dy: Tensor<(B, Dyn, D), E> = Tensor::<_, f64>::randn((B, Dyn(100), D), 95).to_dtype();
+    let xt = x.clone().traced();
+    let h = if fused {
+        xt.try_matmul_t_bias_act(w1.clone(), Some(b1.clone()), act)
+            .unwrap()
+    } else {
+        let h = xt.matmul_t_bias(w1.clone(), b1.clone());
+        match act {
+            LinearAct::Relu => h.relu(),
+            LinearAct::Gelu => h.gelu(),
+            LinearAct::GeluTanh => h.gelu_tanh(),
+            LinearAct::Silu => h.silu(),
+        }
+    };
+    let y = h.clone().matmul_t_bias(w2.clone(), b2.clone());
+    let mut loss = (y.clone() * dy).sum_all();
+    if extra {
+        loss = loss + (h.clone() * h).sum_all();
+    }
+    let g = loss.backward();
+    let bits = |v: Vec<f64>| v.into_iter().map(f64::to_bits).collect::<Vec<u64>>();
+    vec![
+        bits(y.to_f64_vec()),
+        bits(g.get(&x).unwrap().to_f64_vec()),
+        bits(g.get(&w1).unwrap().to_f64_vec()),
+        bits(g.get(&b1).unwrap().to_f64_vec()),
+        bits(g.get(&w2).unwrap().to_f64_vec()),
+        bits(g.get(&b2).unwrap().to_f64_vec()),
+    ]
+}
+
+const ACTS: [LinearAct; 4] = [
+    LinearAct::Relu,
+    LinearAct::Gelu,
+    LinearAct::GeluTanh,
+    LinearAct::Silu,
+];
+
+#[test]
+fn linear_act_is_the_layer_then_the_activation_bitwise() {
+    // The activation inside the product, and its derivative inside the next
+    // layer's backward: the same bits as the separate ops, f32 and f64
+    // (fused on the CPU) and bf16 (composed), for the output and every
+    // gradient.
+    for act in ACTS {
+        assert!(
+            mlp_bits::<f64>(act, true, false) == mlp_bits::<f64>(act, false, false),
+            "{act:?} f64"
+        );
+        assert!(
+            mlp_bits::<f32>(act, true, false) == mlp_bits::<f32>(act, false, false),
+            "{act:?} f32"
+        );
+    }
+    let bf = |fused| mlp_bits::<zerfoo::kernels::bf16>(LinearAct::Gelu, fused, false);
+    assert!(bf(true) == bf(false), "bf16");
+}
+
+#[test]
+fn linear_act_with_a_second_consumer_sums_both_gradients() {
+    // The hidden activation also feeds `Σ h²`: its gradient reaches the
+    // layer both through the next layer's fused backward and directly.
+    // (Added in another order than the separate ops add them: close, not
+    // the same bits.)
+    for act in ACTS {
+        let (fused, plain) = (
+            mlp_bits::<f64>(act, true, true),
+            mlp_bits::<f64>(act, false, true),
+        );
+        for (i, (f, p)) in fused.iter().zip(&plain).enumerate() {
+            let v = |b: &Vec<u64>| b.iter().map(|&x| f64::from_bits(x)).collect::<Vec<f64>>();
+            let e = rel_err(&v(f), &v(p));
+            assert!(e < 1e-12, "{act:?} output/gradient {i}: rel err {e:e}");
+        }
+    }
+}
+
+#[test]
+fn linear_act_gradients_pass_finite_differences() {
+    // Through the next layer (the fused backward) and alone (the
+    // activation's own backward), with and without a bias.
+    dim!(F = 6);
+    let x: Tensor<(B, M, K), f64> = Tensor::randn((B, M, K), 96);
+    let w: Tensor<(F, K), f64> = Tensor::randn((F, K), 97);
+    for act in ACTS {
+        check_grad2(x.clone(), w.clone(), |x, w| {
+            let h =
+                x.try_matmul_t_bias_act(w.traced(), Some(Tensor::randn((F,), 98).traced()), act);
+            weighted_sum(
+                h.unwrap()
+                    .matmul_t(Tensor::<(N, F), f64>::randn((N, F), 99).traced()),
+                100,
+            )
+        });
+        check_grad2(w.clone(), x.clone(), |w, x| {
+            let h = x
+                .traced()
+                .try_matmul_t_bias_act(w, None::<Tensor<(F,), f64, Cpu, Tape>>, act);
+            weighted_sum(h.unwrap(), 101)
+        });
+    }
+}
+
+#[test]
+fn linear_act_in_every_dtype_and_its_errors() {
+    let x: Tensor<(B, Dyn, Dyn), f64> = Tensor::randn((B, Dyn(19), Dyn(70)), 102);
+    let w: Tensor<(Dyn, Dyn), f64> = Tensor::randn((Dyn(33), Dyn(70)), 103);
+    let b: Tensor<(Dyn,), f64> = Tensor::randn((Dyn(33),), 104);
+    check_dtypes!("matmul_t_bias_act", |E| cast::<E, _>(&x)
+        .try_matmul_t_bias_act(cast::<E, _>(&w), Some(cast::<E, _>(&b)), LinearAct::Gelu)
+        .unwrap()
+        .to_f64_vec());
+    // A bias whose length differs at run time: an error naming both shapes.
+    let bd: Tensor<(Dyn,), f64> = Tensor::zeros((Dyn(5),));
+    match x.try_matmul_t_bias_act(w, Some(bd), LinearAct::Relu) {
+        Err(Error::ShapeMismatch { op, lhs, rhs }) => {
+            assert_eq!((op, lhs, rhs), ("matmul_t_bias", vec![2, 19, 33], vec![5]));
+        }
+        other => panic!(
+            "expected a shape mismatch, got {:?}",
+            other.map(|t| t.dims().to_vec())
+        ),
+    }
 }

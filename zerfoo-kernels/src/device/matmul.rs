@@ -2,7 +2,8 @@
 //! batched and broadcast products, and the sum over a batch of products
 //! (the gradient of a weight shared by the batch).
 
-use super::{Cpu, Device, DeviceError};
+use super::{Cpu, Device, DeviceError, ElementwiseKernels};
+use crate::cpu::unary::UnaryOp;
 use crate::{FloatDtype, Layout};
 
 /// Matrix-product kernels; outputs are contiguous row-major.
@@ -41,6 +42,86 @@ pub trait MatmulKernels: Device {
         lb: &Layout,
         bias: &Self::Storage<E>,
     ) -> Result<Self::Storage<E>, DeviceError>;
+
+    /// A linear layer and its activation: `h` = [`gemm_batched_bias`]
+    /// (or [`gemm_batched`](Self::gemm_batched) without a bias) and
+    /// `y = act(h)`, both contiguous. The CPU applies `act` to each part of
+    /// the product as it is finished, in cache (`f32`/`f64`; the same bits
+    /// as the two steps); other devices run the two steps.
+    ///
+    /// [`gemm_batched_bias`]: Self::gemm_batched_bias
+    #[allow(clippy::type_complexity)]
+    fn gemm_batched_bias_act<E: FloatDtype, O: UnaryOp>(
+        &self,
+        a: &Self::Storage<E>,
+        la: &Layout,
+        b: &Self::Storage<E>,
+        lb: &Layout,
+        bias: Option<&Self::Storage<E>>,
+        act: O,
+    ) -> Result<(Self::Storage<E>, Self::Storage<E>), DeviceError>
+    where
+        Self: ElementwiseKernels,
+    {
+        let h = match bias {
+            Some(bias) => self.gemm_batched_bias(a, la, b, lb, bias)?,
+            None => self.gemm_batched(a, la, b, lb)?,
+        };
+        let y = self.unary_forward(act, &h, &result_layout(la, lb))?;
+        Ok((h, y))
+    }
+
+    /// The gradient of an activation's input `x` (its output `y`, both
+    /// contiguous `[..batch, M, N]`) from the gradient `g` of the layer
+    /// after it, whose (transposed) weight is `b`: `(g · b) ⊙ act'(x)`. The
+    /// CPU multiplies each part of the product by `act'` as it is finished
+    /// (`f32`/`f64`; the same bits as the two steps); other devices run
+    /// [`gemm_batched`](Self::gemm_batched) then `unary_backward`. `x` or
+    /// `y` of the wrong length is an error.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_batched_act_grad<E: FloatDtype, O: UnaryOp>(
+        &self,
+        g: &Self::Storage<E>,
+        lg: &Layout,
+        b: &Self::Storage<E>,
+        lb: &Layout,
+        act: O,
+        x: &Self::Storage<E>,
+        y: &Self::Storage<E>,
+    ) -> Result<Self::Storage<E>, DeviceError>
+    where
+        Self: ElementwiseKernels,
+    {
+        let lx = result_layout(lg, lb);
+        check_activation(&lx, Self::storage_len(x), Self::storage_len(y))?;
+        let ga = self.gemm_batched(g, lg, b, lb)?;
+        self.unary_backward(act, x, &lx, y, &ga)
+    }
+}
+
+/// The contiguous layout of a product's result `[..batch, M, N]` (some
+/// layout for malformed operands, which the product itself reports).
+fn result_layout(la: &Layout, lb: &Layout) -> Layout {
+    let mut shape = la.shape().to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = bias_columns(lb);
+    }
+    Layout::contiguous(&shape)
+}
+
+/// The error for an activation's saved input or output whose length is
+/// not the product's result's.
+fn check_activation(lx: &Layout, x: usize, y: usize) -> Result<(), DeviceError> {
+    if x == lx.numel() && y == lx.numel() {
+        return Ok(());
+    }
+    Err(DeviceError::new(
+        "gemm_batched_act_grad",
+        format!(
+            "the activation's input and output have {x} and {y} values for a {:?} result",
+            lx.shape()
+        ),
+    ))
 }
 
 /// The product's column count (`N`), when the bias must match it.
@@ -98,6 +179,40 @@ impl MatmulKernels for Cpu {
             b,
             lb,
             Some(bias),
+        ))
+    }
+
+    fn gemm_batched_bias_act<E: FloatDtype, O: UnaryOp>(
+        &self,
+        a: &Vec<E>,
+        la: &Layout,
+        b: &Vec<E>,
+        lb: &Layout,
+        bias: Option<&Vec<E>>,
+        act: O,
+    ) -> Result<(Vec<E>, Vec<E>), DeviceError> {
+        if let Some(bias) = bias.filter(|b| b.len() != bias_columns(lb)) {
+            return Err(bias_mismatch(lb, bias.len()));
+        }
+        let bias = bias.map(|b| &b[..]);
+        Ok(crate::cpu::matmul::gemm_batched_bias_act(
+            a, la, b, lb, bias, act,
+        ))
+    }
+
+    fn gemm_batched_act_grad<E: FloatDtype, O: UnaryOp>(
+        &self,
+        g: &Vec<E>,
+        lg: &Layout,
+        b: &Vec<E>,
+        lb: &Layout,
+        act: O,
+        x: &Vec<E>,
+        y: &Vec<E>,
+    ) -> Result<Vec<E>, DeviceError> {
+        check_activation(&result_layout(lg, lb), x.len(), y.len())?;
+        Ok(crate::cpu::matmul::gemm_batched_act_grad(
+            g, lg, b, lb, act, x, y,
         ))
     }
 }

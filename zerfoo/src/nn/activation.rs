@@ -8,6 +8,7 @@ use zerfoo_kernels::{Backend, FloatDtype};
 
 use super::{Forward, Module};
 use crate::autograd::TapeState;
+use crate::ops::LinearAct;
 use crate::shape::Shape;
 use crate::tensor::Tensor;
 
@@ -18,10 +19,16 @@ pub trait Activation: Module + Copy + Default + core::fmt::Debug + Send + Sync +
         &self,
         x: Tensor<S, E, D, T>,
     ) -> Tensor<S, E, D, T>;
+
+    /// The same function as a linear layer can apply inside its product
+    /// ([`Linear::forward_act`](super::Linear::forward_act)), if it can.
+    fn linear_act(&self) -> Option<LinearAct> {
+        None
+    }
 }
 
 macro_rules! activation {
-    ($(#[$m:meta])* $name:ident, $method:ident) => {
+    ($(#[$m:meta])* $name:ident, $method:ident $(, $fused:ident)?) => {
         $(#[$m])*
         #[derive(crate::nn::Module, Clone, Copy, Debug, Default, PartialEq, Eq)]
         pub struct $name;
@@ -34,6 +41,11 @@ macro_rules! activation {
             ) -> Tensor<S, E, D, T> {
                 x.$method()
             }
+            $(
+            fn linear_act(&self) -> Option<LinearAct> {
+                Some(LinearAct::$fused)
+            }
+            )?
         }
 
         impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Forward<Tensor<S, E, D, T>> for $name {
@@ -56,22 +68,26 @@ activation!(
     /// assert_eq!(Relu.forward(x).to_vec(), [0., 0., 2.]);
     /// ```
     Relu,
-    relu
+    relu,
+    Relu
 );
 activation!(
     /// GELU, exact form `x Φ(x)` (`torch.nn.GELU()`).
     Gelu,
-    gelu
+    gelu,
+    Gelu
 );
 activation!(
     /// GELU, tanh approximation (`torch.nn.GELU(approximate="tanh")`).
     GeluTanh,
-    gelu_tanh
+    gelu_tanh,
+    GeluTanh
 );
 activation!(
     /// SiLU / swish, `x σ(x)` (`torch.nn.SiLU`).
     Silu,
-    silu
+    silu,
+    Silu
 );
 activation!(
     /// Hyperbolic tangent (`torch.nn.Tanh`).

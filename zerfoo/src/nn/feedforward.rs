@@ -4,7 +4,7 @@
 
 use zerfoo_kernels::{Backend, Cpu, FloatDtype};
 
-use super::{Activation, Forward, Gelu, GeluTanh, Linear, Silu};
+use super::{Activation, Forward, ForwardAct, Gelu, GeluTanh, Linear, Silu};
 use crate::autograd::TapeState;
 use crate::shape::{Dim, Shape};
 use crate::tensor::Tensor;
@@ -64,12 +64,14 @@ where
     S: Shape,
     S2: Shape,
     T: TapeState,
-    Linear<D, H, E, Dv>: Forward<Tensor<S, E, Dv, T>, Output = Tensor<S2, E, Dv, T>>,
+    Linear<D, H, E, Dv>: ForwardAct<Tensor<S, E, Dv, T>, Output = Tensor<S2, E, Dv, T>>,
     Linear<H, D, E, Dv>: Forward<Tensor<S2, E, Dv, T>>,
 {
     type Output = <Linear<H, D, E, Dv> as Forward<Tensor<S2, E, Dv, T>>>::Output;
     fn forward(&self, x: Tensor<S, E, Dv, T>) -> Self::Output {
-        self.fc2.forward(self.act.apply(self.fc1.forward(x)))
+        // The activation inside fc1's op (and its derivative inside fc2's
+        // backward) where it can be.
+        self.fc2.forward(self.fc1.forward_act(x, self.act))
     }
 }
 

@@ -3,8 +3,9 @@
 
 use zerfoo_kernels::{Backend, Cpu, FloatDtype};
 
-use super::{init, Forward};
+use super::{init, Activation, Forward};
 use crate::autograd::TapeState;
+use crate::error::or_panic;
 use crate::ops::MatMulShapes;
 use crate::shape::Dim;
 use crate::tensor::Tensor;
@@ -46,6 +47,15 @@ impl<I: Dim, O: Dim, E: FloatDtype, D: Backend> Linear<I, O, E, D> {
     }
 }
 
+/// A layer that can apply an activation to its output as part of its own
+/// op: `act(layer(x))`, the same values and gradients as applying `act`
+/// after [`Forward::forward`], in fewer passes over memory where the layer
+/// can fuse `act` (see [`LinearAct`](crate::ops::LinearAct)).
+pub trait ForwardAct<X>: Forward<X> {
+    /// `act(self.forward(x))`.
+    fn forward_act<A: Activation>(&self, x: X, act: A) -> Self::Output;
+}
+
 macro_rules! linear_forward {
     ($($b:ident),*) => {
         impl<$($b: Dim,)* I: Dim, I2: Dim, O: Dim, E: FloatDtype, Dv: Backend, T: TapeState>
@@ -61,6 +71,27 @@ macro_rules! linear_forward {
                 match &self.bias {
                     Some(b) => x.matmul_t_bias(w, b.retaped::<T>()),
                     None => x.matmul_t(w),
+                }
+            }
+        }
+
+        impl<$($b: Dim,)* I: Dim, I2: Dim, O: Dim, E: FloatDtype, Dv: Backend, T: TapeState>
+            ForwardAct<Tensor<($($b,)* I2), E, Dv, T>> for Linear<I, O, E, Dv>
+        where
+            ($($b,)* I2): MatMulShapes<(I, O), Out = ($($b,)* O)>,
+        {
+            fn forward_act<A: Activation>(
+                &self,
+                x: Tensor<($($b,)* I2), E, Dv, T>,
+                act: A,
+            ) -> Self::Output {
+                match act.linear_act() {
+                    Some(fused) => {
+                        let w = self.weight.retaped::<T>();
+                        let b = self.bias.as_ref().map(|b| b.retaped::<T>());
+                        or_panic(x.try_matmul_t_bias_act(w, b, fused))
+                    }
+                    None => act.apply(self.forward(x)),
                 }
             }
         }

@@ -16,7 +16,7 @@ use super::attention::{
     into_tape, padding_vec, retype, sub_seed, Attention, AttentionConfig, KvCache, KvHeadsDivide,
     LayerCache, MultiHeadAttention,
 };
-use super::{Forward, LayerNorm, Linear, Module, RmsNorm};
+use super::{Forward, ForwardAct, Gelu, GeluTanh, LayerNorm, Linear, Module, RmsNorm};
 use crate::autograd::{Merge, TapeState};
 use crate::error::or_panic;
 use crate::shape::{Dim, SameDim, Shape};
@@ -106,16 +106,16 @@ where
     Dv: Backend,
     S1: Shape,
     Tp: TapeState,
-    Linear<D, F, E, Dv>: Forward<X, Output = Tensor<S1, E, Dv, Tp>>,
+    Linear<D, F, E, Dv>: ForwardAct<X, Output = Tensor<S1, E, Dv, Tp>>,
     Linear<F, D, E, Dv>: Forward<Tensor<S1, E, Dv, Tp>>,
 {
     type Output = <Linear<F, D, E, Dv> as Forward<Tensor<S1, E, Dv, Tp>>>::Output;
     fn forward(&self, x: X) -> Self::Output {
-        let h = self.fc1.forward(x);
+        // GELU inside fc1's op (and its derivative inside fc2's backward).
         let h = if self.gelu_tanh {
-            h.gelu_tanh()
+            self.fc1.forward_act(x, GeluTanh)
         } else {
-            h.gelu()
+            self.fc1.forward_act(x, Gelu)
         };
         self.fc2.forward(h)
     }

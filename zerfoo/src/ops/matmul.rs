@@ -10,7 +10,9 @@ use std::sync::Arc;
 use zerfoo_kernels::{Backend, FloatDtype, Layout};
 
 use super::{Matmul, SameDtype};
-use crate::autograd::{device_ok, record, Merge, TapeState, TensorId};
+use zerfoo_kernels::cpu::unary as k;
+
+use crate::autograd::{device_ok, record, record_fused, GradStore, Merge, TapeState, TensorId};
 use crate::error::or_panic;
 use crate::shape::{Dim, SameDim, Shape};
 use crate::tensor::Tensor;
@@ -186,6 +188,149 @@ struct Bias<E: FloatDtype, D: Backend> {
     node: Option<Arc<crate::autograd::Node>>,
 }
 
+/// An activation a linear layer applies to its product in the product
+/// itself ([`Tensor::try_matmul_t_bias_act`]): on the CPU (`f32`/`f64`) each
+/// finished part of the product goes through it while still in cache, and
+/// the backward multiplies the next layer's input-gradient product by the
+/// derivative the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinearAct {
+    /// `max(x, 0)`, as [`Tensor::relu`].
+    Relu,
+    /// Exact GELU, as [`Tensor::gelu`].
+    Gelu,
+    /// GELU's tanh approximation, as [`Tensor::gelu_tanh`].
+    GeluTanh,
+    /// SiLU, as [`Tensor::silu`].
+    Silu,
+}
+
+/// Runs `$body` with `$op` bound to the kernel op of a [`LinearAct`].
+macro_rules! with_act {
+    ($act:expr, |$op:ident| $body:expr) => {
+        match $act {
+            LinearAct::Relu => {
+                let $op = k::Relu;
+                $body
+            }
+            LinearAct::Gelu => {
+                let $op = k::GeluErf;
+                $body
+            }
+            LinearAct::GeluTanh => {
+                let $op = k::GeluTanh;
+                $body
+            }
+            LinearAct::Silu => {
+                let $op = k::Silu;
+                $body
+            }
+        }
+    };
+}
+
+/// What a linear layer with an activation offers the product that consumes
+/// its output `y = act(h)` (through the tape node, see
+/// [`record_fused`]): that product's backward may compute the gradient of
+/// `h` itself, `(gZ · W) ⊙ act'(h)`, in one pass, and store it under
+/// `h_id`, where the layer's backward looks for it first.
+struct FusedAct<D: Backend, E: FloatDtype> {
+    act: LinearAct,
+    /// The pre-activation `h` and the output `y`, contiguous.
+    h: Arc<D::Storage<E>>,
+    y: Arc<D::Storage<E>>,
+    /// `y`'s dims and id (the consumer checks it multiplies exactly `y`).
+    dims: Vec<usize>,
+    y_id: TensorId,
+    /// Where the consumer puts `h`'s gradient.
+    h_id: TensorId,
+}
+
+/// What a product's backward needs, saved by its forward.
+struct SavedProduct<D: Backend, E: FloatDtype> {
+    a: Arc<D::Storage<E>>,
+    la: Layout,
+    ida: TensorId,
+    b: Arc<D::Storage<E>>,
+    lb: Layout,
+    idb: TensorId,
+    shared: (bool, bool),
+    transposed_rhs: bool,
+    bias_id: Option<TensorId>,
+    /// The left operand is a fused activation's output: its gradient goes
+    /// to the activation's input, multiplied by the derivative in the product.
+    lhs_act: Option<FusedAct<D, E>>,
+}
+
+impl<D: Backend, E: FloatDtype> SavedProduct<D, E> {
+    /// Accumulates the gradients of both operands (and the bias) from `gy`.
+    fn backward(&self, dev: &D, g: &mut GradStore, gy: D::Storage<E>) {
+        let (la, lb) = (&self.la, &self.lb);
+        let (shared_a, shared_b) = self.shared;
+        // gY as `[..batch, M, N]`.
+        let mut gdims = la.shape().to_vec();
+        let r = gdims.len();
+        gdims[r - 1] = lb.shape()[r - 1];
+        let lg = Layout::contiguous(&gdims);
+        // dA = gY · Bᵀ and dB = Aᵀ · gY (transposed views, no copies),
+        // summed over the batch for a shared operand. For a fused
+        // activation's output, dH = (gY · Bᵀ) ⊙ act'(H) in one pass.
+        match &self.lhs_act {
+            Some(f) => {
+                let gh = device_ok(with_act!(f.act, |op| dev.gemm_batched_act_grad(
+                    &gy,
+                    &lg,
+                    &self.b,
+                    &swap_last(lb),
+                    op,
+                    &f.h,
+                    &f.y
+                )));
+                g.accumulate_on(dev, f.h_id, gh);
+            }
+            None => {
+                let ga = device_ok(if shared_a {
+                    dev.gemm_batch_sum(&gy, &lg, &self.b, &swap_last(lb))
+                } else {
+                    dev.gemm_batched(&gy, &lg, &self.b, &swap_last(lb))
+                });
+                g.accumulate_on(dev, self.ida, ga);
+            }
+        }
+        let a = &self.a;
+        // dBᵀ = gYᵀ · A when B is a transposed tensor's view.
+        let gb = device_ok(match (shared_b, self.transposed_rhs) {
+            (true, false) => dev.gemm_batch_sum(a, &swap_last(la), &gy, &lg),
+            (false, false) => dev.gemm_batched(a, &swap_last(la), &gy, &lg),
+            (true, true) => dev.gemm_batch_sum(&gy, &swap_last(&lg), a, la),
+            (false, true) => dev.gemm_batched(&gy, &swap_last(&lg), a, la),
+        });
+        g.accumulate_on(dev, self.idb, gb);
+        // The bias's gradient: gY summed over every row.
+        if let Some(id) = self.bias_id {
+            let rows: Vec<usize> = (0..r - 1).collect();
+            g.accumulate_on(dev, id, device_ok(dev.sum_axes(&gy, &lg, &rows, 1.0)));
+        }
+    }
+}
+
+impl<E: FloatDtype, D: Backend> Bias<E, D> {
+    /// The bias tensor's values (made contiguous if they are not), dims,
+    /// id and node.
+    fn of<N: Dim, T: TapeState>(bias: Tensor<(N,), E, D, T>) -> Result<Self> {
+        Ok(Bias {
+            dims: bias.dims().to_vec(),
+            data: if bias.layout.is_contiguous() && bias.layout.offset == 0 {
+                bias.data
+            } else {
+                Arc::new(bias.device.contiguous(&bias.data, &bias.layout)?)
+            },
+            id: bias.id,
+            node: bias.tape.node(),
+        })
+    }
+}
+
 /// `l` (a matrix) repeated over leading `batch` dims with stride 0.
 fn with_batch(l: &Layout, batch: &[usize]) -> Layout {
     let mut shape = batch.to_vec();
@@ -248,7 +393,7 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
         E: SameDtype<E2, Matmul>,
         T: Merge<T2>,
     {
-        self.matmul_core(rhs, false, None)
+        self.matmul_core(rhs, false, None, None)
     }
 
     /// `self · rhsᵀ` (`rhs` transposed over its last two axes): the product
@@ -272,7 +417,7 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
         E: SameDtype<E2, Matmul>,
         T: Merge<T2>,
     {
-        self.matmul_core(transposed_view(rhs), true, None)
+        self.matmul_core(transposed_view(rhs), true, None, None)
     }
 
     /// `self · rhsᵀ + bias`: a linear layer's forward (`F.linear`), with
@@ -307,18 +452,48 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
         E: SameDtype<E2, Matmul>,
         T: Merge<T2>,
     {
-        let view = transposed_view(rhs);
-        let bias = Bias {
-            dims: bias.dims().to_vec(),
-            data: if bias.layout.is_contiguous() && bias.layout.offset == 0 {
-                bias.data
-            } else {
-                Arc::new(bias.device.contiguous(&bias.data, &bias.layout)?)
-            },
-            id: bias.id,
-            node: bias.tape.node(),
-        };
-        self.matmul_core(view, true, Some(bias))
+        self.matmul_core(transposed_view(rhs), true, Some(Bias::of(bias)?), None)
+    }
+
+    /// `act(self · rhsᵀ + bias)`: a linear layer (bias optional) and its
+    /// activation as one op. The values and gradients are those of
+    /// [`try_matmul_t_bias`](Self::try_matmul_t_bias) (or
+    /// [`try_matmul_t`](Self::try_matmul_t)) followed by the activation's
+    /// own op, bit for bit; on the CPU (`f32`/`f64`) the activation is
+    /// applied by the product to each part it finishes, while in cache, and
+    /// when the output goes straight into another product (the next layer),
+    /// that product's backward multiplies its input gradient by the
+    /// derivative the same way, instead of separate passes over memory.
+    ///
+    /// Returns [`Error::ShapeMismatch`] as [`try_matmul_t_bias`](Self::try_matmul_t_bias) does.
+    ///
+    /// ```
+    /// use zerfoo::ops::LinearAct;
+    /// use zerfoo::prelude::*;
+    /// let x = Tensor::<(U2, U3), f32>::from_vec(Default::default(), vec![1., 2., 3., 4., 5., 6.]).unwrap();
+    /// let w = Tensor::<(U1, U3), f32>::from_vec(Default::default(), vec![1., 0., -1.]).unwrap();
+    /// let b = Tensor::<(U1,), f32>::from_vec(Default::default(), vec![2.5]).unwrap();
+    /// let y = x.try_matmul_t_bias_act(w, Some(b), LinearAct::Relu).unwrap();
+    /// assert_eq!(y.to_vec(), [0.5, 0.5]); // relu(-2 + 2.5)
+    /// ```
+    pub fn try_matmul_t_bias_act<S2, E2, T2, O, N>(
+        self,
+        rhs: Tensor<S2, E2, D, T2>,
+        bias: Option<Tensor<(N,), E, D, T2>>,
+        act: LinearAct,
+    ) -> Result<Tensor<O, E, D, <T as Merge<T2>>::Out>>
+    where
+        S2: TransposeShape,
+        E2: FloatDtype,
+        T2: TapeState,
+        O: Shape,
+        N: Dim,
+        S: MatMulShapes<S2::Out, Out = O>,
+        E: SameDtype<E2, Matmul>,
+        T: Merge<T2>,
+    {
+        let bias = bias.map(Bias::of).transpose()?;
+        self.matmul_core(transposed_view(rhs), true, bias, Some(act))
     }
 
     /// Panicking twin of [`try_matmul_t_bias`](Self::try_matmul_t_bias).
@@ -355,14 +530,16 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
         or_panic(self.try_matmul_t(rhs))
     }
 
-    /// The product, plus `bias` on every row if any; with `transposed_rhs`,
-    /// `rhs` is the transposed view of a tensor whose id it carries, and its
-    /// gradient is produced in that tensor's orientation (`[.., N, K]`).
+    /// The product, plus `bias` on every row if any, then `act` if any; with
+    /// `transposed_rhs`, `rhs` is the transposed view of a tensor whose id
+    /// it carries, and its gradient is produced in that tensor's orientation
+    /// (`[.., N, K]`).
     fn matmul_core<S2: Shape, E2: FloatDtype, T2: TapeState, O: Shape>(
         self,
         rhs: Tensor<S2, E2, D, T2>,
         transposed_rhs: bool,
         bias: Option<Bias<E, D>>,
+        act: Option<LinearAct>,
     ) -> Result<Tensor<O, E, D, <T as Merge<T2>>::Out>>
     where
         S: MatMulShapes<S2, Out = O>,
@@ -412,62 +589,99 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
                 });
             }
         }
-        let y = match &bias {
-            Some(bias) => self
-                .device
-                .gemm_batched_bias(&self.data, &la, &rhs.data, &lb, &bias.data)?,
-            None => self.device.gemm_batched(&self.data, &la, &rhs.data, &lb)?,
+        let bias_data = bias.as_ref().map(|b| &*b.data);
+        // With an activation, `y` is the output and `h` the product.
+        let (h, y) = match act {
+            Some(act) => {
+                let (h, y) = with_act!(act, |op| self
+                    .device
+                    .gemm_batched_bias_act(&self.data, &la, &rhs.data, &lb, bias_data, op))?;
+                (Some(Arc::new(h)), y)
+            }
+            None => (
+                None,
+                match bias_data {
+                    Some(bias) => self
+                        .device
+                        .gemm_batched_bias(&self.data, &la, &rhs.data, &lb, bias)?,
+                    None => self.device.gemm_batched(&self.data, &la, &rhs.data, &lb)?,
+                },
+            ),
         };
+        let y = Arc::new(y);
         let out_id = TensorId::fresh();
         type Out<T, T2> = <T as Merge<T2>>::Out;
         let tape = if Out::<T, T2>::TRACKED {
-            let (a, ida) = (self.data.clone(), self.id);
-            let (b, idb) = (rhs.data.clone(), rhs.id);
-            let (shared_a, shared_b) = (S::LHS_BROADCAST, S::RHS_BROADCAST);
-            let dev = self.device.clone();
+            // The lhs is a fused activation's output, and this is the product
+            // it was offered to: take over the activation's derivative.
+            let lhs_act = (!S::LHS_BROADCAST
+                && rl >= 2
+                && self.layout.is_contiguous()
+                && self.layout.offset == 0)
+                .then(|| self.tape.node())
+                .flatten()
+                .and_then(|n| n.take_fused::<FusedAct<D, E>>())
+                .filter(|f| f.y_id == self.id && f.dims[..] == dl[..]);
             let bias_node = bias.as_ref().and_then(|b| b.node.clone());
-            let bias_id = bias.map(|b| b.id);
             let parents = [self.tape.node(), rhs.tape.node(), bias_node];
-            record::<Out<T, T2>>(out_id, &parents, move |g| {
-                if let Some(gy) = g.take_on::<D, E>(out_id) {
-                    // gY as `[..batch, M, N]`.
-                    let mut gdims = la.shape().to_vec();
-                    let r = gdims.len();
-                    gdims[r - 1] = lb.shape()[r - 1];
-                    let lg = Layout::contiguous(&gdims);
-                    // dA = gY · Bᵀ and dB = Aᵀ · gY (transposed views, no
-                    // copies), summed over the batch for a shared operand.
-                    let ga = device_ok(if shared_a {
-                        dev.gemm_batch_sum(&gy, &lg, &b, &swap_last(&lb))
-                    } else {
-                        dev.gemm_batched(&gy, &lg, &b, &swap_last(&lb))
-                    });
-                    // dBᵀ = gYᵀ · A when B is a transposed tensor's view.
-                    let gb = device_ok(match (shared_b, transposed_rhs) {
-                        (true, false) => dev.gemm_batch_sum(&a, &swap_last(&la), &gy, &lg),
-                        (false, false) => dev.gemm_batched(&a, &swap_last(&la), &gy, &lg),
-                        (true, true) => dev.gemm_batch_sum(&gy, &swap_last(&lg), &a, &la),
-                        (false, true) => dev.gemm_batched(&gy, &swap_last(&lg), &a, &la),
-                    });
-                    // The bias's gradient: gY summed over every row.
-                    let gbias = bias_id.map(|id| {
-                        let rows: Vec<usize> = (0..r - 1).collect();
-                        (id, device_ok(dev.sum_axes(&gy, &lg, &rows, 1.0)))
-                    });
-                    g.accumulate_on(&dev, ida, ga);
-                    g.accumulate_on(&dev, idb, gb);
-                    if let Some((id, gbias)) = gbias {
-                        g.accumulate_on(&dev, id, gbias);
-                    }
+            let saved = SavedProduct {
+                a: self.data.clone(),
+                la,
+                ida: self.id,
+                b: rhs.data.clone(),
+                lb,
+                idb: rhs.id,
+                shared: (S::LHS_BROADCAST, S::RHS_BROADCAST),
+                transposed_rhs,
+                bias_id: bias.map(|b| b.id),
+                lhs_act,
+            };
+            let dev = self.device.clone();
+            match (act, h) {
+                (Some(act), Some(h)) => {
+                    let h_id = TensorId::fresh();
+                    let offer = FusedAct::<D, E> {
+                        act,
+                        h: h.clone(),
+                        y: y.clone(),
+                        dims: out_shape.dims().to_vec(),
+                        y_id: out_id,
+                        h_id,
+                    };
+                    let (y, lh) = (y.clone(), Layout::contiguous(&out_shape.dims()));
+                    let backward = move |g: &mut GradStore| {
+                        // dH from the product that took the offer, plus
+                        // dY ⊙ act'(H) from any other consumer of Y.
+                        let from_y = g.take_on::<D, E>(out_id).map(|gy| {
+                            device_ok(with_act!(act, |op| dev.unary_backward(op, &h, &lh, &y, &gy)))
+                        });
+                        let gh = match (g.take_on::<D, E>(h_id), from_y) {
+                            (Some(mut gh), Some(more)) => {
+                                device_ok(dev.add_assign(&mut gh, &more));
+                                gh
+                            }
+                            (gh, more) => match gh.or(more) {
+                                Some(gh) => gh,
+                                None => return,
+                            },
+                        };
+                        saved.backward(&dev, g, gh);
+                    };
+                    record_fused::<Out<T, T2>, _>(out_id, &parents, backward, offer)
                 }
-            })
+                _ => record::<Out<T, T2>>(out_id, &parents, move |g| {
+                    if let Some(gy) = g.take_on::<D, E>(out_id) {
+                        saved.backward(&dev, g, gy);
+                    }
+                }),
+            }
         } else {
             Out::<T, T2>::from_node(None)
         };
         Ok(Tensor {
             layout: Layout::contiguous(&out_shape.dims()),
             shape: out_shape,
-            data: Arc::new(y),
+            data: y,
             id: out_id,
             tape,
             device: self.device,

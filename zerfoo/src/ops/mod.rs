@@ -31,7 +31,7 @@ pub use conv::{
 };
 pub use index::{AppendDim, IdTensor, IndexAxis, RankCheck, RankOf, SameRank, VectorShape};
 pub use mask::{LastTwoAxes, Tril, Triu};
-pub use matmul::{MatMulShapes, TransposeShape};
+pub use matmul::{LinearAct, MatMulShapes, TransposeShape};
 pub use norm::{LastDim, Merge3};
 pub use shape_ops::{ConcatWith, HeadsCheck, HeadsDim, KindIsDyn, MergeHeads};
 

@@ -37,6 +37,7 @@
 //! (far inside `bf16` tolerance) and between CPU implementations. They do
 //! not depend on the thread count or the tile.
 
+mod activation;
 #[cfg(target_arch = "x86_64")]
 mod amx;
 mod direct;
@@ -61,6 +62,8 @@ use kernel::{DirectFn, Kernel, Store, MAX_TILE};
 #[cfg(target_arch = "x86_64")]
 pub(crate) use pack::transpose_f32_8x8;
 use pack::{with_buf, Bf16Pairs, Packing, Side, Widen, A_BUF, B_BUF};
+
+pub use activation::{gemm_batched_act_grad, gemm_batched_bias_act};
 
 /// Depth of a packed block (the `K` extent kept in cache at once).
 pub(crate) const KC: usize = 512;
@@ -317,6 +320,66 @@ fn product_vec<E: FloatDtype, K: Packing<E>>(
     out
 }
 
+/// [`gemm_batched_bias`] for `f32`/`f64` operands whose batch shares one
+/// `B` (a layer's weight) or has one item, with `finish` called on each
+/// task's part of the result as soon as it is final, while it is still in
+/// cache (see [`Finish`]; `c` there is the returned vector, in `E`).
+/// `None` (nothing computed) for other operands, or an empty product: the
+/// caller then runs the steps one after another.
+///
+/// # Panics
+/// As [`gemm_batched_bias`] does.
+pub(crate) fn gemm_shared_finished<E: FloatDtype>(
+    a: &[E],
+    la: &Layout,
+    b: &[E],
+    lb: &Layout,
+    bias: Option<&[E]>,
+    finish: Finish<'_, E::Acc>,
+) -> Option<Vec<E>> {
+    if !matches!(E::DTYPE, DType::F32 | DType::F64) {
+        return None;
+    }
+    let p = Problem::new(la, lb, "gemm_batched");
+    let (m, n, k) = (p.m, p.n, p.k);
+    let batch = p.a_bases.len();
+    if batch * m * n == 0 || k == 0 || p.b_bases.iter().any(|&o| o != p.b_bases[0]) {
+        return None;
+    }
+    if let Some(bias) = bias {
+        assert_eq!(
+            bias.len(),
+            n,
+            "gemm_batched_bias: the bias needs one value per column"
+        );
+    }
+    // SAFETY: for f32 and f64 the compute type is the type itself.
+    let bias =
+        bias.map(|b| unsafe { core::slice::from_raw_parts(b.as_ptr().cast::<E::Acc>(), b.len()) });
+    let a_rows = batch_offsets(&p.a_bases, m, p.sam);
+    let (a_cols, b_rows, b_cols) = (offsets(k, p.sak), offsets(k, p.sbk), offsets(n, p.sbn));
+    let ops = Operands::new(a, 0, &a_rows, &a_cols, b, p.b_bases[0], &b_rows, &b_cols);
+    let len = batch * m * n;
+    let threads = if len * k >= PAR_MACS {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let mut out: Vec<E> = Vec::with_capacity(len);
+    // SAFETY: for f32 and f64 the compute type is the type itself.
+    let c = unsafe {
+        core::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<MaybeUninit<E::Acc>>(), len)
+    };
+    #[cfg(debug_assertions)]
+    c.iter_mut()
+        .for_each(|o| *o = MaybeUninit::new(E::Acc::of_f64(f64::NAN)));
+    let kern = kernel::kernel::<E::Acc>();
+    blocked::<E, Widen>(&ops, c, threads, kern, true, bias, Final::Finish(finish));
+    // SAFETY: the product wrote all `len` values.
+    unsafe { out.set_len(len) };
+    Some(out)
+}
+
 /// The sum over the batch of the products: `la` is `[..batch, M, K]`, `lb`
 /// is `[..batch, K, N]`; returns `Σ_batch A_b · B_b` as `[M, N]`.
 ///
@@ -522,7 +585,7 @@ fn product<E: FloatDtype, K: Packing<E>>(
         // Each task rounds its part of the result as soon as it is final,
         // while it is still in cache.
         let finish =
-            move |c: *const E::Acc, (r0, rows): (usize, usize), (c0, cols): (usize, usize)| {
+            move |c: *mut E::Acc, (r0, rows): (usize, usize), (c0, cols): (usize, usize)| {
                 vectorized(
                     #[inline(always)]
                     || {
@@ -548,8 +611,8 @@ fn product<E: FloatDtype, K: Packing<E>>(
 /// Called by each task of [`blocked`] once its part of the result is
 /// final: `finish(c, (r0, rows), (c0, cols))` with `c` the whole `[M, N]`
 /// result (row length `N`) and the task's rows and columns; `c` may be read
-/// there (no other task writes that region).
-type Finish<'a, A> = &'a (dyn Fn(*const A, (usize, usize), (usize, usize)) + Sync);
+/// and written there (no other task touches that region).
+type Finish<'a, A> = &'a (dyn Fn(*mut A, (usize, usize), (usize, usize)) + Sync);
 
 /// What becomes of the result of [`blocked`] once it is final.
 #[derive(Clone, Copy)]
@@ -694,7 +757,7 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
         });
     } else if threads > 1
         && m > n
-        && matches!(fin, Final::Keep)
+        && !matches!(fin, Final::Round(_))
         && (direct.is_none() || ops.a_cols.len() * n <= PRIVATE_B_MAX)
     {
         // Taller than wide with A packed (the weight gradient of a wider
@@ -712,6 +775,16 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
             let rows = Operands {
                 a_rows: &ops.a_rows[r0..r1],
                 ..*ops
+            };
+            // A finishing step sees the whole result and its own rows in it.
+            let shifted = |c: *mut E::Acc, (i, rows): (usize, usize), cols: (usize, usize)| {
+                if let Final::Finish(finish) = fin {
+                    finish(c.wrapping_sub(r0 * n), (r0 + i, rows), cols);
+                }
+            };
+            let fin = match fin {
+                Final::Finish(_) => Final::Finish(&shifted),
+                other => other,
             };
             // SAFETY: rows `r0..r1` of the `[M, N]` result are thread `t`'s alone.
             let c = SyncPtr(unsafe { cptr.get().add(r0 * n) });
