@@ -935,6 +935,22 @@ unsafe fn blocked_cols<E: FloatDtype, K: Packing<E>>(
                     if p0 == p1 {
                         return;
                     }
+                    // A finishing step runs per row panel of the last depth
+                    // block, as soon as the panel's tiles are done (`MR` rows
+                    // by the task's columns): a whole task's part (up to `MC`
+                    // rows) is about 1 MiB at gpt6's widths, so it would
+                    // leave L2, and push the packed B out of it, before it
+                    // was finished.
+                    let (c0, c1) = (jc + p0 * nr, jc + (p1 * nr).min(nc));
+                    let finish_panel = |i0: usize, prows: usize| {
+                        if let Final::Finish(finish) = fin {
+                            finish(cptr.get(), (ic + i0, prows), (c0, c1 - c0));
+                        }
+                    };
+                    let panel_done: Option<&dyn Fn(usize, usize)> = match fin {
+                        Final::Finish(_) if last => Some(&finish_panel),
+                        _ => None,
+                    };
                     // Direct: full panels read A in place, only the tail is packed.
                     // (An odd depth, the last block of pairs, is packed: pairs
                     // read in place would run past it.)
@@ -997,13 +1013,10 @@ unsafe fn blocked_cols<E: FloatDtype, K: Packing<E>>(
                                 overwrite && pc == 0,
                                 round,
                                 bias,
+                                panel_done,
                             )
                         };
                     });
-                    if let (Final::Finish(finish), true) = (fin, last) {
-                        let (c0, c1) = (jc + p0 * nr, jc + (p1 * nr).min(nc));
-                        finish(cptr.get(), (ic, rows), (c0, c1 - c0));
-                    }
                 };
                 if threads > 1 && ntasks > 1 {
                     run_tasks(ntasks, task);
@@ -1025,7 +1038,9 @@ unsafe fn blocked_cols<E: FloatDtype, K: Packing<E>>(
 /// With `round = Some((r, ldr))` (a kernel that [rounds](Kernel::rounds)),
 /// the results, plus `c` unless `overwrite`, are rounded to `bf16` into `r`
 /// (row length `ldr`) instead of written to `c`. Unless `bias` is null, the
-/// block's column biases (`nc` values) are added last.
+/// block's column biases (`nc` values) are added last. `panel_done(i0,
+/// rows)`, if any, runs once the row panel at row `i0` (`rows` rows) is
+/// done for all of the panels, while its results are still in cache.
 ///
 /// # Safety
 /// `a_in_place` (if any) must be readable for `mc` rows by `kc` depth.
@@ -1049,6 +1064,7 @@ unsafe fn macro_kernel<P, A: Real>(
     overwrite: bool,
     round: Option<(*mut u16, usize)>,
     bias: *const A,
+    panel_done: Option<&dyn Fn(usize, usize)>,
 ) {
     let (mr, nr) = (kern.mr, kern.nr);
     let g = kc.div_ceil(group);
@@ -1135,6 +1151,9 @@ unsafe fn macro_kernel<P, A: Real>(
                 let rp = rp.map(|(r, ldr)| (r, ldr, kern.rounds));
                 write_tile(&scratch, nr, (rows, cols), cp, ldc, overwrite, rp, tb);
             }
+        }
+        if let Some(done) = panel_done {
+            done(i0, rows);
         }
     }
 }
