@@ -685,3 +685,34 @@ fn linear_act_in_every_dtype_and_its_errors() {
         ),
     }
 }
+
+#[test]
+fn linear_act_feeding_no_product_is_the_two_ops_bitwise() {
+    // The activation's output multiplied elementwise (a gated MLP's gate):
+    // nobody takes the fused backward, the layer's own runs, the same bits.
+    dim!(F = 40);
+    let x: Tensor<(B, Dyn, K), f32> = Tensor::<_, f64>::randn((B, Dyn(33), K), 105).to_dtype();
+    let w: Tensor<(F, K), f32> = Tensor::<_, f64>::randn((F, K), 106).to_dtype();
+    let z: Tensor<(B, Dyn, F), f32> = Tensor::<_, f64>::randn((B, Dyn(33), F), 107).to_dtype();
+    for act in ACTS {
+        let grads = |fused: bool| {
+            let h = if fused {
+                x.clone()
+                    .traced()
+                    .try_matmul_t_bias_act(w.clone(), None::<Tensor<(F,), f32>>, act)
+                    .unwrap()
+            } else {
+                let h = x.clone().traced().matmul_t(w.clone());
+                match act {
+                    LinearAct::Relu => h.relu(),
+                    LinearAct::Gelu => h.gelu(),
+                    LinearAct::GeluTanh => h.gelu_tanh(),
+                    LinearAct::Silu => h.silu(),
+                }
+            };
+            let g = (h * z.clone()).sum_all().backward();
+            (g.get(&x).unwrap().to_vec(), g.get(&w).unwrap().to_vec())
+        };
+        assert!(grads(true) == grads(false), "{act:?}");
+    }
+}

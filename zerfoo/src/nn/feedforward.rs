@@ -148,12 +148,14 @@ where
     S: Shape,
     S2: Shape,
     T: TapeState,
-    Linear<D, H, E, Dv>: Forward<Tensor<S, E, Dv, T>, Output = Tensor<S2, E, Dv, T>>,
+    Linear<D, H, E, Dv>: ForwardAct<Tensor<S, E, Dv, T>, Output = Tensor<S2, E, Dv, T>>,
     Linear<H, D, E, Dv>: Forward<Tensor<S2, E, Dv, T>>,
 {
     type Output = <Linear<H, D, E, Dv> as Forward<Tensor<S2, E, Dv, T>>>::Output;
     fn forward(&self, x: Tensor<S, E, Dv, T>) -> Self::Output {
-        let gate = self.act.apply(self.w1.forward(x.clone()));
+        // The gate's activation inside w1's product (the backward is the
+        // activation's own: its output feeds a product of tensors, not a layer).
+        let gate = self.w1.forward_act(x.clone(), self.act);
         let up = self.w3.forward(x);
         self.w2.forward(gate * up)
     }

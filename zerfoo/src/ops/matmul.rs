@@ -5,7 +5,7 @@
 //! [`SameDim`], so `Hidden = 8` times `Embed = 8` compiles, while a mismatch
 //! names both dims: ``shape error in `Matmul`: `Hidden` does not match `Ffn` ``.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use zerfoo_kernels::{Backend, FloatDtype, Layout};
 
@@ -233,15 +233,40 @@ macro_rules! with_act {
 /// its output `y = act(h)` (through the tape node, see
 /// [`record_fused`]): that product's backward may compute the gradient of
 /// `h` itself, `(gZ · W) ⊙ act'(h)`, in one pass, and store it under
-/// `h_id`, where the layer's backward looks for it first.
+/// `h_id`, where the layer's backward looks for it first. It holds `h` and
+/// `y` weakly (the layer's backward holds them), so an offer nobody takes
+/// (the activation feeds something else) keeps no memory alive.
+struct FusedOffer<D: Backend, E: FloatDtype> {
+    act: LinearAct,
+    h: Weak<D::Storage<E>>,
+    y: Weak<D::Storage<E>>,
+    dims: Vec<usize>,
+    y_id: TensorId,
+    h_id: TensorId,
+}
+
+impl<D: Backend, E: FloatDtype> FusedOffer<D, E> {
+    /// The offer as taken by the product whose left operand is `y` (id and
+    /// dims), if it is that product's.
+    fn accept(self, y_id: TensorId, dims: &[usize]) -> Option<FusedAct<D, E>> {
+        if self.y_id != y_id || self.dims[..] != dims[..] {
+            return None;
+        }
+        Some(FusedAct {
+            act: self.act,
+            h: self.h.upgrade()?,
+            y: self.y.upgrade()?,
+            h_id: self.h_id,
+        })
+    }
+}
+
+/// A [`FusedOffer`] taken: what the consuming product's backward needs.
 struct FusedAct<D: Backend, E: FloatDtype> {
     act: LinearAct,
     /// The pre-activation `h` and the output `y`, contiguous.
     h: Arc<D::Storage<E>>,
     y: Arc<D::Storage<E>>,
-    /// `y`'s dims and id (the consumer checks it multiplies exactly `y`).
-    dims: Vec<usize>,
-    y_id: TensorId,
     /// Where the consumer puts `h`'s gradient.
     h_id: TensorId,
 }
@@ -620,8 +645,8 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
                 && self.layout.offset == 0)
                 .then(|| self.tape.node())
                 .flatten()
-                .and_then(|n| n.take_fused::<FusedAct<D, E>>())
-                .filter(|f| f.y_id == self.id && f.dims[..] == dl[..]);
+                .and_then(|n| n.take_fused::<FusedOffer<D, E>>())
+                .and_then(|offer| offer.accept(self.id, &dl));
             let bias_node = bias.as_ref().and_then(|b| b.node.clone());
             let parents = [self.tape.node(), rhs.tape.node(), bias_node];
             let saved = SavedProduct {
@@ -640,10 +665,10 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
             match (act, h) {
                 (Some(act), Some(h)) => {
                     let h_id = TensorId::fresh();
-                    let offer = FusedAct::<D, E> {
+                    let offer = FusedOffer::<D, E> {
                         act,
-                        h: h.clone(),
-                        y: y.clone(),
+                        h: Arc::downgrade(&h),
+                        y: Arc::downgrade(&y),
                         dims: out_shape.dims().to_vec(),
                         y_id: out_id,
                         h_id,

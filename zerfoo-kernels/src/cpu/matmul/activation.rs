@@ -198,17 +198,9 @@ fn result_len(la: &Layout, lb: &Layout) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::vals;
     use super::*;
     use crate::cpu::unary::{GeluErf, GeluTanh, Relu, Silu};
-
-    fn vals(n: usize, seed: u64) -> Vec<f64> {
-        (0..n as u64)
-            .map(|i| {
-                let h = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed.wrapping_mul(0xD1B5);
-                ((h >> 11) as f64 / (1u64 << 53) as f64) * 4.0 - 2.0
-            })
-            .collect()
-    }
 
     fn of<E: FloatDtype>(v: Vec<f64>) -> Vec<E> {
         v.into_iter().map(E::from_f64).collect()

@@ -2,7 +2,7 @@ use super::*;
 use crate::f16;
 
 /// Deterministic values in [-1, 1).
-fn vals(n: usize, seed: u64) -> Vec<f64> {
+pub(super) fn vals(n: usize, seed: u64) -> Vec<f64> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)
         .map(|_| {
