@@ -356,12 +356,18 @@ pub fn run_updates(updates: &[QueuedUpdate]) {
 /// running sums) and then in order, so the result never depends on the
 /// thread count.
 pub fn sum_squares<E: FloatDtype>(x: &[E]) -> f64 {
-    fn chunk<E: FloatDtype>(c: &[E]) -> f64 {
-        vectorized(
-            #[inline(always)]
-            || chunk_sum(c),
-        )
-    }
+    let partial: Vec<f64> = if x.len() >= OPT_PAR {
+        map_tasks(x.len().div_ceil(CHUNK), |i| sum_squares_chunk(x, i))
+    } else {
+        (0..x.len().div_ceil(CHUNK))
+            .map(|i| sum_squares_chunk(x, i))
+            .collect()
+    };
+    partial.iter().sum()
+}
+
+/// `Σ x²` over piece `i` (of [`CHUNK`] values) of `x`.
+fn sum_squares_chunk<E: FloatDtype>(x: &[E], i: usize) -> f64 {
     #[inline(always)]
     fn chunk_sum<E: FloatDtype>(c: &[E]) -> f64 {
         // Four vectors of running sums: enough independent additions to
@@ -377,14 +383,59 @@ pub fn sum_squares<E: FloatDtype>(x: &[E]) -> f64 {
         let tail: f64 = it.remainder().iter().map(|x| x.to_f64() * x.to_f64()).sum();
         acc.iter().sum::<f64>() + tail
     }
-    let partial: Vec<f64> = if x.len() >= OPT_PAR {
-        map_tasks(x.len().div_ceil(CHUNK), |i| {
-            chunk(&x[i * CHUNK..x.len().min((i + 1) * CHUNK)])
-        })
+    let c = &x[i * CHUNK..x.len().min((i + 1) * CHUNK)];
+    vectorized(
+        #[inline(always)]
+        || chunk_sum(c),
+    )
+}
+
+/// One tensor's [`sum_squares`], queued so that [`run_sum_squares`] can
+/// take a whole model's gradients as one parallel pass (one wake-up of
+/// the pool, not one per tensor).
+pub struct QueuedSumSquares<'a> {
+    chunks: usize,
+    run: Box<dyn Fn(usize) -> f64 + Send + Sync + 'a>,
+}
+
+impl<'a> QueuedSumSquares<'a> {
+    /// Queues `Σ x²`.
+    pub fn new<E: FloatDtype>(x: &'a [E]) -> Self {
+        QueuedSumSquares {
+            chunks: x.len().div_ceil(CHUNK),
+            run: Box::new(move |i| sum_squares_chunk(x, i)),
+        }
+    }
+}
+
+/// The sum of the queued tensors' [`sum_squares`], every piece of every
+/// tensor as one parallel loop: the same bits as adding `sum_squares(x)`
+/// tensor by tensor in queue order, on any number of threads.
+///
+/// ```
+/// use zerfoo_kernels::cpu::optim::{run_sum_squares, sum_squares, QueuedSumSquares};
+/// let (a, b) = (vec![1.0f32; 20_000], vec![2.0f32; 3]);
+/// let total = run_sum_squares(&[QueuedSumSquares::new(&a), QueuedSumSquares::new(&b)]);
+/// assert_eq!(total, 0.0 + sum_squares(&a) + sum_squares(&b));
+/// ```
+pub fn run_sum_squares(queued: &[QueuedSumSquares<'_>]) -> f64 {
+    let pieces: Vec<(usize, usize)> = queued
+        .iter()
+        .enumerate()
+        .flat_map(|(q, s)| (0..s.chunks).map(move |c| (q, c)))
+        .collect();
+    let partial: Vec<f64> = if pieces.len() > 1 {
+        map_tasks(pieces.len(), |i| (queued[pieces[i].0].run)(pieces[i].1))
     } else {
-        x.chunks(CHUNK).map(chunk).collect()
+        pieces.iter().map(|&(q, c)| (queued[q].run)(c)).collect()
     };
-    partial.iter().sum()
+    let mut total = 0.0;
+    let mut at = 0;
+    for s in queued {
+        total += partial[at..at + s.chunks].iter().sum::<f64>();
+        at += s.chunks;
+    }
+    total
 }
 
 /// Multiplies `x` by `factor` in place (computed in `E::Acc`, rounded once).
@@ -530,6 +581,34 @@ mod tests {
                 assert_eq!(m, m2);
                 assert_eq!(v, v2);
             }
+        }
+    }
+
+    /// Queued sums of squares give the bits of adding each tensor's
+    /// `sum_squares` in order, on 1 and 3 threads (empty, one value, a
+    /// chunk and a bit, several chunks).
+    #[test]
+    fn queued_sum_squares_match_one_by_one() {
+        let parts: Vec<Vec<f32>> = [0, 1, CHUNK + 7, 3 * CHUNK, 5]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                vals(n, 40 + i as u64)
+                    .into_iter()
+                    .map(|x| x as f32)
+                    .collect()
+            })
+            .collect();
+        let want = parts.iter().fold(0.0, |t, p| t + sum_squares(p));
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let queued: Vec<QueuedSumSquares<'_>> =
+                parts.iter().map(|p| QueuedSumSquares::new(p)).collect();
+            let got = pool.install(|| run_sum_squares(&queued));
+            assert_eq!(got.to_bits(), want.to_bits(), "{threads} threads");
         }
     }
 

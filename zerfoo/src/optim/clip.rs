@@ -2,6 +2,7 @@
 
 use std::any::Any;
 
+use zerfoo_kernels::cpu::optim::{run_sum_squares, QueuedSumSquares};
 use zerfoo_kernels::{Backend, FloatDtype, Layout};
 
 use crate::autograd::{device_ok, Gradients, NoTape};
@@ -58,17 +59,24 @@ pub fn grad_norm<M: Module>(module: &M, grads: &Gradients) -> f64 {
     // `D::Storage<f64>` of one element, behind `Any` since the visitor is
     // generic per parameter) and is read back once, by a second visit that
     // knows `D` again: one host round trip per step, not one per parameter.
+    // CPU gradients are queued instead and summed as one parallel pass.
     struct SumSq<'a> {
         grads: &'a Gradients,
         total: Option<Box<dyn Any>>,
+        cpu: Vec<QueuedSumSquares<'a>>,
     }
-    impl ParamVisitor for SumSq<'_> {
+    impl<'a> ParamVisitor for SumSq<'a> {
         fn visit<S: Shape, E: FloatDtype, D: Backend>(
             &mut self,
             _: &str,
             p: &Tensor<S, E, D, NoTape>,
         ) {
-            if let Some(g) = self.grads.get_storage::<D, E>(p.id()) {
+            let grads: &'a Gradients = self.grads;
+            if let Some(g) = grads.get_storage::<D, E>(p.id()) {
+                if let Some(g) = (g as &dyn Any).downcast_ref::<Vec<E>>() {
+                    self.cpu.push(QueuedSumSquares::new(g));
+                    return;
+                }
                 let dev = p.device();
                 let total = self
                     .total
@@ -97,7 +105,11 @@ pub fn grad_norm<M: Module>(module: &M, grads: &Gradients) -> f64 {
             }
         }
     }
-    let mut s = SumSq { grads, total: None };
+    let mut s = SumSq {
+        grads,
+        total: None,
+        cpu: Vec::new(),
+    };
     module.visit_params("", &mut s);
     let mut read = ReadBack {
         total: s.total,
@@ -106,5 +118,5 @@ pub fn grad_norm<M: Module>(module: &M, grads: &Gradients) -> f64 {
     if read.total.is_some() {
         module.visit_params("", &mut read);
     }
-    read.value.sqrt()
+    (read.value + run_sum_squares(&s.cpu)).sqrt()
 }
