@@ -3,6 +3,7 @@
 //! (the gradient of a weight shared by the batch).
 
 use super::{Cpu, Device, DeviceError, ElementwiseKernels};
+use crate::cpu::matmul::product_columns;
 use crate::cpu::unary::UnaryOp;
 use crate::{FloatDtype, Layout};
 
@@ -102,11 +103,7 @@ pub trait MatmulKernels: Device {
 /// The contiguous layout of a product's result `[..batch, M, N]` (some
 /// layout for malformed operands, which the product itself reports).
 fn result_layout(la: &Layout, lb: &Layout) -> Layout {
-    let mut shape = la.shape().to_vec();
-    if let Some(last) = shape.last_mut() {
-        *last = bias_columns(lb);
-    }
-    Layout::contiguous(&shape)
+    Layout::contiguous(&crate::cpu::matmul::result_shape(la, lb))
 }
 
 /// The error for an activation's saved input or output whose length is
@@ -124,18 +121,13 @@ fn check_activation(lx: &Layout, x: usize, y: usize) -> Result<(), DeviceError> 
     ))
 }
 
-/// The product's column count (`N`), when the bias must match it.
-fn bias_columns(lb: &Layout) -> usize {
-    lb.rank().checked_sub(1).map_or(0, |i| lb.shape()[i])
-}
-
 /// The error for a bias whose length is not the product's column count.
 fn bias_mismatch(lb: &Layout, len: usize) -> DeviceError {
     DeviceError::new(
         "gemm_batched_bias",
         format!(
             "a bias of {len} values for {} columns (rhs {:?})",
-            bias_columns(lb),
+            product_columns(lb),
             lb.shape()
         ),
     )
@@ -170,7 +162,7 @@ impl MatmulKernels for Cpu {
         lb: &Layout,
         bias: &Vec<E>,
     ) -> Result<Vec<E>, DeviceError> {
-        if bias.len() != bias_columns(lb) {
+        if bias.len() != product_columns(lb) {
             return Err(bias_mismatch(lb, bias.len()));
         }
         Ok(crate::cpu::matmul::gemm_batched_bias(
@@ -191,7 +183,7 @@ impl MatmulKernels for Cpu {
         bias: Option<&Vec<E>>,
         act: O,
     ) -> Result<(Vec<E>, Vec<E>), DeviceError> {
-        if let Some(bias) = bias.filter(|b| b.len() != bias_columns(lb)) {
+        if let Some(bias) = bias.filter(|b| b.len() != product_columns(lb)) {
             return Err(bias_mismatch(lb, bias.len()));
         }
         let bias = bias.map(|b| &b[..]);
@@ -261,7 +253,7 @@ mod cuda_impl {
             lb: &Layout,
             bias: &CudaBuffer<E>,
         ) -> Result<CudaBuffer<E>, DeviceError> {
-            let n = bias_columns(lb);
+            let n = product_columns(lb);
             if bias.len() != n {
                 return Err(bias_mismatch(lb, bias.len()));
             }

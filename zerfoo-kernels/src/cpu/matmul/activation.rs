@@ -17,7 +17,7 @@
 
 use core::mem::MaybeUninit;
 
-use super::{gemm_batched, gemm_batched_bias, gemm_shared_finished};
+use super::{gemm_batched, gemm_batched_bias, gemm_shared_finished, product_columns, result_shape};
 use crate::cpu::simd::vectorized;
 use crate::cpu::threads::SyncPtr;
 use crate::cpu::unary::{unary_backward, unary_forward, UnaryOp};
@@ -51,7 +51,7 @@ pub fn gemm_batched_bias_act<E: FloatDtype, O: UnaryOp>(
 ) -> (Vec<E>, Vec<E>) {
     let len = result_len(la, lb);
     let mut y: Vec<E> = Vec::with_capacity(len);
-    let n = columns(lb);
+    let n = product_columns(lb);
     let yp = SyncPtr(y.as_mut_ptr());
     let finish = move |c: *mut E::Acc, (r0, rows): (usize, usize), (c0, cols): (usize, usize)| {
         vectorized(
@@ -137,7 +137,7 @@ pub fn gemm_batched_act_grad<E: FloatDtype, O: UnaryOp>(
         x.len(),
         y.len()
     );
-    let n = columns(lb);
+    let n = product_columns(lb);
     let finish = move |c: *mut E::Acc, (r0, rows): (usize, usize), (c0, cols): (usize, usize)| {
         vectorized(
             #[inline(always)]
@@ -173,22 +173,6 @@ pub fn gemm_batched_act_grad<E: FloatDtype, O: UnaryOp>(
             unary_backward(act, x, &Layout::contiguous(&shape), y, &ga)
         }
     }
-}
-
-/// The product's column count `N` (0 for a malformed `rhs`, which the
-/// product itself then reports).
-fn columns(lb: &Layout) -> usize {
-    lb.rank().checked_sub(1).map_or(0, |i| lb.shape()[i])
-}
-
-/// The product's result shape `[..batch, M, N]` (the product checks the
-/// operands; a malformed one gives some shape here, never a panic).
-fn result_shape(la: &Layout, lb: &Layout) -> Vec<usize> {
-    let mut shape = la.shape().to_vec();
-    if let Some(last) = shape.last_mut() {
-        *last = columns(lb);
-    }
-    shape
 }
 
 /// The number of values in [`result_shape`].

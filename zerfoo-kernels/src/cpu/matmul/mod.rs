@@ -52,6 +52,7 @@ mod tests;
 
 use core::mem::MaybeUninit;
 use std::any::TypeId;
+use std::borrow::Cow;
 
 use super::threads::{for_each_chunk_mut, run_tasks, SyncPtr};
 
@@ -151,22 +152,8 @@ pub fn gemm_batched_bias<E: FloatDtype>(
     lb: &Layout,
     bias: Option<&[E]>,
 ) -> Vec<E> {
-    if let Some(bias) = bias {
-        let n = lb.rank().checked_sub(1).map_or(0, |i| lb.shape()[i]);
-        assert_eq!(
-            bias.len(),
-            n,
-            "gemm_batched_bias: the bias needs one value per column"
-        );
-    }
-    // The bias in the compute type (for f32 and f64 the values as they are).
-    let wide: Option<Vec<E::Acc>> = bias
-        .filter(|_| !matches!(E::DTYPE, DType::F32 | DType::F64))
-        .map(|b| b.iter().map(|&v| v.to_acc()).collect());
-    let bias = wide.as_deref().or_else(|| {
-        // SAFETY: for f32 and f64 the compute type is the type itself.
-        bias.map(|b| unsafe { core::slice::from_raw_parts(b.as_ptr().cast::<E::Acc>(), b.len()) })
-    });
+    let bias = acc_bias(bias, lb);
+    let bias = bias.as_deref();
     native_bf16(a, la, b, lb, |a, b, kern| {
         // SAFETY: this runs only for `bf16`, whose compute type is `f32`.
         let bias =
@@ -175,6 +162,45 @@ pub fn gemm_batched_bias<E: FloatDtype>(
     })
     .unwrap_or_else(|| {
         gemm_batched_bias_with::<_, Widen>(a, la, b, lb, bias, kernel::kernel::<E::Acc>())
+    })
+}
+
+/// The column count `N` of a product whose right operand is `lb`
+/// (`[.., K, N]`; 0 for a malformed one, which the product reports).
+pub(crate) fn product_columns(lb: &Layout) -> usize {
+    lb.rank().checked_sub(1).map_or(0, |i| lb.shape()[i])
+}
+
+/// The shape `[..batch, M, N]` of the product of `la` and `lb` (some shape
+/// for malformed operands, which the product reports; never a panic).
+pub(crate) fn result_shape(la: &Layout, lb: &Layout) -> Vec<usize> {
+    let mut shape = la.shape().to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = product_columns(lb);
+    }
+    shape
+}
+
+/// `bias` (checked to have a value per column of `lb`) in the compute
+/// type: for f32 and f64 the values as they are, else widened.
+///
+/// # Panics
+/// If the bias does not have `N` values.
+fn acc_bias<'a, E: FloatDtype>(bias: Option<&'a [E]>, lb: &Layout) -> Option<Cow<'a, [E::Acc]>> {
+    let bias = bias?;
+    let n = product_columns(lb);
+    assert_eq!(
+        bias.len(),
+        n,
+        "gemm_batched_bias: the bias needs one value per column"
+    );
+    Some(if matches!(E::DTYPE, DType::F32 | DType::F64) {
+        // SAFETY: for f32 and f64 the compute type is the type itself.
+        Cow::Borrowed(unsafe {
+            core::slice::from_raw_parts(bias.as_ptr().cast::<E::Acc>(), bias.len())
+        })
+    } else {
+        Cow::Owned(bias.iter().map(|&v| v.to_acc()).collect())
     })
 }
 
@@ -237,12 +263,7 @@ fn gemm_batched_bias_with<E: FloatDtype, K: Packing<E>>(
         };
     }
     if batch > 1 && p.b_bases.iter().all(|&o| o == p.b_bases[0]) {
-        // One B shared by the whole batch (a layer's weight): a single
-        // `[batch * M, K] x [K, N]` product packs B once instead of per item.
-        let a_rows = batch_offsets(&p.a_bases, m, p.sam);
-        let (a_cols, b_rows, b_cols) = (offsets(k, p.sak), offsets(k, p.sbk), offsets(n, p.sbn));
-        let ops = Operands::new(a, 0, &a_rows, &a_cols, b, p.b_bases[0], &b_rows, &b_cols);
-        return product_vec::<E, K>(&ops, bias, kern);
+        return shared_product::<E, K>(a, b, &p, bias, kern, None);
     }
     let mut out_buf: Vec<E> = Vec::with_capacity(batch * m * n);
     let out = &mut out_buf.spare_capacity_mut()[..batch * m * n];
@@ -261,7 +282,7 @@ fn gemm_batched_bias_with<E: FloatDtype, K: Packing<E>>(
             &b_rows,
             &b_cols,
         );
-        product::<E, K>(&ops, out, threads, bias, kern);
+        product::<E, K>(&ops, out, threads, bias, kern, None);
     };
     if macs * batch < PAR_MACS || threads == 1 {
         for (bi, o) in out.chunks_exact_mut(m * n).enumerate() {
@@ -300,6 +321,7 @@ fn product_vec<E: FloatDtype, K: Packing<E>>(
     ops: &Operands<'_, E>,
     bias: Option<&[E::Acc]>,
     kern: Kernel<K::P, E::Acc>,
+    finish: Option<Finish<'_, E::Acc>>,
 ) -> Vec<E> {
     let (m, n, k) = (ops.a_rows.len(), ops.b_cols.len(), ops.a_cols.len());
     let threads = if m * n * k >= PAR_MACS {
@@ -314,6 +336,7 @@ fn product_vec<E: FloatDtype, K: Packing<E>>(
         threads,
         bias,
         kern,
+        finish,
     );
     // SAFETY: `product` wrote all `m * n` values.
     unsafe { out.set_len(m * n) };
@@ -322,8 +345,8 @@ fn product_vec<E: FloatDtype, K: Packing<E>>(
 
 /// [`gemm_batched_bias`] for `f32`/`f64` operands whose batch shares one
 /// `B` (a layer's weight) or has one item, with `finish` called on each
-/// task's part of the result as soon as it is final, while it is still in
-/// cache (see [`Finish`]; `c` there is the returned vector, in `E`).
+/// part of the result as soon as it is final, while it is still in cache
+/// (see [`Finish`]; `c` there is the returned vector, in `E`).
 /// `None` (nothing computed) for other operands, or an empty product: the
 /// caller then runs the steps one after another.
 ///
@@ -341,43 +364,41 @@ pub(crate) fn gemm_shared_finished<E: FloatDtype>(
         return None;
     }
     let p = Problem::new(la, lb, "gemm_batched");
-    let (m, n, k) = (p.m, p.n, p.k);
-    let batch = p.a_bases.len();
-    if batch * m * n == 0 || k == 0 || p.b_bases.iter().any(|&o| o != p.b_bases[0]) {
+    if p.a_bases.len() * p.m * p.n == 0 || p.k == 0 || p.b_bases.iter().any(|&o| o != p.b_bases[0])
+    {
         return None;
     }
-    if let Some(bias) = bias {
-        assert_eq!(
-            bias.len(),
-            n,
-            "gemm_batched_bias: the bias needs one value per column"
-        );
-    }
-    // SAFETY: for f32 and f64 the compute type is the type itself.
-    let bias =
-        bias.map(|b| unsafe { core::slice::from_raw_parts(b.as_ptr().cast::<E::Acc>(), b.len()) });
-    let a_rows = batch_offsets(&p.a_bases, m, p.sam);
-    let (a_cols, b_rows, b_cols) = (offsets(k, p.sak), offsets(k, p.sbk), offsets(n, p.sbn));
-    let ops = Operands::new(a, 0, &a_rows, &a_cols, b, p.b_bases[0], &b_rows, &b_cols);
-    let len = batch * m * n;
-    let threads = if len * k >= PAR_MACS {
-        rayon::current_num_threads()
-    } else {
-        1
-    };
-    let mut out: Vec<E> = Vec::with_capacity(len);
-    // SAFETY: for f32 and f64 the compute type is the type itself.
-    let c = unsafe {
-        core::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<MaybeUninit<E::Acc>>(), len)
-    };
-    #[cfg(debug_assertions)]
-    c.iter_mut()
-        .for_each(|o| *o = MaybeUninit::new(E::Acc::of_f64(f64::NAN)));
+    let bias = acc_bias(bias, lb);
     let kern = kernel::kernel::<E::Acc>();
-    blocked::<E, Widen>(&ops, c, threads, kern, true, bias, Final::Finish(finish));
-    // SAFETY: the product wrote all `len` values.
-    unsafe { out.set_len(len) };
-    Some(out)
+    Some(shared_product::<E, Widen>(
+        a,
+        b,
+        &p,
+        bias.as_deref(),
+        kern,
+        Some(finish),
+    ))
+}
+
+/// The product of a batch whose items all share one `B` (a layer's weight)
+/// as a single `[batch * M, K] x [K, N]` product: `B` is packed once
+/// instead of per item. `finish` as [`product`] takes it.
+fn shared_product<E: FloatDtype, K: Packing<E>>(
+    a: &[E],
+    b: &[E],
+    p: &Problem,
+    bias: Option<&[E::Acc]>,
+    kern: Kernel<K::P, E::Acc>,
+    finish: Option<Finish<'_, E::Acc>>,
+) -> Vec<E> {
+    let a_rows = batch_offsets(&p.a_bases, p.m, p.sam);
+    let (a_cols, b_rows, b_cols) = (
+        offsets(p.k, p.sak),
+        offsets(p.k, p.sbk),
+        offsets(p.n, p.sbn),
+    );
+    let ops = Operands::new(a, 0, &a_rows, &a_cols, b, p.b_bases[0], &b_rows, &b_cols);
+    product_vec::<E, K>(&ops, bias, kern, finish)
 }
 
 /// The sum over the batch of the products: `la` is `[..batch, M, K]`, `lb`
@@ -409,7 +430,7 @@ fn gemm_batch_sum_with<E: FloatDtype, K: Packing<E>>(
     let (a_rows, a_cols) = (offsets(m, p.sam), batch_offsets(&p.a_bases, k, p.sak));
     let (b_rows, b_cols) = (batch_offsets(&p.b_bases, k, p.sbk), offsets(n, p.sbn));
     let ops = Operands::new(a, 0, &a_rows, &a_cols, b, 0, &b_rows, &b_cols);
-    product_vec::<E, K>(&ops, None, kern)
+    product_vec::<E, K>(&ops, None, kern, None)
 }
 
 /// Dims, inner strides and per-batch base offsets of a batched product.
@@ -529,14 +550,20 @@ impl<'a, E> Operands<'a, E> {
 /// One product, plus `bias` (`N` values) on every row if any, into `out`
 /// (`[M, N]`, possibly uninitialized; every element is written): straight
 /// into `out` when `E` is its own compute type, else into an `E::Acc`
-/// buffer that is rounded once at the end. Needs `K > 0`.
+/// buffer that is rounded once at the end. With `finish` (f32 and f64
+/// only), each task calls it on its part of the result once final (see
+/// [`Finish`]). Needs `K > 0`.
 fn product<E: FloatDtype, K: Packing<E>>(
     ops: &Operands<'_, E>,
     out: &mut [MaybeUninit<E>],
     threads: usize,
     bias: Option<&[E::Acc]>,
     kern: Kernel<K::P, E::Acc>,
+    finish: Option<Finish<'_, E::Acc>>,
 ) {
+    // A finishing step sees the result in `E`: only where that is the
+    // compute type (`gemm_shared_finished`).
+    assert!(finish.is_none() || matches!(E::DTYPE, DType::F32 | DType::F64));
     // Debug builds (the tests) poison the output, so an element the product
     // failed to write shows up as NaN instead of as stale memory.
     #[cfg(debug_assertions)]
@@ -569,7 +596,8 @@ fn product<E: FloatDtype, K: Packing<E>>(
                 out.len(),
             )
         };
-        blocked::<E, K>(ops, c, threads, kern, true, bias, Final::Keep);
+        let fin = finish.map_or(Final::Keep, Final::Finish);
+        blocked::<E, K>(ops, c, threads, kern, true, bias, fin);
     } else if kern.rounds == Some(E::DTYPE) {
         // The kernel rounds each tile of the last depth block straight into
         // the output; `c` holds only the sums of earlier depth blocks (and
@@ -582,7 +610,7 @@ fn product<E: FloatDtype, K: Packing<E>>(
         let n = ops.b_cols.len();
         let mut c: Vec<E::Acc> = Vec::with_capacity(out.len());
         let o = SyncPtr(out.as_mut_ptr());
-        // Each task rounds its part of the result as soon as it is final,
+        // Each part of the result is rounded as soon as it is final,
         // while it is still in cache.
         let finish =
             move |c: *mut E::Acc, (r0, rows): (usize, usize), (c0, cols): (usize, usize)| {
@@ -608,10 +636,11 @@ fn product<E: FloatDtype, K: Packing<E>>(
     }
 }
 
-/// Called by each task of [`blocked`] once its part of the result is
-/// final: `finish(c, (r0, rows), (c0, cols))` with `c` the whole `[M, N]`
-/// result (row length `N`) and the task's rows and columns; `c` may be read
-/// and written there (no other task touches that region).
+/// Called by the tasks of [`blocked`] on each part of the result (a row
+/// panel of a task's columns) once it is final: `finish(c, (r0, rows),
+/// (c0, cols))` with `c` the whole `[M, N]` result (row length `N`) and the
+/// part's rows and columns; `c` may be read and written there (no other
+/// task touches that region).
 type Finish<'a, A> = &'a (dyn Fn(*mut A, (usize, usize), (usize, usize)) + Sync);
 
 /// What becomes of the result of [`blocked`] once it is final.
