@@ -15,6 +15,9 @@ use zerfoo_kernels::cpu::matmul::{
 use zerfoo_kernels::cpu::unary::{unary_backward, unary_forward, GeluErf};
 use zerfoo_kernels::{FloatDtype, Layout};
 
+mod common;
+use common::retain_freed_memory;
+
 const SHAPES: &[(usize, usize, usize)] = &[
     (64, 64, 32),
     (768, 128, 384),
@@ -88,24 +91,6 @@ fn bench_linear_gelu(c: &mut Criterion) {
         });
     }
     g.finish();
-}
-
-/// Keeps freed memory in the heap (glibc), as `zerfoo::retain_freed_memory`
-/// does for training: each product's result is then not fresh pages to
-/// fault in, which would dominate the large shapes' times.
-fn retain_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        extern "C" {
-            fn mallopt(param: i32, value: i32) -> i32;
-        }
-        // SAFETY: `mallopt` only changes allocator settings (M_MMAP_THRESHOLD,
-        // M_TRIM_THRESHOLD), with values in glibc's documented ranges.
-        unsafe {
-            mallopt(-3, 32 << 20);
-            mallopt(-1, i32::MAX);
-        }
-    }
 }
 
 fn benches(c: &mut Criterion) {

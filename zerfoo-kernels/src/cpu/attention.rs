@@ -256,14 +256,22 @@ unsafe fn store_rows<E: FloatDtype>(
         return;
     }
     let start = index.start(bh) + i0 * index.row_stride;
-    for (r, row) in src.chunks_exact(w).enumerate() {
-        let out = dst.get().wrapping_add(start + r * index.row_stride);
-        for (c, &a) in row.iter().enumerate() {
-            // SAFETY: the caller's guarantee (the row may be uninitialized
-            // memory: written, never read).
-            unsafe { out.add(c).write(E::from_acc(a * scale)) };
-        }
-    }
+    vectorized(
+        #[inline(always)]
+        || {
+            for (r, row) in src.chunks_exact(w).enumerate() {
+                let out = dst.get().wrapping_add(start + r * index.row_stride);
+                // SAFETY: the caller's guarantee; the row may be
+                // uninitialized memory (written, never read).
+                let out = unsafe {
+                    core::slice::from_raw_parts_mut(out.cast::<core::mem::MaybeUninit<E>>(), w)
+                };
+                for (o, &a) in out.iter_mut().zip(row) {
+                    o.write(E::from_acc(a * scale));
+                }
+            }
+        },
+    )
 }
 
 /// Rows `0..n` of a head (`w` values each, row stride `st`) transposed into
@@ -347,24 +355,21 @@ fn tail<A>(x: &[A], from: usize) -> &[A] {
 /// `c += A · B` for compute-type blocks (see [`gemm_acc`]).
 use super::matmul::gemm_acc;
 
-/// Scores of `bq` query rows `q` (row stride `qst`) against keys
+/// Unscaled scores of `bq` query rows `q` (row stride `qst`) against keys
 /// `j0..j0 + n` of a head's transposed keys `kt` (`d x tk`, row-major):
-/// `s = scale · q · kt[:, j0..j0 + n]`, `bq x n`. Reading the keys
-/// transposed makes the GEMM's right operand row-major, which packs with
-/// plain row copies.
-#[allow(clippy::too_many_arguments)]
+/// `s = q · kt[:, j0..j0 + n]`, `bq x n` (the scale is applied inside the
+/// exponentials, see [`softmax_step`]). Reading the keys transposed makes
+/// the GEMM's right operand row-major, which packs with plain row copies.
 #[inline]
 fn scores<A: Real>(
     (q, qst): (&[A], usize),
     kt: &[A],
     (j0, tk): (usize, usize),
     (bq, n, d): (usize, usize, usize),
-    scale: A,
     s: &mut [A],
 ) {
     s.fill(A::zero());
     gemm_acc(bq, n, d, q, (qst, 1), &kt[j0..], (tk, 1), s);
-    s.iter_mut().for_each(|x| *x *= scale);
 }
 
 /// Sets to `-inf` the scores (`bq x n`, query rows `i0..`, keys `j0..`) that
@@ -396,19 +401,221 @@ fn mask_block<A: Real>(
     }
 }
 
-/// `s[r, j] = exp(s[r, j] - shift[r])` over the `n`-wide rows of `s`: the
-/// probabilities of a block, in the forward (shift: the running max) and
-/// the backward (shift: the logsumexp). A row with shift `+inf` (it sees
-/// no key) becomes 0, as `exp(-inf)` does.
-fn exp_rows<A: Real>(s: &mut [A], n: usize, shift: &[A]) {
+/// `s[r, j] = exp(sc · s[r, j] − shift[r])` (one fused multiply-add, then
+/// the exponential) over the `n`-wide rows of `s`: the backward's
+/// probabilities recomputed from the raw scores and the logsumexps. A row
+/// with shift `+inf` (it sees no key) becomes 0, as `exp(-inf)` does.
+fn exp_rows<A: Real>(s: &mut [A], n: usize, sc: A, shift: &[A]) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some((s, sc)) = as_f32_avx512(s, sc) {
+        // SAFETY: AVX-512F is present (checked by `as_f32_avx512`).
+        unsafe { f32_avx512::exp_rows(s, n, sc, as_f32(shift)) };
+        return;
+    }
     vectorized(
         #[inline(always)]
         || {
             for (row, &m) in s.chunks_exact_mut(n).zip(shift) {
-                row.iter_mut().for_each(|x| *x = (*x - m).fast_exp());
+                row.iter_mut()
+                    .for_each(|x| *x = x.mul_add(sc, -m).fast_exp());
             }
         },
     )
+}
+
+/// One key block of the forward's online softmax, for the `bq` rows of
+/// `n` raw scores in `s` (hidden keys at `-inf`), with running row maxima
+/// `m` (raw, unscaled: `sc > 0`) and sums `l`: per row, the new maximum
+/// `m' = max(m, max_j s)`, `s ← exp(sc·s − sc·m')`, the rescaling factor
+/// `alpha = exp(sc·m − sc·m')` (exactly 1 when the maximum stays, 0 on a
+/// row's first visible block) and `l ← l·alpha + Σ_j s`. A row that sees
+/// none of the block's keys becomes zeros, with `alpha = 1`.
+///
+/// With AVX-512, `f32` rows up to 32 wide run in registers with the
+/// 16-lane exponential; the bits are the same either way.
+fn softmax_step<A: Real>(s: &mut [A], n: usize, sc: A, m: &mut [A], l: &mut [A], alpha: &mut [A]) {
+    #[cfg(target_arch = "x86_64")]
+    if n <= 32 {
+        if let Some((s, sc)) = as_f32_avx512(s, sc) {
+            let (m, l, alpha) = (as_f32_mut(m), as_f32_mut(l), as_f32_mut(alpha));
+            // SAFETY: AVX-512F is present (checked by `as_f32_avx512`).
+            unsafe { f32_avx512::softmax_step(s, n, sc, m, l, alpha) };
+            return;
+        }
+    }
+    let ninf = A::neg_infinity();
+    vectorized(
+        #[inline(always)]
+        || {
+            for (r, row) in s.chunks_exact_mut(n).enumerate() {
+                if row.iter().all(|&x| x == ninf) {
+                    row.fill(A::zero());
+                    alpha[r] = A::one();
+                    continue;
+                }
+                let m_new = m[r].max(lane_max(row));
+                let shift = sc * m_new;
+                alpha[r] = (sc * m[r] - shift).fast_exp();
+                m[r] = m_new;
+                row.iter_mut()
+                    .for_each(|x| *x = x.mul_add(sc, -shift).fast_exp());
+                l[r] = l[r] * alpha[r] + lane_sum_of(row, |x| x);
+            }
+        },
+    )
+}
+
+/// `(s, sc)` as `f32` when `A` is `f32` and the CPU has AVX-512.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn as_f32_avx512<A: Real>(s: &mut [A], sc: A) -> Option<(&mut [f32], f32)> {
+    if TypeId::of::<A>() != TypeId::of::<f32>() || !super::simd::has_avx512() {
+        return None;
+    }
+    Some((as_f32_mut(s), sc.as_f64() as f32))
+}
+
+/// `x` as `f32`.
+///
+/// # Panics
+/// Unless `A` is `f32`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn as_f32_mut<A: Real>(x: &mut [A]) -> &mut [f32] {
+    assert!(TypeId::of::<A>() == TypeId::of::<f32>());
+    // SAFETY: `A` is `f32` (same TypeId).
+    unsafe { core::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<f32>(), x.len()) }
+}
+
+/// `x` as `f32`.
+///
+/// # Panics
+/// Unless `A` is `f32`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn as_f32<A: Real>(x: &[A]) -> &[f32] {
+    assert!(TypeId::of::<A>() == TypeId::of::<f32>());
+    // SAFETY: `A` is `f32` (same TypeId).
+    unsafe { core::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) }
+}
+
+/// The `f32` AVX-512 forms of [`exp_rows`] and [`softmax_step`].
+#[cfg(target_arch = "x86_64")]
+mod f32_avx512 {
+    use core::arch::x86_64::*;
+
+    use crate::fastmath::exp_f32x16;
+
+    /// The lanes of a row's 16-wide vector `v` holding columns `16v..n`.
+    #[inline(always)]
+    fn lanes(n: usize, v: usize) -> __mmask16 {
+        let k = n.saturating_sub(16 * v).min(16);
+        ((1u32 << k) - 1) as __mmask16
+    }
+
+    /// The 16 lanes summed in [`crate::cpu::simd::lane_sum_of`]'s order
+    /// (lane `i` with `i + 8`, `i + 4`, `i + 2`, `i + 1`).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn fold_add(v: __m512) -> f32 {
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+        let s8 = _mm256_add_ps(_mm512_castps512_ps256(v), hi);
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps::<1>(s2, s2)))
+    }
+
+    /// See [`super::exp_rows`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn exp_rows(s: &mut [f32], n: usize, sc: f32, shift: &[f32]) {
+        let vectors = n.div_ceil(16);
+        let scv = _mm512_set1_ps(sc);
+        for (row, &m) in s.chunks_exact_mut(n).zip(shift) {
+            let sh = _mm512_set1_ps(m);
+            let p = row.as_mut_ptr();
+            for v in 0..vectors {
+                let k = lanes(n, v);
+                // SAFETY: the lanes in `k` are columns `16v..n` of this row.
+                unsafe {
+                    let x = _mm512_maskz_loadu_ps(k, p.add(16 * v));
+                    let e = exp_f32x16(_mm512_fmsub_ps(x, scv, sh));
+                    _mm512_mask_storeu_ps(p.add(16 * v), k, e);
+                }
+            }
+        }
+    }
+
+    /// See [`super::softmax_step`] (rows of `n <= 32`).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn softmax_step(
+        s: &mut [f32],
+        n: usize,
+        sc: f32,
+        m: &mut [f32],
+        l: &mut [f32],
+        alpha: &mut [f32],
+    ) {
+        debug_assert!(n <= 32);
+        let (k0, k1) = (lanes(n, 0), lanes(n, 1));
+        let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+        let scv = _mm512_set1_ps(sc);
+        // 16 rows at a time: their sums wait in `sums` for the rescaling
+        // factors, whose exponentials are taken as one vector.
+        for (g, rows) in s.chunks_mut(16 * n).enumerate() {
+            let mut sums = [0f32; 16];
+            let r0 = 16 * g;
+            for (i, row) in rows.chunks_exact_mut(n).enumerate() {
+                let r = r0 + i;
+                let p = row.as_mut_ptr();
+                // SAFETY: the lanes in `k0`, `k1` are this row's columns.
+                unsafe {
+                    let v0 = _mm512_mask_loadu_ps(ninf, k0, p);
+                    let v1 = _mm512_mask_loadu_ps(ninf, k1, p.add(16));
+                    let seen = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(v0, ninf)
+                        | _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(v1, ninf);
+                    if seen == 0 {
+                        _mm512_mask_storeu_ps(p, k0, _mm512_setzero_ps());
+                        _mm512_mask_storeu_ps(p.add(16), k1, _mm512_setzero_ps());
+                        // exp(0) = 1 below, and the sum stays.
+                        alpha[r] = 0.0;
+                        continue;
+                    }
+                    let m_new = m[r].max(_mm512_reduce_max_ps(_mm512_max_ps(v0, v1)));
+                    let shift = sc * m_new;
+                    // The rescaling's argument (its exponential below).
+                    alpha[r] = sc * m[r] - shift;
+                    m[r] = m_new;
+                    let sh = _mm512_set1_ps(shift);
+                    let e0 = exp_f32x16(_mm512_fmsub_ps(v0, scv, sh));
+                    let e1 = exp_f32x16(_mm512_fmsub_ps(v1, scv, sh));
+                    _mm512_mask_storeu_ps(p, k0, e0);
+                    _mm512_mask_storeu_ps(p.add(16), k1, e1);
+                    // `lane_sum_of` adds columns `j` and `j + 16` first, as
+                    // this does (the lanes past `n` add zeros).
+                    sums[i] = fold_add(_mm512_add_ps(
+                        _mm512_maskz_mov_ps(k0, e0),
+                        _mm512_maskz_mov_ps(k1, e1),
+                    ));
+                }
+            }
+            let k = lanes(rows.len() / n, 0);
+            // SAFETY: the lanes in `k` are rows `r0..` of `alpha`, `l`.
+            unsafe {
+                let (ap, lp) = (alpha.as_mut_ptr().add(r0), l.as_mut_ptr().add(r0));
+                let a = exp_f32x16(_mm512_maskz_loadu_ps(k, ap));
+                let lv = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, lp), a);
+                let lv = _mm512_add_ps(lv, _mm512_loadu_ps(sums.as_ptr()));
+                _mm512_mask_storeu_ps(ap, k, a);
+                _mm512_mask_storeu_ps(lp, k, lv);
+            }
+        }
+    }
 }
 
 /// The keys `[lo, hi)` that any of query rows `i0..i0 + bq` may see.
@@ -438,36 +645,31 @@ fn forward_block<A: Real>(
     lse: &mut [A],
 ) {
     let ninf = A::neg_infinity();
-    let (mut m, mut l) = (vec![ninf; bq], vec![A::zero(); bq]);
-    let mut sbuf = vec![A::zero(); bq * KEY_BLOCK];
-    let mut shift = [A::zero(); QUERY_BLOCK];
+    let mut m = [ninf; QUERY_BLOCK];
+    let mut l = [A::zero(); QUERY_BLOCK];
+    let mut alpha = [A::zero(); QUERY_BLOCK];
+    let (m, l, alpha) = (&mut m[..bq], &mut l[..bq], &mut alpha[..bq]);
+    let mut sbuf = [A::zero(); QUERY_BLOCK * KEY_BLOCK];
+    // The scale goes into the exponentials when it keeps the maxima where
+    // they are (positive); otherwise onto the scores first.
+    let folded = scale > A::zero();
+    let sc = if folded { scale } else { A::one() };
     o.fill(A::zero());
     let (lo, hi) = block_keys(mask, i0, bq, tk);
     let mut j0 = lo;
     while j0 < hi {
         let n = KEY_BLOCK.min(hi - j0);
         let s = &mut sbuf[..bq * n];
-        scores(q, kt, (j0, tk), (bq, n, d), scale, s);
-        mask_block(mask, pad, (i0, bq), (j0, n), tk, s);
-        for (r, row) in s.chunks_exact(n).enumerate() {
-            let bm = lane_max(row);
-            if bm == ninf {
-                // A row that sees none of these keys: exp(-inf - inf) = 0.
-                shift[r] = A::infinity();
-                continue;
-            }
-            let m_new = m[r].max(bm);
-            if m_new > m[r] && l[r] > A::zero() {
-                let alpha = (m[r] - m_new).fast_exp();
-                l[r] *= alpha;
-                o[r * dv..][..dv].iter_mut().for_each(|x| *x *= alpha);
-            }
-            m[r] = m_new;
-            shift[r] = m_new;
+        scores(q, kt, (j0, tk), (bq, n, d), s);
+        if !folded {
+            s.iter_mut().for_each(|x| *x *= scale);
         }
-        exp_rows(s, n, &shift[..bq]);
-        for (r, row) in s.chunks_exact(n).enumerate() {
-            l[r] += lane_sum_of(row, |x| x);
+        mask_block(mask, pad, (i0, bq), (j0, n), tk, s);
+        softmax_step(s, n, sc, m, l, alpha);
+        for (orow, &a) in o.chunks_exact_mut(dv).zip(alpha.iter()) {
+            if a != A::one() {
+                orow.iter_mut().for_each(|x| *x *= a);
+            }
         }
         gemm_acc(bq, dv, n, s, (n, 1), tail(v, j0 * vst), (vst, 1), o);
         j0 += n;
@@ -476,7 +678,7 @@ fn forward_block<A: Real>(
         if l[r] > A::zero() {
             let inv = l[r].recip();
             orow.iter_mut().for_each(|x| *x *= inv);
-            *lr = m[r] + l[r].ln();
+            *lr = sc * m[r] + l[r].ln();
         } else {
             orow.fill(A::zero());
             *lr = ninf;
@@ -676,13 +878,12 @@ pub fn attention_backward<E: FloatDtype>(
                 let (dorows, dost) = doh.rows(bh, 0);
                 // Di = rowsum(dO ∘ O) for this head's queries.
                 let o0 = out_rows.start(bh);
-                let di: Vec<A<E>> = (0..tq)
-                    .map(|i| {
-                        let o = &tail(out, o0 + i * out_rows.row_stride)[..dv];
-                        let g = &tail(dorows, i * dost)[..dv];
-                        lane_sum_zip(o, g, |o: E, g| o.to_acc() * g)
-                    })
-                    .collect();
+                let mut di = vec![zero; tq];
+                for (i, di) in di.iter_mut().enumerate() {
+                    let o = &tail(out, o0 + i * out_rows.row_stride)[..dv];
+                    let g = &tail(dorows, i * dost)[..dv];
+                    *di = lane_sum_zip(o, g, |o: E, g| o.to_acc() * g);
+                }
                 let pad = mask.padding.map(|p| &p[bh / h * tk..][..tk]);
                 let (krows, kst) = kh.rows(bh, 0);
                 let (qrows, qst) = qh.rows(bh, 0);
@@ -692,6 +893,10 @@ pub fn attention_backward<E: FloatDtype>(
                 let mut vt = vec![zero; dv * tk];
                 transpose_rows(vh.rows(bh, 0), tk, dv, tk, &mut vt);
                 let lse = &lse[bh * tq..][..tq];
+                // As in the forward: the scale inside the exponentials
+                // when it is positive, else onto the scores.
+                let folded = sc > zero;
+                let exp_sc = if folded { sc } else { one };
                 let mut p = [zero; QUERY_BLOCK * KEY_BLOCK];
                 let mut shift = [zero; QUERY_BLOCK];
                 let inf = <A<E> as Float>::infinity();
@@ -710,13 +915,16 @@ pub fn attention_backward<E: FloatDtype>(
                         let (p, dp) = (&mut p[..bq * n], &mut dp[..bq * n]);
                         let qb = tail(qrows, i0 * qst);
                         let dob = tail(dorows, i0 * dost);
-                        scores((qb, qst), &kt, (j0, tk), (bq, n, d), sc, p);
+                        scores((qb, qst), &kt, (j0, tk), (bq, n, d), p);
+                        if !folded {
+                            p.iter_mut().for_each(|x| *x *= sc);
+                        }
                         mask_block(mask, pad, (i0, bq), (j0, n), tk, p);
                         // A row that sees no key (lse = -inf) gets exp(s - inf) = 0.
                         for (sh, &l) in shift.iter_mut().zip(&lse[i0..i0 + bq]) {
                             *sh = if l.is_finite() { l } else { inf };
                         }
-                        exp_rows(p, n, &shift[..bq]);
+                        exp_rows(p, n, exp_sc, &shift[..bq]);
                         // dv += Pᵀ dO
                         gemm_acc(n, dv, bq, p, (1, n), dob, (dost, 1), dvb);
                         // dP = dO vᵀ, then dS = P ∘ (dP − Di)
