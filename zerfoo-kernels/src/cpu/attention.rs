@@ -412,6 +412,11 @@ fn exp_rows<A: Real>(s: &mut [A], n: usize, sc: A, shift: &[A]) {
         unsafe { f32_avx512::exp_rows(s, n, sc, as_f32(shift)) };
         return;
     }
+    exp_rows_portable(s, n, sc, shift)
+}
+
+/// [`exp_rows`] in plain (auto-vectorized) code.
+fn exp_rows_portable<A: Real>(s: &mut [A], n: usize, sc: A, shift: &[A]) {
     vectorized(
         #[inline(always)]
         || {
@@ -443,6 +448,18 @@ fn softmax_step<A: Real>(s: &mut [A], n: usize, sc: A, m: &mut [A], l: &mut [A],
             return;
         }
     }
+    softmax_step_portable(s, n, sc, m, l, alpha)
+}
+
+/// [`softmax_step`] in plain (auto-vectorized) code.
+fn softmax_step_portable<A: Real>(
+    s: &mut [A],
+    n: usize,
+    sc: A,
+    m: &mut [A],
+    l: &mut [A],
+    alpha: &mut [A],
+) {
     let ninf = A::neg_infinity();
     vectorized(
         #[inline(always)]
@@ -1378,6 +1395,60 @@ mod tests {
             HeadsOrder::HeadMajor,
         );
         assert!(o.is_empty());
+    }
+
+    /// The AVX-512 softmax step and exponentials give the portable
+    /// forms' bits: rows 1 to 32 wide, 1 to 33 rows, hidden keys, rows
+    /// that see nothing, first and later blocks (running maxima that move
+    /// or stay), a NaN score.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_softmax_step_has_the_portable_bits() {
+        if !crate::cpu::simd::has_avx512() {
+            return;
+        }
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let sc = 0.17f32;
+        for n in [1, 5, 16, 17, 31, 32] {
+            for rows in [1, 7, 16, 17, 33] {
+                let mut s: Vec<f32> = rand(rows * n, (n * 100 + rows) as u64)
+                    .iter()
+                    .map(|&x| (x * 40.0) as f32)
+                    .collect();
+                for (i, x) in s.iter_mut().enumerate() {
+                    if i % 7 == 3 || (i / n) % 5 == 4 {
+                        *x = f32::NEG_INFINITY;
+                    }
+                }
+                if rows * n > 40 {
+                    s[40] = f32::NAN;
+                }
+                let m0: Vec<f32> = (0..rows)
+                    .map(|r| [f32::NEG_INFINITY, 3.0, 100.0][r % 3])
+                    .collect();
+                let l0: Vec<f32> = (0..rows).map(|r| [0.0, 1.5, 2.0][r % 3]).collect();
+                let (mut s1, mut m1, mut l1, mut a1) =
+                    (s.clone(), m0.clone(), l0.clone(), vec![0.0; rows]);
+                let (mut s2, mut m2, mut l2, mut a2) =
+                    (s.clone(), m0.clone(), l0.clone(), vec![0.0; rows]);
+                softmax_step_portable(&mut s1, n, sc, &mut m1, &mut l1, &mut a1);
+                // SAFETY: AVX-512F is present (checked above).
+                unsafe { f32_avx512::softmax_step(&mut s2, n, sc, &mut m2, &mut l2, &mut a2) };
+                let what = format!("n {n}, rows {rows}");
+                assert_eq!(bits(&s1), bits(&s2), "{what}: probabilities");
+                assert_eq!(bits(&m1), bits(&m2), "{what}: maxima");
+                assert_eq!(bits(&l1), bits(&l2), "{what}: sums");
+                assert_eq!(bits(&a1), bits(&a2), "{what}: rescaling");
+                let shift: Vec<f32> = (0..rows)
+                    .map(|r| [2.0, f32::INFINITY, -1.0][r % 3])
+                    .collect();
+                let (mut e1, mut e2) = (s.clone(), s.clone());
+                exp_rows_portable(&mut e1, n, sc, &shift);
+                // SAFETY: as above.
+                unsafe { f32_avx512::exp_rows(&mut e2, n, sc, &shift) };
+                assert_eq!(bits(&e1), bits(&e2), "{what}: exp_rows");
+            }
+        }
     }
 
     #[test]
