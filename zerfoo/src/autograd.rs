@@ -264,6 +264,15 @@ impl GradStore {
         }
     }
 
+    /// The gradient of `id` so far, if it has one, for a backward that adds
+    /// its own part straight into it (see `ops::norm`).
+    pub(crate) fn existing_mut_on<D: Backend, E: FloatDtype>(
+        &mut self,
+        id: TensorId,
+    ) -> Option<&mut D::Storage<E>> {
+        self.get_mut::<D, E>(id)
+    }
+
     /// The gradient buffer of `id` on `dev` (`len` zeros if it has none
     /// yet), for a backward that adds into part of it (narrow, split).
     pub(crate) fn grad_mut_on<D: Backend, E: FloatDtype>(

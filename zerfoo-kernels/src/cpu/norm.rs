@@ -15,7 +15,7 @@ use num_traits::{Float, One, Zero};
 use super::simd::{lane_sum_of, lane_sum_zip, vectorized};
 use super::softmax::{map_row, rows_map, AxisRows};
 use super::threads::map_chunks_mut;
-use super::{assume_init_vec, init_defaults, map, uninit_vec, PAR_THRESHOLD};
+use super::{assume_init_vec, map, uninit_vec, PAR_THRESHOLD};
 use crate::{FloatDtype, Layout, Real};
 
 /// Which normalization.
@@ -147,12 +147,70 @@ pub fn norm_backward<E: FloatDtype>(
     stats: &[NormStats<E::Acc>],
     grad_y: &[E],
 ) -> NormGrads<E> {
+    let mut gx = uninit_vec::<E>(lx.numel());
+    let (weight, bias) = backward_into(
+        kind,
+        x,
+        lx,
+        weight,
+        has_bias,
+        stats,
+        grad_y,
+        (&mut gx, false),
+    );
+    NormGrads {
+        // SAFETY: `backward_into` wrote every element of `gx`.
+        x: unsafe { assume_init_vec(gx) },
+        weight,
+        bias,
+    }
+}
+
+/// [`norm_backward`] adding the input gradient into `acc` (the input's
+/// gradient so far, contiguous) instead of returning it: the same bits as
+/// adding [`norm_backward`]'s `x` to `acc` elementwise (each value rounded
+/// to `E`, then added in the compute type and rounded), without the
+/// separate pass over both. Returns the weight and bias gradients.
+///
+/// # Panics
+/// If `acc` is not as long as the input.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+pub fn norm_backward_add<E: FloatDtype>(
+    kind: NormKind,
+    x: &[E],
+    lx: &Layout,
+    weight: Option<(&[E], &Layout)>,
+    has_bias: bool,
+    stats: &[NormStats<E::Acc>],
+    grad_y: &[E],
+    acc: &mut [E],
+) -> (Option<Vec<E>>, Option<Vec<E>>) {
+    assert_eq!(acc.len(), lx.numel(), "norm_backward_add: gradient length");
+    // SAFETY: `MaybeUninit<E>` has `E`'s layout; `backward_into` in adding
+    // mode reads each (initialized) element before writing an initialized
+    // value back.
+    let acc = unsafe { &mut *(acc as *mut [E] as *mut [MaybeUninit<E>]) };
+    backward_into(kind, x, lx, weight, has_bias, stats, grad_y, (acc, true))
+}
+
+/// The input gradient written into `out` (or, with `add`, added to the
+/// initialized values there), and the weight and bias gradients.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn backward_into<E: FloatDtype>(
+    kind: NormKind,
+    x: &[E],
+    lx: &Layout,
+    weight: Option<(&[E], &Layout)>,
+    has_bias: bool,
+    stats: &[NormStats<E::Acc>],
+    grad_y: &[E],
+    (out, add): (&mut [MaybeUninit<E>], bool),
+) -> (Option<Vec<E>>, Option<Vec<E>>) {
     let axis = last_axis(lx);
     let rows = AxisRows::new(lx.shape(), axis);
     let (count, n) = (rows.count(), rows.n);
     let has_weight = weight.is_some();
     let w = effective_weight(kind, weight);
-    let mut gx = uninit_vec::<E>(count * n);
     let zeros = |on: bool| {
         if on {
             vec![E::Acc::zero(); n]
@@ -162,17 +220,12 @@ pub fn norm_backward<E: FloatDtype>(
     };
     if count == 0 || n == 0 {
         let z = |on: bool| on.then(|| vec![E::from_acc(E::Acc::zero()); n]);
-        return NormGrads {
-            x: Vec::new(),
-            weight: z(has_weight),
-            bias: z(has_bias),
-        };
+        return (z(has_weight), z(has_bias));
     }
     let d = E::Acc::of_f64(n as f64);
     // Fixed blocking: at most 64 blocks, each at least ~4K elements.
     let per_block = count.div_ceil(64).max((4096 / n).max(1));
     let body = |(blk, chunk): (usize, &mut [MaybeUninit<E>])| {
-        let chunk = init_defaults(chunk);
         let (mut dw, mut db) = (zeros(has_weight), zeros(has_bias));
         let mut buf = vec![E::Acc::zero(); n];
         let mut g = vec![E::Acc::zero(); n];
@@ -211,8 +264,18 @@ pub fn norm_backward<E: FloatDtype>(
                         E::Acc::zero()
                     };
                     let mgx = lane_sum_zip(&g[..n], &buf[..n], |g, b| g * b) / d;
-                    for ((o, &gk), &xh) in out.iter_mut().zip(g.iter()).zip(buf.iter()) {
-                        *o = E::from_acc(st.rstd * (gk - mg - xh * mgx));
+                    let grad = |gk: E::Acc, xh: E::Acc| E::from_acc(st.rstd * (gk - mg - xh * mgx));
+                    if add {
+                        for ((o, &gk), &xh) in out.iter_mut().zip(g.iter()).zip(buf.iter()) {
+                            // SAFETY: in adding mode every element is
+                            // initialized (the caller's gradient).
+                            let before = unsafe { o.assume_init_read() };
+                            o.write(E::from_acc(before.to_acc() + grad(gk, xh).to_acc()));
+                        }
+                    } else {
+                        for ((o, &gk), &xh) in out.iter_mut().zip(g.iter()).zip(buf.iter()) {
+                            o.write(grad(gk, xh));
+                        }
                     }
                 },
             )
@@ -220,9 +283,12 @@ pub fn norm_backward<E: FloatDtype>(
         (dw, db)
     };
     let partials: Vec<Partial<E::Acc>> = if count * n >= PAR_THRESHOLD && count > 1 {
-        map_chunks_mut(&mut gx, per_block * n, body)
+        map_chunks_mut(out, per_block * n, body)
     } else {
-        gx.chunks_mut(per_block * n).enumerate().map(body).collect()
+        out.chunks_mut(per_block * n)
+            .enumerate()
+            .map(body)
+            .collect()
     };
     let total = |pick: fn(&Partial<E::Acc>) -> &Vec<E::Acc>| {
         let mut acc = vec![E::Acc::zero(); n];
@@ -233,12 +299,10 @@ pub fn norm_backward<E: FloatDtype>(
         }
         acc.into_iter().map(E::from_acc).collect::<Vec<E>>()
     };
-    NormGrads {
-        // SAFETY: every chunk of `gx` went to one `body`, which initialized it.
-        x: unsafe { assume_init_vec(gx) },
-        weight: has_weight.then(|| total(|p| &p.0)),
-        bias: has_bias.then(|| total(|p| &p.1)),
-    }
+    (
+        has_weight.then(|| total(|p| &p.0)),
+        has_bias.then(|| total(|p| &p.1)),
+    )
 }
 
 #[cfg(test)]
@@ -290,6 +354,59 @@ mod tests {
         }
         for k in 0..n {
             assert!((gw[k] as f64 - want[k]).abs() < 1e-2 * (1.0 + want[k].abs()));
+        }
+    }
+
+    /// Adding the input gradient into an existing one gives the bits of
+    /// the two steps (the gradient, then `acc += g` in the compute type):
+    /// every kind, with and without weight and bias, f32/f64/bf16, a
+    /// transposed input, one block and many (parallel).
+    #[test]
+    fn backward_add_has_the_two_steps_bits() {
+        fn check<E: FloatDtype>(rows: usize, n: usize, transposed: bool) {
+            let val = |i: usize, k: usize| {
+                E::from_f32((((i * k + 3) * 7919) % 1000) as f32 / 400.0 - 1.2)
+            };
+            let x: Vec<E> = (0..rows * n).map(|i| val(i, 1)).collect();
+            let lx = if transposed {
+                Layout::new(&[rows, n], &[1, rows], 0)
+            } else {
+                Layout::contiguous(&[rows, n])
+            };
+            let w: Vec<E> = (0..n).map(|i| val(i, 5)).collect();
+            let b: Vec<E> = (0..n).map(|i| val(i, 9)).collect();
+            let l1 = Layout::contiguous(&[n]);
+            let gy: Vec<E> = (0..rows * n).map(|i| val(i, 2)).collect();
+            let acc0: Vec<E> = (0..rows * n).map(|i| val(i, 3)).collect();
+            for kind in [NormKind::Layer, NormKind::Rms, NormKind::RmsOffset] {
+                for (weight, bias) in [(false, false), (true, false), (true, true)] {
+                    let wv = weight.then_some((&w[..], &l1));
+                    let bv = bias.then_some((&b[..], &l1));
+                    let (_, st) = norm_forward(kind, &x, &lx, wv, bv, 1e-5);
+                    let g = norm_backward(kind, &x, &lx, wv, bias, &st, &gy);
+                    let want: Vec<E> = acc0
+                        .iter()
+                        .zip(&g.x)
+                        .map(|(a, g)| E::from_acc(a.to_acc() + g.to_acc()))
+                        .collect();
+                    let mut acc = acc0.clone();
+                    let (gw, gb) = norm_backward_add(kind, &x, &lx, wv, bias, &st, &gy, &mut acc);
+                    let bits = |v: &[E]| v.iter().map(|x| x.to_f64().to_bits()).collect::<Vec<_>>();
+                    let what = format!("{kind:?} w {weight} b {bias} {rows}x{n} t {transposed}");
+                    assert_eq!(bits(&acc), bits(&want), "{what}: input gradient");
+                    assert_eq!(gw.map(|v| bits(&v)), g.weight.map(|v| bits(&v)), "{what}");
+                    assert_eq!(gb.map(|v| bits(&v)), g.bias.map(|v| bits(&v)), "{what}");
+                }
+            }
+        }
+        for (rows, n, t) in [
+            (3, 7, false),
+            (5, 33, true),
+            (PAR_THRESHOLD / 16, 32, false),
+        ] {
+            check::<f32>(rows, n, t);
+            check::<f64>(rows, n, t);
+            check::<crate::bf16>(rows, n, t);
         }
     }
 }

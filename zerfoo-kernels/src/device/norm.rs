@@ -37,6 +37,31 @@ pub trait NormKernels: Device {
         stats: &Self::NormStats<E::Acc>,
         grad_y: &Self::Storage<E>,
     ) -> Result<NormGradParts<Self::Storage<E>>, DeviceError>;
+
+    /// [`norm_backward`](Self::norm_backward) with the input gradient added
+    /// into `acc` (the input's gradient so far), with the bits of adding
+    /// it there by [`add_assign`](super::ElementwiseKernels::add_assign);
+    /// returns the weight and bias gradients. This default runs the two
+    /// steps; the CPU does it in the backward's own pass.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn norm_backward_add<E: FloatDtype>(
+        &self,
+        kind: NormKind,
+        x: &Self::Storage<E>,
+        lx: &Layout,
+        weight: Option<(&Self::Storage<E>, &Layout)>,
+        has_bias: bool,
+        stats: &Self::NormStats<E::Acc>,
+        grad_y: &Self::Storage<E>,
+        acc: &mut Self::Storage<E>,
+    ) -> Result<(Option<Self::Storage<E>>, Option<Self::Storage<E>>), DeviceError>
+    where
+        Self: super::ElementwiseKernels,
+    {
+        let (gx, gw, gb) = self.norm_backward(kind, x, lx, weight, has_bias, stats, grad_y)?;
+        self.add_assign(acc, &gx)?;
+        Ok((gw, gb))
+    }
 }
 
 impl NormKernels for Cpu {
@@ -69,6 +94,23 @@ impl NormKernels for Cpu {
         let w = weight.map(|(s, l)| (&s[..], l));
         let g = crate::cpu::norm::norm_backward(kind, x, lx, w, has_bias, stats, grad_y);
         Ok((g.x, g.weight, g.bias))
+    }
+
+    fn norm_backward_add<E: FloatDtype>(
+        &self,
+        kind: NormKind,
+        x: &Vec<E>,
+        lx: &Layout,
+        weight: Option<(&Vec<E>, &Layout)>,
+        has_bias: bool,
+        stats: &Vec<NormStats<E::Acc>>,
+        grad_y: &Vec<E>,
+        acc: &mut Vec<E>,
+    ) -> Result<(Option<Vec<E>>, Option<Vec<E>>), DeviceError> {
+        let w = weight.map(|(s, l)| (&s[..], l));
+        Ok(crate::cpu::norm::norm_backward_add(
+            kind, x, lx, w, has_bias, stats, grad_y, acc,
+        ))
     }
 }
 

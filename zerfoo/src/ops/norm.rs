@@ -117,16 +117,21 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
             record::<Out>(out_id, &parents, move |g| {
                 if let Some(gy) = g.take_on::<D, E>(out_id) {
                     let wv = w.as_ref().map(|(d, l, _)| (&**d, l));
-                    let (gx, gw, gb) = device_ok(dev.norm_backward(
-                        kind,
-                        &x,
-                        &lx,
-                        wv,
-                        bias_id.is_some(),
-                        &stats,
-                        &gy,
-                    ));
-                    g.accumulate_on(&dev, in_id, gx);
+                    let has_bias = bias_id.is_some();
+                    // Into the input's gradient so far (a residual stream's)
+                    // in the backward's own pass, when there is one.
+                    let (gw, gb) = match g.existing_mut_on::<D, E>(in_id) {
+                        Some(acc) => device_ok(
+                            dev.norm_backward_add(kind, &x, &lx, wv, has_bias, &stats, &gy, acc),
+                        ),
+                        None => {
+                            let (gx, gw, gb) = device_ok(
+                                dev.norm_backward(kind, &x, &lx, wv, has_bias, &stats, &gy),
+                            );
+                            g.accumulate_on(&dev, in_id, gx);
+                            (gw, gb)
+                        }
+                    };
                     if let (Some((_, _, id)), Some(gw)) = (&w, gw) {
                         g.accumulate_on(&dev, *id, gw);
                     }
