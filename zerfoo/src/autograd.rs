@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use zerfoo_kernels::{Backend, Cpu, FloatDtype};
+use zerfoo_kernels::{Backend, Cpu, FloatDtype, Layout};
 
 use crate::shape::Shape;
 use crate::tensor::Tensor;
@@ -160,10 +160,34 @@ impl Merge<Tape> for Tape {
 
 /// One gradient buffer behind the type erasure of [`GradStore`]: the
 /// device's storage and the device, so sums and scaling run where the
-/// gradient lives.
+/// gradient lives. The storage may be shared with other tensors' entries
+/// (an addition hands its output's gradient to both operands, see
+/// [`GradStore::accumulate_shared_on`]); it is copied only when written
+/// while shared, or taken while another entry still holds it.
 struct Grad<D: Backend, E: FloatDtype> {
     dev: D,
-    data: D::Storage<E>,
+    data: Arc<D::Storage<E>>,
+}
+
+impl<D: Backend, E: FloatDtype> Grad<D, E> {
+    /// The storage, made this entry's own first if it is shared.
+    fn unique_mut(&mut self) -> &mut D::Storage<E> {
+        if Arc::get_mut(&mut self.data).is_none() {
+            self.data = Arc::new(copy_of(&self.dev, &self.data));
+        }
+        Arc::get_mut(&mut self.data).expect("just made unique")
+    }
+}
+
+/// A copy of contiguous gradient storage on its device.
+fn copy_of<D: Backend, E: FloatDtype>(dev: &D, data: &D::Storage<E>) -> D::Storage<E> {
+    let layout = Layout::contiguous(&[D::storage_len(data)]);
+    device_ok(dev.contiguous(data, &layout))
+}
+
+/// The storage itself when nothing else holds it, else a copy.
+fn owned<D: Backend, E: FloatDtype>(dev: &D, data: Arc<D::Storage<E>>) -> D::Storage<E> {
+    Arc::try_unwrap(data).unwrap_or_else(|shared| copy_of(dev, &shared))
 }
 
 /// What [`GradStore`] and [`Gradients`] do with a gradient whose device and
@@ -186,10 +210,12 @@ impl<D: Backend, E: FloatDtype> GradBuf for Grad<D, E> {
             .unwrap_or_else(|_| {
                 panic!("internal error: gradient of {id:?} changed device or dtype")
             });
-        device_ok(self.dev.add_assign(&mut self.data, &other.data));
+        let dev = self.dev.clone();
+        device_ok(dev.add_assign(self.unique_mut(), &other.data));
     }
     fn scale_by(&mut self, factor: f64) {
-        device_ok(self.dev.scale(&mut self.data, factor));
+        let dev = self.dev.clone();
+        device_ok(dev.scale(self.unique_mut(), factor));
     }
     fn into_any(self: Box<Self>) -> Box<dyn Any> {
         self
@@ -222,20 +248,30 @@ impl GradStore {
         self.take_on::<Cpu, E>(id)
     }
 
-    /// Removes and returns the gradient of `id`, on its device `D`.
+    /// Removes and returns the gradient of `id`, on its device `D` (a copy
+    /// if another entry still shares it).
     pub(crate) fn take_on<D: Backend, E: FloatDtype>(
         &mut self,
         id: TensorId,
     ) -> Option<D::Storage<E>> {
+        let g = self.take_grad::<D, E>(id)?;
+        Some(owned(&g.dev, g.data))
+    }
+
+    /// Removes and returns the gradient of `id`, possibly shared with other
+    /// entries: for a backward that only reads it (no copy).
+    pub(crate) fn take_shared_on<D: Backend, E: FloatDtype>(
+        &mut self,
+        id: TensorId,
+    ) -> Option<Arc<D::Storage<E>>> {
+        Some(self.take_grad::<D, E>(id)?.data)
+    }
+
+    fn take_grad<D: Backend, E: FloatDtype>(&mut self, id: TensorId) -> Option<Grad<D, E>> {
         let b = self.grads.remove(&id)?;
-        Some(
-            b.into_any()
-                .downcast::<Grad<D, E>>()
-                .unwrap_or_else(|_| {
-                    panic!("internal error: gradient of {id:?} stored with another device or dtype")
-                })
-                .data,
-        )
+        Some(*b.into_any().downcast::<Grad<D, E>>().unwrap_or_else(|_| {
+            panic!("internal error: gradient of {id:?} stored with another device or dtype")
+        }))
     }
 
     /// Adds `grad` (contiguous, on `dev`) to the gradient of `id`.
@@ -245,6 +281,18 @@ impl GradStore {
         id: TensorId,
         grad: D::Storage<E>,
     ) {
+        self.accumulate_shared_on(dev, id, Arc::new(grad));
+    }
+
+    /// [`accumulate_on`](Self::accumulate_on) with storage that other
+    /// entries may share: a tensor with no gradient yet takes it as it is
+    /// (no copy until someone writes it while shared).
+    pub(crate) fn accumulate_shared_on<D: Backend, E: FloatDtype>(
+        &mut self,
+        dev: &D,
+        id: TensorId,
+        grad: Arc<D::Storage<E>>,
+    ) {
         match self.grads.get_mut(&id) {
             Some(b) => {
                 let acc = b
@@ -252,7 +300,7 @@ impl GradStore {
                     .downcast_mut::<Grad<D, E>>()
                     .expect("internal error: gradient device or dtype changed");
                 debug_assert_eq!(D::storage_len(&acc.data), D::storage_len(&grad));
-                device_ok(dev.add_assign(&mut acc.data, &grad));
+                device_ok(dev.add_assign(acc.unique_mut(), &grad));
             }
             None => {
                 let g = Grad {
@@ -284,7 +332,7 @@ impl GradStore {
         let b = self.grads.entry(id).or_insert_with(|| {
             Box::new(Grad::<D, E> {
                 dev: dev.clone(),
-                data: device_ok(dev.zeros::<E>(len)),
+                data: Arc::new(device_ok(dev.zeros::<E>(len))),
             })
         });
         let g = b
@@ -292,21 +340,21 @@ impl GradStore {
             .downcast_mut::<Grad<D, E>>()
             .expect("internal error: gradient device or dtype changed");
         debug_assert_eq!(D::storage_len(&g.data), len);
-        &mut g.data
+        g.unique_mut()
     }
 
     fn get<D: Backend, E: FloatDtype>(&self, id: TensorId) -> Option<&D::Storage<E>> {
         self.grads
             .get(&id)
             .and_then(|b| b.as_any().downcast_ref::<Grad<D, E>>())
-            .map(|g| &g.data)
+            .map(|g| &*g.data)
     }
 
     fn get_mut<D: Backend, E: FloatDtype>(&mut self, id: TensorId) -> Option<&mut D::Storage<E>> {
         self.grads
             .get_mut(&id)
             .and_then(|b| b.as_any_mut().downcast_mut::<Grad<D, E>>())
-            .map(|g| &mut g.data)
+            .map(|g| g.unique_mut())
     }
 }
 

@@ -22,6 +22,28 @@ fn tensor_used_twice_accumulates() {
     check_grad1(x, |x| weighted_sum(x.clone() + x.clone().tanh() * x, 8));
 }
 
+/// An addition hands both operands one shared gradient buffer: an operand
+/// used twice, a residual stream whose gradient a layer norm then adds
+/// into (in its own pass) once the product on the other branch has read
+/// it, and an operand whose gradient is written while the other operand
+/// still shares it.
+#[test]
+fn addition_shares_its_gradient_safely() {
+    let x: Tensor<(Rows, Cols), f64> = Tensor::randn((Rows, Cols), 14);
+    check_grad1(x, |x| weighted_sum(x.clone() + x, 15));
+    let x: Tensor<(Rows, Cols), f64> = Tensor::randn((Rows, Cols), 16);
+    let w: Tensor<(Cols, Cols), f64> = Tensor::randn((Cols, Cols), 17);
+    check_grad2(x, w, |x, w| {
+        weighted_sum(x.clone() + x.layer_norm_no_affine(1e-5).matmul(w), 18)
+    });
+    let a: Tensor<(Rows, Cols), f64> = Tensor::randn((Rows, Cols), 19);
+    let b: Tensor<(Rows, Cols), f64> = Tensor::randn((Rows, Cols), 20);
+    check_grad2(a, b, |a, b| {
+        let t = a.clone().exp();
+        weighted_sum(a + b, 21) + weighted_sum(t, 22)
+    });
+}
+
 #[test]
 fn broadcast_gradient_sums_over_new_axis() {
     let bias: Tensor<(Cols,), f64> = Tensor::randn((Cols,), 9);

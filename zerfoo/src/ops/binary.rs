@@ -63,7 +63,15 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
             let (b, lb, idb) = (rhs.data.clone(), rhs.layout, rhs.id);
             let dev = self.device.clone();
             record::<Out<T, T2>>(out_id, &[self.tape.node(), rhs.tape.node()], move |g| {
-                if let Some(gy) = g.take_on::<D, E>(out_id) {
+                if O::CONSTANT_PARTIALS == Some((1.0, 1.0)) {
+                    // An addition: both operands' gradients are the output's,
+                    // one buffer shared until someone writes it (a residual
+                    // stream's gradient is then never copied).
+                    if let Some(gy) = g.take_shared_on::<D, E>(out_id) {
+                        g.accumulate_shared_on(&dev, ida, gy.clone());
+                        g.accumulate_shared_on(&dev, idb, gy);
+                    }
+                } else if let Some(gy) = g.take_on::<D, E>(out_id) {
                     let (ga, gb) =
                         device_ok(dev.binary_backward(op, &a, &la, &b, &lb, gy, (true, true)));
                     if let Some(ga) = ga {

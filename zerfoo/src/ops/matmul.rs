@@ -289,7 +289,7 @@ struct SavedProduct<D: Backend, E: FloatDtype> {
 
 impl<D: Backend, E: FloatDtype> SavedProduct<D, E> {
     /// Accumulates the gradients of both operands (and the bias) from `gy`.
-    fn backward(&self, dev: &D, g: &mut GradStore, gy: D::Storage<E>) {
+    fn backward(&self, dev: &D, g: &mut GradStore, gy: &D::Storage<E>) {
         let (la, lb) = (&self.la, &self.lb);
         let (shared_a, shared_b) = self.shared;
         // gY as `[..batch, M, N]`.
@@ -303,7 +303,7 @@ impl<D: Backend, E: FloatDtype> SavedProduct<D, E> {
         match &self.lhs_act {
             Some(f) => {
                 let gh = device_ok(with_act!(f.act, |op| dev.gemm_batched_act_grad(
-                    &gy,
+                    gy,
                     &lg,
                     &self.b,
                     &swap_last(lb),
@@ -315,9 +315,9 @@ impl<D: Backend, E: FloatDtype> SavedProduct<D, E> {
             }
             None => {
                 let ga = device_ok(if shared_a {
-                    dev.gemm_batch_sum(&gy, &lg, &self.b, &swap_last(lb))
+                    dev.gemm_batch_sum(gy, &lg, &self.b, &swap_last(lb))
                 } else {
-                    dev.gemm_batched(&gy, &lg, &self.b, &swap_last(lb))
+                    dev.gemm_batched(gy, &lg, &self.b, &swap_last(lb))
                 });
                 g.accumulate_on(dev, self.ida, ga);
             }
@@ -325,16 +325,16 @@ impl<D: Backend, E: FloatDtype> SavedProduct<D, E> {
         let a = &self.a;
         // dBᵀ = gYᵀ · A when B is a transposed tensor's view.
         let gb = device_ok(match (shared_b, self.transposed_rhs) {
-            (true, false) => dev.gemm_batch_sum(a, &swap_last(la), &gy, &lg),
-            (false, false) => dev.gemm_batched(a, &swap_last(la), &gy, &lg),
-            (true, true) => dev.gemm_batch_sum(&gy, &swap_last(&lg), a, la),
-            (false, true) => dev.gemm_batched(&gy, &swap_last(&lg), a, la),
+            (true, false) => dev.gemm_batch_sum(a, &swap_last(la), gy, &lg),
+            (false, false) => dev.gemm_batched(a, &swap_last(la), gy, &lg),
+            (true, true) => dev.gemm_batch_sum(gy, &swap_last(&lg), a, la),
+            (false, true) => dev.gemm_batched(gy, &swap_last(&lg), a, la),
         });
         g.accumulate_on(dev, self.idb, gb);
         // The bias's gradient: gY summed over every row.
         if let Some(id) = self.bias_id {
             let rows: Vec<usize> = (0..r - 1).collect();
-            g.accumulate_on(dev, id, device_ok(dev.sum_axes(&gy, &lg, &rows, 1.0)));
+            g.accumulate_on(dev, id, device_ok(dev.sum_axes(gy, &lg, &rows, 1.0)));
         }
     }
 }
@@ -690,13 +690,15 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
                                 None => return,
                             },
                         };
-                        saved.backward(&dev, g, gh);
+                        saved.backward(&dev, g, &gh);
                     };
                     record_fused::<Out<T, T2>, _>(out_id, &parents, backward, offer)
                 }
                 _ => record::<Out<T, T2>>(out_id, &parents, move |g| {
-                    if let Some(gy) = g.take_on::<D, E>(out_id) {
-                        saved.backward(&dev, g, gy);
+                    // Only read: it may stay shared with an addition's other
+                    // operand (a residual stream's gradient).
+                    if let Some(gy) = g.take_shared_on::<D, E>(out_id) {
+                        saved.backward(&dev, g, &gy);
                     }
                 }),
             }
