@@ -77,6 +77,59 @@ where
     out
 }
 
+/// `scale · Σ_r x[r, j]` over the `rows` rows of a row-major `[rows, n]`
+/// block: a contiguous tensor summed over its leading axes (the gradient
+/// of a bias, or of anything broadcast over the batch). Each column is
+/// summed in row order from zero, as [`reduce_axes`] folds it, so the bits
+/// are the same; here whole rows are added at a time (vector code, the
+/// input read once in order), the columns shared out over the pool when
+/// the block is large.
+///
+/// ```
+/// let x = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]; // [3, 2]
+/// assert_eq!(zerfoo_kernels::cpu::reduce::sum_leading_rows(&x, 3, 2, 0.5), [4.5, 6.0]);
+/// ```
+///
+/// # Panics
+/// If `x` holds fewer than `rows * n` values.
+pub fn sum_leading_rows<E: FloatDtype>(x: &[E], rows: usize, n: usize, scale: E::Acc) -> Vec<E> {
+    assert!(x.len() >= rows * n, "sum_leading_rows: input too short");
+    let mut out = vec![E::default(); n];
+    if n == 0 {
+        return out;
+    }
+    // Columns per task: a few tasks per thread once there is enough work.
+    let cols = if rows * n >= PAR_THRESHOLD {
+        n.div_ceil(4 * rayon::current_num_threads()).max(256)
+    } else {
+        n
+    };
+    let body = |(t, part): (usize, &mut [E])| {
+        let c0 = t * cols;
+        let mut acc = vec![E::Acc::zero(); part.len()];
+        super::simd::vectorized(
+            #[inline(always)]
+            || {
+                for r in 0..rows {
+                    let row = &x[r * n + c0..][..part.len()];
+                    for (a, &v) in acc.iter_mut().zip(row) {
+                        *a = *a + v.to_acc();
+                    }
+                }
+                for (o, &a) in part.iter_mut().zip(&acc) {
+                    *o = E::from_acc(a * scale);
+                }
+            },
+        )
+    };
+    if cols < n {
+        for_each_chunk_mut(&mut out, cols, body);
+    } else {
+        body((0, &mut out));
+    }
+    out
+}
+
 /// Like [`reduce_axes`] but also returns, per output, the position (within
 /// the reduced block, row-major) where `better(candidate, best)` last won:
 /// used for max/min/argmax/argmin. NaN wins over everything, as in PyTorch.
@@ -306,6 +359,41 @@ pub fn arg_extreme_axes<E: FloatDtype, const MAX: bool>(
 
 #[cfg(test)]
 mod tests {
+    /// Summing leading rows gives [`reduce_axes`]' bits: f32, f64, bf16,
+    /// one task and many (columns shared out), scaled.
+    #[test]
+    fn sum_leading_rows_has_the_fold_bits() {
+        fn check<E: FloatDtype>(rows: usize, n: usize) {
+            let x: Vec<E> = (0..rows * n)
+                .map(|i| E::from_f32((((i + 5) * 7919) % 1000) as f32 / 300.0 - 1.6))
+                .collect();
+            let l = Layout::contiguous(&[rows, n]);
+            let s = E::Acc::of_f64(0.37);
+            let want = reduce_axes(
+                &x,
+                &l,
+                &[0],
+                E::Acc::zero(),
+                |a, v: E| a + v.to_acc(),
+                |a, _| E::from_acc(a * s),
+            );
+            let got = sum_leading_rows(&x, rows, n, s);
+            let bits = |v: &[E]| v.iter().map(|x| x.to_f64().to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{rows} x {n}");
+        }
+        for (rows, n) in [
+            (1, 1),
+            (3, 7),
+            (12, 8192),
+            (768, 129),
+            (5, PAR_THRESHOLD + 3),
+        ] {
+            check::<f32>(rows, n);
+            check::<f64>(rows, n);
+            check::<crate::bf16>(rows, n);
+        }
+    }
+
     use super::*;
 
     #[test]

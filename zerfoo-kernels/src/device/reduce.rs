@@ -114,6 +114,18 @@ impl ReduceKernels for Cpu {
         scale: f64,
     ) -> Result<Vec<E>, DeviceError> {
         let s = E::Acc::of_f64(scale);
+        // Leading axes of a contiguous tensor, in order: whole rows at a time.
+        let k = axes.len();
+        if lx.is_contiguous() && k < lx.rank() && axes.iter().enumerate().all(|(i, &a)| a == i) {
+            let rows = lx.shape()[..k].iter().product();
+            let n = lx.shape()[k..].iter().product();
+            return Ok(crate::cpu::reduce::sum_leading_rows(
+                &x[lx.offset..],
+                rows,
+                n,
+                s,
+            ));
+        }
         Ok(crate::cpu::reduce::reduce_axes(
             x,
             lx,
