@@ -113,7 +113,7 @@ pub fn sum_leading_rows<E: FloatDtype>(x: &[E], rows: usize, n: usize, scale: E:
                 for r in 0..rows {
                     let row = &x[r * n + c0..][..part.len()];
                     for (a, &v) in acc.iter_mut().zip(row) {
-                        *a = *a + v.to_acc();
+                        *a += v.to_acc();
                     }
                 }
                 for (o, &a) in part.iter_mut().zip(&acc) {
