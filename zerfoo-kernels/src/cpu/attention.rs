@@ -355,21 +355,54 @@ fn tail<A>(x: &[A], from: usize) -> &[A] {
 /// `c += A · B` for compute-type blocks (see [`gemm_acc`]).
 use super::matmul::gemm_acc;
 
-/// Unscaled scores of `bq` query rows `q` (row stride `qst`) against keys
+/// Where the attention scale is applied: inside the exponentials
+/// (`exp(sc·s − sc·m)`, one fused multiply-add, no pass over the scores)
+/// when it is positive, which keeps each row's maximum where it is;
+/// otherwise onto the scores as they are computed, the exponentials then
+/// taking 1.
+#[derive(Clone, Copy)]
+struct ScaleSplit<A> {
+    /// The factor [`scores`] applies, if any.
+    scores: Option<A>,
+    /// The factor inside the exponentials.
+    exp: A,
+}
+
+impl<A: Real> ScaleSplit<A> {
+    fn of(scale: A) -> Self {
+        if scale > A::zero() {
+            ScaleSplit {
+                scores: None,
+                exp: scale,
+            }
+        } else {
+            ScaleSplit {
+                scores: Some(scale),
+                exp: A::one(),
+            }
+        }
+    }
+}
+
+/// Scores of `bq` query rows `q` (row stride `qst`) against keys
 /// `j0..j0 + n` of a head's transposed keys `kt` (`d x tk`, row-major):
-/// `s = q · kt[:, j0..j0 + n]`, `bq x n` (the scale is applied inside the
-/// exponentials, see [`softmax_step`]). Reading the keys transposed makes
-/// the GEMM's right operand row-major, which packs with plain row copies.
+/// `s = q · kt[:, j0..j0 + n]`, `bq x n`, times `scale` if given (see
+/// [`ScaleSplit`]). Reading the keys transposed makes the GEMM's right
+/// operand row-major, which packs with plain row copies.
 #[inline]
 fn scores<A: Real>(
     (q, qst): (&[A], usize),
     kt: &[A],
     (j0, tk): (usize, usize),
     (bq, n, d): (usize, usize, usize),
+    scale: Option<A>,
     s: &mut [A],
 ) {
     s.fill(A::zero());
     gemm_acc(bq, n, d, q, (qst, 1), &kt[j0..], (tk, 1), s);
+    if let Some(scale) = scale {
+        s.iter_mut().for_each(|x| *x *= scale);
+    }
 }
 
 /// Sets to `-inf` the scores (`bq x n`, query rows `i0..`, keys `j0..`) that
@@ -667,22 +700,16 @@ fn forward_block<A: Real>(
     let mut alpha = [A::zero(); QUERY_BLOCK];
     let (m, l, alpha) = (&mut m[..bq], &mut l[..bq], &mut alpha[..bq]);
     let mut sbuf = [A::zero(); QUERY_BLOCK * KEY_BLOCK];
-    // The scale goes into the exponentials when it keeps the maxima where
-    // they are (positive); otherwise onto the scores first.
-    let folded = scale > A::zero();
-    let sc = if folded { scale } else { A::one() };
+    let split = ScaleSplit::of(scale);
     o.fill(A::zero());
     let (lo, hi) = block_keys(mask, i0, bq, tk);
     let mut j0 = lo;
     while j0 < hi {
         let n = KEY_BLOCK.min(hi - j0);
         let s = &mut sbuf[..bq * n];
-        scores(q, kt, (j0, tk), (bq, n, d), s);
-        if !folded {
-            s.iter_mut().for_each(|x| *x *= scale);
-        }
+        scores(q, kt, (j0, tk), (bq, n, d), split.scores, s);
         mask_block(mask, pad, (i0, bq), (j0, n), tk, s);
-        softmax_step(s, n, sc, m, l, alpha);
+        softmax_step(s, n, split.exp, m, l, alpha);
         for (orow, &a) in o.chunks_exact_mut(dv).zip(alpha.iter()) {
             if a != A::one() {
                 orow.iter_mut().for_each(|x| *x *= a);
@@ -695,7 +722,7 @@ fn forward_block<A: Real>(
         if l[r] > A::zero() {
             let inv = l[r].recip();
             orow.iter_mut().for_each(|x| *x *= inv);
-            *lr = sc * m[r] + l[r].ln();
+            *lr = split.exp * m[r] + l[r].ln();
         } else {
             orow.fill(A::zero());
             *lr = ninf;
@@ -910,10 +937,7 @@ pub fn attention_backward<E: FloatDtype>(
                 let mut vt = vec![zero; dv * tk];
                 transpose_rows(vh.rows(bh, 0), tk, dv, tk, &mut vt);
                 let lse = &lse[bh * tq..][..tq];
-                // As in the forward: the scale inside the exponentials
-                // when it is positive, else onto the scores.
-                let folded = sc > zero;
-                let exp_sc = if folded { sc } else { one };
+                let split = ScaleSplit::of(sc);
                 let mut p = [zero; QUERY_BLOCK * KEY_BLOCK];
                 let mut shift = [zero; QUERY_BLOCK];
                 let inf = <A<E> as Float>::infinity();
@@ -932,16 +956,13 @@ pub fn attention_backward<E: FloatDtype>(
                         let (p, dp) = (&mut p[..bq * n], &mut dp[..bq * n]);
                         let qb = tail(qrows, i0 * qst);
                         let dob = tail(dorows, i0 * dost);
-                        scores((qb, qst), &kt, (j0, tk), (bq, n, d), p);
-                        if !folded {
-                            p.iter_mut().for_each(|x| *x *= sc);
-                        }
+                        scores((qb, qst), &kt, (j0, tk), (bq, n, d), split.scores, p);
                         mask_block(mask, pad, (i0, bq), (j0, n), tk, p);
                         // A row that sees no key (lse = -inf) gets exp(s - inf) = 0.
                         for (sh, &l) in shift.iter_mut().zip(&lse[i0..i0 + bq]) {
                             *sh = if l.is_finite() { l } else { inf };
                         }
-                        exp_rows(p, n, exp_sc, &shift[..bq]);
+                        exp_rows(p, n, split.exp, &shift[..bq]);
                         // dv += Pᵀ dO
                         gemm_acc(n, dv, bq, p, (1, n), dob, (dost, 1), dvb);
                         // dP = dO vᵀ, then dS = P ∘ (dP − Di)
@@ -1130,15 +1151,27 @@ mod tests {
             .collect()
     }
 
-    /// Runs the fused kernels on `E`-rounded inputs (stored permuted when
-    /// `permuted`), results stored in `order`, and compares with the f64
-    /// reference on the same values.
+    /// [`check_scaled`] with scale 0.7.
     fn check<E: FloatDtype>(
         dims: AttnDims,
         mask: &AttnMask<'_>,
         permuted: bool,
         order: HeadsOrder,
         tol: f64,
+    ) {
+        check_scaled::<E>(dims, mask, permuted, order, tol, 0.7)
+    }
+
+    /// Runs the fused kernels on `E`-rounded inputs (stored permuted when
+    /// `permuted`), results stored in `order`, and compares with the f64
+    /// reference on the same values.
+    fn check_scaled<E: FloatDtype>(
+        dims: AttnDims,
+        mask: &AttnMask<'_>,
+        permuted: bool,
+        order: HeadsOrder,
+        tol: f64,
+        scale: f64,
     ) {
         let AttnDims {
             b,
@@ -1180,7 +1213,6 @@ mod tests {
             store(&v, tk, dv),
             store(&g, tq, dv),
         );
-        let scale = 0.7;
         let (out, lse) = attention_forward(&qs, &ql, &ks, &kl, &vs, &vl, mask, scale, order);
         let (dq, dk, dvv) = attention_backward(
             &qs, &ql, &ks, &kl, &vs, &vl, &out, &lse, &gs, &gl, mask, scale, order,
@@ -1227,6 +1259,28 @@ mod tests {
     fn padding(b: usize, tk: usize) -> Vec<bool> {
         // batch 0: every third key padded; batch 1: every key padded
         (0..b * tk).map(|n| n / tk == 1 || n % 3 == 1).collect()
+    }
+
+    /// A scale that cannot go inside the exponentials (negative, zero)
+    /// goes onto the scores: still the reference's results, in every mask.
+    #[test]
+    fn non_positive_scales_match_the_reference() {
+        let dims = AttnDims {
+            b: 2,
+            h: 2,
+            tq: 37,
+            tk: 41,
+            d: 5,
+            dv: 6,
+        };
+        let pad = padding(2, 41);
+        for scale in [-0.7, 0.0] {
+            for (n, m) in masks(2, 41, &pad).iter().enumerate() {
+                let order = [HeadsOrder::HeadMajor, HeadsOrder::SeqMajor][n % 2];
+                check_scaled::<f64>(dims, m, n % 3 == 0, order, 1e-10, scale);
+                check_scaled::<f32>(dims, m, n % 3 == 1, order, 1e-4, scale);
+            }
+        }
     }
 
     #[test]

@@ -42,8 +42,9 @@ pub struct NormStats<A> {
 /// Gradients of a normalization.
 #[derive(Clone, Debug)]
 pub struct NormGrads<E> {
-    /// Input gradient, contiguous, shaped like the input.
-    pub x: Vec<E>,
+    /// Input gradient, contiguous, shaped like the input (`None` when it
+    /// was added into the caller's gradient).
+    pub x: Option<Vec<E>>,
     /// Weight gradient (`None` without a weight).
     pub weight: Option<Vec<E>>,
     /// Bias gradient (`None` without a bias).
@@ -138,6 +139,15 @@ type Partial<A> = (Vec<A>, Vec<A>);
 /// layer norm `gx = rstd * (g - mean(g) - xhat * mean(g * xhat))`, RMS norms
 /// `gx = rstd * (g - xhat * mean(g * xhat))`; `gw = sum_rows(grad_y * xhat)`,
 /// `gb = sum_rows(grad_y)`.
+///
+/// With `into` (the input's gradient so far, contiguous) the input gradient
+/// is added there in the same pass instead of returned (`x` is `None`):
+/// the bits of adding the returned gradient elementwise (each value
+/// rounded to `E`, then added in the compute type and rounded).
+///
+/// # Panics
+/// If `into` is not as long as the input.
+#[allow(clippy::too_many_arguments)]
 pub fn norm_backward<E: FloatDtype>(
     kind: NormKind,
     x: &[E],
@@ -146,64 +156,53 @@ pub fn norm_backward<E: FloatDtype>(
     has_bias: bool,
     stats: &[NormStats<E::Acc>],
     grad_y: &[E],
+    into: Option<&mut [E]>,
 ) -> NormGrads<E> {
-    let mut gx = uninit_vec::<E>(lx.numel());
-    let (weight, bias) = backward_into(
-        kind,
-        x,
-        lx,
-        weight,
-        has_bias,
-        stats,
-        grad_y,
-        (&mut gx, false),
-    );
-    NormGrads {
-        // SAFETY: `backward_into` wrote every element of `gx`.
-        x: unsafe { assume_init_vec(gx) },
-        weight,
-        bias,
+    let args = (kind, x, lx, weight, has_bias, stats, grad_y);
+    match into {
+        Some(acc) => {
+            assert_eq!(acc.len(), lx.numel(), "norm_backward: gradient length");
+            // SAFETY: `MaybeUninit<E>` has `E`'s layout; `backward_into` in
+            // adding mode reads each (initialized) element before writing an
+            // initialized value back.
+            let acc = unsafe { &mut *(acc as *mut [E] as *mut [MaybeUninit<E>]) };
+            let (weight, bias) = backward_into(args, (acc, true));
+            NormGrads {
+                x: None,
+                weight,
+                bias,
+            }
+        }
+        None => {
+            let mut gx = uninit_vec::<E>(lx.numel());
+            let (weight, bias) = backward_into(args, (&mut gx, false));
+            NormGrads {
+                // SAFETY: `backward_into` wrote every element of `gx`.
+                x: Some(unsafe { assume_init_vec(gx) }),
+                weight,
+                bias,
+            }
+        }
     }
 }
 
-/// [`norm_backward`] adding the input gradient into `acc` (the input's
-/// gradient so far, contiguous) instead of returning it: the same bits as
-/// adding [`norm_backward`]'s `x` to `acc` elementwise (each value rounded
-/// to `E`, then added in the compute type and rounded), without the
-/// separate pass over both. Returns the weight and bias gradients.
-///
-/// # Panics
-/// If `acc` is not as long as the input.
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
-pub fn norm_backward_add<E: FloatDtype>(
-    kind: NormKind,
-    x: &[E],
-    lx: &Layout,
-    weight: Option<(&[E], &Layout)>,
-    has_bias: bool,
-    stats: &[NormStats<E::Acc>],
-    grad_y: &[E],
-    acc: &mut [E],
-) -> (Option<Vec<E>>, Option<Vec<E>>) {
-    assert_eq!(acc.len(), lx.numel(), "norm_backward_add: gradient length");
-    // SAFETY: `MaybeUninit<E>` has `E`'s layout; `backward_into` in adding
-    // mode reads each (initialized) element before writing an initialized
-    // value back.
-    let acc = unsafe { &mut *(acc as *mut [E] as *mut [MaybeUninit<E>]) };
-    backward_into(kind, x, lx, weight, has_bias, stats, grad_y, (acc, true))
-}
+/// [`norm_backward`]'s inputs: kind, input and layout, weight, whether
+/// there is a bias, statistics, upstream gradient.
+type BackwardArgs<'a, E> = (
+    NormKind,
+    &'a [E],
+    &'a Layout,
+    Option<(&'a [E], &'a Layout)>,
+    bool,
+    &'a [NormStats<<E as FloatDtype>::Acc>],
+    &'a [E],
+);
 
 /// The input gradient written into `out` (or, with `add`, added to the
 /// initialized values there), and the weight and bias gradients.
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+#[allow(clippy::type_complexity)]
 fn backward_into<E: FloatDtype>(
-    kind: NormKind,
-    x: &[E],
-    lx: &Layout,
-    weight: Option<(&[E], &Layout)>,
-    has_bias: bool,
-    stats: &[NormStats<E::Acc>],
-    grad_y: &[E],
+    (kind, x, lx, weight, has_bias, stats, grad_y): BackwardArgs<'_, E>,
     (out, add): (&mut [MaybeUninit<E>], bool),
 ) -> (Option<Vec<E>>, Option<Vec<E>>) {
     let axis = last_axis(lx);
@@ -339,10 +338,19 @@ mod tests {
         let lw = Layout::contiguous(&[n]);
         let (_, st) = norm_forward(NormKind::Layer, &x, &l, Some((&w, &lw)), None, 1e-5);
         let gy = vec![1.0f32; rows * n];
-        let g = norm_backward(NormKind::Layer, &x, &l, Some((&w, &lw)), true, &st, &gy);
+        let g = norm_backward(
+            NormKind::Layer,
+            &x,
+            &l,
+            Some((&w, &lw)),
+            true,
+            &st,
+            &gy,
+            None,
+        );
         // d/db of sum(y) is the row count; d/dx of sum(y) is 0 (y has zero mean per row)
         assert!(g.bias.unwrap().iter().all(|&v| v == rows as f32));
-        assert!(g.x.iter().all(|v| v.abs() < 1e-3));
+        assert!(g.x.unwrap().iter().all(|v| v.abs() < 1e-3));
         // sum over rows of xhat per column, against a direct computation
         let gw = g.weight.unwrap();
         let mut want = vec![0.0f64; n];
@@ -383,14 +391,16 @@ mod tests {
                     let wv = weight.then_some((&w[..], &l1));
                     let bv = bias.then_some((&b[..], &l1));
                     let (_, st) = norm_forward(kind, &x, &lx, wv, bv, 1e-5);
-                    let g = norm_backward(kind, &x, &lx, wv, bias, &st, &gy);
+                    let g = norm_backward(kind, &x, &lx, wv, bias, &st, &gy, None);
                     let want: Vec<E> = acc0
                         .iter()
-                        .zip(&g.x)
+                        .zip(g.x.as_deref().unwrap())
                         .map(|(a, g)| E::from_acc(a.to_acc() + g.to_acc()))
                         .collect();
                     let mut acc = acc0.clone();
-                    let (gw, gb) = norm_backward_add(kind, &x, &lx, wv, bias, &st, &gy, &mut acc);
+                    let ga = norm_backward(kind, &x, &lx, wv, bias, &st, &gy, Some(&mut acc));
+                    assert!(ga.x.is_none());
+                    let (gw, gb) = (ga.weight, ga.bias);
                     let bits = |v: &[E]| v.iter().map(|x| x.to_f64().to_bits()).collect::<Vec<_>>();
                     let what = format!("{kind:?} w {weight} b {bias} {rows}x{n} t {transposed}");
                     assert_eq!(bits(&acc), bits(&want), "{what}: input gradient");

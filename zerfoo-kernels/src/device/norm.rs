@@ -5,8 +5,9 @@ use super::{Cpu, Device, DeviceError};
 use crate::cpu::norm::{NormKind, NormStats};
 use crate::{FloatDtype, Layout, Real};
 
-/// The gradients of a normalization: input, weight (if any), bias (if any).
-pub type NormGradParts<S> = (S, Option<S>, Option<S>);
+/// The gradients of a normalization: input (unless it was added into the
+/// caller's), weight (if any), bias (if any).
+pub type NormGradParts<S> = (Option<S>, Option<S>, Option<S>);
 
 /// Normalization kernels.
 pub trait NormKernels: Device {
@@ -25,7 +26,11 @@ pub trait NormKernels: Device {
         eps: f64,
     ) -> Result<(Self::Storage<E>, Self::NormStats<E::Acc>), DeviceError>;
 
-    /// The gradients of input, weight and bias.
+    /// The gradients of input, weight and bias. With `into` (the input's
+    /// gradient so far) the input's is added there instead of returned
+    /// (`None`), with the bits of adding it by
+    /// [`add_assign`](super::ElementwiseKernels::add_assign): the CPU in the
+    /// backward's own pass, other devices as a second step.
     #[allow(clippy::too_many_arguments)]
     fn norm_backward<E: FloatDtype>(
         &self,
@@ -36,32 +41,8 @@ pub trait NormKernels: Device {
         has_bias: bool,
         stats: &Self::NormStats<E::Acc>,
         grad_y: &Self::Storage<E>,
+        into: Option<&mut Self::Storage<E>>,
     ) -> Result<NormGradParts<Self::Storage<E>>, DeviceError>;
-
-    /// [`norm_backward`](Self::norm_backward) with the input gradient added
-    /// into `acc` (the input's gradient so far), with the bits of adding
-    /// it there by [`add_assign`](super::ElementwiseKernels::add_assign);
-    /// returns the weight and bias gradients. This default runs the two
-    /// steps; the CPU does it in the backward's own pass.
-    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
-    fn norm_backward_add<E: FloatDtype>(
-        &self,
-        kind: NormKind,
-        x: &Self::Storage<E>,
-        lx: &Layout,
-        weight: Option<(&Self::Storage<E>, &Layout)>,
-        has_bias: bool,
-        stats: &Self::NormStats<E::Acc>,
-        grad_y: &Self::Storage<E>,
-        acc: &mut Self::Storage<E>,
-    ) -> Result<(Option<Self::Storage<E>>, Option<Self::Storage<E>>), DeviceError>
-    where
-        Self: super::ElementwiseKernels,
-    {
-        let (gx, gw, gb) = self.norm_backward(kind, x, lx, weight, has_bias, stats, grad_y)?;
-        self.add_assign(acc, &gx)?;
-        Ok((gw, gb))
-    }
 }
 
 impl NormKernels for Cpu {
@@ -90,27 +71,12 @@ impl NormKernels for Cpu {
         has_bias: bool,
         stats: &Vec<NormStats<E::Acc>>,
         grad_y: &Vec<E>,
+        into: Option<&mut Vec<E>>,
     ) -> Result<NormGradParts<Vec<E>>, DeviceError> {
         let w = weight.map(|(s, l)| (&s[..], l));
-        let g = crate::cpu::norm::norm_backward(kind, x, lx, w, has_bias, stats, grad_y);
+        let into = into.map(|v| &mut v[..]);
+        let g = crate::cpu::norm::norm_backward(kind, x, lx, w, has_bias, stats, grad_y, into);
         Ok((g.x, g.weight, g.bias))
-    }
-
-    fn norm_backward_add<E: FloatDtype>(
-        &self,
-        kind: NormKind,
-        x: &Vec<E>,
-        lx: &Layout,
-        weight: Option<(&Vec<E>, &Layout)>,
-        has_bias: bool,
-        stats: &Vec<NormStats<E::Acc>>,
-        grad_y: &Vec<E>,
-        acc: &mut Vec<E>,
-    ) -> Result<(Option<Vec<E>>, Option<Vec<E>>), DeviceError> {
-        let w = weight.map(|(s, l)| (&s[..], l));
-        Ok(crate::cpu::norm::norm_backward_add(
-            kind, x, lx, w, has_bias, stats, grad_y, acc,
-        ))
     }
 }
 
@@ -144,9 +110,17 @@ mod cuda_impl {
             has_bias: bool,
             stats: &CudaNormStats<E::Acc>,
             grad_y: &CudaBuffer<E>,
+            into: Option<&mut CudaBuffer<E>>,
         ) -> Result<NormGradParts<CudaBuffer<E>>, DeviceError> {
             let g = k::norm_backward(kind, x, lx, weight, has_bias, stats, grad_y)?;
-            Ok((g.x, g.weight, g.bias))
+            let x = match into {
+                Some(acc) => {
+                    crate::device::ElementwiseKernels::add_assign(self, acc, &g.x)?;
+                    None
+                }
+                None => Some(g.x),
+            };
+            Ok((x, g.weight, g.bias))
         }
     }
 }

@@ -295,7 +295,8 @@ where
         let dl = order.layout(out_dims);
         let dev = q.device.clone();
         record::<Out<T1, T2, T3>>(out_id, &parents, move |g| {
-            if let Some(gy) = g.take_on::<Dev, E>(out_id) {
+            if let Some(gy) = g.take_shared_on::<Dev, E>(out_id) {
+                // Only read: it may stay shared (see `GradStore::take_shared_on`).
                 let (gq, gk, gv) = device_ok(dev.attention_backward(
                     &qs.0,
                     &qs.1,

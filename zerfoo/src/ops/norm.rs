@@ -115,23 +115,25 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
             let bias_id = bias.map(|p| p.id);
             let dev = self.device.clone();
             record::<Out>(out_id, &parents, move |g| {
-                if let Some(gy) = g.take_on::<D, E>(out_id) {
+                if let Some(gy) = g.take_shared_on::<D, E>(out_id) {
+                    // Only read: it may stay shared (see `GradStore::take_shared_on`).
                     let wv = w.as_ref().map(|(d, l, _)| (&**d, l));
-                    let has_bias = bias_id.is_some();
                     // Into the input's gradient so far (a residual stream's)
                     // in the backward's own pass, when there is one.
-                    let (gw, gb) = match g.existing_mut_on::<D, E>(in_id) {
-                        Some(acc) => device_ok(
-                            dev.norm_backward_add(kind, &x, &lx, wv, has_bias, &stats, &gy, acc),
-                        ),
-                        None => {
-                            let (gx, gw, gb) = device_ok(
-                                dev.norm_backward(kind, &x, &lx, wv, has_bias, &stats, &gy),
-                            );
-                            g.accumulate_on(&dev, in_id, gx);
-                            (gw, gb)
-                        }
-                    };
+                    let into = g.existing_mut_on::<D, E>(in_id);
+                    let (gx, gw, gb) = device_ok(dev.norm_backward(
+                        kind,
+                        &x,
+                        &lx,
+                        wv,
+                        bias_id.is_some(),
+                        &stats,
+                        &gy,
+                        into,
+                    ));
+                    if let Some(gx) = gx {
+                        g.accumulate_on(&dev, in_id, gx);
+                    }
                     if let (Some((_, _, id)), Some(gw)) = (&w, gw) {
                         g.accumulate_on(&dev, *id, gw);
                     }
