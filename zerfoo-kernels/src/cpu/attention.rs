@@ -28,6 +28,8 @@ use std::borrow::Cow;
 
 use num_traits::{Float, Zero};
 
+#[cfg(target_arch = "x86_64")]
+use super::simd::{as_f32, as_f32_mut};
 use super::simd::{lane_max, lane_sum_of, lane_sum_zip, vectorized};
 use super::threads::{run_tasks, SyncPtr};
 use super::{assume_init_vec, uninit_vec, PAR_THRESHOLD};
@@ -525,55 +527,13 @@ fn as_f32_avx512<A: Real>(s: &mut [A], sc: A) -> Option<(&mut [f32], f32)> {
     Some((as_f32_mut(s), sc.as_f64() as f32))
 }
 
-/// `x` as `f32`.
-///
-/// # Panics
-/// Unless `A` is `f32`.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-fn as_f32_mut<A: Real>(x: &mut [A]) -> &mut [f32] {
-    assert!(TypeId::of::<A>() == TypeId::of::<f32>());
-    // SAFETY: `A` is `f32` (same TypeId).
-    unsafe { core::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<f32>(), x.len()) }
-}
-
-/// `x` as `f32`.
-///
-/// # Panics
-/// Unless `A` is `f32`.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-fn as_f32<A: Real>(x: &[A]) -> &[f32] {
-    assert!(TypeId::of::<A>() == TypeId::of::<f32>());
-    // SAFETY: `A` is `f32` (same TypeId).
-    unsafe { core::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) }
-}
-
 /// The `f32` AVX-512 forms of [`exp_rows`] and [`softmax_step`].
 #[cfg(target_arch = "x86_64")]
 mod f32_avx512 {
     use core::arch::x86_64::*;
 
+    use crate::cpu::simd::f32x16::{fold_add, lanes};
     use crate::fastmath::exp_f32x16;
-
-    /// The lanes of a row's 16-wide vector `v` holding columns `16v..n`.
-    #[inline(always)]
-    fn lanes(n: usize, v: usize) -> __mmask16 {
-        let k = n.saturating_sub(16 * v).min(16);
-        ((1u32 << k) - 1) as __mmask16
-    }
-
-    /// The 16 lanes summed in [`crate::cpu::simd::lane_sum_of`]'s order
-    /// (lane `i` with `i + 8`, `i + 4`, `i + 2`, `i + 1`).
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn fold_add(v: __m512) -> f32 {
-        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
-        let s8 = _mm256_add_ps(_mm512_castps512_ps256(v), hi);
-        let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8));
-        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-        _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps::<1>(s2, s2)))
-    }
 
     /// See [`super::exp_rows`].
     ///

@@ -34,7 +34,7 @@ pub fn vectorized<R>(body: impl FnOnce() -> R) -> R {
 }
 
 /// Lanes of the vectorizable sums ([`lane_sum_of`], [`lane_sum_zip`]).
-const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 
 /// `Σ f(xs[i])`, summed in 16 interleaved lanes (`i % 16`) that are added
 /// in a fixed order at the end: a loop the compiler vectorizes (a plain
@@ -137,7 +137,7 @@ fn add_lanes<A: crate::Real, T: Copy>(acc: &mut [A; LANES], c: &[T; LANES], f: &
 /// dependent scalar additions. The order is fixed, so the result still
 /// depends only on the values.
 #[inline(always)]
-fn fold_lanes<A: Copy>(a: [A; LANES], op: impl Fn(A, A) -> A) -> A {
+pub(crate) fn fold_lanes<A: Copy>(a: [A; LANES], op: impl Fn(A, A) -> A) -> A {
     let s8: [A; 8] = core::array::from_fn(|i| op(a[i], a[i + 8]));
     let s4: [A; 4] = core::array::from_fn(|i| op(s8[i], s8[i + 4]));
     op(op(s4[0], s4[2]), op(s4[1], s4[3]))
@@ -196,6 +196,57 @@ unsafe fn run_avx512<R>(body: impl FnOnce() -> R) -> R {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn run_avx2<R>(body: impl FnOnce() -> R) -> R {
     body()
+}
+
+/// `x` as `f32`.
+///
+/// # Panics
+/// Unless `A` is `f32`.
+#[inline]
+pub(crate) fn as_f32<A: 'static>(x: &[A]) -> &[f32] {
+    assert!(core::any::TypeId::of::<A>() == core::any::TypeId::of::<f32>());
+    // SAFETY: `A` is `f32` (same TypeId).
+    unsafe { core::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) }
+}
+
+/// `x` as `f32`.
+///
+/// # Panics
+/// Unless `A` is `f32`.
+#[inline]
+pub(crate) fn as_f32_mut<A: 'static>(x: &mut [A]) -> &mut [f32] {
+    assert!(core::any::TypeId::of::<A>() == core::any::TypeId::of::<f32>());
+    // SAFETY: `A` is `f32` (same TypeId).
+    unsafe { core::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<f32>(), x.len()) }
+}
+
+/// Pieces shared by the explicit `f32` AVX-512 row kernels (attention's
+/// softmax, the norms), which give the bits of the portable loops.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod f32x16 {
+    use core::arch::x86_64::*;
+
+    /// The lanes of a row's 16-wide vector `v` holding columns `16v..n`.
+    #[inline(always)]
+    pub(crate) fn lanes(n: usize, v: usize) -> __mmask16 {
+        let k = n.saturating_sub(16 * v).min(16);
+        ((1u32 << k) - 1) as __mmask16
+    }
+
+    /// The 16 lanes summed in [`super::lane_sum_of`]'s order (lane `i`
+    /// with `i + 8`, `i + 4`, `i + 2`, `i + 1`).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn fold_add(v: __m512) -> f32 {
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+        let s8 = _mm256_add_ps(_mm512_castps512_ps256(v), hi);
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps::<1>(s2, s2)))
+    }
 }
 
 #[cfg(test)]

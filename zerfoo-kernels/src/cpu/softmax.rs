@@ -49,6 +49,35 @@ impl AxisRows {
         self.outer * self.inner
     }
 
+    /// [`AxisRows::start`] for every row of `layout`, as a function of the
+    /// row: for a contiguous layout one multiply-add per row, where the
+    /// general walk divides by every dimension.
+    ///
+    /// ```
+    /// use zerfoo_kernels::{cpu::softmax::AxisRows, Layout};
+    /// let l = Layout::contiguous(&[2, 3, 4]);
+    /// let rows = AxisRows::new(l.shape(), 2);
+    /// let start = rows.starts(&l);
+    /// assert_eq!(start(5), rows.start(&l, 5));
+    /// assert_eq!(start(5), (20, 1));
+    /// ```
+    #[inline]
+    pub fn starts<'a>(&self, layout: &'a Layout) -> impl Fn(usize) -> (usize, usize) + Copy + 'a {
+        let rows = *self;
+        let dense = layout.is_contiguous().then(|| layout.index_of(0));
+        move |r| match dense {
+            Some(offset) => {
+                let (o, j) = if rows.inner == 1 {
+                    (r, 0)
+                } else {
+                    (r / rows.inner, r % rows.inner)
+                };
+                (offset + o * rows.n * rows.inner + j, rows.inner)
+            }
+            None => rows.start(layout, r),
+        }
+    }
+
     /// Storage offset of the first element of row `r` in `layout`, and the
     /// stride between its elements. Rows are numbered `outer`-major.
     #[inline]
