@@ -174,30 +174,35 @@ fn normalize_f32_rows<E: FloatDtype>(
     (w, b): Affine<'_, E::Acc>,
     (d, eps): (E::Acc, E::Acc),
 ) -> usize {
-    /// Rows `done..done + R`, unless one of them is strided (`false`).
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    fn group<E: FloatDtype, const R: usize>(
-        x: &[f32],
-        (out, stats): (&mut [MaybeUninit<E>], &mut [NormStats<E::Acc>]),
-        (first, done): (usize, usize),
-        start: impl Fn(usize) -> (usize, usize),
+    /// What every group of rows shares.
+    struct Rows<'a, S> {
+        x: &'a [f32],
+        first: usize,
+        start: S,
         n: usize,
         kind: NormKind,
-        (w, b): Affine<'_, f32>,
-        (d, eps): (f32, f32),
+        affine: Affine<'a, f32>,
+        d_eps: (f32, f32),
+    }
+    /// Rows `done..done + R`, unless one of them is strided (`false`).
+    #[inline(always)]
+    fn group<E: FloatDtype, S: Fn(usize) -> (usize, usize), const R: usize>(
+        c: &Rows<'_, S>,
+        (out, stats): (&mut [MaybeUninit<E>], &mut [NormStats<E::Acc>]),
+        done: usize,
     ) -> bool {
-        let at: [(usize, usize); R] = core::array::from_fn(|i| start(first + done + i));
+        let n = c.n;
+        let at: [(usize, usize); R] = core::array::from_fn(|i| (c.start)(c.first + done + i));
         if at.iter().any(|&(_, stride)| stride != 1) {
             return false;
         }
-        let rows = at.map(|(at, _)| x[at..at + n].as_ptr());
+        let rows = at.map(|(at, _)| c.x[at..at + n].as_ptr());
         let outs: [*mut f32; R] =
             core::array::from_fn(|i| out[(done + i) * n..][..n].as_mut_ptr().cast());
         // SAFETY: AVX-512 (the caller checked); each row and output holds
         // `n` values (sliced above).
         let st =
-            unsafe { f32_avx512::normalize_rows::<R>((rows, outs, n), kind, (w, b), (d, eps)) };
+            unsafe { f32_avx512::normalize_rows::<R>((rows, outs, n), c.kind, c.affine, c.d_eps) };
         for (s, st) in stats[done..done + R].iter_mut().zip(st) {
             *s = NormStats {
                 mean: E::Acc::of_f64(st.mean as f64),
@@ -206,23 +211,23 @@ fn normalize_f32_rows<E: FloatDtype>(
         }
         true
     }
-    let (x, w, b) = (as_f32(x), w.map(as_f32), b.map(as_f32));
-    let (d, eps) = (d.as_f64() as f32, eps.as_f64() as f32);
-    let mut done = 0;
-    while done < stats.len() {
-        let whole = done + 4 <= stats.len();
-        let at = (&mut *out, &mut *stats);
-        let ok = if whole {
-            group::<E, 4>(x, at, (first, done), start, n, kind, (w, b), (d, eps))
+    let c = Rows {
+        x: as_f32(x),
+        first,
+        start,
+        n,
+        kind,
+        affine: (w.map(as_f32), b.map(as_f32)),
+        d_eps: (d.as_f64() as f32, eps.as_f64() as f32),
+    };
+    in_fours_then_ones(stats.len(), |done, four| {
+        let rows = (&mut *out, &mut *stats);
+        if four {
+            group::<E, _, 4>(&c, rows, done)
         } else {
-            group::<E, 1>(x, at, (first, done), start, n, kind, (w, b), (d, eps))
-        };
-        if !ok {
-            break;
+            group::<E, _, 1>(&c, rows, done)
         }
-        done += if whole { 4 } else { 1 };
-    }
-    done
+    })
 }
 
 /// One row of [`norm_forward`]: the statistics of `xs` (each value taken
@@ -288,29 +293,37 @@ fn backward_f32_rows<E: FloatDtype>(
     (dw, db): (&mut [f32], &mut [f32]),
     (w, kind, d): (&[f32], NormKind, E::Acc),
 ) -> usize {
+    /// What every group of rows shares.
+    struct Rows<'a, A, S> {
+        x: &'a [f32],
+        grad_y: &'a [f32],
+        stats: &'a [NormStats<A>],
+        first: usize,
+        start: S,
+        w: &'a [f32],
+        kind: NormKind,
+        d: f32,
+        add: bool,
+    }
     /// Rows `done..done + R`, unless one of them is strided (`false`).
     #[inline(always)]
-    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
-    fn group<E: FloatDtype, const R: usize>(
-        (x, grad_y, stats): (&[f32], &[f32], &[NormStats<E::Acc>]),
-        (out, add): (&mut [MaybeUninit<E>], bool),
-        (first, done): (usize, usize),
-        start: impl Fn(usize) -> (usize, usize),
-        (dw, db): (&mut [f32], &mut [f32]),
-        (w, kind, d): (&[f32], NormKind, f32),
+    fn group<E: FloatDtype, S: Fn(usize) -> (usize, usize), const R: usize>(
+        c: &Rows<'_, E::Acc, S>,
+        out: &mut [MaybeUninit<E>],
+        sums: (&mut [f32], &mut [f32]),
+        done: usize,
     ) -> bool {
-        let n = w.len();
-        let at: [(usize, usize); R] = core::array::from_fn(|i| start(first + done + i));
+        let (n, r0) = (c.w.len(), c.first + done);
+        let at: [(usize, usize); R] = core::array::from_fn(|i| (c.start)(r0 + i));
         if at.iter().any(|&(_, stride)| stride != 1) {
             return false;
         }
-        let xs = at.map(|(at, _)| x[at..at + n].as_ptr());
-        let gys: [*const f32; R] =
-            core::array::from_fn(|i| grad_y[(first + done + i) * n..][..n].as_ptr());
+        let xs = at.map(|(at, _)| c.x[at..at + n].as_ptr());
+        let gys: [*const f32; R] = core::array::from_fn(|i| c.grad_y[(r0 + i) * n..][..n].as_ptr());
         let outs: [*mut f32; R] =
             core::array::from_fn(|i| out[(done + i) * n..][..n].as_mut_ptr().cast());
         let st: [NormStats<f32>; R] = core::array::from_fn(|i| {
-            let st = stats[first + done + i];
+            let st = c.stats[r0 + i];
             NormStats {
                 mean: st.mean.as_f64() as f32,
                 rstd: st.rstd.as_f64() as f32,
@@ -319,40 +332,49 @@ fn backward_f32_rows<E: FloatDtype>(
         // SAFETY: AVX-512 (the caller checked); every row holds `n` values
         // (sliced above), the outputs initialized in adding mode.
         unsafe {
-            f32_avx512::backward_rows::<R>((xs, st, gys, w), (dw, db), (outs, add), (n, kind, d))
+            f32_avx512::backward_rows::<R>(
+                (xs, st, gys, c.w),
+                sums,
+                (outs, c.add),
+                (n, c.kind, c.d),
+            )
         };
         true
     }
-    let (x, grad_y) = (as_f32(x), as_f32(grad_y));
-    let d = d.as_f64() as f32;
-    let rows = out.len() / w.len().max(1);
+    let c = Rows {
+        x: as_f32(x),
+        grad_y: as_f32(grad_y),
+        stats,
+        first,
+        start,
+        w,
+        kind,
+        d: d.as_f64() as f32,
+        add,
+    };
+    in_fours_then_ones(out.len() / w.len().max(1), |done, four| {
+        let sums = (&mut *dw, &mut *db);
+        if four {
+            group::<E, _, 4>(&c, out, sums, done)
+        } else {
+            group::<E, _, 1>(&c, out, sums, done)
+        }
+    })
+}
+
+/// Calls `group(done, four)` for the rows of a task: four at a time
+/// (`four`) while four remain, then one at a time, until a group declines
+/// (returns `false`); returns how many rows the groups took.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn in_fours_then_ones(rows: usize, mut group: impl FnMut(usize, bool) -> bool) -> usize {
     let mut done = 0;
     while done < rows {
-        let whole = done + 4 <= rows;
-        let (o, sums) = ((&mut *out, add), (&mut *dw, &mut *db));
-        let ok = if whole {
-            group::<E, 4>(
-                (x, grad_y, stats),
-                o,
-                (first, done),
-                start,
-                sums,
-                (w, kind, d),
-            )
-        } else {
-            group::<E, 1>(
-                (x, grad_y, stats),
-                o,
-                (first, done),
-                start,
-                sums,
-                (w, kind, d),
-            )
-        };
-        if !ok {
+        let four = done + 4 <= rows;
+        if !group(done, four) {
             break;
         }
-        done += if whole { 4 } else { 1 };
+        done += if four { 4 } else { 1 };
     }
     done
 }
