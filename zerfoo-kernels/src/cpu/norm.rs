@@ -14,7 +14,7 @@ use num_traits::{Float, One, Zero};
 
 #[cfg(target_arch = "x86_64")]
 use super::simd::{as_f32, as_f32_mut};
-use super::simd::{fold_lanes, lane_sum_of, vectorized, LANES};
+use super::simd::{lane_sum_of, lane_sum_zip, vectorized};
 use super::softmax::{map_row, AxisRows};
 use super::threads::{for_each_chunk_pair_mut, map_chunks_mut};
 use super::{assume_init_vec, map, uninit_vec, CHUNK, PAR_THRESHOLD};
@@ -379,68 +379,6 @@ fn in_fours_then_ones(rows: usize, mut group: impl FnMut(usize, bool) -> bool) -
     done
 }
 
-/// One row of the norm backward's first pass, in one walk over the row:
-/// `g = grad_y * w` into `g`, `grad_y * xhat` and `grad_y` added into
-/// `dw` and `db`, and the row sums `Σ g` and `Σ g * xhat` in the 16 lanes
-/// of [`lane_sum_of`] (the same bits as those sums taken in passes of
-/// their own). All slices are as long as `g`.
-#[inline(always)]
-fn weighted_grad_row<E: FloatDtype>(
-    gy: &[E],
-    xhat: &[E::Acc],
-    w: &[E::Acc],
-    g: &mut [E::Acc],
-    (dw, db): (&mut [E::Acc], &mut [E::Acc]),
-) -> (E::Acc, E::Acc) {
-    let n = g.len();
-    let (gy, xhat, w, dw, db) = (&gy[..n], &xhat[..n], &w[..n], &mut dw[..n], &mut db[..n]);
-    let (mut sg, mut sgx) = ([E::Acc::zero(); LANES], [E::Acc::zero(); LANES]);
-    // `g` and `g * xhat` at `k`, the weight and bias sums updated.
-    #[inline(always)]
-    fn at<E: FloatDtype>(
-        gy: E,
-        xh: E::Acc,
-        w: E::Acc,
-        dw: &mut E::Acc,
-        db: &mut E::Acc,
-    ) -> (E::Acc, E::Acc) {
-        let gy = gy.to_acc();
-        *dw += gy * xh;
-        *db += gy;
-        let g = gy * w;
-        (g, g * xh)
-    }
-    let chunks = gy
-        .chunks_exact(LANES)
-        .zip(xhat.chunks_exact(LANES))
-        .zip(w.chunks_exact(LANES))
-        .zip(dw.chunks_exact_mut(LANES))
-        .zip(db.chunks_exact_mut(LANES))
-        .zip(g.chunks_exact_mut(LANES));
-    for (((((gy, xh), w), dw), db), g) in chunks {
-        // The values first, then one add per lane (as `lane_sum_zip`):
-        // the sums stay in vector registers.
-        let (mut vg, mut vgx) = ([E::Acc::zero(); LANES], [E::Acc::zero(); LANES]);
-        for i in 0..LANES {
-            (vg[i], vgx[i]) = at::<E>(gy[i], xh[i], w[i], &mut dw[i], &mut db[i]);
-            g[i] = vg[i];
-        }
-        for i in 0..LANES {
-            sg[i] += vg[i];
-            sgx[i] += vgx[i];
-        }
-    }
-    let whole = n - n % LANES;
-    for (i, k) in (whole..n).enumerate() {
-        let (gk, gx) = at::<E>(gy[k], xhat[k], w[k], &mut dw[k], &mut db[k]);
-        g[k] = gk;
-        sg[i] += gk;
-        sgx[i] += gx;
-    }
-    let add = |a: E::Acc, b: E::Acc| a + b;
-    (fold_lanes(sg, add), fold_lanes(sgx, add))
-}
-
 /// A norm's effective weight and its bias, in the compute type, if any.
 type Affine<'a, A> = (Option<&'a [A]>, Option<&'a [A]>);
 
@@ -523,7 +461,6 @@ fn backward_into<E: FloatDtype>(
     let (count, n) = (rows.count(), rows.n);
     let has_weight = weight.is_some();
     let w = effective_weight(kind, weight);
-
     if count == 0 || n == 0 {
         let z = |on: bool| on.then(|| vec![E::from_acc(E::Acc::zero()); n]);
         return (z(has_weight), z(has_bias));
@@ -538,8 +475,8 @@ fn backward_into<E: FloatDtype>(
     let fast = f32_avx512::usable::<E>();
     let body = |(blk, chunk): (usize, &mut [MaybeUninit<E>])| {
         let (mut dw, mut db) = (vec![E::Acc::zero(); n], vec![E::Acc::zero(); n]);
-        let mut buf = vec![E::Acc::zero(); n];
-        let mut g = vec![E::Acc::zero(); n];
+        // The portable rows' scratch (`xhat`, `g`), sized when first used.
+        let (mut buf, mut g) = (Vec::new(), Vec::new());
         vectorized(
             #[inline(always)]
             || {
@@ -564,14 +501,28 @@ fn backward_into<E: FloatDtype>(
                     let r = first + i;
                     let st = stats[r];
                     let gy = &grad_y[r * n..(r + 1) * n];
+                    buf.resize(n, E::Acc::zero());
+                    g.resize(n, E::Acc::zero());
                     map_row(x, start(r), &mut buf, |x| (x.to_acc() - st.mean) * st.rstd);
-                    let sums = weighted_grad_row::<E>(gy, &buf, &w, &mut g, (&mut dw, &mut db));
+                    // The weight and bias gradients sum grad_y * xhat and
+                    // grad_y over rows; g = grad_y * w_eff.
+                    for ((((gk, &gy), &xh), dw), db) in
+                        g.iter_mut().zip(gy).zip(&buf).zip(&mut dw).zip(&mut db)
+                    {
+                        let gy = gy.to_acc();
+                        *dw += gy * xh;
+                        *db += gy;
+                        *gk = gy;
+                    }
+                    for (gk, &w) in g.iter_mut().zip(&w) {
+                        *gk *= w;
+                    }
                     let mg = if kind == NormKind::Layer {
-                        sums.0 / d
+                        lane_sum_of(&g, |x| x) / d
                     } else {
                         E::Acc::zero()
                     };
-                    let mgx = sums.1 / d;
+                    let mgx = lane_sum_zip(&g, &buf, |g, b| g * b) / d;
                     let grad = |gk: E::Acc, xh: E::Acc| E::from_acc(st.rstd * (gk - mg - xh * mgx));
                     if add {
                         for ((o, &gk), &xh) in out.iter_mut().zip(g.iter()).zip(buf.iter()) {

@@ -359,6 +359,8 @@ pub fn arg_extreme_axes<E: FloatDtype, const MAX: bool>(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     /// Summing leading rows gives [`reduce_axes`]' bits: f32, f64, bf16,
     /// one task and many (columns shared out), scaled.
     #[test]
@@ -393,8 +395,6 @@ mod tests {
             check::<crate::bf16>(rows, n);
         }
     }
-
-    use super::*;
 
     #[test]
     fn sums_over_middle_axis() {

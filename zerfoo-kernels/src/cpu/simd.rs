@@ -34,7 +34,7 @@ pub fn vectorized<R>(body: impl FnOnce() -> R) -> R {
 }
 
 /// Lanes of the vectorizable sums ([`lane_sum_of`], [`lane_sum_zip`]).
-pub(crate) const LANES: usize = 16;
+const LANES: usize = 16;
 
 /// `Σ f(xs[i])`, summed in 16 interleaved lanes (`i % 16`) that are added
 /// in a fixed order at the end: a loop the compiler vectorizes (a plain
@@ -137,7 +137,7 @@ fn add_lanes<A: crate::Real, T: Copy>(acc: &mut [A; LANES], c: &[T; LANES], f: &
 /// dependent scalar additions. The order is fixed, so the result still
 /// depends only on the values.
 #[inline(always)]
-pub(crate) fn fold_lanes<A: Copy>(a: [A; LANES], op: impl Fn(A, A) -> A) -> A {
+fn fold_lanes<A: Copy>(a: [A; LANES], op: impl Fn(A, A) -> A) -> A {
     let s8: [A; 8] = core::array::from_fn(|i| op(a[i], a[i + 8]));
     let s4: [A; 4] = core::array::from_fn(|i| op(s8[i], s8[i + 4]));
     op(op(s4[0], s4[2]), op(s4[1], s4[3]))
