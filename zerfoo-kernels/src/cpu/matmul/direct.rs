@@ -1,5 +1,5 @@
 //! Small `f32` products read in place, for the blocks of other kernels (the
-//! fused attention's 64 x 64 x 32 products): `c += A · B` with `B` row-major
+//! fused attention's 32 x 32 x 64 products): `c += A · B` with `B` row-major
 //! (unit column stride) and `A` at any strides, no packing, no allocation.
 //!
 //! An AVX-512 tile of `R` rows by `16 * V` columns of `C` stays in registers
@@ -8,6 +8,11 @@
 //! sum runs in the packed kernels' order (a fused multiply-add chain over the
 //! depth starting from zero, then one add to `c`), so for depths up to
 //! [`super::KC`] the bits equal the blocked path's.
+//!
+//! A transposed `A` (unit row stride) is read at fixed offsets from one
+//! pointer, a row-major one (unit depth stride) from one pointer per row with
+//! a shared depth index: no address arithmetic per value in the depth loop
+//! (32 x 32 x 32 in L1: 58 -> 60-64% of the core's FMA peak).
 
 #[cfg(target_arch = "x86_64")]
 use core::arch::x86_64::*;
@@ -162,24 +167,53 @@ unsafe fn tile_rows<const V: usize>(rows: usize, t: TileArgs) {
 unsafe fn tile<const R: usize, const V: usize>((k, a, rsa, csa, b, rsb, c, ldc, mask): TileArgs) {
     let lane_mask = |v: usize| if v + 1 == V { mask } else { !0 };
     let mut acc = [[_mm512_setzero_ps(); V]; R];
-    let (mut ap, mut bp) = (a, b);
-    for _ in 0..k {
+    let mut bp = b;
+    // One depth step, `x(r)` reading `A[r, p]`, `bp` pointing at `B[p, 0]`.
+    let mut step = |x: &dyn Fn(usize) -> f32, bp: *const f32| {
         let mut bv = [_mm512_setzero_ps(); V];
         for (v, bv) in bv.iter_mut().enumerate() {
             // SAFETY: masked lanes are not read (no fault); the rest lie in `B`.
             *bv = unsafe { _mm512_maskz_loadu_ps(lane_mask(v), bp.add(16 * v)) };
         }
         for (r, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: row `r < R` of `A` at the current depth.
-            let x = _mm512_set1_ps(unsafe { *ap.add(r * rsa) });
+            let x = _mm512_set1_ps(x(r));
             for (acc, &bv) in acc.iter_mut().zip(&bv) {
                 *acc = _mm512_fmadd_ps(x, bv, *acc);
             }
         }
-        // Wrapping: after the last depth these may point past the operands
-        // (they are not read then).
-        ap = ap.wrapping_add(csa);
-        bp = bp.wrapping_add(rsb);
+    };
+    if rsa == 1 {
+        // A transposed: a depth step's values are adjacent.
+        let mut ap = a;
+        for _ in 0..k {
+            // SAFETY: row `r < R` of `A` at the current depth.
+            step(&|r| unsafe { *ap.add(r) }, bp);
+            ap = ap.wrapping_add(csa);
+            bp = bp.wrapping_add(rsb);
+        }
+    } else if csa == 1 {
+        // A row-major: one pointer per row, one shared depth index.
+        let rows: [*const f32; R] = core::array::from_fn(|r| {
+            // Opaque to the optimizer: it then addresses each row from its
+            // own register with the shared index instead of stepping one
+            // register by `rsa` for every value.
+            core::hint::black_box(a.wrapping_add(r * rsa))
+        });
+        for p in 0..k {
+            // SAFETY: row `r < R` of `A` at depth `p < k`.
+            step(&|r| unsafe { *rows[r].add(p) }, bp);
+            bp = bp.wrapping_add(rsb);
+        }
+    } else {
+        let mut ap = a;
+        for _ in 0..k {
+            // SAFETY: row `r < R` of `A` at the current depth.
+            step(&|r| unsafe { *ap.add(r * rsa) }, bp);
+            // Wrapping: after the last depth these may point past the operands
+            // (they are not read then).
+            ap = ap.wrapping_add(csa);
+            bp = bp.wrapping_add(rsb);
+        }
     }
     for (r, acc) in acc.iter().enumerate() {
         for (v, &acc) in acc.iter().enumerate() {

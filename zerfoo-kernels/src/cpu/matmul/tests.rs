@@ -1019,8 +1019,8 @@ fn bf16_rounding_matches_from_f32() {
 
 /// The in-place small-product path (`direct`) against the blocked path
 /// (bit for bit: same summation order) and the f64 triple loop, at sizes
-/// that leave partial row tiles and partial vectors, with `A` row-major or
-/// transposed and padded row strides.
+/// that leave partial row tiles and partial vectors, with `A` row-major,
+/// transposed or strided both ways, and padded row strides.
 #[test]
 fn direct_small_products_match_blocked_bitwise() {
     if !std::arch::is_x86_feature_detected!("avx512f") {
@@ -1036,8 +1036,13 @@ fn direct_small_products_match_blocked_bitwise() {
         (13, 33, 64),
         (64, 48, 129),
     ] {
-        for trans_a in [false, true] {
-            let (rsa, csa) = if trans_a { (1, m + 2) } else { (k + 3, 1) };
+        // A row-major, transposed, and strided both ways (each has its own loop).
+        for a_order in 0..3 {
+            let (rsa, csa) = match a_order {
+                0 => (k + 3, 1),
+                1 => (1, m + 2),
+                _ => (2 * k + 3, 2),
+            };
             let rsb = n + 5;
             let a64 = vals((m - 1) * rsa + (k - 1) * csa + 1, (m * 7 + k) as u64);
             let b64 = vals((k - 1) * rsb + n, (n * 3 + k) as u64);
@@ -1070,7 +1075,7 @@ fn direct_small_products_match_blocked_bitwise() {
             assert_eq!(
                 direct_c.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
                 blocked_c.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                "{m}x{n}x{k} trans_a {trans_a}"
+                "{m}x{n}x{k} A order {a_order}"
             );
             let mut want = c64.clone();
             for i in 0..m {
@@ -1081,7 +1086,7 @@ fn direct_small_products_match_blocked_bitwise() {
                 }
             }
             let got: Vec<f64> = direct_c.iter().map(|&x| x as f64).collect();
-            assert!(max_rel(&got, &want) < 1e-5, "{m}x{n}x{k} trans_a {trans_a}");
+            assert!(max_rel(&got, &want) < 1e-5, "{m}x{n}x{k} A order {a_order}");
         }
     }
     // Not for it: a transposed B, or a depth beyond one block.
