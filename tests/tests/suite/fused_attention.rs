@@ -2,13 +2,14 @@
 //! gradients of q, k, v (permuted, broadcast and reused inputs), agreement
 //! with the unfused `try_scaled_dot_product_attention` (forward and
 //! gradients) under every kind of mask, every dtype against the f64
-//! reference, forward values by hand, and run-time shape errors.
+//! reference, forward values by hand, and run-time shape errors; the
+//! one-projection form (`try_fused_attention_qkv`) against the split heads.
 
 use zerfoo::autograd::TapeState;
 use zerfoo::nn::try_scaled_dot_product_attention;
 use zerfoo::ops::{
     fused_attention, fused_attention_bthd, try_fused_attention, try_fused_attention_bthd,
-    AttentionMask,
+    try_fused_attention_qkv, AttentionMask,
 };
 use zerfoo::prelude::*;
 use zerfoo_tests::{cast, check_dtypes, check_grad1, rel_err, weighted_sum};
@@ -317,6 +318,93 @@ fn sequence_major_form_matches_heads_first() {
     match try_fused_attention_bthd(q, k.clone(), k, &AttentionMask::none(), 1.0) {
         Err(Error::ShapeMismatch { lhs, rhs, .. }) => {
             assert_eq!((lhs, rhs), (vec![1, 3, 2, 4], vec![2, 5, 2, 4]))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+dim!(Qkv = 30);
+
+/// The heads of block `part` (0: queries, 1: keys, 2: values) of a
+/// `(B, T, 3·H·D)` projection, as a layer splits them.
+fn qkv_block<Tp: TapeState>(
+    qkv: Tensor<(Batch, Seq, Qkv), f64, Cpu, Tp>,
+    part: usize,
+) -> Tensor<(Batch, Seq, Heads, HeadDim), f64, Cpu, Tp> {
+    qkv.narrow::<Axis<2>>(10 * part, 10)
+        .split_heads::<Heads, HeadDim>()
+}
+
+#[test]
+fn one_projection_form_matches_split_heads() {
+    let heads = (Heads, HeadDim);
+    let pad: Vec<bool> = (0..2 * 7).map(|n| n / 7 == 1 || n % 3 == 2).collect();
+    let masks = [
+        AttentionMask::none(),
+        AttentionMask::causal(),
+        AttentionMask::causal().window(3),
+        AttentionMask::none().padding(pad.clone()),
+        AttentionMask::causal().padding(pad).offsets(2, 2),
+    ];
+    let dense: Tensor<(Batch, Seq, Qkv), f64> = Tensor::randn(Default::default(), 40);
+    // The same values stored with the positions outermost (a strided view).
+    let strided = dense
+        .clone()
+        .transpose::<0, 1>()
+        .contiguous()
+        .transpose::<0, 1>();
+    for (n, m) in masks.iter().enumerate() {
+        for qkv in [dense.clone(), strided.clone()] {
+            let y =
+                try_fused_attention_qkv(qkv.clone().traced(), heads.0, heads.1, m, 0.6).unwrap();
+            let x = qkv.clone().traced();
+            let (q, k, v) = (
+                qkv_block(x.clone(), 0),
+                qkv_block(x.clone(), 1),
+                qkv_block(x, 2),
+            );
+            let want = fused_attention_bthd(q, k, v, m, 0.6);
+            // The same kernels on the same values: the same bits.
+            assert_eq!(y.to_vec(), want.to_vec(), "forward, mask {n}");
+            let w: Tensor<(Batch, Seq, Heads, HeadDim), f64> =
+                Tensor::randn(Default::default(), 50 + n as u64);
+            let g = y.mul(w.clone()).sum_all().backward();
+            let gw = want.mul(w).sum_all().backward();
+            assert_eq!(
+                g.get(&qkv).unwrap().to_vec(),
+                gw.get(&qkv).unwrap().to_vec(),
+                "gradient, mask {n}"
+            );
+        }
+        check_grad1(dense.clone(), |x| {
+            weighted_sum(
+                try_fused_attention_qkv(x, heads.0, heads.1, m, 0.6).unwrap(),
+                41,
+            )
+        });
+        check_dtypes!("one-projection fused attention", |E| {
+            let x = cast::<E, _>(&dense);
+            let y = try_fused_attention_qkv(x.clone().traced(), heads.0, heads.1, m, 0.6).unwrap();
+            let mut out = y.to_f64_vec();
+            out.extend(y.sum_all().backward().get(&x).unwrap().to_f64_vec());
+            out
+        });
+    }
+    // Untracked: the forward alone.
+    let y = try_fused_attention_qkv(dense.clone(), heads.0, heads.1, &masks[1], 0.6).unwrap();
+    assert_eq!(y.dims(), [2, 7, 2, 5]);
+    // A width other than 3 · heads · head dim, and a padding of the wrong length.
+    let x: Tensor<(Dyn, U3, Dyn), f64> = Tensor::zeros((Dyn(2), U3::default(), Dyn(29)));
+    match try_fused_attention_qkv(x, heads.0, heads.1, &AttentionMask::none(), 1.0) {
+        Err(Error::ShapeMismatch { lhs, rhs, .. }) => {
+            assert_eq!((lhs, rhs), (vec![2, 3, 29], vec![2, 3, 30]))
+        }
+        other => panic!("{other:?}"),
+    }
+    let short = AttentionMask::causal().padding(vec![false; 13]);
+    match try_fused_attention_qkv(dense, heads.0, heads.1, &short, 1.0) {
+        Err(Error::ShapeMismatch { lhs, rhs, .. }) => {
+            assert_eq!((lhs, rhs), (vec![13], vec![2, 7]))
         }
         other => panic!("{other:?}"),
     }

@@ -840,6 +840,168 @@ pub fn attention_backward<E: FloatDtype>(
         d,
         dv,
     } = AttnDims::of(ql, kl, vl);
+    let (mut gq, mut gk, mut gv) = (
+        uninit_vec::<E>(b * h * tq * d),
+        uninit_vec::<E>(b * h * tk * d),
+        uninit_vec::<E>(b * h * tk * dv),
+    );
+    let grads = [
+        (
+            SyncPtr(gq.as_mut_ptr().cast::<E>()),
+            order.layout([b, h, tq, d]),
+        ),
+        (
+            SyncPtr(gk.as_mut_ptr().cast::<E>()),
+            order.layout([b, h, tk, d]),
+        ),
+        (
+            SyncPtr(gv.as_mut_ptr().cast::<E>()),
+            order.layout([b, h, tk, dv]),
+        ),
+    ];
+    let saved = (out, lse, order);
+    // SAFETY: each gradient is its buffer, all of it, in its `order` layout.
+    unsafe {
+        backward_into(
+            (q, ql),
+            (k, kl),
+            (v, vl),
+            saved,
+            (dout, dl),
+            mask,
+            scale,
+            grads,
+        )
+    };
+    // SAFETY: `backward_into` stored every row of every head of each.
+    unsafe {
+        (
+            assume_init_vec(gq),
+            assume_init_vec(gk),
+            assume_init_vec(gv),
+        )
+    }
+}
+
+/// [`attention_backward`] for self-attention whose `q`, `k` and `v` came
+/// from one projection: returns the three gradients side by side in one
+/// `(B, T, H·D + H·D + H·Dv)` row-major buffer, the gradient of that
+/// projection, with no copy to put them there. The forward's output `out`
+/// is stored in [`HeadsOrder::SeqMajor`].
+///
+/// ```
+/// use zerfoo_kernels::cpu::attention::*;
+/// use zerfoo_kernels::Layout;
+/// // One batch row, 3 positions, 2 heads of 2: q, k, v in one (1, 3, 12) projection.
+/// let qkv: Vec<f64> = (0..36).map(|i| (i as f64 * 0.37).sin()).collect();
+/// let view = |part| Layout::new(&[1, 2, 3, 2], &[36, 2, 12, 1], 4 * part);
+/// let (l, mask) = ([view(0), view(1), view(2)], AttnMask { causal: true, ..Default::default() });
+/// let order = HeadsOrder::SeqMajor;
+/// let (out, lse) = attention_forward(&qkv, &l[0], &qkv, &l[1], &qkv, &l[2], &mask, 0.5, order);
+/// let dout = vec![1.0; 12];
+/// let dl = order.layout([1, 2, 3, 2]);
+/// let packed = attention_backward_packed(
+///     &qkv, &l[0], &qkv, &l[1], &qkv, &l[2], &out, &lse, &dout, &dl, &mask, 0.5,
+/// );
+/// let (dq, dk, dv) = attention_backward(
+///     &qkv, &l[0], &qkv, &l[1], &qkv, &l[2], &out, &lse, &dout, &dl, &mask, 0.5, order,
+/// );
+/// for t in 0..3 {
+///     let row = &packed[12 * t..12 * (t + 1)];
+///     assert_eq!(row[..4], dq[4 * t..4 * (t + 1)]);
+///     assert_eq!(row[4..8], dk[4 * t..4 * (t + 1)]);
+///     assert_eq!(row[8..], dv[4 * t..4 * (t + 1)]);
+/// }
+/// ```
+///
+/// # Panics
+/// As [`attention_backward`], and when the queries and keys differ in
+/// number.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_packed<E: FloatDtype>(
+    q: &[E],
+    ql: &Layout,
+    k: &[E],
+    kl: &Layout,
+    v: &[E],
+    vl: &Layout,
+    out: &[E],
+    lse: &[E::Acc],
+    dout: &[E],
+    dl: &Layout,
+    mask: &AttnMask<'_>,
+    scale: f64,
+) -> Vec<E> {
+    let AttnDims {
+        b,
+        h,
+        tq,
+        tk,
+        d,
+        dv,
+    } = AttnDims::of(ql, kl, vl);
+    assert_eq!(
+        tq, tk,
+        "attention: packed gradients need as many queries as keys"
+    );
+    let width = h * (2 * d + dv);
+    let mut packed = uninit_vec::<E>(b * tq * width);
+    let p = SyncPtr(packed.as_mut_ptr().cast::<E>());
+    // The three column blocks of the packed rows, as `(B, H, T, W)`.
+    let block =
+        |start: usize, w: usize| Layout::new(&[b, h, tq, w], &[tq * width, w, width, 1], start);
+    let grads = [
+        (p, block(0, d)),
+        (p, block(h * d, d)),
+        (p, block(2 * h * d, dv)),
+    ];
+    let saved = (out, lse, HeadsOrder::SeqMajor);
+    // SAFETY: the three blocks are disjoint and together cover the buffer.
+    unsafe {
+        backward_into(
+            (q, ql),
+            (k, kl),
+            (v, vl),
+            saved,
+            (dout, dl),
+            mask,
+            scale,
+            grads,
+        )
+    };
+    // SAFETY: `backward_into` stored every row of every head of each block,
+    // so every value of the buffer.
+    unsafe { assume_init_vec(packed) }
+}
+
+/// The saved forward results: output, logsumexp, and the output's order.
+type Saved<'a, E> = (&'a [E], &'a [<E as FloatDtype>::Acc], HeadsOrder);
+
+/// The work of [`attention_backward`], storing the gradients of `q`, `k`
+/// and `v` through the pointers and `(B, H, T, W)` layouts of `grads`.
+///
+/// # Safety
+/// Each gradient's layout must lie inside its pointer's allocation, and no
+/// two may share an element, nor anything else touch them meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn backward_into<E: FloatDtype>(
+    (q, ql): (&[E], &Layout),
+    (k, kl): (&[E], &Layout),
+    (v, vl): (&[E], &Layout),
+    (out, lse, order): Saved<'_, E>,
+    (dout, dl): (&[E], &Layout),
+    mask: &AttnMask<'_>,
+    scale: f64,
+    grads: [(SyncPtr<E>, Layout); 3],
+) {
+    let AttnDims {
+        b,
+        h,
+        tq,
+        tk,
+        d,
+        dv,
+    } = AttnDims::of(ql, kl, vl);
     let rows = b * h * tq;
     assert_eq!(dl.shape(), &[b, h, tq, dv], "attention: dout shape");
     assert_eq!(out.len(), rows * dv, "attention: saved output length");
@@ -856,22 +1018,8 @@ pub fn attention_backward<E: FloatDtype>(
     let vh = HeadRows::of(v, vl);
     let doh = HeadRows::of(dout, dl);
     let out_rows = RowIndex::of(&order.layout([b, h, tq, dv]));
-    // Every row of each gradient is stored by its head's task below.
-    let (mut dq, mut dk, mut dvs) = (
-        uninit_vec::<E>(rows * d),
-        uninit_vec::<E>(b * h * tk * d),
-        uninit_vec::<E>(b * h * tk * dv),
-    );
-    let (dq_rows, dk_rows, dv_rows) = (
-        RowIndex::of(&order.layout([b, h, tq, d])),
-        RowIndex::of(&order.layout([b, h, tk, d])),
-        RowIndex::of(&order.layout([b, h, tk, dv])),
-    );
-    let (dqp, dkp, dvp) = (
-        SyncPtr(dq.as_mut_ptr().cast::<E>()),
-        SyncPtr(dk.as_mut_ptr().cast::<E>()),
-        SyncPtr(dvs.as_mut_ptr().cast::<E>()),
-    );
+    let [(dqp, dq_rows), (dkp, dk_rows), (dvp, dv_rows)] =
+        grads.map(|(p, l)| (p, RowIndex::of(&l)));
     let head = |bh: usize| {
         // This head's gradients, accumulated in the compute type.
         let (mut gq, mut gk, mut gv) =
@@ -952,8 +1100,9 @@ pub fn attention_backward<E: FloatDtype>(
                 }
             },
         );
-        // SAFETY: head `bh`'s rows of each gradient, inside it as its
-        // `RowIndex` describes; this task's alone (each head runs once).
+        // SAFETY: head `bh`'s rows of each gradient, inside its allocation
+        // as its layout says (the caller's guarantee); this task's alone
+        // (each head runs once).
         unsafe {
             store_rows(dqp, &dq_rows, (bh, 0), &gq, d, sc);
             store_rows(dkp, &dk_rows, (bh, 0), &gk, d, sc);
@@ -964,14 +1113,6 @@ pub fn attention_backward<E: FloatDtype>(
         run_tasks(b * h, head);
     } else {
         (0..b * h).for_each(head);
-    }
-    // SAFETY: each head's task stored all its rows of the three gradients.
-    unsafe {
-        (
-            assume_init_vec(dq),
-            assume_init_vec(dk),
-            assume_init_vec(dvs),
-        )
     }
 }
 
@@ -1288,6 +1429,41 @@ mod tests {
                 check::<f64>(dims, &m, true, order, 1e-10);
                 check::<f32>(dims, &m, false, order, 1e-4);
                 check::<f32>(dims, &m, true, order, 1e-4);
+            }
+        }
+    }
+
+    /// The packed gradients of one `(B, T, 3·H·D)` projection are the
+    /// separate ones, bit for bit, each in its column block (in parallel,
+    /// under every mask).
+    #[test]
+    fn packed_gradients_are_the_separate_ones_side_by_side() {
+        let (b, h, t, d) = (2, 3, 129, 16);
+        let width = 3 * h * d;
+        let qkv: Vec<f32> = rand(b * t * width, 7).iter().map(|&x| x as f32).collect();
+        let block =
+            |part: usize| Layout::new(&[b, h, t, d], &[t * width, d, width, 1], part * h * d);
+        let (lq, lk, lv) = (block(0), block(1), block(2));
+        let order = HeadsOrder::SeqMajor;
+        let dl = order.layout([b, h, t, d]);
+        let dout: Vec<f32> = rand(b * t * h * d, 8).iter().map(|&x| x as f32).collect();
+        let pad = padding(b, t);
+        for m in masks(b, t, &pad) {
+            let x = &qkv[..];
+            let (out, lse) = attention_forward(x, &lq, x, &lk, x, &lv, &m, 0.3, order);
+            let (saved, up) = ((&out[..], &lse[..]), (&dout[..], &dl));
+            let packed = attention_backward_packed(
+                x, &lq, x, &lk, x, &lv, saved.0, saved.1, up.0, up.1, &m, 0.3,
+            );
+            let (gq, gk, gv) = attention_backward(
+                x, &lq, x, &lk, x, &lv, saved.0, saved.1, up.0, up.1, &m, 0.3, order,
+            );
+            assert_eq!(packed.len(), b * t * width);
+            for (row, got) in packed.chunks_exact(width).enumerate() {
+                let at = row * h * d..(row + 1) * h * d;
+                assert_eq!(got[..h * d], gq[at.clone()], "dq row {row}");
+                assert_eq!(got[h * d..2 * h * d], gk[at.clone()], "dk row {row}");
+                assert_eq!(got[2 * h * d..], gv[at], "dv row {row}");
             }
         }
     }

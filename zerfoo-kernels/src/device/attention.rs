@@ -2,7 +2,7 @@
 //! scale + mask) v without materializing the full score matrix, and its
 //! backward from the saved log-sum-exp.
 
-use super::{Cpu, Device, DeviceError};
+use super::{Cpu, Device, DeviceError, ShapeKernels};
 use crate::cpu::attention::{AttnMask, HeadsOrder};
 use crate::{FloatDtype, Layout};
 
@@ -49,6 +49,40 @@ pub trait AttentionKernels: Device {
         scale: f64,
         order: HeadsOrder,
     ) -> Result<AttentionGrads<Self::Storage<E>>, DeviceError>;
+
+    /// The gradients of `q`, `k`, `v` side by side in one
+    /// `(B, T, H·D + H·D + H·Dv)` row-major buffer: the gradient of the one
+    /// projection self-attention split them from (see
+    /// [`crate::cpu::attention::attention_backward_packed`]); the output is
+    /// stored in [`HeadsOrder::SeqMajor`]. By default the three gradients
+    /// joined by a copy; the CPU writes them in place.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward_packed<E: FloatDtype>(
+        &self,
+        q: &Self::Storage<E>,
+        ql: &Layout,
+        k: &Self::Storage<E>,
+        kl: &Layout,
+        v: &Self::Storage<E>,
+        vl: &Layout,
+        out: &Self::Storage<E>,
+        lse: &Self::Storage<E::Acc>,
+        dout: &Self::Storage<E>,
+        dl: &Layout,
+        mask: &AttnMask<'_>,
+        scale: f64,
+    ) -> Result<Self::Storage<E>, DeviceError>
+    where
+        Self: ShapeKernels,
+    {
+        let order = HeadsOrder::SeqMajor;
+        let (gq, gk, gv) =
+            self.attention_backward(q, ql, k, kl, v, vl, out, lse, dout, dl, mask, scale, order)?;
+        let dims = crate::cpu::attention::AttnDims::of(ql, kl, vl);
+        let rows = |w: usize| Layout::contiguous(&[dims.b, dims.tq, dims.h * w]);
+        let (lq, lv) = (rows(dims.d), rows(dims.dv));
+        self.concat(&[(&gq, &lq), (&gk, &lq), (&gv, &lv)], 2)
+    }
 }
 
 impl AttentionKernels for Cpu {
@@ -87,6 +121,26 @@ impl AttentionKernels for Cpu {
     ) -> Result<AttentionGrads<Vec<E>>, DeviceError> {
         Ok(crate::cpu::attention::attention_backward(
             q, ql, k, kl, v, vl, out, lse, dout, dl, mask, scale, order,
+        ))
+    }
+
+    fn attention_backward_packed<E: FloatDtype>(
+        &self,
+        q: &Vec<E>,
+        ql: &Layout,
+        k: &Vec<E>,
+        kl: &Layout,
+        v: &Vec<E>,
+        vl: &Layout,
+        out: &Vec<E>,
+        lse: &Vec<E::Acc>,
+        dout: &Vec<E>,
+        dl: &Layout,
+        mask: &AttnMask<'_>,
+        scale: f64,
+    ) -> Result<Vec<E>, DeviceError> {
+        Ok(crate::cpu::attention::attention_backward_packed(
+            q, ql, k, kl, v, vl, out, lse, dout, dl, mask, scale,
         ))
     }
 }

@@ -23,7 +23,7 @@ use zerfoo_kernels::{Backend, Cpu, FloatDtype};
 use super::{Forward, Linear, RmsNorm};
 use crate::autograd::{Merge, TapeState};
 use crate::error::or_panic;
-use crate::ops::{try_fused_attention_bthd, AttentionMask, ConcatWith};
+use crate::ops::{try_fused_attention_bthd, try_fused_attention_qkv, AttentionMask, ConcatWith};
 use crate::shape::{Axis, Dim, Dyn, Dynamic, RuntimeCheck, SameDim, Shape, Static};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -826,7 +826,6 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim, Dv: Backend>
         padding: Option<&[bool]>,
     ) -> Result<Tensor<(B, T, D), E, Dv, Tp>> {
         self.validate()?;
-        let (q, k, v) = self.qkv_heads(x)?;
         let spec = AttentionMask {
             padding: padding.map(|p| Arc::new(p.to_vec())),
             causal: self.config.causal,
@@ -834,6 +833,18 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim, Dv: Backend>
             q_offset: 0,
             k_offset: 0,
         };
+        let plain_heads = self.q_norm.is_none()
+            && self.k_norm.is_none()
+            && self.config.rope_base.is_none()
+            && self.kv_heads.size() == self.heads.size();
+        if plain_heads {
+            // Queries, keys and values read in place from the one
+            // projection, whose gradient the kernel writes whole.
+            let qkv = self.qkv_projection(x)?;
+            let y = try_fused_attention_qkv(qkv, self.heads, self.head_dim, &spec, self.scale())?;
+            return Ok(self.o_proj.forward(y.merge_heads::<Dyn>()));
+        }
+        let (q, k, v) = self.qkv_heads(x)?;
         self.finish(q, k, v, &spec)
     }
 
@@ -864,11 +875,34 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim, Dv: Backend>
         self.finish(q, k, v, &spec)
     }
 
-    /// The query, key and value heads of `x` for self-attention, from one
-    /// product with the three projections' weights (and biases) stacked:
-    /// one `(B·T) × D × (H + 2·KvH)·Hd` product instead of three narrower
-    /// ones, which keeps the matrix kernel busier (the Shakespeare GPT's
-    /// `768 × 128 × 384` runs at about twice the rate of `768 × 128 × 128`).
+    /// The queries, keys and values of `x` side by side, `(B, T, (H +
+    /// 2·KvH)·Hd)`, from one product with the three projections' weights
+    /// (and biases) stacked: one `(B·T) × D × (H + 2·KvH)·Hd` product
+    /// instead of three narrower ones, which keeps the matrix kernel busier
+    /// (the Shakespeare GPT's `768 × 128 × 384` runs at about twice the rate
+    /// of `768 × 128 × 128`).
+    fn qkv_projection<B: Dim, T: Dim, Tp: TapeState>(
+        &self,
+        x: Tensor<(B, T, D), E, Dv, Tp>,
+    ) -> Result<Tensor<(B, T, Dyn), E, Dv, Tp>> {
+        let projs = [&self.q_proj, &self.k_proj, &self.v_proj];
+        let w = Tensor::try_concat_all::<Axis<0>>(projs.map(|p| p.weight.retaped::<Tp>()))?;
+        match projs.map(|p| p.bias.as_ref()) {
+            [Some(bq), Some(bk), Some(bv)] => {
+                let b = Tensor::try_concat_all::<Axis<0>>([bq, bk, bv].map(|b| b.retaped::<Tp>()))?;
+                x.try_matmul_t_bias(w, b)
+            }
+            [None, None, None] => Ok(x.matmul_t(w)),
+            _ => Err(Error::InvalidArgument {
+                op: "attention",
+                reason: "q, k and v projections must all have biases or none".into(),
+            }),
+        }
+    }
+
+    /// The query, key and value heads of `x` for self-attention: views of
+    /// [`Self::qkv_projection`], each head normalized and rotated when
+    /// configured.
     #[allow(clippy::type_complexity)]
     fn qkv_heads<B: Dim, T: Dim, Tp: TapeState>(
         &self,
@@ -878,21 +912,7 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim, Dv: Backend>
         Tensor<(B, T, KvH, Hd), E, Dv, Tp>,
         Tensor<(B, T, KvH, Hd), E, Dv, Tp>,
     )> {
-        let projs = [&self.q_proj, &self.k_proj, &self.v_proj];
-        let w = Tensor::try_concat_all::<Axis<0>>(projs.map(|p| p.weight.retaped::<Tp>()))?;
-        let y = match projs.map(|p| p.bias.as_ref()) {
-            [Some(bq), Some(bk), Some(bv)] => {
-                let b = Tensor::try_concat_all::<Axis<0>>([bq, bk, bv].map(|b| b.retaped::<Tp>()))?;
-                x.try_matmul_t_bias(w, b)?
-            }
-            [None, None, None] => x.matmul_t(w),
-            _ => {
-                return Err(Error::InvalidArgument {
-                    op: "attention",
-                    reason: "q, k and v projections must all have biases or none".into(),
-                })
-            }
-        };
+        let y = self.qkv_projection(x)?;
         let nq = self.heads.size() * self.head_dim.size();
         let nkv = self.kv_heads.size() * self.head_dim.size();
         let q = y.clone().try_narrow::<Axis<2>>(0, nq)?;

@@ -218,6 +218,113 @@ where
     })
 }
 
+/// Self-attention straight from one projection: `qkv` `(B, T, 3·H·D)` holds
+/// the queries, keys and values of `heads` heads of `head_dim` side by side
+/// (as a fused `c_attn` projection gives them), and the output is
+/// `(B, T, H, D)`, what [`try_fused_attention_bthd`] gives for the three
+/// blocks split into heads. The difference is the backward: the kernel
+/// writes the three gradients straight into one `(B, T, 3·H·D)` gradient of
+/// `qkv`, where splitting costs a zeroed buffer and an add per block.
+///
+/// Errors: a last dim other than `3 · heads · head_dim`, or a padding mask
+/// that is not `B * T` long ([`Error::ShapeMismatch`]).
+///
+/// ```
+/// use zerfoo::ops::{try_fused_attention_bthd, try_fused_attention_qkv, AttentionMask};
+/// use zerfoo::prelude::*;
+/// let qkv: Tensor<(U2, U3, U24), f64> = Tensor::randn(Default::default(), 0);
+/// let mask = AttentionMask::causal();
+/// let y = try_fused_attention_qkv(qkv.clone(), U2::default(), U4::default(), &mask, 0.5).unwrap();
+/// let part = |i: usize| qkv.clone().narrow::<Axis<2>>(8 * i, 8).split_heads::<U2, U4>();
+/// let want = try_fused_attention_bthd(part(0), part(1), part(2), &mask, 0.5).unwrap();
+/// assert_eq!(y.to_vec(), want.to_vec());
+/// ```
+pub fn try_fused_attention_qkv<B, T, W, H, D, E, Dev, Tp>(
+    qkv: Tensor<(B, T, W), E, Dev, Tp>,
+    heads: H,
+    head_dim: D,
+    mask: &AttentionMask,
+    scale: f64,
+) -> Result<Tensor<(B, T, H, D), E, Dev, Tp>>
+where
+    B: Dim,
+    T: Dim,
+    W: Dim,
+    H: Dim,
+    D: Dim,
+    E: FloatDtype,
+    Dev: Backend,
+    Tp: TapeState,
+{
+    let (b, t, w) = qkv.shape();
+    let (bs, ts, hs, ds) = (b.size(), t.size(), heads.size(), head_dim.size());
+    let width = 3 * hs * ds;
+    if w.size() != width {
+        return Err(Error::ShapeMismatch {
+            op: "fused qkv attention",
+            lhs: vec![bs, ts, w.size()],
+            rhs: vec![bs, ts, width],
+        });
+    }
+    if let Some(p) = &mask.padding {
+        if p.len() != bs * ts {
+            return Err(Error::ShapeMismatch {
+                op: "fused attention padding mask",
+                lhs: vec![p.len()],
+                rhs: vec![bs, ts],
+            });
+        }
+    }
+    let qkv = qkv.contiguous();
+    // Block `part` of the rows, read as `(B, H, T, D)`.
+    let block = |part: usize| {
+        let at = qkv.layout.offset + part * hs * ds;
+        Layout::new(&[bs, hs, ts, ds], &[ts * width, ds, width, 1], at)
+    };
+    let (lq, lk, lv) = (block(0), block(1), block(2));
+    let order = HeadsOrder::SeqMajor;
+    let (x, kmask) = (&qkv.data, mask.kernel());
+    let (out, lse) = qkv
+        .device
+        .attention_forward(x, &lq, x, &lk, x, &lv, &kmask, scale, order)?;
+    let out = Arc::new(out);
+    let out_id = TensorId::fresh();
+    let tape = if Tp::TRACKED {
+        let (x, in_id, dev) = (qkv.data.clone(), qkv.id, qkv.device.clone());
+        let (o, mask) = (out.clone(), mask.clone());
+        let dl = order.layout([bs, hs, ts, ds]);
+        record::<Tp>(out_id, &[qkv.tape.node()], move |g| {
+            if let Some(gy) = g.take_shared_on::<Dev, E>(out_id) {
+                let grad = device_ok(dev.attention_backward_packed(
+                    &x,
+                    &lq,
+                    &x,
+                    &lk,
+                    &x,
+                    &lv,
+                    &o,
+                    &lse,
+                    &gy,
+                    &dl,
+                    &mask.kernel(),
+                    scale,
+                ));
+                g.accumulate_on(&dev, in_id, grad);
+            }
+        })
+    } else {
+        Tp::from_node(None)
+    };
+    Ok(Tensor {
+        layout: Layout::contiguous(&[bs, ts, hs, ds]),
+        shape: (b, t, heads, head_dim),
+        data: out,
+        id: out_id,
+        tape,
+        device: qkv.device,
+    })
+}
+
 /// The output of [`try_fused_attention`] and [`try_fused_attention_bthd`]:
 /// storage, id, tape and device.
 type Attended<E, Dev, T> = (Arc<<Dev as Device>::Storage<E>>, TensorId, T, Dev);

@@ -20,7 +20,7 @@ mod unary;
 
 pub use attention::{
     fused_attention, fused_attention_bthd, try_fused_attention, try_fused_attention_bthd,
-    AttentionMask,
+    try_fused_attention_qkv, AttentionMask,
 };
 pub use binary::{ElementwiseRhs, SameDtype};
 pub use conv::{
