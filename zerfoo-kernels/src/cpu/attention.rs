@@ -894,7 +894,7 @@ pub fn attention_backward<E: FloatDtype>(
 /// use zerfoo_kernels::Layout;
 /// // One batch row, 3 positions, 2 heads of 2: q, k, v in one (1, 3, 12) projection.
 /// let qkv: Vec<f64> = (0..36).map(|i| (i as f64 * 0.37).sin()).collect();
-/// let view = |part| Layout::new(&[1, 2, 3, 2], &[36, 2, 12, 1], 4 * part);
+/// let view = |part: usize| Layout::new(&[1, 2, 3, 2], &[36, 2, 12, 1], 4 * part);
 /// let (l, mask) = ([view(0), view(1), view(2)], AttnMask { causal: true, ..Default::default() });
 /// let order = HeadsOrder::SeqMajor;
 /// let (out, lse) = attention_forward(&qkv, &l[0], &qkv, &l[1], &qkv, &l[2], &mask, 0.5, order);
