@@ -716,3 +716,109 @@ fn linear_act_feeding_no_product_is_the_two_ops_bitwise() {
         assert!(grads(true) == grads(false), "{act:?}");
     }
 }
+
+// ------------------------------------------------ linear + residual (fused)
+
+/// A pre-norm residual step `r + (norm(r) · w1ᵀ + b1)` whose output feeds a
+/// second layer, and every gradient, as bit patterns: `fused` uses
+/// `try_matmul_t_bias_residual`, otherwise the layer then the addition.
+/// The residual is also the layer's input (through a norm), as in a block.
+fn residual_bits<E: FloatDtype>(fused: bool, bias: bool) -> Vec<Vec<u64>> {
+    dim!(D = 48);
+    let r: Tensor<(B, Dyn, D), E> = Tensor::<_, f64>::randn((B, Dyn(100), D), 110).to_dtype();
+    let w: Tensor<(D, D), E> = Tensor::<_, f64>::randn((D, D), 111).to_dtype();
+    let b: Tensor<(D,), E> = Tensor::<_, f64>::randn((D,), 112).to_dtype();
+    let w2: Tensor<(D, D), E> = Tensor::<_, f64>::randn((D, D), 113).to_dtype();
+    let dy: Tensor<(B, Dyn, D), E> = Tensor::<_, f64>::randn((B, Dyn(100), D), 114).to_dtype();
+    let rt = r.clone().traced();
+    let x = rt.clone().layer_norm_no_affine(1e-5);
+    let b_opt = bias.then(|| b.clone().traced());
+    let y = if fused {
+        x.try_matmul_t_bias_residual(w.clone().traced(), b_opt, rt)
+            .unwrap()
+    } else {
+        let h = match b_opt {
+            Some(b) => x.matmul_t_bias(w.clone().traced(), b),
+            None => x.matmul_t(w.clone().traced()),
+        };
+        rt + h
+    };
+    let out = y.clone().matmul_t(w2.clone());
+    let g = (out * dy).sum_all().backward();
+    let bits = |v: Vec<f64>| v.into_iter().map(f64::to_bits).collect::<Vec<u64>>();
+    let mut all = vec![
+        bits(y.to_f64_vec()),
+        bits(g.get(&r).unwrap().to_f64_vec()),
+        bits(g.get(&w).unwrap().to_f64_vec()),
+    ];
+    if bias {
+        all.push(bits(g.get(&b).unwrap().to_f64_vec()));
+    }
+    all
+}
+
+#[test]
+fn linear_residual_is_the_layer_then_the_addition_bitwise() {
+    // The residual added inside the product (f32 and f64, fused on the
+    // CPU; bf16 composed): the same bits as the separate ops, output and
+    // every gradient, the residual's included.
+    for bias in [false, true] {
+        assert!(residual_bits::<f64>(true, bias) == residual_bits::<f64>(false, bias));
+        assert!(residual_bits::<f32>(true, bias) == residual_bits::<f32>(false, bias));
+        let bf = |fused| residual_bits::<zerfoo::kernels::bf16>(fused, bias);
+        assert!(bf(true) == bf(false), "bf16");
+    }
+}
+
+#[test]
+fn linear_residual_gradients_pass_finite_differences_and_errors() {
+    let x: Tensor<(B, M, K), f64> = Tensor::randn((B, M, K), 115);
+    let w: Tensor<(N, K), f64> = Tensor::randn((N, K), 116);
+    let r: Tensor<(B, M, N), f64> = Tensor::randn((B, M, N), 117);
+    let bias = || Some(Tensor::<(N,), f64>::randn((N,), 118).traced());
+    check_grad2(x.clone(), w.clone(), |x, w| {
+        weighted_sum(
+            x.try_matmul_t_bias_residual(w.traced(), bias(), r.clone().traced())
+                .unwrap(),
+            119,
+        )
+    });
+    check_grad1(r.clone(), |r| {
+        let y = x
+            .clone()
+            .traced()
+            .try_matmul_t_bias_residual(w.clone().traced(), bias(), r);
+        weighted_sum(y.unwrap(), 120)
+    });
+    // A residual seen transposed (a strided view): the composed path.
+    let rt: Tensor<(B, N, M), f64> = Tensor::randn((B, N, M), 121);
+    let y = x
+        .clone()
+        .try_matmul_t_bias_residual(
+            w.clone(),
+            None::<Tensor<(N,), f64>>,
+            rt.clone().transpose::<1, 2>(),
+        )
+        .unwrap();
+    let want = rt.transpose::<1, 2>() + x.clone().matmul_t(w.clone());
+    assert_eq!(y.to_vec(), want.to_vec());
+    check_dtypes!("matmul_t_bias_residual", |E| cast::<E, _>(&x)
+        .try_matmul_t_bias_residual(cast::<E, _>(&w), None::<Tensor<(N,), E>>, cast::<E, _>(&r))
+        .unwrap()
+        .to_f64_vec());
+    // A residual whose dims differ at run time: an error naming both shapes.
+    let xd: Tensor<(B, Dyn, K), f64> = Tensor::randn((B, Dyn(3), K), 122);
+    let rd: Tensor<(B, Dyn, N), f64> = Tensor::zeros((B, Dyn(4), N));
+    match xd.try_matmul_t_bias_residual(w, None::<Tensor<(N,), f64>>, rd) {
+        Err(Error::ShapeMismatch { op, lhs, rhs }) => {
+            assert_eq!(
+                (op, lhs, rhs),
+                ("matmul_t_bias_residual", vec![2, 3, 4], vec![2, 4, 4])
+            );
+        }
+        other => panic!(
+            "expected a shape mismatch, got {:?}",
+            other.map(|t| t.dims().to_vec())
+        ),
+    }
+}

@@ -3,6 +3,7 @@
 //! (the gradient of a weight shared by the batch).
 
 use super::{Cpu, Device, DeviceError, ElementwiseKernels};
+use crate::cpu::binary::AddOp;
 use crate::cpu::matmul::product_columns;
 use crate::cpu::unary::UnaryOp;
 use crate::{FloatDtype, Layout};
@@ -70,6 +71,33 @@ pub trait MatmulKernels: Device {
         };
         let y = self.unary_forward(act, &h, &result_layout(la, lb))?;
         Ok((h, y))
+    }
+
+    /// `residual + (a · b + bias)` (bias optional), contiguous: a layer's
+    /// output projection with the residual connection around it
+    /// (`residual` any layout of the result's shape). The CPU adds the
+    /// residual to each part of the product as it is finished
+    /// (`f32`/`f64`; the same bits as the two steps); other devices run
+    /// the product, then the addition.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_batched_bias_residual<E: FloatDtype>(
+        &self,
+        a: &Self::Storage<E>,
+        la: &Layout,
+        b: &Self::Storage<E>,
+        lb: &Layout,
+        bias: Option<&Self::Storage<E>>,
+        residual: &Self::Storage<E>,
+        lr: &Layout,
+    ) -> Result<Self::Storage<E>, DeviceError>
+    where
+        Self: ElementwiseKernels,
+    {
+        let h = match bias {
+            Some(bias) => self.gemm_batched_bias(a, la, b, lb, bias)?,
+            None => self.gemm_batched(a, la, b, lb)?,
+        };
+        self.binary_forward(AddOp, residual, lr, &h, &result_layout(la, lb))
     }
 
     /// The gradient of an activation's input `x` (its output `y`, both
@@ -189,6 +217,25 @@ impl MatmulKernels for Cpu {
         let bias = bias.map(|b| &b[..]);
         Ok(crate::cpu::matmul::gemm_batched_bias_act(
             a, la, b, lb, bias, act,
+        ))
+    }
+
+    fn gemm_batched_bias_residual<E: FloatDtype>(
+        &self,
+        a: &Vec<E>,
+        la: &Layout,
+        b: &Vec<E>,
+        lb: &Layout,
+        bias: Option<&Vec<E>>,
+        residual: &Vec<E>,
+        lr: &Layout,
+    ) -> Result<Vec<E>, DeviceError> {
+        if let Some(bias) = bias.filter(|b| b.len() != product_columns(lb)) {
+            return Err(bias_mismatch(lb, bias.len()));
+        }
+        let bias = bias.map(|b| &b[..]);
+        Ok(crate::cpu::matmul::gemm_batched_bias_residual(
+            a, la, b, lb, bias, residual, lr,
         ))
     }
 

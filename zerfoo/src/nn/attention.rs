@@ -20,7 +20,7 @@ use std::sync::Arc;
 use typenum::{Eq as TypeEq, IsEqual, Mod, B1, U0};
 use zerfoo_kernels::{Backend, Cpu, FloatDtype};
 
-use super::{Forward, Linear, RmsNorm};
+use super::{Forward, ForwardResidual, Linear, RmsNorm};
 use crate::autograd::{Merge, TapeState};
 use crate::error::or_panic;
 use crate::ops::{try_fused_attention_bthd, try_fused_attention_qkv, AttentionMask, ConcatWith};
@@ -750,6 +750,7 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim, Dv: Backend>
             retype("attention cache", k_all.clone().transpose::<1, 2>(), typed)?,
             retype("attention cache", v_all.clone().transpose::<1, 2>(), typed)?,
             &spec,
+            None,
         )?;
         cache.next = pos + nt;
         let keep = match self.config.window {
@@ -825,6 +826,27 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim, Dv: Backend>
         x: Tensor<(B, T, D), E, Dv, Tp>,
         padding: Option<&[bool]>,
     ) -> Result<Tensor<(B, T, D), E, Dv, Tp>> {
+        self.self_attention_to(x, padding, None)
+    }
+
+    /// `residual + self_attention(x)`, the residual added by the output
+    /// projection's product (see [`ForwardResidual`]).
+    pub(crate) fn self_attention_residual<B: Dim, T: Dim, Tp: TapeState>(
+        &self,
+        x: Tensor<(B, T, D), E, Dv, Tp>,
+        residual: Tensor<(B, T, D), E, Dv, Tp>,
+        padding: Option<&[bool]>,
+    ) -> Result<Tensor<(B, T, D), E, Dv, Tp>> {
+        self.self_attention_to(x, padding, Some(residual))
+    }
+
+    /// [`Self::self_attention`], plus `residual` if any.
+    fn self_attention_to<B: Dim, T: Dim, Tp: TapeState>(
+        &self,
+        x: Tensor<(B, T, D), E, Dv, Tp>,
+        padding: Option<&[bool]>,
+        residual: Option<Tensor<(B, T, D), E, Dv, Tp>>,
+    ) -> Result<Tensor<(B, T, D), E, Dv, Tp>> {
         self.validate()?;
         let spec = AttentionMask {
             padding: padding.map(|p| Arc::new(p.to_vec())),
@@ -842,10 +864,23 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim, Dv: Backend>
             // projection, whose gradient the kernel writes whole.
             let qkv = self.qkv_projection(x)?;
             let y = try_fused_attention_qkv(qkv, self.heads, self.head_dim, &spec, self.scale())?;
-            return Ok(self.o_proj.forward(y.merge_heads::<Dyn>()));
+            return Ok(self.project_out(y, residual));
         }
         let (q, k, v) = self.qkv_heads(x)?;
-        self.finish(q, k, v, &spec)
+        self.finish(q, k, v, &spec, residual)
+    }
+
+    /// The output projection of the heads `y`, plus `residual` if any.
+    fn project_out<B: Dim, T: Dim, Tp: TapeState>(
+        &self,
+        y: Tensor<(B, T, H, Hd), E, Dv, Tp>,
+        residual: Option<Tensor<(B, T, D), E, Dv, Tp>>,
+    ) -> Tensor<(B, T, D), E, Dv, Tp> {
+        let y = y.merge_heads::<Dyn>();
+        match residual {
+            Some(r) => self.o_proj.forward_residual(y, r),
+            None => self.o_proj.forward(y),
+        }
     }
 
     /// Cross-attention of `x` over `memory`, with an optional `(B, Tk)` padding.
@@ -872,7 +907,7 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim, Dv: Backend>
             q_offset: 0,
             k_offset: 0,
         };
-        self.finish(q, k, v, &spec)
+        self.finish(q, k, v, &spec, None)
     }
 
     /// The queries, keys and values of `x` side by side, `(B, T, (H +
@@ -980,17 +1015,19 @@ impl<D: Dim, H: Dim, Hd: Dim, E: FloatDtype, KvH: Dim, Dv: Backend>
     }
 
     /// Attention of `q` over `k`, `v` (heads second to last) under `spec`,
-    /// heads merged (a view) and projected back to `D`.
+    /// heads merged (a view) and projected back to `D`, plus `residual` if
+    /// any.
     fn finish<B: Dim, Tq: Dim, Tk: Dim, Tp: TapeState>(
         &self,
         q: Tensor<(B, Tq, H, Hd), E, Dv, Tp>,
         k: Tensor<(B, Tk, KvH, Hd), E, Dv, Tp>,
         v: Tensor<(B, Tk, KvH, Hd), E, Dv, Tp>,
         spec: &AttentionMask,
+        residual: Option<Tensor<(B, Tq, D), E, Dv, Tp>>,
     ) -> Result<Tensor<(B, Tq, D), E, Dv, Tp>> {
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
         let y: Tensor<_, E, Dv, Tp> = try_fused_attention_bthd(q, k, v, spec, self.scale())?;
-        Ok(self.o_proj.forward(y.merge_heads::<Dyn>()))
+        Ok(self.project_out(y, residual))
     }
 }
 

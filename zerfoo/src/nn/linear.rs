@@ -56,6 +56,15 @@ pub trait ForwardAct<X>: Forward<X> {
     fn forward_act<A: Activation>(&self, x: X, act: A) -> Self::Output;
 }
 
+/// A layer that can add a residual to its output as part of its own op:
+/// `residual + layer(x)`, the same values and gradients as adding after
+/// [`Forward::forward`], in one pass less over memory where the layer can
+/// fuse it (a transformer block's output projections).
+pub trait ForwardResidual<X>: Forward<X> {
+    /// `residual + self.forward(x)`.
+    fn forward_residual(&self, x: X, residual: Self::Output) -> Self::Output;
+}
+
 macro_rules! linear_forward {
     ($($b:ident),*) => {
         impl<$($b: Dim,)* I: Dim, I2: Dim, O: Dim, E: FloatDtype, Dv: Backend, T: TapeState>
@@ -93,6 +102,22 @@ macro_rules! linear_forward {
                     }
                     None => act.apply(self.forward(x)),
                 }
+            }
+        }
+
+        impl<$($b: Dim,)* I: Dim, I2: Dim, O: Dim, E: FloatDtype, Dv: Backend, T: TapeState>
+            ForwardResidual<Tensor<($($b,)* I2), E, Dv, T>> for Linear<I, O, E, Dv>
+        where
+            ($($b,)* I2): MatMulShapes<(I, O), Out = ($($b,)* O)>,
+        {
+            fn forward_residual(
+                &self,
+                x: Tensor<($($b,)* I2), E, Dv, T>,
+                residual: Self::Output,
+            ) -> Self::Output {
+                let w = self.weight.retaped::<T>();
+                let b = self.bias.as_ref().map(|b| b.retaped::<T>());
+                or_panic(x.try_matmul_t_bias_residual(w, b, residual))
             }
         }
     };

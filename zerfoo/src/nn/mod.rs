@@ -25,7 +25,7 @@ pub use conv::{AvgPool2d, BatchNorm2d, Buffer, Conv2d, Flatten, MaxPool2d};
 pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use feedforward::{FeedForward, GatedFeedForward, GeGlu, GeGluTanh, SwiGlu};
-pub use linear::{ForwardAct, Linear};
+pub use linear::{ForwardAct, ForwardResidual, Linear};
 pub use loss::{
     binary_cross_entropy_with_logits, binary_cross_entropy_with_logits_weighted, cross_entropy,
     mse_loss, try_binary_cross_entropy_with_logits, try_binary_cross_entropy_with_logits_weighted,

@@ -16,7 +16,9 @@ use super::attention::{
     into_tape, padding_vec, retype, sub_seed, Attention, AttentionConfig, KvCache, KvHeadsDivide,
     LayerCache, MultiHeadAttention,
 };
-use super::{Forward, ForwardAct, Gelu, GeluTanh, LayerNorm, Linear, Module, RmsNorm};
+use super::{
+    Forward, ForwardAct, ForwardResidual, Gelu, GeluTanh, LayerNorm, Linear, Module, RmsNorm,
+};
 use crate::autograd::{Merge, TapeState};
 use crate::error::or_panic;
 use crate::shape::{Dim, SameDim, Shape};
@@ -118,6 +120,24 @@ where
             self.fc1.forward_act(x, Gelu)
         };
         self.fc2.forward(h)
+    }
+}
+
+impl<D: Dim, F: Dim, E: FloatDtype, Dv: Backend> BlockMlp<D, F, E, Dv> {
+    /// `residual + self.forward(x)` on `(B, T, D)`, the residual added by
+    /// `fc2`'s product as it finishes each part (see
+    /// [`ForwardResidual`]).
+    pub fn forward_residual<B: Dim, T: Dim, Tp: TapeState>(
+        &self,
+        x: Tensor<(B, T, D), E, Dv, Tp>,
+        residual: Tensor<(B, T, D), E, Dv, Tp>,
+    ) -> Tensor<(B, T, D), E, Dv, Tp> {
+        let h = if self.gelu_tanh {
+            self.fc1.forward_act(x, GeluTanh)
+        } else {
+            self.fc1.forward_act(x, Gelu)
+        };
+        self.fc2.forward_residual(h, residual)
     }
 }
 
@@ -388,12 +408,11 @@ where
         x: Tensor<(B, T, D), E, Dv, Tp>,
         padding: Option<&[bool]>,
     ) -> Result<Tensor<(B, T, D), E, Dv, Tp>> {
-        let h = self
-            .attn
-            .self_attention(self.norm1.normalize(x.clone()), padding)?;
-        let x = x + h;
-        let f = self.ffn.forward(self.norm2.normalize(x.clone()));
-        Ok(x + f)
+        // Each residual added by the output projection's product.
+        let h = self.norm1.normalize(x.clone());
+        let x = self.attn.self_attention_residual(h, x, padding)?;
+        let f = self.norm2.normalize(x.clone());
+        Ok(self.ffn.forward_residual(f, x))
     }
 }
 

@@ -188,6 +188,25 @@ struct Bias<E: FloatDtype, D: Backend> {
     node: Option<Arc<crate::autograd::Node>>,
 }
 
+/// The residual of [`Tensor::try_matmul_t_bias_residual`] as the product
+/// sees it: values, layout, and the tensor's id and tape node.
+struct Residual<E: FloatDtype, D: Backend> {
+    data: Arc<D::Storage<E>>,
+    layout: Layout,
+    id: TensorId,
+    node: Option<Arc<crate::autograd::Node>>,
+}
+
+/// What a linear layer's product does to its result on the way out.
+enum Epilogue<E: FloatDtype, D: Backend> {
+    /// Nothing more.
+    Plain,
+    /// An activation ([`Tensor::try_matmul_t_bias_act`]).
+    Act(LinearAct),
+    /// A residual added ([`Tensor::try_matmul_t_bias_residual`]).
+    Residual(Residual<E, D>),
+}
+
 /// An activation a linear layer applies to its product in the product
 /// itself ([`Tensor::try_matmul_t_bias_act`]): on the CPU (`f32`/`f64`) each
 /// finished part of the product goes through it while still in cache, and
@@ -418,7 +437,7 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
         E: SameDtype<E2, Matmul>,
         T: Merge<T2>,
     {
-        self.matmul_core(rhs, false, None, None)
+        self.matmul_core(rhs, false, None, Epilogue::Plain)
     }
 
     /// `self · rhsᵀ` (`rhs` transposed over its last two axes): the product
@@ -442,7 +461,7 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
         E: SameDtype<E2, Matmul>,
         T: Merge<T2>,
     {
-        self.matmul_core(transposed_view(rhs), true, None, None)
+        self.matmul_core(transposed_view(rhs), true, None, Epilogue::Plain)
     }
 
     /// `self · rhsᵀ + bias`: a linear layer's forward (`F.linear`), with
@@ -477,7 +496,12 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
         E: SameDtype<E2, Matmul>,
         T: Merge<T2>,
     {
-        self.matmul_core(transposed_view(rhs), true, Some(Bias::of(bias)?), None)
+        self.matmul_core(
+            transposed_view(rhs),
+            true,
+            Some(Bias::of(bias)?),
+            Epilogue::Plain,
+        )
     }
 
     /// `act(self · rhsᵀ + bias)`: a linear layer (bias optional) and its
@@ -518,7 +542,57 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
         T: Merge<T2>,
     {
         let bias = bias.map(Bias::of).transpose()?;
-        self.matmul_core(transposed_view(rhs), true, bias, Some(act))
+        self.matmul_core(transposed_view(rhs), true, bias, Epilogue::Act(act))
+    }
+
+    /// `residual + (self · rhsᵀ + bias)`: a layer's output projection and
+    /// the residual connection around it (`x + proj(h)` in a transformer
+    /// block) as one op. The values and gradients are those of
+    /// [`try_matmul_t_bias`](Self::try_matmul_t_bias) (or
+    /// [`try_matmul_t`](Self::try_matmul_t)) followed by the addition, bit
+    /// for bit; on the CPU (`f32`/`f64`) the product adds the residual to
+    /// each part it finishes, while in cache, instead of the addition's own
+    /// pass over memory. The residual's gradient is the output's, shared.
+    ///
+    /// Returns [`Error::ShapeMismatch`] as [`try_matmul_t_bias`](Self::try_matmul_t_bias)
+    /// does, or when the residual's dims are not the product's.
+    ///
+    /// ```
+    /// use zerfoo::prelude::*;
+    /// let x = Tensor::<(U2, U3), f32>::from_vec(Default::default(), vec![1., 2., 3., 4., 5., 6.]).unwrap();
+    /// let w = Tensor::<(U1, U3), f32>::from_vec(Default::default(), vec![1., 0., -1.]).unwrap();
+    /// let r = Tensor::<(U2, U1), f32>::from_vec(Default::default(), vec![10., 20.]).unwrap();
+    /// assert_eq!(x.try_matmul_t_bias_residual(w, None, r).unwrap().to_vec(), [8., 18.]);
+    /// ```
+    pub fn try_matmul_t_bias_residual<S2, E2, T2, O, N>(
+        self,
+        rhs: Tensor<S2, E2, D, T2>,
+        bias: Option<Tensor<(N,), E, D, T2>>,
+        residual: Tensor<O, E, D, T>,
+    ) -> Result<Tensor<O, E, D, <T as Merge<T2>>::Out>>
+    where
+        S2: TransposeShape,
+        E2: FloatDtype,
+        T2: TapeState,
+        O: Shape,
+        N: Dim,
+        S: MatMulShapes<S2::Out, Out = O>,
+        E: SameDtype<E2, Matmul>,
+        T: Merge<T2>,
+    {
+        let bias = bias.map(Bias::of).transpose()?;
+        let residual = Residual {
+            node: residual.tape.node(),
+            data: residual.data,
+            layout: residual.layout,
+            id: residual.id,
+        };
+        self.matmul_core(
+            transposed_view(rhs),
+            true,
+            bias,
+            Epilogue::Residual(residual),
+        )
     }
 
     /// Panicking twin of [`try_matmul_t_bias`](Self::try_matmul_t_bias).
@@ -555,7 +629,7 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
         or_panic(self.try_matmul_t(rhs))
     }
 
-    /// The product, plus `bias` on every row if any, then `act` if any; with
+    /// The product, plus `bias` on every row if any, then the epilogue; with
     /// `transposed_rhs`, `rhs` is the transposed view of a tensor whose id
     /// it carries, and its gradient is produced in that tensor's orientation
     /// (`[.., N, K]`).
@@ -564,7 +638,7 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
         rhs: Tensor<S2, E2, D, T2>,
         transposed_rhs: bool,
         bias: Option<Bias<E, D>>,
-        act: Option<LinearAct>,
+        epilogue: Epilogue<E, D>,
     ) -> Result<Tensor<O, E, D, <T as Merge<T2>>::Out>>
     where
         S: MatMulShapes<S2, Out = O>,
@@ -616,14 +690,28 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
         }
         let bias_data = bias.as_ref().map(|b| &*b.data);
         // With an activation, `y` is the output and `h` the product.
-        let (h, y) = match act {
-            Some(act) => {
-                let (h, y) = with_act!(act, |op| self
+        let (h, y) = match &epilogue {
+            Epilogue::Act(act) => {
+                let (h, y) = with_act!(*act, |op| self
                     .device
                     .gemm_batched_bias_act(&self.data, &la, &rhs.data, &lb, bias_data, op))?;
                 (Some(Arc::new(h)), y)
             }
-            None => (
+            Epilogue::Residual(r) => {
+                if r.layout.shape() != out_shape.dims().as_ref() {
+                    return Err(Error::ShapeMismatch {
+                        op: "matmul_t_bias_residual",
+                        lhs: out_shape.dims().to_vec(),
+                        rhs: r.layout.shape().to_vec(),
+                    });
+                }
+                let (rd, rl) = (&*r.data, &r.layout);
+                let y = self.device.gemm_batched_bias_residual(
+                    &self.data, &la, &rhs.data, &lb, bias_data, rd, rl,
+                )?;
+                (None, y)
+            }
+            Epilogue::Plain => (
                 None,
                 match bias_data {
                     Some(bias) => self
@@ -632,6 +720,11 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
                     None => self.device.gemm_batched(&self.data, &la, &rhs.data, &lb)?,
                 },
             ),
+        };
+        let (act, residual) = match epilogue {
+            Epilogue::Act(act) => (Some(act), None),
+            Epilogue::Residual(r) => (None, Some(r)),
+            Epilogue::Plain => (None, None),
         };
         let y = Arc::new(y);
         let out_id = TensorId::fresh();
@@ -648,7 +741,9 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
                 .and_then(|n| n.take_fused::<FusedOffer<D, E>>())
                 .and_then(|offer| offer.accept(self.id, &dl));
             let bias_node = bias.as_ref().and_then(|b| b.node.clone());
-            let parents = [self.tape.node(), rhs.tape.node(), bias_node];
+            let residual_node = residual.as_ref().and_then(|r| r.node.clone());
+            let parents = [self.tape.node(), rhs.tape.node(), bias_node, residual_node];
+            let residual_id = residual.map(|r| r.id);
             let saved = SavedProduct {
                 a: self.data.clone(),
                 la,
@@ -699,6 +794,10 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
                     // operand (a residual stream's gradient).
                     if let Some(gy) = g.take_shared_on::<D, E>(out_id) {
                         saved.backward(&dev, g, &gy);
+                        // The residual's gradient is the output's, shared.
+                        if let Some(id) = residual_id {
+                            g.accumulate_shared_on(&dev, id, gy);
+                        }
                     }
                 }),
             }

@@ -12,12 +12,17 @@
 //! other ([`gemm_batched_bias`] then [`unary_forward`], [`gemm_batched`]
 //! then [`unary_backward`]), bit for bit.
 //!
+//! A residual connection is the same kind of epilogue:
+//! [`gemm_batched_bias_residual`] adds the residual stream to each part of
+//! `A · B + bias` as it is finished, instead of an addition's own pass.
+//!
 //! The fused path covers `f32` and `f64` with a `B` shared by the batch (a
 //! layer's weight); other operands run the two steps one after the other.
 
 use core::mem::MaybeUninit;
 
 use super::{gemm_batched, gemm_batched_bias, gemm_shared_finished, product_columns, result_shape};
+use crate::cpu::binary::{binary_forward, AddOp};
 use crate::cpu::simd::vectorized;
 use crate::cpu::threads::SyncPtr;
 use crate::cpu::unary::{unary_backward, unary_forward, UnaryOp};
@@ -90,6 +95,71 @@ pub fn gemm_batched_bias_act<E: FloatDtype, O: UnaryOp>(
             (h, y)
         }
     }
+}
+
+/// `residual + (A · B + bias)` (shapes as [`gemm_batched_bias`], `residual`
+/// any layout of the result's shape), contiguous `[..batch, M, N]`: a
+/// layer's output projection and the residual connection around it. The
+/// product's tasks add a contiguous residual to each part they finish,
+/// while it is in cache; the values are those of [`gemm_batched_bias`]
+/// then [`binary_forward`] with [`AddOp`], bit for bit.
+///
+/// ```
+/// use zerfoo_kernels::cpu::matmul::gemm_batched_bias_residual;
+/// use zerfoo_kernels::Layout;
+/// let a = [1.0f32, 2.0]; // one row
+/// let b = [1.0f32, 0.0, 0.0, 1.0]; // identity
+/// let (la, lb) = (Layout::contiguous(&[1, 2]), Layout::contiguous(&[2, 2]));
+/// let r = [10.0f32, 20.0];
+/// let y = gemm_batched_bias_residual(&a, &la, &b, &lb, Some(&[0.5, 0.5]), &r, &la);
+/// assert_eq!(y, [11.5, 22.5]);
+/// ```
+///
+/// # Panics
+/// If the residual's shape is not the result's, or as [`gemm_batched_bias`]
+/// does.
+pub fn gemm_batched_bias_residual<E: FloatDtype>(
+    a: &[E],
+    la: &Layout,
+    b: &[E],
+    lb: &Layout,
+    bias: Option<&[E]>,
+    residual: &[E],
+    lr: &Layout,
+) -> Vec<E> {
+    let shape = result_shape(la, lb);
+    assert_eq!(
+        lr.shape(),
+        &shape[..],
+        "gemm_batched_bias_residual: residual shape"
+    );
+    let n = product_columns(lb);
+    if lr.is_contiguous() {
+        let r = &residual[lr.offset..lr.offset + lr.numel()];
+        let finish = move |c: *mut E::Acc,
+                           (r0, rows): (usize, usize),
+                           (c0, cols): (usize, usize)| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    for i in r0..r0 + rows {
+                        // SAFETY: the region is inside the `[M, N]` result,
+                        // final in `c` and this task's alone (the `Finish`
+                        // contract).
+                        let c = unsafe { core::slice::from_raw_parts_mut(c.add(i * n + c0), cols) };
+                        for (c, &r) in c.iter_mut().zip(&r[i * n + c0..][..cols]) {
+                            *c += r.to_acc();
+                        }
+                    }
+                },
+            )
+        };
+        if let Some(y) = gemm_shared_finished(a, la, b, lb, bias, &finish) {
+            return y;
+        }
+    }
+    let h = gemm_batched_bias(a, la, b, lb, bias);
+    binary_forward(AddOp, residual, lr, &h, &Layout::contiguous(&shape))
 }
 
 /// The largest result (bytes) whose backward multiplies by the derivative
@@ -264,6 +334,64 @@ mod tests {
                     case::<f32, _>(Silu, s);
                 }
                 case::<half::bf16, _>(GeluErf, (2, 7, 33, 5));
+            });
+        }
+    }
+
+    /// The residual epilogue equals the product then the addition, bit for
+    /// bit: `f32` and `f64` (fused) and `bf16` (composed), contiguous and
+    /// strided residuals, with and without bias, on 1 and 2 threads; and it
+    /// does add the residual (against a product without one).
+    #[test]
+    fn residual_epilogue_matches_the_two_steps_bitwise() {
+        fn case<E: FloatDtype>((batch, m, n, k): (usize, usize, usize, usize)) {
+            let a: Vec<E> = of(vals(batch * m * k, 1));
+            let w: Vec<E> = of(vals(n * k, 2));
+            let bias: Vec<E> = of(vals(n, 3));
+            let r: Vec<E> = of(vals(batch * m * n, 4));
+            let la = Layout::contiguous(&[batch, m, k]);
+            let lw = Layout::new(&[batch, k, n], &[0, 1, k], 0);
+            let out = Layout::contiguous(&[batch, m, n]);
+            // The same values stored column-major per item: a strided view.
+            let rt: Vec<E> = (0..batch * m * n)
+                .map(|i| {
+                    let (b, j, c) = (i / (m * n), (i / m) % n, i % m);
+                    r[b * m * n + c * n + j]
+                })
+                .collect();
+            let lrt = Layout::new(&[batch, m, n], &[m * n, 1, m], 0);
+            for bias in [None, Some(&bias[..])] {
+                let h = gemm_batched_bias(&a, &la, &w, &lw, bias);
+                let want = binary_forward(AddOp, &r, &out, &h, &out);
+                let what = format!("{:?} {batch}x{m}x{n}x{k}", E::DTYPE);
+                let y = gemm_batched_bias_residual(&a, &la, &w, &lw, bias, &r, &out);
+                assert_eq!(bits(&y), bits(&want), "contiguous: {what}");
+                let y = gemm_batched_bias_residual(&a, &la, &w, &lw, bias, &rt, &lrt);
+                assert_eq!(bits(&y), bits(&want), "strided: {what}");
+                let moved = y.iter().zip(&h).filter(|(y, h)| y.to_f64() != h.to_f64());
+                assert!(
+                    moved.count() > y.len() / 2,
+                    "the residual was added: {what}"
+                );
+            }
+        }
+        let shapes = [
+            (1, 1, 1, 1),
+            (2, 7, 33, 5),
+            (1, 129, 65, 17),
+            (12, 64, 128, 512),
+        ];
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                for &s in &shapes {
+                    case::<f32>(s);
+                    case::<f64>(s);
+                }
+                case::<half::bf16>((2, 7, 33, 5));
             });
         }
     }

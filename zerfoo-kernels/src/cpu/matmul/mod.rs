@@ -64,7 +64,7 @@ use kernel::{DirectFn, Kernel, Store, MAX_TILE};
 pub(crate) use pack::transpose_f32_8x8;
 use pack::{with_buf, Bf16Pairs, Packing, Side, Widen, A_BUF, B_BUF};
 
-pub use activation::{gemm_batched_act_grad, gemm_batched_bias_act};
+pub use activation::{gemm_batched_act_grad, gemm_batched_bias_act, gemm_batched_bias_residual};
 
 /// Depth of a packed block (the `K` extent kept in cache at once).
 pub(crate) const KC: usize = 512;
