@@ -561,8 +561,10 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
     /// use zerfoo::prelude::*;
     /// let x = Tensor::<(U2, U3), f32>::from_vec(Default::default(), vec![1., 2., 3., 4., 5., 6.]).unwrap();
     /// let w = Tensor::<(U1, U3), f32>::from_vec(Default::default(), vec![1., 0., -1.]).unwrap();
+    /// let b = Tensor::<(U1,), f32>::from_vec(Default::default(), vec![0.5]).unwrap();
     /// let r = Tensor::<(U2, U1), f32>::from_vec(Default::default(), vec![10., 20.]).unwrap();
-    /// assert_eq!(x.try_matmul_t_bias_residual(w, None, r).unwrap().to_vec(), [8., 18.]);
+    /// // (-2, -2) + 0.5 + (10, 20)
+    /// assert_eq!(x.try_matmul_t_bias_residual(w, Some(b), r).unwrap().to_vec(), [8.5, 18.5]);
     /// ```
     pub fn try_matmul_t_bias_residual<S2, E2, T2, O, N>(
         self,
