@@ -355,7 +355,7 @@ fn tail<A>(x: &[A], from: usize) -> &[A] {
 }
 
 /// `c += A · B` for compute-type blocks (see [`gemm_acc`]).
-use super::matmul::gemm_acc;
+use super::matmul::{gemm_acc, gemm_set};
 
 /// Where the attention scale is applied: inside the exponentials
 /// (`exp(sc·s − sc·m)`, one fused multiply-add, no pass over the scores)
@@ -400,8 +400,7 @@ fn scores<A: Real>(
     scale: Option<A>,
     s: &mut [A],
 ) {
-    s.fill(A::zero());
-    gemm_acc(bq, n, d, q, (qst, 1), &kt[j0..], (tk, 1), s);
+    gemm_set(bq, n, d, q, (qst, 1), &kt[j0..], (tk, 1), s);
     if let Some(scale) = scale {
         s.iter_mut().for_each(|x| *x *= scale);
     }
@@ -661,7 +660,6 @@ fn forward_block<A: Real>(
     let (m, l, alpha) = (&mut m[..bq], &mut l[..bq], &mut alpha[..bq]);
     let mut sbuf = [A::zero(); QUERY_BLOCK * KEY_BLOCK];
     let split = ScaleSplit::of(scale);
-    o.fill(A::zero());
     let (lo, hi) = block_keys(mask, i0, bq, tk);
     let mut j0 = lo;
     while j0 < hi {
@@ -670,12 +668,18 @@ fn forward_block<A: Real>(
         scores(q, kt, (j0, tk), (bq, n, d), split.scores, s);
         mask_block(mask, pad, (i0, bq), (j0, n), tk, s);
         softmax_step(s, n, split.exp, m, l, alpha);
-        for (orow, &a) in o.chunks_exact_mut(dv).zip(alpha.iter()) {
-            if a != A::one() {
-                orow.iter_mut().for_each(|x| *x *= a);
+        let pv = tail(v, j0 * vst);
+        if j0 == lo {
+            // The first block: `o` starts as `p v` (what it holds is not read).
+            gemm_set(bq, dv, n, s, (n, 1), pv, (vst, 1), o);
+        } else {
+            for (orow, &a) in o.chunks_exact_mut(dv).zip(alpha.iter()) {
+                if a != A::one() {
+                    orow.iter_mut().for_each(|x| *x *= a);
+                }
             }
+            gemm_acc(bq, dv, n, s, (n, 1), pv, (vst, 1), o);
         }
-        gemm_acc(bq, dv, n, s, (n, 1), tail(v, j0 * vst), (vst, 1), o);
         j0 += n;
     }
     for (r, (orow, lr)) in o.chunks_exact_mut(dv).zip(lse.iter_mut()).enumerate() {
@@ -1074,8 +1078,7 @@ unsafe fn backward_into<E: FloatDtype>(
                         // dv += Pᵀ dO
                         gemm_acc(n, dv, bq, p, (1, n), dob, (dost, 1), dvb);
                         // dP = dO vᵀ, then dS = P ∘ (dP − Di)
-                        dp.fill(zero);
-                        gemm_acc(bq, n, dv, dob, (dost, 1), &vt[j0..], (tk, 1), dp);
+                        gemm_set(bq, n, dv, dob, (dost, 1), &vt[j0..], (tk, 1), dp);
                         for (r, (dsr, pr)) in
                             dp.chunks_exact_mut(n).zip(p.chunks_exact(n)).enumerate()
                         {

@@ -1,6 +1,7 @@
 //! Small `f32` products read in place, for the blocks of other kernels (the
-//! fused attention's 32 x 32 x 64 products): `c += A · B` with `B` row-major
-//! (unit column stride) and `A` at any strides, no packing, no allocation.
+//! fused attention's 32 x 32 x 64 products): `c += A · B`, or `c = A · B`
+//! (`c` not read), with `B` row-major (unit column stride) and `A` at any
+//! strides, no packing, no allocation.
 //!
 //! An AVX-512 tile of `R` rows by `16 * V` columns of `C` stays in registers
 //! while the depth loop broadcasts `A`'s values and loads `B`'s row straight
@@ -21,8 +22,8 @@ use core::arch::x86_64::*;
 #[cfg(target_arch = "x86_64")]
 const ROWS: usize = 8;
 
-/// `c += A · B` (`m x k` by `k x n`, `c` row-major `m x n`) through the
-/// AVX-512 tiles, when this CPU has AVX-512F and the product suits them
+/// `c += A · B`, or `c = A · B` with `overwrite` (`m x k` by `k x n`, `c`
+/// row-major `m x n`) through the AVX-512 tiles, when this CPU has AVX-512F and the product suits them
 /// (`B` row-major, depth within one block); returns `false` (having done
 /// nothing) otherwise.
 ///
@@ -40,6 +41,7 @@ pub(crate) unsafe fn try_gemm_acc_f32(
     b: &[f32],
     (rsb, csb): (usize, usize),
     c: &mut [f32],
+    overwrite: bool,
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -58,13 +60,14 @@ pub(crate) unsafe fn try_gemm_acc_f32(
                 b.as_ptr(),
                 rsb,
                 c.as_mut_ptr(),
+                overwrite,
             )
         };
         true
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = ((m, n, k), a, (rsa, csa), b, (rsb, csb), c);
+        let _ = ((m, n, k), a, (rsa, csa), b, (rsb, csb), c, overwrite);
         false
     }
 }
@@ -91,6 +94,7 @@ unsafe fn gemm_avx512(
     b: *const f32,
     rsb: usize,
     c: *mut f32,
+    overwrite: bool,
 ) {
     let mut j0 = 0;
     while j0 < n {
@@ -105,7 +109,7 @@ unsafe fn gemm_avx512(
             // inside the product (the caller's guarantee).
             unsafe {
                 let (ap, bp, cp) = (a.add(i0 * rsa), b.add(j0), c.add(i0 * n + j0));
-                let args = (k, ap, rsa, csa, bp, rsb, cp, n, mask);
+                let args = (k, ap, rsa, csa, bp, rsb, cp, n, mask, overwrite);
                 if cols > 16 {
                     tile_rows::<2>(rows, args);
                 } else {
@@ -119,7 +123,8 @@ unsafe fn gemm_avx512(
 }
 
 /// The arguments of one tile: depth, `A` (pointer, strides), `B` (pointer,
-/// row stride), `C` (pointer, row stride) and the last vector's lane mask.
+/// row stride), `C` (pointer, row stride), the last vector's lane mask, and
+/// whether the tile overwrites `C` (else adds to it).
 #[cfg(target_arch = "x86_64")]
 type TileArgs = (
     usize,
@@ -131,6 +136,7 @@ type TileArgs = (
     *mut f32,
     usize,
     __mmask16,
+    bool,
 );
 
 /// Dispatches a tile of `rows` (`1..=ROWS`) rows to its unrolled kernel.
@@ -155,8 +161,9 @@ unsafe fn tile_rows<const V: usize>(rows: usize, t: TileArgs) {
     }
 }
 
-/// `C[0..R, 0..16V] += A[0..R, 0..k] · B[0..k, 0..16V]`, the last vector of
-/// each row limited to the lanes in `mask`.
+/// `C[0..R, 0..16V] += A[0..R, 0..k] · B[0..k, 0..16V]` (`=` when
+/// overwriting), the last vector of each row limited to the lanes in
+/// `mask`.
 ///
 /// # Safety
 /// AVX-512F must be present; rows `0..R` and depth `0..k` of `A`, depth
@@ -164,7 +171,9 @@ unsafe fn tile_rows<const V: usize>(rows: usize, t: TileArgs) {
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile<const R: usize, const V: usize>((k, a, rsa, csa, b, rsb, c, ldc, mask): TileArgs) {
+unsafe fn tile<const R: usize, const V: usize>(
+    (k, a, rsa, csa, b, rsb, c, ldc, mask, overwrite): TileArgs,
+) {
     let lane_mask = |v: usize| if v + 1 == V { mask } else { !0 };
     let mut acc = [[_mm512_setzero_ps(); V]; R];
     let mut bp = b;
@@ -220,8 +229,12 @@ unsafe fn tile<const R: usize, const V: usize>((k, a, rsa, csa, b, rsb, c, ldc, 
             // SAFETY: the tile of `C`, masked lanes neither read nor written.
             unsafe {
                 let p = c.add(r * ldc + 16 * v);
-                let old = _mm512_maskz_loadu_ps(lane_mask(v), p);
-                _mm512_mask_storeu_ps(p, lane_mask(v), _mm512_add_ps(old, acc));
+                let sum = if overwrite {
+                    acc
+                } else {
+                    _mm512_add_ps(_mm512_maskz_loadu_ps(lane_mask(v), p), acc)
+                };
+                _mm512_mask_storeu_ps(p, lane_mask(v), sum);
             }
         }
     }

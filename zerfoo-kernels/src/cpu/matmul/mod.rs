@@ -1246,13 +1246,45 @@ pub(crate) fn gemm_acc<A: Real>(
     n: usize,
     k: usize,
     a: &[A],
+    sa: (usize, usize),
+    b: &[A],
+    sb: (usize, usize),
+    c: &mut [A],
+) {
+    gemm_small((m, n, k), a, sa, b, sb, c, false)
+}
+
+/// [`gemm_acc`] that overwrites `c` with `A · B` (its values are never
+/// read): no zero fill first, no loads of `c`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_set<A: Real>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[A],
+    sa: (usize, usize),
+    b: &[A],
+    sb: (usize, usize),
+    c: &mut [A],
+) {
+    gemm_small((m, n, k), a, sa, b, sb, c, true)
+}
+
+/// [`gemm_acc`] (`overwrite` false) and [`gemm_set`] (true).
+fn gemm_small<A: Real>(
+    (m, n, k): (usize, usize, usize),
+    a: &[A],
     (rsa, csa): (usize, usize),
     b: &[A],
     (rsb, csb): (usize, usize),
     c: &mut [A],
+    overwrite: bool,
 ) {
     assert_eq!(c.len(), m * n, "gemm_acc: output length");
     if m == 0 || n == 0 || k == 0 {
+        if overwrite {
+            c.fill(A::zero());
+        }
         return;
     }
     assert!(
@@ -1270,20 +1302,22 @@ pub(crate) fn gemm_acc<A: Real>(
         b: &[E],
         sb: (usize, usize),
         c: &mut [E::Acc],
+        overwrite: bool,
     ) {
         let (m, n, k) = dims;
         let (a_rows, a_cols) = (offsets(m, sa.0), offsets(k, sa.1));
         let (b_rows, b_cols) = (offsets(k, sb.0), offsets(n, sb.1));
         let ops = Operands::new(a, 0, &a_rows, &a_cols, b, 0, &b_rows, &b_cols);
-        // SAFETY: `MaybeUninit<T>` has `T`'s layout; without `overwrite`
-        // `blocked` reads and adds to the (initialized) values.
+        // SAFETY: `MaybeUninit<T>` has `T`'s layout; `blocked` writes only
+        // initialized values (and without `overwrite` reads and adds to
+        // the initialized ones there).
         let c = unsafe { &mut *(c as *mut [E::Acc] as *mut [MaybeUninit<E::Acc>]) };
         blocked::<E, Widen>(
             &ops,
             c,
             1,
             kernel::kernel::<E::Acc>(),
-            false,
+            overwrite,
             None,
             Final::Keep,
         );
@@ -1304,9 +1338,11 @@ pub(crate) fn gemm_acc<A: Real>(
             )
         };
         // SAFETY: the bounds were checked above.
-        let done = unsafe { direct::try_gemm_acc_f32((m, n, k), a, (rsa, csa), b, (rsb, csb), c) };
+        let done = unsafe {
+            direct::try_gemm_acc_f32((m, n, k), a, (rsa, csa), b, (rsb, csb), c, overwrite)
+        };
         if !done {
-            typed::<f32>((m, n, k), a, (rsa, csa), b, (rsb, csb), c);
+            typed::<f32>((m, n, k), a, (rsa, csa), b, (rsb, csb), c, overwrite);
         }
     } else {
         assert_eq!(
@@ -1322,6 +1358,6 @@ pub(crate) fn gemm_acc<A: Real>(
                 core::slice::from_raw_parts_mut(c.as_mut_ptr().cast::<f64>(), c.len()),
             )
         };
-        typed::<f64>((m, n, k), a, (rsa, csa), b, (rsb, csb), c);
+        typed::<f64>((m, n, k), a, (rsa, csa), b, (rsb, csb), c, overwrite);
     }
 }

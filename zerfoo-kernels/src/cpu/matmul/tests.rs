@@ -1020,7 +1020,8 @@ fn bf16_rounding_matches_from_f32() {
 /// The in-place small-product path (`direct`) against the blocked path
 /// (bit for bit: same summation order) and the f64 triple loop, at sizes
 /// that leave partial row tiles and partial vectors, with `A` row-major,
-/// transposed or strided both ways, and padded row strides.
+/// transposed or strided both ways, and padded row strides; adding to `c`
+/// or overwriting it.
 #[test]
 fn direct_small_products_match_blocked_bitwise() {
     if !std::arch::is_x86_feature_detected!("avx512f") {
@@ -1037,7 +1038,7 @@ fn direct_small_products_match_blocked_bitwise() {
         (64, 48, 129),
     ] {
         // A row-major, transposed, and strided both ways (each has its own loop).
-        for a_order in 0..3 {
+        for (a_order, overwrite) in (0..3).flat_map(|o| [(o, false), (o, true)]) {
             let (rsa, csa) = match a_order {
                 0 => (k + 3, 1),
                 1 => (1, m + 2),
@@ -1052,7 +1053,15 @@ fn direct_small_products_match_blocked_bitwise() {
             let mut direct_c = f(&c64);
             // SAFETY: the operands were sized for these strides above.
             assert!(unsafe {
-                direct::try_gemm_acc_f32((m, n, k), &a, (rsa, csa), &b, (rsb, 1), &mut direct_c)
+                direct::try_gemm_acc_f32(
+                    (m, n, k),
+                    &a,
+                    (rsa, csa),
+                    &b,
+                    (rsb, 1),
+                    &mut direct_c,
+                    overwrite,
+                )
             });
             // The blocked path, through the same entry the kernels use.
             let (a_rows, a_cols) = (offsets(m, rsa), offsets(k, csa));
@@ -1068,16 +1077,21 @@ fn direct_small_products_match_blocked_bitwise() {
                 c,
                 1,
                 kernel::kernel::<f32>(),
-                false,
+                overwrite,
                 None,
                 Final::Keep,
             );
+            let what = format!("{m}x{n}x{k} A order {a_order}, overwrite {overwrite}");
             assert_eq!(
                 direct_c.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
                 blocked_c.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                "{m}x{n}x{k} A order {a_order}"
+                "{what}"
             );
-            let mut want = c64.clone();
+            let mut want = if overwrite {
+                vec![0.0; m * n]
+            } else {
+                c64.clone()
+            };
             for i in 0..m {
                 for j in 0..n {
                     for p in 0..k {
@@ -1086,14 +1100,22 @@ fn direct_small_products_match_blocked_bitwise() {
                 }
             }
             let got: Vec<f64> = direct_c.iter().map(|&x| x as f64).collect();
-            assert!(max_rel(&got, &want) < 1e-5, "{m}x{n}x{k} A order {a_order}");
+            assert!(max_rel(&got, &want) < 1e-5, "{what}");
         }
     }
     // Not for it: a transposed B, or a depth beyond one block.
     let mut c = vec![0f32; 4];
     // SAFETY: in bounds (and refused before any read).
     assert!(!unsafe {
-        direct::try_gemm_acc_f32((2, 2, 2), &[0.0; 4], (2, 1), &[0.0; 4], (1, 2), &mut c)
+        direct::try_gemm_acc_f32(
+            (2, 2, 2),
+            &[0.0; 4],
+            (2, 1),
+            &[0.0; 4],
+            (1, 2),
+            &mut c,
+            false,
+        )
     });
     let long = vec![0f32; 2 * (KC + 1)];
     // SAFETY: as above.
@@ -1105,6 +1127,7 @@ fn direct_small_products_match_blocked_bitwise() {
             &long,
             (1, 1),
             &mut c[..2],
+            false,
         )
     });
 }
