@@ -354,7 +354,7 @@ fn tail<A>(x: &[A], from: usize) -> &[A] {
     x.get(from..).unwrap_or(&[])
 }
 
-/// `c += A · B` for compute-type blocks (see [`gemm_acc`]).
+/// `c += A · B` and `c = A · B` for compute-type blocks.
 use super::matmul::{gemm_acc, gemm_set};
 
 /// Where the attention scale is applied: inside the exponentials
@@ -836,6 +836,7 @@ pub fn attention_backward<E: FloatDtype>(
     scale: f64,
     order: HeadsOrder,
 ) -> (Vec<E>, Vec<E>, Vec<E>) {
+    let dims = AttnDims::of(ql, kl, vl);
     let AttnDims {
         b,
         h,
@@ -843,7 +844,7 @@ pub fn attention_backward<E: FloatDtype>(
         tk,
         d,
         dv,
-    } = AttnDims::of(ql, kl, vl);
+    } = dims;
     let (mut gq, mut gk, mut gv) = (
         uninit_vec::<E>(b * h * tq * d),
         uninit_vec::<E>(b * h * tk * d),
@@ -867,6 +868,7 @@ pub fn attention_backward<E: FloatDtype>(
     // SAFETY: each gradient is its buffer, all of it, in its `order` layout.
     unsafe {
         backward_into(
+            dims,
             (q, ql),
             (k, kl),
             (v, vl),
@@ -936,6 +938,7 @@ pub fn attention_backward_packed<E: FloatDtype>(
     mask: &AttnMask<'_>,
     scale: f64,
 ) -> Vec<E> {
+    let dims = AttnDims::of(ql, kl, vl);
     let AttnDims {
         b,
         h,
@@ -943,7 +946,7 @@ pub fn attention_backward_packed<E: FloatDtype>(
         tk,
         d,
         dv,
-    } = AttnDims::of(ql, kl, vl);
+    } = dims;
     assert_eq!(
         tq, tk,
         "attention: packed gradients need as many queries as keys"
@@ -963,6 +966,7 @@ pub fn attention_backward_packed<E: FloatDtype>(
     // SAFETY: the three blocks are disjoint and together cover the buffer.
     unsafe {
         backward_into(
+            dims,
             (q, ql),
             (k, kl),
             (v, vl),
@@ -984,11 +988,14 @@ type Saved<'a, E> = (&'a [E], &'a [<E as FloatDtype>::Acc], HeadsOrder);
 /// The work of [`attention_backward`], storing the gradients of `q`, `k`
 /// and `v` through the pointers and `(B, H, T, W)` layouts of `grads`.
 ///
+/// `dims` are [`AttnDims::of`] the three layouts.
+///
 /// # Safety
 /// Each gradient's layout must lie inside its pointer's allocation, and no
 /// two may share an element, nor anything else touch them meanwhile.
 #[allow(clippy::too_many_arguments)]
 unsafe fn backward_into<E: FloatDtype>(
+    dims: AttnDims,
     (q, ql): (&[E], &Layout),
     (k, kl): (&[E], &Layout),
     (v, vl): (&[E], &Layout),
@@ -1005,7 +1012,7 @@ unsafe fn backward_into<E: FloatDtype>(
         tk,
         d,
         dv,
-    } = AttnDims::of(ql, kl, vl);
+    } = dims;
     let rows = b * h * tq;
     assert_eq!(dl.shape(), &[b, h, tq, dv], "attention: dout shape");
     assert_eq!(out.len(), rows * dv, "attention: saved output length");

@@ -45,6 +45,22 @@ pub trait MatmulKernels: Device {
         bias: &Self::Storage<E>,
     ) -> Result<Self::Storage<E>, DeviceError>;
 
+    /// [`gemm_batched_bias`](Self::gemm_batched_bias) with a bias,
+    /// [`gemm_batched`](Self::gemm_batched) without.
+    fn gemm_batched_maybe_bias<E: FloatDtype>(
+        &self,
+        a: &Self::Storage<E>,
+        la: &Layout,
+        b: &Self::Storage<E>,
+        lb: &Layout,
+        bias: Option<&Self::Storage<E>>,
+    ) -> Result<Self::Storage<E>, DeviceError> {
+        match bias {
+            Some(bias) => self.gemm_batched_bias(a, la, b, lb, bias),
+            None => self.gemm_batched(a, la, b, lb),
+        }
+    }
+
     /// A linear layer and its activation: `h` = [`gemm_batched_bias`]
     /// (or [`gemm_batched`](Self::gemm_batched) without a bias) and
     /// `y = act(h)`, both contiguous. The CPU applies `act` to each part of
@@ -65,10 +81,7 @@ pub trait MatmulKernels: Device {
     where
         Self: ElementwiseKernels,
     {
-        let h = match bias {
-            Some(bias) => self.gemm_batched_bias(a, la, b, lb, bias)?,
-            None => self.gemm_batched(a, la, b, lb)?,
-        };
+        let h = self.gemm_batched_maybe_bias(a, la, b, lb, bias)?;
         let y = self.unary_forward(act, &h, &result_layout(la, lb))?;
         Ok((h, y))
     }
@@ -93,10 +106,7 @@ pub trait MatmulKernels: Device {
     where
         Self: ElementwiseKernels,
     {
-        let h = match bias {
-            Some(bias) => self.gemm_batched_bias(a, la, b, lb, bias)?,
-            None => self.gemm_batched(a, la, b, lb)?,
-        };
+        let h = self.gemm_batched_maybe_bias(a, la, b, lb, bias)?;
         self.binary_forward(AddOp, residual, lr, &h, &result_layout(la, lb))
     }
 
@@ -150,6 +160,18 @@ fn check_activation(lx: &Layout, x: usize, y: usize) -> Result<(), DeviceError> 
 }
 
 /// The error for a bias whose length is not the product's column count.
+/// `bias` as a slice, if any, after checking it has one value per column
+/// of `lb`.
+fn checked_bias<'a, E>(
+    lb: &Layout,
+    bias: Option<&'a Vec<E>>,
+) -> Result<Option<&'a [E]>, DeviceError> {
+    match bias {
+        Some(b) if b.len() != product_columns(lb) => Err(bias_mismatch(lb, b.len())),
+        other => Ok(other.map(|b| &b[..])),
+    }
+}
+
 fn bias_mismatch(lb: &Layout, len: usize) -> DeviceError {
     DeviceError::new(
         "gemm_batched_bias",
@@ -190,16 +212,8 @@ impl MatmulKernels for Cpu {
         lb: &Layout,
         bias: &Vec<E>,
     ) -> Result<Vec<E>, DeviceError> {
-        if bias.len() != product_columns(lb) {
-            return Err(bias_mismatch(lb, bias.len()));
-        }
-        Ok(crate::cpu::matmul::gemm_batched_bias(
-            a,
-            la,
-            b,
-            lb,
-            Some(bias),
-        ))
+        let bias = checked_bias(lb, Some(bias))?;
+        Ok(crate::cpu::matmul::gemm_batched_bias(a, la, b, lb, bias))
     }
 
     fn gemm_batched_bias_act<E: FloatDtype, O: UnaryOp>(
@@ -211,10 +225,7 @@ impl MatmulKernels for Cpu {
         bias: Option<&Vec<E>>,
         act: O,
     ) -> Result<(Vec<E>, Vec<E>), DeviceError> {
-        if let Some(bias) = bias.filter(|b| b.len() != product_columns(lb)) {
-            return Err(bias_mismatch(lb, bias.len()));
-        }
-        let bias = bias.map(|b| &b[..]);
+        let bias = checked_bias(lb, bias)?;
         Ok(crate::cpu::matmul::gemm_batched_bias_act(
             a, la, b, lb, bias, act,
         ))
@@ -230,10 +241,17 @@ impl MatmulKernels for Cpu {
         residual: &Vec<E>,
         lr: &Layout,
     ) -> Result<Vec<E>, DeviceError> {
-        if let Some(bias) = bias.filter(|b| b.len() != product_columns(lb)) {
-            return Err(bias_mismatch(lb, bias.len()));
+        let bias = checked_bias(lb, bias)?;
+        let shape = crate::cpu::matmul::result_shape(la, lb);
+        if lr.shape() != shape {
+            return Err(DeviceError::new(
+                "gemm_batched_bias_residual",
+                format!(
+                    "a residual of shape {:?} for a product of shape {shape:?}",
+                    lr.shape()
+                ),
+            ));
         }
-        let bias = bias.map(|b| &b[..]);
         Ok(crate::cpu::matmul::gemm_batched_bias_residual(
             a, la, b, lb, bias, residual, lr,
         ))
@@ -316,5 +334,39 @@ mod cuda_impl {
                 &lbias,
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::unary::Relu;
+
+    /// A bias of the wrong length, or a residual of the wrong shape, is an
+    /// error naming the operation, not a panic inside the kernels.
+    #[test]
+    fn bad_bias_or_residual_is_an_error() {
+        let (a, la) = (vec![1.0f32; 6], Layout::contiguous(&[2, 3]));
+        let (b, lb) = (vec![1.0f32; 12], Layout::contiguous(&[3, 4]));
+        let short = vec![0.0f32; 3];
+        let err = |r: Result<Vec<f32>, DeviceError>| r.unwrap_err().to_string();
+        assert!(err(Cpu.gemm_batched_bias(&a, &la, &b, &lb, &short)).contains("a bias of 3"));
+        let act = Cpu.gemm_batched_bias_act(&a, &la, &b, &lb, Some(&short), Relu);
+        assert!(err(act.map(|(h, _)| h)).contains("a bias of 3"));
+        let (r, lr) = (vec![0.0f32; 8], Layout::contiguous(&[2, 4]));
+        let res = Cpu.gemm_batched_bias_residual(&a, &la, &b, &lb, Some(&short), &r, &lr);
+        assert!(err(res).contains("a bias of 3"));
+        let wrong = Layout::contiguous(&[4, 2]);
+        let res = Cpu.gemm_batched_bias_residual(&a, &la, &b, &lb, None, &r, &wrong);
+        let msg = err(res);
+        assert!(
+            msg.contains("gemm_batched_bias_residual") && msg.contains("[4, 2]"),
+            "{msg}"
+        );
+        // And a good call: 3 + the residual's 0.
+        let y = Cpu
+            .gemm_batched_bias_residual(&a, &la, &b, &lb, None, &r, &lr)
+            .unwrap();
+        assert_eq!(y, [3.0; 8]);
     }
 }

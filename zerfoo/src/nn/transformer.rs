@@ -113,13 +113,7 @@ where
 {
     type Output = <Linear<F, D, E, Dv> as Forward<Tensor<S1, E, Dv, Tp>>>::Output;
     fn forward(&self, x: X) -> Self::Output {
-        // GELU inside fc1's op (and its derivative inside fc2's backward).
-        let h = if self.gelu_tanh {
-            self.fc1.forward_act(x, GeluTanh)
-        } else {
-            self.fc1.forward_act(x, Gelu)
-        };
-        self.fc2.forward(h)
+        self.fc2.forward(self.hidden(x))
     }
 }
 
@@ -132,12 +126,20 @@ impl<D: Dim, F: Dim, E: FloatDtype, Dv: Backend> BlockMlp<D, F, E, Dv> {
         x: Tensor<(B, T, D), E, Dv, Tp>,
         residual: Tensor<(B, T, D), E, Dv, Tp>,
     ) -> Tensor<(B, T, D), E, Dv, Tp> {
-        let h = if self.gelu_tanh {
+        self.fc2.forward_residual(self.hidden(x), residual)
+    }
+
+    /// `gelu(fc1(x))`, the GELU inside fc1's op (and its derivative inside
+    /// fc2's backward).
+    fn hidden<X, S1: Shape, Tp: TapeState>(&self, x: X) -> Tensor<S1, E, Dv, Tp>
+    where
+        Linear<D, F, E, Dv>: ForwardAct<X, Output = Tensor<S1, E, Dv, Tp>>,
+    {
+        if self.gelu_tanh {
             self.fc1.forward_act(x, GeluTanh)
         } else {
             self.fc1.forward_act(x, Gelu)
-        };
-        self.fc2.forward_residual(h, residual)
+        }
     }
 }
 

@@ -91,6 +91,17 @@ impl AttentionMask {
     pub fn is_none(&self) -> bool {
         !self.causal && self.window.is_none() && self.padding.is_none()
     }
+    /// An error unless the padding, if any, is `(b, tk)`.
+    fn check_padding(&self, b: usize, tk: usize) -> Result<()> {
+        match &self.padding {
+            Some(p) if p.len() != b * tk => Err(Error::ShapeMismatch {
+                op: "fused attention padding mask",
+                lhs: vec![p.len()],
+                rhs: vec![b, tk],
+            }),
+            _ => Ok(()),
+        }
+    }
     fn kernel(&self) -> AttnMask<'_> {
         AttnMask {
             causal: self.causal,
@@ -266,15 +277,7 @@ where
             rhs: vec![bs, ts, width],
         });
     }
-    if let Some(p) = &mask.padding {
-        if p.len() != bs * ts {
-            return Err(Error::ShapeMismatch {
-                op: "fused attention padding mask",
-                lhs: vec![p.len()],
-                rhs: vec![bs, ts],
-            });
-        }
-    }
+    mask.check_padding(bs, ts)?;
     let qkv = qkv.contiguous();
     // Block `part` of the rows, read as `(B, H, T, D)`.
     let block = |part: usize| {
@@ -366,15 +369,7 @@ where
     if kd[..3] != vd[..3] {
         return Err(mismatch(&kl, &vl));
     }
-    if let Some(p) = &mask.padding {
-        if p.len() != kd[0] * kd[2] {
-            return Err(Error::ShapeMismatch {
-                op: "fused attention padding mask",
-                lhs: vec![p.len()],
-                rhs: vec![kd[0], kd[2]],
-            });
-        }
-    }
+    mask.check_padding(kd[0], kd[2])?;
     let out_dims = [qd[0], qd[1], qd[2], vd[3]];
     let (out, lse) = q.device.attention_forward(
         &q.data,

@@ -197,16 +197,6 @@ struct Residual<E: FloatDtype, D: Backend> {
     node: Option<Arc<crate::autograd::Node>>,
 }
 
-/// What a linear layer's product does to its result on the way out.
-enum Epilogue<E: FloatDtype, D: Backend> {
-    /// Nothing more.
-    Plain,
-    /// An activation ([`Tensor::try_matmul_t_bias_act`]).
-    Act(LinearAct),
-    /// A residual added ([`Tensor::try_matmul_t_bias_residual`]).
-    Residual(Residual<E, D>),
-}
-
 /// An activation a linear layer applies to its product in the product
 /// itself ([`Tensor::try_matmul_t_bias_act`]): on the CPU (`f32`/`f64`) each
 /// finished part of the product goes through it while still in cache, and
@@ -437,7 +427,7 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
         E: SameDtype<E2, Matmul>,
         T: Merge<T2>,
     {
-        self.matmul_core(rhs, false, None, Epilogue::Plain)
+        self.matmul_core(rhs, false, None, None, None)
     }
 
     /// `self · rhsᵀ` (`rhs` transposed over its last two axes): the product
@@ -461,7 +451,7 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
         E: SameDtype<E2, Matmul>,
         T: Merge<T2>,
     {
-        self.matmul_core(transposed_view(rhs), true, None, Epilogue::Plain)
+        self.matmul_core(transposed_view(rhs), true, None, None, None)
     }
 
     /// `self · rhsᵀ + bias`: a linear layer's forward (`F.linear`), with
@@ -500,7 +490,8 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
             transposed_view(rhs),
             true,
             Some(Bias::of(bias)?),
-            Epilogue::Plain,
+            None,
+            None,
         )
     }
 
@@ -542,7 +533,7 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
         T: Merge<T2>,
     {
         let bias = bias.map(Bias::of).transpose()?;
-        self.matmul_core(transposed_view(rhs), true, bias, Epilogue::Act(act))
+        self.matmul_core(transposed_view(rhs), true, bias, Some(act), None)
     }
 
     /// `residual + (self · rhsᵀ + bias)`: a layer's output projection and
@@ -589,12 +580,7 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
             layout: residual.layout,
             id: residual.id,
         };
-        self.matmul_core(
-            transposed_view(rhs),
-            true,
-            bias,
-            Epilogue::Residual(residual),
-        )
+        self.matmul_core(transposed_view(rhs), true, bias, None, Some(residual))
     }
 
     /// Panicking twin of [`try_matmul_t_bias`](Self::try_matmul_t_bias).
@@ -631,7 +617,8 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
         or_panic(self.try_matmul_t(rhs))
     }
 
-    /// The product, plus `bias` on every row if any, then the epilogue; with
+    /// The product, plus `bias` on every row if any, then `act` or
+    /// `residual` (never both) if any; with
     /// `transposed_rhs`, `rhs` is the transposed view of a tensor whose id
     /// it carries, and its gradient is produced in that tensor's orientation
     /// (`[.., N, K]`).
@@ -640,7 +627,8 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
         rhs: Tensor<S2, E2, D, T2>,
         transposed_rhs: bool,
         bias: Option<Bias<E, D>>,
-        epilogue: Epilogue<E, D>,
+        act: Option<LinearAct>,
+        residual: Option<Residual<E, D>>,
     ) -> Result<Tensor<O, E, D, <T as Merge<T2>>::Out>>
     where
         S: MatMulShapes<S2, Out = O>,
@@ -692,14 +680,15 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
         }
         let bias_data = bias.as_ref().map(|b| &*b.data);
         // With an activation, `y` is the output and `h` the product.
-        let (h, y) = match &epilogue {
-            Epilogue::Act(act) => {
-                let (h, y) = with_act!(*act, |op| self
+        debug_assert!(act.is_none() || residual.is_none());
+        let (h, y) = match (act, &residual) {
+            (Some(act), _) => {
+                let (h, y) = with_act!(act, |op| self
                     .device
                     .gemm_batched_bias_act(&self.data, &la, &rhs.data, &lb, bias_data, op))?;
                 (Some(Arc::new(h)), y)
             }
-            Epilogue::Residual(r) => {
+            (None, Some(r)) => {
                 if r.layout.shape() != out_shape.dims().as_ref() {
                     return Err(Error::ShapeMismatch {
                         op: "matmul_t_bias_residual",
@@ -713,20 +702,11 @@ impl<S: Shape, E: FloatDtype, D: Backend, T: TapeState> Tensor<S, E, D, T> {
                 )?;
                 (None, y)
             }
-            Epilogue::Plain => (
+            (None, None) => (
                 None,
-                match bias_data {
-                    Some(bias) => self
-                        .device
-                        .gemm_batched_bias(&self.data, &la, &rhs.data, &lb, bias)?,
-                    None => self.device.gemm_batched(&self.data, &la, &rhs.data, &lb)?,
-                },
+                self.device
+                    .gemm_batched_maybe_bias(&self.data, &la, &rhs.data, &lb, bias_data)?,
             ),
-        };
-        let (act, residual) = match epilogue {
-            Epilogue::Act(act) => (Some(act), None),
-            Epilogue::Residual(r) => (None, Some(r)),
-            Epilogue::Plain => (None, None),
         };
         let y = Arc::new(y);
         let out_id = TensorId::fresh();

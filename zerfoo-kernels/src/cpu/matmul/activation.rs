@@ -252,7 +252,7 @@ fn result_len(la: &Layout, lb: &Layout) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::vals;
+    use super::super::tests::{on_threads, vals};
     use super::*;
     use crate::cpu::unary::{GeluErf, GeluTanh, Relu, Silu};
 
@@ -321,11 +321,7 @@ mod tests {
             (1, 1100, 1024, 8),
         ];
         for threads in [1, 2] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            on_threads(threads, || {
                 for &s in &shapes {
                     case::<f32, _>(GeluErf, s);
                     case::<f64, _>(GeluErf, s);
@@ -382,11 +378,7 @@ mod tests {
             (12, 64, 128, 512),
         ];
         for threads in [1, 2] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            on_threads(threads, || {
                 for &s in &shapes {
                     case::<f32>(s);
                     case::<f64>(s);

@@ -23,18 +23,18 @@ use core::arch::x86_64::*;
 const ROWS: usize = 8;
 
 /// `c += A · B`, or `c = A · B` with `overwrite` (`m x k` by `k x n`, `c`
-/// row-major `m x n`) through the AVX-512 tiles, when this CPU has AVX-512F and the product suits them
-/// (`B` row-major, depth within one block); returns `false` (having done
-/// nothing) otherwise.
+/// row-major `m x n`) through the AVX-512 tiles, when this CPU has AVX-512F
+/// and the product suits them (`B` row-major, depth within one block);
+/// returns `false` (having done nothing) otherwise.
 ///
 /// `A[i, p] = a[i * rsa + p * csa]`, `B[p, j] = b[p * rsb + j]`.
 ///
 /// # Safety
-/// The caller ([`super::gemm_acc`]) has checked the bounds: `m, n, k > 0`,
-/// `c.len() == m * n`, and every element of `A` and `B` lies inside `a`
-/// and `b`.
+/// The caller ([`super::gemm_acc`] or [`super::gemm_set`]) has checked
+/// the bounds: `m, n, k > 0`, `c.len() == m * n`, and every element of `A`
+/// and `B` lies inside `a` and `b`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn try_gemm_acc_f32(
+pub(crate) unsafe fn try_gemm_f32(
     (m, n, k): (usize, usize, usize),
     a: &[f32],
     (rsa, csa): (usize, usize),

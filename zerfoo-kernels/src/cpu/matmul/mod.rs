@@ -1338,9 +1338,8 @@ fn gemm_small<A: Real>(
             )
         };
         // SAFETY: the bounds were checked above.
-        let done = unsafe {
-            direct::try_gemm_acc_f32((m, n, k), a, (rsa, csa), b, (rsb, csb), c, overwrite)
-        };
+        let done =
+            unsafe { direct::try_gemm_f32((m, n, k), a, (rsa, csa), b, (rsb, csb), c, overwrite) };
         if !done {
             typed::<f32>((m, n, k), a, (rsa, csa), b, (rsb, csb), c, overwrite);
         }

@@ -750,7 +750,7 @@ fn reference(a: &[f64], la: &Layout, b: &[f64], lb: &Layout) -> (Vec<f64>, Vec<f
 }
 
 /// Runs `f` on a pool of `threads` threads.
-fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+pub(super) fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
@@ -1053,7 +1053,7 @@ fn direct_small_products_match_blocked_bitwise() {
             let mut direct_c = f(&c64);
             // SAFETY: the operands were sized for these strides above.
             assert!(unsafe {
-                direct::try_gemm_acc_f32(
+                direct::try_gemm_f32(
                     (m, n, k),
                     &a,
                     (rsa, csa),
@@ -1107,7 +1107,7 @@ fn direct_small_products_match_blocked_bitwise() {
     let mut c = vec![0f32; 4];
     // SAFETY: in bounds (and refused before any read).
     assert!(!unsafe {
-        direct::try_gemm_acc_f32(
+        direct::try_gemm_f32(
             (2, 2, 2),
             &[0.0; 4],
             (2, 1),
@@ -1120,7 +1120,7 @@ fn direct_small_products_match_blocked_bitwise() {
     let long = vec![0f32; 2 * (KC + 1)];
     // SAFETY: as above.
     assert!(!unsafe {
-        direct::try_gemm_acc_f32(
+        direct::try_gemm_f32(
             (2, 1, KC + 1),
             &long,
             (KC + 1, 1),
