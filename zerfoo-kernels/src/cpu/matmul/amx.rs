@@ -14,16 +14,19 @@
 //! block. Depth blocks are deep (2048), so most products never leave the
 //! tile registers until the end; deeper ones load and store the tiles from
 //! an `f32` accumulator between blocks. Each finished 32 x 32 block is
-//! stored to a scratch tile and rounded into the output while in L1. Every
-//! output is the `f32` sum over depth blocks in order, rounded once to
-//! `bf16`, so the result never depends on the thread count. Like
-//! `vdpbf16ps`, the tiles treat denormal inputs as zero and flush denormal
-//! results to zero.
+//! stored to a scratch tile and rounded into the output (`vcvtne2ps2bf16`,
+//! to nearest, ties to even) while in L1, overlapped with the next block's
+//! products. Every output is the `f32` sum over depth blocks in order,
+//! rounded once to `bf16`, so the result never depends on the thread count.
+//! Like `vdpbf16ps`, the tiles treat denormal inputs as zero and flush
+//! denormal results to zero, and so does the rounding (a bias can make a
+//! sum denormal).
 //!
 //! The tile instructions are written as inline assembly (Rust's AMX
 //! intrinsics are not stable); the kernel asks Linux for the tile state
 //! once (`arch_prctl(ARCH_REQ_XCOMP_PERM)`) and falls back to the AVX-512
-//! path when that fails. `ZERFOO_AMX=0` turns the path off.
+//! path when that fails (or when the CPU lacks AVX512-BF16, which the
+//! rounding uses). `ZERFOO_AMX=0` turns the path off.
 
 use core::mem::MaybeUninit;
 use std::sync::OnceLock;
@@ -55,14 +58,15 @@ const A_BLOCK_BYTES: usize = 512 << 10;
 /// 256 -> 2048 columns, ~+10%).
 const NB: usize = 2048;
 
-/// Whether this CPU and OS run AMX-BF16 (asked once), unless `ZERFOO_AMX=0`.
+/// Whether this CPU and OS run AMX-BF16 and AVX512-BF16 (asked once),
+/// unless `ZERFOO_AMX=0`.
 pub(crate) fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(|| {
         if std::env::var("ZERFOO_AMX").is_ok_and(|v| v == "0") {
             return false;
         }
-        detect()
+        crate::cpu::simd::has_avx512() && detect()
     })
 }
 
@@ -79,7 +83,9 @@ fn detect() -> bool {
     // SAFETY: leaf 7 exists (checked above).
     let edx = unsafe { __cpuid_count(7, 0) }.edx;
     let (amx_bf16, amx_tile) = (edx & (1 << 22) != 0, edx & (1 << 24) != 0);
-    if !(amx_bf16 && amx_tile) {
+    // SAFETY: as above (sub-leaf 1 reads as zeros where it does not exist).
+    let avx512_bf16 = unsafe { __cpuid_count(7, 1) }.eax & (1 << 5) != 0;
+    if !(amx_bf16 && amx_tile && avx512_bf16) {
         return false;
     }
     // arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA): Linux 5.16+
@@ -412,10 +418,30 @@ unsafe fn task_block(
 ) {
     let row_tiles = rows.div_ceil(TILE);
     let col_panels = cols.div_ceil(TILE);
-    // The last depth block's sums go to this 32 x 32 tile and are rounded
-    // into `out` while in L1 (through `acc`, a large result's sums went to
-    // L3 and back).
-    let mut tile = Tile([0.0; TILE * TILE]);
+    // The last depth block's sums go to one of these 32 x 32 tiles and are
+    // rounded into `out` while in L1 (through `acc`, a large result's sums
+    // went to L3 and back): a block's sums wait in one tile while the next
+    // block's products run, and are rounded before that block is stored
+    // to the other, so the rounding overlaps the tile unit's work instead
+    // of waiting for the products before it (1 thread, 1024 x 1024 x 1024:
+    // ~920 -> ~1010 GFLOP/s).
+    let mut tiles = [Tile([0.0; TILE * TILE]), Tile([0.0; TILE * TILE])];
+    let mut waiting: Option<Finished> = None;
+    let round = |tiles: &[Tile; 2], f: Finished| {
+        let ((i0, j0), (_, tj)) = (f.at, f.size);
+        // SAFETY: rows `i0..i0 + ti`, columns `j0..j0 + tj` of `out`:
+        // inside this task's block; AVX-512 F/BW/BF16 (`available`).
+        unsafe {
+            round_tile(
+                &tiles[f.tile],
+                f.size,
+                bias.map(|b| &b[j0..j0 + tj]),
+                out.get().add(i0 * n + j0),
+                n,
+            )
+        };
+    };
+    let mut free = 0;
     // SAFETY: the tile state was granted (`available`); the configuration
     // is a valid palette-1 layout.
     unsafe { core::arch::asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack)) };
@@ -436,35 +462,46 @@ unsafe fn task_block(
                 let c = acc
                     .get()
                     .wrapping_add((r0 + rt * TILE) * np + c0 + cp * TILE);
-                let (dst, ldd) = if last {
-                    (tile.0.as_mut_ptr(), TILE)
-                } else {
-                    (c, np)
-                };
                 // SAFETY: `a` holds 32 rows of `kb` values, `b` `kb / 2`
-                // pair rows of 32, `c` (row length `np`) and `dst` (`ldd`)
-                // 32 x 32 blocks.
-                unsafe { micro_kernel(a, kb, b, (c, np, p0 == 0), (dst, ldd)) };
-                if last {
-                    let (i0, j0) = (r0 + rt * TILE, c0 + cp * TILE);
-                    let (ti, tj) = ((r0 + rows - i0).min(TILE), (c0 + cols - j0).min(TILE));
-                    // SAFETY: rows `i0..i0 + ti`, columns `j0..j0 + tj`
-                    // of `out`: inside this task's block.
-                    unsafe {
-                        round_tile(
-                            &mut tile,
-                            (ti, tj),
-                            bias.map(|b| &b[j0..j0 + tj]),
-                            out.get().add(i0 * n + j0),
-                            n,
-                        )
-                    };
+                // pair rows of 32, `c` (row length `np`) a 32 x 32 block.
+                unsafe { products(a, kb, b, (c, np, p0 == 0)) };
+                if !last {
+                    // SAFETY: as above; tiles 0-3 hold this block's sums.
+                    unsafe { store_c(c, np) };
+                    continue;
                 }
+                // (Rounding runs no tile instruction: tiles 0-3 keep the
+                // sums of this block meanwhile.)
+                if let Some(f) = waiting.take() {
+                    round(&tiles, f);
+                }
+                // SAFETY: a 32 x 32 tile; tiles 0-3 hold this block's sums.
+                unsafe { store_c(tiles[free].0.as_mut_ptr(), TILE) };
+                let (i0, j0) = (r0 + rt * TILE, c0 + cp * TILE);
+                waiting = Some(Finished {
+                    tile: free,
+                    at: (i0, j0),
+                    size: ((r0 + rows - i0).min(TILE), (c0 + cols - j0).min(TILE)),
+                });
+                free ^= 1;
             }
         }
     }
+    if let Some(f) = waiting {
+        round(&tiles, f);
+    }
     // SAFETY: releases the tile state this thread configured above.
     unsafe { core::arch::asm!("tilerelease", options(nostack, nomem)) };
+}
+
+/// A block of finished sums waiting in a scratch tile to be rounded.
+struct Finished {
+    /// Which of the task's two tiles holds it.
+    tile: usize,
+    /// Its first row and column in the output.
+    at: (usize, usize),
+    /// Its rows and columns inside the output (32 x 32 or less).
+    size: (usize, usize),
 }
 
 /// A 32 x 32 `f32` tile in one 4 KiB, 64-byte-aligned block.
@@ -472,48 +509,15 @@ unsafe fn task_block(
 struct Tile([f32; TILE * TILE]);
 
 /// Adds the biases (if any) to the top-left `rows x cols` of `tile` and
-/// rounds them into `out` (row length `ldo`).
+/// rounds them into `out` (row length `ldo`) to nearest, ties to even, a
+/// row (two 16-lane halves) per `vcvtne2ps2bf16`: NaN stays NaN (quieted),
+/// denormal sums become zeros of their sign.
 ///
 /// # Safety
-/// `out` must be writable at `i * ldo + j` for `i < rows`, `j < cols`.
-unsafe fn round_tile(
-    tile: &mut Tile,
-    (rows, cols): (usize, usize),
-    bias: Option<&[f32]>,
-    out: *mut u16,
-    ldo: usize,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::cpu::simd::has_avx512() {
-        // SAFETY: AVX-512 F/BW checked; the caller's guarantee for `out`.
-        unsafe { round_tile_avx512(tile, (rows, cols), bias, out, ldo) };
-        return;
-    }
-    for (i, src) in tile.0.chunks_exact_mut(TILE).take(rows).enumerate() {
-        let src = &mut src[..cols];
-        // SAFETY: row `i` of the caller's block.
-        let dst = unsafe {
-            core::slice::from_raw_parts_mut(out.add(i * ldo).cast::<MaybeUninit<bf16>>(), cols)
-        };
-        if let Some(bias) = bias {
-            for (s, &b) in src.iter_mut().zip(bias) {
-                *s += b;
-            }
-        }
-        super::pack::narrow::<bf16>(src, dst)
-    }
-}
-
-/// [`round_tile`] 16 values per step, with
-/// [`bf16_round`](super::pack::bf16_round)'s exact
-/// arithmetic (it was ~20% of a 512 x 384 x 1536 product as a loop over
-/// rows of 8-lane steps).
-///
-/// # Safety
-/// The CPU must have AVX-512 F/BW; as for [`round_tile`].
-#[cfg(target_arch = "x86_64")]
+/// The CPU must have AVX-512 F/BW and AVX512-BF16 ([`available`]); `out`
+/// must be writable at `i * ldo + j` for `i < rows`, `j < cols`.
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn round_tile_avx512(
+unsafe fn round_tile(
     tile: &Tile,
     (rows, cols): (usize, usize),
     bias: Option<&[f32]>,
@@ -523,69 +527,62 @@ unsafe fn round_tile_avx512(
     use core::arch::x86_64::*;
     debug_assert!(cols <= TILE && bias.is_none_or(|b| b.len() >= cols));
     // The two 16-lane halves of a row: which lanes are inside `cols`.
-    let mask = |h: usize| -> __mmask16 {
+    let half_mask = |h: usize| -> __mmask16 {
         let n = cols.saturating_sub(16 * h).min(16);
         ((1u32 << n) - 1) as __mmask16
     };
-    let masks = [mask(0), mask(1)];
+    let masks = [half_mask(0), half_mask(1)];
+    let row_mask = ((1u64 << cols) - 1) as __mmask32;
     // SAFETY: `bias` holds `cols` values; masked-off lanes are not read.
     let load_bias = |h: usize| match bias {
-        Some(b) if masks[h] != 0 => unsafe {
-            _mm512_maskz_loadu_ps(masks[h], b.as_ptr().add(16 * h))
-        },
-        _ => _mm512_setzero_ps(),
+        Some(b) => unsafe { _mm512_maskz_loadu_ps(masks[h], b.as_ptr().add(16 * h)) },
+        None => _mm512_setzero_ps(),
     };
     let biases = [load_bias(0), load_bias(1)];
-    let (one, half, abs, inf, quiet) = (
-        _mm512_set1_epi32(1),
-        _mm512_set1_epi32(0x7FFF),
-        _mm512_set1_epi32(0x7FFF_FFFF),
-        _mm512_set1_epi32(0x7F80_0000),
-        _mm512_set1_epi32(0x40),
-    );
     for i in 0..rows {
-        for h in 0..2 {
-            let m = masks[h];
-            if m == 0 {
-                continue;
-            }
-            // SAFETY: row `i` of the tile (32 values); lanes past `cols` are masked off.
-            let v = unsafe { _mm512_maskz_loadu_ps(m, tile.0.as_ptr().add(i * TILE + 16 * h)) };
+        // SAFETY: row `i` of the tile (32 values); lanes past `cols` are masked off.
+        let half = |h: usize| unsafe {
+            let v = _mm512_maskz_loadu_ps(masks[h], tile.0.as_ptr().add(i * TILE + 16 * h));
             // (No add without a bias: -0 + 0 would be +0.)
-            let x = _mm512_castps_si512(match bias {
+            match bias {
                 Some(_) => _mm512_add_ps(v, biases[h]),
                 None => v,
-            });
-            let hi = _mm512_srli_epi32::<16>(x);
-            let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(
-                _mm512_add_epi32(x, half),
-                _mm512_and_si512(hi, one),
-            ));
-            let nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(x, abs), inf);
-            let r = _mm512_mask_mov_epi32(rounded, nan, _mm512_or_si512(hi, quiet));
-            // SAFETY: row `i`, columns `16h..` of the caller's block, masked to `cols`.
-            unsafe { _mm512_mask_cvtepi32_storeu_epi16(out.add(i * ldo + 16 * h).cast(), m, r) };
-        }
+            }
+        };
+        let (lo, hi) = (half(0), half(1));
+        let rounded: __m512i;
+        // SAFETY: AVX512-BF16 (the caller's guarantee); registers only.
+        // (Inline assembly: the intrinsic needs Rust 1.89, the crate 1.85.)
+        unsafe {
+            core::arch::asm!(
+                "vcvtne2ps2bf16 {r}, {hi}, {lo}",
+                r = lateout(zmm_reg) rounded,
+                hi = in(zmm_reg) hi,
+                lo = in(zmm_reg) lo,
+                options(pure, nomem, nostack),
+            )
+        };
+        // SAFETY: row `i` of the caller's block, masked to `cols`.
+        unsafe { _mm512_mask_storeu_epi16(out.add(i * ldo).cast(), row_mask, rounded) };
     }
 }
 
-/// `D = C + A (32 x kb) · B (kb x 32)`, `C` and `D` 32 x 32 `f32` blocks
-/// (row lengths `ldc`, `ldd`; they may be the same): `A` `bf16` in tile
-/// order (see [`pack_a`]), `B` as `kb / 2` rows of 32 depth pairs; `first`
-/// starts from zero instead of `C`.
+/// `C + A (32 x kb) · B (kb x 32)` into tiles 0-3 (rows 0-15 and 16-31
+/// by columns 0-15 and 16-31), `C` a 32 x 32 `f32` block (row length
+/// `ldc`): `A` `bf16` in tile order (see [`pack_a`]), `B` as `kb / 2` rows
+/// of 32 depth pairs; `first` starts from zero instead of `C`. The sums
+/// stay in the tile registers for [`store_c`].
 ///
 /// # Safety
 /// The tile configuration [`CONFIG`] must be loaded on this thread; the
 /// pointers must cover those blocks; `kb` a positive multiple of 32.
 #[inline]
-unsafe fn micro_kernel(
+unsafe fn products(
     a: *const u16,
     kb: usize,
     b: *const u32,
     (c, ldc, first): (*const f32, usize, bool),
-    (d, ldd): (*mut f32, usize),
 ) {
-    let (ldc_b, ldd_b) = (ldc * 4, ldd * 4); // bytes per row of C, D
     let steps = kb / KSTEP;
     // SAFETY: the caller's guarantee; every access below stays inside
     // `a` (32 rows x kb), `b` (kb / 2 rows x 128 bytes) and `c` (32 x 32).
@@ -620,17 +617,10 @@ unsafe fn micro_kernel(
             "add {b}, 2048",
             "dec {steps}",
             "jnz 4b",
-            "tilestored [{d} + {ldd}*1], tmm0",
-            "tilestored [{d} + {ldd}*1 + 64], tmm1",
-            "tilestored [{d16} + {ldd}*1], tmm2",
-            "tilestored [{d16} + {ldd}*1 + 64], tmm3",
             first = in(reg) first as usize,
             c = in(reg) c,
             c16 = in(reg) c.add(16 * ldc),
-            ldc = in(reg) ldc_b,
-            d = in(reg) d,
-            d16 = in(reg) d.add(16 * ldd),
-            ldd = in(reg) ldd_b,
+            ldc = in(reg) ldc * 4, // bytes per row
             a = inout(reg) a => _,
             a16 = inout(reg) a.add(16 * KSTEP) => _,
             lda = in(reg) 64usize,
@@ -639,5 +629,110 @@ unsafe fn micro_kernel(
             steps = inout(reg) steps => _,
             options(nostack),
         );
+    }
+}
+
+/// Stores tiles 0-3 (the sums of [`products`]) to the 32 x 32 `f32` block
+/// at `d` (row length `ldd`).
+///
+/// # Safety
+/// [`products`] must have run last on this thread's tiles; `d` must be
+/// writable for that block.
+#[inline]
+unsafe fn store_c(d: *mut f32, ldd: usize) {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        core::arch::asm!(
+            "tilestored [{d} + {ldd}*1], tmm0",
+            "tilestored [{d} + {ldd}*1 + 64], tmm1",
+            "tilestored [{d16} + {ldd}*1], tmm2",
+            "tilestored [{d16} + {ldd}*1 + 64], tmm3",
+            d = in(reg) d,
+            d16 = in(reg) d.add(16 * ldd),
+            ldd = in(reg) ldd * 4, // bytes per row
+            options(nostack),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `round_tile` against `half`'s rounding value by value: ties both
+    /// ways, carries into the exponent, overflow to infinity, infinities,
+    /// NaN, zeros of both signs, with and without a bias, in a partial
+    /// block whose outside must stay untouched; denormal sums become zeros
+    /// of their sign.
+    #[test]
+    fn round_tile_rounds_to_nearest_even() {
+        if !available() {
+            eprintln!("round_tile_rounds_to_nearest_even: skipped, no AMX-BF16 here");
+            return;
+        }
+        let specials = [
+            1.0 + 2f32.powi(-8),                  // tie, rounds down to even
+            1.0 + 3.0 * 2f32.powi(-8),            // tie, rounds up to even
+            1.0 + 2f32.powi(-8) + 2f32.powi(-20), // just above a tie
+            2.0 - 2f32.powi(-9),                  // carries into the exponent
+            f32::MAX,                             // rounds up to infinity
+            -f32::MAX,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            0.0,
+            -0.0,
+            f32::MIN_POSITIVE,
+            -1.5e-40, // denormal
+            3.0e-39,  // denormal
+        ];
+        let mut s = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            f32::from_bits((s >> 32) as u32 & 0x3FFF_FFFF | ((s as u32 & 1) << 31))
+        };
+        let mut tile = Tile([0.0; TILE * TILE]);
+        for (i, v) in tile.0.iter_mut().enumerate() {
+            *v = specials.get(i).copied().unwrap_or_else(&mut next);
+        }
+        let bias: Vec<f32> = (0..TILE)
+            .map(|j| if j % 3 == 0 { 0.0 } else { next() })
+            .collect();
+        let (ldo, sentinel) = (TILE + 5, 0xABCDu16);
+        for (rows, cols) in [(32, 32), (7, 19), (1, 1), (32, 16), (17, 31)] {
+            for with_bias in [false, true] {
+                let mut out = vec![sentinel; TILE * ldo];
+                let b = with_bias.then(|| &bias[..cols]);
+                // SAFETY: `available` (checked above); `out` holds 32 rows of `ldo`.
+                unsafe { round_tile(&tile, (rows, cols), b, out.as_mut_ptr(), ldo) };
+                for (i, row) in out.chunks_exact(ldo).enumerate() {
+                    for (j, &got) in row.iter().enumerate() {
+                        let what = format!("{rows}x{cols} bias {with_bias} [{i}, {j}]");
+                        if i >= rows || j >= cols {
+                            assert_eq!(got, sentinel, "{what}: written outside the block");
+                            continue;
+                        }
+                        let v = tile.0[i * TILE + j];
+                        // (No bias, no add: -0 + 0 would be +0.)
+                        let x = if with_bias { v + bias[j] } else { v };
+                        let got = bf16::from_bits(got);
+                        if x.is_nan() {
+                            assert!(got.is_nan(), "{what}: {x} -> {got}");
+                        } else if x != 0.0 && x.abs() < f32::MIN_POSITIVE {
+                            assert_eq!(
+                                got.to_bits(),
+                                bf16::from_f32(x).to_bits() & 0x8000,
+                                "{what}: {x:e}"
+                            );
+                        } else {
+                            let want = bf16::from_f32(x);
+                            assert_eq!(got.to_bits(), want.to_bits(), "{what}: {x:e}");
+                        }
+                    }
+                }
+            }
+        }
     }
 }
