@@ -211,15 +211,13 @@ fn run_blocks(
     let mb = m.div_ceil(blocks).next_multiple_of(TILE);
     let row_blocks = m.div_ceil(mb);
     // Tasks of `mb` rows by `nb` columns: as wide as NB allows, narrower
-    // when there are too few row blocks to keep every thread busy. One
-    // thread has nobody to keep busy: its column blocks only packed its
-    // rows of `A` again (1 thread, 512 x 512 x 512 ~795 -> ~870 GFLOP/s,
-    // 768 x 128 x 384 ~730 -> ~820).
-    let want = if threads > 1 {
-        (2 * threads).div_ceil(row_blocks).max(1)
-    } else {
-        1
-    };
+    // when there are fewer row blocks than threads, and then one column
+    // block per thread: every further one packs its rows of `A` again
+    // (medians of 5 alternating rounds, 1 thread: 512 x 512 x 512 ~795 ->
+    // ~870 GFLOP/s, 768 x 128 x 384 ~730 -> ~820; 2 threads, from two
+    // column blocks per thread: 256 x 256 x 256 ~675 -> ~835, 512 x 512 x
+    // 512 ~1290 -> ~1420).
+    let want = threads.div_ceil(row_blocks).max(1);
     let nb = (panels.div_ceil(want) * TILE).clamp(TILE, NB);
     let col_blocks = n.div_ceil(nb);
     let task = |t: usize| {
