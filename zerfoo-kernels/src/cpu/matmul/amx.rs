@@ -208,13 +208,31 @@ fn run_blocks(
         // (every thread would read all of `B`: 512 x 384 x 1536 ~5% slower).
         blocks = blocks.max(threads);
     }
-    let mb = m.div_ceil(blocks).next_multiple_of(TILE);
+    let tiles = m.div_ceil(TILE);
+    let mut per = tiles.div_ceil(blocks);
+    if threads > 1 && blocks > 1 {
+        // As many row blocks for each thread: the fewest, a multiple of
+        // the threads, that whole tiles divide into (1152 rows: 12 blocks
+        // of 96, not 9 of 128, where one thread waited for a fifth block:
+        // 2 threads, gpt6's weight gradient 1152 x 2048 x 384 ~900 ->
+        // ~1200 GFLOP/s).
+        let mut b = blocks.next_multiple_of(threads);
+        while b <= tiles {
+            let p = tiles.div_ceil(b);
+            if tiles.div_ceil(p).is_multiple_of(threads) {
+                per = p;
+                break;
+            }
+            b += threads;
+        }
+    }
+    let mb = per * TILE;
     let row_blocks = m.div_ceil(mb);
     // Tasks of `mb` rows by `nb` columns: as wide as NB allows, narrower
     // when there are fewer row blocks than threads, and then one column
     // block per thread: every further one packs its rows of `A` again
     // (medians of 5 alternating rounds, 1 thread: 512 x 512 x 512 ~795 ->
-    // ~870 GFLOP/s, 768 x 128 x 384 ~730 -> ~820; 2 threads, from two
+    // ~870 GFLOP/s, 768 x 128 x 384 ~730 -> ~820; 2 threads, against two
     // column blocks per thread: 256 x 256 x 256 ~675 -> ~835, 512 x 512 x
     // 512 ~1290 -> ~1420).
     let want = threads.div_ceil(row_blocks).max(1);
@@ -356,8 +374,23 @@ fn pack_a(
 ) {
     let k = ops.a_cols.len();
     let real = (k.saturating_sub(p0)).min(kb);
+    // A transposed `A` (a weight gradient's `dYᵀ`: each depth's 32 rows
+    // contiguous) goes a whole tile at a time through registers; value by
+    // value, every read was a cache line of its own (2 threads, gpt6's
+    // `dYᵀ · X` 1536 x 2048 x 384: ~440 -> ~1150 GFLOP/s).
+    let mut first = 0;
+    if ops.a_unit_m && !ops.a_unit_k && crate::cpu::simd::has_avx512() {
+        let tiles = rows / TILE;
+        for t in 0..tiles {
+            let tile = &mut dst[t * TILE * kb..][..TILE * kb];
+            // SAFETY: AVX-512 F/BW (checked); rows `r0 + 32t..` are whole
+            // (`t < rows / 32`) and contiguous (`a_unit_m`).
+            unsafe { pack_a_transposed_tile(ops, r0 + t * TILE, (p0, kb), tile) };
+        }
+        first = tiles * TILE;
+    }
     let mut row = [0u16; KB];
-    for i in 0..dst.len() / kb {
+    for i in first..dst.len() / kb {
         // Row `i` is row `i % 32` of tile `i / 32`: 32 values per step.
         let tile = &mut dst[i / TILE * TILE * kb..][..TILE * kb];
         let mut put = |step: usize, v: &[u16; KSTEP]| {
@@ -397,6 +430,66 @@ fn pack_a(
         }
         for (step, v) in row.chunks_exact(KSTEP).enumerate() {
             put(step, v.try_into().unwrap());
+        }
+    }
+}
+
+/// [`pack_a`] for one whole 32-row tile of a transposed `A` (rows
+/// `r0..r0 + 32` adjacent at every depth): per depth step, the 16 depth
+/// pairs of the tile's 32 rows are interleaved (as [`pack_b`] pairs `B`'s
+/// rows), giving the step's pairs column by column, and transposed 8 x 8
+/// at a time into its 32 rows of 16 pairs.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW; rows `r0..r0 + 32` of `A` must exist
+/// with unit row stride (`ops.a_unit_m`); `tile` holds `32 * kb` values.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn pack_a_transposed_tile(
+    ops: &Operands<'_, bf16>,
+    r0: usize,
+    (p0, kb): (usize, usize),
+    tile: &mut [u16],
+) {
+    let k = ops.a_cols.len();
+    debug_assert!(tile.len() == TILE * kb && r0 + TILE <= ops.a_rows.len());
+    let zeros = [bf16::ZERO; TILE];
+    // Depth `p`'s 32 values of these rows (zeros past `K`).
+    let run = |p: usize| -> *const bf16 {
+        if p < k {
+            ops.a[ops.a_base + ops.a_rows[r0] + ops.a_cols[p]..][..TILE].as_ptr()
+        } else {
+            zeros.as_ptr()
+        }
+    };
+    // The step's pairs, pair `q` of row `m` at `pairs[q * 32 + m]`.
+    let mut pairs = [0u32; KSTEP / 2 * TILE];
+    for step in 0..kb / KSTEP {
+        for (q, d) in pairs.chunks_exact_mut(TILE).enumerate() {
+            let p = p0 + step * KSTEP + 2 * q;
+            // SAFETY: AVX-512 F/BW (the caller's guarantee); both runs
+            // hold 32 values, `d` 32 pairs.
+            unsafe { interleave_32_avx512(run(p), run(p + 1), d.try_into().unwrap()) };
+        }
+        // Row `m` of the step: its 16 pairs (32 values) at `16 m` pairs in.
+        let out = tile[step * TILE * KSTEP..][..TILE * KSTEP]
+            .as_mut_ptr()
+            .cast::<f32>();
+        let src = pairs.as_ptr().cast::<f32>();
+        for qb in (0..KSTEP / 2).step_by(8) {
+            for mb in (0..TILE).step_by(8) {
+                // SAFETY: AVX (implied by AVX-512 F); 8 runs of 8 pairs
+                // inside `pairs`, and rows `mb..mb + 8`, pairs `qb..qb +
+                // 8` of the step inside `tile` (4-byte aligned: the packed
+                // `A` buffer is, and every step is 2 KiB). The transpose
+                // moves bits, so pairs read as `f32` stay as they are.
+                unsafe {
+                    super::pack::transpose_f32_8x8(
+                        core::array::from_fn(|c| src.add((qb + c) * TILE + mb)),
+                        out.add(mb * KSTEP / 2 + qb),
+                        KSTEP / 2,
+                    )
+                };
+            }
         }
     }
 }

@@ -680,6 +680,30 @@ fn bf16_amx_odd_sizes_layouts_and_threads() {
     }
     let sum = gemm_batch_sum_with::<_, Bf16Pairs>(&a, &la, &b, &lb, kern);
     assert_bf16_close(&sum, &sum_want, &sum_mag, "amx batch sum");
+    // A weight gradient's form: each item's A transposed (`[bt, k, m]`
+    // stored, read as `[bt, m, k]`), summed over the batch, with whole
+    // 32-row tiles and a partial one (m = 70), depth running across items.
+    let (bt, m, k, n) = (3, 70, 45, 33);
+    let la = Layout::new(&[bt, m, k], &[m * k, 1, m], 0);
+    let lb = Layout::contiguous(&[bt, k, n]);
+    let (a, a64) = bf16s(&vals(bt * m * k, 7));
+    let (b, b64) = bf16s(&vals(bt * k * n, 8));
+    let (mut want, mut mag) = (vec![0.0; m * n], vec![0.0; m * n]);
+    for i in 0..bt {
+        let l2a = Layout::new(&[m, k], &[1, m], i * m * k);
+        let l2b = Layout::new(&[k, n], &[n, 1], i * k * n);
+        let (w, g) = reference(&a64, &l2a, &b64, &l2b);
+        want.iter_mut().zip(&w).for_each(|(s, x)| *s += x);
+        mag.iter_mut().zip(&g).for_each(|(s, x)| *s += x);
+    }
+    let one = on_threads(1, || {
+        gemm_batch_sum_with::<_, Bf16Pairs>(&a, &la, &b, &lb, kern)
+    });
+    assert_bf16_close(&one, &want, &mag, "amx transposed batch sum");
+    let two = on_threads(2, || {
+        gemm_batch_sum_with::<_, Bf16Pairs>(&a, &la, &b, &lb, kern)
+    });
+    assert_eq!(two, one, "amx transposed batch sum: 2 threads");
 }
 
 /// Integer inputs whose every partial sum is exact in `f32` (whatever the
