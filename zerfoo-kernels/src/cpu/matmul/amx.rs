@@ -159,7 +159,8 @@ pub(crate) fn product(
             let pack = |(t, dst): (usize, &mut [u32])| {
                 crate::cpu::simd::vectorized(
                     #[inline(always)]
-                    || pack_b(ops, t * per, kp, dst),
+                    // SAFETY: `available` (asserted above).
+                    || unsafe { pack_b(ops, t * per, kp, dst) },
                 )
             };
             if per < panels {
@@ -247,8 +248,9 @@ fn run_blocks(
         with_buf::<u32, _>(&A_BUF, len.div_ceil(2), |ap| {
             // SAFETY: `len` u16 values fit in `len / 2` rounded-up u32s.
             let ap = unsafe { core::slice::from_raw_parts_mut(ap.as_mut_ptr().cast::<u16>(), len) };
-            // SAFETY: tasks cover disjoint blocks of rows x columns of `acc`
-            // and `out`; the packed operands are read only.
+            // SAFETY: `available` (`product` asserts it); tasks cover
+            // disjoint blocks of rows x columns of `acc` and `out`; the
+            // packed operands are read only.
             unsafe {
                 task_block(
                     ops,
@@ -277,14 +279,17 @@ fn run_blocks(
 /// values each) as depth pairs: panel `p`, pair `q`, column `j` is
 /// `dst[((p - p0) * kp / 2 + q) * 32 + j] = B[2q, 32p + j] | B[2q + 1, 32p + j] << 16`,
 /// zero past `K` and past `N`.
+///
+/// # Safety
+/// [`available`] (so the CPU has AVX-512 F/BW).
 #[inline(always)]
-fn pack_b(ops: &Operands<'_, bf16>, p0: usize, kp: usize, dst: &mut [u32]) {
+unsafe fn pack_b(ops: &Operands<'_, bf16>, p0: usize, kp: usize, dst: &mut [u32]) {
     let (n, k) = (ops.b_cols.len(), ops.a_cols.len());
     let panel_len = kp / 2 * TILE;
     debug_assert!(dst.len().is_multiple_of(panel_len));
-    #[cfg(target_arch = "x86_64")]
-    if ops.b_unit_k && crate::cpu::simd::has_avx512() {
-        // SAFETY: AVX-512 F/BW (checked); `B`'s columns are contiguous.
+    if ops.b_unit_k {
+        // SAFETY: AVX-512 F/BW (the caller's guarantee); `B`'s columns
+        // are contiguous.
         unsafe { pack_b_transposed(ops, p0, kp, dst) };
         return;
     }
@@ -306,16 +311,9 @@ fn pack_b(ops: &Operands<'_, bf16>, p0: usize, kp: usize, dst: &mut [u32]) {
                     (Some(lo), Some(hi)) if ops.b_unit_n && cols == TILE => {
                         let at = ops.b_cols[c0];
                         let (l, h) = (&ops.b[lo + at..][..TILE], &ops.b[hi + at..][..TILE]);
-                        // SAFETY: the CPU has AVX-512 BW (it has AMX, checked
-                        // again here); both runs hold 32 values, `d` 32 pairs.
-                        #[cfg(target_arch = "x86_64")]
-                        if crate::cpu::simd::has_avx512() {
-                            unsafe { interleave_32_avx512(l.as_ptr(), h.as_ptr(), d) };
-                            continue;
-                        }
-                        for ((d, l), h) in d.iter_mut().zip(l).zip(h) {
-                            *d = pair(l.to_bits(), h.to_bits());
-                        }
+                        // SAFETY: AVX-512 F/BW (the caller's guarantee); both
+                        // runs hold 32 values, `d` 32 pairs.
+                        unsafe { interleave_32_avx512(l.as_ptr(), h.as_ptr(), d) };
                     }
                     _ => {
                         for (j, d) in d.iter_mut().enumerate() {
@@ -392,7 +390,6 @@ unsafe fn pack_b_transposed(ops: &Operands<'_, bf16>, p0: usize, kp: usize, dst:
 ///
 /// # Safety
 /// The CPU must have AVX-512 F/BW; `lo` and `hi` readable for 32 values.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
 #[inline]
 unsafe fn interleave_32_avx512(lo: *const bf16, hi: *const bf16, d: &mut [u32; TILE]) {
@@ -426,7 +423,10 @@ unsafe fn interleave_32_avx512(lo: *const bf16, hi: *const bf16, d: &mut [u32; T
 /// 16 x 32 tiles (rows 0-15, then 16-31) of 64-byte rows, so the kernel
 /// reads `A` as one sequential stream (`kb` a multiple of 32; zero past `K`
 /// and for the padding rows up to a multiple of 32).
-fn pack_a(
+///
+/// # Safety
+/// [`available`] (so the CPU has AVX-512 F/BW).
+unsafe fn pack_a(
     ops: &Operands<'_, bf16>,
     (r0, rows): (usize, usize),
     (p0, kb): (usize, usize),
@@ -439,11 +439,11 @@ fn pack_a(
     // value, every read was a cache line of its own (2 threads, gpt6's
     // `dYᵀ · X` 1536 x 2048 x 384: ~440 -> ~1150 GFLOP/s).
     let mut first = 0;
-    if ops.a_unit_m && !ops.a_unit_k && crate::cpu::simd::has_avx512() {
+    if ops.a_unit_m && !ops.a_unit_k {
         let tiles = rows / TILE;
         for t in 0..tiles {
             let tile = &mut dst[t * TILE * kb..][..TILE * kb];
-            // SAFETY: AVX-512 F/BW (checked); rows `r0 + 32t..` are whole
+            // SAFETY: AVX-512 F/BW (the caller's guarantee); rows `r0 + 32t..` are whole
             // (`t < rows / 32`) and contiguous (`a_unit_m`).
             unsafe { pack_a_transposed_tile(ops, r0 + t * TILE, (p0, kb), tile) };
         }
@@ -559,8 +559,8 @@ unsafe fn pack_a_transposed_tile(
 /// rounded into `out` (row length `n`) at the end.
 ///
 /// # Safety
-/// No other thread may touch these rows and columns of `acc` (`np`
-/// columns, rows padded to 32) or `out` (`n` columns).
+/// [`available`]; no other thread may touch these rows and columns of
+/// `acc` (`np` columns, rows padded to 32) or `out` (`n` columns).
 #[allow(clippy::too_many_arguments)]
 unsafe fn task_block(
     ops: &Operands<'_, bf16>,
@@ -607,7 +607,8 @@ unsafe fn task_block(
         let kb = KB.min(kp - p0);
         let last = p0 + kb == kp;
         let ap = &mut ap[..row_tiles * TILE * kb];
-        pack_a(ops, (r0, rows), (p0, kb), ap);
+        // SAFETY: `available` (the caller's guarantee).
+        unsafe { pack_a(ops, (r0, rows), (p0, kb), ap) };
         for cp in 0..col_panels {
             let panel = (c0 / TILE + cp) * (kp / 2) * TILE;
             // SAFETY: depth pair `p0 / 2` of this panel; `kb / 2` pairs follow.
