@@ -263,6 +263,9 @@ unsafe fn store_rows<E: FloatDtype>(
         || {
             for (r, row) in src.chunks_exact(w).enumerate() {
                 let out = dst.get().wrapping_add(start + r * index.row_stride);
+                if index.row_stride != w {
+                    prefetch_values::<true, E>(out.wrapping_add(ROWS_AHEAD * index.row_stride), w);
+                }
                 // SAFETY: the caller's guarantee; the row may be
                 // uninitialized memory (written, never read).
                 let out = unsafe {
@@ -274,6 +277,37 @@ unsafe fn store_rows<E: FloatDtype>(
             }
         },
     )
+}
+
+/// Rows ahead that the kernels ask for when a head's rows lie apart (a
+/// `(B, T, H, D)` view, or `q`, `k` and `v` side by side in one projection's
+/// rows), a pattern the hardware prefetchers do not follow: a training
+/// step's activations come from L3, and without these requests every row
+/// waited for its own misses (gpt6's attention, rows 1152 values apart:
+/// backward 8.5 -> 6.8 ms, forward 3.8 -> 3.45 ms from L3).
+const ROWS_AHEAD: usize = 8;
+
+/// Asks for the `n` values at `p` to be brought into L1, to be written
+/// (`WRITE`) or read.
+#[inline(always)]
+fn prefetch_values<const WRITE: bool, E>(p: *const E, n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
+        let p = p.cast::<i8>();
+        for off in (0..n * core::mem::size_of::<E>() + 63).step_by(64) {
+            // SAFETY: a prefetch is only a hint: it never faults, whatever the address.
+            unsafe {
+                if WRITE {
+                    _mm_prefetch::<_MM_HINT_ET0>(p.wrapping_add(off))
+                } else {
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off))
+                }
+            };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, n);
 }
 
 /// Rows `0..n` of a head (`w` values each, row stride `st`) transposed into
@@ -325,6 +359,12 @@ fn transpose_f32_blocks<A: Real>(
     {
         let (src, dst) = (rows.as_ptr().cast::<f32>(), out.as_mut_ptr().cast::<f32>());
         for j0 in (0..n8).step_by(8) {
+            if st != w {
+                // Rows apart: the next block's (see `ROWS_AHEAD`).
+                for r in j0 + 8..(j0 + 16).min(n) {
+                    prefetch_values::<false, f32>(src.wrapping_add(r * st), w);
+                }
+            }
             for c0 in (0..w8).step_by(8) {
                 let from: [*const f32; 8] =
                     core::array::from_fn(|r| src.wrapping_add((j0 + r) * st + c0));
@@ -775,6 +815,15 @@ pub fn attention_forward<E: FloatDtype>(
         for (k, lc) in lse_rows.chunks_mut(QUERY_BLOCK).enumerate() {
             let (i0, bq) = (i_lo + k * QUERY_BLOCK, lc.len());
             let acc = &mut acc[..bq * dv];
+            // The next block's queries, and the values it sees first (see
+            // `ROWS_AHEAD`).
+            let ((qr, qst), (vr, vst)) = (qh.rows(bh, 0), vh.rows(bh, 0));
+            for r in i0 + bq..(i0 + 2 * bq).min(i_hi) {
+                prefetch_values::<false, _>(qr.as_ptr().wrapping_add(r * qst), d);
+                if r < tk {
+                    prefetch_values::<false, _>(vr.as_ptr().wrapping_add(r * vst), dv);
+                }
+            }
             vectorized(
                 #[inline(always)]
                 || {
@@ -1042,19 +1091,30 @@ unsafe fn backward_into<E: FloatDtype>(
                 // Di = rowsum(dO ∘ O) for this head's queries.
                 let o0 = out_rows.start(bh);
                 let mut di = vec![zero; tq];
+                let ((qrows, qst), (krows, kst), (vrows, vst)) =
+                    (qh.rows(bh, 0), kh.rows(bh, 0), vh.rows(bh, 0));
                 for (i, di) in di.iter_mut().enumerate() {
                     let o = &tail(out, o0 + i * out_rows.row_stride)[..dv];
                     let g = &tail(dorows, i * dost)[..dv];
+                    // The head's inputs, `ROWS_AHEAD` rows ahead: the
+                    // transposes and products below then find them in cache.
+                    let ahead = i + ROWS_AHEAD;
+                    let (ost, read) = (out_rows.row_stride, prefetch_values::<false, _>);
+                    prefetch_values::<false, _>(o.as_ptr().wrapping_add(ROWS_AHEAD * ost), dv);
+                    prefetch_values::<false, _>(g.as_ptr().wrapping_add(ROWS_AHEAD * dost), dv);
+                    read(qrows.as_ptr().wrapping_add(ahead * qst), d);
+                    if ahead < tk {
+                        read(krows.as_ptr().wrapping_add(ahead * kst), d);
+                        read(vrows.as_ptr().wrapping_add(ahead * vst), dv);
+                    }
                     *di = lane_sum_zip(o, g, |o: E, g| o.to_acc() * g);
                 }
                 let pad = mask.padding.map(|p| &p[bh / h * tk..][..tk]);
-                let (krows, kst) = kh.rows(bh, 0);
-                let (qrows, qst) = qh.rows(bh, 0);
                 // This head's keys and values transposed (`d x tk`, `dv x tk`).
                 let mut kt = vec![zero; d * tk];
-                transpose_rows(kh.rows(bh, 0), tk, d, tk, &mut kt);
+                transpose_rows((krows, kst), tk, d, tk, &mut kt);
                 let mut vt = vec![zero; dv * tk];
-                transpose_rows(vh.rows(bh, 0), tk, dv, tk, &mut vt);
+                transpose_rows((vrows, vst), tk, dv, tk, &mut vt);
                 let lse = &lse[bh * tq..][..tq];
                 let split = ScaleSplit::of(sc);
                 let mut p = [zero; QUERY_BLOCK * KEY_BLOCK];
