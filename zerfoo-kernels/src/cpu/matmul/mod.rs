@@ -160,6 +160,7 @@ pub fn gemm_batched_bias<E: FloatDtype>(
             bias.map(|b| unsafe { core::slice::from_raw_parts(b.as_ptr().cast::<f32>(), b.len()) });
         gemm_batched_bias_with::<_, Bf16Pairs>(a, la, b, lb, bias, kern)
     })
+    .or_else(|| small_in_place(a, la, b, lb, bias))
     .unwrap_or_else(|| {
         gemm_batched_bias_with::<_, Widen>(a, la, b, lb, bias, kernel::kernel::<E::Acc>())
     })
@@ -298,6 +299,80 @@ fn gemm_batched_bias_with<E: FloatDtype, K: Packing<E>>(
     // SAFETY: each batch's product wrote all of its `m * n` values.
     unsafe { out_buf.set_len(batch * m * n) };
     out_buf
+}
+
+/// Largest result (`M x N` values) that [`small_in_place`] computes whatever
+/// its depth (below [`PAR_MACS`] in all), and largest product
+/// (multiply-adds) it computes whatever its shape.
+const SMALL_MAX_MN: usize = 4096;
+const SMALL_MAX_MACS: usize = 1 << 18;
+
+/// A small `f32` product (each item up to [`SMALL_MAX_MN`] results or
+/// [`SMALL_MAX_MACS`] multiply-adds, fewer than [`PAR_MACS`] in all) with
+/// a row-major `B`, through the in-place AVX-512 tiles of [`direct`]: no
+/// offset tables, no packing, no scratch. For so few rows packing `B` does
+/// not pay (1 thread: 64 x 64 x 32 87 -> 142 GFLOP/s, 32 x 32 x 32 53 ->
+/// 110, 64 x 256 x 64 121 -> 138; 128 x 128 x 128 is faster packed). The
+/// same sums in the same order as the packed kernels (depth within one
+/// block), so the same bits. `None` (nothing done) for any other product
+/// or CPU.
+fn small_in_place<E: FloatDtype>(
+    a: &[E],
+    la: &Layout,
+    b: &[E],
+    lb: &Layout,
+    bias: Option<&[E::Acc]>,
+) -> Option<Vec<E>> {
+    if TypeId::of::<E>() != TypeId::of::<f32>() {
+        return None;
+    }
+    let p = Problem::new(la, lb, "gemm_batched");
+    let (m, n, k, batch) = (p.m, p.n, p.k, p.a_bases.len());
+    if batch * m * n * k == 0
+        || p.sbn != 1
+        || !(m * n <= SMALL_MAX_MN || m * n * k <= SMALL_MAX_MACS)
+        || batch * m * n * k >= PAR_MACS
+    {
+        return None;
+    }
+    // SAFETY: `E` and `E::Acc` are `f32` here (same TypeId; `f32` is its
+    // own compute type).
+    let (a, b, bias) = unsafe {
+        (
+            core::slice::from_raw_parts(a.as_ptr().cast::<f32>(), a.len()),
+            core::slice::from_raw_parts(b.as_ptr().cast::<f32>(), b.len()),
+            bias.map(|v| core::slice::from_raw_parts(v.as_ptr().cast::<f32>(), v.len())),
+        )
+    };
+    let mut out = vec![0f32; batch * m * n];
+    for (bi, c) in out.chunks_exact_mut(m * n).enumerate() {
+        let (ab, bb) = (p.a_bases[bi], p.b_bases[bi]);
+        // (Every element of each operand lies inside it: `Problem::new`'s
+        // layouts were checked against the slices by the callers.)
+        let (a, b) = (&a[ab..], &b[bb..]);
+        assert!(
+            (m - 1) * p.sam + (k - 1) * p.sak < a.len(),
+            "gemm_batched: lhs too short"
+        );
+        assert!(
+            (k - 1) * p.sbk + n - 1 < b.len(),
+            "gemm_batched: rhs too short"
+        );
+        // SAFETY: the bounds were checked just above.
+        if !unsafe { direct::try_gemm_f32((m, n, k), a, (p.sam, p.sak), b, (p.sbk, 1), c, true) } {
+            return None;
+        }
+        if let Some(bias) = bias {
+            // As the kernels do: the bias after the whole sum.
+            for row in c.chunks_exact_mut(n) {
+                row.iter_mut().zip(bias).for_each(|(c, &b)| *c += b);
+            }
+        }
+    }
+    let mut out = core::mem::ManuallyDrop::new(out);
+    // SAFETY: `E` is `f32` (same TypeId): the vector's own allocation,
+    // length and capacity, of the same type.
+    Some(unsafe { Vec::from_raw_parts(out.as_mut_ptr().cast::<E>(), out.len(), out.capacity()) })
 }
 
 /// `[0, stride, 2·stride, ..]`, `n` offsets: where each row or column of an

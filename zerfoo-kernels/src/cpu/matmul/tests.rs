@@ -1156,6 +1156,67 @@ fn direct_small_products_match_blocked_bitwise() {
     });
 }
 
+/// Small `f32` products through the public entry (`small_in_place`, the
+/// in-place tiles) give the blocked path's bits: a batch with its own or
+/// a shared (broadcast) `B`, `A` row-major or transposed, with and without
+/// a bias, on both sides of the size limits; larger or deeper products and
+/// a transposed `B` are left to the blocked path.
+#[test]
+fn small_products_take_the_in_place_path_with_the_same_bits() {
+    if !std::arch::is_x86_feature_detected!("avx512f") {
+        eprintln!("skipped: this CPU has no AVX-512F, the in-place path is not used");
+        return;
+    }
+    let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+    // (batch, m, k, n, A transposed, B shared, bias, takes the path)
+    let cases = [
+        (1, 64, 64, 32, false, false, false, true),
+        (1, 1, 1, 1, false, false, true, true),
+        (3, 7, 29, 33, true, false, true, true),
+        (4, 13, 100, 17, false, true, false, true),
+        (2, 32, 200, 64, true, true, true, true),
+        (1, 70, 53, 70, false, false, true, true),
+        // past both limits, deeper than a block, too many in all
+        (1, 80, 60, 80, false, false, false, false),
+        (1, 8, KC + 1, 8, false, false, false, false),
+        (16, 64, 256, 64, false, false, false, false),
+    ];
+    for (batch, m, k, n, ta, shared, with_bias, takes) in cases {
+        let a = f(vals(batch * m * k, 5));
+        let b = f(vals(batch * k * n, 6));
+        let bias = f(vals(n, 7));
+        let la = if ta {
+            Layout::contiguous(&[batch, k, m]).permute(&[0, 2, 1])
+        } else {
+            Layout::contiguous(&[batch, m, k])
+        };
+        let lb = if shared {
+            Layout::new(&[batch, k, n], &[0, n, 1], 0)
+        } else {
+            Layout::contiguous(&[batch, k, n])
+        };
+        let bias = with_bias.then_some(&bias[..]);
+        let what = format!("{batch} x {m}x{k}x{n}, A transposed {ta}, B shared {shared}");
+        let fast = small_in_place(&a, &la, &b, &lb, bias);
+        assert_eq!(fast.is_some(), takes, "{what}");
+        let blocked = gemm_batched_bias_with::<_, Widen>(&a, &la, &b, &lb, bias, kernel::kernel());
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        if let Some(fast) = fast {
+            assert_eq!(bits(&fast), bits(&blocked), "{what}");
+        }
+        assert_eq!(
+            bits(&gemm_batched_bias(&a, &la, &b, &lb, bias)),
+            bits(&blocked),
+            "{what}"
+        );
+    }
+    // A transposed B is not for it.
+    let v = f(vals(64, 8));
+    let mut lt = Layout::contiguous(&[8, 8]);
+    lt.swap_axes(0, 1);
+    assert!(small_in_place(&v, &Layout::contiguous(&[8, 8]), &v, &lt, None).is_none());
+}
+
 /// Rough f32 throughput at 512^3 (run with `--release -- --ignored --nocapture`).
 #[test]
 #[ignore]
