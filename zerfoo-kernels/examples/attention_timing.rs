@@ -1,6 +1,8 @@
 //! Fused attention (forward + backward, f32, causal) against a materialized
 //! implementation built from `gemm_batched` (scores, softmax, products), in
-//! the same run.
+//! the same run; then the fused kernels on the layout a training step gives
+//! them: `q`, `k` and `v` side by side in one projection's rows, the output
+//! sequence-major and the gradients packed into one projection gradient.
 //!
 //! ```text
 //! cargo run --release -p zerfoo-kernels --example attention_timing
@@ -10,7 +12,9 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 use zerfoo_kernels::{
-    cpu::attention::{attention_backward, attention_forward, AttnMask, HeadsOrder},
+    cpu::attention::{
+        attention_backward, attention_backward_packed, attention_forward, AttnMask, HeadsOrder,
+    },
     cpu::matmul::gemm_batched,
     Layout,
 };
@@ -158,5 +162,47 @@ fn run() {
             bm * 1e3,
             bm / bf
         );
+        projection_layout((b, h, tt, d), &mask, scale, reps);
     }
+}
+
+/// The fused kernels on one `(B, T, 3·H·D)` projection (`q`, `k`, `v` as
+/// strided views of it), the output stored sequence-major and the gradients
+/// packed (`attention_backward_packed`), as a GPT's training step runs them.
+fn projection_layout(
+    (b, h, tt, d): (usize, usize, usize, usize),
+    mask: &AttnMask<'_>,
+    scale: f64,
+    reps: usize,
+) {
+    let c = h * d;
+    let qkv = rand(b * tt * 3 * c, 5);
+    let g = rand(b * tt * c, 6);
+    let view = |part: usize| Layout::new(&[b, h, tt, d], &[tt * 3 * c, d, 3 * c, 1], c * part);
+    let (lq, lk, lv) = (view(0), view(1), view(2));
+    let order = HeadsOrder::SeqMajor;
+    let lg = order.layout([b, h, tt, d]);
+    let (o, lse) = attention_forward(&qkv, &lq, &qkv, &lk, &qkv, &lv, mask, scale, order);
+    let (mut fwd, mut bwd) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        for _ in 0..reps {
+            std::hint::black_box(attention_forward(
+                &qkv, &lq, &qkv, &lk, &qkv, &lv, mask, scale, order,
+            ));
+        }
+        fwd = fwd.min(t0.elapsed().as_secs_f64() / reps as f64);
+        let t0 = Instant::now();
+        for _ in 0..reps {
+            std::hint::black_box(attention_backward_packed(
+                &qkv, &lq, &qkv, &lk, &qkv, &lv, &o, &lse, &g, &lg, mask, scale,
+            ));
+        }
+        bwd = bwd.min(t0.elapsed().as_secs_f64() / reps as f64);
+    }
+    println!(
+        "  projection layout: fused fwd {:.3} ms, bwd (packed gradients) {:.3} ms",
+        fwd * 1e3,
+        bwd * 1e3
+    );
 }
