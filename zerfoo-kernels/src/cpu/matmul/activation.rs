@@ -10,7 +10,7 @@
 //! and read back (for results up to a few MiB; larger ones stream `x` and
 //! `y` faster in a pass of their own). The values are those of the two steps run one after the
 //! other ([`gemm_batched_bias`] then [`unary_forward`], [`gemm_batched`]
-//! then [`unary_backward`]), bit for bit.
+//! then [`unary_backward`](crate::cpu::unary::unary_backward)), bit for bit.
 //!
 //! A residual connection is the same kind of epilogue:
 //! [`gemm_batched_bias_residual`] adds the residual stream to each part of
@@ -25,7 +25,8 @@ use super::{gemm_batched, gemm_batched_bias, gemm_shared_finished, product_colum
 use crate::cpu::binary::{binary_forward, AddOp};
 use crate::cpu::simd::vectorized;
 use crate::cpu::threads::SyncPtr;
-use crate::cpu::unary::{unary_backward, unary_forward, UnaryOp};
+use crate::cpu::unary::{unary_forward, UnaryOp};
+use crate::cpu::{for_each_chunk, CHUNK};
 use crate::{FloatDtype, Layout};
 
 /// `h = A · B + bias` and `y = act(h)` (shapes as [`gemm_batched_bias`]),
@@ -175,7 +176,7 @@ const FUSED_GRAD_MAX_BYTES: usize = 4 << 20;
 /// `[..batch, M, N]`) from the gradient `gY` of the layer after it, whose
 /// weight (transposed) is `B`. The product's tasks multiply their parts by
 /// `act'` in place (up to a few MiB of result, else it runs the two steps);
-/// `act'` is [`UnaryOp::df`] as [`unary_backward`] takes it.
+/// `act'` is [`UnaryOp::df`] as [`unary_backward`](crate::cpu::unary::unary_backward) takes it.
 ///
 /// ```
 /// use zerfoo_kernels::cpu::{matmul::gemm_batched_act_grad, unary::Relu};
@@ -238,9 +239,26 @@ pub fn gemm_batched_act_grad<E: FloatDtype, O: UnaryOp>(
     match fused {
         Some(gx) => gx,
         None => {
-            let ga = gemm_batched(g, lg, b, lb);
-            let shape = result_shape(lg, lb);
-            unary_backward(act, x, &Layout::contiguous(&shape), y, &ga)
+            // The product, then one pass multiplying it in place by
+            // `act'` (as `unary_backward` computes it, without a fresh
+            // output to write: gpt6's 2048 x 1536 gradient, 2 threads,
+            // 2.15 -> 1.95 ms for the pass).
+            let mut ga = gemm_batched(g, lg, b, lb);
+            for_each_chunk(&mut ga, |(ch, gx)| {
+                let at = ch * CHUNK;
+                let (x, y) = (&x[at..at + gx.len()], &y[at..at + gx.len()]);
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for ((g, &x), &y) in gx.iter_mut().zip(x).zip(y) {
+                            let x = x.to_acc();
+                            let y = if O::USES_Y { y.to_acc() } else { x };
+                            *g = E::from_acc(g.to_acc() * act.df(x, y));
+                        }
+                    },
+                )
+            });
+            ga
         }
     }
 }
@@ -254,7 +272,7 @@ fn result_len(la: &Layout, lb: &Layout) -> usize {
 mod tests {
     use super::super::tests::{on_threads, vals};
     use super::*;
-    use crate::cpu::unary::{GeluErf, GeluTanh, Relu, Silu};
+    use crate::cpu::unary::{unary_backward, GeluErf, GeluTanh, Relu, Silu};
 
     fn of<E: FloatDtype>(v: Vec<f64>) -> Vec<E> {
         v.into_iter().map(E::from_f64).collect()
