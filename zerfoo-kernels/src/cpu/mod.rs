@@ -1,4 +1,4 @@
-//! CPU kernels. Each takes typed slices plus [`Layout`]s, reads any strides,
+//! CPU kernels. Each takes typed slices plus [`Layout`](crate::Layout)s, reads any strides,
 //! and writes contiguous row-major output. Work is split over rayon threads
 //! above [`PAR_THRESHOLD`] elements; the split never changes results (each
 //! output element is computed by exactly one thread, in a fixed order).

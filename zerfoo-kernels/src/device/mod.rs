@@ -2,8 +2,8 @@
 //! ([`Device::Storage`]) and moves them to and from the host; the kernel
 //! families a device runs are the traits of the submodules, gathered in
 //! [`Backend`]. [`Cpu`] runs [`crate::cpu`]'s kernels on host memory; with
-//! the cargo feature `cuda`, [`CudaDevice`](crate::cuda::CudaDevice) runs
-//! [`crate::cuda::ops`] on GPU memory.
+//! the cargo feature `cuda`, `CudaDevice` (in `crate::cuda`) runs the
+//! kernels of `crate::cuda::ops` on GPU memory.
 
 mod error;
 
@@ -119,7 +119,7 @@ pub use mask::MaskKernels;
 
 /// Every kernel family: what a device needs to run the typed ops, layers
 /// and optimizers. Implemented by [`Cpu`] and, with the cargo feature
-/// `cuda`, by [`CudaDevice`](crate::cuda::CudaDevice).
+/// `cuda`, by `crate::cuda::CudaDevice`.
 pub trait Backend:
     Device
     + ElementwiseKernels

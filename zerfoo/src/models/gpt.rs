@@ -50,7 +50,7 @@ pub struct GptConfig {
     pub heads: usize,
     /// Model width (embedding size).
     pub width: usize,
-    /// Dropout on the embeddings during training ([`Gpt::loss_train`]).
+    /// Dropout on the embeddings during training ([`Gpt::try_loss_train`]).
     pub dropout: f64,
     /// Biases in the linear layers and the LayerNorms (nanoGPT's `bias`).
     pub bias: bool,

@@ -21,7 +21,7 @@ pub trait Activation: Module + Copy + Default + core::fmt::Debug + Send + Sync +
     ) -> Tensor<S, E, D, T>;
 
     /// The same function as a linear layer can apply inside its product
-    /// ([`Linear::forward_act`](super::Linear::forward_act)), if it can.
+    /// ([`ForwardAct::forward_act`](super::ForwardAct::forward_act) of a [`Linear`](super::Linear)), if it can.
     fn linear_act(&self) -> Option<LinearAct> {
         None
     }

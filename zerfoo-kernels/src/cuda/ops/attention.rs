@@ -10,7 +10,7 @@
 //!
 //! Shapes: queries `(B, H, Tq, D)`, keys `(B, H, Tk, D)`, values
 //! `(B, H, Tk, Dv)`, any strides; the masks are the CPU's
-//! ([`AttnMask`](crate::cpu::attention::AttnMask)), with the padding mask on
+//! ([`AttnMask`]), with the padding mask on
 //! the device.
 
 use super::matmul::{gemm_batched, gemm_batched_acc, GemmOptions};

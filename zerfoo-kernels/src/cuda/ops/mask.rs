@@ -162,7 +162,7 @@ pub fn tri<E: CudaFloat>(
 }
 
 /// Dropout with drop probability `p` and stream `seed`: `out[i] = keep(i)
-/// ? x[i] * scale : 0` with `keep` = [`dropout_keep`]`(seed, p)`, so the mask
+/// ? x[i] * scale : 0` with `keep` = [`dropout_keep`](crate::cpu::mask::dropout_keep)`(seed, p)`, so the mask
 /// is bit-identical to the CPU's [`crate::cpu::mask::dropout`] with that
 /// closure. The backward is the same call on the (contiguous) gradient.
 pub fn dropout<E: CudaFloat>(
