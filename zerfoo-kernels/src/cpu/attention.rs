@@ -1098,14 +1098,13 @@ unsafe fn backward_into<E: FloatDtype>(
                     let g = &tail(dorows, i * dost)[..dv];
                     // The head's inputs, `ROWS_AHEAD` rows ahead: the
                     // transposes and products below then find them in cache.
-                    let ahead = i + ROWS_AHEAD;
-                    let (ost, read) = (out_rows.row_stride, prefetch_values::<false, _>);
+                    let (ahead, ost) = (i + ROWS_AHEAD, out_rows.row_stride);
                     prefetch_values::<false, _>(o.as_ptr().wrapping_add(ROWS_AHEAD * ost), dv);
                     prefetch_values::<false, _>(g.as_ptr().wrapping_add(ROWS_AHEAD * dost), dv);
-                    read(qrows.as_ptr().wrapping_add(ahead * qst), d);
+                    prefetch_values::<false, _>(qrows.as_ptr().wrapping_add(ahead * qst), d);
                     if ahead < tk {
-                        read(krows.as_ptr().wrapping_add(ahead * kst), d);
-                        read(vrows.as_ptr().wrapping_add(ahead * vst), dv);
+                        prefetch_values::<false, _>(krows.as_ptr().wrapping_add(ahead * kst), d);
+                        prefetch_values::<false, _>(vrows.as_ptr().wrapping_add(ahead * vst), dv);
                     }
                     *di = lane_sum_zip(o, g, |o: E, g| o.to_acc() * g);
                 }

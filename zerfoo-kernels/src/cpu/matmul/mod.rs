@@ -346,10 +346,7 @@ fn small_in_place<E: FloatDtype>(
     };
     let mut out = vec![0f32; batch * m * n];
     for (bi, c) in out.chunks_exact_mut(m * n).enumerate() {
-        let (ab, bb) = (p.a_bases[bi], p.b_bases[bi]);
-        // (Every element of each operand lies inside it: `Problem::new`'s
-        // layouts were checked against the slices by the callers.)
-        let (a, b) = (&a[ab..], &b[bb..]);
+        let (a, b) = (&a[p.a_bases[bi]..], &b[p.b_bases[bi]..]);
         assert!(
             (m - 1) * p.sam + (k - 1) * p.sak < a.len(),
             "gemm_batched: lhs too short"
