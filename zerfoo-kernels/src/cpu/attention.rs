@@ -29,7 +29,7 @@ use std::borrow::Cow;
 use num_traits::{Float, Zero};
 
 #[cfg(target_arch = "x86_64")]
-use super::simd::{as_f32, as_f32_mut};
+use super::simd::{as_f32, as_f32_mut, prefetch};
 use super::simd::{lane_max, lane_sum_of, lane_sum_zip, vectorized};
 use super::threads::{run_tasks, SyncPtr};
 use super::{assume_init_vec, uninit_vec, PAR_THRESHOLD};
@@ -264,7 +264,7 @@ unsafe fn store_rows<E: FloatDtype>(
             for (r, row) in src.chunks_exact(w).enumerate() {
                 let out = dst.get().wrapping_add(start + r * index.row_stride);
                 if index.row_stride != w {
-                    prefetch_values::<true, E>(out.wrapping_add(ROWS_AHEAD * index.row_stride), w);
+                    prefetch::<true, E>(out.wrapping_add(ROWS_AHEAD * index.row_stride), w);
                 }
                 // SAFETY: the caller's guarantee; the row may be
                 // uninitialized memory (written, never read).
@@ -286,29 +286,6 @@ unsafe fn store_rows<E: FloatDtype>(
 /// waited for its own misses (gpt6's attention, rows 1152 values apart:
 /// backward 8.5 -> 6.8 ms, forward 3.8 -> 3.45 ms from L3).
 const ROWS_AHEAD: usize = 8;
-
-/// Asks for the `n` values at `p` to be brought into L1, to be written
-/// (`WRITE`) or read.
-#[inline(always)]
-fn prefetch_values<const WRITE: bool, E>(p: *const E, n: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
-        let p = p.cast::<i8>();
-        for off in (0..n * core::mem::size_of::<E>() + 63).step_by(64) {
-            // SAFETY: a prefetch is only a hint: it never faults, whatever the address.
-            unsafe {
-                if WRITE {
-                    _mm_prefetch::<_MM_HINT_ET0>(p.wrapping_add(off))
-                } else {
-                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off))
-                }
-            };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (p, n);
-}
 
 /// Rows `0..n` of a head (`w` values each, row stride `st`) transposed into
 /// `out`, `w x stride` row-major (columns `n..stride` left as they are):
@@ -362,7 +339,7 @@ fn transpose_f32_blocks<A: Real>(
             if st != w {
                 // Rows apart: the next block's (see `ROWS_AHEAD`).
                 for r in j0 + 8..(j0 + 16).min(n) {
-                    prefetch_values::<false, f32>(src.wrapping_add(r * st), w);
+                    prefetch::<false, f32>(src.wrapping_add(r * st), w);
                 }
             }
             for c0 in (0..w8).step_by(8) {
@@ -812,16 +789,16 @@ pub fn attention_forward<E: FloatDtype>(
         let mut kt = vec![<E::Acc as Zero>::zero(); d * tk];
         transpose_rows(kh.rows(bh, 0), hi, d, tk, &mut kt);
         let mut acc = vec![<E::Acc as Zero>::zero(); QUERY_BLOCK * dv];
+        let ((qr, qst), (vr, vst)) = (qh.rows(bh, 0), vh.rows(bh, 0));
         for (k, lc) in lse_rows.chunks_mut(QUERY_BLOCK).enumerate() {
             let (i0, bq) = (i_lo + k * QUERY_BLOCK, lc.len());
             let acc = &mut acc[..bq * dv];
             // The next block's queries, and the values it sees first (see
             // `ROWS_AHEAD`).
-            let ((qr, qst), (vr, vst)) = (qh.rows(bh, 0), vh.rows(bh, 0));
             for r in i0 + bq..(i0 + 2 * bq).min(i_hi) {
-                prefetch_values::<false, _>(qr.as_ptr().wrapping_add(r * qst), d);
+                prefetch::<false, _>(qr.as_ptr().wrapping_add(r * qst), d);
                 if r < tk {
-                    prefetch_values::<false, _>(vr.as_ptr().wrapping_add(r * vst), dv);
+                    prefetch::<false, _>(vr.as_ptr().wrapping_add(r * vst), dv);
                 }
             }
             vectorized(
@@ -1099,12 +1076,12 @@ unsafe fn backward_into<E: FloatDtype>(
                     // The head's inputs, `ROWS_AHEAD` rows ahead: the
                     // transposes and products below then find them in cache.
                     let (ahead, ost) = (i + ROWS_AHEAD, out_rows.row_stride);
-                    prefetch_values::<false, _>(o.as_ptr().wrapping_add(ROWS_AHEAD * ost), dv);
-                    prefetch_values::<false, _>(g.as_ptr().wrapping_add(ROWS_AHEAD * dost), dv);
-                    prefetch_values::<false, _>(qrows.as_ptr().wrapping_add(ahead * qst), d);
+                    prefetch::<false, _>(o.as_ptr().wrapping_add(ROWS_AHEAD * ost), dv);
+                    prefetch::<false, _>(g.as_ptr().wrapping_add(ROWS_AHEAD * dost), dv);
+                    prefetch::<false, _>(qrows.as_ptr().wrapping_add(ahead * qst), d);
                     if ahead < tk {
-                        prefetch_values::<false, _>(krows.as_ptr().wrapping_add(ahead * kst), d);
-                        prefetch_values::<false, _>(vrows.as_ptr().wrapping_add(ahead * vst), dv);
+                        prefetch::<false, _>(krows.as_ptr().wrapping_add(ahead * kst), d);
+                        prefetch::<false, _>(vrows.as_ptr().wrapping_add(ahead * vst), dv);
                     }
                     *di = lane_sum_zip(o, g, |o: E, g| o.to_acc() * g);
                 }

@@ -47,11 +47,8 @@ pub fn unary_backward<E: FloatDtype, O: UnaryOp>(
             grad_y,
             &contiguous,
             #[inline(always)]
-            |x, g| {
-                let x = x.to_acc();
-                // `df` ignores its `y` (`USES_Y` is false).
-                E::from_acc(g.to_acc() * op.df(x, x))
-            },
+            // (`derivative` does not read its `y` here.)
+            |x, g| E::from_acc(g.to_acc() * derivative(op, x, x)),
         );
     }
     crate::cpu::zip3_map(
@@ -62,11 +59,43 @@ pub fn unary_backward<E: FloatDtype, O: UnaryOp>(
         grad_y,
         &contiguous,
         #[inline(always)]
-        |x, y, g| {
-            let (x, y) = (x.to_acc(), y.to_acc());
-            E::from_acc(g.to_acc() * op.df(x, y))
-        },
+        |x, y, g| E::from_acc(g.to_acc() * derivative(op, x, y)),
     )
+}
+
+/// [`unary_backward`] for a contiguous `x`, multiplying `grad` (the
+/// upstream gradient, contiguous like `x` and `y`) by `f'(x)` in place: the
+/// same values, and no fresh output to write.
+///
+/// # Panics
+/// If `x` or `y` is shorter than `grad`.
+pub(crate) fn unary_backward_in_place<E: FloatDtype, O: UnaryOp>(
+    op: O,
+    x: &[E],
+    y: &[E],
+    grad: &mut [E],
+) {
+    crate::cpu::for_each_chunk(grad, |(ch, g)| {
+        let at = ch * crate::cpu::CHUNK;
+        let (x, y) = (&x[at..at + g.len()], &y[at..at + g.len()]);
+        crate::cpu::simd::vectorized(
+            #[inline(always)]
+            || {
+                for ((g, &x), &y) in g.iter_mut().zip(x).zip(y) {
+                    *g = E::from_acc(g.to_acc() * derivative(op, x, y));
+                }
+            },
+        )
+    });
+}
+
+/// `f'(x)` in the compute type, given `y = f(x)`: an op whose derivative
+/// ignores `y` ([`UnaryOp::USES_Y`] false) is given `x` there, so its
+/// saved output is never read.
+#[inline(always)]
+pub(crate) fn derivative<E: FloatDtype, O: UnaryOp>(op: O, x: E, y: E) -> E::Acc {
+    let x = x.to_acc();
+    op.df(x, if O::USES_Y { y.to_acc() } else { x })
 }
 
 macro_rules! unary_op {

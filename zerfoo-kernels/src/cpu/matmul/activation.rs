@@ -25,8 +25,7 @@ use super::{gemm_batched, gemm_batched_bias, gemm_shared_finished, product_colum
 use crate::cpu::binary::{binary_forward, AddOp};
 use crate::cpu::simd::vectorized;
 use crate::cpu::threads::SyncPtr;
-use crate::cpu::unary::{unary_forward, UnaryOp};
-use crate::cpu::{for_each_chunk, CHUNK};
+use crate::cpu::unary::{derivative, unary_backward_in_place, unary_forward, UnaryOp};
 use crate::{FloatDtype, Layout};
 
 /// `h = A · B + bias` and `y = act(h)` (shapes as [`gemm_batched_bias`]),
@@ -220,12 +219,8 @@ pub fn gemm_batched_act_grad<E: FloatDtype, O: UnaryOp>(
                     let gx = unsafe { core::slice::from_raw_parts_mut(c.add(at), cols) };
                     let (x, y) = (&x[at..at + cols], &y[at..at + cols]);
                     for ((g, &x), &y) in gx.iter_mut().zip(x).zip(y) {
-                        let x = x.to_acc();
-                        // As `unary_backward`: an op whose derivative ignores
-                        // `y` is given `x` there.
-                        let y = if O::USES_Y { y.to_acc() } else { x };
                         // (`E` is its own compute type here: no rounding.)
-                        *g *= act.df(x, y);
+                        *g *= derivative(act, x, y);
                     }
                 }
             },
@@ -240,24 +235,10 @@ pub fn gemm_batched_act_grad<E: FloatDtype, O: UnaryOp>(
         Some(gx) => gx,
         None => {
             // The product, then one pass multiplying it in place by
-            // `act'` (as `unary_backward` computes it, without a fresh
-            // output to write: gpt6's 2048 x 1536 gradient, 2 threads,
-            // 2.15 -> 1.95 ms for the pass).
+            // `act'` (no fresh output to write: gpt6's 2048 x 1536
+            // gradient, 2 threads, 2.15 -> 1.95 ms for the pass).
             let mut ga = gemm_batched(g, lg, b, lb);
-            for_each_chunk(&mut ga, |(ch, gx)| {
-                let at = ch * CHUNK;
-                let (x, y) = (&x[at..at + gx.len()], &y[at..at + gx.len()]);
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        for ((g, &x), &y) in gx.iter_mut().zip(x).zip(y) {
-                            let x = x.to_acc();
-                            let y = if O::USES_Y { y.to_acc() } else { x };
-                            *g = E::from_acc(g.to_acc() * act.df(x, y));
-                        }
-                    },
-                )
-            });
+            unary_backward_in_place(act, x, y, &mut ga);
             ga
         }
     }

@@ -17,6 +17,7 @@ use std::thread::LocalKey;
 use num_traits::Zero;
 
 use super::{Operands, KC};
+use crate::cpu::simd::prefetch;
 
 /// The tallest register tile any kernel uses.
 const MAX_MR: usize = 16;
@@ -543,31 +544,6 @@ pub(crate) fn with_buf<A: Copy + 'static, R>(
 /// thread, panel by panel: packing was ~20% of the product).
 const PACK_PREFETCH_STEPS: usize = 16;
 
-/// Asks for the cache lines of the `len` values at `run` (a hint: it never
-/// faults, and does nothing off x86-64).
-#[inline(always)]
-fn prefetch_run<T>(run: *const T, len: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let p = run.cast::<i8>();
-        let bytes = len * core::mem::size_of::<T>();
-        let mut off = 0;
-        while off < bytes {
-            // SAFETY: a prefetch is only a hint: it never faults, whatever the address.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)) };
-            off += 64;
-        }
-        if bytes > 0 {
-            // The run's last line, where it straddles one more.
-            // SAFETY: as above.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(bytes - 1)) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (run, len);
-}
-
 /// Packs rows `ic..ic + mc`, depth `pc..pc + kc` of `A` into `mr`-row
 /// panels, each stored depth-major (`mr` values per depth step); rows past
 /// `mc` are zero. `dst` holds `mc.div_ceil(mr) * mr * kc` values.
@@ -636,7 +612,7 @@ pub(crate) fn pack_a<E: FloatDtype>(
             let base = ops.a_base + ops.a_rows[ic + r0];
             for (p, (d, &co)) in panel.chunks_exact_mut(mr).zip(cols).enumerate() {
                 if let Some(&ahead) = cols.get(p + PACK_PREFETCH_STEPS) {
-                    prefetch_run(ops.a.as_ptr().wrapping_add(base + ahead), rows);
+                    prefetch::<false, _>(ops.a.as_ptr().wrapping_add(base + ahead), rows);
                 }
                 widen(&ops.a[base + co..base + co + rows], &mut d[..rows]);
             }
@@ -698,7 +674,7 @@ pub(crate) fn pack_b_panel<E: FloatDtype>(
         let base = ops.b_base + ops.b_cols[j0];
         for (p, (d, &ro)) in panel.chunks_exact_mut(nr).zip(rows).enumerate() {
             if let Some(&ahead) = rows.get(p + PACK_PREFETCH_STEPS) {
-                prefetch_run(ops.b.as_ptr().wrapping_add(base + ahead), cols);
+                prefetch::<false, _>(ops.b.as_ptr().wrapping_add(base + ahead), cols);
             }
             widen(&ops.b[base + ro..base + ro + cols], &mut d[..cols]);
         }
@@ -791,12 +767,7 @@ fn transpose_f32_8x8_blocks<E: FloatDtype>(
             // do not for eight interleaved streams.
             if p % 16 == 0 {
                 for s in &src {
-                    // SAFETY: a prefetch is only a hint: it never faults, whatever the address.
-                    unsafe {
-                        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
-                            s.wrapping_add(p + TRANSPOSE_PREFETCH).cast::<i8>(),
-                        )
-                    };
+                    prefetch::<false, _>(s.wrapping_add(p + TRANSPOSE_PREFETCH), 1);
                 }
             }
             // SAFETY: AVX is present; each run holds `full` values and `dst`
