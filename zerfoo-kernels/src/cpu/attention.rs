@@ -2,11 +2,12 @@
 //!
 //! Shapes: queries `(B, H, Tq, D)`, keys `(B, H, Tk, D)`, values
 //! `(B, H, Tk, Dv)`, any strides. The output is
-//! `softmax(mask(scale * q kᵀ)) v` `(B, H, Tq, Dv)`, computed row by row with
-//! an online softmax over blocks of [`KEY_BLOCK`] keys: no more than one
-//! block of scores per row ever exists. Keys a query cannot see because of
-//! the causal limit or the sliding window are never visited; padded keys
-//! are skipped inside a block.
+//! `softmax(mask(scale * q kᵀ)) v` `(B, H, Tq, Dv)`, computed for blocks of
+//! [`QUERY_BLOCK`] rows with an online softmax over steps of up to
+//! [`FORWARD_KEYS`] keys: no more than one step's scores per block ever
+//! exist. Keys a query cannot see because of the causal limit or the
+//! sliding window are never visited; padded keys are skipped inside a step.
+//! The backward works on [`KEY_BLOCK`]-key blocks.
 //!
 //! `f32` and `f64` operands are read in place, at any strides; other
 //! dtypes are first widened to the compute type ([`FloatDtype::Acc`]).
@@ -35,14 +36,21 @@ use super::threads::{run_tasks, SyncPtr};
 use super::{assume_init_vec, uninit_vec, PAR_THRESHOLD};
 use crate::{FloatDtype, Layout, Real};
 
-/// Keys per block of the online softmax. With 32-row query blocks too, a
-/// causal head of 64 positions computes 3 of its 4 blocks (64 x 64 blocks
-/// would compute the masked half as well): the Shakespeare step ~2% faster,
-/// a 256-position one unchanged.
+/// Keys per block of the backward. With 32-row query blocks too, a causal
+/// head of 64 positions computes 3 of its 4 blocks (64 x 64 blocks would
+/// compute the masked half as well): the Shakespeare step ~2% faster, a
+/// 256-position one unchanged.
 pub const KEY_BLOCK: usize = 32;
 
 /// Query rows per block (of the forward's parallel tasks and the products).
 pub const QUERY_BLOCK: usize = 32;
+
+/// Keys per step of the forward's online softmax: a query block's scores
+/// against all the keys it sees up to this many (32 KiB of `f32` scores)
+/// in one product, one softmax pass and one product with the values, with
+/// no rescaling of the output between steps (gpt6's forward: 32-key steps
+/// ~6.0 -> 5.2 ms on one core, with the 8 x 32 assembly tiles).
+pub const FORWARD_KEYS: usize = 256;
 
 /// Which keys each query may not see. Positions are absolute: query row `i`
 /// is at `q_offset + i`, key row `j` at `k_offset + j`.
@@ -441,12 +449,17 @@ fn mask_block<A: Real>(
     if pad.is_none() && j0 >= lo_last && j0 + n <= hi_first {
         return;
     }
+    let ninf = A::neg_infinity();
     for (r, row) in s.chunks_exact_mut(n).enumerate() {
+        // The row's hidden keys before `lo` and from `hi` on, then the padding.
         let (lo, hi) = mask.key_range(i0 + r, tk);
-        for (jj, x) in row.iter_mut().enumerate() {
-            let j = j0 + jj;
-            if j < lo || j >= hi || pad.is_some_and(|p| p[jj]) {
-                *x = A::neg_infinity();
+        let lo = lo.clamp(j0, j0 + n) - j0;
+        let hi = hi.clamp(j0 + lo, j0 + n) - j0;
+        row[..lo].fill(ninf);
+        row[hi..].fill(ninf);
+        if let Some(p) = pad {
+            for (x, _) in row.iter_mut().zip(p).filter(|(_, &p)| p) {
+                *x = ninf;
             }
         }
     }
@@ -487,17 +500,15 @@ fn exp_rows_portable<A: Real>(s: &mut [A], n: usize, sc: A, shift: &[A]) {
 /// row's first visible block) and `l ← l·alpha + Σ_j s`. A row that sees
 /// none of the block's keys becomes zeros, with `alpha = 1`.
 ///
-/// With AVX-512, `f32` rows up to 32 wide run in registers with the
-/// 16-lane exponential; the bits are the same either way.
+/// With AVX-512, `f32` rows run 16 lanes at a time with the 16-lane
+/// exponential; the bits are the same either way.
 fn softmax_step<A: Real>(s: &mut [A], n: usize, sc: A, m: &mut [A], l: &mut [A], alpha: &mut [A]) {
     #[cfg(target_arch = "x86_64")]
-    if n <= 32 {
-        if let Some((s, sc)) = as_f32_avx512(s, sc) {
-            let (m, l, alpha) = (as_f32_mut(m), as_f32_mut(l), as_f32_mut(alpha));
-            // SAFETY: AVX-512F is present (checked by `as_f32_avx512`).
-            unsafe { f32_avx512::softmax_step(s, n, sc, m, l, alpha) };
-            return;
-        }
+    if let Some((s, sc)) = as_f32_avx512(s, sc) {
+        let (m, l, alpha) = (as_f32_mut(m), as_f32_mut(l), as_f32_mut(alpha));
+        // SAFETY: AVX-512F is present (checked by `as_f32_avx512`).
+        unsafe { f32_avx512::softmax_step(s, n, sc, m, l, alpha) };
+        return;
     }
     softmax_step_portable(s, n, sc, m, l, alpha)
 }
@@ -574,7 +585,7 @@ mod f32_avx512 {
         }
     }
 
-    /// See [`super::softmax_step`] (rows of `n <= 32`).
+    /// See [`super::softmax_step`].
     ///
     /// # Safety
     /// The CPU must support AVX-512F.
@@ -587,8 +598,7 @@ mod f32_avx512 {
         l: &mut [f32],
         alpha: &mut [f32],
     ) {
-        debug_assert!(n <= 32);
-        let (k0, k1) = (lanes(n, 0), lanes(n, 1));
+        let vectors = n.div_ceil(16);
         let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
         let scv = _mm512_set1_ps(sc);
         // 16 rows at a time: their sums wait in `sums` for the rescaling
@@ -599,35 +609,43 @@ mod f32_avx512 {
             for (i, row) in rows.chunks_exact_mut(n).enumerate() {
                 let r = r0 + i;
                 let p = row.as_mut_ptr();
-                // SAFETY: the lanes in `k0`, `k1` are this row's columns.
+                // SAFETY: the lanes in `lanes(n, v)` are this row's columns
+                // `16v..n`.
                 unsafe {
-                    let v0 = _mm512_mask_loadu_ps(ninf, k0, p);
-                    let v1 = _mm512_mask_loadu_ps(ninf, k1, p.add(16));
-                    let seen = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(v0, ninf)
-                        | _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(v1, ninf);
+                    // The row's maximum in 16 lanes (`max(x, acc)` keeps
+                    // `acc` where `x` is NaN, as `lane_max` skips it), and
+                    // whether any score is not `-inf`.
+                    let (mut mx, mut seen) = (ninf, 0);
+                    for v in 0..vectors {
+                        let x = _mm512_mask_loadu_ps(ninf, lanes(n, v), p.add(16 * v));
+                        seen |= _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(x, ninf);
+                        mx = _mm512_max_ps(x, mx);
+                    }
                     if seen == 0 {
-                        _mm512_mask_storeu_ps(p, k0, _mm512_setzero_ps());
-                        _mm512_mask_storeu_ps(p.add(16), k1, _mm512_setzero_ps());
+                        for v in 0..vectors {
+                            _mm512_mask_storeu_ps(p.add(16 * v), lanes(n, v), _mm512_setzero_ps());
+                        }
                         // exp(0) = 1 below, and the sum stays.
                         alpha[r] = 0.0;
                         continue;
                     }
-                    let m_new = m[r].max(_mm512_reduce_max_ps(_mm512_max_ps(v0, v1)));
+                    let m_new = m[r].max(_mm512_reduce_max_ps(mx));
                     let shift = sc * m_new;
                     // The rescaling's argument (its exponential below).
                     alpha[r] = sc * m[r] - shift;
                     m[r] = m_new;
                     let sh = _mm512_set1_ps(shift);
-                    let e0 = exp_f32x16(_mm512_fmsub_ps(v0, scv, sh));
-                    let e1 = exp_f32x16(_mm512_fmsub_ps(v1, scv, sh));
-                    _mm512_mask_storeu_ps(p, k0, e0);
-                    _mm512_mask_storeu_ps(p.add(16), k1, e1);
-                    // `lane_sum_of` adds columns `j` and `j + 16` first, as
-                    // this does (the lanes past `n` add zeros).
-                    sums[i] = fold_add(_mm512_add_ps(
-                        _mm512_maskz_mov_ps(k0, e0),
-                        _mm512_maskz_mov_ps(k1, e1),
-                    ));
+                    // Summed in `lane_sum_of`'s lanes (the lanes past `n`
+                    // add zeros).
+                    let mut sum = _mm512_setzero_ps();
+                    for v in 0..vectors {
+                        let k = lanes(n, v);
+                        let x = _mm512_maskz_loadu_ps(k, p.add(16 * v));
+                        let e = exp_f32x16(_mm512_fmsub_ps(x, scv, sh));
+                        _mm512_mask_storeu_ps(p.add(16 * v), k, e);
+                        sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(k, e));
+                    }
+                    sums[i] = fold_add(sum);
                 }
             }
             let k = lanes(rows.len() / n, 0);
@@ -655,7 +673,8 @@ fn block_keys(mask: &AttnMask<'_>, i0: usize, bq: usize, tk: usize) -> (usize, u
 /// One block of `bq` query rows `q` (stride `qst`) of one head: writes
 /// `o = softmax(scale · q kᵀ) v` (`bq x dv`, compute type) and the rows'
 /// logsumexps into `lse`. `kt` is the head's keys transposed (`d x tk`),
-/// `v` its value rows at stride `vst`.
+/// `v` its value rows at stride `vst`; `sbuf` holds a step's scores
+/// (`bq x FORWARD_KEYS.min(tk)` at least).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn forward_block<A: Real>(
@@ -667,20 +686,18 @@ fn forward_block<A: Real>(
     (i0, bq): (usize, usize),
     (tk, d, dv): (usize, usize, usize),
     scale: A,
-    o: &mut [A],
-    lse: &mut [A],
+    (o, lse, sbuf): (&mut [A], &mut [A], &mut [A]),
 ) {
     let ninf = A::neg_infinity();
     let mut m = [ninf; QUERY_BLOCK];
     let mut l = [A::zero(); QUERY_BLOCK];
     let mut alpha = [A::zero(); QUERY_BLOCK];
     let (m, l, alpha) = (&mut m[..bq], &mut l[..bq], &mut alpha[..bq]);
-    let mut sbuf = [A::zero(); QUERY_BLOCK * KEY_BLOCK];
     let split = ScaleSplit::of(scale);
     let (lo, hi) = block_keys(mask, i0, bq, tk);
     let mut j0 = lo;
     while j0 < hi {
-        let n = KEY_BLOCK.min(hi - j0);
+        let n = FORWARD_KEYS.min(hi - j0);
         let s = &mut sbuf[..bq * n];
         scores(q, kt, (j0, tk), (bq, n, d), split.scores, s);
         mask_block(mask, pad, (i0, bq), (j0, n), tk, s);
@@ -716,8 +733,8 @@ fn forward_block<A: Real>(
 /// scaled, masked scores (`-inf` for a row that sees no key), which
 /// [`attention_backward`] needs.
 ///
-/// Works on blocks of [`QUERY_BLOCK`] query rows against blocks of
-/// [`KEY_BLOCK`] keys as small matrix products; parallel over heads and
+/// Works on blocks of [`QUERY_BLOCK`] query rows against steps of up to
+/// [`FORWARD_KEYS`] keys as small matrix products; parallel over heads and
 /// query blocks when the problem is large enough. `f32` and `f64` queries,
 /// keys and values are read in place whatever their strides (each task
 /// transposes the keys it needs into its own buffer); other dtypes are
@@ -789,6 +806,7 @@ pub fn attention_forward<E: FloatDtype>(
         let mut kt = vec![<E::Acc as Zero>::zero(); d * tk];
         transpose_rows(kh.rows(bh, 0), hi, d, tk, &mut kt);
         let mut acc = vec![<E::Acc as Zero>::zero(); QUERY_BLOCK * dv];
+        let mut sbuf = vec![<E::Acc as Zero>::zero(); QUERY_BLOCK * FORWARD_KEYS.min(tk)];
         let ((qr, qst), (vr, vst)) = (qh.rows(bh, 0), vh.rows(bh, 0));
         for (k, lc) in lse_rows.chunks_mut(QUERY_BLOCK).enumerate() {
             let (i0, bq) = (i_lo + k * QUERY_BLOCK, lc.len());
@@ -813,8 +831,7 @@ pub fn attention_forward<E: FloatDtype>(
                         (i0, bq),
                         (tk, d, dv),
                         sc,
-                        acc,
-                        lc,
+                        (acc, lc, &mut sbuf),
                     )
                 },
             );
@@ -1440,6 +1457,8 @@ mod tests {
             (65, 65),
             (129, 7),
             (65, 129),
+            // Keys past one step of the forward's online softmax.
+            (33, FORWARD_KEYS + 44),
         ] {
             for &d in &[1, 5, 32] {
                 let dims = AttnDims {
@@ -1476,6 +1495,19 @@ mod tests {
                 check::<f32>(dims, &m, false, order, 1e-4);
                 check::<f32>(dims, &m, true, order, 1e-4);
             }
+        }
+        // The `f32` kernels' whole tiles and several online-softmax steps.
+        let tk = 2 * FORWARD_KEYS + 37;
+        let dims = AttnDims {
+            tq: tk,
+            tk,
+            d: 64,
+            dv: 64,
+            ..dims
+        };
+        let pad = padding(2, tk);
+        for m in masks(2, tk, &pad) {
+            check::<f32>(dims, &m, true, HeadsOrder::SeqMajor, 1e-4);
         }
     }
 
@@ -1645,7 +1677,7 @@ mod tests {
         }
         let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         let sc = 0.17f32;
-        for n in [1, 5, 16, 17, 31, 32] {
+        for n in [1, 5, 16, 17, 31, 32, 33, 100, 256] {
             for rows in [1, 7, 16, 17, 33] {
                 let mut s: Vec<f32> = rand(rows * n, (n * 100 + rows) as u64)
                     .iter()

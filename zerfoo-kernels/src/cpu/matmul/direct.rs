@@ -10,10 +10,13 @@
 //! depth starting from zero, then one add to `c`), so for depths up to
 //! [`super::KC`] the bits equal the blocked path's.
 //!
-//! A transposed `A` (unit row stride) is read at fixed offsets from one
-//! pointer, a row-major one (unit depth stride) from one pointer per row with
-//! a shared depth index: no address arithmetic per value in the depth loop
-//! (32 x 32 x 32 in L1: 58 -> 60-64% of the core's FMA peak).
+//! Whole 8 x 32 tiles with `A` row-major or transposed run a depth loop in
+//! assembly ([`depth_8x32`]), four steps per iteration, every address a
+//! fixed offset from a few pointers (~64% -> 70-80% of the core's FMA peak
+//! in L1). Partial tiles and other strides take the Rust loop: a transposed
+//! `A` (unit row stride) read at fixed offsets from one pointer, a row-major
+//! one (unit depth stride) from one pointer per row with a shared depth
+//! index.
 
 #[cfg(target_arch = "x86_64")]
 use core::arch::x86_64::*;
@@ -122,6 +125,176 @@ unsafe fn gemm_avx512(
     }
 }
 
+/// One row of a depth step of [`depth_8x32`]: `A`'s value at `addr`
+/// broadcast into `t`, then `zmm{r0} += zmm16 * t`, `zmm{r1} += zmm17 * t`.
+#[cfg(target_arch = "x86_64")]
+#[rustfmt::skip]
+macro_rules! depth_row_8x2 {
+    ($addr:expr, $t:literal, $r0:literal, $r1:literal) => {
+        concat!(
+            "vbroadcastss ", $t, ", dword ptr [", $addr, "]\n",
+            "vfmadd231ps zmm", $r0, ", zmm16, ", $t, "\n",
+            "vfmadd231ps zmm", $r1, ", zmm17, ", $t, "\n",
+        )
+    };
+}
+
+/// One depth step of [`depth_8x32`]: `B`'s two vectors at `bq`, then the 8
+/// rows, row `r`'s value at address `a_r`.
+#[cfg(target_arch = "x86_64")]
+#[rustfmt::skip]
+macro_rules! depth_step_8x2 {
+    ($bq:expr; $a0:expr, $a1:expr, $a2:expr, $a3:expr, $a4:expr, $a5:expr, $a6:expr, $a7:expr) => {
+        concat!(
+            "vmovups zmm16, zmmword ptr [", $bq, "]\n",
+            "vmovups zmm17, zmmword ptr [", $bq, " + 64]\n",
+            depth_row_8x2!($a0, "zmm18", "0", "1"),
+            depth_row_8x2!($a1, "zmm19", "2", "3"),
+            depth_row_8x2!($a2, "zmm18", "4", "5"),
+            depth_row_8x2!($a3, "zmm19", "6", "7"),
+            depth_row_8x2!($a4, "zmm18", "8", "9"),
+            depth_row_8x2!($a5, "zmm19", "10", "11"),
+            depth_row_8x2!($a6, "zmm18", "12", "13"),
+            depth_row_8x2!($a7, "zmm19", "14", "15"),
+        )
+    };
+}
+
+/// Depth step `u` (of four) with `A` row-major: row `r` at `{a0}` (rows
+/// 0-3) or `{a4}` (rows 4-7) plus 0, 1, 2 or 3 row strides `{l}`, its
+/// value `u` on.
+#[cfg(target_arch = "x86_64")]
+macro_rules! rows_step_8x2 {
+    ($u:literal, $bq:expr) => {
+        depth_step_8x2!(
+            $bq;
+            concat!("{a0} + ", $u, "*4"),
+            concat!("{a0} + {l} + ", $u, "*4"),
+            concat!("{a0} + {l}*2 + ", $u, "*4"),
+            concat!("{a0} + {l3} + ", $u, "*4"),
+            concat!("{a4} + ", $u, "*4"),
+            concat!("{a4} + {l} + ", $u, "*4"),
+            concat!("{a4} + {l}*2 + ", $u, "*4"),
+            concat!("{a4} + {l3} + ", $u, "*4")
+        )
+    };
+}
+
+/// A depth step with `A` transposed: the step's 8 values adjacent at `ap`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! columns_step_8x2 {
+    ($ap:expr, $bq:expr) => {
+        depth_step_8x2!(
+            $bq;
+            $ap,
+            concat!($ap, " + 4"),
+            concat!($ap, " + 8"),
+            concat!($ap, " + 12"),
+            concat!($ap, " + 16"),
+            concat!($ap, " + 20"),
+            concat!($ap, " + 24"),
+            concat!($ap, " + 28")
+        )
+    };
+}
+
+/// `acc[r][v] = fma(A[r, p], B[p, 16v..16v + 16], acc[r][v])` for `p` in
+/// `0..steps` in order (the Rust tile's operations, so its bits): 8 rows by
+/// 32 columns, four steps per iteration, in assembly. `B`'s row `p` is at
+/// `b + p * ldb` bytes. With `A` row-major (`transposed` false) row `r` is
+/// at `a + r * lda` bytes and its values adjacent; transposed, depth `p`'s
+/// 8 values are adjacent at `a + p * lda` bytes.
+///
+/// Written out because the compiler's loop runs at ~64% of the FMA peak in
+/// L1 (32 x 256 x 64 and 32 x 64 x 256 products: 125-141 -> 144-172
+/// GFLOP/s on one core): it keeps a counter on the stack and does not
+/// unroll (unrolled, it spills).
+///
+/// # Safety
+/// AVX-512F must be present; the `8 x steps` values of `A` and the rows
+/// `0..steps` (32 values each) of `B` must be readable.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn depth_8x32(
+    steps: usize,
+    (a, lda, transposed): (*const f32, usize, bool),
+    (b, ldb): (*const f32, usize),
+    acc: &mut [[__m512; 2]; 8],
+) {
+    macro_rules! run {
+        ($($body:expr),* ; $($tail:expr),* ; $($operands:tt)*) => {
+            core::arch::asm!(
+                "mov {n}, {steps}",
+                "shr {n}, 2",
+                "jz 3f",
+                "2:",
+                $($body,)*
+                "dec {n}",
+                "jnz 2b",
+                "3:",
+                "and {steps}, 3",
+                "jz 5f",
+                "4:",
+                $($tail,)*
+                "dec {steps}",
+                "jnz 4b",
+                "5:",
+                steps = inout(reg) steps => _,
+                n = out(reg) _,
+                a0 = inout(reg) a => _,
+                $($operands)*
+                l = in(reg) lda,
+                l3 = in(reg) 3 * lda,
+                b = inout(reg) b => _,
+                lb = in(reg) ldb,
+                lb3 = in(reg) 3 * ldb,
+                inout("zmm0") acc[0][0], inout("zmm1") acc[0][1],
+                inout("zmm2") acc[1][0], inout("zmm3") acc[1][1],
+                inout("zmm4") acc[2][0], inout("zmm5") acc[2][1],
+                inout("zmm6") acc[3][0], inout("zmm7") acc[3][1],
+                inout("zmm8") acc[4][0], inout("zmm9") acc[4][1],
+                inout("zmm10") acc[5][0], inout("zmm11") acc[5][1],
+                inout("zmm12") acc[6][0], inout("zmm13") acc[6][1],
+                inout("zmm14") acc[7][0], inout("zmm15") acc[7][1],
+                out("zmm16") _, out("zmm17") _, out("zmm18") _, out("zmm19") _,
+                options(nostack, readonly),
+            )
+        };
+    }
+    // SAFETY: the caller's guarantees; only reads memory.
+    unsafe {
+        if transposed {
+            run!(
+                columns_step_8x2!("{a0}", "{b}"),
+                columns_step_8x2!("{a0} + {l}", "{b} + {lb}"),
+                columns_step_8x2!("{a0} + {l}*2", "{b} + {lb}*2"),
+                columns_step_8x2!("{a0} + {l3}", "{b} + {lb3}"),
+                "lea {a0}, [{a0} + {l}*4]",
+                "lea {b}, [{b} + {lb}*4]";
+                columns_step_8x2!("{a0}", "{b}"),
+                "add {a0}, {l}",
+                "add {b}, {lb}";
+            )
+        } else {
+            run!(
+                rows_step_8x2!(0, "{b}"),
+                rows_step_8x2!(1, "{b} + {lb}"),
+                rows_step_8x2!(2, "{b} + {lb}*2"),
+                rows_step_8x2!(3, "{b} + {lb3}"),
+                "lea {b}, [{b} + {lb}*4]",
+                "add {a0}, 16",
+                "add {a4}, 16";
+                rows_step_8x2!(0, "{b}"),
+                "add {b}, {lb}",
+                "add {a0}, 4",
+                "add {a4}, 4";
+                a4 = inout(reg) a.wrapping_byte_add(4 * lda) => _,
+            )
+        }
+    }
+}
+
 /// The arguments of one tile: depth, `A` (pointer, strides), `B` (pointer,
 /// row stride), `C` (pointer, row stride), the last vector's lane mask, and
 /// whether the tile overwrites `C` (else adds to it).
@@ -191,7 +364,15 @@ unsafe fn tile<const R: usize, const V: usize>(
             }
         }
     };
-    if rsa == 1 {
+    if R == 8 && V == 2 && mask == !0 && (rsa == 1 || csa == 1) {
+        // Whole 8 x 32 tiles: the assembly loop.
+        // SAFETY: `R` is 8 and `V` 2: the same type.
+        let full = unsafe { &mut *acc.as_mut_ptr().cast::<[[__m512; 2]; 8]>() };
+        let (lda, transposed) = if csa == 1 { (rsa, false) } else { (csa, true) };
+        // SAFETY: AVX-512F is present; `A`'s 8 rows and `B`'s `k` rows of
+        // 32 lie in the operands (the caller's guarantee).
+        unsafe { depth_8x32(k, (a, 4 * lda, transposed), (b, 4 * rsb), full) };
+    } else if rsa == 1 {
         // A transposed: a depth step's values are adjacent.
         let mut ap = a;
         for _ in 0..k {

@@ -1060,6 +1060,7 @@ fn direct_small_products_match_blocked_bitwise() {
         (64, 64, 32),
         (13, 33, 64),
         (64, 48, 129),
+        (16, 64, 67),
     ] {
         // A row-major, transposed, and strided both ways (each has its own loop).
         for (a_order, overwrite) in (0..3).flat_map(|o| [(o, false), (o, true)]) {
