@@ -12,7 +12,7 @@
 //!
 //! Whole 8 x 32 tiles with `A` row-major or transposed run a depth loop in
 //! assembly ([`depth_8x32`]), four steps per iteration, every address a
-//! fixed offset from a few pointers (~64% -> 70-80% of the core's FMA peak
+//! fixed offset from a few pointers (~60% -> 67-80% of the core's FMA peak
 //! in L1). Partial tiles and other strides take the Rust loop: a transposed
 //! `A` (unit row stride) read at fixed offsets from one pointer, a row-major
 //! one (unit depth stride) from one pointer per row with a shared depth
