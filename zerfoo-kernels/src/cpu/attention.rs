@@ -9,8 +9,9 @@
 //! sliding window are never visited; padded keys are skipped inside a step.
 //! The backward works on [`KEY_BLOCK`]-key blocks.
 //!
-//! `f32` and `f64` operands are read in place, at any strides; other
-//! dtypes are first widened to the compute type ([`FloatDtype::Acc`]).
+//! `f32` and `f64` operands are read in place, at any strides; each task
+//! widens its own head's rows of other dtypes to the compute type
+//! ([`FloatDtype::Acc`]).
 //! Each task transposes the keys (and, in the backward, the values) of its
 //! head to `(D, Tk)` in its own buffer, so that every product's right
 //! operand is row-major. Everything is computed in `E::Acc` and rounded
@@ -208,41 +209,65 @@ impl RowIndex {
     }
 }
 
-/// A `(B, H, T, W)` operand in the compute type, read a head's rows at a
-/// time: borrowed in place when it already is the compute type with
-/// unit-stride rows (an `f32` or `f64` view, any other strides), else
-/// packed row-major.
-struct HeadRows<'a, A: Clone> {
-    data: Cow<'a, [A]>,
+/// A `(B, H, T, W)` operand, read a head's rows at a time in the compute
+/// type: in place when it already is the compute type with unit-stride rows
+/// (an `f32` or `f64` view, any other strides), else widened head by head
+/// into the task's own row-major copy (in its cache, where the kernels read
+/// it next, instead of a widened copy of the whole operand in memory).
+struct HeadRows<'a, E> {
+    data: &'a [E],
     index: RowIndex,
+    /// Values per row, and their stride.
+    width: usize,
+    col_stride: usize,
+    in_place: bool,
 }
 
-impl<'a, A: Real> HeadRows<'a, A> {
-    fn of<E: FloatDtype<Acc = A>>(data: &'a [E], layout: &Layout) -> Self {
-        let unit_rows = layout.strides()[3] == 1 || layout.shape()[3] <= 1;
-        if TypeId::of::<E>() == TypeId::of::<A>() && unit_rows {
-            // SAFETY: `E` and `A` are the same type (same TypeId).
-            let same =
-                unsafe { core::slice::from_raw_parts(data.as_ptr().cast::<A>(), data.len()) };
-            HeadRows {
-                data: Cow::Borrowed(same),
-                index: RowIndex::of(layout),
-            }
-        } else {
-            let dims = layout.shape();
-            HeadRows {
-                data: Cow::Owned(pack(data, layout)),
-                index: RowIndex::of(&Layout::contiguous(dims)),
-            }
+impl<'a, E: FloatDtype> HeadRows<'a, E> {
+    fn of(data: &'a [E], layout: &Layout) -> Self {
+        let (width, col_stride) = (layout.shape()[3], layout.strides()[3]);
+        HeadRows {
+            data,
+            index: RowIndex::of(layout),
+            width,
+            col_stride,
+            in_place: TypeId::of::<E>() == TypeId::of::<E::Acc>()
+                && (col_stride == 1 || width <= 1),
         }
     }
 
-    /// Head `bh`'s rows from row `i0` on, and their stride.
-    #[inline]
-    fn rows(&self, bh: usize, i0: usize) -> (&[A], usize) {
-        let st = self.index.row_stride;
-        let start = self.index.start(bh) + i0 * st;
-        (tail(&self.data, start), st)
+    /// Rows `0..n` of head `bh` in the compute type, and their stride
+    /// (in place, the operand from the head's first row on).
+    fn head(&self, bh: usize, n: usize) -> (Cow<'a, [E::Acc]>, usize) {
+        let (start, st) = (self.index.start(bh), self.index.row_stride);
+        if self.in_place {
+            // SAFETY: `E` and `E::Acc` are the same type (same TypeId).
+            let same = unsafe {
+                core::slice::from_raw_parts(self.data.as_ptr().cast::<E::Acc>(), self.data.len())
+            };
+            return (Cow::Borrowed(tail(same, start)), st);
+        }
+        let (w, cs) = (self.width, self.col_stride);
+        let mut rows = vec![<E::Acc as Zero>::zero(); n * w];
+        vectorized(
+            #[inline(always)]
+            || {
+                for (r, row) in rows.chunks_exact_mut(w.max(1)).take(n).enumerate() {
+                    let from = &tail(self.data, start + r * st)[..(w - 1) * cs + 1];
+                    if cs == 1 {
+                        for (o, &x) in row.iter_mut().zip(from) {
+                            *o = x.to_acc();
+                        }
+                    } else {
+                        // Any stride, 0 (a broadcast) included.
+                        for (c, o) in row.iter_mut().enumerate() {
+                            *o = from[c * cs].to_acc();
+                        }
+                    }
+                }
+            },
+        );
+        (Cow::Owned(rows), w)
     }
 }
 
@@ -366,11 +391,6 @@ fn transpose_f32_blocks<A: Real>(
     }
     let _ = (rows, st, stride, out);
     (0, 0)
-}
-
-/// `data` under `layout`, in row-major order, widened to the compute type.
-fn pack<E: FloatDtype>(data: &[E], layout: &Layout) -> Vec<E::Acc> {
-    super::map(data, layout, |x: E| x.to_acc())
 }
 
 /// `x` from index `from` on (empty past its end: a zero-width operand).
@@ -737,8 +757,8 @@ fn forward_block<A: Real>(
 /// [`FORWARD_KEYS`] keys as small matrix products; parallel over heads and
 /// query blocks when the problem is large enough. `f32` and `f64` queries,
 /// keys and values are read in place whatever their strides (each task
-/// transposes the keys it needs into its own buffer); other dtypes are
-/// widened to the compute type first.
+/// transposes the keys it needs into its own buffer); each task widens
+/// its head's rows of other dtypes to the compute type.
 ///
 /// # Panics
 /// On inconsistent layouts or a padding mask that is not `B * Tk` long.
@@ -803,11 +823,13 @@ pub fn attention_forward<E: FloatDtype>(
         // The keys these blocks may see, transposed (`d x tk`, the first
         // `hi` columns).
         let (_, hi) = block_keys(mask, i_lo, i_hi - i_lo, tk);
+        let ((qr, qst), (kr, kst), (vr, vst)) =
+            (qh.head(bh, i_hi), kh.head(bh, hi), vh.head(bh, hi));
+        let (qr, vr) = (&qr[..], &vr[..]);
         let mut kt = vec![<E::Acc as Zero>::zero(); d * tk];
-        transpose_rows(kh.rows(bh, 0), hi, d, tk, &mut kt);
+        transpose_rows((&kr, kst), hi, d, tk, &mut kt);
         let mut acc = vec![<E::Acc as Zero>::zero(); QUERY_BLOCK * dv];
         let mut sbuf = vec![<E::Acc as Zero>::zero(); QUERY_BLOCK * FORWARD_KEYS.min(tk)];
-        let ((qr, qst), (vr, vst)) = (qh.rows(bh, 0), vh.rows(bh, 0));
         for (k, lc) in lse_rows.chunks_mut(QUERY_BLOCK).enumerate() {
             let (i0, bq) = (i_lo + k * QUERY_BLOCK, lc.len());
             let acc = &mut acc[..bq * dv];
@@ -815,7 +837,7 @@ pub fn attention_forward<E: FloatDtype>(
             // `ROWS_AHEAD`).
             for r in i0 + bq..(i0 + 2 * bq).min(i_hi) {
                 prefetch::<false, _>(qr.as_ptr().wrapping_add(r * qst), d);
-                if r < tk {
+                if r < hi {
                     prefetch::<false, _>(vr.as_ptr().wrapping_add(r * vst), dv);
                 }
             }
@@ -823,9 +845,9 @@ pub fn attention_forward<E: FloatDtype>(
                 #[inline(always)]
                 || {
                     forward_block(
-                        qh.rows(bh, i0),
+                        (tail(qr, i0 * qst), qst),
                         &kt,
-                        vh.rows(bh, 0),
+                        (vr, vst),
                         mask,
                         mask.padding.map(|p| &p[bh / h * tk..][..tk]),
                         (i0, bq),
@@ -1078,15 +1100,16 @@ unsafe fn backward_into<E: FloatDtype>(
         // This head's gradients, accumulated in the compute type.
         let (mut gq, mut gk, mut gv) =
             (vec![zero; tq * d], vec![zero; tk * d], vec![zero; tk * dv]);
+        let ((dorows, dost), (qrows, qst)) = (doh.head(bh, tq), qh.head(bh, tq));
+        let ((krows, kst), (vrows, vst)) = (kh.head(bh, tk), vh.head(bh, tk));
         vectorized(
             #[inline(always)]
             || {
-                let (dorows, dost) = doh.rows(bh, 0);
+                let (dorows, qrows, krows, vrows) =
+                    (&dorows[..], &qrows[..], &krows[..], &vrows[..]);
                 // Di = rowsum(dO ∘ O) for this head's queries.
                 let o0 = out_rows.start(bh);
                 let mut di = vec![zero; tq];
-                let ((qrows, qst), (krows, kst), (vrows, vst)) =
-                    (qh.rows(bh, 0), kh.rows(bh, 0), vh.rows(bh, 0));
                 for (i, di) in di.iter_mut().enumerate() {
                     let o = &tail(out, o0 + i * out_rows.row_stride)[..dv];
                     let g = &tail(dorows, i * dost)[..dv];
@@ -1614,6 +1637,82 @@ mod tests {
             check::<F8E4M3>(dims, m, p, o, 0.13);
             check::<F8E5M2>(dims, m, p, o, 0.26);
         }
+    }
+
+    /// Operands whose rows are not contiguous (each row's values a whole
+    /// column apart: stored `(B, H, W, T)`, read with the last two axes
+    /// swapped) are widened per head into the same values the kernels read
+    /// from contiguous ones: the very bits, for a type read in place and a
+    /// widened one.
+    #[test]
+    fn column_strided_operands_give_the_contiguous_bits() {
+        fn run<E: FloatDtype>() {
+            let (b, h, t, d) = (2, 3, 37, 40);
+            let round = |x: Vec<f64>| -> Vec<E> { x.into_iter().map(E::from_f64).collect() };
+            let (q, k, v, g) = (
+                round(rand(b * h * t * d, 11)),
+                round(rand(b * h * t * d, 12)),
+                round(rand(b * h * t * d, 13)),
+                round(rand(b * h * t * d, 14)),
+            );
+            let contiguous = Layout::contiguous(&[b, h, t, d]);
+            // The same values stored (B, H, D, T).
+            let by_columns = |x: &[E]| -> (Vec<E>, Layout) {
+                let mut s = vec![E::default(); x.len()];
+                for bh in 0..b * h {
+                    for i in 0..t {
+                        for c in 0..d {
+                            s[(bh * d + c) * t + i] = x[(bh * t + i) * d + c];
+                        }
+                    }
+                }
+                let mut l = Layout::contiguous(&[b, h, d, t]);
+                l.swap_axes(2, 3);
+                (s, l)
+            };
+            let ((qs, ql), (ks, kl), (vs, vl), (gs, gl)) = (
+                by_columns(&q),
+                by_columns(&k),
+                by_columns(&v),
+                by_columns(&g),
+            );
+            let mask = AttnMask {
+                causal: true,
+                ..Default::default()
+            };
+            let order = HeadsOrder::HeadMajor;
+            let c = &contiguous;
+            let (o1, l1) = attention_forward(&q, c, &k, c, &v, c, &mask, 0.3, order);
+            let (o2, l2) = attention_forward(&qs, &ql, &ks, &kl, &vs, &vl, &mask, 0.3, order);
+            let bits = |x: &[E]| x.iter().map(|y| y.to_f64().to_bits()).collect::<Vec<_>>();
+            let what = core::any::type_name::<E>();
+            assert_eq!(bits(&o1), bits(&o2), "{what}: output");
+            let lb = |x: &[E::Acc]| x.iter().map(|y| y.as_f64().to_bits()).collect::<Vec<_>>();
+            assert_eq!(lb(&l1), lb(&l2), "{what}: logsumexp");
+            let g1 = attention_backward(&q, c, &k, c, &v, c, &o1, &l1, &g, c, &mask, 0.3, order);
+            let g2 = attention_backward(
+                &qs, &ql, &ks, &kl, &vs, &vl, &o2, &l2, &gs, &gl, &mask, 0.3, order,
+            );
+            assert_eq!(bits(&g1.0), bits(&g2.0), "{what}: dq");
+            assert_eq!(bits(&g1.1), bits(&g2.1), "{what}: dk");
+            assert_eq!(bits(&g1.2), bits(&g2.2), "{what}: dv");
+            // Values broadcast along their rows (column stride 0) against
+            // the same values written out.
+            let row_values = &v[..b * h * t];
+            let broadcast = Layout::new(&[b, h, t, d], &[h * t, t, 1, 0], 0);
+            let written: Vec<E> = row_values
+                .iter()
+                .flat_map(|&x| core::iter::repeat_n(x, d))
+                .collect();
+            let (o3, _) = attention_forward(&q, c, &k, c, &written, c, &mask, 0.3, order);
+            let (o4, _) =
+                attention_forward(&q, c, &k, c, row_values, &broadcast, &mask, 0.3, order);
+            assert_eq!(bits(&o3), bits(&o4), "{what}: broadcast values");
+        }
+        run::<f32>();
+        run::<f64>();
+        run::<bf16>();
+        run::<f16>();
     }
 
     #[test]
