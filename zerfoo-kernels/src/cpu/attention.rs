@@ -236,10 +236,11 @@ impl<'a, E: FloatDtype> HeadRows<'a, E> {
         }
     }
 
-    /// Rows `0..n` of head `bh` in the compute type, and their stride
-    /// (in place, the operand from the head's first row on).
-    fn head(&self, bh: usize, n: usize) -> (Cow<'a, [E::Acc]>, usize) {
-        let (start, st) = (self.index.start(bh), self.index.row_stride);
+    /// Rows `rows` of head `bh` in the compute type, and their stride (in
+    /// place: the operand from the first of those rows on).
+    fn head(&self, bh: usize, rows: core::ops::Range<usize>) -> (Cow<'a, [E::Acc]>, usize) {
+        let st = self.index.row_stride;
+        let start = self.index.start(bh) + rows.start * st;
         if self.in_place {
             // SAFETY: `E` and `E::Acc` are the same type (same TypeId).
             let same = unsafe {
@@ -247,27 +248,11 @@ impl<'a, E: FloatDtype> HeadRows<'a, E> {
             };
             return (Cow::Borrowed(tail(same, start)), st);
         }
-        let (w, cs) = (self.width, self.col_stride);
-        let mut rows = vec![<E::Acc as Zero>::zero(); n * w];
-        vectorized(
-            #[inline(always)]
-            || {
-                for (r, row) in rows.chunks_exact_mut(w.max(1)).take(n).enumerate() {
-                    let from = &tail(self.data, start + r * st)[..(w - 1) * cs + 1];
-                    if cs == 1 {
-                        for (o, &x) in row.iter_mut().zip(from) {
-                            *o = x.to_acc();
-                        }
-                    } else {
-                        // Any stride, 0 (a broadcast) included.
-                        for (c, o) in row.iter_mut().enumerate() {
-                            *o = from[c * cs].to_acc();
-                        }
-                    }
-                }
-            },
-        );
-        (Cow::Owned(rows), w)
+        let rows = Layout::new(&[rows.len(), self.width], &[st, self.col_stride], start);
+        (
+            Cow::Owned(super::map(self.data, &rows, |x: E| x.to_acc())),
+            self.width,
+        )
     }
 }
 
@@ -823,8 +808,11 @@ pub fn attention_forward<E: FloatDtype>(
         // The keys these blocks may see, transposed (`d x tk`, the first
         // `hi` columns).
         let (_, hi) = block_keys(mask, i_lo, i_hi - i_lo, tk);
-        let ((qr, qst), (kr, kst), (vr, vst)) =
-            (qh.head(bh, i_hi), kh.head(bh, hi), vh.head(bh, hi));
+        let ((qr, qst), (kr, kst), (vr, vst)) = (
+            qh.head(bh, i_lo..i_hi),
+            kh.head(bh, 0..hi),
+            vh.head(bh, 0..hi),
+        );
         let (qr, vr) = (&qr[..], &vr[..]);
         let mut kt = vec![<E::Acc as Zero>::zero(); d * tk];
         transpose_rows((&kr, kst), hi, d, tk, &mut kt);
@@ -836,7 +824,7 @@ pub fn attention_forward<E: FloatDtype>(
             // The next block's queries, and the values it sees first (see
             // `ROWS_AHEAD`).
             for r in i0 + bq..(i0 + 2 * bq).min(i_hi) {
-                prefetch::<false, _>(qr.as_ptr().wrapping_add(r * qst), d);
+                prefetch::<false, _>(qr.as_ptr().wrapping_add((r - i_lo) * qst), d);
                 if r < hi {
                     prefetch::<false, _>(vr.as_ptr().wrapping_add(r * vst), dv);
                 }
@@ -845,7 +833,7 @@ pub fn attention_forward<E: FloatDtype>(
                 #[inline(always)]
                 || {
                     forward_block(
-                        (tail(qr, i0 * qst), qst),
+                        (tail(qr, (i0 - i_lo) * qst), qst),
                         &kt,
                         (vr, vst),
                         mask,
@@ -1100,8 +1088,8 @@ unsafe fn backward_into<E: FloatDtype>(
         // This head's gradients, accumulated in the compute type.
         let (mut gq, mut gk, mut gv) =
             (vec![zero; tq * d], vec![zero; tk * d], vec![zero; tk * dv]);
-        let ((dorows, dost), (qrows, qst)) = (doh.head(bh, tq), qh.head(bh, tq));
-        let ((krows, kst), (vrows, vst)) = (kh.head(bh, tk), vh.head(bh, tk));
+        let ((dorows, dost), (qrows, qst)) = (doh.head(bh, 0..tq), qh.head(bh, 0..tq));
+        let ((krows, kst), (vrows, vst)) = (kh.head(bh, 0..tk), vh.head(bh, 0..tk));
         vectorized(
             #[inline(always)]
             || {

@@ -21,6 +21,9 @@
 #[cfg(target_arch = "x86_64")]
 use core::arch::x86_64::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::x86::unrolled_depth_loop;
+
 /// Rows of `C` per full tile.
 #[cfg(target_arch = "x86_64")]
 const ROWS: usize = 8;
@@ -222,28 +225,16 @@ unsafe fn depth_8x32(
     (b, ldb): (*const f32, usize),
     acc: &mut [[__m512; 2]; 8],
 ) {
+    // The operands both variants share (with the four steps, the one step
+    // and any of their own).
     macro_rules! run {
-        ($($body:expr),* ; $($tail:expr),* ; $($operands:tt)*) => {
-            core::arch::asm!(
-                "mov {n}, {steps}",
-                "shr {n}, 2",
-                "jz 3f",
-                "2:",
-                $($body,)*
-                "dec {n}",
-                "jnz 2b",
-                "3:",
-                "and {steps}, 3",
-                "jz 5f",
-                "4:",
-                $($tail,)*
-                "dec {steps}",
-                "jnz 4b",
-                "5:",
-                steps = inout(reg) steps => _,
-                n = out(reg) _,
+        ([$($four:expr),*]; [$($one:expr),*]; $($own:tt)*) => {
+            unrolled_depth_loop!(
+                steps;
+                [$($four),*];
+                [$($one),*];
                 a0 = inout(reg) a => _,
-                $($operands)*
+                $($own)*
                 l = in(reg) lda,
                 l3 = in(reg) 3 * lda,
                 b = inout(reg) b => _,
@@ -266,29 +257,28 @@ unsafe fn depth_8x32(
     unsafe {
         if transposed {
             run!(
-                columns_step_8x2!("{a0}", "{b}"),
-                columns_step_8x2!("{a0} + {l}", "{b} + {lb}"),
-                columns_step_8x2!("{a0} + {l}*2", "{b} + {lb}*2"),
-                columns_step_8x2!("{a0} + {l3}", "{b} + {lb3}"),
-                "lea {a0}, [{a0} + {l}*4]",
-                "lea {b}, [{b} + {lb}*4]";
-                columns_step_8x2!("{a0}", "{b}"),
-                "add {a0}, {l}",
-                "add {b}, {lb}";
+                [
+                    columns_step_8x2!("{a0}", "{b}"),
+                    columns_step_8x2!("{a0} + {l}", "{b} + {lb}"),
+                    columns_step_8x2!("{a0} + {l}*2", "{b} + {lb}*2"),
+                    columns_step_8x2!("{a0} + {l3}", "{b} + {lb3}"),
+                    "lea {a0}, [{a0} + {l}*4]",
+                    "lea {b}, [{b} + {lb}*4]"
+                ];
+                [columns_step_8x2!("{a0}", "{b}"), "add {a0}, {l}", "add {b}, {lb}"];
             )
         } else {
             run!(
-                rows_step_8x2!(0, "{b}"),
-                rows_step_8x2!(1, "{b} + {lb}"),
-                rows_step_8x2!(2, "{b} + {lb}*2"),
-                rows_step_8x2!(3, "{b} + {lb3}"),
-                "lea {b}, [{b} + {lb}*4]",
-                "add {a0}, 16",
-                "add {a4}, 16";
-                rows_step_8x2!(0, "{b}"),
-                "add {b}, {lb}",
-                "add {a0}, 4",
-                "add {a4}, 4";
+                [
+                    rows_step_8x2!(0, "{b}"),
+                    rows_step_8x2!(1, "{b} + {lb}"),
+                    rows_step_8x2!(2, "{b} + {lb}*2"),
+                    rows_step_8x2!(3, "{b} + {lb3}"),
+                    "lea {b}, [{b} + {lb}*4]",
+                    "add {a0}, 16",
+                    "add {a4}, 16"
+                ];
+                [rows_step_8x2!(0, "{b}"), "add {b}, {lb}", "add {a0}, 4", "add {a4}, 4"];
                 a4 = inout(reg) a.wrapping_byte_add(4 * lda) => _,
             )
         }

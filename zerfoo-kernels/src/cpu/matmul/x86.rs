@@ -321,6 +321,38 @@ macro_rules! depth_step_14x2 {
     };
 }
 
+/// An assembly depth loop of `steps` steps: `four` (four steps and the
+/// pointer updates after them) while four or more remain, then `one` (one
+/// step and its updates) for the rest. The templates name the counter
+/// `{steps}` (consumed) and may not use `{n}`; `operands` are the rest of
+/// the `asm!` operands and options. The micro-kernels' assembly loops all
+/// take this shape.
+macro_rules! unrolled_depth_loop {
+    ($steps:expr; [$($four:expr),* $(,)?]; [$($one:expr),* $(,)?]; $($operands:tt)*) => {
+        core::arch::asm!(
+            "mov {n}, {steps}",
+            "shr {n}, 2",
+            "jz 3f",
+            "2:",
+            $($four,)*
+            "dec {n}",
+            "jnz 2b",
+            "3:",
+            "and {steps}, 3",
+            "jz 5f",
+            "4:",
+            $($one,)*
+            "dec {steps}",
+            "jnz 4b",
+            "5:",
+            steps = inout(reg) $steps => _,
+            n = out(reg) _,
+            $($operands)*
+        )
+    };
+}
+pub(super) use unrolled_depth_loop;
+
 /// The depth loop of a 14-row, two-vector direct kernel (`A` read in place)
 /// in assembly: `acc[i][v] = fma(A[i, q], B[q, v], acc[i][v])` for each
 /// step `q` in order (the same operations as the Rust loop, so the same
@@ -342,35 +374,25 @@ macro_rules! depth_loop_14x2 {
             let (a5, a10) = (a.wrapping_add(5 * lda), a.wrapping_add(10 * lda));
             // SAFETY: the caller's guarantees; only reads memory.
             unsafe {
-                core::arch::asm!(
-                    "mov {n}, {steps}",
-                    "shr {n}, 2",
-                    "jz 3f",
-                    "2:",
-                    depth_step_14x2!(0, $bcast, $sz, $sb, $fma),
-                    depth_step_14x2!(1, $bcast, $sz, $sb, $fma),
-                    depth_step_14x2!(2, $bcast, $sz, $sb, $fma),
-                    depth_step_14x2!(3, $bcast, $sz, $sb, $fma),
-                    "add {b}, 512",
-                    concat!("add {a0}, 4*", $sb),
-                    concat!("add {a5}, 4*", $sb),
-                    concat!("add {a10}, 4*", $sb),
-                    "dec {n}",
-                    "jnz 2b",
-                    "3:",
-                    "and {steps}, 3",
-                    "jz 5f",
-                    "4:",
-                    depth_step_14x2!(0, $bcast, $sz, $sb, $fma),
-                    "add {b}, 128",
-                    concat!("add {a0}, ", $sb),
-                    concat!("add {a5}, ", $sb),
-                    concat!("add {a10}, ", $sb),
-                    "dec {steps}",
-                    "jnz 4b",
-                    "5:",
-                    steps = inout(reg) steps => _,
-                    n = out(reg) _,
+                unrolled_depth_loop!(
+                    steps;
+                    [
+                        depth_step_14x2!(0, $bcast, $sz, $sb, $fma),
+                        depth_step_14x2!(1, $bcast, $sz, $sb, $fma),
+                        depth_step_14x2!(2, $bcast, $sz, $sb, $fma),
+                        depth_step_14x2!(3, $bcast, $sz, $sb, $fma),
+                        "add {b}, 512",
+                        concat!("add {a0}, 4*", $sb),
+                        concat!("add {a5}, 4*", $sb),
+                        concat!("add {a10}, 4*", $sb),
+                    ];
+                    [
+                        depth_step_14x2!(0, $bcast, $sz, $sb, $fma),
+                        "add {b}, 128",
+                        concat!("add {a0}, ", $sb),
+                        concat!("add {a5}, ", $sb),
+                        concat!("add {a10}, ", $sb),
+                    ];
                     a0 = inout(reg) a => _,
                     a5 = inout(reg) a5 => _,
                     a10 = inout(reg) a10 => _,
