@@ -87,22 +87,27 @@ impl<E: FloatDtype> Packing<E> for Widen {
     const GROUP: usize = 1;
     const KC: usize = KC;
     /// Only an `A` already in the compute type, where packing would not pay
-    /// (few panels), where its rows do not alias in L1 (a pitch that is not
-    /// a multiple of 2 KiB: the `MR` rows read together then fall into
-    /// different sets), or with a kernel that does not mind (the AVX-512
-    /// assembly loops: 1 and 2 threads, 1024 and 2048 square, in place is
-    /// ~5% faster than packed).
+    /// (few panels), or where its rows do not alias in L1: the `MR` rows
+    /// read together must fall into different sets, so the pitch must not
+    /// be a multiple of 2 KiB, or of 4 KiB with a kernel that tolerates the
+    /// former (the AVX-512 assembly loops). At a 4 KiB pitch every row maps
+    /// to one set and an 8-way L1 (Zen 4) thrashes: such rows are copied to
+    /// a padded pitch instead ([`Self::widens_rows`]; 1 thread, 1024 and
+    /// 2048 square: ~75-78 GFLOP/s in place, ~85-89 packed, ~95 copied).
     fn in_place(pitch: usize, panels: usize, any_pitch: bool) -> bool {
+        let aliasing = if any_pitch { 4096 } else { 2048 };
         TypeId::of::<E>() == TypeId::of::<E::Acc>()
-            && (any_pitch || panels <= DIRECT_MAX_PANELS || !pitch.is_multiple_of(2048))
+            && (panels <= DIRECT_MAX_PANELS || !pitch.is_multiple_of(aliasing))
     }
-    /// An `f16`, `bf16` or f8 `A` with contiguous rows. Packing it was a
-    /// scalar transpose, ~12% of an f16 product; the widened copy costs ~3%
-    /// and the in-place kernel runs as fast (f16, 1 thread, side by side
-    /// with the `gemm` crate: 1.8-2.4x -> 2.0-2.7x its speed; 1024 x 1024 x
-    /// 1024: 144 -> 155-161 GFLOP/s).
+    /// An `A` with contiguous rows that is not read in place: an `f16`,
+    /// `bf16` or f8 one (packing it was a scalar transpose, ~12% of an f16
+    /// product; the widened copy costs ~3% and the in-place kernel runs as
+    /// fast: f16, 1 thread, side by side with the `gemm` crate: 1.8-2.4x ->
+    /// 2.0-2.7x its speed; 1024 x 1024 x 1024: 144 -> 155-161 GFLOP/s), or
+    /// one in the compute type whose rows alias in L1 (a copy at a padded
+    /// pitch is a plain streaming copy; packing is a transpose).
     fn widens_rows(ops: &Operands<'_, E>) -> bool {
-        TypeId::of::<E>() != TypeId::of::<E::Acc>() && ops.a_unit_k
+        ops.a_unit_k
     }
     #[inline(always)]
     fn widen_rows(

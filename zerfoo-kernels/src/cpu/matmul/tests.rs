@@ -545,6 +545,54 @@ fn low_precision_is_the_rounded_f32_product_bitwise() {
     one::<bf16>();
 }
 
+/// An `A` whose rows are 6 or 8 KiB apart (they share L1 sets), multiplied
+/// by more than a few panels: at 8 KiB (a multiple of 4 KiB) its rows are
+/// copied to a padded pitch, at 6 KiB the assembly kernels read them in
+/// place and the others copy them. Every kernel, f32 and f64, 1 and 2
+/// threads, gives the bits of the same `A` stored contiguously, across
+/// depth blocks and a tail of rows and columns.
+#[test]
+fn aliasing_row_pitches_give_the_contiguous_bits() {
+    fn one<A: Real + FloatDtype<Acc = A>>(pitches: [usize; 2]) {
+        let (m, k, n) = (2 * 14 + 5, 600, 17 * 32 + 7);
+        let b: Vec<A> = vals(k * n, 94)
+            .into_iter()
+            .map(<A as crate::Dtype>::from_f64)
+            .collect();
+        let lb = Layout::contiguous(&[k, n]);
+        let dense: Vec<A> = vals(m * k, 93)
+            .into_iter()
+            .map(<A as crate::Dtype>::from_f64)
+            .collect();
+        let ld = Layout::contiguous(&[m, k]);
+        for kern in kernels::<A>() {
+            let want = gemm_batched_with::<_, Widen>(&dense, &ld, &b, &lb, kern);
+            for pitch in pitches {
+                let mut a = vec![<A as crate::Dtype>::from_f64(f64::NAN); 5 + m * pitch];
+                for (i, row) in dense.chunks_exact(k).enumerate() {
+                    a[5 + i * pitch..][..k].copy_from_slice(row);
+                }
+                let la = Layout::new(&[m, k], &[pitch, 1], 5);
+                for threads in [1, 2] {
+                    let got = on_threads(threads, || {
+                        gemm_batched_with::<_, Widen>(&a, &la, &b, &lb, kern)
+                    });
+                    let bits = |v: &A| crate::Dtype::to_f64(*v).to_bits();
+                    let same = got.iter().zip(&want).all(|(g, w)| bits(g) == bits(w));
+                    assert!(
+                        same,
+                        "{:?} kernel {}, row pitch {pitch}, {threads} threads",
+                        <A as crate::Dtype>::DTYPE,
+                        kern.name
+                    );
+                }
+            }
+        }
+    }
+    one::<f32>([1024, 1536]);
+    one::<f64>([768, 1024]);
+}
+
 /// Batched products over every kernel, with a broadcast right operand and
 /// a transposed batch sum, threaded and not.
 #[test]
