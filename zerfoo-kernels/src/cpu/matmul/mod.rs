@@ -929,12 +929,12 @@ struct InPlace<P, A> {
     widened: bool,
 }
 
-/// Row pitch (in compute-type values) of the widened copy of an `A` block
-/// `kc` deep: whole cache lines, and not a multiple of 2 KiB (rows that far
-/// apart share L1 sets).
-fn widened_pitch<P>(kc: usize) -> usize {
+/// Row pitch (in packed units `P`) of the widened copy of an `A` block
+/// `groups` groups deep: whole cache lines, and not a multiple of 2 KiB
+/// (rows that far apart share L1 sets).
+fn widened_pitch<P>(groups: usize) -> usize {
     let line = 64 / core::mem::size_of::<P>();
-    let pitch = kc.next_multiple_of(line);
+    let pitch = groups.next_multiple_of(line);
     if (pitch * core::mem::size_of::<P>()).is_multiple_of(2048) {
         pitch + line
     } else {
@@ -1063,7 +1063,7 @@ unsafe fn blocked_cols<E: FloatDtype, K: Packing<E>>(
                         (0, rows)
                     };
                     // The widened copy of the full panels' rows, if any, comes first.
-                    let wpitch = widened_pitch::<K::P>(kc);
+                    let wpitch = widened_pitch::<K::P>(groups(kc));
                     let wlen = match direct {
                         Some(InPlace { widened: true, .. }) => pr0 * wpitch,
                         _ => 0,
@@ -1082,8 +1082,9 @@ unsafe fn blocked_cols<E: FloatDtype, K: Packing<E>>(
                         );
                         let a_in_place = direct.map(|InPlace { fd, widened }| {
                             if widened {
+                                // (The kernel counts `lda` in values: `GROUP` per `P`.)
                                 let bytes = wpitch * core::mem::size_of::<K::P>();
-                                return (fd, wide.as_ptr(), wpitch, bytes);
+                                return (fd, wide.as_ptr(), wpitch * K::GROUP, bytes);
                             }
                             let at = ops.a_base + ops.a_rows[ic] + ops.a_cols[pc];
                             // SAFETY: `at` is in bounds (row `ic`, depth `pc` of A); the

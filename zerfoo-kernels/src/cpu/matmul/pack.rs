@@ -171,18 +171,33 @@ impl Packing<bf16> for Bf16Pairs {
     fn in_place(pitch: usize, panels: usize, _any_pitch: bool) -> bool {
         panels <= DIRECT_MAX_PANELS || !pitch.is_multiple_of(4096)
     }
-    /// Never: pairs are `bf16` already (read in place or packed).
-    fn widens_rows(_ops: &Operands<'_, bf16>) -> bool {
-        false
+    /// Rows that alias in L1 (see [`Self::in_place`]) are copied as they
+    /// are to a padded pitch (two `bf16` values per pair) and read in
+    /// place from there: a streaming copy instead of a transpose (1 thread,
+    /// 2048 x 2048 x 2048: ~182 -> ~210 GFLOP/s).
+    fn widens_rows(ops: &Operands<'_, bf16>) -> bool {
+        ops.a_unit_k
     }
+    /// Copies each row's `kc` values (`kc` even) as `kc / 2` pairs.
+    #[inline(always)]
     fn widen_rows(
-        _ops: &Operands<'_, bf16>,
-        _rows: (usize, usize),
-        _depth: (usize, usize),
-        _pitch: usize,
-        _dst: &mut [u32],
+        ops: &Operands<'_, bf16>,
+        (r0, len): (usize, usize),
+        (pc, kc): (usize, usize),
+        pitch: usize,
+        dst: &mut [u32],
     ) {
-        unreachable!("bf16 pairs are never widened row by row (widens_rows is false)")
+        debug_assert!(ops.a_unit_k && kc.is_multiple_of(2) && kc / 2 <= pitch);
+        debug_assert!(dst.len() >= len * pitch);
+        for (&row, d) in ops.a_rows[r0..r0 + len].iter().zip(dst.chunks_mut(pitch)) {
+            let at = ops.a_base + row + ops.a_cols[pc];
+            let src = &ops.a[at..at + kc];
+            // SAFETY: `d` holds at least `kc / 2` pairs, `2 * (kc / 2)`
+            // `bf16` values (`repr(transparent)` `u16`s) by layout; the
+            // pair order in memory (low half first) is the values' order.
+            let d = unsafe { core::slice::from_raw_parts_mut(d.as_mut_ptr().cast::<bf16>(), kc) };
+            d.copy_from_slice(src);
+        }
     }
     #[inline(always)]
     fn pack(

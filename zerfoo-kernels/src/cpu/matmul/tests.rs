@@ -548,9 +548,10 @@ fn low_precision_is_the_rounded_f32_product_bitwise() {
 /// An `A` whose rows are 6 or 8 KiB apart (they share L1 sets), multiplied
 /// by more than a few panels: at 8 KiB (a multiple of 4 KiB) its rows are
 /// copied to a padded pitch, at 6 KiB the assembly kernels read them in
-/// place and the others copy them. Every kernel, f32 and f64, 1 and 2
-/// threads, gives the bits of the same `A` stored contiguously, across
-/// depth blocks and a tail of rows and columns.
+/// place and the others copy them (`bf16` pairs: 4 KiB copied, 6 KiB in
+/// place). Every kernel, f32, f64 and `bf16`, 1 and 2 threads, gives the
+/// bits of the same `A` stored contiguously, across depth blocks and a tail
+/// of rows and columns.
 #[test]
 fn aliasing_row_pitches_give_the_contiguous_bits() {
     fn one<A: Real + FloatDtype<Acc = A>>(pitches: [usize; 2]) {
@@ -591,6 +592,40 @@ fn aliasing_row_pitches_give_the_contiguous_bits() {
     }
     one::<f32>([1024, 1536]);
     one::<f64>([768, 1024]);
+    // `bf16` pairs: 4 KiB rows are copied, 6 KiB ones read in place.
+    let Some(kernels) = bf16_kernels_or_skip("aliasing_row_pitches_give_the_contiguous_bits")
+    else {
+        return;
+    };
+    let (m, k, n) = (2 * 14 + 5, 1100, 17 * 48 + 7);
+    let b: Vec<bf16> = vals(k * n, 96).into_iter().map(bf16::from_f64).collect();
+    let lb = Layout::contiguous(&[k, n]);
+    let dense: Vec<bf16> = vals(m * k, 95).into_iter().map(bf16::from_f64).collect();
+    let ld = Layout::contiguous(&[m, k]);
+    for &kern in kernels {
+        let want = gemm_batched_with::<_, Bf16Pairs>(&dense, &ld, &b, &lb, kern);
+        for pitch in [2048, 3072] {
+            let mut a = vec![bf16::NAN; 5 + m * pitch];
+            for (i, row) in dense.chunks_exact(k).enumerate() {
+                a[5 + i * pitch..][..k].copy_from_slice(row);
+            }
+            let la = Layout::new(&[m, k], &[pitch, 1], 5);
+            for threads in [1, 2] {
+                let got = on_threads(threads, || {
+                    gemm_batched_with::<_, Bf16Pairs>(&a, &la, &b, &lb, kern)
+                });
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(g, w)| g.to_bits() == w.to_bits());
+                assert!(
+                    same,
+                    "bf16 kernel {}, row pitch {pitch}, {threads} threads",
+                    kern.name
+                );
+            }
+        }
+    }
 }
 
 /// Batched products over every kernel, with a broadcast right operand and
