@@ -9,7 +9,9 @@ gemm_table -- --json`), times `torch.mm` at the same shapes, thread counts
 
 GFLOP/s are medians of several runs (torch: nan where one product would
 take more than ~3 s, e.g. f16 at large shapes); %peak is zerfoo over the measured
-single-core f32 FMA peak times the thread count. Usage (from the repo root):
+single-core f32 FMA peak (the best of the shapes' measurements) times the
+thread count. The table is measured shape by shape, zerfoo's rows and then
+`torch.mm`'s at once, so each ratio compares runs seconds apart. Usage (from the repo root):
 
     python3 bench/gemm_vs_pytorch.py [--quick] [--only f32|f16|bf16]
     python3 bench/gemm_vs_pytorch.py --step shakespeare|gpt6 [--quick]
@@ -35,9 +37,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 
 
-def rust_rows(quick, only):
+# The Rust table's shapes (gemm_table.rs `SHAPES`), as (M, K, N).
+SHAPES = [(256, 256, 256), (512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048),
+          (512, 384, 1536), (512, 1536, 384), (4096, 768, 768), (768, 128, 384), (64, 64, 32)]
+
+
+def rust_rows(quick, only, shape):
+    """The Rust table's rows for one shape (every thread count and dtype), and its peak."""
+    m, k, n = shape
     cmd = ["cargo", "run", "--release", "-q", "-p", "zerfoo-kernels",
-           "--example", "gemm_table", "--", "--json"]
+           "--example", "gemm_table", "--", "--json", "--shape", f"{m}x{k}x{n}"]
     if quick:
         cmd.append("--quick")
     if only:
@@ -129,21 +138,30 @@ def main():
         return step_main(sys.argv[sys.argv.index("--step") + 1], quick)
     only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
     runs = 3 if quick else 7
-    peak, rows = rust_rows(quick, only)
+    # Shape by shape: zerfoo's rows, then torch.mm's at once, so each ratio
+    # compares runs seconds apart (this machine's clock drifts by 10% and
+    # more over the minutes a whole table takes).
+    peak, measured = 0.0, []
+    for shape in SHAPES:
+        p, rows = rust_rows(quick, only, shape)
+        peak = max(peak, p)
+        for r in rows:
+            tt = torch_gflops(r["m"], r["k"], r["n"], r["dtype"], r["threads"], runs)
+            measured.append((r, tt))
     print(f"peak f32 FMA 1 core: {peak:.1f} GFLOP/s; torch {torch.__version__}, "
           f"{os.cpu_count()} CPUs visible")
     head = (f"{'MxKxN':>16} {'dtype':>5} {'t':>2} {'zerfoo':>8} {'torch':>8} {'gemm':>8} "
             f"{'z/torch':>7} {'z/gemm':>7} {'%peak':>6}")
     print(head)
-    for r in rows:
+    # The f32 rows first, then f16 and bf16 (the order of earlier runs' tables).
+    measured.sort(key=lambda x: x[0]["dtype"] != "f32")
+    for r, tt in measured:
         m, k, n, dt, th = r["m"], r["k"], r["n"], r["dtype"], r["threads"]
         z = r["zerfoo"]
         gm = r["gemm"] if r["gemm"] is not None else float("nan")
-        tt = torch_gflops(m, k, n, dt, th, runs)
         pk = 100.0 * z / (peak * th)
         print(f"{f'{m}x{k}x{n}':>16} {dt:>5} {th:>2} {z:>8.1f} {tt:>8.1f} {gm:>8.1f} "
               f"{z / tt:>7.2f} {z / gm:>7.2f} {pk:>6.1f}")
-
 
 if __name__ == "__main__":
     main()

@@ -3,7 +3,7 @@
 //! and bf16, next to the machine's measured single-core f32 FMA peak.
 //!
 //! ```text
-//! cargo run --release -p zerfoo-kernels --example gemm_table [-- --json] [--quick] [--only f32|f16|bf16]
+//! cargo run --release -p zerfoo-kernels --example gemm_table [-- --json] [--quick] [--only f32|f16|bf16] [--shape MxKxN]
 //! cargo run --release -p zerfoo-kernels --example gemm_table -- --step shakespeare|gpt6 [--json]
 //! ```
 //!
@@ -327,6 +327,22 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .cloned();
     let want = |d: &str| only.as_deref().is_none_or(|o| o == d);
+    // `--shape MxKxN`: one shape of the list (or any other).
+    let shapes: Vec<(usize, usize, usize)> = match args
+        .iter()
+        .position(|a| a == "--shape")
+        .and_then(|i| args.get(i + 1))
+    {
+        Some(s) => {
+            let d: Vec<usize> = s
+                .split('x')
+                .map(|v| v.parse().expect("--shape MxKxN: M, K, N are numbers"))
+                .collect();
+            assert!(d.len() == 3, "--shape MxKxN, e.g. 512x384x1536");
+            vec![(d[0], d[1], d[2])]
+        }
+        None => SHAPES.to_vec(),
+    };
     if let Some(config) = args
         .iter()
         .position(|a| a == "--step")
@@ -346,14 +362,14 @@ fn main() {
         "{:>16} {:>5} {:>2} {:>9} {:>9} {:>7} {:>7}",
         "MxKxN", "dtype", "t", "zerfoo", "gemm", "z/gemm", "%peak"
     );
-    for &s in SHAPES {
+    for &s in &shapes {
         for threads in [1, 2] {
             if want("f32") {
                 row::<f32>("f32", s, threads, runs, peak, json);
             }
         }
     }
-    for &s in SHAPES {
+    for &s in &shapes {
         for threads in [1, 2] {
             if want("f16") {
                 row::<f16>("f16", s, threads, runs, peak, json);
