@@ -664,6 +664,12 @@ fn pack_runs<E: FloatDtype>(
 ) {
     let kc = steps.len();
     for (p, &at) in steps.iter().enumerate() {
+        // Consecutive steps' runs lie a row pitch apart (a weight
+        // gradient's `dYᵀ`: 6 KiB for gpt6's fc), which the hardware
+        // prefetchers do not follow far enough ahead.
+        if let Some(&ahead) = steps.get(p + PACK_PREFETCH_STEPS) {
+            prefetch::<false, _>(x.as_ptr().wrapping_add(base + ahead), full * w);
+        }
         let run = &x[base + at..base + at + full * w];
         for (jp, src) in run.chunks_exact(w).enumerate() {
             widen(src, &mut dst[(jp * kc + p) * w..(jp * kc + p + 1) * w]);
