@@ -266,6 +266,12 @@ fn pack_pairs(
             &x[at..at + n]
         };
         for q in 0..g {
+            // The runs a row pitch apart, asked for ahead (as in `pack_runs`).
+            for p in [2 * q, 2 * q + 1].map(|p| p + PACK_PREFETCH_STEPS) {
+                if let Some(&ahead) = depth.get(p) {
+                    prefetch::<false, _>(x.as_ptr().wrapping_add(base + ahead + lines[0]), n);
+                }
+            }
             let (r0, r1) = (run(2 * q), (2 * q + 1 < kc).then(|| run(2 * q + 1)));
             for (panel, (r0, r1)) in dst
                 .chunks_exact_mut(g * w)
