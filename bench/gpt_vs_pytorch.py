@@ -43,7 +43,11 @@ Output format (kept stable so runs can be compared):
     shakespeare  pytorch    ...
     shakespeare  zerfoo     ...
     ratio zerfoo/pytorch ms/iter: X.XX
+    ratio per round: X.XX X.XX ...       (only with --rounds N > 1)
     eval  step  pytorch_val  zerfoo_val  diff
+
+With `--rounds N` both frameworks train N times, alternating, and ms/iter
+is each one's median; the ratio is the median of the rounds' ratios.
 """
 import argparse
 import json
@@ -51,6 +55,7 @@ import math
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -337,6 +342,8 @@ def main():
     p.add_argument("--only", choices=["zerfoo", "pytorch"], help="run one side")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run both this many times, alternating; report medians")
     p.add_argument("--exe", help="the zerfoo example binary (default target/release/examples/shakespeare)")
     p.add_argument(
         "--rng",
@@ -348,12 +355,26 @@ def main():
     args = p.parse_args()
     cfg = CONFIGS[args.config]
 
-    rows = {}
-    # zerfoo first: its RSS is measured from RUSAGE_CHILDREN before torch loads.
-    if args.only != "pytorch":
-        rows["zerfoo"] = zerfoo_run(args, cfg)
-    if args.only != "zerfoo":
-        rows["pytorch"] = pytorch_run(args, cfg)
+    runs = {"zerfoo": [], "pytorch": []}
+    for _ in range(args.rounds):
+        # zerfoo first: its RSS is measured from RUSAGE_CHILDREN before torch loads.
+        if args.only != "pytorch":
+            runs["zerfoo"].append(zerfoo_run(args, cfg))
+        if args.only != "zerfoo":
+            runs["pytorch"].append(pytorch_run(args, cfg))
+    # Per framework: the median ms/iter over the rounds and the first
+    # round's evaluations (every round trains the same way). zerfoo's RSS is
+    # its first run's: a child forked once torch has loaded counts torch's
+    # pages too. PyTorch's is this process's peak, over all its runs.
+    rows = {
+        name: (
+            statistics.median(r[0] for r in rs),
+            rs[0][1],
+            rs[0][2] if name == "zerfoo" else max(r[2] for r in rs),
+        )
+        for name, rs in runs.items()
+        if rs
+    }
 
     print(f"device {args.device}, dtype {args.dtype}")
     print(f"{'config':<12} {'framework':<10} {'threads':>7} {'iters':>6} {'ms/iter':>9} {'final_val':>10} {'peak_rss_MiB':>13}")
@@ -363,8 +384,12 @@ def main():
             final = evals[-1][1] if evals else float("nan")
             print(f"{args.config:<12} {name:<10} {args.threads:>7} {args.iters:>6} {ms:>9.2f} {final:>10.4f} {rss:>13.1f}")
     if len(rows) == 2:
-        ratio = rows["zerfoo"][0] / rows["pytorch"][0]
-        print(f"ratio zerfoo/pytorch ms/iter: {ratio:.2f}")
+        # Each round's ratio compares runs a minute apart; the reported one
+        # is their median (this machine's speed drifts by 10-20%).
+        ratios = [z[0] / t[0] for z, t in zip(runs["zerfoo"], runs["pytorch"])]
+        print(f"ratio zerfoo/pytorch ms/iter: {statistics.median(ratios):.2f}")
+        if args.rounds > 1:
+            print("ratio per round: " + " ".join(f"{r:.2f}" for r in ratios))
         print(f"{'eval':<5} {'step':>6} {'pytorch_val':>12} {'zerfoo_val':>11} {'diff':>8}")
         zerfoo_at = dict(rows["zerfoo"][1])
         for s, pv in rows["pytorch"][1]:
