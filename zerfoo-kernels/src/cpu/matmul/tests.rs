@@ -545,6 +545,17 @@ fn low_precision_is_the_rounded_f32_product_bitwise() {
     one::<bf16>();
 }
 
+/// The `k`-wide rows of `dense` stored `pitch` values apart after 5
+/// leading values, with `fill` everywhere else, and their layout.
+fn rows_at_pitch<T: Copy>(dense: &[T], k: usize, pitch: usize, fill: T) -> (Vec<T>, Layout) {
+    let m = dense.len() / k;
+    let mut a = vec![fill; 5 + m * pitch];
+    for (i, row) in dense.chunks_exact(k).enumerate() {
+        a[5 + i * pitch..][..k].copy_from_slice(row);
+    }
+    (a, Layout::new(&[m, k], &[pitch, 1], 5))
+}
+
 /// An `A` whose rows are 6 or 8 KiB apart (they share L1 sets), multiplied
 /// by more than a few panels: at 8 KiB (a multiple of 4 KiB) its rows are
 /// copied to a padded pitch, at 6 KiB the assembly kernels read them in
@@ -569,11 +580,8 @@ fn aliasing_row_pitches_give_the_contiguous_bits() {
         for kern in kernels::<A>() {
             let want = gemm_batched_with::<_, Widen>(&dense, &ld, &b, &lb, kern);
             for pitch in pitches {
-                let mut a = vec![<A as crate::Dtype>::from_f64(f64::NAN); 5 + m * pitch];
-                for (i, row) in dense.chunks_exact(k).enumerate() {
-                    a[5 + i * pitch..][..k].copy_from_slice(row);
-                }
-                let la = Layout::new(&[m, k], &[pitch, 1], 5);
+                let nan = <A as crate::Dtype>::from_f64(f64::NAN);
+                let (a, la) = rows_at_pitch(&dense, k, pitch, nan);
                 for threads in [1, 2] {
                     let got = on_threads(threads, || {
                         gemm_batched_with::<_, Widen>(&a, &la, &b, &lb, kern)
@@ -605,11 +613,7 @@ fn aliasing_row_pitches_give_the_contiguous_bits() {
     for &kern in kernels {
         let want = gemm_batched_with::<_, Bf16Pairs>(&dense, &ld, &b, &lb, kern);
         for pitch in [2048, 3072] {
-            let mut a = vec![bf16::NAN; 5 + m * pitch];
-            for (i, row) in dense.chunks_exact(k).enumerate() {
-                a[5 + i * pitch..][..k].copy_from_slice(row);
-            }
-            let la = Layout::new(&[m, k], &[pitch, 1], 5);
+            let (a, la) = rows_at_pitch(&dense, k, pitch, bf16::NAN);
             for threads in [1, 2] {
                 let got = on_threads(threads, || {
                     gemm_batched_with::<_, Bf16Pairs>(&a, &la, &b, &lb, kern)
