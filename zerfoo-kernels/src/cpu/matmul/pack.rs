@@ -93,7 +93,8 @@ impl<E: FloatDtype> Packing<E> for Widen {
     /// former (the AVX-512 assembly loops). At a 4 KiB pitch every row maps
     /// to one set and an 8-way L1 (Zen 4) thrashes: such rows are copied to
     /// a padded pitch instead ([`Self::widens_rows`]; 1 thread, 1024 and
-    /// 2048 square: ~75-78 GFLOP/s in place, ~85-89 packed, ~95 copied).
+    /// 2048 square, alternating runs: 55-82 GFLOP/s in place, 78-90 packed,
+    /// 84-97 copied).
     fn in_place(pitch: usize, panels: usize, any_pitch: bool) -> bool {
         let aliasing = if any_pitch { 4096 } else { 2048 };
         TypeId::of::<E>() == TypeId::of::<E::Acc>()
@@ -166,7 +167,8 @@ impl Packing<bf16> for Bf16Pairs {
     /// Unless the rows alias in L1 badly: packing pairs is a 32-bit
     /// transpose that costs more than a 2 KiB pitch does (1024 columns: in
     /// place is ~10% faster), but a 4 KiB pitch puts every row in the same
-    /// set (2048 columns: packing is ~5% faster).
+    /// set (2048 columns: packing was ~5% faster; such rows are now copied
+    /// to a padded pitch, [`Self::widens_rows`]).
     /// (`any_pitch` is not used: measured with the Rust depth loop.)
     fn in_place(pitch: usize, panels: usize, _any_pitch: bool) -> bool {
         panels <= DIRECT_MAX_PANELS || !pitch.is_multiple_of(4096)
@@ -174,7 +176,7 @@ impl Packing<bf16> for Bf16Pairs {
     /// Rows that alias in L1 (see [`Self::in_place`]) are copied as they
     /// are to a padded pitch (two `bf16` values per pair) and read in
     /// place from there: a streaming copy instead of a transpose (1 thread,
-    /// 2048 x 2048 x 2048: ~182 -> ~210 GFLOP/s).
+    /// 2048 x 2048 x 2048 on a Zen 4: ~180 -> ~195-199 GFLOP/s).
     fn widens_rows(ops: &Operands<'_, bf16>) -> bool {
         ops.a_unit_k
     }
