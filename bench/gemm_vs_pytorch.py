@@ -37,16 +37,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 
 
-# The Rust table's shapes (gemm_table.rs `SHAPES`), as (M, K, N).
-SHAPES = [(256, 256, 256), (512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048),
-          (512, 384, 1536), (512, 1536, 384), (4096, 768, 768), (768, 128, 384), (64, 64, 32)]
+GEMM_TABLE = ["cargo", "run", "--release", "-q", "-p", "zerfoo-kernels", "--example", "gemm_table", "--"]
+
+
+def rust_shapes():
+    """The Rust table's shapes, as (M, K, N)."""
+    out = subprocess.run(GEMM_TABLE + ["--list"], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    return [tuple(int(v) for v in line.split("x")) for line in out.split()]
 
 
 def rust_rows(quick, only, shape):
     """The Rust table's rows for one shape (every thread count and dtype), and its peak."""
     m, k, n = shape
-    cmd = ["cargo", "run", "--release", "-q", "-p", "zerfoo-kernels",
-           "--example", "gemm_table", "--", "--json", "--shape", f"{m}x{k}x{n}"]
+    cmd = GEMM_TABLE + ["--json", "--shape", f"{m}x{k}x{n}"]
     if quick:
         cmd.append("--quick")
     if only:
@@ -107,8 +111,7 @@ def median_mm_gflops(a, b, flops, runs):
 
 def step_main(config, quick):
     """The products of one training step of `config`, zerfoo next to torch.mm."""
-    cmd = ["cargo", "run", "--release", "-q", "-p", "zerfoo-kernels",
-           "--example", "gemm_table", "--", "--json", "--step", config]
+    cmd = GEMM_TABLE + ["--json", "--step", config]
     if quick:
         cmd.append("--quick")
     out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
@@ -142,7 +145,7 @@ def main():
     # compares runs seconds apart (this machine's clock drifts by 10% and
     # more over the minutes a whole table takes).
     peak, measured = 0.0, []
-    for shape in SHAPES:
+    for shape in rust_shapes():
         p, rows = rust_rows(quick, only, shape)
         peak = max(peak, p)
         for r in rows:
@@ -162,6 +165,7 @@ def main():
         pk = 100.0 * z / (peak * th)
         print(f"{f'{m}x{k}x{n}':>16} {dt:>5} {th:>2} {z:>8.1f} {tt:>8.1f} {gm:>8.1f} "
               f"{z / tt:>7.2f} {z / gm:>7.2f} {pk:>6.1f}")
+
 
 if __name__ == "__main__":
     main()

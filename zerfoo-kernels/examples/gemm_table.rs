@@ -3,7 +3,7 @@
 //! and bf16, next to the machine's measured single-core f32 FMA peak.
 //!
 //! ```text
-//! cargo run --release -p zerfoo-kernels --example gemm_table [-- --json] [--quick] [--only f32|f16|bf16] [--shape MxKxN]
+//! cargo run --release -p zerfoo-kernels --example gemm_table [-- --json] [--quick] [--only f32|f16|bf16] [--shape MxKxN] [--list]
 //! cargo run --release -p zerfoo-kernels --example gemm_table -- --step shakespeare|gpt6 [--json]
 //! ```
 //!
@@ -327,6 +327,13 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .cloned();
     let want = |d: &str| only.as_deref().is_none_or(|o| o == d);
+    // `--list`: the shapes, one `MxKxN` per line, and nothing else.
+    if args.iter().any(|a| a == "--list") {
+        for (m, k, n) in SHAPES {
+            println!("{m}x{k}x{n}");
+        }
+        return;
+    }
     // `--shape MxKxN`: one shape of the list (or any other).
     let shapes: Vec<(usize, usize, usize)> = match args
         .iter()
