@@ -119,7 +119,9 @@ impl<E: FloatDtype> Packing<E> for Widen {
         dst: &mut [E::Acc],
     ) {
         debug_assert!(ops.a_unit_k && kc <= pitch && dst.len() >= len * pitch);
-        for (&row, d) in ops.a_rows[r0..r0 + len].iter().zip(dst.chunks_mut(pitch)) {
+        let rows = &ops.a_rows[r0..r0 + len];
+        for (i, (&row, d)) in rows.iter().zip(dst.chunks_mut(pitch)).enumerate() {
+            prefetch_row_ahead(ops, rows, i, pc, kc);
             let at = ops.a_base + row + ops.a_cols[pc];
             widen(&ops.a[at..at + kc], &mut d[..kc]);
         }
@@ -191,7 +193,9 @@ impl Packing<bf16> for Bf16Pairs {
     ) {
         debug_assert!(ops.a_unit_k && kc.is_multiple_of(2) && kc / 2 <= pitch);
         debug_assert!(dst.len() >= len * pitch);
-        for (&row, d) in ops.a_rows[r0..r0 + len].iter().zip(dst.chunks_mut(pitch)) {
+        let rows = &ops.a_rows[r0..r0 + len];
+        for (i, (&row, d)) in rows.iter().zip(dst.chunks_mut(pitch)).enumerate() {
+            prefetch_row_ahead(ops, rows, i, pc, kc);
             let at = ops.a_base + row + ops.a_cols[pc];
             let src = &ops.a[at..at + kc];
             // SAFETY: `d` holds at least `kc / 2` pairs, `2 * (kc / 2)`
@@ -577,6 +581,24 @@ const PACK_PREFETCH_STEPS: usize = 16;
 fn prefetch_step_ahead<T>(x: &[T], base: usize, steps: &[usize], p: usize, len: usize) {
     if let Some(&ahead) = steps.get(p + PACK_PREFETCH_STEPS) {
         prefetch::<false, _>(x.as_ptr().wrapping_add(base + ahead), len);
+    }
+}
+
+/// Rows ahead that [`Packing::widen_rows`] asks for while it copies a row.
+const WIDEN_PREFETCH_ROWS: usize = 2;
+
+/// Asks for the `kc` values of row `i + WIDEN_PREFETCH_ROWS` of `rows`
+/// (an `A` whose depth is unit-stride) from depth `pc` on: each row is a new
+/// stream a pitch away, which the hardware prefetchers pick up late.
+#[inline(always)]
+fn prefetch_row_ahead<E>(ops: &Operands<'_, E>, rows: &[usize], i: usize, pc: usize, kc: usize) {
+    if let Some(&ahead) = rows.get(i + WIDEN_PREFETCH_ROWS) {
+        prefetch::<false, _>(
+            ops.a
+                .as_ptr()
+                .wrapping_add(ops.a_base + ahead + ops.a_cols[pc]),
+            kc,
+        );
     }
 }
 
