@@ -62,7 +62,7 @@ use crate::{bf16, DType, FloatDtype, Layout, Real};
 use kernel::{DirectFn, Kernel, Store, MAX_TILE};
 #[cfg(target_arch = "x86_64")]
 pub(crate) use pack::transpose_f32_8x8;
-use pack::{with_buf, Bf16Pairs, Packing, Side, Widen, A_BUF, B_BUF};
+use pack::{with_buf, Bf16Pairs, Packing, Side, Widen, A_BUF, B_BUF, PAD_BUF};
 
 pub use activation::{gemm_batched_act_grad, gemm_batched_bias_act, gemm_batched_bias_residual};
 
@@ -766,6 +766,34 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
             .filter(|_| K::widens_rows(ops))
             .map(|fd| InPlace { fd, widened: true }),
     };
+    // Rows that would be read in place but for their pitch (4 KiB apart:
+    // they alias in L1) are widened task by task, once per column block,
+    // each time from L3 or memory. Over more than one column block, one
+    // copy of all of `A` at a padded pitch is cheaper, read in place after
+    // (2048 x 2048 x 2048, alternating runs, GFLOP/s: 1 thread, f32
+    // 99-101 -> 100-104, bf16 196-197 -> 205-206; 2 threads, f32 202-205 ->
+    // 209-212, bf16 402-406 -> 409-413.)
+    let k = ops.a_cols.len();
+    let padded = widened_pitch::<E>(k);
+    if matches!(in_place, Some(InPlace { widened: true, .. }))
+        && k > 0
+        && n > column_block::<E, K>(k, kern.nr)
+        && K::in_place(
+            padded * core::mem::size_of::<E>(),
+            n.div_ceil(kern.nr),
+            kern.any_pitch,
+        )
+    {
+        let rows: Vec<usize> = (0..m).map(|i| i * padded).collect();
+        let depth: Vec<usize> = (0..k).collect();
+        return with_buf::<E, _>(&PAD_BUF, m * padded, |copy| {
+            pack::pad_rows(ops, padded, threads, copy);
+            let ops = Operands::new(
+                copy, 0, &rows, &depth, ops.b, ops.b_base, ops.b_rows, ops.b_cols,
+            );
+            blocked::<E, K>(&ops, c, threads, kern, overwrite, bias, fin)
+        });
+    }
     // With A read in place (nothing to pack twice) and no more rows than
     // columns, each thread takes its own columns: it packs only its part
     // of B and never waits for the others (no barrier per depth block);
@@ -781,7 +809,6 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
     // other's B (2 threads, 128 x 768 x 128: ~1.6x faster).
     let np = n.div_ceil(kern.nr);
     let own_cols = direct.is_some() || m <= n;
-    let k = ops.a_cols.len();
     let kcb = depth_block::<E, K>(k);
     let depth_blocks = k.div_ceil(kcb.max(1));
     if threads > 1
@@ -919,6 +946,15 @@ fn depth_block<E: FloatDtype, K: Packing<E>>(k: usize) -> usize {
         .next_multiple_of(K::GROUP)
 }
 
+/// Columns of a block of `B` (a multiple of `nr`) for a product of depth
+/// `k`: as many as [`B_BLOCK_BYTES`] holds at the depth of one block, at
+/// most [`NC`].
+fn column_block<E: FloatDtype, K: Packing<E>>(k: usize, nr: usize) -> usize {
+    let column_bytes =
+        depth_block::<E, K>(k).min(k).div_ceil(K::GROUP).max(1) * core::mem::size_of::<K::P>();
+    ((B_BLOCK_BYTES / (column_bytes * nr)).max(1) * nr).min(NC)
+}
+
 /// How a product's full `MR`-row panels of `A` reach the in-place kernel.
 #[derive(Clone, Copy)]
 struct InPlace<P, A> {
@@ -989,8 +1025,7 @@ unsafe fn blocked_cols<E: FloatDtype, K: Packing<E>>(
     let kcb = depth_block::<E, K>(k);
     let groups = |kc: usize| kc.div_ceil(K::GROUP);
     assert!(k > 0 || !overwrite, "gemm: an empty depth writes nothing");
-    let column_bytes = groups(kcb.min(k)).max(1) * core::mem::size_of::<K::P>();
-    let ncb = ((B_BLOCK_BYTES / (column_bytes * nr)).max(1) * nr).min(NC);
+    let ncb = column_block::<E, K>(k, nr);
     let nc_max = ncb.min((c_hi - c_lo).div_ceil(nr) * nr);
     with_buf::<K::P, _>(&B_BUF, nc_max * groups(kcb.min(k)), |bbuf| {
         for jc in (c_lo..c_hi).step_by(ncb) {

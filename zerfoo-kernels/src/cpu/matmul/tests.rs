@@ -562,11 +562,12 @@ fn rows_at_pitch<T: Copy>(dense: &[T], k: usize, pitch: usize, fill: T) -> (Vec<
 /// place and the others copy them (`bf16` pairs: 4 KiB copied, 6 KiB in
 /// place). Every kernel, f32, f64 and `bf16`, 1 and 2 threads, gives the
 /// bits of the same `A` stored contiguously, across depth blocks and a tail
-/// of rows and columns.
+/// of rows and columns, with one column block of `B` (each task copies its
+/// rows) and with several (all of `A` is copied once).
 #[test]
 fn aliasing_row_pitches_give_the_contiguous_bits() {
-    fn one<A: Real + FloatDtype<Acc = A>>(pitches: [usize; 2]) {
-        let (m, k, n) = (2 * 14 + 5, 600, 17 * 32 + 7);
+    fn one<A: Real + FloatDtype<Acc = A>>(pitches: [usize; 2], n: usize) {
+        let (m, k) = (2 * 14 + 5, 600);
         let b: Vec<A> = vals(k * n, 94)
             .into_iter()
             .map(<A as crate::Dtype>::from_f64)
@@ -598,14 +599,25 @@ fn aliasing_row_pitches_give_the_contiguous_bits() {
             }
         }
     }
-    one::<f32>([1024, 1536]);
-    one::<f64>([768, 1024]);
+    // (f32 at depth 600: 864 columns to a block of B; f64: 432.)
+    for n in [17 * 32 + 7, 33 * 32 + 7] {
+        one::<f32>([1024, 1536], n);
+        one::<f64>([768, 1024], n);
+    }
     // `bf16` pairs: 4 KiB rows are copied, 6 KiB ones read in place.
     let Some(kernels) = bf16_kernels_or_skip("aliasing_row_pitches_give_the_contiguous_bits")
     else {
         return;
     };
-    let (m, k, n) = (2 * 14 + 5, 1100, 17 * 48 + 7);
+    // (Depth 1100: 928 columns to a block of B with 32-column panels.)
+    for n in [17 * 48 + 7, 20 * 48 + 7] {
+        bf16_one(kernels, n);
+    }
+}
+
+/// The `bf16` part of [`aliasing_row_pitches_give_the_contiguous_bits`].
+fn bf16_one(kernels: &[Kernel<u32, f32>], n: usize) {
+    let (m, k) = (2 * 14 + 5, 1100);
     let b: Vec<bf16> = vals(k * n, 96).into_iter().map(bf16::from_f64).collect();
     let lb = Layout::contiguous(&[k, n]);
     let dense: Vec<bf16> = vals(m * k, 95).into_iter().map(bf16::from_f64).collect();
