@@ -421,6 +421,107 @@ macro_rules! depth_loop_14x2 {
     };
 }
 
+/// One row of one depth step `u` of [`bf16_depth_8x48`]: broadcast the
+/// row's pair (at `addr`, `u` pairs on) into `t`, then `zmm{r} += zmm24 * t`,
+/// `zmm{r+1} += zmm25 * t`, `zmm{r+2} += zmm26 * t` (`vdpbf16ps`).
+#[rustfmt::skip]
+macro_rules! depth_row_8x3 {
+    ($u:literal, $addr:literal, $t:literal, $r0:literal, $r1:literal, $r2:literal) => {
+        concat!(
+            "vbroadcastss ", $t, ", dword ptr [", $addr, " + ", $u, "*4]\n",
+            "vdpbf16ps zmm", $r0, ", zmm24, ", $t, "\n",
+            "vdpbf16ps zmm", $r1, ", zmm25, ", $t, "\n",
+            "vdpbf16ps zmm", $r2, ", zmm26, ", $t, "\n",
+        )
+    };
+}
+
+/// Depth step `u` of [`bf16_depth_8x48`]: the `B` panel's three vectors (and
+/// a prefetch of the step `B_PREFETCH_STEPS` = 8 ahead, 192 bytes a step),
+/// then the 8 rows: rows 0-4 from `a0`, 5-7 from `a5`, `l` bytes apart
+/// (`l3` = 3 rows).
+#[rustfmt::skip]
+macro_rules! depth_step_8x3 {
+    ($u:literal) => {
+        concat!(
+            "vmovups zmm24, zmmword ptr [{b} + ", $u, "*192]\n",
+            "vmovups zmm25, zmmword ptr [{b} + ", $u, "*192 + 64]\n",
+            "vmovups zmm26, zmmword ptr [{b} + ", $u, "*192 + 128]\n",
+            "prefetcht0 byte ptr [{b} + ", $u, "*192 + 1536]\n",
+            "prefetcht0 byte ptr [{b} + ", $u, "*192 + 1600]\n",
+            "prefetcht0 byte ptr [{b} + ", $u, "*192 + 1664]\n",
+            depth_row_8x3!($u, "{a0}", "zmm27", "0", "1", "2"),
+            depth_row_8x3!($u, "{a0} + {l}", "zmm28", "3", "4", "5"),
+            depth_row_8x3!($u, "{a0} + {l}*2", "zmm27", "6", "7", "8"),
+            depth_row_8x3!($u, "{a0} + {l3}", "zmm28", "9", "10", "11"),
+            depth_row_8x3!($u, "{a0} + {l}*4", "zmm27", "12", "13", "14"),
+            depth_row_8x3!($u, "{a5}", "zmm28", "15", "16", "17"),
+            depth_row_8x3!($u, "{a5} + {l}", "zmm27", "18", "19", "20"),
+            depth_row_8x3!($u, "{a5} + {l}*2", "zmm28", "21", "22", "23"),
+        )
+    };
+}
+
+/// The depth loop of the 8 x 48 `bf16` direct kernel (`A` read in place) in
+/// assembly: `acc[i][v] = vdpbf16ps(acc[i][v], A[i, pair q], B[q, v])` for
+/// each pair `q` in order (the Rust loop's operations, so the same bits),
+/// four pairs per iteration. Written out because the compiler's version
+/// kept the accumulators in memory around the loop: it zeroed them with a
+/// `memset` call and reloaded them per tile (~5% of a 4096 x 768 x 768
+/// product).
+///
+/// # Safety
+/// Row `i < 8` of `A` starts `i * lda` bytes after `a` and is readable for
+/// `steps` pairs (4 bytes each); `b` is readable for `steps * 192` bytes;
+/// the CPU has AVX512-BF16.
+#[inline]
+#[target_feature(enable = "avx512f,avx512dq,avx512bf16")]
+unsafe fn bf16_depth_8x48(
+    steps: usize,
+    a: *const u8,
+    lda: usize,
+    b: *const u8,
+    acc: &mut [[__m512; 3]; 8],
+) {
+    let a5 = a.wrapping_add(5 * lda);
+    // SAFETY: the caller's guarantees; only reads memory.
+    unsafe {
+        unrolled_depth_loop!(
+            steps;
+            [
+                depth_step_8x3!(0),
+                depth_step_8x3!(1),
+                depth_step_8x3!(2),
+                depth_step_8x3!(3),
+                "add {b}, 768",
+                "add {a0}, 16",
+                "add {a5}, 16",
+            ];
+            [
+                depth_step_8x3!(0),
+                "add {b}, 192",
+                "add {a0}, 4",
+                "add {a5}, 4",
+            ];
+            a0 = inout(reg) a => _,
+            a5 = inout(reg) a5 => _,
+            l = in(reg) lda,
+            l3 = in(reg) 3 * lda,
+            b = inout(reg) b => _,
+            inout("zmm0") acc[0][0], inout("zmm1") acc[0][1], inout("zmm2") acc[0][2],
+            inout("zmm3") acc[1][0], inout("zmm4") acc[1][1], inout("zmm5") acc[1][2],
+            inout("zmm6") acc[2][0], inout("zmm7") acc[2][1], inout("zmm8") acc[2][2],
+            inout("zmm9") acc[3][0], inout("zmm10") acc[3][1], inout("zmm11") acc[3][2],
+            inout("zmm12") acc[4][0], inout("zmm13") acc[4][1], inout("zmm14") acc[4][2],
+            inout("zmm15") acc[5][0], inout("zmm16") acc[5][1], inout("zmm17") acc[5][2],
+            inout("zmm18") acc[6][0], inout("zmm19") acc[6][1], inout("zmm20") acc[6][2],
+            inout("zmm21") acc[7][0], inout("zmm22") acc[7][1], inout("zmm23") acc[7][2],
+            out("zmm24") _, out("zmm25") _, out("zmm26") _, out("zmm27") _, out("zmm28") _,
+            options(nostack, readonly),
+        );
+    }
+}
+
 depth_loop_14x2!(
     /// [`depth_loop_14x2`] for `f32`.
     f32_depth_14x32; "avx512f"; __m512; "vbroadcastss", "dword", "4", "vfmadd231ps"
@@ -466,7 +567,7 @@ micro_kernel!(
     /// `bf16` AVX512-BF16 kernel: 14 x 32 (28 zmm `f32` accumulators), one
     /// `vdpbf16ps` per accumulator and depth pair (`u32` = two `bf16`).
     bf16_avx512_14x32, bf16_avx512_14x32_direct; "avx512f,avx512dq,avx512bf16";
-    packed u32, 2 per group: _mm512_setzero_si512, bf16_load, bf16_set1, bf16_dot, at_pair;
+    packed u32, 2 per group: _mm512_setzero_si512, bf16_load, bf16_set1, bf16_dot, bf16_depth_14x32;
     f32, 14 x 2 x 16: _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_add_ps;
     rounds with bf16_round_store;
     direct depth loop bf16_depth_14x32, 2 bytes per value
@@ -475,9 +576,10 @@ micro_kernel!(
     /// `bf16` AVX512-BF16 kernel: 8 x 48 (24 zmm `f32` accumulators), for
     /// products whose rows and columns are multiples of 8 and 48 (no padding).
     bf16_avx512_8x48, bf16_avx512_8x48_direct; "avx512f,avx512dq,avx512bf16";
-    packed u32, 2 per group: _mm512_setzero_si512, bf16_load, bf16_set1, bf16_dot, at_pair;
+    packed u32, 2 per group: _mm512_setzero_si512, bf16_load, bf16_set1, bf16_dot, bf16_depth_8x48;
     f32, 8 x 3 x 16: _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_add_ps;
-    rounds with bf16_round_store
+    rounds with bf16_round_store;
+    direct depth loop bf16_depth_8x48, 2 bytes per value
 );
 
 /// Edge rows of the 14-row AVX-512 kernels (see [`super::kernel::EdgeFn`]):
@@ -558,22 +660,6 @@ edge_kernel!(
 unsafe fn at_one<T: Copy>(a: *const T, off: usize, q: usize) -> T {
     // SAFETY: the caller's guarantee.
     unsafe { *a.add(off + q) }
-}
-
-/// Depth pair `q` of a row of a `bf16` `A` read in place: `a` points at
-/// `bf16` values (not pairs) and the row starts `off` values after it.
-///
-/// # Safety
-/// `bf16` values `off + 2q` and `off + 2q + 1` after `a` must be readable.
-#[inline(always)]
-unsafe fn at_pair(a: *const u32, off: usize, q: usize) -> u32 {
-    // SAFETY: the caller's guarantee; the read needs no alignment.
-    unsafe {
-        a.cast::<u16>()
-            .add(off + 2 * q)
-            .cast::<u32>()
-            .read_unaligned()
-    }
 }
 
 /// Rounds 16 `f32` to `bf16` (to nearest, ties to even; NaN kept quiet:
