@@ -11,15 +11,17 @@
 //!
 //! The micro-kernel is chosen once at run time: AVX-512F (14 x 32 for
 //! `f32`, 14 x 16 for `f64`, with 1- to 13-row variants for a product's
-//! last row panel), else AVX2+FMA (6 x 16 / 6 x 8), else a portable one.
-//! A row-major `A` in the compute type is read in place; a row-major
-//! `f16`/`bf16`/f8 `A` is widened row by row into scratch and read the
-//! same way; `f16` results are rounded by the AVX-512 kernel as it stores
-//! them. Every output element is summed in the same order whatever the
-//! thread count, so results are deterministic. Small problems run on the calling
-//! thread; large ones split row (and if needed column) blocks, the columns
-//! alone (when `A` is read in place and the product is not tall), or the
-//! batch, over rayon.
+//! last row panel), else AVX2+FMA (6 x 16 / 6 x 8), else a portable one. A
+//! row-major `A` in the compute type is read in place (rows a multiple of 4
+//! KiB apart, which share L1 sets, are first copied to a padded pitch: each
+//! task its own rows, or all of `A` once when `B` spans several column
+//! blocks); a row-major `f16`/`bf16`/f8 `A` is widened row by row into
+//! scratch and read the same way; `f16` results are rounded by the AVX-512
+//! kernel as it stores them. Every output element is summed in the same
+//! order whatever the thread count, so results are deterministic. Small
+//! problems run on the calling thread; large ones split row (and if needed
+//! column) blocks, the columns alone (when `A` is read in place and the
+//! product is not tall), or the batch, over rayon.
 //!
 //! `bf16` on a CPU with AVX512-BF16 skips the widening: panels keep the
 //! `bf16` values, two consecutive depth values per 32-bit lane, and the
@@ -27,15 +29,17 @@
 //! multiply-adds of an `f32` FMA per instruction). Its tile is 14 x 32, or
 //! 8 x 48 where that pads the result less (a 384- or 768-column product);
 //! depth blocks are up to `KC_BF16` (1024) deep, balanced; a row-major `A`
-//! is read in place (one 32-bit pair per row and step) unless its rows are
-//! a multiple of 4 KiB apart; and the last depth block is rounded to `bf16`
-//! by the kernel itself. Accumulation is still `f32` and the result is
-//! rounded once, to nearest even, but the instruction reads denormal inputs
-//! as zero, flushes denormal results to zero and adds the two products of a
-//! pair in its own order (each product is exact in `f32`; each add rounds),
-//! so the bits can differ from the widening path by `f32` summation error
-//! (far inside `bf16` tolerance) and between CPU implementations. They do
-//! not depend on the thread count or the tile.
+//! is read in place (one 32-bit pair per row and step; rows a multiple of 4
+//! KiB apart are copied first, as for `f32`); and the last depth block is
+//! rounded to `bf16` by the kernel itself (`vcvtneps2bf16`, bit for bit the
+//! software rounding; a vector holding a subnormal takes the latter).
+//! Accumulation is still `f32` and the result is rounded once, to nearest
+//! even, but `vdpbf16ps` reads denormal inputs as zero, flushes
+//! denormal results to zero and adds the two products of a pair in its own
+//! order (each product is exact in `f32`; each add rounds), so the bits can
+//! differ from the widening path by `f32` summation error (far inside
+//! `bf16` tolerance) and between CPU implementations. They do not depend on
+//! the thread count or the tile.
 
 mod activation;
 #[cfg(target_arch = "x86_64")]
@@ -773,9 +777,13 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
     // (2048 x 2048 x 2048, alternating runs, GFLOP/s: 1 thread, f32
     // 99-101 -> 100-104, bf16 196-197 -> 205-206; 2 threads, f32 202-205 ->
     // 209-212, bf16 402-406 -> 409-413.)
+    // (Two rows at least: the copy's rows are then `padded` apart, so the
+    // call below reads them in place and does not come back here. A single
+    // row has no pitch, 0, which counts as aliasing.)
     let k = ops.a_cols.len();
     let padded = widened_pitch::<E>(k);
     if matches!(in_place, Some(InPlace { widened: true, .. }))
+        && m >= 2
         && k > 0
         && n > column_block::<E, K>(k, kern.nr)
         && K::in_place(
