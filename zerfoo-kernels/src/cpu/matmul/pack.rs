@@ -625,7 +625,9 @@ pub(crate) fn pad_rows<E: FloatDtype>(
     }
 }
 
-/// Rows ahead that [`Packing::widen_rows`] asks for while it copies a row.
+/// Rows ahead that the row copies ([`Packing::widen_rows`], [`pad_rows`])
+/// ask for while they copy a row (1 thread, 2048³ `f32`: the copy ~6% ->
+/// ~3% of the product).
 const WIDEN_PREFETCH_ROWS: usize = 2;
 
 /// Asks for the `kc` values of row `i + WIDEN_PREFETCH_ROWS` of `rows`
