@@ -541,8 +541,8 @@ thread_local! {
 /// stealing) just gets a fresh one.
 ///
 /// # Panics
-/// If `A` is not `f32`, `f64`, `u32`, `f16` or `bf16` (types valid for any
-/// bit pattern).
+/// If `A` is not `f32`, `f64`, `u32` or `bf16` (types valid for any bit
+/// pattern).
 pub(crate) fn with_buf<A: Copy + 'static, R>(
     key: &'static LocalKey<Cell<Vec<Align64>>>,
     len: usize,
@@ -553,19 +553,19 @@ pub(crate) fn with_buf<A: Copy + 'static, R>(
             TypeId::of::<f32>(),
             TypeId::of::<f64>(),
             TypeId::of::<u32>(),
-            TypeId::of::<f16>(),
             TypeId::of::<bf16>(),
         ]
         .contains(&TypeId::of::<A>()),
-        "with_buf: scratch must be f32, f64, u32, f16 or bf16"
+        "with_buf: scratch must be f32, f64, u32 or bf16"
     );
     let mut v = key.with(|c| c.take());
     let blocks = (len * core::mem::size_of::<A>()).div_ceil(64);
     if v.len() < blocks {
         v.resize(blocks, Align64([0; 64]));
     }
-    // SAFETY: `A` is `f32`, `f64`, `u32`, `f16` or `bf16` (asserted: any
-    // bit pattern is valid, alignment <= 64), and `len` values fit in `blocks * 64` bytes.
+    // SAFETY: `A` is `f32`, `f64`, `u32` or `bf16` (asserted: any bit
+    // pattern is valid, alignment <= 64), and `len` values fit in `blocks *
+    // 64` bytes.
     let s = unsafe { core::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<A>(), len) };
     let r = f(s);
     key.with(|c| c.set(v));
