@@ -777,13 +777,11 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
     // (2048 x 2048 x 2048, alternating runs, GFLOP/s: 1 thread, f32
     // 99-101 -> 100-104, bf16 196-197 -> 205-206; 2 threads, f32 202-205 ->
     // 209-212, bf16 402-406 -> 409-413.)
-    // (Two rows at least: the copy's rows are then `padded` apart, so the
-    // call below reads them in place and does not come back here. A single
-    // row has no pitch, 0, which counts as aliasing.)
+    // (The copy's rows are `padded` apart, which `K::in_place` accepts, so
+    // the call below reads them in place and does not come back here.)
     let k = ops.a_cols.len();
     let padded = widened_pitch::<E>(k);
     if matches!(in_place, Some(InPlace { widened: true, .. }))
-        && m >= 2
         && k > 0
         && n > column_block::<E, K>(k, kern.nr)
         && K::in_place(

@@ -41,7 +41,8 @@ pub(crate) trait Packing<E: FloatDtype> {
     /// a row-major `A` in place: rows `pitch` bytes apart, multiplied by
     /// `panels` panels of `B` (over which packing would be amortized), with
     /// a kernel that keeps its speed at any pitch or not
-    /// ([`Kernel::any_pitch`](super::kernel::Kernel::any_pitch)).
+    /// ([`Kernel::any_pitch`](super::kernel::Kernel::any_pitch)). A pitch
+    /// of 0 is a single row: it aliases nothing.
     fn in_place(pitch: usize, panels: usize, any_pitch: bool) -> bool;
     /// Whether [`Self::widen_rows`] can stand in for packing `A`: its rows
     /// are contiguous runs of an input type narrower than the compute type,
@@ -68,6 +69,12 @@ pub(crate) trait Packing<E: FloatDtype> {
         w: usize,
         dst: &mut [Self::P],
     );
+}
+
+/// Whether rows `pitch` bytes apart fall into the same L1 sets: a multiple
+/// of `every` bytes, a single row (pitch 0) excepted.
+fn rows_alias(pitch: usize, every: usize) -> bool {
+    pitch != 0 && pitch.is_multiple_of(every)
 }
 
 /// The operand a block is packed from.
@@ -98,7 +105,7 @@ impl<E: FloatDtype> Packing<E> for Widen {
     fn in_place(pitch: usize, panels: usize, any_pitch: bool) -> bool {
         let aliasing = if any_pitch { 4096 } else { 2048 };
         TypeId::of::<E>() == TypeId::of::<E::Acc>()
-            && (panels <= DIRECT_MAX_PANELS || !pitch.is_multiple_of(aliasing))
+            && (panels <= DIRECT_MAX_PANELS || !rows_alias(pitch, aliasing))
     }
     /// An `A` with contiguous rows that is not read in place: an `f16`,
     /// `bf16` or f8 one (packing it was a scalar transpose, ~12% of an f16
@@ -173,7 +180,7 @@ impl Packing<bf16> for Bf16Pairs {
     /// to a padded pitch, [`Self::widens_rows`]).
     /// (`any_pitch` is not used: measured with the Rust depth loop.)
     fn in_place(pitch: usize, panels: usize, _any_pitch: bool) -> bool {
-        panels <= DIRECT_MAX_PANELS || !pitch.is_multiple_of(4096)
+        panels <= DIRECT_MAX_PANELS || !rows_alias(pitch, 4096)
     }
     /// Rows that alias in L1 (see [`Self::in_place`]) are copied as they
     /// are to a padded pitch (two `bf16` values per pair) and read in

@@ -600,7 +600,8 @@ fn aliasing_row_pitches_give_the_contiguous_bits() {
         }
     }
     // (f32 at depth 600: 864 columns to a block of B; f64: 432. One row
-    // has no pitch: it once sent the copy into endless recursion.)
+    // has pitch 0, which once counted as aliasing and sent the copy into
+    // endless recursion; it is read in place.)
     for mn in [
         (2 * 14 + 5, 17 * 32 + 7),
         (2 * 14 + 5, 33 * 32 + 7),
