@@ -93,18 +93,25 @@ impl<E: FloatDtype> Packing<E> for Widen {
     type P = E::Acc;
     const GROUP: usize = 1;
     const KC: usize = KC;
-    /// Only an `A` already in the compute type, where packing would not pay
-    /// (few panels), or where its rows do not alias in L1: the `MR` rows
-    /// read together must fall into different sets, so the pitch must not
-    /// be a multiple of 2 KiB, or of 4 KiB with a kernel that tolerates the
-    /// former (the AVX-512 assembly loops). At a 4 KiB pitch every row maps
-    /// to one set and an 8-way L1 (Zen 4) thrashes: such rows are copied to
-    /// a padded pitch instead ([`Self::widens_rows`]; 1 thread, 1024 and
-    /// 2048 square, alternating runs: 55-82 GFLOP/s in place, 78-90 packed,
-    /// 84-97 copied).
+    /// Only an `A` already in the compute type whose rows do not alias in
+    /// L1: the `MR` rows read together must fall into different sets, so
+    /// the pitch must not be a multiple of 2 KiB, or of 4 KiB with a kernel
+    /// that tolerates the former (the AVX-512 assembly loops). At a 4 KiB
+    /// pitch every row maps to one set and an 8-way L1 (Zen 4) thrashes:
+    /// such rows are copied to a padded pitch instead ([`Self::widens_rows`];
+    /// 1 thread, 1024 and 2048 square, alternating runs: 55-82 GFLOP/s in
+    /// place, 78-90 packed, 84-97 copied).
+    ///
+    /// With few panels (where packing would not pay) a 2 KiB pitch is read
+    /// in place all the same, a 4 KiB one never: even a single panel runs
+    /// faster from the copy. (4 KiB had been read in place up to
+    /// `DIRECT_MAX_PANELS` = 16 panels. 1 thread, alternating runs, f32
+    /// 1024 x 1024 x N, GFLOP/s: N = 32: 70-86 -> 91-92; N = 64: 60-87 ->
+    /// 100; N = 512: 77-86 -> 100-104; 256 x 1024 x 64: 59-86 -> 100.)
     fn in_place(pitch: usize, panels: usize, any_pitch: bool) -> bool {
         let aliasing = if any_pitch { 4096 } else { 2048 };
         TypeId::of::<E>() == TypeId::of::<E::Acc>()
+            && !rows_alias(pitch, 4096)
             && (panels <= DIRECT_MAX_PANELS || !rows_alias(pitch, aliasing))
     }
     /// An `A` with contiguous rows that is not read in place: an `f16`,
@@ -179,8 +186,12 @@ impl Packing<bf16> for Bf16Pairs {
     /// set (2048 columns: packing was ~5% faster; such rows are now copied
     /// to a padded pitch, [`Self::widens_rows`]).
     /// (`any_pitch` is not used: measured with the Rust depth loop.)
-    fn in_place(pitch: usize, panels: usize, _any_pitch: bool) -> bool {
-        panels <= DIRECT_MAX_PANELS || !rows_alias(pitch, 4096)
+    /// As for `f32`, a 4 KiB pitch is copied however few the panels (it
+    /// had been read in place up to 16 panels; 1 thread, alternating runs,
+    /// 1024 x 2048 x N, GFLOP/s: N = 32: 120-164 -> 179-181; N = 128:
+    /// 167-169 -> 188-199; N = 512: 160-162 -> 196).
+    fn in_place(pitch: usize, _panels: usize, _any_pitch: bool) -> bool {
+        !rows_alias(pitch, 4096)
     }
     /// Rows that alias in L1 (see [`Self::in_place`]) are copied as they
     /// are to a padded pitch (two `bf16` values per pair) and read in

@@ -601,8 +601,10 @@ fn aliasing_row_pitches_give_the_contiguous_bits() {
     }
     // (f32 at depth 600: 864 columns to a block of B; f64: 432. One row
     // has pitch 0, which once counted as aliasing and sent the copy into
-    // endless recursion; it is read in place.)
+    // endless recursion; it is read in place. Four panels of B are few
+    // enough to read a 2 KiB pitch in place, but 4 KiB rows are copied.)
     for mn in [
+        (2 * 14 + 5, 3 * 32 + 7),
         (2 * 14 + 5, 17 * 32 + 7),
         (2 * 14 + 5, 33 * 32 + 7),
         (1, 33 * 32 + 7),
@@ -617,6 +619,7 @@ fn aliasing_row_pitches_give_the_contiguous_bits() {
     };
     // (Depth 1100: 928 columns to a block of B with 32-column panels.)
     for mn in [
+        (2 * 14 + 5, 2 * 48 + 7),
         (2 * 14 + 5, 17 * 48 + 7),
         (2 * 14 + 5, 20 * 48 + 7),
         (1, 20 * 48 + 7),
