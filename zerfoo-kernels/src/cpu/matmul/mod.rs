@@ -79,7 +79,8 @@ const MC: usize = 168;
 /// Columns of a packed `B` block at most (a multiple of every `NR`).
 const NC: usize = 3072;
 /// Bytes of a packed `B` block at most: it should stay in a core's L2
-/// (2 MiB here) while the tiles stream it once per `MR` rows of `A`. The
+/// (1 MiB per core on the Zen 4, so the block fills it; half of that was
+/// no faster) while the tiles stream it once per `MR` rows of `A`. The
 /// block's column count follows from its depth (f32 at depth 512: 512
 /// columns).
 const B_BLOCK_BYTES: usize = 1 << 20;
