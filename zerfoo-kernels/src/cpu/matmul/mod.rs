@@ -48,6 +48,7 @@ mod direct;
 mod generic;
 mod kernel;
 mod pack;
+mod skinny;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -753,6 +754,11 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
     assert_eq!(c.len(), m * n);
     assert!(bias.is_none_or(|b| b.len() == n));
     assert!(kern.rounds.is_some() || !matches!(fin, Final::Round(_)));
+    // A few rows (one token's activations times a weight) read `B` in
+    // place: packing it would cost more than the product.
+    if skinny::try_product(ops, c, threads, overwrite, bias, fin) {
+        return;
+    }
     let cptr = SyncPtr(c.as_mut_ptr().cast::<E::Acc>());
     // A row-major A with evenly spaced rows (`lda` values, `pitch` bytes
     // apart) is read in place where the packing says so.

@@ -1774,3 +1774,82 @@ fn f16_conversions_match_half() {
         );
     }
 }
+
+/// A product of 1-4 rows (the skinny path: `B` read in place) gives the
+/// bits of the same rows computed among more rows (the blocked path), for
+/// a row-major and a transposed `B`, depths across depth blocks and below
+/// one transpose step, widths across strips and tasks, with a bias, added
+/// into an existing result, on 1 and 2 threads; and it is the product.
+#[test]
+fn few_rows_match_the_blocked_rows_bitwise() {
+    if !std::arch::is_x86_feature_detected!("avx512f") {
+        eprintln!("few_rows_match_the_blocked_rows_bitwise: no AVX-512F, skipped");
+        return;
+    }
+    let tall = skinny::MAX_ROWS + 9;
+    for (k, n) in [
+        (1, 1),
+        (7, 33),
+        (9, 64),
+        (300, 65),
+        (1100, 300),
+        (515, 1031),
+    ] {
+        let a: Vec<f32> = vals(tall * k, (k + n) as u64)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let b: Vec<f32> = vals(k * n, (3 * k + n) as u64)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let bias: Vec<f32> = vals(n, 7).iter().map(|&v| v as f32).collect();
+        for lb in [
+            Layout::contiguous(&[k, n]),
+            Layout::new(&[k, n], &[1, k], 0),
+        ] {
+            let la = Layout::contiguous(&[tall, k]);
+            let all = gemm_batched_bias(&a, &la, &b, &lb, Some(&bias));
+            for m in 1..=skinny::MAX_ROWS {
+                let lm = Layout::contiguous(&[m, k]);
+                for threads in [1, 2] {
+                    let got = on_threads(threads, || {
+                        gemm_batched_bias(&a[..m * k], &lm, &b, &lb, Some(&bias))
+                    });
+                    assert!(
+                        got.iter()
+                            .zip(&all)
+                            .all(|(g, w)| g.to_bits() == w.to_bits()),
+                        "{m} x {k} x {n}, B strides {:?}, {threads} threads",
+                        lb.strides()
+                    );
+                }
+                // Added into a result (`gemm_acc`): the blocked kernels' `c + Σ`.
+                let (sa, sb) = ((k, 1), (lb.strides()[0], lb.strides()[1]));
+                let mut c: Vec<f32> = vals(m * n, 9).iter().map(|&v| v as f32).collect();
+                let mut tall_c: Vec<f32> = vals(tall * n, 9).iter().map(|&v| v as f32).collect();
+                tall_c[..m * n].copy_from_slice(&c);
+                gemm_acc(m, n, k, &a, sa, &b, sb, &mut c);
+                gemm_acc(tall, n, k, &a, sa, &b, sb, &mut tall_c);
+                assert!(
+                    c.iter()
+                        .zip(&tall_c)
+                        .all(|(g, w)| g.to_bits() == w.to_bits()),
+                    "gemm_acc {m} x {k} x {n}, B strides {:?}",
+                    lb.strides()
+                );
+            }
+            // And the product itself.
+            let a64: Vec<f64> = a.iter().map(|&v| v as f64).collect();
+            let b64: Vec<f64> = b.iter().map(|&v| v as f64).collect();
+            let mut want = naive(&a64[..k], &Layout::contiguous(&[1, k]), &b64, &lb);
+            want.iter_mut()
+                .zip(&bias)
+                .for_each(|(w, &b)| *w += b as f64);
+            let got =
+                gemm_batched_bias(&a[..k], &Layout::contiguous(&[1, k]), &b, &lb, Some(&bias));
+            let got: Vec<f64> = got.iter().map(|&v| v as f64).collect();
+            assert!(max_rel(&got, &want) < 1e-5, "1 x {k} x {n}");
+        }
+    }
+}
