@@ -15,6 +15,7 @@ thread count. The table is measured shape by shape, zerfoo's rows and then
 
     python3 bench/gemm_vs_pytorch.py [--quick] [--only f32|f16|bf16]
     python3 bench/gemm_vs_pytorch.py --step shakespeare|gpt6 [--quick]
+    python3 bench/gemm_vs_pytorch.py --decode gpt6|wide [--quick]
 
 `--step CONFIG` compares instead the f32 products of one training step of
 that GPT (`gemm_table --step`): each with the operands in their training
@@ -23,6 +24,13 @@ runs it, and per thread count the step's total in ms for both:
 
     product MxKxN t times zerfoo torch z/torch
     CONFIG step, T thread(s): zerfoo X ms, torch Y ms, ratio R
+
+`--decode CONFIG` compares the products of one generated token (`gemm_table
+--decode`: one row times each layer's transposed weight, f32 and bf16) the
+same way:
+
+    product MxKxN dtype t times zerfoo torch z/torch
+    CONFIG token, T thread(s), DTYPE: zerfoo X ms, torch Y ms, ratio R
 """
 
 import json
@@ -135,8 +143,36 @@ def step_main(config, quick):
         print(f"{config} step, {th} thread(s): zerfoo {zt:.2f} ms, torch {ttot:.2f} ms, ratio {zt / ttot:.2f}")
 
 
+def decode_main(config, quick):
+    """The products of one generated token of `config`, zerfoo next to torch.mm."""
+    cmd = GEMM_TABLE + ["--json", "--decode", config]
+    if quick:
+        cmd.append("--quick")
+    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    rows = [json.loads(l[5:]) for l in out.splitlines() if l.startswith("JSON ")]
+    runs = 3 if quick else 7
+    print(f"{'product':>8} {'MxKxN':>16} {'dtype':>5} {'t':>2} {'times':>5} {'zerfoo':>8} {'torch':>8} {'z/torch':>7}")
+    totals = {}
+    for r in rows:
+        m, k, n, th, dt = r["m"], r["k"], r["n"], r["threads"], r["dtype"]
+        torch.set_num_threads(th)
+        a = (torch.rand(m, k) * 2 - 1).to(DTYPES[dt])
+        b = (torch.rand(n, k) * 2 - 1).to(DTYPES[dt]).t()
+        flops = 2.0 * m * n * k
+        torch.mm(a, b)
+        tt = median_mm_gflops(a, b, flops, runs)
+        z = r["zerfoo"]
+        zt, ttot = totals.get((th, dt), (0.0, 0.0))
+        totals[(th, dt)] = (zt + r["times"] * flops / z / 1e6, ttot + r["times"] * flops / tt / 1e6)
+        print(f"{r['kind']:>8} {f'{m}x{k}x{n}':>16} {dt:>5} {th:>2} {r['times']:>5} {z:>8.1f} {tt:>8.1f} {z / tt:>7.2f}")
+    for (th, dt), (zt, ttot) in sorted(totals.items()):
+        print(f"{config} token, {th} thread(s), {dt}: zerfoo {zt:.3f} ms, torch {ttot:.3f} ms, ratio {zt / ttot:.2f}")
+
+
 def main():
     quick = "--quick" in sys.argv
+    if "--decode" in sys.argv:
+        return decode_main(sys.argv[sys.argv.index("--decode") + 1], quick)
     if "--step" in sys.argv:
         return step_main(sys.argv[sys.argv.index("--step") + 1], quick)
     only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None

@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run --release -p zerfoo-kernels --example gemm_table [-- --json] [--quick] [--only f32|f16|bf16] [--shape MxKxN] [--list]
 //! cargo run --release -p zerfoo-kernels --example gemm_table -- --step shakespeare|gpt6 [--json]
+//! cargo run --release -p zerfoo-kernels --example gemm_table -- --decode gpt6|wide [--json]
 //! ```
 //!
 //! `--step CONFIG` measures instead the f32 products of one training step of
@@ -12,6 +13,11 @@
 //! `dY · W` and the weight gradient `dYᵀ · X` of each linear layer and the
 //! tied head, in the operands' own layouts), one row per product with how
 //! many times a step runs it, and the step's total.
+//!
+//! `--decode CONFIG` measures the products of one generated token (one row
+//! times each linear layer's `Wᵀ`, the weight read transposed in place) in
+//! f32 and bf16: `gpt6` (width 384) or `wide` (width 2048, vocabulary
+//! 32000), one row per product and the token's total.
 //!
 //! On 2 threads the other worker spins for the next product between runs
 //! ([`WarmWorkers`], as in training, and as OpenMP's threads do for
@@ -315,6 +321,71 @@ fn step_table(config: &str, runs: usize, json: bool) {
     }
 }
 
+/// `--decode CONFIG`: the products of one generated token (`1 x C` times
+/// each layer's transposed weight), f32 and bf16, 1 and 2 threads.
+fn decode_table(config: &str, runs: usize, json: bool) {
+    let (layers, c, vocab) = match config {
+        "gpt6" => (6, 384, 65),
+        "wide" => (1, 2048, 32000),
+        other => panic!("--decode: unknown configuration {other} (gpt6 or wide)"),
+    };
+    println!(
+        "{:>8} {:>16} {:>5} {:>2} {:>5} {:>9}",
+        "product", "MxKxN", "dtype", "t", "times", "zerfoo"
+    );
+    fn rows<E: FloatDtype>(
+        dtype: &str,
+        (layers, c, vocab): (usize, usize, usize),
+        threads: usize,
+        runs: usize,
+        json: bool,
+    ) -> f64 {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("thread pool");
+        let mut total_ms = 0.0;
+        for (kind, k, n, times) in [
+            ("qkv", c, 3 * c, layers),
+            ("proj", c, c, layers),
+            ("fc", c, 4 * c, layers),
+            ("proj2", 4 * c, c, layers),
+            ("head", c, vocab, 1),
+        ] {
+            let a: Vec<E> = data(k, 1);
+            let w: Vec<E> = data(n * k, 2);
+            let (la, lw) = (
+                Layout::contiguous(&[1, k]),
+                Layout::contiguous(&[n, k]).permute(&[1, 0]),
+            );
+            let flops = 2.0 * (n * k) as f64;
+            let z = pool.install(|| {
+                let _warm = WarmWorkers::start();
+                measure(flops, runs, || {
+                    black_box(zgemm(&a, &la, &w, &lw));
+                })
+            });
+            total_ms += times as f64 * flops / z / 1e6;
+            println!(
+                "{kind:>8} {:>16} {dtype:>5} {threads:>2} {times:>5} {z:>9.1}",
+                format!("1x{k}x{n}")
+            );
+            if json {
+                println!(
+                    "JSON {{\"kind\":\"{kind}\",\"m\":1,\"k\":{k},\"n\":{n},\"dtype\":\"{dtype}\",\"ta\":false,\"tb\":true,\"times\":{times},\"threads\":{threads},\"zerfoo\":{z:.3}}}"
+                );
+            }
+        }
+        total_ms
+    }
+    for threads in [1, 2] {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let f = rows::<f32>("f32", (layers, c, vocab), threads, runs, json);
+        let b = rows::<bf16>("bf16", (layers, c, vocab), threads, runs, json);
+        println!("{config} token, {threads} thread(s): all products f32 {f:.3} ms, bf16 {b:.3} ms");
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let json = args.iter().any(|a| a == "--json");
@@ -356,6 +427,13 @@ fn main() {
         .and_then(|i| args.get(i + 1))
     {
         return step_table(config, runs, json);
+    }
+    if let Some(config) = args
+        .iter()
+        .position(|a| a == "--decode")
+        .and_then(|i| args.get(i + 1))
+    {
+        return decode_table(config, runs, json);
     }
     let _ = fma_peak_once(1 << 20);
     let mut p: Vec<f64> = (0..7).map(|_| fma_peak_once(1 << 24)).collect();

@@ -756,7 +756,7 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
     assert!(kern.rounds.is_some() || !matches!(fin, Final::Round(_)));
     // A few rows (one token's activations times a weight) read `B` in
     // place: packing it would cost more than the product.
-    if skinny::try_product(ops, c, threads, overwrite, bias, fin) {
+    if skinny::try_product::<E, K>(ops, c, threads, overwrite, bias, fin) {
         return;
     }
     let cptr = SyncPtr(c.as_mut_ptr().cast::<E::Acc>());

@@ -1,54 +1,53 @@
-//! `f32` products with at most [`MAX_ROWS`] rows (one token's activations
-//! times a weight, as in generation), reading `B` in place.
+//! Products with at most [`MAX_ROWS`] rows (one token's activations times
+//! a weight, as in generation) in `f32` and `bf16`, reading `B` in place.
 //!
 //! For so few rows the blocked path's packing of `B` costs more than the
 //! product: it reads the whole weight, writes it packed and reads it again
 //! for one pass of arithmetic. Here each task streams its columns of `B`
 //! once:
-//! - a row-major `B` (unit column stride) a whole row (of the task's
-//!   columns) per depth step;
+//! - a row-major `B` (unit column stride): a whole row (of the task's
+//!   columns) per depth step, the sums in a buffer of the task's columns.
+//!   The sums are the blocked kernels' own: per depth block (the same
+//!   [`depth_block`] cut) a chain from zero down the depth (fused
+//!   multiply-adds in `f32`, `vdpbf16ps` over pairs in `bf16`), added to
+//!   the result in block order (`c + Σ`, or `Σ` alone where the first block
+//!   overwrites), the column bias after the last block, and for `bf16` the
+//!   kernels' rounding. So the bits equal the blocked path's: the rows do
+//!   not change with the row count.
 //! - a transposed one (unit depth stride: a `Linear` weight `[N, K]` read
-//!   as `Wᵀ`) 16 columns at a time, eight depth steps at once through 8 x 8
-//!   transposes in registers.
+//!   as `Wᵀ`, the usual case): dot products along the weight's rows, four
+//!   at a time, 16 partial sums per result added up at the end. The
+//!   blocked order would need the rows transposed (it ran at a third of
+//!   `torch.mm`'s speed with 8 x 8 transposes in registers), so these bits
+//!   differ from a taller product's in the last places.
 //!
-//! The sums are the blocked kernels' own: per depth block (the same
-//! [`depth_block`] cut) a fused multiply-add chain over the depth from
-//! zero, added to the result in block order (`c + Σ`, or `Σ` alone where
-//! the first block overwrites), the column bias after the last block. So
-//! the bits equal the blocked path's, and a product does not change with
-//! its row count.
-//!
-//! On the Zen 4, 1 thread, GFLOP/s before -> after (`torch.mm` beside):
-//! row-major 1 x 2048 x 2048 6-7 -> 15-22 (20), 1 x 384 x 1536 8 -> 28-35
-//! (28); transposed 1 x 2048 x 2048 5-6 -> 9-10 (8), 1 x 768 x 3072 7 ->
-//! 14-15 (19), 1 x 384 x 1152 7-8 -> 14. Two threads: 1 x 2048 x 2048
-//! 13 -> 29 (23), transposed 13 -> 19 (18).
+//! `bench/gemm_vs_pytorch.py --decode gpt6` (one token through gpt6's
+//! linear layers, Zen 4), ms per token through the blocked path -> here,
+//! and zerfoo / `torch.mm` after: f32 1 thread 2.98 -> 0.88-0.93
+//! (0.95-1.00x), 2 threads 3.65 -> 0.75-0.90 (0.76-0.86x); bf16 1 thread
+//! 6.09 -> 0.57-0.61 (0.67-0.83x), 2 threads 5.04 -> 0.43-0.52 (0.74-0.78x).
 
 #[cfg(target_arch = "x86_64")]
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
 use std::any::TypeId;
 
-use super::{depth_block, Final, Operands, Widen, PAR_MACS};
-#[cfg(target_arch = "x86_64")]
-use crate::cpu::simd::prefetch;
+use super::pack::Packing;
+use super::{depth_block, Final, Operands, PAR_MACS};
 use crate::cpu::threads::{run_tasks, SyncPtr};
-use crate::FloatDtype;
+use crate::{bf16, FloatDtype};
 
 /// The most rows a product may have to take this path.
 pub(super) const MAX_ROWS: usize = 4;
 
-/// Values ahead along each run of a transposed `B` that [`transposed`]
-/// prefetches.
-#[cfg(target_arch = "x86_64")]
-const RUN_PREFETCH: usize = 64;
-
 /// `c = A · B` (`overwrite`) or `c += A · B`, then `+ bias[j]` on every
-/// row, for an `f32` product of at most [`MAX_ROWS`] rows whose `B` has
-/// unit column or unit depth steps, on a CPU with AVX-512F; `fin` runs on
-/// each task's columns once they are final. Returns `false` (having done
+/// row, for an `f32` or `bf16` product of at most [`MAX_ROWS`] rows whose
+/// `B` has unit column or unit depth steps, on a CPU with AVX-512F (and
+/// AVX512-BF16 for `bf16`, whose last depth block is rounded into the
+/// `Final::Round` output as the `bf16` kernels do); `fin` runs on each
+/// task's columns once they are final. Returns `false` (having done
 /// nothing) for any other product or CPU.
-pub(super) fn try_product<E: FloatDtype>(
+pub(super) fn try_product<E: FloatDtype, K: Packing<E>>(
     ops: &Operands<'_, E>,
     c: &mut [MaybeUninit<E::Acc>],
     threads: usize,
@@ -57,15 +56,24 @@ pub(super) fn try_product<E: FloatDtype>(
     fin: Final<'_, E::Acc>,
 ) -> bool {
     let (m, n, k) = (ops.a_rows.len(), ops.b_cols.len(), ops.a_cols.len());
-    if TypeId::of::<E>() != TypeId::of::<f32>()
-        || TypeId::of::<E::Acc>() != TypeId::of::<f32>()
-        || !(1..=MAX_ROWS).contains(&m)
+    if !(1..=MAX_ROWS).contains(&m)
         || n == 0
         || k == 0
-        || matches!(fin, Final::Round(_))
         || !(ops.b_unit_n || ops.b_unit_k)
-        || !has_avx512()
+        || TypeId::of::<E::Acc>() != TypeId::of::<f32>()
     {
+        return false;
+    }
+    // (`bf16` only in pairs: widened to `f32` it sums as `f32` does.)
+    let is_f32 = TypeId::of::<E>() == TypeId::of::<f32>() && has_avx512();
+    let is_bf16 = TypeId::of::<E>() == TypeId::of::<bf16>() && K::GROUP == 2 && has_avx512_bf16();
+    // (`f32` results are never rounded; `bf16` ones are never finished.)
+    let fits = match fin {
+        Final::Keep => is_f32 || is_bf16,
+        Final::Finish(_) => is_f32,
+        Final::Round(_) => is_bf16,
+    };
+    if !fits {
         return false;
     }
     debug_assert_eq!(c.len(), m * n);
@@ -74,80 +82,172 @@ pub(super) fn try_product<E: FloatDtype>(
     let max = |t: &[usize]| t.iter().copied().max().unwrap_or(0);
     assert!(ops.a_base + max(ops.a_rows) + max(ops.a_cols) < ops.a.len());
     assert!(ops.b_base + max(ops.b_rows) + max(ops.b_cols) < ops.b.len());
-    // SAFETY: `E` and `E::Acc` are `f32` (same TypeIds, checked above).
-    let (a, b, bias) = unsafe {
-        (
-            core::slice::from_raw_parts(ops.a.as_ptr().cast::<f32>(), ops.a.len()),
-            core::slice::from_raw_parts(ops.b.as_ptr().cast::<f32>(), ops.b.len()),
-            bias.map(|v| core::slice::from_raw_parts(v.as_ptr().cast::<f32>(), v.len())),
-        )
-    };
+    // SAFETY: `E::Acc` is `f32` (same TypeId, checked above).
+    let bias =
+        bias.map(|v| unsafe { core::slice::from_raw_parts(v.as_ptr().cast::<f32>(), v.len()) });
     assert!(bias.is_none_or(|v| v.len() == n));
-    // `A` as `m` rows of `k` values, gathered once (a few KiB at most).
-    let a_rows: Vec<f32> = ops
-        .a_rows
-        .iter()
-        .flat_map(|&r| ops.a_cols.iter().map(move |&q| a[ops.a_base + r + q]))
-        .collect();
-    let kc = depth_block::<E, Widen>(k);
-    let cptr = SyncPtr(c.as_mut_ptr().cast::<f32>());
-    let generic = SyncPtr(c.as_mut_ptr().cast::<E::Acc>());
-    let vecs = n.div_ceil(16);
-    let tasks = if threads > 1 && m * n * k >= PAR_MACS {
-        threads.min(vecs)
-    } else {
-        1
+    let out = Out {
+        c: SyncPtr(c.as_mut_ptr().cast::<f32>()),
+        n,
+        overwrite,
+        bias,
+        round: match fin {
+            Final::Round(r) => Some(r),
+            _ => None,
+        },
     };
-    let task = |t: usize| {
-        // Whole vectors of columns, shared out evenly.
-        let (c0, c1) = (vecs * t / tasks * 16, (vecs * (t + 1) / tasks * 16).min(n));
-        if c0 >= c1 {
-            return;
-        }
-        let cols = Columns {
-            a: &a_rows,
-            k,
-            kc,
-            c: cptr,
-            n,
-            overwrite,
-            bias,
-        };
-        // SAFETY: AVX-512F is present; every element of `B` is in bounds
-        // (asserted above); this task alone writes columns `c0..c1` of `c`.
-        unsafe {
-            if ops.b_unit_n {
-                let rows: Vec<usize> = ops.b_rows.iter().map(|&r| ops.b_base + r).collect();
-                let at = (b, rows.as_slice(), ops.b_cols[0]);
-                match m {
-                    1 => row_major::<1>(&cols, at, (c0, c1)),
-                    2 => row_major::<2>(&cols, at, (c0, c1)),
-                    3 => row_major::<3>(&cols, at, (c0, c1)),
-                    _ => row_major::<4>(&cols, at, (c0, c1)),
-                }
-            } else {
-                let starts: Vec<usize> = ops.b_cols[c0..c1]
-                    .iter()
-                    .map(|&j| ops.b_base + ops.b_rows[0] + j)
-                    .collect();
-                match m {
-                    1 => transposed::<1>(&cols, b, &starts, c0),
-                    2 => transposed::<2>(&cols, b, &starts, c0),
-                    3 => transposed::<3>(&cols, b, &starts, c0),
-                    _ => transposed::<4>(&cols, b, &starts, c0),
-                }
-            }
-        }
+    // `B` as seen from the kernels: row `p` (or column `j`) starts at
+    // `rows[p]` (`starts[j]`); a row-major one's column `j` is `col0 + j` on.
+    let rows: Vec<usize> = ops.b_rows.iter().map(|&r| ops.b_base + r).collect();
+    let starts: Vec<usize> = ops
+        .b_cols
+        .iter()
+        .map(|&j| ops.b_base + ops.b_rows[0] + j)
+        .collect();
+    let col0 = ops.b_cols[0];
+    let generic = SyncPtr(c.as_mut_ptr().cast::<E::Acc>());
+    let done = |(c0, c1): (usize, usize)| {
         if let Final::Finish(finish) = fin {
             finish(generic.get(), (0, m), (c0, c1 - c0));
         }
     };
-    if tasks > 1 {
-        run_tasks(tasks, task);
+    if is_f32 {
+        // SAFETY: `E` is `f32` (same TypeId).
+        let (a, b) = unsafe { (cast::<E, f32>(ops.a), cast::<E, f32>(ops.b)) };
+        // `A` as `m` rows of `k` values, gathered once (a few KiB at most).
+        let a_rows: Vec<f32> = ops
+            .a_rows
+            .iter()
+            .flat_map(|&r| ops.a_cols.iter().map(move |&q| a[ops.a_base + r + q]))
+            .collect();
+        let kc = depth_block::<E, K>(k);
+        let cols = Columns {
+            a: &a_rows,
+            k,
+            kc,
+            out,
+        };
+        share_columns(n, m * n * k, threads, |(c0, c1)| {
+            // SAFETY: AVX-512F is present; every element of `B` is in
+            // bounds (asserted above); this task alone writes columns
+            // `c0..c1` of `c`.
+            unsafe {
+                if ops.b_unit_n {
+                    let at = (b, rows.as_slice(), col0);
+                    match m {
+                        1 => row_major::<1>(&cols, at, (c0, c1)),
+                        2 => row_major::<2>(&cols, at, (c0, c1)),
+                        3 => row_major::<3>(&cols, at, (c0, c1)),
+                        _ => row_major::<4>(&cols, at, (c0, c1)),
+                    }
+                } else {
+                    let runs = (b, &starts[c0..c1], c0);
+                    match m {
+                        1 => transposed::<1>(&cols, runs),
+                        2 => transposed::<2>(&cols, runs),
+                        3 => transposed::<3>(&cols, runs),
+                        _ => transposed::<4>(&cols, runs),
+                    }
+                }
+            }
+            done((c0, c1));
+        });
     } else {
-        task(0);
+        // SAFETY: `E` is `bf16`, a `u16` bit pattern (same TypeId).
+        let (a, b) = unsafe { (cast::<E, u16>(ops.a), cast::<E, u16>(ops.b)) };
+        // `A` as `m` rows of `k.div_ceil(2)` pairs (an odd depth's last
+        // pair zero-padded, as the packing pads it).
+        let pairs = k.div_ceil(2);
+        let at = |r: usize, q: usize| {
+            if q < k {
+                a[ops.a_base + r + ops.a_cols[q]]
+            } else {
+                0
+            }
+        };
+        let a_rows: Vec<u32> = ops
+            .a_rows
+            .iter()
+            .flat_map(|&r| {
+                (0..pairs).map(move |q| at(r, 2 * q) as u32 | (at(r, 2 * q + 1) as u32) << 16)
+            })
+            .collect();
+        let kc = depth_block::<E, K>(k) / 2;
+        let cols = Columns {
+            a: &a_rows,
+            k: pairs,
+            kc,
+            out,
+        };
+        share_columns(n, m * n * k, threads, |(c0, c1)| {
+            // SAFETY: AVX512-BF16 (with F, BW, VL, DQ) is present; every
+            // element of `B` is in bounds (asserted above); this task alone
+            // writes columns `c0..c1` of `c` and of the rounded output.
+            unsafe {
+                if ops.b_unit_n {
+                    let at = (b, rows.as_slice(), col0);
+                    match m {
+                        1 => row_major_bf16::<1>(&cols, at, (c0, c1), k),
+                        2 => row_major_bf16::<2>(&cols, at, (c0, c1), k),
+                        3 => row_major_bf16::<3>(&cols, at, (c0, c1), k),
+                        _ => row_major_bf16::<4>(&cols, at, (c0, c1), k),
+                    }
+                } else {
+                    let runs = (b, &starts[c0..c1], c0);
+                    match m {
+                        1 => transposed_bf16::<1>(&cols, runs, k),
+                        2 => transposed_bf16::<2>(&cols, runs, k),
+                        3 => transposed_bf16::<3>(&cols, runs, k),
+                        _ => transposed_bf16::<4>(&cols, runs, k),
+                    }
+                }
+            }
+            done((c0, c1));
+        });
     }
     true
+}
+
+/// `x` as a slice of `T`.
+///
+/// # Safety
+/// `T` must have `E`'s size and accept its bits.
+unsafe fn cast<E, T>(x: &[E]) -> &[T] {
+    debug_assert_eq!(core::mem::size_of::<E>(), core::mem::size_of::<T>());
+    // SAFETY: the caller's guarantee.
+    unsafe { core::slice::from_raw_parts(x.as_ptr().cast::<T>(), x.len()) }
+}
+
+/// Runs `task((c0, c1))` over the `n` columns: in one piece, or shared out
+/// among the threads in whole vectors of 16 when the product (`macs`
+/// multiply-adds) is large enough.
+fn share_columns(n: usize, macs: usize, threads: usize, task: impl Fn((usize, usize)) + Sync) {
+    let vecs = n.div_ceil(16);
+    let tasks = if threads > 1 && macs >= PAR_MACS {
+        threads.min(vecs)
+    } else {
+        1
+    };
+    if tasks > 1 {
+        run_tasks(tasks, |t| {
+            let (c0, c1) = (vecs * t / tasks * 16, (vecs * (t + 1) / tasks * 16).min(n));
+            if c0 < c1 {
+                task((c0, c1));
+            }
+        });
+    } else {
+        task((0, n));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx512_bf16() -> bool {
+    !super::kernel::bf16_kernels().is_empty()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn has_avx512_bf16() -> bool {
+    false
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -161,17 +261,26 @@ fn has_avx512() -> bool {
 }
 
 /// What every strip of one product shares.
-struct Columns<'a> {
-    /// `A`, `M` rows of `k` values.
-    a: &'a [f32],
+struct Columns<'a, T> {
+    /// `A`, `M` rows of `k` values (`f32`, or `bf16` pairs).
+    a: &'a [T],
     k: usize,
-    /// The depth of a block.
+    /// The depth of a block (in the same units).
     kc: usize,
-    /// The `[m, n]` result.
+    out: Out<'a>,
+}
+
+/// Where one product's sums go.
+#[derive(Clone, Copy)]
+struct Out<'a> {
+    /// The `[m, n]` result (for `bf16`, the sums of the depth blocks
+    /// before the last).
     c: SyncPtr<f32>,
     n: usize,
     overwrite: bool,
     bias: Option<&'a [f32]>,
+    /// The `[m, n]` `bf16` output that the last depth block is rounded into.
+    round: Option<SyncPtr<u16>>,
 }
 
 /// Adds one depth block's sums `acc` (row `i`, vector `v`: columns `j +
@@ -184,7 +293,7 @@ struct Columns<'a> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn store<const M: usize, const V: usize>(
-    cols: &Columns<'_>,
+    out: &Out<'_>,
     acc: &[[__m512; V]; M],
     j: usize,
     mask: [__mmask16; V],
@@ -192,25 +301,79 @@ unsafe fn store<const M: usize, const V: usize>(
 ) {
     for (i, acc) in acc.iter().enumerate() {
         for (v, (&acc, &mask)) in acc.iter().zip(&mask).enumerate() {
-            // SAFETY: the caller's guarantee (the masked loads and stores
-            // touch only the lanes inside the row; the address itself may
-            // point past it).
+            // SAFETY: the caller's guarantee.
             unsafe {
-                let p = cols.c.get().wrapping_add(i * cols.n + j + 16 * v);
-                let sum = if first && cols.overwrite {
-                    acc
-                } else {
-                    _mm512_add_ps(_mm512_maskz_loadu_ps(mask, p), acc)
-                };
-                let sum = match cols.bias {
-                    Some(b) if last => _mm512_add_ps(
-                        sum,
-                        _mm512_maskz_loadu_ps(mask, b.as_ptr().wrapping_add(j + 16 * v)),
-                    ),
-                    _ => sum,
-                };
+                let p = out.c.get().wrapping_add(i * out.n + j + 16 * v);
+                let sum = block_sum(out, acc, p, j + 16 * v, mask, (first, last));
                 _mm512_mask_storeu_ps(p, mask, sum);
             }
+        }
+    }
+}
+
+/// One vector's sum after a depth block: `acc`, or `c + acc` (`c` at `p`),
+/// plus the bias (from column `j`) on the last block.
+///
+/// # Safety
+/// AVX-512F; the lanes of `mask` are inside the row at `p` and the bias.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn block_sum(
+    out: &Out<'_>,
+    acc: __m512,
+    p: *const f32,
+    j: usize,
+    mask: __mmask16,
+    (first, last): (bool, bool),
+) -> __m512 {
+    // SAFETY: the caller's guarantee (masked loads touch only the lanes
+    // inside the row; the address itself may point past it).
+    unsafe {
+        let sum = if first && out.overwrite {
+            acc
+        } else {
+            _mm512_add_ps(_mm512_maskz_loadu_ps(mask, p), acc)
+        };
+        match out.bias {
+            Some(b) if last => {
+                _mm512_add_ps(sum, _mm512_maskz_loadu_ps(mask, b.as_ptr().wrapping_add(j)))
+            }
+            _ => sum,
+        }
+    }
+}
+
+/// [`store`] for a `bf16` product: on the last depth block the sums are
+/// rounded into the `bf16` output (if any) as the kernels round them.
+///
+/// # Safety
+/// As for [`store`], and AVX512-BF16 with DQ.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512bf16")]
+unsafe fn store_bf16<const M: usize>(
+    out: &Out<'_>,
+    acc: &[__m512; M],
+    j: usize,
+    mask: __mmask16,
+    (first, last): (bool, bool),
+) {
+    let Some(round) = out.round.filter(|_| last) else {
+        let acc: [[__m512; 1]; M] = acc.map(|a| [a]);
+        // SAFETY: the caller's guarantee.
+        return unsafe { store(out, &acc, j, [mask], (first, last)) };
+    };
+    let lanes = mask.count_ones() as usize;
+    for (i, &acc) in acc.iter().enumerate() {
+        // SAFETY: the caller's guarantee; the rounded lanes are copied into
+        // row `i`, columns `j..j + lanes` of the output.
+        unsafe {
+            let p = out.c.get().wrapping_add(i * out.n + j);
+            let sum = block_sum(out, acc, p, j, mask, (first, last));
+            let mut bits = [0u16; 16];
+            super::x86::bf16_round_store(sum, bits.as_mut_ptr());
+            let to = round.get().add(i * out.n + j);
+            core::ptr::copy_nonoverlapping(bits.as_ptr(), to, lanes);
         }
     }
 }
@@ -240,7 +403,7 @@ fn lanes(j: usize, end: usize) -> __mmask16 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn row_major<const M: usize>(
-    cols: &Columns<'_>,
+    cols: &Columns<'_, f32>,
     (b, rows, col0): (&[f32], &[usize], usize),
     (c0, c1): (usize, usize),
 ) {
@@ -290,136 +453,213 @@ unsafe fn row_major<const M: usize>(
                 acc[0] = sums[i * vecs + v];
             }
             // SAFETY: the masked columns are this call's, inside `c` and the bias.
-            unsafe { store(cols, &acc, c0 + 16 * v, [mask(v)], (p0 == 0, p1 == k)) };
+            unsafe { store(&cols.out, &acc, c0 + 16 * v, [mask(v)], (p0 == 0, p1 == k)) };
         }
     }
 }
 
-/// Columns `c0..c0 + starts.len()` of a product whose `B` column `c0 + s`
-/// is the run of `k` values at `starts[s]` (unit depth step).
+/// Columns `c0..c0 + starts.len()` of an `M`-row product whose `B` column
+/// `c0 + s` is the run of `k` values at `starts[s]` (unit depth step: a
+/// weight's row), as dot products: four runs at a time, 16 partial sums
+/// per result along the run, added up at the end.
+///
+/// Not the blocked kernels' order (a chain down the depth per result): that
+/// order needs the runs transposed, and its one dependent chain per result
+/// left a token's product at a third of `torch.mm`'s speed. Here the bits
+/// differ from the same rows of a taller product in the last places.
 ///
 /// # Safety
 /// AVX-512F; `b` holds every run; only this call writes those columns of `c`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn transposed<const M: usize>(cols: &Columns<'_>, b: &[f32], starts: &[usize], c0: usize) {
-    const V: usize = 1;
+unsafe fn transposed<const M: usize>(
+    cols: &Columns<'_, f32>,
+    (b, starts, c0): (&[f32], &[usize], usize),
+) {
     let k = cols.k;
-    let c1 = c0 + starts.len();
-    for s in (0..starts.len()).step_by(16 * V) {
-        let j = c0 + s;
-        let mask: [__mmask16; V] = core::array::from_fn(|v| lanes(j + 16 * v, c1));
-        // Columns past the end repeat the last one (their lanes are not stored).
-        let run: [*const f32; 16 * V] = core::array::from_fn(|x| {
+    for s in (0..starts.len()).step_by(4) {
+        // Runs past the end repeat the last one (their sums are not stored).
+        let run: [*const f32; 4] = core::array::from_fn(|x| {
             // SAFETY: `starts` are in bounds of `b`.
             unsafe { b.as_ptr().add(starts[(s + x).min(starts.len() - 1)]) }
         });
-        for p0 in (0..k).step_by(cols.kc) {
-            let p1 = (p0 + cols.kc).min(k);
-            let mut acc = [[_mm512_setzero_ps(); V]; M];
-            let mut p = p0;
-            while p + 8 <= p1 {
-                // The runs are 16 interleaved streams, which the hardware
-                // prefetchers do not follow: ask for a line ahead of each.
-                if p % 16 == 0 {
-                    for r in &run {
-                        prefetch::<false, _>(r.wrapping_add(p + RUN_PREFETCH), 1);
-                    }
-                }
-                // Eight depth steps of the 16 columns: `t[v][q]` is step `p + q`.
-                let mut t = [[_mm512_setzero_ps(); 8]; V];
-                for (v, t) in t.iter_mut().enumerate() {
-                    let at: [*const f32; 16] =
-                        core::array::from_fn(|x| run[16 * v + x].wrapping_add(p));
-                    // SAFETY: each run holds depth steps `p..p + 8` (`p + 8 <= k`).
-                    let lo = unsafe { transpose_8x8(at[..8].try_into().unwrap()) };
-                    // SAFETY: as above.
-                    let hi = unsafe { transpose_8x8(at[8..].try_into().unwrap()) };
-                    for q in 0..8 {
-                        // (AVX-512F's 64-bit insert: the 32-bit one needs DQ.)
-                        t[q] = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
-                            _mm512_castps_pd(_mm512_castps256_ps512(lo[q])),
-                            _mm256_castps_pd(hi[q]),
-                        ));
-                    }
-                }
-                for q in 0..8 {
-                    for (i, acc) in acc.iter_mut().enumerate() {
-                        let ai = _mm512_set1_ps(cols.a[i * k + p + q]);
-                        for (acc, t) in acc.iter_mut().zip(&t) {
-                            *acc = _mm512_fmadd_ps(ai, t[q], *acc);
-                        }
-                    }
-                }
-                p += 8;
+        let mut acc = [[_mm512_setzero_ps(); 4]; M];
+        for p in (0..k).step_by(16) {
+            let mask = lanes(p, k);
+            let mut w = [_mm512_setzero_ps(); 4];
+            for (w, &r) in w.iter_mut().zip(&run) {
+                // SAFETY: each run holds `k` values; the mask stops at `k`.
+                *w = unsafe { _mm512_maskz_loadu_ps(mask, r.wrapping_add(p)) };
             }
-            for p in p..p1 {
-                // The last steps of the block one by one.
-                let mut t = [_mm512_setzero_ps(); V];
-                for (v, t) in t.iter_mut().enumerate() {
-                    // SAFETY: each run holds depth step `p < k`.
-                    let x: [f32; 16] = core::array::from_fn(|x| unsafe { *run[16 * v + x].add(p) });
-                    // SAFETY: 16 values.
-                    *t = unsafe { _mm512_loadu_ps(x.as_ptr()) };
-                }
-                for (i, acc) in acc.iter_mut().enumerate() {
-                    let ai = _mm512_set1_ps(cols.a[i * k + p]);
-                    for (acc, &t) in acc.iter_mut().zip(&t) {
-                        *acc = _mm512_fmadd_ps(ai, t, *acc);
-                    }
+            for (i, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: row `i` of `A` holds `k` values; the mask stops at `k`.
+                let a =
+                    unsafe { _mm512_maskz_loadu_ps(mask, cols.a.as_ptr().wrapping_add(i * k + p)) };
+                for (acc, &w) in acc.iter_mut().zip(&w) {
+                    *acc = _mm512_fmadd_ps(a, w, *acc);
                 }
             }
-            // SAFETY: the masked columns are this call's, inside `c` and the bias.
-            unsafe { store(cols, &acc, j, mask, (p0 == 0, p1 == k)) };
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            for (x, &acc) in acc.iter().enumerate().take(starts.len() - s) {
+                let sum = _mm512_reduce_add_ps(acc);
+                // SAFETY: row `i`, column `c0 + s + x` is this call's.
+                unsafe { store_one(&cols.out, sum, i, c0 + s + x) };
+            }
         }
     }
 }
 
-/// `out[q][x] = src[x][q]` for `q, x < 8`: eight runs of eight read and
-/// transposed in registers.
+/// [`transposed`] for `bf16`: the runs' pairs times `A`'s pairs, 16 pair
+/// sums per result (`vdpbf16ps`), added up and rounded at the end (an odd
+/// depth's last pair loaded with its high half zero).
 ///
 /// # Safety
-/// AVX; each `src[x]` readable for 8 values.
+/// As for [`transposed`], and AVX512-BF16 with BW.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-#[inline]
-unsafe fn transpose_8x8(src: [*const f32; 8]) -> [__m256; 8] {
-    let mut r = [_mm256_setzero_ps(); 8];
-    for (r, &s) in r.iter_mut().zip(&src) {
-        // SAFETY: the caller's guarantee (unaligned loads).
-        *r = unsafe { _mm256_loadu_ps(s) };
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512bf16")]
+unsafe fn transposed_bf16<const M: usize>(
+    cols: &Columns<'_, u32>,
+    (b, starts, c0): (&[u16], &[usize], usize),
+    k: usize,
+) {
+    let pairs = cols.k;
+    // Steps of 16 pairs (32 values); the last one masked to `k` values.
+    let steps = pairs.div_ceil(16);
+    for s in (0..starts.len()).step_by(4) {
+        // Runs past the end repeat the last one (their sums are not stored).
+        let run: [*const u16; 4] = core::array::from_fn(|x| {
+            // SAFETY: `starts` are in bounds of `b`.
+            unsafe { b.as_ptr().add(starts[(s + x).min(starts.len() - 1)]) }
+        });
+        let mut acc = [[_mm512_setzero_ps(); 4]; M];
+        for t in 0..steps {
+            let left = k - 32 * t;
+            let mask: __mmask32 = if left >= 32 { !0 } else { (1u32 << left) - 1 };
+            let pmask = lanes(16 * t, pairs);
+            let mut w = [_mm512_setzero_si512(); 4];
+            for (w, &r) in w.iter_mut().zip(&run) {
+                // SAFETY: each run holds `k` values; the mask stops at `k`.
+                *w = unsafe { _mm512_maskz_loadu_epi16(mask, r.wrapping_add(32 * t).cast()) };
+            }
+            for (i, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: row `i` of `A` holds `pairs` pairs; the mask stops there.
+                let a = unsafe {
+                    _mm512_maskz_loadu_epi32(
+                        pmask,
+                        cols.a.as_ptr().wrapping_add(i * pairs + 16 * t).cast(),
+                    )
+                };
+                for (acc, &w) in acc.iter_mut().zip(&w) {
+                    *acc = super::x86::bf16_dot(a, w, *acc);
+                }
+            }
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            for (x, &acc) in acc.iter().enumerate().take(starts.len() - s) {
+                let sum = _mm512_reduce_add_ps(acc);
+                // SAFETY: row `i`, column `c0 + s + x` is this call's.
+                unsafe { store_one(&cols.out, sum, i, c0 + s + x) };
+            }
+        }
     }
-    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-    [
-        _mm256_permute2f128_ps::<0x20>(u0, u4),
-        _mm256_permute2f128_ps::<0x20>(u1, u5),
-        _mm256_permute2f128_ps::<0x20>(u2, u6),
-        _mm256_permute2f128_ps::<0x20>(u3, u7),
-        _mm256_permute2f128_ps::<0x31>(u0, u4),
-        _mm256_permute2f128_ps::<0x31>(u1, u5),
-        _mm256_permute2f128_ps::<0x31>(u2, u6),
-        _mm256_permute2f128_ps::<0x31>(u3, u7),
-    ]
+}
+
+/// One result: `sum`, or `c + sum` unless overwriting, plus the bias; into
+/// `c`, or rounded into the `bf16` output if there is one. (One depth
+/// block: the dot products sum the whole depth.)
+///
+/// # Safety
+/// Row `i`, column `j` is inside the result and the caller's alone.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+unsafe fn store_one(out: &Out<'_>, sum: f32, i: usize, j: usize) {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        let p = out.c.get().add(i * out.n + j);
+        let sum = if out.overwrite { sum } else { *p + sum };
+        let sum = match out.bias {
+            Some(b) => sum + b[j],
+            None => sum,
+        };
+        match out.round {
+            Some(r) => *r.get().add(i * out.n + j) = super::pack::bf16_round(sum.to_bits()),
+            None => *p = sum,
+        }
+    }
+}
+
+/// [`row_major`] for `bf16`: `A` as pairs, rows `2q` and `2q + 1` of `B`
+/// interleaved into pairs on the fly (the last of an odd depth `k` with a
+/// zero), one `vdpbf16ps` per pair, as the `bf16` kernels sum.
+///
+/// # Safety
+/// As for [`row_major`], and AVX512-BF16 with BW, VL and DQ.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")]
+unsafe fn row_major_bf16<const M: usize>(
+    cols: &Columns<'_, u32>,
+    (b, rows, col0): (&[u16], &[usize], usize),
+    (c0, c1): (usize, usize),
+    k: usize,
+) {
+    let pairs = cols.k;
+    let vecs = (c1 - c0).div_ceil(16);
+    let mask = |v: usize| lanes(c0 + 16 * v, c1);
+    let mut sums = vec![_mm512_setzero_ps(); M * vecs];
+    for q0 in (0..pairs).step_by(cols.kc) {
+        let q1 = (q0 + cols.kc).min(pairs);
+        sums.fill(_mm512_setzero_ps());
+        for q in q0..q1 {
+            let lo = b.as_ptr().wrapping_add(rows[2 * q] + col0 + c0);
+            let hi = (2 * q + 1 < k).then(|| b.as_ptr().wrapping_add(rows[2 * q + 1] + col0 + c0));
+            let mut ai = [_mm512_setzero_si512(); M];
+            for (i, ai) in ai.iter_mut().enumerate() {
+                *ai = _mm512_set1_epi32(cols.a[i * pairs + q] as i32);
+            }
+            for v in 0..vecs {
+                let mk = mask(v);
+                // SAFETY: rows `2q` (and `2q + 1`), columns `c0 + 16 v..`
+                // masked to `c1`, are in `b`.
+                let pair = unsafe {
+                    let l = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(
+                        mk,
+                        lo.wrapping_add(16 * v).cast(),
+                    ));
+                    let h = match hi {
+                        Some(hi) => _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(
+                            mk,
+                            hi.wrapping_add(16 * v).cast(),
+                        )),
+                        None => _mm512_setzero_si512(),
+                    };
+                    _mm512_or_si512(l, _mm512_slli_epi32::<16>(h))
+                };
+                for (i, &ai) in ai.iter().enumerate() {
+                    let s = &mut sums[i * vecs + v];
+                    *s = super::x86::bf16_dot(ai, pair, *s);
+                }
+            }
+        }
+        for v in 0..vecs {
+            let acc: [__m512; M] = core::array::from_fn(|i| sums[i * vecs + v]);
+            // SAFETY: the masked columns are this call's.
+            unsafe {
+                store_bf16(
+                    &cols.out,
+                    &acc,
+                    c0 + 16 * v,
+                    mask(v),
+                    (q0 == 0, q1 == pairs),
+                )
+            };
+        }
+    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn row_major<const M: usize>(
-    _: &Columns<'_>,
+    _: &Columns<'_, f32>,
     _: (&[f32], &[usize], usize),
     _: (usize, usize),
 ) {
@@ -427,6 +667,25 @@ unsafe fn row_major<const M: usize>(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn transposed<const M: usize>(_: &Columns<'_>, _: &[f32], _: &[usize], _: usize) {
+unsafe fn transposed<const M: usize>(_: &Columns<'_, f32>, _: (&[f32], &[usize], usize)) {
     unreachable!("no AVX-512 here: `try_product` declines first")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn row_major_bf16<const M: usize>(
+    _: &Columns<'_, u32>,
+    _: (&[u16], &[usize], usize),
+    _: (usize, usize),
+    _: usize,
+) {
+    unreachable!("no AVX512-BF16 here: `try_product` declines first")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn transposed_bf16<const M: usize>(
+    _: &Columns<'_, u32>,
+    _: (&[u16], &[usize], usize),
+    _: usize,
+) {
+    unreachable!("no AVX512-BF16 here: `try_product` declines first")
 }

@@ -1775,81 +1775,110 @@ fn f16_conversions_match_half() {
     }
 }
 
-/// A product of 1-4 rows (the skinny path: `B` read in place) gives the
-/// bits of the same rows computed among more rows (the blocked path), for
-/// a row-major and a transposed `B`, depths across depth blocks and below
-/// one transpose step, widths across strips and tasks, with a bias, added
-/// into an existing result, on 1 and 2 threads; and it is the product.
+/// A product of 1-4 rows (the skinny path: `B` read in place), in `f32`
+/// and `bf16` (with AVX512-BF16), at depths across depth blocks and within
+/// one vector (odd ones too), widths across strips and tasks, with a bias,
+/// on 1 and 2 threads:
+/// - with a row-major `B`, the bits of the same rows computed among more
+///   rows (the blocked path), also when added into a result (`gemm_acc`);
+/// - with a transposed `B` (dot products along the weight's rows), close to
+///   the exact product of the same inputs, and the same bits on 1 and 2
+///   threads.
 #[test]
-fn few_rows_match_the_blocked_rows_bitwise() {
+fn few_rows_read_b_in_place() {
     if !std::arch::is_x86_feature_detected!("avx512f") {
-        eprintln!("few_rows_match_the_blocked_rows_bitwise: no AVX-512F, skipped");
+        eprintln!("few_rows_read_b_in_place: no AVX-512F, skipped");
         return;
     }
     let tall = skinny::MAX_ROWS + 9;
+    let bf16_too = !kernel::bf16_kernels().is_empty();
     for (k, n) in [
         (1, 1),
         (7, 33),
         (9, 64),
+        (33, 7),
         (300, 65),
         (1100, 300),
         (515, 1031),
     ] {
-        let a: Vec<f32> = vals(tall * k, (k + n) as u64)
-            .iter()
-            .map(|&v| v as f32)
-            .collect();
-        let b: Vec<f32> = vals(k * n, (3 * k + n) as u64)
-            .iter()
-            .map(|&v| v as f32)
-            .collect();
-        let bias: Vec<f32> = vals(n, 7).iter().map(|&v| v as f32).collect();
-        for lb in [
-            Layout::contiguous(&[k, n]),
-            Layout::new(&[k, n], &[1, k], 0),
+        let a64 = vals(tall * k, (k + n) as u64);
+        let b64 = vals(k * n, (3 * k + n) as u64);
+        let bias64 = vals(n, 7);
+        let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+        let (a, b, bias) = (f(&a64), f(&b64), f(&bias64));
+        let (ah, ahf) = bf16s(&a64);
+        let (bh, bhf) = bf16s(&b64);
+        let (biash, biashf) = bf16s(&bias64);
+        for (lb, in_place_order) in [
+            (Layout::contiguous(&[k, n]), true),
+            (Layout::new(&[k, n], &[1, k], 0), false),
         ] {
             let la = Layout::contiguous(&[tall, k]);
             let all = gemm_batched_bias(&a, &la, &b, &lb, Some(&bias));
+            let allh = bf16_too.then(|| gemm_batched_bias(&ah, &la, &bh, &lb, Some(&biash)));
             for m in 1..=skinny::MAX_ROWS {
                 let lm = Layout::contiguous(&[m, k]);
-                for threads in [1, 2] {
-                    let got = on_threads(threads, || {
-                        gemm_batched_bias(&a[..m * k], &lm, &b, &lb, Some(&bias))
+                let what = format!("{m} x {k} x {n}, B strides {:?}", lb.strides());
+                let one = on_threads(1, || {
+                    gemm_batched_bias(&a[..m * k], &lm, &b, &lb, Some(&bias))
+                });
+                let two = on_threads(2, || {
+                    gemm_batched_bias(&a[..m * k], &lm, &b, &lb, Some(&bias))
+                });
+                let same =
+                    |x: &[f32], y: &[f32]| x.iter().zip(y).all(|(g, w)| g.to_bits() == w.to_bits());
+                assert!(same(&one, &two), "{what}: 1 and 2 threads");
+                if in_place_order {
+                    assert!(same(&one, &all[..m * n]), "{what}: the tall product's rows");
+                }
+                let mut want = naive(&a64[..m * k], &lm, &b64, &lb);
+                for row in want.chunks_mut(n) {
+                    row.iter_mut().zip(&bias).for_each(|(w, &b)| *w += b as f64);
+                }
+                let got: Vec<f64> = one.iter().map(|&v| v as f64).collect();
+                assert!(max_rel(&got, &want) < 1e-5, "{what}");
+                if let Some(allh) = &allh {
+                    let one = on_threads(1, || {
+                        gemm_batched_bias(&ah[..m * k], &lm, &bh, &lb, Some(&biash))
                     });
-                    assert!(
-                        got.iter()
-                            .zip(&all)
-                            .all(|(g, w)| g.to_bits() == w.to_bits()),
-                        "{m} x {k} x {n}, B strides {:?}, {threads} threads",
-                        lb.strides()
-                    );
+                    let two = on_threads(2, || {
+                        gemm_batched_bias(&ah[..m * k], &lm, &bh, &lb, Some(&biash))
+                    });
+                    let same = |x: &[bf16], y: &[bf16]| {
+                        x.iter().zip(y).all(|(g, w)| g.to_bits() == w.to_bits())
+                    };
+                    assert!(same(&one, &two), "bf16 {what}: 1 and 2 threads");
+                    if in_place_order {
+                        assert!(
+                            same(&one, &allh[..m * n]),
+                            "bf16 {what}: the tall product's rows"
+                        );
+                    }
+                    let (mut want, mag) = reference(&ahf[..m * k], &lm, &bhf, &lb);
+                    for row in want.chunks_mut(n) {
+                        row.iter_mut().zip(&biashf).for_each(|(w, &b)| *w += b);
+                    }
+                    let mag: Vec<f64> = mag
+                        .iter()
+                        .zip(biashf.iter().cycle())
+                        .map(|(m, b)| m + b.abs())
+                        .collect();
+                    assert_bf16_close(&one, &want, &mag, &format!("bf16 {what}"));
                 }
                 // Added into a result (`gemm_acc`): the blocked kernels' `c + Σ`.
                 let (sa, sb) = ((k, 1), (lb.strides()[0], lb.strides()[1]));
-                let mut c: Vec<f32> = vals(m * n, 9).iter().map(|&v| v as f32).collect();
-                let mut tall_c: Vec<f32> = vals(tall * n, 9).iter().map(|&v| v as f32).collect();
-                tall_c[..m * n].copy_from_slice(&c);
+                let c0: Vec<f32> = vals(tall * n, 9).iter().map(|&v| v as f32).collect();
+                let (mut c, mut tall_c) = (c0[..m * n].to_vec(), c0.clone());
                 gemm_acc(m, n, k, &a, sa, &b, sb, &mut c);
                 gemm_acc(tall, n, k, &a, sa, &b, sb, &mut tall_c);
-                assert!(
-                    c.iter()
-                        .zip(&tall_c)
-                        .all(|(g, w)| g.to_bits() == w.to_bits()),
-                    "gemm_acc {m} x {k} x {n}, B strides {:?}",
-                    lb.strides()
-                );
+                if in_place_order {
+                    assert!(same(&c, &tall_c[..m * n]), "gemm_acc {what}");
+                } else {
+                    let c: Vec<f64> = c.iter().map(|&v| v as f64).collect();
+                    let t: Vec<f64> = tall_c[..m * n].iter().map(|&v| v as f64).collect();
+                    assert!(max_rel(&c, &t) < 1e-5, "gemm_acc {what}");
+                }
             }
-            // And the product itself.
-            let a64: Vec<f64> = a.iter().map(|&v| v as f64).collect();
-            let b64: Vec<f64> = b.iter().map(|&v| v as f64).collect();
-            let mut want = naive(&a64[..k], &Layout::contiguous(&[1, k]), &b64, &lb);
-            want.iter_mut()
-                .zip(&bias)
-                .for_each(|(w, &b)| *w += b as f64);
-            let got =
-                gemm_batched_bias(&a[..k], &Layout::contiguous(&[1, k]), &b, &lb, Some(&bias));
-            let got: Vec<f64> = got.iter().map(|&v| v as f64).collect();
-            assert!(max_rel(&got, &want) < 1e-5, "1 x {k} x {n}");
         }
     }
 }

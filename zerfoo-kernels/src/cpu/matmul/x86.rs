@@ -675,7 +675,7 @@ unsafe fn at_one<T: Copy>(a: *const T, off: usize, q: usize) -> T {
 /// `p` must be writable for 16 `u16`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512dq,avx512bf16")]
-unsafe fn bf16_round_store(v: __m512, p: *mut u16) {
+pub(super) unsafe fn bf16_round_store(v: __m512, p: *mut u16) {
     /// `vfpclassps` category: subnormal.
     const SUBNORMAL: i32 = 0x20;
     // SAFETY: the caller's guarantee (16 values).
@@ -754,7 +754,7 @@ fn bf16_set1(v: u32) -> __m512i {
 /// `acc[l] += a[2l] * b[2l] + a[2l + 1] * b[2l + 1]` (`vdpbf16ps`).
 #[inline]
 #[target_feature(enable = "avx512f,avx512dq,avx512bf16")]
-fn bf16_dot(a: __m512i, b: __m512i, acc: __m512) -> __m512 {
+pub(super) fn bf16_dot(a: __m512i, b: __m512i, acc: __m512) -> __m512 {
     // SAFETY: `__m512i` and `__m512bh` are both 64 bytes of plain bits.
     let (a, b) = unsafe {
         (
