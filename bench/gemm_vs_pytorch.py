@@ -117,25 +117,34 @@ def median_mm_gflops(a, b, flops, runs):
     return samples[len(samples) // 2]
 
 
-def step_main(config, quick):
-    """The products of one training step of `config`, zerfoo next to torch.mm."""
-    cmd = GEMM_TABLE + ["--json", "--step", config]
+def rows_beside_torch(mode, config, quick):
+    """`gemm_table --MODE CONFIG`'s rows, each with torch.mm's GFLOP/s on the
+    same operands (same transposed views, same dtype) and its FLOPs."""
+    cmd = GEMM_TABLE + ["--json", f"--{mode}", config]
     if quick:
         cmd.append("--quick")
     out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
-    rows = [json.loads(l[5:]) for l in out.splitlines() if l.startswith("JSON ")]
     runs = 3 if quick else 7
-    print(f"{'product':>10} {'MxKxN':>16} {'t':>2} {'times':>5} {'zerfoo':>8} {'torch':>8} {'z/torch':>7}")
-    totals = {}
-    for r in rows:
-        m, k, n, th = r["m"], r["k"], r["n"], r["threads"]
-        torch.set_num_threads(th)
-        a = torch.rand(k, m).t() if r["ta"] else torch.rand(m, k)
-        b = torch.rand(n, k).t() if r["tb"] else torch.rand(k, n)
+    for line in out.splitlines():
+        if not line.startswith("JSON "):
+            continue
+        r = json.loads(line[5:])
+        m, k, n, dt = r["m"], r["k"], r["n"], r.get("dtype", "f32")
+        torch.set_num_threads(r["threads"])
+        a = (torch.rand(k, m).t() if r["ta"] else torch.rand(m, k)) * 2 - 1
+        b = (torch.rand(n, k).t() if r["tb"] else torch.rand(k, n)) * 2 - 1
+        a, b = a.to(DTYPES[dt]), b.to(DTYPES[dt])
         flops = 2.0 * m * n * k
         torch.mm(a, b)
-        tt = median_mm_gflops(a, b, flops, runs)
-        z = r["zerfoo"]
+        yield r, dt, flops, median_mm_gflops(a, b, flops, runs)
+
+
+def step_main(config, quick):
+    """The products of one training step of `config`, zerfoo next to torch.mm."""
+    print(f"{'product':>10} {'MxKxN':>16} {'t':>2} {'times':>5} {'zerfoo':>8} {'torch':>8} {'z/torch':>7}")
+    totals = {}
+    for r, _, flops, tt in rows_beside_torch("step", config, quick):
+        m, k, n, th, z = r["m"], r["k"], r["n"], r["threads"], r["zerfoo"]
         zt, ttot = totals.get(th, (0.0, 0.0))
         totals[th] = (zt + r["times"] * flops / z / 1e6, ttot + r["times"] * flops / tt / 1e6)
         print(f"{r['kind']:>10} {f'{m}x{k}x{n}':>16} {th:>2} {r['times']:>5} {z:>8.1f} {tt:>8.1f} {z / tt:>7.2f}")
@@ -145,23 +154,10 @@ def step_main(config, quick):
 
 def decode_main(config, quick):
     """The products of one generated token of `config`, zerfoo next to torch.mm."""
-    cmd = GEMM_TABLE + ["--json", "--decode", config]
-    if quick:
-        cmd.append("--quick")
-    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
-    rows = [json.loads(l[5:]) for l in out.splitlines() if l.startswith("JSON ")]
-    runs = 3 if quick else 7
     print(f"{'product':>8} {'MxKxN':>16} {'dtype':>5} {'t':>2} {'times':>5} {'zerfoo':>8} {'torch':>8} {'z/torch':>7}")
     totals = {}
-    for r in rows:
-        m, k, n, th, dt = r["m"], r["k"], r["n"], r["threads"], r["dtype"]
-        torch.set_num_threads(th)
-        a = (torch.rand(m, k) * 2 - 1).to(DTYPES[dt])
-        b = (torch.rand(n, k) * 2 - 1).to(DTYPES[dt]).t()
-        flops = 2.0 * m * n * k
-        torch.mm(a, b)
-        tt = median_mm_gflops(a, b, flops, runs)
-        z = r["zerfoo"]
+    for r, dt, flops, tt in rows_beside_torch("decode", config, quick):
+        m, k, n, th, z = r["m"], r["k"], r["n"], r["threads"], r["zerfoo"]
         zt, ttot = totals.get((th, dt), (0.0, 0.0))
         totals[(th, dt)] = (zt + r["times"] * flops / z / 1e6, ttot + r["times"] * flops / tt / 1e6)
         print(f"{r['kind']:>8} {f'{m}x{k}x{n}':>16} {dt:>5} {th:>2} {r['times']:>5} {z:>8.1f} {tt:>8.1f} {z / tt:>7.2f}")

@@ -268,6 +268,34 @@ fn step_products(
     v
 }
 
+/// GFLOP/s of `A · B` (`m x k` by `k x n`, either operand stored
+/// transposed: `(ta, tb)`) on `pool`, its other workers kept spinning.
+fn time_product<E: FloatDtype>(
+    pool: &rayon::ThreadPool,
+    (m, k, n): (usize, usize, usize),
+    (ta, tb): (bool, bool),
+    runs: usize,
+) -> f64 {
+    let a: Vec<E> = data(m * k, 1);
+    let b: Vec<E> = data(k * n, 2);
+    let la = if ta {
+        Layout::contiguous(&[k, m]).permute(&[1, 0])
+    } else {
+        Layout::contiguous(&[m, k])
+    };
+    let lb = if tb {
+        Layout::contiguous(&[n, k]).permute(&[1, 0])
+    } else {
+        Layout::contiguous(&[k, n])
+    };
+    pool.install(|| {
+        let _warm = WarmWorkers::start();
+        measure(2.0 * (m * n * k) as f64, runs, || {
+            black_box(zgemm(&a, &la, &b, &lb));
+        })
+    })
+}
+
 /// `--step CONFIG`: one row per product of a training step, then the total.
 fn step_table(config: &str, runs: usize, json: bool) {
     let (layers, t, c) = match config {
@@ -287,26 +315,8 @@ fn step_table(config: &str, runs: usize, json: bool) {
             .expect("thread pool");
         let mut total_ms = 0.0;
         for (kind, m, k, n, ta, tb, times) in step_products(layers, t, c) {
-            let a: Vec<f32> = data(m * k, 1);
-            let b: Vec<f32> = data(k * n, 2);
-            let la = if ta {
-                Layout::contiguous(&[k, m]).permute(&[1, 0])
-            } else {
-                Layout::contiguous(&[m, k])
-            };
-            let lb = if tb {
-                Layout::contiguous(&[n, k]).permute(&[1, 0])
-            } else {
-                Layout::contiguous(&[k, n])
-            };
-            let flops = 2.0 * (m * n * k) as f64;
-            let z = pool.install(|| {
-                let _warm = WarmWorkers::start();
-                measure(flops, runs, || {
-                    black_box(zgemm(&a, &la, &b, &lb));
-                })
-            });
-            total_ms += times as f64 * flops / z / 1e6;
+            let z = time_product::<f32>(&pool, (m, k, n), (ta, tb), runs);
+            total_ms += times as f64 * 2.0 * (m * n * k) as f64 / z / 1e6;
             println!(
                 "{kind:>10} {:>16} {threads:>2} {times:>5} {z:>9.1}",
                 format!("{m}x{k}x{n}")
@@ -352,20 +362,8 @@ fn decode_table(config: &str, runs: usize, json: bool) {
             ("proj2", 4 * c, c, layers),
             ("head", c, vocab, 1),
         ] {
-            let a: Vec<E> = data(k, 1);
-            let w: Vec<E> = data(n * k, 2);
-            let (la, lw) = (
-                Layout::contiguous(&[1, k]),
-                Layout::contiguous(&[n, k]).permute(&[1, 0]),
-            );
-            let flops = 2.0 * (n * k) as f64;
-            let z = pool.install(|| {
-                let _warm = WarmWorkers::start();
-                measure(flops, runs, || {
-                    black_box(zgemm(&a, &la, &w, &lw));
-                })
-            });
-            total_ms += times as f64 * flops / z / 1e6;
+            let z = time_product::<E>(&pool, (1, k, n), (false, true), runs);
+            total_ms += times as f64 * 2.0 * (n * k) as f64 / z / 1e6;
             println!(
                 "{kind:>8} {:>16} {dtype:>5} {threads:>2} {times:>5} {z:>9.1}",
                 format!("1x{k}x{n}")

@@ -40,6 +40,19 @@ use crate::{bf16, FloatDtype};
 /// The most rows a product may have to take this path.
 pub(super) const MAX_ROWS: usize = 4;
 
+/// `f::<M>(args)` for the row count `m` (1 to [`MAX_ROWS`]): the kernels
+/// keep each row's sums in registers, so the count is a constant.
+macro_rules! by_rows {
+    ($m:expr, $f:ident($($arg:expr),*)) => {
+        match $m {
+            1 => $f::<1>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            _ => $f::<4>($($arg),*),
+        }
+    };
+}
+
 /// `c = A · B` (`overwrite`) or `c += A · B`, then `+ bias[j]` on every
 /// row, for an `f32` or `bf16` product of at most [`MAX_ROWS`] rows whose
 /// `B` has unit column or unit depth steps, on a CPU with AVX-512F (and
@@ -134,20 +147,10 @@ pub(super) fn try_product<E: FloatDtype, K: Packing<E>>(
             unsafe {
                 if ops.b_unit_n {
                     let at = (b, rows.as_slice(), col0);
-                    match m {
-                        1 => row_major::<1>(&cols, at, (c0, c1)),
-                        2 => row_major::<2>(&cols, at, (c0, c1)),
-                        3 => row_major::<3>(&cols, at, (c0, c1)),
-                        _ => row_major::<4>(&cols, at, (c0, c1)),
-                    }
+                    by_rows!(m, row_major(&cols, at, (c0, c1)))
                 } else {
                     let runs = (b, &starts[c0..c1], c0);
-                    match m {
-                        1 => transposed::<1>(&cols, runs),
-                        2 => transposed::<2>(&cols, runs),
-                        3 => transposed::<3>(&cols, runs),
-                        _ => transposed::<4>(&cols, runs),
-                    }
+                    by_rows!(m, transposed(&cols, runs))
                 }
             }
             done((c0, c1));
@@ -186,20 +189,10 @@ pub(super) fn try_product<E: FloatDtype, K: Packing<E>>(
             unsafe {
                 if ops.b_unit_n {
                     let at = (b, rows.as_slice(), col0);
-                    match m {
-                        1 => row_major_bf16::<1>(&cols, at, (c0, c1), k),
-                        2 => row_major_bf16::<2>(&cols, at, (c0, c1), k),
-                        3 => row_major_bf16::<3>(&cols, at, (c0, c1), k),
-                        _ => row_major_bf16::<4>(&cols, at, (c0, c1), k),
-                    }
+                    by_rows!(m, row_major_bf16(&cols, at, (c0, c1), k))
                 } else {
                     let runs = (b, &starts[c0..c1], c0);
-                    match m {
-                        1 => transposed_bf16::<1>(&cols, runs, k),
-                        2 => transposed_bf16::<2>(&cols, runs, k),
-                        3 => transposed_bf16::<3>(&cols, runs, k),
-                        _ => transposed_bf16::<4>(&cols, runs, k),
-                    }
+                    by_rows!(m, transposed_bf16(&cols, runs, k))
                 }
             }
             done((c0, c1));
@@ -478,11 +471,7 @@ unsafe fn transposed<const M: usize>(
 ) {
     let k = cols.k;
     for s in (0..starts.len()).step_by(4) {
-        // Runs past the end repeat the last one (their sums are not stored).
-        let run: [*const f32; 4] = core::array::from_fn(|x| {
-            // SAFETY: `starts` are in bounds of `b`.
-            unsafe { b.as_ptr().add(starts[(s + x).min(starts.len() - 1)]) }
-        });
+        let run = four_runs(b, starts, s);
         let mut acc = [[_mm512_setzero_ps(); 4]; M];
         for p in (0..k).step_by(16) {
             let mask = lanes(p, k);
@@ -500,13 +489,8 @@ unsafe fn transposed<const M: usize>(
                 }
             }
         }
-        for (i, acc) in acc.iter().enumerate() {
-            for (x, &acc) in acc.iter().enumerate().take(starts.len() - s) {
-                let sum = _mm512_reduce_add_ps(acc);
-                // SAFETY: row `i`, column `c0 + s + x` is this call's.
-                unsafe { store_one(&cols.out, sum, i, c0 + s + x) };
-            }
-        }
+        // SAFETY: columns `c0 + s..` (up to four, inside `starts`) are this call's.
+        unsafe { store_dots(&cols.out, &acc, c0 + s, starts.len() - s) };
     }
 }
 
@@ -527,11 +511,7 @@ unsafe fn transposed_bf16<const M: usize>(
     // Steps of 16 pairs (32 values); the last one masked to `k` values.
     let steps = pairs.div_ceil(16);
     for s in (0..starts.len()).step_by(4) {
-        // Runs past the end repeat the last one (their sums are not stored).
-        let run: [*const u16; 4] = core::array::from_fn(|x| {
-            // SAFETY: `starts` are in bounds of `b`.
-            unsafe { b.as_ptr().add(starts[(s + x).min(starts.len() - 1)]) }
-        });
+        let run = four_runs(b, starts, s);
         let mut acc = [[_mm512_setzero_ps(); 4]; M];
         for t in 0..steps {
             let left = k - 32 * t;
@@ -555,12 +535,35 @@ unsafe fn transposed_bf16<const M: usize>(
                 }
             }
         }
-        for (i, acc) in acc.iter().enumerate() {
-            for (x, &acc) in acc.iter().enumerate().take(starts.len() - s) {
-                let sum = _mm512_reduce_add_ps(acc);
-                // SAFETY: row `i`, column `c0 + s + x` is this call's.
-                unsafe { store_one(&cols.out, sum, i, c0 + s + x) };
-            }
+        // SAFETY: columns `c0 + s..` (up to four, inside `starts`) are this call's.
+        unsafe { store_dots(&cols.out, &acc, c0 + s, starts.len() - s) };
+    }
+}
+
+/// The runs `s..s + 4` of `starts` in `b`; past the end, the last one again
+/// (its sums are not stored).
+#[cfg(target_arch = "x86_64")]
+fn four_runs<T>(b: &[T], starts: &[usize], s: usize) -> [*const T; 4] {
+    core::array::from_fn(|x| b[starts[(s + x).min(starts.len() - 1)]..].as_ptr())
+}
+
+/// Stores the dot products of four runs (columns `j..j + 4`, the first
+/// `count` of them) for each row: each vector's 16 partial sums added up.
+///
+/// # Safety
+/// AVX-512F; as for [`store_one`], for each stored result.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_dots<const M: usize>(
+    out: &Out<'_>,
+    acc: &[[__m512; 4]; M],
+    j: usize,
+    count: usize,
+) {
+    for (i, acc) in acc.iter().enumerate() {
+        for (x, &acc) in acc.iter().enumerate().take(count) {
+            // SAFETY: the caller's guarantee.
+            unsafe { store_one(out, _mm512_reduce_add_ps(acc), i, j + x) };
         }
     }
 }
