@@ -276,30 +276,28 @@ struct Out<'a> {
     round: Option<SyncPtr<u16>>,
 }
 
-/// Adds one depth block's sums `acc` (row `i`, vector `v`: columns `j +
-/// 16 v`, the lanes of `mask[v]`) into the result as the blocked kernels
-/// store: `Σ` on the first block of an overwriting product, else `c + Σ`;
-/// then the bias on the last block.
+/// Adds one depth block's sums `acc` (row `i`: columns `j..j + 16`, the
+/// lanes of `mask`) into the result as the blocked kernels store: `Σ` on
+/// the first block of an overwriting product, else `c + Σ`; then the bias
+/// on the last block.
 ///
 /// # Safety
 /// AVX-512F; the masked lanes are inside row `i < m` of `c` and the bias.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn store<const M: usize, const V: usize>(
+unsafe fn store<const M: usize>(
     out: &Out<'_>,
-    acc: &[[__m512; V]; M],
+    acc: &[__m512; M],
     j: usize,
-    mask: [__mmask16; V],
+    mask: __mmask16,
     (first, last): (bool, bool),
 ) {
-    for (i, acc) in acc.iter().enumerate() {
-        for (v, (&acc, &mask)) in acc.iter().zip(&mask).enumerate() {
-            // SAFETY: the caller's guarantee.
-            unsafe {
-                let p = out.c.get().wrapping_add(i * out.n + j + 16 * v);
-                let sum = block_sum(out, acc, p, j + 16 * v, mask, (first, last));
-                _mm512_mask_storeu_ps(p, mask, sum);
-            }
+    for (i, &acc) in acc.iter().enumerate() {
+        // SAFETY: the caller's guarantee.
+        unsafe {
+            let p = out.c.get().wrapping_add(i * out.n + j);
+            let sum = block_sum(out, acc, p, j, mask, (first, last));
+            _mm512_mask_storeu_ps(p, mask, sum);
         }
     }
 }
@@ -352,9 +350,8 @@ unsafe fn store_bf16<const M: usize>(
     (first, last): (bool, bool),
 ) {
     let Some(round) = out.round.filter(|_| last) else {
-        let acc: [[__m512; 1]; M] = acc.map(|a| [a]);
         // SAFETY: the caller's guarantee.
-        return unsafe { store(out, &acc, j, [mask], (first, last)) };
+        return unsafe { store(out, acc, j, mask, (first, last)) };
     };
     let lanes = mask.count_ones() as usize;
     for (i, &acc) in acc.iter().enumerate() {
@@ -441,12 +438,9 @@ unsafe fn row_major<const M: usize>(
             p += steps;
         }
         for v in 0..vecs {
-            let mut acc = [[_mm512_setzero_ps(); 1]; M];
-            for (i, acc) in acc.iter_mut().enumerate() {
-                acc[0] = sums[i * vecs + v];
-            }
+            let acc: [__m512; M] = core::array::from_fn(|i| sums[i * vecs + v]);
             // SAFETY: the masked columns are this call's, inside `c` and the bias.
-            unsafe { store(&cols.out, &acc, c0 + 16 * v, [mask(v)], (p0 == 0, p1 == k)) };
+            unsafe { store(&cols.out, &acc, c0 + 16 * v, mask(v), (p0 == 0, p1 == k)) };
         }
     }
 }
