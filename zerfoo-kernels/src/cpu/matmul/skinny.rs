@@ -22,10 +22,11 @@
 //!   differ from a taller product's in the last places.
 //!
 //! `bench/gemm_vs_pytorch.py --decode gpt6` (one token through gpt6's
-//! linear layers, Zen 4), ms per token through the blocked path -> here,
-//! and zerfoo / `torch.mm` after: f32 1 thread 2.98 -> 0.88-0.93
-//! (0.95-1.00x), 2 threads 3.65 -> 0.75-0.90 (0.76-0.86x); bf16 1 thread
-//! 6.09 -> 0.57-0.61 (0.67-0.83x), 2 threads 5.04 -> 0.43-0.52 (0.74-0.78x).
+//! linear layers, Zen 4), ms per token through the blocked path -> here
+//! (four runs), and zerfoo / `torch.mm` after: f32 1 thread 2.98 ->
+//! 0.88-1.18 (0.77-1.20x), 2 threads 3.65 -> 0.75-1.01 (0.76-0.99x); bf16
+//! 1 thread 6.09 -> 0.54-0.74 (0.67-0.83x), 2 threads 5.04 -> 0.43-0.76
+//! (0.74-0.87x).
 
 #[cfg(target_arch = "x86_64")]
 use core::arch::x86_64::*;
