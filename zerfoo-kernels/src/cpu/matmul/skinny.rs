@@ -110,14 +110,16 @@ pub(super) fn try_product<E: FloatDtype, K: Packing<E>>(
             _ => None,
         },
     };
-    // `B` as seen from the kernels: row `p` (or column `j`) starts at
-    // `rows[p]` (`starts[j]`); a row-major one's column `j` is `col0 + j` on.
-    let rows: Vec<usize> = ops.b_rows.iter().map(|&r| ops.b_base + r).collect();
-    let starts: Vec<usize> = ops
-        .b_cols
-        .iter()
-        .map(|&j| ops.b_base + ops.b_rows[0] + j)
-        .collect();
+    // `B` as seen from the kernels: a row-major one's row `p` starts at
+    // `rows[p]` (its column `j` is `col0 + j` on), a transposed one's
+    // column `j` at `starts[j]`; only the one the kernels read is made.
+    let (rows, starts): (Vec<usize>, Vec<usize>) = if ops.b_unit_n {
+        let rows = ops.b_rows.iter().map(|&r| ops.b_base + r).collect();
+        (rows, Vec::new())
+    } else {
+        let start = ops.b_base + ops.b_rows[0];
+        (Vec::new(), ops.b_cols.iter().map(|&j| start + j).collect())
+    };
     let col0 = ops.b_cols[0];
     let generic = SyncPtr(c.as_mut_ptr().cast::<E::Acc>());
     let done = |(c0, c1): (usize, usize)| {
