@@ -26,17 +26,17 @@ runs it, and per thread count the step's total in ms for both:
     CONFIG step, T thread(s): zerfoo X ms, torch Y ms, ratio R
 
 `--decode CONFIG` compares the products of one generated token (`gemm_table
---decode`: one row times each layer's transposed weight, f32 and bf16) the
+--decode`: one row times each layer's transposed weight, f32, bf16 and f16) the
 same way:
 
     product MxKxN dtype t times zerfoo torch z/torch
     CONFIG token, T thread(s), DTYPE: zerfoo X ms, torch Y ms, ratio R
 """
 
+import argparse
 import json
 import os
 import subprocess
-import sys
 import time
 
 import torch
@@ -165,13 +165,26 @@ def decode_main(config, quick):
         print(f"{config} token, {th} thread(s), {dt}: zerfoo {zt:.3f} ms, torch {ttot:.3f} ms, ratio {zt / ttot:.2f}")
 
 
+def parse_args():
+    """The command line; an unknown or misspelt option is an error, not a full run."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="fewer, shorter runs")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--only", choices=sorted(DTYPES), help="one dtype's rows of the table")
+    mode.add_argument("--step", choices=["shakespeare", "gpt6"],
+                      help="the f32 products of one training step of that GPT")
+    mode.add_argument("--decode", choices=["gpt6", "wide"],
+                      help="the products of one generated token")
+    return p.parse_args()
+
+
 def main():
-    quick = "--quick" in sys.argv
-    if "--decode" in sys.argv:
-        return decode_main(sys.argv[sys.argv.index("--decode") + 1], quick)
-    if "--step" in sys.argv:
-        return step_main(sys.argv[sys.argv.index("--step") + 1], quick)
-    only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
+    args = parse_args()
+    quick, only = args.quick, args.only
+    if args.decode:
+        return decode_main(args.decode, quick)
+    if args.step:
+        return step_main(args.step, quick)
     runs = 3 if quick else 7
     # Shape by shape: zerfoo's rows, then torch.mm's at once, so each ratio
     # compares runs seconds apart (this machine's clock drifts by 10% and

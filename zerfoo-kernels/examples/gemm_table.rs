@@ -16,7 +16,7 @@
 //!
 //! `--decode CONFIG` measures the products of one generated token (one row
 //! times each linear layer's `Wᵀ`, the weight read transposed in place) in
-//! f32 and bf16: `gpt6` (width 384) or `wide` (width 2048, vocabulary
+//! f32, bf16 and f16: `gpt6` (width 384) or `wide` (width 2048, vocabulary
 //! 32000), one row per product and the token's total.
 //!
 //! On 2 threads the other worker spins for the next product between runs
@@ -332,7 +332,7 @@ fn step_table(config: &str, runs: usize, json: bool) {
 }
 
 /// `--decode CONFIG`: the products of one generated token (`1 x C` times
-/// each layer's transposed weight), f32 and bf16, 1 and 2 threads.
+/// each layer's transposed weight), f32, bf16 and f16, 1 and 2 threads.
 fn decode_table(config: &str, runs: usize, json: bool) {
     let (layers, c, vocab) = match config {
         "gpt6" => (6, 384, 65),
@@ -380,57 +380,74 @@ fn decode_table(config: &str, runs: usize, json: bool) {
         std::thread::sleep(std::time::Duration::from_millis(300));
         let f = rows::<f32>("f32", (layers, c, vocab), threads, runs, json);
         let b = rows::<bf16>("bf16", (layers, c, vocab), threads, runs, json);
-        println!("{config} token, {threads} thread(s): all products f32 {f:.3} ms, bf16 {b:.3} ms");
+        let h = rows::<f16>("f16", (layers, c, vocab), threads, runs, json);
+        println!(
+            "{config} token, {threads} thread(s): all products f32 {f:.3} ms, bf16 {b:.3} ms, f16 {h:.3} ms"
+        );
+    }
+}
+
+/// The command line (an unknown option or value is an error with usage, not a full run).
+#[derive(clap::Parser)]
+#[command(about = "GEMM GFLOP/s: zerfoo next to the `gemm` crate and the measured FMA peak")]
+struct Args {
+    /// Also print each row as one JSON line prefixed `JSON `.
+    #[arg(long)]
+    json: bool,
+    /// Fewer runs per row (3 instead of 7).
+    #[arg(long)]
+    quick: bool,
+    /// Only this dtype's rows.
+    #[arg(long, value_parser = ["f32", "f16", "bf16"])]
+    only: Option<String>,
+    /// One shape `MxKxN` (e.g. 512x384x1536) instead of the list.
+    #[arg(long, value_parser = parse_shape)]
+    shape: Option<(usize, usize, usize)>,
+    /// Print the listed shapes, one `MxKxN` per line, and nothing else.
+    #[arg(long)]
+    list: bool,
+    /// The f32 products of one training step of this GPT configuration.
+    #[arg(long, value_parser = ["shakespeare", "gpt6"], conflicts_with_all = ["decode", "only", "shape", "list"])]
+    step: Option<String>,
+    /// The products of one generated token of this configuration.
+    #[arg(long, value_parser = ["gpt6", "wide"], conflicts_with_all = ["only", "shape", "list"])]
+    decode: Option<String>,
+}
+
+/// `MxKxN` as three sizes.
+fn parse_shape(s: &str) -> Result<(usize, usize, usize), String> {
+    let d: Vec<usize> = s
+        .split('x')
+        .map(|v| v.parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{s}: {e} (expected MxKxN, e.g. 512x384x1536)"))?;
+    match d[..] {
+        [m, k, n] if m > 0 && k > 0 && n > 0 => Ok((m, k, n)),
+        _ => Err(format!(
+            "{s}: expected three positive sizes MxKxN, e.g. 512x384x1536"
+        )),
     }
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let json = args.iter().any(|a| a == "--json");
-    let quick = args.iter().any(|a| a == "--quick");
-    let runs = if quick { 3 } else { 7 };
-    // `--only f32` (or f16, bf16): one dtype.
-    let only = args
-        .iter()
-        .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1))
-        .cloned();
-    let want = |d: &str| only.as_deref().is_none_or(|o| o == d);
-    // `--list`: the shapes, one `MxKxN` per line, and nothing else.
-    if args.iter().any(|a| a == "--list") {
+    let args = <Args as clap::Parser>::parse();
+    let json = args.json;
+    let runs = if args.quick { 3 } else { 7 };
+    let want = |d: &str| args.only.as_deref().is_none_or(|o| o == d);
+    if args.list {
         for (m, k, n) in SHAPES {
             println!("{m}x{k}x{n}");
         }
         return;
     }
-    // `--shape MxKxN`: one shape of the list (or any other).
-    let shapes: Vec<(usize, usize, usize)> = match args
-        .iter()
-        .position(|a| a == "--shape")
-        .and_then(|i| args.get(i + 1))
-    {
-        Some(s) => {
-            let d: Vec<usize> = s
-                .split('x')
-                .map(|v| v.parse().expect("--shape MxKxN: M, K, N are numbers"))
-                .collect();
-            assert!(d.len() == 3, "--shape MxKxN, e.g. 512x384x1536");
-            vec![(d[0], d[1], d[2])]
-        }
+    let shapes: Vec<(usize, usize, usize)> = match args.shape {
+        Some(s) => vec![s],
         None => SHAPES.to_vec(),
     };
-    if let Some(config) = args
-        .iter()
-        .position(|a| a == "--step")
-        .and_then(|i| args.get(i + 1))
-    {
+    if let Some(config) = &args.step {
         return step_table(config, runs, json);
     }
-    if let Some(config) = args
-        .iter()
-        .position(|a| a == "--decode")
-        .and_then(|i| args.get(i + 1))
-    {
+    if let Some(config) = &args.decode {
         return decode_table(config, runs, json);
     }
     let _ = fma_peak_once(1 << 20);

@@ -1,5 +1,6 @@
 //! Products with at most [`MAX_ROWS`] rows (one token's activations times
-//! a weight, as in generation) in `f32` and `bf16`, reading `B` in place.
+//! a weight, as in generation) in `f32`, `f16` and `bf16`, reading `B` in
+//! place.
 //!
 //! For so few rows the blocked path's packing of `B` costs more than the
 //! product: it reads the whole weight, writes it packed and reads it again
@@ -9,11 +10,11 @@
 //!   columns) per depth step, the sums in a buffer of the task's columns.
 //!   The sums are the blocked kernels' own: per depth block (the same
 //!   [`depth_block`] cut) a chain from zero down the depth (fused
-//!   multiply-adds in `f32`, `vdpbf16ps` over pairs in `bf16`), added to
-//!   the result in block order (`c + Σ`, or `Σ` alone where the first block
-//!   overwrites), the column bias after the last block, and for `bf16` the
-//!   kernels' rounding. So the bits equal the blocked path's: the rows do
-//!   not change with the row count.
+//!   multiply-adds in `f32` and in `f16` widened to `f32`, `vdpbf16ps` over
+//!   pairs in `bf16`), added to the result in block order (`c + Σ`, or `Σ`
+//!   alone where the first block overwrites), the column bias after the
+//!   last block, and for `f16` and `bf16` the kernels' rounding. So the bits
+//!   equal the blocked path's: the rows do not change with the row count.
 //! - a transposed one (unit depth stride: a `Linear` weight `[N, K]` read
 //!   as `Wᵀ`, the usual case): dot products along the weight's rows, four
 //!   at a time, 16 partial sums per result added up at the end. The
@@ -36,7 +37,7 @@ use std::any::TypeId;
 use super::pack::Packing;
 use super::{depth_block, Final, Operands, PAR_MACS};
 use crate::cpu::threads::{run_tasks, SyncPtr};
-use crate::{bf16, FloatDtype};
+use crate::{bf16, f16, FloatDtype};
 
 /// The most rows a product may have to take this path.
 pub(super) const MAX_ROWS: usize = 4;
@@ -44,23 +45,23 @@ pub(super) const MAX_ROWS: usize = 4;
 /// `f::<M>(args)` for the row count `m` (1 to [`MAX_ROWS`]): the kernels
 /// keep each row's sums in registers, so the count is a constant.
 macro_rules! by_rows {
-    ($m:expr, $f:ident($($arg:expr),*)) => {
+    ($m:expr, $f:ident$(<$t:ty>)?($($arg:expr),*)) => {
         match $m {
-            1 => $f::<1>($($arg),*),
-            2 => $f::<2>($($arg),*),
-            3 => $f::<3>($($arg),*),
-            _ => $f::<4>($($arg),*),
+            1 => $f::<$($t,)? 1>($($arg),*),
+            2 => $f::<$($t,)? 2>($($arg),*),
+            3 => $f::<$($t,)? 3>($($arg),*),
+            _ => $f::<$($t,)? 4>($($arg),*),
         }
     };
 }
 
 /// `c = A · B` (`overwrite`) or `c += A · B`, then `+ bias[j]` on every
-/// row, for an `f32` or `bf16` product of at most [`MAX_ROWS`] rows whose
-/// `B` has unit column or unit depth steps, on a CPU with AVX-512F (and
-/// AVX512-BF16 for `bf16`, whose last depth block is rounded into the
-/// `Final::Round` output as the `bf16` kernels do); `fin` runs on each
-/// task's columns once they are final. Returns `false` (having done
-/// nothing) for any other product or CPU.
+/// row, for an `f32`, `f16` or `bf16` product of at most [`MAX_ROWS`] rows
+/// whose `B` has unit column or unit depth steps, on a CPU with AVX-512
+/// (F, BW, VL; and AVX512-BF16 for `bf16`). An `f16` or `bf16` product's
+/// last depth block is rounded into the `Final::Round` output as the
+/// kernels round; `fin` runs on each task's columns once they are final.
+/// Returns `false` (having done nothing) for any other product or CPU.
 pub(super) fn try_product<E: FloatDtype, K: Packing<E>>(
     ops: &Operands<'_, E>,
     c: &mut [MaybeUninit<E::Acc>],
@@ -80,12 +81,14 @@ pub(super) fn try_product<E: FloatDtype, K: Packing<E>>(
     }
     // (`bf16` only in pairs: widened to `f32` it sums as `f32` does.)
     let is_f32 = TypeId::of::<E>() == TypeId::of::<f32>() && has_avx512();
+    let is_f16 = TypeId::of::<E>() == TypeId::of::<f16>() && K::GROUP == 1 && has_avx512();
     let is_bf16 = TypeId::of::<E>() == TypeId::of::<bf16>() && K::GROUP == 2 && has_avx512_bf16();
-    // (`f32` results are never rounded; `bf16` ones are never finished.)
+    // (`f32` results are never rounded; 16-bit ones are, by the kernels
+    // here, never finished.)
     let fits = match fin {
-        Final::Keep => is_f32 || is_bf16,
+        Final::Keep => is_f32 || is_f16 || is_bf16,
         Final::Finish(_) => is_f32,
-        Final::Round(_) => is_bf16,
+        Final::Round(_) => is_f16 || is_bf16,
     };
     if !fits {
         return false;
@@ -106,7 +109,8 @@ pub(super) fn try_product<E: FloatDtype, K: Packing<E>>(
         overwrite,
         bias,
         round: match fin {
-            Final::Round(r) => Some(r),
+            Final::Round(r) if is_bf16 => Some((r, Narrow::Bf16)),
+            Final::Round(r) => Some((r, Narrow::F16)),
             _ => None,
         },
     };
@@ -127,37 +131,35 @@ pub(super) fn try_product<E: FloatDtype, K: Packing<E>>(
             finish(generic.get(), (0, m), (c0, c1 - c0));
         }
     };
-    if is_f32 {
-        // SAFETY: `E` is `f32` (same TypeId).
-        let (a, b) = unsafe { (cast::<E, f32>(ops.a), cast::<E, f32>(ops.b)) };
-        // `A` as `m` rows of `k` values, gathered once (a few KiB at most).
+    if is_f32 || is_f16 {
+        // `A` as `m` rows of `k` values in `f32`, gathered once (a few KiB
+        // at most; `f16` widens exactly).
         let a_rows: Vec<f32> = ops
             .a_rows
             .iter()
-            .flat_map(|&r| ops.a_cols.iter().map(move |&q| a[ops.a_base + r + q]))
+            .flat_map(|&r| {
+                ops.a_cols
+                    .iter()
+                    .map(move |&q| ops.a[ops.a_base + r + q].to_f32())
+            })
             .collect();
-        let kc = depth_block::<E, K>(k);
         let cols = Columns {
             a: &a_rows,
             k,
-            kc,
+            kc: depth_block::<E, K>(k),
             out,
         };
-        share_columns(n, m * n * k, threads, |(c0, c1)| {
-            // SAFETY: AVX-512F is present; every element of `B` is in
-            // bounds (asserted above); this task alone writes columns
-            // `c0..c1` of `c`.
-            unsafe {
-                if ops.b_unit_n {
-                    let at = (b, rows.as_slice(), col0);
-                    by_rows!(m, row_major(&cols, at, (c0, c1)))
-                } else {
-                    let runs = (b, &starts[c0..c1], c0);
-                    by_rows!(m, transposed(&cols, runs))
-                }
-            }
-            done((c0, c1));
-        });
+        let b_offsets = if ops.b_unit_n { &rows } else { &starts };
+        let at = (b_offsets.as_slice(), col0);
+        if is_f32 {
+            // SAFETY: `E` is `f32` (same TypeId).
+            let b = unsafe { cast::<E, f32>(ops.b) };
+            widened(&cols, (b, at), ops.b_unit_n, threads, done);
+        } else {
+            // SAFETY: `E` is `f16` (same TypeId).
+            let b = unsafe { cast::<E, f16>(ops.b) };
+            widened(&cols, (b, at), ops.b_unit_n, threads, done);
+        }
     } else {
         // SAFETY: `E` is `bf16`, a `u16` bit pattern (same TypeId).
         let (a, b) = unsafe { (cast::<E, u16>(ops.a), cast::<E, u16>(ops.b)) };
@@ -202,6 +204,34 @@ pub(super) fn try_product<E: FloatDtype, K: Packing<E>>(
         });
     }
     true
+}
+
+/// The product of [`try_product`] for `B` in `f32` or `f16`, summed in
+/// `f32`: `b` with its row offsets (row-major, `by_rows`) or its columns'
+/// run starts (transposed), and the first column; `done` on each task's
+/// columns once they are final.
+fn widened<T: Wide>(
+    cols: &Columns<'_, f32>,
+    (b, (offsets, col0)): (&[T], (&[usize], usize)),
+    by_rows: bool,
+    threads: usize,
+    done: impl Fn((usize, usize)) + Sync,
+) {
+    let (m, n) = (cols.a.len() / cols.k, cols.out.n);
+    share_columns(n, m * n * cols.k, threads, |(c0, c1)| {
+        // SAFETY: AVX-512 (F, BW, VL) is present (`Wide` only for `f32` and
+        // `f16`, taken only where `has_avx512`); every element of `B` is in
+        // bounds (asserted by the caller); this task alone writes columns
+        // `c0..c1` of `c`.
+        unsafe {
+            if by_rows {
+                by_rows!(m, row_major<T>(cols, (b, offsets, col0), (c0, c1)))
+            } else {
+                by_rows!(m, transposed<T>(cols, (b, &offsets[c0..c1], c0)))
+            }
+        }
+        done((c0, c1));
+    });
 }
 
 /// `x` as a slice of `T`.
@@ -249,6 +279,8 @@ fn has_avx512_bf16() -> bool {
 #[cfg(target_arch = "x86_64")]
 fn has_avx512() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -269,23 +301,64 @@ struct Columns<'a, T> {
 /// Where one product's sums go.
 #[derive(Clone, Copy)]
 struct Out<'a> {
-    /// The `[m, n]` result (for `bf16`, the sums of the depth blocks
+    /// The `[m, n]` result (for a rounded one, the sums of the depth blocks
     /// before the last).
     c: SyncPtr<f32>,
     n: usize,
     overwrite: bool,
     bias: Option<&'a [f32]>,
-    /// The `[m, n]` `bf16` output that the last depth block is rounded into.
-    round: Option<SyncPtr<u16>>,
+    /// The `[m, n]` 16-bit output that the last depth block is rounded
+    /// into, and its type.
+    round: Option<(SyncPtr<u16>, Narrow)>,
+}
+
+/// The 16-bit type a product's result is rounded to.
+#[derive(Clone, Copy)]
+enum Narrow {
+    Bf16,
+    F16,
+}
+
+/// A type of `B` that the `f32` sums read 16 values at a time, as `f32`.
+trait Wide: Copy + Sync {
+    /// The lanes of `mask` from the 16 values at `p`, widened (the others
+    /// zero).
+    ///
+    /// # Safety
+    /// AVX-512 (F, BW, VL); the masked lanes are readable.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(mask: __mmask16, p: *const Self) -> __m512;
+}
+
+impl Wide for f32 {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn load16(mask: __mmask16, p: *const f32) -> __m512 {
+        // SAFETY: the caller's guarantee.
+        unsafe { _mm512_maskz_loadu_ps(mask, p) }
+    }
+}
+
+impl Wide for f16 {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[inline]
+    unsafe fn load16(mask: __mmask16, p: *const f16) -> __m512 {
+        // SAFETY: the caller's guarantee (`f16` is its 16 bits).
+        unsafe { _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p.cast())) }
+    }
 }
 
 /// Adds one depth block's sums `acc` (row `i`: columns `j..j + 16`, the
 /// lanes of `mask`) into the result as the blocked kernels store: `Σ` on
 /// the first block of an overwriting product, else `c + Σ`; then the bias
-/// on the last block.
+/// on the last block, which is rounded into the 16-bit output if there is
+/// one (as the kernels round).
 ///
 /// # Safety
-/// AVX-512F; the masked lanes are inside row `i < m` of `c` and the bias.
+/// AVX-512F (and AVX512-BF16 for a `bf16` output); the masked lanes are
+/// inside row `i < m` of `c` and the bias.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn store<const M: usize>(
@@ -295,12 +368,25 @@ unsafe fn store<const M: usize>(
     mask: __mmask16,
     (first, last): (bool, bool),
 ) {
+    let lanes = mask.count_ones() as usize;
     for (i, &acc) in acc.iter().enumerate() {
-        // SAFETY: the caller's guarantee.
+        // SAFETY: the caller's guarantee; rounded lanes are copied into row
+        // `i`, columns `j..j + lanes` of the output.
         unsafe {
             let p = out.c.get().wrapping_add(i * out.n + j);
             let sum = block_sum(out, acc, p, j, mask, (first, last));
-            _mm512_mask_storeu_ps(p, mask, sum);
+            match out.round.filter(|_| last) {
+                None => _mm512_mask_storeu_ps(p, mask, sum),
+                Some((round, narrow)) => {
+                    let mut bits = [0u16; 16];
+                    match narrow {
+                        Narrow::Bf16 => super::x86::bf16_round_store(sum, bits.as_mut_ptr()),
+                        Narrow::F16 => super::x86::f16_round_store(sum, bits.as_mut_ptr()),
+                    }
+                    let to = round.get().add(i * out.n + j);
+                    core::ptr::copy_nonoverlapping(bits.as_ptr(), to, lanes);
+                }
+            }
         }
     }
 }
@@ -338,39 +424,6 @@ unsafe fn block_sum(
     }
 }
 
-/// [`store`] for a `bf16` product: on the last depth block the sums are
-/// rounded into the `bf16` output (if any) as the kernels round them.
-///
-/// # Safety
-/// As for [`store`], and AVX512-BF16 with DQ.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq,avx512bf16")]
-unsafe fn store_bf16<const M: usize>(
-    out: &Out<'_>,
-    acc: &[__m512; M],
-    j: usize,
-    mask: __mmask16,
-    (first, last): (bool, bool),
-) {
-    let Some(round) = out.round.filter(|_| last) else {
-        // SAFETY: the caller's guarantee.
-        return unsafe { store(out, acc, j, mask, (first, last)) };
-    };
-    let lanes = mask.count_ones() as usize;
-    for (i, &acc) in acc.iter().enumerate() {
-        // SAFETY: the caller's guarantee; the rounded lanes are copied into
-        // row `i`, columns `j..j + lanes` of the output.
-        unsafe {
-            let p = out.c.get().wrapping_add(i * out.n + j);
-            let sum = block_sum(out, acc, p, j, mask, (first, last));
-            let mut bits = [0u16; 16];
-            super::x86::bf16_round_store(sum, bits.as_mut_ptr());
-            let to = round.get().add(i * out.n + j);
-            core::ptr::copy_nonoverlapping(bits.as_ptr(), to, lanes);
-        }
-    }
-}
-
 /// The lanes of a vector covering columns `j..j + 16` of `j..end`.
 #[cfg(target_arch = "x86_64")]
 fn lanes(j: usize, end: usize) -> __mmask16 {
@@ -391,13 +444,13 @@ fn lanes(j: usize, end: usize) -> __mmask16 {
 /// hardware prefetchers do not follow.
 ///
 /// # Safety
-/// AVX-512F; `b` holds every row's columns `c0..c1`; only this call writes
-/// those columns of `c`.
+/// AVX-512 (F, BW, VL); `b` holds every row's columns `c0..c1`; only this
+/// call writes those columns of `c`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn row_major<const M: usize>(
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn row_major<T: Wide, const M: usize>(
     cols: &Columns<'_, f32>,
-    (b, rows, col0): (&[f32], &[usize], usize),
+    (b, rows, col0): (&[T], &[usize], usize),
     (c0, c1): (usize, usize),
 ) {
     let k = cols.k;
@@ -412,7 +465,7 @@ unsafe fn row_major<const M: usize>(
         while p < p1 {
             let steps = (p1 - p).min(4);
             // Rows `p..p + steps` of `B` and `A`'s values at those steps.
-            let at: [*const f32; 4] = core::array::from_fn(|q| {
+            let at: [*const T; 4] = core::array::from_fn(|q| {
                 b.as_ptr()
                     .wrapping_add(rows[p + q.min(steps - 1)] + col0 + c0)
             });
@@ -427,7 +480,7 @@ unsafe fn row_major<const M: usize>(
                 let mut bv = [_mm512_setzero_ps(); 4];
                 for (bv, &at) in bv.iter_mut().zip(&at) {
                     // SAFETY: row `p + q`, columns `c0 + 16 v..` masked to `c1`, are in `b`.
-                    *bv = unsafe { _mm512_maskz_loadu_ps(mk, at.wrapping_add(16 * v)) };
+                    *bv = unsafe { T::load16(mk, at.wrapping_add(16 * v)) };
                 }
                 for (i, ai) in ai.iter().enumerate() {
                     let s = &mut sums[i * vecs + v];
@@ -459,12 +512,13 @@ unsafe fn row_major<const M: usize>(
 /// differ from the same rows of a taller product in the last places.
 ///
 /// # Safety
-/// AVX-512F; `b` holds every run; only this call writes those columns of `c`.
+/// AVX-512 (F, BW, VL); `b` holds every run; only this call writes those
+/// columns of `c`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn transposed<const M: usize>(
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn transposed<T: Wide, const M: usize>(
     cols: &Columns<'_, f32>,
-    (b, starts, c0): (&[f32], &[usize], usize),
+    (b, starts, c0): (&[T], &[usize], usize),
 ) {
     let k = cols.k;
     for s in (0..starts.len()).step_by(4) {
@@ -475,7 +529,7 @@ unsafe fn transposed<const M: usize>(
             let mut w = [_mm512_setzero_ps(); 4];
             for (w, &r) in w.iter_mut().zip(&run) {
                 // SAFETY: each run holds `k` values; the mask stops at `k`.
-                *w = unsafe { _mm512_maskz_loadu_ps(mask, r.wrapping_add(p)) };
+                *w = unsafe { T::load16(mask, r.wrapping_add(p)) };
             }
             for (i, acc) in acc.iter_mut().enumerate() {
                 // SAFETY: row `i` of `A` holds `k` values; the mask stops at `k`.
@@ -566,7 +620,7 @@ unsafe fn store_dots<const M: usize>(
 }
 
 /// One result: `sum`, or `c + sum` unless overwriting, plus the bias; into
-/// `c`, or rounded into the `bf16` output if there is one. (One depth
+/// `c`, or rounded into the 16-bit output if there is one. (One depth
 /// block: the dot products sum the whole depth.)
 ///
 /// # Safety
@@ -583,7 +637,10 @@ unsafe fn store_one(out: &Out<'_>, sum: f32, i: usize, j: usize) {
             None => sum,
         };
         match out.round {
-            Some(r) => *r.get().add(i * out.n + j) = super::pack::bf16_round(sum.to_bits()),
+            Some((r, Narrow::Bf16)) => {
+                *r.get().add(i * out.n + j) = super::pack::bf16_round(sum.to_bits())
+            }
+            Some((r, Narrow::F16)) => *r.get().add(i * out.n + j) = f16::from_f32(sum).to_bits(),
             None => *p = sum,
         }
     }
@@ -645,7 +702,7 @@ unsafe fn row_major_bf16<const M: usize>(
             let acc: [__m512; M] = core::array::from_fn(|i| sums[i * vecs + v]);
             // SAFETY: the masked columns are this call's.
             unsafe {
-                store_bf16(
+                store(
                     &cols.out,
                     &acc,
                     c0 + 16 * v,
@@ -658,16 +715,16 @@ unsafe fn row_major_bf16<const M: usize>(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn row_major<const M: usize>(
+unsafe fn row_major<T: Wide, const M: usize>(
     _: &Columns<'_, f32>,
-    _: (&[f32], &[usize], usize),
+    _: (&[T], &[usize], usize),
     _: (usize, usize),
 ) {
     unreachable!("no AVX-512 here: `try_product` declines first")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn transposed<const M: usize>(_: &Columns<'_, f32>, _: (&[f32], &[usize], usize)) {
+unsafe fn transposed<T: Wide, const M: usize>(_: &Columns<'_, f32>, _: (&[T], &[usize], usize)) {
     unreachable!("no AVX-512 here: `try_product` declines first")
 }
 

@@ -859,7 +859,12 @@ fn bf16_exact_sums_round_to_nearest_even_bitwise() {
 
 /// `bf16` inputs and their exact `f64` values.
 fn bf16s(v: &[f64]) -> (Vec<bf16>, Vec<f64>) {
-    let b: Vec<bf16> = v.iter().map(|&x| bf16::from_f64(x)).collect();
+    rounded(v)
+}
+
+/// Inputs rounded to `T` and their exact `f64` values.
+fn rounded<T: FloatDtype>(v: &[f64]) -> (Vec<T>, Vec<f64>) {
+    let b: Vec<T> = v.iter().map(|&x| T::from_f64(x)).collect();
     let f = b.iter().map(|x| x.to_f64()).collect();
     (b, f)
 }
@@ -868,10 +873,21 @@ fn bf16s(v: &[f64]) -> (Vec<bf16>, Vec<f64>) {
 /// rounding (half a `bf16` ulp, at most `2^-8` relative) plus the `f32` summation
 /// error, bounded by `2^-17` of the sum of the products' magnitudes `mag`.
 fn assert_bf16_close(got: &[bf16], want: &[f64], mag: &[f64], what: &str) {
+    assert_rounded_close(got, want, mag, what)
+}
+
+/// [`assert_bf16_close`] for a result in `bf16` or `f16` (half an `f16`
+/// ulp: at most `2^-11` relative, or `2^-25` among its subnormals).
+fn assert_rounded_close<T: FloatDtype>(got: &[T], want: &[f64], mag: &[f64], what: &str) {
+    let (half_ulp, floor) = match T::DTYPE {
+        DType::BF16 => (2f64.powi(-8), 0.0),
+        DType::F16 => (2f64.powi(-11), 2f64.powi(-25)),
+        other => panic!("assert_rounded_close: {other:?} is not a 16-bit float"),
+    };
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, ((g, &w), &m)) in got.iter().zip(want).zip(mag).enumerate() {
         let g = g.to_f64();
-        let tol = w.abs() * 2f64.powi(-8) + m * 2f64.powi(-17);
+        let tol = w.abs() * half_ulp + floor + m * 2f64.powi(-17);
         assert!(
             (g - w).abs() <= tol,
             "{what}: element {i}: got {g}, want {w} (tolerance {tol:e})"
@@ -1775,10 +1791,10 @@ fn f16_conversions_match_half() {
     }
 }
 
-/// A product of 1-4 rows (the skinny path: `B` read in place), in `f32`
-/// and `bf16` (with AVX512-BF16), at depths across depth blocks and within
-/// one vector (odd ones too), widths across strips and tasks, with a bias,
-/// on 1 and 2 threads:
+/// A product of 1-4 rows (the skinny path: `B` read in place), in `f32`,
+/// `f16` and `bf16` (with AVX512-BF16), at depths across depth blocks and
+/// within one vector (odd ones too), widths across strips and tasks, with a
+/// bias, on 1 and 2 threads:
 /// - with a row-major `B`, the bits of the same rows computed among more
 ///   rows (the blocked path), also when added into a result (`gemm_acc`);
 /// - with a transposed `B` (dot products along the weight's rows), close to
@@ -1792,6 +1808,7 @@ fn few_rows_read_b_in_place() {
     }
     let tall = skinny::MAX_ROWS + 9;
     let bf16_too = !kernel::bf16_kernels().is_empty();
+    let avx512bw = std::arch::is_x86_feature_detected!("avx512bw");
     for (k, n) in [
         (1, 1),
         (7, 33),
@@ -1806,16 +1823,18 @@ fn few_rows_read_b_in_place() {
         let bias64 = vals(n, 7);
         let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
         let (a, b, bias) = (f(&a64), f(&b64), f(&bias64));
-        let (ah, ahf) = bf16s(&a64);
-        let (bh, bhf) = bf16s(&b64);
-        let (biash, biashf) = bf16s(&bias64);
         for (lb, in_place_order) in [
             (Layout::contiguous(&[k, n]), true),
             (Layout::new(&[k, n], &[1, k], 0), false),
         ] {
             let la = Layout::contiguous(&[tall, k]);
             let all = gemm_batched_bias(&a, &la, &b, &lb, Some(&bias));
-            let allh = bf16_too.then(|| gemm_batched_bias(&ah, &la, &bh, &lb, Some(&biash)));
+            if bf16_too {
+                few_rows_16::<bf16>((&a64, &b64, &bias64), (k, n), &lb, in_place_order);
+            }
+            if avx512bw {
+                few_rows_16::<f16>((&a64, &b64, &bias64), (k, n), &lb, in_place_order);
+            }
             for m in 1..=skinny::MAX_ROWS {
                 let lm = Layout::contiguous(&[m, k]);
                 let what = format!("{m} x {k} x {n}, B strides {:?}", lb.strides());
@@ -1837,34 +1856,6 @@ fn few_rows_read_b_in_place() {
                 }
                 let got: Vec<f64> = one.iter().map(|&v| v as f64).collect();
                 assert!(max_rel(&got, &want) < 1e-5, "{what}");
-                if let Some(allh) = &allh {
-                    let one = on_threads(1, || {
-                        gemm_batched_bias(&ah[..m * k], &lm, &bh, &lb, Some(&biash))
-                    });
-                    let two = on_threads(2, || {
-                        gemm_batched_bias(&ah[..m * k], &lm, &bh, &lb, Some(&biash))
-                    });
-                    let same = |x: &[bf16], y: &[bf16]| {
-                        x.iter().zip(y).all(|(g, w)| g.to_bits() == w.to_bits())
-                    };
-                    assert!(same(&one, &two), "bf16 {what}: 1 and 2 threads");
-                    if in_place_order {
-                        assert!(
-                            same(&one, &allh[..m * n]),
-                            "bf16 {what}: the tall product's rows"
-                        );
-                    }
-                    let (mut want, mag) = reference(&ahf[..m * k], &lm, &bhf, &lb);
-                    for row in want.chunks_mut(n) {
-                        row.iter_mut().zip(&biashf).for_each(|(w, &b)| *w += b);
-                    }
-                    let mag: Vec<f64> = mag
-                        .iter()
-                        .zip(biashf.iter().cycle())
-                        .map(|(m, b)| m + b.abs())
-                        .collect();
-                    assert_bf16_close(&one, &want, &mag, &format!("bf16 {what}"));
-                }
                 // Added into a result (`gemm_acc`): the blocked kernels' `c + Σ`.
                 let (sa, sb) = ((k, 1), (lb.strides()[0], lb.strides()[1]));
                 let c0: Vec<f32> = vals(tall * n, 9).iter().map(|&v| v as f32).collect();
@@ -1880,5 +1871,57 @@ fn few_rows_read_b_in_place() {
                 }
             }
         }
+    }
+}
+
+/// [`few_rows_read_b_in_place`] for a 16-bit `T` (`bf16` or `f16`): the
+/// `(A, B, bias)` values (`A` with [`skinny::MAX_ROWS`] + 9 rows of `k`)
+/// rounded to `T`, `B` `[k, n]` through `lb`; the tall product's bits where
+/// the path keeps the blocked order (`in_place_order`), else close to the
+/// exact product; the same bits on 1 and 2 threads.
+fn few_rows_16<T: FloatDtype>(
+    (a64, b64, bias64): (&[f64], &[f64], &[f64]),
+    (k, n): (usize, usize),
+    lb: &Layout,
+    in_place_order: bool,
+) {
+    let tall = skinny::MAX_ROWS + 9;
+    let (a, af) = rounded::<T>(a64);
+    let (b, bf) = rounded::<T>(b64);
+    let (bias, biasf) = rounded::<T>(bias64);
+    let all = gemm_batched_bias(&a, &Layout::contiguous(&[tall, k]), &b, lb, Some(&bias));
+    // (Widening to `f64` is exact and keeps every bit of a non-NaN value.)
+    let same = |x: &[T], y: &[T]| {
+        x.iter()
+            .zip(y)
+            .all(|(g, w)| g.to_f64().to_bits() == w.to_f64().to_bits())
+    };
+    for m in 1..=skinny::MAX_ROWS {
+        let lm = Layout::contiguous(&[m, k]);
+        let what = format!(
+            "{:?} {m} x {k} x {n}, B strides {:?}",
+            T::DTYPE,
+            lb.strides()
+        );
+        let one = on_threads(1, || {
+            gemm_batched_bias(&a[..m * k], &lm, &b, lb, Some(&bias))
+        });
+        let two = on_threads(2, || {
+            gemm_batched_bias(&a[..m * k], &lm, &b, lb, Some(&bias))
+        });
+        assert!(same(&one, &two), "{what}: 1 and 2 threads");
+        if in_place_order {
+            assert!(same(&one, &all[..m * n]), "{what}: the tall product's rows");
+        }
+        let (mut want, mag) = reference(&af[..m * k], &lm, &bf, lb);
+        for row in want.chunks_mut(n) {
+            row.iter_mut().zip(&biasf).for_each(|(w, &b)| *w += b);
+        }
+        let mag: Vec<f64> = mag
+            .iter()
+            .zip(biasf.iter().cycle())
+            .map(|(m, b)| m + b.abs())
+            .collect();
+        assert_rounded_close(&one, &want, &mag, &what);
     }
 }

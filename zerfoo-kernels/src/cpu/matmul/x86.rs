@@ -716,7 +716,7 @@ unsafe fn bf16_round_store_exact(v: __m512, p: *mut u16) {
 /// `p` must be writable for 16 `u16`.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn f16_round_store(v: __m512, p: *mut u16) {
+pub(super) unsafe fn f16_round_store(v: __m512, p: *mut u16) {
     const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
     // SAFETY: the caller's guarantee (unaligned store of 32 bytes).
     unsafe { _mm256_storeu_si256(p.cast(), _mm512_cvtps_ph::<NEAREST>(v)) };
