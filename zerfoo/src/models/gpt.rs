@@ -451,6 +451,9 @@ impl<E: FloatDtype, D: Backend> Gpt<E, D> {
         let mut seq = prompt.to_vec();
         let mut cache: KvCache<E, D> = self.h.new_cache();
         let mut start = 0usize;
+        // A token is many small kernels with serial work between them: the
+        // other workers spin for the next one instead of sleeping.
+        let _warm = crate::WarmWorkers::start();
         for step in 0..max_new_tokens {
             let logits = if use_cache {
                 if seq.len() - start > block {

@@ -101,6 +101,17 @@ const SPLIT_DEPTH_ROWS: usize = 32;
 /// Below this many multiply-adds in total a product runs on the calling thread.
 pub const PAR_MACS: usize = 1 << 20;
 
+/// The fewest multiply-adds that a product of `m` rows splits among threads:
+/// [`PAR_MACS`], or [`skinny::PAR_MACS`] for the few rows that read `B` in
+/// place.
+fn par_macs(m: usize) -> usize {
+    if m <= skinny::MAX_ROWS {
+        skinny::PAR_MACS
+    } else {
+        PAR_MACS
+    }
+}
+
 /// `A · B` for 2-D layouts: `la` is `[M, K]`, `lb` is `[K, N]`, any strides.
 /// Returns the `[M, N]` product, contiguous row-major.
 ///
@@ -291,11 +302,11 @@ fn gemm_batched_bias_with<E: FloatDtype, K: Packing<E>>(
         );
         product::<E, K>(&ops, out, threads, bias, kern, None);
     };
-    if macs * batch < PAR_MACS || threads == 1 {
+    if macs * batch < par_macs(m) || threads == 1 {
         for (bi, o) in out.chunks_exact_mut(m * n).enumerate() {
             one(bi, o, 1);
         }
-    } else if batch > 1 && (macs < PAR_MACS || batch >= threads) {
+    } else if batch > 1 && (macs < par_macs(m) || batch >= threads) {
         for_each_chunk_mut(out, m * n, |(bi, o)| one(bi, o, 1));
     } else {
         for (bi, o) in out.chunks_exact_mut(m * n).enumerate() {
@@ -308,13 +319,13 @@ fn gemm_batched_bias_with<E: FloatDtype, K: Packing<E>>(
 }
 
 /// Largest result (`M x N` values) that [`small_in_place`] computes whatever
-/// its depth (below [`PAR_MACS`] in all), and largest product
+/// its depth (below [`par_macs`] in all), and largest product
 /// (multiply-adds) it computes whatever its shape.
 const SMALL_MAX_MN: usize = 4096;
 const SMALL_MAX_MACS: usize = 1 << 18;
 
 /// A small `f32` product (each item up to [`SMALL_MAX_MN`] results or
-/// [`SMALL_MAX_MACS`] multiply-adds, fewer than [`PAR_MACS`] in all) with
+/// [`SMALL_MAX_MACS`] multiply-adds, fewer than [`par_macs`] in all) with
 /// a row-major `B`, through the in-place AVX-512 tiles of [`direct`]: no
 /// offset tables, no packing, no scratch. For so few rows packing `B` does
 /// not pay (1 thread: 64 x 64 x 32 87 -> 142 GFLOP/s, 32 x 32 x 32 53 ->
@@ -337,7 +348,7 @@ fn small_in_place<E: FloatDtype>(
     if batch * m * n * k == 0
         || p.sbn != 1
         || !(m * n <= SMALL_MAX_MN || m * n * k <= SMALL_MAX_MACS)
-        || batch * m * n * k >= PAR_MACS
+        || batch * m * n * k >= par_macs(m)
     {
         return None;
     }
@@ -402,7 +413,7 @@ fn product_vec<E: FloatDtype, K: Packing<E>>(
     finish: Option<Finish<'_, E::Acc>>,
 ) -> Vec<E> {
     let (m, n, k) = (ops.a_rows.len(), ops.b_cols.len(), ops.a_cols.len());
-    let threads = if m * n * k >= PAR_MACS {
+    let threads = if m * n * k >= par_macs(m) {
         rayon::current_num_threads()
     } else {
         1
