@@ -204,6 +204,24 @@ impl<E: FloatDtype> Gpt<E> {
     /// `N(0, 0.02²)`, residual projections (`o_proj`, `fc2`)
     /// `N(0, (0.02/√(2·layers))²)`, biases zero, norms at ones and zeros.
     pub fn try_new(config: GptConfig, seed: u64) -> Result<Self> {
+        let mut gpt = Self::try_new_modules(config, seed)?;
+        let c = gpt.config;
+        gpt.visit_params_mut(
+            "",
+            &mut NanoInit {
+                std: 0.02,
+                proj_std: 0.02 / (2.0 * c.layers as f64).sqrt(),
+                seed,
+                count: 0,
+            },
+        );
+        Ok(gpt)
+    }
+
+    /// The model's modules with their own initialization (which
+    /// [`try_new`](Self::try_new) then replaces with nanoGPT's, and loading
+    /// a checkpoint with the file's values): `config` checked.
+    fn try_new_modules(config: GptConfig, seed: u64) -> Result<Self> {
         let c = config;
         if c.vocab == 0 || c.block == 0 || c.layers == 0 || c.heads == 0 || c.width == 0 {
             return Err(invalid(format!("every size must be positive: {c:?}")));
@@ -223,7 +241,7 @@ impl<E: FloatDtype> Gpt<E> {
         let attn = AttentionConfig::default().causal(true).bias(c.bias);
         let block = BlockConfig::new(attn).mlp_bias(c.bias).norm_bias(c.bias);
         let (d, h) = (Dyn(c.width), Dyn(c.heads));
-        let mut gpt = Gpt {
+        Ok(Gpt {
             wte: Embedding::new(Dyn(c.vocab), d, rng::bits(seed, 1)),
             wpe: LearnedPositions::new(Dyn(c.block), d, rng::bits(seed, 2)),
             h: Encoder::try_new(
@@ -237,17 +255,7 @@ impl<E: FloatDtype> Gpt<E> {
                 rng::bits(seed, 3),
             )?,
             config: c,
-        };
-        gpt.visit_params_mut(
-            "",
-            &mut NanoInit {
-                std: 0.02,
-                proj_std: 0.02 / (2.0 * c.layers as f64).sqrt(),
-                seed,
-                count: 0,
-            },
-        );
-        Ok(gpt)
+        })
     }
 
     /// Panicking twin of [`try_new`](Self::try_new).
@@ -488,7 +496,9 @@ impl<E: FloatDtype> Gpt<E> {
             what: dir.display().to_string(),
             reason: "the checkpoint has no config.json".into(),
         })?;
-        let mut model = Gpt::try_new(GptConfig::from_json(&config)?, 0)?;
+        // (Loading is strict: every parameter is read from the file, so
+        // nanoGPT's initialization would be drawn for nothing.)
+        let mut model = Gpt::try_new_modules(GptConfig::from_json(&config)?, 0)?;
         crate::io::load(&mut model, dir.join(MODEL_FILE))?;
         Ok(model)
     }
