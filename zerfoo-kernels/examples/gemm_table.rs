@@ -296,13 +296,39 @@ fn time_product<E: FloatDtype>(
     })
 }
 
+/// A GPT whose training step `--step` measures.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StepConfig {
+    /// 4 layers, width 128, 12 x 64 tokens per step.
+    Shakespeare,
+    /// 6 layers, width 384, 8 x 256 tokens per step.
+    Gpt6,
+}
+
+/// A GPT whose generated token `--decode` measures.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DecodeConfig {
+    /// 6 layers, width 384, vocabulary 65.
+    Gpt6,
+    /// 1 layer, width 2048, vocabulary 32000 (weights from memory).
+    Wide,
+}
+
+/// A configuration's name, as given on the command line.
+fn name(config: impl clap::ValueEnum) -> String {
+    let value = config
+        .to_possible_value()
+        .expect("no configuration is hidden");
+    value.get_name().to_string()
+}
+
 /// `--step CONFIG`: one row per product of a training step, then the total.
-fn step_table(config: &str, runs: usize, json: bool) {
+fn step_table(config: StepConfig, runs: usize, json: bool) {
     let (layers, t, c) = match config {
-        "shakespeare" => (4, 12 * 64, 128),
-        "gpt6" => (6, 8 * 256, 384),
-        other => panic!("--step: unknown configuration {other} (shakespeare or gpt6)"),
+        StepConfig::Shakespeare => (4, 12 * 64, 128),
+        StepConfig::Gpt6 => (6, 8 * 256, 384),
     };
+    let config = name(config);
     println!(
         "{:>10} {:>16} {:>2} {:>5} {:>9}",
         "product", "MxKxN", "t", "times", "zerfoo"
@@ -333,12 +359,12 @@ fn step_table(config: &str, runs: usize, json: bool) {
 
 /// `--decode CONFIG`: the products of one generated token (`1 x C` times
 /// each layer's transposed weight), f32, bf16 and f16, 1 and 2 threads.
-fn decode_table(config: &str, runs: usize, json: bool) {
+fn decode_table(config: DecodeConfig, runs: usize, json: bool) {
     let (layers, c, vocab) = match config {
-        "gpt6" => (6, 384, 65),
-        "wide" => (1, 2048, 32000),
-        other => panic!("--decode: unknown configuration {other} (gpt6 or wide)"),
+        DecodeConfig::Gpt6 => (6, 384, 65),
+        DecodeConfig::Wide => (1, 2048, 32000),
     };
+    let config = name(config);
     println!(
         "{:>8} {:>16} {:>5} {:>2} {:>5} {:>9}",
         "product", "MxKxN", "dtype", "t", "times", "zerfoo"
@@ -407,11 +433,11 @@ struct Args {
     #[arg(long)]
     list: bool,
     /// The f32 products of one training step of this GPT configuration.
-    #[arg(long, value_parser = ["shakespeare", "gpt6"], conflicts_with_all = ["decode", "only", "shape", "list"])]
-    step: Option<String>,
+    #[arg(long, value_enum, conflicts_with_all = ["decode", "only", "shape", "list"])]
+    step: Option<StepConfig>,
     /// The products of one generated token of this configuration.
-    #[arg(long, value_parser = ["gpt6", "wide"], conflicts_with_all = ["only", "shape", "list"])]
-    decode: Option<String>,
+    #[arg(long, value_enum, conflicts_with_all = ["only", "shape", "list"])]
+    decode: Option<DecodeConfig>,
 }
 
 /// `MxKxN` as three sizes.
@@ -444,10 +470,10 @@ fn main() {
         Some(s) => vec![s],
         None => SHAPES.to_vec(),
     };
-    if let Some(config) = &args.step {
+    if let Some(config) = args.step {
         return step_table(config, runs, json);
     }
-    if let Some(config) = &args.decode {
+    if let Some(config) = args.decode {
         return decode_table(config, runs, json);
     }
     let _ = fma_peak_once(1 << 20);

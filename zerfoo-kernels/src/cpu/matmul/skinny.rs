@@ -124,14 +124,13 @@ pub(super) fn try_product<E: FloatDtype, K: Packing<E>>(
         },
     };
     // `B` as seen from the kernels: a row-major one's row `p` starts at
-    // `rows[p]` (its column `j` is `col0 + j` on), a transposed one's
-    // column `j` at `starts[j]`; only the one the kernels read is made.
-    let (rows, starts): (Vec<usize>, Vec<usize>) = if ops.b_unit_n {
-        let rows = ops.b_rows.iter().map(|&r| ops.b_base + r).collect();
-        (rows, Vec::new())
+    // `offsets[p]` (its column `j` is `col0 + j` on), a transposed one's
+    // column `j` at `offsets[j]`.
+    let offsets: Vec<usize> = if ops.b_unit_n {
+        ops.b_rows.iter().map(|&r| ops.b_base + r).collect()
     } else {
         let start = ops.b_base + ops.b_rows[0];
-        (Vec::new(), ops.b_cols.iter().map(|&j| start + j).collect())
+        ops.b_cols.iter().map(|&j| start + j).collect()
     };
     let col0 = ops.b_cols[0];
     let generic = SyncPtr(c.as_mut_ptr().cast::<E::Acc>());
@@ -158,8 +157,7 @@ pub(super) fn try_product<E: FloatDtype, K: Packing<E>>(
             kc: depth_block::<E, K>(k),
             out,
         };
-        let b_offsets = if ops.b_unit_n { &rows } else { &starts };
-        let at = (b_offsets.as_slice(), col0);
+        let at = (offsets.as_slice(), col0);
         if is_f32 {
             // SAFETY: `E` is `f32` (same TypeId).
             let b = unsafe { cast::<E, f32>(ops.b) };
@@ -202,10 +200,10 @@ pub(super) fn try_product<E: FloatDtype, K: Packing<E>>(
             // writes columns `c0..c1` of `c` and of the rounded output.
             unsafe {
                 if ops.b_unit_n {
-                    let at = (b, rows.as_slice(), col0);
+                    let at = (b, offsets.as_slice(), col0);
                     by_rows!(m, row_major_bf16(&cols, at, (c0, c1), k))
                 } else {
-                    let runs = (b, &starts[c0..c1], c0);
+                    let runs = (b, &offsets[c0..c1], c0);
                     by_rows!(m, transposed_bf16(&cols, runs, k))
                 }
             }

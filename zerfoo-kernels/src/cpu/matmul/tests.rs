@@ -876,13 +876,15 @@ fn assert_bf16_close(got: &[bf16], want: &[f64], mag: &[f64], what: &str) {
     assert_rounded_close(got, want, mag, what)
 }
 
-/// [`assert_bf16_close`] for a result in `bf16` or `f16` (half an `f16`
-/// ulp: at most `2^-11` relative, or `2^-25` among its subnormals).
+/// [`assert_bf16_close`] for a result in `bf16`, `f16` (half an `f16`
+/// ulp: at most `2^-11` relative, or `2^-25` among its subnormals) or
+/// `f32` (the summation error alone).
 fn assert_rounded_close<T: FloatDtype>(got: &[T], want: &[f64], mag: &[f64], what: &str) {
     let (half_ulp, floor) = match T::DTYPE {
         DType::BF16 => (2f64.powi(-8), 0.0),
         DType::F16 => (2f64.powi(-11), 2f64.powi(-25)),
-        other => panic!("assert_rounded_close: {other:?} is not a 16-bit float"),
+        DType::F32 => (0.0, 0.0),
+        other => panic!("assert_rounded_close: {other:?} sums in f64"),
     };
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, ((g, &w), &m)) in got.iter().zip(want).zip(mag).enumerate() {
@@ -1821,65 +1823,50 @@ fn few_rows_read_b_in_place() {
         let a64 = vals(tall * k, (k + n) as u64);
         let b64 = vals(k * n, (3 * k + n) as u64);
         let bias64 = vals(n, 7);
-        let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
-        let (a, b, bias) = (f(&a64), f(&b64), f(&bias64));
         for (lb, in_place_order) in [
             (Layout::contiguous(&[k, n]), true),
             (Layout::new(&[k, n], &[1, k], 0), false),
         ] {
-            let la = Layout::contiguous(&[tall, k]);
-            let all = gemm_batched_bias(&a, &la, &b, &lb, Some(&bias));
+            let values = (a64.as_slice(), b64.as_slice(), bias64.as_slice());
+            few_rows_of::<f32>(values, (k, n), &lb, in_place_order);
             if bf16_too {
-                few_rows_16::<bf16>((&a64, &b64, &bias64), (k, n), &lb, in_place_order);
+                few_rows_of::<bf16>(values, (k, n), &lb, in_place_order);
             }
             if avx512bw {
-                few_rows_16::<f16>((&a64, &b64, &bias64), (k, n), &lb, in_place_order);
+                few_rows_of::<f16>(values, (k, n), &lb, in_place_order);
             }
+            // Added into a result (`gemm_acc`, `f32`): the blocked kernels' `c + Σ`.
+            let (a, b) = (rounded::<f32>(&a64).0, rounded::<f32>(&b64).0);
+            let (sa, sb) = ((k, 1), (lb.strides()[0], lb.strides()[1]));
+            let c0: Vec<f32> = vals(tall * n, 9).iter().map(|&v| v as f32).collect();
             for m in 1..=skinny::MAX_ROWS {
-                let lm = Layout::contiguous(&[m, k]);
-                let what = format!("{m} x {k} x {n}, B strides {:?}", lb.strides());
-                let one = on_threads(1, || {
-                    gemm_batched_bias(&a[..m * k], &lm, &b, &lb, Some(&bias))
-                });
-                let two = on_threads(2, || {
-                    gemm_batched_bias(&a[..m * k], &lm, &b, &lb, Some(&bias))
-                });
-                let same =
-                    |x: &[f32], y: &[f32]| x.iter().zip(y).all(|(g, w)| g.to_bits() == w.to_bits());
-                assert!(same(&one, &two), "{what}: 1 and 2 threads");
-                if in_place_order {
-                    assert!(same(&one, &all[..m * n]), "{what}: the tall product's rows");
-                }
-                let mut want = naive(&a64[..m * k], &lm, &b64, &lb);
-                for row in want.chunks_mut(n) {
-                    row.iter_mut().zip(&bias).for_each(|(w, &b)| *w += b as f64);
-                }
-                let got: Vec<f64> = one.iter().map(|&v| v as f64).collect();
-                assert!(max_rel(&got, &want) < 1e-5, "{what}");
-                // Added into a result (`gemm_acc`): the blocked kernels' `c + Σ`.
-                let (sa, sb) = ((k, 1), (lb.strides()[0], lb.strides()[1]));
-                let c0: Vec<f32> = vals(tall * n, 9).iter().map(|&v| v as f32).collect();
+                let what = format!("gemm_acc {m} x {k} x {n}, B strides {:?}", lb.strides());
                 let (mut c, mut tall_c) = (c0[..m * n].to_vec(), c0.clone());
                 gemm_acc(m, n, k, &a, sa, &b, sb, &mut c);
                 gemm_acc(tall, n, k, &a, sa, &b, sb, &mut tall_c);
                 if in_place_order {
-                    assert!(same(&c, &tall_c[..m * n]), "gemm_acc {what}");
+                    let same = c
+                        .iter()
+                        .zip(&tall_c)
+                        .all(|(g, w)| g.to_bits() == w.to_bits());
+                    assert!(same, "{what}");
                 } else {
                     let c: Vec<f64> = c.iter().map(|&v| v as f64).collect();
                     let t: Vec<f64> = tall_c[..m * n].iter().map(|&v| v as f64).collect();
-                    assert!(max_rel(&c, &t) < 1e-5, "gemm_acc {what}");
+                    assert!(max_rel(&c, &t) < 1e-5, "{what}");
                 }
             }
         }
     }
 }
 
-/// [`few_rows_read_b_in_place`] for a 16-bit `T` (`bf16` or `f16`): the
+/// [`few_rows_read_b_in_place`] for one `T` (`f32`, `bf16` or `f16`): the
 /// `(A, B, bias)` values (`A` with [`skinny::MAX_ROWS`] + 9 rows of `k`)
-/// rounded to `T`, `B` `[k, n]` through `lb`; the tall product's bits where
-/// the path keeps the blocked order (`in_place_order`), else close to the
-/// exact product; the same bits on 1 and 2 threads.
-fn few_rows_16<T: FloatDtype>(
+/// rounded to `T`, `B` `[k, n]` through `lb`. Each of 1-4 rows: the same
+/// bits on 1 and 2 threads; the tall product's bits where the path keeps
+/// the blocked order (`in_place_order`); close to the exact product of the
+/// rounded inputs.
+fn few_rows_of<T: FloatDtype>(
     (a64, b64, bias64): (&[f64], &[f64], &[f64]),
     (k, n): (usize, usize),
     lb: &Layout,
