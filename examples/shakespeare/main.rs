@@ -9,6 +9,8 @@
 //! cargo run --release --features cuda --example shakespeare -- --device cuda --dtype bf16
 //! # ... and where the GPU's time goes, per kernel
 //! ZERFOO_CUDA_PROFILE=1 cargo run --release --features cuda --example shakespeare -- --device cuda --max-iters 20
+//! # where the CPU's time goes, per kernel and product shape
+//! ZERFOO_PROFILE=1 cargo run --release --example shakespeare -- --max-iters 20
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -157,6 +159,10 @@ fn main() {
     if let Err(e) = run(args) {
         eprintln!("error: {e}");
         std::process::exit(1);
+    }
+    // ZERFOO_PROFILE=1: where the CPU's time went
+    if let Some(table) = zerfoo::profile::report() {
+        println!("{table}");
     }
 }
 

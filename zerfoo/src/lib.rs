@@ -40,6 +40,7 @@ pub use error::{Error, Result};
 pub use tensor::Tensor;
 pub use typenum;
 pub use zerfoo_kernels as kernels;
+pub use zerfoo_kernels::cpu::profile;
 pub use zerfoo_kernels::cpu::WarmWorkers;
 pub use zerfoo_kernels::{Backend, Cpu, Device};
 

@@ -13,6 +13,7 @@ pub mod mask;
 pub mod matmul;
 pub mod norm;
 pub mod optim;
+pub mod profile;
 pub mod reduce;
 pub mod rotary;
 pub mod shape;

@@ -337,6 +337,14 @@ impl QueuedUpdate {
 /// assert!(p.iter().all(|&x| (x - 0.9).abs() < 1e-6));
 /// ```
 pub fn run_updates(updates: &[QueuedUpdate]) {
+    super::profile::time(
+        || "optim/update (queued parameters, one pass)".into(),
+        || run_updates_untimed(updates),
+    )
+}
+
+/// [`run_updates`] without the profile's timing.
+fn run_updates_untimed(updates: &[QueuedUpdate]) {
     let pieces: Vec<(usize, usize)> = updates
         .iter()
         .enumerate()
@@ -419,6 +427,14 @@ impl<'a> QueuedSumSquares<'a> {
 /// assert_eq!(total, 0.0 + sum_squares(&a) + sum_squares(&b));
 /// ```
 pub fn run_sum_squares(queued: &[QueuedSumSquares<'_>]) -> f64 {
+    super::profile::time(
+        || "optim/sum_squares (queued gradients, one pass)".into(),
+        || run_sum_squares_untimed(queued),
+    )
+}
+
+/// [`run_sum_squares`] without the profile's timing.
+fn run_sum_squares_untimed(queued: &[QueuedSumSquares<'_>]) -> f64 {
     let pieces: Vec<(usize, usize)> = queued
         .iter()
         .enumerate()

@@ -4,6 +4,7 @@
 
 use super::{Cpu, Device, DeviceError, ShapeKernels};
 use crate::cpu::attention::{AttnMask, HeadsOrder};
+use crate::cpu::profile;
 use crate::{FloatDtype, Layout};
 
 /// The gradients of `q`, `k` and `v`.
@@ -98,9 +99,14 @@ impl AttentionKernels for Cpu {
         scale: f64,
         order: HeadsOrder,
     ) -> Result<(Vec<E>, Vec<E::Acc>), DeviceError> {
-        Ok(crate::cpu::attention::attention_forward(
-            q, ql, k, kl, v, vl, mask, scale, order,
-        ))
+        profile::time(
+            || profile::name("attention/forward", E::DTYPE),
+            || {
+                Ok(crate::cpu::attention::attention_forward(
+                    q, ql, k, kl, v, vl, mask, scale, order,
+                ))
+            },
+        )
     }
 
     fn attention_backward<E: FloatDtype>(
@@ -119,9 +125,14 @@ impl AttentionKernels for Cpu {
         scale: f64,
         order: HeadsOrder,
     ) -> Result<AttentionGrads<Vec<E>>, DeviceError> {
-        Ok(crate::cpu::attention::attention_backward(
-            q, ql, k, kl, v, vl, out, lse, dout, dl, mask, scale, order,
-        ))
+        profile::time(
+            || profile::name("attention/backward", E::DTYPE),
+            || {
+                Ok(crate::cpu::attention::attention_backward(
+                    q, ql, k, kl, v, vl, out, lse, dout, dl, mask, scale, order,
+                ))
+            },
+        )
     }
 
     fn attention_backward_packed<E: FloatDtype>(
@@ -139,9 +150,14 @@ impl AttentionKernels for Cpu {
         mask: &AttnMask<'_>,
         scale: f64,
     ) -> Result<Vec<E>, DeviceError> {
-        Ok(crate::cpu::attention::attention_backward_packed(
-            q, ql, k, kl, v, vl, out, lse, dout, dl, mask, scale,
-        ))
+        profile::time(
+            || profile::name("attention/backward_packed", E::DTYPE),
+            || {
+                Ok(crate::cpu::attention::attention_backward_packed(
+                    q, ql, k, kl, v, vl, out, lse, dout, dl, mask, scale,
+                ))
+            },
+        )
     }
 }
 

@@ -4,6 +4,7 @@
 
 use super::{Cpu, Device, DeviceError};
 use crate::cpu::conv::{AvgDivisor, Window2d};
+use crate::cpu::profile;
 use crate::{FloatDtype, Layout};
 
 /// The three gradients of a convolution, in a device's storage (`Vec<E>`
@@ -173,10 +174,15 @@ impl ConvKernels for Cpu {
         groups: usize,
         win: &Window2d,
     ) -> Result<Vec<E>, DeviceError> {
-        let bias = bias.map(|(b, lb)| (b.as_slice(), lb));
-        Ok(crate::cpu::conv::conv2d_forward(
-            x, lx, w, lw, bias, groups, win,
-        ))
+        profile::time(
+            || profile::name("conv/conv2d_forward", E::DTYPE),
+            || {
+                let bias = bias.map(|(b, lb)| (b.as_slice(), lb));
+                Ok(crate::cpu::conv::conv2d_forward(
+                    x, lx, w, lw, bias, groups, win,
+                ))
+            },
+        )
     }
 
     fn conv2d_backward<E: FloatDtype>(
@@ -190,9 +196,14 @@ impl ConvKernels for Cpu {
         win: &Window2d,
         gy: &Vec<E>,
     ) -> Result<ConvGrads<Vec<E>>, DeviceError> {
-        Ok(crate::cpu::conv::conv2d_backward(
-            x, lx, w, lw, with_bias, groups, win, gy,
-        ))
+        profile::time(
+            || profile::name("conv/conv2d_backward", E::DTYPE),
+            || {
+                Ok(crate::cpu::conv::conv2d_backward(
+                    x, lx, w, lw, with_bias, groups, win, gy,
+                ))
+            },
+        )
     }
 
     fn max_pool2d_forward<E: FloatDtype>(
@@ -202,7 +213,10 @@ impl ConvKernels for Cpu {
         rows: &[(usize, usize)],
         cols: &[(usize, usize)],
     ) -> Result<(Vec<E>, Vec<usize>), DeviceError> {
-        Ok(crate::cpu::conv::max_pool2d_forward(x, lx, rows, cols))
+        profile::time(
+            || profile::name("conv/max_pool2d_forward", E::DTYPE),
+            || Ok(crate::cpu::conv::max_pool2d_forward(x, lx, rows, cols)),
+        )
     }
 
     fn max_pool2d_backward<E: FloatDtype>(
@@ -211,7 +225,10 @@ impl ConvKernels for Cpu {
         argmax: &Vec<usize>,
         dims: [usize; 4],
     ) -> Result<Vec<E>, DeviceError> {
-        Ok(crate::cpu::conv::max_pool2d_backward(gy, argmax, dims))
+        profile::time(
+            || profile::name("conv/max_pool2d_backward", E::DTYPE),
+            || Ok(crate::cpu::conv::max_pool2d_backward(gy, argmax, dims)),
+        )
     }
 
     fn avg_pool2d_forward<E: FloatDtype>(
@@ -222,9 +239,14 @@ impl ConvKernels for Cpu {
         cols: &[(usize, usize)],
         divisor: AvgDivisor,
     ) -> Result<Vec<E>, DeviceError> {
-        Ok(crate::cpu::conv::avg_pool2d_forward(
-            x, lx, rows, cols, divisor,
-        ))
+        profile::time(
+            || profile::name("conv/avg_pool2d_forward", E::DTYPE),
+            || {
+                Ok(crate::cpu::conv::avg_pool2d_forward(
+                    x, lx, rows, cols, divisor,
+                ))
+            },
+        )
     }
 
     fn avg_pool2d_backward<E: FloatDtype>(
@@ -235,9 +257,14 @@ impl ConvKernels for Cpu {
         cols: &[(usize, usize)],
         divisor: AvgDivisor,
     ) -> Result<Vec<E>, DeviceError> {
-        Ok(crate::cpu::conv::avg_pool2d_backward(
-            gy, dims, rows, cols, divisor,
-        ))
+        profile::time(
+            || profile::name("conv/avg_pool2d_backward", E::DTYPE),
+            || {
+                Ok(crate::cpu::conv::avg_pool2d_backward(
+                    gy, dims, rows, cols, divisor,
+                ))
+            },
+        )
     }
 
     fn batch_norm_stats<E: FloatDtype>(
@@ -246,7 +273,10 @@ impl ConvKernels for Cpu {
         lx: &Layout,
         eps: f64,
     ) -> Result<ChannelStats<Vec<E::Acc>>, DeviceError> {
-        Ok(crate::cpu::conv::batch_norm_stats(x, lx, eps))
+        profile::time(
+            || profile::name("conv/batch_norm_stats", E::DTYPE),
+            || Ok(crate::cpu::conv::batch_norm_stats(x, lx, eps)),
+        )
     }
 
     fn running_stats<E: FloatDtype>(
@@ -255,11 +285,16 @@ impl ConvKernels for Cpu {
         var: (&Vec<E>, &Layout),
         eps: f64,
     ) -> Result<ChannelStats<Vec<E::Acc>>, DeviceError> {
-        Ok(crate::cpu::conv::running_stats(
-            (mean.0.as_slice(), mean.1),
-            (var.0.as_slice(), var.1),
-            eps,
-        ))
+        profile::time(
+            || profile::name("conv/running_stats", E::DTYPE),
+            || {
+                Ok(crate::cpu::conv::running_stats(
+                    (mean.0.as_slice(), mean.1),
+                    (var.0.as_slice(), var.1),
+                    eps,
+                ))
+            },
+        )
     }
 
     fn batch_norm_apply<E: FloatDtype>(
@@ -270,11 +305,16 @@ impl ConvKernels for Cpu {
         weight: Option<(&Vec<E>, &Layout)>,
         bias: Option<(&Vec<E>, &Layout)>,
     ) -> Result<Vec<E>, DeviceError> {
-        let weight = weight.map(|(w, l)| (w.as_slice(), l));
-        let bias = bias.map(|(b, l)| (b.as_slice(), l));
-        Ok(crate::cpu::conv::batch_norm_apply(
-            x, lx, stats, weight, bias,
-        ))
+        profile::time(
+            || profile::name("conv/batch_norm_apply", E::DTYPE),
+            || {
+                let weight = weight.map(|(w, l)| (w.as_slice(), l));
+                let bias = bias.map(|(b, l)| (b.as_slice(), l));
+                Ok(crate::cpu::conv::batch_norm_apply(
+                    x, lx, stats, weight, bias,
+                ))
+            },
+        )
     }
 
     fn batch_norm_backward<E: FloatDtype>(
@@ -286,10 +326,15 @@ impl ConvKernels for Cpu {
         gy: &Vec<E>,
         training: bool,
     ) -> Result<BatchNormGrads<Vec<E>>, DeviceError> {
-        let weight = weight.map(|(w, l)| (w.as_slice(), l));
-        Ok(crate::cpu::conv::batch_norm_backward(
-            x, lx, stats, weight, gy, training,
-        ))
+        profile::time(
+            || profile::name("conv/batch_norm_backward", E::DTYPE),
+            || {
+                let weight = weight.map(|(w, l)| (w.as_slice(), l));
+                Ok(crate::cpu::conv::batch_norm_backward(
+                    x, lx, stats, weight, gy, training,
+                ))
+            },
+        )
     }
 }
 

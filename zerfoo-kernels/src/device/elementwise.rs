@@ -5,6 +5,7 @@
 
 use super::{Cpu, Device, DeviceError};
 use crate::cpu::binary::BinaryOp;
+use crate::cpu::profile;
 use crate::cpu::unary::UnaryOp;
 use crate::{FloatDtype, Layout};
 
@@ -116,7 +117,10 @@ impl ElementwiseKernels for Cpu {
         x: &Vec<E>,
         lx: &Layout,
     ) -> Result<Vec<E>, DeviceError> {
-        Ok(crate::cpu::unary::unary_forward(op, x, lx))
+        profile::time(
+            || format!("unary/{} forward {}", O::NAME, E::DTYPE),
+            || Ok(crate::cpu::unary::unary_forward(op, x, lx)),
+        )
     }
 
     fn unary_backward<E: FloatDtype, O: UnaryOp>(
@@ -127,7 +131,10 @@ impl ElementwiseKernels for Cpu {
         y: &Vec<E>,
         grad_y: &Vec<E>,
     ) -> Result<Vec<E>, DeviceError> {
-        Ok(crate::cpu::unary::unary_backward(op, x, lx, y, grad_y))
+        profile::time(
+            || format!("unary/{} backward {}", O::NAME, E::DTYPE),
+            || Ok(crate::cpu::unary::unary_backward(op, x, lx, y, grad_y)),
+        )
     }
 
     fn binary_forward<E: FloatDtype, O: BinaryOp>(
@@ -138,7 +145,10 @@ impl ElementwiseKernels for Cpu {
         b: &Vec<E>,
         lb: &Layout,
     ) -> Result<Vec<E>, DeviceError> {
-        Ok(crate::cpu::binary::binary_forward(op, a, la, b, lb))
+        profile::time(
+            || format!("binary/{} forward {}", O::NAME, E::DTYPE),
+            || Ok(crate::cpu::binary::binary_forward(op, a, la, b, lb)),
+        )
     }
 
     fn binary_backward<E: FloatDtype, O: BinaryOp>(
@@ -151,12 +161,20 @@ impl ElementwiseKernels for Cpu {
         grad_y: Vec<E>,
         need: (bool, bool),
     ) -> Result<(Option<Vec<E>>, Option<Vec<E>>), DeviceError> {
-        let (ga, gb) = crate::cpu::binary::binary_backward(op, a, la, b, lb, grad_y, need);
-        Ok((need.0.then_some(ga), need.1.then_some(gb)))
+        profile::time(
+            || format!("binary/{} backward {}", O::NAME, E::DTYPE),
+            || {
+                let (ga, gb) = crate::cpu::binary::binary_backward(op, a, la, b, lb, grad_y, need);
+                Ok((need.0.then_some(ga), need.1.then_some(gb)))
+            },
+        )
     }
 
     fn contiguous<E: FloatDtype>(&self, x: &Vec<E>, lx: &Layout) -> Result<Vec<E>, DeviceError> {
-        Ok(crate::cpu::to_contiguous(x, lx))
+        profile::time(
+            || profile::name("elementwise/contiguous", E::DTYPE),
+            || Ok(crate::cpu::to_contiguous(x, lx)),
+        )
     }
 
     fn convert<E: FloatDtype, E2: FloatDtype>(
@@ -164,13 +182,19 @@ impl ElementwiseKernels for Cpu {
         x: &Vec<E>,
         lx: &Layout,
     ) -> Result<Vec<E2>, DeviceError> {
-        Ok(crate::cpu::map(x, lx, convert_element::<E, E2>))
+        profile::time(
+            || format!("elementwise/convert {} -> {}", E::DTYPE, E2::DTYPE),
+            || Ok(crate::cpu::map(x, lx, convert_element::<E, E2>)),
+        )
     }
 
     /// [`add_scaled`](Self::add_scaled) by 1 (`g · 1` is exact: the same
     /// bits as a plain sum).
     fn add_assign<E: FloatDtype>(&self, acc: &mut Vec<E>, g: &Vec<E>) -> Result<(), DeviceError> {
-        self.add_scaled(acc, g, 1.0)
+        profile::time(
+            || profile::name("elementwise/add_assign", E::DTYPE),
+            || self.add_scaled(acc, g, 1.0),
+        )
     }
 
     /// In the compute type, rounding once per element; chunks shared out
@@ -181,29 +205,42 @@ impl ElementwiseKernels for Cpu {
         g: &Vec<E>,
         scale: f64,
     ) -> Result<(), DeviceError> {
-        debug_assert_eq!(acc.len(), g.len());
-        let s = <E::Acc as crate::Real>::of_f64(scale);
-        crate::cpu::for_each_chunk(acc, |(i, part)| {
-            let g = &g[i * crate::cpu::CHUNK..][..part.len()];
-            crate::cpu::simd::vectorized(
-                #[inline(always)]
-                || {
-                    for (a, g) in part.iter_mut().zip(g) {
-                        *a = E::from_acc(a.to_acc() + g.to_acc() * s);
-                    }
-                },
-            )
-        });
-        Ok(())
+        profile::time(
+            || profile::name("elementwise/add_scaled", E::DTYPE),
+            || {
+                debug_assert_eq!(acc.len(), g.len());
+                let s = <E::Acc as crate::Real>::of_f64(scale);
+                crate::cpu::for_each_chunk(acc, |(i, part)| {
+                    let g = &g[i * crate::cpu::CHUNK..][..part.len()];
+                    crate::cpu::simd::vectorized(
+                        #[inline(always)]
+                        || {
+                            for (a, g) in part.iter_mut().zip(g) {
+                                *a = E::from_acc(a.to_acc() + g.to_acc() * s);
+                            }
+                        },
+                    )
+                });
+                Ok(())
+            },
+        )
     }
 
     fn scale<E: FloatDtype>(&self, x: &mut Vec<E>, factor: f64) -> Result<(), DeviceError> {
-        crate::cpu::optim::scale_in_place(x, factor);
-        Ok(())
+        profile::time(
+            || profile::name("elementwise/scale", E::DTYPE),
+            || {
+                crate::cpu::optim::scale_in_place(x, factor);
+                Ok(())
+            },
+        )
     }
 
     fn zeros<E: FloatDtype>(&self, len: usize) -> Result<Vec<E>, DeviceError> {
-        Ok(crate::cpu::zeros(len))
+        profile::time(
+            || profile::name("elementwise/zeros", E::DTYPE),
+            || Ok(crate::cpu::zeros(len)),
+        )
     }
 }
 

@@ -3,6 +3,7 @@
 //! backward, and the backward of selecting one entry of an axis.
 
 use super::{Cpu, Device, DeviceError};
+use crate::cpu::profile;
 use crate::{FloatDtype, Layout};
 
 /// Index kernels.
@@ -75,7 +76,10 @@ impl IndexKernels for Cpu {
         axis: usize,
         idx: &Vec<usize>,
     ) -> Result<Vec<E>, DeviceError> {
-        Ok(crate::cpu::index::index_select(x, lx, axis, idx))
+        profile::time(
+            || profile::name("index/index_select", E::DTYPE),
+            || Ok(crate::cpu::index::index_select(x, lx, axis, idx)),
+        )
     }
 
     fn index_select_backward<E: FloatDtype>(
@@ -85,9 +89,14 @@ impl IndexKernels for Cpu {
         axis: usize,
         idx: &Vec<usize>,
     ) -> Result<Vec<E>, DeviceError> {
-        Ok(crate::cpu::index::index_select_backward(
-            grad_y, x_dims, axis, idx,
-        ))
+        profile::time(
+            || profile::name("index/index_select_backward", E::DTYPE),
+            || {
+                Ok(crate::cpu::index::index_select_backward(
+                    grad_y, x_dims, axis, idx,
+                ))
+            },
+        )
     }
 
     fn gather<E: FloatDtype>(
@@ -98,7 +107,10 @@ impl IndexKernels for Cpu {
         idx: &Vec<usize>,
         idx_dims: &[usize],
     ) -> Result<Vec<E>, DeviceError> {
-        Ok(crate::cpu::index::gather(x, lx, axis, idx, idx_dims))
+        profile::time(
+            || profile::name("index/gather", E::DTYPE),
+            || Ok(crate::cpu::index::gather(x, lx, axis, idx, idx_dims)),
+        )
     }
 
     fn gather_backward<E: FloatDtype>(
@@ -109,9 +121,14 @@ impl IndexKernels for Cpu {
         idx: &Vec<usize>,
         idx_dims: &[usize],
     ) -> Result<Vec<E>, DeviceError> {
-        Ok(crate::cpu::index::gather_backward(
-            grad_y, x_dims, axis, idx, idx_dims,
-        ))
+        profile::time(
+            || profile::name("index/gather_backward", E::DTYPE),
+            || {
+                Ok(crate::cpu::index::gather_backward(
+                    grad_y, x_dims, axis, idx, idx_dims,
+                ))
+            },
+        )
     }
 
     fn select_backward<E: FloatDtype>(
@@ -121,9 +138,14 @@ impl IndexKernels for Cpu {
         axis: usize,
         index: usize,
     ) -> Result<Vec<E>, DeviceError> {
-        Ok(crate::cpu::index::select_backward(
-            grad_y, x_dims, axis, index,
-        ))
+        profile::time(
+            || profile::name("index/select_backward", E::DTYPE),
+            || {
+                Ok(crate::cpu::index::select_backward(
+                    grad_y, x_dims, axis, index,
+                ))
+            },
+        )
     }
 }
 

@@ -4,6 +4,7 @@
 
 use super::{Cpu, Device, DeviceError};
 use crate::cpu::loss::RowStats;
+use crate::cpu::profile;
 use crate::{FloatDtype, Layout, Real};
 
 /// Loss kernels.
@@ -101,7 +102,10 @@ impl LossKernels for Cpu {
         targets: &Vec<usize>,
         eps: f64,
     ) -> Result<(E::Acc, Vec<RowStats<E::Acc>>), DeviceError> {
-        Ok(crate::cpu::loss::cross_entropy_forward(x, lx, targets, eps))
+        profile::time(
+            || profile::name("loss/cross_entropy_forward", E::DTYPE),
+            || Ok(crate::cpu::loss::cross_entropy_forward(x, lx, targets, eps)),
+        )
     }
 
     fn cross_entropy_backward<E: FloatDtype>(
@@ -113,9 +117,14 @@ impl LossKernels for Cpu {
         eps: f64,
         scale: E::Acc,
     ) -> Result<Vec<E>, DeviceError> {
-        Ok(crate::cpu::loss::cross_entropy_backward(
-            x, lx, targets, stats, eps, scale,
-        ))
+        profile::time(
+            || profile::name("loss/cross_entropy_backward", E::DTYPE),
+            || {
+                Ok(crate::cpu::loss::cross_entropy_backward(
+                    x, lx, targets, stats, eps, scale,
+                ))
+            },
+        )
     }
 
     fn mse_forward<E: FloatDtype>(
@@ -125,7 +134,10 @@ impl LossKernels for Cpu {
         b: &Vec<E>,
         lb: &Layout,
     ) -> Result<E::Acc, DeviceError> {
-        Ok(crate::cpu::loss::mse_forward(a, la, b, lb))
+        profile::time(
+            || profile::name("loss/mse_forward", E::DTYPE),
+            || Ok(crate::cpu::loss::mse_forward(a, la, b, lb)),
+        )
     }
 
     fn mse_backward<E: FloatDtype>(
@@ -136,7 +148,10 @@ impl LossKernels for Cpu {
         lb: &Layout,
         scale: E::Acc,
     ) -> Result<(Vec<E>, Vec<E>), DeviceError> {
-        Ok(crate::cpu::loss::mse_backward(a, la, b, lb, scale))
+        profile::time(
+            || profile::name("loss/mse_backward", E::DTYPE),
+            || Ok(crate::cpu::loss::mse_backward(a, la, b, lb, scale)),
+        )
     }
 
     fn bce_logits_forward<E: FloatDtype>(
@@ -147,8 +162,13 @@ impl LossKernels for Cpu {
         ly: &Layout,
         pos_weight: Option<&Vec<E::Acc>>,
     ) -> Result<E::Acc, DeviceError> {
-        let pw = pos_weight.map(|p| &p[..]);
-        Ok(crate::cpu::loss::bce_logits_forward(x, lx, y, ly, pw))
+        profile::time(
+            || profile::name("loss/bce_logits_forward", E::DTYPE),
+            || {
+                let pw = pos_weight.map(|p| &p[..]);
+                Ok(crate::cpu::loss::bce_logits_forward(x, lx, y, ly, pw))
+            },
+        )
     }
 
     fn bce_logits_backward<E: FloatDtype>(
@@ -160,10 +180,15 @@ impl LossKernels for Cpu {
         pos_weight: Option<&Vec<E::Acc>>,
         scale: E::Acc,
     ) -> Result<(Vec<E>, Vec<E>, Option<Vec<E>>), DeviceError> {
-        let pw = pos_weight.map(|p| &p[..]);
-        Ok(crate::cpu::loss::bce_logits_backward(
-            x, lx, y, ly, pw, scale,
-        ))
+        profile::time(
+            || profile::name("loss/bce_logits_backward", E::DTYPE),
+            || {
+                let pw = pos_weight.map(|p| &p[..]);
+                Ok(crate::cpu::loss::bce_logits_backward(
+                    x, lx, y, ly, pw, scale,
+                ))
+            },
+        )
     }
 }
 

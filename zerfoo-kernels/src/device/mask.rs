@@ -4,6 +4,7 @@
 //! (stride 0 broadcasts).
 
 use super::{Cpu, Device, DeviceError};
+use crate::cpu::profile;
 use crate::{FloatDtype, Layout};
 
 /// Mask, dropout and rotary kernels; outputs are contiguous.
@@ -83,7 +84,10 @@ impl MaskKernels for Cpu {
         b: &Vec<E>,
         lb: &Layout,
     ) -> Result<Vec<E>, DeviceError> {
-        Ok(crate::cpu::mask::where_select(mask, lm, a, la, b, lb))
+        profile::time(
+            || profile::name("mask/where_select", E::DTYPE),
+            || Ok(crate::cpu::mask::where_select(mask, lm, a, la, b, lb)),
+        )
     }
 
     fn mask_grad<E: FloatDtype>(
@@ -93,7 +97,10 @@ impl MaskKernels for Cpu {
         g: &Vec<E>,
         keep_where: bool,
     ) -> Result<Vec<E>, DeviceError> {
-        Ok(crate::cpu::mask::mask_grad(mask, lm, g, keep_where))
+        profile::time(
+            || profile::name("mask/mask_grad", E::DTYPE),
+            || Ok(crate::cpu::mask::mask_grad(mask, lm, g, keep_where)),
+        )
     }
 
     fn masked_fill<E: FloatDtype>(
@@ -104,7 +111,10 @@ impl MaskKernels for Cpu {
         lm: &Layout,
         value: E,
     ) -> Result<Vec<E>, DeviceError> {
-        Ok(crate::cpu::mask::masked_fill(x, lx, mask, lm, value))
+        profile::time(
+            || profile::name("mask/masked_fill", E::DTYPE),
+            || Ok(crate::cpu::mask::masked_fill(x, lx, mask, lm, value)),
+        )
     }
 
     fn tri<E: FloatDtype>(
@@ -114,7 +124,10 @@ impl MaskKernels for Cpu {
         lower: bool,
         diagonal: i64,
     ) -> Result<Vec<E>, DeviceError> {
-        Ok(crate::cpu::mask::tri(x, lx, lower, diagonal))
+        profile::time(
+            || profile::name("mask/tri", E::DTYPE),
+            || Ok(crate::cpu::mask::tri(x, lx, lower, diagonal)),
+        )
     }
 
     fn dropout<E: FloatDtype>(
@@ -125,8 +138,13 @@ impl MaskKernels for Cpu {
         p: f64,
         scale: f64,
     ) -> Result<Vec<E>, DeviceError> {
-        let keep = crate::cpu::mask::dropout_keep(seed, p);
-        Ok(crate::cpu::mask::dropout(x, lx, keep, scale))
+        profile::time(
+            || profile::name("mask/dropout", E::DTYPE),
+            || {
+                let keep = crate::cpu::mask::dropout_keep(seed, p);
+                Ok(crate::cpu::mask::dropout(x, lx, keep, scale))
+            },
+        )
     }
 
     fn rope<E: FloatDtype>(
@@ -137,7 +155,10 @@ impl MaskKernels for Cpu {
         offset: usize,
         inverse: bool,
     ) -> Result<Vec<E>, DeviceError> {
-        Ok(crate::cpu::rotary::rope(x, lx, base, offset, inverse))
+        profile::time(
+            || profile::name("mask/rope", E::DTYPE),
+            || Ok(crate::cpu::rotary::rope(x, lx, base, offset, inverse)),
+        )
     }
 }
 

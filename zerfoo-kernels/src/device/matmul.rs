@@ -5,6 +5,7 @@
 use super::{Cpu, Device, DeviceError, ElementwiseKernels};
 use crate::cpu::binary::AddOp;
 use crate::cpu::matmul::product_columns;
+use crate::cpu::profile;
 use crate::cpu::unary::UnaryOp;
 use crate::{FloatDtype, Layout};
 
@@ -191,7 +192,10 @@ impl MatmulKernels for Cpu {
         b: &Vec<E>,
         lb: &Layout,
     ) -> Result<Vec<E>, DeviceError> {
-        Ok(crate::cpu::matmul::gemm_batched(a, la, b, lb))
+        profile::time(
+            || profile::product("gemm_batched".into(), E::DTYPE, la, lb),
+            || Ok(crate::cpu::matmul::gemm_batched(a, la, b, lb)),
+        )
     }
 
     fn gemm_batch_sum<E: FloatDtype>(
@@ -201,7 +205,10 @@ impl MatmulKernels for Cpu {
         b: &Vec<E>,
         lb: &Layout,
     ) -> Result<Vec<E>, DeviceError> {
-        Ok(crate::cpu::matmul::gemm_batch_sum(a, la, b, lb))
+        profile::time(
+            || profile::product("gemm_batch_sum".into(), E::DTYPE, la, lb),
+            || Ok(crate::cpu::matmul::gemm_batch_sum(a, la, b, lb)),
+        )
     }
 
     fn gemm_batched_bias<E: FloatDtype>(
@@ -212,8 +219,13 @@ impl MatmulKernels for Cpu {
         lb: &Layout,
         bias: &Vec<E>,
     ) -> Result<Vec<E>, DeviceError> {
-        let bias = checked_bias(lb, Some(bias))?;
-        Ok(crate::cpu::matmul::gemm_batched_bias(a, la, b, lb, bias))
+        profile::time(
+            || profile::product("gemm_batched_bias".into(), E::DTYPE, la, lb),
+            || {
+                let bias = checked_bias(lb, Some(bias))?;
+                Ok(crate::cpu::matmul::gemm_batched_bias(a, la, b, lb, bias))
+            },
+        )
     }
 
     fn gemm_batched_bias_act<E: FloatDtype, O: UnaryOp>(
@@ -225,10 +237,22 @@ impl MatmulKernels for Cpu {
         bias: Option<&Vec<E>>,
         act: O,
     ) -> Result<(Vec<E>, Vec<E>), DeviceError> {
-        let bias = checked_bias(lb, bias)?;
-        Ok(crate::cpu::matmul::gemm_batched_bias_act(
-            a, la, b, lb, bias, act,
-        ))
+        profile::time(
+            || {
+                profile::product(
+                    format!("gemm_batched_bias_act {}", O::NAME),
+                    E::DTYPE,
+                    la,
+                    lb,
+                )
+            },
+            || {
+                let bias = checked_bias(lb, bias)?;
+                Ok(crate::cpu::matmul::gemm_batched_bias_act(
+                    a, la, b, lb, bias, act,
+                ))
+            },
+        )
     }
 
     fn gemm_batched_bias_residual<E: FloatDtype>(
@@ -241,20 +265,25 @@ impl MatmulKernels for Cpu {
         residual: &Vec<E>,
         lr: &Layout,
     ) -> Result<Vec<E>, DeviceError> {
-        let bias = checked_bias(lb, bias)?;
-        let shape = crate::cpu::matmul::result_shape(la, lb);
-        if lr.shape() != shape {
-            return Err(DeviceError::new(
-                "gemm_batched_bias_residual",
-                format!(
-                    "a residual of shape {:?} for a product of shape {shape:?}",
-                    lr.shape()
-                ),
-            ));
-        }
-        Ok(crate::cpu::matmul::gemm_batched_bias_residual(
-            a, la, b, lb, bias, residual, lr,
-        ))
+        profile::time(
+            || profile::product("gemm_batched_bias_residual".into(), E::DTYPE, la, lb),
+            || {
+                let bias = checked_bias(lb, bias)?;
+                let shape = crate::cpu::matmul::result_shape(la, lb);
+                if lr.shape() != shape {
+                    return Err(DeviceError::new(
+                        "gemm_batched_bias_residual",
+                        format!(
+                            "a residual of shape {:?} for a product of shape {shape:?}",
+                            lr.shape()
+                        ),
+                    ));
+                }
+                Ok(crate::cpu::matmul::gemm_batched_bias_residual(
+                    a, la, b, lb, bias, residual, lr,
+                ))
+            },
+        )
     }
 
     fn gemm_batched_act_grad<E: FloatDtype, O: UnaryOp>(
@@ -267,10 +296,22 @@ impl MatmulKernels for Cpu {
         x: &Vec<E>,
         y: &Vec<E>,
     ) -> Result<Vec<E>, DeviceError> {
-        check_activation(&result_layout(lg, lb), x.len(), y.len())?;
-        Ok(crate::cpu::matmul::gemm_batched_act_grad(
-            g, lg, b, lb, act, x, y,
-        ))
+        profile::time(
+            || {
+                profile::product(
+                    format!("gemm_batched_act_grad {}", O::NAME),
+                    E::DTYPE,
+                    lg,
+                    lb,
+                )
+            },
+            || {
+                check_activation(&result_layout(lg, lb), x.len(), y.len())?;
+                Ok(crate::cpu::matmul::gemm_batched_act_grad(
+                    g, lg, b, lb, act, x, y,
+                ))
+            },
+        )
     }
 }
 

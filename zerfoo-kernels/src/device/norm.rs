@@ -3,6 +3,7 @@
 
 use super::{Cpu, Device, DeviceError};
 use crate::cpu::norm::{NormKind, NormStats};
+use crate::cpu::profile;
 use crate::{FloatDtype, Layout, Real};
 
 /// The gradients of a normalization: input (unless it was added into the
@@ -57,9 +58,14 @@ impl NormKernels for Cpu {
         bias: Option<(&Vec<E>, &Layout)>,
         eps: f64,
     ) -> Result<(Vec<E>, Vec<NormStats<E::Acc>>), DeviceError> {
-        let w = weight.map(|(s, l)| (&s[..], l));
-        let b = bias.map(|(s, l)| (&s[..], l));
-        Ok(crate::cpu::norm::norm_forward(kind, x, lx, w, b, eps))
+        profile::time(
+            || profile::name("norm/forward", E::DTYPE),
+            || {
+                let w = weight.map(|(s, l)| (&s[..], l));
+                let b = bias.map(|(s, l)| (&s[..], l));
+                Ok(crate::cpu::norm::norm_forward(kind, x, lx, w, b, eps))
+            },
+        )
     }
 
     fn norm_backward<E: FloatDtype>(
@@ -73,10 +79,16 @@ impl NormKernels for Cpu {
         grad_y: &Vec<E>,
         into: Option<&mut Vec<E>>,
     ) -> Result<NormGradParts<Vec<E>>, DeviceError> {
-        let w = weight.map(|(s, l)| (&s[..], l));
-        let into = into.map(|v| &mut v[..]);
-        let g = crate::cpu::norm::norm_backward(kind, x, lx, w, has_bias, stats, grad_y, into);
-        Ok((g.x, g.weight, g.bias))
+        profile::time(
+            || profile::name("norm/backward", E::DTYPE),
+            || {
+                let w = weight.map(|(s, l)| (&s[..], l));
+                let into = into.map(|v| &mut v[..]);
+                let g =
+                    crate::cpu::norm::norm_backward(kind, x, lx, w, has_bias, stats, grad_y, into);
+                Ok((g.x, g.weight, g.bias))
+            },
+        )
     }
 }
 

@@ -3,6 +3,7 @@
 
 use super::{Cpu, Device, DeviceError};
 use crate::cpu::optim::{AdamStep, SgdStep};
+use crate::cpu::profile;
 use crate::FloatDtype;
 
 /// Optimizer kernels, in place on the parameter and its state.
@@ -45,8 +46,13 @@ impl OptimKernels for Cpu {
         v: &mut Vec<E::Acc>,
         s: &AdamStep,
     ) -> Result<(), DeviceError> {
-        crate::cpu::optim::adam_update(param, grad, m, v, s);
-        Ok(())
+        profile::time(
+            || profile::name("optim/adam_update", E::DTYPE),
+            || {
+                crate::cpu::optim::adam_update(param, grad, m, v, s);
+                Ok(())
+            },
+        )
     }
 
     fn sgd_update<E: FloatDtype>(
@@ -56,8 +62,13 @@ impl OptimKernels for Cpu {
         buf: &mut Vec<E::Acc>,
         s: &SgdStep,
     ) -> Result<(), DeviceError> {
-        crate::cpu::optim::sgd_update(param, grad, buf, s);
-        Ok(())
+        profile::time(
+            || profile::name("optim/sgd_update", E::DTYPE),
+            || {
+                crate::cpu::optim::sgd_update(param, grad, buf, s);
+                Ok(())
+            },
+        )
     }
 
     fn add_sum_squares<E: FloatDtype>(
@@ -65,8 +76,13 @@ impl OptimKernels for Cpu {
         x: &Vec<E>,
         total: &mut Vec<f64>,
     ) -> Result<(), DeviceError> {
-        total[0] += crate::cpu::optim::sum_squares(x);
-        Ok(())
+        profile::time(
+            || profile::name("optim/add_sum_squares", E::DTYPE),
+            || {
+                total[0] += crate::cpu::optim::sum_squares(x);
+                Ok(())
+            },
+        )
     }
 }
 

@@ -5,6 +5,7 @@
 use num_traits::Zero;
 
 use super::{Cpu, Device, DeviceError};
+use crate::cpu::profile;
 use crate::{FloatDtype, Layout, Real};
 
 /// Reduction kernels; outputs are contiguous in the kept dims' order.
@@ -113,27 +114,35 @@ impl ReduceKernels for Cpu {
         axes: &[usize],
         scale: f64,
     ) -> Result<Vec<E>, DeviceError> {
-        let s = E::Acc::of_f64(scale);
-        // Leading axes of a contiguous tensor, in order: whole rows at a time.
-        let k = axes.len();
-        if lx.is_contiguous() && k < lx.rank() && axes.iter().enumerate().all(|(i, &a)| a == i) {
-            let rows = lx.shape()[..k].iter().product();
-            let n = lx.shape()[k..].iter().product();
-            return Ok(crate::cpu::reduce::sum_leading_rows(
-                &x[lx.offset..],
-                rows,
-                n,
-                s,
-            ));
-        }
-        Ok(crate::cpu::reduce::reduce_axes(
-            x,
-            lx,
-            axes,
-            E::Acc::zero(),
-            |a, v: E| a + v.to_acc(),
-            |a, _| E::from_acc(a * s),
-        ))
+        profile::time(
+            || profile::name("reduce/sum_axes", E::DTYPE),
+            || {
+                let s = E::Acc::of_f64(scale);
+                // Leading axes of a contiguous tensor, in order: whole rows at a time.
+                let k = axes.len();
+                if lx.is_contiguous()
+                    && k < lx.rank()
+                    && axes.iter().enumerate().all(|(i, &a)| a == i)
+                {
+                    let rows = lx.shape()[..k].iter().product();
+                    let n = lx.shape()[k..].iter().product();
+                    return Ok(crate::cpu::reduce::sum_leading_rows(
+                        &x[lx.offset..],
+                        rows,
+                        n,
+                        s,
+                    ));
+                }
+                Ok(crate::cpu::reduce::reduce_axes(
+                    x,
+                    lx,
+                    axes,
+                    E::Acc::zero(),
+                    |a, v: E| a + v.to_acc(),
+                    |a, _| E::from_acc(a * s),
+                ))
+            },
+        )
     }
 
     fn sum_backward<E: FloatDtype>(
@@ -143,11 +152,16 @@ impl ReduceKernels for Cpu {
         axes: &[usize],
         scale: f64,
     ) -> Result<Vec<E>, DeviceError> {
-        let l = crate::cpu::reduce::expand_layout(dims, axes);
-        let s = E::Acc::of_f64(scale);
-        Ok(crate::cpu::map(grad_y, &l, |v: E| {
-            E::from_acc(v.to_acc() * s)
-        }))
+        profile::time(
+            || profile::name("reduce/sum_backward", E::DTYPE),
+            || {
+                let l = crate::cpu::reduce::expand_layout(dims, axes);
+                let s = E::Acc::of_f64(scale);
+                Ok(crate::cpu::map(grad_y, &l, |v: E| {
+                    E::from_acc(v.to_acc() * s)
+                }))
+            },
+        )
     }
 
     fn extreme_axes<E: FloatDtype, const MAX: bool>(
@@ -156,7 +170,16 @@ impl ReduceKernels for Cpu {
         lx: &Layout,
         axes: &[usize],
     ) -> Result<(Vec<E>, Vec<usize>), DeviceError> {
-        Ok(crate::cpu::reduce::extreme_axes::<E, MAX>(x, lx, axes))
+        profile::time(
+            || {
+                format!(
+                    "reduce/{}_axes {}",
+                    if MAX { "max" } else { "min" },
+                    E::DTYPE
+                )
+            },
+            || Ok(crate::cpu::reduce::extreme_axes::<E, MAX>(x, lx, axes)),
+        )
     }
 
     fn extreme_backward<E: FloatDtype>(
@@ -168,9 +191,14 @@ impl ReduceKernels for Cpu {
         counts: &Vec<usize>,
         grad_y: &Vec<E>,
     ) -> Result<Vec<E>, DeviceError> {
-        Ok(crate::cpu::reduce::extreme_backward(
-            x, lx, axes, y, counts, grad_y,
-        ))
+        profile::time(
+            || profile::name("reduce/extreme_backward", E::DTYPE),
+            || {
+                Ok(crate::cpu::reduce::extreme_backward(
+                    x, lx, axes, y, counts, grad_y,
+                ))
+            },
+        )
     }
 
     fn var_axes<E: FloatDtype>(
@@ -180,7 +208,10 @@ impl ReduceKernels for Cpu {
         axes: &[usize],
         correction: usize,
     ) -> Result<(Vec<E>, Vec<E::Acc>), DeviceError> {
-        Ok(crate::cpu::reduce::var_axes(x, lx, axes, correction))
+        profile::time(
+            || profile::name("reduce/var_axes", E::DTYPE),
+            || Ok(crate::cpu::reduce::var_axes(x, lx, axes, correction)),
+        )
     }
 
     fn var_backward<E: FloatDtype>(
@@ -192,9 +223,14 @@ impl ReduceKernels for Cpu {
         correction: usize,
         grad_y: &Vec<E>,
     ) -> Result<Vec<E>, DeviceError> {
-        Ok(crate::cpu::reduce::var_backward(
-            x, lx, axes, means, correction, grad_y,
-        ))
+        profile::time(
+            || profile::name("reduce/var_backward", E::DTYPE),
+            || {
+                Ok(crate::cpu::reduce::var_backward(
+                    x, lx, axes, means, correction, grad_y,
+                ))
+            },
+        )
     }
 
     fn logsumexp_axes<E: FloatDtype>(
@@ -203,8 +239,13 @@ impl ReduceKernels for Cpu {
         lx: &Layout,
         axes: &[usize],
     ) -> Result<(Vec<E>, Vec<E::Acc>), DeviceError> {
-        let lse = crate::cpu::reduce::logsumexp_axes(x, lx, axes);
-        Ok((lse.iter().map(|&v| E::from_acc(v)).collect(), lse))
+        profile::time(
+            || profile::name("reduce/logsumexp_axes", E::DTYPE),
+            || {
+                let lse = crate::cpu::reduce::logsumexp_axes(x, lx, axes);
+                Ok((lse.iter().map(|&v| E::from_acc(v)).collect(), lse))
+            },
+        )
     }
 
     fn logsumexp_backward<E: FloatDtype>(
@@ -215,9 +256,14 @@ impl ReduceKernels for Cpu {
         lse: &Vec<E::Acc>,
         grad_y: &Vec<E>,
     ) -> Result<Vec<E>, DeviceError> {
-        Ok(crate::cpu::reduce::logsumexp_backward(
-            x, lx, axes, lse, grad_y,
-        ))
+        profile::time(
+            || profile::name("reduce/logsumexp_backward", E::DTYPE),
+            || {
+                Ok(crate::cpu::reduce::logsumexp_backward(
+                    x, lx, axes, lse, grad_y,
+                ))
+            },
+        )
     }
 
     fn arg_extreme_axes<E: FloatDtype, const MAX: bool>(
@@ -226,8 +272,19 @@ impl ReduceKernels for Cpu {
         lx: &Layout,
         axes: &[usize],
     ) -> Result<Vec<i64>, DeviceError> {
-        let pos = crate::cpu::reduce::arg_extreme_axes::<E, MAX>(x, lx, axes);
-        Ok(pos.into_iter().map(|i| i as i64).collect())
+        profile::time(
+            || {
+                format!(
+                    "reduce/arg{}_axes {}",
+                    if MAX { "max" } else { "min" },
+                    E::DTYPE
+                )
+            },
+            || {
+                let pos = crate::cpu::reduce::arg_extreme_axes::<E, MAX>(x, lx, axes);
+                Ok(pos.into_iter().map(|i| i as i64).collect())
+            },
+        )
     }
 }
 

@@ -3,6 +3,7 @@
 //! narrow and split).
 
 use super::{Cpu, Device, DeviceError};
+use crate::cpu::profile;
 use crate::{FloatDtype, Layout};
 
 /// Shape kernels.
@@ -35,8 +36,13 @@ impl ShapeKernels for Cpu {
         parts: &[(&Vec<E>, &Layout)],
         axis: usize,
     ) -> Result<Vec<E>, DeviceError> {
-        let p: Vec<(&[E], &Layout)> = parts.iter().map(|(s, l)| (&s[..], *l)).collect();
-        Ok(crate::cpu::shape::concat(&p, axis))
+        profile::time(
+            || profile::name("shape/concat", E::DTYPE),
+            || {
+                let p: Vec<(&[E], &Layout)> = parts.iter().map(|(s, l)| (&s[..], *l)).collect();
+                Ok(crate::cpu::shape::concat(&p, axis))
+            },
+        )
     }
 
     fn add_narrow_into<E: FloatDtype>(
@@ -48,8 +54,13 @@ impl ShapeKernels for Cpu {
         len: usize,
         src: &Vec<E>,
     ) -> Result<(), DeviceError> {
-        crate::cpu::shape::add_narrow_into(dst, dims, axis, start, len, src);
-        Ok(())
+        profile::time(
+            || profile::name("shape/add_narrow_into", E::DTYPE),
+            || {
+                crate::cpu::shape::add_narrow_into(dst, dims, axis, start, len, src);
+                Ok(())
+            },
+        )
     }
 }
 

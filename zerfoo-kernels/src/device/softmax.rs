@@ -2,6 +2,7 @@
 //! ([`crate::cpu::softmax`]), with their backward.
 
 use super::{Cpu, Device, DeviceError};
+use crate::cpu::profile;
 use crate::{FloatDtype, Layout};
 
 /// Softmax kernels; outputs are contiguous.
@@ -31,7 +32,16 @@ impl SoftmaxKernels for Cpu {
         lx: &Layout,
         axis: usize,
     ) -> Result<Vec<E>, DeviceError> {
-        Ok(crate::cpu::softmax::softmax_forward::<E, LOG>(x, lx, axis))
+        profile::time(
+            || {
+                format!(
+                    "softmax/{}forward {}",
+                    if LOG { "log_" } else { "" },
+                    E::DTYPE
+                )
+            },
+            || Ok(crate::cpu::softmax::softmax_forward::<E, LOG>(x, lx, axis)),
+        )
     }
 
     fn softmax_backward<E: FloatDtype, const LOG: bool>(
@@ -41,9 +51,20 @@ impl SoftmaxKernels for Cpu {
         dims: &[usize],
         axis: usize,
     ) -> Result<Vec<E>, DeviceError> {
-        Ok(crate::cpu::softmax::softmax_backward::<E, LOG>(
-            y, grad_y, dims, axis,
-        ))
+        profile::time(
+            || {
+                format!(
+                    "softmax/{}backward {}",
+                    if LOG { "log_" } else { "" },
+                    E::DTYPE
+                )
+            },
+            || {
+                Ok(crate::cpu::softmax::softmax_backward::<E, LOG>(
+                    y, grad_y, dims, axis,
+                ))
+            },
+        )
     }
 }
 

@@ -1,0 +1,290 @@
+//! Where a CPU program's time goes: with `ZERFOO_PROFILE=1` in the
+//! environment (or after [`enable`]), every kernel the [`Cpu`](crate::Cpu)
+//! device runs is timed and summed per name, and [`report`] prints the sums
+//! next to the wall time since profiling began. The difference is the time
+//! spent outside the kernels: the framework's own work between them (graph
+//! bookkeeping, allocation, dispatch), data loading, the program's code.
+//!
+//! Names are `family/kernel dtype`, with the unary and binary op's name
+//! (`unary/gelu forward f32`) and a product's operand dims
+//! (`matmul/gemm_batched f32 8x256x384 · 384x1152ᵀ`, `ᵀ` marking an operand
+//! read transposed), so each product shape of a model gets its own row.
+//!
+//! - A kernel that calls another device kernel (a composed default) counts
+//!   as the outer one only.
+//! - Kernels called from several threads at once (data-parallel replicas)
+//!   are all summed, so the kernel time can exceed the wall time.
+//! - Off, a kernel call costs one relaxed atomic load.
+//! - A `CudaDevice` has its own profile (`ZERFOO_CUDA_PROFILE`, GPU time
+//!   from CUDA events).
+//!
+//! ```
+//! use zerfoo_kernels::cpu::profile;
+//! use zerfoo_kernels::device::SoftmaxKernels;
+//! use zerfoo_kernels::{Cpu, Layout};
+//!
+//! profile::enable();
+//! let x = vec![1.0f32, 2.0, 3.0, 4.0];
+//! let y = Cpu.softmax_forward::<f32, false>(&x, &Layout::contiguous(&[2, 2]), 1).unwrap();
+//! assert!((y[0] + y[1] - 1.0).abs() < 1e-6);
+//! let table = profile::report().expect("profiling is on");
+//! assert!(table.contains("softmax/forward f32"));
+//! profile::disable();
+//! assert!(profile::report().is_none());
+//! ```
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::{DType, Layout};
+
+/// Not decided yet: the first kernel reads `ZERFOO_PROFILE`.
+const UNSET: u8 = 0;
+/// Kernels are not timed.
+const OFF: u8 = 1;
+/// Kernels are timed.
+const ON: u8 = 2;
+
+static STATE: AtomicU8 = AtomicU8::new(UNSET);
+
+/// The sums since profiling began.
+static TOTALS: Mutex<Option<Totals>> = Mutex::new(None);
+
+thread_local! {
+    /// Kernels running on this thread (the outer one is the one timed).
+    static DEPTH: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Per name: calls and seconds; and when the sums began.
+struct Totals {
+    started: Instant,
+    by_name: HashMap<String, (u64, f64)>,
+}
+
+impl Totals {
+    fn new() -> Self {
+        Totals {
+            started: Instant::now(),
+            by_name: HashMap::new(),
+        }
+    }
+}
+
+fn totals() -> std::sync::MutexGuard<'static, Option<Totals>> {
+    TOTALS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether kernels are being timed: after [`enable`], or when
+/// `ZERFOO_PROFILE` is set to anything but empty or `0` (read once, by the
+/// first call, unless [`enable`] or [`disable`] came first).
+pub fn enabled() -> bool {
+    match STATE.load(Ordering::Relaxed) {
+        ON => true,
+        OFF => false,
+        _ => {
+            let on = std::env::var("ZERFOO_PROFILE").is_ok_and(|v| !v.is_empty() && v != "0");
+            if on {
+                // Only the first to decide starts the clock.
+                if STATE
+                    .compare_exchange(UNSET, ON, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    *totals() = Some(Totals::new());
+                }
+            } else {
+                let _ = STATE.compare_exchange(UNSET, OFF, Ordering::Relaxed, Ordering::Relaxed);
+            }
+            STATE.load(Ordering::Relaxed) == ON
+        }
+    }
+}
+
+/// Starts timing kernels, from empty sums and a fresh wall clock (also
+/// when profiling was already on: a new measurement, e.g. after warm-up).
+pub fn enable() {
+    *totals() = Some(Totals::new());
+    STATE.store(ON, Ordering::Relaxed);
+}
+
+/// Stops timing kernels and drops the sums.
+pub fn disable() {
+    STATE.store(OFF, Ordering::Relaxed);
+    *totals() = None;
+}
+
+/// The table so far, busiest first: total ms, calls, µs per call and share
+/// of the wall time per name, under a line with the wall time since
+/// profiling began and how much of it the kernels took. `None` when
+/// profiling is off.
+pub fn report() -> Option<String> {
+    if !enabled() {
+        return None;
+    }
+    let guard = totals();
+    let t = guard.as_ref()?;
+    let wall = t.started.elapsed().as_secs_f64() * 1e3;
+    let busy: f64 = t.by_name.values().map(|&(_, s)| s * 1e3).sum();
+    let mut rows: Vec<_> = t.by_name.iter().collect();
+    rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1).then(a.0.cmp(b.0)));
+    let share = |ms: f64| 100.0 * ms / wall.max(f64::MIN_POSITIVE);
+    let mut out = format!(
+        "CPU profile: {wall:.1} ms wall since profiling began; kernels {busy:.1} ms ({:.1}%), \
+         the rest outside them\n{:>10} {:>8} {:>10} {:>6}  name\n",
+        share(busy),
+        "ms",
+        "calls",
+        "us/call",
+        "share"
+    );
+    for (name, &(calls, secs)) in rows {
+        let ms = secs * 1e3;
+        out += &format!(
+            "{ms:>10.2} {calls:>8} {:>10.1} {:>5.1}%  {name}\n",
+            ms * 1e3 / calls as f64,
+            share(ms)
+        );
+    }
+    Some(out)
+}
+
+/// Runs the kernel `f`, and when profiling is on and no other kernel is
+/// running on this thread, adds its time to `name()` (called only then,
+/// after `f`).
+#[inline]
+pub(crate) fn time<R>(name: impl FnOnce() -> String, f: impl FnOnce() -> R) -> R {
+    if !enabled() {
+        return f();
+    }
+    let depth = DEPTH.with(|d| {
+        let v = d.get();
+        d.set(v + 1);
+        v
+    });
+    /// Leaves the kernel on this thread even if it unwinds.
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            DEPTH.with(|d| d.set(d.get() - 1));
+        }
+    }
+    let _leave = Leave;
+    let start = Instant::now();
+    let r = f();
+    if depth == 0 {
+        let secs = start.elapsed().as_secs_f64();
+        let name = name();
+        if let Some(t) = totals().as_mut() {
+            let e = t.by_name.entry(name).or_insert((0, 0.0));
+            e.0 += 1;
+            e.1 += secs;
+        }
+    }
+    r
+}
+
+/// A kernel's name: `kernel dtype`.
+pub(crate) fn name(kernel: &str, dtype: DType) -> String {
+    format!("{kernel} {dtype}")
+}
+
+/// A product's name: `matmul/kernel dtype A · B`, each operand's
+/// [`dims`].
+pub(crate) fn product(kernel: String, dtype: DType, la: &Layout, lb: &Layout) -> String {
+    format!("matmul/{kernel} {dtype} {} · {}", dims(la), dims(lb))
+}
+
+/// An operand's dims for a name, `x`-separated, with `ᵀ` when its last two
+/// axes are read transposed (the next-to-last steps by one element).
+pub(crate) fn dims(l: &Layout) -> String {
+    let (shape, strides) = (l.shape(), l.strides());
+    let mut s = shape
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("x");
+    let r = shape.len();
+    if r >= 2 && shape[r - 1] > 1 && shape[r - 2] > 1 && strides[r - 2] == 1 {
+        s.push('ᵀ');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::{MatmulKernels, SoftmaxKernels};
+    use crate::Cpu;
+
+    /// The calls of the row named `name` in `table`.
+    fn calls(table: &str, name: &str) -> u64 {
+        table
+            .lines()
+            .find(|l| l.ends_with(name))
+            .unwrap_or_else(|| panic!("no row `{name}` in\n{table}"))
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("no call count in the row `{name}` of\n{table}"))
+    }
+
+    /// The one test that switches profiling (the state is process-wide).
+    /// Its names carry dims or words no other test uses, so concurrent
+    /// tests' kernels cannot change the counts read here.
+    #[test]
+    fn profile_counts_outer_kernels_by_name() {
+        enable();
+        let (la, lb) = (Layout::contiguous(&[7, 13]), Layout::contiguous(&[5, 13]));
+        let lbt = lb.permute(&[1, 0]);
+        let a: Vec<f64> = (0..91).map(|i| i as f64 * 0.01).collect();
+        let b: Vec<f64> = (0..65).map(|i| 1.0 - i as f64 * 0.01).collect();
+        for _ in 0..3 {
+            Cpu.gemm_batched(&a, &la, &b, &lbt).unwrap();
+        }
+        // A composed default is not a kernel of its own: the kernel it
+        // calls is timed.
+        Cpu.gemm_batched_maybe_bias(&a, &la, &b, &lbt, None)
+            .unwrap();
+        Cpu.softmax_forward::<f64, true>(&a, &la, 1).unwrap();
+        // A kernel inside another counts as the outer one only.
+        let x = time(
+            || "test/outer".into(),
+            || time(|| "test/inner".into(), || 1 + 1),
+        );
+        assert_eq!(x, 2);
+        let table = report().expect("on");
+        assert!(table.starts_with("CPU profile: "), "{table}");
+        assert_eq!(calls(&table, "matmul/gemm_batched f64 7x13 · 13x5ᵀ"), 4);
+        assert_eq!(calls(&table, "test/outer"), 1);
+        assert!(!table.contains("test/inner"), "{table}");
+        assert!(!table.contains("maybe_bias"), "{table}");
+        assert!(table.contains("softmax/log_forward f64"), "{table}");
+
+        // A new measurement starts from empty sums.
+        enable();
+        assert!(!report().unwrap().contains("7x13"));
+        disable();
+        assert!(report().is_none());
+        Cpu.gemm_batched(&a, &la, &b, &lbt).unwrap();
+        enable();
+        assert!(!report().unwrap().contains("7x13"));
+        disable();
+    }
+
+    #[test]
+    fn dims_mark_transposed_operands() {
+        let l = Layout::contiguous(&[8, 256, 384]);
+        assert_eq!(dims(&l), "8x256x384");
+        assert_eq!(
+            dims(&Layout::contiguous(&[1152, 384]).permute(&[1, 0])),
+            "384x1152ᵀ"
+        );
+        // A single column or row is the same either way.
+        assert_eq!(
+            dims(&Layout::contiguous(&[1, 384]).permute(&[1, 0])),
+            "384x1"
+        );
+    }
+}
