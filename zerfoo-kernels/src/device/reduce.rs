@@ -172,10 +172,9 @@ impl ReduceKernels for Cpu {
     ) -> Result<(Vec<E>, Vec<usize>), DeviceError> {
         profile::time(
             || {
-                format!(
-                    "reduce/{}_axes {}",
-                    if MAX { "max" } else { "min" },
-                    E::DTYPE
+                profile::name(
+                    ["reduce/min_axes", "reduce/max_axes"][MAX as usize],
+                    E::DTYPE,
                 )
             },
             || Ok(crate::cpu::reduce::extreme_axes::<E, MAX>(x, lx, axes)),
@@ -274,10 +273,9 @@ impl ReduceKernels for Cpu {
     ) -> Result<Vec<i64>, DeviceError> {
         profile::time(
             || {
-                format!(
-                    "reduce/arg{}_axes {}",
-                    if MAX { "max" } else { "min" },
-                    E::DTYPE
+                profile::name(
+                    ["reduce/argmin_axes", "reduce/argmax_axes"][MAX as usize],
+                    E::DTYPE,
                 )
             },
             || {

@@ -34,10 +34,9 @@ impl SoftmaxKernels for Cpu {
     ) -> Result<Vec<E>, DeviceError> {
         profile::time(
             || {
-                format!(
-                    "softmax/{}forward {}",
-                    if LOG { "log_" } else { "" },
-                    E::DTYPE
+                profile::name(
+                    ["softmax/forward", "softmax/log_forward"][LOG as usize],
+                    E::DTYPE,
                 )
             },
             || Ok(crate::cpu::softmax::softmax_forward::<E, LOG>(x, lx, axis)),
@@ -53,10 +52,9 @@ impl SoftmaxKernels for Cpu {
     ) -> Result<Vec<E>, DeviceError> {
         profile::time(
             || {
-                format!(
-                    "softmax/{}backward {}",
-                    if LOG { "log_" } else { "" },
-                    E::DTYPE
+                profile::name(
+                    ["softmax/backward", "softmax/log_backward"][LOG as usize],
+                    E::DTYPE,
                 )
             },
             || {
