@@ -1,6 +1,6 @@
 //! Products with at most [`MAX_ROWS`] rows (one token's activations times
-//! a weight, as in generation) in `f32`, `f16` and `bf16`, reading `B` in
-//! place.
+//! a weight, as in generation) in `f32`, `f16`, `bf16` and f8 (E4M3FN,
+//! E5M2), reading `B` in place.
 //!
 //! For so few rows the blocked path's packing of `B` costs more than the
 //! product: it reads the whole weight, writes it packed and reads it again
@@ -10,7 +10,7 @@
 //!   columns) per depth step, the sums in a buffer of the task's columns.
 //!   The sums are the blocked kernels' own: per depth block (the same
 //!   [`depth_block`] cut) a chain from zero down the depth (fused
-//!   multiply-adds in `f32` and in `f16` widened to `f32`, `vdpbf16ps` over
+//!   multiply-adds in `f32`, and in `f16` or f8 widened to `f32`, `vdpbf16ps` over
 //!   pairs in `bf16`), added to the result in block order (`c + Σ`, or `Σ`
 //!   alone where the first block overwrites), the column bias after the
 //!   last block, and for `f16` and `bf16` the kernels' rounding. So the bits
@@ -37,7 +37,7 @@ use std::any::TypeId;
 use super::pack::Packing;
 use super::{depth_block, Final, Operands};
 use crate::cpu::threads::{run_tasks, SyncPtr};
-use crate::{bf16, f16, FloatDtype};
+use crate::{bf16, f16, FloatDtype, F8E4M3, F8E5M2};
 
 /// The most rows a product may have to take this path.
 pub(super) const MAX_ROWS: usize = 4;
@@ -65,11 +65,12 @@ macro_rules! by_rows {
 }
 
 /// `c = A · B` (`overwrite`) or `c += A · B`, then `+ bias[j]` on every
-/// row, for an `f32`, `f16` or `bf16` product of at most [`MAX_ROWS`] rows
+/// row, for an `f32`, `f16`, `bf16` or f8 product of at most [`MAX_ROWS`] rows
 /// whose `B` has unit column or unit depth steps, on a CPU with AVX-512
 /// (F, BW, VL; and AVX512-BF16 for `bf16`). An `f16` or `bf16` product's
 /// last depth block is rounded into the `Final::Round` output as the
-/// kernels round; `fin` runs on each task's columns once they are final.
+/// kernels round (an f8 one by `fin`, the narrowing step); `fin` runs on
+/// each task's columns once they are final.
 /// Returns `false` (having done nothing) for any other product or CPU.
 pub(super) fn try_product<E: FloatDtype, K: Packing<E>>(
     ops: &Operands<'_, E>,
@@ -89,14 +90,17 @@ pub(super) fn try_product<E: FloatDtype, K: Packing<E>>(
         return false;
     }
     // (`bf16` only in pairs: widened to `f32` it sums as `f32` does.)
-    let is_f32 = TypeId::of::<E>() == TypeId::of::<f32>() && has_avx512();
-    let is_f16 = TypeId::of::<E>() == TypeId::of::<f16>() && K::GROUP == 1 && has_avx512();
-    let is_bf16 = TypeId::of::<E>() == TypeId::of::<bf16>() && K::GROUP == 2 && has_avx512_bf16();
+    let is = |t: TypeId| TypeId::of::<E>() == t;
+    let is_f32 = is(TypeId::of::<f32>()) && has_avx512();
+    let is_f16 = is(TypeId::of::<f16>()) && K::GROUP == 1 && has_avx512();
+    let is_f8 =
+        (is(TypeId::of::<F8E4M3>()) || is(TypeId::of::<F8E5M2>())) && K::GROUP == 1 && has_avx512();
+    let is_bf16 = is(TypeId::of::<bf16>()) && K::GROUP == 2 && has_avx512_bf16();
     // (`f32` results are never rounded; 16-bit ones are, by the kernels
-    // here, never finished.)
+    // here, never finished; f8 ones are narrowed by the finishing step.)
     let fits = match fin {
-        Final::Keep => is_f32 || is_f16 || is_bf16,
-        Final::Finish(_) => is_f32,
+        Final::Keep => is_f32 || is_f16 || is_bf16 || is_f8,
+        Final::Finish(_) => is_f32 || is_f8,
         Final::Round(_) => is_f16 || is_bf16,
     };
     if !fits {
@@ -139,9 +143,9 @@ pub(super) fn try_product<E: FloatDtype, K: Packing<E>>(
             finish(generic.get(), (0, m), (c0, c1 - c0));
         }
     };
-    if is_f32 || is_f16 {
+    if is_f32 || is_f16 || is_f8 {
         // `A` as `m` rows of `k` values in `f32`, gathered once (a few KiB
-        // at most; `f16` widens exactly).
+        // at most; `f16` and f8 widen exactly).
         let a_rows: Vec<f32> = ops
             .a_rows
             .iter()
@@ -158,14 +162,20 @@ pub(super) fn try_product<E: FloatDtype, K: Packing<E>>(
             out,
         };
         let at = (offsets.as_slice(), col0);
+        let by_rows = ops.b_unit_n;
+        // SAFETY (each cast): `E` is that type (same TypeId).
         if is_f32 {
-            // SAFETY: `E` is `f32` (same TypeId).
             let b = unsafe { cast::<E, f32>(ops.b) };
-            widened(&cols, (b, at), ops.b_unit_n, threads, done);
-        } else {
-            // SAFETY: `E` is `f16` (same TypeId).
+            widened(&cols, (b, at), by_rows, threads, done);
+        } else if is_f16 {
             let b = unsafe { cast::<E, f16>(ops.b) };
-            widened(&cols, (b, at), ops.b_unit_n, threads, done);
+            widened(&cols, (b, at), by_rows, threads, done);
+        } else if is(TypeId::of::<F8E4M3>()) {
+            let b = unsafe { cast::<E, F8E4M3>(ops.b) };
+            widened(&cols, (b, at), by_rows, threads, done);
+        } else {
+            let b = unsafe { cast::<E, F8E5M2>(ops.b) };
+            widened(&cols, (b, at), by_rows, threads, done);
         }
     } else {
         // SAFETY: `E` is `bf16`, a `u16` bit pattern (same TypeId).
@@ -327,7 +337,7 @@ enum Narrow {
 }
 
 /// A type of `B` that the `f32` sums read 16 values at a time, as `f32`.
-trait Wide: Copy + Sync {
+pub(super) trait Wide: Copy + Sync {
     /// The lanes of `mask` from the 16 values at `p`, widened (the others
     /// zero).
     ///
@@ -354,6 +364,40 @@ impl Wide for f16 {
     unsafe fn load16(mask: __mmask16, p: *const f16) -> __m512 {
         // SAFETY: the caller's guarantee (`f16` is its 16 bits).
         unsafe { _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p.cast())) }
+    }
+}
+
+impl Wide for F8E5M2 {
+    /// An E5M2 value is the high byte of the `f16` with the same value
+    /// (infinities and NaNs included).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[inline]
+    unsafe fn load16(mask: __mmask16, p: *const F8E5M2) -> __m512 {
+        // SAFETY: the caller's guarantee (`F8E5M2` is its 8 bits).
+        let bytes = unsafe { _mm_maskz_loadu_epi8(mask, p.cast()) };
+        _mm512_cvtph_ps(_mm256_slli_epi16::<8>(_mm256_cvtepu8_epi16(bytes)))
+    }
+}
+
+impl Wide for F8E4M3 {
+    /// The exponent and mantissa bits (`S.EEEE.MMM`) moved into an `f16`'s
+    /// (`S.0EEEE.MMM0000000`) give the value divided by 2^8 (the biases are
+    /// 7 and 15), subnormals included; times 2^8 (exact) it is the value.
+    /// `S.1111.111` is NaN.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[inline]
+    unsafe fn load16(mask: __mmask16, p: *const F8E4M3) -> __m512 {
+        // SAFETY: the caller's guarantee (`F8E4M3` is its 8 bits).
+        let bytes = unsafe { _mm_maskz_loadu_epi8(mask, p.cast()) };
+        let w = _mm256_cvtepu8_epi16(bytes);
+        let mag = _mm256_and_si256(w, _mm256_set1_epi16(0x7F));
+        let sign = _mm256_and_si256(w, _mm256_set1_epi16(0x80));
+        let h = _mm256_or_si256(_mm256_slli_epi16::<7>(mag), _mm256_slli_epi16::<8>(sign));
+        let x = _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(256.0));
+        let nan = _mm256_cmpeq_epi16_mask(mag, _mm256_set1_epi16(0x7F));
+        _mm512_mask_mov_ps(x, nan, _mm512_set1_ps(f32::NAN))
     }
 }
 

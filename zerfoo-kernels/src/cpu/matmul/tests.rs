@@ -883,6 +883,8 @@ fn assert_rounded_close<T: FloatDtype>(got: &[T], want: &[f64], mag: &[f64], wha
     let (half_ulp, floor) = match T::DTYPE {
         DType::BF16 => (2f64.powi(-8), 0.0),
         DType::F16 => (2f64.powi(-11), 2f64.powi(-25)),
+        DType::F8E4M3 => (2f64.powi(-4), 2f64.powi(-10)),
+        DType::F8E5M2 => (2f64.powi(-3), 2f64.powi(-17)),
         DType::F32 => (0.0, 0.0),
         other => panic!("assert_rounded_close: {other:?} sums in f64"),
     };
@@ -1834,6 +1836,8 @@ fn few_rows_read_b_in_place() {
             }
             if avx512bw {
                 few_rows_of::<f16>(values, (k, n), &lb, in_place_order);
+                few_rows_of::<crate::F8E4M3>(values, (k, n), &lb, in_place_order);
+                few_rows_of::<crate::F8E5M2>(values, (k, n), &lb, in_place_order);
             }
             // Added into a result (`gemm_acc`, `f32`): the blocked kernels' `c + Σ`.
             let (a, b) = (rounded::<f32>(&a64).0, rounded::<f32>(&b64).0);
@@ -1860,7 +1864,51 @@ fn few_rows_read_b_in_place() {
     }
 }
 
-/// [`few_rows_read_b_in_place`] for one `T` (`f32`, `bf16` or `f16`): the
+/// The few-rows path widens 16 f8 values at a time with vector code: for
+/// every one of the 256 bit patterns of both formats, in every lane, the
+/// value `to_f32` gives (NaN for NaN), and zero in the lanes masked off.
+#[test]
+fn f8_widening_loads_give_every_value() {
+    use crate::{F8E4M3, F8E5M2};
+    if !(std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl"))
+    {
+        eprintln!("f8_widening_loads_give_every_value: no AVX-512 BW/VL, skipped");
+        return;
+    }
+    fn check<T: skinny::Wide + FloatDtype>(of_bits: fn(u8) -> T) {
+        let all: Vec<T> = (0..=255u8).map(of_bits).collect();
+        for start in 0..=240 {
+            for mask in [0xFFFFu16, 0x00FF, 0x8001] {
+                let mut got = [0f32; 16];
+                // SAFETY: AVX-512 F/BW/VL are present; the 16 values from
+                // `start` are in `all`.
+                unsafe {
+                    let v = T::load16(mask, all.as_ptr().add(start));
+                    core::arch::x86_64::_mm512_storeu_ps(got.as_mut_ptr(), v);
+                }
+                for (lane, &g) in got.iter().enumerate() {
+                    let want = if mask >> lane & 1 == 1 {
+                        all[start + lane].to_f32()
+                    } else {
+                        0.0
+                    };
+                    let what = format!("{:?} bits {:#04x} lane {lane}", T::DTYPE, start + lane);
+                    if want.is_nan() {
+                        assert!(g.is_nan(), "{what}: got {g}, want NaN");
+                    } else {
+                        assert_eq!(g.to_bits(), want.to_bits(), "{what}: got {g}, want {want}");
+                    }
+                }
+            }
+        }
+    }
+    check(F8E4M3::from_bits);
+    check(F8E5M2::from_bits);
+}
+
+/// [`few_rows_read_b_in_place`] for one `T` (`f32`, `bf16`, `f16` or f8): the
 /// `(A, B, bias)` values (`A` with [`skinny::MAX_ROWS`] + 9 rows of `k`)
 /// rounded to `T`, `B` `[k, n]` through `lb`. Each of 1-4 rows: the same
 /// bits on 1 and 2 threads; the tall product's bits where the path keeps
