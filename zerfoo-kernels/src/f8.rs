@@ -112,9 +112,7 @@ impl Format {
         let m = ((r / 2f64.powi(e) - 1.0) * scale) as u8;
         (((e + self.bias) as u8) << self.mantissa_bits) | m
     }
-}
 
-impl Format {
     /// The bits of the `f32` with the value of `bits` (a NaN pattern gives
     /// a quiet NaN): [`decode`](Format::decode) in integer arithmetic, so
     /// that it can fill a table at compile time.

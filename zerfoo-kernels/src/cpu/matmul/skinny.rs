@@ -97,9 +97,10 @@ pub(super) fn try_product<E: FloatDtype, K: Packing<E>>(
         (is(TypeId::of::<F8E4M3>()) || is(TypeId::of::<F8E5M2>())) && K::GROUP == 1 && has_avx512();
     let is_bf16 = is(TypeId::of::<bf16>()) && K::GROUP == 2 && has_avx512_bf16();
     // (`f32` results are never rounded; 16-bit ones are, by the kernels
-    // here, never finished; f8 ones are narrowed by the finishing step.)
+    // here, never finished; f8 ones are always narrowed by the finishing
+    // step.)
     let fits = match fin {
-        Final::Keep => is_f32 || is_f16 || is_bf16 || is_f8,
+        Final::Keep => is_f32 || is_f16 || is_bf16,
         Final::Finish(_) => is_f32 || is_f8,
         Final::Round(_) => is_f16 || is_bf16,
     };

@@ -877,8 +877,10 @@ fn assert_bf16_close(got: &[bf16], want: &[f64], mag: &[f64], what: &str) {
 }
 
 /// [`assert_bf16_close`] for a result in `bf16`, `f16` (half an `f16`
-/// ulp: at most `2^-11` relative, or `2^-25` among its subnormals) or
-/// `f32` (the summation error alone).
+/// ulp: at most `2^-11` relative, or `2^-25` among its subnormals), f8
+/// (half an ulp: `2^-4` relative and `2^-10` among the subnormals in
+/// E4M3FN, `2^-3` and `2^-17` in E5M2) or `f32` (the summation error
+/// alone).
 fn assert_rounded_close<T: FloatDtype>(got: &[T], want: &[f64], mag: &[f64], what: &str) {
     let (half_ulp, floor) = match T::DTYPE {
         DType::BF16 => (2f64.powi(-8), 0.0),
