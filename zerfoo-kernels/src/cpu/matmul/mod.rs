@@ -67,6 +67,7 @@ use crate::{bf16, DType, FloatDtype, Layout, Real};
 use kernel::{DirectFn, Kernel, Store, MAX_TILE};
 #[cfg(target_arch = "x86_64")]
 pub(crate) use pack::transpose_f32_8x8;
+pub(crate) use pack::widen;
 use pack::{with_buf, Bf16Pairs, Packing, Side, Widen, A_BUF, B_BUF, PAD_BUF};
 
 pub use activation::{gemm_batched_act_grad, gemm_batched_bias_act, gemm_batched_bias_residual};
@@ -1400,6 +1401,114 @@ pub(crate) fn gemm_set<A: Real>(
     c: &mut [A],
 ) {
     gemm_small((m, n, k), a, sa, b, sb, c, true)
+}
+
+/// One operand of [`gemm_indexed`]: element `(i, p)` (row `i`, column `p`)
+/// at `data[base + rows[i] + cols[p]]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Indexed<'a, A> {
+    /// The values.
+    pub data: &'a [A],
+    /// Offset added to every element's.
+    pub base: usize,
+    /// Offset of each row.
+    pub rows: &'a [usize],
+    /// Offset of each column.
+    pub cols: &'a [usize],
+}
+
+impl<A> Indexed<'_, A> {
+    /// Whether every element lies inside `data` (true when there are none).
+    fn in_bounds(&self) -> bool {
+        let max = |t: &[usize]| t.iter().copied().max();
+        match (max(self.rows), max(self.cols)) {
+            (Some(r), Some(c)) => self.base + r + c < self.data.len(),
+            _ => true,
+        }
+    }
+}
+
+/// `c = A · B` (`overwrite`: every element written, none read) or
+/// `c += A · B` in the compute type (`f32` or `f64`), `c` row-major
+/// `M x N`, on up to `threads` threads, with both
+/// operands addressed through offset tables (`A`'s columns and `B`'s rows
+/// are the depth): for kernels that address their operands themselves. A
+/// convolution reads its unrolled input straight from the padded image:
+/// each output row's positions are a run of consecutive offsets, which
+/// the packing copies run by run, so no im2col copy is ever written.
+///
+/// # Panics
+/// If an offset lies outside its operand, the depths differ, `c` is not
+/// `M x N`, or `A` is not `f32` or `f64`.
+pub(crate) fn gemm_indexed<A: Real>(
+    a: Indexed<'_, A>,
+    b: Indexed<'_, A>,
+    c: &mut [A],
+    overwrite: bool,
+    threads: usize,
+) {
+    let (m, n, k) = (a.rows.len(), b.cols.len(), a.cols.len());
+    assert_eq!(b.rows.len(), k, "gemm_indexed: depths differ");
+    assert_eq!(c.len(), m * n, "gemm_indexed: output length");
+    assert!(
+        a.in_bounds() && b.in_bounds(),
+        "gemm_indexed: offset out of bounds"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if overwrite {
+            c.fill(A::zero());
+        }
+        return;
+    }
+    fn typed<F: FloatDtype<Acc = F> + Real>(
+        a: Indexed<'_, F>,
+        b: Indexed<'_, F>,
+        c: &mut [F],
+        overwrite: bool,
+        threads: usize,
+    ) {
+        let ops = Operands::new(
+            a.data, a.base, a.rows, a.cols, b.data, b.base, b.rows, b.cols,
+        );
+        // SAFETY: `MaybeUninit<F>` has `F`'s layout; `blocked` only writes
+        // initialized values (and without `overwrite` reads and adds to the
+        // initialized ones there).
+        let c = unsafe { &mut *(c as *mut [F] as *mut [MaybeUninit<F>]) };
+        let kern = kernel::kernel::<F>();
+        blocked::<F, Widen>(&ops, c, threads, kern, overwrite, None, Final::Keep);
+    }
+    /// # Safety
+    /// `A` and `F` must be the same type.
+    unsafe fn cast<'a, A, F>(x: Indexed<'a, A>) -> Indexed<'a, F> {
+        Indexed {
+            // SAFETY: the caller's guarantee.
+            data: unsafe { core::slice::from_raw_parts(x.data.as_ptr().cast::<F>(), x.data.len()) },
+            base: x.base,
+            rows: x.rows,
+            cols: x.cols,
+        }
+    }
+    /// # Safety
+    /// `A` and `F` must be the same type.
+    unsafe fn cast_mut<A, F>(c: &mut [A]) -> &mut [F] {
+        // SAFETY: the caller's guarantee.
+        unsafe { core::slice::from_raw_parts_mut(c.as_mut_ptr().cast::<F>(), c.len()) }
+    }
+    if TypeId::of::<A>() == TypeId::of::<f32>() {
+        // SAFETY: `A` is `f32` (same TypeId).
+        unsafe { typed::<f32>(cast(a), cast(b), cast_mut(c), overwrite, threads) }
+    } else {
+        assert_eq!(
+            TypeId::of::<A>(),
+            TypeId::of::<f64>(),
+            "gemm_indexed: compute type must be f32 or f64"
+        );
+        // SAFETY: `A` is `f64` (checked above).
+        unsafe { typed::<f64>(cast(a), cast(b), cast_mut(c), overwrite, threads) }
+    }
 }
 
 /// [`gemm_acc`] (`overwrite` false) and [`gemm_set`] (true).

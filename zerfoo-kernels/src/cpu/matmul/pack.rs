@@ -837,13 +837,62 @@ pub(crate) fn pack_b_panel<E: FloatDtype>(
         }
     } else {
         let cs = &ops.b_cols[j0..j0 + cols];
-        for (d, &ro) in panel.chunks_exact_mut(nr).zip(rows) {
-            let base = ops.b_base + ro;
-            for (d, &co) in d.iter_mut().zip(cs) {
-                *d = ops.b[base + co].to_acc();
+        // Columns in runs of consecutive offsets (a convolution's unrolled
+        // input read from the image: each output row's positions are one
+        // run): each depth step copies whole runs.
+        let mut runs = [(0usize, 0usize); MAX_RUNS];
+        match column_runs(cs, &mut runs) {
+            Some(count) if count * MIN_RUN_LEN <= cols => {
+                let runs = &runs[..count];
+                for (d, &ro) in panel.chunks_exact_mut(nr).zip(rows) {
+                    let base = ops.b_base + ro;
+                    for &(j, len) in runs {
+                        let at = base + cs[j];
+                        widen(&ops.b[at..at + len], &mut d[j..j + len]);
+                    }
+                }
+            }
+            _ => {
+                for (d, &ro) in panel.chunks_exact_mut(nr).zip(rows) {
+                    let base = ops.b_base + ro;
+                    for (d, &co) in d.iter_mut().zip(cs) {
+                        *d = ops.b[base + co].to_acc();
+                    }
+                }
             }
         }
     }
+}
+
+/// Most runs of consecutive column offsets that [`pack_b_panel`] copies
+/// run by run (a panel with more takes the value-by-value copy).
+const MAX_RUNS: usize = 16;
+
+/// Fewest columns per run, on average, for which [`pack_b_panel`] copies
+/// runs (shorter ones, e.g. a strided convolution's, are copied value by
+/// value).
+const MIN_RUN_LEN: usize = 4;
+
+/// Splits `offsets` into maximal runs of consecutive values, written into
+/// `runs` as `(first index, length)`; returns how many, or `None` past
+/// `runs.len()`.
+///
+/// ```text
+/// [10, 11, 12, 20, 21, 5] -> (0, 3), (3, 2), (5, 1)
+/// ```
+pub(crate) fn column_runs(offsets: &[usize], runs: &mut [(usize, usize)]) -> Option<usize> {
+    let mut count = 0;
+    let mut j = 0;
+    while j < offsets.len() {
+        let mut len = 1;
+        while j + len < offsets.len() && offsets[j + len] == offsets[j] + len {
+            len += 1;
+        }
+        *runs.get_mut(count)? = (j, len);
+        count += 1;
+        j += len;
+    }
+    Some(count)
 }
 
 /// Values ahead along each run that [`transpose_f32_8x8_blocks`] prefetches.
