@@ -31,12 +31,12 @@
 //! samples (chosen from the shape only) and the block partials added in
 //! order, so results are deterministic.
 
-use core::any::{Any, TypeId};
+use core::any::TypeId;
 
 use num_traits::{Float, Zero};
 use rayon::prelude::*;
 
-use super::matmul::{gemm_batch_sum, gemm_batched, gemm_indexed, widen, Indexed, PAR_MACS};
+use super::matmul::{gemm_indexed, widen, Indexed, PAR_MACS};
 use super::threads::{for_each_chunk_mut, map_tasks};
 use super::{map, PAR_THRESHOLD};
 use crate::device::{BatchNormGrads, ChannelStats, ConvGrads};
@@ -142,34 +142,6 @@ pub fn adaptive_ranges(input: usize, out: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// `A · B` (or with `batch_sum`, the sum over the batch of the products) for
-/// operands already in the compute type, returning the compute type: the
-/// GEMM of [`super::matmul`] instantiated for `f32` or `f64`.
-// `&Vec` (not a slice): the operands are downcast through `Any`, which needs a sized type.
-#[allow(clippy::ptr_arg)]
-fn gemm_acc<A: Real>(a: &Vec<A>, la: &Layout, b: &Vec<A>, lb: &Layout, batch_sum: bool) -> Vec<A> {
-    fn run<F: FloatDtype>(a: &[F], la: &Layout, b: &[F], lb: &Layout, sum: bool) -> Vec<F> {
-        if sum {
-            gemm_batch_sum(a, la, b, lb)
-        } else {
-            gemm_batched(a, la, b, lb)
-        }
-    }
-    let (a, b): (&dyn Any, &dyn Any) = (a, b);
-    let out: Box<dyn Any> = if let (Some(a), Some(b)) =
-        (a.downcast_ref::<Vec<f32>>(), b.downcast_ref::<Vec<f32>>())
-    {
-        Box::new(run(a, la, b, lb, batch_sum))
-    } else if let (Some(a), Some(b)) = (a.downcast_ref::<Vec<f64>>(), b.downcast_ref::<Vec<f64>>())
-    {
-        Box::new(run(a, la, b, lb, batch_sum))
-    } else {
-        panic!("conv2d: the compute type must be f32 or f64")
-    };
-    *out.downcast::<Vec<A>>()
-        .unwrap_or_else(|_| panic!("conv2d: compute type changed"))
-}
-
 /// Dims of a convolution, read from the layouts.
 #[derive(Clone, Copy, Debug)]
 struct ConvDims {
@@ -224,11 +196,6 @@ impl ConvDims {
 
     fn l(&self) -> usize {
         self.oh * self.ow
-    }
-
-    /// The rows of group `g` of the `[O, ckk]` weight matrix.
-    fn weight_rows(&self, g: usize) -> Layout {
-        Layout::new(&[self.og, self.ckk], &[self.ckk, 1], g * self.og * self.ckk)
     }
 }
 
@@ -308,12 +275,21 @@ impl Unrolled {
         }
     }
 
-    /// Adds group `g`'s unrolled gradient `col` (`[cg·kh·kw, oh·ow]`) into
-    /// the padded sample's gradient `gxp` (`[C, hp, wp]`): the transpose
-    /// of [`Unrolled::unroll`], a run of `ow` positions at a time.
-    fn fold<A: Real>(&self, d: &ConvDims, stride: usize, col: &[A], g: usize, gxp: &mut [A]) {
+    /// Adds group `g`'s unrolled gradient (`[cg·kh·kw, oh·ow]`, in `col`
+    /// at `(row length, first column)`) into the padded sample's gradient
+    /// `gxp` (`[C, hp, wp]`): the transpose of [`Unrolled::unroll`], a run
+    /// of `ow` positions at a time.
+    fn fold<A: Real>(
+        &self,
+        d: &ConvDims,
+        stride: usize,
+        (col, ld, first): (&[A], usize, usize),
+        g: usize,
+        gxp: &mut [A],
+    ) {
         let base = self.group(d, g);
-        for (row, &tap) in col.chunks_exact(d.l()).zip(&self.taps) {
+        for (row, &tap) in col.chunks_exact(ld).zip(&self.taps) {
+            let row = &row[first..first + d.l()];
             for (seg, &at) in row
                 .chunks_exact(d.ow)
                 .zip(self.positions.iter().step_by(d.ow))
@@ -531,38 +507,69 @@ pub fn conv2d_backward<E: FloatDtype>(
     let macs = d.n * d.o * l * d.ckk;
     let parallel = macs >= PAR_MACS && rayon::current_num_threads() > 1;
 
-    // Input gradient, one sample at a time: col = W_gᵀ · gY_g, folded back
-    // into the padded sample's gradient, whose inside is the result.
+    // Input gradient: col = W_gᵀ · gY_g, folded back into the padded
+    // sample's gradient, whose inside is the result; for small images
+    // several samples side by side in one product (its columns), as in the
+    // forward.
     let chw = d.c * d.h * d.w;
     if chw > 0 {
         let u = Unrolled::new(&d, win);
         let (ph, pw) = (win.padding[0], win.padding[1]);
-        let sample = |ni: usize, out: &mut [E], acc: &mut Vec<E::Acc>| {
+        let padded_len = d.c * u.hp * u.wp;
+        let blocks = d.n.div_ceil(FORWARD_MIN_COLUMNS.div_ceil(l).clamp(1, d.n));
+        let per = d.n.div_ceil(blocks);
+        // `W_gᵀ` (`[ckk, og]`), the weight read transposed in place.
+        let a_rows: Vec<usize> = (0..d.ckk).collect();
+        let a_cols: Vec<usize> = (0..d.og).map(|o| o * d.ckk).collect();
+        // `gY_g` of the block's samples side by side (`[og, nb · L]`).
+        let b_rows: Vec<usize> = (0..d.og).map(|o| o * l).collect();
+        let b_cols: Vec<usize> = (0..per)
+            .flat_map(|k| (0..l).map(move |j| k * d.o * l + j))
+            .collect();
+        let threads = rayon::current_num_threads();
+        let by_block = parallel
+            && blocks >= threads
+            && (blocks.is_multiple_of(threads) || blocks >= 4 * threads);
+        let product_threads = if parallel && !by_block { threads } else { 1 };
+        let block = |bi: usize, out: &mut [E], (acc, col): &mut (Vec<E::Acc>, Vec<E::Acc>)| {
+            let nb = out.len() / chw;
             acc.clear();
-            acc.resize(d.c * u.hp * u.wp, zero);
+            acc.resize(nb * padded_len, zero);
+            col.resize(d.ckk * nb * l, zero);
             for g in 0..d.groups {
-                let mut wt = d.weight_rows(g);
-                wt.swap_axes(0, 1);
-                let lg = Layout::new(&[d.og, l], &[l, 1], (ni * d.o + g * d.og) * l);
-                let col = gemm_acc(&wa, &wt, &ga, &lg, false);
-                u.fold(&d, win.stride[1], &col, g, acc);
+                let a = Indexed {
+                    data: &wa,
+                    base: g * d.og * d.ckk,
+                    rows: &a_rows,
+                    cols: &a_cols,
+                };
+                let b = Indexed {
+                    data: &ga,
+                    base: (bi * per * d.o + g * d.og) * l,
+                    rows: &b_rows,
+                    cols: &b_cols[..nb * l],
+                };
+                gemm_indexed(a, b, col, true, product_threads);
+                for (k, acc) in acc.chunks_exact_mut(padded_len).enumerate() {
+                    u.fold(&d, win.stride[1], (col, nb * l, k * l), g, acc);
+                }
             }
             for (row, dst) in out.chunks_exact_mut(d.w).enumerate() {
-                let (c, ih) = (row / d.h, row % d.h);
-                let src = &acc[(c * u.hp + ih + ph) * u.wp + pw..][..d.w];
+                let (k, c, ih) = (row / (d.c * d.h), row / d.h % d.c, row % d.h);
+                let src = &acc[k * padded_len + (c * u.hp + ih + ph) * u.wp + pw..][..d.w];
                 for (o, &v) in dst.iter_mut().zip(src) {
                     *o = E::from_acc(v);
                 }
             }
         };
-        if parallel && d.n > 1 {
-            gx.par_chunks_mut(chw)
+        if by_block {
+            gx.par_chunks_mut(per * chw)
                 .enumerate()
-                .for_each_init(Vec::new, |acc, (ni, o)| sample(ni, o, acc));
+                .for_each_init(Default::default, |bufs, (bi, o)| block(bi, o, bufs));
         } else {
-            let mut acc = Vec::new();
-            for (ni, o) in gx.chunks_exact_mut(chw).enumerate() {
-                sample(ni, o, &mut acc);
+            let mut bufs = Default::default();
+            for (bi, o) in gx.chunks_mut(per * chw).enumerate() {
+                block(bi, o, &mut bufs);
             }
         }
     }
@@ -582,11 +589,11 @@ pub fn conv2d_backward<E: FloatDtype>(
         let chunk_rows = (WGRAD_CHUNK / (d.ckk * d.ow)).max(WGRAD_MIN_DEPTH.div_ceil(d.ow));
         let samples_per_chunk = chunk_rows.div_ceil(d.oh).max(1);
         let chunk_rows = chunk_rows.clamp(1, d.oh);
-        let per =
-            d.n.div_ceil(WGRAD_BLOCKS)
-                .next_multiple_of(samples_per_chunk)
-                .min(d.n);
-        let blocks = d.n.div_ceil(per);
+        // As many blocks as `WGRAD_BLOCKS` at most, a chunk at least each,
+        // all of about the same size.
+        let blocks =
+            d.n.div_ceil(d.n.div_ceil(WGRAD_BLOCKS).max(samples_per_chunk));
+        let per = d.n.div_ceil(blocks);
         let b_cols: Vec<usize> = (0..d.og).map(|o| o * l).collect();
         let threads = rayon::current_num_threads();
         let product_threads = if parallel && blocks < threads {
@@ -1116,6 +1123,123 @@ mod tests {
         (0..n)
             .map(|i| (((i as u64 * 2654435761 + seed * 97) % 1000) as f64) / 500.0 - 1.0)
             .collect()
+    }
+
+    /// The gradients of [`naive`] by the same loops: `(gx, gw)`.
+    fn naive_backward(
+        x: &[f64],
+        xd: [usize; 4],
+        w: &[f64],
+        wd: [usize; 4],
+        groups: usize,
+        win: &Window2d,
+        gy: &[f64],
+    ) -> (Vec<f64>, Vec<f64>) {
+        let [n, c, h, wi] = xd;
+        let [o, cg, kh, kw] = wd;
+        let [oh, ow] = win.out_dims([h, wi]).unwrap();
+        let og = o / groups;
+        let (mut gx, mut gw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
+        for a in 0..n {
+            for oc in 0..o {
+                for i in 0..oh {
+                    for j in 0..ow {
+                        let g = gy[((a * o + oc) * oh + i) * ow + j];
+                        for ci in 0..cg {
+                            for p in 0..kh {
+                                for q in 0..kw {
+                                    let ih = (i * win.stride[0] + p * win.dilation[0]) as isize
+                                        - win.padding[0] as isize;
+                                    let iw = (j * win.stride[1] + q * win.dilation[1]) as isize
+                                        - win.padding[1] as isize;
+                                    if ih < 0 || iw < 0 || ih >= h as isize || iw >= wi as isize {
+                                        continue;
+                                    }
+                                    let xi = ((a * c + oc / og * cg + ci) * h + ih as usize) * wi
+                                        + iw as usize;
+                                    let wi_ = ((oc * cg + ci) * kh + p) * kw + q;
+                                    gx[xi] += g * w[wi_];
+                                    gw[wi_] += g * x[xi];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (gx, gw)
+    }
+
+    /// Forward and backward against the loops, on 1 and 2 threads with the
+    /// same bits: an image whose weight gradient runs in chunks of output
+    /// rows, small images several to a product (forward) and to a chunk
+    /// (weight gradient), over several blocks of samples with a short
+    /// last one, groups, strides, dilations and a padding past the kernel.
+    #[test]
+    fn conv_and_gradients_match_direct_loops() {
+        let win = |kernel, stride, padding, dilation| Window2d {
+            kernel,
+            stride,
+            padding,
+            dilation,
+        };
+        let cases = [
+            (
+                [2, 64, 24, 24],
+                [8, 64, 3, 3],
+                1,
+                win([3, 3], [1, 1], [1, 1], [1, 1]),
+            ),
+            (
+                [11, 3, 5, 4],
+                [4, 3, 2, 3],
+                1,
+                win([2, 3], [2, 1], [1, 2], [1, 2]),
+            ),
+            (
+                [3, 4, 6, 7],
+                [6, 2, 2, 2],
+                2,
+                win([2, 2], [1, 2], [3, 1], [1, 1]),
+            ),
+            (
+                [20, 64, 4, 4],
+                [8, 64, 3, 3],
+                1,
+                win([3, 3], [1, 1], [1, 1], [1, 1]),
+            ),
+        ];
+        for (xd, wd, groups, win) in cases {
+            let x = vals(xd.iter().product(), 1);
+            let w = vals(wd.iter().product(), 2);
+            let (lx, lw) = (Layout::contiguous(&xd), Layout::contiguous(&wd));
+            let want = naive(&x, xd, &w, wd, groups, &win);
+            let gy = vals(want.len(), 3);
+            let (gx_want, gw_want) = naive_backward(&x, xd, &w, wd, groups, &win, &gy);
+            let close = |got: &[f64], want: &[f64], what: &str| {
+                assert_eq!(got.len(), want.len());
+                for (a, b) in got.iter().zip(want) {
+                    assert!((a - b).abs() < 1e-11, "{xd:?} {what}: {a} vs {b}");
+                }
+            };
+            let mut runs = Vec::new();
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let (y, g) = pool.install(|| {
+                    let y = conv2d_forward(&x, &lx, &w, &lw, None, groups, &win);
+                    let g = conv2d_backward(&x, &lx, &w, &lw, true, groups, &win, &gy);
+                    (y, g)
+                });
+                close(&y, &want, "forward");
+                close(&g.x, &gx_want, "input gradient");
+                close(&g.weight, &gw_want, "weight gradient");
+                runs.push((y, g.x, g.weight, g.bias));
+            }
+            assert!(runs[0] == runs[1], "{xd:?}: 1 and 2 threads differ");
+        }
     }
 
     #[test]

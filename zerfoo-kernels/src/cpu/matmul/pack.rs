@@ -880,7 +880,7 @@ const MIN_RUN_LEN: usize = 4;
 /// ```text
 /// [10, 11, 12, 20, 21, 5] -> (0, 3), (3, 2), (5, 1)
 /// ```
-pub(crate) fn column_runs(offsets: &[usize], runs: &mut [(usize, usize)]) -> Option<usize> {
+pub(super) fn column_runs(offsets: &[usize], runs: &mut [(usize, usize)]) -> Option<usize> {
     let mut count = 0;
     let mut j = 0;
     while j < offsets.len() {

@@ -1962,3 +1962,146 @@ fn few_rows_of<T: FloatDtype>(
         assert_rounded_close(&one, &want, &mag, &what);
     }
 }
+
+#[test]
+fn column_runs_split_at_every_gap() {
+    let mut runs = [(0, 0); 4];
+    assert_eq!(column_runs_of(&[10, 11, 12, 20, 21, 5], &mut runs), Some(3));
+    assert_eq!(runs[..3], [(0, 3), (3, 2), (5, 1)]);
+    assert_eq!(column_runs_of(&[], &mut runs), Some(0));
+    // More runs than room: none.
+    assert_eq!(column_runs_of(&[0, 2, 4, 6, 8], &mut runs), None);
+}
+
+fn column_runs_of(offsets: &[usize], runs: &mut [(usize, usize)]) -> Option<usize> {
+    pack::column_runs(offsets, runs)
+}
+
+/// `gemm_indexed` against the triple loop over the same offset tables:
+/// `B`'s columns in runs of consecutive offsets (a convolution's output
+/// rows, copied run by run), with gaps too short for runs (strided, copied
+/// value by value), a transposed `B`, odd sizes, adding onto `c`, and 1 or
+/// 2 threads with the same bits.
+#[test]
+fn indexed_operands_match_the_triple_loop() {
+    // `B[p, j] = b[base + rows[p] + cols[j]]`: a 3-tap, 2-channel unrolled
+    // image of width `wp`, `ow` positions per output row at `step`.
+    fn image_cols(oh: usize, ow: usize, wp: usize, step: usize) -> Vec<usize> {
+        (0..oh)
+            .flat_map(|y| (0..ow).map(move |x| y * wp + x * step))
+            .collect()
+    }
+    for (m, oh, ow, step, wp) in [
+        (5, 3, 37, 1, 40),
+        (17, 9, 7, 1, 9),
+        (1, 2, 60, 1, 61),
+        (29, 4, 11, 2, 24),
+        (14, 1, 129, 1, 131),
+    ] {
+        let taps: Vec<usize> = (0..2)
+            .flat_map(|c| (0..3).map(move |t| c * 20 * wp + t * wp + t))
+            .collect();
+        let cols = image_cols(oh, ow, wp, step);
+        let image = vals(3 + 2 * 20 * wp + 2 * wp + 2 + *cols.last().unwrap(), 7);
+        let k = taps.len();
+        let a = vals(m * k + 3, 8);
+        let (a_rows, a_cols): (Vec<usize>, Vec<usize>) =
+            ((0..m).map(|i| i * k).collect(), (0..k).collect());
+        let n = cols.len();
+        let mut want = vals(m * n, 9);
+        let start = want.clone();
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0.0;
+                for p in 0..k {
+                    s += a[3 + a_rows[i] + a_cols[p]] * image[3 + taps[p] + cols[j]];
+                }
+                want[i * n + j] += s;
+            }
+        }
+        let mut bits = Vec::new();
+        for threads in [1, 2] {
+            let run = |overwrite: bool, c: &mut [f64]| {
+                let ai = Indexed {
+                    data: &a,
+                    base: 3,
+                    rows: &a_rows,
+                    cols: &a_cols,
+                };
+                let bi = Indexed {
+                    data: &image,
+                    base: 3,
+                    rows: &taps,
+                    cols: &cols,
+                };
+                gemm_indexed(ai, bi, c, overwrite, threads);
+            };
+            let mut c = start.clone();
+            run(false, &mut c);
+            assert!(
+                max_rel(&c, &want) < 1e-12,
+                "{m} x {oh}x{ow} step {step}: c +="
+            );
+            let mut set = vec![f64::NAN; m * n];
+            run(true, &mut set);
+            let sums: Vec<f64> = want.iter().zip(&start).map(|(w, s)| w - s).collect();
+            assert!(
+                max_rel(&set, &sums) < 1e-10,
+                "{m} x {oh}x{ow} step {step}: c ="
+            );
+            bits.push(set);
+        }
+        assert_eq!(bits[0], bits[1], "thread counts agree");
+        // `B` read transposed (unit depth steps): `Bᵀ` is `image` rows.
+        let bt_rows: Vec<usize> = (0..k).collect();
+        let bt_cols: Vec<usize> = (0..n).map(|j| j * k).collect();
+        let bt = vals(n * k, 10);
+        let mut c = vec![f64::NAN; m * n];
+        let ai = Indexed {
+            data: &a,
+            base: 3,
+            rows: &a_rows,
+            cols: &a_cols,
+        };
+        let bi = Indexed {
+            data: &bt,
+            base: 0,
+            rows: &bt_rows,
+            cols: &bt_cols,
+        };
+        gemm_indexed(ai, bi, &mut c, true, 2);
+        for i in 0..m {
+            for j in 0..n {
+                let s: f64 = (0..k).map(|p| a[3 + i * k + p] * bt[j * k + p]).sum();
+                assert!((c[i * n + j] - s).abs() < 1e-12);
+            }
+        }
+    }
+}
+
+#[test]
+fn indexed_operands_are_checked() {
+    let data = [1.0f32; 6];
+    let rows = [0, 2];
+    let cols = [0, 1, 4];
+    let ok = Indexed {
+        data: &data,
+        base: 0,
+        rows: &rows,
+        cols: &cols[..2],
+    };
+    let past = Indexed {
+        data: &data,
+        base: 0,
+        rows: &rows,
+        cols: &cols,
+    };
+    let mut c = [0.0f32; 4];
+    gemm_indexed(ok, ok, &mut c, true, 1);
+    assert_eq!(c, [2.0; 4]);
+    let r = std::panic::catch_unwind(move || {
+        let mut c = [0.0f32; 6];
+        gemm_indexed(ok, past, &mut c, true, 1)
+    });
+    assert!(r.is_err(), "an offset past the operand's end");
+}
