@@ -406,18 +406,8 @@ pub fn conv2d_forward<E: FloatDtype>(
     // `y` (`[O, nb · L]`, compute type) = the block's convolution plus bias.
     let convolve = |xp: &[E::Acc], nb: usize, y: &mut [E::Acc]| {
         for (g, yg) in y.chunks_exact_mut(d.og * nb * l).enumerate() {
-            let a = Indexed {
-                data: &wa,
-                base: g * d.og * d.ckk,
-                rows: &a_rows,
-                cols: &a_cols,
-            };
-            let b = Indexed {
-                data: xp,
-                base: u.group(&d, g),
-                rows: &u.taps,
-                cols: &positions[..nb * l],
-            };
+            let a = Indexed::new(&wa, g * d.og * d.ckk, &a_rows, &a_cols);
+            let b = Indexed::new(xp, u.group(&d, g), &u.taps, &positions[..nb * l]);
             gemm_indexed(a, b, yg, true, product_threads);
         }
         if let Some(ba) = &ba {
@@ -537,18 +527,13 @@ pub fn conv2d_backward<E: FloatDtype>(
             acc.resize(nb * padded_len, zero);
             col.resize(d.ckk * nb * l, zero);
             for g in 0..d.groups {
-                let a = Indexed {
-                    data: &wa,
-                    base: g * d.og * d.ckk,
-                    rows: &a_rows,
-                    cols: &a_cols,
-                };
-                let b = Indexed {
-                    data: &ga,
-                    base: (bi * per * d.o + g * d.og) * l,
-                    rows: &b_rows,
-                    cols: &b_cols[..nb * l],
-                };
+                let a = Indexed::new(&wa, g * d.og * d.ckk, &a_rows, &a_cols);
+                let b = Indexed::new(
+                    &ga,
+                    (bi * per * d.o + g * d.og) * l,
+                    &b_rows,
+                    &b_cols[..nb * l],
+                );
                 gemm_indexed(a, b, col, true, product_threads);
                 for (k, acc) in acc.chunks_exact_mut(padded_len).enumerate() {
                     u.fold(&d, win.stride[1], (col, nb * l, k * l), g, acc);
@@ -643,18 +628,13 @@ pub fn conv2d_backward<E: FloatDtype>(
                         let to = (depth, k * len);
                         u.unroll(&d, win.stride[1], xp, g, rows.clone(), to, &mut col);
                     }
-                    let a = Indexed {
-                        data: &col,
-                        base: 0,
-                        rows: &a_rows,
-                        cols: &a_cols,
-                    };
-                    let b = Indexed {
-                        data: &ga,
-                        base: (n0 * d.o + g * d.og) * l + rows.start * d.ow,
-                        rows: &b_rows,
-                        cols: &b_cols,
-                    };
+                    let a = Indexed::new(&col, 0, &a_rows, &a_cols);
+                    let b = Indexed::new(
+                        &ga,
+                        (n0 * d.o + g * d.og) * l + rows.start * d.ow,
+                        &b_rows,
+                        &b_cols,
+                    );
                     gemm_indexed(a, b, part, false, product_threads);
                 }
             }

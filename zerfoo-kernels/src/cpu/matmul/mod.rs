@@ -1417,7 +1417,17 @@ pub(crate) struct Indexed<'a, A> {
     pub cols: &'a [usize],
 }
 
-impl<A> Indexed<'_, A> {
+impl<'a, A> Indexed<'a, A> {
+    /// The operand with element `(i, p)` at `data[base + rows[i] + cols[p]]`.
+    pub fn new(data: &'a [A], base: usize, rows: &'a [usize], cols: &'a [usize]) -> Self {
+        Indexed {
+            data,
+            base,
+            rows,
+            cols,
+        }
+    }
+
     /// Whether every element lies inside `data` (true when there are none).
     fn in_bounds(&self) -> bool {
         let max = |t: &[usize]| t.iter().copied().max();

@@ -2022,18 +2022,8 @@ fn indexed_operands_match_the_triple_loop() {
         let mut bits = Vec::new();
         for threads in [1, 2] {
             let run = |overwrite: bool, c: &mut [f64]| {
-                let ai = Indexed {
-                    data: &a,
-                    base: 3,
-                    rows: &a_rows,
-                    cols: &a_cols,
-                };
-                let bi = Indexed {
-                    data: &image,
-                    base: 3,
-                    rows: &taps,
-                    cols: &cols,
-                };
+                let ai = Indexed::new(&a, 3, &a_rows, &a_cols);
+                let bi = Indexed::new(&image, 3, &taps, &cols);
                 gemm_indexed(ai, bi, c, overwrite, threads);
             };
             let mut c = start.clone();
@@ -2057,18 +2047,8 @@ fn indexed_operands_match_the_triple_loop() {
         let bt_cols: Vec<usize> = (0..n).map(|j| j * k).collect();
         let bt = vals(n * k, 10);
         let mut c = vec![f64::NAN; m * n];
-        let ai = Indexed {
-            data: &a,
-            base: 3,
-            rows: &a_rows,
-            cols: &a_cols,
-        };
-        let bi = Indexed {
-            data: &bt,
-            base: 0,
-            rows: &bt_rows,
-            cols: &bt_cols,
-        };
+        let ai = Indexed::new(&a, 3, &a_rows, &a_cols);
+        let bi = Indexed::new(&bt, 0, &bt_rows, &bt_cols);
         gemm_indexed(ai, bi, &mut c, true, 2);
         for i in 0..m {
             for j in 0..n {
@@ -2084,18 +2064,8 @@ fn indexed_operands_are_checked() {
     let data = [1.0f32; 6];
     let rows = [0, 2];
     let cols = [0, 1, 4];
-    let ok = Indexed {
-        data: &data,
-        base: 0,
-        rows: &rows,
-        cols: &cols[..2],
-    };
-    let past = Indexed {
-        data: &data,
-        base: 0,
-        rows: &rows,
-        cols: &cols,
-    };
+    let ok = Indexed::new(&data, 0, &rows, &cols[..2]);
+    let past = Indexed::new(&data, 0, &rows, &cols);
     let mut c = [0.0f32; 4];
     gemm_indexed(ok, ok, &mut c, true, 1);
     assert_eq!(c, [2.0; 4]);
