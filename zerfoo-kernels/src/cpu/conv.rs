@@ -236,6 +236,11 @@ impl Unrolled {
         }
     }
 
+    /// Values in a padded sample (`[C, hp, wp]`).
+    fn sample_len(&self, d: &ConvDims) -> usize {
+        d.c * self.hp * self.wp
+    }
+
     /// Offset of group `g`'s first channel in a padded sample.
     fn group(&self, d: &ConvDims, g: usize) -> usize {
         g * d.cg * self.hp * self.wp
@@ -382,33 +387,21 @@ pub fn conv2d_forward<E: FloatDtype>(
     let wa = weight_acc(w, lw);
     let ba: Option<Vec<E::Acc>> = bias.map(|(b, lb)| map(b, lb, |v: E| v.to_acc()));
     let u = Unrolled::new(&d, win);
-    // Small images: several samples side by side in one product (its
-    // columns), so that it has enough columns for whole panels.
-    // (As few such blocks as that needs, of equal sizes.)
-    let blocks = d.n.div_ceil(FORWARD_MIN_COLUMNS.div_ceil(l).clamp(1, d.n));
-    let per = d.n.div_ceil(blocks);
-    let padded_len = d.c * u.hp * u.wp;
+    let sb = SampleBlocks::new(&d);
+    let padded_len = u.sample_len(&d);
     // Column `(k, j)` of a block: output position `j` of its sample `k`.
-    let positions: Vec<usize> = (0..per)
+    let positions: Vec<usize> = (0..sb.per)
         .flat_map(|k| u.positions.iter().map(move |&p| k * padded_len + p))
         .collect();
     // The group's weight rows `[og, ckk]`, read in place.
     let a_rows: Vec<usize> = (0..d.og).map(|i| i * d.ckk).collect();
     let a_cols: Vec<usize> = (0..d.ckk).collect();
-    let threads = rayon::current_num_threads();
-    let parallel = d.n * d.o * l * d.ckk >= PAR_MACS && threads > 1;
-    // Whole blocks per thread where they share out evenly (each thread
-    // pads and packs only its own), else each block's products on all
-    // threads (one image at inference).
-    let by_block =
-        parallel && blocks >= threads && (blocks.is_multiple_of(threads) || blocks >= 4 * threads);
-    let product_threads = if parallel && !by_block { threads } else { 1 };
     // `y` (`[O, nb · L]`, compute type) = the block's convolution plus bias.
     let convolve = |xp: &[E::Acc], nb: usize, y: &mut [E::Acc]| {
         for (g, yg) in y.chunks_exact_mut(d.og * nb * l).enumerate() {
             let a = Indexed::new(&wa, g * d.og * d.ckk, &a_rows, &a_cols);
             let b = Indexed::new(xp, u.group(&d, g), &u.taps, &positions[..nb * l]);
-            gemm_indexed(a, b, yg, true, product_threads);
+            gemm_indexed(a, b, yg, true, sb.product_threads);
         }
         if let Some(ba) = &ba {
             for (row, &b) in y.chunks_exact_mut(nb * l).zip(ba) {
@@ -422,7 +415,7 @@ pub fn conv2d_forward<E: FloatDtype>(
         xp.clear();
         xp.resize(nb * padded_len, E::Acc::zero());
         for (k, xp) in xp.chunks_exact_mut(padded_len).enumerate() {
-            pad_sample(x, lx, &d, &u, bi * per + k, xp);
+            pad_sample(x, lx, &d, &u, bi * sb.per + k, xp);
         }
         match as_acc_mut(out) {
             Some(y) if nb == 1 => convolve(xp, 1, y),
@@ -442,19 +435,64 @@ pub fn conv2d_forward<E: FloatDtype>(
             }
         }
     };
-    if by_block {
-        // Rayon's own split here (not `threads::run_tasks`): each thread
-        // reuses its buffers across its blocks (`for_each_init`).
-        out.par_chunks_mut(per * d.o * l)
-            .enumerate()
-            .for_each_init(Default::default, |bufs, (bi, o)| block(bi, o, bufs));
-    } else {
-        let mut bufs = Default::default();
-        for (bi, o) in out.chunks_mut(per * d.o * l).enumerate() {
-            block(bi, o, &mut bufs);
+    sb.run(&mut out, d.o * l, block);
+    out
+}
+
+/// How the forward and the input gradient share a batch out: blocks of
+/// `per` samples (the last one may be shorter). Small images put several
+/// samples side by side in one product (its columns), so that it has at
+/// least [`FORWARD_MIN_COLUMNS`] columns: as few such blocks as that needs,
+/// of equal sizes. Whole blocks go to the threads where they share out
+/// evenly (each thread then pads and packs only its own), else each
+/// block's products run on all threads (one image at inference).
+struct SampleBlocks {
+    /// Samples per block.
+    per: usize,
+    /// Threads per product.
+    product_threads: usize,
+    /// Whether the threads take whole blocks.
+    by_block: bool,
+}
+
+impl SampleBlocks {
+    fn new(d: &ConvDims) -> Self {
+        let blocks =
+            d.n.div_ceil(FORWARD_MIN_COLUMNS.div_ceil(d.l()).clamp(1, d.n));
+        let threads = rayon::current_num_threads();
+        let parallel = d.n * d.o * d.l() * d.ckk >= PAR_MACS && threads > 1;
+        let by_block = parallel
+            && blocks >= threads
+            && (blocks.is_multiple_of(threads) || blocks >= 4 * threads);
+        SampleBlocks {
+            per: d.n.div_ceil(blocks),
+            product_threads: if parallel && !by_block { threads } else { 1 },
+            by_block,
         }
     }
-    out
+
+    /// Runs `block(bi, out, bufs)` for each block `bi`, `out` its samples'
+    /// part of `all` (`len` values per sample), `bufs` scratch that each
+    /// thread reuses across its blocks.
+    fn run<T: Send, B: Default + Send>(
+        &self,
+        all: &mut [T],
+        len: usize,
+        block: impl Fn(usize, &mut [T], &mut B) + Sync + Send,
+    ) {
+        if self.by_block {
+            // Rayon's own split here (not `threads::run_tasks`), for
+            // `for_each_init`'s buffers per thread.
+            all.par_chunks_mut(self.per * len)
+                .enumerate()
+                .for_each_init(B::default, |bufs, (bi, o)| block(bi, o, bufs));
+        } else {
+            let mut bufs = B::default();
+            for (bi, o) in all.chunks_mut(self.per * len).enumerate() {
+                block(bi, o, &mut bufs);
+            }
+        }
+    }
 }
 
 /// `out` as the compute type, when `E` is its own (`f32`, `f64`).
@@ -505,22 +543,16 @@ pub fn conv2d_backward<E: FloatDtype>(
     if chw > 0 {
         let u = Unrolled::new(&d, win);
         let (ph, pw) = (win.padding[0], win.padding[1]);
-        let padded_len = d.c * u.hp * u.wp;
-        let blocks = d.n.div_ceil(FORWARD_MIN_COLUMNS.div_ceil(l).clamp(1, d.n));
-        let per = d.n.div_ceil(blocks);
+        let padded_len = u.sample_len(&d);
+        let sb = SampleBlocks::new(&d);
         // `W_gᵀ` (`[ckk, og]`), the weight read transposed in place.
         let a_rows: Vec<usize> = (0..d.ckk).collect();
         let a_cols: Vec<usize> = (0..d.og).map(|o| o * d.ckk).collect();
         // `gY_g` of the block's samples side by side (`[og, nb · L]`).
         let b_rows: Vec<usize> = (0..d.og).map(|o| o * l).collect();
-        let b_cols: Vec<usize> = (0..per)
+        let b_cols: Vec<usize> = (0..sb.per)
             .flat_map(|k| (0..l).map(move |j| k * d.o * l + j))
             .collect();
-        let threads = rayon::current_num_threads();
-        let by_block = parallel
-            && blocks >= threads
-            && (blocks.is_multiple_of(threads) || blocks >= 4 * threads);
-        let product_threads = if parallel && !by_block { threads } else { 1 };
         let block = |bi: usize, out: &mut [E], (acc, col): &mut (Vec<E::Acc>, Vec<E::Acc>)| {
             let nb = out.len() / chw;
             acc.clear();
@@ -530,11 +562,11 @@ pub fn conv2d_backward<E: FloatDtype>(
                 let a = Indexed::new(&wa, g * d.og * d.ckk, &a_rows, &a_cols);
                 let b = Indexed::new(
                     &ga,
-                    (bi * per * d.o + g * d.og) * l,
+                    (bi * sb.per * d.o + g * d.og) * l,
                     &b_rows,
                     &b_cols[..nb * l],
                 );
-                gemm_indexed(a, b, col, true, product_threads);
+                gemm_indexed(a, b, col, true, sb.product_threads);
                 for (k, acc) in acc.chunks_exact_mut(padded_len).enumerate() {
                     u.fold(&d, win.stride[1], (col, nb * l, k * l), g, acc);
                 }
@@ -547,16 +579,7 @@ pub fn conv2d_backward<E: FloatDtype>(
                 }
             }
         };
-        if by_block {
-            gx.par_chunks_mut(per * chw)
-                .enumerate()
-                .for_each_init(Default::default, |bufs, (bi, o)| block(bi, o, bufs));
-        } else {
-            let mut bufs = Default::default();
-            for (bi, o) in gx.chunks_mut(per * chw).enumerate() {
-                block(bi, o, &mut bufs);
-            }
-        }
+        sb.run(&mut gx, chw, block);
     }
 
     // Weight gradient, transposed per group: gwᵀ_g = Σ_n col_n · gY_nᵀ
@@ -568,7 +591,7 @@ pub fn conv2d_backward<E: FloatDtype>(
     // shape), added in block order.
     if d.ckk > 0 {
         let u = Unrolled::new(&d, win);
-        let padded_len = d.c * u.hp * u.wp;
+        let padded_len = u.sample_len(&d);
         // Output rows per chunk, which whole samples make up when an image
         // has fewer.
         let chunk_rows = (WGRAD_CHUNK / (d.ckk * d.ow)).max(WGRAD_MIN_DEPTH.div_ceil(d.ow));
@@ -579,6 +602,17 @@ pub fn conv2d_backward<E: FloatDtype>(
         let blocks =
             d.n.div_ceil(d.n.div_ceil(WGRAD_BLOCKS).max(samples_per_chunk));
         let per = d.n.div_ceil(blocks);
+        // The offset tables of a full chunk, whose unrolled input `col`
+        // holds rows of `full_depth` values; a shorter chunk (a sample's
+        // last rows, a block's last samples) uses their beginning.
+        let full_len = chunk_rows * d.ow;
+        let full_depth = samples_per_chunk * full_len;
+        let a_rows: Vec<usize> = (0..d.ckk).map(|p| p * full_depth).collect();
+        let depth_steps: Vec<usize> = (0..full_depth).collect();
+        // Depth `(k, j)`: position `j` of a chunk's rows of its sample `k`.
+        let b_rows: Vec<usize> = (0..samples_per_chunk)
+            .flat_map(|k| (0..full_len).map(move |j| k * d.o * l + j))
+            .collect();
         let b_cols: Vec<usize> = (0..d.og).map(|o| o * l).collect();
         let threads = rayon::current_num_threads();
         let product_threads = if parallel && blocks < threads {
@@ -588,7 +622,7 @@ pub fn conv2d_backward<E: FloatDtype>(
         };
         let partial = |bi: usize| -> Vec<E::Acc> {
             let mut part = vec![zero; d.groups * d.ckk * d.og];
-            let (mut xp, mut col) = (Vec::new(), Vec::new());
+            let (mut xp, mut col) = (Vec::new(), vec![zero; d.ckk * full_depth]);
             let samples = bi * per..((bi + 1) * per).min(d.n);
             // Chunks: whole samples, or one sample's rows.
             let chunks: Vec<(usize, usize, core::ops::Range<usize>)> = if samples_per_chunk > 1 {
@@ -616,23 +650,16 @@ pub fn conv2d_backward<E: FloatDtype>(
                 }
                 let len = rows.len() * d.ow;
                 let depth = nb * len;
-                let a_rows: Vec<usize> = (0..d.ckk).map(|p| p * depth).collect();
-                let a_cols: Vec<usize> = (0..depth).collect();
-                // Depth `(k, j)`: position `j` of the chunk's rows of sample `n0 + k`.
-                let b_rows: Vec<usize> = (0..nb)
-                    .flat_map(|k| (0..len).map(move |j| k * d.o * l + j))
-                    .collect();
-                col.resize(d.ckk * depth, zero);
                 for (g, part) in part.chunks_exact_mut(d.ckk * d.og).enumerate() {
                     for (k, xp) in xp.chunks_exact(padded_len).enumerate() {
-                        let to = (depth, k * len);
+                        let to = (full_depth, k * len);
                         u.unroll(&d, win.stride[1], xp, g, rows.clone(), to, &mut col);
                     }
-                    let a = Indexed::new(&col, 0, &a_rows, &a_cols);
+                    let a = Indexed::new(&col, 0, &a_rows, &depth_steps[..depth]);
                     let b = Indexed::new(
                         &ga,
                         (n0 * d.o + g * d.og) * l + rows.start * d.ow,
-                        &b_rows,
+                        &b_rows[..depth],
                         &b_cols,
                     );
                     gemm_indexed(a, b, part, false, product_threads);

@@ -1403,23 +1403,41 @@ pub(crate) fn gemm_set<A: Real>(
     gemm_small((m, n, k), a, sa, b, sb, c, true)
 }
 
+/// `x` as a slice of `F`.
+///
+/// # Safety
+/// `A` and `F` must be the same type.
+unsafe fn same_type<A, F>(x: &[A]) -> &[F] {
+    // SAFETY: the caller's guarantee.
+    unsafe { core::slice::from_raw_parts(x.as_ptr().cast::<F>(), x.len()) }
+}
+
+/// `x` as a mutable slice of `F`.
+///
+/// # Safety
+/// `A` and `F` must be the same type.
+unsafe fn same_type_mut<A, F>(x: &mut [A]) -> &mut [F] {
+    // SAFETY: the caller's guarantee.
+    unsafe { core::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<F>(), x.len()) }
+}
+
 /// One operand of [`gemm_indexed`]: element `(i, p)` (row `i`, column `p`)
 /// at `data[base + rows[i] + cols[p]]`.
 #[derive(Clone, Copy)]
 pub(crate) struct Indexed<'a, A> {
     /// The values.
-    pub data: &'a [A],
+    data: &'a [A],
     /// Offset added to every element's.
-    pub base: usize,
+    base: usize,
     /// Offset of each row.
-    pub rows: &'a [usize],
+    rows: &'a [usize],
     /// Offset of each column.
-    pub cols: &'a [usize],
+    cols: &'a [usize],
 }
 
 impl<'a, A> Indexed<'a, A> {
     /// The operand with element `(i, p)` at `data[base + rows[i] + cols[p]]`.
-    pub fn new(data: &'a [A], base: usize, rows: &'a [usize], cols: &'a [usize]) -> Self {
+    pub(crate) fn new(data: &'a [A], base: usize, rows: &'a [usize], cols: &'a [usize]) -> Self {
         Indexed {
             data,
             base,
@@ -1493,23 +1511,12 @@ pub(crate) fn gemm_indexed<A: Real>(
     /// # Safety
     /// `A` and `F` must be the same type.
     unsafe fn cast<'a, A, F>(x: Indexed<'a, A>) -> Indexed<'a, F> {
-        Indexed {
-            // SAFETY: the caller's guarantee.
-            data: unsafe { core::slice::from_raw_parts(x.data.as_ptr().cast::<F>(), x.data.len()) },
-            base: x.base,
-            rows: x.rows,
-            cols: x.cols,
-        }
-    }
-    /// # Safety
-    /// `A` and `F` must be the same type.
-    unsafe fn cast_mut<A, F>(c: &mut [A]) -> &mut [F] {
         // SAFETY: the caller's guarantee.
-        unsafe { core::slice::from_raw_parts_mut(c.as_mut_ptr().cast::<F>(), c.len()) }
+        Indexed::new(unsafe { same_type(x.data) }, x.base, x.rows, x.cols)
     }
     if TypeId::of::<A>() == TypeId::of::<f32>() {
         // SAFETY: `A` is `f32` (same TypeId).
-        unsafe { typed::<f32>(cast(a), cast(b), cast_mut(c), overwrite, threads) }
+        unsafe { typed::<f32>(cast(a), cast(b), same_type_mut(c), overwrite, threads) }
     } else {
         assert_eq!(
             TypeId::of::<A>(),
@@ -1517,7 +1524,7 @@ pub(crate) fn gemm_indexed<A: Real>(
             "gemm_indexed: compute type must be f32 or f64"
         );
         // SAFETY: `A` is `f64` (checked above).
-        unsafe { typed::<f64>(cast(a), cast(b), cast_mut(c), overwrite, threads) }
+        unsafe { typed::<f64>(cast(a), cast(b), same_type_mut(c), overwrite, threads) }
     }
 }
 
@@ -1546,68 +1553,19 @@ fn gemm_small<A: Real>(
         (k - 1) * rsb + (n - 1) * csb < b.len(),
         "gemm_acc: rhs too short"
     );
-    fn typed<E: FloatDtype>(
-        dims: (usize, usize, usize),
-        a: &[E],
-        sa: (usize, usize),
-        b: &[E],
-        sb: (usize, usize),
-        c: &mut [E::Acc],
-        overwrite: bool,
-    ) {
-        let (m, n, k) = dims;
-        let (a_rows, a_cols) = (offsets(m, sa.0), offsets(k, sa.1));
-        let (b_rows, b_cols) = (offsets(k, sb.0), offsets(n, sb.1));
-        let ops = Operands::new(a, 0, &a_rows, &a_cols, b, 0, &b_rows, &b_cols);
-        // SAFETY: `MaybeUninit<T>` has `T`'s layout; `blocked` writes only
-        // initialized values (and without `overwrite` reads and adds to
-        // the initialized ones there).
-        let c = unsafe { &mut *(c as *mut [E::Acc] as *mut [MaybeUninit<E::Acc>]) };
-        blocked::<E, Widen>(
-            &ops,
-            c,
-            1,
-            kernel::kernel::<E::Acc>(),
-            overwrite,
-            None,
-            Final::Keep,
-        );
-    }
-    /// # Safety
-    /// `A` and `T` must be the same type.
-    unsafe fn cast<A, T>(x: &[A]) -> &[T] {
-        // SAFETY: the caller's guarantee.
-        unsafe { core::slice::from_raw_parts(x.as_ptr().cast::<T>(), x.len()) }
-    }
     if TypeId::of::<A>() == TypeId::of::<f32>() {
         // SAFETY: `A` is `f32` (same TypeId).
-        let (a, b, c) = unsafe {
-            (
-                cast::<A, f32>(a),
-                cast::<A, f32>(b),
-                core::slice::from_raw_parts_mut(c.as_mut_ptr().cast::<f32>(), c.len()),
-            )
-        };
+        let (a, b, c) = unsafe { (same_type(a), same_type(b), same_type_mut(c)) };
         // SAFETY: the bounds were checked above.
-        let done =
-            unsafe { direct::try_gemm_f32((m, n, k), a, (rsa, csa), b, (rsb, csb), c, overwrite) };
-        if !done {
-            typed::<f32>((m, n, k), a, (rsa, csa), b, (rsb, csb), c, overwrite);
+        if unsafe { direct::try_gemm_f32((m, n, k), a, (rsa, csa), b, (rsb, csb), c, overwrite) } {
+            return;
         }
-    } else {
-        assert_eq!(
-            TypeId::of::<A>(),
-            TypeId::of::<f64>(),
-            "gemm_acc: compute type must be f32 or f64"
-        );
-        // SAFETY: `A` is `f64` (checked above).
-        let (a, b, c) = unsafe {
-            (
-                cast::<A, f64>(a),
-                cast::<A, f64>(b),
-                core::slice::from_raw_parts_mut(c.as_mut_ptr().cast::<f64>(), c.len()),
-            )
-        };
-        typed::<f64>((m, n, k), a, (rsa, csa), b, (rsb, csb), c, overwrite);
     }
+    let (a_rows, a_cols) = (offsets(m, rsa), offsets(k, csa));
+    let (b_rows, b_cols) = (offsets(k, rsb), offsets(n, csb));
+    let (a, b) = (
+        Indexed::new(a, 0, &a_rows, &a_cols),
+        Indexed::new(b, 0, &b_rows, &b_cols),
+    );
+    gemm_indexed(a, b, c, overwrite, 1);
 }
