@@ -201,7 +201,7 @@ impl ConvDims {
 
 /// A convolution's unrolled input (one group's `[cg·kh·kw, oh·ow]` im2col
 /// matrix) read in place from a zero-padded copy of a sample
-/// ([`pad_sample`], `[C, hp, wp]`): row `p = (c, ky, kx)`, column
+/// ([`pad_rows`], `[C, hp, wp]`): row `p = (c, ky, kx)`, column
 /// `j = (oy, ox)` is `xp[group + taps[p] + positions[j]]`, `group` the
 /// offset of the group's first channel ([`Unrolled::group`]). At stride 1
 /// an output row's positions are consecutive offsets, which the GEMM's
@@ -314,30 +314,39 @@ impl Unrolled {
     }
 }
 
-/// Sample `ni` of `x` in the compute type, zero-padded on every side as
-/// `u` says, into `xp` (`[C, hp, wp]`, row-major; its padding is left as
-/// it is: zeros).
-fn pad_sample<E: FloatDtype>(
+/// Rows `rows` (of `hp`) of every channel of sample `ni` of `x`, in the
+/// compute type and zero-padded as `u` says, into `xp` (the padded sample
+/// `[C, hp, wp]`, row-major): every value of those rows is written (the
+/// others are left as they are, so a buffer needs no zero fill).
+#[allow(clippy::too_many_arguments)]
+fn pad_rows<E: FloatDtype>(
     x: &[E],
     lx: &Layout,
     d: &ConvDims,
     u: &Unrolled,
     ni: usize,
+    rows: core::ops::Range<usize>,
     xp: &mut [E::Acc],
 ) {
     let s = lx.strides();
     let (ph, pw) = ((u.hp - d.h) / 2, (u.wp - d.w) / 2);
-    if d.w == 0 {
-        return;
-    }
+    let zero = E::Acc::zero();
     for c in 0..d.c {
-        for ih in 0..d.h {
+        for r in rows.clone() {
+            let row = &mut xp[(c * u.hp + r) * u.wp..][..u.wp];
+            let Some(ih) = r.checked_sub(ph).filter(|&ih| ih < d.h) else {
+                row.fill(zero);
+                continue;
+            };
+            let (left, rest) = row.split_at_mut(pw);
+            let (inside, right) = rest.split_at_mut(d.w);
+            left.fill(zero);
+            right.fill(zero);
             let from = lx.offset + ni * s[0] + c * s[1] + ih * s[2];
-            let row = &mut xp[(c * u.hp + ih + ph) * u.wp + pw..][..d.w];
             if s[3] == 1 {
-                widen(&x[from..from + d.w], row);
+                widen(&x[from..from + d.w], inside);
             } else {
-                for (iw, v) in row.iter_mut().enumerate() {
+                for (iw, v) in inside.iter_mut().enumerate() {
                     *v = x[from + iw * s[3]].to_acc();
                 }
             }
@@ -412,10 +421,9 @@ pub fn conv2d_forward<E: FloatDtype>(
     // Block `bi` (its samples' outputs `out`).
     let block = |bi: usize, out: &mut [E], (xp, acc): &mut (Vec<E::Acc>, Vec<E::Acc>)| {
         let nb = out.len() / (d.o * l);
-        xp.clear();
         xp.resize(nb * padded_len, E::Acc::zero());
         for (k, xp) in xp.chunks_exact_mut(padded_len).enumerate() {
-            pad_sample(x, lx, &d, &u, bi * sb.per + k, xp);
+            pad_rows(x, lx, &d, &u, bi * sb.per + k, 0..u.hp, xp);
         }
         match as_acc_mut(out) {
             Some(y) if nb == 1 => convolve(xp, 1, y),
@@ -597,11 +605,31 @@ pub fn conv2d_backward<E: FloatDtype>(
         let chunk_rows = (WGRAD_CHUNK / (d.ckk * d.ow)).max(WGRAD_MIN_DEPTH.div_ceil(d.ow));
         let samples_per_chunk = chunk_rows.div_ceil(d.oh).max(1);
         let chunk_rows = chunk_rows.clamp(1, d.oh);
-        // As many blocks as `WGRAD_BLOCKS` at most, a chunk at least each,
-        // all of about the same size.
-        let blocks =
-            d.n.div_ceil(d.n.div_ceil(WGRAD_BLOCKS).max(samples_per_chunk));
-        let per = d.n.div_ceil(blocks);
+        // The chunks, in order: whole samples (`nb` of them from `n0`, as
+        // many in each chunk as can be), or one sample's rows.
+        let chunks: Vec<(usize, usize, core::ops::Range<usize>)> = if samples_per_chunk > 1 {
+            let count = d.n.div_ceil(samples_per_chunk);
+            (0..count)
+                .map(|c| {
+                    let (n0, n1) = (d.n * c / count, d.n * (c + 1) / count);
+                    (n0, n1 - n0, 0..d.oh)
+                })
+                .collect()
+        } else {
+            (0..d.n)
+                .flat_map(|ni| {
+                    (0..d.oh)
+                        .step_by(chunk_rows)
+                        .map(move |y0| (ni, 1, y0..(y0 + chunk_rows).min(d.oh)))
+                })
+                .collect()
+        };
+        // Up to `WGRAD_BLOCKS` blocks of consecutive chunks, of about the
+        // same size (from the shape alone, so the sum does not depend on
+        // the thread count): a single image's rows share out too.
+        let blocks = chunks.len().min(WGRAD_BLOCKS);
+        let block_chunks =
+            |bi: usize| &chunks[chunks.len() * bi / blocks..chunks.len() * (bi + 1) / blocks];
         // The offset tables of a full chunk, whose unrolled input `col`
         // holds rows of `full_depth` values; a shorter chunk (a sample's
         // last rows, a block's last samples) uses their beginning.
@@ -623,30 +651,13 @@ pub fn conv2d_backward<E: FloatDtype>(
         let partial = |bi: usize| -> Vec<E::Acc> {
             let mut part = vec![zero; d.groups * d.ckk * d.og];
             let (mut xp, mut col) = (Vec::new(), vec![zero; d.ckk * full_depth]);
-            let samples = bi * per..((bi + 1) * per).min(d.n);
-            // Chunks: whole samples, or one sample's rows.
-            let chunks: Vec<(usize, usize, core::ops::Range<usize>)> = if samples_per_chunk > 1 {
-                samples
-                    .clone()
-                    .step_by(samples_per_chunk)
-                    .map(|n0| (n0, samples_per_chunk.min(samples.end - n0), 0..d.oh))
-                    .collect()
-            } else {
-                samples
-                    .flat_map(|ni| {
-                        (0..d.oh)
-                            .step_by(chunk_rows)
-                            .map(move |y0| (ni, 1, y0..(y0 + chunk_rows).min(d.oh)))
-                    })
-                    .collect()
-            };
-            for (n0, nb, rows) in chunks {
-                if rows.start == 0 {
-                    xp.clear();
-                    xp.resize(nb * padded_len, zero);
-                    for (k, xp) in xp.chunks_exact_mut(padded_len).enumerate() {
-                        pad_sample(x, lx, &d, &u, n0 + k, xp);
-                    }
+            for (n0, nb, rows) in block_chunks(bi).iter().cloned() {
+                // The padded rows that the chunk's output rows read.
+                let ([kh, _], [sh, _], [dh, _]) = (win.kernel, win.stride, win.dilation);
+                let (r0, r1) = (rows.start * sh, (rows.end - 1) * sh + (kh - 1) * dh + 1);
+                xp.resize(nb * padded_len, zero);
+                for (k, xp) in xp.chunks_exact_mut(padded_len).enumerate() {
+                    pad_rows(x, lx, &d, &u, n0 + k, r0..r1.min(u.hp), xp);
                 }
                 let len = rows.len() * d.ow;
                 let depth = nb * len;
