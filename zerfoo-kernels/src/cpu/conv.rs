@@ -342,6 +342,9 @@ fn pad_rows<E: FloatDtype>(
             let (inside, right) = rest.split_at_mut(d.w);
             left.fill(zero);
             right.fill(zero);
+            if inside.is_empty() {
+                continue;
+            }
             let from = lx.offset + ni * s[0] + c * s[1] + ih * s[2];
             if s[3] == 1 {
                 widen(&x[from..from + d.w], inside);
@@ -1225,6 +1228,13 @@ mod tests {
                 [8, 64, 3, 3],
                 1,
                 win([3, 3], [1, 1], [1, 1], [1, 1]),
+            ),
+            // An empty width whose padding still gives outputs (all bias).
+            (
+                [2, 3, 4, 0],
+                [2, 3, 1, 1],
+                1,
+                win([1, 1], [1, 1], [1, 1], [1, 1]),
             ),
         ];
         for (xd, wd, groups, win) in cases {
