@@ -651,12 +651,12 @@ pub fn conv2d_backward<E: FloatDtype>(
         } else {
             1
         };
+        let ([kh, _], [sh, _], [dh, _]) = (win.kernel, win.stride, win.dilation);
         let partial = |bi: usize| -> Vec<E::Acc> {
             let mut part = vec![zero; d.groups * d.ckk * d.og];
             let (mut xp, mut col) = (Vec::new(), vec![zero; d.ckk * full_depth]);
             for (n0, nb, rows) in block_chunks(bi).iter().cloned() {
                 // The padded rows that the chunk's output rows read.
-                let ([kh, _], [sh, _], [dh, _]) = (win.kernel, win.stride, win.dilation);
                 let (r0, r1) = (rows.start * sh, (rows.end - 1) * sh + (kh - 1) * dh + 1);
                 xp.resize(nb * padded_len, zero);
                 for (k, xp) in xp.chunks_exact_mut(padded_len).enumerate() {
