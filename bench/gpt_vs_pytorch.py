@@ -36,6 +36,7 @@ head, nanoGPT's init).
     python3 bench/gpt_vs_pytorch.py --iters 200 --eval-every 1000   # timing only
     python3 bench/gpt_vs_pytorch.py --config gpt6 --iters 30 --eval-every 1000
     python3 bench/gpt_vs_pytorch.py --only pytorch   # nanoGPT's own run: val 1.8857 at 2000
+    python3 bench/gpt_vs_pytorch.py --config gpt6 --iters 30 --eval-every 1000 --paired
 
 Output format (kept stable so runs can be compared):
 
@@ -48,6 +49,21 @@ Output format (kept stable so runs can be compared):
 
 With `--rounds N` both frameworks train N times, alternating, and ms/iter
 is each one's median; the ratio is the median of the rounds' ratios.
+
+With `--paired` the two train in one run, taking turns step by step
+(zerfoo's step i, then PyTorch's step i, ...; the example waits at its
+`--step-gate` with its threads idle while PyTorch steps). This machine is
+shared and its speed drifts by 10-30% over seconds to minutes, so runs a
+minute apart can disagree by that much; a pair of steps back to back sees
+nearly the same machine. The table is printed as above, plus a line
+
+    paired steps: N, ratio median R (quartiles Q1 Q3)
+
+of the steps' own ratios (warm-up skipped). Each step then starts with the
+other framework's data in the caches: for a model whose working set fits in
+L3 (the Shakespeare one) both run slower than alone; gpt6's activations and
+weights (hundreds of MiB a step) do not stay in cache from one step to the
+next either way.
 """
 import argparse
 import json
@@ -79,8 +95,10 @@ def mean_ms(step_secs):
     return sum(warm) * 1e3 / len(warm)
 
 
-def pytorch_run(args, cfg):
-    """Trains nanoGPT in PyTorch; returns (ms/iter, [(step, val)], peak RSS MiB)."""
+def pytorch_run(args, cfg, before_step=lambda: None):
+    """Trains nanoGPT in PyTorch; returns (ms/iter, [(step, val)], peak RSS MiB,
+    [step seconds]). `before_step()` runs before each step's timer starts
+    (`--paired`: zerfoo's step)."""
     import torch
     import torch.nn as nn
     from torch.nn import functional as F
@@ -229,8 +247,9 @@ def pytorch_run(args, cfg):
     evals = []
     step_secs = []
     if args.rng == "torch":
-        return nanogpt_loop(args, model, opt, lr_at, get_batch, torch, sync)
+        return nanogpt_loop(args, model, opt, lr_at, get_batch, torch, sync, before_step)
     for it in range(1, args.iters + 1):
+        before_step()
         t0 = time.perf_counter()
         for g in opt.param_groups:
             g["lr"] = lr_at(it - 1)
@@ -247,10 +266,10 @@ def pytorch_run(args, cfg):
             print(f"  pytorch step {it}: val {evals[-1][1]:.4f}", file=sys.stderr)
     ms = mean_ms(step_secs)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return ms, evals, rss
+    return ms, evals, rss, step_secs
 
 
-def nanogpt_loop(args, model, opt, lr_at, get_batch, torch, sync):
+def nanogpt_loop(args, model, opt, lr_at, get_batch, torch, sync, before_step):
     """nanoGPT's `train.py` loop with its exact order of random draws: the
     first batch before the loop, then at each eval step 20 train and 20 val
     batches (`estimate_loss`), and the next batch drawn during the step
@@ -278,6 +297,7 @@ def nanogpt_loop(args, model, opt, lr_at, get_batch, torch, sync):
             print(f"  nanogpt step {it}: train {losses['train']:.4f} val {losses['val']:.4f}", file=sys.stderr)
         if it == args.iters:
             break
+        before_step()
         t0 = time.perf_counter()
         loss = model(x, y)
         x, y = get_batch("train")
@@ -288,15 +308,14 @@ def nanogpt_loop(args, model, opt, lr_at, get_batch, torch, sync):
         sync()
         step_secs.append(time.perf_counter() - t0)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return mean_ms(step_secs), evals, rss
+    return mean_ms(step_secs), evals, rss, step_secs
 
 
-def zerfoo_run(args, cfg):
-    """Runs the zerfoo example binary; returns (ms/iter, [(step, val)], peak RSS MiB)."""
+def zerfoo_command(args, cfg, out):
+    """The zerfoo example's command line and environment, its run folder `out`."""
     exe = Path(args.exe) if args.exe else ROOT / "target" / "release" / "examples" / "shakespeare"
     if not exe.exists():
         sys.exit(f"{exe} is missing: run `cargo build --release --example shakespeare` first")
-    out = Path(tempfile.mkdtemp(prefix="zerfoo-bench-"))
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
     cmd = [
         str(exe),
@@ -316,9 +335,12 @@ def zerfoo_run(args, cfg):
         "--dtype", args.dtype,
         "--out-dir", str(out / "run"),
     ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"zerfoo run failed:\n{proc.stderr}")
+    return cmd, env
+
+
+def zerfoo_results(cfg, out):
+    """(ms/iter, [(step, val)], peak RSS MiB, [step seconds]) of a finished
+    zerfoo run in `out` (the RSS: the largest of this process's children)."""
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     tokens = cfg["batch"] * cfg["block"]
     evals, step_secs = [], []
@@ -328,7 +350,72 @@ def zerfoo_run(args, cfg):
         if v.get("val_loss") is not None:
             evals.append((v["step"], v["val_loss"]))
     shutil.rmtree(out, ignore_errors=True)
-    return mean_ms(step_secs), evals, rss
+    return mean_ms(step_secs), evals, rss, step_secs
+
+
+def zerfoo_run(args, cfg):
+    """Runs the zerfoo example binary; returns (ms/iter, [(step, val)], peak
+    RSS MiB, [step seconds])."""
+    out = Path(tempfile.mkdtemp(prefix="zerfoo-bench-"))
+    cmd, env = zerfoo_command(args, cfg, out)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"zerfoo run failed:\n{proc.stderr}")
+    return zerfoo_results(cfg, out)
+
+
+class PairedZerfoo:
+    """The zerfoo example running with `--step-gate`, one step at a time:
+    `step()` lets it run its next step and returns when that step is done
+    (the example waits, its threads idle, until told to go on)."""
+
+    def __init__(self, args, cfg):
+        self.cfg = cfg
+        self.out = Path(tempfile.mkdtemp(prefix="zerfoo-bench-"))
+        cmd, env = zerfoo_command(args, cfg, self.out)
+        self.err = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(cmd + ["--step-gate"], env=env, text=True, bufsize=1,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err)
+        self.waiting = self._ready()
+
+    def _ready(self):
+        """Reads stdout up to the example's next `ready STEP` (its gate),
+        or to its end (the run is over): whether it is waiting."""
+        for line in self.proc.stdout:
+            if line.startswith("ready "):
+                return True
+        return False
+
+    def step(self):
+        if self.waiting:
+            self.proc.stdin.write("go\n")
+            self.proc.stdin.flush()
+            self.waiting = self._ready()
+
+    def finish(self):
+        self.proc.stdin.close()
+        for _ in self.proc.stdout:
+            pass
+        # This child's own peak RSS (RUSAGE_CHILDREN would be the largest of
+        # all children so far).
+        _, status, usage = os.wait4(self.proc.pid, 0)
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        if self.proc.returncode != 0:
+            self.err.seek(0)
+            sys.exit(f"zerfoo run failed:\n{self.err.read()}")
+        ms, evals, _, step_secs = zerfoo_results(self.cfg, self.out)
+        return ms, evals, usage.ru_maxrss / 1024, step_secs
+
+
+def paired_run(args, cfg):
+    """Both frameworks in one run, alternating steps: zerfoo's step `i`, then
+    PyTorch's step `i`, and so on, so that the two steps of a pair see the
+    machine in nearly the same state (on a shared machine the speed drifts
+    over seconds to minutes). zerfoo starts first (before torch is loaded,
+    for its RSS). Returns (zerfoo's results, PyTorch's results)."""
+    z = PairedZerfoo(args, cfg)
+    torch_res = pytorch_run(args, cfg, before_step=z.step)
+    return z.finish(), torch_res
 
 
 def main():
@@ -345,6 +432,8 @@ def main():
     p.add_argument("--rounds", type=int, default=1,
                    help="run both this many times, alternating; report medians")
     p.add_argument("--exe", help="the zerfoo example binary (default target/release/examples/shakespeare)")
+    p.add_argument("--paired", action="store_true",
+                   help="alternate the two frameworks step by step in one run (see paired_run)")
     p.add_argument(
         "--rng",
         choices=["torch", "counter"],
@@ -355,8 +444,15 @@ def main():
     args = p.parse_args()
     cfg = CONFIGS[args.config]
 
+    if args.paired and args.only:
+        sys.exit("--paired runs both frameworks: drop --only")
     runs = {"zerfoo": [], "pytorch": []}
     for _ in range(args.rounds):
+        if args.paired:
+            z, t = paired_run(args, cfg)
+            runs["zerfoo"].append(z)
+            runs["pytorch"].append(t)
+            continue
         # zerfoo first: its RSS is measured from RUSAGE_CHILDREN before torch loads.
         if args.only != "pytorch":
             runs["zerfoo"].append(zerfoo_run(args, cfg))
@@ -390,6 +486,14 @@ def main():
         print(f"ratio zerfoo/pytorch ms/iter: {statistics.median(ratios):.2f}")
         if args.rounds > 1:
             print("ratio per round: " + " ".join(f"{r:.2f}" for r in ratios))
+        if args.paired:
+            # Each step's own ratio (its pair ran back to back), warm-up
+            # steps skipped as in ms/iter; all rounds' pairs together.
+            pairs = sorted(zs / ts for z, t in zip(runs["zerfoo"], runs["pytorch"])
+                           for zs, ts in list(zip(z[3], t[3]))[5:])
+            q = lambda f: pairs[min(len(pairs) - 1, int(f * len(pairs)))]
+            print(f"paired steps: {len(pairs)}, ratio median {q(0.5):.3f} "
+                  f"(quartiles {q(0.25):.3f} {q(0.75):.3f})")
         print(f"{'eval':<5} {'step':>6} {'pytorch_val':>12} {'zerfoo_val':>11} {'diff':>8}")
         zerfoo_at = dict(rows["zerfoo"][1])
         for s, pv in rows["pytorch"][1]:

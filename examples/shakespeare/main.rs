@@ -25,8 +25,8 @@ use zerfoo::optim::{no_decay_on_norms_and_biases, CosineWithWarmup, GroupConfig,
 use zerfoo::prelude::*;
 use zerfoo::tokenizer::{CharTokenizer, Tokenizer};
 use zerfoo::train::{
-    BatchSource, MicroStep, NanoGptBatches, Progress, TokenBatches, TrainConfig, TrainReport,
-    Trainer,
+    BatchSource, MicroStep, NanoGptBatches, Progress, StepGate, TokenBatches, TrainConfig,
+    TrainReport, Trainer,
 };
 
 #[derive(Parser, Debug)]
@@ -114,6 +114,12 @@ struct Args {
     /// Characters to sample at the end.
     #[arg(long, default_value_t = 500)]
     sample_tokens: usize,
+    /// Run each step only when told to (for the side-by-side benchmark's
+    /// `--paired` mode): before each step, print `ready STEP` on stdout and
+    /// wait for a line on stdin; `go` runs the step, anything else (or the
+    /// end of stdin) stops the run.
+    #[arg(long, default_value_t = false)]
+    step_gate: bool,
 }
 
 /// Where the initial weights and the batches come from.
@@ -250,6 +256,21 @@ fn corpus() -> std::io::Result<String> {
     })
 }
 
+/// The `--step-gate` check: announces the step on stdout, then runs it if
+/// stdin's next line is `go`.
+fn stdin_gate(step: u64) -> bool {
+    use std::io::{BufRead, Write};
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "ready {step}")
+        .and_then(|_| out.flush())
+        .is_err()
+    {
+        return false;
+    }
+    let mut line = String::new();
+    matches!(std::io::stdin().lock().read_line(&mut line), Ok(n) if n > 0) && line.trim() == "go"
+}
+
 /// Trains `model` on `data` with the loss and evaluation of a GPT.
 fn fit_on<E: FloatDtype, D: Backend, S: BatchSource<Batch = Batch>>(
     trainer: &mut Trainer,
@@ -362,6 +383,7 @@ fn train<E: FloatDtype, D: Backend>(args: &Args, dev: &D) -> Result<()> {
         handle_ctrlc: true,
         config: Some(run_config),
         tokenizer_json: Some(tok.to_json()),
+        step_gate: args.step_gate.then(|| StepGate::new(stdin_gate)),
         ..Default::default()
     };
     let mut trainer = Trainer::new(train_config.clone());

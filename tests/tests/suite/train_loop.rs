@@ -13,8 +13,8 @@ use zerfoo::optim::{Constant, CosineWithWarmup, Optimizer};
 use zerfoo::prelude::*;
 use zerfoo::tokenizer::{CharTokenizer, Tokenizer};
 use zerfoo::train::{
-    checkpoint, read_metrics, BatchSource, MicroStep, NanoGptBatches, Progress, TokenBatches,
-    TrainConfig, TrainStatus, Trainer,
+    checkpoint, read_metrics, BatchSource, MicroStep, NanoGptBatches, Progress, StepGate,
+    TokenBatches, TrainConfig, TrainStatus, Trainer,
 };
 
 dim!(Vocab = 16);
@@ -109,6 +109,7 @@ fn config(max_steps: u64, dir: Option<PathBuf>) -> TrainConfig {
         handle_ctrlc: false,
         config: Some(serde_json::json!({"model": "bigram", "vocab": 16})),
         tokenizer_json: Some(tokenizer().to_json()),
+        step_gate: None,
     }
 }
 
@@ -548,6 +549,60 @@ fn stop_flag_saves_a_checkpoint_and_resumes_exactly() {
     all.extend(loss_bits(&rest));
     assert_eq!(all, straight.0);
     assert_eq!(weights(&fresh), straight.1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn step_gate_is_asked_before_each_step_and_stops_like_the_flag() {
+    use std::sync::{Arc, Mutex};
+    let data = data();
+    let dir = run_dir("gate");
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let log = asked.clone();
+    let mut model = bigram(1);
+    let mut opt = adamw();
+    let mut trainer = Trainer::new(TrainConfig {
+        ckpt_every: 0,
+        step_gate: Some(StepGate::new(move |step| {
+            log.lock().unwrap().push(step);
+            step < 3
+        })),
+        ..config(12, Some(dir.clone()))
+    });
+    let r = trainer
+        .fit(
+            &mut model, &mut opt, &SCHEDULE, &data, train_loss, eval_loss,
+        )
+        .unwrap();
+    // Asked about steps 0-3; step 3 refused: three steps ran, then the run
+    // stopped with a checkpoint, as with the stop flag.
+    assert_eq!(*asked.lock().unwrap(), [0, 1, 2, 3]);
+    assert_eq!(r.status, TrainStatus::Stopped);
+    assert_eq!((r.step, r.history.len()), (3, 3));
+    let saved = checkpoint::step_dir(&dir, 3);
+    assert_eq!(r.last_checkpoint.as_deref(), Some(saved.as_path()));
+    assert_eq!(checkpoint::read_checkpoint_state(&saved).unwrap().step, 3);
+
+    // A gate that lets everything through changes nothing: the same losses
+    // and weights as a run without one.
+    let plain = {
+        let mut m = bigram(1);
+        let mut o = adamw();
+        let r = Trainer::new(config(6, None))
+            .fit(&mut m, &mut o, &SCHEDULE, &data, train_loss, eval_loss)
+            .unwrap();
+        (loss_bits(&r), weights(&m))
+    };
+    let mut m = bigram(1);
+    let mut o = adamw();
+    let r = Trainer::new(TrainConfig {
+        step_gate: Some(StepGate::new(|_| true)),
+        ..config(6, None)
+    })
+    .fit(&mut m, &mut o, &SCHEDULE, &data, train_loss, eval_loss)
+    .unwrap();
+    assert_eq!(r.status, TrainStatus::Finished);
+    assert_eq!((loss_bits(&r), weights(&m)), plain);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

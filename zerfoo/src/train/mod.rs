@@ -72,6 +72,6 @@ pub use plot::{line_chart_svg, loss_curve_svg, write_loss_svg, Series};
 pub use progress::Progress;
 pub use source::{BatchSource, NanoGptBatches, TokenBatches};
 pub use trainer::{
-    add_param_grads, ctrlc_pressed, install_ctrlc_handler, request_stop, MicroStep, TrainConfig,
-    TrainReport, TrainStatus, Trainer, LOSS_SVG_FILE, METRICS_FILE,
+    add_param_grads, ctrlc_pressed, install_ctrlc_handler, request_stop, MicroStep, StepGate,
+    TrainConfig, TrainReport, TrainStatus, Trainer, LOSS_SVG_FILE, METRICS_FILE,
 };

@@ -63,6 +63,55 @@ pub struct TrainConfig {
     pub config: Option<Value>,
     /// The tokenizer's JSON, saved as `tokenizer.json` in checkpoints.
     pub tokenizer_json: Option<String>,
+    /// Asked before each step whether to run it (see [`StepGate`]; `None`:
+    /// always).
+    pub step_gate: Option<StepGate>,
+}
+
+/// A check the training loop makes before each step, with the step's index:
+/// `true` runs the step, `false` stops the run as the stop flag does (a
+/// checkpoint saved, [`TrainStatus::Stopped`]). It is called between steps,
+/// before the step's timer starts and while the loop's worker threads are
+/// idle, so it may block: the side-by-side benchmark uses one to run
+/// zerfoo and PyTorch one step each in turn, so that both see the machine
+/// in the same state (`bench/gpt_vs_pytorch.py --paired`).
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+/// use zerfoo::train::StepGate;
+/// // Lets steps 0-2 run, then stops the run.
+/// let gate = StepGate::new(|step| step < 3);
+/// assert!(gate.allows(2) && !gate.allows(3));
+/// // Counts the steps it is asked about.
+/// let asked = Arc::new(AtomicU64::new(0));
+/// let seen = asked.clone();
+/// let counting = StepGate::new(move |_| {
+///     seen.fetch_add(1, Ordering::Relaxed);
+///     true
+/// });
+/// assert!(counting.allows(0));
+/// assert_eq!(asked.load(Ordering::Relaxed), 1);
+/// ```
+#[derive(Clone)]
+pub struct StepGate(Arc<dyn Fn(u64) -> bool + Send + Sync>);
+
+impl StepGate {
+    /// A gate that asks `f(step)`.
+    pub fn new(f: impl Fn(u64) -> bool + Send + Sync + 'static) -> Self {
+        StepGate(Arc::new(f))
+    }
+
+    /// Whether step `step` may run.
+    pub fn allows(&self, step: u64) -> bool {
+        (self.0)(step)
+    }
+}
+
+impl std::fmt::Debug for StepGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StepGate(..)")
+    }
 }
 
 impl Default for TrainConfig {
@@ -82,6 +131,7 @@ impl Default for TrainConfig {
             handle_ctrlc: false,
             config: None,
             tokenizer_json: None,
+            step_gate: None,
         }
     }
 }
@@ -368,7 +418,13 @@ impl Trainer {
         let mut last_train = None;
         let mut last_val = None;
         for step in start..cfg.max_steps {
-            if self.stop.load(Ordering::SeqCst) || (cfg.handle_ctrlc && ctrlc_pressed()) {
+            // (The previous step's worker threads are idle by now: a gate
+            // that blocks does not compete with anything for the cores.)
+            let gate_stops = cfg.step_gate.as_ref().is_some_and(|g| !g.allows(step));
+            if gate_stops
+                || self.stop.load(Ordering::SeqCst)
+                || (cfg.handle_ctrlc && ctrlc_pressed())
+            {
                 report.status = TrainStatus::Stopped;
                 let mut saved = None;
                 if let Some(dir) = &cfg.run_dir {
