@@ -489,8 +489,11 @@ def main():
         if args.paired:
             # Each step's own ratio (its pair ran back to back), warm-up
             # steps skipped as in ms/iter; all rounds' pairs together.
-            pairs = sorted(zs / ts for z, t in zip(runs["zerfoo"], runs["pytorch"])
-                           for zs, ts in list(zip(z[3], t[3]))[5:])
+            pairs = []
+            for z, t in zip(runs["zerfoo"], runs["pytorch"]):
+                both = list(zip(z[3], t[3]))
+                pairs += [zs / ts for zs, ts in (both[5:] if len(both) > 10 else both)]
+            pairs.sort()
             q = lambda f: pairs[min(len(pairs) - 1, int(f * len(pairs)))]
             print(f"paired steps: {len(pairs)}, ratio median {q(0.5):.3f} "
                   f"(quartiles {q(0.25):.3f} {q(0.75):.3f})")
