@@ -311,12 +311,14 @@ def nanogpt_loop(args, model, opt, lr_at, get_batch, torch, sync, before_step):
     return mean_ms(step_secs), evals, rss, step_secs
 
 
-def zerfoo_command(args, cfg, out):
-    """The zerfoo example's command line and environment, its run folder `out`."""
+def zerfoo_command(args, cfg, out, extra_env=None):
+    """The zerfoo example's command line and environment (this process's,
+    plus `extra_env`), its run folder `out`."""
     exe = Path(args.exe) if args.exe else ROOT / "target" / "release" / "examples" / "shakespeare"
     if not exe.exists():
         sys.exit(f"{exe} is missing: run `cargo build --release --example shakespeare` first")
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
+    env.update(extra_env or {})
     cmd = [
         str(exe),
         "--max-iters", str(args.iters),
@@ -369,10 +371,10 @@ class PairedZerfoo:
     `step()` lets it run its next step and returns when that step is done
     (the example waits, its threads idle, until told to go on)."""
 
-    def __init__(self, args, cfg):
+    def __init__(self, args, cfg, extra_env=None):
         self.cfg = cfg
         self.out = Path(tempfile.mkdtemp(prefix="zerfoo-bench-"))
-        cmd, env = zerfoo_command(args, cfg, self.out)
+        cmd, env = zerfoo_command(args, cfg, self.out, extra_env)
         self.err = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(cmd + ["--step-gate"], env=env, text=True, bufsize=1,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err)

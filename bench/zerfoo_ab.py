@@ -31,15 +31,8 @@ from gpt_vs_pytorch import CONFIGS, PairedZerfoo  # noqa: E402
 def side(spec, args, cfg):
     """A `PairedZerfoo` for `EXE [VAR=value ...]`."""
     exe, *envs = spec.split()
-    saved = dict(os.environ)
-    for kv in envs:
-        k, v = kv.split("=", 1)
-        os.environ[k] = v
-    try:
-        return PairedZerfoo(argparse.Namespace(**{**vars(args), "exe": exe}), cfg)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    extra = dict(kv.split("=", 1) for kv in envs)
+    return PairedZerfoo(argparse.Namespace(**{**vars(args), "exe": exe}), cfg, extra)
 
 
 def main():

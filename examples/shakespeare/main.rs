@@ -260,11 +260,11 @@ fn corpus() -> std::io::Result<String> {
 /// stdin's next line is `go`.
 fn stdin_gate(step: u64) -> bool {
     use std::io::{BufRead, Write};
-    let mut out = std::io::stdout().lock();
-    if writeln!(out, "ready {step}")
-        .and_then(|_| out.flush())
-        .is_err()
-    {
+    let announced = {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "ready {step}").and_then(|_| out.flush())
+    };
+    if announced.is_err() {
         return false;
     }
     let mut line = String::new();

@@ -484,17 +484,21 @@ fn best_checkpoint_follows_improvements() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The loss bits and final weights of `steps` steps from `bigram(1)`, with
+/// nothing stopping or gating the run.
+fn uninterrupted(data: &TokenBatches, steps: u64) -> (Vec<(u64, u64, Option<u64>)>, Vec<u32>) {
+    let mut m = bigram(1);
+    let mut o = adamw();
+    let r = Trainer::new(config(steps, None))
+        .fit(&mut m, &mut o, &SCHEDULE, data, train_loss, eval_loss)
+        .unwrap();
+    (loss_bits(&r), weights(&m))
+}
+
 #[test]
 fn stop_flag_saves_a_checkpoint_and_resumes_exactly() {
     let data = data();
-    let straight = {
-        let mut m = bigram(1);
-        let mut o = adamw();
-        let r = Trainer::new(config(12, None))
-            .fit(&mut m, &mut o, &SCHEDULE, &data, train_loss, eval_loss)
-            .unwrap();
-        (loss_bits(&r), weights(&m))
-    };
+    let straight = uninterrupted(&data, 12);
 
     let dir = run_dir("stop");
     let mut model = bigram(1);
@@ -585,14 +589,7 @@ fn step_gate_is_asked_before_each_step_and_stops_like_the_flag() {
 
     // A gate that lets everything through changes nothing: the same losses
     // and weights as a run without one.
-    let plain = {
-        let mut m = bigram(1);
-        let mut o = adamw();
-        let r = Trainer::new(config(6, None))
-            .fit(&mut m, &mut o, &SCHEDULE, &data, train_loss, eval_loss)
-            .unwrap();
-        (loss_bits(&r), weights(&m))
-    };
+    let plain = uninterrupted(&data, 6);
     let mut m = bigram(1);
     let mut o = adamw();
     let r = Trainer::new(TrainConfig {
