@@ -117,7 +117,10 @@ fn weights(m: &Bigram) -> Vec<u32> {
     m.emb.weight.to_vec().iter().map(|x| x.to_bits()).collect()
 }
 
-fn loss_bits(r: &zerfoo::train::TrainReport) -> Vec<(u64, u64, Option<u64>)> {
+/// Each step's index, training-loss bits and validation-loss bits.
+type LossBits = Vec<(u64, u64, Option<u64>)>;
+
+fn loss_bits(r: &zerfoo::train::TrainReport) -> LossBits {
     r.history
         .iter()
         .map(|m| (m.step, m.train_loss.to_bits(), m.val_loss.map(f64::to_bits)))
@@ -486,7 +489,7 @@ fn best_checkpoint_follows_improvements() {
 
 /// The loss bits and final weights of `steps` steps from `bigram(1)`, with
 /// nothing stopping or gating the run.
-fn uninterrupted(data: &TokenBatches, steps: u64) -> (Vec<(u64, u64, Option<u64>)>, Vec<u32>) {
+fn uninterrupted(data: &TokenBatches, steps: u64) -> (LossBits, Vec<u32>) {
     let mut m = bigram(1);
     let mut o = adamw();
     let r = Trainer::new(config(steps, None))
