@@ -89,10 +89,27 @@ CONFIGS = {
 }
 
 
+def after_warmup(steps):
+    """The steps after the first 5 (warm-up), unless that leaves too few."""
+    return steps[5:] if len(steps) > 10 else steps
+
+
 def mean_ms(step_secs):
     """Mean training-step time in ms, the first 5 steps skipped as warm-up."""
-    warm = step_secs[5:] if len(step_secs) > 10 else step_secs
+    warm = after_warmup(step_secs)
     return sum(warm) * 1e3 / len(warm)
+
+
+def step_ratios(a_secs, b_secs):
+    """Each step's b / a, warm-up skipped as in `mean_ms`."""
+    return [b / a for a, b in after_warmup(list(zip(a_secs, b_secs)))]
+
+
+def median_quartiles(values):
+    """`median R (quartiles Q1 Q3)` of `values`."""
+    v = sorted(values)
+    q = lambda f: v[min(len(v) - 1, int(f * len(v)))]
+    return f"median {q(0.5):.3f} (quartiles {q(0.25):.3f} {q(0.75):.3f})"
 
 
 def pytorch_run(args, cfg, before_step=lambda: None):
@@ -491,14 +508,9 @@ def main():
         if args.paired:
             # Each step's own ratio (its pair ran back to back), warm-up
             # steps skipped as in ms/iter; all rounds' pairs together.
-            pairs = []
-            for z, t in zip(runs["zerfoo"], runs["pytorch"]):
-                both = list(zip(z[3], t[3]))
-                pairs += [zs / ts for zs, ts in (both[5:] if len(both) > 10 else both)]
-            pairs.sort()
-            q = lambda f: pairs[min(len(pairs) - 1, int(f * len(pairs)))]
-            print(f"paired steps: {len(pairs)}, ratio median {q(0.5):.3f} "
-                  f"(quartiles {q(0.25):.3f} {q(0.75):.3f})")
+            pairs = [r for z, t in zip(runs["zerfoo"], runs["pytorch"])
+                     for r in step_ratios(t[3], z[3])]
+            print(f"paired steps: {len(pairs)}, ratio {median_quartiles(pairs)}")
         print(f"{'eval':<5} {'step':>6} {'pytorch_val':>12} {'zerfoo_val':>11} {'diff':>8}")
         zerfoo_at = dict(rows["zerfoo"][1])
         for s, pv in rows["pytorch"][1]:

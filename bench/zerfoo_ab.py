@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpt_vs_pytorch import CONFIGS, PairedZerfoo  # noqa: E402
+from gpt_vs_pytorch import CONFIGS, PairedZerfoo, median_quartiles, step_ratios  # noqa: E402
 
 
 def side(spec, args, cfg):
@@ -55,12 +55,8 @@ def main():
     ra, rb = a.finish(), b.finish()
     print(f"A  {args.a}  ms/iter {ra[0]:.2f}")
     print(f"B  {args.b}  ms/iter {rb[0]:.2f}")
-    pairs = list(zip(ra[3], rb[3]))
-    # Warm-up skipped as in ms/iter (`mean_ms`).
-    ratios = sorted(y / x for x, y in (pairs[5:] if len(pairs) > 10 else pairs))
-    q = lambda f: ratios[min(len(ratios) - 1, int(f * len(ratios)))]
-    print(f"steps {len(ratios)}, ratio B/A median {q(0.5):.3f} (quartiles {q(0.25):.3f} {q(0.75):.3f})"
-          f", mean {statistics.mean(ratios):.3f}")
+    ratios = step_ratios(ra[3], rb[3])
+    print(f"steps {len(ratios)}, ratio B/A {median_quartiles(ratios)}, mean {statistics.mean(ratios):.3f}")
 
 
 if __name__ == "__main__":
