@@ -25,6 +25,7 @@
 //! `dS = P ∘ (dO vᵀ − Di)`, `dq = scale · dS k`, `dk = scale · dSᵀ q`,
 //! `dv = Pᵀ dO`.
 
+use core::mem::MaybeUninit;
 use std::any::TypeId;
 use std::borrow::Cow;
 
@@ -692,6 +693,7 @@ fn forward_block<A: Real>(
     (tk, d, dv): (usize, usize, usize),
     scale: A,
     (o, lse, sbuf): (&mut [A], &mut [A], &mut [A]),
+    probs: Option<BlockProbs<'_, A>>,
 ) {
     let ninf = A::neg_infinity();
     let mut m = [ninf; QUERY_BLOCK];
@@ -731,6 +733,108 @@ fn forward_block<A: Real>(
             *lr = ninf;
         }
     }
+    if let Some(BlockProbs { head, layout, ib }) = probs {
+        // One step saw all the keys (`ProbLayout::of`): `sbuf` holds its
+        // `exp(sc·s − sc·m)`, which `1 / l` normalizes.
+        let n = hi - lo;
+        let inv: [A; QUERY_BLOCK] = core::array::from_fn(|r| {
+            if r < bq && l[r] > A::zero() {
+                l[r].recip()
+            } else {
+                A::zero()
+            }
+        });
+        for (jb, j0) in (0..tk).step_by(KEY_BLOCK).enumerate() {
+            let Some(start) = layout.tile(ib, jb) else {
+                continue;
+            };
+            let w = KEY_BLOCK.min(tk - j0);
+            let tile = &mut head[start..start + bq * w];
+            // The tile's keys that the step saw: `c0..c1`.
+            let (c0, c1) = (lo.clamp(j0, j0 + w) - j0, hi.clamp(j0, j0 + w) - j0);
+            for (r, dst) in tile.chunks_exact_mut(w).enumerate() {
+                dst[..c0].fill(MaybeUninit::new(A::zero()));
+                dst[c1..].fill(MaybeUninit::new(A::zero()));
+                let src = &sbuf[r * n + (j0 + c0 - lo)..][..c1 - c0];
+                for (p, &e) in dst[c0..c1].iter_mut().zip(src) {
+                    p.write(e * inv[r]);
+                }
+            }
+        }
+    }
+}
+
+/// Where [`forward_block`] writes a query block's probabilities for the
+/// backward: block `ib`'s tiles in `head`, one head's part of the saved
+/// probabilities laid out as `layout` says.
+struct BlockProbs<'a, A> {
+    head: &'a mut [MaybeUninit<A>],
+    layout: &'a ProbLayout,
+    ib: usize,
+}
+
+/// Where [`attention_forward_for_backward`] keeps the softmax
+/// probabilities for the backward, which then reads them instead of
+/// recomputing the scores and their exponentials (gpt6's attention
+/// backward: ~15% of its time). Per head, the `QUERY_BLOCK x KEY_BLOCK`
+/// tiles (row-major, narrower at the last key block) that the backward
+/// visits, in the order it visits them (key block after key block, the
+/// query blocks that see each in order), so it reads them as one stream;
+/// zero where a key is hidden. The same for every head (the causal limit
+/// and the window do not depend on the head; padded keys are zeros like
+/// other hidden ones).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ProbLayout {
+    /// Key blocks.
+    key_blocks: usize,
+    /// Where tile `(query block, key block)` starts in a head's part, if
+    /// the backward visits it (`query block · key_blocks + key block`).
+    tiles: Vec<Option<usize>>,
+    /// Values per head.
+    per_head: usize,
+}
+
+impl ProbLayout {
+    /// The layout for `tq` queries and `tk` keys under `mask`, when the
+    /// forward's online softmax takes each query block's keys in one step
+    /// (so its probabilities are final when it ends): at most
+    /// [`FORWARD_KEYS`] keys a block. Else `None`: the backward recomputes.
+    fn of(mask: &AttnMask<'_>, tq: usize, tk: usize) -> Option<Self> {
+        let (query_blocks, key_blocks) = (tq.div_ceil(QUERY_BLOCK), tk.div_ceil(KEY_BLOCK));
+        let keys: Vec<(usize, usize)> = (0..query_blocks)
+            .map(|ib| {
+                let i0 = ib * QUERY_BLOCK;
+                block_keys(mask, i0, QUERY_BLOCK.min(tq - i0), tk)
+            })
+            .collect();
+        if keys.iter().any(|&(lo, hi)| hi - lo > FORWARD_KEYS) {
+            return None;
+        }
+        let mut tiles = vec![None; query_blocks * key_blocks];
+        let mut per_head = 0;
+        for jb in 0..key_blocks {
+            let (j0, n) = (jb * KEY_BLOCK, KEY_BLOCK.min(tk - jb * KEY_BLOCK));
+            for (ib, &(lo, hi)) in keys.iter().enumerate() {
+                // The backward's test for a block that some row sees.
+                if hi <= j0 || lo >= j0 + n {
+                    continue;
+                }
+                tiles[ib * key_blocks + jb] = Some(per_head);
+                per_head += QUERY_BLOCK.min(tq - ib * QUERY_BLOCK) * n;
+            }
+        }
+        Some(ProbLayout {
+            key_blocks,
+            tiles,
+            per_head,
+        })
+    }
+
+    /// Where tile `(ib, jb)` starts in a head's part, if kept.
+    #[inline]
+    fn tile(&self, ib: usize, jb: usize) -> Option<usize> {
+        self.tiles[ib * self.key_blocks + jb]
+    }
 }
 
 /// Fused attention forward: returns the output `(B, H, Tq, Dv)`, stored in
@@ -759,6 +863,72 @@ pub fn attention_forward<E: FloatDtype>(
     scale: f64,
     order: HeadsOrder,
 ) -> (Vec<E>, Vec<E::Acc>) {
+    forward(q, ql, k, kl, v, vl, mask, scale, order, false)
+}
+
+/// [`attention_forward`] for a training step, whose backward will run:
+/// the same output, and saved state for [`attention_backward`] that holds
+/// the logsumexps followed, where each query block's keys fit one step of
+/// the online softmax (at most [`FORWARD_KEYS`], e.g. causal attention
+/// over up to 256 positions), by the softmax probabilities of the blocks
+/// the backward visits. The backward then reads them instead of
+/// recomputing the scores and their exponentials (gpt6's attention
+/// backward, 2 threads: 7.1 -> 6.0 ms) at the price of writing them here
+/// (for `T` positions and a causal mask about `T² / 2` values a head, plus
+/// the diagonal blocks).
+///
+/// ```
+/// use zerfoo_kernels::cpu::attention::*;
+/// use zerfoo_kernels::Layout;
+/// let l = Layout::contiguous(&[1, 1, 3, 2]);
+/// let x: Vec<f64> = (0..6).map(|i| (i as f64 * 0.7).cos()).collect();
+/// let mask = AttnMask { causal: true, ..Default::default() };
+/// let order = HeadsOrder::HeadMajor;
+/// let (out, lse) = attention_forward(&x, &l, &x, &l, &x, &l, &mask, 0.5, order);
+/// let (same, saved) = attention_forward_for_backward(&x, &l, &x, &l, &x, &l, &mask, 0.5, order);
+/// assert_eq!(out, same);
+/// assert_eq!(saved[..3], lse[..]);
+/// assert!(saved.len() > 3); // and the probabilities
+/// let dout = vec![1.0; 6];
+/// let grads = |s: &[f64]| attention_backward(&x, &l, &x, &l, &x, &l, &out, s, &dout, &l, &mask, 0.5, order);
+/// let (a, b) = (grads(&lse), grads(&saved));
+/// for (x, y) in a.0.iter().zip(&b.0).chain(a.1.iter().zip(&b.1)).chain(a.2.iter().zip(&b.2)) {
+///     assert!((x - y).abs() < 1e-12);
+/// }
+/// ```
+///
+/// # Panics
+/// As [`attention_forward`].
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward_for_backward<E: FloatDtype>(
+    q: &[E],
+    ql: &Layout,
+    k: &[E],
+    kl: &Layout,
+    v: &[E],
+    vl: &Layout,
+    mask: &AttnMask<'_>,
+    scale: f64,
+    order: HeadsOrder,
+) -> (Vec<E>, Vec<E::Acc>) {
+    forward(q, ql, k, kl, v, vl, mask, scale, order, true)
+}
+
+/// [`attention_forward`], and with `keep_probs` (where [`ProbLayout::of`]
+/// allows) the probabilities after the logsumexps.
+#[allow(clippy::too_many_arguments)]
+fn forward<E: FloatDtype>(
+    q: &[E],
+    ql: &Layout,
+    k: &[E],
+    kl: &Layout,
+    v: &[E],
+    vl: &Layout,
+    mask: &AttnMask<'_>,
+    scale: f64,
+    order: HeadsOrder,
+    keep_probs: bool,
+) -> (Vec<E>, Vec<E::Acc>) {
     let AttnDims {
         b,
         h,
@@ -782,11 +952,16 @@ pub fn attention_forward<E: FloatDtype>(
     let vh = HeadRows::of(v, vl);
     // Every row of `out` is stored by one task below.
     let mut out = uninit_vec::<E>(rows * dv);
-    let mut lse = vec![ninf; rows];
+    let probs = ProbLayout::of(mask, tq, tk).filter(|_| keep_probs);
+    let saved_len = rows + probs.as_ref().map_or(0, |p| b * h * p.per_head);
+    // The logsumexps, then room for the probabilities (every value of
+    // which one task writes below).
+    let mut lse = uninit_vec::<E::Acc>(saved_len);
+    lse[..rows].fill(MaybeUninit::new(ninf));
     let out_rows = RowIndex::of(&order.layout([b, h, tq, dv]));
     let (outp, lsep) = (
         SyncPtr(out.as_mut_ptr().cast::<E>()),
-        SyncPtr(lse.as_mut_ptr()),
+        SyncPtr(lse.as_mut_ptr().cast::<E::Acc>()),
     );
     // One task per head, which transposes the head's keys once, when there
     // are heads enough to share out; else one per (head, query block).
@@ -821,6 +996,25 @@ pub fn attention_forward<E: FloatDtype>(
         for (k, lc) in lse_rows.chunks_mut(QUERY_BLOCK).enumerate() {
             let (i0, bq) = (i_lo + k * QUERY_BLOCK, lc.len());
             let acc = &mut acc[..bq * dv];
+            let block_probs = probs.as_ref().map(|layout| {
+                // SAFETY: head `bh`'s part of the probabilities (after the
+                // `rows` logsumexps), inside `lse` (`saved_len` values);
+                // this task writes only query block `qb0 + k`'s tiles
+                // there, and no other task does.
+                let head = unsafe {
+                    core::slice::from_raw_parts_mut(
+                        lsep.get()
+                            .add(rows + bh * layout.per_head)
+                            .cast::<MaybeUninit<_>>(),
+                        layout.per_head,
+                    )
+                };
+                BlockProbs {
+                    head,
+                    layout,
+                    ib: qb0 + k,
+                }
+            });
             // The next block's queries, and the values it sees first (see
             // `ROWS_AHEAD`).
             for r in i0 + bq..(i0 + 2 * bq).min(i_hi) {
@@ -842,6 +1036,7 @@ pub fn attention_forward<E: FloatDtype>(
                         (tk, d, dv),
                         sc,
                         (acc, lc, &mut sbuf),
+                        block_probs,
                     )
                 },
             );
@@ -857,8 +1052,9 @@ pub fn attention_forward<E: FloatDtype>(
     } else {
         (0..tasks).for_each(task);
     }
-    // SAFETY: the tasks stored every row of every head.
-    (unsafe { assume_init_vec(out) }, lse)
+    // SAFETY: the tasks stored every row of every head, and every tile of
+    // the probabilities (the logsumexps were initialized above).
+    unsafe { (assume_init_vec(out), assume_init_vec(lse)) }
 }
 
 /// Fused attention backward: from the upstream gradient `dout` (any layout,
@@ -1069,7 +1265,17 @@ unsafe fn backward_into<E: FloatDtype>(
     let rows = b * h * tq;
     assert_eq!(dl.shape(), &[b, h, tq, dv], "attention: dout shape");
     assert_eq!(out.len(), rows * dv, "attention: saved output length");
-    assert_eq!(lse.len(), rows, "attention: saved logsumexp length");
+    // The logsumexps, and the probabilities if the forward kept them.
+    let probs = (lse.len() != rows).then(|| {
+        let kept = ProbLayout::of(mask, tq, tk).filter(|p| lse.len() == rows + b * h * p.per_head);
+        kept.unwrap_or_else(|| {
+            panic!(
+                "attention: the saved state holds {} values, not the {rows} logsumexps (and the probabilities, if kept)",
+                lse.len()
+            )
+        })
+    });
+    let (lse, kept) = lse.split_at(rows);
     if let Some(p) = mask.padding {
         assert_eq!(p.len(), b * tk, "attention: padding mask length");
     }
@@ -1114,9 +1320,12 @@ unsafe fn backward_into<E: FloatDtype>(
                     *di = lane_sum_zip(o, g, |o: E, g| o.to_acc() * g);
                 }
                 let pad = mask.padding.map(|p| &p[bh / h * tk..][..tk]);
-                // This head's keys and values transposed (`d x tk`, `dv x tk`).
-                let mut kt = vec![zero; d * tk];
-                transpose_rows((krows, kst), tk, d, tk, &mut kt);
+                // This head's keys and values transposed (`d x tk`, `dv x
+                // tk`; the keys only for the scores, if recomputed).
+                let mut kt = vec![zero; if probs.is_some() { 0 } else { d * tk }];
+                if probs.is_none() {
+                    transpose_rows((krows, kst), tk, d, tk, &mut kt);
+                }
                 let mut vt = vec![zero; dv * tk];
                 transpose_rows((vrows, vst), tk, dv, tk, &mut vt);
                 let lse = &lse[bh * tq..][..tq];
@@ -1136,16 +1345,27 @@ unsafe fn backward_into<E: FloatDtype>(
                         if hi <= j0 || lo >= j0 + n {
                             continue;
                         }
-                        let (p, dp) = (&mut p[..bq * n], &mut dp[..bq * n]);
+                        let dp = &mut dp[..bq * n];
                         let qb = tail(qrows, i0 * qst);
                         let dob = tail(dorows, i0 * dost);
-                        scores((qb, qst), &kt, (j0, tk), (bq, n, d), split.scores, p);
-                        mask_block(mask, pad, (i0, bq), (j0, n), tk, p);
-                        // A row that sees no key (lse = -inf) gets exp(s - inf) = 0.
-                        for (sh, &l) in shift.iter_mut().zip(&lse[i0..i0 + bq]) {
-                            *sh = if l.is_finite() { l } else { inf };
-                        }
-                        exp_rows(p, n, split.exp, &shift[..bq]);
+                        let p: &[A<E>] = match &probs {
+                            Some(pl) => {
+                                let tile = pl.tile(i0 / QUERY_BLOCK, j0 / KEY_BLOCK);
+                                let start = bh * pl.per_head + tile.expect("a visited tile");
+                                &kept[start..start + bq * n]
+                            }
+                            None => {
+                                let p = &mut p[..bq * n];
+                                scores((qb, qst), &kt, (j0, tk), (bq, n, d), split.scores, p);
+                                mask_block(mask, pad, (i0, bq), (j0, n), tk, p);
+                                // A row that sees no key (lse = -inf) gets exp(s - inf) = 0.
+                                for (sh, &l) in shift.iter_mut().zip(&lse[i0..i0 + bq]) {
+                                    *sh = if l.is_finite() { l } else { inf };
+                                }
+                                exp_rows(p, n, split.exp, &shift[..bq]);
+                                p
+                            }
+                        };
                         // dv += Pᵀ dO
                         gemm_acc(n, dv, bq, p, (1, n), dob, (dost, 1), dvb);
                         // dP = dO vᵀ, then dS = P ∘ (dP − Di)
@@ -1389,9 +1609,17 @@ mod tests {
             store(&g, tq, dv),
         );
         let (out, lse) = attention_forward(&qs, &ql, &ks, &kl, &vs, &vl, mask, scale, order);
-        let (dq, dk, dvv) = attention_backward(
-            &qs, &ql, &ks, &kl, &vs, &vl, &out, &lse, &gs, &gl, mask, scale, order,
-        );
+        // The training forward: the same output and logsumexps, and the
+        // probabilities after them where one step takes each block's keys.
+        let (same, saved) =
+            attention_forward_for_backward(&qs, &ql, &ks, &kl, &vs, &vl, mask, scale, order);
+        let bits = |x: &[E]| x.iter().map(|v| v.to_f64().to_bits()).collect::<Vec<_>>();
+        let acc_bits = |x: &[E::Acc]| x.iter().map(|v| v.as_f64().to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&same), bits(&out), "{dims:?} {mask:?}");
+        assert_eq!(acc_bits(&saved[..lse.len()]), acc_bits(&lse));
+        let layout = ProbLayout::of(mask, tq, tk);
+        let kept = layout.as_ref().map_or(0, |l| b * h * l.per_head);
+        assert_eq!(saved.len(), lse.len() + kept, "{dims:?} {mask:?}");
         let (ro, rdq, rdk, rdv) = reference(dims, &f(&q), &f(&k), &f(&v), &f(&g), mask, scale);
         // A result stored in `order`, read back as (B, H, T, W) row-major.
         let read = |x: &[E], t: usize, w: usize| -> Vec<f64> {
@@ -1399,19 +1627,27 @@ mod tests {
             assert_eq!(x.len(), l.numel());
             l.offsets().into_iter().map(|o| x[o].to_f64()).collect()
         };
-        for (name, got, want) in [
-            ("out", read(&out, tq, dv), ro),
-            ("dq", read(&dq, tq, d), rdq),
-            ("dk", read(&dk, tk, d), rdk),
-            ("dv", read(&dvv, tk, dv), rdv),
-        ] {
-            assert_eq!(got.len(), want.len(), "{name}");
-            for (n, (x, y)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    x.is_finite() && (x - y).abs() <= tol * (1.0 + y.abs()),
-                    "{} {dims:?} {mask:?} {name}[{n}]: {x} vs {y}",
-                    E::DTYPE
-                );
+        // The backward from the logsumexps alone (recomputing the
+        // probabilities) and from the kept ones.
+        for state in [&lse, &saved] {
+            let (dq, dk, dvv) = attention_backward(
+                &qs, &ql, &ks, &kl, &vs, &vl, &out, state, &gs, &gl, mask, scale, order,
+            );
+            for (name, got, want) in [
+                ("out", read(&out, tq, dv), &ro),
+                ("dq", read(&dq, tq, d), &rdq),
+                ("dk", read(&dk, tk, d), &rdk),
+                ("dv", read(&dvv, tk, dv), &rdv),
+            ] {
+                assert_eq!(got.len(), want.len(), "{name}");
+                for (n, (x, y)) in got.iter().zip(want).enumerate() {
+                    assert!(
+                        x.is_finite() && (x - y).abs() <= tol * (1.0 + y.abs()),
+                        "{} {dims:?} {mask:?} {name}[{n}] (saved {}): {x} vs {y}",
+                        E::DTYPE,
+                        state.len()
+                    );
+                }
             }
         }
         // rows with no visible key: zero output, lse -inf
@@ -1537,9 +1773,17 @@ mod tests {
         let dl = order.layout([b, h, t, d]);
         let dout: Vec<f32> = rand(b * t * h * d, 8).iter().map(|&x| x as f32).collect();
         let pad = padding(b, t);
-        for m in masks(b, t, &pad) {
+        for (m, keep) in masks(b, t, &pad)
+            .into_iter()
+            .flat_map(|m| [(m, false), (m, true)])
+        {
             let x = &qkv[..];
-            let (out, lse) = attention_forward(x, &lq, x, &lk, x, &lv, &m, 0.3, order);
+            let forward = if keep {
+                attention_forward_for_backward::<f32>
+            } else {
+                attention_forward::<f32>
+            };
+            let (out, lse) = forward(x, &lq, x, &lk, x, &lv, &m, 0.3, order);
             let (saved, up) = ((&out[..], &lse[..]), (&dout[..], &dl));
             let packed = attention_backward_packed(
                 x, &lq, x, &lk, x, &lv, saved.0, saved.1, up.0, up.1, &m, 0.3,
@@ -1804,6 +2048,95 @@ mod tests {
                 assert_eq!(bits(&e1), bits(&e2), "{what}: exp_rows");
             }
         }
+    }
+
+    /// The kept probabilities are `exp(scale · q·k − lse)` (zero where the
+    /// mask hides a key), tile by tile in the order the backward visits
+    /// them; a block whose keys need more than one forward step keeps none.
+    #[test]
+    fn kept_probabilities_are_the_softmax_in_visiting_order() {
+        let (b, h, d) = (2, 2, 5);
+        for &(tq, tk) in &[(7, 7), (65, 65), (40, 97), (33, FORWARD_KEYS + 44)] {
+            let pad = padding(b, tk);
+            for m in masks(b, tk, &pad) {
+                let (q, k) = (rand(b * h * tq * d, 11), rand(b * h * tk * d, 12));
+                let (lq, lk) = (
+                    Layout::contiguous(&[b, h, tq, d]),
+                    Layout::contiguous(&[b, h, tk, d]),
+                );
+                let order = HeadsOrder::HeadMajor;
+                let (_, saved) =
+                    attention_forward_for_backward(&q, &lq, &k, &lk, &k, &lk, &m, 0.4, order);
+                let rows = b * h * tq;
+                let Some(layout) = ProbLayout::of(&m, tq, tk) else {
+                    assert!((0..tq).step_by(QUERY_BLOCK).any(|i0| {
+                        let (lo, hi) = block_keys(&m, i0, QUERY_BLOCK.min(tq - i0), tk);
+                        hi - lo > FORWARD_KEYS
+                    }));
+                    assert_eq!(saved.len(), rows, "{tq}x{tk} {m:?}");
+                    continue;
+                };
+                assert_eq!(saved.len(), rows + b * h * layout.per_head);
+                let mut next = 0;
+                for bh in 0..b * h {
+                    for (jb, j0) in (0..tk).step_by(KEY_BLOCK).enumerate() {
+                        let n = KEY_BLOCK.min(tk - j0);
+                        for (ib, i0) in (0..tq).step_by(QUERY_BLOCK).enumerate() {
+                            let bq = QUERY_BLOCK.min(tq - i0);
+                            let (lo, hi) = block_keys(&m, i0, bq, tk);
+                            let Some(start) = layout.tile(ib, jb) else {
+                                assert!(hi <= j0 || lo >= j0 + n);
+                                continue;
+                            };
+                            // Tiles follow each other with no gap.
+                            assert_eq!(bh * layout.per_head + start, next);
+                            for r in 0..bq {
+                                for c in 0..n {
+                                    let (i, j) = (i0 + r, j0 + c);
+                                    let got = saved[rows + next + r * n + c];
+                                    let want = if m.visible(bh / h, i, j, tk) {
+                                        let dot: f64 = (0..d)
+                                            .map(|x| {
+                                                q[(bh * tq + i) * d + x] * k[(bh * tk + j) * d + x]
+                                            })
+                                            .sum();
+                                        (0.4 * dot - saved[bh * tq + i]).exp()
+                                    } else {
+                                        0.0
+                                    };
+                                    assert!(
+                                        (got - want).abs() < 1e-12,
+                                        "{tq}x{tk} {m:?} head {bh} ({i}, {j}): {got} vs {want}"
+                                    );
+                                }
+                            }
+                            next += bq * n;
+                        }
+                    }
+                }
+                assert_eq!(next, b * h * layout.per_head);
+            }
+        }
+    }
+
+    /// A saved state of any other length than the logsumexps (with or
+    /// without the probabilities) is refused with a message.
+    #[test]
+    #[should_panic(expected = "the saved state holds")]
+    fn a_saved_state_of_the_wrong_length_is_refused() {
+        let l = Layout::contiguous(&[1, 1, 4, 2]);
+        let x = rand(8, 3);
+        let mask = AttnMask {
+            causal: true,
+            ..Default::default()
+        };
+        let order = HeadsOrder::HeadMajor;
+        let (out, mut saved) =
+            attention_forward_for_backward(&x, &l, &x, &l, &x, &l, &mask, 1.0, order);
+        saved.pop();
+        attention_backward(
+            &x, &l, &x, &l, &x, &l, &out, &saved, &x, &l, &mask, 1.0, order,
+        );
     }
 
     #[test]

@@ -30,6 +30,28 @@ pub trait AttentionKernels: Device {
         order: HeadsOrder,
     ) -> Result<(Self::Storage<E>, Self::Storage<E::Acc>), DeviceError>;
 
+    /// [`attention_forward`](Self::attention_forward) in a training step,
+    /// whose backward will run: the same output, and what the backward
+    /// needs. By default the log-sum-exp alone; the CPU also keeps the
+    /// softmax probabilities where they are cheap to keep (see
+    /// [`crate::cpu::attention::attention_forward_for_backward`]), so that
+    /// its backward need not recompute them.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn attention_forward_for_backward<E: FloatDtype>(
+        &self,
+        q: &Self::Storage<E>,
+        ql: &Layout,
+        k: &Self::Storage<E>,
+        kl: &Layout,
+        v: &Self::Storage<E>,
+        vl: &Layout,
+        mask: &AttnMask<'_>,
+        scale: f64,
+        order: HeadsOrder,
+    ) -> Result<(Self::Storage<E>, Self::Storage<E::Acc>), DeviceError> {
+        self.attention_forward(q, ql, k, kl, v, vl, mask, scale, order)
+    }
+
     /// The gradients of `q`, `k`, `v` (stored in `order`) from the output
     /// (stored in `order`), its log-sum-exp and the output's gradient
     /// `dout` (layout `dl`).
@@ -103,6 +125,28 @@ impl AttentionKernels for Cpu {
             || profile::name("attention/forward", E::DTYPE),
             || {
                 Ok(crate::cpu::attention::attention_forward(
+                    q, ql, k, kl, v, vl, mask, scale, order,
+                ))
+            },
+        )
+    }
+
+    fn attention_forward_for_backward<E: FloatDtype>(
+        &self,
+        q: &Vec<E>,
+        ql: &Layout,
+        k: &Vec<E>,
+        kl: &Layout,
+        v: &Vec<E>,
+        vl: &Layout,
+        mask: &AttnMask<'_>,
+        scale: f64,
+        order: HeadsOrder,
+    ) -> Result<(Vec<E>, Vec<E::Acc>), DeviceError> {
+        profile::time(
+            || profile::name("attention/forward", E::DTYPE),
+            || {
+                Ok(crate::cpu::attention::attention_forward_for_backward(
                     q, ql, k, kl, v, vl, mask, scale, order,
                 ))
             },

@@ -287,9 +287,14 @@ where
     let (lq, lk, lv) = (block(0), block(1), block(2));
     let order = HeadsOrder::SeqMajor;
     let (x, kmask) = (&qkv.data, mask.kernel());
-    let (out, lse) = qkv
-        .device
-        .attention_forward(x, &lq, x, &lk, x, &lv, &kmask, scale, order)?;
+    // A recorded step keeps what its backward needs.
+    let (out, lse) = if Tp::TRACKED {
+        qkv.device
+            .attention_forward_for_backward(x, &lq, x, &lk, x, &lv, &kmask, scale, order)?
+    } else {
+        qkv.device
+            .attention_forward(x, &lq, x, &lk, x, &lv, &kmask, scale, order)?
+    };
     let out = Arc::new(out);
     let out_id = TensorId::fresh();
     let tape = if Tp::TRACKED {
@@ -371,20 +376,18 @@ where
     }
     mask.check_padding(kd[0], kd[2])?;
     let out_dims = [qd[0], qd[1], qd[2], vd[3]];
-    let (out, lse) = q.device.attention_forward(
-        &q.data,
-        &ql,
-        &k.data,
-        &kl,
-        &v.data,
-        &vl,
-        &mask.kernel(),
-        scale,
-        order,
-    )?;
+    type Out<T1, T2, T3> = Merge3<T1, T2, T3>;
+    let (qx, kx, vx, kmask) = (&q.data, &k.data, &v.data, mask.kernel());
+    // A recorded step keeps what its backward needs.
+    let (out, lse) = if Out::<T1, T2, T3>::TRACKED {
+        q.device
+            .attention_forward_for_backward(qx, &ql, kx, &kl, vx, &vl, &kmask, scale, order)?
+    } else {
+        q.device
+            .attention_forward(qx, &ql, kx, &kl, vx, &vl, &kmask, scale, order)?
+    };
     let out = Arc::new(out);
     let out_id = TensorId::fresh();
-    type Out<T1, T2, T3> = Merge3<T1, T2, T3>;
     let tape = if Out::<T1, T2, T3>::TRACKED {
         let parents = [q.tape.node(), k.tape.node(), v.tape.node()];
         let (qs, ks, vs) = (
