@@ -4,13 +4,18 @@
 //! with queries, keys and values read in place from one `(B, T, 3·H·D)`
 //! projection as the models do. The throughput counts the products the
 //! kernels compute on the causal half (the masked key blocks are skipped).
+//! `forward_for_backward` and `backward_kept` are a training step's pair:
+//! the forward that keeps the probabilities and the backward that reads
+//! them (counted as the plain ones are).
 //!
 //! ```text
 //! cargo bench -p zerfoo-kernels --bench attention
 //! ```
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use zerfoo_kernels::cpu::attention::{attention_backward, attention_forward, AttnMask, HeadsOrder};
+use zerfoo_kernels::cpu::attention::{
+    attention_backward, attention_forward, attention_forward_for_backward, AttnMask, HeadsOrder,
+};
 use zerfoo_kernels::Layout;
 
 mod common;
@@ -45,6 +50,8 @@ fn bench_attention(c: &mut Criterion) {
         let scale = 1.0 / (d as f64).sqrt();
         let order = HeadsOrder::SeqMajor;
         let (out, lse) = attention_forward(&qkv, &lq, &qkv, &lk, &qkv, &lv, &mask, scale, order);
+        let (_, kept) =
+            attention_forward_for_backward(&qkv, &lq, &qkv, &lk, &qkv, &lv, &mask, scale, order);
         let dout = data(b * t * width, 2);
         let ld = order.layout([b, h, t, d]);
         // Causal: about half of the score matrix, 2 products forward, 5 backward.
@@ -54,14 +61,22 @@ fn bench_attention(c: &mut Criterion) {
         g.bench_function(id("forward"), |bch| {
             bch.iter(|| attention_forward(&qkv, &lq, &qkv, &lk, &qkv, &lv, &mask, scale, order))
         });
-        g.throughput(Throughput::Elements(2 * 5 * causal_macs));
-        g.bench_function(id("backward"), |bch| {
+        g.bench_function(id("forward_for_backward"), |bch| {
             bch.iter(|| {
-                attention_backward(
-                    &qkv, &lq, &qkv, &lk, &qkv, &lv, &out, &lse, &dout, &ld, &mask, scale, order,
-                )
+                attention_forward_for_backward(&qkv, &lq, &qkv, &lk, &qkv, &lv, &mask, scale, order)
             })
         });
+        g.throughput(Throughput::Elements(2 * 5 * causal_macs));
+        for (what, saved) in [("backward", &lse), ("backward_kept", &kept)] {
+            g.bench_function(id(what), |bch| {
+                bch.iter(|| {
+                    attention_backward(
+                        &qkv, &lq, &qkv, &lk, &qkv, &lv, &out, saved, &dout, &ld, &mask, scale,
+                        order,
+                    )
+                })
+            });
+        }
     }
     g.finish();
 }
