@@ -144,7 +144,7 @@ impl AttentionKernels for Cpu {
         order: HeadsOrder,
     ) -> Result<(Vec<E>, Vec<E::Acc>), DeviceError> {
         profile::time(
-            || profile::name("attention/forward", E::DTYPE),
+            || profile::name("attention/forward_for_backward", E::DTYPE),
             || {
                 Ok(crate::cpu::attention::attention_forward_for_backward(
                     q, ql, k, kl, v, vl, mask, scale, order,
