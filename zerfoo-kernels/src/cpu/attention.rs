@@ -676,6 +676,15 @@ fn block_keys(mask: &AttnMask<'_>, i0: usize, bq: usize, tk: usize) -> (usize, u
     (lo, hi.max(lo))
 }
 
+/// Whether the backward visits the key block `j0..j0 + n` for a query
+/// block whose rows see keys `(lo, hi)` ([`block_keys`]): some of them
+/// lie in it. (A block that sees nothing, `lo == hi`, is visited when
+/// `lo` falls inside: its probabilities there are zeros.)
+#[inline]
+fn visits((lo, hi): (usize, usize), j0: usize, n: usize) -> bool {
+    hi > j0 && lo < j0 + n
+}
+
 /// One block of `bq` query rows `q` (stride `qst`) of one head: writes
 /// `o = softmax(scale · q kᵀ) v` (`bq x dv`, compute type) and the rows'
 /// logsumexps into `lse`. `kt` is the head's keys transposed (`d x tk`),
@@ -814,9 +823,8 @@ impl ProbLayout {
         let mut per_head = 0;
         for jb in 0..key_blocks {
             let (j0, n) = (jb * KEY_BLOCK, KEY_BLOCK.min(tk - jb * KEY_BLOCK));
-            for (ib, &(lo, hi)) in keys.iter().enumerate() {
-                // The backward's test for a block that some row sees.
-                if hi <= j0 || lo >= j0 + n {
+            for (ib, &seen) in keys.iter().enumerate() {
+                if !visits(seen, j0, n) {
                     continue;
                 }
                 tiles[ib * key_blocks + jb] = Some(per_head);
@@ -1322,8 +1330,9 @@ unsafe fn backward_into<E: FloatDtype>(
                 let pad = mask.padding.map(|p| &p[bh / h * tk..][..tk]);
                 // This head's keys and values transposed (`d x tk`, `dv x
                 // tk`; the keys only for the scores, if recomputed).
-                let mut kt = vec![zero; if probs.is_some() { 0 } else { d * tk }];
+                let mut kt = Vec::new();
                 if probs.is_none() {
+                    kt.resize(d * tk, zero);
                     transpose_rows((krows, kst), tk, d, tk, &mut kt);
                 }
                 let mut vt = vec![zero; dv * tk];
@@ -1341,8 +1350,7 @@ unsafe fn backward_into<E: FloatDtype>(
                     let dvb = &mut gv[j0 * dv..][..n * dv];
                     for i0 in (0..tq).step_by(QUERY_BLOCK) {
                         let bq = QUERY_BLOCK.min(tq - i0);
-                        let (lo, hi) = block_keys(mask, i0, bq, tk);
-                        if hi <= j0 || lo >= j0 + n {
+                        if !visits(block_keys(mask, i0, bq, tk), j0, n) {
                             continue;
                         }
                         let dp = &mut dp[..bq * n];

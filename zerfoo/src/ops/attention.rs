@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use zerfoo_kernels::cpu::attention::{AttnMask, HeadsOrder};
-use zerfoo_kernels::{Backend, Device, FloatDtype, Layout};
+use zerfoo_kernels::{Backend, Device, DeviceError, FloatDtype, Layout};
 
 use super::Merge3;
 use crate::autograd::{device_ok, record, Merge, TapeState, TensorId};
@@ -287,14 +287,14 @@ where
     let (lq, lk, lv) = (block(0), block(1), block(2));
     let order = HeadsOrder::SeqMajor;
     let (x, kmask) = (&qkv.data, mask.kernel());
-    // A recorded step keeps what its backward needs.
-    let (out, lse) = if Tp::TRACKED {
-        qkv.device
-            .attention_forward_for_backward(x, &lq, x, &lk, x, &lv, &kmask, scale, order)?
-    } else {
-        qkv.device
-            .attention_forward(x, &lq, x, &lk, x, &lv, &kmask, scale, order)?
-    };
+    let (out, lse) = forward_on(
+        &qkv.device,
+        Tp::TRACKED,
+        [(x, &lq), (x, &lk), (x, &lv)],
+        &kmask,
+        scale,
+        order,
+    )?;
     let out = Arc::new(out);
     let out_id = TensorId::fresh();
     let tape = if Tp::TRACKED {
@@ -331,6 +331,28 @@ where
         tape,
         device: qkv.device,
     })
+}
+
+/// The fused attention's forward on `dev` for `q`, `k`, `v` (each with
+/// its `(B, H, T, W)` layout): the output and the state its backward
+/// reads. A recorded step (`backward`) asks for the training forward,
+/// which on the CPU also keeps the softmax probabilities
+/// ([`attention_forward_for_backward`](zerfoo_kernels::device::AttentionKernels::attention_forward_for_backward));
+/// evaluation and generation keep only the log-sum-exp.
+#[allow(clippy::type_complexity)]
+fn forward_on<Dev: Backend, E: FloatDtype>(
+    dev: &Dev,
+    backward: bool,
+    [(q, ql), (k, kl), (v, vl)]: [(&Dev::Storage<E>, &Layout); 3],
+    mask: &AttnMask<'_>,
+    scale: f64,
+    order: HeadsOrder,
+) -> core::result::Result<(Dev::Storage<E>, Dev::Storage<E::Acc>), DeviceError> {
+    if backward {
+        dev.attention_forward_for_backward(q, ql, k, kl, v, vl, mask, scale, order)
+    } else {
+        dev.attention_forward(q, ql, k, kl, v, vl, mask, scale, order)
+    }
 }
 
 /// The output of [`try_fused_attention`] and [`try_fused_attention_bthd`]:
@@ -378,14 +400,14 @@ where
     let out_dims = [qd[0], qd[1], qd[2], vd[3]];
     type Out<T1, T2, T3> = Merge3<T1, T2, T3>;
     let (qx, kx, vx, kmask) = (&q.data, &k.data, &v.data, mask.kernel());
-    // A recorded step keeps what its backward needs.
-    let (out, lse) = if Out::<T1, T2, T3>::TRACKED {
-        q.device
-            .attention_forward_for_backward(qx, &ql, kx, &kl, vx, &vl, &kmask, scale, order)?
-    } else {
-        q.device
-            .attention_forward(qx, &ql, kx, &kl, vx, &vl, &kmask, scale, order)?
-    };
+    let (out, lse) = forward_on(
+        &q.device,
+        Out::<T1, T2, T3>::TRACKED,
+        [(qx, &ql), (kx, &kl), (vx, &vl)],
+        &kmask,
+        scale,
+        order,
+    )?;
     let out = Arc::new(out);
     let out_id = TensorId::fresh();
     let tape = if Out::<T1, T2, T3>::TRACKED {
