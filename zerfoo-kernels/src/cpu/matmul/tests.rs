@@ -460,6 +460,31 @@ fn depth_and_private_b_splits_agree_bitwise() {
     one::<f64>(1e-13);
 }
 
+/// A `bf16` product taller than wide with its `A` read in place, which the
+/// threads split by columns (odd sizes, one and two depth blocks, the
+/// last column block partial): bit-identical on 2, 3 and 4 threads to one
+/// thread, and the exact product rounded once.
+#[test]
+fn tall_bf16_products_split_by_columns_agree_bitwise() {
+    for (m, k, n) in [(701, 129, 200), (300, 1100, 161), (130, 64, 97)] {
+        let (a, a64) = bf16s(&vals(m * k, 71));
+        let (b, b64) = bf16s(&vals(k * n, 72));
+        let (la, lb) = (Layout::contiguous(&[m, k]), Layout::contiguous(&[k, n]));
+        let one_thread = on_threads(1, || gemm(&a, &la, &b, &lb));
+        let bits = |v: &[bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for threads in [2, 3, 4] {
+            let r = on_threads(threads, || gemm(&a, &la, &b, &lb));
+            assert_eq!(
+                bits(&r),
+                bits(&one_thread),
+                "{m}x{k}x{n}, {threads} threads"
+            );
+        }
+        let (want, mag) = reference(&a64, &la, &b64, &lb);
+        assert_bf16_close(&one_thread, &want, &mag, &format!("{m}x{k}x{n}"));
+    }
+}
+
 /// Every dtype, every kernel, odd sizes and a transposed operand: exactly
 /// the f32 (f64) sum of the widened inputs, rounded once.
 #[test]
