@@ -3,7 +3,7 @@
 
 use std::any::Any;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// While alive, the CPU pool's other workers wait for the next kernel by
@@ -83,15 +83,17 @@ impl Drop for WarmWorkers {
 /// waits: rayon's join lets a thread whose half is done yield a few times
 /// and then sleep on a futex until the other half ends, and that wake-up
 /// costs 20-60 us on a small model's kernels (a third of a 128 x 512 x 768
-/// product). Here the tasks are cut into one contiguous range per thread;
-/// the caller and each helper claim whole ranges from a shared counter
-/// (the caller, first to claim, normally runs the first range, as rayon's
-/// halving gives it the first half: consecutive kernels then find their
-/// rows in the same core's cache), and the caller spins (running any other
-/// pending rayon jobs meanwhile) until the last helper has finished. Each
-/// task runs exactly once, so results do not depend on which thread ran
-/// it. A panic in a task is re-raised on the caller once every helper is
-/// done.
+/// product). Here each thread has a home: one contiguous share of the
+/// tasks (the caller the first, as rayon's halving gives it the first
+/// half: consecutive kernels then find their rows in the same core's
+/// cache), cut into up to [`UNITS_PER_THREAD`] units that it claims from
+/// the front; a thread whose home is done takes units from the back of
+/// the others', so a thread that runs slower (its data further away, its
+/// core shared) is helped out instead of waited for. The caller spins
+/// (running any other pending rayon jobs meanwhile) until the last helper
+/// has finished. Each task runs exactly once, so results do not depend on
+/// which thread ran it. A panic in a task is re-raised on the caller once
+/// every helper is done.
 ///
 /// ```
 /// use std::sync::atomic::{AtomicUsize, Ordering};
@@ -114,10 +116,14 @@ pub fn run_tasks<F: Fn(usize) + Sync>(n: usize, task: F) {
         (0..n).into_par_iter().for_each(&task);
         return;
     }
+    let units = n.min(threads * UNITS_PER_THREAD);
     let shared = Shared {
         n,
-        ranges: threads,
-        next: AtomicUsize::new(0),
+        units,
+        homes: (0..threads)
+            .map(|t| AtomicU64::new(Shared::pack(units * t / threads, units * (t + 1) / threads)))
+            .collect(),
+        next_home: AtomicUsize::new(1),
         helpers: AtomicUsize::new(threads - 1),
         task: &task,
         panic: Mutex::new(None),
@@ -130,11 +136,12 @@ pub fn run_tasks<F: Fn(usize) + Sync>(n: usize, task: F) {
             // SAFETY: `shared` lives until `helpers` reaches 0, which
             // happens only after this job's last access (the decrement).
             let shared = unsafe { &*(at as *const Shared<'_>) };
-            shared.claim_all();
+            let home = shared.next_home.fetch_add(1, Ordering::Relaxed);
+            shared.claim_all(home % shared.homes.len());
             shared.helpers.fetch_sub(1, Ordering::Release);
         });
     }
-    shared.claim_all();
+    shared.claim_all(0);
     while shared.helpers.load(Ordering::Acquire) > 0 {
         // A helper nobody stole yet is still in this thread's queue:
         // running it here (it finds no task left) keeps this from waiting
@@ -279,13 +286,23 @@ impl<T> SyncPtr<T> {
     }
 }
 
+/// How many units [`run_tasks`] cuts each thread's share of the tasks into
+/// (fewer where there are fewer tasks): the grain at which a thread that
+/// finished its own share helps with another's.
+pub const UNITS_PER_THREAD: usize = 16;
+
 /// The state the caller of [`run_tasks`] shares with its helpers.
 struct Shared<'a> {
     n: usize,
-    /// Contiguous ranges the tasks are cut into.
-    ranges: usize,
-    /// The next unclaimed range.
-    next: AtomicUsize,
+    /// Contiguous runs of tasks claimed one at a time: unit `u` is tasks
+    /// `n * u / units..n * (u + 1) / units`.
+    units: usize,
+    /// Each thread's home, the units `lo..hi` not yet claimed, packed as
+    /// `lo << 32 | hi` ([`Shared::pack`]): its owner claims from the
+    /// front, the others from the back.
+    homes: Vec<AtomicU64>,
+    /// The home of the next helper to arrive (the caller's is 0).
+    next_home: AtomicUsize,
     /// Helpers that have not finished yet.
     helpers: AtomicUsize,
     task: &'a (dyn Fn(usize) + Sync),
@@ -294,14 +311,44 @@ struct Shared<'a> {
 }
 
 impl Shared<'_> {
-    /// Claims ranges and runs their tasks until no range is left.
-    fn claim_all(&self) {
+    /// Units `lo..hi` as one word.
+    fn pack(lo: usize, hi: usize) -> u64 {
+        ((lo as u64) << 32) | hi as u64
+    }
+
+    /// Claims one unit of home `h`: its first (`front`) or last unclaimed one.
+    fn claim(&self, h: usize, front: bool) -> Option<usize> {
+        let home = &self.homes[h];
+        let mut v = home.load(Ordering::Relaxed);
         loop {
-            let r = self.next.fetch_add(1, Ordering::Relaxed);
-            if r >= self.ranges {
-                return;
+            let (lo, hi) = ((v >> 32) as usize, (v & 0xffff_ffff) as usize);
+            if lo >= hi {
+                return None;
             }
-            for i in self.n * r / self.ranges..self.n * (r + 1) / self.ranges {
+            let (next, unit) = if front {
+                (Self::pack(lo + 1, hi), lo)
+            } else {
+                (Self::pack(lo, hi - 1), hi - 1)
+            };
+            match home.compare_exchange_weak(v, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Some(unit),
+                Err(now) => v = now,
+            }
+        }
+    }
+
+    /// Runs the units of home `h` from the front, then those left in the
+    /// other homes from their backs, until none is left.
+    fn claim_all(&self, h: usize) {
+        let homes = self.homes.len();
+        loop {
+            let unit = self
+                .claim(h, true)
+                .or_else(|| (1..homes).find_map(|d| self.claim((h + d) % homes, false)));
+            let Some(u) = unit else {
+                return;
+            };
+            for i in self.n * u / self.units..self.n * (u + 1) / self.units {
                 if let Err(p) = catch_unwind(AssertUnwindSafe(|| (self.task)(i))) {
                     let mut slot = self.panic.lock().unwrap_or_else(|e| e.into_inner());
                     slot.get_or_insert(p);
@@ -322,7 +369,7 @@ mod tests {
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            for n in [0, 1, 2, 3, 7, 64] {
+            for n in [0, 1, 2, 3, 7, 64, 100, 1000] {
                 let counts: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
                 pool.install(|| {
                     run_tasks(n, |i| {
@@ -343,6 +390,39 @@ mod tests {
             counts[i].fetch_add(1, Ordering::Relaxed);
         });
         assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1));
+    }
+
+    /// A thread done with its own share runs what is left of a slower
+    /// one's: here the caller's share (the first half) is slow, so the
+    /// helper, once through its fast half, takes units from the back of
+    /// the caller's.
+    #[test]
+    fn an_idle_thread_takes_over_the_rest_of_a_slower_share() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let n = 2 * UNITS_PER_THREAD;
+        let ran_by: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(usize::MAX)).collect();
+        let caller = pool.install(|| {
+            run_tasks(n, |i| {
+                if i < n / 2 {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                let me = rayon::current_thread_index().unwrap();
+                ran_by[i].store(me, Ordering::Relaxed);
+            });
+            rayon::current_thread_index().unwrap()
+        });
+        let ran_by: Vec<usize> = ran_by.iter().map(|r| r.load(Ordering::Relaxed)).collect();
+        assert!(ran_by.iter().all(|&t| t < 2), "every task ran: {ran_by:?}");
+        // The caller starts on its own share; if the helper ran anything
+        // (it may not have been scheduled in time), it also helped with
+        // the caller's slow share, from its back.
+        assert_eq!(ran_by[0], caller, "{ran_by:?}");
+        if ran_by.iter().any(|&t| t != caller) {
+            assert_ne!(ran_by[n / 2 - 1], caller, "{ran_by:?}");
+        }
     }
 
     #[test]
