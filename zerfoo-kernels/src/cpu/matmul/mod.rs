@@ -838,7 +838,6 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
     // packs all of A, which is the smaller operand, and none of the
     // other's B (2 threads, 128 x 768 x 128: ~1.6x faster).
     let np = n.div_ceil(kern.nr);
-    let own_cols = direct.is_some() || m <= n;
     let cols_when_tall = direct.is_some() && core::mem::size_of::<E>() == 2;
     let kcb = depth_block::<E, K>(k);
     let depth_blocks = k.div_ceil(kcb.max(1));
@@ -903,7 +902,7 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
             )
         };
         for_each_chunk_mut(c, SPLIT_DEPTH_ROWS * n, add);
-    } else if threads > 1 && own_cols && (m <= n || cols_when_tall) && np >= 2 * threads {
+    } else if threads > 1 && (m <= n || cols_when_tall) && np >= 2 * threads {
         run_tasks(threads, |t| {
             let cols = (
                 np * t / threads * kern.nr,

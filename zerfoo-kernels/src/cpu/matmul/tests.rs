@@ -462,7 +462,8 @@ fn depth_and_private_b_splits_agree_bitwise() {
 
 /// A `bf16` product taller than wide with its `A` read in place, which the
 /// threads split by columns (odd sizes, one and two depth blocks, the
-/// last column block partial): bit-identical on 2, 3 and 4 threads to one
+/// last column block partial; the last shape has too few columns to split
+/// and shares B instead): bit-identical on 2, 3 and 4 threads to one
 /// thread, and the exact product rounded once.
 #[test]
 fn tall_bf16_products_split_by_columns_agree_bitwise() {
