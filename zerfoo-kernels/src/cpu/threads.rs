@@ -136,8 +136,8 @@ pub fn run_tasks<F: Fn(usize) + Sync>(n: usize, task: F) {
             // SAFETY: `shared` lives until `helpers` reaches 0, which
             // happens only after this job's last access (the decrement).
             let shared = unsafe { &*(at as *const Shared<'_>) };
-            let home = shared.next_home.fetch_add(1, Ordering::Relaxed);
-            shared.claim_all(home % shared.homes.len());
+            // Helpers take homes 1..threads in the order they arrive.
+            shared.claim_all(shared.next_home.fetch_add(1, Ordering::Relaxed));
             shared.helpers.fetch_sub(1, Ordering::Release);
         });
     }
