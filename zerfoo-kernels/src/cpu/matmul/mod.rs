@@ -824,10 +824,10 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
     // of B and never waits for the others (no barrier per depth block);
     // sharing B instead costs a pass of every thread over all of B.
     // (2 threads: 512 x 512 x 512 ~2% faster, 512 x 1536 x 384 ~7%.)
-    // Taller f32 and f64 products keep the row split where columns would be a
-    // little faster alone (768 x 512 x 128): the kernels before and after
-    // share rows out the same way, so each thread then finds its rows of
-    // the result in its own cache (Shakespeare step ~3% faster).
+    // Taller f32 and f64 products keep the row split even where columns
+    // would be a little faster alone (768 x 512 x 128): the kernels before
+    // and after share rows out the same way, so each thread then finds its
+    // rows of the result in its own cache (Shakespeare step ~3% faster).
     // 16-bit operands read in place split by columns even when taller
     // than wide: their products are twice as fast, so the shared B's
     // packing and the barrier per depth block weigh twice as much
