@@ -137,6 +137,9 @@ pub trait Real:
     /// `e^x` for kernel loops (`f32`: branch-free so loops vectorize, within
     /// 2 ulp, see [`crate::fastmath::exp_f32`]; `f64`: libm's `exp`).
     fn fast_exp(self) -> Self;
+    /// `ln x` for kernel loops (`f32`: branch-free so loops vectorize, within
+    /// 2 ulp, see [`crate::fastmath::ln_f32`]; `f64`: libm's `log`).
+    fn fast_ln(self) -> Self;
     /// Converts to `f64`.
     fn as_f64(self) -> f64;
     /// Converts from `f64` (rounding to nearest).
@@ -151,6 +154,10 @@ impl Real for f32 {
     #[inline(always)]
     fn fast_exp(self) -> Self {
         crate::fastmath::exp_f32(self)
+    }
+    #[inline(always)]
+    fn fast_ln(self) -> Self {
+        crate::fastmath::ln_f32(self)
     }
     fn as_f64(self) -> f64 {
         self as f64
@@ -167,6 +174,10 @@ impl Real for f64 {
     #[inline(always)]
     fn fast_exp(self) -> Self {
         self.exp()
+    }
+    #[inline(always)]
+    fn fast_ln(self) -> Self {
+        self.ln()
     }
     fn as_f64(self) -> f64 {
         self

@@ -105,6 +105,60 @@ pub unsafe fn exp_f32x16(x: core::arch::x86_64::__m512) -> core::arch::x86_64::_
     _mm512_mask_mov_ps(y, over, set(f32::INFINITY))
 }
 
+/// The natural logarithm in `f32` within 2 ulp, subnormal inputs included;
+/// `-inf` at ±0, `+inf` at `+inf`, NaN below 0 and for NaN.
+///
+/// ```
+/// let y = zerfoo_kernels::fastmath::ln_f32(core::f32::consts::E);
+/// assert!((y - 1.0).abs() <= 2.0 * f32::EPSILON);
+/// assert_eq!(zerfoo_kernels::fastmath::ln_f32(0.0), f32::NEG_INFINITY);
+/// assert!(zerfoo_kernels::fastmath::ln_f32(-1.0).is_nan());
+/// ```
+#[inline(always)]
+pub fn ln_f32(x: f32) -> f32 {
+    // Subnormals scaled into the normal range first (by 2^23).
+    let tiny = x < f32::MIN_POSITIVE;
+    let xs = if tiny { x * 8_388_608.0 } else { x };
+    let bits = xs.to_bits();
+    // x = m 2^e with m in [sqrt(1/2), sqrt(2)): ln x = e ln 2 + ln m, and
+    // ln(1 + f) for f = m - 1 in [-0.29, 0.41] by Cephes' `logf` polynomial.
+    let e = ((bits >> 23) & 0xff) as i32 - 126 - if tiny { 23 } else { 0 };
+    let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f00_0000); // [0.5, 1)
+    let low = m < core::f32::consts::FRAC_1_SQRT_2;
+    let (e, f) = if low {
+        (e - 1, m + m - 1.0)
+    } else {
+        (e, m - 1.0)
+    };
+    let e = e as f32;
+    let z = f * f;
+    let mut p = 7.037_683_6e-2f32;
+    for c in [
+        -1.151_461e-1,
+        1.167_699_9e-1,
+        -1.242_014_1e-1,
+        1.424_932_3e-1,
+        -1.666_805_8e-1,
+        2.000_071_4e-1,
+        -2.499_999_4e-1,
+        3.333_333e-1,
+    ] {
+        p = p.mul_add(f, c);
+    }
+    let y = (p * f * z).mul_add(1.0, e * -2.121_944_4e-4);
+    let y = (-0.5f32).mul_add(z, y);
+    let r = e.mul_add(0.693_359_4, f + y);
+    if x == 0.0 {
+        f32::NEG_INFINITY
+    } else if x < 0.0 || x.is_nan() {
+        f32::NAN
+    } else if x == f32::INFINITY {
+        x
+    } else {
+        r
+    }
+}
+
 /// The error function in `f32` within 8 ulp (absolute error below 5e-7),
 /// odd, exactly ±1 beyond |x| = 3.92 (as the rounded erf is); NaN stays NaN.
 ///
@@ -173,6 +227,31 @@ mod tests {
             worst = worst.max(u);
         }
         assert!(worst <= 2.0, "worst {worst} ulp");
+    }
+
+    #[test]
+    fn ln_is_within_two_ulp() {
+        let mut worst = 0f64;
+        let near_one = sweep(0.5, 2.0, 400_000);
+        // Every binade from the smallest subnormal to the largest finite.
+        let binades = (-149..128).flat_map(|e| sweep(1.0, 2.0, 600).map(move |m| m * 2f32.powi(e)));
+        for x in near_one
+            .chain(binades)
+            .filter(|x| x.is_finite() && *x > 0.0)
+        {
+            let u = ulps(ln_f32(x), (x as f64).ln());
+            worst = worst.max(u);
+        }
+        assert!(worst <= 2.0, "worst {worst} ulp");
+        assert_eq!(ln_f32(1.0), 0.0);
+        assert_eq!(ln_f32(0.0), f32::NEG_INFINITY);
+        assert_eq!(ln_f32(-0.0), f32::NEG_INFINITY);
+        assert_eq!(ln_f32(f32::INFINITY), f32::INFINITY);
+        assert!(
+            ln_f32(-1.0).is_nan()
+                && ln_f32(f32::NAN).is_nan()
+                && ln_f32(f32::NEG_INFINITY).is_nan()
+        );
     }
 
     #[test]

@@ -139,7 +139,7 @@ unary_op!(/// `|x|` (derivative `sign(x)`, 0 at 0 as in PyTorch)
 unary_op!(/// `e^x`
     Exp, "exp", 2, |x| x.fast_exp(), |x, y| y);
 unary_op!(/// natural log
-    Log, "log", 3, |x| x.ln(), |x, _| x.recip());
+    Log, "log", 3, |x| x.fast_ln(), |x, _| x.recip());
 unary_op!(/// `√x`
     Sqrt, "sqrt", 4, |x| x.sqrt(), |x, y| c::<A>(0.5) / y);
 unary_op!(/// `1/√x`
