@@ -140,6 +140,12 @@ pub trait Real:
     /// `ln x` for kernel loops (`f32`: branch-free so loops vectorize, within
     /// 2 ulp, see [`crate::fastmath::ln_f32`]; `f64`: libm's `log`).
     fn fast_ln(self) -> Self;
+    /// `sin x` for kernel loops (`f32`: branch-free so loops vectorize,
+    /// within 2 ulp for |x| < 1e14, see [`crate::fastmath::sin_f32`]; `f64`:
+    /// libm's `sin`).
+    fn fast_sin(self) -> Self;
+    /// `cos x` for kernel loops (as [`Real::fast_sin`]).
+    fn fast_cos(self) -> Self;
     /// Converts to `f64`.
     fn as_f64(self) -> f64;
     /// Converts from `f64` (rounding to nearest).
@@ -158,6 +164,14 @@ impl Real for f32 {
     #[inline(always)]
     fn fast_ln(self) -> Self {
         crate::fastmath::ln_f32(self)
+    }
+    #[inline(always)]
+    fn fast_sin(self) -> Self {
+        crate::fastmath::sin_f32(self)
+    }
+    #[inline(always)]
+    fn fast_cos(self) -> Self {
+        crate::fastmath::cos_f32(self)
     }
     fn as_f64(self) -> f64 {
         self as f64
@@ -178,6 +192,14 @@ impl Real for f64 {
     #[inline(always)]
     fn fast_ln(self) -> Self {
         self.ln()
+    }
+    #[inline(always)]
+    fn fast_sin(self) -> Self {
+        self.sin()
+    }
+    #[inline(always)]
+    fn fast_cos(self) -> Self {
+        self.cos()
     }
     fn as_f64(self) -> f64 {
         self

@@ -159,6 +159,87 @@ pub fn ln_f32(x: f32) -> f32 {
     }
 }
 
+/// `x` reduced by the nearest multiple `j` of π/2: `(r, q)` with `r = x - j π/2`
+/// in [-π/4, π/4] and `q = j mod 4` (0 to 3, as a float). The reduction runs
+/// in `f64` against π/2 to 106 bits (two fused multiply-adds), so its error
+/// is about `|j| 2^-106`: far below an ulp of `r` for `|x| < 1e14`. (Past
+/// that, `j` itself, from `x 2/π` rounded in `f64`, can be one off.)
+#[inline(always)]
+fn quarter_turns(x: f32) -> (f32, f64) {
+    const PIO2_HI: f64 = core::f64::consts::FRAC_PI_2;
+    const PIO2_LO: f64 = 6.123_233_995_736_766e-17;
+    let xd = x as f64;
+    let j = (xd * core::f64::consts::FRAC_2_PI).round_ties_even();
+    let r = (-j).mul_add(PIO2_LO, (-j).mul_add(PIO2_HI, xd));
+    (r as f32, j - 4.0 * (j * 0.25).floor())
+}
+
+/// `sin r` and `cos r` for `r` in [-π/4, π/4] (Cephes' `sinf`/`cosf`
+/// polynomials).
+#[inline(always)]
+fn sin_cos_kernel(r: f32) -> (f32, f32) {
+    let z = r * r;
+    let ps = (-1.951_529_6e-4f32)
+        .mul_add(z, 8.332_161e-3)
+        .mul_add(z, -1.666_665_5e-1);
+    let sin = (r * z).mul_add(ps, r);
+    let pc = 2.443_315_7e-5f32
+        .mul_add(z, -1.388_731_6e-3)
+        .mul_add(z, 4.166_664_6e-2);
+    let cos = (z * z).mul_add(pc, (-0.5f32).mul_add(z, 1.0));
+    (sin, cos)
+}
+
+/// `sin x` in `f32` within 2 ulp for |x| < 1e14 (beyond, the reduction by
+/// π/2 loses accuracy); NaN for ±∞ and NaN; `sin(-0) = -0`.
+///
+/// ```
+/// let y = zerfoo_kernels::fastmath::sin_f32(1.0);
+/// assert!((y - 0.841_470_96).abs() <= 2.0 * f32::EPSILON);
+/// ```
+#[inline(always)]
+pub fn sin_f32(x: f32) -> f32 {
+    let (r, q) = quarter_turns(x);
+    let (s, c) = sin_cos_kernel(r);
+    let v = if q == 0.0 {
+        s
+    } else if q == 1.0 {
+        c
+    } else if q == 2.0 {
+        -s
+    } else {
+        -c
+    };
+    // Tiny |x| (and ±0, whose sign the reduction drops): sin x rounds to x.
+    if x.abs() < 1e-4 {
+        x
+    } else {
+        v
+    }
+}
+
+/// `cos x` in `f32` within 2 ulp for |x| < 1e14 (beyond, the reduction by
+/// π/2 loses accuracy); NaN for ±∞ and NaN.
+///
+/// ```
+/// let y = zerfoo_kernels::fastmath::cos_f32(1.0);
+/// assert!((y - 0.540_302_3).abs() <= 2.0 * f32::EPSILON);
+/// ```
+#[inline(always)]
+pub fn cos_f32(x: f32) -> f32 {
+    let (r, q) = quarter_turns(x);
+    let (s, c) = sin_cos_kernel(r);
+    if q == 0.0 {
+        c
+    } else if q == 1.0 {
+        -s
+    } else if q == 2.0 {
+        -c
+    } else {
+        s
+    }
+}
+
 /// The error function in `f32` within 8 ulp (absolute error below 5e-7),
 /// odd, exactly ±1 beyond |x| = 3.92 (as the rounded erf is); NaN stays NaN.
 ///
@@ -252,6 +333,34 @@ mod tests {
                 && ln_f32(f32::NAN).is_nan()
                 && ln_f32(f32::NEG_INFINITY).is_nan()
         );
+    }
+
+    #[test]
+    fn sin_cos_are_within_two_ulp() {
+        let ulps = |got: f32, want: f64| {
+            let w = (want as f32).abs();
+            if w == 0.0 {
+                return if got == 0.0 { 0.0 } else { f64::INFINITY };
+            }
+            (got as f64 - want).abs() / (w.next_up() - w) as f64
+        };
+        let mut worst = 0f64;
+        // Densely over a few turns, then every binade up to 1e14 (values
+        // near multiples of π/2 included: the sweeps pass through them).
+        let near = sweep(-20.0, 20.0, 800_000);
+        let binades = (-30..50).flat_map(|e| sweep(1.0, 2.0, 4000).map(move |m| m * 2f32.powi(e)));
+        for x in near.chain(binades).filter(|x| x.abs() < 1e14) {
+            for x in [x, -x] {
+                worst = worst.max(ulps(sin_f32(x), (x as f64).sin()));
+                worst = worst.max(ulps(cos_f32(x), (x as f64).cos()));
+            }
+        }
+        assert!(worst <= 2.0, "worst {worst} ulp");
+        assert_eq!(sin_f32(-0.0).to_bits(), (-0.0f32).to_bits());
+        assert_eq!(cos_f32(0.0), 1.0);
+        for bad in [f32::INFINITY, f32::NEG_INFINITY, f32::NAN] {
+            assert!(sin_f32(bad).is_nan() && cos_f32(bad).is_nan());
+        }
     }
 
     #[test]

@@ -145,9 +145,9 @@ unary_op!(/// `√x`
 unary_op!(/// `1/√x`
     Rsqrt, "rsqrt", 5, |x| x.sqrt().recip(), |x, y| c::<A>(-0.5) * y * y * y);
 unary_op!(/// sine
-    Sin, "sin", 6, |x| x.sin(), |x, _| x.cos());
+    Sin, "sin", 6, |x| x.fast_sin(), |x, _| x.fast_cos());
 unary_op!(/// cosine
-    Cos, "cos", 7, |x| x.cos(), |x, _| -x.sin());
+    Cos, "cos", 7, |x| x.fast_cos(), |x, _| -x.fast_sin());
 unary_op!(/// hyperbolic tangent
     Tanh, "tanh", 8, |x| tanh(x), |x, y| A::one() - y * y);
 unary_op!(/// logistic sigmoid `1/(1+e^-x)`
