@@ -463,13 +463,7 @@ mod tests {
     /// (`1 - y²`) through the fast form.
     #[test]
     fn tanh_is_within_two_ulp() {
-        let ulps = |got: f32, want: f64| {
-            let w = want as f32;
-            if w == 0.0 {
-                return if got == 0.0 { 0.0 } else { f64::INFINITY };
-            }
-            (got as f64 - want).abs() / (w.abs().next_up() - w.abs()) as f64
-        };
+        use crate::fastmath::tests::ulps;
         let mut worst = 0f64;
         let xs = (0..=200_000)
             .map(|i| i as f32 * 1e-4)
@@ -620,13 +614,7 @@ mod tests {
     /// negative tail (values down to ~1e-38) to saturation, NaN kept.
     #[test]
     fn sigmoid_and_silu_are_within_a_few_ulp() {
-        let ulps = |got: f32, want: f64| {
-            let w = (want as f32).abs();
-            if w == 0.0 {
-                return if got == 0.0 { 0.0 } else { f64::INFINITY };
-            }
-            (got as f64 - want).abs() / (w.next_up() - w) as f64
-        };
+        use crate::fastmath::tests::ulps;
         let (mut ws, mut wl) = (0f64, 0f64);
         for i in -87_000..=20_000 {
             let x = i as f32 * 1e-3;
