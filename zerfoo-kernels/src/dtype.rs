@@ -146,6 +146,9 @@ pub trait Real:
     fn fast_sin(self) -> Self;
     /// `cos x` for kernel loops (as [`Real::fast_sin`]).
     fn fast_cos(self) -> Self;
+    /// `tanh x` for kernel loops (`f32`: branch-free so loops vectorize,
+    /// within 2 ulp, see [`crate::fastmath::tanh_f32`]; `f64`: libm's `tanh`).
+    fn fast_tanh(self) -> Self;
     /// Converts to `f64`.
     fn as_f64(self) -> f64;
     /// Converts from `f64` (rounding to nearest).
@@ -172,6 +175,10 @@ impl Real for f32 {
     #[inline(always)]
     fn fast_cos(self) -> Self {
         crate::fastmath::cos_f32(self)
+    }
+    #[inline(always)]
+    fn fast_tanh(self) -> Self {
+        crate::fastmath::tanh_f32(self)
     }
     fn as_f64(self) -> f64 {
         self as f64
@@ -200,6 +207,10 @@ impl Real for f64 {
     #[inline(always)]
     fn fast_cos(self) -> Self {
         self.cos()
+    }
+    #[inline(always)]
+    fn fast_tanh(self) -> Self {
+        self.tanh()
     }
     fn as_f64(self) -> f64 {
         self
