@@ -145,7 +145,8 @@ pub fn ln_f32(x: f32) -> f32 {
     ] {
         p = p.mul_add(f, c);
     }
-    let y = (p * f * z).mul_add(1.0, e * -2.121_944_4e-4);
+    // ln 2 split as 0.693359375 (exact in few bits) - 2.12194440e-4.
+    let y = e.mul_add(-2.121_944_4e-4, p * f * z);
     let y = (-0.5f32).mul_add(z, y);
     let r = e.mul_add(0.693_359_4, f + y);
     if x == 0.0 {
