@@ -105,6 +105,13 @@ pub unsafe fn exp_f32x16(x: core::arch::x86_64::__m512) -> core::arch::x86_64::_
     _mm512_mask_mov_ps(y, over, set(f32::INFINITY))
 }
 
+/// The polynomial `((lead x + c0) x + c1) x + ...` by fused multiply-adds
+/// (Horner's scheme, highest coefficient first).
+#[inline(always)]
+fn horner<const N: usize>(x: f32, lead: f32, rest: [f32; N]) -> f32 {
+    rest.iter().fold(lead, |p, &c| p.mul_add(x, c))
+}
+
 /// The natural logarithm in `f32` within 2 ulp, subnormal inputs included;
 /// `-inf` at ±0, `+inf` at `+inf`, NaN below 0 and for NaN.
 ///
@@ -132,19 +139,20 @@ pub fn ln_f32(x: f32) -> f32 {
     };
     let e = e as f32;
     let z = f * f;
-    let mut p = 7.037_683_6e-2f32;
-    for c in [
-        -1.151_461e-1,
-        1.167_699_9e-1,
-        -1.242_014_1e-1,
-        1.424_932_3e-1,
-        -1.666_805_8e-1,
-        2.000_071_4e-1,
-        -2.499_999_4e-1,
-        3.333_333e-1,
-    ] {
-        p = p.mul_add(f, c);
-    }
+    let p = horner(
+        f,
+        7.037_683_6e-2,
+        [
+            -1.151_461e-1,
+            1.167_699_9e-1,
+            -1.242_014_1e-1,
+            1.424_932_3e-1,
+            -1.666_805_8e-1,
+            2.000_071_4e-1,
+            -2.499_999_4e-1,
+            3.333_333e-1,
+        ],
+    );
     // ln 2 split as 0.693359375 (exact in few bits) - 2.12194440e-4.
     let y = e.mul_add(-2.121_944_4e-4, p * f * z);
     let y = (-0.5f32).mul_add(z, y);
@@ -172,16 +180,17 @@ pub fn ln_f32(x: f32) -> f32 {
 #[inline(always)]
 pub fn tanh_f32(x: f32) -> f32 {
     let t = x * x;
-    let mut p = 2.295_841_2e-3f32;
-    for c in [
-        -8.346_98e-3,
-        2.176_996_1e-2,
-        -5.395_940_7e-2,
-        1.333_330_4e-1,
-        -3.333_333_4e-1,
-    ] {
-        p = p.mul_add(t, c);
-    }
+    let p = horner(
+        t,
+        2.295_841_2e-3,
+        [
+            -8.346_98e-3,
+            2.176_996_1e-2,
+            -5.395_940_7e-2,
+            1.333_330_4e-1,
+            -3.333_333_4e-1,
+        ],
+    );
     // x (1 + t p): `x + x t p` would turn -0 into +0.
     let small = x * t.mul_add(p, 1.0);
     let a = x.abs();
