@@ -58,10 +58,21 @@ thread_local! {
     static DEPTH: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Per name: calls and seconds; and when the sums began.
+/// One name's calls.
+#[derive(Clone, Copy)]
+struct Calls {
+    /// How many.
+    count: u64,
+    /// Their total seconds.
+    secs: f64,
+    /// The fastest one's seconds.
+    fastest: f64,
+}
+
+/// Per name: its calls; and when the sums began.
 struct Totals {
     started: Instant,
-    by_name: HashMap<String, (u64, f64)>,
+    by_name: HashMap<String, Calls>,
 }
 
 impl Totals {
@@ -115,10 +126,13 @@ pub fn disable() {
     *totals() = None;
 }
 
-/// The table so far, busiest first: total ms, calls, µs per call and share
-/// of the wall time per name, under a line with the wall time since
-/// profiling began and how much of it the kernels took. `None` when
-/// profiling is off.
+/// The table so far, busiest first: total ms, calls, µs per call, the
+/// fastest call's µs and the share of the wall time per name, under a line
+/// with the wall time since profiling began and how much of it the kernels
+/// took. On a shared machine the fastest call shows what a kernel costs
+/// undisturbed: a mean well above it is time lost to the machine (or to
+/// cold caches), not to the kernel's own work. `None` when profiling is
+/// off.
 pub fn report() -> Option<String> {
     if !enabled() {
         return None;
@@ -126,24 +140,27 @@ pub fn report() -> Option<String> {
     let guard = totals();
     let t = guard.as_ref()?;
     let wall = t.started.elapsed().as_secs_f64() * 1e3;
-    let busy: f64 = t.by_name.values().map(|&(_, s)| s * 1e3).sum();
+    let busy: f64 = t.by_name.values().map(|c| c.secs * 1e3).sum();
     let mut rows: Vec<_> = t.by_name.iter().collect();
-    rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1).then(a.0.cmp(b.0)));
+    rows.sort_by(|a, b| b.1.secs.total_cmp(&a.1.secs).then(a.0.cmp(b.0)));
     let share = |ms: f64| 100.0 * ms / wall.max(f64::MIN_POSITIVE);
     let mut out = format!(
         "CPU profile: {wall:.1} ms wall since profiling began; kernels {busy:.1} ms ({:.1}%), \
-         the rest outside them\n{:>10} {:>8} {:>10} {:>6}  name\n",
+         the rest outside them\n{:>10} {:>8} {:>10} {:>10} {:>6}  name\n",
         share(busy),
         "ms",
         "calls",
         "us/call",
+        "fastest",
         "share"
     );
-    for (name, &(calls, secs)) in rows {
-        let ms = secs * 1e3;
+    for (name, c) in rows {
+        let ms = c.secs * 1e3;
         out += &format!(
-            "{ms:>10.2} {calls:>8} {:>10.1} {:>5.1}%  {name}\n",
-            ms * 1e3 / calls as f64,
+            "{ms:>10.2} {:>8} {:>10.1} {:>10.1} {:>5.1}%  {name}\n",
+            c.count,
+            ms * 1e3 / c.count as f64,
+            c.fastest * 1e6,
             share(ms)
         );
     }
@@ -177,9 +194,14 @@ pub(crate) fn time<R>(name: impl FnOnce() -> String, f: impl FnOnce() -> R) -> R
         let secs = start.elapsed().as_secs_f64();
         let name = name();
         if let Some(t) = totals().as_mut() {
-            let e = t.by_name.entry(name).or_insert((0, 0.0));
-            e.0 += 1;
-            e.1 += secs;
+            let e = t.by_name.entry(name).or_insert(Calls {
+                count: 0,
+                secs: 0.0,
+                fastest: f64::INFINITY,
+            });
+            e.count += 1;
+            e.secs += secs;
+            e.fastest = e.fastest.min(secs);
         }
     }
     r
@@ -218,16 +240,25 @@ mod tests {
     use crate::device::{MatmulKernels, SoftmaxKernels};
     use crate::Cpu;
 
-    /// The calls of the row named `name` in `table`.
-    fn calls(table: &str, name: &str) -> u64 {
-        table
+    /// The numbers of the row named `name` in `table`: total ms, calls,
+    /// µs per call, the fastest call's µs, the share in %.
+    fn row(table: &str, name: &str) -> [f64; 5] {
+        let line = table
             .lines()
             .find(|l| l.ends_with(name))
-            .unwrap_or_else(|| panic!("no row `{name}` in\n{table}"))
+            .unwrap_or_else(|| panic!("no row `{name}` in\n{table}"));
+        let nums: Vec<f64> = line
             .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or_else(|| panic!("no call count in the row `{name}` of\n{table}"))
+            .take(5)
+            .map(|w| w.trim_end_matches('%').parse().unwrap_or(f64::NAN))
+            .collect();
+        nums.try_into()
+            .unwrap_or_else(|_| panic!("a short row `{name}` in\n{table}"))
+    }
+
+    /// The calls of the row named `name` in `table`.
+    fn calls(table: &str, name: &str) -> u64 {
+        row(table, name)[1] as u64
     }
 
     /// The one test that switches profiling (the state is process-wide).
@@ -257,6 +288,10 @@ mod tests {
         let table = report().expect("on");
         assert!(table.starts_with("CPU profile: "), "{table}");
         assert_eq!(calls(&table, "matmul/gemm_batched f64 7x13 · 13x5ᵀ"), 4);
+        // The fastest of the four calls took no longer than their mean
+        // (both rounded to 0.1 µs), and some time.
+        let [_, _, mean, fastest, _] = row(&table, "matmul/gemm_batched f64 7x13 · 13x5ᵀ");
+        assert!(fastest > 0.0 && fastest <= mean, "{table}");
         assert_eq!(calls(&table, "test/outer"), 1);
         assert!(!table.contains("test/inner"), "{table}");
         assert!(!table.contains("maybe_bias"), "{table}");
