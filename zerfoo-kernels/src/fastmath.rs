@@ -222,15 +222,27 @@ fn quarter_turns(x: f32) -> (f32, f64) {
 #[inline(always)]
 fn sin_cos_kernel(r: f32) -> (f32, f32) {
     let z = r * r;
-    let ps = (-1.951_529_6e-4f32)
-        .mul_add(z, 8.332_161e-3)
-        .mul_add(z, -1.666_665_5e-1);
+    let ps = horner(z, -1.951_529_6e-4, [8.332_161e-3, -1.666_665_5e-1]);
     let sin = (r * z).mul_add(ps, r);
-    let pc = 2.443_315_7e-5f32
-        .mul_add(z, -1.388_731_6e-3)
-        .mul_add(z, 4.166_664_6e-2);
+    let pc = horner(z, 2.443_315_7e-5, [-1.388_731_6e-3, 4.166_664_6e-2]);
     let cos = (z * z).mul_add(pc, (-0.5f32).mul_add(z, 1.0));
     (sin, cos)
+}
+
+/// `sin x` from `x`'s quarter turns `q` (0 to 3, [`quarter_turns`]) and
+/// the kernel's `sin r`, `cos r`: `sin r`, `cos r`, `-sin r`, `-cos r`.
+/// (`cos x` passes `(cos r, -sin r)`: `sin` one quarter turn on.)
+#[inline(always)]
+fn sin_of_quadrant(q: f64, (s, c): (f32, f32)) -> f32 {
+    if q == 0.0 {
+        s
+    } else if q == 1.0 {
+        c
+    } else if q == 2.0 {
+        -s
+    } else {
+        -c
+    }
 }
 
 /// `sin x` in `f32` within 2 ulp for |x| < 1e14 (beyond, the reduction by
@@ -243,16 +255,7 @@ fn sin_cos_kernel(r: f32) -> (f32, f32) {
 #[inline(always)]
 pub fn sin_f32(x: f32) -> f32 {
     let (r, q) = quarter_turns(x);
-    let (s, c) = sin_cos_kernel(r);
-    let v = if q == 0.0 {
-        s
-    } else if q == 1.0 {
-        c
-    } else if q == 2.0 {
-        -s
-    } else {
-        -c
-    };
+    let v = sin_of_quadrant(q, sin_cos_kernel(r));
     // Tiny |x| (and ±0, whose sign the reduction drops): sin x rounds to x.
     if x.abs() < 1e-4 {
         x
@@ -272,15 +275,8 @@ pub fn sin_f32(x: f32) -> f32 {
 pub fn cos_f32(x: f32) -> f32 {
     let (r, q) = quarter_turns(x);
     let (s, c) = sin_cos_kernel(r);
-    if q == 0.0 {
-        c
-    } else if q == 1.0 {
-        -s
-    } else if q == 2.0 {
-        -c
-    } else {
-        s
-    }
+    // One quarter turn on: cos r, -sin r, -cos r, sin r.
+    sin_of_quadrant(q, (c, -s))
 }
 
 /// The error function in `f32` within 8 ulp (absolute error below 5e-7),
