@@ -71,6 +71,24 @@ pub(crate) type MicroFn<P, C> =
 pub(crate) type DirectFn<P, C> =
     unsafe fn(kc: usize, a: *const P, lda: usize, b: *const P, c: *mut C, ldc: usize, st: Store<C>);
 
+/// Like [`MicroFn`] but reads `A` in place where each depth step is a run
+/// of adjacent rows: `A[i, p]` is `a[p * step + i]` (a row-major operand
+/// used transposed, e.g. the activations `Xᵀ` of a weight gradient
+/// `Xᵀ · dY`, whose packing would be a strided copy). Only for `G = 1`.
+///
+/// # Safety
+/// `a` must be readable at `p * step + i` for `i < MR`, `p < kc`; otherwise
+/// as for [`MicroFn`].
+pub(crate) type StepsFn<P, C> = unsafe fn(
+    kc: usize,
+    a: *const P,
+    step: usize,
+    b: *const P,
+    c: *mut C,
+    ldc: usize,
+    st: Store<C>,
+);
+
 /// The first `rows` (fewer than `MR`) rows of [`MicroFn`]'s tile, for the
 /// last row panel of a product: `c` (an `MR x NR` scratch tile, row length
 /// `NR`) gets those rows' sums, written (not added), with the same bits
@@ -94,6 +112,9 @@ pub(crate) struct Kernel<P, C = P> {
     pub f: MicroFn<P, C>,
     /// The same kernel reading `A` in place (only where `P` is the input type).
     pub fd: Option<DirectFn<P, C>>,
+    /// The same kernel reading a transposed `A` in place (see [`StepsFn`]),
+    /// where that is faster than packing it.
+    pub ft: Option<StepsFn<P, C>>,
     /// The same kernel for fewer rows, if it has one.
     pub edge: Option<EdgeFn<P, C>>,
     /// Whether the in-place kernel `fd` keeps its speed when `A`'s rows are

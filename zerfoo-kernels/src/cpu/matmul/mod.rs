@@ -15,7 +15,9 @@
 //! row-major `A` in the compute type is read in place (rows a multiple of 4
 //! KiB apart, which share L1 sets, are first copied to a padded pitch: each
 //! task its own rows, or all of `A` once when `B` spans several column
-//! blocks); a row-major `f16`/`bf16`/f8 `A` is widened row by row into
+//! blocks), and so is a transposed one (each depth step a run of adjacent
+//! rows: a weight gradient's `Xᵀ`; AVX-512 kernels); a row-major
+//! `f16`/`bf16`/f8 `A` is widened row by row into
 //! scratch and read the same way; `f16` results are rounded by the AVX-512
 //! kernel as it stores them. Every output element is summed in the same
 //! order whatever the thread count, so results are deterministic. Small
@@ -64,7 +66,7 @@ use super::threads::{for_each_chunk_mut, run_tasks, SyncPtr};
 use crate::cpu::simd::vectorized;
 
 use crate::{bf16, DType, FloatDtype, Layout, Real};
-use kernel::{DirectFn, Kernel, Store, MAX_TILE};
+use kernel::{DirectFn, Kernel, StepsFn, Store, MAX_TILE};
 #[cfg(target_arch = "x86_64")]
 pub(crate) use pack::transpose_f32_8x8;
 pub(crate) use pack::widen;
@@ -995,6 +997,30 @@ struct InPlace<P, A> {
     widened: bool,
 }
 
+/// How the micro-kernels of one task read its `A` block.
+#[derive(Clone, Copy)]
+enum APanels<P, A> {
+    /// All of it packed.
+    Packed,
+    /// Full panels' rows in place (see [`DirectFn`]): row `i` starts `i *
+    /// pitch` bytes after `a`, its values `lda` apart; only the tail panel
+    /// is packed.
+    Rows {
+        fd: DirectFn<P, A>,
+        a: *const P,
+        lda: usize,
+        pitch: usize,
+    },
+    /// Full panels in place, each depth step a run of adjacent rows `step`
+    /// values after the last (see [`StepsFn`]); only the tail panel is
+    /// packed.
+    Steps {
+        ft: StepsFn<P, A>,
+        a: *const P,
+        step: usize,
+    },
+}
+
 /// Row pitch (in packed units `P`) of the widened copy of an `A` block
 /// `groups` groups deep: whole cache lines, and not a multiple of 2 KiB
 /// (rows that far apart share L1 sets).
@@ -1057,6 +1083,19 @@ unsafe fn blocked_cols<E: FloatDtype, K: Packing<E>>(
     assert!(k > 0 || !overwrite, "gemm: an empty depth writes nothing");
     let ncb = column_block::<E, K>(k, nr);
     let nc_max = ncb.min((c_hi - c_lo).div_ceil(nr) * nr);
+    // A transposed A in the kernel's own type (a weight gradient's `Xᵀ`)
+    // is read in place, one run of rows a depth step, instead of packed: a
+    // strided copy that waits on memory, where the kernel's reads overlap
+    // its arithmetic (gpt6's weight gradients 3-4% faster, 2 threads).
+    let steps = kern
+        .ft
+        .filter(|_| {
+            direct.is_none()
+                && ops.a_unit_m
+                && !ops.a_unit_k
+                && TypeId::of::<E>() == TypeId::of::<K::P>()
+        })
+        .and_then(|ft| Some((ft, even_step(ops.a_cols)?)));
     with_buf::<K::P, _>(&B_BUF, nc_max * groups(kcb.min(k)), |bbuf| {
         for jc in (c_lo..c_hi).step_by(ncb) {
             let nc = ncb.min(c_hi - jc);
@@ -1121,7 +1160,7 @@ unsafe fn blocked_cols<E: FloatDtype, K: Packing<E>>(
                     // (An odd depth, the last block of pairs, is packed: pairs
                     // read in place would run past it.)
                     let direct = direct.filter(|_| kc.is_multiple_of(K::GROUP));
-                    let (pr0, prows) = if direct.is_some() {
+                    let (pr0, prows) = if direct.is_some() || steps.is_some() {
                         let full = rows / mr * mr;
                         (full, rows - full)
                     } else {
@@ -1145,29 +1184,39 @@ unsafe fn blocked_cols<E: FloatDtype, K: Packing<E>>(
                                 K::pack(ops, Side::A, (ic + pr0, prows), (pc, kc), mr, ap)
                             },
                         );
-                        let a_in_place = direct.map(|InPlace { fd, widened }| {
-                            if widened {
-                                // (The kernel counts `lda` in values: `GROUP` per `P`.)
-                                let bytes = wpitch * core::mem::size_of::<K::P>();
-                                return (fd, wide.as_ptr(), wpitch * K::GROUP, bytes);
-                            }
-                            let at = ops.a_base + ops.a_rows[ic] + ops.a_cols[pc];
-                            // SAFETY: `at` is in bounds (row `ic`, depth `pc` of A); the
-                            // kernel reads it as `E` values (`K::in_place`).
-                            (
+                        let at = ops.a_base + ops.a_rows[ic] + ops.a_cols[pc];
+                        let a_panels = match (direct, steps) {
+                            (Some(InPlace { fd, widened: true }), _) => APanels::Rows {
                                 fd,
-                                unsafe { ops.a.as_ptr().add(at).cast::<K::P>() },
+                                a: wide.as_ptr(),
+                                // (The kernel counts `lda` in values: `GROUP` per `P`.)
+                                lda: wpitch * K::GROUP,
+                                pitch: wpitch * core::mem::size_of::<K::P>(),
+                            },
+                            (Some(InPlace { fd, widened: false }), _) => APanels::Rows {
+                                fd,
+                                // SAFETY: `at` is in bounds (row `ic`, depth `pc` of A); the
+                                // kernel reads it as `E` values (`K::in_place`).
+                                a: unsafe { ops.a.as_ptr().add(at).cast::<K::P>() },
                                 lda,
                                 pitch,
-                            )
-                        });
+                            },
+                            (None, Some((ft, step))) => APanels::Steps {
+                                ft,
+                                // SAFETY: `at` is in bounds (row `ic`, depth `pc` of A),
+                                // and `E` is `K::P` (the `steps` condition).
+                                a: unsafe { ops.a.as_ptr().add(at).cast::<K::P>() },
+                                step,
+                            },
+                            (None, None) => APanels::Packed,
+                        };
                         // SAFETY: task `t` writes only rows `ic..ic + rows` and
                         // columns of panels `p0..p1` of this column block: disjoint
                         // from every other task, and inside `c` (`m x n`).
                         unsafe {
                             macro_kernel(
                                 &kern,
-                                a_in_place,
+                                a_panels,
                                 ap,
                                 bp,
                                 (kc, K::GROUP),
@@ -1199,9 +1248,8 @@ unsafe fn blocked_cols<E: FloatDtype, K: Packing<E>>(
 /// `B` block (`kc x nc`) and adds the result into `c` (the block's top-left
 /// corner, row length `ldc`). Panels hold `kc.div_ceil(group)` groups.
 ///
-/// With `a_in_place = Some((fd, a, lda, pitch))`, full `MR`-row panels read
-/// `A` in place (kernel `fd`): row `i` starts `i * pitch` bytes after `a`,
-/// `lda` input values apart; `ap` holds only the packed tail panel.
+/// Unless `a_panels` is [`APanels::Packed`], full `MR`-row panels read `A`
+/// in place and `ap` holds only the packed tail panel.
 /// With `round = Some((r, ldr))` (a kernel that [rounds](Kernel::rounds)),
 /// the results, plus `c` unless `overwrite`, are rounded to `bf16` into `r`
 /// (row length `ldr`) instead of written to `c`. Unless `bias` is null, the
@@ -1210,7 +1258,7 @@ unsafe fn blocked_cols<E: FloatDtype, K: Packing<E>>(
 /// done for all of the panels, while its results are still in cache.
 ///
 /// # Safety
-/// `a_in_place` (if any) must be readable for `mc` rows by `kc` depth.
+/// `A` in place (if so) must be readable for `mc` rows by `kc` depth.
 /// `c` must be valid for reads and writes at `i * ldc + j` for `i < mc`,
 /// `j < nc`, likewise `r` for writes at `i * ldr + j`, `bias` (unless
 /// null) for `nc` reads, and no other thread may touch that part of those
@@ -1218,7 +1266,7 @@ unsafe fn blocked_cols<E: FloatDtype, K: Packing<E>>(
 #[allow(clippy::too_many_arguments)]
 unsafe fn macro_kernel<P, A: Real>(
     kern: &Kernel<P, A>,
-    a_in_place: Option<(DirectFn<P, A>, *const P, usize, usize)>,
+    a_panels: APanels<P, A>,
     ap: &[P],
     bp: &[P],
     (kc, group): (usize, usize),
@@ -1284,11 +1332,11 @@ unsafe fn macro_kernel<P, A: Real>(
                     },
                 ),
             };
-            match a_in_place {
+            match a_panels {
                 // SAFETY: rows `i0..i0 + mr` of A are in place from `i0 * pitch`
                 // bytes after `a` (the caller's guarantee); `dst` is the tile inside the block
                 // or the scratch tile (row length nr).
-                Some((fd, a, lda, pitch)) if rows == mr => unsafe {
+                APanels::Rows { fd, a, lda, pitch } if rows == mr => unsafe {
                     fd(
                         kc,
                         a.byte_add(i0 * pitch),
@@ -1299,9 +1347,17 @@ unsafe fn macro_kernel<P, A: Real>(
                         st,
                     )
                 },
+                // SAFETY: each depth step of rows `i0..i0 + mr` is in place from `a +
+                // i0`, `step` values after the last (the caller's guarantee); `dst` as above.
+                APanels::Steps { ft, a, step } if rows == mr => unsafe {
+                    ft(kc, a.add(i0), step, bpanel.as_ptr(), dst, ld, st)
+                },
                 _ => {
                     // Packed panel: all of them, or only the tail when A is read in place.
-                    let pi = if a_in_place.is_some() { 0 } else { ip };
+                    let pi = match a_panels {
+                        APanels::Packed => ip,
+                        _ => 0,
+                    };
                     let apanel = &ap[pi * g * mr..(pi + 1) * g * mr];
                     // SAFETY: panels hold kc*mr / kc*nr values; `dst` as above; the
                     // kernel was offered only where the CPU supports it.

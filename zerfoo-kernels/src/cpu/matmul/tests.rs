@@ -407,6 +407,65 @@ fn packed_a_thread_splits_agree_bitwise_f32() {
     }
 }
 
+/// A transposed `A` read in place (each depth step a run of adjacent rows:
+/// a weight gradient's `Xᵀ`, see `StepsFn`) gives the very bits of the
+/// same kernel reading it packed: tail panels of several lengths, one and
+/// several depth blocks, an offset start, the depth steps further apart
+/// than the rows (a slice of wider rows), 1 and 2 threads, f32 and f64.
+#[test]
+fn transposed_a_in_place_matches_packed_bitwise() {
+    fn one<A: Real + FloatDtype<Acc = A>>() {
+        let in_place: Vec<Kernel<A>> = kernels::<A>()
+            .into_iter()
+            .filter(|k| k.ft.is_some())
+            .collect();
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(
+            in_place.is_empty(),
+            !crate::cpu::simd::has_avx512(),
+            "the AVX-512 kernels read a transposed A in place"
+        );
+        for kern in in_place {
+            let packed = Kernel { ft: None, ..kern };
+            for (m, k, n) in [(13, 5, 33), (29, KC + 9, 70), (MC + 27, 2 * KC + 1, 65)] {
+                // A[i, p] at 7 + p * (m + 3) + i: a [k, m + 3] matrix, transposed and narrowed.
+                let a: Vec<A> = vals(7 + k * (m + 3), 97)
+                    .into_iter()
+                    .map(<A as crate::Dtype>::from_f64)
+                    .collect();
+                let la = Layout::new(&[m, k], &[1, m + 3], 7);
+                let b: Vec<A> = vals(k * n, 98)
+                    .into_iter()
+                    .map(<A as crate::Dtype>::from_f64)
+                    .collect();
+                let lb = Layout::contiguous(&[k, n]);
+                for threads in [1, 2] {
+                    let run = |kern| {
+                        on_threads(threads, || {
+                            gemm_batched_with::<_, Widen>(&a, &la, &b, &lb, kern)
+                        })
+                    };
+                    let (got, want) = (run(kern), run(packed));
+                    let bits = |v: &[A]| -> Vec<u64> {
+                        v.iter()
+                            .map(|x| crate::Dtype::to_f64(*x).to_bits())
+                            .collect()
+                    };
+                    assert_eq!(
+                        bits(&got),
+                        bits(&want),
+                        "{:?} {m}x{k}x{n}, kernel {}, {threads} threads",
+                        <A as crate::Dtype>::DTYPE,
+                        kern.name
+                    );
+                }
+            }
+        }
+    }
+    one::<f32>();
+    one::<f64>();
+}
+
 /// The threads' other two splits of a product: by depth blocks (deeper than
 /// wide and tall, e.g. a weight gradient summed over a batch of tokens:
 /// 2, 3 or 4 blocks, odd sizes, f32 and f64) and by rows with a private

@@ -46,6 +46,21 @@ fn prefetch_ahead<T>(b: *const T, step: usize) {
     }
 }
 
+/// Asks for the `rows` adjacent `A` values `B_PREFETCH_STEPS` depth steps
+/// after `a` in a transposed `A` read in place (steps `step` values apart):
+/// each step is a row pitch from the last, a pattern the hardware
+/// prefetchers pick up late, and the panel (a line or two a step) does not
+/// stay in L1 while it meets every `B` panel.
+#[inline(always)]
+fn prefetch_steps_ahead<T>(a: *const T, step: usize, rows: usize) {
+    let ahead = a.wrapping_add(B_PREFETCH_STEPS * step);
+    // SAFETY: a prefetch is only a hint: it never faults, whatever the address.
+    unsafe {
+        _mm_prefetch::<_MM_HINT_T0>(ahead.cast::<i8>());
+        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(rows - 1).cast::<i8>());
+    }
+}
+
 macro_rules! micro_kernel {
     (
         $(#[$doc:meta])*
@@ -54,6 +69,7 @@ macro_rules! micro_kernel {
         $c:ty, $mr:literal x $nv:literal x $lanes:literal: $zero:ident, $load:ident, $store:ident, $add:ident
         $(; rounds with $round:ident)?
         $(; direct depth loop $depth:ident, $unit:literal bytes per value)?
+        $(; steps in place $steps:ident $(, rounding with $sround:ident)?)?
     ) => {
         $(#[$doc])*
         ///
@@ -121,6 +137,51 @@ macro_rules! micro_kernel {
             // SAFETY: the caller's tile is `MR x NR` at `c` (row length `ldc`).
             unsafe { micro_kernel!(@store acc, c, ldc, st, $lanes, $load, $store, $add $(, $round)?) };
         }
+
+        $(
+        #[doc = concat!("[`", stringify!($name), "`] reading a transposed `A` in place (see [`super::kernel::StepsFn`]).")]
+        ///
+        /// # Safety
+        /// As for [`super::kernel::StepsFn`], and the CPU must support the
+        /// kernel's target features.
+        #[target_feature(enable = $feat)]
+        pub(crate) unsafe fn $steps(
+            kc: usize,
+            a: *const $p,
+            step: usize,
+            b: *const $p,
+            c: *mut $c,
+            ldc: usize,
+            st: Store<$c>,
+        ) {
+            debug_assert_eq!($g, 1, "a transposed A is read one depth step at a time");
+            prefetch_tile::<$c>(c, ldc, $mr, $nv * $lanes);
+            let mut acc = [[$zero(); $nv]; $mr];
+            let (mut a, mut b) = (a, b);
+            for _ in 0..kc {
+                prefetch_ahead(b, $nv * $lanes);
+                prefetch_steps_ahead(a, step, $mr);
+                let mut bv = [$bzero(); $nv];
+                for (v, bv) in bv.iter_mut().enumerate() {
+                    // SAFETY: the packed B panel holds `NR = nv * lanes` values per step.
+                    *bv = unsafe { $loadb(b.add(v * $lanes)) };
+                }
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: the step's `MR` values of A are adjacent (the caller's guarantee).
+                    let ai = $set1(unsafe { *a.add(i) });
+                    for (acc, &bv) in acc.iter_mut().zip(&bv) {
+                        *acc = $fma(ai, bv, *acc);
+                    }
+                }
+                // Past the last step only as an address, never read.
+                a = a.wrapping_add(step);
+                // SAFETY: stays within (or one past) the packed B panel.
+                b = unsafe { b.add($nv * $lanes) };
+            }
+            // SAFETY: the caller's tile is `MR x NR` at `c` (row length `ldc`).
+            unsafe { micro_kernel!(@store acc, c, ldc, st, $lanes, $load, $store, $add $(, $sround)?) };
+        }
+        )?
     };
     // The direct kernel's depth loop (`steps` groups), in Rust; used inside `unsafe`.
     (@direct_loop $acc:ident, $steps:expr, $a:ident, $lda:ident, $b:ident, $nv:literal, $lanes:literal, $bzero:ident, $loadb:ident, $set1:ident, $fma:ident, $at:ident) => {{
@@ -542,14 +603,16 @@ micro_kernel!(
     packed f32, 1 per group: _mm512_setzero_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_fmadd_ps, at_one;
     f32, 14 x 2 x 16: _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_add_ps;
     rounds with f16_round_store;
-    direct depth loop f32_depth_14x32, 4 bytes per value
+    direct depth loop f32_depth_14x32, 4 bytes per value;
+    steps in place f32_avx512_14x32_steps, rounding with f16_round_store
 );
 micro_kernel!(
     /// `f64` AVX-512F kernel: 14 x 16 (28 zmm accumulators).
     f64_avx512_14x16, f64_avx512_14x16_direct; "avx512f";
     packed f64, 1 per group: _mm512_setzero_pd, _mm512_loadu_pd, _mm512_set1_pd, _mm512_fmadd_pd, at_one;
     f64, 14 x 2 x 8: _mm512_setzero_pd, _mm512_loadu_pd, _mm512_storeu_pd, _mm512_add_pd;
-    direct depth loop f64_depth_14x16, 8 bytes per value
+    direct depth loop f64_depth_14x16, 8 bytes per value;
+    steps in place f64_avx512_14x16_steps
 );
 micro_kernel!(
     /// `f32` AVX2+FMA kernel: 6 x 16 (12 ymm accumulators).
@@ -784,6 +847,7 @@ pub(crate) fn avx512_f32() -> Option<Kernel<f32>> {
         nr: 32,
         f: f32_avx512_14x32,
         fd: Some(f32_avx512_14x32_direct),
+        ft: Some(f32_avx512_14x32_steps),
         edge: Some(f32_avx512_edge_14x32),
         any_pitch: true,
         rounds: Some(DType::F16),
@@ -799,6 +863,7 @@ pub(crate) fn avx512_f64() -> Option<Kernel<f64>> {
         nr: 16,
         f: f64_avx512_14x16,
         fd: Some(f64_avx512_14x16_direct),
+        ft: Some(f64_avx512_14x16_steps),
         edge: Some(f64_avx512_edge_14x16),
         any_pitch: true,
         rounds: None,
@@ -814,6 +879,7 @@ pub(crate) fn avx2_f32() -> Option<Kernel<f32>> {
         nr: 16,
         f: f32_avx2_6x16,
         fd: Some(f32_avx2_6x16_direct),
+        ft: None,
         edge: None,
         any_pitch: false,
         rounds: None,
@@ -829,6 +895,7 @@ pub(crate) fn avx2_f64() -> Option<Kernel<f64>> {
         nr: 8,
         f: f64_avx2_6x8,
         fd: Some(f64_avx2_6x8_direct),
+        ft: None,
         edge: None,
         any_pitch: false,
         rounds: None,
@@ -846,6 +913,7 @@ pub(crate) fn avx512_bf16() -> Option<[Kernel<u32, f32>; 2]> {
             nr: 32,
             f: bf16_avx512_14x32,
             fd: Some(bf16_avx512_14x32_direct),
+            ft: None,
             edge: None,
             any_pitch: false,
             rounds: Some(DType::BF16),
@@ -857,6 +925,7 @@ pub(crate) fn avx512_bf16() -> Option<[Kernel<u32, f32>; 2]> {
             nr: 48,
             f: bf16_avx512_8x48,
             fd: Some(bf16_avx512_8x48_direct),
+            ft: None,
             edge: None,
             any_pitch: false,
             rounds: Some(DType::BF16),
