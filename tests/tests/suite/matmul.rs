@@ -822,3 +822,42 @@ fn linear_residual_gradients_pass_finite_differences_and_errors() {
         ),
     }
 }
+
+/// A large product's backward computes its two gradients side by side on a
+/// pool of several threads (`MatmulKernels::gradients_side_by_side`) and
+/// one after the other on one thread: the same bits either way, through
+/// two layers (each product 2 x 256 x 512 x 512 = 2^27 multiply-adds, the
+/// threshold).
+#[test]
+fn gradients_side_by_side_match_one_after_the_other() {
+    use zerfoo::kernels::device::MatmulKernels;
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            assert_eq!(
+                Cpu.gradients_side_by_side(2 * 256 * 512 * 512),
+                threads > 1,
+                "{threads} threads"
+            );
+            let x: Tensor<(B, Dyn, Dyn), f64> = Tensor::randn((B, Dyn(256), Dyn(512)), 130);
+            let w1: Tensor<(Dyn, Dyn), f64> = Tensor::randn((Dyn(512), Dyn(512)), 131);
+            let w2: Tensor<(Dyn, Dyn), f64> = Tensor::randn((Dyn(512), Dyn(512)), 132);
+            let (xt, w1t, w2t) = (x.traced(), w1.traced(), w2.traced());
+            let y = xt.clone().matmul_t(w1t.clone()).matmul_t(w2t.clone());
+            let g = weighted_sum(y, 133).backward();
+            let bits = |v: Vec<f64>| -> Vec<u64> { v.into_iter().map(f64::to_bits).collect() };
+            (
+                bits(g.get(&xt).unwrap().to_vec()),
+                bits(g.get(&w1t).unwrap().to_vec()),
+                bits(g.get(&w2t).unwrap().to_vec()),
+            )
+        })
+    };
+    let (one, two) = (run(1), run(2));
+    assert!(one.0 == two.0, "the input's gradient differs");
+    assert!(one.1 == two.1, "the first weight's gradient differs");
+    assert!(one.2 == two.2, "the second weight's gradient differs");
+}

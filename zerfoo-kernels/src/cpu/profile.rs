@@ -12,7 +12,9 @@
 //!
 //! - A kernel that calls another device kernel (a composed default) counts
 //!   as the outer one only.
-//! - Kernels called from several threads at once (data-parallel replicas)
+//! - Kernels called from several threads at once (data-parallel replicas,
+//!   the two gradient products of a large product's backward, see
+//!   [`MatmulKernels::gradients_side_by_side`](crate::device::MatmulKernels::gradients_side_by_side))
 //!   are all summed, so the kernel time can exceed the wall time.
 //! - Off, a kernel call costs one relaxed atomic load.
 //! - A `CudaDevice` has its own profile (`ZERFOO_CUDA_PROFILE`, GPU time

@@ -9,8 +9,34 @@ use crate::cpu::profile;
 use crate::cpu::unary::UnaryOp;
 use crate::{FloatDtype, Layout};
 
+/// Multiply-adds from which a CPU product's backward computes its two
+/// gradients side by side (see
+/// [`MatmulKernels::gradients_side_by_side`]): gpt6's products (3-12 x
+/// 10^8), not the Shakespeare model's (under 10^8), whose small products
+/// gained nothing (3.6% slower, paired steps).
+pub const SIDE_BY_SIDE_MACS: usize = 1 << 27;
+
 /// Matrix-product kernels; outputs are contiguous row-major.
 pub trait MatmulKernels: Device {
+    /// Whether a product's backward should compute its two gradients (the
+    /// right operand's and the left's, `macs` multiply-adds each) side by
+    /// side instead of one after the other. The CPU does for large
+    /// products when its pool has more than one thread: the two products'
+    /// tasks then share the threads, and one's packing and other
+    /// memory-bound work overlaps the other's arithmetic (gpt6 step, 2
+    /// threads, two pairs of paired runs in both orders: 0.9% and 1.6%
+    /// faster). A GPU's kernels queue on one stream: no.
+    ///
+    /// ```
+    /// use zerfoo_kernels::device::MatmulKernels;
+    /// use zerfoo_kernels::Cpu;
+    /// assert!(!Cpu.gradients_side_by_side(64 * 64 * 64));
+    /// ```
+    fn gradients_side_by_side(&self, macs: usize) -> bool {
+        let _ = macs;
+        false
+    }
+
     /// `[..batch, M, K] x [..batch, K, N] -> [..batch, M, N]`; a batch
     /// stride of 0 repeats an operand.
     fn gemm_batched<E: FloatDtype>(
@@ -185,6 +211,10 @@ fn bias_mismatch(lb: &Layout, len: usize) -> DeviceError {
 }
 
 impl MatmulKernels for Cpu {
+    fn gradients_side_by_side(&self, macs: usize) -> bool {
+        macs >= SIDE_BY_SIDE_MACS && rayon::current_num_threads() > 1
+    }
+
     fn gemm_batched<E: FloatDtype>(
         &self,
         a: &Vec<E>,

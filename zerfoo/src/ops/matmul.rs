@@ -314,18 +314,20 @@ impl<D: Backend, E: FloatDtype> SavedProduct<D, E> {
         // paired: ~1% faster than dA first).
         let a = &self.a;
         // dBᵀ = gYᵀ · A when B is a transposed tensor's view.
-        let gb = device_ok(match (shared_b, self.transposed_rhs) {
-            (true, false) => dev.gemm_batch_sum(a, &swap_last(la), gy, &lg),
-            (false, false) => dev.gemm_batched(a, &swap_last(la), gy, &lg),
-            (true, true) => dev.gemm_batch_sum(gy, &swap_last(&lg), a, la),
-            (false, true) => dev.gemm_batched(gy, &swap_last(&lg), a, la),
-        });
-        g.accumulate_on(dev, self.idb, gb);
+        let grad_b = || {
+            device_ok(match (shared_b, self.transposed_rhs) {
+                (true, false) => dev.gemm_batch_sum(a, &swap_last(la), gy, &lg),
+                (false, false) => dev.gemm_batched(a, &swap_last(la), gy, &lg),
+                (true, true) => dev.gemm_batch_sum(gy, &swap_last(&lg), a, la),
+                (false, true) => dev.gemm_batched(gy, &swap_last(&lg), a, la),
+            })
+        };
         // For a fused activation's output, dH = (gY · Bᵀ) ⊙ act'(H) in one
         // pass.
-        match &self.lhs_act {
-            Some(f) => {
-                let gh = device_ok(with_act!(f.act, |op| dev.gemm_batched_act_grad(
+        let grad_a = || match &self.lhs_act {
+            Some(f) => (
+                f.h_id,
+                device_ok(with_act!(f.act, |op| dev.gemm_batched_act_grad(
                     gy,
                     &lg,
                     &self.b,
@@ -333,18 +335,28 @@ impl<D: Backend, E: FloatDtype> SavedProduct<D, E> {
                     op,
                     &f.h,
                     &f.y
-                )));
-                g.accumulate_on(dev, f.h_id, gh);
-            }
-            None => {
-                let ga = device_ok(if shared_a {
+                ))),
+            ),
+            None => (
+                self.ida,
+                device_ok(if shared_a {
                     dev.gemm_batch_sum(gy, &lg, &self.b, &swap_last(lb))
                 } else {
                     dev.gemm_batched(gy, &lg, &self.b, &swap_last(lb))
-                });
-                g.accumulate_on(dev, self.ida, ga);
-            }
-        }
+                }),
+            ),
+        };
+        // Each gradient is a product of the forward's size: `[..batch, M,
+        // N]` results of depth `K`. Side by side (a large product on the
+        // CPU), the threads share both products' tasks; else dB first.
+        let macs = lg.shape().iter().product::<usize>() * la.shape()[r - 1];
+        let (gb, (ida, ga)) = if dev.gradients_side_by_side(macs) {
+            rayon::join(grad_b, grad_a)
+        } else {
+            (grad_b(), grad_a())
+        };
+        g.accumulate_on(dev, self.idb, gb);
+        g.accumulate_on(dev, ida, ga);
         // The bias's gradient: gY summed over every row.
         if let Some(id) = self.bias_id {
             let rows: Vec<usize> = (0..r - 1).collect();
