@@ -87,27 +87,10 @@ macro_rules! micro_kernel {
         ) {
             prefetch_tile::<$c>(c, ldc, $mr, $nv * $lanes);
             let mut acc = [[$zero(); $nv]; $mr];
-            let (mut a, mut b) = (a, b);
-            for _ in 0..kc.div_ceil($g) {
-                prefetch_ahead(b, $nv * $lanes);
-                let mut bv = [$bzero(); $nv];
-                for (v, bv) in bv.iter_mut().enumerate() {
-                    // SAFETY: the packed B panel holds `NR = nv * lanes` values per group.
-                    *bv = unsafe { $loadb(b.add(v * $lanes)) };
-                }
-                for (i, acc) in acc.iter_mut().enumerate() {
-                    // SAFETY: the packed A panel holds `MR` values per group.
-                    let ai = $set1(unsafe { *a.add(i) });
-                    for (acc, &bv) in acc.iter_mut().zip(&bv) {
-                        *acc = $fma(ai, bv, *acc);
-                    }
-                }
-                // SAFETY: stays within (or one past) the packed panels.
-                unsafe {
-                    a = a.add($mr);
-                    b = b.add($nv * $lanes);
-                }
-            }
+            // SAFETY: the packed panels hold `MR` (A) and `NR` (B) values per group.
+            unsafe {
+                micro_kernel!(@panel_loop acc, kc.div_ceil($g), a, $mr, b, $mr, $nv, $lanes, $bzero, $loadb, $set1, $fma, false)
+            };
             // SAFETY: the caller's tile is `MR x NR` at `c` (row length `ldc`).
             unsafe { micro_kernel!(@store acc, c, ldc, st, $lanes, $load, $store, $add $(, $round)?) };
         }
@@ -157,32 +140,44 @@ macro_rules! micro_kernel {
             debug_assert_eq!($g, 1, "a transposed A is read one depth step at a time");
             prefetch_tile::<$c>(c, ldc, $mr, $nv * $lanes);
             let mut acc = [[$zero(); $nv]; $mr];
-            let (mut a, mut b) = (a, b);
-            for _ in 0..kc {
-                prefetch_ahead(b, $nv * $lanes);
-                prefetch_steps_ahead(a, step, $mr);
-                let mut bv = [$bzero(); $nv];
-                for (v, bv) in bv.iter_mut().enumerate() {
-                    // SAFETY: the packed B panel holds `NR = nv * lanes` values per step.
-                    *bv = unsafe { $loadb(b.add(v * $lanes)) };
-                }
-                for (i, acc) in acc.iter_mut().enumerate() {
-                    // SAFETY: the step's `MR` values of A are adjacent (the caller's guarantee).
-                    let ai = $set1(unsafe { *a.add(i) });
-                    for (acc, &bv) in acc.iter_mut().zip(&bv) {
-                        *acc = $fma(ai, bv, *acc);
-                    }
-                }
-                // Past the last step only as an address, never read.
-                a = a.wrapping_add(step);
-                // SAFETY: stays within (or one past) the packed B panel.
-                b = unsafe { b.add($nv * $lanes) };
-            }
+            // SAFETY: each step's `MR` values of A are adjacent, `step` values
+            // after the last (the caller's guarantee); the packed B panel holds
+            // `NR` values a step.
+            unsafe {
+                micro_kernel!(@panel_loop acc, kc, a, step, b, $mr, $nv, $lanes, $bzero, $loadb, $set1, $fma, true)
+            };
             // SAFETY: the caller's tile is `MR x NR` at `c` (row length `ldc`).
             unsafe { micro_kernel!(@store acc, c, ldc, st, $lanes, $load, $store, $add $(, $sround)?) };
         }
         )?
     };
+    // The depth loop of a packed `B` panel by `A` values `$astep` apart a
+    // group (a packed panel: `MR`; a transposed `A` read in place: its row
+    // pitch, the next steps asked for ahead when `$far`), `steps` groups;
+    // used inside `unsafe`.
+    (@panel_loop $acc:ident, $steps:expr, $a:ident, $astep:expr, $b:ident, $mr:literal, $nv:literal, $lanes:literal, $bzero:ident, $loadb:ident, $set1:ident, $fma:ident, $far:literal) => {{
+        let (mut a, mut b) = ($a, $b);
+        for _ in 0..$steps {
+            prefetch_ahead(b, $nv * $lanes);
+            if $far {
+                prefetch_steps_ahead(a, $astep, $mr);
+            }
+            let mut bv = [$bzero(); $nv];
+            for (v, bv) in bv.iter_mut().enumerate() {
+                *bv = $loadb(b.add(v * $lanes));
+            }
+            for (i, acc) in $acc.iter_mut().enumerate() {
+                let ai = $set1(*a.add(i));
+                for (acc, &bv) in acc.iter_mut().zip(&bv) {
+                    *acc = $fma(ai, bv, *acc);
+                }
+            }
+            // One past the last group at most (as an address only: a
+            // transposed A's next step may lie past its end).
+            a = a.wrapping_add($astep);
+            b = b.add($nv * $lanes);
+        }
+    }};
     // The direct kernel's depth loop (`steps` groups), in Rust; used inside `unsafe`.
     (@direct_loop $acc:ident, $steps:expr, $a:ident, $lda:ident, $b:ident, $nv:literal, $lanes:literal, $bzero:ident, $loadb:ident, $set1:ident, $fma:ident, $at:ident) => {{
         let mut b = $b;
