@@ -12,8 +12,10 @@ use crate::{FloatDtype, Layout};
 /// Multiply-adds from which a CPU product's backward computes its two
 /// gradients side by side (see
 /// [`MatmulKernels::gradients_side_by_side`]): gpt6's products (3-12 x
-/// 10^8), not the Shakespeare model's (under 10^8), whose small products
-/// gained nothing (3.6% slower, paired steps).
+/// 10^8), not the Shakespeare model's (under 10^8). Those are kept out
+/// because an earlier version of the same idea (each gradient on a thread
+/// of its own) made its step 3.6% slower; this version was not measured
+/// on them.
 pub const SIDE_BY_SIDE_MACS: usize = 1 << 27;
 
 /// Matrix-product kernels; outputs are contiguous row-major.

@@ -350,13 +350,16 @@ impl<D: Backend, E: FloatDtype> SavedProduct<D, E> {
         // N]` results of depth `K`. Side by side (a large product on the
         // CPU), the threads share both products' tasks; else dB first.
         let macs = lg.shape().iter().product::<usize>() * la.shape()[r - 1];
-        let (gb, (ida, ga)) = if dev.gradients_side_by_side(macs) {
-            rayon::join(grad_b, grad_a)
+        if dev.gradients_side_by_side(macs) {
+            let (gb, (ida, ga)) = rayon::join(grad_b, grad_a);
+            g.accumulate_on(dev, self.idb, gb);
+            g.accumulate_on(dev, ida, ga);
         } else {
-            (grad_b(), grad_a())
-        };
-        g.accumulate_on(dev, self.idb, gb);
-        g.accumulate_on(dev, ida, ga);
+            // dB accumulated (and its buffer released) before dA is made.
+            g.accumulate_on(dev, self.idb, grad_b());
+            let (ida, ga) = grad_a();
+            g.accumulate_on(dev, ida, ga);
+        }
         // The bias's gradient: gY summed over every row.
         if let Some(id) = self.bias_id {
             let rows: Vec<usize> = (0..r - 1).collect();
