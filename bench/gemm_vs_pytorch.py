@@ -13,9 +13,17 @@ single-core f32 FMA peak (the best of the shapes' measurements) times the
 thread count. The table is measured shape by shape, zerfoo's rows and then
 `torch.mm`'s at once, so each ratio compares runs seconds apart. Usage (from the repo root):
 
-    python3 bench/gemm_vs_pytorch.py [--quick] [--only f32|f16|bf16]
+    python3 bench/gemm_vs_pytorch.py [--quick] [--only f32|f16|bf16] [--rounds N]
     python3 bench/gemm_vs_pytorch.py --step shakespeare|gpt6 [--quick]
     python3 bench/gemm_vs_pytorch.py --decode gpt6|wide [--quick]
+
+With `--rounds N` (the table only) each shape is measured N times over,
+zerfoo's rows then torch.mm's each time; GFLOP/s are the rounds' medians,
+z/torch the median of the rounds' ratios, and two more columns give the
+lowest and highest of those ratios (a burst of load from the machine's
+other tenants then moves one round, not the row):
+
+    shape dtype threads zerfoo torch gemm z/torch z/gemm %peak z/t_lo z/t_hi
 
 `--step CONFIG` compares instead the f32 products of one training step of
 that GPT (`gemm_table --step`): each with the operands in their training
@@ -170,12 +178,19 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer, shorter runs")
     mode = p.add_mutually_exclusive_group()
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure each shape this many times over (the table only)")
     mode.add_argument("--only", choices=sorted(DTYPES), help="one dtype's rows of the table")
     mode.add_argument("--step", choices=["shakespeare", "gpt6"],
                       help="the f32 products of one training step of that GPT")
     mode.add_argument("--decode", choices=["gpt6", "wide"],
                       help="the products of one generated token")
-    return p.parse_args()
+    args = p.parse_args()
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
+    if args.rounds > 1 and (args.step or args.decode):
+        p.error("--rounds applies to the table, not to --step or --decode")
+    return args
 
 
 def main():
@@ -186,31 +201,50 @@ def main():
     if args.step:
         return step_main(args.step, quick)
     runs = 3 if quick else 7
+    rounds = max(1, args.rounds)
     # Shape by shape: zerfoo's rows, then torch.mm's at once, so each ratio
     # compares runs seconds apart (this machine's clock drifts by 10% and
-    # more over the minutes a whole table takes).
+    # more over the minutes a whole table takes); with rounds, that again.
     peak, measured = 0.0, []
     for shape in rust_shapes():
-        p, rows = rust_rows(quick, only, shape)
-        peak = max(peak, p)
-        for r in rows:
-            tt = torch_gflops(r["m"], r["k"], r["n"], r["dtype"], r["threads"], runs)
-            measured.append((r, tt))
+        per_row = {}
+        for _ in range(rounds):
+            p, rows = rust_rows(quick, only, shape)
+            peak = max(peak, p)
+            for r in rows:
+                tt = torch_gflops(r["m"], r["k"], r["n"], r["dtype"], r["threads"], runs)
+                per_row.setdefault((r["dtype"], r["threads"]), []).append((r, tt))
+        measured.extend(per_row.values())
     print(f"peak f32 FMA 1 core: {peak:.1f} GFLOP/s; torch {torch.__version__}, "
-          f"{os.cpu_count()} CPUs visible")
+          f"{os.cpu_count()} CPUs visible" + (f"; {rounds} rounds" if rounds > 1 else ""))
     head = (f"{'MxKxN':>16} {'dtype':>5} {'t':>2} {'zerfoo':>8} {'torch':>8} {'gemm':>8} "
             f"{'z/torch':>7} {'z/gemm':>7} {'%peak':>6}")
+    if rounds > 1:
+        head += f" {'z/t_lo':>6} {'z/t_hi':>6}"
     print(head)
     # The f32 rows first, then f16 and bf16 (the order of earlier runs' tables).
-    measured.sort(key=lambda x: x[0]["dtype"] != "f32")
-    for r, tt in measured:
+    measured.sort(key=lambda x: x[0][0]["dtype"] != "f32")
+    for row in measured:
+        r = row[0][0]
         m, k, n, dt, th = r["m"], r["k"], r["n"], r["dtype"], r["threads"]
-        z = r["zerfoo"]
-        gm = r["gemm"] if r["gemm"] is not None else float("nan")
+        nan = float("nan")
+        z = median([x["zerfoo"] for x, _ in row])
+        tt = median([t for _, t in row])
+        gm = median([x["gemm"] if x["gemm"] is not None else nan for x, _ in row])
+        ratios = [x["zerfoo"] / t for x, t in row]
         pk = 100.0 * z / (peak * th)
-        print(f"{f'{m}x{k}x{n}':>16} {dt:>5} {th:>2} {z:>8.1f} {tt:>8.1f} {gm:>8.1f} "
-              f"{z / tt:>7.2f} {z / gm:>7.2f} {pk:>6.1f}")
+        line = (f"{f'{m}x{k}x{n}':>16} {dt:>5} {th:>2} {z:>8.1f} {tt:>8.1f} {gm:>8.1f} "
+                f"{median(ratios) if rounds > 1 else z / tt:>7.2f} {z / gm:>7.2f} {pk:>6.1f}")
+        if rounds > 1:
+            line += f" {min(ratios):>6.2f} {max(ratios):>6.2f}"
+        print(line)
 
+
+def median(xs):
+    """The middle value (the mean of the two middle ones for an even count)."""
+    xs = sorted(xs)
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
 
 if __name__ == "__main__":
     main()
