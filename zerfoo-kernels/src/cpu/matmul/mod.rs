@@ -99,6 +99,10 @@ const SPLIT_DEPTH_MAX_MN: usize = 1 << 17;
 /// 384 x 2048 x 384, 4 blocks: 272 -> 349 GFLOP/s; 512 x 1536 x 384, 3
 /// blocks, is 24% slower split by depth than by columns).
 const SPLIT_DEPTH_EVEN_MAX_MN: usize = 1 << 18;
+/// Row panels a thread at most for which a product that [`blocked`] reads
+/// `A` of in place, deeper than one block, splits its columns instead of
+/// its rows among the threads.
+const COARSE_PANELS: usize = 32;
 /// Rows of the result per task when the depth blocks' parts are added up.
 const SPLIT_DEPTH_ROWS: usize = 32;
 /// Below this many multiply-adds in total a product runs on the calling thread.
@@ -835,14 +839,24 @@ fn blocked<E: FloatDtype, K: Packing<E>>(
     // packing and the barrier per depth block weigh twice as much
     // (2 threads, bf16, paired: 512 x 1536 x 384 ~2% faster, 4096 x 768 x
     // 768 ~4%; f32 gained 0-3% on some shapes and lost 2-3% on others).
+    // So do f32 and f64 ones with few row panels a thread and more than
+    // one depth block: the row split's blocks are then coarse (37 panels
+    // in 4 blocks of 9-10) and every depth block ends in a barrier, where
+    // the threads wait for the one with the extra panel (2 threads,
+    // alternating call by call in one process: 512 x 1536 x 384 6-8%
+    // faster, 768 x 1536 x 384 2-3%, 600 x 1100 x 300 5%; `gemm_table`
+    // runs of the two builds taking turns, 512 x 1536 x 384: 196-206 ->
+    // 199-207 GFLOP/s; with 147 panels, 2048 x 1152 x 384, columns were
+    // 7.6% slower).
     // A packed A (a transposed one: weight gradients `dYᵀ · X`) with no
     // more rows than columns is split by columns too: each thread then
     // packs all of A, which is the smaller operand, and none of the
     // other's B (2 threads, 128 x 768 x 128: ~1.6x faster).
     let np = n.div_ceil(kern.nr);
-    let cols_when_tall = direct.is_some() && core::mem::size_of::<E>() == 2;
     let kcb = depth_block::<E, K>(k);
     let depth_blocks = k.div_ceil(kcb.max(1));
+    let coarse_rows = depth_blocks >= 2 && m.div_ceil(kern.mr) < COARSE_PANELS * threads;
+    let cols_when_tall = direct.is_some() && (core::mem::size_of::<E>() == 2 || coarse_rows);
     if threads > 1
         && matches!(fin, Final::Keep)
         && depth_blocks >= 2

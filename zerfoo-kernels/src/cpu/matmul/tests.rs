@@ -519,6 +519,39 @@ fn depth_and_private_b_splits_agree_bitwise() {
     one::<f64>(1e-13);
 }
 
+/// f32 and f64 products taller than wide with `A` read in place, few row
+/// panels a thread and more than one depth block, which the threads split
+/// by columns (`COARSE_PANELS`; odd sizes, two depth blocks, a partial
+/// last column panel; the last shape has too many panels for 2 threads and
+/// splits its rows): bit-identical on 2, 3 and 4 threads to one thread,
+/// and the exact product to rounding.
+#[test]
+fn coarse_tall_products_split_by_columns_agree_bitwise() {
+    fn one<E: FloatDtype + Real>(tol: f64) {
+        // (Shallower than tall, so the depth split does not take them.)
+        for (m, k, n) in [(800, 700, 200), (600, 550, 150), (1000, 700, 90)] {
+            let a64 = vals(m * k, 81);
+            let b64 = vals(k * n, 82);
+            let a: Vec<E> = a64.iter().map(|&v| E::of_f64(v)).collect();
+            let b: Vec<E> = b64.iter().map(|&v| E::of_f64(v)).collect();
+            let (la, lb) = (Layout::contiguous(&[m, k]), Layout::contiguous(&[k, n]));
+            let one_thread = on_threads(1, || gemm(&a, &la, &b, &lb));
+            for threads in [2, 3, 4] {
+                let r = on_threads(threads, || gemm(&a, &la, &b, &lb));
+                assert!(r == one_thread, "{m}x{k}x{n}, {threads} threads");
+            }
+            // The reference on the inputs as rounded to `E`.
+            let a64: Vec<f64> = a.iter().map(|&v| v.as_f64()).collect();
+            let b64: Vec<f64> = b.iter().map(|&v| v.as_f64()).collect();
+            let got: Vec<f64> = one_thread.iter().map(|&v| v.as_f64()).collect();
+            let e = max_rel(&got, &naive(&a64, &la, &b64, &lb));
+            assert!(e < tol, "{m}x{k}x{n}: rel err {e:e}");
+        }
+    }
+    one::<f32>(1e-5);
+    one::<f64>(1e-12);
+}
+
 /// A `bf16` product taller than wide with its `A` read in place, which the
 /// threads split by columns (odd sizes, one and two depth blocks, the
 /// last column block partial; the last shape has too few columns to split
