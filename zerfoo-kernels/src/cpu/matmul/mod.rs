@@ -99,9 +99,9 @@ const SPLIT_DEPTH_MAX_MN: usize = 1 << 17;
 /// 384 x 2048 x 384, 4 blocks: 272 -> 349 GFLOP/s; 512 x 1536 x 384, 3
 /// blocks, is 24% slower split by depth than by columns).
 const SPLIT_DEPTH_EVEN_MAX_MN: usize = 1 << 18;
-/// Row panels a thread at most for which a product that [`blocked`] reads
-/// `A` of in place, deeper than one block, splits its columns instead of
-/// its rows among the threads.
+/// A product that [`blocked`] reads `A` of in place, deeper than one
+/// block, with fewer row panels a thread than this, splits its columns
+/// instead of its rows among the threads.
 const COARSE_PANELS: usize = 32;
 /// Rows of the result per task when the depth blocks' parts are added up.
 const SPLIT_DEPTH_ROWS: usize = 32;
