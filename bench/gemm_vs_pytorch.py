@@ -44,6 +44,7 @@ same way:
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import time
 
@@ -177,9 +178,9 @@ def parse_args():
     """The command line; an unknown or misspelt option is an error, not a full run."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer, shorter runs")
-    mode = p.add_mutually_exclusive_group()
     p.add_argument("--rounds", type=int, default=1,
                    help="measure each shape this many times over (the table only)")
+    mode = p.add_mutually_exclusive_group()
     mode.add_argument("--only", choices=sorted(DTYPES), help="one dtype's rows of the table")
     mode.add_argument("--step", choices=["shakespeare", "gpt6"],
                       help="the f32 products of one training step of that GPT")
@@ -201,7 +202,7 @@ def main():
     if args.step:
         return step_main(args.step, quick)
     runs = 3 if quick else 7
-    rounds = max(1, args.rounds)
+    rounds = args.rounds
     # Shape by shape: zerfoo's rows, then torch.mm's at once, so each ratio
     # compares runs seconds apart (this machine's clock drifts by 10% and
     # more over the minutes a whole table takes); with rounds, that again.
@@ -227,24 +228,19 @@ def main():
     for row in measured:
         r = row[0][0]
         m, k, n, dt, th = r["m"], r["k"], r["n"], r["dtype"], r["threads"]
-        nan = float("nan")
-        z = median([x["zerfoo"] for x, _ in row])
-        tt = median([t for _, t in row])
-        gm = median([x["gemm"] if x["gemm"] is not None else nan for x, _ in row])
+        median = statistics.median
+        z = median(x["zerfoo"] for x, _ in row)
+        tt = median(t for _, t in row)
+        gm = median(float("nan") if x["gemm"] is None else x["gemm"] for x, _ in row)
         ratios = [x["zerfoo"] / t for x, t in row]
         pk = 100.0 * z / (peak * th)
+        # (One round: the median ratio is z / tt.)
         line = (f"{f'{m}x{k}x{n}':>16} {dt:>5} {th:>2} {z:>8.1f} {tt:>8.1f} {gm:>8.1f} "
-                f"{median(ratios) if rounds > 1 else z / tt:>7.2f} {z / gm:>7.2f} {pk:>6.1f}")
+                f"{median(ratios):>7.2f} {z / gm:>7.2f} {pk:>6.1f}")
         if rounds > 1:
             line += f" {min(ratios):>6.2f} {max(ratios):>6.2f}"
         print(line)
 
-
-def median(xs):
-    """The middle value (the mean of the two middle ones for an even count)."""
-    xs = sorted(xs)
-    mid = len(xs) // 2
-    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
 
 if __name__ == "__main__":
     main()

@@ -113,16 +113,15 @@ def step_ratios(a_secs, b_secs):
     return [b / a for a, b in after_warmup(list(zip(a_secs, b_secs)))]
 
 
-def tenth_fastest_ms(step_secs):
-    """The 10th percentile of step times, in ms."""
-    v = sorted(step_secs)
-    return v[int(0.1 * (len(v) - 1))] * 1e3
+def quantile(values, f):
+    """The value a fraction `f` of the way up the sorted `values`."""
+    v = sorted(values)
+    return v[min(len(v) - 1, int(f * len(v)))]
 
 
 def median_quartiles(values):
     """`median R (quartiles Q1 Q3)` of `values`."""
-    v = sorted(values)
-    q = lambda f: v[min(len(v) - 1, int(f * len(v)))]
+    q = lambda f: quantile(values, f)
     return f"median {q(0.5):.3f} (quartiles {q(0.25):.3f} {q(0.75):.3f})"
 
 
@@ -527,9 +526,9 @@ def main():
             print(f"paired steps: {len(pairs)}, ratio {median_quartiles(pairs)}")
         # The fastest tenth of each framework's steps (all rounds, warm-up
         # skipped): what each costs when the machine's other tenants leave
-        # it alone. Load slows PyTorch's step more than zerfoo's (it moves
-        # more memory), so this ratio is the less flattering one.
-        fast = {name: tenth_fastest_ms([s for r in runs[name] for s in after_warmup(r[3])])
+        # it alone. Load slows PyTorch's step more than zerfoo's (its step
+        # moves more memory), so this ratio is the less flattering one.
+        fast = {name: 1e3 * quantile([s for r in runs[name] for s in after_warmup(r[3])], 0.1)
                 for name in ("zerfoo", "pytorch")}
         print(f"fastest tenth of steps: zerfoo {fast['zerfoo']:.2f} ms, pytorch "
               f"{fast['pytorch']:.2f} ms, ratio {fast['zerfoo'] / fast['pytorch']:.3f}")

@@ -91,11 +91,8 @@ impl Durations {
     /// Counts one call of `secs` seconds (the end buckets take the rest).
     fn add(&mut self, secs: f64) {
         let at = ((secs.log2() - Self::LOWEST_OCTAVE) * Self::PER_OCTAVE).floor();
-        let b = if at.is_nan() {
-            0.0
-        } else {
-            at.clamp(0.0, (Self::BUCKETS - 1) as f64)
-        } as usize;
+        // (A float's cast saturates, and NaN casts to 0.)
+        let b = (at as usize).min(Self::BUCKETS - 1);
         self.0[b] = self.0[b].saturating_add(1);
     }
 
