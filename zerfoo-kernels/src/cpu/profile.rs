@@ -1,9 +1,10 @@
 //! Where a CPU program's time goes: with `ZERFOO_PROFILE=1` in the
 //! environment (or after [`enable`]), every kernel the [`Cpu`](crate::Cpu)
 //! device runs is timed and summed per name, and [`report`] prints the sums
-//! next to the wall time since profiling began. The difference is the time
-//! spent outside the kernels: the framework's own work between them (graph
-//! bookkeeping, allocation, dispatch), data loading, the program's code.
+//! next to the wall time since profiling began and how much of it some
+//! kernel was running. The rest is the time spent outside the kernels: the
+//! framework's own work between them (graph bookkeeping, allocation,
+//! dispatch), data loading, the program's code.
 //!
 //! Names are `family/kernel dtype`, with the unary and binary op's name
 //! (`unary/gelu forward f32`) and a product's operand dims
@@ -108,18 +109,59 @@ impl Durations {
     }
 }
 
-/// Per name: its calls; and when the sums began.
+/// Per name: its calls; when the sums began; and how much of the wall
+/// time since then some kernel was running.
 struct Totals {
     started: Instant,
     by_name: HashMap<String, Calls>,
+    /// Outer kernels running now, on any thread.
+    running: u32,
+    /// Since when `running` has been above zero.
+    busy_since: Instant,
+    /// Seconds with `running` above zero, up to `busy_since`.
+    covered: f64,
 }
 
 impl Totals {
     fn new() -> Self {
+        let now = Instant::now();
         Totals {
-            started: Instant::now(),
+            started: now,
             by_name: HashMap::new(),
+            running: 0,
+            busy_since: now,
+            covered: 0.0,
         }
+    }
+
+    /// An outer kernel starts at `now`.
+    fn enter(&mut self, now: Instant) {
+        if self.running == 0 {
+            self.busy_since = now;
+        }
+        self.running += 1;
+    }
+
+    /// An outer kernel ends at `now` (one that began before these sums
+    /// did, after an [`enable`], is not counted).
+    fn leave(&mut self, now: Instant) {
+        if self.running == 0 {
+            return;
+        }
+        self.running -= 1;
+        if self.running == 0 {
+            self.covered += now.saturating_duration_since(self.busy_since).as_secs_f64();
+        }
+    }
+
+    /// Seconds of the wall time up to `now` during which some kernel ran.
+    fn covered(&self, now: Instant) -> f64 {
+        let open = if self.running > 0 {
+            now.saturating_duration_since(self.busy_since).as_secs_f64()
+        } else {
+            0.0
+        };
+        self.covered + open
     }
 }
 
@@ -168,7 +210,9 @@ pub fn disable() {
 /// The table so far, busiest first: total ms, calls, µs per call (the
 /// mean), the median call's µs (to within 0.6%), the fastest call's µs and
 /// the share of the wall time per name, under a line with the wall time
-/// since profiling began and how much of it the kernels took. On a shared
+/// since profiling began, how much of it some kernel was running (the rest
+/// is spent outside them) and the kernels' summed times (more than the
+/// wall time when kernels run side by side on several threads). On a shared
 /// machine the fastest call shows what a kernel costs undisturbed, and the
 /// median what it usually costs: a mean well above the median is a few
 /// calls that the machine (or cold caches) slowed down, a median well
@@ -179,14 +223,19 @@ pub fn report() -> Option<String> {
     }
     let guard = totals();
     let t = guard.as_ref()?;
-    let wall = t.started.elapsed().as_secs_f64() * 1e3;
+    let now = Instant::now();
+    let wall = now.saturating_duration_since(t.started).as_secs_f64() * 1e3;
+    let covered = t.covered(now) * 1e3;
     let busy: f64 = t.by_name.values().map(|c| c.secs * 1e3).sum();
     let mut rows: Vec<_> = t.by_name.iter().collect();
     rows.sort_by(|a, b| b.1.secs.total_cmp(&a.1.secs).then(a.0.cmp(b.0)));
     let share = |ms: f64| 100.0 * ms / wall.max(f64::MIN_POSITIVE);
     let mut out = format!(
-        "CPU profile: {wall:.1} ms wall since profiling began; kernels {busy:.1} ms ({:.1}%), \
-         the rest outside them\n{:>10} {:>8} {:>10} {:>10} {:>10} {:>6}  name\n",
+        "CPU profile: {wall:.1} ms wall since profiling began; kernels running during \
+         {covered:.1} ms of it ({:.1}%), {:.1} ms outside them; kernel times sum to \
+         {busy:.1} ms ({:.1}%)\n{:>10} {:>8} {:>10} {:>10} {:>10} {:>6}  name\n",
+        share(covered),
+        (wall - covered).max(0.0),
         share(busy),
         "ms",
         "calls",
@@ -224,20 +273,35 @@ pub(crate) fn time<R>(name: impl FnOnce() -> String, f: impl FnOnce() -> R) -> R
         d.set(v + 1);
         v
     });
-    /// Leaves the kernel on this thread even if it unwinds.
-    struct Leave;
+    /// Leaves the kernel on this thread even if it unwinds (and then, for
+    /// an outer one, ends its share of the covered time).
+    struct Leave {
+        outer: bool,
+    }
     impl Drop for Leave {
         fn drop(&mut self) {
             DEPTH.with(|d| d.set(d.get() - 1));
+            if self.outer && std::thread::panicking() {
+                if let Some(t) = totals().as_mut() {
+                    t.leave(Instant::now());
+                }
+            }
         }
     }
-    let _leave = Leave;
+    let _leave = Leave { outer: depth == 0 };
     let start = Instant::now();
+    if depth == 0 {
+        if let Some(t) = totals().as_mut() {
+            t.enter(start);
+        }
+    }
     let r = f();
     if depth == 0 {
-        let secs = start.elapsed().as_secs_f64();
+        let end = Instant::now();
+        let secs = end.saturating_duration_since(start).as_secs_f64();
         let name = name();
         if let Some(t) = totals().as_mut() {
+            t.leave(end);
             let e = t.by_name.entry(name).or_insert_with(|| Calls {
                 count: 0,
                 secs: 0.0,
@@ -333,6 +397,20 @@ mod tests {
         assert_eq!(x, 2);
         let table = report().expect("on");
         assert!(table.starts_with("CPU profile: "), "{table}");
+        // The header's wall time, the part of it with kernels running and
+        // the rest: the two parts add up to the wall time.
+        let header: Vec<f64> = table
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .filter_map(|w| w.trim_start_matches('(').parse().ok())
+            .collect();
+        let [wall, covered, outside, ..] = header[..] else {
+            panic!("header {table}")
+        };
+        assert!(covered > 0.0 && covered <= wall, "{table}");
+        assert!((covered + outside - wall).abs() <= 0.2, "{table}");
         assert_eq!(calls(&table, "matmul/gemm_batched f64 7x13 · 13x5ᵀ"), 4);
         // The fastest of the four calls took no longer than their mean
         // (both rounded to 0.1 µs), and some time; the median (the second
@@ -381,6 +459,39 @@ mod tests {
             ends.add(secs);
         }
         assert_eq!(ends.0[0] + ends.0[Durations::BUCKETS - 1], 5);
+    }
+
+    #[test]
+    fn covered_time_counts_overlapping_kernels_once() {
+        use std::time::Duration;
+        let mut t = Totals::new();
+        let at = |ms: u64| t.started + Duration::from_millis(ms);
+        let (t1, t2, t3, t5, t7, t8, t10, t11, t12) = (
+            at(1),
+            at(2),
+            at(3),
+            at(5),
+            at(7),
+            at(8),
+            at(10),
+            at(11),
+            at(12),
+        );
+        // A leave with no kernel running (one begun before `enable`).
+        t.leave(t1);
+        // Two kernels side by side over 1..5 ms, then one over 7..8 ms.
+        t.enter(t1);
+        t.enter(t2);
+        t.leave(t3);
+        assert_eq!(t.covered(t3), 2e-3);
+        t.leave(t5);
+        t.enter(t7);
+        t.leave(t8);
+        let ms = |s: f64| (s * 1e3 * 1e6).round() / 1e6;
+        assert_eq!(ms(t.covered(t10)), 5.0);
+        // One still running counts up to now.
+        t.enter(t11);
+        assert_eq!(ms(t.covered(t12)), 6.0);
     }
 
     #[test]
