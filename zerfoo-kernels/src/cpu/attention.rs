@@ -32,8 +32,8 @@ use std::borrow::Cow;
 use num_traits::{Float, Zero};
 
 #[cfg(target_arch = "x86_64")]
-use super::simd::{as_f32, as_f32_mut, prefetch};
-use super::simd::{lane_max, lane_sum_of, lane_sum_zip, vectorized};
+use super::simd::{as_f32, as_f32_mut};
+use super::simd::{lane_max, lane_sum_of, lane_sum_zip, prefetch, prefetch_l2, vectorized};
 use super::threads::{run_tasks, SyncPtr};
 use super::{assume_init_vec, uninit_vec, PAR_THRESHOLD};
 use crate::{FloatDtype, Layout, Real};
@@ -237,6 +237,14 @@ impl<'a, E: FloatDtype> HeadRows<'a, E> {
         }
     }
 
+    /// Asks for rows `rows` of head `bh` to be brought into L2 (see
+    /// [`prefetch_head_rows`]).
+    #[inline]
+    fn prefetch_head(&self, bh: usize, rows: core::ops::Range<usize>) {
+        let run = (self.width.max(1) - 1) * self.col_stride + 1;
+        prefetch_head_rows(self.data.as_ptr(), &self.index, bh, rows, run);
+    }
+
     /// Rows `rows` of head `bh` in the compute type, and their stride (in
     /// place: the operand from the first of those rows on).
     fn head(&self, bh: usize, rows: core::ops::Range<usize>) -> (Cow<'a, [E::Acc]>, usize) {
@@ -255,6 +263,33 @@ impl<'a, E: FloatDtype> HeadRows<'a, E> {
             self.width,
         )
     }
+}
+
+/// Asks for rows `rows` (`w` values from each row's start) of head `bh` of
+/// the `(B, H, T, W)` operand at `data` laid out as `index` to be brought
+/// into L2: the next head's operands, while this head computes. A head's
+/// rows lie apart (rows of `(B, T, H, D)`, or `q`, `k`, `v` side by side in
+/// one projection's rows), which the hardware prefetchers do not follow, so
+/// without this each head began by waiting for its rows from L3 or memory.
+#[inline]
+fn prefetch_head_rows<E>(
+    data: *const E,
+    index: &RowIndex,
+    bh: usize,
+    rows: core::ops::Range<usize>,
+    w: usize,
+) {
+    let start = data.wrapping_add(index.start(bh));
+    for r in rows {
+        prefetch_l2(start.wrapping_add(r * index.row_stride), w);
+    }
+}
+
+/// Step `s`'s share of `t` rows split into `steps` steps (`s < steps`):
+/// together the steps cover `0..t` once.
+#[inline]
+fn share(t: usize, (s, steps): (usize, usize)) -> core::ops::Range<usize> {
+    t * s / steps..t * (s + 1) / steps
 }
 
 /// Rounds `src` (`n` rows of `w`, compute type, row-major) times `scale` to
@@ -1023,6 +1058,15 @@ fn forward<E: FloatDtype>(
                     ib: qb0 + k,
                 }
             });
+            if group == qblocks && bh + 1 < b * h {
+                // The next head's rows (this task's next, most often), a
+                // query block's share at a time.
+                let step = (qb0 + k, qblocks);
+                let (qs, ks) = (share(tq, step), share(tk, step));
+                qh.prefetch_head(bh + 1, qs);
+                kh.prefetch_head(bh + 1, ks.clone());
+                vh.prefetch_head(bh + 1, ks);
+            }
             // The next block's queries, and the values it sees first (see
             // `ROWS_AHEAD`).
             for r in i0 + bq..(i0 + 2 * bq).min(i_hi) {
@@ -1345,6 +1389,18 @@ unsafe fn backward_into<E: FloatDtype>(
                 let mut dp = [zero; QUERY_BLOCK * KEY_BLOCK];
                 for j0 in (0..tk).step_by(KEY_BLOCK) {
                     let n = KEY_BLOCK.min(tk - j0);
+                    if bh + 1 < b * h {
+                        // The next head's rows, a key block's share at a
+                        // time (a task's next head is most often `bh + 1`,
+                        // see `run_tasks`).
+                        let step = (j0 / KEY_BLOCK, tk.div_ceil(KEY_BLOCK));
+                        let (qr, kr) = (share(tq, step), share(tk, step));
+                        qh.prefetch_head(bh + 1, qr.clone());
+                        doh.prefetch_head(bh + 1, qr.clone());
+                        prefetch_head_rows(out.as_ptr(), &out_rows, bh + 1, qr, dv);
+                        kh.prefetch_head(bh + 1, kr.clone());
+                        vh.prefetch_head(bh + 1, kr);
+                    }
                     let kb = tail(krows, j0 * kst);
                     let dkb = &mut gk[j0 * d..][..n * d];
                     let dvb = &mut gv[j0 * dv..][..n * dv];
@@ -1466,6 +1522,15 @@ pub(crate) fn test_masks(pad: &[bool]) -> Vec<AttnMask<'_>> {
 mod tests {
     use super::*;
     use crate::{bf16, f16, F8E4M3, F8E5M2};
+
+    #[test]
+    fn shares_cover_the_rows_once_in_order() {
+        for (t, steps) in [(0, 3), (1, 8), (7, 8), (256, 8), (100, 7), (9, 1)] {
+            let all: Vec<usize> = (0..steps).flat_map(|s| share(t, (s, steps))).collect();
+            assert_eq!(all, (0..t).collect::<Vec<_>>(), "{t} rows in {steps} steps");
+        }
+        assert_eq!(share(256, (3, 8)), 96..128);
+    }
 
     /// Naive reference in f64: output and (dq, dk, dv) for upstream `g`, all
     /// row-major, from row-major `q`, `k`, `v`.

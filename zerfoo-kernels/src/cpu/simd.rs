@@ -42,29 +42,44 @@ pub fn vectorized<R>(body: impl FnOnce() -> R) -> R {
 pub(crate) fn prefetch<const WRITE: bool, T>(run: *const T, len: usize) {
     #[cfg(target_arch = "x86_64")]
     {
-        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
-        // Every line the run touches, once (a run can straddle one more
-        // line than its length fills).
-        let bytes = len * core::mem::size_of::<T>();
-        if bytes == 0 {
-            return;
-        }
-        let first = run.cast::<i8>().wrapping_sub(run as usize & 63);
-        let lines = ((run as usize & 63) + bytes).div_ceil(64);
-        for l in 0..lines {
-            let at = first.wrapping_add(64 * l);
-            // SAFETY: a prefetch is only a hint: it never faults, whatever the address.
-            unsafe {
-                if WRITE {
-                    _mm_prefetch::<_MM_HINT_ET0>(at)
-                } else {
-                    _mm_prefetch::<_MM_HINT_T0>(at)
-                }
-            }
+        use core::arch::x86_64::{_MM_HINT_ET0, _MM_HINT_T0};
+        if WRITE {
+            prefetch_lines::<_MM_HINT_ET0, T>(run, len)
+        } else {
+            prefetch_lines::<_MM_HINT_T0, T>(run, len)
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (run, len);
+}
+
+/// [`prefetch`] into L2 only, for reading: data wanted a while later (the
+/// next task's operands while this one computes), asked for without
+/// evicting what the current work keeps in L1.
+#[inline(always)]
+pub(crate) fn prefetch_l2<T>(run: *const T, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    prefetch_lines::<{ core::arch::x86_64::_MM_HINT_T1 }, T>(run, len);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (run, len);
+}
+
+/// Every cache line the `len` values at `run` touch, asked for once with
+/// the prefetch hint `HINT` (a run can straddle one more line than its
+/// length fills).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_lines<const HINT: i32, T>(run: *const T, len: usize) {
+    let bytes = len * core::mem::size_of::<T>();
+    if bytes == 0 {
+        return;
+    }
+    let first = run.cast::<i8>().wrapping_sub(run as usize & 63);
+    let lines = ((run as usize & 63) + bytes).div_ceil(64);
+    for l in 0..lines {
+        // SAFETY: a prefetch is only a hint: it never faults, whatever the address.
+        unsafe { core::arch::x86_64::_mm_prefetch::<HINT>(first.wrapping_add(64 * l)) }
+    }
 }
 
 /// Lanes of the vectorizable sums ([`lane_sum_of`], [`lane_sum_zip`]).
