@@ -38,7 +38,7 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -55,6 +55,11 @@ static STATE: AtomicU8 = AtomicU8::new(UNSET);
 
 /// The sums since profiling began.
 static TOTALS: Mutex<Option<Totals>> = Mutex::new(None);
+
+/// How many [`Totals`] have been started: each one's number, so that a
+/// kernel that began under an earlier one (before an [`enable`]) does not
+/// end a later one's covered time.
+static STARTS: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     /// Kernels running on this thread (the outer one is the one timed).
@@ -112,6 +117,8 @@ impl Durations {
 /// Per name: its calls; when the sums began; and how much of the wall
 /// time since then some kernel was running.
 struct Totals {
+    /// Its number (see [`STARTS`]).
+    number: u64,
     started: Instant,
     by_name: HashMap<String, Calls>,
     /// Outer kernels running now, on any thread.
@@ -126,6 +133,7 @@ impl Totals {
     fn new() -> Self {
         let now = Instant::now();
         Totals {
+            number: STARTS.fetch_add(1, Ordering::Relaxed) + 1,
             started: now,
             by_name: HashMap::new(),
             running: 0,
@@ -134,18 +142,21 @@ impl Totals {
         }
     }
 
-    /// An outer kernel starts at `now`.
-    fn enter(&mut self, now: Instant) {
+    /// An outer kernel starts at `now`; returns these sums' number, which
+    /// its [`leave`](Self::leave) passes back.
+    fn enter(&mut self, now: Instant) -> u64 {
         if self.running == 0 {
             self.busy_since = now;
         }
         self.running += 1;
+        self.number
     }
 
-    /// An outer kernel ends at `now` (one that began before these sums
-    /// did, after an [`enable`], is not counted).
-    fn leave(&mut self, now: Instant) {
-        if self.running == 0 {
+    /// An outer kernel that entered these sums numbered `number` ends at
+    /// `now` (one that entered earlier sums, before an [`enable`], is not
+    /// counted here).
+    fn leave(&mut self, now: Instant, number: u64) {
+        if number != self.number || self.running == 0 {
             return;
         }
         self.running -= 1;
@@ -276,32 +287,35 @@ pub(crate) fn time<R>(name: impl FnOnce() -> String, f: impl FnOnce() -> R) -> R
     /// Leaves the kernel on this thread even if it unwinds (and then, for
     /// an outer one, ends its share of the covered time).
     struct Leave {
-        outer: bool,
+        /// The number of the sums an outer kernel entered.
+        entered: Option<u64>,
     }
     impl Drop for Leave {
         fn drop(&mut self) {
             DEPTH.with(|d| d.set(d.get() - 1));
-            if self.outer && std::thread::panicking() {
+            if let (Some(number), true) = (self.entered, std::thread::panicking()) {
                 if let Some(t) = totals().as_mut() {
-                    t.leave(Instant::now());
+                    t.leave(Instant::now(), number);
                 }
             }
         }
     }
-    let _leave = Leave { outer: depth == 0 };
     let start = Instant::now();
-    if depth == 0 {
-        if let Some(t) = totals().as_mut() {
-            t.enter(start);
-        }
-    }
+    let entered = if depth == 0 {
+        totals().as_mut().map(|t| t.enter(start))
+    } else {
+        None
+    };
+    let _leave = Leave { entered };
     let r = f();
     if depth == 0 {
         let end = Instant::now();
         let secs = end.saturating_duration_since(start).as_secs_f64();
         let name = name();
         if let Some(t) = totals().as_mut() {
-            t.leave(end);
+            if let Some(number) = entered {
+                t.leave(end, number);
+            }
             let e = t.by_name.entry(name).or_insert_with(|| Calls {
                 count: 0,
                 secs: 0.0,
@@ -477,16 +491,20 @@ mod tests {
             at(11),
             at(12),
         );
-        // A leave with no kernel running (one begun before `enable`).
-        t.leave(t1);
+        let n = t.number;
+        // A leave with no kernel running.
+        t.leave(t1, n);
         // Two kernels side by side over 1..5 ms, then one over 7..8 ms.
-        t.enter(t1);
+        assert_eq!(t.enter(t1), n);
         t.enter(t2);
-        t.leave(t3);
+        // One that entered earlier sums (before an `enable`) ends nothing.
+        t.leave(t3, n - 1);
+        t.leave(t3, n);
         assert_eq!(t.covered(t3), 2e-3);
-        t.leave(t5);
+        t.leave(t5, n);
+        assert_eq!(t.covered(t5), 4e-3);
         t.enter(t7);
-        t.leave(t8);
+        t.leave(t8, n);
         let ms = |s: f64| (s * 1e3 * 1e6).round() / 1e6;
         assert_eq!(ms(t.covered(t10)), 5.0);
         // One still running counts up to now.
