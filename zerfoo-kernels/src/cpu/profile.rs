@@ -411,19 +411,21 @@ mod tests {
         assert_eq!(x, 2);
         let table = report().expect("on");
         assert!(table.starts_with("CPU profile: "), "{table}");
-        // The header's wall time, the part of it with kernels running and
-        // the rest: the two parts add up to the wall time.
+        // The header's wall time, the part of it with kernels running (ms
+        // and % of the wall) and the rest: some, no more than the wall
+        // time, and the two parts add up to it (each rounded to 0.1).
         let header: Vec<f64> = table
             .lines()
             .next()
             .unwrap()
             .split_whitespace()
-            .filter_map(|w| w.trim_start_matches('(').parse().ok())
+            .filter_map(|w| w.trim_matches(|c| "(%),".contains(c)).parse().ok())
             .collect();
-        let [wall, covered, outside, ..] = header[..] else {
+        let [wall, covered, percent, outside, ..] = header[..] else {
             panic!("header {table}")
         };
-        assert!(covered > 0.0 && covered <= wall, "{table}");
+        assert!(percent > 0.0 && percent <= 100.0, "{table}");
+        assert!(covered <= wall, "{table}");
         assert!((covered + outside - wall).abs() <= 0.2, "{table}");
         assert_eq!(calls(&table, "matmul/gemm_batched f64 7x13 · 13x5ᵀ"), 4);
         // The fastest of the four calls took no longer than their mean
