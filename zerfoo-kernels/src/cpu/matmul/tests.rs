@@ -466,12 +466,13 @@ fn transposed_a_in_place_matches_packed_bitwise() {
     one::<f64>();
 }
 
-/// The threads' other two splits of a product: by depth blocks (deeper than
+/// The threads' other splits of a product: by depth blocks (deeper than
 /// wide and tall, e.g. a weight gradient summed over a batch of tokens:
-/// 2, 3 or 4 blocks, odd sizes, f32 and f64) and by rows with a private
-/// copy of a small `B` (a row-major `A` read in place, taller than wide):
-/// bit-identical to one thread on 2, 3 and 4 threads, and matching the
-/// naive product.
+/// 2, 3 or 4 blocks, odd sizes, f32 and f64), by rows with a private copy
+/// of a small `B` (a row-major `A` read in place, taller than wide), and by
+/// columns for such products with few row panels a thread over several
+/// depth blocks: bit-identical to one thread on 2, 3 and 4 threads, and
+/// matching the naive product.
 #[test]
 fn depth_and_private_b_splits_agree_bitwise() {
     fn one<E: FloatDtype>(tol: f64) {
@@ -501,8 +502,19 @@ fn depth_and_private_b_splits_agree_bitwise() {
             }
             assert!(max_rel(&wide(&one_thread), &want) < tol, "{bt}x{m}x{k}x{n}");
         }
-        // A row-major A read in place, taller than wide, a small B.
-        for (m, k, n) in [(701, 129, 33), (300, 64, 70), (97, 500, 45)] {
+        // A row-major A read in place, taller than wide, a small B; then
+        // more than one depth block with few row panels a thread, which
+        // split by columns instead (`COARSE_PANELS`; shallower than tall,
+        // so the depth split does not take them; the last has too few
+        // columns for that and too many panels for 2 threads: rows).
+        for (m, k, n) in [
+            (701, 129, 33),
+            (300, 64, 70),
+            (97, 500, 45),
+            (800, 700, 200),
+            (600, 550, 150),
+            (1000, 700, 90),
+        ] {
             let a = cast(vals(m * k, 63));
             let b = cast(vals(k * n, 64));
             let (la, lb) = (Layout::contiguous(&[m, k]), Layout::contiguous(&[k, n]));
@@ -517,39 +529,6 @@ fn depth_and_private_b_splits_agree_bitwise() {
     }
     one::<f32>(1e-5);
     one::<f64>(1e-13);
-}
-
-/// f32 and f64 products taller than wide with `A` read in place, few row
-/// panels a thread and more than one depth block, which the threads split
-/// by columns (`COARSE_PANELS`; odd sizes, two depth blocks, a partial
-/// last column panel; the last shape has too many panels for 2 threads and
-/// splits its rows): bit-identical on 2, 3 and 4 threads to one thread,
-/// and the exact product to rounding.
-#[test]
-fn coarse_tall_products_split_by_columns_agree_bitwise() {
-    fn one<E: FloatDtype + Real>(tol: f64) {
-        // (Shallower than tall, so the depth split does not take them.)
-        for (m, k, n) in [(800, 700, 200), (600, 550, 150), (1000, 700, 90)] {
-            let a64 = vals(m * k, 81);
-            let b64 = vals(k * n, 82);
-            let a: Vec<E> = a64.iter().map(|&v| E::of_f64(v)).collect();
-            let b: Vec<E> = b64.iter().map(|&v| E::of_f64(v)).collect();
-            let (la, lb) = (Layout::contiguous(&[m, k]), Layout::contiguous(&[k, n]));
-            let one_thread = on_threads(1, || gemm(&a, &la, &b, &lb));
-            for threads in [2, 3, 4] {
-                let r = on_threads(threads, || gemm(&a, &la, &b, &lb));
-                assert!(r == one_thread, "{m}x{k}x{n}, {threads} threads");
-            }
-            // The reference on the inputs as rounded to `E`.
-            let a64: Vec<f64> = a.iter().map(|&v| v.as_f64()).collect();
-            let b64: Vec<f64> = b.iter().map(|&v| v.as_f64()).collect();
-            let got: Vec<f64> = one_thread.iter().map(|&v| v.as_f64()).collect();
-            let e = max_rel(&got, &naive(&a64, &la, &b64, &lb));
-            assert!(e < tol, "{m}x{k}x{n}: rel err {e:e}");
-        }
-    }
-    one::<f32>(1e-5);
-    one::<f64>(1e-12);
 }
 
 /// A `bf16` product taller than wide with its `A` read in place, which the
